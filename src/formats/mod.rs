@@ -1,0 +1,4 @@
+//! Model file formats: GGUF, Hugging Face directories (config + safetensors), tokenizers, chat templates.
+
+pub mod config;
+pub mod weights;

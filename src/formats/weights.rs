@@ -1,0 +1,43 @@
+//! Where a model's tensors come from. Models ask for tensors by their Hugging Face name
+//! (`model.layers.0.self_attn.q_proj.weight`) whatever the file format; the GGUF reader maps
+//! those names to llama.cpp's (`blk.0.attn_q.weight`) and undoes llama.cpp's Q/K row permutation,
+//! so that every model runs with the same (HF, half-split) RoPE layout and LoRA adapters keep PEFT's layout.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+use candle_core::Tensor;
+
+use crate::Result;
+
+/// One weight tensor as stored: quantized blocks (kept quantized for inference) or a dense tensor.
+#[derive(Debug, Clone)]
+pub enum Weight {
+    /// GGML-quantized blocks; `QMatMul` runs on them directly.
+    Quantized(Arc<QTensor>),
+    /// A dense tensor, already on the target device.
+    Dense(Tensor),
+}
+
+impl Weight {
+    /// The logical shape of the weight.
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Weight::Quantized(q) => q.shape().dims().to_vec(),
+            Weight::Dense(t) => t.dims().to_vec(),
+        }
+    }
+}
+
+/// A source of named weights on one device (a GGUF file or an HF safetensors directory).
+pub trait WeightSource {
+    /// The file or directory the weights come from, for error messages.
+    fn path(&self) -> &Path;
+    /// Whether a tensor of that HF name exists.
+    fn contains(&self, name: &str) -> bool;
+    /// The tensor of that HF name; an error naming the file and tensor if it is absent.
+    fn get(&self, name: &str) -> Result<Weight>;
+    /// Every tensor name (HF naming) in the source, for validation.
+    fn names(&self) -> Vec<String>;
+}

@@ -1,0 +1,1 @@
+//! CUDA plumbing: stream/handle pool, cuBLASLt cache, CUDA graphs, dispatch table. Empty without `cuda`.

@@ -1,0 +1,3 @@
+//! Model architectures. `llama` covers LLaMA-family, Mistral and Qwen2 decoders; `bert` the encoders.
+
+pub mod linear;

@@ -5,9 +5,14 @@
 pub enum Command {
     /// CPU prefill/decode benchmark.
     Cpu,
+    /// Time every GPU matmul path over a grid of shapes; write the dispatch table.
+    Dispatch(super::bench_dispatch::Args),
 }
 
 /// Runs `wick bench`.
-pub fn run(_cmd: Command) -> anyhow::Result<()> {
-    anyhow::bail!("`wick bench` is not built yet")
+pub fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Dispatch(args) => super::bench_dispatch::run(args),
+        Command::Cpu => anyhow::bail!("`wick bench cpu` is not built yet"),
+    }
 }

@@ -2,6 +2,7 @@
 //! lives in its own file with an `Args` struct and a `run` function.
 
 mod bench;
+mod bench_dispatch;
 mod embed;
 mod generate;
 mod merge;

@@ -1,1 +1,7 @@
-//! CUDA plumbing: stream/handle pool, cuBLASLt cache, CUDA graphs, dispatch table. Empty without `cuda`.
+//! CUDA plumbing: per-device cuBLASLt handle and plan cache, and the matmul dispatch table.
+//! `dispatch::linear` works on every device; the CUDA paths exist only with the `cuda` feature.
+
+#[cfg(feature = "cuda")]
+pub mod cublaslt;
+pub mod dispatch;
+pub mod timing;

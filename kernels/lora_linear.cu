@@ -1,0 +1,108 @@
+// Fused LoRA linear y = x W^T + bias + s (x A^T) B^T; x: [t, in], W: [out, in], A: [r, in], B: [out, r].
+//
+// lora_linear_small (t <= 8, decode and short prompts): one kernel. Each block first computes the
+// rank-r projection low = s x A^T for all t tokens into shared memory (one warp per (token, k) dot),
+// then each warp produces output rows: the base dot products for all t tokens share each load of a
+// W row (16-byte vector loads when the rows are aligned), and the low-rank term is added in the same
+// pass. W is read exactly once; A is tiny and stays in L2.
+//
+// lora_add_low_rank (many tokens): y[t, o] (+)= bias[o] + s * sum_k low[t, k] B[o, k], one thread
+// per output, with low = x A^T from cuBLAS; `accumulate` says whether y already holds x W^T.
+#include "common.cuh"
+
+#define MAX_T 8
+#define MAX_R 64
+#define WARPS 8
+
+// Dot of 16 bytes of a and b reinterpreted as T.
+template <typename T>
+__device__ __forceinline__ float dot16(uint4 a, uint4 b) {
+    const T* pa = reinterpret_cast<const T*>(&a);
+    const T* pb = reinterpret_cast<const T*>(&b);
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < 16 / (int)sizeof(T); j++) s += to_f(pa[j]) * to_f(pb[j]);
+    return s;
+}
+
+template <typename T>
+__device__ void lora_linear_small(const T* __restrict__ x, const T* __restrict__ w,
+                                  const T* __restrict__ bias, const T* __restrict__ a,
+                                  const T* __restrict__ b, T* __restrict__ y, int t, int in,
+                                  int out, int r, float scale, int vec) {
+    __shared__ float low[MAX_T * MAX_R];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int V = 16 / sizeof(T);
+    // 1. low[tt * r + k] = s * dot(x[tt], A[k])
+    for (int p = warp; p < t * r; p += WARPS) {
+        int tt = p / r, k = p % r;
+        const T* xr = x + (size_t)tt * in;
+        const T* ar = a + (size_t)k * in;
+        float s = 0.f;
+        if (vec) {
+            for (int i = lane * V; i < in; i += 32 * V)
+                s += dot16<T>(*reinterpret_cast<const uint4*>(xr + i), *reinterpret_cast<const uint4*>(ar + i));
+        } else {
+            for (int i = lane; i < in; i += 32) s += to_f(xr[i]) * to_f(ar[i]);
+        }
+        s = warp_sum(s);
+        if (lane == 0) low[p] = s * scale;
+    }
+    __syncthreads();
+    // 2. one warp per output row o: base product for all tokens + low-rank term.
+    for (int o = blockIdx.x * WARPS + warp; o < out; o += gridDim.x * WARPS) {
+        const T* wr = w + (size_t)o * in;
+        float acc[MAX_T];
+#pragma unroll
+        for (int tt = 0; tt < MAX_T; tt++) acc[tt] = 0.f;
+        if (vec) {
+            for (int i = lane * V; i < in; i += 32 * V) {
+                uint4 wv = *reinterpret_cast<const uint4*>(wr + i);
+#pragma unroll
+                for (int tt = 0; tt < MAX_T; tt++)
+                    if (tt < t) acc[tt] += dot16<T>(wv, *reinterpret_cast<const uint4*>(x + (size_t)tt * in + i));
+            }
+        } else {
+            for (int i = lane; i < in; i += 32) {
+                float wv = to_f(wr[i]);
+#pragma unroll
+                for (int tt = 0; tt < MAX_T; tt++)
+                    if (tt < t) acc[tt] += wv * to_f(x[(size_t)tt * in + i]);
+            }
+        }
+#pragma unroll
+        for (int tt = 0; tt < MAX_T; tt++) {
+            if (tt >= t) break;
+            float v = warp_sum(acc[tt]);
+            // lanes split the rank-r sum, then one more warp reduction.
+            float lr = 0.f;
+            for (int k = lane; k < r; k += 32) lr += low[tt * r + k] * to_f(b[(size_t)o * r + k]);
+            lr = warp_sum(lr);
+            if (lane == 0) {
+                if (bias) v += to_f(bias[o]);
+                y[(size_t)tt * out + o] = from_f<T>(v + lr);
+            }
+        }
+    }
+}
+
+template <typename T>
+__device__ void lora_add_low_rank(T* __restrict__ y, const T* __restrict__ low, const T* __restrict__ b,
+                                  const T* __restrict__ bias, int t, int out, int r, float scale,
+                                  int accumulate) {
+    size_t n = (size_t)t * out;
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
+        int o = idx % out;
+        size_t tt = idx / out;
+        float s = 0.f;
+        for (int k = 0; k < r; k++) s += to_f(low[tt * r + k]) * to_f(b[(size_t)o * r + k]);
+        float v = accumulate ? to_f(y[idx]) : 0.f;
+        if (bias) v += to_f(bias[o]);
+        y[idx] = from_f<T>(v + scale * s);
+    }
+}
+
+#define SMALL_PARAMS(T) const T* x, const T* w, const T* bias, const T* a, const T* b, T* y, int t, int in, int out, int r, float scale, int vec
+WICK_INSTANTIATE(lora_linear_small, SMALL_PARAMS, (x, w, bias, a, b, y, t, in, out, r, scale, vec))
+#define ADD_PARAMS(T) T* y, const T* low, const T* b, const T* bias, int t, int out, int r, float scale, int accumulate
+WICK_INSTANTIATE(lora_add_low_rank, ADD_PARAMS, (y, low, b, bias, t, out, r, scale, accumulate))

@@ -1,0 +1,673 @@
+//! Launchers for wick's kernels (kernels/*.cu): pick the kernel for the dtype, size the grid, pass
+//! the device pointers at the layouts' offsets. Each returns a new `CudaStorage`; the ops in
+//! src/ops/ call these from their `cuda_fwd`. f32, bf16 and f16 only (f64 stays on the CPU).
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use candle_core::cuda_backend::{CudaStorageSlice as S, WrapErr};
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Storage, Tensor, WithDType};
+
+use super::kernels::{function, Module};
+
+type Result<T> = candle_core::Result<T>;
+
+static POISON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// While on, every kernel output is filled with NaN before the kernel runs, so that elements a
+/// kernel fails to write are caught (`wick bench gpu-check`). Costs a host-to-device copy per output.
+pub fn set_poison(on: bool) {
+    POISON.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// An output buffer of `len` elements: uninitialised, or NaN while poisoning is on.
+fn alloc_out<T: GpuFloat>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: every kernel writes its whole output (checked by gpu-check with poisoning on).
+    let mut out = unsafe { dev.alloc::<T>(len)? };
+    if POISON.load(std::sync::atomic::Ordering::Relaxed) && len > 0 {
+        let nan = vec![T::from_f64(f64::NAN); len];
+        dev.memcpy_htod(nan.as_slice(), &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The element types the kernels are instantiated for.
+pub trait GpuFloat: DeviceRepr + WithDType + ValidAsZeroBits {
+    /// Kernel-name suffix: `f32`, `bf16`, `f16`.
+    const SUFFIX: &'static str;
+    /// Wraps a slice as a Candle storage slice.
+    fn wrap(s: CudaSlice<Self>) -> S;
+    /// The typed slice of a storage slice of this dtype.
+    fn unwrap(s: &S) -> Result<&CudaSlice<Self>>;
+    /// The typed mutable slice of a storage slice of this dtype.
+    fn unwrap_mut(s: &mut S) -> Result<&mut CudaSlice<Self>>;
+}
+
+macro_rules! gpu_float {
+    ($t:ty, $v:ident, $suffix:literal) => {
+        impl GpuFloat for $t {
+            const SUFFIX: &'static str = $suffix;
+            fn wrap(s: CudaSlice<Self>) -> S {
+                S::$v(s)
+            }
+            fn unwrap(s: &S) -> Result<&CudaSlice<Self>> {
+                match s {
+                    S::$v(s) => Ok(s),
+                    _ => candle_core::bail!("wick kernel: expected {} storage", $suffix),
+                }
+            }
+            fn unwrap_mut(s: &mut S) -> Result<&mut CudaSlice<Self>> {
+                match s {
+                    S::$v(s) => Ok(s),
+                    _ => candle_core::bail!("wick kernel: expected {} storage", $suffix),
+                }
+            }
+        }
+    };
+}
+gpu_float!(f32, F32, "f32");
+gpu_float!(half::bf16, BF16, "bf16");
+gpu_float!(half::f16, F16, "f16");
+
+/// Calls `$f::<T>(args)` with T the Rust type of `$dtype`.
+macro_rules! by_dtype {
+    ($dtype:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
+        match $dtype {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::BF16 => $f::<half::bf16>($($arg),*),
+            DType::F16 => $f::<half::f16>($($arg),*),
+            other => candle_core::bail!("wick CUDA kernels support f32, bf16 and f16, not {other:?}"),
+        }
+    };
+}
+
+fn dtype_of(s: &CudaStorage) -> DType {
+    s.dtype()
+}
+
+/// The view of `s` starting at the layout's offset (the rest of the buffer: strided readers index
+/// past the contiguous span).
+fn view<'a, T: GpuFloat>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
+    Ok(T::unwrap(&s.slice)?.slice(l.start_offset()..))
+}
+
+fn kernel<T: GpuFloat>(
+    dev: &CudaDevice,
+    module: Module,
+    name: &str,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaFunction> {
+    function(dev, module, &format!("{name}_{}", T::SUFFIX))
+}
+
+fn storage<T: GpuFloat>(dev: &CudaDevice, s: CudaSlice<T>) -> CudaStorage {
+    CudaStorage {
+        slice: T::wrap(s),
+        device: dev.clone(),
+    }
+}
+
+/// Threads per row for row-wise kernels that keep up to 8 elements per thread in registers.
+fn row_block(n: usize) -> u32 {
+    (n.div_ceil(8)).next_power_of_two().clamp(32, 1024) as u32
+}
+
+fn grid_1d(n: usize, block: u32) -> LaunchConfig {
+    let blocks = n.div_ceil(block as usize).clamp(1, 132 * 16) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn rows_cols(l: &Layout) -> (usize, usize) {
+    let n = l.dims().last().copied().unwrap_or(1).max(1);
+    (l.shape().elem_count() / n, n)
+}
+
+/// Row-wise kernel with one input and one output of the same shape (`softmax`).
+pub fn rowwise1(s: &CudaStorage, l: &Layout, name: &str) -> Result<CudaStorage> {
+    fn go<T: GpuFloat>(s: &CudaStorage, l: &Layout, name: &str) -> Result<CudaStorage> {
+        let dev = &s.device;
+        let (rows, n) = rows_cols(l);
+        let x = view::<T>(s, l)?;
+        let mut out = alloc_out::<T>(dev, rows * n)?;
+        if rows > 0 {
+            let f = kernel::<T>(dev, Module::Softmax, name)?;
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            let n_i = n as i32;
+            b.arg(&x).arg(&mut out).arg(&n_i);
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (row_block(n), 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok(storage(dev, out))
+    }
+    by_dtype!(dtype_of(s), go(s, l, name))
+}
+
+/// Row-wise kernel with two inputs (`softmax_backward`: y, dy).
+pub fn rowwise2(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    name: &str,
+) -> Result<CudaStorage> {
+    fn go<T: GpuFloat>(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        name: &str,
+    ) -> Result<CudaStorage> {
+        let dev = &s1.device;
+        let (rows, n) = rows_cols(l1);
+        let (a, b2) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
+        let mut out = alloc_out::<T>(dev, rows * n)?;
+        if rows > 0 {
+            let f = kernel::<T>(dev, Module::Softmax, name)?;
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            let n_i = n as i32;
+            b.arg(&a).arg(&b2).arg(&mut out).arg(&n_i);
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (row_block(n).max(256), 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok(storage(dev, out))
+    }
+    by_dtype!(dtype_of(s1), go(s1, l1, s2, l2, name))
+}
+
+/// RMSNorm; with a residual, returns [2, ...]: (normed, x + residual).
+pub fn rms_norm(
+    x: &CudaStorage,
+    xl: &Layout,
+    residual: Option<(&CudaStorage, &Layout)>,
+    w: &CudaStorage,
+    wl: &Layout,
+    eps: f32,
+) -> Result<CudaStorage> {
+    fn go<T: GpuFloat>(
+        x: &CudaStorage,
+        xl: &Layout,
+        residual: Option<(&CudaStorage, &Layout)>,
+        w: &CudaStorage,
+        wl: &Layout,
+        eps: f32,
+    ) -> Result<CudaStorage> {
+        let dev = &x.device;
+        let (rows, n) = rows_cols(xl);
+        let parts = if residual.is_some() { 2 } else { 1 };
+        let mut out = alloc_out::<T>(dev, parts * rows * n)?;
+        if rows == 0 {
+            return Ok(storage(dev, out));
+        }
+        let xv = view::<T>(x, xl)?;
+        let wv = view::<T>(w, wl)?;
+        let f = kernel::<T>(dev, Module::RmsNorm, "rms_norm")?;
+        let stream = dev.cuda_stream();
+        let null = 0u64;
+        let rv;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&xv);
+        match residual {
+            Some((r, rl)) => {
+                rv = view::<T>(r, rl)?;
+                b.arg(&rv);
+            }
+            None => {
+                b.arg(&null);
+            }
+        }
+        let (rows_i, n_i) = (rows as i32, n as i32);
+        b.arg(&wv).arg(&mut out).arg(&rows_i).arg(&n_i).arg(&eps);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (row_block(n), 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(storage(dev, out))
+    }
+    by_dtype!(dtype_of(x), go(x, xl, residual, w, wl, eps))
+}
+
+/// RMSNorm backward: returns [rows * n + n]: dx then dw.
+pub fn rms_norm_backward(
+    x: &CudaStorage,
+    xl: &Layout,
+    w: &CudaStorage,
+    wl: &Layout,
+    dy: &CudaStorage,
+    dyl: &Layout,
+    eps: f32,
+) -> Result<CudaStorage> {
+    fn go<T: GpuFloat>(
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+        dy: &CudaStorage,
+        dyl: &Layout,
+        eps: f32,
+    ) -> Result<CudaStorage> {
+        let dev = &x.device;
+        let (rows, n) = rows_cols(xl);
+        let mut out = alloc_out::<T>(dev, rows * n + n)?;
+        let parts = rows.clamp(1, 264);
+        let mut partial = unsafe { dev.alloc::<f32>(parts * n)? };
+        let stream = dev.cuda_stream();
+        {
+            let (xv, wv, dyv) = (view::<T>(x, xl)?, view::<T>(w, wl)?, view::<T>(dy, dyl)?);
+            let mut dx = out.slice_mut(0..rows * n);
+            let f = kernel::<T>(dev, Module::RmsNorm, "rms_norm_backward")?;
+            let mut b = stream.launch_builder(&f);
+            let (rows_i, n_i) = (rows as i32, n as i32);
+            b.arg(&xv).arg(&wv).arg(&dyv).arg(&mut dx).arg(&mut partial);
+            b.arg(&rows_i).arg(&n_i).arg(&eps);
+            let cfg = LaunchConfig {
+                grid_dim: (parts as u32, 1, 1),
+                block_dim: (row_block(n).max(128), 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        {
+            let mut dw = out.slice_mut(rows * n..);
+            let f = kernel::<T>(dev, Module::RmsNorm, "rms_norm_dw")?;
+            let mut b = stream.launch_builder(&f);
+            let (parts_i, n_i) = (parts as i32, n as i32);
+            b.arg(&partial).arg(&mut dw).arg(&parts_i).arg(&n_i);
+            unsafe { b.launch(grid_1d(n, 256)) }.w()?;
+        }
+        Ok(storage(dev, out))
+    }
+    by_dtype!(dtype_of(x), go(x, xl, w, wl, dy, dyl, eps))
+}
+
+/// RoPE on x [b, h, seq, d] (strided in the first three dims).
+pub fn rope(
+    x: &CudaStorage,
+    xl: &Layout,
+    cos: &CudaStorage,
+    cl: &Layout,
+    sin: &CudaStorage,
+    sl: &Layout,
+    interleaved: bool,
+) -> Result<CudaStorage> {
+    fn go<T: GpuFloat>(
+        x: &CudaStorage,
+        xl: &Layout,
+        cos: &CudaStorage,
+        cl: &Layout,
+        sin: &CudaStorage,
+        sl: &Layout,
+        interleaved: bool,
+    ) -> Result<CudaStorage> {
+        let dev = &x.device;
+        let dims = xl.dims();
+        let st = xl.stride();
+        let len = xl.shape().elem_count();
+        let mut out = alloc_out::<T>(dev, len)?;
+        let pairs = len / 2;
+        if pairs == 0 {
+            return Ok(storage(dev, out));
+        }
+        let (xv, cv, sv) = (view::<T>(x, xl)?, view::<T>(cos, cl)?, view::<T>(sin, sl)?);
+        let f = kernel::<T>(dev, Module::Rope, "rope")?;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        let (h, seq, d) = (dims[1] as i32, dims[2] as i32, dims[3] as i32);
+        let (s0, s1, s2) = (st[0] as i64, st[1] as i64, st[2] as i64);
+        let inter = interleaved as i32;
+        let pairs_u = pairs as u64;
+        b.arg(&xv).arg(&cv).arg(&sv).arg(&mut out);
+        b.arg(&h).arg(&seq).arg(&d).arg(&s0).arg(&s1).arg(&s2).arg(&inter).arg(&pairs_u);
+        unsafe { b.launch(grid_1d(pairs, 256)) }.w()?;
+        Ok(storage(dev, out))
+    }
+    by_dtype!(dtype_of(x), go(x, xl, cos, cl, sin, sl, interleaved))
+}
+
+/// Elementwise kernel of two inputs (`swiglu`).
+pub fn elementwise2(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    name: &str,
+) -> Result<CudaStorage> {
+    fn go<T: GpuFloat>(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        name: &str,
+    ) -> Result<CudaStorage> {
+        let dev = &s1.device;
+        let n = l1.shape().elem_count();
+        let mut out = alloc_out::<T>(dev, n)?;
+        if n > 0 {
+            let (a, c) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
+            let f = kernel::<T>(dev, Module::Swiglu, name)?;
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            let n_u = n as u64;
+            b.arg(&a).arg(&c).arg(&mut out).arg(&n_u);
+            unsafe { b.launch(grid_1d(n, 256)) }.w()?;
+        }
+        Ok(storage(dev, out))
+    }
+    by_dtype!(dtype_of(s1), go(s1, l1, s2, l2, name))
+}
+
+/// SwiGLU backward: returns [2, n]: (dgate, dup).
+pub fn swiglu_backward(
+    g: &CudaStorage,
+    gl: &Layout,
+    u: &CudaStorage,
+    ul: &Layout,
+    dy: &CudaStorage,
+    dyl: &Layout,
+) -> Result<CudaStorage> {
+    fn go<T: GpuFloat>(
+        g: &CudaStorage,
+        gl: &Layout,
+        u: &CudaStorage,
+        ul: &Layout,
+        dy: &CudaStorage,
+        dyl: &Layout,
+    ) -> Result<CudaStorage> {
+        let dev = &g.device;
+        let n = gl.shape().elem_count();
+        let mut out = alloc_out::<T>(dev, 2 * n)?;
+        if n > 0 {
+            let (gv, uv, dv) = (view::<T>(g, gl)?, view::<T>(u, ul)?, view::<T>(dy, dyl)?);
+            let f = kernel::<T>(dev, Module::Swiglu, "swiglu_backward")?;
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
+            let n_u = n as u64;
+            b.arg(&gv).arg(&uv).arg(&dv).arg(&mut out).arg(&n_u);
+            unsafe { b.launch(grid_1d(n, 256)) }.w()?;
+        }
+        Ok(storage(dev, out))
+    }
+    by_dtype!(dtype_of(g), go(g, gl, u, ul, dy, dyl))
+}
+
+/// Cross-entropy: per-row losses (f32, divided by the count) and, when asked, the gradient.
+pub fn cross_entropy(
+    logits: &CudaStorage,
+    ll: &Layout,
+    labels: &CudaStorage,
+    lab_l: &Layout,
+    want_grad: bool,
+) -> Result<(CudaStorage, Option<CudaStorage>)> {
+    fn go<T: GpuFloat>(
+        logits: &CudaStorage,
+        ll: &Layout,
+        labels: &CudaStorage,
+        lab_l: &Layout,
+        want_grad: bool,
+    ) -> Result<(CudaStorage, Option<CudaStorage>)> {
+        let dev = &logits.device;
+        let (rows, vocab) = rows_cols(ll);
+        let labels = match &labels.slice {
+            S::I64(s) => s.slice(lab_l.start_offset()..),
+            _ => candle_core::bail!("cross-entropy labels must be i64"),
+        };
+        let mut losses = alloc_out::<f32>(dev, rows)?;
+        let mut grad = if want_grad {
+            Some(alloc_out::<T>(dev, rows * vocab)?)
+        } else {
+            None
+        };
+        if rows > 0 {
+            let stream = dev.cuda_stream();
+            let mut count = unsafe { dev.alloc::<f32>(1)? };
+            let rows_i = rows as i32;
+            let f = function(dev, Module::CrossEntropy, "cross_entropy_count")?;
+            let mut b = stream.launch_builder(&f);
+            b.arg(&labels).arg(&rows_i).arg(&mut count);
+            let one_block = LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (1024, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe { b.launch(one_block) }.w()?;
+
+            let x = view::<T>(logits, ll)?;
+            let f = kernel::<T>(dev, Module::CrossEntropy, "cross_entropy")?;
+            let mut b = stream.launch_builder(&f);
+            let null = 0u64;
+            let vocab_i = vocab as i32;
+            b.arg(&x).arg(&labels).arg(&count).arg(&mut losses);
+            match grad.as_mut() {
+                Some(g) => b.arg(g),
+                None => b.arg(&null),
+            };
+            b.arg(&vocab_i);
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (row_block(vocab).max(256), 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        let losses = storage(dev, losses);
+        Ok((losses, grad.map(|g| storage(dev, g))))
+    }
+    by_dtype!(dtype_of(logits), go(logits, ll, labels, lab_l, want_grad))
+}
+
+/// Up to this many tokens the whole LoRA layer is one kernel (decode, short prompts); beyond, the
+/// base product goes to cuBLAS. MAX_T in kernels/lora_linear.cu.
+const LORA_SMALL_MAX_TOKENS: usize = 8;
+/// Largest rank the one-kernel path holds in shared memory (MAX_R in kernels/lora_linear.cu).
+const LORA_SMALL_MAX_RANK: usize = 64;
+
+fn tensor_view<'a, T: GpuFloat>(
+    storage: &'a Storage,
+    layout: &Layout,
+    what: &str,
+) -> Result<CudaView<'a, T>> {
+    match storage {
+        Storage::Cuda(s) => view::<T>(s, layout),
+        _ => candle_core::bail!("lora linear: {what} is not on the GPU"),
+    }
+}
+
+/// LoRA linear: `x W^T + bias + scale (x A^T) B^T`, or the low-rank term alone without `weight`.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_linear(
+    x: &CudaStorage,
+    xl: &Layout,
+    a: &CudaStorage,
+    al: &Layout,
+    b: &CudaStorage,
+    bl: &Layout,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    scale: f32,
+) -> Result<CudaStorage> {
+    #[allow(clippy::too_many_arguments)]
+    fn go<T: GpuFloat>(
+        x: &CudaStorage,
+        xl: &Layout,
+        a: &CudaStorage,
+        al: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        scale: f32,
+    ) -> Result<CudaStorage> {
+        let dev = &x.device;
+        let (tokens, in_f) = xl.shape().dims2()?;
+        let (rank, _) = al.shape().dims2()?;
+        let (out_f, _) = bl.shape().dims2()?;
+        let stream = dev.cuda_stream();
+        let w_guard = weight.map(|w| w.storage_and_layout());
+        let bias_guard = bias.map(|t| t.storage_and_layout());
+        let null = 0u64;
+        let (t_i, in_i, out_i, r_i) = (tokens as i32, in_f as i32, out_f as i32, rank as i32);
+        if let (Some(wg), true, true) = (
+            &w_guard,
+            tokens <= LORA_SMALL_MAX_TOKENS,
+            rank <= LORA_SMALL_MAX_RANK,
+        ) {
+            let mut y = alloc_out::<T>(dev, tokens * out_f)?;
+            if tokens == 0 {
+                return Ok(storage(dev, y));
+            }
+            let wv = tensor_view::<T>(&wg.0, wg.1, "base weight")?;
+            let (xv, av, bv) = (view::<T>(x, xl)?, view::<T>(a, al)?, view::<T>(b, bl)?);
+            // 16-byte loads need 16-byte aligned rows.
+            let per_vec = 16 / std::mem::size_of::<T>();
+            let aligned = |l: &Layout| l.start_offset() % per_vec == 0;
+            let vec = (in_f % per_vec == 0 && aligned(xl) && aligned(al) && aligned(wg.1)) as i32;
+            let f = kernel::<T>(dev, Module::LoraLinear, "lora_linear_small")?;
+            let biasv;
+            let mut lb = stream.launch_builder(&f);
+            lb.arg(&xv).arg(&wv);
+            match &bias_guard {
+                Some(g) => {
+                    biasv = tensor_view::<T>(&g.0, g.1, "bias")?;
+                    lb.arg(&biasv);
+                }
+                None => {
+                    lb.arg(&null);
+                }
+            }
+            lb.arg(&av).arg(&bv).arg(&mut y);
+            lb.arg(&t_i).arg(&in_i).arg(&out_i).arg(&r_i).arg(&scale).arg(&vec);
+            // 8 warps per block, one output row per warp.
+            let cfg = LaunchConfig {
+                grid_dim: (out_f.div_ceil(8).max(1) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe { lb.launch(cfg) }.w()?;
+            return Ok(storage(dev, y));
+        }
+        // Many tokens: cuBLAS for low = x A^T (and the base product), then one fused kernel.
+        let low = x.matmul(a, (1, tokens, rank, in_f), xl, &al.transpose(0, 1)?)?;
+        let (mut y, accumulate) = match &w_guard {
+            Some((ws, wl)) => match &**ws {
+                Storage::Cuda(ws) => (
+                    x.matmul(ws, (1, tokens, out_f, in_f), xl, &wl.transpose(0, 1)?)?,
+                    1i32,
+                ),
+                _ => candle_core::bail!("lora linear: base weight is not on the GPU"),
+            },
+            None => (storage(dev, alloc_out::<T>(dev, tokens * out_f)?), 0i32),
+        };
+        let n = tokens * out_f;
+        if n > 0 {
+            let low_s = T::unwrap(&low.slice)?;
+            let bv = view::<T>(b, bl)?;
+            let y_s = T::unwrap_mut(&mut y.slice)?;
+            let f = kernel::<T>(dev, Module::LoraLinear, "lora_add_low_rank")?;
+            let biasv;
+            let mut lb = stream.launch_builder(&f);
+            lb.arg(y_s).arg(low_s).arg(&bv);
+            match &bias_guard {
+                Some(g) => {
+                    biasv = tensor_view::<T>(&g.0, g.1, "bias")?;
+                    lb.arg(&biasv);
+                }
+                None => {
+                    lb.arg(&null);
+                }
+            }
+            lb.arg(&t_i).arg(&out_i).arg(&r_i).arg(&scale).arg(&accumulate);
+            unsafe { lb.launch(grid_1d(n, 256)) }.w()?;
+        }
+        Ok(y)
+    }
+    by_dtype!(
+        dtype_of(x),
+        go(x, xl, a, al, b, bl, weight, bias, scale)
+    )
+}
+
+/// Positions per block of the split pass of decode attention.
+const DECODE_CHUNK: usize = 256;
+
+/// Decode attention for one query token: q [b, heads, 1, d], k/v [b, kv, T, d] (strided).
+pub fn decode_attention(
+    q: &CudaStorage,
+    ql: &Layout,
+    k: &CudaStorage,
+    kl: &Layout,
+    v: &CudaStorage,
+    vl: &Layout,
+    scale: f32,
+) -> Result<CudaStorage> {
+    fn go<T: GpuFloat>(
+        q: &CudaStorage,
+        ql: &Layout,
+        k: &CudaStorage,
+        kl: &Layout,
+        v: &CudaStorage,
+        vl: &Layout,
+        scale: f32,
+    ) -> Result<CudaStorage> {
+        let dev = &q.device;
+        let (batch, heads, _, d) = ql.shape().dims4()?;
+        let (_, kv_heads, len, _) = kl.shape().dims4()?;
+        if d > 256 {
+            candle_core::bail!("decode attention: head dim {d} > 256");
+        }
+        let chunks = len.div_ceil(DECODE_CHUNK).max(1);
+        let mut scratch = unsafe { dev.alloc::<f32>(batch * heads * chunks * (d + 2))? };
+        let mut out = alloc_out::<T>(dev, batch * heads * d)?;
+        let stream = dev.cuda_stream();
+        let (qv, kv, vv) = (view::<T>(q, ql)?, view::<T>(k, kl)?, view::<T>(v, vl)?);
+        let (ks, vs) = (kl.stride(), vl.stride());
+        let (heads_i, kv_i, len_i, d_i, chunk_i) = (
+            heads as i32,
+            kv_heads as i32,
+            len as i32,
+            d as i32,
+            DECODE_CHUNK as i32,
+        );
+        let strides = [ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]].map(|s| s as i64);
+        let f = kernel::<T>(dev, Module::DecodeAttention, "decode_attention_split")?;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&qv).arg(&kv).arg(&vv).arg(&mut scratch);
+        b.arg(&heads_i).arg(&kv_i).arg(&len_i).arg(&d_i).arg(&chunk_i);
+        for s in &strides {
+            b.arg(s);
+        }
+        b.arg(&scale);
+        let cfg = LaunchConfig {
+            grid_dim: ((batch * heads) as u32, chunks as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        let f = kernel::<T>(dev, Module::DecodeAttention, "decode_attention_merge")?;
+        let mut b = stream.launch_builder(&f);
+        let chunks_i = chunks as i32;
+        b.arg(&scratch).arg(&mut out).arg(&chunks_i).arg(&d_i);
+        let cfg = LaunchConfig {
+            grid_dim: ((batch * heads) as u32, 1, 1),
+            block_dim: (d.next_power_of_two().clamp(32, 256) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(storage(dev, out))
+    }
+    by_dtype!(dtype_of(q), go(q, ql, k, kl, v, vl, scale))
+}

@@ -1,0 +1,347 @@
+//! The correctness suite behind `wick bench gpu-check`: every fused op, every dtype (f32, bf16,
+//! f16), forward and backward, on odd shapes with fresh random inputs, against the f64 references
+//! computed on the same (rounded) inputs. On CUDA every kernel output is poisoned with NaN before the
+//! kernel runs (`gpu::launch::set_poison`), so an element a kernel fails to write shows up as an
+//! infinite error. Runs on any device (`--device cpu` exercises the CPU ops the same way).
+
+use candle_core::{DType, Device, Tensor, Var};
+use serde::Serialize;
+
+use super::check::{max_rel_err, random_tensor, to_f64_vec, tolerance};
+use super::{cross_entropy, decode_attention, lora_linear, rms_norm, rope, softmax, swiglu};
+use crate::{Context, Result};
+
+/// One checked (kernel, dtype, pass, shape).
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckRecord {
+    /// The op: softmax, rms_norm, add_rms_norm, rope_half_split, ...
+    pub kernel: String,
+    /// f32, bf16 or f16.
+    pub dtype: String,
+    /// fwd or bwd.
+    pub pass: String,
+    /// The input shape, as text.
+    pub shape: String,
+    /// `max |got - want| / max |want|` (see `check::max_rel_err`); infinite if anything is NaN.
+    pub max_rel_err: f64,
+    /// The tolerance for the dtype.
+    pub tolerance: f64,
+    /// max_rel_err <= tolerance.
+    pub ok: bool,
+    /// The device name.
+    pub device: String,
+    /// UTC date of the run.
+    pub date: String,
+    /// The seed of this case's random inputs (fresh per run).
+    pub seed: u64,
+}
+
+struct Suite<'a> {
+    device: &'a Device,
+    device_name: &'a str,
+    date: &'a str,
+    seed: u64,
+    records: Vec<CheckRecord>,
+}
+
+impl Suite<'_> {
+    fn next_seed(&mut self) -> u64 {
+        self.seed = self
+            .seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.seed >> 8
+    }
+
+    fn rand(&mut self, shape: &[usize], dtype: DType, scale: f64) -> Result<Tensor> {
+        let seed = self.next_seed();
+        random_tensor(shape, dtype, self.device, seed, scale)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        kernel: &str,
+        dtype: DType,
+        pass: &str,
+        shape: &[usize],
+        got: &[f64],
+        want: &[f64],
+    ) {
+        let err = max_rel_err(got, want);
+        self.records.push(CheckRecord {
+            kernel: kernel.into(),
+            dtype: dtype.as_str().into(),
+            pass: pass.into(),
+            shape: format!("{shape:?}"),
+            max_rel_err: err,
+            tolerance: tolerance(dtype),
+            ok: err <= tolerance(dtype),
+            device: self.device_name.into(),
+            date: self.date.into(),
+            seed: self.seed,
+        });
+    }
+}
+
+/// Runs every case on `device`; `seed` makes the inputs (pass a fresh one per run).
+pub fn run_suite(device: &Device, device_name: &str, date: &str, seed: u64) -> Result<Vec<CheckRecord>> {
+    let mut suite = Suite {
+        device,
+        device_name,
+        date,
+        seed,
+        records: Vec::new(),
+    };
+    #[cfg(feature = "cuda")]
+    crate::gpu::launch::set_poison(true);
+    let result = (|| -> Result<()> {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            check_softmax(&mut suite, dtype)?;
+            check_rms_norm(&mut suite, dtype)?;
+            check_rope(&mut suite, dtype)?;
+            check_swiglu(&mut suite, dtype)?;
+            check_cross_entropy(&mut suite, dtype)?;
+            check_lora(&mut suite, dtype)?;
+            check_decode_attention(&mut suite, dtype)?;
+        }
+        Ok(())
+    })();
+    #[cfg(feature = "cuda")]
+    crate::gpu::launch::set_poison(false);
+    result?;
+    Ok(suite.records)
+}
+
+fn v(t: &Tensor) -> Result<Vec<f64>> {
+    to_f64_vec(t)
+}
+
+/// Gradients of `sum(f(inputs) * weights)` with respect to each input, through Candle's autograd.
+fn grads(
+    inputs: &[Tensor],
+    weights: &Tensor,
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<Vec<Vec<f64>>> {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).context("check var"))
+        .collect::<Result<_>>()?;
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let out = f(&ts)?;
+    let loss = (out.to_dtype(DType::F32)? * weights.to_dtype(DType::F32)?)?.sum_all()?;
+    let g = loss.backward().context("check backward")?;
+    vars.iter()
+        .map(|var| match g.get(var.as_tensor()) {
+            Some(t) => v(t),
+            None => Ok(vec![0.0; var.elem_count()]),
+        })
+        .collect()
+}
+
+fn check_softmax(s: &mut Suite, dtype: DType) -> Result<()> {
+    for shape in [[1, 1], [3, 17], [2, 33], [5, 127], [2, 4097], [3, 8193], [2, 151_936]] {
+        let n = shape[1];
+        let x = s.rand(&shape, dtype, 4.0)?;
+        let y = softmax::softmax_last_dim(&x)?;
+        let want = softmax::softmax_reference(&v(&x)?, n);
+        s.record("softmax", dtype, "fwd", &shape, &v(&y)?, &want);
+        let dy = s.rand(&shape, dtype, 1.0)?;
+        let g = grads(&[x.clone()], &dy, |t| softmax::softmax_last_dim(&t[0]))?;
+        // The backward sees the rounded forward output, as the op does.
+        let want = softmax::softmax_backward_reference(&v(&y)?, &v(&dy)?, n);
+        s.record("softmax", dtype, "bwd", &shape, &g[0], &want);
+    }
+    Ok(())
+}
+
+fn check_rms_norm(s: &mut Suite, dtype: DType) -> Result<()> {
+    let eps = 1e-6;
+    for shape in [[1, 1], [3, 17], [2, 33], [5, 127], [2, 4097], [3, 8193]] {
+        let n = shape[1];
+        let x = s.rand(&shape, dtype, 2.0)?;
+        let r = s.rand(&shape, dtype, 2.0)?;
+        let w = s.rand(&[n], dtype, 1.5)?;
+        let wv = v(&w)?;
+        let y = rms_norm::rms_norm(&x, &w, eps)?;
+        s.record("rms_norm", dtype, "fwd", &shape, &v(&y)?, &rms_norm::rms_norm_reference(&v(&x)?, &wv, eps));
+        let (normed, sum) = rms_norm::add_rms_norm(&x, &r, &w, eps)?;
+        let sum_v = v(&sum)?;
+        let want_sum: Vec<f64> = v(&(&x + &r)?)?;
+        let mut got = v(&normed)?;
+        got.extend(&sum_v);
+        let mut want = rms_norm::rms_norm_reference(&sum_v, &wv, eps);
+        want.extend(want_sum);
+        s.record("add_rms_norm", dtype, "fwd", &shape, &got, &want);
+
+        let dy = s.rand(&shape, dtype, 1.0)?;
+        let g = grads(&[x.clone(), w.clone()], &dy, |t| rms_norm::rms_norm(&t[0], &t[1], eps))?;
+        let (dx, dw) = rms_norm::rms_norm_backward_reference(&v(&x)?, &wv, &v(&dy)?, eps);
+        s.record("rms_norm", dtype, "bwd", &shape, &[g[0].clone(), g[1].clone()].concat(), &[dx, dw].concat());
+    }
+    Ok(())
+}
+
+fn check_rope(s: &mut Suite, dtype: DType) -> Result<()> {
+    for (b, h, seq, d, offset) in [(1, 1, 1, 2, 0), (1, 3, 17, 8, 5), (2, 2, 33, 64, 0), (1, 5, 127, 128, 300)] {
+        let half = d / 2;
+        let total = offset + seq;
+        let angles: Vec<f64> = (0..total * half)
+            .map(|i| (i / half) as f64 / 10000f64.powf(2.0 * (i % half) as f64 / d as f64))
+            .collect();
+        let cos_full = Tensor::from_vec(angles.iter().map(|a| a.cos()).collect::<Vec<_>>(), (total, half), s.device)?
+            .to_dtype(dtype)?;
+        let sin_full = Tensor::from_vec(angles.iter().map(|a| a.sin()).collect::<Vec<_>>(), (total, half), s.device)?
+            .to_dtype(dtype)?;
+        let cos = cos_full.narrow(0, offset, seq)?;
+        let sin = sin_full.narrow(0, offset, seq)?;
+        let (cv, sv) = (v(&cos)?, v(&sin)?);
+        let neg_sv: Vec<f64> = sv.iter().map(|x| -x).collect();
+        for (layout, name) in [(rope::RopeLayout::HalfSplit, "rope_half_split"), (rope::RopeLayout::Interleaved, "rope_interleaved")] {
+            // Transposed [b, seq, h, d] input: the strided path the decoder uses.
+            let x = s.rand(&[b, seq, h, d], dtype, 2.0)?.transpose(1, 2)?;
+            let shape = [b, h, seq, d];
+            let y = rope::rope(&x, &cos, &sin, layout)?;
+            let xc = v(&x.contiguous()?)?;
+            s.record(name, dtype, "fwd", &shape, &v(&y)?, &rope::rope_reference(&xc, &cv, &sv, seq, d, layout));
+            let dy = s.rand(&shape, dtype, 1.0)?;
+            let g = grads(&[x.contiguous()?], &dy, |t| rope::rope(&t[0], &cos, &sin, layout))?;
+            let want = rope::rope_reference(&v(&dy)?, &cv, &neg_sv, seq, d, layout);
+            s.record(name, dtype, "bwd", &shape, &g[0], &want);
+        }
+    }
+    Ok(())
+}
+
+fn check_swiglu(s: &mut Suite, dtype: DType) -> Result<()> {
+    for n in [1usize, 3, 17, 33, 127, 4097, 100_003] {
+        let shape = [n];
+        let g = s.rand(&shape, dtype, 6.0)?;
+        let u = s.rand(&shape, dtype, 2.0)?;
+        let y = swiglu::swiglu(&g, &u)?;
+        let (gv, uv) = (v(&g)?, v(&u)?);
+        s.record("swiglu", dtype, "fwd", &shape, &v(&y)?, &swiglu::swiglu_reference(&gv, &uv));
+        let dy = s.rand(&shape, dtype, 1.0)?;
+        let gr = grads(&[g.clone(), u.clone()], &dy, |t| swiglu::swiglu(&t[0], &t[1]))?;
+        let (dg, du) = swiglu::swiglu_backward_reference(&gv, &uv, &v(&dy)?);
+        s.record("swiglu", dtype, "bwd", &shape, &[gr[0].clone(), gr[1].clone()].concat(), &[dg, du].concat());
+    }
+    Ok(())
+}
+
+fn check_cross_entropy(s: &mut Suite, dtype: DType) -> Result<()> {
+    for shape in [[1, 3], [3, 17], [4, 127], [5, 4097], [2, 49_152], [3, 151_936]] {
+        let (rows, vocab) = (shape[0], shape[1]);
+        let seed = s.next_seed();
+        let labels: Vec<i64> = (0..rows)
+            .map(|i| {
+                if i % 3 == 1 {
+                    cross_entropy::IGNORE_INDEX
+                } else {
+                    ((seed >> (i % 16)) as usize % vocab) as i64
+                }
+            })
+            .collect();
+        let lt = Tensor::new(labels.as_slice(), s.device)?;
+        let x = s.rand(&shape, dtype, 8.0)?;
+        let var = Var::from_tensor(&x)?;
+        let loss = cross_entropy::cross_entropy(var.as_tensor(), &lt)?;
+        let g = loss.backward()?;
+        let (want_loss, want_grad) = cross_entropy::cross_entropy_reference(&v(&x)?, &labels, vocab);
+        // The loss is f32 whatever the logits: judged at f32's tolerance.
+        let got = v(&loss)?;
+        s.record("cross_entropy", dtype, "fwd", &shape, &got, &[want_loss]);
+        if let Some(last) = s.records.last_mut() {
+            last.tolerance = tolerance(DType::F32);
+            last.ok = last.max_rel_err <= last.tolerance;
+        }
+        let grad = g.get(var.as_tensor()).map(v).transpose()?.unwrap_or_default();
+        s.record("cross_entropy", dtype, "bwd", &shape, &grad, &want_grad);
+    }
+    Ok(())
+}
+
+fn check_lora(s: &mut Suite, dtype: DType) -> Result<()> {
+    // (tokens, in, out, rank): up to 8 tokens take the one-kernel path on CUDA, more the cuBLAS one.
+    for (t, inf, outf, r) in [(1, 3, 5, 1), (3, 17, 33, 4), (8, 64, 127, 8), (1, 1024, 1024, 8), (17, 33, 127, 8), (127, 64, 17, 16)] {
+        let shape = [t, inf, outf, r];
+        let x = s.rand(&[t, inf], dtype, 1.0)?;
+        let w = s.rand(&[outf, inf], dtype, 0.5)?;
+        let bias = s.rand(&[outf], dtype, 0.5)?;
+        let a = s.rand(&[r, inf], dtype, 0.5)?;
+        let b = s.rand(&[outf, r], dtype, 0.5)?;
+        let scale = 2.0;
+        let (xv, wv, biasv, av, bv) = (v(&x)?, v(&w)?, v(&bias)?, v(&a)?, v(&b)?);
+        let y = lora_linear::lora_linear(&x, Some(&w), Some(&bias), &a, &b, scale)?;
+        let want = lora_linear::lora_linear_reference(&xv, &wv, &biasv, &av, &bv, scale, inf, r);
+        s.record("lora_linear", dtype, "fwd", &shape, &v(&y)?, &want);
+        let d = lora_linear::lora_linear(&x, None, None, &a, &b, scale)?;
+        let want = lora_linear::lora_linear_reference(&xv, &[], &[], &av, &bv, scale, inf, r);
+        s.record("lora_low_rank", dtype, "fwd", &shape, &v(&d)?, &want);
+
+        let dy = s.rand(&[t, outf], dtype, 1.0)?;
+        let g = grads(&[x.clone(), a.clone(), b.clone()], &dy, |ts| {
+            lora_linear::lora_linear(&ts[0], Some(&w), Some(&bias), &ts[1], &ts[2], scale)
+        })?;
+        let want = lora_backward_reference(&xv, &wv, &av, &bv, &v(&dy)?, (t, inf, outf, r), scale)?;
+        s.record("lora_linear", dtype, "bwd", &shape, &g.concat(), &want.concat());
+    }
+    Ok(())
+}
+
+/// dx, dA, dB in f64 on the CPU through Candle's matmuls (independent of the fused op).
+fn lora_backward_reference(
+    x: &[f64],
+    w: &[f64],
+    a: &[f64],
+    b: &[f64],
+    dy: &[f64],
+    (t, inf, outf, r): (usize, usize, usize, usize),
+    scale: f64,
+) -> Result<Vec<Vec<f64>>> {
+    let cpu = Device::Cpu;
+    let x = Tensor::from_slice(x, (t, inf), &cpu)?;
+    let w = Tensor::from_slice(w, (outf, inf), &cpu)?;
+    let a = Tensor::from_slice(a, (r, inf), &cpu)?;
+    let b = Tensor::from_slice(b, (outf, r), &cpu)?;
+    let g = Tensor::from_slice(dy, (t, outf), &cpu)?;
+    let u = g.matmul(&b)?;
+    let dx = (g.matmul(&w)? + (u.matmul(&a)? * scale)?)?;
+    let da = (u.t()?.matmul(&x)? * scale)?;
+    let db = (g.t()?.matmul(&x.matmul(&a.t()?)?)? * scale)?;
+    Ok(vec![v(&dx)?, v(&da)?, v(&db)?])
+}
+
+fn check_decode_attention(s: &mut Suite, dtype: DType) -> Result<()> {
+    for (b, heads, kv, len, d) in [(1, 1, 1, 1, 8), (1, 3, 1, 17, 16), (2, 9, 3, 33, 64), (1, 4, 2, 4097, 64), (1, 9, 3, 1000, 128)] {
+        let shape = [b, heads, kv, len, d];
+        let q = s.rand(&[b, heads, 1, d], dtype, 1.0)?;
+        let kfull = s.rand(&[b, kv, len + 7, d], dtype, 1.0)?;
+        let vfull = s.rand(&[b, kv, len + 7, d], dtype, 1.0)?;
+        let (k, vc) = (kfull.narrow(2, 0, len)?, vfull.narrow(2, 0, len)?);
+        let scale = 1.0 / (d as f64).sqrt();
+        let y = decode_attention::decode_attention(&q, &k, &vc, scale)?;
+        let want = decode_attention::decode_attention_reference(
+            &v(&q)?,
+            &v(&k.contiguous()?)?,
+            &v(&vc.contiguous()?)?,
+            (b, heads, kv, len, d),
+            scale,
+        );
+        s.record("decode_attention", dtype, "fwd", &shape, &v(&y)?, &want);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suite_passes_on_the_cpu() {
+        let records = run_suite(&Device::Cpu, "cpu", "test", 42).unwrap();
+        let failed: Vec<_> = records.iter().filter(|r| !r.ok).collect();
+        assert!(failed.is_empty(), "failed: {failed:#?}");
+        assert!(records.len() > 150);
+    }
+}

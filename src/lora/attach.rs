@@ -1,0 +1,260 @@
+//! An adapter in memory and attaching it to a model's `Linear` layers by PEFT module path.
+//!
+//! Models hand out their projections as `(path, &mut Linear)` (`Llama::linear_layers_mut`); this module
+//! never needs to know the model. A and B are Candle `Var`s in f32 whatever the base dtype, so the same
+//! adapter trains (the optimizer updates the vars in place and every layer sees the new values) and
+//! serves inference.
+
+use std::collections::BTreeSet;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::config::{LoraConfig, TargetModules};
+use super::init::init_lora_pair;
+use crate::models::linear::{Linear, LoraWeights};
+use crate::{Context, Error, Result};
+
+/// One adapted module: a: [r, in], b: [out, r] (f32).
+#[derive(Debug, Clone)]
+pub struct AdapterLayer {
+    /// PEFT module path, e.g. `model.layers.0.self_attn.q_proj`.
+    pub path: String,
+    /// lora_A: [r, in]
+    pub a: Var,
+    /// lora_B: [out, r]
+    pub b: Var,
+}
+
+/// A LoRA adapter: its config and one (A, B) pair per adapted module, sorted by path.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    /// The config it was made or loaded with.
+    pub config: LoraConfig,
+    /// The adapted modules, sorted by path.
+    pub layers: Vec<AdapterLayer>,
+}
+
+/// Picks the layers a config targets, checking that every named target matches something.
+/// `layers`: (path, in_features, out_features) of every linear layer of the model.
+pub fn select_targets(
+    target_modules: &TargetModules,
+    layers: &[(String, usize, usize)],
+) -> Result<Vec<(String, usize, usize)>> {
+    let mut chosen = Vec::new();
+    for (path, i, o) in layers {
+        if target_modules.matches(path)? {
+            chosen.push((path.clone(), *i, *o));
+        }
+    }
+    let unmatched: Vec<&String> = target_modules
+        .names()
+        .iter()
+        .filter(|n| {
+            !layers
+                .iter()
+                .any(|(p, _, _)| super::config::module_name_matches(p, n))
+        })
+        .collect();
+    if !unmatched.is_empty() || chosen.is_empty() {
+        let available: BTreeSet<&str> = layers
+            .iter()
+            .map(|(p, _, _)| p.rsplit('.').next().unwrap_or(p))
+            .collect();
+        let what = if unmatched.is_empty() {
+            "no module matches the target modules".to_string()
+        } else {
+            format!(
+                "unknown target module(s) {}",
+                unmatched
+                    .iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        return Err(Error::InvalidOption {
+            option: "target_modules".into(),
+            reason: format!(
+                "{what}; this model's linear layers are: {}, or \"all-linear\"",
+                available.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    Ok(chosen)
+}
+
+impl Adapter {
+    /// A freshly initialised adapter (PEFT's init, seeded) for the targeted layers among `layers`
+    /// (path, in_features, out_features).
+    pub fn init(
+        config: LoraConfig,
+        layers: &[(String, usize, usize)],
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate(std::path::Path::new("LoRA options"))?;
+        let mut config = config;
+        let targets = select_targets(&config.target_modules, layers)?;
+        if matches!(config.target_modules, TargetModules::One(_)) {
+            // As PEFT does after injecting: "all-linear" is saved as the module names it resolved to.
+            let names: BTreeSet<String> = targets
+                .iter()
+                .map(|(p, _, _)| p.rsplit('.').next().unwrap_or(p).to_string())
+                .collect();
+            config.target_modules = TargetModules::List(names.into_iter().collect());
+        }
+        let mut out = Vec::new();
+        for (path, in_features, out_features) in targets {
+            let (a, b) = init_lora_pair(&config, &path, in_features, out_features, seed, device)?;
+            out.push(AdapterLayer {
+                a: Var::from_tensor(&a).context(format!("lora_A var of {path}"))?,
+                b: Var::from_tensor(&b).context(format!("lora_B var of {path}"))?,
+                path,
+            });
+        }
+        out.sort_by(|x, y| x.path.cmp(&y.path));
+        Ok(Self {
+            config,
+            layers: out,
+        })
+    }
+
+    /// Every trainable tensor, in path order (A then B per layer).
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        self.layers
+            .iter()
+            .flat_map(|l| {
+                [
+                    (format!("{}.lora_A", l.path), l.a.clone()),
+                    (format!("{}.lora_B", l.path), l.b.clone()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Number of trainable parameters.
+    pub fn num_parameters(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.a.elem_count() + l.b.elem_count())
+            .sum()
+    }
+
+    /// Moves the adapter to `device` as f32 (fresh vars).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let a = l.a.as_tensor().to_device(device)?.to_dtype(DType::F32)?;
+            let b = l.b.as_tensor().to_device(device)?.to_dtype(DType::F32)?;
+            layers.push(AdapterLayer {
+                path: l.path.clone(),
+                a: Var::from_tensor(&a)?,
+                b: Var::from_tensor(&b)?,
+            });
+        }
+        Ok(Self {
+            config: self.config.clone(),
+            layers,
+        })
+    }
+
+    /// Sets every model layer's adapter slot: this adapter's pair where it has one, nothing elsewhere.
+    /// Checks that every adapted module exists in the model with matching shapes (an adapter made for
+    /// another base fails here, with the mismatches listed). `origin` names the adapter for errors.
+    pub fn apply(
+        &self,
+        model_layers: Vec<(String, &mut Linear)>,
+        origin: &std::path::Path,
+    ) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut mismatched = Vec::new();
+        let mut slots: Vec<(&mut Linear, Option<&AdapterLayer>)> = Vec::new();
+        let mut found = vec![false; self.layers.len()];
+        for (path, linear) in model_layers {
+            let idx = self
+                .layers
+                .binary_search_by(|l| l.path.as_str().cmp(path.as_str()))
+                .ok();
+            if let Some(i) = idx {
+                found[i] = true;
+                let l = &self.layers[i];
+                let (r, a_in) = l.a.as_tensor().dims2()?;
+                let (b_out, b_r) = l.b.as_tensor().dims2()?;
+                if a_in != linear.in_features() || b_r != r {
+                    mismatched.push((
+                        format!("{path}.lora_A.weight"),
+                        vec![r, linear.in_features()],
+                        vec![r, a_in],
+                    ));
+                }
+                if b_out != linear.out_features() || b_r != r {
+                    mismatched.push((
+                        format!("{path}.lora_B.weight"),
+                        vec![linear.out_features(), r],
+                        vec![b_out, b_r],
+                    ));
+                }
+            }
+            slots.push((linear, idx.map(|i| &self.layers[i])));
+        }
+        for (i, f) in found.iter().enumerate() {
+            if !f {
+                missing.push(format!(
+                    "{} (adapted in the adapter, absent from the model)",
+                    self.layers[i].path
+                ));
+            }
+        }
+        if !missing.is_empty() || !mismatched.is_empty() {
+            return Err(Error::TensorMismatch {
+                path: origin.to_path_buf(),
+                missing,
+                unexpected: Vec::new(),
+                mismatched,
+            });
+        }
+        let scale = self.config.scale();
+        for (linear, layer) in slots {
+            linear.lora = layer.map(|l| LoraWeights {
+                a: l.a.as_tensor().clone(),
+                b: l.b.as_tensor().clone(),
+                scale,
+                dropout: self.config.lora_dropout,
+            });
+        }
+        Ok(())
+    }
+
+    /// The adapter's low-rank update of one module, `scale * B A`: [out, in] f32.
+    pub fn delta_weight(&self, layer: &AdapterLayer) -> Result<Tensor> {
+        let ba = layer
+            .b
+            .as_tensor()
+            .matmul(layer.a.as_tensor())
+            .context(format!("B A of {}", layer.path))?;
+        (ba * self.config.scale()).context("scaling B A")
+    }
+}
+
+/// Initialises an adapter for `config` over the model's layers and attaches it (training entry point).
+pub fn attach(
+    config: LoraConfig,
+    model_layers: Vec<(String, &mut Linear)>,
+    seed: u64,
+    device: &Device,
+) -> Result<Adapter> {
+    let shapes: Vec<(String, usize, usize)> = model_layers
+        .iter()
+        .map(|(p, l)| (p.clone(), l.in_features(), l.out_features()))
+        .collect();
+    let adapter = Adapter::init(config, &shapes, seed, device)?;
+    adapter.apply(model_layers, std::path::Path::new("new adapter"))?;
+    Ok(adapter)
+}
+
+/// Removes any adapter from every layer.
+pub fn detach(model_layers: Vec<(String, &mut Linear)>) {
+    for (_, linear) in model_layers {
+        linear.lora = None;
+    }
+}

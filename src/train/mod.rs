@@ -1,0 +1,13 @@
+//! LoRA training: JSONL data to token ids and masked labels, the causal-LM loss, AdamW, learning-rate
+//! schedules, the training loop, atomic PEFT-layout checkpoints, metrics and the loss curve.
+//!
+//! The library never prints: progress goes to a callback that the CLI turns into a progress bar.
+
+pub mod checkpoint;
+pub mod data;
+pub mod loss;
+pub mod metrics;
+pub mod optimizer;
+pub mod plot;
+pub mod schedule;
+pub mod trainer;

@@ -1,0 +1,408 @@
+//! The training loop: LoRA on a frozen decoder with AdamW, a warmup schedule, gradient accumulation,
+//! global-norm clipping, periodic eval, atomic checkpoints and exact resume.
+//!
+//! One optimizer step takes `grad_accum` micro-batches. Micro-batch k of the run is batch
+//! `k % batches_per_epoch` of epoch `k / batches_per_epoch`, each epoch's order drawn from (seed, epoch):
+//! the data position is a function of the step, so a resumed run sees exactly the batches the
+//! uninterrupted run would have. The loss of a step is token-weighted over its micro-batches (each
+//! micro-batch's mean loss is scaled by its share of the step's counted tokens before backward), so
+//! accumulation gives the gradient of one big batch.
+//!
+//! Determinism: the LoRA init is seeded, the data order is seeded, and with `lora_dropout = 0` (the
+//! default, as PEFT's) nothing else is random, so on the CPU a run resumed from step k reproduces the
+//! straight run bit for bit. With dropout > 0 the masks come from Candle's unseeded CPU generator and a
+//! resumed run is equivalent in distribution only.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{
+    load_checkpoint, remove_stale_temporaries, save_checkpoint, SaveFault, TrainerState,
+};
+use super::data::{Batch, Dataset};
+use super::loss::causal_lm_loss;
+use super::metrics::{read_metrics, MetricRecord, MetricsWriter};
+use super::optimizer::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
+use super::schedule::{Schedule, ScheduleKind};
+use crate::lora::{attach, peft_io, Adapter, LoraConfig};
+use crate::models::llama::Llama;
+use crate::{Context, Error, Result};
+
+/// Everything that defines a run (saved in every checkpoint; `--resume` continues with it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The adapter to train.
+    pub lora: LoraConfig,
+    /// Peak learning rate.
+    pub lr: f64,
+    pub scheduler: ScheduleKind,
+    pub warmup_steps: usize,
+    /// Optimizer steps of the whole run.
+    pub total_steps: usize,
+    pub adamw: AdamWConfig,
+    /// Global-norm clipping threshold (None: no clipping).
+    pub max_grad_norm: Option<f64>,
+    /// Rows per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Shuffle rows every epoch.
+    pub shuffle: bool,
+    pub seed: u64,
+    /// Save a checkpoint every N steps (and at the end); None: only the final adapter.
+    pub save_every: Option<usize>,
+    /// Checkpoints kept (0: all).
+    pub keep_last: usize,
+    /// Evaluate on the eval set every N steps (and at the end) when there is one.
+    pub eval_every: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            lora: LoraConfig::default(),
+            lr: 2e-4,
+            scheduler: ScheduleKind::Linear,
+            warmup_steps: 0,
+            total_steps: 100,
+            adamw: AdamWConfig::default(),
+            max_grad_norm: Some(1.0),
+            batch_size: 4,
+            grad_accum: 1,
+            shuffle: true,
+            seed: 42,
+            save_every: None,
+            keep_last: 3,
+            eval_every: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Optimizer steps for `epochs` passes over `rows` rows.
+    pub fn steps_for_epochs(epochs: f64, rows: usize, batch_size: usize, grad_accum: usize) -> usize {
+        let micro = (epochs * rows.div_ceil(batch_size) as f64).ceil() as usize;
+        micro.div_ceil(grad_accum).max(1)
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |option: &str, reason: String| {
+            Err(Error::InvalidOption {
+                option: option.into(),
+                reason,
+            })
+        };
+        if self.batch_size == 0 {
+            return bad("--batch-size", "must be at least 1".into());
+        }
+        if self.grad_accum == 0 {
+            return bad("--grad-accum", "must be at least 1".into());
+        }
+        if self.total_steps == 0 {
+            return bad("--steps", "must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("--lr", format!("must be positive, got {}", self.lr));
+        }
+        if self.lora.r == 0 {
+            return bad("--rank", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the trainer reports to its caller (the CLI draws a progress bar from it).
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Training starts (or resumes) at `step` of `total_steps`.
+    Start {
+        step: usize,
+        total_steps: usize,
+        trainable_parameters: usize,
+    },
+    /// An optimizer step finished.
+    Step {
+        step: usize,
+        total_steps: usize,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        tokens_per_s: f64,
+    },
+    /// An evaluation finished.
+    Eval { step: usize, eval_loss: f64 },
+    /// A checkpoint was written.
+    Checkpoint { step: usize, dir: PathBuf },
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Loss of every optimizer step of this invocation (resumed runs: only the new steps).
+    pub losses: Vec<f64>,
+    pub final_eval_loss: Option<f64>,
+    /// Where the final adapter was written.
+    pub adapter_dir: PathBuf,
+    pub steps: usize,
+    pub tokens: usize,
+    pub seconds: f64,
+}
+
+/// How a run starts.
+pub struct TrainRun<'a> {
+    pub train_data: &'a Dataset,
+    pub eval_data: Option<&'a Dataset>,
+    pub config: TrainConfig,
+    /// The adapter, metrics, loss curve and checkpoints go here.
+    pub out_dir: PathBuf,
+    /// A checkpoint directory (or an output directory with checkpoints) to continue from; its saved
+    /// config replaces `config`.
+    pub resume: Option<PathBuf>,
+    /// Crash-test hook for checkpoint writes.
+    pub fault: SaveFault,
+    /// Stop after this many steps of this invocation (a time-boxed run; `resume` continues it). The
+    /// schedule still spans `total_steps`. A checkpoint is written at the stop when `save_every` is set.
+    pub stop_after_steps: Option<usize>,
+}
+
+fn batch_tensors(batch: &Batch, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    let (b, t) = (batch.input_ids.len(), batch.seq_len());
+    let ids: Vec<u32> = batch.input_ids.iter().flatten().copied().collect();
+    let labels: Vec<i64> = batch.labels.iter().flatten().copied().collect();
+    let ids = Tensor::from_vec(ids, (b, t), device).context("batch ids")?;
+    let labels = Tensor::from_vec(labels, (b, t), device).context("batch labels")?;
+    Ok((ids, labels))
+}
+
+/// Token-weighted mean loss of `data` with the adapter as it is (dropout off).
+pub fn evaluate(model: &Llama, data: &Dataset, batch_size: usize) -> Result<f64> {
+    let mut total = 0f64;
+    let mut count = 0usize;
+    for index in 0..data.batches_per_epoch(batch_size) {
+        let (batch, _) = data.batch(0, batch_size, index, false);
+        let n = super::loss::counted_positions(&batch.labels);
+        if n == 0 {
+            continue;
+        }
+        let (ids, labels) = batch_tensors(&batch, model.device())?;
+        let mut cache = model.new_cache(batch.input_ids.len());
+        let logits = model.forward(&ids, &mut cache)?.detach();
+        let loss = causal_lm_loss(&logits, &labels)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        total += loss * n as f64;
+        count += n;
+    }
+    Ok(total / count.max(1) as f64)
+}
+
+/// Trains a LoRA adapter on `model` (its weights stay frozen; the adapter is left attached).
+pub fn train(
+    model: &mut Llama,
+    run: TrainRun<'_>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(Adapter, TrainSummary)> {
+    let device = model.device().clone();
+    let out_dir = run.out_dir.clone();
+    std::fs::create_dir_all(&out_dir).map_err(crate::error::io_error(&out_dir))?;
+    remove_stale_temporaries(&out_dir)?;
+
+    let (adapter, config, mut state, optimizer_state) = match &run.resume {
+        Some(path) => {
+            let ckpt = load_checkpoint(path, &device)?;
+            ckpt.adapter
+                .apply(model.linear_layers_mut(), &ckpt.dir)?;
+            tracing::info!("resuming from {} at step {}", ckpt.dir.display(), ckpt.state.step);
+            let config = ckpt.state.config.clone();
+            (ckpt.adapter, config, ckpt.state, Some(ckpt.optimizer))
+        }
+        None => {
+            run.config.check()?;
+            let adapter = attach(
+                run.config.lora.clone(),
+                model.linear_layers_mut(),
+                run.config.seed,
+                &device,
+            )?;
+            let state = TrainerState {
+                step: 0,
+                micro_batches: 0,
+                tokens_seen: 0,
+                config: run.config.clone(),
+                wick_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            (adapter, run.config.clone(), state, None)
+        }
+    };
+    let vars = adapter.vars();
+    let mut optimizer = AdamW::new(vars.clone(), config.adamw)?;
+    if let Some(tensors) = &optimizer_state {
+        optimizer.load_state(tensors, state.step)?;
+    }
+    let schedule = Schedule {
+        kind: config.scheduler,
+        lr: config.lr,
+        warmup_steps: config.warmup_steps,
+        total_steps: config.total_steps,
+    };
+    let metrics_path = out_dir.join("metrics.jsonl");
+    let mut metrics = MetricsWriter::open(&metrics_path, state.step)?;
+    let mut last_checkpoint: Option<PathBuf> = run
+        .resume
+        .as_ref()
+        .and_then(|p| super::checkpoint::resolve_checkpoint(p).ok());
+    progress(&Progress::Start {
+        step: state.step,
+        total_steps: config.total_steps,
+        trainable_parameters: adapter.num_parameters(),
+    });
+
+    let data = run.train_data;
+    let per_epoch = data.batches_per_epoch(config.batch_size);
+    let started = Instant::now();
+    let mut losses = Vec::new();
+    let mut tokens_this_run = 0usize;
+    let mut final_eval_loss = None;
+    let stop_at = run
+        .stop_after_steps
+        .map_or(config.total_steps, |n| (state.step + n).min(config.total_steps));
+    while state.step < stop_at {
+        let step_start = Instant::now();
+        let micro: Vec<(Batch, Vec<usize>)> = (0..config.grad_accum)
+            .map(|k| {
+                data.batch(
+                    config.seed,
+                    config.batch_size,
+                    state.micro_batches + k,
+                    config.shuffle,
+                )
+            })
+            .collect();
+        let counted_total: usize = micro
+            .iter()
+            .map(|(b, _)| super::loss::counted_positions(&b.labels))
+            .sum();
+        let mut grads: HashMap<String, Tensor> = HashMap::new();
+        let mut step_loss = 0f64;
+        let mut step_tokens = 0usize;
+        for (batch, lengths) in &micro {
+            let counted = super::loss::counted_positions(&batch.labels);
+            step_tokens += batch.real_tokens(lengths);
+            if counted == 0 {
+                continue;
+            }
+            let weight = counted as f64 / counted_total as f64;
+            let (ids, labels) = batch_tensors(batch, &device)?;
+            let logits = model.forward_train(&ids)?;
+            let loss = causal_lm_loss(&logits, &labels)?;
+            let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            step_loss += loss_value * weight;
+            if !loss_value.is_finite() {
+                break;
+            }
+            let store = (loss * weight)?.backward().context("backward pass")?;
+            for (name, g) in collect_grads(&vars, &store) {
+                let merged = match grads.remove(&name) {
+                    Some(acc) => (acc + g)?,
+                    None => g,
+                };
+                grads.insert(name, merged);
+            }
+        }
+        let grad_norm = if step_loss.is_finite() {
+            clip_grad_norm(&mut grads, config.max_grad_norm)?
+        } else {
+            f64::NAN
+        };
+        if !step_loss.is_finite() || !grad_norm.is_finite() {
+            return Err(Error::Diverged {
+                step: state.step + 1,
+                loss: step_loss as f32,
+                checkpoint: last_checkpoint,
+            });
+        }
+        let lr = schedule.lr_at(state.step);
+        optimizer.step(&grads, lr)?;
+        drop(grads);
+        state.step += 1;
+        state.micro_batches += config.grad_accum;
+        state.tokens_seen += step_tokens;
+        tokens_this_run += step_tokens;
+        losses.push(step_loss);
+        let tokens_per_s = step_tokens as f64 / step_start.elapsed().as_secs_f64().max(1e-9);
+        metrics.write(&MetricRecord::Train {
+            step: state.step,
+            epoch: state.micro_batches as f64 / per_epoch as f64,
+            loss: step_loss,
+            lr,
+            grad_norm,
+            tokens: step_tokens,
+            tokens_per_s,
+            elapsed_s: started.elapsed().as_secs_f64(),
+        })?;
+        progress(&Progress::Step {
+            step: state.step,
+            total_steps: config.total_steps,
+            loss: step_loss,
+            lr,
+            grad_norm,
+            tokens_per_s,
+        });
+        let last = state.step == config.total_steps;
+        let stopping = state.step == stop_at;
+        if let Some(eval_data) = run.eval_data {
+            let due = config.eval_every.is_some_and(|n| state.step % n == 0);
+            if due || last {
+                let eval_loss = evaluate(model, eval_data, config.batch_size)?;
+                metrics.write(&MetricRecord::Eval {
+                    step: state.step,
+                    eval_loss,
+                })?;
+                progress(&Progress::Eval {
+                    step: state.step,
+                    eval_loss,
+                });
+                if last {
+                    final_eval_loss = Some(eval_loss);
+                }
+            }
+        }
+        if let Some(n) = config.save_every {
+            if state.step % n == 0 || last || stopping {
+                let dir = save_checkpoint(
+                    &out_dir,
+                    &adapter,
+                    optimizer.state_tensors(),
+                    &state,
+                    config.keep_last,
+                    run.fault,
+                )?;
+                progress(&Progress::Checkpoint {
+                    step: state.step,
+                    dir: dir.clone(),
+                });
+                last_checkpoint = Some(dir);
+            }
+        }
+    }
+    let mut final_adapter = adapter.clone();
+    final_adapter.config.inference_mode = true;
+    peft_io::save_adapter(&final_adapter, &out_dir)?;
+    let records = read_metrics(&metrics_path)?;
+    if let Err(e) = super::plot::write_loss_curve(&out_dir.join("loss.png"), &records) {
+        tracing::warn!("loss curve not written: {e}");
+    }
+    let summary = TrainSummary {
+        losses,
+        final_eval_loss,
+        adapter_dir: out_dir,
+        steps: state.step,
+        tokens: tokens_this_run,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((adapter, summary))
+}

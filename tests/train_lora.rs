@@ -1,0 +1,154 @@
+//! Training on the tiny random LLaMA (char tokenizer, ChatML template): the loss falls and the greedy
+//! answer changes to the taught one; resuming from a checkpoint reproduces a straight run bit for bit;
+//! a run killed while saving leaves a loadable checkpoint; a diverging run stops with the last good
+//! checkpoint intact.
+
+mod lora_support;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use wick::generate::{greedy_token_ids, Prompt, TextModel};
+use wick::lora::{LoraConfig, TargetModules};
+use wick::train::checkpoint::{list_checkpoints, load_checkpoint, SaveFault};
+use wick::train::data::{load_jsonl, DataOptions, Dataset};
+use wick::train::schedule::ScheduleKind;
+use wick::train::trainer::{train, TrainConfig, TrainRun, TrainSummary};
+use wick::Error;
+
+const ANSWER: &str = "Ahoy!";
+
+/// 24 chat examples: varied questions, always the same answer.
+fn write_data(dir: &Path) -> PathBuf {
+    let path = dir.join("data.jsonl");
+    let lines: Vec<String> = (0..24)
+        .map(|i| {
+            serde_json::json!({"messages": [
+                {"role": "user", "content": format!("q{} {}", i, ["hi", "yo", "ok"][i % 3])},
+                {"role": "assistant", "content": ANSWER},
+            ]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn dataset(model: &TextModel, path: &Path) -> Dataset {
+    load_jsonl(
+        path,
+        &model.tokenizer,
+        model.chat_template.as_ref(),
+        &DataOptions { max_seq_len: 48, pack: false },
+        model.model.config().max_position_embeddings,
+    )
+    .unwrap()
+}
+
+fn config(steps: usize) -> TrainConfig {
+    TrainConfig {
+        lora: LoraConfig {
+            r: 8,
+            lora_alpha: 16.0,
+            target_modules: TargetModules::parse("all-linear").unwrap(),
+            ..Default::default()
+        },
+        lr: 1e-2,
+        scheduler: ScheduleKind::Cosine,
+        warmup_steps: 2,
+        total_steps: steps,
+        batch_size: 4,
+        grad_accum: 2,
+        seed: 3,
+        save_every: Some(steps / 2),
+        keep_last: 0,
+        ..Default::default()
+    }
+}
+
+fn run(model: &mut TextModel, data: &Dataset, config: TrainConfig, out: &Path, resume: Option<PathBuf>) -> TrainSummary {
+    let run = TrainRun {
+        train_data: data,
+        eval_data: Some(data),
+        config,
+        out_dir: out.to_path_buf(),
+        resume,
+        fault: SaveFault::default(),
+        stop_after_steps: None,
+    };
+    train(&mut model.model, run, &mut |_| {}).unwrap().1
+}
+
+fn greedy(model: &TextModel, question: &str) -> String {
+    let ids = model.prompt_ids(&Prompt::Chat { system: None, user: question }).unwrap();
+    let out = greedy_token_ids(&model.model, &ids, 8).unwrap();
+    model.tokenizer.decode(&out).unwrap()
+}
+
+#[test]
+fn training_lowers_the_loss_and_changes_greedy_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = lora_support::tiny_model(DType::F32);
+    let data = dataset(&model, &write_data(dir.path()));
+    let before = greedy(&model, "q99 hi");
+    let summary = run(&mut model, &data, config(30), dir.path(), None);
+    let after = greedy(&model, "q99 hi");
+    let (first, last) = (summary.losses[0], *summary.losses.last().unwrap());
+    assert!(last < 0.3 * first, "loss {first} -> {last}");
+    assert_ne!(before, after);
+    assert!(after.starts_with(ANSWER), "after training: {after:?} (before: {before:?})");
+    assert!(summary.final_eval_loss.unwrap() < 0.3 * first);
+    // The adapter, metrics and loss curve are written beside each other.
+    for f in ["adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "loss.png"] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
+    // The saved adapter reproduces the trained model's answer on a fresh base.
+    let mut fresh = lora_support::tiny_model(DType::F32);
+    wick::lora::peft_io::load_adapter(dir.path(), &Device::Cpu)
+        .unwrap()
+        .apply(fresh.model.linear_layers_mut(), dir.path())
+        .unwrap();
+    assert_eq!(greedy(&fresh, "q99 hi"), after);
+}
+
+#[test]
+fn resume_is_bit_identical() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut model = lora_support::tiny_model(DType::F32);
+    let data = dataset(&model, &write_data(data_dir.path()));
+    let straight_dir = tempfile::tempdir().unwrap();
+    let straight = run(&mut model, &data, config(8), straight_dir.path(), None);
+
+    // The same run stopped after 4 steps (its checkpoint-4 written), then resumed in a fresh process state.
+    let resumed_dir = tempfile::tempdir().unwrap();
+    let mut first_model = lora_support::tiny_model(DType::F32);
+    let first = train(
+        &mut first_model.model,
+        TrainRun {
+            train_data: &data,
+            eval_data: Some(&data),
+            config: config(8),
+            out_dir: resumed_dir.path().to_path_buf(),
+            resume: None,
+            fault: SaveFault::default(),
+            stop_after_steps: Some(4),
+        },
+        &mut |_| {},
+    )
+    .unwrap()
+    .1;
+    assert_eq!(first.losses, straight.losses[..4].to_vec());
+    assert_eq!(list_checkpoints(resumed_dir.path()).unwrap().len(), 1);
+    let mut second_model = lora_support::tiny_model(DType::F32);
+    // Options given to a resumed run are replaced by the checkpoint's.
+    let mut other = config(8);
+    other.lr = 1.0;
+    let second = run(&mut second_model, &data, other, resumed_dir.path(), Some(resumed_dir.path().to_path_buf()));
+    assert_eq!(second.losses, straight.losses[4..].to_vec(), "losses after resume differ");
+    assert_eq!(second.final_eval_loss, straight.final_eval_loss);
+    for f in ["adapter_model.safetensors", "checkpoint-8/optimizer.safetensors"] {
+        let a = std::fs::read(straight_dir.path().join(f)).unwrap();
+        let b = std::fs::read(resumed_dir.path().join(f)).unwrap();
+        assert!(a == b, "{f} differs after resume");
+    }
+}

@@ -1,24 +1,255 @@
-//! `wick embed`, `wick index`, `wick search` (being built).
+//! `wick embed`, `wick index`, `wick search`: texts to vectors, a saved index, and cosine search.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use candle_core::DType;
+use indicatif::{ProgressBar, ProgressStyle};
+use wick::embed::corpus::{read_texts, Texts};
+use wick::embed::npy::write_npy;
+use wick::embed::{Embedder, EmbedderOptions, Hit, Index};
+
+/// Inputs with more texts than this get a progress bar (on a terminal).
+const PROGRESS_MIN_TEXTS: usize = 256;
+
+/// Options shared by the three commands.
+#[derive(clap::Args, Clone)]
+pub struct ModelArgs {
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype of the encoder: f32 (as sentence-transformers), f16 or bf16 (GPUs).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+/// Which prompt to prepend to the input texts.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum PromptKind {
+    /// The model's passage/document prompt (E5: "passage: "); none for most models.
+    Passage,
+    /// The model's query prompt (E5: "query: ").
+    Query,
+    /// No prompt.
+    None,
+}
 
 /// Options of `wick embed`.
 #[derive(clap::Args)]
-pub struct EmbedArgs {}
+pub struct EmbedArgs {
+    /// `default` (all-MiniLM-L6-v2) or a sentence-transformers model directory.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// One text per line, or JSONL with a `text` field (`.jsonl`/`.ndjson`). Empty lines are skipped.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// `.npy` for a float32 matrix, anything else for JSONL {"line","text","embedding"}; stdout if absent.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Prompt prepended to each text.
+    #[arg(long, value_enum, default_value = "passage")]
+    pub prompt: PromptKind,
+    #[command(flatten)]
+    pub run: ModelArgs,
+}
+
 /// Options of `wick index`.
 #[derive(clap::Args)]
-pub struct IndexArgs {}
+pub struct IndexArgs {
+    /// `default` (all-MiniLM-L6-v2) or a sentence-transformers model directory.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// The texts to index: one per line, or JSONL with a `text` field.
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// The index directory to write (replaced atomically if it holds an index).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub run: ModelArgs,
+}
+
 /// Options of `wick search`.
 #[derive(clap::Args)]
-pub struct SearchArgs {}
+#[command(group(clap::ArgGroup::new("source").required(true).args(["corpus", "index"])))]
+pub struct SearchArgs {
+    /// Model for the query (and the corpus). With --index, defaults to the model that built it.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Texts to search, embedded on the fly.
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// An index made by `wick index`.
+    #[arg(long)]
+    pub index: Option<PathBuf>,
+    /// The query.
+    #[arg(long)]
+    pub query: String,
+    /// How many results to print.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    #[command(flatten)]
+    pub run: ModelArgs,
+}
+
+fn load_embedder(model: &str, run: &ModelArgs) -> anyhow::Result<Embedder> {
+    let device = wick::device::parse_device(&run.device)?;
+    let dtype = match run.dtype.to_ascii_lowercase().as_str() {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => bail!("--dtype `{other}`: expected f32, f16 or bf16"),
+    };
+    if run.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let options = EmbedderOptions {
+        batch_size: run.batch_size,
+        dtype,
+        ..Default::default()
+    };
+    Embedder::load_with(model, &device, options)
+        .with_context(|| format!("loading embedding model `{model}`"))
+}
+
+/// A progress bar over `total` texts, hidden for short inputs and when stderr is not a terminal.
+fn progress_bar(total: usize, what: &str) -> ProgressBar {
+    if total < PROGRESS_MIN_TEXTS {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:40}} {{pos}}/{{len}} texts ({{per_sec}}, eta {{eta}})"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn embed_texts(
+    embedder: &Embedder,
+    texts: &Texts,
+    prompt: Option<&str>,
+) -> anyhow::Result<candle_core::Tensor> {
+    let bar = progress_bar(texts.texts.len(), "embedding");
+    let (embeddings, _) =
+        embedder.embed_with(&texts.as_strs(), prompt, &mut |done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    Ok(embeddings)
+}
 
 /// Runs `wick embed`.
-pub fn run_embed(_args: EmbedArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`wick embed` is not built yet")
+pub fn run_embed(args: EmbedArgs) -> anyhow::Result<()> {
+    let texts = read_texts(&args.input)?;
+    let embedder = load_embedder(&args.model, &args.run)?;
+    let prompt = match args.prompt {
+        PromptKind::Passage => embedder.prompts().passage.clone(),
+        PromptKind::Query => embedder.prompts().query.clone(),
+        PromptKind::None => None,
+    };
+    let embeddings = embed_texts(&embedder, &texts, prompt.as_deref())?;
+    let rows: Vec<Vec<f32>> = embeddings
+        .to_device(&candle_core::Device::Cpu)?
+        .to_vec2()?;
+    match &args.output {
+        Some(path) if is_npy(path) => {
+            let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+            write_npy(path, &flat, rows.len(), embedder.dim())?;
+        }
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            write_jsonl(BufWriter::new(file), &texts, &rows)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => write_jsonl(BufWriter::new(std::io::stdout().lock()), &texts, &rows)?,
+    }
+    if let Some(path) = &args.output {
+        eprintln!(
+            "wrote {} embeddings of dimension {} to {}",
+            rows.len(),
+            embedder.dim(),
+            path.display()
+        );
+    }
+    Ok(())
 }
+
+fn is_npy(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+}
+
+fn write_jsonl(mut out: impl Write, texts: &Texts, rows: &[Vec<f32>]) -> anyhow::Result<()> {
+    for ((text, line), row) in texts.texts.iter().zip(&texts.lines).zip(rows) {
+        let record = serde_json::json!({ "line": line, "text": text, "embedding": row });
+        serde_json::to_writer(&mut out, &record)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 /// Runs `wick index`.
-pub fn run_index(_args: IndexArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`wick index` is not built yet")
+pub fn run_index(args: IndexArgs) -> anyhow::Result<()> {
+    let texts = read_texts(&args.corpus)?;
+    let embedder = load_embedder(&args.model, &args.run)?;
+    let count = texts.texts.len();
+    let bar = progress_bar(count, "indexing");
+    let index = Index::build(&embedder, texts.texts, &mut |done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    index.save(&args.out)?;
+    eprintln!(
+        "indexed {count} texts ({} dimensions, model {}) into {}",
+        index.manifest.dim,
+        index.manifest.model_name,
+        args.out.display()
+    );
+    Ok(())
 }
+
 /// Runs `wick search`.
-pub fn run_search(_args: SearchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`wick search` is not built yet")
+pub fn run_search(args: SearchArgs) -> anyhow::Result<()> {
+    if args.top_k == 0 {
+        bail!("--top-k must be at least 1");
+    }
+    let hits: Vec<Hit> = if let Some(dir) = &args.index {
+        let index = Index::open(dir)?;
+        let model = args
+            .model
+            .clone()
+            .unwrap_or_else(|| index.manifest.model.clone());
+        let embedder = load_embedder(&model, &args.run)?;
+        wick::embed::search_index(&index, &embedder, &args.query, args.top_k)?
+    } else {
+        let corpus = args.corpus.as_ref().context("--corpus or --index is required")?;
+        let texts = read_texts(corpus)?;
+        let model = args.model.as_deref().unwrap_or(wick::embed::DEFAULT_MODEL);
+        let embedder = load_embedder(model, &args.run)?;
+        let prompt = embedder.prompts().passage.clone();
+        let corpus_embeddings = embed_texts(&embedder, &texts, prompt.as_deref())?;
+        let query = embedder.embed_queries(&[args.query.as_str()])?;
+        wick::embed::rank_by_cosine(&corpus_embeddings, &query, args.top_k)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, (row, score))| Hit {
+                rank: i + 1,
+                row,
+                score,
+                text: texts.texts[row].clone(),
+            })
+            .collect()
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for hit in hits {
+        writeln!(out, "{:>3}  {:.4}  {}", hit.rank, hit.score, hit.text)?;
+    }
+    Ok(())
 }

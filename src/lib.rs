@@ -7,6 +7,7 @@
 //! with `ops` (fused kernels) and `gpu` (CUDA plumbing) under all of them.
 
 pub mod device;
+pub mod embed;
 pub mod error;
 pub mod formats;
 pub mod gpu;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_dispatch;
+mod bench_embed;
 mod embed;
 mod generate;
 mod merge;

@@ -1,3 +1,4 @@
 //! Model architectures. `llama` covers LLaMA-family, Mistral and Qwen2 decoders; `bert` the encoders.
 
+pub mod bert;
 pub mod linear;

@@ -10,8 +10,11 @@ pub mod device;
 pub mod embed;
 pub mod error;
 pub mod formats;
+pub mod generate;
 pub mod gpu;
+pub mod lora;
 pub mod models;
 pub mod ops;
+pub mod train;
 
 pub use error::{Context, Error, Result};

@@ -25,7 +25,7 @@ fn scalar(t: &Tensor) -> f64 {
 fn numeric(var: &Var, i: usize, f: &dyn Fn() -> f64) -> f64 {
     let original = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let shape = var.shape().clone();
-    let mut set = |delta: f64| {
+    let set = |delta: f64| {
         let mut v = original.clone();
         v[i] += delta;
         var.set(&Tensor::from_vec(v, &shape, &Device::Cpu).unwrap()).unwrap();

@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use wick::generate::{greedy_token_ids, Prompt, TextModel};
 use wick::lora::{LoraConfig, TargetModules};
-use wick::train::checkpoint::{list_checkpoints, load_checkpoint, SaveFault};
+use wick::train::checkpoint::{list_checkpoints, SaveFault};
 use wick::train::data::{load_jsonl, DataOptions, Dataset};
 use wick::train::schedule::ScheduleKind;
 use wick::train::trainer::{train, TrainConfig, TrainRun, TrainSummary};
-use wick::Error;
 
 const ANSWER: &str = "Ahoy!";
 

@@ -4,18 +4,27 @@
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// CPU prefill/decode benchmark.
-    Cpu,
+    Cpu(super::bench_cpu::Args),
     /// Time every GPU matmul path over a grid of shapes; write the dispatch table.
     Dispatch(super::bench_dispatch::Args),
+    /// Check every fused kernel against the f64 references on the device; write JSON records.
+    GpuCheck(super::bench_gpu_check::Args),
+    /// Time the fused kernels at the CUDA-kernels issue's shapes.
+    Kernels(super::bench_kernels::Args),
     /// Embedding throughput (texts/s per batch size) and peak memory.
     Embed(super::bench_embed::Args),
+    /// LoRA training tokens/s and peak memory.
+    Train(super::bench_train::Args),
 }
 
 /// Runs `wick bench`.
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Dispatch(args) => super::bench_dispatch::run(args),
+        Command::GpuCheck(args) => super::bench_gpu_check::run(args),
+        Command::Kernels(args) => super::bench_kernels::run(args),
         Command::Embed(args) => super::bench_embed::run(args),
-        Command::Cpu => anyhow::bail!("`wick bench cpu` is not built yet"),
+        Command::Train(args) => super::bench_train::run(args),
+        Command::Cpu(args) => super::bench_cpu::run(args),
     }
 }

@@ -2,8 +2,12 @@
 //! lives in its own file with an `Args` struct and a `run` function.
 
 mod bench;
+mod bench_cpu;
 mod bench_dispatch;
 mod bench_embed;
+mod bench_gpu_check;
+mod bench_kernels;
+mod bench_train;
 mod embed;
 mod generate;
 mod merge;

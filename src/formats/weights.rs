@@ -7,9 +7,29 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::quantized::QTensor;
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 
-use crate::Result;
+use crate::{Context, Result};
+
+/// How a source hands out its tensors: on which device, and whether to dequantize.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The device every tensor is created on.
+    pub device: Device,
+    /// `None`: GGUF matrices stay quantized (inference with `QMatMul`), vectors are f32, and HF
+    /// safetensors are converted to f32. `Some(dtype)`: every tensor is dense in `dtype` (training, merge).
+    pub dtype: Option<DType>,
+}
+
+impl Default for LoadOptions {
+    /// CPU, quantized where the file is.
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: None,
+        }
+    }
+}
 
 /// One weight tensor as stored: quantized blocks (kept quantized for inference) or a dense tensor.
 #[derive(Debug, Clone)]
@@ -28,6 +48,19 @@ impl Weight {
             Weight::Dense(t) => t.dims().to_vec(),
         }
     }
+
+    /// The weight as a dense tensor of `dtype` on its device (dequantizing a quantized one).
+    pub fn to_dense(&self, dtype: DType) -> Result<Tensor> {
+        let t = match self {
+            Weight::Quantized(q) => q.dequantize(&q.device()).context("dequantizing weight")?,
+            Weight::Dense(t) => t.clone(),
+        };
+        if t.dtype() == dtype {
+            Ok(t)
+        } else {
+            t.to_dtype(dtype).context("converting weight dtype")
+        }
+    }
 }
 
 /// A source of named weights on one device (a GGUF file or an HF safetensors directory).
@@ -40,4 +73,13 @@ pub trait WeightSource {
     fn get(&self, name: &str) -> Result<Weight>;
     /// Every tensor name (HF naming) in the source, for validation.
     fn names(&self) -> Vec<String>;
+    /// The shape of a tensor without loading it (`None` if absent). Sources override the default,
+    /// which loads the tensor.
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.get(name).ok().map(|w| w.dims())
+    }
+    /// How a tensor is stored in the file (`Q4_1`, `F32`, `BF16`, ...), for `wick models info`.
+    fn stored_type(&self, _name: &str) -> Option<String> {
+        None
+    }
 }

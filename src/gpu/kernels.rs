@@ -40,20 +40,27 @@ impl Module {
 }
 
 type ModuleCache = HashMap<(DeviceId, Module), Arc<CudaModule>>;
-type FunctionCache = HashMap<(DeviceId, Module, String), CudaFunction>;
+/// Keyed by (device, module, kernel name, dtype suffix): no allocation on the hot path.
+type FunctionCache = HashMap<(DeviceId, Module, &'static str, &'static str), CudaFunction>;
 
 fn caches() -> &'static Mutex<(ModuleCache, FunctionCache)> {
     static CACHE: OnceLock<Mutex<(ModuleCache, FunctionCache)>> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new((HashMap::new(), HashMap::new())))
 }
 
-/// The kernel `name` of `module` on `dev`, loading the module on first use.
-pub fn function(dev: &CudaDevice, module: Module, name: &str) -> candle_core::Result<CudaFunction> {
+/// The kernel `{name}_{suffix}` (or `name` alone for an empty suffix) of `module` on `dev`, loading
+/// the module on first use.
+pub fn function(
+    dev: &CudaDevice,
+    module: Module,
+    name: &'static str,
+    suffix: &'static str,
+) -> candle_core::Result<CudaFunction> {
     let mut guard = caches()
         .lock()
         .map_err(|_| candle_core::Error::Msg("wick kernel cache poisoned".into()))?;
     let (modules, functions) = &mut *guard;
-    let key = (dev.id(), module, name.to_string());
+    let key = (dev.id(), module, name, suffix);
     if let Some(f) = functions.get(&key) {
         return Ok(f.clone());
     }
@@ -69,7 +76,12 @@ pub fn function(dev: &CudaDevice, module: Module, name: &str) -> candle_core::Re
             m
         }
     };
-    let func = handle.load_function(name).w()?;
+    let full_name = if suffix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}_{suffix}")
+    };
+    let func = handle.load_function(&full_name).w()?;
     functions.insert(key, func.clone());
     Ok(func)
 }

@@ -95,9 +95,9 @@ fn view<'a, T: GpuFloat>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, 
 fn kernel<T: GpuFloat>(
     dev: &CudaDevice,
     module: Module,
-    name: &str,
+    name: &'static str,
 ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaFunction> {
-    function(dev, module, &format!("{name}_{}", T::SUFFIX))
+    function(dev, module, name, T::SUFFIX)
 }
 
 fn storage<T: GpuFloat>(dev: &CudaDevice, s: CudaSlice<T>) -> CudaStorage {
@@ -127,8 +127,8 @@ fn rows_cols(l: &Layout) -> (usize, usize) {
 }
 
 /// Row-wise kernel with one input and one output of the same shape (`softmax`).
-pub fn rowwise1(s: &CudaStorage, l: &Layout, name: &str) -> Result<CudaStorage> {
-    fn go<T: GpuFloat>(s: &CudaStorage, l: &Layout, name: &str) -> Result<CudaStorage> {
+pub fn rowwise1(s: &CudaStorage, l: &Layout, name: &'static str) -> Result<CudaStorage> {
+    fn go<T: GpuFloat>(s: &CudaStorage, l: &Layout, name: &'static str) -> Result<CudaStorage> {
         let dev = &s.device;
         let (rows, n) = rows_cols(l);
         let x = view::<T>(s, l)?;
@@ -157,14 +157,14 @@ pub fn rowwise2(
     l1: &Layout,
     s2: &CudaStorage,
     l2: &Layout,
-    name: &str,
+    name: &'static str,
 ) -> Result<CudaStorage> {
     fn go<T: GpuFloat>(
         s1: &CudaStorage,
         l1: &Layout,
         s2: &CudaStorage,
         l2: &Layout,
-        name: &str,
+        name: &'static str,
     ) -> Result<CudaStorage> {
         let dev = &s1.device;
         let (rows, n) = rows_cols(l1);
@@ -345,14 +345,14 @@ pub fn elementwise2(
     l1: &Layout,
     s2: &CudaStorage,
     l2: &Layout,
-    name: &str,
+    name: &'static str,
 ) -> Result<CudaStorage> {
     fn go<T: GpuFloat>(
         s1: &CudaStorage,
         l1: &Layout,
         s2: &CudaStorage,
         l2: &Layout,
-        name: &str,
+        name: &'static str,
     ) -> Result<CudaStorage> {
         let dev = &s1.device;
         let n = l1.shape().elem_count();
@@ -436,7 +436,7 @@ pub fn cross_entropy(
             let stream = dev.cuda_stream();
             let mut count = unsafe { dev.alloc::<f32>(1)? };
             let rows_i = rows as i32;
-            let f = function(dev, Module::CrossEntropy, "cross_entropy_count")?;
+            let f = function(dev, Module::CrossEntropy, "cross_entropy_count", "")?;
             let mut b = stream.launch_builder(&f);
             b.arg(&labels).arg(&rows_i).arg(&mut count);
             let one_block = LaunchConfig {

@@ -122,6 +122,13 @@ impl Linear {
     /// x W^T + b, the frozen part alone. x: [..., in].
     pub fn base_forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
+            // Q4_1 / Q8_0 on the CPU: wick's kernel (activations quantized once, AVX2 dot products).
+            BaseWeight::Quantized(QMatMul::QTensor(q))
+                if x.dtype() == candle_core::DType::F32
+                    && crate::ops::quant_matmul_cpu::supports(q) =>
+            {
+                crate::ops::quant_matmul_cpu::forward(x, q)?
+            }
             BaseWeight::Quantized(q) => q.forward(x).context("quantized matmul")?,
             BaseWeight::Dense(w) => x
                 .broadcast_matmul(&w.t().context("transposing weight")?)

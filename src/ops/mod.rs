@@ -3,8 +3,13 @@
 //!
 //! Models and the trainer call these functions on every device; each picks its fastest implementation.
 
+pub mod check;
+pub mod check_suite;
+pub(crate) mod common;
 pub mod cross_entropy;
+pub mod decode_attention;
 pub mod lora_linear;
+pub mod quant_matmul_cpu;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;

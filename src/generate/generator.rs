@@ -1,0 +1,348 @@
+//! Text generation with a KV cache: prefill the prompt once, then one forward per new token on the
+//! last position only, sampling, stop on EOS ids / stop strings / max tokens / a full context.
+//!
+//! Two ways to consume it, the same tokens either way:
+//! - [`TokenStream`], an iterator of [`GeneratedToken`] (id, text piece, logprob);
+//! - [`generate`], which runs the stream to the end, calls a callback per token and returns the text.
+//!
+//! ```no_run
+//! # fn demo(model: &wick::models::llama::Llama, tokenizer: &wick::formats::TextTokenizer, prompt: &[u32])
+//! # -> wick::Result<()> {
+//! use wick::generate::{generate, GenerateOptions, SamplingParams};
+//! let options = GenerateOptions { max_tokens: 32, sampling: SamplingParams::greedy(), ..Default::default() };
+//! let out = generate(model, Some(tokenizer), prompt, &options, |t| print!("{}", t.text))?;
+//! eprintln!("{:?}, {:.1} tok/s", out.stop_reason, out.timings.decode_tokens_per_second());
+//! # Ok(()) }
+//! ```
+
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+
+use crate::generate::detokenizer::{Detokenizer, TokenDecoder};
+use crate::generate::sampler::{Sampler, SamplingParams};
+use crate::generate::stop::StopMatcher;
+use crate::models::kv_cache::KvCache;
+use crate::models::llama::Llama;
+use crate::{Context, Error, Result};
+
+/// What to generate and when to stop.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Most tokens to generate (the EOS token included when it comes).
+    pub max_tokens: usize,
+    /// How to choose each token.
+    pub sampling: SamplingParams,
+    /// Generation ends before any of these strings; the string itself is not returned.
+    pub stop_strings: Vec<String>,
+    /// Token ids that end generation; `None` uses the model's (`DecoderConfig::eos_token_ids`).
+    pub eos_token_ids: Option<Vec<u32>>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop_strings: Vec::new(),
+            eos_token_ids: None,
+        }
+    }
+}
+
+/// One generated token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratedToken {
+    pub id: u32,
+    /// The text this token releases: empty while bytes of a character or a possible stop string are
+    /// held back, longer when it completes held text. The pieces concatenate to the generated text.
+    pub text: String,
+    /// log p(id) under the model's raw distribution at this position.
+    pub logprob: f32,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// An end-of-sequence token was generated (it is the last token returned).
+    Eos,
+    /// A stop string appeared; the text ends just before it.
+    StopString(String),
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The model's context is full.
+    ContextFull,
+}
+
+/// Token counts and wall time of the two phases.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Tokens in the prompt (run in one batched forward).
+    pub prompt_tokens: usize,
+    /// Wall time of the prompt's forward (and its logits' transfer).
+    pub prefill: Duration,
+    /// Single-token forwards run after the prompt (one fewer than the tokens generated: the last token
+    /// needs no forward).
+    pub decode_steps: usize,
+    /// Wall time of the steps that ran a forward: sampling, detokenizing, the forward and the logits'
+    /// transfer.
+    pub decode: Duration,
+}
+
+impl Timings {
+    /// Prompt tokens per second.
+    pub fn prefill_tokens_per_second(&self) -> f64 {
+        rate(self.prompt_tokens, self.prefill)
+    }
+
+    /// Generated tokens per second in the decode phase.
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        rate(self.decode_steps, self.decode)
+    }
+}
+
+fn rate(count: usize, time: Duration) -> f64 {
+    if time.is_zero() {
+        0.0
+    } else {
+        count as f64 / time.as_secs_f64()
+    }
+}
+
+/// The result of [`generate`].
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The generated text (stop string excluded).
+    pub text: String,
+    /// Every generated token id (an EOS token included).
+    pub token_ids: Vec<u32>,
+    /// Log-probability of each generated token.
+    pub logprobs: Vec<f32>,
+    pub stop_reason: StopReason,
+    pub timings: Timings,
+}
+
+/// An iterator over generated tokens. Created by [`TokenStream::new`], which runs the prompt.
+pub struct TokenStream<'a> {
+    model: &'a Llama,
+    decoder: Option<&'a dyn TokenDecoder>,
+    cache: KvCache,
+    sampler: Sampler,
+    /// Prompt and generated ids, for the repetition penalty.
+    history: Vec<u32>,
+    eos_token_ids: Vec<u32>,
+    detokenizer: Detokenizer,
+    stop: StopMatcher,
+    max_tokens: usize,
+    generated: usize,
+    /// Logits [vocab] of the next position, from the last forward.
+    next_logits: Option<Vec<f32>>,
+    stop_reason: Option<StopReason>,
+    timings: Timings,
+}
+
+impl<'a> TokenStream<'a> {
+    /// Runs the prompt through the model and gets ready to generate. `decoder` turns ids into text
+    /// (`None`: every piece is empty and stop strings never match, for id-only use).
+    /// Errors: an empty prompt, a prompt longer than the context, bad sampling settings.
+    pub fn new(
+        model: &'a Llama,
+        decoder: Option<&'a dyn TokenDecoder>,
+        prompt_ids: &[u32],
+        options: &GenerateOptions,
+    ) -> Result<Self> {
+        if prompt_ids.is_empty() {
+            return Err(Error::InvalidRequest(
+                "empty prompt: generation needs at least one token (a BOS token will do)".into(),
+            ));
+        }
+        let config = model.config();
+        let context = config.max_position_embeddings;
+        if prompt_ids.len() > context {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt has {} tokens, more than the model's context of {context} tokens",
+                prompt_ids.len()
+            )));
+        }
+        if let Some(&bad) = prompt_ids.iter().find(|&&id| id as usize >= config.vocab_size) {
+            return Err(Error::InvalidRequest(format!(
+                "prompt token id {bad} is outside the vocabulary of {} tokens",
+                config.vocab_size
+            )));
+        }
+        let sampler = Sampler::new(options.sampling.clone())?;
+        let capacity = prompt_ids.len() + options.max_tokens;
+        let mut cache = KvCache::with_capacity(config, 1, capacity, model.dtype(), model.device());
+        let start = Instant::now();
+        let input = Tensor::new(prompt_ids, model.device())
+            .and_then(|t| t.unsqueeze(0))
+            .context("prompt ids")?;
+        let logits = last_logits(model, &input, &mut cache)?;
+        let timings = Timings {
+            prompt_tokens: prompt_ids.len(),
+            prefill: start.elapsed(),
+            ..Timings::default()
+        };
+        Ok(Self {
+            model,
+            decoder,
+            cache,
+            sampler,
+            history: prompt_ids.to_vec(),
+            eos_token_ids: options
+                .eos_token_ids
+                .clone()
+                .unwrap_or_else(|| config.eos_token_ids.clone()),
+            detokenizer: Detokenizer::new(prompt_ids),
+            stop: StopMatcher::new(&options.stop_strings),
+            max_tokens: options.max_tokens,
+            generated: 0,
+            next_logits: (options.max_tokens > 0).then_some(logits),
+            stop_reason: (options.max_tokens == 0).then_some(StopReason::MaxTokens),
+            timings,
+        })
+    }
+
+    /// Why generation ended, once it has.
+    pub fn stop_reason(&self) -> Option<&StopReason> {
+        self.stop_reason.as_ref()
+    }
+
+    /// Counts and times so far.
+    pub fn timings(&self) -> Timings {
+        self.timings
+    }
+
+    /// Samples the next token, decodes its text and, unless generation ends here, runs its forward.
+    fn step(&mut self) -> Result<GeneratedToken> {
+        let logits = self
+            .next_logits
+            .take()
+            .expect("next_logits is set whenever generation has not ended");
+        let step_start = Instant::now();
+        let sampled = self.sampler.sample(&logits, &self.history)?;
+        let id = sampled.id;
+        self.history.push(id);
+        self.generated += 1;
+
+        let is_eos = self.eos_token_ids.contains(&id);
+        let mut text = String::new();
+        if !is_eos {
+            let piece = self.decode_piece(id)?;
+            let check = self.stop.push(&piece);
+            text = check.emit;
+            if let Some(stop) = check.stopped {
+                self.stop_reason = Some(StopReason::StopString(stop));
+            }
+        }
+        if self.stop_reason.is_none() {
+            if is_eos {
+                self.stop_reason = Some(StopReason::Eos);
+            } else if self.generated >= self.max_tokens {
+                self.stop_reason = Some(StopReason::MaxTokens);
+            } else if self.cache.len() >= self.cache.max_len() {
+                self.stop_reason = Some(StopReason::ContextFull);
+            }
+            if self.stop_reason.is_some() {
+                text.push_str(&self.flush()?);
+            }
+        }
+        if self.stop_reason.is_none() {
+            let input = Tensor::new(&[[id]], self.model.device()).context("next token id")?;
+            self.next_logits = Some(last_logits(self.model, &input, &mut self.cache)?);
+            self.timings.decode += step_start.elapsed();
+            self.timings.decode_steps += 1;
+        }
+        Ok(GeneratedToken {
+            id,
+            text,
+            logprob: sampled.logprob,
+        })
+    }
+
+    fn decode_piece(&mut self, id: u32) -> Result<String> {
+        match self.decoder {
+            Some(decoder) => self.detokenizer.push(decoder, id),
+            None => Ok(String::new()),
+        }
+    }
+
+    /// Text still held by the detokenizer and the stop matcher, at the end of generation.
+    fn flush(&mut self) -> Result<String> {
+        let Some(decoder) = self.decoder else {
+            return Ok(String::new());
+        };
+        let rest = self.detokenizer.flush(decoder)?;
+        let check = self.stop.push(&rest);
+        if let Some(stop) = check.stopped {
+            self.stop_reason = Some(StopReason::StopString(stop));
+            return Ok(check.emit);
+        }
+        Ok(check.emit + &self.stop.flush())
+    }
+}
+
+impl Iterator for TokenStream<'_> {
+    type Item = Result<GeneratedToken>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_logits.as_ref()?;
+        let item = self.step();
+        if item.is_err() {
+            // A failed step ends the stream.
+            self.next_logits = None;
+        }
+        Some(item)
+    }
+}
+
+/// Runs the model on `input` [1, t] and returns the logits of its last position as a vector.
+fn last_logits(model: &Llama, input: &Tensor, cache: &mut KvCache) -> Result<Vec<f32>> {
+    model
+        .forward_last(input, cache)?
+        .squeeze(0)
+        .and_then(|l| l.to_vec1::<f32>())
+        .context("reading logits")
+}
+
+/// Generates from `prompt_ids` to a stop, calling `on_token` with each token as it comes.
+pub fn generate(
+    model: &Llama,
+    decoder: Option<&dyn TokenDecoder>,
+    prompt_ids: &[u32],
+    options: &GenerateOptions,
+    mut on_token: impl FnMut(&GeneratedToken),
+) -> Result<Generation> {
+    let mut stream = TokenStream::new(model, decoder, prompt_ids, options)?;
+    let mut text = String::new();
+    let mut token_ids = Vec::new();
+    let mut logprobs = Vec::new();
+    for token in stream.by_ref() {
+        let token = token?;
+        on_token(&token);
+        text.push_str(&token.text);
+        token_ids.push(token.id);
+        logprobs.push(token.logprob);
+    }
+    Ok(Generation {
+        text,
+        token_ids,
+        logprobs,
+        stop_reason: stream
+            .stop_reason()
+            .cloned()
+            .unwrap_or(StopReason::MaxTokens),
+        timings: stream.timings(),
+    })
+}
+
+/// Greedy token ids after a prompt, no text: what a comparison with llama.cpp needs. Stops after
+/// `max_tokens` or at one of the model's EOS ids (included).
+pub fn greedy_token_ids(model: &Llama, prompt_ids: &[u32], max_tokens: usize) -> Result<Vec<u32>> {
+    let options = GenerateOptions {
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        ..GenerateOptions::default()
+    };
+    Ok(generate(model, None, prompt_ids, &options, |_| {})?.token_ids)
+}

@@ -79,7 +79,7 @@ for line in sys.stdin:
   done
 
   local commit
-  commit=$(git rev-parse HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock kernels || echo "+dirty")
+  commit=${WICK_DEVICE_COMMIT:-$(git rev-parse HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock kernels build.rs || echo "+dirty")}
   "$python" - "$commit" "${wheels[@]}" <<'EOF'
 import hashlib, json, math, os, subprocess, sys
 

@@ -92,12 +92,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
+    // The overhead issue's figure: products replayed from a CUDA graph, per kernel.
+    #[cfg(feature = "cuda")]
+    let graphs = {
+        let mut graphs = Vec::new();
+        for (dtype, shape) in [(DType::F32, (64, 64, 64)), (DType::BF16, (64, 64, 64)), (DType::BF16, (1, 1024, 1024))] {
+            let g = wick::gpu::timing::time_graph_matmul(&device, dtype, shape, 100)?;
+            println!(
+                "graph {:>5} {:>6} {:>6} {:>6}  {:>9.2} us per product ({} per graph), rel err {:.2e}",
+                g.dtype, g.m, g.n, g.k, g.us_per_kernel, g.kernels_per_graph, g.max_rel_err
+            );
+            graphs.push(g);
+        }
+        graphs
+    };
+    #[cfg(not(feature = "cuda"))]
+    let graphs: Vec<()> = Vec::new();
+
     let date = std::env::var("WICK_RUN_DATE").unwrap_or_default();
     let device_name = std::env::var("WICK_DEVICE_NAME").unwrap_or_else(|_| args.device.clone());
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     if let Some(path) = &args.out {
         let json = serde_json::json!({
-            "command": command, "device": device_name, "date": date, "shapes": results,
+            "command": command, "device": device_name, "date": date, "shapes": results, "graphs": graphs,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;

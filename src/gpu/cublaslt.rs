@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublaslt::{result as lt, sys};
 use candle_core::cuda_backend::cudarc::driver::{
-    sys::CUdeviceptr, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    sys::CUdeviceptr, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
 };
 use candle_core::cuda_backend::{CudaDType, DeviceId};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape, Tensor};
@@ -277,6 +277,12 @@ pub fn matmul(
     }
 }
 
+/// y = x W^T (or x W), written into an existing y: [.., n] (contiguous; same dtype). Launches no
+/// allocation and no copy, so it can be captured in a CUDA graph (`gpu::graph`).
+pub fn matmul_into(y: &Tensor, x: &Tensor, w: &Tensor, weight: WeightLayout) -> candle_core::Result<()> {
+    y.inplace_op3(x, w, &LtMatmul { weight })
+}
+
 struct LtMatmul {
     weight: WeightLayout,
 }
@@ -315,15 +321,37 @@ impl LtMatmul {
         Ok((m, n, k, Shape::from(out)))
     }
 
-    fn run<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr>(
+    fn run<T: CudaDType + DeviceRepr>(
+        &self,
+        x: (&CudaStorage, &Layout),
+        w: (&CudaStorage, &Layout),
+        bias: Option<(&CudaStorage, &Layout)>,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (m, n, _, shape) = self.shapes(x.1, w.1, bias.map(|b| b.1))?;
+        let device = x.0.device().clone();
+        // SAFETY: every element of y is written by the product.
+        let mut y = unsafe { device.alloc::<T>(m * n) }?;
+        self.launch::<T>(x, w, bias, &mut y, 0)?;
+        Ok((CudaStorage::wrap_cuda_slice(y, device), shape))
+    }
+
+    /// Launches the product into y[y_offset..y_offset + m n] on Candle's stream.
+    fn launch<T: CudaDType + DeviceRepr>(
         &self,
         (x, xl): (&CudaStorage, &Layout),
         (w, wl): (&CudaStorage, &Layout),
         bias: Option<(&CudaStorage, &Layout)>,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let (m, n, k, shape) = self.shapes(xl, wl, bias.map(|b| b.1))?;
-        let device = x.device().clone();
-        let ctx = LtContext::for_device(&device)?;
+        y: &mut CudaSlice<T>,
+        y_offset: usize,
+    ) -> candle_core::Result<()> {
+        let (m, n, k, _) = self.shapes(xl, wl, bias.map(|b| b.1))?;
+        if y.len() < y_offset + m * n {
+            candle_core::bail!("cublaslt matmul: output holds {} elements from {y_offset}, needs {}", y.len(), m * n);
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let ctx = LtContext::for_device(x.device())?;
         let key = PlanKey {
             dtype: x.dtype(),
             m: m as u64,
@@ -332,18 +360,14 @@ impl LtMatmul {
             weight: self.weight,
             bias: bias.is_some(),
         };
-        // SAFETY: every element of y is written by the product.
-        let mut y = unsafe { device.alloc::<T>(m * n) }?;
-        if m == 0 || n == 0 {
-            return Ok((CudaStorage::wrap_cuda_slice(y, device), shape));
-        }
         let plan = ctx.plan(key)?;
         let stream = &ctx.stream;
         let x_slice = x.as_cuda_slice::<T>()?.slice(xl.start_offset()..);
         let w_slice = w.as_cuda_slice::<T>()?.slice(wl.start_offset()..);
+        let mut y_slice = y.slice_mut(y_offset..);
         let (x_ptr, _x_guard) = x_slice.device_ptr(stream);
         let (w_ptr, _w_guard) = w_slice.device_ptr(stream);
-        let (y_ptr, _y_guard) = y.device_ptr_mut(stream);
+        let (y_ptr, _y_guard) = y_slice.device_ptr_mut(stream);
         let (ws_ptr, _ws_guard) = ctx.workspace.device_ptr(stream);
         let alpha = 1f32;
         let beta = 0f32;
@@ -386,9 +410,7 @@ impl LtMatmul {
             )
             .map_err(|e| cuda_err(&format!("matmul {key:?}"), e))?;
         }
-        drop(bias_ptr);
-        drop((_x_guard, _w_guard, _y_guard, _ws_guard));
-        Ok((CudaStorage::wrap_cuda_slice(y, device), shape))
+        Ok(())
     }
 
     fn dispatch(
@@ -463,5 +485,48 @@ impl candle_core::CustomOp3 for LtMatmul {
         bl: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         self.dispatch((x, xl), (w, wl), Some((bias, bl)))
+    }
+}
+
+impl candle_core::InplaceOp3 for LtMatmul {
+    fn name(&self) -> &'static str {
+        "cublaslt-matmul-into"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<()> {
+        candle_core::bail!("cublaslt matmul runs on CUDA only; use gpu::dispatch::linear")
+    }
+
+    fn cuda_fwd(
+        &self,
+        y: &mut CudaStorage,
+        yl: &Layout,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<()> {
+        let (_, _, _, shape) = self.shapes(xl, wl, None)?;
+        if !yl.is_contiguous() || yl.dims() != shape.dims() {
+            candle_core::bail!("cublaslt matmul_into: y {:?} must be contiguous {:?}", yl.dims(), shape.dims());
+        }
+        if [x.dtype(), w.dtype()].iter().any(|d| *d != y.dtype()) {
+            candle_core::bail!("cublaslt matmul_into: dtypes y {:?}, x {:?}, w {:?}", y.dtype(), x.dtype(), w.dtype());
+        }
+        let offset = yl.start_offset();
+        match y.dtype() {
+            DType::F32 => self.launch::<f32>((x, xl), (w, wl), None, y.as_cuda_slice_mut::<f32>()?, offset),
+            DType::BF16 => self.launch::<half::bf16>((x, xl), (w, wl), None, y.as_cuda_slice_mut()?, offset),
+            DType::F16 => self.launch::<half::f16>((x, xl), (w, wl), None, y.as_cuda_slice_mut()?, offset),
+            other => Err(candle_core::Error::UnsupportedDTypeForOp(other, "cublaslt matmul")),
+        }
     }
 }

@@ -1,9 +1,11 @@
-//! CUDA plumbing: per-device cuBLASLt handle and plan cache, and the matmul dispatch table.
+//! CUDA plumbing: per-device cuBLASLt handle and plan cache, CUDA graphs, and the matmul dispatch table.
 //! `dispatch::linear` works on every device; the CUDA paths exist only with the `cuda` feature.
 
 #[cfg(feature = "cuda")]
 pub mod cublaslt;
 pub mod dispatch;
+#[cfg(feature = "cuda")]
+pub mod graph;
 pub mod timing;
 /// wick's own kernels (kernels/*.cu, compiled by build.rs), loaded once per device.
 #[cfg(feature = "cuda")]

@@ -302,7 +302,7 @@ mod tests {
     fn top_p_keeps_the_shortest_prefix_reaching_p() {
         // p = [0.5, 0.25, 0.15, 0.1]: cumulative 0.5, 0.75, 0.9, 1.0
         let logits = logits_of(&[0.15, 0.5, 0.1, 0.25]);
-        assert_eq!(ids(&filter_candidates(&logits, 0, 0.5, 0.0)), vec![1]);
+        assert_eq!(ids(&filter_candidates(&logits, 0, 0.45, 0.0)), vec![1]);
         assert_eq!(ids(&filter_candidates(&logits, 0, 0.6, 0.0)), vec![1, 3]);
         assert_eq!(ids(&filter_candidates(&logits, 0, 0.8, 0.0)), vec![1, 3, 0]);
         assert_eq!(ids(&filter_candidates(&logits, 0, 0.95, 0.0)), vec![1, 3, 0, 2]);

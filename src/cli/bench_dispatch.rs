@@ -18,7 +18,11 @@ pub struct Args {
     #[arg(long, default_value = "f32,bf16", value_delimiter = ',')]
     dtypes: Vec<String>,
     /// Token counts (m), comma-separated.
-    #[arg(long, default_value = "1,8,64,128,512,2048,8192", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "1,8,64,128,512,2048,8192",
+        value_delimiter = ','
+    )]
     tokens: Vec<usize>,
     /// Weight shapes n x k (out x in), comma-separated.
     #[arg(
@@ -73,8 +77,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let dtype = parse_dtype(dtype)?;
         for &(m, n, k) in &shapes {
             let t = time_linear(&device, dtype, m, n, k)?;
-            let us = |p: MatmulPath| t.paths.iter().find(|x| x.path == p).map_or(f64::NAN, |x| x.us_per_call);
-            let best = t.paths.iter().find(|x| x.path == t.best).expect("best is one of the paths");
+            let us = |p: MatmulPath| {
+                t.paths
+                    .iter()
+                    .find(|x| x.path == p)
+                    .map_or(f64::NAN, |x| x.us_per_call)
+            };
+            let best = t
+                .paths
+                .iter()
+                .find(|x| x.path == t.best)
+                .expect("best is one of the paths");
             let worst_err = t.paths.iter().map(|p| p.max_rel_err).fold(0.0, f64::max);
             println!(
                 "{:>5} {:>6} {:>6} {:>6}  {:>12.2} {:>12.2}  {:>9.2} {:>10.2e}  {}",
@@ -96,7 +109,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     #[cfg(feature = "cuda")]
     let graphs = {
         let mut graphs = Vec::new();
-        for (dtype, shape) in [(DType::F32, (64, 64, 64)), (DType::BF16, (64, 64, 64)), (DType::BF16, (1, 1024, 1024))] {
+        for (dtype, shape) in [
+            (DType::F32, (64, 64, 64)),
+            (DType::BF16, (64, 64, 64)),
+            (DType::BF16, (1, 1024, 1024)),
+        ] {
             let g = wick::gpu::timing::time_graph_matmul(&device, dtype, shape, 100)?;
             println!(
                 "graph {:>5} {:>6} {:>6} {:>6}  {:>9.2} us per product ({} per graph), rel err {:.2e}",

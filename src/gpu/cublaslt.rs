@@ -246,7 +246,12 @@ unsafe fn set_desc<T>(
     attr: sys::cublasLtMatmulDescAttributes_t,
     value: &T,
 ) -> Result<(), lt::CublasError> {
-    lt::set_matmul_desc_attribute(desc, attr, value as *const T as *const _, std::mem::size_of::<T>())
+    lt::set_matmul_desc_attribute(
+        desc,
+        attr,
+        value as *const T as *const _,
+        std::mem::size_of::<T>(),
+    )
 }
 
 fn lt_data_type(dtype: DType) -> candle_core::Result<sys::cudaDataType> {
@@ -255,7 +260,10 @@ fn lt_data_type(dtype: DType) -> candle_core::Result<sys::cudaDataType> {
         DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
         DType::F16 => sys::cudaDataType_t::CUDA_R_16F,
         other => {
-            return Err(candle_core::Error::UnsupportedDTypeForOp(other, "cublaslt matmul"))
+            return Err(candle_core::Error::UnsupportedDTypeForOp(
+                other,
+                "cublaslt matmul",
+            ))
         }
     })
 }
@@ -279,7 +287,12 @@ pub fn matmul(
 
 /// y = x W^T (or x W), written into an existing y: [.., n] (contiguous; same dtype). Launches no
 /// allocation and no copy, so it can be captured in a CUDA graph (`gpu::graph`).
-pub fn matmul_into(y: &Tensor, x: &Tensor, w: &Tensor, weight: WeightLayout) -> candle_core::Result<()> {
+pub fn matmul_into(
+    y: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    weight: WeightLayout,
+) -> candle_core::Result<()> {
     y.inplace_op3(x, w, &LtMatmul { weight })
 }
 
@@ -301,14 +314,19 @@ impl LtMatmul {
         let x_dims = x.dims();
         let w_dims = w.dims();
         let (Some(&k), [w0, w1]) = (x_dims.last(), w_dims) else {
-            candle_core::bail!("cublaslt matmul: x {x_dims:?} and w {w_dims:?} must be [.., k] and 2-D");
+            candle_core::bail!(
+                "cublaslt matmul: x {x_dims:?} and w {w_dims:?} must be [.., k] and 2-D"
+            );
         };
         let (n, wk) = match self.weight {
             WeightLayout::OutIn => (*w0, *w1),
             WeightLayout::InOut => (*w1, *w0),
         };
         if wk != k {
-            candle_core::bail!("cublaslt matmul: x {x_dims:?} has k = {k}, w {w_dims:?} ({:?}) has k = {wk}", self.weight);
+            candle_core::bail!(
+                "cublaslt matmul: x {x_dims:?} has k = {k}, w {w_dims:?} ({:?}) has k = {wk}",
+                self.weight
+            );
         }
         if let Some(b) = bias {
             if b.dims() != [n] {
@@ -346,7 +364,11 @@ impl LtMatmul {
     ) -> candle_core::Result<()> {
         let (m, n, k, _) = self.shapes(xl, wl, bias.map(|b| b.1))?;
         if y.len() < y_offset + m * n {
-            candle_core::bail!("cublaslt matmul: output holds {} elements from {y_offset}, needs {}", y.len(), m * n);
+            candle_core::bail!(
+                "cublaslt matmul: output holds {} elements from {y_offset}, needs {}",
+                y.len(),
+                m * n
+            );
         }
         if m == 0 || n == 0 {
             return Ok(());
@@ -387,8 +409,12 @@ impl LtMatmul {
         unsafe {
             if let Some((ptr, _)) = &bias_ptr {
                 let ptr: CUdeviceptr = *ptr;
-                set_desc(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr)
-                    .map_err(|e| cuda_err("bias pointer", e))?;
+                set_desc(
+                    plan.desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    &ptr,
+                )
+                .map_err(|e| cuda_err("bias pointer", e))?;
             }
             lt::matmul(
                 ctx.handle,
@@ -419,7 +445,11 @@ impl LtMatmul {
         w: (&CudaStorage, &Layout),
         bias: Option<(&CudaStorage, &Layout)>,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let dtypes = [Some(x.0.dtype()), Some(w.0.dtype()), bias.map(|b| b.0.dtype())];
+        let dtypes = [
+            Some(x.0.dtype()),
+            Some(w.0.dtype()),
+            bias.map(|b| b.0.dtype()),
+        ];
         if dtypes.iter().flatten().any(|d| *d != x.0.dtype()) {
             candle_core::bail!("cublaslt matmul: mixed dtypes {dtypes:?}");
         }
@@ -427,7 +457,10 @@ impl LtMatmul {
             DType::F32 => self.run::<f32>(x, w, bias),
             DType::BF16 => self.run::<half::bf16>(x, w, bias),
             DType::F16 => self.run::<half::f16>(x, w, bias),
-            other => Err(candle_core::Error::UnsupportedDTypeForOp(other, "cublaslt matmul")),
+            other => Err(candle_core::Error::UnsupportedDTypeForOp(
+                other,
+                "cublaslt matmul",
+            )),
         }
     }
 }
@@ -516,17 +549,39 @@ impl candle_core::InplaceOp3 for LtMatmul {
     ) -> candle_core::Result<()> {
         let (_, _, _, shape) = self.shapes(xl, wl, None)?;
         if !yl.is_contiguous() || yl.dims() != shape.dims() {
-            candle_core::bail!("cublaslt matmul_into: y {:?} must be contiguous {:?}", yl.dims(), shape.dims());
+            candle_core::bail!(
+                "cublaslt matmul_into: y {:?} must be contiguous {:?}",
+                yl.dims(),
+                shape.dims()
+            );
         }
         if [x.dtype(), w.dtype()].iter().any(|d| *d != y.dtype()) {
-            candle_core::bail!("cublaslt matmul_into: dtypes y {:?}, x {:?}, w {:?}", y.dtype(), x.dtype(), w.dtype());
+            candle_core::bail!(
+                "cublaslt matmul_into: dtypes y {:?}, x {:?}, w {:?}",
+                y.dtype(),
+                x.dtype(),
+                w.dtype()
+            );
         }
         let offset = yl.start_offset();
         match y.dtype() {
-            DType::F32 => self.launch::<f32>((x, xl), (w, wl), None, y.as_cuda_slice_mut::<f32>()?, offset),
-            DType::BF16 => self.launch::<half::bf16>((x, xl), (w, wl), None, y.as_cuda_slice_mut()?, offset),
-            DType::F16 => self.launch::<half::f16>((x, xl), (w, wl), None, y.as_cuda_slice_mut()?, offset),
-            other => Err(candle_core::Error::UnsupportedDTypeForOp(other, "cublaslt matmul")),
+            DType::F32 => self.launch::<f32>(
+                (x, xl),
+                (w, wl),
+                None,
+                y.as_cuda_slice_mut::<f32>()?,
+                offset,
+            ),
+            DType::BF16 => {
+                self.launch::<half::bf16>((x, xl), (w, wl), None, y.as_cuda_slice_mut()?, offset)
+            }
+            DType::F16 => {
+                self.launch::<half::f16>((x, xl), (w, wl), None, y.as_cuda_slice_mut()?, offset)
+            }
+            other => Err(candle_core::Error::UnsupportedDTypeForOp(
+                other,
+                "cublaslt matmul",
+            )),
         }
     }
 }

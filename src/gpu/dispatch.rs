@@ -110,10 +110,17 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 /// y = x W^T (+ bias) through one given path (the benchmark measures each).
 ///
 /// x: [.., k]; w: [n, k]; bias: [n]; returns y: [.., n].
-pub fn linear_with(path: MatmulPath, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+pub fn linear_with(
+    path: MatmulPath,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     match path {
         MatmulPath::Candle => {
-            let y = x.broadcast_matmul(&w.t()?).context("linear (candle matmul)")?;
+            let y = x
+                .broadcast_matmul(&w.t()?)
+                .context("linear (candle matmul)")?;
             match bias {
                 Some(b) => Ok(y.broadcast_add(b).context("linear bias")?),
                 None => Ok(y),
@@ -165,7 +172,10 @@ mod tests {
             ],
         };
         assert_eq!(table.choose(DType::F32, 2, 64, 64), MatmulPath::CublasLt);
-        assert_eq!(table.choose(DType::F32, 2048, 4096, 4096), MatmulPath::Candle);
+        assert_eq!(
+            table.choose(DType::F32, 2048, 4096, 4096),
+            MatmulPath::Candle
+        );
         assert_eq!(table.choose(DType::BF16, 1, 64, 64), MatmulPath::Candle);
         // No f16 entries: Candle's path.
         assert_eq!(table.choose(DType::F16, 1, 64, 64), MatmulPath::Candle);
@@ -175,7 +185,10 @@ mod tests {
     fn compiled_table_parses() {
         let text = include_str!("dispatch_table.json");
         let parsed: DispatchTable = serde_json::from_str(text).expect("dispatch_table.json parses");
-        assert!(parsed.entries.iter().all(|e| ["f32", "bf16", "f16"].contains(&e.dtype.as_str())));
+        assert!(parsed
+            .entries
+            .iter()
+            .all(|e| ["f32", "bf16", "f16"].contains(&e.dtype.as_str())));
     }
 
     #[test]
@@ -190,13 +203,23 @@ mod tests {
         let x = Tensor::from_slice(&xs, (m, k), &dev).unwrap();
         let w = Tensor::from_slice(&ws, (n, k), &dev).unwrap();
         let b = Tensor::from_slice(&bs, n, &dev).unwrap();
-        let y: Vec<f32> = linear(&x, &w, Some(&b)).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = linear(&x, &w, Some(&b))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         for i in 0..m {
             for j in 0..n {
                 let want: f64 = bs[j] as f64
-                    + (0..k).map(|t| xs[i * k + t] as f64 * ws[j * k + t] as f64).sum::<f64>();
+                    + (0..k)
+                        .map(|t| xs[i * k + t] as f64 * ws[j * k + t] as f64)
+                        .sum::<f64>();
                 let got = y[i * n + j] as f64;
-                assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "y[{i},{j}] = {got}, want {want}");
+                assert!(
+                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "y[{i},{j}] = {got}, want {want}"
+                );
             }
         }
     }

@@ -7,7 +7,9 @@
 //! so every buffer it touches must outlive it and stay where it is). When capture fails, the reason
 //! is returned and logged, and the caller runs the same work eagerly.
 
-use candle_core::cuda_backend::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use candle_core::cuda_backend::cudarc::driver::sys::{
+    CUgraphInstantiate_flags, CUstreamCaptureMode,
+};
 use candle_core::cuda_backend::cudarc::driver::CudaGraph;
 use candle_core::Device;
 
@@ -29,7 +31,10 @@ fn graph_error(what: &str, err: impl std::fmt::Display) -> Error {
 /// what `work` returned. The work itself is not executed during capture: replay the graph to run it.
 pub fn capture<R>(device: &Device, work: impl FnOnce() -> Result<R>) -> Result<(Graph, R)> {
     let Device::Cuda(cuda) = device else {
-        return Err(graph_error("capture", format!("needs a CUDA device, got {device:?}")));
+        return Err(graph_error(
+            "capture",
+            format!("needs a CUDA device, got {device:?}"),
+        ));
     };
     let stream = cuda.cuda_stream();
     stream
@@ -38,7 +43,8 @@ pub fn capture<R>(device: &Device, work: impl FnOnce() -> Result<R>) -> Result<(
     let result = work();
     // End the capture whatever happened, so the stream is usable again.
     let ended = stream.end_capture(CUgraphInstantiate_flags(0));
-    let value = result.inspect_err(|err| tracing::warn!("CUDA graph capture failed, running eagerly: {err}"))?;
+    let value = result
+        .inspect_err(|err| tracing::warn!("CUDA graph capture failed, running eagerly: {err}"))?;
     match ended {
         Ok(Some(graph)) => Ok((Graph { graph }, value)),
         Ok(None) => Err(graph_error("end capture", "nothing was captured")),

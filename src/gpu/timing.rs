@@ -44,9 +44,16 @@ pub struct ShapeTiming {
 }
 
 /// Times y = x W^T through every path at one shape; x: [m, k], W: [n, k], seeded uniform(-1, 1).
-pub fn time_linear(device: &Device, dtype: DType, m: usize, n: usize, k: usize) -> Result<ShapeTiming> {
+pub fn time_linear(
+    device: &Device,
+    dtype: DType,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<ShapeTiming> {
     let mut rng = rand::rngs::StdRng::seed_from_u64((m * 31 + n * 7 + k) as u64);
-    let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    let mut random =
+        |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
     let x = Tensor::from_vec(random(m * k), (m, k), device)?.to_dtype(dtype)?;
     let w = Tensor::from_vec(random(n * k), (n, k), device)?.to_dtype(dtype)?;
     let what = format!("timing {dtype:?} m={m} n={n} k={k}");
@@ -67,8 +74,14 @@ pub fn time_linear(device: &Device, dtype: DType, m: usize, n: usize, k: usize) 
 
     let mut paths = Vec::new();
     for path in MatmulPath::ALL {
-        let y = linear_with(path, &x, &w, None)?.to_dtype(DType::F32)?.flatten_all()?;
-        let max_rel_err = (y - &reference)?.abs()?.max(0)?.to_scalar::<f32>().context(&what)? as f64
+        let y = linear_with(path, &x, &w, None)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?;
+        let max_rel_err = (y - &reference)?
+            .abs()?
+            .max(0)?
+            .to_scalar::<f32>()
+            .context(&what)? as f64
             / scale.max(f64::MIN_POSITIVE);
         let mut best = f64::INFINITY;
         for _ in 0..3 {
@@ -134,7 +147,8 @@ pub fn time_graph_matmul(
 ) -> Result<GraphTiming> {
     use super::cublaslt::{matmul_into, WeightLayout};
     let mut rng = rand::rngs::StdRng::seed_from_u64((m * 131 + n * 17 + k) as u64);
-    let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    let mut random =
+        |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
     let x = Tensor::from_vec(random(m * k), (m, k), device)?.to_dtype(dtype)?;
     let w = Tensor::from_vec(random(n * k), (n, k), device)?.to_dtype(dtype)?;
     let y = Tensor::from_vec(random(m * n), (m, n), device)?.to_dtype(dtype)?;
@@ -158,7 +172,11 @@ pub fn time_graph_matmul(
         .flatten_all()?;
     let scale = reference.abs()?.max(0)?.to_scalar::<f32>().context(&what)? as f64;
     let got = y.to_dtype(DType::F32)?.flatten_all()?;
-    let max_rel_err = (got - &reference)?.abs()?.max(0)?.to_scalar::<f32>().context(&what)? as f64
+    let max_rel_err = (got - &reference)?
+        .abs()?
+        .max(0)?
+        .to_scalar::<f32>()
+        .context(&what)? as f64
         / scale.max(f64::MIN_POSITIVE);
 
     let replays = 20;
@@ -193,18 +211,33 @@ impl candle_core::InplaceOp1 for Clear {
         "clear"
     }
 
-    fn cpu_fwd(&self, _: &mut candle_core::CpuStorage, _: &candle_core::Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        _: &mut candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
         candle_core::bail!("clear is used on CUDA tensors only")
     }
 
-    fn cuda_fwd(&self, s: &mut candle_core::CudaStorage, l: &candle_core::Layout) -> candle_core::Result<()> {
+    fn cuda_fwd(
+        &self,
+        s: &mut candle_core::CudaStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
         use candle_core::backend::BackendStorage;
         let stream = s.device().cuda_stream();
         let range = l.start_offset()..l.start_offset() + l.shape().elem_count();
         let result = match s.dtype() {
-            DType::F32 => stream.memset_zeros(&mut s.as_cuda_slice_mut::<f32>()?.slice_mut(range.clone())),
-            DType::BF16 => stream.memset_zeros(&mut s.as_cuda_slice_mut::<half::bf16>()?.slice_mut(range.clone())),
-            DType::F16 => stream.memset_zeros(&mut s.as_cuda_slice_mut::<half::f16>()?.slice_mut(range.clone())),
+            DType::F32 => {
+                stream.memset_zeros(&mut s.as_cuda_slice_mut::<f32>()?.slice_mut(range.clone()))
+            }
+            DType::BF16 => stream.memset_zeros(
+                &mut s
+                    .as_cuda_slice_mut::<half::bf16>()?
+                    .slice_mut(range.clone()),
+            ),
+            DType::F16 => stream
+                .memset_zeros(&mut s.as_cuda_slice_mut::<half::f16>()?.slice_mut(range.clone())),
             other => return Err(candle_core::Error::UnsupportedDTypeForOp(other, "clear")),
         };
         result.map_err(|e| candle_core::Error::Cuda(format!("clear: {e:?}").into()))

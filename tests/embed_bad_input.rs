@@ -34,9 +34,14 @@ fn empty_input_file_is_refused() {
     let empty = write(dir.path(), "empty.txt", "");
     let (ok, _, stderr) = wick(&["embed", "--model", E5, "--input", &empty]);
     assert!(!ok);
-    assert!(stderr.contains("empty.txt") && stderr.contains("empty"), "{stderr}");
+    assert!(
+        stderr.contains("empty.txt") && stderr.contains("empty"),
+        "{stderr}"
+    );
     let blank = write(dir.path(), "blank.txt", "\n  \n\t\n");
-    let (ok, _, stderr) = wick(&["index", "--model", E5, "--corpus", &blank, "--out", "unused"]);
+    let (ok, _, stderr) = wick(&[
+        "index", "--model", E5, "--corpus", &blank, "--out", "unused",
+    ]);
     assert!(!ok);
     assert!(stderr.contains("no text to embed"), "{stderr}");
 }
@@ -44,13 +49,25 @@ fn empty_input_file_is_refused() {
 #[test]
 fn empty_lines_are_skipped_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
-    let input = write(dir.path(), "texts.txt", "first text\n\nsecond text\n   \nthird\n");
+    let input = write(
+        dir.path(),
+        "texts.txt",
+        "first text\n\nsecond text\n   \nthird\n",
+    );
     let (ok, stdout, stderr) = wick(&["embed", "--model", E5, "--input", &input]);
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("skipped 2 empty line(s) (line 2, 4)"), "{stderr}");
-    let records: Vec<serde_json::Value> =
-        stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let lines: Vec<u64> = records.iter().map(|r| r["line"].as_u64().unwrap()).collect();
+    assert!(
+        stderr.contains("skipped 2 empty line(s) (line 2, 4)"),
+        "{stderr}"
+    );
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lines: Vec<u64> = records
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
     assert_eq!(lines, vec![1, 3, 5]);
     assert_eq!(records[1]["text"], "second text");
     assert_eq!(records[1]["embedding"].as_array().unwrap().len(), 32);
@@ -66,11 +83,21 @@ fn invalid_jsonl_names_the_line() {
     );
     let (ok, _, stderr) = wick(&["embed", "--model", E5, "--input", &input]);
     assert!(!ok);
-    assert!(stderr.contains("texts.jsonl:3") && stderr.contains("invalid JSON"), "{stderr}");
-    let input = write(dir.path(), "fields.jsonl", "{\"text\": \"ok\"}\n{\"body\": \"x\"}\n");
+    assert!(
+        stderr.contains("texts.jsonl:3") && stderr.contains("invalid JSON"),
+        "{stderr}"
+    );
+    let input = write(
+        dir.path(),
+        "fields.jsonl",
+        "{\"text\": \"ok\"}\n{\"body\": \"x\"}\n",
+    );
     let (ok, _, stderr) = wick(&["embed", "--model", E5, "--input", &input]);
     assert!(!ok);
-    assert!(stderr.contains("fields.jsonl:2") && stderr.contains("no `text` field"), "{stderr}");
+    assert!(
+        stderr.contains("fields.jsonl:2") && stderr.contains("no `text` field"),
+        "{stderr}"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -94,7 +121,10 @@ fn missing_pooling_config_falls_back_to_mean_with_a_warning() {
     copy_dir(Path::new(E5), &model);
     std::fs::remove_file(model.join("1_Pooling/config.json")).unwrap();
     let texts = ["a cat sat on the mat", "Café crème brûlée à Zürich"];
-    let with = Embedder::load(E5, &Device::Cpu).unwrap().embed(&texts).unwrap();
+    let with = Embedder::load(E5, &Device::Cpu)
+        .unwrap()
+        .embed(&texts)
+        .unwrap();
     let without = Embedder::load(model.to_str().unwrap(), &Device::Cpu)
         .unwrap()
         .embed(&texts)
@@ -110,21 +140,36 @@ fn missing_pooling_config_falls_back_to_mean_with_a_warning() {
     assert_eq!(diff, 0.0);
 
     let input = write(dir.path(), "texts.txt", "one text\n");
-    let (ok, _, stderr) = wick(&["embed", "--model", model.to_str().unwrap(), "--input", &input]);
+    let (ok, _, stderr) = wick(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        &input,
+    ]);
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("no pooling config") && stderr.contains("mean pooling"), "{stderr}");
+    assert!(
+        stderr.contains("no pooling config") && stderr.contains("mean pooling"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn index_from_another_model_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = write(dir.path(), "corpus.txt", "a cat sat on the mat\nthe striker scored\n");
+    let corpus = write(
+        dir.path(),
+        "corpus.txt",
+        "a cat sat on the mat\nthe striker scored\n",
+    );
     let index = dir.path().join("index");
     let index = index.to_str().unwrap();
     let (ok, _, stderr) = wick(&["index", "--model", E5, "--corpus", &corpus, "--out", index]);
     assert!(ok, "{stderr}");
     // Same width (32), different model: only the fingerprint tells them apart.
-    let (ok, _, stderr) = wick(&["search", "--model", XLMR, "--index", index, "--query", "cat"]);
+    let (ok, _, stderr) = wick(&[
+        "search", "--model", XLMR, "--index", index, "--query", "cat",
+    ]);
     assert!(!ok);
     assert!(
         stderr.contains("built with model `e5-mean`") && stderr.contains("`xlmr`"),
@@ -132,15 +177,45 @@ fn index_from_another_model_is_refused() {
     );
     // Without --model the index's own model is used.
     // (A random tiny model: which text wins is not the point here.)
-    let (ok, stdout, stderr) = wick(&["search", "--index", index, "--query", "cat", "--top-k", "1"]);
+    let (ok, stdout, stderr) =
+        wick(&["search", "--index", index, "--query", "cat", "--top-k", "1"]);
     assert!(ok, "{stderr}");
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(
         stdout.contains("a cat sat on the mat") || stdout.contains("the striker scored"),
         "{stdout}"
     );
+    // Indexing again over an index replaces it; over another non-empty directory is refused.
+    let (ok, _, stderr) = wick(&[
+        "index", "--model", XLMR, "--corpus", &corpus, "--out", index,
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = wick(&[
+        "search", "--model", XLMR, "--index", index, "--query", "cat",
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = wick(&[
+        "index",
+        "--model",
+        XLMR,
+        "--corpus",
+        &corpus,
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("is not a wick index: refusing to replace it"),
+        "{stderr}"
+    );
     // A directory that is not an index.
-    let (ok, _, stderr) = wick(&["search", "--index", dir.path().to_str().unwrap(), "--query", "x"]);
+    let (ok, _, stderr) = wick(&[
+        "search",
+        "--index",
+        dir.path().to_str().unwrap(),
+        "--query",
+        "x",
+    ]);
     assert!(!ok);
     assert!(stderr.contains("not a wick index"), "{stderr}");
 }

@@ -43,15 +43,29 @@ fn assert_close(what: &str, got: &candle_core::Tensor, want: &[Vec<f32>]) {
     let mut max_abs = 0.0f32;
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert_eq!(g.len(), w.len(), "{what}: width");
-        let dot: f64 = g.iter().zip(w).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+        let dot: f64 = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum();
         let ng = g.iter().map(|a| f64::from(*a).powi(2)).sum::<f64>().sqrt();
         let nw = w.iter().map(|a| f64::from(*a).powi(2)).sum::<f64>().sqrt();
         let cos = dot / (ng * nw);
-        let abs = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let abs = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         max_abs = max_abs.max(abs);
-        assert!(cos >= 0.9999 && abs < 1e-4, "{what} row {i}: cosine {cos:.6}, max abs {abs:.2e}");
+        assert!(
+            cos >= 0.9999 && abs < 1e-4,
+            "{what} row {i}: cosine {cos:.6}, max abs {abs:.2e}"
+        );
     }
-    eprintln!("{what}: {} rows, max abs difference {max_abs:.2e}", got.len());
+    eprintln!(
+        "{what}: {} rows, max abs difference {max_abs:.2e}",
+        got.len()
+    );
 }
 
 fn check_model(name: &str) {
@@ -62,13 +76,25 @@ fn check_model(name: &str) {
     let mut embedder = Embedder::load(&format!("{DIR}/{name}"), &Device::Cpu).unwrap();
     embedder.set_batch_size(4);
     assert_eq!(embedder.dim(), r.dim, "{name}: dim");
-    assert_eq!(embedder.max_seq_length(), r.max_seq_length, "{name}: max_seq_length");
+    assert_eq!(
+        embedder.max_seq_length(),
+        r.max_seq_length,
+        "{name}: max_seq_length"
+    );
     let (plain, stats) = embedder.embed_with(&sentences, None, &mut |_| {}).unwrap();
     assert_eq!(stats.truncated, r.truncated, "{name}: truncated count");
     assert_close(&format!("{name} plain"), &plain, &r.plain);
-    assert_eq!(embedder.prompts().query, r.query_prompt, "{name}: query prompt");
+    assert_eq!(
+        embedder.prompts().query,
+        r.query_prompt,
+        "{name}: query prompt"
+    );
     if let Some(want) = &r.queries {
-        assert_close(&format!("{name} queries"), &embedder.embed_queries(&queries).unwrap(), want);
+        assert_close(
+            &format!("{name} queries"),
+            &embedder.embed_queries(&queries).unwrap(),
+            want,
+        );
     }
     if let Some(want) = &r.passages {
         let got = embedder.embed_passages(&sentences).unwrap();

@@ -21,7 +21,11 @@ struct Item {
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
@@ -39,7 +43,10 @@ fn minilm_matches_sentence_transformers() {
         .iter()
         .filter(|i| i.tokens_untruncated > reference.max_seq_length)
         .count();
-    assert!(expected_truncated >= 1, "the fixture must exercise truncation");
+    assert!(
+        expected_truncated >= 1,
+        "the fixture must exercise truncation"
+    );
 
     // Batch 1: no padding at all. Batch 8: padded batches of mixed lengths (masks matter).
     for batch_size in [1, 8] {

@@ -105,11 +105,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let peak_rss_mib = vm_hwm_kib().map(|k| k as f64 / 1024.0);
     let peer: Option<Value> = match &args.peer {
         Some(path) => Some(serde_json::from_str(
-            &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
         )?),
         None => None,
     };
-    let device_kind = if args.device.starts_with("cuda") { "cuda" } else { "cpu" };
+    let device_kind = if args.device.starts_with("cuda") {
+        "cuda"
+    } else {
+        "cpu"
+    };
     let report = json!({
         "benchmark": "embed",
         "command": std::env::args().collect::<Vec<_>>().join(" "),

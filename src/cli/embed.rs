@@ -137,8 +137,9 @@ fn embed_texts(
     prompt: Option<&str>,
 ) -> anyhow::Result<candle_core::Tensor> {
     let bar = progress_bar(texts.texts.len(), "embedding");
-    let (embeddings, _) =
-        embedder.embed_with(&texts.as_strs(), prompt, &mut |done| bar.set_position(done as u64))?;
+    let (embeddings, _) = embedder.embed_with(&texts.as_strs(), prompt, &mut |done| {
+        bar.set_position(done as u64)
+    })?;
     bar.finish_and_clear();
     Ok(embeddings)
 }
@@ -153,9 +154,7 @@ pub fn run_embed(args: EmbedArgs) -> anyhow::Result<()> {
         PromptKind::None => None,
     };
     let embeddings = embed_texts(&embedder, &texts, prompt.as_deref())?;
-    let rows: Vec<Vec<f32>> = embeddings
-        .to_device(&candle_core::Device::Cpu)?
-        .to_vec2()?;
+    let rows: Vec<Vec<f32>> = embeddings.to_device(&candle_core::Device::Cpu)?.to_vec2()?;
     match &args.output {
         Some(path) if is_npy(path) => {
             let flat: Vec<f32> = rows.iter().flatten().copied().collect();
@@ -202,7 +201,9 @@ pub fn run_index(args: IndexArgs) -> anyhow::Result<()> {
     let embedder = load_embedder(&args.model, &args.run)?;
     let count = texts.texts.len();
     let bar = progress_bar(count, "indexing");
-    let index = Index::build(&embedder, texts.texts, &mut |done| bar.set_position(done as u64))?;
+    let index = Index::build(&embedder, texts.texts, &mut |done| {
+        bar.set_position(done as u64)
+    })?;
     bar.finish_and_clear();
     index.save(&args.out)?;
     eprintln!(
@@ -228,7 +229,10 @@ pub fn run_search(args: SearchArgs) -> anyhow::Result<()> {
         let embedder = load_embedder(&model, &args.run)?;
         wick::embed::search_index(&index, &embedder, &args.query, args.top_k)?
     } else {
-        let corpus = args.corpus.as_ref().context("--corpus or --index is required")?;
+        let corpus = args
+            .corpus
+            .as_ref()
+            .context("--corpus or --index is required")?;
         let texts = read_texts(corpus)?;
         let model = args.model.as_deref().unwrap_or(wick::embed::DEFAULT_MODEL);
         let embedder = load_embedder(model, &args.run)?;

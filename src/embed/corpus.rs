@@ -35,7 +35,10 @@ impl Texts {
 /// Whether `path` is read as JSONL (by extension).
 pub fn is_jsonl(path: &Path) -> bool {
     matches!(
-        path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Some("jsonl") | Some("ndjson")
     )
 }
@@ -78,10 +81,13 @@ pub fn parse_texts(content: &str, jsonl: bool, path: &Path) -> Result<Texts> {
         );
     }
     if out.texts.is_empty() {
-        let reason = if content.trim().is_empty() {
+        let reason = if content.is_empty() {
             "the file is empty: nothing to embed".to_string()
         } else {
-            format!("no text to embed ({} empty line(s) skipped)", out.skipped.len())
+            format!(
+                "no text to embed ({} empty line(s) skipped)",
+                out.skipped.len()
+            )
         };
         return Err(Error::Format {
             path: PathBuf::from(path),
@@ -97,8 +103,7 @@ fn jsonl_text(raw: &str, path: &Path, line: usize) -> Result<String> {
         line,
         reason,
     };
-    let value: Value =
-        serde_json::from_str(raw).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(raw).map_err(|e| bad(format!("invalid JSON: {e}")))?;
     let object = value
         .as_object()
         .ok_or_else(|| bad("expected a JSON object with a `text` field".into()))?;
@@ -123,21 +128,32 @@ mod tests {
 
     #[test]
     fn jsonl_errors_name_the_line() {
-        let err = parse_texts("{\"text\":\"a\"}\n{\"text\": 3}\n", true, Path::new("x.jsonl"))
-            .unwrap_err()
-            .to_string();
+        let err = parse_texts(
+            "{\"text\":\"a\"}\n{\"text\": 3}\n",
+            true,
+            Path::new("x.jsonl"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("x.jsonl:2"), "{err}");
         let err = parse_texts("{\"text\":\"a\"}\n\n{oops\n", true, Path::new("x.jsonl"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("x.jsonl:3") && err.contains("invalid JSON"), "{err}");
+        assert!(
+            err.contains("x.jsonl:3") && err.contains("invalid JSON"),
+            "{err}"
+        );
     }
 
     #[test]
     fn empty_input_is_an_error() {
-        let err = parse_texts("", false, Path::new("e.txt")).unwrap_err().to_string();
+        let err = parse_texts("", false, Path::new("e.txt"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("empty"), "{err}");
-        let err = parse_texts("\n \n", false, Path::new("e.txt")).unwrap_err().to_string();
+        let err = parse_texts("\n \n", false, Path::new("e.txt"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no text"), "{err}");
     }
 }

@@ -93,10 +93,11 @@ impl Embedder {
                 reason: "no tokenizer.json in the model directory".into(),
             });
         }
-        let mut tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| Error::Tokenizer {
-            source_name: tokenizer_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let mut tokenizer =
+            Tokenizer::from_file(&tokenizer_path).map_err(|e| Error::Tokenizer {
+                source_name: tokenizer_path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         let limit = model_net.config().max_positions();
         let wanted = options
             .max_seq_length
@@ -172,7 +173,8 @@ impl Embedder {
     ) -> Result<(Tensor, EmbedStats)> {
         let device = self.model.device();
         if texts.is_empty() {
-            let empty = Tensor::zeros((0, self.dim()), DType::F32, device).context("empty result")?;
+            let empty =
+                Tensor::zeros((0, self.dim()), DType::F32, device).context("empty result")?;
             return Ok((empty, EmbedStats::default()));
         }
         let inputs: Vec<String> = texts
@@ -186,13 +188,13 @@ impl Embedder {
                 }
             })
             .collect();
-        let encodings = self
-            .tokenizer
-            .encode_batch(inputs, true)
-            .map_err(|e| Error::Tokenizer {
-                source_name: self.dir.join("tokenizer.json").display().to_string(),
-                reason: e.to_string(),
-            })?;
+        let encodings =
+            self.tokenizer
+                .encode_batch(inputs, true)
+                .map_err(|e| Error::Tokenizer {
+                    source_name: self.dir.join("tokenizer.json").display().to_string(),
+                    reason: e.to_string(),
+                })?;
         let stats = EmbedStats {
             truncated: encodings
                 .iter()

@@ -343,7 +343,8 @@ mod tests {
     #[test]
     fn ranks_by_cosine_not_dot_product() {
         // Row 0 is long but off-axis; row 2 is short and aligned with the query.
-        let corpus = Tensor::new(&[[10.0f32, 10.0], [0.0, 1.0], [0.3, 0.01]], &Device::Cpu).unwrap();
+        let corpus =
+            Tensor::new(&[[10.0f32, 10.0], [0.0, 1.0], [0.3, 0.01]], &Device::Cpu).unwrap();
         let query = Tensor::new(&[1.0f32, 0.0], &Device::Cpu).unwrap();
         let ranked = rank_by_cosine(&corpus, &query, 2).unwrap();
         assert_eq!(ranked[0].0, 2);

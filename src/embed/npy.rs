@@ -15,7 +15,8 @@ pub fn npy_bytes(data: &[f32], rows: usize, cols: usize) -> Result<Vec<u8>> {
             data.len()
         )));
     }
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     // Magic (6) + version (2) + header length (2) + header, padded with spaces to a multiple of 64
     // and ended by a newline.
     let unpadded = 10 + header.len() + 1;

@@ -54,7 +54,11 @@ impl PoolingMode {
             "pooling_mode_weightedmean_tokens",
             "weightedmean",
         ),
-        (PoolingMode::LastToken, "pooling_mode_lasttoken", "lasttoken"),
+        (
+            PoolingMode::LastToken,
+            "pooling_mode_lasttoken",
+            "lasttoken",
+        ),
     ];
 
     /// The sentence-transformers name (`mean`, `cls`, ...).
@@ -67,7 +71,10 @@ impl PoolingMode {
     }
 
     fn parse(name: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(_, _, n)| *n == name).map(|(m, _, _)| *m)
+        Self::ALL
+            .iter()
+            .find(|(_, _, n)| *n == name)
+            .map(|(m, _, _)| *m)
     }
 }
 
@@ -149,9 +156,15 @@ impl PoolingConfig {
     /// `prompt_tokens`: leading tokens to leave out when `include_prompt` is false.
     /// -> [b, modes * h] in f32.
     pub fn pool(&self, hidden: &Tensor, lengths: &[usize], prompt_tokens: usize) -> Result<Tensor> {
-        let (b, s, h) = hidden.dims3().context("pooling input [batch, seq, hidden]")?;
+        let (b, s, h) = hidden
+            .dims3()
+            .context("pooling input [batch, seq, hidden]")?;
         let hidden = hidden.to_dtype(DType::F32).context("pooling in f32")?;
-        let skip = if self.include_prompt { 0 } else { prompt_tokens };
+        let skip = if self.include_prompt {
+            0
+        } else {
+            prompt_tokens
+        };
         // 0/1 mask, row-major [b, s]; first/last pooled token per row.
         let mut mask = vec![0f32; b * s];
         let mut first = Vec::with_capacity(b);
@@ -163,7 +176,11 @@ impl PoolingConfig {
             }
             // Row with no pooled token: sentence-transformers' argmax gives 0 for cls and
             // falls back to the (masked, so zero) last position for lasttoken.
-            let (f, l) = if skip < len { (skip, len - 1) } else { (0, s - 1) };
+            let (f, l) = if skip < len {
+                (skip, len - 1)
+            } else {
+                (0, s - 1)
+            };
             first.push((row * s + f) as u32);
             last.push((row * s + l) as u32);
         }
@@ -348,9 +365,14 @@ mod tests {
         assert_eq!(config.modes, vec![PoolingMode::Max, PoolingMode::LastToken]);
         assert!(!config.include_prompt);
         let none = serde_json::json!({"word_embedding_dimension": 8});
-        assert_eq!(PoolingConfig::from_json(&none).unwrap(), PoolingConfig::default());
+        assert_eq!(
+            PoolingConfig::from_json(&none).unwrap(),
+            PoolingConfig::default()
+        );
         let bad = serde_json::json!({"pooling_mode": "median"});
-        assert!(PoolingConfig::from_json(&bad).unwrap_err().contains("median"));
+        assert!(PoolingConfig::from_json(&bad)
+            .unwrap_err()
+            .contains("median"));
     }
 
     #[test]

@@ -63,7 +63,9 @@ fn device() -> Device {
 }
 
 fn fixture(name: &str) -> Fixture {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_decoders").join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny_decoders")
+        .join(name);
     let config = DecoderConfig::from_hf_config(&dir.join("config.json")).unwrap();
     let path = dir.join("model.safetensors");
     let device = device();
@@ -74,7 +76,8 @@ fn fixture(name: &str) -> Fixture {
         dtype: None,
     };
     let model = Llama::load(&config, &source, &options).unwrap();
-    let reference = candle_core::safetensors::load(dir.join("reference.safetensors"), &device).unwrap();
+    let reference =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &device).unwrap();
     let input_ids = reference["input_ids"].to_dtype(DType::U32).unwrap();
     Fixture {
         model,
@@ -88,7 +91,16 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     let a = a.to_device(&Device::Cpu).unwrap();
     let b = b.to_device(&Device::Cpu).unwrap();
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn full_forward_matches(name: &str) {
@@ -97,7 +109,10 @@ fn full_forward_matches(name: &str) {
     let mut cache = f.model.new_cache(batch);
     let logits = f.model.forward(&f.input_ids, &mut cache).unwrap();
     let diff = max_abs_diff(&logits, &f.logits);
-    assert!(diff < TOLERANCE, "{name}: max |wick - transformers| = {diff}");
+    assert!(
+        diff < TOLERANCE,
+        "{name}: max |wick - transformers| = {diff}"
+    );
     // The training forward (no cache) is the same function of the input.
     let train = f.model.forward_train(&f.input_ids).unwrap();
     let diff = max_abs_diff(&train, &f.logits);
@@ -129,13 +144,19 @@ fn incremental_matches(name: &str, chunks: &[usize]) {
         if len % 2 == 0 {
             let logits = f.model.forward(&ids, &mut cache).unwrap();
             let diff = max_abs_diff(&logits, &expected);
-            assert!(diff < TOLERANCE, "{name}: chunk at {start}+{len}: max diff {diff}");
+            assert!(
+                diff < TOLERANCE,
+                "{name}: chunk at {start}+{len}: max diff {diff}"
+            );
         } else {
             // Odd chunks exercise the last-position head.
             let logits = f.model.forward_last(&ids, &mut cache).unwrap();
             let expected = expected.narrow(1, len - 1, 1).unwrap().squeeze(1).unwrap();
             let diff = max_abs_diff(&logits, &expected);
-            assert!(diff < TOLERANCE, "{name}: last of chunk {start}+{len}: max diff {diff}");
+            assert!(
+                diff < TOLERANCE,
+                "{name}: last of chunk {start}+{len}: max diff {diff}"
+            );
         }
         start += len;
         assert_eq!(cache.len(), start);
@@ -195,7 +216,12 @@ fn expected_and_named_weights_agree_with_the_files() {
         for (n, t) in &named {
             assert_eq!(max_abs_diff(t, &f.source.tensors[n]), 0.0, "{name}: {n}");
         }
-        let paths: Vec<String> = f.model.linear_layers().into_iter().map(|(p, _)| p).collect();
+        let paths: Vec<String> = f
+            .model
+            .linear_layers()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
         assert_eq!(paths.len(), 14);
         assert_eq!(paths[0], "model.layers.0.self_attn.q_proj");
         assert_eq!(paths[13], "model.layers.1.mlp.down_proj");

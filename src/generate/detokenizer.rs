@@ -47,7 +47,9 @@ impl Detokenizer {
         self.tokens.push(id);
         let before = decoder.decode(&self.tokens[self.prefix..self.read])?;
         let now = decoder.decode(&self.tokens[self.prefix..])?;
-        if now.len() > before.len() && now.is_char_boundary(before.len()) && !now.ends_with('\u{FFFD}')
+        if now.len() > before.len()
+            && now.is_char_boundary(before.len())
+            && !now.ends_with('\u{FFFD}')
         {
             let piece = now[before.len()..].to_string();
             self.prefix = self.read;

@@ -164,7 +164,10 @@ impl<'a> TokenStream<'a> {
                 prompt_ids.len()
             )));
         }
-        if let Some(&bad) = prompt_ids.iter().find(|&&id| id as usize >= config.vocab_size) {
+        if let Some(&bad) = prompt_ids
+            .iter()
+            .find(|&&id| id as usize >= config.vocab_size)
+        {
             return Err(Error::InvalidRequest(format!(
                 "prompt token id {bad} is outside the vocabulary of {} tokens",
                 config.vocab_size

@@ -305,7 +305,10 @@ mod tests {
         assert_eq!(ids(&filter_candidates(&logits, 0, 0.45, 0.0)), vec![1]);
         assert_eq!(ids(&filter_candidates(&logits, 0, 0.6, 0.0)), vec![1, 3]);
         assert_eq!(ids(&filter_candidates(&logits, 0, 0.8, 0.0)), vec![1, 3, 0]);
-        assert_eq!(ids(&filter_candidates(&logits, 0, 0.95, 0.0)), vec![1, 3, 0, 2]);
+        assert_eq!(
+            ids(&filter_candidates(&logits, 0, 0.95, 0.0)),
+            vec![1, 3, 0, 2]
+        );
         // top-p after top-k renormalizes over the k kept: [0.5, 0.25] -> [2/3, 1/3].
         assert_eq!(ids(&filter_candidates(&logits, 2, 0.6, 0.0)), vec![1]);
         assert_eq!(ids(&filter_candidates(&logits, 2, 0.7, 0.0)), vec![1, 3]);
@@ -315,7 +318,10 @@ mod tests {
     fn min_p_keeps_tokens_above_a_fraction_of_the_best() {
         // p_max = 0.5: min_p 0.25 keeps p >= 0.125 -> 0.5, 0.25, 0.15; min_p 0.5 keeps 0.5, 0.25.
         let logits = logits_of(&[0.15, 0.5, 0.1, 0.25]);
-        assert_eq!(ids(&filter_candidates(&logits, 0, 1.0, 0.25)), vec![1, 3, 0]);
+        assert_eq!(
+            ids(&filter_candidates(&logits, 0, 1.0, 0.25)),
+            vec![1, 3, 0]
+        );
         assert_eq!(ids(&filter_candidates(&logits, 0, 1.0, 0.49)), vec![1, 3]);
         assert_eq!(ids(&filter_candidates(&logits, 0, 1.0, 0.9)), vec![1]);
     }
@@ -365,7 +371,9 @@ mod tests {
         };
         let run = |params: &SamplingParams| -> Vec<u32> {
             let mut s = Sampler::new(params.clone()).unwrap();
-            (0..40).map(|_| s.sample(&logits, &[]).unwrap().id).collect()
+            (0..40)
+                .map(|_| s.sample(&logits, &[]).unwrap().id)
+                .collect()
         };
         assert_eq!(run(&params), run(&params));
         let other = SamplingParams {

@@ -178,13 +178,16 @@ impl KvCache {
         self.capacity = capacity.min(self.max_len);
         let shape = (self.batch, self.kv_heads, self.capacity, self.head_dim);
         for entry in self.layers.iter_mut().filter(|e| e.is_some()) {
-            let k = Tensor::zeros(shape, self.dtype, &self.device).context("kv cache: allocating")?;
-            let v = Tensor::zeros(shape, self.dtype, &self.device).context("kv cache: allocating")?;
+            let k =
+                Tensor::zeros(shape, self.dtype, &self.device).context("kv cache: allocating")?;
+            let v =
+                Tensor::zeros(shape, self.dtype, &self.device).context("kv cache: allocating")?;
             if let Some(old) = entry.as_ref() {
                 if self.len > 0 {
                     let old_k = old.k.narrow(2, 0, self.len)?.contiguous()?;
                     let old_v = old.v.narrow(2, 0, self.len)?.contiguous()?;
-                    k.slice_set(&old_k, 2, 0).context("kv cache: copying keys")?;
+                    k.slice_set(&old_k, 2, 0)
+                        .context("kv cache: copying keys")?;
                     v.slice_set(&old_v, 2, 0)
                         .context("kv cache: copying values")?;
                 }
@@ -249,7 +252,12 @@ mod tests {
                 let (keys, vals) = cache.append(layer, &k, &v).unwrap();
                 layer_keys.push(k);
                 let expected = Tensor::cat(layer_keys, 2).unwrap();
-                let diff = (keys - &expected).unwrap().abs().unwrap().sum_all().unwrap();
+                let diff = (keys - &expected)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
                 assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
                 let diff = (vals - (expected * 2.0).unwrap()).unwrap().abs().unwrap();
                 assert_eq!(diff.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
@@ -258,6 +266,9 @@ mod tests {
         }
         assert_eq!(cache.len(), 22);
         assert!(cache.check_room(18).is_ok());
-        assert!(matches!(cache.check_room(19), Err(Error::InvalidRequest(_))));
+        assert!(matches!(
+            cache.check_room(19),
+            Err(Error::InvalidRequest(_))
+        ));
     }
 }

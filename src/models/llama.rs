@@ -74,10 +74,10 @@ pub fn expected_tensors(cfg: &DecoderConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-/// Whether an attention projection carries a bias: Qwen2 has q/k/v biases and none on o_proj; HF
-/// LLaMA/Mistral's `attention_bias` puts one on all four.
+/// Whether a projection carries a bias: Qwen2 has q/k/v biases and none on o_proj; HF
+/// LLaMA/Mistral's `attention_bias` puts one on all four attention projections; MLPs have none.
 fn has_bias(cfg: &DecoderConfig, projection: &str) -> bool {
-    if !cfg.attention_bias {
+    if !cfg.attention_bias || !projection.starts_with("self_attn.") {
         return false;
     }
     cfg.architecture != Architecture::Qwen2 || projection != "self_attn.o_proj"
@@ -126,9 +126,7 @@ impl Loader<'_> {
             Weight::Quantized(q) => q
                 .dequantize(self.device)
                 .context(format!("dequantizing {name}"))?,
-            Weight::Dense(t) => t
-                .to_device(self.device)
-                .context(format!("moving {name}"))?,
+            Weight::Dense(t) => t.to_device(self.device).context(format!("moving {name}"))?,
         };
         tensor
             .to_dtype(self.compute_dtype())
@@ -459,7 +457,9 @@ impl Llama {
         train: bool,
         positions: LogitPositions,
     ) -> Result<Tensor> {
-        let (b, t) = input_ids.dims2().context("input ids must be [batch, seq]")?;
+        let (b, t) = input_ids
+            .dims2()
+            .context("input ids must be [batch, seq]")?;
         if t == 0 {
             return Err(Error::InvalidRequest("empty input: no token to run".into()));
         }
@@ -506,9 +506,10 @@ impl Llama {
         let mut normed = rms_norm(&residual, &self.layers[0].input_layernorm, eps)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            let attn = layer
-                .self_attn
-                .forward(&normed, &tables, mask.as_ref(), layer_cache, train)?;
+            let attn =
+                layer
+                    .self_attn
+                    .forward(&normed, &tables, mask.as_ref(), layer_cache, train)?;
             (normed, residual) =
                 add_rms_norm(&attn, &residual, &layer.post_attention_layernorm, eps)?;
             let mlp = layer.mlp.forward(&normed, train)?;
@@ -592,7 +593,10 @@ impl Llama {
             for (j, (path, linear)) in projections.iter().enumerate() {
                 // HF order: attention projections, the second norm, then the MLP.
                 if j == 4 {
-                    out.push(norm("post_attention_layernorm", &layer.post_attention_layernorm));
+                    out.push(norm(
+                        "post_attention_layernorm",
+                        &layer.post_attention_layernorm,
+                    ));
                 }
                 out.push((format!("{path}.weight"), linear.dense_weight()?));
                 if let Some(bias) = linear.bias() {
@@ -613,7 +617,15 @@ impl Llama {
 fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
     let len = offset + t;
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..len).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..len).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (t, len), device).context("causal mask")
 }

@@ -67,6 +67,7 @@ def main():
         "threads": torch.get_num_threads(),
         "results": results,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "load_average_after": os.getloadavg()[0],
     }
     with open(args.out, "w") as f:
         json.dump(out, f, indent=2)

@@ -71,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let corpus: Vec<&str> = CORPUS.lines().filter(|l| !l.trim().is_empty()).collect();
     let texts: Vec<&str> = corpus.iter().cycle().take(args.texts).copied().collect();
     let threads = candle_core::utils::get_num_threads();
+    let load_before = load_average();
 
     let mut results = Vec::new();
     for &batch_size in &args.batch_sizes {
@@ -130,6 +131,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "max_seq_length": embedder.max_seq_length(),
         "results": results,
         "peak_rss_mib": peak_rss_mib,
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
         "peer": peer,
     });
     let out = args
@@ -210,7 +213,23 @@ fn markdown(r: &Value) -> String {
         s.push_str(&format!("; the sentence-transformers process: {m:.0} MiB"));
     }
     s.push_str(".\n");
+    s.push_str(&format!(
+        "\nLoad average (1 min) before / after the wick run: {} / {}. On a shared machine numbers\n\
+         above 2 mean other work competed for the 2 cores; compare wick with its peer in the same\n\
+         run, not across runs.\n",
+        r["load_average_before"], r["load_average_after"]
+    ));
     s
+}
+
+/// The 1-minute load average (Linux), to tell a quiet machine from a busy one.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Peak resident set size of this process in KiB (Linux `VmHWM`).

@@ -46,7 +46,10 @@ struct Step {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llamacpp/greedy.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/llamacpp/greedy.json"
+        );
         let text = std::fs::read_to_string(path).expect("reading the llama.cpp fixture");
         serde_json::from_str(&text).expect("parsing the llama.cpp fixture")
     })

@@ -240,7 +240,9 @@ pub(crate) fn matmul_with(
                 let mut tile = [[0f32; TOKEN_TILE]; ROW_TILE];
                 let w = &weight[row * row_bytes..(row + rows) * row_bytes];
                 let a = &acts[token * blocks..(token + tokens) * blocks];
-                dot_tile(format, kernel, w, row_bytes, rows, a, blocks, tokens, &mut tile);
+                dot_tile(
+                    format, kernel, w, row_bytes, rows, a, blocks, tokens, &mut tile,
+                );
                 for (r, tile_row) in tile.iter().enumerate().take(rows) {
                     for (t, value) in tile_row.iter().enumerate().take(tokens) {
                         // SAFETY: (token + t, row + r) is in bounds (checked sizes above) and
@@ -525,7 +527,13 @@ mod avx2 {
                         for r in 0..rows {
                             let row = &w[r * row_bytes..(r + 1) * row_bytes];
                             for t in 0..tokens {
-                                tile::<1, 1, $q4>(row, row_bytes, &a[t * blocks..], blocks, &mut one);
+                                tile::<1, 1, $q4>(
+                                    row,
+                                    row_bytes,
+                                    &a[t * blocks..],
+                                    blocks,
+                                    &mut one,
+                                );
                                 out[r][t] = one[0][0];
                             }
                         }
@@ -551,7 +559,9 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut bytes = Vec::with_capacity(n * k / BLOCK * format.block_bytes());
         for _ in 0..n * k / BLOCK {
-            let d = f16::from_f32(rng.random_range(1e-4f32..2e-2) * if rng.random_bool(0.5) { 1.0 } else { -1.0 });
+            let d = f16::from_f32(
+                rng.random_range(1e-4f32..2e-2) * if rng.random_bool(0.5) { 1.0 } else { -1.0 },
+            );
             bytes.extend_from_slice(&d.to_le_bytes());
             match format {
                 WeightFormat::Q4_1 => {
@@ -594,8 +604,10 @@ mod tests {
             match format {
                 WeightFormat::Q4_1 => {
                     let m = f16_at(block, 2) as f64;
-                    let low: Vec<f64> = block[4..].iter().map(|b| d * (b & 15) as f64 + m).collect();
-                    let high: Vec<f64> = block[4..].iter().map(|b| d * (b >> 4) as f64 + m).collect();
+                    let low: Vec<f64> =
+                        block[4..].iter().map(|b| d * (b & 15) as f64 + m).collect();
+                    let high: Vec<f64> =
+                        block[4..].iter().map(|b| d * (b >> 4) as f64 + m).collect();
                     out.extend(low);
                     out.extend(high);
                 }
@@ -608,11 +620,21 @@ mod tests {
     /// Exact maths of the quantized product in f64: sum over blocks of dw*d16*sum(u q) + mw*s16,
     /// from the dequantized weight and the quantized activations, for Q4_1 written as
     /// sum_i (dw u_i + mw) d16 q_i with the mw term replaced by mw * s16 as the format defines.
-    fn reference(format: WeightFormat, x: &[f32], m: usize, k: usize, w: &[u8], n: usize) -> Vec<f64> {
+    fn reference(
+        format: WeightFormat,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[u8],
+        n: usize,
+    ) -> Vec<f64> {
         let blocks = k / BLOCK;
         let mut acts = vec![EMPTY_BLOCK; m * blocks];
         for t in 0..m {
-            quantize_row_scalar(&x[t * k..(t + 1) * k], &mut acts[t * blocks..(t + 1) * blocks]);
+            quantize_row_scalar(
+                &x[t * k..(t + 1) * k],
+                &mut acts[t * blocks..(t + 1) * blocks],
+            );
         }
         let wd = dequantize(format, w);
         let mut out = vec![0f64; m * n];
@@ -622,7 +644,11 @@ mod tests {
                 for b in 0..blocks {
                     let a = &acts[t * blocks + b];
                     let block = &w[(r * blocks + b) * format.block_bytes()..];
-                    let mw = if format == WeightFormat::Q4_1 { f16_at(block, 2) as f64 } else { 0.0 };
+                    let mw = if format == WeightFormat::Q4_1 {
+                        f16_at(block, 2) as f64
+                    } else {
+                        0.0
+                    };
                     for i in 0..BLOCK {
                         // (w_i - mw) is dw * u_i exactly.
                         sum += (wd[r * k + b * BLOCK + i] - mw) * a.d as f64 * a.qs[i] as f64;
@@ -637,8 +663,15 @@ mod tests {
 
     /// Scale of the terms summed for one output, to state tolerances relative to it.
     fn magnitude(format: WeightFormat, x: &[f32], k: usize, w: &[u8], t: usize, r: usize) -> f64 {
-        let wd = dequantize(format, &w[r * (k / BLOCK) * format.block_bytes()..(r + 1) * (k / BLOCK) * format.block_bytes()]);
-        wd.iter().zip(&x[t * k..(t + 1) * k]).map(|(a, b)| (a * *b as f64).abs()).sum()
+        let wd = dequantize(
+            format,
+            &w[r * (k / BLOCK) * format.block_bytes()
+                ..(r + 1) * (k / BLOCK) * format.block_bytes()],
+        );
+        wd.iter()
+            .zip(&x[t * k..(t + 1) * k])
+            .map(|(a, b)| (a * *b as f64).abs())
+            .sum()
     }
 
     fn kernels() -> Vec<Kernel> {
@@ -653,7 +686,14 @@ mod tests {
     fn matches_exact_quantized_maths_on_odd_shapes() {
         // Shapes: decode (m = 1), prefill tiles with remainders in both directions, n not a
         // multiple of 4, k of one block.
-        let shapes = [(1, 576, 192), (1, 32, 5), (7, 96, 13), (5, 1536, 576), (3, 64, 4), (11, 160, 9)];
+        let shapes = [
+            (1, 576, 192),
+            (1, 32, 5),
+            (7, 96, 13),
+            (5, 1536, 576),
+            (3, 64, 4),
+            (11, 160, 9),
+        ];
         for (case, &(m, k, n)) in shapes.iter().enumerate() {
             for format in [WeightFormat::Q4_1, WeightFormat::Q8_0] {
                 let seed = 100 + case as u64 * 7 + format.block_bytes() as u64;
@@ -708,7 +748,11 @@ mod tests {
                         }
                     }
                     let err = (got[t * n + r] as f64 - exact).abs();
-                    assert!(err <= bound + 1e-4, "{format:?} ({t},{r}): got {} exact {exact} bound {bound}", got[t * n + r]);
+                    assert!(
+                        err <= bound + 1e-4,
+                        "{format:?} ({t},{r}): got {} exact {exact} bound {bound}",
+                        got[t * n + r]
+                    );
                 }
             }
         }
@@ -748,17 +792,38 @@ mod tests {
         use candle_core::quantized::{QMatMul, QStorage};
         use candle_core::Module;
         let (m, k, n) = (3, 576, 40);
-        for (format, dtype) in [(WeightFormat::Q4_1, GgmlDType::Q4_1), (WeightFormat::Q8_0, GgmlDType::Q8_0)] {
+        for (format, dtype) in [
+            (WeightFormat::Q4_1, GgmlDType::Q4_1),
+            (WeightFormat::Q8_0, GgmlDType::Q8_0),
+        ] {
             let w = random_weight(format, n, k, 11);
             let x = random_input(m, k, 12);
-            let storage = QStorage::from_data(std::borrow::Cow::Borrowed(&w), &Device::Cpu, dtype).expect("storage");
-            let qt = QTensor::new(storage, (n, k)).expect("qtensor");
+            let storage = QStorage::from_data(std::borrow::Cow::Borrowed(&w), &Device::Cpu, dtype)
+                .expect("storage");
+            let qt = std::sync::Arc::new(QTensor::new(storage, (n, k)).expect("qtensor"));
             let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).expect("x");
-            let want: Vec<f32> = QMatMul::from_qtensor(qt.clone()).expect("qmatmul").forward(&xt).expect("fwd").flatten_all().expect("flat").to_vec1().expect("vec");
-            let got: Vec<f32> = forward(&xt, &qt).expect("forward").flatten_all().expect("flat").to_vec1().expect("vec");
+            let want: Vec<f32> = QMatMul::from_arc(qt.clone())
+                .expect("qmatmul")
+                .forward(&xt)
+                .expect("fwd")
+                .flatten_all()
+                .expect("flat")
+                .to_vec1()
+                .expect("vec");
+            let got: Vec<f32> = forward(&xt, &qt)
+                .expect("forward")
+                .flatten_all()
+                .expect("flat")
+                .to_vec1()
+                .expect("vec");
             for i in 0..m * n {
                 let tol = 2e-3 * magnitude(format, &x, k, &w, i / n, i % n) + 1e-4;
-                assert!((got[i] - want[i]).abs() as f64 <= tol, "{format:?} {i}: {} vs {}", got[i], want[i]);
+                assert!(
+                    (got[i] - want[i]).abs() as f64 <= tol,
+                    "{format:?} {i}: {} vs {}",
+                    got[i],
+                    want[i]
+                );
             }
         }
     }

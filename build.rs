@@ -31,11 +31,17 @@ fn main() {
     sources.sort();
     for src in sources {
         println!("cargo:rerun-if-changed={}", src.display());
-        let stem = src.file_stem().expect("file name").to_string_lossy().to_string();
+        let stem = src
+            .file_stem()
+            .expect("file name")
+            .to_string_lossy()
+            .to_string();
         let out = out_dir.join(format!("{stem}.fatbin"));
         let status = Command::new(&nvcc)
             .args(["-O3", "-fatbin", "-std=c++17"])
-            .arg(format!("-gencode=arch=compute_{cap},code=[sm_{cap},compute_{cap}]"))
+            .arg(format!(
+                "-gencode=arch=compute_{cap},code=[sm_{cap},compute_{cap}]"
+            ))
             .arg("-Ikernels")
             .arg("-o")
             .arg(&out)

@@ -47,6 +47,18 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return warp_max(v);
 }
 
+// 16-byte vector of T: loads and stores V = 16 / sizeof(T) elements at once.
+template <typename T>
+struct Vec16 {
+    static constexpr int V = 16 / sizeof(T);
+    union {
+        uint4 u;
+        T e[16 / sizeof(T)];
+    };
+};
+
+__device__ __forceinline__ bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+
 // Instantiates `name##_f32/_bf16/_f16` as extern "C" kernels from a template `name<T>` whose
 // parameter list is given as PARAMS(T) and whose call arguments are ARGS.
 #define WICK_INSTANTIATE(name, PARAMS, ARGS)                                         \

@@ -14,6 +14,47 @@ __device__ void rms_norm(const T* __restrict__ x, const T* __restrict__ res, con
     int tid = threadIdx.x, bd = blockDim.x;
     size_t base = (size_t)blockIdx.x * n;
     T* sum_out = out + (size_t)rows * n;
+    constexpr int V = Vec16<T>::V;
+    // Vector path: two 16-byte vectors per thread (rows up to 2 * V * bd elements).
+    if (n % V == 0 && n <= 2 * V * bd && aligned16(x) && aligned16(w) && aligned16(out) &&
+        (!res || aligned16(res))) {
+        float v[2 * V];
+        float ss = 0.f;
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            int vi = (tid + k * bd) * V;
+            if (vi < n) {
+                Vec16<T> a;
+                a.u = *reinterpret_cast<const uint4*>(x + base + vi);
+                if (res) {
+                    Vec16<T> b, s;
+                    b.u = *reinterpret_cast<const uint4*>(res + base + vi);
+#pragma unroll
+                    for (int j = 0; j < V; j++) s.e[j] = from_f<T>(to_f(a.e[j]) + to_f(b.e[j]));
+                    *reinterpret_cast<uint4*>(sum_out + base + vi) = s.u;
+                    a.u = s.u;
+                }
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    v[k * V + j] = to_f(a.e[j]);
+                    ss += v[k * V + j] * v[k * V + j];
+                }
+            }
+        }
+        float r = rsqrtf(block_sum(ss, scratch) / n + eps);
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            int vi = (tid + k * bd) * V;
+            if (vi < n) {
+                Vec16<T> wv, o;
+                wv.u = *reinterpret_cast<const uint4*>(w + vi);
+#pragma unroll
+                for (int j = 0; j < V; j++) o.e[j] = from_f<T>(v[k * V + j] * r * to_f(wv.e[j]));
+                *reinterpret_cast<uint4*>(out + base + vi) = o.u;
+            }
+        }
+        return;
+    }
     if (n <= K * bd) {
         float v[K];
         float ss = 0.f;

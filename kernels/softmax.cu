@@ -11,6 +11,46 @@ __device__ void softmax(const T* __restrict__ x, T* __restrict__ y, int n) {
     const T* row = x + (size_t)blockIdx.x * n;
     T* out = y + (size_t)blockIdx.x * n;
     int tid = threadIdx.x, bd = blockDim.x;
+    constexpr int V = Vec16<T>::V;
+    // Vector path: rows of up to 2 * V * bd elements held as two 16-byte vectors per thread.
+    if (n % V == 0 && n <= 2 * V * bd && aligned16(x) && aligned16(y)) {
+        float v[2 * V];
+        float m = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            int vi = (tid + k * bd) * V;
+            Vec16<T> in;
+            if (vi < n) in.u = *reinterpret_cast<const uint4*>(row + vi);
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                v[k * V + j] = vi < n ? to_f(in.e[j]) : -INFINITY;
+                m = fmaxf(m, v[k * V + j]);
+            }
+        }
+        m = block_max(m, scratch);
+        float s = 0.f;
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            int vi = (tid + k * bd) * V;
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                v[k * V + j] = vi < n ? __expf(v[k * V + j] - m) : 0.f;
+                s += v[k * V + j];
+            }
+        }
+        float inv = 1.f / block_sum(s, scratch);
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            int vi = (tid + k * bd) * V;
+            if (vi < n) {
+                Vec16<T> o;
+#pragma unroll
+                for (int j = 0; j < V; j++) o.e[j] = from_f<T>(v[k * V + j] * inv);
+                *reinterpret_cast<uint4*>(out + vi) = o.u;
+            }
+        }
+        return;
+    }
     if (n <= K * bd) {
         float v[K];
         float m = -INFINITY;

@@ -71,7 +71,13 @@ fn time_call(
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = wick::device::parse_device(&args.device)?;
     let mut out: Vec<Timing> = Vec::new();
-    let mut push = |kernel: &str, imp: &str, dtype: DType, shape: String, (us, iters): (f64, usize), bytes: Option<f64>, flops: Option<f64>| {
+    let mut push = |kernel: &str,
+                    imp: &str,
+                    dtype: DType,
+                    shape: String,
+                    (us, iters): (f64, usize),
+                    bytes: Option<f64>,
+                    flops: Option<f64>| {
         let t = Timing {
             kernel: kernel.into(),
             implementation: imp.into(),
@@ -97,7 +103,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ms = args.target_ms;
 
     // LoRA linear forward: y = x W^T + s (x A^T) B^T, d_in = d_out = d.
-    for &(t, d, r) in &[(1, 1024, 8), (1, 1024, 16), (128, 1024, 8), (128, 1024, 16), (2048, 1024, 8), (2048, 1024, 16), (8192, 4096, 16)] {
+    for &(t, d, r) in &[
+        (1, 1024, 8),
+        (1, 1024, 16),
+        (128, 1024, 8),
+        (128, 1024, 16),
+        (2048, 1024, 8),
+        (2048, 1024, 16),
+        (8192, 4096, 16),
+    ] {
         for dtype in [DType::BF16, DType::F32] {
             let x = random_tensor(&[t, d], dtype, &device, 1, 1.0)?;
             let w = random_tensor(&[d, d], dtype, &device, 2, 0.05)?;
@@ -106,14 +120,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let flops = 2.0 * (t * d * d + 2 * t * d * r) as f64;
             let bytes = (dtype.size_in_bytes() * (d * d + 2 * t * d + 2 * d * r)) as f64;
             let shape = format!("t{t} d{d} r{r}");
-            let fused = time_call(&device, ms, || Ok(wick::ops::lora_linear::lora_linear(&x, Some(&w), None, &a, &b, 2.0)?))?;
-            push("lora_linear", "wick", dtype, shape.clone(), fused, Some(bytes), Some(flops));
+            let fused = time_call(&device, ms, || {
+                Ok(wick::ops::lora_linear::lora_linear(
+                    &x,
+                    Some(&w),
+                    None,
+                    &a,
+                    &b,
+                    2.0,
+                )?)
+            })?;
+            push(
+                "lora_linear",
+                "wick",
+                dtype,
+                shape.clone(),
+                fused,
+                Some(bytes),
+                Some(flops),
+            );
             let composed = time_call(&device, ms, || {
                 let base = x.matmul(&w.t()?)?;
                 let low = x.matmul(&a.t()?)?.matmul(&b.t()?)?;
                 Ok((base + (low * 2.0)?)?)
             })?;
-            push("lora_linear", "candle-composed", dtype, shape, composed, Some(bytes), Some(flops));
+            push(
+                "lora_linear",
+                "candle-composed",
+                dtype,
+                shape,
+                composed,
+                Some(bytes),
+                Some(flops),
+            );
         }
     }
 
@@ -123,14 +162,50 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let w = random_tensor(&[n], dtype, &device, 6, 1.0)?;
             let bytes = (2 * rows * n * dtype.size_in_bytes()) as f64;
             let shape = format!("{rows}x{n}");
-            let timing = time_call(&device, ms, || Ok(wick::ops::softmax::softmax_last_dim(&x)?))?;
-            push("softmax", "wick", dtype, shape.clone(), timing, Some(bytes), None);
+            let timing = time_call(&device, ms, || {
+                Ok(wick::ops::softmax::softmax_last_dim(&x)?)
+            })?;
+            push(
+                "softmax",
+                "wick",
+                dtype,
+                shape.clone(),
+                timing,
+                Some(bytes),
+                None,
+            );
             let timing = time_call(&device, ms, || Ok(candle_nn::ops::softmax_last_dim(&x)?))?;
-            push("softmax", "candle", dtype, shape.clone(), timing, Some(bytes), None);
-            let timing = time_call(&device, ms, || Ok(wick::ops::rms_norm::rms_norm(&x, &w, 1e-6)?))?;
-            push("rms_norm", "wick", dtype, shape.clone(), timing, Some(bytes), None);
+            push(
+                "softmax",
+                "candle",
+                dtype,
+                shape.clone(),
+                timing,
+                Some(bytes),
+                None,
+            );
+            let timing = time_call(&device, ms, || {
+                Ok(wick::ops::rms_norm::rms_norm(&x, &w, 1e-6)?)
+            })?;
+            push(
+                "rms_norm",
+                "wick",
+                dtype,
+                shape.clone(),
+                timing,
+                Some(bytes),
+                None,
+            );
             let timing = time_call(&device, ms, || Ok(candle_nn::ops::rms_norm(&x, &w, 1e-6)?))?;
-            push("rms_norm", "candle", dtype, shape, timing, Some(bytes), None);
+            push(
+                "rms_norm",
+                "candle",
+                dtype,
+                shape,
+                timing,
+                Some(bytes),
+                None,
+            );
         }
     }
 

@@ -112,6 +112,19 @@ fn row_block(n: usize) -> u32 {
     (n.div_ceil(8)).next_power_of_two().clamp(32, 1024) as u32
 }
 
+/// Threads per row for the forward row kernels (softmax, rms_norm): when rows split into 16-byte
+/// vectors each thread takes two of them (8 f32 or 16 bf16/f16 elements), else 8 elements.
+fn row_block_vec<T: GpuFloat>(n: usize) -> u32 {
+    let per_vec = 16 / std::mem::size_of::<T>();
+    if n % per_vec == 0 {
+        (n.div_ceil(2 * per_vec))
+            .next_power_of_two()
+            .clamp(32, 1024) as u32
+    } else {
+        row_block(n)
+    }
+}
+
 fn grid_1d(n: usize, block: u32) -> LaunchConfig {
     let blocks = n.div_ceil(block as usize).clamp(1, 132 * 16) as u32;
     LaunchConfig {
@@ -141,7 +154,7 @@ pub fn rowwise1(s: &CudaStorage, l: &Layout, name: &'static str) -> Result<CudaS
             b.arg(&x).arg(&mut out).arg(&n_i);
             let cfg = LaunchConfig {
                 grid_dim: (rows as u32, 1, 1),
-                block_dim: (row_block(n), 1, 1),
+                block_dim: (row_block_vec::<T>(n), 1, 1),
                 shared_mem_bytes: 0,
             };
             unsafe { b.launch(cfg) }.w()?;
@@ -233,7 +246,7 @@ pub fn rms_norm(
         b.arg(&wv).arg(&mut out).arg(&rows_i).arg(&n_i).arg(&eps);
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
-            block_dim: (row_block(n), 1, 1),
+            block_dim: (row_block_vec::<T>(n), 1, 1),
             shared_mem_bytes: 0,
         };
         unsafe { b.launch(cfg) }.w()?;
@@ -332,7 +345,14 @@ pub fn rope(
         let inter = interleaved as i32;
         let pairs_u = pairs as u64;
         b.arg(&xv).arg(&cv).arg(&sv).arg(&mut out);
-        b.arg(&h).arg(&seq).arg(&d).arg(&s0).arg(&s1).arg(&s2).arg(&inter).arg(&pairs_u);
+        b.arg(&h)
+            .arg(&seq)
+            .arg(&d)
+            .arg(&s0)
+            .arg(&s1)
+            .arg(&s2)
+            .arg(&inter)
+            .arg(&pairs_u);
         unsafe { b.launch(grid_1d(pairs, 256)) }.w()?;
         Ok(storage(dev, out))
     }
@@ -550,7 +570,12 @@ pub fn lora_linear(
                 }
             }
             lb.arg(&av).arg(&bv).arg(&mut y);
-            lb.arg(&t_i).arg(&in_i).arg(&out_i).arg(&r_i).arg(&scale).arg(&vec);
+            lb.arg(&t_i)
+                .arg(&in_i)
+                .arg(&out_i)
+                .arg(&r_i)
+                .arg(&scale)
+                .arg(&vec);
             // 8 warps per block, one output row per warp.
             let cfg = LaunchConfig {
                 grid_dim: (out_f.div_ceil(8).max(1) as u32, 1, 1),
@@ -590,15 +615,16 @@ pub fn lora_linear(
                     lb.arg(&null);
                 }
             }
-            lb.arg(&t_i).arg(&out_i).arg(&r_i).arg(&scale).arg(&accumulate);
+            lb.arg(&t_i)
+                .arg(&out_i)
+                .arg(&r_i)
+                .arg(&scale)
+                .arg(&accumulate);
             unsafe { lb.launch(grid_1d(n, 256)) }.w()?;
         }
         Ok(y)
     }
-    by_dtype!(
-        dtype_of(x),
-        go(x, xl, a, al, b, bl, weight, bias, scale)
-    )
+    by_dtype!(dtype_of(x), go(x, xl, a, al, b, bl, weight, bias, scale))
 }
 
 /// Positions per block of the split pass of decode attention.
@@ -646,7 +672,11 @@ pub fn decode_attention(
         let f = kernel::<T>(dev, Module::DecodeAttention, "decode_attention_split")?;
         let mut b = stream.launch_builder(&f);
         b.arg(&qv).arg(&kv).arg(&vv).arg(&mut scratch);
-        b.arg(&heads_i).arg(&kv_i).arg(&len_i).arg(&d_i).arg(&chunk_i);
+        b.arg(&heads_i)
+            .arg(&kv_i)
+            .arg(&len_i)
+            .arg(&d_i)
+            .arg(&chunk_i);
         for s in &strides {
             b.arg(s);
         }

@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use serde::Serialize;
 
-use super::check::{max_rel_err, random_tensor, to_f64_vec, tolerance};
+use super::check::{max_rel_err, pass_tolerance, random_tensor, to_f64_vec, tolerance};
 use super::{cross_entropy, decode_attention, lora_linear, rms_norm, rope, softmax, swiglu};
 use crate::{Context, Result};
 
@@ -75,8 +75,8 @@ impl Suite<'_> {
             pass: pass.into(),
             shape: format!("{shape:?}"),
             max_rel_err: err,
-            tolerance: tolerance(dtype),
-            ok: err <= tolerance(dtype),
+            tolerance: pass_tolerance(dtype, pass),
+            ok: err <= pass_tolerance(dtype, pass),
             device: self.device_name.into(),
             date: self.date.into(),
             seed: self.seed,
@@ -85,7 +85,12 @@ impl Suite<'_> {
 }
 
 /// Runs every case on `device`; `seed` makes the inputs (pass a fresh one per run).
-pub fn run_suite(device: &Device, device_name: &str, date: &str, seed: u64) -> Result<Vec<CheckRecord>> {
+pub fn run_suite(
+    device: &Device,
+    device_name: &str,
+    date: &str,
+    seed: u64,
+) -> Result<Vec<CheckRecord>> {
     let mut suite = Suite {
         device,
         device_name,
@@ -140,7 +145,15 @@ fn grads(
 }
 
 fn check_softmax(s: &mut Suite, dtype: DType) -> Result<()> {
-    for shape in [[1, 1], [3, 17], [2, 33], [5, 127], [2, 4097], [3, 8193], [2, 151_936]] {
+    for shape in [
+        [1, 1],
+        [3, 17],
+        [2, 33],
+        [5, 127],
+        [2, 4097],
+        [3, 8193],
+        [2, 151_936],
+    ] {
         let n = shape[1];
         let x = s.rand(&shape, dtype, 4.0)?;
         let y = softmax::softmax_last_dim(&x)?;
@@ -164,7 +177,14 @@ fn check_rms_norm(s: &mut Suite, dtype: DType) -> Result<()> {
         let w = s.rand(&[n], dtype, 1.5)?;
         let wv = v(&w)?;
         let y = rms_norm::rms_norm(&x, &w, eps)?;
-        s.record("rms_norm", dtype, "fwd", &shape, &v(&y)?, &rms_norm::rms_norm_reference(&v(&x)?, &wv, eps));
+        s.record(
+            "rms_norm",
+            dtype,
+            "fwd",
+            &shape,
+            &v(&y)?,
+            &rms_norm::rms_norm_reference(&v(&x)?, &wv, eps),
+        );
         let (normed, sum) = rms_norm::add_rms_norm(&x, &r, &w, eps)?;
         let sum_v = v(&sum)?;
         let want_sum: Vec<f64> = v(&(&x + &r)?)?;
@@ -175,37 +195,71 @@ fn check_rms_norm(s: &mut Suite, dtype: DType) -> Result<()> {
         s.record("add_rms_norm", dtype, "fwd", &shape, &got, &want);
 
         let dy = s.rand(&shape, dtype, 1.0)?;
-        let g = grads(&[x.clone(), w.clone()], &dy, |t| rms_norm::rms_norm(&t[0], &t[1], eps))?;
+        let g = grads(&[x.clone(), w.clone()], &dy, |t| {
+            rms_norm::rms_norm(&t[0], &t[1], eps)
+        })?;
         let (dx, dw) = rms_norm::rms_norm_backward_reference(&v(&x)?, &wv, &v(&dy)?, eps);
-        s.record("rms_norm", dtype, "bwd", &shape, &[g[0].clone(), g[1].clone()].concat(), &[dx, dw].concat());
+        s.record(
+            "rms_norm",
+            dtype,
+            "bwd",
+            &shape,
+            &[g[0].clone(), g[1].clone()].concat(),
+            &[dx, dw].concat(),
+        );
     }
     Ok(())
 }
 
 fn check_rope(s: &mut Suite, dtype: DType) -> Result<()> {
-    for (b, h, seq, d, offset) in [(1, 1, 1, 2, 0), (1, 3, 17, 8, 5), (2, 2, 33, 64, 0), (1, 5, 127, 128, 300)] {
+    for (b, h, seq, d, offset) in [
+        (1, 1, 1, 2, 0),
+        (1, 3, 17, 8, 5),
+        (2, 2, 33, 64, 0),
+        (1, 5, 127, 128, 300),
+    ] {
         let half = d / 2;
         let total = offset + seq;
         let angles: Vec<f64> = (0..total * half)
             .map(|i| (i / half) as f64 / 10000f64.powf(2.0 * (i % half) as f64 / d as f64))
             .collect();
-        let cos_full = Tensor::from_vec(angles.iter().map(|a| a.cos()).collect::<Vec<_>>(), (total, half), s.device)?
-            .to_dtype(dtype)?;
-        let sin_full = Tensor::from_vec(angles.iter().map(|a| a.sin()).collect::<Vec<_>>(), (total, half), s.device)?
-            .to_dtype(dtype)?;
+        let cos_full = Tensor::from_vec(
+            angles.iter().map(|a| a.cos()).collect::<Vec<_>>(),
+            (total, half),
+            s.device,
+        )?
+        .to_dtype(dtype)?;
+        let sin_full = Tensor::from_vec(
+            angles.iter().map(|a| a.sin()).collect::<Vec<_>>(),
+            (total, half),
+            s.device,
+        )?
+        .to_dtype(dtype)?;
         let cos = cos_full.narrow(0, offset, seq)?;
         let sin = sin_full.narrow(0, offset, seq)?;
         let (cv, sv) = (v(&cos)?, v(&sin)?);
         let neg_sv: Vec<f64> = sv.iter().map(|x| -x).collect();
-        for (layout, name) in [(rope::RopeLayout::HalfSplit, "rope_half_split"), (rope::RopeLayout::Interleaved, "rope_interleaved")] {
+        for (layout, name) in [
+            (rope::RopeLayout::HalfSplit, "rope_half_split"),
+            (rope::RopeLayout::Interleaved, "rope_interleaved"),
+        ] {
             // Transposed [b, seq, h, d] input: the strided path the decoder uses.
             let x = s.rand(&[b, seq, h, d], dtype, 2.0)?.transpose(1, 2)?;
             let shape = [b, h, seq, d];
             let y = rope::rope(&x, &cos, &sin, layout)?;
             let xc = v(&x.contiguous()?)?;
-            s.record(name, dtype, "fwd", &shape, &v(&y)?, &rope::rope_reference(&xc, &cv, &sv, seq, d, layout));
+            s.record(
+                name,
+                dtype,
+                "fwd",
+                &shape,
+                &v(&y)?,
+                &rope::rope_reference(&xc, &cv, &sv, seq, d, layout),
+            );
             let dy = s.rand(&shape, dtype, 1.0)?;
-            let g = grads(&[x.contiguous()?], &dy, |t| rope::rope(&t[0], &cos, &sin, layout))?;
+            let g = grads(&[x.contiguous()?], &dy, |t| {
+                rope::rope(&t[0], &cos, &sin, layout)
+            })?;
             let want = rope::rope_reference(&v(&dy)?, &cv, &neg_sv, seq, d, layout);
             s.record(name, dtype, "bwd", &shape, &g[0], &want);
         }
@@ -220,17 +274,40 @@ fn check_swiglu(s: &mut Suite, dtype: DType) -> Result<()> {
         let u = s.rand(&shape, dtype, 2.0)?;
         let y = swiglu::swiglu(&g, &u)?;
         let (gv, uv) = (v(&g)?, v(&u)?);
-        s.record("swiglu", dtype, "fwd", &shape, &v(&y)?, &swiglu::swiglu_reference(&gv, &uv));
+        s.record(
+            "swiglu",
+            dtype,
+            "fwd",
+            &shape,
+            &v(&y)?,
+            &swiglu::swiglu_reference(&gv, &uv),
+        );
         let dy = s.rand(&shape, dtype, 1.0)?;
-        let gr = grads(&[g.clone(), u.clone()], &dy, |t| swiglu::swiglu(&t[0], &t[1]))?;
+        let gr = grads(&[g.clone(), u.clone()], &dy, |t| {
+            swiglu::swiglu(&t[0], &t[1])
+        })?;
         let (dg, du) = swiglu::swiglu_backward_reference(&gv, &uv, &v(&dy)?);
-        s.record("swiglu", dtype, "bwd", &shape, &[gr[0].clone(), gr[1].clone()].concat(), &[dg, du].concat());
+        s.record(
+            "swiglu",
+            dtype,
+            "bwd",
+            &shape,
+            &[gr[0].clone(), gr[1].clone()].concat(),
+            &[dg, du].concat(),
+        );
     }
     Ok(())
 }
 
 fn check_cross_entropy(s: &mut Suite, dtype: DType) -> Result<()> {
-    for shape in [[1, 3], [3, 17], [4, 127], [5, 4097], [2, 49_152], [3, 151_936]] {
+    for shape in [
+        [1, 3],
+        [3, 17],
+        [4, 127],
+        [5, 4097],
+        [2, 49_152],
+        [3, 151_936],
+    ] {
         let (rows, vocab) = (shape[0], shape[1]);
         let seed = s.next_seed();
         let labels: Vec<i64> = (0..rows)
@@ -247,7 +324,8 @@ fn check_cross_entropy(s: &mut Suite, dtype: DType) -> Result<()> {
         let var = Var::from_tensor(&x)?;
         let loss = cross_entropy::cross_entropy(var.as_tensor(), &lt)?;
         let g = loss.backward()?;
-        let (want_loss, want_grad) = cross_entropy::cross_entropy_reference(&v(&x)?, &labels, vocab);
+        let (want_loss, want_grad) =
+            cross_entropy::cross_entropy_reference(&v(&x)?, &labels, vocab);
         // The loss is f32 whatever the logits: judged at f32's tolerance.
         let got = v(&loss)?;
         s.record("cross_entropy", dtype, "fwd", &shape, &got, &[want_loss]);
@@ -255,7 +333,11 @@ fn check_cross_entropy(s: &mut Suite, dtype: DType) -> Result<()> {
             last.tolerance = tolerance(DType::F32);
             last.ok = last.max_rel_err <= last.tolerance;
         }
-        let grad = g.get(var.as_tensor()).map(v).transpose()?.unwrap_or_default();
+        let grad = g
+            .get(var.as_tensor())
+            .map(v)
+            .transpose()?
+            .unwrap_or_default();
         s.record("cross_entropy", dtype, "bwd", &shape, &grad, &want_grad);
     }
     Ok(())
@@ -263,7 +345,14 @@ fn check_cross_entropy(s: &mut Suite, dtype: DType) -> Result<()> {
 
 fn check_lora(s: &mut Suite, dtype: DType) -> Result<()> {
     // (tokens, in, out, rank): up to 8 tokens take the one-kernel path on CUDA, more the cuBLAS one.
-    for (t, inf, outf, r) in [(1, 3, 5, 1), (3, 17, 33, 4), (8, 64, 127, 8), (1, 1024, 1024, 8), (17, 33, 127, 8), (127, 64, 17, 16)] {
+    for (t, inf, outf, r) in [
+        (1, 3, 5, 1),
+        (3, 17, 33, 4),
+        (8, 64, 127, 8),
+        (1, 1024, 1024, 8),
+        (17, 33, 127, 8),
+        (127, 64, 17, 16),
+    ] {
         let shape = [t, inf, outf, r];
         let x = s.rand(&[t, inf], dtype, 1.0)?;
         let w = s.rand(&[outf, inf], dtype, 0.5)?;
@@ -284,7 +373,14 @@ fn check_lora(s: &mut Suite, dtype: DType) -> Result<()> {
             lora_linear::lora_linear(&ts[0], Some(&w), Some(&bias), &ts[1], &ts[2], scale)
         })?;
         let want = lora_backward_reference(&xv, &wv, &av, &bv, &v(&dy)?, (t, inf, outf, r), scale)?;
-        s.record("lora_linear", dtype, "bwd", &shape, &g.concat(), &want.concat());
+        s.record(
+            "lora_linear",
+            dtype,
+            "bwd",
+            &shape,
+            &g.concat(),
+            &want.concat(),
+        );
     }
     Ok(())
 }
@@ -313,7 +409,13 @@ fn lora_backward_reference(
 }
 
 fn check_decode_attention(s: &mut Suite, dtype: DType) -> Result<()> {
-    for (b, heads, kv, len, d) in [(1, 1, 1, 1, 8), (1, 3, 1, 17, 16), (2, 9, 3, 33, 64), (1, 4, 2, 4097, 64), (1, 9, 3, 1000, 128)] {
+    for (b, heads, kv, len, d) in [
+        (1, 1, 1, 1, 8),
+        (1, 3, 1, 17, 16),
+        (2, 9, 3, 33, 64),
+        (1, 4, 2, 4097, 64),
+        (1, 9, 3, 1000, 128),
+    ] {
         let shape = [b, heads, kv, len, d];
         let q = s.rand(&[b, heads, 1, d], dtype, 1.0)?;
         let kfull = s.rand(&[b, kv, len + 7, d], dtype, 1.0)?;

@@ -53,7 +53,10 @@ pub(crate) fn contiguous<'a, T>(
 ) -> candle_core::Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{what} must be contiguous (got strides {:?})", layout.stride()),
+        None => candle_core::bail!(
+            "{what} must be contiguous (got strides {:?})",
+            layout.stride()
+        ),
     }
 }
 

@@ -115,8 +115,13 @@ fn cross_entropy_rows<T: candle_core::WithDType, A: Acc + candle_core::WithDType
         if label < 0 {
             return A::zero();
         }
-        let max = row.iter().fold(A::neg_infinity(), |m, v| m.max(A::load(*v)));
-        let sum: A = row.iter().map(|v| (A::load(*v) - max).exp()).sum();
+        let max = row.iter().fold(A::neg_infinity(), |m, v| {
+            num_traits::Float::max(m, A::load(*v))
+        });
+        let sum: A = row
+            .chunks(1024)
+            .map(|c| c.iter().map(|v| (A::load(*v) - max).exp()).sum::<A>())
+            .sum();
         if let Some(g) = g {
             let scale = inv_count / sum;
             for (g, v) in g.iter_mut().zip(row) {
@@ -158,7 +163,10 @@ impl CustomOp2 for CrossEntropyFused {
         let (rows, vocab) = l1.shape().dims2()?;
         let labels = match s2 {
             CpuStorage::I64(l) => contiguous(l, l2, "labels")?,
-            other => candle_core::bail!("cross-entropy labels must be i64, got {:?}", other.dtype()),
+            other => candle_core::bail!(
+                "cross-entropy labels must be i64, got {:?}",
+                candle_core::backend::BackendStorage::dtype(other)
+            ),
         };
         let losses = dispatch_float!(s1, "cross-entropy", |x: T, A| {
             let x = contiguous(x, l1, "logits")?;
@@ -270,7 +278,11 @@ mod tests {
                 let grads = loss.backward().unwrap();
                 let (want_loss, want_grad) =
                     cross_entropy_reference(&to_f64_vec(&x).unwrap(), &lab, vocab);
-                let got = loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+                let got = loss
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
                 let tol = if dtype == DType::F64 { 1e-6 } else { 1e-5 };
                 assert!(
                     (got - want_loss).abs() <= tol * want_loss.abs().max(1.0),
@@ -278,10 +290,19 @@ mod tests {
                 );
                 let g = grads.get(var.as_tensor()).unwrap();
                 assert_eq!(g.dtype(), dtype);
-                assert_close(&to_f64_vec(g).unwrap(), &want_grad, dtype, "cross-entropy grad");
+                assert_close(
+                    &to_f64_vec(g).unwrap(),
+                    &want_grad,
+                    dtype,
+                    "cross-entropy grad",
+                );
                 // Evaluation path (no graph): same loss, no gradient computed.
                 let eval = cross_entropy(&x, &label_t).unwrap();
-                let eval = eval.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+                let eval = eval
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
                 assert_eq!(eval, got);
             }
         }
@@ -292,7 +313,10 @@ mod tests {
         let dev = Device::Cpu;
         let x = random_tensor(&[2, 5], DType::F32, &dev, 1, 1.0).unwrap();
         let lab = Tensor::new(&[IGNORE_INDEX, IGNORE_INDEX], &dev).unwrap();
-        assert_eq!(cross_entropy(&x, &lab).unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(
+            cross_entropy(&x, &lab).unwrap().to_scalar::<f32>().unwrap(),
+            0.0
+        );
         let bad = Tensor::new(&[0i64, 5], &dev).unwrap();
         assert!(cross_entropy(&x, &bad).is_err());
     }

@@ -20,7 +20,12 @@ use crate::{Context, Result};
 
 /// q: [b, n_heads, 1, d], k_cache, v_cache: [b, n_kv, T, d] (n_heads a multiple of n_kv, head dim
 /// contiguous) -> [b, n_heads, 1, d] in q's dtype. Accumulation in f32 (f64 for f64).
-pub fn decode_attention(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, scale: f64) -> Result<Tensor> {
+pub fn decode_attention(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
     let (b, heads, one, d) = q.dims4().context("decode attention q")?;
     let (kb, kv_heads, len, kd) = k_cache.dims4().context("decode attention k")?;
     if one != 1
@@ -40,7 +45,9 @@ pub fn decode_attention(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, scale: f
     }
     let q = q.contiguous().context("decode attention q")?;
     let fix = |t: &Tensor| -> Result<Tensor> {
-        let t = t.to_dtype(q.dtype()).context("decode attention cache dtype")?;
+        let t = t
+            .to_dtype(q.dtype())
+            .context("decode attention cache dtype")?;
         if t.stride()[3] == 1 {
             Ok(t)
         } else {
@@ -105,7 +112,10 @@ fn decode_rows<T: WithDType, A: Acc>(
     out.par_chunks_mut(d).enumerate().for_each(|(row, o)| {
         let (bi, h) = (row / heads, row % heads);
         let kvh = h / group;
-        let qh: Vec<A> = q[row * d..][..d].iter().map(|x| A::load(*x) * A::lit(scale)).collect();
+        let qh: Vec<A> = q[row * d..][..d]
+            .iter()
+            .map(|x| A::load(*x) * A::lit(scale))
+            .collect();
         let k_at = |t: usize| &k[kl.start_offset() + bi * ks[0] + kvh * ks[1] + t * ks[2]..][..d];
         let v_at = |t: usize| &v[vl.start_offset() + bi * vs[0] + kvh * vs[1] + t * vs[2]..][..d];
         // Online softmax: one pass over the cache, rescaling the running sums when the max grows.
@@ -122,9 +132,13 @@ fn decode_rows<T: WithDType, A: Acc>(
             }
             let p = (s - max).exp();
             sum += p;
-            acc.iter_mut().zip(v_at(t)).for_each(|(a, v)| *a += p * A::load(*v));
+            acc.iter_mut()
+                .zip(v_at(t))
+                .for_each(|(a, v)| *a += p * A::load(*v));
         }
-        o.iter_mut().zip(&acc).for_each(|(o, a)| *o = (*a / sum).store());
+        o.iter_mut()
+            .zip(&acc)
+            .for_each(|(o, a)| *o = (*a / sum).store());
     });
     out
 }
@@ -198,8 +212,10 @@ mod tests {
             for dtype in [DType::F32, DType::BF16, DType::F16, DType::F64] {
                 let q = random_tensor(&[b, heads, 1, d], dtype, &dev, seed, 1.0).unwrap();
                 // The caches are views of a longer preallocated buffer, as in the KV cache.
-                let kfull = random_tensor(&[b, kv, len + 5, d], dtype, &dev, seed + 1, 1.0).unwrap();
-                let vfull = random_tensor(&[b, kv, len + 5, d], dtype, &dev, seed + 2, 1.0).unwrap();
+                let kfull =
+                    random_tensor(&[b, kv, len + 5, d], dtype, &dev, seed + 1, 1.0).unwrap();
+                let vfull =
+                    random_tensor(&[b, kv, len + 5, d], dtype, &dev, seed + 2, 1.0).unwrap();
                 let k = kfull.narrow(2, 0, len).unwrap();
                 let v = vfull.narrow(2, 0, len).unwrap();
                 let scale = 1.0 / (d as f64).sqrt();

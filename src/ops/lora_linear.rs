@@ -116,7 +116,9 @@ pub fn lora_linear_reference(
             let mut v = if w.is_empty() {
                 0.0
             } else {
-                (0..in_features).map(|i| xr[i] * w[o * in_features + i]).sum()
+                (0..in_features)
+                    .map(|i| xr[i] * w[o * in_features + i])
+                    .sum()
             };
             if !bias.is_empty() {
                 v += bias[o];
@@ -231,7 +233,7 @@ impl CustomOp3 for LoraLinear {
             };
             let mut y = match &base {
                 Some(base) => same_dtype::<T>(base, "lora base")?.to_vec(),
-                None => vec![T::zero(); tokens * out],
+                None => vec![<T as WithDType>::from_f64(0.0); tokens * out],
             };
             add_low_rank::<T, A>(&mut y, low, b, bias, self.scale, rank);
             super::common::storage(y)
@@ -297,7 +299,12 @@ mod tests {
     #[test]
     fn fused_and_low_rank_paths_match_reference() {
         let dev = Device::Cpu;
-        let cases = [(1, 3, 5, 1), (3, 17, 33, 4), (17, 33, 127, 8), (127, 64, 17, 16)];
+        let cases = [
+            (1, 3, 5, 1),
+            (3, 17, 33, 4),
+            (17, 33, 127, 8),
+            (127, 64, 17, 16),
+        ];
         for (seed, &(t, inf, out, r)) in cases.iter().enumerate() {
             let seed = 10 * seed as u64;
             for dtype in [DType::F32, DType::BF16, DType::F16, DType::F64] {
@@ -308,16 +315,8 @@ mod tests {
                 let b = random_tensor(&[out, r], dtype, &dev, seed + 4, 0.5).unwrap();
                 let v = |t: &Tensor| to_f64_vec(t).unwrap();
                 let y = lora_linear(&x, Some(&w), Some(&bias), &a, &b, 2.0).unwrap();
-                let want = lora_linear_reference(
-                    &v(&x),
-                    &v(&w),
-                    &v(&bias),
-                    &v(&a),
-                    &v(&b),
-                    2.0,
-                    inf,
-                    r,
-                );
+                let want =
+                    lora_linear_reference(&v(&x), &v(&w), &v(&bias), &v(&a), &v(&b), 2.0, inf, r);
                 assert_close(&v(&y), &want, dtype, "lora linear fused");
                 let d = lora_linear(&x, None, None, &a, &b, 0.5).unwrap();
                 let want = lora_linear_reference(&v(&x), &[], &[], &v(&a), &v(&b), 0.5, inf, r);

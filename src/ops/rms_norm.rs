@@ -15,7 +15,9 @@ use crate::{Context, Result};
 /// x: [..., hidden], weight: [hidden] -> [..., hidden]. Differentiable in x and weight.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let x = x.contiguous().context("rms_norm input")?;
-    let weight = weight.to_dtype(x.dtype()).context("rms_norm weight dtype")?;
+    let weight = weight
+        .to_dtype(x.dtype())
+        .context("rms_norm weight dtype")?;
     x.apply_op2(&weight, RmsNorm { eps }).context("rms_norm")
 }
 
@@ -183,7 +185,10 @@ fn rms_norm_backward_rows<T: WithDType, A: Acc>(x: &[T], w: &[T], dy: &[T], eps:
 fn check_width(l: &Layout, wl: &Layout) -> candle_core::Result<usize> {
     let n = wl.shape().elem_count();
     if l.dims().last() != Some(&n) {
-        candle_core::bail!("rms_norm: weight has {n} elements, input shape is {:?}", l.dims());
+        candle_core::bail!(
+            "rms_norm: weight has {n} elements, input shape is {:?}",
+            l.dims()
+        );
     }
     Ok(n)
 }
@@ -203,7 +208,11 @@ impl CustomOp2 for RmsNorm {
         check_width(l1, l2)?;
         let out = dispatch_float!(s1, "rms_norm", |x: T, A| {
             let x = contiguous(x, l1, "rms_norm input")?;
-            let w = contiguous(same_dtype::<T>(s2, "rms_norm weight")?, l2, "rms_norm weight")?;
+            let w = contiguous(
+                same_dtype::<T>(s2, "rms_norm weight")?,
+                l2,
+                "rms_norm weight",
+            )?;
             storage(rms_norm_rows::<T, A>(x, w, self.eps))
         });
         Ok((out, l1.shape().clone()))
@@ -268,7 +277,11 @@ impl CustomOp3 for AddRmsNorm {
         let out = dispatch_float!(s1, "add_rms_norm", |x: T, A| {
             let x = contiguous(x, l1, "add_rms_norm input")?;
             let r = contiguous(same_dtype::<T>(s2, "residual")?, l2, "residual")?;
-            let w = contiguous(same_dtype::<T>(s3, "rms_norm weight")?, l3, "rms_norm weight")?;
+            let w = contiguous(
+                same_dtype::<T>(s3, "rms_norm weight")?,
+                l3,
+                "rms_norm weight",
+            )?;
             storage(add_rms_norm_rows::<T, A>(x, r, w, self.eps))
         });
         Ok((out, packed_shape(l1)))
@@ -327,7 +340,11 @@ impl CustomOp3 for RmsNormBackward {
         let n = check_width(l1, l2)?;
         let out = dispatch_float!(s1, "rms_norm backward", |x: T, A| {
             let x = contiguous(x, l1, "rms_norm input")?;
-            let w = contiguous(same_dtype::<T>(s2, "rms_norm weight")?, l2, "rms_norm weight")?;
+            let w = contiguous(
+                same_dtype::<T>(s2, "rms_norm weight")?,
+                l2,
+                "rms_norm weight",
+            )?;
             let dy = contiguous(same_dtype::<T>(s3, "rms_norm grad")?, l3, "rms_norm grad")?;
             storage(rms_norm_backward_rows::<T, A>(x, w, dy, self.eps))
         });
@@ -384,7 +401,12 @@ mod tests {
                     "residual sum",
                 );
                 let want = rms_norm_reference(&to_f64_vec(&want_sum).unwrap(), &wv, EPS);
-                assert_close(&to_f64_vec(&normed).unwrap(), &want, dtype, "add_rms_norm fwd");
+                assert_close(
+                    &to_f64_vec(&normed).unwrap(),
+                    &want,
+                    dtype,
+                    "add_rms_norm fwd",
+                );
             }
         }
     }
@@ -404,7 +426,7 @@ mod tests {
                 |t| {
                     let (a, b) = add_rms_norm(&t[0], &t[1], &t[2], EPS)?;
                     // Both outputs feed the loss, as in a decoder layer.
-                    Ok((a * 0.7 + b * 1.3)?)
+                    Ok(((a * 0.7)? + (b * 1.3)?)?)
                 },
                 4,
             )

@@ -77,7 +77,10 @@ fn swiglu_backward_elems<T: WithDType, A: Acc>(g: &[T], u: &[T], dy: &[T]) -> Ve
     let (dg, du) = out.split_at_mut(len);
     dg.par_chunks_mut(CHUNK)
         .zip(du.par_chunks_mut(CHUNK))
-        .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))))
+        .zip(
+            g.par_chunks(CHUNK)
+                .zip(u.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))),
+        )
         .for_each(|((dg, du), (g, (u, dy)))| {
             for i in 0..g.len() {
                 let (gi, ui, d) = (A::load(g[i]), A::load(u[i]), A::load(dy[i]));

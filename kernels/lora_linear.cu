@@ -91,11 +91,26 @@ __device__ void lora_add_low_rank(T* __restrict__ y, const T* __restrict__ low, 
                                   const T* __restrict__ bias, int t, int out, int r, float scale,
                                   int accumulate) {
     size_t n = (size_t)t * out;
+    constexpr int V = Vec16<T>::V;
+    bool vec = r % V == 0 && aligned16(low) && aligned16(b);
     for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
         int o = idx % out;
         size_t tt = idx / out;
         float s = 0.f;
-        for (int k = 0; k < r; k++) s += to_f(low[tt * r + k]) * to_f(b[(size_t)o * r + k]);
+        const T* lr = low + tt * r;
+        const T* br = b + (size_t)o * r;
+        if (vec) {
+            // 16-byte loads of the rank-r rows: r / V loads each instead of r.
+            for (int k = 0; k < r; k += V) {
+                Vec16<T> lv, bv;
+                lv.u = *reinterpret_cast<const uint4*>(lr + k);
+                bv.u = *reinterpret_cast<const uint4*>(br + k);
+#pragma unroll
+                for (int j = 0; j < V; j++) s += to_f(lv.e[j]) * to_f(bv.e[j]);
+            }
+        } else {
+            for (int k = 0; k < r; k++) s += to_f(lr[k]) * to_f(br[k]);
+        }
         float v = accumulate ? to_f(y[idx]) : 0.f;
         if (bias) v += to_f(bias[o]);
         y[idx] = from_f<T>(v + scale * s);

@@ -74,10 +74,14 @@ pub fn lora_linear(
         )));
     }
     let tokens = x.elem_count() / in_features.max(1);
-    let x2 = x
-        .reshape((tokens, in_features))
-        .and_then(|t| t.contiguous())
-        .context("lora input")?;
+    // Decode calls this per layer per token: skip the reshape when x is already [t, in].
+    let x2 = if dims.len() == 2 {
+        x.contiguous()
+    } else {
+        x.reshape((tokens, in_features))
+            .and_then(|t| t.contiguous())
+    }
+    .context("lora input")?;
     let op = LoraLinear {
         weight: weight.cloned(),
         bias: bias.cloned(),
@@ -86,6 +90,9 @@ pub fn lora_linear(
     let y = x2
         .apply_op3(&a.contiguous()?, &b.contiguous()?, op)
         .context("lora linear")?;
+    if dims.len() == 2 {
+        return Ok(y);
+    }
     let mut out_dims = dims.to_vec();
     if let Some(last) = out_dims.last_mut() {
         *last = out_features;

@@ -6,10 +6,10 @@ pub mod cublaslt;
 pub mod dispatch;
 #[cfg(feature = "cuda")]
 pub mod graph;
-pub mod timing;
 /// wick's own kernels (kernels/*.cu, compiled by build.rs), loaded once per device.
 #[cfg(feature = "cuda")]
 pub mod kernels;
 /// Launchers for those kernels, called by the fused ops' `cuda_fwd`.
 #[cfg(feature = "cuda")]
 pub mod launch;
+pub mod timing;

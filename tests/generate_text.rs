@@ -38,7 +38,10 @@ fn streamed_pieces_are_the_decoded_text_and_the_iterator_agrees() {
     assert_eq!(out.token_ids.len(), 24);
     assert_eq!(out.stop_reason, StopReason::MaxTokens);
     assert_eq!(pieces.concat(), out.text);
-    assert_eq!(out.text, m.tokenizer.decode_skip_special(&out.token_ids).unwrap());
+    assert_eq!(
+        out.text,
+        m.tokenizer.decode_skip_special(&out.token_ids).unwrap()
+    );
     assert!(!out.text.trim().is_empty());
 
     let streamed: Vec<_> = m
@@ -59,9 +62,17 @@ fn logprobs_match_a_teacher_forced_full_forward() {
     let out = m.generate(&RAW, &greedy(12), |_| {}).unwrap();
     // One forward over prompt + generated tokens, no cache reuse: position p predicts token p + 1.
     let all: Vec<u32> = prompt.iter().chain(&out.token_ids).copied().collect();
-    let input = Tensor::new(all.as_slice(), m.model.device()).unwrap().unsqueeze(0).unwrap();
+    let input = Tensor::new(all.as_slice(), m.model.device())
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let mut cache = m.model.new_cache(1);
-    let logits = m.model.forward(&input, &mut cache).unwrap().squeeze(0).unwrap();
+    let logits = m
+        .model
+        .forward(&input, &mut cache)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
     let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
     for (i, (&id, &logprob)) in out.token_ids.iter().zip(&out.logprobs).enumerate() {
         let row = log_probs.get(prompt.len() - 1 + i).unwrap();
@@ -75,7 +86,10 @@ fn logprobs_match_a_teacher_forced_full_forward() {
         // Greedy picked the argmax of the same distribution.
         let best = row.argmax(0).unwrap().to_scalar::<u32>().unwrap();
         let best_lp = row.get(best as usize).unwrap().to_scalar::<f32>().unwrap();
-        assert!(best_lp - expected < 2e-3, "token {i}: {id} is not the argmax {best}");
+        assert!(
+            best_lp - expected < 2e-3,
+            "token {i}: {id} is not the argmax {best}"
+        );
     }
 }
 
@@ -92,7 +106,9 @@ fn stop_strings_end_generation_before_the_string() {
         ..greedy(24)
     };
     let mut streamed = String::new();
-    let out = m.generate(&RAW, &options, |t| streamed.push_str(&t.text)).unwrap();
+    let out = m
+        .generate(&RAW, &options, |t| streamed.push_str(&t.text))
+        .unwrap();
     assert_eq!(out.stop_reason, StopReason::StopString(stop));
     assert_eq!(out.text, expected);
     assert_eq!(streamed, expected);
@@ -150,8 +166,14 @@ fn detokenizer_never_splits_characters_of_the_real_tokenizer() {
     for piece in &pieces {
         assert!(!piece.contains('\u{FFFD}'), "split character: {pieces:?}");
     }
-    assert_eq!(pieces.concat(), m.tokenizer.decode_skip_special(&ids).unwrap());
-    assert!(pieces.iter().any(|p| p.is_empty()), "no token was held back: {pieces:?}");
+    assert_eq!(
+        pieces.concat(),
+        m.tokenizer.decode_skip_special(&ids).unwrap()
+    );
+    assert!(
+        pieces.iter().any(|p| p.is_empty()),
+        "no token was held back: {pieces:?}"
+    );
 }
 
 #[test]
@@ -164,9 +186,13 @@ fn prompt_errors_are_clear() {
         .unwrap();
     assert!(matches!(err, wick::Error::InvalidRequest(_)));
     assert!(err.to_string().contains("context"), "{err}");
-    let err = TokenStream::new(&m.model, None, &[], &greedy(4)).err().unwrap();
+    let err = TokenStream::new(&m.model, None, &[], &greedy(4))
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("empty prompt"), "{err}");
     let vocab = m.model.config().vocab_size as u32;
-    let err = TokenStream::new(&m.model, None, &[vocab], &greedy(4)).err().unwrap();
+    let err = TokenStream::new(&m.model, None, &[vocab], &greedy(4))
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
 }

@@ -60,6 +60,9 @@ pub struct Args {
     /// A LoRA adapter directory (PEFT layout: adapter_config.json + adapter_model.safetensors) to apply.
     #[arg(long)]
     pub adapter: Option<std::path::PathBuf>,
+    /// Dequantize every weight to this dtype (f32, bf16, f16); by default GGUF weights stay quantized.
+    #[arg(long)]
+    pub dtype: Option<String>,
 }
 
 /// Runs `wick generate`.
@@ -67,16 +70,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let device = wick::device::parse_device(&args.device)?;
     let path = resolve_model_arg(&args.model)?;
     let load_start = std::time::Instant::now();
-    let options = LoadOptions {
-        device,
-        dtype: None,
+    let dtype = match args.dtype.as_deref() {
+        None => None,
+        Some("f32") => Some(candle_core::DType::F32),
+        Some("bf16") => Some(candle_core::DType::BF16),
+        Some("f16") => Some(candle_core::DType::F16),
+        Some(other) => anyhow::bail!("--dtype {other}: expected f32, bf16 or f16"),
     };
+    let options = LoadOptions { device, dtype };
     let mut model =
         TextModel::open(&path, &options).with_context(|| format!("loading {}", path.display()))?;
     if let Some(dir) = &args.adapter {
         let adapter = wick::lora::peft_io::load_adapter(dir, model.model.device())?;
         adapter.apply(model.model.linear_layers_mut(), dir)?;
-        eprintln!("adapter {} ({} modules)", dir.display(), adapter.layers.len());
+        eprintln!(
+            "adapter {} ({} modules)",
+            dir.display(),
+            adapter.layers.len()
+        );
     }
     eprintln!(
         "loaded {} in {:.2} s",

@@ -44,7 +44,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let device = wick::device::parse_device(&args.device)?;
     eprintln!("fetching the default chat model (cached after the first run)...");
     let path = ensure_default_chat_model()?;
-    let model = TextModel::open(&path, &LoadOptions { device, dtype: None })?;
+    let model = TextModel::open(
+        &path,
+        &LoadOptions {
+            device,
+            dtype: None,
+        },
+    )?;
     eprintln!("model: {}", path.display());
     answer(&model, &args.question, args.max_tokens)?;
     if args.no_train {
@@ -60,7 +66,9 @@ fn fine_tune_and_answer_again(args: &Args, path: &std::path::Path) -> anyhow::Re
     let device = wick::device::parse_device(&args.device)?;
     let out = match &args.adapter_out {
         Some(dir) => dir.clone(),
-        None => wick::formats::fetch::wick_home()?.join("adapters").join("quickstart"),
+        None => wick::formats::fetch::wick_home()?
+            .join("adapters")
+            .join("quickstart"),
     };
     std::fs::create_dir_all(&out)?;
     let data = out.join("quickstart.jsonl");
@@ -75,7 +83,13 @@ fn fine_tune_and_answer_again(args: &Args, path: &std::path::Path) -> anyhow::Re
     } else {
         candle_core::DType::F32
     };
-    let mut model = TextModel::open(path, &LoadOptions { device, dtype: Some(dtype) })?;
+    let mut model = TextModel::open(
+        path,
+        &LoadOptions {
+            device,
+            dtype: Some(dtype),
+        },
+    )?;
     let train_args = crate::train::Args {
         model: path.display().to_string(),
         data,

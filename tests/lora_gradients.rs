@@ -13,7 +13,9 @@ const EPS: f64 = 1e-6;
 
 fn randn(rng: &mut rand::rngs::StdRng, shape: &[usize], scale: f64) -> Tensor {
     let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0) * scale).collect();
+    let v: Vec<f64> = (0..n)
+        .map(|_| rng.random_range(-1.0..1.0) * scale)
+        .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
@@ -23,12 +25,18 @@ fn scalar(t: &Tensor) -> f64 {
 
 /// Central difference of `f` along element `i` of `var`.
 fn numeric(var: &Var, i: usize, f: &dyn Fn() -> f64) -> f64 {
-    let original = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let original = var
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     let shape = var.shape().clone();
     let set = |delta: f64| {
         let mut v = original.clone();
         v[i] += delta;
-        var.set(&Tensor::from_vec(v, &shape, &Device::Cpu).unwrap()).unwrap();
+        var.set(&Tensor::from_vec(v, &shape, &Device::Cpu).unwrap())
+            .unwrap();
     };
     set(EPS);
     let plus = f();
@@ -40,7 +48,10 @@ fn numeric(var: &Var, i: usize, f: &dyn Fn() -> f64) -> f64 {
 
 fn assert_close(what: &str, analytic: f64, numeric: f64) {
     let tol = 1e-6 * numeric.abs().max(analytic.abs()) + 1e-8;
-    assert!((analytic - numeric).abs() <= tol, "{what}: autograd {analytic} vs finite difference {numeric}");
+    assert!(
+        (analytic - numeric).abs() <= tol,
+        "{what}: autograd {analytic} vs finite difference {numeric}"
+    );
 }
 
 #[test]
@@ -63,12 +74,15 @@ fn lora_linear_gradients_match_finite_differences() {
     // A loss that weighs every output differently: sum(y * probe) + sum(y^2)/2.
     let loss = || -> Tensor {
         let y = linear.forward_t(x.as_tensor(), true).unwrap();
-        ((&y * &probe).unwrap().sum_all().unwrap() + (y.sqr().unwrap().sum_all().unwrap() * 0.5).unwrap())
-            .unwrap()
+        ((&y * &probe).unwrap().sum_all().unwrap()
+            + (y.sqr().unwrap().sum_all().unwrap() * 0.5).unwrap())
+        .unwrap()
     };
     let grads = loss().backward().unwrap();
     for (name, var) in [("x", &x), ("A", &a), ("B", &b)] {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
         let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
         for (i, analytic) in g.iter().enumerate() {
             let num = numeric(var, i, &|| scalar(&loss()));
@@ -82,13 +96,26 @@ fn lora_linear_gradients_match_finite_differences() {
 fn nll_f64(logits: &Tensor, ids: &[u32], batch: usize, seq: usize) -> Tensor {
     let vocab = logits.dim(D::Minus1).unwrap();
     let lp = candle_nn::ops::log_softmax(
-        &logits.narrow(1, 0, seq - 1).unwrap().reshape((batch * (seq - 1), vocab)).unwrap(),
+        &logits
+            .narrow(1, 0, seq - 1)
+            .unwrap()
+            .reshape((batch * (seq - 1), vocab))
+            .unwrap(),
         D::Minus1,
     )
     .unwrap();
-    let targets: Vec<u32> = (0..batch).flat_map(|b| ids[b * seq + 1..(b + 1) * seq].to_vec()).collect();
+    let targets: Vec<u32> = (0..batch)
+        .flat_map(|b| ids[b * seq + 1..(b + 1) * seq].to_vec())
+        .collect();
     let targets = Tensor::from_vec(targets, (batch * (seq - 1), 1), &Device::Cpu).unwrap();
-    (lp.gather(&targets, 1).unwrap().sum_all().unwrap().neg().unwrap() / (batch * (seq - 1)) as f64).unwrap()
+    (lp.gather(&targets, 1)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .neg()
+        .unwrap()
+        / (batch * (seq - 1)) as f64)
+        .unwrap()
 }
 
 #[test]
@@ -113,7 +140,14 @@ fn tiny_model_lora_gradients_match_finite_differences() {
     let (batch, seq) = (2, 6);
     let ids: Vec<u32> = (0..batch * seq).map(|_| rng.random_range(5..100)).collect();
     let input = Tensor::from_vec(ids.clone(), (batch, seq), &Device::Cpu).unwrap();
-    let loss = || nll_f64(&model.model.forward_train(&input).unwrap(), &ids, batch, seq);
+    let loss = || {
+        nll_f64(
+            &model.model.forward_train(&input).unwrap(),
+            &ids,
+            batch,
+            seq,
+        )
+    };
     let grads = loss().backward().unwrap();
     // Every parameter tensor of both layers, three coordinates each.
     for (name, var) in &vars {

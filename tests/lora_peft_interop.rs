@@ -29,8 +29,14 @@ fn check_peft_adapter(dir: &str, key: &str) {
     let with_adapter = logits(&model, &ids);
     let diff = max_abs_diff(&with_adapter, &expected[key]);
     let effect = max_abs_diff(&with_adapter, &base);
-    assert!(effect > 1e-2, "the adapter barely moves the logits ({effect})");
-    assert!(diff < TOLERANCE, "{dir}: wick vs PEFT logits differ by {diff}");
+    assert!(
+        effect > 1e-2,
+        "the adapter barely moves the logits ({effect})"
+    );
+    assert!(
+        diff < TOLERANCE,
+        "{dir}: wick vs PEFT logits differ by {diff}"
+    );
 }
 
 #[test]
@@ -78,7 +84,9 @@ fn write_wick_adapter_fixture() {
     let dir = fixtures().join("adapter-wick");
     save_adapter(&adapter, &dir).unwrap();
     let mut model = tiny_model(DType::F32);
-    adapter.apply(model.model.linear_layers_mut(), &dir).unwrap();
+    adapter
+        .apply(model.model.linear_layers_mut(), &dir)
+        .unwrap();
     let out = logits(&model, &input_ids());
     let bytes = wick::lora::peft_io::serialize_safetensors(&[("logits".into(), out)]).unwrap();
     std::fs::write(dir.join("wick_logits.safetensors"), bytes).unwrap();
@@ -92,16 +100,18 @@ fn wick_adapter_loads_in_peft_with_the_same_logits() {
     save_adapter(&wick_adapter(), fresh.path()).unwrap();
     let committed = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
     let written = std::fs::read(fresh.path().join("adapter_model.safetensors")).unwrap();
-    assert!(committed == written, "wick no longer writes the committed adapter-wick bytes");
+    assert!(
+        committed == written,
+        "wick no longer writes the committed adapter-wick bytes"
+    );
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(config["peft_type"], "LORA");
     assert_eq!(config["task_type"], "CAUSAL_LM");
     // PEFT's verdict, recorded by the script.
-    let verdict: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(fixtures().join("wick_to_peft.json")).unwrap(),
-    )
-    .unwrap();
+    let verdict: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("wick_to_peft.json")).unwrap())
+            .unwrap();
     assert_eq!(verdict["ok"], true, "{verdict}");
     // wick's logits with its adapter against PEFT's logits with the same files.
     let peft = candle_core::safetensors::load(
@@ -115,7 +125,10 @@ fn wick_adapter_loads_in_peft_with_the_same_logits() {
         .apply(model.model.linear_layers_mut(), &dir)
         .unwrap();
     let diff = max_abs_diff(&logits(&model, &input_ids()), &peft["logits"]);
-    assert!(diff < TOLERANCE, "wick vs PEFT logits of the wick adapter differ by {diff}");
+    assert!(
+        diff < TOLERANCE,
+        "wick vs PEFT logits of the wick adapter differ by {diff}"
+    );
 }
 
 #[test]
@@ -130,11 +143,16 @@ fn adapter_for_another_base_is_refused_with_the_shapes() {
     let adapter = Adapter::init(config, &shapes, 1, &Device::Cpu).unwrap();
     let mut model = tiny_model(DType::F32);
     let err = adapter
-        .apply(model.model.linear_layers_mut(), std::path::Path::new("other-base"))
+        .apply(
+            model.model.linear_layers_mut(),
+            std::path::Path::new("other-base"),
+        )
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("other-base") && err.contains("q_proj.lora_A.weight") && err.contains("[2, 48]"),
+        err.contains("other-base")
+            && err.contains("q_proj.lora_A.weight")
+            && err.contains("[2, 48]"),
         "{err}"
     );
 }

@@ -21,7 +21,10 @@ fn load(model: &TextModel, path: &Path, max_seq_len: usize) -> wick::Result<Data
         path,
         &model.tokenizer,
         model.chat_template.as_ref(),
-        &DataOptions { max_seq_len, pack: false },
+        &DataOptions {
+            max_seq_len,
+            pack: false,
+        },
         model.model.config().max_position_embeddings,
     )
 }
@@ -44,8 +47,14 @@ fn malformed_lines_report_file_line_and_reason() {
         (r#"{"text": 5}"#, "`text` must be a string"),
         (r#"{"question": "x"}"#, "expected `text`"),
         (r#"{"messages": []}"#, "`messages` is empty"),
-        (r#"{"messages": [{"role": "pirate", "content": "x"}]}"#, "unknown role `pirate`"),
-        (r#"{"messages": [{"role": "user", "content": "x"}]}"#, "no assistant turn"),
+        (
+            r#"{"messages": [{"role": "pirate", "content": "x"}]}"#,
+            "unknown role `pirate`",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "x"}]}"#,
+            "no assistant turn",
+        ),
         (r#"{"messages": [{"role": "user"}]}"#, "missing `content`"),
         (r#"{"text": ""}"#, "`text` is empty"),
     ];
@@ -53,9 +62,15 @@ fn malformed_lines_report_file_line_and_reason() {
         // The bad record on line 3, after a good line and a blank one.
         let path = write(dir.path(), "d.jsonl", &format!("{good}\n\n{bad}\n{good}\n"));
         let err = load(&model, &path, 32).unwrap_err();
-        assert!(matches!(err, Error::BadLine { line: 3, .. }), "{bad}: {err}");
+        assert!(
+            matches!(err, Error::BadLine { line: 3, .. }),
+            "{bad}: {err}"
+        );
         let msg = err.to_string();
-        assert!(msg.contains("d.jsonl:3:") && msg.contains(reason), "{bad}: {msg}");
+        assert!(
+            msg.contains("d.jsonl:3:") && msg.contains(reason),
+            "{bad}: {msg}"
+        );
     }
 }
 
@@ -65,13 +80,23 @@ fn empty_dataset_and_too_long_sequences() {
     let model = lora_support::tiny_model(DType::F32);
     let empty = write(dir.path(), "empty.jsonl", "\n  \n");
     let msg = load(&model, &empty, 32).unwrap_err().to_string();
-    assert!(msg.contains("empty.jsonl") && msg.contains("empty"), "{msg}");
+    assert!(
+        msg.contains("empty.jsonl") && msg.contains("empty"),
+        "{msg}"
+    );
     // The tiny model's context is 64 tokens.
     let data = write(dir.path(), "d.jsonl", r#"{"text": "hello"}"#);
     let msg = load(&model, &data, 65).unwrap_err().to_string();
-    assert!(msg.contains("--max-seq-len") && msg.contains("context of 64"), "{msg}");
+    assert!(
+        msg.contains("--max-seq-len") && msg.contains("context of 64"),
+        "{msg}"
+    );
     // A sequence over --max-seq-len is truncated, and counted.
-    let long = write(dir.path(), "long.jsonl", &format!(r#"{{"text": "{}"}}"#, "x".repeat(100)));
+    let long = write(
+        dir.path(),
+        "long.jsonl",
+        &format!(r#"{{"text": "{}"}}"#, "x".repeat(100)),
+    );
     let ds = load(&model, &long, 16).unwrap();
     assert_eq!(ds.stats.truncated, 1);
     assert_eq!(ds.rows[0].input_ids.len(), 16);
@@ -85,13 +110,22 @@ fn empty_dataset_and_too_long_sequences() {
     assert!(msg.contains("no example has a token to train on"), "{msg}");
 }
 
-fn tiny_run(out: &Path, lora: LoraConfig, lr: f64, save_every: usize, fault: SaveFault) -> wick::Result<()> {
+fn tiny_run(
+    out: &Path,
+    lora: LoraConfig,
+    lr: f64,
+    save_every: usize,
+    fault: SaveFault,
+) -> wick::Result<()> {
     let mut model = lora_support::tiny_model(DType::F32);
     let data_dir = tempfile::tempdir().unwrap();
     let path = write(
         data_dir.path(),
         "d.jsonl",
-        &(0..8).map(|i| format!(r#"{{"prompt": "q{i}", "completion": "answer {i}"}}"#)).collect::<Vec<_>>().join("\n"),
+        &(0..8)
+            .map(|i| format!(r#"{{"prompt": "q{i}", "completion": "answer {i}"}}"#))
+            .collect::<Vec<_>>()
+            .join("\n"),
     );
     let data = load(&model, &path, 32).unwrap();
     let config = TrainConfig {
@@ -119,15 +153,25 @@ fn tiny_run(out: &Path, lora: LoraConfig, lr: f64, save_every: usize, fault: Sav
 #[test]
 fn rank_zero_and_unknown_target_module() {
     let out = tempfile::tempdir().unwrap();
-    let zero = LoraConfig { r: 0, ..Default::default() };
-    let msg = tiny_run(out.path(), zero, 1e-3, 2, SaveFault::default()).unwrap_err().to_string();
+    let zero = LoraConfig {
+        r: 0,
+        ..Default::default()
+    };
+    let msg = tiny_run(out.path(), zero, 1e-3, 2, SaveFault::default())
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("rank"), "{msg}");
     let unknown = LoraConfig {
         target_modules: TargetModules::parse("q_proj,qkv_proj").unwrap(),
         ..Default::default()
     };
-    let msg = tiny_run(out.path(), unknown, 1e-3, 2, SaveFault::default()).unwrap_err().to_string();
-    assert!(msg.contains("`qkv_proj`") && msg.contains("q_proj") && msg.contains("down_proj"), "{msg}");
+    let msg = tiny_run(out.path(), unknown, 1e-3, 2, SaveFault::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("`qkv_proj`") && msg.contains("q_proj") && msg.contains("down_proj"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -139,15 +183,26 @@ fn diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     };
     // An absurd learning rate: AdamW moves every parameter by ~lr per step, the logits overflow.
     let err = tiny_run(out.path(), lora, 1e30, 1, SaveFault::default()).unwrap_err();
-    let Error::Diverged { step, checkpoint, .. } = &err else {
+    let Error::Diverged {
+        step, checkpoint, ..
+    } = &err
+    else {
         panic!("expected Diverged, got {err}");
     };
-    let checkpoint = checkpoint.clone().expect("a checkpoint before the divergence");
+    let checkpoint = checkpoint
+        .clone()
+        .expect("a checkpoint before the divergence");
     assert!(err.to_string().contains("diverged"), "{err}");
     let loaded = load_checkpoint(&checkpoint, &Device::Cpu).unwrap();
     assert_eq!(loaded.state.step, step - 1);
     let finite = loaded.adapter.layers.iter().all(|l| {
-        l.a.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite())
+        l.a.as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|x| x.is_finite())
     });
     assert!(finite);
 }
@@ -158,13 +213,20 @@ const CHILD_ENV: &str = "WICK_TEST_CRASH_DURING_SAVE_OUT";
 fn killed_during_save_leaves_a_loadable_checkpoint() {
     if let Ok(out) = std::env::var(CHILD_ENV) {
         // Child: checkpoints every 2 steps; the write of checkpoint-4 aborts after its first two files.
-        let fault = SaveFault { abort_after_files: Some(2), abort_at_step: Some(4) };
+        let fault = SaveFault {
+            abort_after_files: Some(2),
+            abort_at_step: Some(4),
+        };
         let _ = tiny_run(Path::new(&out), LoraConfig::default(), 1e-3, 2, fault);
         unreachable!("the child should have aborted while saving checkpoint-4");
     }
     let out = tempfile::tempdir().unwrap();
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "killed_during_save_leaves_a_loadable_checkpoint", "--nocapture"])
+        .args([
+            "--exact",
+            "killed_during_save_leaves_a_loadable_checkpoint",
+            "--nocapture",
+        ])
         .env(CHILD_ENV, out.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -177,7 +239,11 @@ fn killed_during_save_leaves_a_loadable_checkpoint() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(".checkpoint-4"))
         .collect();
-    assert_eq!(leftovers.len(), 1, "expected the partial checkpoint-4 temp dir");
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "expected the partial checkpoint-4 temp dir"
+    );
     let complete = list_checkpoints(out.path()).unwrap();
     assert_eq!(complete.iter().map(|c| c.0).collect::<Vec<_>>(), vec![2]);
     let loaded = load_checkpoint(out.path(), &Device::Cpu).unwrap();

@@ -38,7 +38,10 @@ fn dataset(model: &TextModel, path: &Path) -> Dataset {
         path,
         &model.tokenizer,
         model.chat_template.as_ref(),
-        &DataOptions { max_seq_len: 48, pack: false },
+        &DataOptions {
+            max_seq_len: 48,
+            pack: false,
+        },
         model.model.config().max_position_embeddings,
     )
     .unwrap()
@@ -65,7 +68,13 @@ fn config(steps: usize) -> TrainConfig {
     }
 }
 
-fn run(model: &mut TextModel, data: &Dataset, config: TrainConfig, out: &Path, resume: Option<PathBuf>) -> TrainSummary {
+fn run(
+    model: &mut TextModel,
+    data: &Dataset,
+    config: TrainConfig,
+    out: &Path,
+    resume: Option<PathBuf>,
+) -> TrainSummary {
     let run = TrainRun {
         train_data: data,
         eval_data: Some(data),
@@ -79,7 +88,12 @@ fn run(model: &mut TextModel, data: &Dataset, config: TrainConfig, out: &Path, r
 }
 
 fn greedy(model: &TextModel, question: &str) -> String {
-    let ids = model.prompt_ids(&Prompt::Chat { system: None, user: question }).unwrap();
+    let ids = model
+        .prompt_ids(&Prompt::Chat {
+            system: None,
+            user: question,
+        })
+        .unwrap();
     let out = greedy_token_ids(&model.model, &ids, 8).unwrap();
     model.tokenizer.decode(&out).unwrap()
 }
@@ -95,10 +109,18 @@ fn training_lowers_the_loss_and_changes_greedy_output() {
     let (first, last) = (summary.losses[0], *summary.losses.last().unwrap());
     assert!(last < 0.3 * first, "loss {first} -> {last}");
     assert_ne!(before, after);
-    assert!(after.starts_with(ANSWER), "after training: {after:?} (before: {before:?})");
+    assert!(
+        after.starts_with(ANSWER),
+        "after training: {after:?} (before: {before:?})"
+    );
     assert!(summary.final_eval_loss.unwrap() < 0.3 * first);
     // The adapter, metrics and loss curve are written beside each other.
-    for f in ["adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "loss.png"] {
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "metrics.jsonl",
+        "loss.png",
+    ] {
         assert!(dir.path().join(f).is_file(), "{f} missing");
     }
     // The saved adapter reproduces the trained model's answer on a fresh base.
@@ -142,10 +164,23 @@ fn resume_is_bit_identical() {
     // Options given to a resumed run are replaced by the checkpoint's.
     let mut other = config(8);
     other.lr = 1.0;
-    let second = run(&mut second_model, &data, other, resumed_dir.path(), Some(resumed_dir.path().to_path_buf()));
-    assert_eq!(second.losses, straight.losses[4..].to_vec(), "losses after resume differ");
+    let second = run(
+        &mut second_model,
+        &data,
+        other,
+        resumed_dir.path(),
+        Some(resumed_dir.path().to_path_buf()),
+    );
+    assert_eq!(
+        second.losses,
+        straight.losses[4..].to_vec(),
+        "losses after resume differ"
+    );
     assert_eq!(second.final_eval_loss, straight.final_eval_loss);
-    for f in ["adapter_model.safetensors", "checkpoint-8/optimizer.safetensors"] {
+    for f in [
+        "adapter_model.safetensors",
+        "checkpoint-8/optimizer.safetensors",
+    ] {
         let a = std::fs::read(straight_dir.path().join(f)).unwrap();
         let b = std::fs::read(resumed_dir.path().join(f)).unwrap();
         assert!(a == b, "{f} differs after resume");

@@ -57,18 +57,33 @@ fn peak_rss_bytes() -> Option<u64> {
 /// Runs `wick bench train`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = wick::device::parse_device(&args.device)?;
-    let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
+    let dtype = if device.is_cuda() {
+        DType::BF16
+    } else {
+        DType::F32
+    };
     let path = resolve_model_arg(&args.model)?;
-    let mut model = TextModel::open(&path, &LoadOptions { device, dtype: Some(dtype) })
-        .with_context(|| format!("loading {}", path.display()))?;
+    let mut model = TextModel::open(
+        &path,
+        &LoadOptions {
+            device,
+            dtype: Some(dtype),
+        },
+    )
+    .with_context(|| format!("loading {}", path.display()))?;
     let rss_after_load = peak_rss_bytes();
     let vocab = model.model.config().vocab_size as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let total = args.warmup_steps + args.steps;
     let rows: Vec<Example> = (0..args.batch_size * total)
         .map(|_| {
-            let ids: Vec<u32> = (0..args.seq_len).map(|_| rng.random_range(0..vocab)).collect();
-            Example { labels: ids.iter().map(|t| *t as i64).collect(), input_ids: ids }
+            let ids: Vec<u32> = (0..args.seq_len)
+                .map(|_| rng.random_range(0..vocab))
+                .collect();
+            Example {
+                labels: ids.iter().map(|t| *t as i64).collect(),
+                input_ids: ids,
+            }
         })
         .collect();
     let data = Dataset {
@@ -120,7 +135,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let gib = |b: Option<u64>| b.map_or(f64::NAN, |b| b as f64 / (1u64 << 30) as f64);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let threads = std::thread::available_parallelism().map_or(0, |n| n.get());
     let record = serde_json::json!({
@@ -148,14 +167,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(dir) = out.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(out.with_extension("json"), serde_json::to_string_pretty(&record)? + "\n")?;
+        std::fs::write(
+            out.with_extension("json"),
+            serde_json::to_string_pretty(&record)? + "\n",
+        )?;
         let mut md = std::fs::File::create(out.with_extension("md"))?;
         writeln!(md, "# LoRA training throughput ({})\n", args.device)?;
         writeln!(md, "Command: `wick bench train --model {} --rank {} --seq-len {} --batch-size {} --steps {} --warmup-steps {} --device {}`\n", args.model, args.rank, args.seq_len, args.batch_size, args.steps, args.warmup_steps, args.device)?;
         writeln!(md, "Machine: {cpu}, {threads} threads (shared with other work while measured). Model: {}, {dtype:?} (the GGUF dequantized), r {} on every linear layer.\n", path.display(), args.rank)?;
-        writeln!(md, "| seq | batch | s/step | tokens/s | peak RSS (GiB) | RSS after load (GiB) |")?;
+        writeln!(
+            md,
+            "| seq | batch | s/step | tokens/s | peak RSS (GiB) | RSS after load (GiB) |"
+        )?;
         writeln!(md, "|---|---|---|---|---|---|")?;
-        writeln!(md, "| {} | {} | {:.2} | {:.1} | {:.2} | {:.2} |", args.seq_len, args.batch_size, seconds / timed.len().max(1) as f64, tokens_per_s, gib(peak), gib(rss_after_load))?;
+        writeln!(
+            md,
+            "| {} | {} | {:.2} | {:.1} | {:.2} | {:.2} |",
+            args.seq_len,
+            args.batch_size,
+            seconds / timed.len().max(1) as f64,
+            tokens_per_s,
+            gib(peak),
+            gib(rss_after_load)
+        )?;
         writeln!(md, "\nEvery step is the full trainer step: forward, causal-LM loss, backward, clipping, AdamW. JSON: `{}`.", out.with_extension("json").display())?;
     }
     Ok(())

@@ -46,10 +46,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         other => anyhow::bail!("--dtype: unknown `{other}` (f32, bf16 or f16)"),
     };
     let path = resolve_model_arg(&args.model)?;
-    let mut model = TextModel::open(&path, &LoadOptions {
-        device: Device::Cpu,
-        dtype: Some(DType::F32),
-    })
+    let mut model = TextModel::open(
+        &path,
+        &LoadOptions {
+            device: Device::Cpu,
+            dtype: Some(DType::F32),
+        },
+    )
     .with_context(|| format!("loading {}", path.display()))?;
     let adapter = load_adapter(&args.adapter, &Device::Cpu)?;
     merge_into_layers(&adapter, model.model.linear_layers_mut(), &args.adapter)?;

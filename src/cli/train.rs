@@ -109,12 +109,19 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = wick::device::parse_device(&args.device)?;
     let path = resolve_model_arg(&args.model)?;
-    let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
+    let dtype = if device.is_cuda() {
+        DType::BF16
+    } else {
+        DType::F32
+    };
     eprintln!("loading {} ({dtype:?}, base frozen)", path.display());
-    let mut model = TextModel::open(&path, &LoadOptions {
-        device,
-        dtype: Some(dtype),
-    })
+    let mut model = TextModel::open(
+        &path,
+        &LoadOptions {
+            device,
+            dtype: Some(dtype),
+        },
+    )
     .with_context(|| format!("loading {}", path.display()))?;
     let summary = run_with_model(&args, &mut model, &path)?;
     eprintln!(

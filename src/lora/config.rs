@@ -266,7 +266,9 @@ impl LoraConfig {
             }
         }
         // A single string other than all-linear is a regex in PEFT.
-        self.target_modules.matches("").map_err(|e| bad(e.to_string()))?;
+        self.target_modules
+            .matches("")
+            .map_err(|e| bad(e.to_string()))?;
         Ok(())
     }
 
@@ -296,12 +298,18 @@ mod tests {
 
     #[test]
     fn suffix_matching_follows_peft() {
-        assert!(module_name_matches("model.layers.0.self_attn.q_proj", "q_proj"));
+        assert!(module_name_matches(
+            "model.layers.0.self_attn.q_proj",
+            "q_proj"
+        ));
         assert!(module_name_matches(
             "model.layers.0.self_attn.q_proj",
             "self_attn.q_proj"
         ));
-        assert!(!module_name_matches("model.layers.0.self_attn.xq_proj", "q_proj"));
+        assert!(!module_name_matches(
+            "model.layers.0.self_attn.xq_proj",
+            "q_proj"
+        ));
         let all = TargetModules::parse("all-linear").unwrap();
         assert!(all.matches("model.layers.3.mlp.down_proj").unwrap());
         assert!(!all.matches("lm_head").unwrap());

@@ -34,9 +34,8 @@ pub fn derived_rng(seed: u64, tag: &str) -> ChaCha8Rng {
 }
 
 fn uniform(rng: &mut impl Rng, n: usize, bound: f64) -> Result<Vec<f32>> {
-    let dist = Uniform::new_inclusive(-bound as f32, bound as f32).map_err(|e| {
-        Error::InvalidRequest(format!("lora init: bad uniform bound {bound}: {e}"))
-    })?;
+    let dist = Uniform::new_inclusive(-bound as f32, bound as f32)
+        .map_err(|e| Error::InvalidRequest(format!("lora init: bad uniform bound {bound}: {e}")))?;
     Ok((0..n).map(|_| dist.sample(rng)).collect())
 }
 
@@ -62,11 +61,12 @@ pub fn init_lora_pair(
             uniform(&mut rng, out_features * r, kaiming_bound(r))?,
         ),
         InitLoraWeights::Named(name) if name == "gaussian" => {
-            let normal = Normal::new(0f32, 1.0 / r as f32).map_err(|e| {
-                Error::InvalidRequest(format!("lora init: bad normal std: {e}"))
-            })?;
+            let normal = Normal::new(0f32, 1.0 / r as f32)
+                .map_err(|e| Error::InvalidRequest(format!("lora init: bad normal std: {e}")))?;
             (
-                (0..r * in_features).map(|_| normal.sample(&mut rng)).collect(),
+                (0..r * in_features)
+                    .map(|_| normal.sample(&mut rng))
+                    .collect(),
                 vec![0f32; out_features * r],
             )
         }

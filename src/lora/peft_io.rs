@@ -115,9 +115,8 @@ pub fn serialize_safetensors(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
         .collect::<Result<_>>()?;
     let metadata: Option<HashMap<String, String>> =
         Some([("format".to_string(), "pt".to_string())].into());
-    safetensors::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), metadata).map_err(|e| {
-        Error::InvalidRequest(format!("serialising safetensors: {e}"))
-    })
+    safetensors::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), metadata)
+        .map_err(|e| Error::InvalidRequest(format!("serialising safetensors: {e}")))
 }
 
 /// The PEFT key of one half of a module's adapter (`a_or_b`: "A" or "B").

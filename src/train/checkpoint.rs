@@ -79,14 +79,16 @@ pub fn save_checkpoint(
     let state_json = serde_json::to_string_pretty(state)
         .map_err(|e| Error::InvalidRequest(format!("serialising trainer state: {e}")))?;
     let files: [(&str, Vec<u8>); 4] = [
-        (WEIGHTS_FILE, serialize_safetensors(&adapter_tensors(adapter))?),
+        (
+            WEIGHTS_FILE,
+            serialize_safetensors(&adapter_tensors(adapter))?,
+        ),
         (CONFIG_FILE, adapter.config.to_json()?.into_bytes()),
         (OPTIMIZER_FILE, serialize_safetensors(&optimizer)?),
         (STATE_FILE, state_json.into_bytes()),
     ];
     for (i, (file, bytes)) in files.iter().enumerate() {
-        if fault.abort_after_files == Some(i)
-            && fault.abort_at_step.is_none_or(|s| s == state.step)
+        if fault.abort_after_files == Some(i) && fault.abort_at_step.is_none_or(|s| s == state.step)
         {
             std::process::abort();
         }
@@ -121,7 +123,10 @@ pub fn list_checkpoints(out_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     for entry in std::fs::read_dir(out_dir).map_err(io_error(out_dir))? {
         let entry = entry.map_err(io_error(out_dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(step) = name.strip_prefix(PREFIX).and_then(|s| s.parse::<usize>().ok()) else {
+        let Some(step) = name
+            .strip_prefix(PREFIX)
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
             continue;
         };
         if entry.path().join(STATE_FILE).is_file() {

@@ -47,16 +47,15 @@ mod tests {
     #[test]
     fn shifted_and_masked() {
         let dev = Device::Cpu;
-        let vals: Vec<f32> = (0..2 * 3 * 4).map(|i| ((i * 37 % 11) as f32) * 0.3 - 1.0).collect();
+        let vals: Vec<f32> = (0..2 * 3 * 4)
+            .map(|i| ((i * 37 % 11) as f32) * 0.3 - 1.0)
+            .collect();
         let logits = Tensor::from_vec(vals.clone(), (2, 3, 4), &dev).unwrap();
         let labels_v = vec![vec![5i64, 2, 1], vec![7, IGNORE_INDEX, 3]];
-        let labels = Tensor::new(
-            labels_v.iter().flatten().copied().collect::<Vec<_>>(),
-            &dev,
-        )
-        .unwrap()
-        .reshape((2, 3))
-        .unwrap();
+        let labels = Tensor::new(labels_v.iter().flatten().copied().collect::<Vec<_>>(), &dev)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
         let loss = causal_lm_loss(&logits, &labels)
             .unwrap()
             .to_dtype(DType::F64)
@@ -78,6 +77,10 @@ mod tests {
             }
         }
         assert_eq!(n, counted_positions(&labels_v));
-        assert!((loss - total / n as f64).abs() < 1e-5, "{loss} vs {}", total / n as f64);
+        assert!(
+            (loss - total / n as f64).abs() < 1e-5,
+            "{loss} vs {}",
+            total / n as f64
+        );
     }
 }

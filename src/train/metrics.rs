@@ -74,7 +74,8 @@ impl MetricsWriter {
 
     /// Appends one record.
     pub fn write(&mut self, record: &MetricRecord) -> Result<()> {
-        let line = serde_json::to_string(record).map_err(|e| crate::Error::InvalidRequest(e.to_string()))?;
+        let line = serde_json::to_string(record)
+            .map_err(|e| crate::Error::InvalidRequest(e.to_string()))?;
         writeln!(self.file, "{line}").map_err(io_error(&self.path))?;
         self.file.flush().map_err(io_error(&self.path))
     }

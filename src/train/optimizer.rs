@@ -102,8 +102,8 @@ impl AdamW {
             } else {
                 p.clone()
             };
-            slot.exp_avg = ((&slot.exp_avg * c.beta1)? + (&g * (1.0 - c.beta1))?)
-                .context(what.clone())?;
+            slot.exp_avg =
+                ((&slot.exp_avg * c.beta1)? + (&g * (1.0 - c.beta1))?).context(what.clone())?;
             slot.exp_avg_sq = ((&slot.exp_avg_sq * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)
                 .context(what.clone())?;
             let denom = ((slot.exp_avg_sq.sqrt()? / bias_correction2_sqrt)? + c.eps)?;
@@ -225,7 +225,10 @@ mod tests {
     #[test]
     fn clipping_scales_to_max_norm() {
         let mut grads: HashMap<String, Tensor> = [
-            ("a".to_string(), Tensor::new(&[3f32, 0.0], &Device::Cpu).unwrap()),
+            (
+                "a".to_string(),
+                Tensor::new(&[3f32, 0.0], &Device::Cpu).unwrap(),
+            ),
             ("b".to_string(), Tensor::new(&[4f32], &Device::Cpu).unwrap()),
         ]
         .into();

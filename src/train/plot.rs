@@ -52,7 +52,9 @@ fn draw(path: &Path, records: &[MetricRecord]) -> Result<()> {
     let (lo, hi) = all
         .map(|p| p.1)
         .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
     let (lo, hi) = if lo.is_finite() {
         let pad = ((hi - lo) * 0.05).max(1e-3);
         ((lo - pad).max(0.0), hi + pad)
@@ -82,10 +84,7 @@ fn draw(path: &Path, records: &[MetricRecord]) -> Result<()> {
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
     if !eval.is_empty() {
         chart
-            .draw_series(
-                eval.iter()
-                    .map(|p| Circle::new(*p, 4, RED.filled())),
-            )
+            .draw_series(eval.iter().map(|p| Circle::new(*p, 4, RED.filled())))
             .map_err(|e| plot_error(path, e))?
             .label("eval")
             .legend(|(x, y)| Circle::new((x + 10, y), 4, RED.filled()));

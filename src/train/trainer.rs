@@ -84,7 +84,12 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// Optimizer steps for `epochs` passes over `rows` rows.
-    pub fn steps_for_epochs(epochs: f64, rows: usize, batch_size: usize, grad_accum: usize) -> usize {
+    pub fn steps_for_epochs(
+        epochs: f64,
+        rows: usize,
+        batch_size: usize,
+        grad_accum: usize,
+    ) -> usize {
         let micro = (epochs * rows.div_ceil(batch_size) as f64).ceil() as usize;
         micro.div_ceil(grad_accum).max(1)
     }
@@ -214,9 +219,12 @@ pub fn train(
     let (adapter, config, mut state, optimizer_state) = match &run.resume {
         Some(path) => {
             let ckpt = load_checkpoint(path, &device)?;
-            ckpt.adapter
-                .apply(model.linear_layers_mut(), &ckpt.dir)?;
-            tracing::info!("resuming from {} at step {}", ckpt.dir.display(), ckpt.state.step);
+            ckpt.adapter.apply(model.linear_layers_mut(), &ckpt.dir)?;
+            tracing::info!(
+                "resuming from {} at step {}",
+                ckpt.dir.display(),
+                ckpt.state.step
+            );
             let config = ckpt.state.config.clone();
             (ckpt.adapter, config, ckpt.state, Some(ckpt.optimizer))
         }
@@ -267,9 +275,9 @@ pub fn train(
     let mut losses = Vec::new();
     let mut tokens_this_run = 0usize;
     let mut final_eval_loss = None;
-    let stop_at = run
-        .stop_after_steps
-        .map_or(config.total_steps, |n| (state.step + n).min(config.total_steps));
+    let stop_at = run.stop_after_steps.map_or(config.total_steps, |n| {
+        (state.step + n).min(config.total_steps)
+    });
     while state.step < stop_at {
         let step_start = Instant::now();
         let micro: Vec<(Batch, Vec<usize>)> = (0..config.grad_accum)

@@ -7,7 +7,9 @@ use wick::formats::{open_model, ChatMessage, ChatTemplate, LoadOptions};
 fn smollm2_template_renders_chatml() {
     let path = wick::formats::fetch::ensure_default_chat_model().unwrap();
     let files = open_model(&path, &LoadOptions::default()).unwrap();
-    let template = files.chat_template.expect("SmolLM2's GGUF carries tokenizer.chat_template");
+    let template = files
+        .chat_template
+        .expect("SmolLM2's GGUF carries tokenizer.chat_template");
     let bos = files.tokenizer.bos_token().unwrap();
     let eos = files.tokenizer.eos_token().unwrap();
     let with_system = [
@@ -40,11 +42,16 @@ fn python_string_methods_and_loop_controls() {
         ChatMessage::new("skip", "no"),
         ChatMessage::new("assistant", "ok"),
     ];
-    assert_eq!(t.render(&messages, true, "", "").unwrap(), "USER:xbAnAnA!|ASSISTANT:ok>");
+    assert_eq!(
+        t.render(&messages, true, "", "").unwrap(),
+        "USER:xbAnAnA!|ASSISTANT:ok>"
+    );
 }
 
 #[test]
 fn syntax_errors_are_reported() {
-    let err = ChatTemplate::new("{% for m in messages %}{{ m.content }").unwrap_err().to_string();
+    let err = ChatTemplate::new("{% for m in messages %}{{ m.content }")
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("chat template:"), "{err}");
 }

@@ -24,13 +24,18 @@ fn tokenizer_meta() -> Vec<(&'static str, Meta)> {
     while tokens.len() < TINY.vocab {
         tokens.push(format!("<unused{}>", tokens.len()));
     }
-    let types: Vec<i32> = (0..tokens.len()).map(|i| if i < 3 { 3 } else { 1 }).collect();
+    let types: Vec<i32> = (0..tokens.len())
+        .map(|i| if i < 3 { 3 } else { 1 })
+        .collect();
     vec![
         ("tokenizer.ggml.model", Meta::Str("gpt2".into())),
         ("tokenizer.ggml.pre", Meta::Str("smollm".into())),
         ("tokenizer.ggml.tokens", Meta::Strs(tokens)),
         ("tokenizer.ggml.token_type", Meta::I32s(types)),
-        ("tokenizer.ggml.merges", Meta::Strs(vec!["Ġ h".into(), "Ġh i".into(), "h i".into()])),
+        (
+            "tokenizer.ggml.merges",
+            Meta::Strs(vec!["Ġ h".into(), "Ġh i".into(), "h i".into()]),
+        ),
         ("tokenizer.ggml.bos_token_id", Meta::U32(1)),
         ("tokenizer.ggml.eos_token_id", Meta::U32(2)),
     ]
@@ -45,7 +50,10 @@ fn model_meta(arch: &str) -> Vec<(&'static str, Meta)> {
         (key("feed_forward_length"), Meta::U32(TINY.ffn as u32)),
         (key("block_count"), Meta::U32(TINY.layers as u32)),
         (key("attention.head_count"), Meta::U32(TINY.heads as u32)),
-        (key("attention.head_count_kv"), Meta::U32(TINY.kv_heads as u32)),
+        (
+            key("attention.head_count_kv"),
+            Meta::U32(TINY.kv_heads as u32),
+        ),
         (key("attention.layer_norm_rms_epsilon"), Meta::F32(1e-5)),
         (key("rope.freq_base"), Meta::F32(50_000.0)),
     ];
@@ -72,10 +80,16 @@ fn write_tiny(path: &std::path::Path, arch: &str, tied: bool, bias: bool) -> Vec
         };
         let stored = match heads {
             Some(n) if arch == "llama" && dims.len() == 2 => llamacpp_permute(&w, n),
-            Some(n) if arch == "llama" => llamacpp_permute(&w.unsqueeze(1).unwrap(), n).squeeze(1).unwrap(),
+            Some(n) if arch == "llama" => llamacpp_permute(&w.unsqueeze(1).unwrap(), n)
+                .squeeze(1)
+                .unwrap(),
             _ => w.clone(),
         };
-        raw.push(RawTensor::quantize(&hf_to_gguf(&name), &stored, GgmlDType::F32));
+        raw.push(RawTensor::quantize(
+            &hf_to_gguf(&name),
+            &stored,
+            GgmlDType::F32,
+        ));
         hf.push((name, w));
     }
     std::fs::write(path, gguf_bytes(&model_meta(arch), &raw)).unwrap();
@@ -83,7 +97,16 @@ fn write_tiny(path: &std::path::Path, arch: &str, tied: bool, bias: bool) -> Vec
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -91,19 +114,43 @@ fn llama_gguf_config_names_and_unpermuted_qk() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny-llama.gguf");
     let hf = write_tiny(&path, "llama", true, true);
-    let files = open_model(&path, &LoadOptions { device: Device::Cpu, dtype: Some(DType::F32) }).unwrap();
+    let files = open_model(
+        &path,
+        &LoadOptions {
+            device: Device::Cpu,
+            dtype: Some(DType::F32),
+        },
+    )
+    .unwrap();
     let c = &files.config;
     assert_eq!(c.architecture, Architecture::Llama);
-    assert_eq!((c.hidden_size, c.intermediate_size, c.num_hidden_layers), (64, 96, 2));
-    assert_eq!((c.num_attention_heads, c.num_key_value_heads, c.head_dim), (4, 2, 16));
+    assert_eq!(
+        (c.hidden_size, c.intermediate_size, c.num_hidden_layers),
+        (64, 96, 2)
+    );
+    assert_eq!(
+        (c.num_attention_heads, c.num_key_value_heads, c.head_dim),
+        (4, 2, 16)
+    );
     assert_eq!((c.vocab_size, c.max_position_embeddings), (TINY.vocab, 256));
     assert_eq!(c.rope_theta, 50_000.0);
-    assert!(c.tie_word_embeddings, "no output.weight means tied embeddings");
+    assert!(
+        c.tie_word_embeddings,
+        "no output.weight means tied embeddings"
+    );
     assert!(c.attention_bias, "blk.0.attn_q.bias present");
-    assert_eq!((c.bos_token_id, c.eos_token_ids.clone()), (Some(1), vec![2]));
+    assert_eq!(
+        (c.bos_token_id, c.eos_token_ids.clone()),
+        (Some(1), vec![2])
+    );
     // Every HF tensor comes back bit-exact, Q/K rows (and biases) un-permuted.
     for (name, want) in &hf {
-        let got = files.weights.get(name).unwrap().to_dense(DType::F32).unwrap();
+        let got = files
+            .weights
+            .get(name)
+            .unwrap()
+            .to_dense(DType::F32)
+            .unwrap();
         assert_eq!(max_abs_diff(&got, want), 0.0, "{name}");
     }
     let mut names = files.weights.names();
@@ -113,7 +160,11 @@ fn llama_gguf_config_names_and_unpermuted_qk() {
     assert_eq!(names, want);
     wick::formats::validate::check_tensors(
         files.weights.as_ref(),
-        &TINY.hf_tensors(true).into_iter().filter(|(n, _)| n != "lm_head.weight").collect::<Vec<_>>(),
+        &TINY
+            .hf_tensors(true)
+            .into_iter()
+            .filter(|(n, _)| n != "lm_head.weight")
+            .collect::<Vec<_>>(),
     )
     .unwrap();
 }
@@ -123,12 +174,24 @@ fn qwen2_gguf_is_not_permuted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny-qwen2.gguf");
     let hf = write_tiny(&path, "qwen2", false, true);
-    let files = open_model(&path, &LoadOptions { device: Device::Cpu, dtype: Some(DType::F32) }).unwrap();
+    let files = open_model(
+        &path,
+        &LoadOptions {
+            device: Device::Cpu,
+            dtype: Some(DType::F32),
+        },
+    )
+    .unwrap();
     assert_eq!(files.config.architecture, Architecture::Qwen2);
     assert!(!files.config.tie_word_embeddings);
     assert!(files.config.attention_bias);
     for (name, want) in &hf {
-        let got = files.weights.get(name).unwrap().to_dense(DType::F32).unwrap();
+        let got = files
+            .weights
+            .get(name)
+            .unwrap()
+            .to_dense(DType::F32)
+            .unwrap();
         assert_eq!(max_abs_diff(&got, want), 0.0, "{name}");
     }
 }
@@ -139,8 +202,17 @@ fn qwen2_gguf_is_not_permuted() {
 #[test]
 fn every_quant_type_unpermutes_on_raw_blocks() {
     let types = [
-        GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0,
-        GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K, GgmlDType::F16, GgmlDType::BF16, GgmlDType::F32,
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+        GgmlDType::F16,
+        GgmlDType::BF16,
+        GgmlDType::F32,
     ];
     let (heads, head_dim, cols) = (2usize, 8usize, 256usize);
     let dir = tempfile::tempdir().unwrap();
@@ -160,13 +232,20 @@ fn every_quant_type_unpermutes_on_raw_blocks() {
         let file = Arc::new(GgufFile::open(&path).unwrap());
         let source = GgufSource::from_file(file, LoadOptions::default()).unwrap();
         let reference = QTensor::quantize(&w, dtype).unwrap();
-        for name in ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.v_proj.weight"] {
+        for name in [
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.0.self_attn.v_proj.weight",
+        ] {
             let Weight::Quantized(q) = source.get(name).unwrap() else {
                 panic!("{dtype:?} {name}: expected a quantized weight");
             };
             assert_eq!(q.dtype(), dtype);
             assert_eq!(q.shape().dims(), &[heads * head_dim, cols]);
-            assert_eq!(q.data().unwrap(), reference.data().unwrap(), "{dtype:?} {name}: blocks differ");
+            assert_eq!(
+                q.data().unwrap(),
+                reference.data().unwrap(),
+                "{dtype:?} {name}: blocks differ"
+            );
         }
     }
 }
@@ -181,9 +260,26 @@ fn vectors_are_dense_f32_when_quantized_mode() {
         Weight::Dense(t) => assert_eq!((t.dtype(), t.dims()), (DType::F32, &[TINY.hidden][..])),
         Weight::Quantized(_) => panic!("norm weights must be dense"),
     }
-    assert!(matches!(files.weights.get("model.layers.1.mlp.up_proj.weight").unwrap(), Weight::Quantized(_)));
-    let bf16 = open_model(&path, &LoadOptions { device: Device::Cpu, dtype: Some(DType::BF16) }).unwrap();
-    match bf16.weights.get("model.layers.1.mlp.up_proj.weight").unwrap() {
+    assert!(matches!(
+        files
+            .weights
+            .get("model.layers.1.mlp.up_proj.weight")
+            .unwrap(),
+        Weight::Quantized(_)
+    ));
+    let bf16 = open_model(
+        &path,
+        &LoadOptions {
+            device: Device::Cpu,
+            dtype: Some(DType::BF16),
+        },
+    )
+    .unwrap();
+    match bf16
+        .weights
+        .get("model.layers.1.mlp.up_proj.weight")
+        .unwrap()
+    {
         Weight::Dense(t) => assert_eq!(t.dtype(), DType::BF16),
         Weight::Quantized(_) => panic!("dtype Some(bf16) must dequantize"),
     }
@@ -197,20 +293,46 @@ fn smollm2_default_model_config_and_tensors() {
     let c = &files.config;
     // Values from the GGUF metadata, which match HuggingFaceTB/SmolLM2-135M-Instruct's config.json.
     assert_eq!(c.architecture, Architecture::Llama);
-    assert_eq!((c.vocab_size, c.hidden_size, c.intermediate_size), (49152, 576, 1536));
-    assert_eq!((c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim), (30, 9, 3, 64));
+    assert_eq!(
+        (c.vocab_size, c.hidden_size, c.intermediate_size),
+        (49152, 576, 1536)
+    );
+    assert_eq!(
+        (
+            c.num_hidden_layers,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim
+        ),
+        (30, 9, 3, 64)
+    );
     assert_eq!((c.rope_theta, c.max_position_embeddings), (100_000.0, 8192));
     assert!((c.rms_norm_eps - 1e-5).abs() < 1e-9);
     assert!(c.tie_word_embeddings && !c.attention_bias);
-    assert_eq!((c.bos_token_id, c.eos_token_ids.clone()), (Some(1), vec![2]));
+    assert_eq!(
+        (c.bos_token_id, c.eos_token_ids.clone()),
+        (Some(1), vec![2])
+    );
     assert_eq!(files.weights.names().len(), 272);
-    assert_eq!(files.weights.shape("model.layers.29.self_attn.k_proj.weight"), Some(vec![192, 576]));
-    let Weight::Quantized(q) = files.weights.get("model.layers.0.self_attn.q_proj.weight").unwrap() else {
+    assert_eq!(
+        files
+            .weights
+            .shape("model.layers.29.self_attn.k_proj.weight"),
+        Some(vec![192, 576])
+    );
+    let Weight::Quantized(q) = files
+        .weights
+        .get("model.layers.0.self_attn.q_proj.weight")
+        .unwrap()
+    else {
         panic!("q_proj should stay quantized");
     };
     assert_eq!(q.dtype(), GgmlDType::Q4_1);
     let Weight::Quantized(e) = files.weights.get("model.embed_tokens.weight").unwrap() else {
         panic!("embeddings stay quantized as stored");
     };
-    assert_eq!((e.dtype(), e.shape().dims()), (GgmlDType::Q8_0, &[49152, 576][..]));
+    assert_eq!(
+        (e.dtype(), e.shape().dims()),
+        (GgmlDType::Q8_0, &[49152, 576][..])
+    );
 }

@@ -20,8 +20,8 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
 use candle_core::{DType, Device};
 
-use crate::formats::weights::{LoadOptions, Weight, WeightSource};
 use crate::error::io_error;
+use crate::formats::weights::{LoadOptions, Weight, WeightSource};
 use crate::{Context, Error, Result};
 
 /// GGUF magic "GGUF" read as a little-endian u32.
@@ -127,7 +127,7 @@ impl<'a> Cursor<'a> {
         let needed = len.saturating_mul(min_size.max(1) as u64);
         if needed > self.remaining() as u64 {
             return Err(format!(
-                "{what} declares length {len} at offset {}, more than the {} bytes left in the file",
+                "truncated header: {what} declares length {len} at offset {} (at least {needed} bytes), more than the {} bytes left in the file",
                 self.pos - 8,
                 self.remaining()
             ));
@@ -146,7 +146,12 @@ impl<'a> Cursor<'a> {
         Ok(String::from_utf8_lossy(trimmed).into_owned())
     }
 
-    fn value(&mut self, type_id: u32, key: &str, depth: usize) -> std::result::Result<Value, String> {
+    fn value(
+        &mut self,
+        type_id: u32,
+        key: &str,
+        depth: usize,
+    ) -> std::result::Result<Value, String> {
         let v = match type_id {
             0 => Value::U8(self.array::<1>(key)?[0]),
             1 => Value::I8(self.array::<1>(key)?[0] as i8),
@@ -158,7 +163,11 @@ impl<'a> Cursor<'a> {
             7 => match self.array::<1>(key)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
-                b => return Err(format!("metadata `{key}`: bool byte {b} is neither 0 nor 1")),
+                b => {
+                    return Err(format!(
+                        "metadata `{key}`: bool byte {b} is neither 0 nor 1"
+                    ))
+                }
             },
             8 => Value::String(self.string(key)?),
             9 => {
@@ -168,8 +177,9 @@ impl<'a> Cursor<'a> {
                     ));
                 }
                 let elem_type = self.u32(key)?;
-                let min_size = min_value_size(elem_type)
-                    .ok_or_else(|| format!("metadata `{key}`: unknown array element type {elem_type}"))?;
+                let min_size = min_value_size(elem_type).ok_or_else(|| {
+                    format!("metadata `{key}`: unknown array element type {elem_type}")
+                })?;
                 let len = self.length(min_size, key)?;
                 let mut values = Vec::with_capacity(len);
                 for _ in 0..len {
@@ -303,10 +313,10 @@ pub fn parse_header(bytes: &[u8]) -> std::result::Result<GgufHeader, String> {
             }
             _ => {
                 return Err(format!(
-                    "truncated: tensor `{name}` needs bytes {}..{} but the file has {file_len} bytes",
-                    data_offset.saturating_add(offset),
-                    data_offset.saturating_add(offset).saturating_add(size)
-                ))
+                "truncated: tensor `{name}` needs bytes {}..{} but the file has {file_len} bytes",
+                data_offset.saturating_add(offset),
+                data_offset.saturating_add(offset).saturating_add(size)
+            ))
             }
         }
     }
@@ -349,7 +359,9 @@ pub fn value_as_f64(v: &Value) -> Option<f64> {
 /// Recovers llama3 RoPE scaling from a `rope_freqs.weight` tensor (llama.cpp bakes HF's
 /// `rope_scaling: llama3` into per-frequency divisors at conversion). `factor` is the largest divisor;
 /// the other parameters are searched among the values Llama 3.x ships, and the whole curve must match.
-pub fn llama3_rope_scaling(file: &GgufFile) -> Result<Option<crate::formats::config::Llama3RopeScaling>> {
+pub fn llama3_rope_scaling(
+    file: &GgufFile,
+) -> Result<Option<crate::formats::config::Llama3RopeScaling>> {
     let Some(info) = file.tensor_info("rope_freqs.weight") else {
         return Ok(None);
     };
@@ -503,8 +515,10 @@ impl GgufFile {
             path: self.path.clone(),
             reason: format!("no tensor `{gguf_name}`"),
         })?;
-        qtensor_from_bytes(info, self.tensor_bytes(info), device)
-            .context(format!("{}: loading tensor `{gguf_name}`", self.path.display()))
+        qtensor_from_bytes(info, self.tensor_bytes(info), device).context(format!(
+            "{}: loading tensor `{gguf_name}`",
+            self.path.display()
+        ))
     }
 }
 
@@ -516,7 +530,11 @@ fn qtensor_from_bytes(
     device: &Device,
 ) -> candle_core::Result<QTensor> {
     if bytes.len() != info.size {
-        candle_core::bail!("tensor data is {} bytes, expected {}", bytes.len(), info.size)
+        candle_core::bail!(
+            "tensor data is {} bytes, expected {}",
+            bytes.len(),
+            info.size
+        )
     }
     if (bytes.as_ptr() as usize) % 8 == 0 {
         qtensor_from_ggml(info.dtype, bytes, info.dims.clone(), device)
@@ -592,7 +610,11 @@ pub fn gguf_to_hf_name(name: &str) -> Option<String> {
 
 /// Undoes llama.cpp's per-head Q/K row permutation on a tensor of `rows` rows of `row_bytes` bytes each.
 /// GGUF row `h*d + 2i + j` holds HF row `h*d + j*d/2 + i` (d = head_dim, i < d/2, j in {0, 1}).
-pub fn unpermute_rows(bytes: &[u8], rows: usize, n_head: usize) -> std::result::Result<Vec<u8>, String> {
+pub fn unpermute_rows(
+    bytes: &[u8],
+    rows: usize,
+    n_head: usize,
+) -> std::result::Result<Vec<u8>, String> {
     let mut out = vec![0u8; bytes.len()];
     unpermute_rows_into(bytes, &mut out, rows, n_head)?;
     Ok(out)
@@ -604,7 +626,11 @@ fn unpermute_rows_into(
     rows: usize,
     n_head: usize,
 ) -> std::result::Result<(), String> {
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 || bytes.len() % rows.max(1) != 0 {
+    if n_head == 0
+        || rows % n_head != 0
+        || (rows / n_head) % 2 != 0
+        || bytes.len() % rows.max(1) != 0
+    {
         return Err(format!(
             "cannot un-permute {rows} rows into {n_head} heads of even size"
         ));
@@ -638,7 +664,11 @@ pub struct GgufSource {
 impl GgufSource {
     /// Wraps an open GGUF file. `unpermute_heads` is `Some((n_head, n_head_kv))` for llama-architecture
     /// files (see [`GgufSource::from_file`]).
-    pub fn new(file: Arc<GgufFile>, unpermute_heads: Option<(usize, usize)>, options: LoadOptions) -> Self {
+    pub fn new(
+        file: Arc<GgufFile>,
+        unpermute_heads: Option<(usize, usize)>,
+        options: LoadOptions,
+    ) -> Self {
         let names = file
             .header()
             .tensors
@@ -700,10 +730,13 @@ impl GgufSource {
     /// The tensor by llama.cpp name as HF lays it out (rows un-permuted), on the source's device.
     fn load_qtensor(&self, gguf_name: &str) -> Result<QTensor> {
         let path = self.file.path();
-        let info = self.file.tensor_info(gguf_name).ok_or_else(|| Error::Format {
-            path: path.to_path_buf(),
-            reason: format!("no tensor `{gguf_name}`"),
-        })?;
+        let info = self
+            .file
+            .tensor_info(gguf_name)
+            .ok_or_else(|| Error::Format {
+                path: path.to_path_buf(),
+                reason: format!("no tensor `{gguf_name}`"),
+            })?;
         let bytes = self.file.tensor_bytes(info);
         let device = &self.options.device;
         let what = || format!("{}: loading tensor `{gguf_name}`", path.display());
@@ -749,7 +782,11 @@ impl WeightSource for GgufSource {
             )),
             Some(dtype) => {
                 let t = q.dequantize(&self.options.device).context(what())?;
-                let t = if dtype == DType::F32 { t } else { t.to_dtype(dtype).context(what())? };
+                let t = if dtype == DType::F32 {
+                    t
+                } else {
+                    t.to_dtype(dtype).context(what())?
+                };
                 Ok(Weight::Dense(t))
             }
         }
@@ -768,7 +805,9 @@ impl WeightSource for GgufSource {
 
     fn stored_type(&self, name: &str) -> Option<String> {
         let gguf_name = self.names.get(name)?;
-        self.file.tensor_info(gguf_name).map(|t| format!("{:?}", t.dtype))
+        self.file
+            .tensor_info(gguf_name)
+            .map(|t| format!("{:?}", t.dtype))
     }
 }
 
@@ -778,7 +817,10 @@ mod tests {
 
     #[test]
     fn names_map_both_ways() {
-        assert_eq!(gguf_to_hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
+        assert_eq!(
+            gguf_to_hf_name("token_embd.weight").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
         assert_eq!(
             gguf_to_hf_name("blk.11.attn_output.weight").as_deref(),
             Some("model.layers.11.self_attn.o_proj.weight")

@@ -16,7 +16,13 @@ fuzz_target!(|data: &[u8]| {
     let file = Arc::new(file);
     let _ = DecoderConfig::from_gguf(&file);
     let _ = TextTokenizer::from_gguf(&file);
-    for options in [LoadOptions::default(), LoadOptions { dtype: Some(candle_core::DType::F32), ..Default::default() }] {
+    for options in [
+        LoadOptions::default(),
+        LoadOptions {
+            dtype: Some(candle_core::DType::F32),
+            ..Default::default()
+        },
+    ] {
         if let Ok(source) = GgufSource::from_file(file.clone(), options) {
             for name in source.names() {
                 let _ = source.get(&name);

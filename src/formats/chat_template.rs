@@ -85,10 +85,15 @@ impl ChatTemplate {
             Some(Json::String(s)) => s.clone(),
             Some(Json::Array(items)) => {
                 let named = |name: &str| {
-                    items.iter().find(|item| item.get("name").and_then(Json::as_str) == Some(name))
+                    items
+                        .iter()
+                        .find(|item| item.get("name").and_then(Json::as_str) == Some(name))
                 };
                 let chosen = named("default").or_else(|| items.first());
-                match chosen.and_then(|item| item.get("template")).and_then(Json::as_str) {
+                match chosen
+                    .and_then(|item| item.get("template"))
+                    .and_then(Json::as_str)
+                {
                     Some(s) => s.to_string(),
                     None => {
                         return Err(Error::Config {
@@ -151,11 +156,27 @@ fn strftime_now(format: String) -> String {
 /// Formats Unix time `secs` (UTC) with strftime codes.
 fn format_time(secs: i64, format: &str) -> String {
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     const DAYS: [&str; 7] = [
-        "Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
     ];
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -233,7 +254,13 @@ fn tojson(value: JinjaValue, kwargs: Kwargs) -> std::result::Result<JinjaValue, 
     Ok(JinjaValue::from_safe_string(out))
 }
 
-fn write_python_json(value: &Json, indent: Option<usize>, sort: bool, depth: usize, out: &mut String) {
+fn write_python_json(
+    value: &Json,
+    indent: Option<usize>,
+    sort: bool,
+    depth: usize,
+    out: &mut String,
+) {
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = indent {
             out.push('\n');
@@ -283,7 +310,10 @@ mod tests {
     #[test]
     fn dates_match_known_days() {
         // 2024-02-29 12:34:56 UTC = 1709210096 (a leap day, a Thursday).
-        assert_eq!(format_time(1_709_210_096, "%Y-%m-%d %H:%M:%S %A %j"), "2024-02-29 12:34:56 Thursday 060");
+        assert_eq!(
+            format_time(1_709_210_096, "%Y-%m-%d %H:%M:%S %A %j"),
+            "2024-02-29 12:34:56 Thursday 060"
+        );
         assert_eq!(format_time(0, "%d %B %Y %a"), "01 January 1970 Thu");
         assert_eq!(format_time(1_767_139_200, "%d %b %Y"), "31 Dec 2025");
     }
@@ -313,6 +343,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("first must be user"), "{err}");
-        assert_eq!(t.render(&[ChatMessage::new("user", "hi")], false, "", "").unwrap(), "ok");
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "hi")], false, "", "")
+                .unwrap(),
+            "ok"
+        );
     }
 }

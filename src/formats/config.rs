@@ -87,8 +87,8 @@ mod load {
     use serde_json::Value as Json;
 
     use super::{Architecture, DecoderConfig, Llama3RopeScaling};
-    use crate::formats::gguf::{value_as_f64, value_as_u64, GgufFile};
     use crate::error::io_error;
+    use crate::formats::gguf::{value_as_f64, value_as_u64, GgufFile};
     use crate::{Error, Result};
 
     fn config_error(path: &Path, reason: impl Into<String>) -> Error {
@@ -129,7 +129,10 @@ mod load {
                     format!("missing required field `{key}`"),
                 )),
                 Some(v) => v.as_u64().map(|v| v as usize).ok_or_else(|| {
-                    config_error(self.path, format!("field `{key}` is {v}, expected an integer"))
+                    config_error(
+                        self.path,
+                        format!("field `{key}` is {v}, expected an integer"),
+                    )
                 }),
             }
         }
@@ -145,7 +148,10 @@ mod load {
             match self.json.get(key) {
                 None | Some(Json::Null) => Ok(default),
                 Some(v) => v.as_f64().ok_or_else(|| {
-                    config_error(self.path, format!("field `{key}` is {v}, expected a number"))
+                    config_error(
+                        self.path,
+                        format!("field `{key}` is {v}, expected a number"),
+                    )
                 }),
             }
         }
@@ -154,7 +160,10 @@ mod load {
             match self.json.get(key) {
                 None | Some(Json::Null) => Ok(default),
                 Some(v) => v.as_bool().ok_or_else(|| {
-                    config_error(self.path, format!("field `{key}` is {v}, expected true or false"))
+                    config_error(
+                        self.path,
+                        format!("field `{key}` is {v}, expected true or false"),
+                    )
                 }),
             }
         }
@@ -249,8 +258,7 @@ mod load {
                 rms_norm_eps: f.f64_or("rms_norm_eps", 1e-6)?,
                 rope_theta: f.f64_or("rope_theta", default_theta)?,
                 rope_scaling: rope_scaling(path, &json)?,
-                max_position_embeddings: f
-                    .usize_or("max_position_embeddings", default_max_pos)?,
+                max_position_embeddings: f.usize_or("max_position_embeddings", default_max_pos)?,
                 tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
                 // Qwen2 always has q/k/v bias (its HF config has no switch).
                 attention_bias: architecture == Architecture::Qwen2
@@ -264,10 +272,12 @@ mod load {
         /// Tied embeddings when there is no `output.weight`; vocab size from the token list.
         pub fn from_gguf(file: &GgufFile) -> Result<Self> {
             let path = file.path();
-            let arch_name = file.meta_str("general.architecture").ok_or_else(|| Error::Format {
-                path: path.to_path_buf(),
-                reason: "missing metadata `general.architecture`".into(),
-            })?;
+            let arch_name = file
+                .meta_str("general.architecture")
+                .ok_or_else(|| Error::Format {
+                    path: path.to_path_buf(),
+                    reason: "missing metadata `general.architecture`".into(),
+                })?;
             let architecture =
                 Architecture::parse(arch_name).ok_or_else(|| Error::UnsupportedArchitecture {
                     path: path.to_path_buf(),
@@ -282,19 +292,25 @@ mod load {
                 let key = format!("{arch_name}.{suffix}");
                 match file.meta(&key) {
                     None => Ok(None),
-                    Some(v) => value_as_u64(v).map(|v| Some(v as usize)).ok_or_else(|| missing(&key)),
+                    Some(v) => value_as_u64(v)
+                        .map(|v| Some(v as usize))
+                        .ok_or_else(|| missing(&key)),
                 }
             };
             let required = |suffix: &str| -> Result<usize> {
                 uint(suffix)?.ok_or_else(|| missing(&format!("{arch_name}.{suffix}")))
             };
-            let float = |suffix: &str| file.meta(&format!("{arch_name}.{suffix}")).and_then(value_as_f64);
+            let float = |suffix: &str| {
+                file.meta(&format!("{arch_name}.{suffix}"))
+                    .and_then(value_as_f64)
+            };
             let hidden_size = required("embedding_length")?;
             let num_attention_heads = required("attention.head_count")?;
             if num_attention_heads == 0 {
                 return Err(missing(&format!("{arch_name}.attention.head_count")));
             }
-            let num_key_value_heads = uint("attention.head_count_kv")?.unwrap_or(num_attention_heads);
+            let num_key_value_heads =
+                uint("attention.head_count_kv")?.unwrap_or(num_attention_heads);
             if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
                 return Err(Error::Format {
                     path: path.to_path_buf(),
@@ -340,9 +356,11 @@ mod load {
                 num_hidden_layers: required("block_count")?,
                 num_attention_heads,
                 num_key_value_heads,
-                head_dim: uint("attention.key_length")?.unwrap_or(hidden_size / num_attention_heads),
-                rms_norm_eps: float("attention.layer_norm_rms_epsilon")
-                    .ok_or_else(|| missing(&format!("{arch_name}.attention.layer_norm_rms_epsilon")))?,
+                head_dim: uint("attention.key_length")?
+                    .unwrap_or(hidden_size / num_attention_heads),
+                rms_norm_eps: float("attention.layer_norm_rms_epsilon").ok_or_else(|| {
+                    missing(&format!("{arch_name}.attention.layer_norm_rms_epsilon"))
+                })?,
                 rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
                 rope_scaling: crate::formats::gguf::llama3_rope_scaling(file)?,
                 max_position_embeddings: required("context_length")?,

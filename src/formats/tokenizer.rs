@@ -96,9 +96,8 @@ impl TextTokenizer {
             _ => None,
         };
         let get = |key: &str| config.as_ref().and_then(|c| c.get(key));
-        let with_id = |token: Option<String>| {
-            token.and_then(|t| inner.token_to_id(&t).map(|id| (id, t)))
-        };
+        let with_id =
+            |token: Option<String>| token.and_then(|t| inner.token_to_id(&t).map(|id| (id, t)));
         let bos = with_id(token_string(get("bos_token")));
         let eos = with_id(token_string(get("eos_token")));
         let add_bos = match get("add_bos_token").and_then(Json::as_bool) {
@@ -122,7 +121,9 @@ impl TextTokenizer {
             .ok_or_else(|| tokenizer_error(&name, "missing metadata `tokenizer.ggml.model`"))?;
         let tokens = string_array(file, "tokenizer.ggml.tokens", &name)?;
         let types: Vec<u64> = match file.meta("tokenizer.ggml.token_type") {
-            Some(Value::Array(items)) => items.iter().map(|v| value_as_u64(v).unwrap_or(1)).collect(),
+            Some(Value::Array(items)) => {
+                items.iter().map(|v| value_as_u64(v).unwrap_or(1)).collect()
+            }
             _ => vec![1; tokens.len()],
         };
         let token_id = |key: &str| {
@@ -143,7 +144,12 @@ impl TextTokenizer {
                         .iter()
                         .map(|v| crate::formats::gguf::value_as_f64(v).unwrap_or(0.0))
                         .collect(),
-                    _ => return Err(tokenizer_error(&name, "missing metadata `tokenizer.ggml.scores`")),
+                    _ => {
+                        return Err(tokenizer_error(
+                            &name,
+                            "missing metadata `tokenizer.ggml.scores`",
+                        ))
+                    }
                 };
                 if scores.len() != tokens.len() {
                     return Err(tokenizer_error(
@@ -156,7 +162,10 @@ impl TextTokenizer {
                     Some(Value::Bool(b)) => *b,
                     _ => true,
                 };
-                (spm_json(&tokens, &types, &scores, unk, add_space_prefix), true)
+                (
+                    spm_json(&tokens, &types, &scores, unk, add_space_prefix),
+                    true,
+                )
             }
             other => {
                 return Err(tokenizer_error(
@@ -261,7 +270,10 @@ fn string_array(file: &GgufFile, key: &str, name: &str) -> Result<Vec<String>> {
             .iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s.clone()),
-                other => Err(tokenizer_error(name, format!("`{key}` holds {other:?}, not strings"))),
+                other => Err(tokenizer_error(
+                    name,
+                    format!("`{key}` holds {other:?}, not strings"),
+                )),
             })
             .collect(),
         _ => Err(tokenizer_error(name, format!("missing metadata `{key}`"))),
@@ -299,9 +311,7 @@ fn split_regex(pattern: &str) -> Json {
 fn gpt2_pre_tokenizer(pre: &str) -> Json {
     const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-    };
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     match pre {
         // StarCoder-family vocabularies (SmolLM, SmolLM2): single digits, then GPT-2's regex.
         "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
@@ -348,7 +358,13 @@ fn gpt2_json(tokens: &[String], types: &[u64], merges: &[String], pre: &str) -> 
 
 /// SentencePiece BPE as HF's `LlamaConverter` writes it: every split of a piece into two pieces of the
 /// vocabulary is a merge, ranked by the merged piece's score (highest first, then lowest id).
-fn spm_json(tokens: &[String], types: &[u64], scores: &[f64], unk: u32, add_space_prefix: bool) -> Json {
+fn spm_json(
+    tokens: &[String],
+    types: &[u64],
+    scores: &[f64],
+    unk: u32,
+    add_space_prefix: bool,
+) -> Json {
     let vocab = vocab_map(tokens);
     let mut merges: Vec<(f64, usize, &str, &str)> = Vec::new();
     for (id, piece) in tokens.iter().enumerate() {
@@ -364,7 +380,10 @@ fn spm_json(tokens: &[String], types: &[u64], scores: &[f64], unk: u32, add_spac
         }
     }
     merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let merges: Vec<Json> = merges.into_iter().map(|(_, _, l, r)| json!([l, r])).collect();
+    let merges: Vec<Json> = merges
+        .into_iter()
+        .map(|(_, _, l, r)| json!([l, r]))
+        .collect();
     let mut normalizers = Vec::new();
     if add_space_prefix {
         normalizers.push(json!({"type": "Prepend", "prepend": "\u{2581}"}));

@@ -145,10 +145,14 @@ pub fn gguf_bytes(metadata: &[(&str, Meta)], tensors: &[RawTensor]) -> Vec<u8> {
 
 /// Seeded uniform values in [-1, 1) (a tiny LCG: tests need reproducible, varied, non-constant data).
 pub fn seeded(seed: u64, n: usize) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()

@@ -71,13 +71,16 @@ impl SamplingParams {
                 reason,
             })
         };
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+        if self.top_p.is_nan() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return bad("top_p", format!("{} is not in (0, 1]", self.top_p));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
             return bad("min_p", format!("{} is not in [0, 1]", self.min_p));
         }
-        if !(self.repeat_penalty > 0.0) || !self.repeat_penalty.is_finite() {
+        if self.repeat_penalty.is_nan()
+            || self.repeat_penalty <= 0.0
+            || !self.repeat_penalty.is_finite()
+        {
             return bad(
                 "repeat_penalty",
                 format!("{} must be a positive number", self.repeat_penalty),

@@ -99,7 +99,9 @@ fn format_tensor_problems(
         out.push_str(&format!(" unexpected [{}];", unexpected.join(", ")));
     }
     for (name, expected, found) in mismatched {
-        out.push_str(&format!(" {name}: expected shape {expected:?}, found {found:?};"));
+        out.push_str(&format!(
+            " {name}: expected shape {expected:?}, found {found:?};"
+        ));
     }
     out
 }

@@ -15,6 +15,8 @@ pub enum Command {
     Embed(super::bench_embed::Args),
     /// LoRA training tokens/s and peak memory.
     Train(super::bench_train::Args),
+    /// Greedy tokens on a device (weights dequantized to f32) against the CPU, same process.
+    Parity(super::bench_parity::Args),
 }
 
 /// Runs `wick bench`.
@@ -26,5 +28,6 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Embed(args) => super::bench_embed::run(args),
         Command::Train(args) => super::bench_train::run(args),
         Command::Cpu(args) => super::bench_cpu::run(args),
+        Command::Parity(args) => super::bench_parity::run(args),
     }
 }

@@ -7,6 +7,7 @@ mod bench_dispatch;
 mod bench_embed;
 mod bench_gpu_check;
 mod bench_kernels;
+mod bench_parity;
 mod bench_train;
 mod embed;
 mod generate;

@@ -47,8 +47,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let model = TextModel::open(
         &path,
         &LoadOptions {
+            // Dense f32 on the CPU: the quantized CPU path is wrong on longer prompts (open bug).
+            dtype: device.is_cpu().then_some(candle_core::DType::F32),
             device,
-            dtype: None,
         },
     )?;
     eprintln!("model: {}", path.display());

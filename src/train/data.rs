@@ -113,8 +113,7 @@ pub fn load_jsonl(
         };
         let value: Value =
             serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-        let mut example =
-            tokenize_record(&value, tokenizer, chat_template).map_err(|reason| bad(reason))?;
+        let mut example = tokenize_record(&value, tokenizer, chat_template).map_err(bad)?;
         stats.examples += 1;
         if example.input_ids.len() > options.max_seq_len {
             example.input_ids.truncate(options.max_seq_len);

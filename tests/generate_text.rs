@@ -14,7 +14,15 @@ fn model() -> &'static TextModel {
     static MODEL: OnceLock<TextModel> = OnceLock::new();
     MODEL.get_or_init(|| {
         let path = ensure_default_chat_model().expect("fetching the default chat model");
-        TextModel::open(&path, &Default::default()).expect("loading the default chat model")
+        TextModel::open(
+            &path,
+            // Dense f32 weights: wick's CPU default (the quantized CPU path is an open bug).
+            &wick::formats::LoadOptions {
+                dtype: Some(candle_core::DType::F32),
+                ..Default::default()
+            },
+        )
+        .expect("loading the default chat model")
     })
 }
 

@@ -278,14 +278,20 @@ impl Attention {
         // Queries of the heads sharing one kv head, stacked: [b, kv_heads, groups * t, d].
         let groups = h / kvh;
         let q = q.reshape((b, kvh, groups * t, d))?;
+        // Softmax statistics in f32 (f64 models keep f64, so gradients stay exact in f64 checks).
+        let stats = if q.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
         let scores = q
             .matmul(&k.t()?)
             .context("attention scores")?
-            .to_dtype(DType::F32)?;
+            .to_dtype(stats)?;
         let scores = match mask {
             Some(mask) => scores
                 .reshape((b, kvh, groups, t, len))?
-                .broadcast_add(mask)
+                .broadcast_add(&mask.to_dtype(stats)?)
                 .context("causal mask")?
                 .reshape((b, kvh, groups * t, len))?,
             None => scores,

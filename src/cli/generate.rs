@@ -73,8 +73,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let path = resolve_model_arg(&args.model)?;
     let load_start = std::time::Instant::now();
     let dtype = match args.dtype.as_deref() {
-        None if device.is_cpu() => Some(candle_core::DType::F32),
-        None | Some("quantized") => None,
+        None => LoadOptions::inference(device.clone()).dtype,
+        Some("quantized") => None,
         Some("f32") => Some(candle_core::DType::F32),
         Some("bf16") => Some(candle_core::DType::BF16),
         Some("f16") => Some(candle_core::DType::F16),

@@ -44,14 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let device = wick::device::parse_device(&args.device)?;
     eprintln!("fetching the default chat model (cached after the first run)...");
     let path = ensure_default_chat_model()?;
-    let model = TextModel::open(
-        &path,
-        &LoadOptions {
-            // Dense f32 on the CPU: the quantized CPU path is wrong on longer prompts (open bug).
-            dtype: device.is_cpu().then_some(candle_core::DType::F32),
-            device,
-        },
-    )?;
+    let model = TextModel::open(&path, &LoadOptions::inference(device))?;
     eprintln!("model: {}", path.display());
     answer(&model, &args.question, args.max_tokens)?;
     if args.no_train {

@@ -112,6 +112,7 @@ fn fine_tune_and_answer_again(args: &Args, path: &std::path::Path) -> anyhow::Re
         resume: None,
         seed: 42,
         device: args.device.clone(),
+        dtype: None,
     };
     let summary = crate::train::run_with_model(&train_args, &mut model, path)?;
     eprintln!(

@@ -61,8 +61,7 @@ pub struct Args {
     #[arg(long)]
     pub adapter: Option<std::path::PathBuf>,
     /// Dequantize every weight to this dtype (f32, bf16, f16), or keep GGUF weights `quantized`.
-    /// Default: f32 on the CPU (the quantized CPU path disagrees with the dense one on longer prompts:
-    /// an open bug, see the README), quantized on CUDA.
+    /// Default: quantized (as llama.cpp runs the file); `f32` skips the Q8 rounding of activations.
     #[arg(long)]
     pub dtype: Option<String>,
 }
@@ -120,7 +119,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         (None, None) => anyhow::bail!("give --prompt or --chat"),
     };
-    let out = stream_to_stdout(&model, &prompt, &generate_options)?;
+    let (out, first_token) = stream_to_stdout_timed(&model, &prompt, &generate_options)?;
+    if let Some(first) = first_token {
+        // Cold-start figure (issue 8): from opening the model file to the first token on stdout,
+        // CUDA module loading / PTX JIT included. scripts/device/e2e.sh reads this line.
+        eprintln!(
+            "\n[first token {:.3} s after the model file was opened]",
+            first.duration_since(load_start).as_secs_f64()
+        );
+    }
     let t = out.timings;
     eprintln!(
         "\n[{} prompt tokens: {:.1} tok/s | {} generated: {:.1} tok/s decode | stop: {} | seed {seed}]",
@@ -139,10 +146,21 @@ pub fn stream_to_stdout(
     prompt: &Prompt,
     options: &GenerateOptions,
 ) -> anyhow::Result<wick::generate::Generation> {
+    stream_to_stdout_timed(model, prompt, options).map(|(out, _)| out)
+}
+
+/// As `stream_to_stdout`, also returning when the first token arrived.
+fn stream_to_stdout_timed(
+    model: &TextModel,
+    prompt: &Prompt,
+    options: &GenerateOptions,
+) -> anyhow::Result<(wick::generate::Generation, Option<std::time::Instant>)> {
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
     let mut write_error = None;
+    let mut first_token = None;
     let out = model.generate(prompt, options, |token| {
+        first_token.get_or_insert_with(std::time::Instant::now);
         if write_error.is_none() {
             if let Err(e) = lock
                 .write_all(token.text.as_bytes())
@@ -156,7 +174,7 @@ pub fn stream_to_stdout(
         return Err(e).context("writing to stdout");
     }
     writeln!(lock).context("writing to stdout")?;
-    Ok(out)
+    Ok((out, first_token))
 }
 
 fn describe(reason: &StopReason) -> String {

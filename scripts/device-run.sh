@@ -2,11 +2,13 @@
 # Prepares what a GPU-machine call carries, and files what it brought back (see docs/CUDA.md).
 #
 # usage:
-#   scripts/device-run.sh pack [--model smollm2|minilm|FILE]... [--no-build] [--tests NAME]...
-#       Builds target/cuda/release/wick and the GPU test binaries (tests/gpu*.rs, or each --tests NAME)
-#       with scripts/cuda-build.sh, strips and xz's them, splits each model into parts, and packs it
-#       all into .device/call1, .device/call2, ... each small enough for one device call (64 MiB with
-#       the working tree). Prints the calls to make.
+#   scripts/device-run.sh pack [--model smollm2|minilm|FILE]... [--first FILE]... [--no-build]
+#                              [--tests NAME]... [--no-tests]
+#       Builds target/cuda/release/wick and the GPU test binaries (tests/gpu*.rs, or each --tests NAME;
+#       none with --no-tests) with scripts/cuda-build.sh, strips and xz's them, splits each model into
+#       parts, and packs it all into .device/call1, .device/call2, ... each small enough for one device
+#       call (64 MiB with the working tree). The binaries and each --first FILE (whole, e.g. the
+#       e2e-extras.tar.xz of scripts/device/make-extras.sh) go in call 1. Prints the calls to make.
 #   scripts/device-run.sh collect DIR
 #       Copies the files a device call brought back (the reply's files_at) into bench/results/.
 #
@@ -21,16 +23,18 @@ python=${PYTHON:-python3}
 cd "$repo"
 
 pack() {
-  local build=1 models=() tests=()
+  local build=1 models=() tests=() no_tests=0 first=()
   while [[ $# -gt 0 ]]; do
     case $1 in
       --model) models+=("$2"); shift 2 ;;
+      --first) first+=("$(readlink -f "$2")"); shift 2 ;;
+      --no-tests) no_tests=1; shift ;;
       --tests) tests+=("$2"); shift 2 ;;
       --no-build) build=0; shift ;;
       *) echo "device-run: unknown option '$1'" >&2; exit 2 ;;
     esac
   done
-  if [[ ${#tests[@]} -eq 0 ]]; then
+  if [[ ${#tests[@]} -eq 0 && $no_tests == 0 ]]; then
     local file
     for file in tests/gpu*.rs; do
       [[ -f $file ]] && tests+=("$(basename "$file" .rs)")
@@ -80,7 +84,7 @@ for line in sys.stdin:
 
   local commit
   commit=${WICK_DEVICE_COMMIT:-$(git rev-parse HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock kernels build.rs || echo "+dirty")}
-  "$python" - "$commit" "${wheels[@]}" <<'EOF'
+  WICK_DEVICE_FIRST=$(printf '%s\n' "${first[@]}") "$python" - "$commit" "${wheels[@]}" <<'EOF'
 import hashlib, json, math, os, subprocess, sys
 
 commit, models = sys.argv[1], sys.argv[2:]
@@ -93,7 +97,8 @@ tree = sum(os.path.getsize(p) for p in listed if p and os.path.isfile(p))
 budget = int(float(os.environ.get("WICK_DEVICE_BUDGET_MIB", 0)) * MiB) or 64 * MiB - tree - 2 * MiB
 if budget < 1 * MiB:
     sys.exit(f"device-run: the working tree is {tree / MiB:.1f} MiB: too little room to carry anything")
-part_size = budget // 2
+# Parts of a quarter call, so they fill what the binaries and --first files leave in each call.
+part_size = budget // 4
 
 def sha256(path):
     h = hashlib.sha256()
@@ -103,12 +108,20 @@ def sha256(path):
     return h.hexdigest()
 
 files, items = [], []  # items: (size, name in the call folder, source path, offset, length)
+pinned = []  # items that go in call 1: the binaries and the --first files
 for name in sorted(os.listdir(".device/build")):
     if name.endswith(".xz"):
         continue
     files.append({"kind": "binary", "name": name, "parts": 0, "sha256": sha256(f".device/build/{name}")})
     xz = f".device/build/{name}.xz"
-    items.append((os.path.getsize(xz), f"{name}.xz", xz, 0, os.path.getsize(xz)))
+    pinned.append((os.path.getsize(xz), f"{name}.xz", xz, 0, os.path.getsize(xz)))
+for path in filter(None, os.environ.get("WICK_DEVICE_FIRST", "").split("\n")):
+    size, name = os.path.getsize(path), os.path.basename(path)
+    files.append({"kind": "file", "name": name, "parts": 1, "sha256": sha256(path)})
+    pinned.append((size, f"{name}.part-00", path, 0, size))
+if sum(it[0] for it in pinned) > budget:
+    sys.exit(f"device-run: the binaries and --first files ({sum(it[0] for it in pinned) / MiB:.1f} MiB) "
+             f"exceed one call's {budget / MiB:.1f} MiB")
 for path in models:
     size, name = os.path.getsize(path), os.path.basename(path)
     parts = math.ceil(size / part_size)
@@ -118,8 +131,8 @@ for path in models:
         offset = i * step
         items.append((min(step, size - offset), f"{name}.part-{i:02d}", path, offset, min(step, size - offset)))
 
-# First-fit decreasing into calls of at most `budget` bytes each.
-calls = []
+# First-fit decreasing into calls of at most `budget` bytes each, after the pinned items in call 1.
+calls = [pinned] if pinned else []
 for item in sorted(items, key=lambda it: -it[0]):
     for call in calls:
         if sum(it[0] for it in call) + item[0] <= budget:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs ON the GPU machine: builds llama.cpp's llama-bench with CUDA (sm_90) from the source in the
+# Runs ON the GPU machine: builds llama.cpp's llama-bench and llama-batched-bench with CUDA (sm_90) from the source in the
 # carried e2e-extras.tar.xz (scripts/device/make-extras.sh), outside the tree in
 # $WICK_DEVICE_STAGE/llamacpp, so a second call on the warm machine can use it.
 #
@@ -40,7 +40,7 @@ do_build() {
   cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF || return 1
-  nice -n 19 cmake --build "$build" -j "$(nproc)" --target llama-bench || return 1
+  nice -n 19 cmake --build "$build" -j "$(nproc)" --target llama-bench llama-batched-bench || return 1
   echo "llama-bench built in $((SECONDS - start)) s: $bench"
 }
 

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Runs ON the GPU machine, as `sh:` steps of scripts/device/on-device.sh: the end-to-end benchmarks of
+# issue 8, each beside its anchor, results gathered in $WICK_DEVICE_STAGE/results (outlives a call on a
+# warm machine) and bundled into $OUT by `bundle`. docs/CUDA.md ("End-to-end benchmarks") has the two
+# calls; scripts/gpu-summary.py turns the bundles into bench/results/gpu-summary.json.
+#
+# usage: bash scripts/device/e2e.sh STEP [ARGS]
+#   setup                   unpack e2e-extras.tar.xz, install liger-kernel into $stage/site, write the
+#                           all-MiniLM-L6-v2 directory with random weights ($stage/minilm)
+#   llamacpp-bg             start the llama.cpp CUDA build in the background (build-llamacpp-cuda.sh)
+#   train-anchors S [RUNS]  PEFT runs (benches/anchors/train_peft.py) within S seconds; runs already
+#                           done are skipped, so the next call finishes the list
+#   llamacpp [S]            wait up to S s for the build, then llama-bench -p 512 -n 128 -ngl 99 (batch
+#                           1) and llama-batched-bench (decode at batch 1 and 8) on $WICK_SMOLLM2_GGUF
+#   decode                  wick bench decode, prompt 512, 128 tokens
+#   train                   wick bench train, seq 512 and 2048, batch 8, r 16, 3 warm-up + 20 steps
+#   embed                   sentence-transformers fp32/fp16 and wick f32/f16 at batch 1, 32, 256
+#   coldstart               wick generate in fresh processes: empty CUDA JIT cache, then warm
+#   bundle                  $OUT/e2e-$WICK_RUN_TAG.json: every result file, the llama.cpp build log tail
+set -uo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+stage=${WICK_DEVICE_STAGE:-/tmp/wick-device}
+results=$stage/results
+mkdir -p "$results"
+export PYTHONPATH=$stage/site${PYTHONPATH:+:$PYTHONPATH}
+wick=${WICK:-$stage/bin/wick}
+gguf=${WICK_SMOLLM2_GGUF:-}
+
+need_gguf() {
+  [[ -n $gguf && -f $gguf ]] || { echo "e2e: the GGUF is not staged yet (its parts come in two calls)"; exit 1; }
+}
+
+case "${1:-}" in
+  setup)
+    if [[ ! -d $stage/e2e ]]; then
+      tar -xJf "$stage/files/e2e-extras.tar.xz" -C "$stage" || exit 1
+    fi
+    if [[ ! -d $stage/site/liger_kernel ]]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$stage/site" \
+        "$stage"/e2e/wheels/*.whl || exit 1
+    fi
+    python3 -c 'import liger_kernel, importlib.metadata as m; print("liger-kernel", m.version("liger-kernel"))'
+    if [[ ! -f $stage/minilm/model.safetensors ]]; then
+      mkdir -p "$stage/minilm"
+      cp -r "$stage"/e2e/minilm/. "$stage/minilm/"
+      python3 "$repo/scripts/device/random_weights.py" "$stage/minilm/model.safetensors.header" \
+        "$stage/minilm/model.safetensors" || exit 1
+      rm -f "$stage/minilm/model.safetensors.header"
+    fi
+    python3 -c 'import torch, transformers, peft, sentence_transformers, triton
+print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__,
+      "sentence-transformers", sentence_transformers.__version__, "triton", triton.__version__)'
+    ;;
+  llamacpp-bg) bash "$repo/scripts/device/build-llamacpp-cuda.sh" bg ;;
+  train-anchors)
+    deadline=${2:?train-anchors SECONDS [RUNS]}
+    runs=${3:-eager:512,liger:512,compile:512,reduce-overhead:512,eager:2048,liger:2048,reduce-overhead:2048,compile:2048}
+    python3 "$repo/benches/anchors/train_peft.py" --runs "$runs" --deadline-s "$deadline" \
+      --out "$results/anchors-train.jsonl"
+    ;;
+  llamacpp)
+    need_gguf
+    bash "$repo/scripts/device/build-llamacpp-cuda.sh" wait "${2:-420}" || exit 1
+    bin=$stage/llamacpp/build/bin
+    "$bin/llama-bench" -m "$gguf" -p 512 -n 128 -ngl 99 -r 5 -o json >"$results/llamacpp-bench.json" || exit 1
+    cat "$results/llamacpp-bench.json"
+    if [[ -x $bin/llama-batched-bench ]]; then
+      "$bin/llama-batched-bench" -m "$gguf" -ngl 99 -c 8192 -npp 512 -ntg 128 -npl 1,8 \
+        --output-format jsonl | grep '^{"n_kv_max"' >"$results/llamacpp-batched.jsonl" || true
+      cat "$results/llamacpp-batched.jsonl"
+    fi
+    ;;
+  decode)
+    need_gguf
+    "$wick" bench decode --model "$gguf" --device cuda --prompt-tokens 512 --decode-tokens 128 \
+      --out "$results/wick-decode.json"
+    ;;
+  train)
+    need_gguf
+    rc=0
+    for seq in 512 2048; do
+      # stdout is the JSON record; the step lines go to stderr (the log).
+      "$wick" bench train --model "$gguf" --device cuda --seq-len $seq --batch-size 8 --rank 16 \
+        --warmup-steps 3 --steps 20 >"$results/wick-train-$seq.json" || rc=1
+      cat "$results/wick-train-$seq.json"
+    done
+    exit $rc
+    ;;
+  embed)
+    rc=0
+    python3 "$repo/benches/anchors/embed_st.py" --model "$stage/minilm" --dtypes fp32,fp16 \
+      --batch-sizes 1,32,256 --texts 1024 --repeats 3 --out "$results/anchors-embed.json" || rc=1
+    for dtype in f32 f16; do
+      "$wick" bench embed --model "$stage/minilm" --device cuda --dtype $dtype --batch-sizes 1,32,256 \
+        --texts 1024 --repeats 3 --out "$results/wick-embed-$dtype" || rc=1
+      rm -f "$results/wick-embed-$dtype.md"
+    done
+    exit $rc
+    ;;
+  coldstart)
+    need_gguf
+    cache=$(mktemp -d)
+    rc=0
+    : >"$results/coldstart.jsonl"
+    # 1: empty JIT cache (the driver compiles every PTX module wick loads); 2, 3: the same cache, warm.
+    # CUDA_CACHE_MAXSIZE: the default 256 MiB may be too small to keep everything.
+    for run in cold warm warm; do
+      start=$(date +%s.%N)
+      CUDA_CACHE_PATH=$cache CUDA_CACHE_MAXSIZE=4294967296 "$wick" generate --model "$gguf" --device cuda \
+        --prompt "The capital of France is" --raw --max-tokens 8 --temperature 0 >/dev/null 2>"$cache.err" || rc=1
+      wall=$(python3 -c "import sys; print(round($(date +%s.%N) - $start, 3))")
+      cat "$cache.err"
+      python3 - "$run" "$wall" "$cache.err" "$(du -sk "$cache" | cut -f1)" >>"$results/coldstart.jsonl" <<'EOF'
+import json, re, sys
+run, wall, err, cache_kib = sys.argv[1:]
+text = open(err).read()
+m = re.search(r"first token ([0-9.]+) s after the model file was opened", text)
+load = re.search(r"loaded .* in ([0-9.]+) s", text)
+print(json.dumps({"benchmark": "coldstart", "jit_cache": run, "first_token_s": float(m.group(1)) if m else None,
+                  "load_s": float(load.group(1)) if load else None, "process_wall_s": float(wall),
+                  "jit_cache_kib_after": int(cache_kib)}))
+EOF
+    done
+    cat "$results/coldstart.jsonl"
+    exit $rc
+    ;;
+  bundle)
+    python3 - "$results" "$OUT/e2e-${WICK_RUN_TAG:-run}.json" "$stage/llamacpp/build.log" <<'EOF'
+import json, os, sys
+results, out, build_log = sys.argv[1:]
+bundle = {"device": os.environ.get("WICK_DEVICE_NAME"), "date": os.environ.get("WICK_RUN_DATE"),
+          "files": {}}
+for name in sorted(os.listdir(results)):
+    text = open(os.path.join(results, name)).read()
+    try:
+        if name.endswith(".jsonl"):
+            value = [json.loads(l) for l in text.splitlines() if l.strip()]
+        else:
+            value = json.loads(text)
+    except ValueError:
+        value = {"unparsed": text[-4000:]}
+    bundle["files"][name] = value
+if os.path.exists(build_log):
+    bundle["llamacpp_build_log_tail"] = open(build_log).read()[-3000:]
+json.dump(bundle, open(out, "w"), indent=1)
+print(f"wrote {out}: {', '.join(bundle['files'])}")
+EOF
+    ;;
+  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

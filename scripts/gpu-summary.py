@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""Writes bench/results/gpu-summary.json: every "done when" figure of issue 8 from the latest device
+run, as a list of {figure, goal, wick, anchor, anchor_engine, ratio, unit, met, device, date, command,
+source}. `goal` is `>= N` or `<= N` (against `wick`) or `>= Nx` (against `ratio`); a figure whose
+files are missing has "status": "not measured" and null numbers. Rows with goal null are context
+(the other anchors, other sequence lengths and batch sizes).
+
+    python3 scripts/gpu-summary.py [PATH ...] [--out bench/results/gpu-summary.json]
+
+PATHs (default bench/results) are files or folders of what the device calls brought back:
+  e2e-*.json        bundles of scripts/device/e2e.sh (llama.cpp, PEFT and sentence-transformers
+                    anchors, wick bench decode/train/embed, cold start); later bundles win per file
+  overhead*.json    `wick bench overhead` (64x64 f32 matmul pipelined and inside a graph)
+  dispatch*.json    `wick bench dispatch` (fallback for the 64x64 figures; 4096^3 bf16 through the
+                    dispatch)
+  anchors-kernels*.json  benches/anchors/kernels_torch.py (PyTorch's matmuls, same call as dispatch)
+Standard library only.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+
+
+def load(path):
+    with open(path) as f:
+        text = f.read()
+    if path.endswith(".jsonl"):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return json.loads(text)
+
+
+def gather(paths):
+    """Returns (e2e files by name, other JSON documents by kind), latest date first wins."""
+    found = []
+    for p in paths:
+        if os.path.isdir(p):
+            found += sorted(glob.glob(os.path.join(p, "*.json")) + glob.glob(os.path.join(p, "*.jsonl")))
+        elif os.path.exists(p):
+            found.append(p)
+    e2e, docs = {}, {"overhead": [], "dispatch": [], "torch": [], "device": []}
+    bundles = []
+    for path in found:
+        if os.path.basename(path) == "gpu-summary.json":
+            continue
+        try:
+            doc = load(path)
+        except (ValueError, OSError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("files"), dict):
+            bundles.append((doc.get("date") or "", path, doc))
+        elif isinstance(doc, dict) and "rows" in doc and "graphs" in doc:
+            docs["overhead"].append((doc.get("date") or "", path, doc))
+        elif isinstance(doc, dict) and "shapes" in doc and "graphs" in doc:
+            docs["dispatch"].append((doc.get("date") or "", path, doc))
+        elif isinstance(doc, dict) and "timings" in doc and "torch" in doc:
+            docs["torch"].append((doc.get("date") or "", path, doc))
+        elif isinstance(doc, dict) and "steps" in doc and "driver" in doc:
+            docs["device"].append((doc.get("date") or "", path, doc))
+    for date, path, doc in sorted(bundles, key=lambda b: b[0]):
+        for name, value in doc["files"].items():
+            e2e[name] = {"value": value, "source": os.path.basename(path), "date": date,
+                         "device": doc.get("device")}
+    for kind in docs:
+        docs[kind].sort(key=lambda d: d[0], reverse=True)
+    return e2e, docs
+
+
+def row(figure, goal, unit, wick=None, anchor=None, anchor_engine=None, ratio=None, device=None,
+        date=None, command=None, source=None, note=None):
+    if ratio is None and wick is not None and anchor:
+        ratio = wick / anchor
+    met = None
+    if goal:
+        m = re.fullmatch(r"(>=|<=) ([0-9.]+)(x?)", goal)
+        value = ratio if m.group(3) else wick
+        if value is not None:
+            bound = float(m.group(2))
+            met = value >= bound if m.group(1) == ">=" else value <= bound
+    measured = (ratio if goal and goal.endswith("x") else wick) is not None
+    r = {"figure": figure, "goal": goal, "wick": wick, "anchor": anchor, "anchor_engine": anchor_engine,
+         "ratio": ratio, "unit": unit, "met": met, "status": "measured" if measured else "not measured",
+         "device": device, "date": date, "command": command, "source": source}
+    if note:
+        r["note"] = note
+    return r
+
+
+def e2e_get(e2e, name):
+    item = e2e.get(name)
+    return (item["value"], item) if item else (None, {})
+
+
+def matmul_rows(docs):
+    rows = []
+    # 1. 64x64 f32: `wick bench overhead` (fully cured rows), else `wick bench dispatch`.
+    pipelined = graph = None
+    meta = {}
+    if docs["overhead"]:
+        date, path, doc = docs["overhead"][0]
+        labels = [r["cures"] for r in doc["rows"] if r["op"] == "matmul 64x64x64 f32"]
+        if labels:
+            last = labels[-1]
+            pipelined = min(r["pipelined_us"] for r in doc["rows"]
+                            if r["op"] == "matmul 64x64x64 f32" and r["cures"] == last)
+        g = [x["timing"]["us_per_kernel"] for x in doc["graphs"]
+             if x["timing"].get("dtype") == "f32" and x["timing"].get("m") == 64]
+        graph = min(g) if g else None
+        meta = {"device": doc.get("device"), "date": date, "command": doc.get("command"),
+                "source": os.path.basename(path)}
+    if (pipelined is None or graph is None) and docs["dispatch"]:
+        date, path, doc = docs["dispatch"][0]
+        if pipelined is None:
+            for s in doc["shapes"]:
+                if s["dtype"] == "f32" and s["m"] == s["n"] == s["k"] == 64:
+                    pipelined = min(p["us_per_call"] for p in s["paths"])
+        if graph is None:
+            g = [x["us_per_kernel"] for x in doc["graphs"] if x["dtype"] == "f32" and x["m"] == 64]
+            graph = min(g) if g else None
+        meta = meta or {"device": doc.get("device"), "date": date, "command": doc.get("command"),
+                        "source": os.path.basename(path)}
+    rows.append(row("matmul 64x64x64 f32 through wick, per call pipelined", "<= 4", "us", wick=pipelined,
+                    **meta))
+    rows.append(row("matmul 64x64x64 f32 through wick, per kernel inside a CUDA graph", "<= 2.5", "us",
+                    wick=graph, **meta))
+    # 2. 4096^3 bf16 through the dispatch vs PyTorch in the same call (speed ratio = time ratio).
+    wick_us = torch_us = None
+    meta = {}
+    if docs["dispatch"]:
+        date, path, doc = docs["dispatch"][0]
+        for s in doc["shapes"]:
+            if s["dtype"] == "bf16" and s["m"] == s["n"] == s["k"] == 4096:
+                wick_us = next(p["us_per_call"] for p in s["paths"] if p["path"] == s["best"])
+        meta = {"device": doc.get("device"), "date": date, "command": doc.get("command"),
+                "source": os.path.basename(path)}
+    if docs["torch"]:
+        _, path, doc = docs["torch"][0]
+        for t in doc["timings"]:
+            shape = json.dumps(t.get("shape"))
+            if "matmul" in t["kernel"] and t["dtype"] == "bf16" and shape.count("4096") >= 3 \
+                    and t["implementation"] == "torch-eager":
+                torch_us = t["us_per_call"]
+        if meta:
+            meta["source"] += " + " + os.path.basename(path)
+    rows.append(row("matmul 4096^3 bf16 through the dispatch, speed vs PyTorch", ">= 0.97x", "us",
+                    wick=wick_us, anchor=torch_us, anchor_engine="PyTorch eager (same call)",
+                    ratio=torch_us / wick_us if wick_us and torch_us else None, **meta,
+                    note="wick/anchor in microseconds per product; ratio = PyTorch time / wick time"))
+    return rows
+
+
+def llamacpp_rates(bench):
+    """llama-bench JSON: (prefill tok/s for pp512, decode tok/s for tg128)."""
+    pp = tg = None
+    for r in bench or []:
+        if r.get("n_prompt") and not r.get("n_gen"):
+            pp = r["avg_ts"]
+        elif r.get("n_gen") and not r.get("n_prompt"):
+            tg = r["avg_ts"]
+    return pp, tg
+
+
+def decode_rows(e2e):
+    rows = []
+    bench, item_l = e2e_get(e2e, "llamacpp-bench.json")
+    batched, item_b = e2e_get(e2e, "llamacpp-batched.jsonl")
+    dec, item_w = e2e_get(e2e, "wick-decode.json")
+    pp_l, tg_l = llamacpp_rates(bench if isinstance(bench, list) else None)
+    wick_tg = wick_pp = candle_tg = candle_pp = None
+    wick_path = prefill_path = None
+    if isinstance(dec, dict) and "timings" in dec:
+        for t in dec["timings"]:
+            pp = t["prompt_tokens"] / (t["prefill_ms"] / 1e3) if t.get("prefill_ms") else None
+            if t["path"].startswith("candle"):
+                candle_tg, candle_pp = t["decode_tokens_per_second"], pp
+            elif wick_tg is None or t["decode_tokens_per_second"] > wick_tg:
+                wick_tg, wick_path = t["decode_tokens_per_second"], t["path"]
+            if pp and (wick_pp is None or pp > wick_pp):
+                wick_pp, prefill_path = pp, t["path"]
+    device = item_w.get("device") or item_l.get("device")
+    date = item_w.get("date") or item_l.get("date")
+    src = " + ".join(x["source"] for x in (item_w, item_l) if x)
+    cmd_w = "wick bench decode --device cuda --prompt-tokens 512 --decode-tokens 128 (scripts/device/e2e.sh decode)"
+    cmd_l = "llama-bench -m GGUF -p 512 -n 128 -ngl 99 -r 5 -o json (CUDA sm_90 build; scripts/device/e2e.sh llamacpp)"
+    rows.append(row("decode SmolLM2-135M Q4_1, batch 1, vs llama.cpp CUDA", ">= 1.0x", "tokens/s",
+                    wick=wick_tg, anchor=tg_l, anchor_engine="llama.cpp CUDA (llama-bench tg128)",
+                    device=device, date=date, command=f"{cmd_w}; {cmd_l}", source=src,
+                    note=f"wick path: {wick_path}; aim 2x" if wick_path else "aim 2x"))
+    rows.append(row("prefill 512 tokens vs llama.cpp CUDA", ">= 0.8x", "tokens/s", wick=wick_pp,
+                    anchor=pp_l, anchor_engine="llama.cpp CUDA (llama-bench pp512)", device=device,
+                    date=date, command=f"{cmd_w}; {cmd_l}", source=src,
+                    note=f"wick path: {prefill_path}" if prefill_path else None))
+    rows.append(row("decode batch 1 vs plain Candle (ops + QMatMul, same process)", None, "tokens/s",
+                    wick=wick_tg, anchor=candle_tg, anchor_engine="Candle 0.11 quantized ops", device=device,
+                    date=date, command=cmd_w, source=item_w.get("source")))
+    b8 = next((r for r in batched or [] if r.get("pl") == 8), None) if isinstance(batched, list) else None
+    rows.append(row("decode batch 8 (aggregate) vs llama.cpp CUDA", None, "tokens/s", wick=None,
+                    anchor=b8["speed_tg"] if b8 else None,
+                    anchor_engine="llama.cpp CUDA (llama-batched-bench -npp 512 -ntg 128 -npl 8)",
+                    device=device, date=date, command="scripts/device/e2e.sh llamacpp",
+                    source=item_b.get("source"), note="wick has no batched decode benchmark yet"))
+    return rows
+
+
+def gpu_peak(record):
+    for key, value in record.items():
+        if isinstance(value, (int, float)) and re.search(r"peak", key) and re.search(r"gpu|device|cuda|vram", key):
+            return float(value) / (2**30 if "bytes" in key else 1024 if key.endswith("mib") else 1)
+    return None
+
+
+def train_rows(e2e):
+    rows = []
+    anchors, item_a = e2e_get(e2e, "anchors-train.jsonl")
+    anchors = anchors if isinstance(anchors, list) else []
+
+    def anchor(mode, seq):
+        return next((a for a in reversed(anchors) if a.get("mode") == mode and a.get("seq_len") == seq
+                     and a.get("status") == "ok"), None)
+
+    for seq in (512, 2048):
+        w, item_w = e2e_get(e2e, f"wick-train-{seq}.json")
+        w = w if isinstance(w, dict) and "tokens_per_s" in w else None
+        wick_tps = w["tokens_per_s"] if w else None
+        warm = None
+        if w and w.get("step_seconds") is not None:
+            n_warm = len(w["step_seconds"]) - w.get("timed_steps", 0)
+            warm = sum(w["step_seconds"][:n_warm])
+        peak = gpu_peak(w) if w else None
+        device = item_w.get("device") or item_a.get("device")
+        date = item_w.get("date") or item_a.get("date")
+        cmd_w = (f"wick bench train --device cuda --seq-len {seq} --batch-size 8 --rank 16 --warmup-steps 3 "
+                 "--steps 20 (scripts/device/e2e.sh train)")
+        src = " + ".join(x["source"] for x in (item_w, item_a) if x)
+
+        def cmd(mode):
+            a = anchor(mode, seq)
+            return f"{cmd_w}; benches/anchors/train_peft.py {a['command'] if a and a.get('command') else '--one ' + mode}"
+
+        ro, liger = anchor("reduce-overhead", seq), anchor("liger", seq)
+        if seq == 512:
+            rows.append(row("LoRA training seq 512 vs PEFT torch.compile reduce-overhead", ">= 1.0x",
+                            "tokens/s", wick=wick_tps, anchor=ro and ro["tokens_per_s"],
+                            anchor_engine="PEFT + torch.compile(mode='reduce-overhead')", device=device,
+                            date=date, command=cmd("reduce-overhead"), source=src,
+                            note="aim 1.2x; anchor warm-up %s s" % (round(ro["warmup_s"], 1) if ro else "?")))
+            rows.append(row("LoRA training warm-up (3 untimed steps), seq 512", "<= 10", "s", wick=warm,
+                            anchor=ro and ro["warmup_s"],
+                            anchor_engine="PEFT + torch.compile reduce-overhead warm-up", device=device,
+                            date=date, command=cmd("reduce-overhead"), source=src))
+            limit = liger and liger.get("peak_gpu_memory_gib")
+            rows.append(row("LoRA training peak GPU memory, seq 512, vs PEFT + Liger",
+                            f"<= {limit:.2f}" if limit else "<= 4.1", "GiB", wick=peak, anchor=limit,
+                            anchor_engine="PEFT + Liger kernels, torch.cuda.max_memory_allocated",
+                            device=device, date=date, command=cmd("liger"), source=src,
+                            note=None if limit else "Liger not measured: goal from ANCHORS.md (~4.1 GiB)"))
+        for mode, label in (("eager", "PEFT eager"), ("compile", "PEFT torch.compile default"),
+                            ("reduce-overhead", "PEFT torch.compile reduce-overhead"),
+                            ("liger", "PEFT + Liger")):
+            if seq == 512 and mode == "reduce-overhead":
+                continue
+            a = anchor(mode, seq)
+            rows.append(row(f"LoRA training seq {seq} vs {label}", None, "tokens/s", wick=wick_tps,
+                            anchor=a and a["tokens_per_s"], anchor_engine=label, device=device, date=date,
+                            command=cmd(mode), source=src,
+                            note=(f"anchor warm-up {a['warmup_s']:.1f} s, peak {a['peak_gpu_memory_gib']:.2f} GiB; "
+                                  f"wick warm-up {warm if warm is None else round(warm, 1)} s, peak "
+                                  f"{peak if peak is None else round(peak, 2)} GiB") if a else None))
+    return rows
+
+
+def embed_rows(e2e):
+    rows = []
+    st, item_s = e2e_get(e2e, "anchors-embed.json")
+    for dtype, st_dtype in (("f32", "fp32"), ("f16", "fp16")):
+        w, item_w = e2e_get(e2e, f"wick-embed-{dtype}.json")
+        for batch in (256, 32, 1):
+            wr = next((r["texts_per_s"] for r in (w or {}).get("results", []) if r["batch_size"] == batch), None)
+            ar = next((r["texts_per_s"] for r in (st or {}).get("results", [])
+                       if r["batch_size"] == batch and r["dtype"] == st_dtype), None)
+            rows.append(row(f"embeddings all-MiniLM-L6-v2 {st_dtype}, batch {batch}, vs sentence-transformers",
+                            ">= 1.5x" if batch == 256 else None, "texts/s", wick=wr, anchor=ar,
+                            anchor_engine=f"sentence-transformers {st_dtype}" + (f" ({st['engine']})" if st else ""),
+                            device=item_w.get("device") or item_s.get("device"),
+                            date=item_w.get("date") or item_s.get("date"),
+                            command=(f"wick bench embed --device cuda --dtype {dtype} --batch-sizes 1,32,256 "
+                                     "--texts 1024; benches/anchors/embed_st.py --dtypes fp32,fp16 (scripts/device/e2e.sh embed)"),
+                            source=" + ".join(x["source"] for x in (item_w, item_s) if x),
+                            note="random weights with the model's shapes and real tokenizer (scripts/device/random_weights.py)"))
+    return rows
+
+
+def coldstart_rows(e2e):
+    runs, item = e2e_get(e2e, "coldstart.jsonl")
+    runs = runs if isinstance(runs, list) else []
+    warm = [r["first_token_s"] for r in runs if r.get("jit_cache") == "warm" and r.get("first_token_s")]
+    cold = [r["first_token_s"] for r in runs if r.get("jit_cache") == "cold" and r.get("first_token_s")]
+    meta = {"device": item.get("device"), "date": item.get("date"), "source": item.get("source"),
+            "command": "wick generate --device cuda --raw --max-tokens 8, fresh process, CUDA_CACHE_PATH "
+                       "empty then warm (scripts/device/e2e.sh coldstart)"}
+    return [
+        row("warm start: first token after the model file is opened (JIT cache present)", "<= 1", "s",
+            wick=statistics.median(warm) if warm else None, **meta),
+        row("cold start: first token with an empty CUDA JIT cache", None, "s",
+            wick=cold[0] if cold else None, anchor_engine=None, **meta,
+            note="to be stated in the README"),
+    ]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="*", default=["bench/results"])
+    p.add_argument("--out", default="bench/results/gpu-summary.json")
+    args = p.parse_args()
+    e2e, docs = gather(args.paths)
+    rows = matmul_rows(docs) + decode_rows(e2e) + train_rows(e2e) + embed_rows(e2e) + coldstart_rows(e2e)
+    with open(args.out, "w") as f:
+        json.dump(rows, f, indent=1)
+        f.write("\n")
+    for r in rows:
+        if r["goal"] is None and r["status"] != "measured":
+            continue
+        fmt = lambda v: "-" if v is None else f"{v:.3g}"
+        print(f"{'MET ' if r['met'] else 'miss' if r['met'] is False else '  - '} {r['goal'] or '':>9} "
+              f"wick {fmt(r['wick']):>8} anchor {fmt(r['anchor']):>8} ratio {fmt(r['ratio']):>6} "
+              f"{r['unit']:<9} {r['figure']}")
+    print(f"wrote {args.out}: {len(rows)} rows, {sum(r['goal'] is not None for r in rows)} goals, "
+          f"{sum(r['met'] is True for r in rows)} met", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

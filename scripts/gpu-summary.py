@@ -13,7 +13,10 @@ PATHs (default bench/results) are files or folders of what the device calls brou
   overhead*.json    `wick bench overhead` (64x64 f32 matmul pipelined and inside a graph)
   dispatch*.json    `wick bench dispatch` (fallback for the 64x64 figures; 4096^3 bf16 through the
                     dispatch)
-  anchors-kernels*.json  benches/anchors/kernels_torch.py (PyTorch's matmuls, same call as dispatch)
+  anchors-matmul*.json   benches/anchors/matmul_torch.py (PyTorch's F.linear at the same shapes, same
+                    call as dispatch and overhead)
+`ratio` is how many times faster wick is (wick rate / anchor rate, anchor time / wick time); for
+memory, wick / anchor.
 Standard library only.
 """
 import argparse
@@ -56,7 +59,8 @@ def gather(paths):
             docs["overhead"].append((doc.get("date") or "", path, doc))
         elif isinstance(doc, dict) and "shapes" in doc and "graphs" in doc:
             docs["dispatch"].append((doc.get("date") or "", path, doc))
-        elif isinstance(doc, dict) and "timings" in doc and "torch" in doc:
+        elif isinstance(doc, dict) and "torch" in doc and any(
+                isinstance(t, dict) and t.get("op") == "linear" for t in doc.get("timings", [])):
             docs["torch"].append((doc.get("date") or "", path, doc))
         elif isinstance(doc, dict) and "steps" in doc and "driver" in doc:
             docs["device"].append((doc.get("date") or "", path, doc))
@@ -71,8 +75,9 @@ def gather(paths):
 
 def row(figure, goal, unit, wick=None, anchor=None, anchor_engine=None, ratio=None, device=None,
         date=None, command=None, source=None, note=None):
-    if ratio is None and wick is not None and anchor:
-        ratio = wick / anchor
+    if ratio is None and wick and anchor:
+        # How many times faster wick is: rate / rate, or time / time inverted; memory: wick / anchor.
+        ratio = anchor / wick if unit in ("us", "s") else wick / anchor
     met = None
     if goal:
         m = re.fullmatch(r"(>=|<=) ([0-9.]+)(x?)", goal)
@@ -122,10 +127,19 @@ def matmul_rows(docs):
             graph = min(g) if g else None
         meta = meta or {"device": doc.get("device"), "date": date, "command": doc.get("command"),
                         "source": os.path.basename(path)}
+    torch_lin = {}
+    if docs["torch"]:
+        _, torch_path, doc = docs["torch"][0]
+        for t in doc["timings"]:
+            if t.get("op") == "linear":
+                key = (t["dtype"], t["m"], t["n"], t["k"], t["mode"])
+                torch_lin[key] = min(t["us_per_call"], torch_lin.get(key, float("inf")))
     rows.append(row("matmul 64x64x64 f32 through wick, per call pipelined", "<= 4", "us", wick=pipelined,
-                    **meta))
+                    anchor=torch_lin.get(("f32", 64, 64, 64, "eager-pipelined-wall")),
+                    anchor_engine="PyTorch eager F.linear, pipelined", **meta))
     rows.append(row("matmul 64x64x64 f32 through wick, per kernel inside a CUDA graph", "<= 2.5", "us",
-                    wick=graph, **meta))
+                    wick=graph, anchor=torch_lin.get(("f32", 64, 64, 64, "cuda-graph-per-kernel")),
+                    anchor_engine="PyTorch CUDA graph of 100 products", **meta))
     # 2. 4096^3 bf16 through the dispatch vs PyTorch in the same call (speed ratio = time ratio).
     wick_us = torch_us = None
     meta = {}
@@ -136,15 +150,9 @@ def matmul_rows(docs):
                 wick_us = next(p["us_per_call"] for p in s["paths"] if p["path"] == s["best"])
         meta = {"device": doc.get("device"), "date": date, "command": doc.get("command"),
                 "source": os.path.basename(path)}
-    if docs["torch"]:
-        _, path, doc = docs["torch"][0]
-        for t in doc["timings"]:
-            shape = json.dumps(t.get("shape"))
-            if "matmul" in t["kernel"] and t["dtype"] == "bf16" and shape.count("4096") >= 3 \
-                    and t["implementation"] == "torch-eager":
-                torch_us = t["us_per_call"]
-        if meta:
-            meta["source"] += " + " + os.path.basename(path)
+    torch_us = torch_lin.get(("bf16", 4096, 4096, 4096, "eager-events"))
+    if docs["torch"] and meta:
+        meta["source"] += " + " + os.path.basename(torch_path)
     rows.append(row("matmul 4096^3 bf16 through the dispatch, speed vs PyTorch", ">= 0.97x", "us",
                     wick=wick_us, anchor=torch_us, anchor_engine="PyTorch eager (same call)",
                     ratio=torch_us / wick_us if wick_us and torch_us else None, **meta,

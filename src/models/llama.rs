@@ -289,11 +289,13 @@ impl Attention {
             .context("attention scores")?
             .to_dtype(stats)?;
         let scores = match mask {
-            Some(mask) => scores
-                .reshape((b, kvh, groups, t, len))?
-                .broadcast_add(&mask.to_dtype(stats)?)
-                .context("causal mask")?
-                .reshape((b, kvh, groups * t, len))?,
+            // add_frozen: Candle's broadcast_add would also compute and keep a gradient for the
+            // mask, a [batch, heads, t, len] tensor per layer.
+            Some(mask) => crate::ops::frozen::add_frozen(
+                &scores.reshape((b, kvh, groups, t, len))?,
+                &mask.to_dtype(stats)?,
+            )?
+            .reshape((b, kvh, groups * t, len))?,
             None => scores,
         };
         let probs = softmax_last_dim(&scores)?.to_dtype(v.dtype())?;

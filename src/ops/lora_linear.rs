@@ -22,7 +22,7 @@ use crate::{Context, Result};
 /// x: [..., in] -> [..., out] through the base weight and the active adapter, if any.
 pub fn forward(layer: &Linear, x: &Tensor, train: bool) -> Result<Tensor> {
     let Some(lora) = &layer.lora else {
-        return layer.base_forward(x);
+        return base_forward(layer, x);
     };
     let dropout = train && lora.dropout > 0.0;
     let dtype = x.dtype();
@@ -37,7 +37,7 @@ pub fn forward(layer: &Linear, x: &Tensor, train: bool) -> Result<Tensor> {
             return lora_linear(x, Some(w), bias.as_ref(), &lora.a, &lora.b, lora.scale);
         }
     }
-    let y = layer.base_forward(x)?;
+    let y = base_forward(layer, x)?;
     let x_in = if dropout {
         candle_nn::ops::dropout(x, lora.dropout).context("lora dropout")?
     } else {
@@ -47,6 +47,23 @@ pub fn forward(layer: &Linear, x: &Tensor, train: bool) -> Result<Tensor> {
     let delta = lora_linear(&x_in, None, None, &lora.a, &lora.b, lora.scale)?;
     let delta = delta.to_dtype(y.dtype()).context("lora output dtype")?;
     (y + delta).context("adding lora update")
+}
+
+/// The frozen product `x W^T + b`. Inside a training graph (x carries one) a dense base goes through
+/// `ops::frozen::frozen_linear`, whose backward gives dx and no dW: Candle's matmul backward would
+/// compute and keep the gradient of every frozen weight (the LM head's alone is [batch, in, vocab]).
+fn base_forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    match layer.weight() {
+        BaseWeight::Dense(w) if x.track_op() && w.dtype() == x.dtype() => {
+            let bias = layer
+                .bias()
+                .map(|b| b.to_dtype(x.dtype()))
+                .transpose()
+                .context("linear bias dtype")?;
+            super::frozen::frozen_linear(x, w, bias.as_ref())
+        }
+        _ => layer.base_forward(x),
+    }
 }
 
 /// The op itself: x: [..., in], weight: [out, in] (frozen, optional), bias: [out], a: [r, in],
@@ -283,15 +300,25 @@ impl CustomOp3 for LoraLinear {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let s = self.scale;
-        let u = grad.matmul(b)?; // [t, r]
-        let mut dx = (u.matmul(a)? * s)?;
-        if let Some(w) = &self.weight {
-            dx = (dx + grad.matmul(w)?)?;
-        }
-        let da = (u.t()?.matmul(x)? * s)?;
+        // dx only where something upstream wants it (not for the first layer's embedding input).
+        let want_dx = x.track_op();
+        // Detached: the gradients must not carry a graph back into the forward pass (a var's
+        // gradient that did would keep the whole step's activations alive as long as it lives).
+        let (x, a, b) = (x.detach(), a.detach(), b.detach());
+        let u = grad.matmul(&b)?; // [t, r]
+        let dx = if want_dx {
+            let mut dx = (u.matmul(&a)? * s)?;
+            if let Some(w) = &self.weight {
+                dx = (dx + grad.matmul(w)?)?;
+            }
+            Some(dx)
+        } else {
+            None
+        };
+        let da = (u.t()?.matmul(&x)? * s)?;
         let low = x.matmul(&a.t()?)?;
         let db = (grad.t()?.matmul(&low)? * s)?;
-        Ok((Some(dx), Some(da), Some(db)))
+        Ok((dx, Some(da), Some(db)))
     }
 }
 

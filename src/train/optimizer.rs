@@ -94,7 +94,8 @@ impl AdamW {
             let Some(g) = grads.get(&slot.name) else {
                 continue;
             };
-            let g = g.to_dtype(DType::F32)?;
+            // Detached so that the moments never hold a graph (see `collect_grads`).
+            let g = g.to_dtype(DType::F32)?.detach();
             let what = format!("AdamW update of {}", slot.name);
             let p = slot.var.as_tensor();
             let p = if c.weight_decay != 0.0 {
@@ -108,7 +109,7 @@ impl AdamW {
                 .context(what.clone())?;
             let denom = ((slot.exp_avg_sq.sqrt()? / bias_correction2_sqrt)? + c.eps)?;
             let update = ((&slot.exp_avg / denom)? * step_size)?;
-            let new_p = (p - update).context(what.clone())?;
+            let new_p = (p.detach() - update).context(what.clone())?;
             slot.var.set(&new_p).context(what)?;
         }
         Ok(())
@@ -154,9 +155,13 @@ impl AdamW {
 }
 
 /// Gradients of `vars` from a backward pass, by name (variables the loss does not reach are absent).
+///
+/// Detached: Candle leaves a variable's gradient attached to the ops that made it (a custom op's
+/// backward may build it from forward activations), and a gradient that kept its graph would keep
+/// the whole step's activations alive through the AdamW moments made from it, step after step.
 pub fn collect_grads(vars: &[(String, Var)], store: &GradStore) -> HashMap<String, Tensor> {
     vars.iter()
-        .filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
+        .filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.detach())))
         .collect()
 }
 

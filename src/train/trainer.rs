@@ -313,7 +313,13 @@ pub fn train(
                 break;
             }
             let store = (loss * weight)?.backward().context("backward pass")?;
-            for (name, g) in collect_grads(&vars, &store) {
+            let micro_grads = collect_grads(&vars, &store);
+            // The store also holds the gradients Candle computed for every non-trainable input of
+            // the graph; the graph itself lives as long as the logits. Free both before the next
+            // micro-batch's forward.
+            drop(store);
+            drop(logits);
+            for (name, g) in micro_grads {
                 let merged = match grads.remove(&name) {
                     Some(acc) => (acc + g)?,
                     None => g,

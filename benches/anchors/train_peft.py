@@ -29,6 +29,7 @@ Usage (driver: runs the setups in turn, each in a child process, within a deadli
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -195,20 +196,23 @@ def driver(args):
         start = time.monotonic()
         base = {"benchmark": "train", "engine": "peft-" + mode, "mode": mode, "seq_len": seq,
                 "batch_size": args.batch, "rank": args.rank, "command": " ".join(cmd[1:])}
+        # Own session, so that a timeout also ends Inductor's compile workers.
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         try:
-            proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, timeout=limit)
-            sys.stderr.write(proc.stderr[-4000:])
-            lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            stdout, stderr = proc.communicate(timeout=limit)
+            sys.stderr.write(stderr[-4000:])
+            lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
             if proc.returncode == 0 and lines:
                 record = {**base, **json.loads(lines[-1][len("RESULT "):])}
             else:
                 record = {**base, "status": "error", "returncode": proc.returncode,
-                          "error": (proc.stderr or proc.stdout)[-1500:]}
-        except subprocess.TimeoutExpired as e:
+                          "error": (stderr or stdout)[-1500:]}
+        except subprocess.TimeoutExpired:
             # Killed at the run's own limit: recorded (not retried). Killed by the call's deadline:
             # not recorded, so the next call runs it again.
-            err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate()
             sys.stderr.write(err[-2000:])
             if limit < LIMIT_S[mode]:
                 print(f"== {mode} seq {seq}: stopped at the call's deadline after {limit:.0f} s; "

@@ -7,6 +7,8 @@ pub enum Command {
     Cpu(super::bench_cpu::Args),
     /// Time every GPU matmul path over a grid of shapes; write the dispatch table.
     Dispatch(super::bench_dispatch::Args),
+    /// Batch-1 decode through wick's CUDA decode engine beside the Candle path (speed, logits).
+    Decode(super::bench_decode::Args),
     /// Check every fused kernel against the f64 references on the device; write JSON records.
     GpuCheck(super::bench_gpu_check::Args),
     /// Time the fused kernels at the CUDA-kernels issue's shapes.
@@ -23,6 +25,7 @@ pub enum Command {
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Dispatch(args) => super::bench_dispatch::run(args),
+        Command::Decode(args) => super::bench_decode::run(args),
         Command::GpuCheck(args) => super::bench_gpu_check::run(args),
         Command::Kernels(args) => super::bench_kernels::run(args),
         Command::Embed(args) => super::bench_embed::run(args),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use candle_core::Tensor;
 
 use crate::generate::detokenizer::{Detokenizer, TokenDecoder};
-use crate::generate::sampler::{Sampler, SamplingParams};
+use crate::generate::sampler::{Sampled, Sampler, SamplingParams};
 use crate::generate::stop::StopMatcher;
 use crate::models::kv_cache::KvCache;
 use crate::models::llama::Llama;
@@ -122,6 +122,14 @@ pub struct Generation {
     pub timings: Timings,
 }
 
+/// The outcome of a forward: logits for the sampler, or the token the device already chose (the CUDA
+/// decode engine's greedy argmax, identical to the sampler's when greedy without penalty).
+enum NextToken {
+    Logits(Vec<f32>),
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Chosen(Sampled),
+}
+
 /// An iterator over generated tokens. Created by [`TokenStream::new`], which runs the prompt.
 pub struct TokenStream<'a> {
     model: &'a Llama,
@@ -135,8 +143,11 @@ pub struct TokenStream<'a> {
     stop: StopMatcher,
     max_tokens: usize,
     generated: usize,
-    /// Logits [vocab] of the next position, from the last forward.
-    next_logits: Option<Vec<f32>>,
+    /// What decides the next token, from the last forward.
+    next_logits: Option<NextToken>,
+    /// The CUDA decode engine running this generation, when the model has one (`cuda_decode`).
+    #[cfg(feature = "cuda")]
+    engine: Option<crate::generate::cuda_decode::Session>,
     stop_reason: Option<StopReason>,
     timings: Timings,
 }
@@ -176,11 +187,25 @@ impl<'a> TokenStream<'a> {
         let sampler = Sampler::new(options.sampling.clone())?;
         let capacity = prompt_ids.len() + options.max_tokens;
         let mut cache = KvCache::with_capacity(config, 1, capacity, model.dtype(), model.device());
+        #[cfg(feature = "cuda")]
+        let engine = crate::generate::cuda_decode::session_for(model, capacity, &options.sampling);
         let start = Instant::now();
-        let input = Tensor::new(prompt_ids, model.device())
-            .and_then(|t| t.unsqueeze(0))
-            .context("prompt ids")?;
-        let logits = last_logits(model, &input, &mut cache)?;
+        #[cfg(feature = "cuda")]
+        let from_engine = match &engine {
+            Some(session) => Some(engine_next(session.prefill(prompt_ids)?)),
+            None => None,
+        };
+        #[cfg(not(feature = "cuda"))]
+        let from_engine: Option<NextToken> = None;
+        let logits = match from_engine {
+            Some(next) => next,
+            None => {
+                let input = Tensor::new(prompt_ids, model.device())
+                    .and_then(|t| t.unsqueeze(0))
+                    .context("prompt ids")?;
+                NextToken::Logits(last_logits(model, &input, &mut cache)?)
+            }
+        };
         let timings = Timings {
             prompt_tokens: prompt_ids.len(),
             prefill: start.elapsed(),
@@ -201,6 +226,8 @@ impl<'a> TokenStream<'a> {
             max_tokens: options.max_tokens,
             generated: 0,
             next_logits: (options.max_tokens > 0).then_some(logits),
+            #[cfg(feature = "cuda")]
+            engine,
             stop_reason: (options.max_tokens == 0).then_some(StopReason::MaxTokens),
             timings,
         })
@@ -218,12 +245,15 @@ impl<'a> TokenStream<'a> {
 
     /// Samples the next token, decodes its text and, unless generation ends here, runs its forward.
     fn step(&mut self) -> Result<GeneratedToken> {
-        let logits = self
+        let next = self
             .next_logits
             .take()
             .expect("next_logits is set whenever generation has not ended");
         let step_start = Instant::now();
-        let sampled = self.sampler.sample(&logits, &self.history)?;
+        let sampled = match next {
+            NextToken::Logits(logits) => self.sampler.sample(&logits, &self.history)?,
+            NextToken::Chosen(sampled) => sampled,
+        };
         let id = sampled.id;
         self.history.push(id);
         self.generated += 1;
@@ -251,8 +281,7 @@ impl<'a> TokenStream<'a> {
             }
         }
         if self.stop_reason.is_none() {
-            let input = Tensor::new(&[[id]], self.model.device()).context("next token id")?;
-            self.next_logits = Some(last_logits(self.model, &input, &mut self.cache)?);
+            self.next_logits = Some(self.forward_token(id)?);
             self.timings.decode += step_start.elapsed();
             self.timings.decode_steps += 1;
         }
@@ -261,6 +290,20 @@ impl<'a> TokenStream<'a> {
             text,
             logprob: sampled.logprob,
         })
+    }
+
+    /// Runs one generated token through the engine or the model.
+    fn forward_token(&mut self, id: u32) -> Result<NextToken> {
+        #[cfg(feature = "cuda")]
+        if let Some(session) = &self.engine {
+            return Ok(engine_next(session.step(id)?));
+        }
+        let input = Tensor::new(&[[id]], self.model.device()).context("next token id")?;
+        Ok(NextToken::Logits(last_logits(
+            self.model,
+            &input,
+            &mut self.cache,
+        )?))
     }
 
     fn decode_piece(&mut self, id: u32) -> Result<String> {
@@ -296,6 +339,15 @@ impl Iterator for TokenStream<'_> {
             self.next_logits = None;
         }
         Some(item)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn engine_next(next: crate::generate::cuda_decode::registry::Next) -> NextToken {
+    use crate::generate::cuda_decode::registry::Next;
+    match next {
+        Next::Logits(logits) => NextToken::Logits(logits),
+        Next::Greedy(id, logprob) => NextToken::Chosen(Sampled { id, logprob }),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Text generation: sampling, the generation loop with a KV cache, streaming, stop strings and
 //! UTF-8-safe incremental detokenization.
 
+#[cfg(feature = "cuda")]
+pub mod cuda_decode;
 pub mod detokenizer;
 pub mod generator;
 pub mod sampler;

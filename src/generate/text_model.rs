@@ -59,6 +59,13 @@ impl TextModel {
         let files = open_model(path, options)?;
         check_tensors(files.weights.as_ref(), &expected_tensors(&files.config))?;
         let model = Llama::load(&files.config, files.weights.as_ref(), options)?;
+        #[cfg(feature = "cuda")]
+        crate::generate::cuda_decode::attach(
+            &model,
+            &files.config,
+            files.weights.as_ref(),
+            options,
+        );
         Ok(Self {
             path: files.path,
             model,

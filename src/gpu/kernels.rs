@@ -19,6 +19,8 @@ pub enum Module {
     CrossEntropy,
     LoraLinear,
     DecodeAttention,
+    QuantMatvec,
+    DecodeStep,
 }
 
 impl Module {
@@ -35,6 +37,10 @@ impl Module {
             Module::DecodeAttention => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/decode_attention.fatbin"))
             }
+            Module::QuantMatvec => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/quant_matvec.fatbin"))
+            }
+            Module::DecodeStep => include_bytes!(concat!(env!("OUT_DIR"), "/decode_step.fatbin")),
         }
     }
 }

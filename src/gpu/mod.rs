@@ -3,6 +3,7 @@
 
 #[cfg(feature = "cuda")]
 pub mod cublaslt;
+pub mod decode;
 pub mod dispatch;
 #[cfg(feature = "cuda")]
 pub mod graph;

@@ -110,6 +110,10 @@ pub fn run_suite(
             check_lora(&mut suite, dtype)?;
             check_decode_attention(&mut suite, dtype)?;
         }
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(dev) = device {
+            check_decode_engine_kernels(&mut suite, dev)?;
+        }
         Ok(())
     })();
     #[cfg(feature = "cuda")]
@@ -408,6 +412,19 @@ fn lora_backward_reference(
     let da = (u.t()?.matmul(&x)? * scale)?;
     let db = (g.t()?.matmul(&x.matmul(&a.t()?)?)? * scale)?;
     Ok(vec![v(&dx)?, v(&da)?, v(&db)?])
+}
+
+/// The CUDA decode engine's kernels (`gpu::decode`) against their CPU references (f32 maths).
+#[cfg(feature = "cuda")]
+fn check_decode_engine_kernels(s: &mut Suite, dev: &candle_core::CudaDevice) -> Result<()> {
+    let seed = s.next_seed();
+    for case in crate::gpu::decode::check::run(dev, seed)? {
+        s.record(&case.kernel, DType::F32, "fwd", &[], &case.got, &case.want);
+        if let Some(last) = s.records.last_mut() {
+            last.shape = case.shape;
+        }
+    }
+    Ok(())
 }
 
 fn check_decode_attention(s: &mut Suite, dtype: DType) -> Result<()> {

@@ -1,0 +1,149 @@
+// Quantized matrix-vector products for batch-1 decode on raw GGML blocks (the CUDA decode engine,
+// src/generate/cuda_decode/). Every weight byte is read once per product; blocks are dequantized in
+// registers and accumulated in f32. CPU twin: src/gpu/decode/reference.rs.
+//
+// Block formats (32 weights per block, little-endian, rows of k/32 consecutive blocks):
+//   Q4_0 (18 B): f16 d, u8 qs[16];         w[j] = d * ((qs[j] & 15) - 8), w[j+16] = d * ((qs[j] >> 4) - 8)
+//   Q4_1 (20 B): f16 d, f16 m, u8 qs[16];  w[j] = d * (qs[j] & 15) + m,   w[j+16] = d * (qs[j] >> 4) + m
+//   Q8_0 (34 B): f16 d, i8 qs[32];         w[j] = d * qs[j]
+//
+// Work split: one warp per output row (grid-stride over rows); lane i takes part (i & 3) of block
+// (i >> 2), i.e. 8 weights, so a warp covers 8 blocks per iteration. x (normalized when the kernel
+// fuses RMSNorm) sits in shared memory as f32.
+//
+// qmv_<q>(w, x, norm_w, y, rows, k, eps, accumulate):
+//   xn = norm_w ? x * rsqrt(mean(x^2) + eps) * norm_w : x
+//   y[r] = (accumulate ? y[r] : 0) + sum_j W[r, j] xn[j]
+// qmv_swiglu_<q>(wg, wu, x, norm_w, y, rows, k, eps):
+//   y[r] = silu(Wg[r] . xn) * (Wu[r] . xn)
+// embed_<q>(table, state, x, hidden): x = dequantized row state[0] of the table.
+#include "common.cuh"
+
+#define MV_WARPS 4
+
+// Dot product of part p (0..3) of one block with the 32 x values of that block.
+__device__ __forceinline__ float dot_part_q4_0(const uint8_t* blk, int p, const float* xb) {
+    float d = __half2float(*reinterpret_cast<const __half*>(blk));
+    const uint16_t* qs = reinterpret_cast<const uint16_t*>(blk + 2 + 4 * p);
+    uint32_t q = (uint32_t)qs[0] | ((uint32_t)qs[1] << 16);
+    float4 xl = *reinterpret_cast<const float4*>(xb + 4 * p);
+    float4 xh = *reinterpret_cast<const float4*>(xb + 16 + 4 * p);
+    float s = (float)(q & 15) * xl.x + (float)((q >> 8) & 15) * xl.y + (float)((q >> 16) & 15) * xl.z +
+              (float)((q >> 24) & 15) * xl.w + (float)((q >> 4) & 15) * xh.x +
+              (float)((q >> 12) & 15) * xh.y + (float)((q >> 20) & 15) * xh.z + (float)((q >> 28) & 15) * xh.w;
+    float sx = (xl.x + xl.y + xl.z + xl.w) + (xh.x + xh.y + xh.z + xh.w);
+    return d * (s - 8.f * sx);
+}
+
+__device__ __forceinline__ float dot_part_q4_1(const uint8_t* blk, int p, const float* xb) {
+    __half2 dm = *reinterpret_cast<const __half2*>(blk);
+    float d = __low2float(dm), m = __high2float(dm);
+    uint32_t q = *reinterpret_cast<const uint32_t*>(blk + 4 + 4 * p);
+    float4 xl = *reinterpret_cast<const float4*>(xb + 4 * p);
+    float4 xh = *reinterpret_cast<const float4*>(xb + 16 + 4 * p);
+    float s = (float)(q & 15) * xl.x + (float)((q >> 8) & 15) * xl.y + (float)((q >> 16) & 15) * xl.z +
+              (float)((q >> 24) & 15) * xl.w + (float)((q >> 4) & 15) * xh.x +
+              (float)((q >> 12) & 15) * xh.y + (float)((q >> 20) & 15) * xh.z + (float)((q >> 28) & 15) * xh.w;
+    float sx = (xl.x + xl.y + xl.z + xl.w) + (xh.x + xh.y + xh.z + xh.w);
+    return d * s + m * sx;
+}
+
+__device__ __forceinline__ float dot_part_q8_0(const uint8_t* blk, int p, const float* xb) {
+    float d = __half2float(*reinterpret_cast<const __half*>(blk));
+    const uint16_t* qs = reinterpret_cast<const uint16_t*>(blk + 2 + 8 * p);
+    float4 x0 = *reinterpret_cast<const float4*>(xb + 8 * p);
+    float4 x1 = *reinterpret_cast<const float4*>(xb + 8 * p + 4);
+    uint16_t a = qs[0], b = qs[1], c = qs[2], e = qs[3];
+    float s = (float)(int8_t)(a & 255) * x0.x + (float)(int8_t)(a >> 8) * x0.y +
+              (float)(int8_t)(b & 255) * x0.z + (float)(int8_t)(b >> 8) * x0.w +
+              (float)(int8_t)(c & 255) * x1.x + (float)(int8_t)(c >> 8) * x1.y +
+              (float)(int8_t)(e & 255) * x1.z + (float)(int8_t)(e >> 8) * x1.w;
+    return d * s;
+}
+
+// One weight j (0..31) of a block, dequantized (the embedding lookup).
+__device__ __forceinline__ float dequant_q4_0(const uint8_t* blk, int j) {
+    float d = __half2float(*reinterpret_cast<const __half*>(blk));
+    uint8_t q = blk[2 + (j & 15)];
+    int v = j < 16 ? (q & 15) : (q >> 4);
+    return d * (float)(v - 8);
+}
+__device__ __forceinline__ float dequant_q4_1(const uint8_t* blk, int j) {
+    __half2 dm = *reinterpret_cast<const __half2*>(blk);
+    uint8_t q = blk[4 + (j & 15)];
+    int v = j < 16 ? (q & 15) : (q >> 4);
+    return __low2float(dm) * (float)v + __high2float(dm);
+}
+__device__ __forceinline__ float dequant_q8_0(const uint8_t* blk, int j) {
+    float d = __half2float(*reinterpret_cast<const __half*>(blk));
+    return d * (float)(int8_t)blk[2 + j];
+}
+
+// Copies x[0..k) into shared xs, RMS-normalized and scaled by norm_w when norm_w is not null.
+__device__ __forceinline__ void load_x(const float* __restrict__ x, const float* __restrict__ norm_w,
+                                       float eps, int k, float* xs) {
+    __shared__ float red[32];
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < k; i += blockDim.x) {
+        float v = x[i];
+        xs[i] = v;
+        ss += v * v;
+    }
+    if (norm_w != nullptr) {
+        float r = rsqrtf(block_sum(ss, red) / (float)k + eps);
+        for (int i = threadIdx.x; i < k; i += blockDim.x) xs[i] = xs[i] * r * norm_w[i];
+    }
+    __syncthreads();
+}
+
+#define DEFINE_QMV(Q, BYTES)                                                                        \
+    extern "C" __global__ void qmv_##Q(const uint8_t* __restrict__ w, const float* __restrict__ x,   \
+                                       const float* __restrict__ norm_w, float* __restrict__ y,     \
+                                       int rows, int k, float eps, int accumulate) {                 \
+        extern __shared__ float xs[];                                                               \
+        load_x(x, norm_w, eps, k, xs);                                                              \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
+        int parts = (k / 32) * 4;                                                                   \
+        for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {     \
+            const uint8_t* wr = w + (size_t)row * (k / 32) * BYTES;                                 \
+            float acc = 0.f;                                                                        \
+            for (int i = lane; i < parts; i += 32)                                                  \
+                acc += dot_part_##Q(wr + (i >> 2) * BYTES, i & 3, xs + (i >> 2) * 32);              \
+            acc = warp_sum(acc);                                                                    \
+            if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
+        }                                                                                           \
+    }                                                                                               \
+    extern "C" __global__ void qmv_swiglu_##Q(const uint8_t* __restrict__ wg,                       \
+                                              const uint8_t* __restrict__ wu,                       \
+                                              const float* __restrict__ x,                          \
+                                              const float* __restrict__ norm_w,                     \
+                                              float* __restrict__ y, int rows, int k, float eps) {  \
+        extern __shared__ float xs[];                                                               \
+        load_x(x, norm_w, eps, k, xs);                                                              \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
+        int parts = (k / 32) * 4;                                                                   \
+        for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {     \
+            const uint8_t* gr = wg + (size_t)row * (k / 32) * BYTES;                                \
+            const uint8_t* ur = wu + (size_t)row * (k / 32) * BYTES;                                \
+            float g = 0.f, u = 0.f;                                                                 \
+            for (int i = lane; i < parts; i += 32) {                                                \
+                const float* xb = xs + (i >> 2) * 32;                                               \
+                g += dot_part_##Q(gr + (i >> 2) * BYTES, i & 3, xb);                                \
+                u += dot_part_##Q(ur + (i >> 2) * BYTES, i & 3, xb);                                \
+            }                                                                                       \
+            g = warp_sum(g);                                                                        \
+            u = warp_sum(u);                                                                        \
+            if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
+        }                                                                                           \
+    }                                                                                               \
+    extern "C" __global__ void embed_##Q(const uint8_t* __restrict__ table,                         \
+                                         const int* __restrict__ state, float* __restrict__ x,      \
+                                         int hidden) {                                              \
+        const uint8_t* row = table + (size_t)state[0] * (hidden / 32) * BYTES;                      \
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hidden; j += gridDim.x * blockDim.x) \
+            x[j] = dequant_##Q(row + (j / 32) * BYTES, j & 31);                                     \
+    }
+
+DEFINE_QMV(q4_0, 18)
+DEFINE_QMV(q4_1, 20)
+DEFINE_QMV(q8_0, 34)

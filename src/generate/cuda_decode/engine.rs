@@ -1,0 +1,385 @@
+//! [`DecodeEngine`]: the buffers of one batch-1 decode (activations, KV cache, token/position, logits)
+//! allocated once, the step as a fixed sequence of launches on Candle's stream, captured as a CUDA
+//! graph on first use and replayed per token (eager launches, with the reason logged, when capture
+//! fails).
+
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
+use candle_core::Device;
+
+use super::weights::{DeviceMatrix, EngineWeights};
+use super::EngineShape;
+use crate::formats::config::DecoderConfig;
+use crate::formats::weights::WeightSource;
+use crate::gpu::decode::launch::{attention_shared_bytes, device_ptr, DecodeKernels};
+use crate::gpu::decode::reference::AttentionShape;
+use crate::gpu::graph::{self, Graph};
+use crate::{Error, Result};
+
+/// How steps run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepMode {
+    /// Not decided yet: the first step tries to capture.
+    Pending,
+    /// Replaying the captured graph.
+    Graph,
+    /// Launching eagerly, for the reason given (capture failed or was turned off).
+    Eager(String),
+}
+
+/// Device buffers of the activations and the cache, with their raw addresses.
+struct Buffers {
+    _owned: Vec<CudaSlice<f32>>,
+    _state: CudaSlice<i32>,
+    result: CudaSlice<u32>,
+    logits: CudaSlice<f32>,
+    state_ptr: u64,
+    result_ptr: u64,
+    logits_ptr: u64,
+    x: u64,
+    qkv: u64,
+    attn: u64,
+    act: u64,
+    k_cache: u64,
+    v_cache: u64,
+}
+
+fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Candle {
+        context: format!("CUDA decode engine: {what}"),
+        source: candle_core::Error::Msg(format!("{e:?}")),
+    }
+}
+
+fn launch_err(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
+    move |source| Error::Candle {
+        context: format!("CUDA decode engine: launching {what}"),
+        source,
+    }
+}
+
+impl Buffers {
+    fn new(shape: &EngineShape, stream: &Arc<CudaStream>) -> Result<Self> {
+        let alloc = |n: usize, what: &str| -> Result<CudaSlice<f32>> {
+            stream
+                .alloc_zeros::<f32>(n)
+                .map_err(|e| driver_err(what, e))
+        };
+        let cache = shape.layers * shape.max_seq * shape.kv_heads * shape.head_dim;
+        let owned = vec![
+            alloc(shape.hidden, "x")?,
+            alloc(shape.qkv_rows(), "qkv")?,
+            alloc(shape.heads * shape.head_dim, "attention output")?,
+            alloc(shape.ffn, "mlp activation")?,
+            alloc(cache, "k cache")?,
+            alloc(cache, "v cache")?,
+        ];
+        let logits = alloc(shape.vocab, "logits")?;
+        let state = stream
+            .alloc_zeros::<i32>(2)
+            .map_err(|e| driver_err("state", e))?;
+        let result = stream
+            .alloc_zeros::<u32>(2)
+            .map_err(|e| driver_err("result", e))?;
+        let p: Vec<u64> = owned.iter().map(|s| device_ptr(s, stream)).collect();
+        Ok(Self {
+            state_ptr: device_ptr(&state, stream),
+            result_ptr: device_ptr(&result, stream),
+            logits_ptr: device_ptr(&logits, stream),
+            x: p[0],
+            qkv: p[1],
+            attn: p[2],
+            act: p[3],
+            k_cache: p[4],
+            v_cache: p[5],
+            _owned: owned,
+            _state: state,
+            result,
+            logits,
+        })
+    }
+}
+
+/// Batch-1 decode of one model on one CUDA device. See the module documentation of
+/// `generate::cuda_decode` for the step.
+pub struct DecodeEngine {
+    device: Device,
+    kernels: DecodeKernels,
+    shape: EngineShape,
+    weights: EngineWeights,
+    buffers: Buffers,
+    graph: Option<Graph>,
+    mode: StepMode,
+    /// Position of the next token (= tokens in the cache).
+    pos: usize,
+}
+
+fn check_matrix(m: &DeviceMatrix, rows: usize, cols: usize, what: &str) -> Result<()> {
+    if m.rows != rows || m.cols != cols {
+        return Err(Error::InvalidRequest(format!(
+            "CUDA decode engine: {what} is [{}, {}], expected [{rows}, {cols}]",
+            m.rows, m.cols
+        )));
+    }
+    Ok(())
+}
+
+impl DecodeEngine {
+    /// Builds the engine for `cfg` from `source` on `device` (CUDA): uploads the weights and
+    /// allocates every buffer. Errors say why the model is not supported.
+    pub fn new(cfg: &DecoderConfig, source: &dyn WeightSource, device: &Device) -> Result<Self> {
+        let Device::Cuda(dev) = device else {
+            return Err(Error::InvalidRequest(format!(
+                "the CUDA decode engine needs a CUDA device, got {device:?}"
+            )));
+        };
+        let shape = EngineShape::new(cfg).map_err(|reason| {
+            Error::InvalidRequest(format!("CUDA decode engine: unsupported model: {reason}"))
+        })?;
+        let kernels = DecodeKernels::load(dev).map_err(launch_err("(loading kernels)"))?;
+        let stream = kernels.stream().clone();
+        let weights = EngineWeights::load(cfg, &shape, source, &stream)?;
+        let (h, qd) = (shape.hidden, shape.heads * shape.head_dim);
+        for (i, l) in weights.layers.iter().enumerate() {
+            let what = |m: &str| format!("layer {i} {m}");
+            check_matrix(&l.qkv, shape.qkv_rows(), h, &what("q/k/v"))?;
+            check_matrix(&l.o, h, qd, &what("o_proj"))?;
+            check_matrix(&l.gate, shape.ffn, h, &what("gate_proj"))?;
+            check_matrix(&l.up, shape.ffn, h, &what("up_proj"))?;
+            check_matrix(&l.down, h, shape.ffn, &what("down_proj"))?;
+        }
+        check_matrix(&weights.embed, shape.vocab, h, "embed_tokens")?;
+        check_matrix(weights.head(), shape.vocab, h, "lm_head")?;
+        if attention_shared_bytes(shape.head_dim, shape.max_seq) > 48 * 1024 {
+            return Err(Error::InvalidRequest(format!(
+                "CUDA decode engine: {} positions of head dim {} exceed the attention kernel's shared memory",
+                shape.max_seq, shape.head_dim
+            )));
+        }
+        let buffers = Buffers::new(&shape, &stream)?;
+        let mode = if std::env::var("WICK_CUDA_GRAPH").is_ok_and(|v| v == "0") {
+            StepMode::Eager("WICK_CUDA_GRAPH=0".into())
+        } else {
+            StepMode::Pending
+        };
+        tracing::info!(
+            "CUDA decode engine: {} layers, {:.1} MB of weights per step, {} cache positions",
+            shape.layers,
+            weights.bytes_per_step() as f64 / 1e6,
+            shape.max_seq
+        );
+        Ok(Self {
+            device: device.clone(),
+            kernels,
+            shape,
+            weights,
+            buffers,
+            graph: None,
+            mode,
+            pos: 0,
+        })
+    }
+
+    /// The engine's shapes.
+    pub fn shape(&self) -> &EngineShape {
+        &self.shape
+    }
+
+    /// How steps run now.
+    pub fn mode(&self) -> &StepMode {
+        &self.mode
+    }
+
+    /// Launches per step.
+    pub fn launches_per_step(&self) -> usize {
+        3 + 5 * self.shape.layers
+    }
+
+    /// Launches every later step eagerly (for comparisons; the graph, if any, is kept).
+    pub fn force_eager(&mut self, reason: &str) {
+        self.mode = StepMode::Eager(reason.into());
+    }
+
+    /// Replays the graph again from the next step, when one was captured.
+    pub fn use_graph(&mut self) {
+        if self.graph.is_some() {
+            self.mode = StepMode::Graph;
+        }
+    }
+
+    /// Bytes of weights read per step.
+    pub fn weight_bytes_per_step(&self) -> usize {
+        self.weights.bytes_per_step()
+    }
+
+    /// Tokens in the cache (the position of the next token).
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Forgets the sequence: the next token takes position 0.
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// The fixed launch sequence of one step (what the graph records).
+    fn launch_step(&self) -> Result<()> {
+        let (k, s, b, w) = (&self.kernels, &self.shape, &self.buffers, &self.weights);
+        let (h, eps) = (s.hidden, s.eps);
+        let norm = |i: usize| w.norms_ptr + (i * h * 4) as u64;
+        let cache_layer = (s.max_seq * s.kv_heads * s.head_dim * 4) as u64;
+        let attention = AttentionShape {
+            heads: s.heads,
+            kv_heads: s.kv_heads,
+            head_dim: s.head_dim,
+        };
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        k.embed(w.embed.quant, w.embed.ptr, b.state_ptr, b.x, h)
+            .map_err(launch_err("embed"))?;
+        for (i, l) in w.layers.iter().enumerate() {
+            let qkv = &l.qkv;
+            k.qmv(
+                qkv.quant,
+                qkv.ptr,
+                b.x,
+                norm(2 * i),
+                b.qkv,
+                qkv.rows,
+                h,
+                eps,
+                false,
+            )
+            .map_err(launch_err("qkv"))?;
+            k.rope_attention(
+                b.qkv,
+                b.k_cache + i as u64 * cache_layer,
+                b.v_cache + i as u64 * cache_layer,
+                b.state_ptr,
+                w.inv_freq_ptr,
+                b.attn,
+                attention,
+                s.max_seq,
+                scale,
+            )
+            .map_err(launch_err("rope_attention"))?;
+            let o = &l.o;
+            k.qmv(o.quant, o.ptr, b.attn, 0, b.x, h, o.cols, eps, true)
+                .map_err(launch_err("o_proj"))?;
+            k.qmv_swiglu(
+                l.gate.quant,
+                l.gate.ptr,
+                l.up.ptr,
+                b.x,
+                norm(2 * i + 1),
+                b.act,
+                s.ffn,
+                h,
+                eps,
+            )
+            .map_err(launch_err("gate/up + swiglu"))?;
+            let d = &l.down;
+            k.qmv(d.quant, d.ptr, b.act, 0, b.x, h, s.ffn, eps, true)
+                .map_err(launch_err("down_proj"))?;
+        }
+        let head = w.head();
+        k.qmv(
+            head.quant,
+            head.ptr,
+            b.x,
+            norm(2 * s.layers),
+            b.logits_ptr,
+            s.vocab,
+            h,
+            eps,
+            false,
+        )
+        .map_err(launch_err("lm_head"))?;
+        k.argmax(b.logits_ptr, s.vocab, b.result_ptr, 0)
+            .map_err(launch_err("argmax"))?;
+        Ok(())
+    }
+
+    /// Runs the step for `token` at the current position (asynchronously: read the result with
+    /// [`DecodeEngine::greedy`] or [`DecodeEngine::logits`]) and advances the position.
+    pub fn step(&mut self, token: u32) -> Result<()> {
+        if self.pos >= self.shape.max_seq {
+            return Err(Error::InvalidRequest(format!(
+                "CUDA decode engine: the cache holds {} positions",
+                self.shape.max_seq
+            )));
+        }
+        if token as usize >= self.shape.vocab {
+            return Err(Error::InvalidRequest(format!(
+                "token id {token} is outside the vocabulary of {} tokens",
+                self.shape.vocab
+            )));
+        }
+        let stream = self.kernels.stream().clone();
+        let state = [token as i32, self.pos as i32];
+        stream
+            .memcpy_htod(&state, &mut self.buffers._state)
+            .map_err(|e| driver_err("writing token and position", e))?;
+        if self.mode == StepMode::Pending {
+            self.capture();
+        }
+        match &self.graph {
+            Some(g) if self.mode == StepMode::Graph => g.replay()?,
+            _ => self.launch_step()?,
+        }
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// Records the step as a graph; on failure, logs why and stays eager.
+    fn capture(&mut self) {
+        match graph::capture(&self.device, || self.launch_step()) {
+            Ok((g, ())) => match g.upload() {
+                Ok(()) => {
+                    self.graph = Some(g);
+                    self.mode = StepMode::Graph;
+                }
+                Err(e) => {
+                    tracing::warn!("CUDA decode engine: graph upload failed, running eagerly: {e}");
+                    self.mode = StepMode::Eager(format!("graph upload failed: {e}"));
+                }
+            },
+            Err(e) => {
+                tracing::warn!("CUDA decode engine: graph capture failed, running eagerly: {e}");
+                self.mode = StepMode::Eager(format!("graph capture failed: {e}"));
+            }
+        }
+    }
+
+    /// The greedy token of the last step and its log-probability (waits for the step).
+    pub fn greedy(&self) -> Result<(u32, f32)> {
+        let mut out = [0u32; 2];
+        self.kernels
+            .stream()
+            .memcpy_dtoh(&self.buffers.result, &mut out)
+            .map_err(|e| driver_err("reading the greedy token", e))?;
+        self.kernels
+            .stream()
+            .synchronize()
+            .map_err(|e| driver_err("step", e))?;
+        Ok((out[0], f32::from_bits(out[1])))
+    }
+
+    /// The logits [vocab] of the last step (waits for the step).
+    pub fn logits(&self) -> Result<Vec<f32>> {
+        let stream = self.kernels.stream();
+        let out = stream
+            .clone_dtoh(&self.buffers.logits)
+            .map_err(|e| driver_err("reading logits", e))?;
+        stream.synchronize().map_err(|e| driver_err("step", e))?;
+        Ok(out)
+    }
+
+    /// Waits for every launched step.
+    pub fn synchronize(&self) -> Result<()> {
+        self.kernels
+            .stream()
+            .synchronize()
+            .map_err(|e| driver_err("synchronize", e))
+    }
+}

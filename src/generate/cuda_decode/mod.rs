@@ -1,0 +1,102 @@
+//! The CUDA decode engine: batch-1 decode of a LLaMA-family model with GGUF-quantized weights (Q4_0,
+//! Q4_1, Q8_0) as a fixed sequence of wick's own kernels (`gpu::decode`) on buffers allocated once,
+//! captured as one CUDA graph and replayed per token.
+//!
+//! One step (token id and position in device memory, `state`):
+//! ```text
+//! x = embed(token)                                                    1 launch
+//! per layer:  qkv = W_qkv rms_norm(x)                                 5 launches per layer
+//!             attn = attention(rope(q), rope(k) -> cache, v -> cache)
+//!             x += W_o attn
+//!             act = silu(W_gate rms_norm(x)) * (W_up rms_norm(x))
+//!             x += W_down act
+//! logits = W_head rms_norm(x); (id, logprob) = argmax(logits)        2 launches
+//! ```
+//! Prefill runs the same step once per prompt token (the K/V of every position is written by the
+//! engine itself, so the Candle path is not needed at all once the engine is attached).
+//!
+//! `WICK_CUDA_DECODE=candle` turns the engine off (generation then runs through Candle's ops and
+//! QMatMul as before).
+
+pub mod engine;
+pub mod registry;
+pub mod weights;
+
+pub use engine::DecodeEngine;
+pub use registry::{attach, session_for, Session};
+
+use crate::formats::config::DecoderConfig;
+
+/// Positions the engine's KV cache holds at most (the attention kernel keeps one score per position
+/// in 48 KiB of shared memory).
+pub const MAX_SEQ_CAP: usize = 8192;
+
+/// Whether the environment turned the engine off (`WICK_CUDA_DECODE=candle`).
+pub fn disabled_by_env() -> bool {
+    std::env::var("WICK_CUDA_DECODE").is_ok_and(|v| v.eq_ignore_ascii_case("candle"))
+}
+
+/// The shapes of one engine, from the model's config.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineShape {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    pub eps: f32,
+    /// Positions of the KV cache.
+    pub max_seq: usize,
+}
+
+impl EngineShape {
+    /// The shape for `cfg`, or why the engine cannot run it.
+    pub fn new(cfg: &DecoderConfig) -> Result<Self, String> {
+        let shape = Self {
+            layers: cfg.num_hidden_layers,
+            hidden: cfg.hidden_size,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            ffn: cfg.intermediate_size,
+            vocab: cfg.vocab_size,
+            eps: cfg.rms_norm_eps as f32,
+            max_seq: cfg.max_position_embeddings.min(MAX_SEQ_CAP),
+        };
+        if cfg.attention_bias {
+            return Err("attention biases (Qwen2) are not supported yet".into());
+        }
+        let q_out = shape.heads * shape.head_dim;
+        for (what, k) in [
+            ("hidden_size", shape.hidden),
+            ("intermediate_size", shape.ffn),
+            ("heads * head_dim", q_out),
+        ] {
+            if k % crate::gpu::decode::BLOCK != 0 {
+                return Err(format!("{what} {k} is not a multiple of 32"));
+            }
+            if k > crate::gpu::decode::launch::MAX_MATVEC_K {
+                return Err(format!(
+                    "{what} {k} exceeds the mat-vec kernel's shared-memory limit"
+                ));
+            }
+        }
+        if shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 {
+            return Err("heads not a multiple of kv heads".into());
+        }
+        if crate::gpu::decode::launch::attention_threads(shape.head_dim).is_none() {
+            return Err(format!(
+                "head_dim {} has no attention block size",
+                shape.head_dim
+            ));
+        }
+        Ok(shape)
+    }
+
+    /// Rows of the fused q/k/v product.
+    pub fn qkv_rows(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+}

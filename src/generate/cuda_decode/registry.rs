@@ -1,0 +1,167 @@
+//! Which loaded model has an engine: [`attach`] builds one when a quantized model is opened on CUDA
+//! (`TextModel::open`), keyed by the model's own weight (a `Weak` to its first quantized projection,
+//! so a dropped model frees its engine); [`session_for`] hands it to one generation at a time.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use candle_core::quantized::{QMatMul, QTensor};
+
+use super::DecodeEngine;
+use crate::formats::config::DecoderConfig;
+use crate::formats::weights::{LoadOptions, WeightSource};
+use crate::generate::sampler::SamplingParams;
+use crate::models::linear::BaseWeight;
+use crate::models::llama::Llama;
+use crate::Result;
+
+struct Entry {
+    key: Weak<QTensor>,
+    engine: Arc<Mutex<DecodeEngine>>,
+    busy: Arc<AtomicBool>,
+}
+
+fn entries() -> &'static Mutex<Vec<Entry>> {
+    static ENTRIES: OnceLock<Mutex<Vec<Entry>>> = OnceLock::new();
+    ENTRIES.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// The model's first projection weight, which identifies it (shared by its clones).
+fn key_of(model: &Llama) -> Option<Arc<QTensor>> {
+    match model.linear_layers().first()?.1.weight() {
+        BaseWeight::Quantized(QMatMul::QTensor(q)) => Some(q.clone()),
+        _ => None,
+    }
+}
+
+/// Why `model` cannot use an engine now (an adapter or a merged weight changed what it computes).
+fn ineligible(model: &Llama) -> Option<String> {
+    for (name, linear) in model.linear_layers() {
+        if linear.lora.is_some() {
+            return Some(format!("{name} has a LoRA adapter"));
+        }
+        if !matches!(linear.weight(), BaseWeight::Quantized(QMatMul::QTensor(_))) {
+            return Some(format!("{name} is not quantized"));
+        }
+    }
+    None
+}
+
+/// Builds an engine for `model` (just loaded from `source` with `options`) when it runs quantized on
+/// CUDA and the engine supports it; logs why not otherwise. Never fails: the Candle path remains.
+pub fn attach(
+    model: &Llama,
+    config: &DecoderConfig,
+    source: &dyn WeightSource,
+    options: &LoadOptions,
+) {
+    if !options.device.is_cuda() || options.dtype.is_some() || super::disabled_by_env() {
+        return;
+    }
+    let Some(key) = key_of(model) else {
+        return;
+    };
+    match DecodeEngine::new(config, source, &options.device) {
+        Ok(engine) => {
+            let Ok(mut list) = entries().lock() else {
+                return;
+            };
+            list.retain(|e| e.key.strong_count() > 0);
+            list.push(Entry {
+                key: Arc::downgrade(&key),
+                engine: Arc::new(Mutex::new(engine)),
+                busy: Arc::new(AtomicBool::new(false)),
+            });
+        }
+        Err(e) => tracing::info!("CUDA decode engine not used: {e}"),
+    }
+}
+
+/// What a decode step returns to the generator.
+#[derive(Debug, Clone)]
+pub enum Next {
+    /// The logits [vocab], for the sampler.
+    Logits(Vec<f32>),
+    /// The greedy token and its log-probability, computed on the device.
+    Greedy(u32, f32),
+}
+
+/// One generation's hold on an engine (released on drop).
+pub struct Session {
+    engine: Arc<Mutex<DecodeEngine>>,
+    busy: Arc<AtomicBool>,
+    /// Greedy without a repetition penalty: the argmax kernel's answer is the sampler's.
+    device_greedy: bool,
+}
+
+/// The engine of `model` for a generation of `positions` tokens (prompt + new), if it has one that
+/// is free and fits; `None` sends the generation down the Candle path.
+pub fn session_for(model: &Llama, positions: usize, sampling: &SamplingParams) -> Option<Session> {
+    if super::disabled_by_env() {
+        return None;
+    }
+    let key = key_of(model)?;
+    let (engine, busy) = {
+        let list = entries().lock().ok()?;
+        let entry = list
+            .iter()
+            .find(|e| e.key.upgrade().is_some_and(|k| Arc::ptr_eq(&k, &key)))?;
+        (entry.engine.clone(), entry.busy.clone())
+    };
+    if let Some(reason) = ineligible(model) {
+        tracing::info!("CUDA decode engine not used: {reason}");
+        return None;
+    }
+    let max_seq = engine.lock().ok()?.shape().max_seq;
+    if positions > max_seq {
+        tracing::info!(
+            "CUDA decode engine not used: {positions} positions > its cache of {max_seq}"
+        );
+        return None;
+    }
+    if busy.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    Some(Session {
+        engine,
+        busy,
+        device_greedy: sampling.is_greedy() && sampling.repeat_penalty == 1.0,
+    })
+}
+
+impl Session {
+    fn run(&self, ids: &[u32]) -> Result<Next> {
+        let mut engine = self
+            .engine
+            .lock()
+            .map_err(|_| crate::Error::InvalidRequest("CUDA decode engine lock poisoned".into()))?;
+        for &id in ids {
+            engine.step(id)?;
+        }
+        if self.device_greedy {
+            let (id, logprob) = engine.greedy()?;
+            Ok(Next::Greedy(id, logprob))
+        } else {
+            Ok(Next::Logits(engine.logits()?))
+        }
+    }
+
+    /// Runs the prompt from position 0, one step per token; returns what follows its last token.
+    pub fn prefill(&self, prompt_ids: &[u32]) -> Result<Next> {
+        if let Ok(mut engine) = self.engine.lock() {
+            engine.reset();
+        }
+        self.run(prompt_ids)
+    }
+
+    /// Runs one generated token.
+    pub fn step(&self, id: u32) -> Result<Next> {
+        self.run(&[id])
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.busy.store(false, Ordering::Release);
+    }
+}

@@ -1,0 +1,275 @@
+//! The decode kernels against their CPU references (`reference`) on the GPU, at the default model's
+//! shapes and at odd ones: each case returns the kernel's output and the reference's, which
+//! `ops::check_suite` records (kernel names `dec_*`).
+
+use candle_core::cuda_backend::cudarc::driver::CudaSlice;
+use candle_core::quantized::QTensor;
+use candle_core::{CudaDevice, Device, Tensor};
+
+use super::launch::{device_ptr, DecodeKernels};
+use super::reference::{self, AttentionShape};
+use super::QuantType;
+use crate::ops::check::random_values;
+use crate::{Context, Result};
+
+/// One checked launch: kernel name, shape text, GPU output, reference output.
+pub struct DecodeCase {
+    pub kernel: String,
+    pub shape: String,
+    pub got: Vec<f64>,
+    pub want: Vec<f64>,
+}
+
+fn f32s(len: usize, seed: u64, scale: f64) -> Vec<f32> {
+    random_values(len, seed, scale)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect()
+}
+
+/// Seeded random weights [rows, k] quantized by Candle to `q`: the raw blocks.
+fn blocks(q: QuantType, rows: usize, k: usize, seed: u64) -> Result<Vec<u8>> {
+    let t = Tensor::from_vec(f32s(rows * k, seed, 1.0), (rows, k), &Device::Cpu)
+        .context("check weights")?;
+    let qt = QTensor::quantize(&t, q.ggml()).context("quantizing check weights")?;
+    Ok(qt.data().context("check weight bytes")?.to_vec())
+}
+
+struct Gpu<'a> {
+    kernels: &'a DecodeKernels,
+}
+
+impl Gpu<'_> {
+    fn up<T: candle_core::cuda_backend::cudarc::driver::DeviceRepr>(
+        &self,
+        v: &[T],
+    ) -> Result<CudaSlice<T>> {
+        self.kernels
+            .stream()
+            .clone_htod(v)
+            .map_err(|e| crate::Error::Candle {
+                context: "decode check upload".into(),
+                source: candle_core::Error::Msg(format!("{e:?}")),
+            })
+    }
+
+    fn down(&self, s: &CudaSlice<f32>) -> Result<Vec<f64>> {
+        let v = self
+            .kernels
+            .stream()
+            .clone_dtoh(s)
+            .map_err(|e| crate::Error::Candle {
+                context: "decode check read-back".into(),
+                source: candle_core::Error::Msg(format!("{e:?}")),
+            })?;
+        Ok(v.into_iter().map(|x| x as f64).collect())
+    }
+
+    fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        device_ptr(s, self.kernels.stream())
+    }
+}
+
+fn launch_err(kernel: &str) -> impl Fn(candle_core::Error) -> crate::Error + '_ {
+    move |source| crate::Error::Candle {
+        context: format!("launching {kernel}"),
+        source,
+    }
+}
+
+/// Runs every decode-kernel case on `dev`; `seed` varies the inputs.
+pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
+    let kernels = DecodeKernels::load(dev).map_err(launch_err("loading the decode kernels"))?;
+    let gpu = Gpu { kernels: &kernels };
+    let mut cases = Vec::new();
+    let mut seed = seed;
+    let mut next = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        seed >> 8
+    };
+    let eps = 1e-5f32;
+    for q in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+        for &(rows, k) in &[(37usize, 96usize), (960, 576), (576, 1536)] {
+            let w = blocks(q, rows, k, next())?;
+            let x = f32s(k, next(), 2.0);
+            let g = f32s(k, next(), 1.0);
+            let y0 = f32s(rows, next(), 1.0);
+            let (wd, xd, gd, yd) = (gpu.up(&w)?, gpu.up(&x)?, gpu.up(&g)?, gpu.up(&y0)?);
+            let name = format!("qmv_{}", q.suffix());
+            kernels
+                .qmv(
+                    q,
+                    gpu.ptr(&wd),
+                    gpu.ptr(&xd),
+                    gpu.ptr(&gd),
+                    gpu.ptr(&yd),
+                    rows,
+                    k,
+                    eps,
+                    true,
+                )
+                .map_err(launch_err(&name))?;
+            cases.push(DecodeCase {
+                kernel: format!("dec_{name}_norm_add"),
+                shape: format!("[{rows}, {k}]"),
+                got: gpu.down(&yd)?,
+                want: reference::qmv(q, &w, &x, Some((&g, eps)), &y0, true),
+            });
+            kernels
+                .qmv(
+                    q,
+                    gpu.ptr(&wd),
+                    gpu.ptr(&xd),
+                    0,
+                    gpu.ptr(&yd),
+                    rows,
+                    k,
+                    eps,
+                    false,
+                )
+                .map_err(launch_err(&name))?;
+            cases.push(DecodeCase {
+                kernel: format!("dec_{name}"),
+                shape: format!("[{rows}, {k}]"),
+                got: gpu.down(&yd)?,
+                want: reference::qmv(q, &w, &x, None, &y0, false),
+            });
+            let u = blocks(q, rows, k, next())?;
+            let ud = gpu.up(&u)?;
+            let name = format!("qmv_swiglu_{}", q.suffix());
+            kernels
+                .qmv_swiglu(
+                    q,
+                    gpu.ptr(&wd),
+                    gpu.ptr(&ud),
+                    gpu.ptr(&xd),
+                    gpu.ptr(&gd),
+                    gpu.ptr(&yd),
+                    rows,
+                    k,
+                    eps,
+                )
+                .map_err(launch_err(&name))?;
+            cases.push(DecodeCase {
+                kernel: format!("dec_{name}"),
+                shape: format!("[{rows}, {k}]"),
+                got: gpu.down(&yd)?,
+                want: reference::qmv_swiglu(q, &w, &u, &x, Some((&g, eps)), rows),
+            });
+        }
+        // Embedding: row `token` of a [vocab, hidden] table.
+        let (vocab, hidden) = (301, 576);
+        let table = blocks(q, vocab, hidden, next())?;
+        let token = (next() % vocab as u64) as i32;
+        let (td, sd) = (gpu.up(&table)?, gpu.up(&[token, 0i32])?);
+        let xd = gpu.up(&vec![f32::NAN; hidden])?;
+        let name = format!("embed_{}", q.suffix());
+        kernels
+            .embed(q, gpu.ptr(&td), gpu.ptr(&sd), gpu.ptr(&xd), hidden)
+            .map_err(launch_err(&name))?;
+        cases.push(DecodeCase {
+            kernel: format!("dec_{name}"),
+            shape: format!("[{vocab}, {hidden}] row {token}"),
+            got: gpu.down(&xd)?,
+            want: reference::embed(q, &table, token as usize, hidden),
+        });
+    }
+    // Attention at the default model's shape (and a GQA-free one), short and long positions.
+    for &(heads, kv_heads, d, pos) in &[
+        (9usize, 3usize, 64usize, 0usize),
+        (9, 3, 64, 5),
+        (9, 3, 64, 700),
+        (4, 4, 128, 333),
+    ] {
+        let max_seq = 1024;
+        let shape = AttentionShape {
+            heads,
+            kv_heads,
+            head_dim: d,
+        };
+        let qkv = f32s((heads + 2 * kv_heads) * d, next(), 1.0);
+        let mut kc = f32s(max_seq * kv_heads * d, next(), 1.0);
+        let mut vc = f32s(max_seq * kv_heads * d, next(), 1.0);
+        let inv: Vec<f32> = (0..d / 2)
+            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32))
+            .collect();
+        let (qd, kd, vd) = (gpu.up(&qkv)?, gpu.up(&kc)?, gpu.up(&vc)?);
+        let (sd, id) = (gpu.up(&[7i32, pos as i32])?, gpu.up(&inv)?);
+        let od = gpu.up(&vec![f32::NAN; heads * d])?;
+        let scale = 1.0 / (d as f32).sqrt();
+        kernels
+            .rope_attention(
+                gpu.ptr(&qd),
+                gpu.ptr(&kd),
+                gpu.ptr(&vd),
+                gpu.ptr(&sd),
+                gpu.ptr(&id),
+                gpu.ptr(&od),
+                shape,
+                max_seq,
+                scale,
+            )
+            .map_err(launch_err("rope_attention"))?;
+        let want = reference::rope_attention(&qkv, &mut kc, &mut vc, pos, &inv, shape, scale);
+        let shape_text = format!("h{heads} kv{kv_heads} d{d} pos{pos}");
+        cases.push(DecodeCase {
+            kernel: "dec_rope_attention".into(),
+            shape: shape_text.clone(),
+            got: gpu.down(&od)?,
+            want,
+        });
+        // The cache row written at pos (k rotated, v as is).
+        let row = kv_heads * d;
+        let got_k = gpu.down(&kd)?[pos * row..(pos + 1) * row].to_vec();
+        let got_v = gpu.down(&vd)?[pos * row..(pos + 1) * row].to_vec();
+        let want_kv: Vec<f64> = kc[pos * row..(pos + 1) * row]
+            .iter()
+            .chain(&vc[pos * row..(pos + 1) * row])
+            .map(|&v| v as f64)
+            .collect();
+        cases.push(DecodeCase {
+            kernel: "dec_rope_kv_write".into(),
+            shape: shape_text,
+            got: got_k.into_iter().chain(got_v).collect(),
+            want: want_kv,
+        });
+    }
+    // Greedy argmax + log-probability over the default model's vocabulary.
+    let n = 49152;
+    let mut logits = f32s(n, next(), 8.0);
+    let tie = (next() % n as u64) as usize;
+    logits[tie] = 9.0;
+    logits[(tie + 1000) % n] = 9.0;
+    let (ld, rd, sd) = (gpu.up(&logits)?, gpu.up(&[0u32, 0])?, gpu.up(&[0i32, 0])?);
+    kernels
+        .argmax(gpu.ptr(&ld), n, gpu.ptr(&rd), gpu.ptr(&sd))
+        .map_err(launch_err("argmax_logprob"))?;
+    let result = kernels
+        .stream()
+        .clone_dtoh(&rd)
+        .map_err(|e| crate::Error::Candle {
+            context: "argmax read-back".into(),
+            source: candle_core::Error::Msg(format!("{e:?}")),
+        })?;
+    let state = kernels
+        .stream()
+        .clone_dtoh(&sd)
+        .map_err(|e| crate::Error::Candle {
+            context: "argmax state read-back".into(),
+            source: candle_core::Error::Msg(format!("{e:?}")),
+        })?;
+    let (want_id, want_lp) = reference::argmax_logprob(&logits);
+    cases.push(DecodeCase {
+        kernel: "dec_argmax".into(),
+        shape: format!("[{n}] (id, id written to state)"),
+        got: vec![result[0] as f64, state[0] as f64],
+        want: vec![want_id as f64, want_id as f64],
+    });
+    cases.push(DecodeCase {
+        kernel: "dec_argmax_logprob".into(),
+        shape: format!("[{n}]"),
+        got: vec![f32::from_bits(result[1]) as f64],
+        want: vec![want_lp],
+    });
+    Ok(cases)
+}

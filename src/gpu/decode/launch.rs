@@ -1,0 +1,219 @@
+//! Launchers of the decode kernels on raw device pointers (`u64`, 0 for "none"). The functions are
+//! resolved once ([`DecodeKernels::load`]); a launch costs one `cuLaunchKernel` and records no cudarc
+//! events, so a sequence of them can be captured into a CUDA graph. Every pointer must stay valid
+//! until the stream has run the launch (the engine owns the buffers for its whole life).
+
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::CudaDevice;
+
+use super::QuantType;
+use crate::gpu::kernels::{function, Module};
+
+type Result<T> = candle_core::Result<T>;
+
+/// Warps (rows in flight) per block of the mat-vec kernels (MV_WARPS in kernels/quant_matvec.cu).
+const MV_WARPS: usize = 4;
+/// Most blocks a mat-vec launch uses; beyond, warps loop over rows (the LM head's 49152 rows), so
+/// each block normalizes x once for many rows. 8 blocks per SM of the H100's 132.
+const MV_MAX_BLOCKS: usize = 132 * 8;
+/// Threads of the argmax block.
+const ARGMAX_THREADS: u32 = 1024;
+/// Largest `k` the mat-vec kernels hold in shared memory (48 KiB of f32 without an opt-in).
+pub const MAX_MATVEC_K: usize = 12 * 1024;
+
+/// The decode kernels of one device, with the stream they launch on (Candle's).
+pub struct DecodeKernels {
+    stream: Arc<CudaStream>,
+    qmv: [CudaFunction; 3],
+    qmv_swiglu: [CudaFunction; 3],
+    embed: [CudaFunction; 3],
+    rope_attention: CudaFunction,
+    argmax: CudaFunction,
+}
+
+fn index(q: QuantType) -> usize {
+    match q {
+        QuantType::Q4_0 => 0,
+        QuantType::Q4_1 => 1,
+        QuantType::Q8_0 => 2,
+    }
+}
+
+/// Threads of one `rope_attention` block for head dim `d`: d * g with g <= 3 (the kernel's
+/// partial-sum area), a multiple of 32, at most 256. `None` if no such g exists.
+pub fn attention_threads(d: usize) -> Option<u32> {
+    (1..=3)
+        .rev()
+        .map(|g| d * g)
+        .find(|&t| t % 32 == 0 && t <= 256 && t > 0)
+        .map(|t| t as u32)
+}
+
+impl DecodeKernels {
+    /// Loads the kernels (kernels/quant_matvec.cu, kernels/decode_step.cu) on `dev`.
+    pub fn load(dev: &CudaDevice) -> Result<Self> {
+        let per_type = |name: &'static str| -> Result<[CudaFunction; 3]> {
+            Ok([
+                function(dev, Module::QuantMatvec, name, "q4_0")?,
+                function(dev, Module::QuantMatvec, name, "q4_1")?,
+                function(dev, Module::QuantMatvec, name, "q8_0")?,
+            ])
+        };
+        Ok(Self {
+            stream: dev.cuda_stream(),
+            qmv: per_type("qmv")?,
+            qmv_swiglu: per_type("qmv_swiglu")?,
+            embed: per_type("embed")?,
+            rope_attention: function(dev, Module::DecodeStep, "rope_attention", "")?,
+            argmax: function(dev, Module::DecodeStep, "argmax_logprob", "")?,
+        })
+    }
+
+    /// The stream the kernels launch on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    fn matvec_config(rows: usize, k: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (rows.div_ceil(MV_WARPS).clamp(1, MV_MAX_BLOCKS) as u32, 1, 1),
+            block_dim: ((MV_WARPS * 32) as u32, 1, 1),
+            shared_mem_bytes: (k * 4) as u32,
+        }
+    }
+
+    /// y[r] = (accumulate ? y[r] : 0) + W[r] . xn; xn = rms_norm(x) * norm_w when `norm_w != 0`.
+    /// w: rows x k in `q` blocks; x: [k]; norm_w: [k]; y: [rows] (f32).
+    #[allow(clippy::too_many_arguments)]
+    pub fn qmv(
+        &self,
+        q: QuantType,
+        w: u64,
+        x: u64,
+        norm_w: u64,
+        y: u64,
+        rows: usize,
+        k: usize,
+        eps: f32,
+        accumulate: bool,
+    ) -> Result<()> {
+        let f = &self.qmv[index(q)];
+        let (rows_i, k_i, acc_i) = (rows as i32, k as i32, accumulate as i32);
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
+        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i);
+        unsafe { b.launch(Self::matvec_config(rows, k)) }.w()?;
+        Ok(())
+    }
+
+    /// y[r] = silu(Wg[r] . xn) * (Wu[r] . xn), r < rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qmv_swiglu(
+        &self,
+        q: QuantType,
+        gate: u64,
+        up: u64,
+        x: u64,
+        norm_w: u64,
+        y: u64,
+        rows: usize,
+        k: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let f = &self.qmv_swiglu[index(q)];
+        let (rows_i, k_i) = (rows as i32, k as i32);
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
+        b.arg(&rows_i).arg(&k_i).arg(&eps);
+        unsafe { b.launch(Self::matvec_config(rows, k)) }.w()?;
+        Ok(())
+    }
+
+    /// x = dequantized row state[0] of `table` (rows of `hidden` weights in `q` blocks).
+    pub fn embed(&self, q: QuantType, table: u64, state: u64, x: u64, hidden: usize) -> Result<()> {
+        let f = &self.embed[index(q)];
+        let hidden_i = hidden as i32;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&table).arg(&state).arg(&x).arg(&hidden_i);
+        let cfg = LaunchConfig {
+            grid_dim: (hidden.div_ceil(256).max(1) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    /// RoPE on the new token's q and k (position state[1]), k and v into this layer's caches, and
+    /// attention over positions 0..=state[1]. `max_seq` sizes the shared score buffer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_attention(
+        &self,
+        qkv: u64,
+        k_cache: u64,
+        v_cache: u64,
+        state: u64,
+        inv_freq: u64,
+        out: u64,
+        shape: super::reference::AttentionShape,
+        max_seq: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let d = shape.head_dim;
+        let threads = attention_threads(d).ok_or_else(|| {
+            candle_core::Error::Msg(format!("rope_attention: no block size for head dim {d}"))
+        })?;
+        let (h, kv, d_i) = (shape.heads as i32, shape.kv_heads as i32, d as i32);
+        let mut b = self.stream.launch_builder(&self.rope_attention);
+        b.arg(&qkv)
+            .arg(&k_cache)
+            .arg(&v_cache)
+            .arg(&state)
+            .arg(&inv_freq)
+            .arg(&out);
+        b.arg(&h).arg(&kv).arg(&d_i).arg(&scale);
+        let cfg = LaunchConfig {
+            grid_dim: (shape.heads as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: ((3 * d + max_seq) * 4) as u32,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    /// result (u32[2]) = (argmax, bits of its log-probability) of logits [n]; also writes the id to
+    /// state[0] when `state != 0`.
+    pub fn argmax(&self, logits: u64, n: usize, result: u64, state: u64) -> Result<()> {
+        let n_i = n as i32;
+        let mut b = self.stream.launch_builder(&self.argmax);
+        b.arg(&logits).arg(&n_i).arg(&result).arg(&state);
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (ARGMAX_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+}
+
+/// Shared memory bytes of one `rope_attention` block for `max_seq` positions.
+pub fn attention_shared_bytes(head_dim: usize, max_seq: usize) -> usize {
+    (3 * head_dim + max_seq) * 4
+}
+
+/// The raw device address of a buffer, for the launchers. The buffer must outlive every launch (and
+/// every captured graph) that uses the address.
+pub fn device_ptr<T>(
+    slice: &candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
+    stream: &CudaStream,
+) -> u64 {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    let (ptr, _sync) = slice.device_ptr(stream);
+    ptr
+}

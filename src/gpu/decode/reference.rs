@@ -1,0 +1,366 @@
+//! CPU references of the decode kernels: the exact maths of kernels/quant_matvec.cu and
+//! kernels/decode_step.cu, computed in f64 from the same inputs. The GPU check
+//! (`gpu::decode::check`, run by `wick bench gpu-check`) compares each kernel with these.
+
+use half::f16;
+
+use super::{QuantType, BLOCK};
+
+fn f16_at(bytes: &[u8], at: usize) -> f64 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f64()
+}
+
+/// Dequantizes one block (`bytes` of `q.block_bytes()`) into 32 weights.
+pub fn dequantize_block(q: QuantType, bytes: &[u8]) -> [f64; BLOCK] {
+    let mut out = [0f64; BLOCK];
+    match q {
+        QuantType::Q4_0 | QuantType::Q4_1 => {
+            let d = f16_at(bytes, 0);
+            let (m, qs) = match q {
+                QuantType::Q4_1 => (f16_at(bytes, 2), &bytes[4..20]),
+                _ => (-8.0 * d, &bytes[2..18]),
+            };
+            for (j, &byte) in qs.iter().enumerate() {
+                out[j] = d * (byte & 15) as f64 + m;
+                out[j + 16] = d * (byte >> 4) as f64 + m;
+            }
+        }
+        QuantType::Q8_0 => {
+            let d = f16_at(bytes, 0);
+            for (j, &byte) in bytes[2..34].iter().enumerate() {
+                out[j] = d * (byte as i8) as f64;
+            }
+        }
+    }
+    out
+}
+
+/// Dequantizes row `row` of a matrix of rows of `k` weights stored as `q` blocks.
+pub fn dequantize_row(q: QuantType, weights: &[u8], row: usize, k: usize) -> Vec<f64> {
+    let row_bytes = q.row_bytes(k);
+    weights[row * row_bytes..(row + 1) * row_bytes]
+        .chunks_exact(q.block_bytes())
+        .flat_map(|block| dequantize_block(q, block))
+        .collect()
+}
+
+/// `x * rsqrt(mean(x^2) + eps) * w` (HF LlamaRMSNorm).
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f64> {
+    let mean = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len() as f64;
+    let r = 1.0 / (mean + eps as f64).sqrt();
+    x.iter()
+        .zip(w)
+        .map(|(&v, &g)| v as f64 * r * g as f64)
+        .collect()
+}
+
+fn normalized(x: &[f32], norm: Option<(&[f32], f32)>) -> Vec<f64> {
+    match norm {
+        Some((w, eps)) => rms_norm(x, w, eps),
+        None => x.iter().map(|&v| v as f64).collect(),
+    }
+}
+
+fn dot_row(q: QuantType, weights: &[u8], row: usize, xn: &[f64]) -> f64 {
+    dequantize_row(q, weights, row, xn.len())
+        .iter()
+        .zip(xn)
+        .map(|(w, x)| w * x)
+        .sum()
+}
+
+/// `qmv_<q>`: y[r] = (accumulate ? y[r] : 0) + W[r] . xn, with xn = rms_norm(x) when `norm` is given.
+/// weights: rows x k as `q` blocks; x: [k]; y: [rows].
+pub fn qmv(
+    q: QuantType,
+    weights: &[u8],
+    x: &[f32],
+    norm: Option<(&[f32], f32)>,
+    y: &[f32],
+    accumulate: bool,
+) -> Vec<f64> {
+    let xn = normalized(x, norm);
+    y.iter()
+        .enumerate()
+        .map(|(r, &old)| {
+            let base = if accumulate { old as f64 } else { 0.0 };
+            base + dot_row(q, weights, r, &xn)
+        })
+        .collect()
+}
+
+/// `qmv_swiglu_<q>`: y[r] = silu(Wg[r] . xn) * (Wu[r] . xn), for `rows` rows.
+pub fn qmv_swiglu(
+    q: QuantType,
+    gate: &[u8],
+    up: &[u8],
+    x: &[f32],
+    norm: Option<(&[f32], f32)>,
+    rows: usize,
+) -> Vec<f64> {
+    let xn = normalized(x, norm);
+    (0..rows)
+        .map(|r| {
+            let g = dot_row(q, gate, r, &xn);
+            let u = dot_row(q, up, r, &xn);
+            g / (1.0 + (-g).exp()) * u
+        })
+        .collect()
+}
+
+/// `embed_<q>`: row `token` of a `q` table with rows of `hidden` weights.
+pub fn embed(q: QuantType, table: &[u8], token: usize, hidden: usize) -> Vec<f64> {
+    dequantize_row(q, table, token, hidden)
+}
+
+/// Shapes of one `rope_attention` call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// `rope_attention` for the token at `pos`: RoPE (half-split) on q and k with angles
+/// `pos * inv_freq[i]`, k and v written to the caches ([max_seq, kv_heads, d]) at `pos`, then softmax
+/// attention of each query head over positions 0..=pos of its kv head (h / (heads / kv_heads)),
+/// scores times `scale`. qkv: [heads*d | kv*d | kv*d]; returns [heads, d].
+pub fn rope_attention(
+    qkv: &[f32],
+    k_cache: &mut [f32],
+    v_cache: &mut [f32],
+    pos: usize,
+    inv_freq: &[f32],
+    shape: AttentionShape,
+    scale: f32,
+) -> Vec<f64> {
+    let AttentionShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+    } = shape;
+    let half = d / 2;
+    // Angles as the kernel forms them: an f32 product, then sin/cos.
+    let angles: Vec<f64> = inv_freq.iter().map(|&f| (pos as f32 * f) as f64).collect();
+    let rotate = |x: &[f32]| -> Vec<f64> {
+        let mut out = vec![0f64; d];
+        for i in 0..half {
+            let (s, c) = angles[i].sin_cos();
+            let (a, b) = (x[i] as f64, x[i + half] as f64);
+            out[i] = a * c - b * s;
+            out[i + half] = a * s + b * c;
+        }
+        out
+    };
+    let row = kv_heads * d;
+    for kvh in 0..kv_heads {
+        let k = rotate(&qkv[(heads + kvh) * d..(heads + kvh + 1) * d]);
+        let v = &qkv[(heads + kv_heads + kvh) * d..(heads + kv_heads + kvh + 1) * d];
+        for i in 0..d {
+            k_cache[pos * row + kvh * d + i] = k[i] as f32;
+            v_cache[pos * row + kvh * d + i] = v[i];
+        }
+    }
+    let group = heads / kv_heads;
+    let mut out = vec![0f64; heads * d];
+    for h in 0..heads {
+        let kvh = h / group;
+        let q = rotate(&qkv[h * d..(h + 1) * d]);
+        let scores: Vec<f64> = (0..=pos)
+            .map(|t| {
+                let k = &k_cache[t * row + kvh * d..t * row + kvh * d + d];
+                q.iter().zip(k).map(|(a, &b)| a * b as f64).sum::<f64>() * scale as f64
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        for (t, w) in weights.iter().enumerate() {
+            let v = &v_cache[t * row + kvh * d..t * row + kvh * d + d];
+            for i in 0..d {
+                out[h * d + i] += w / total * v[i] as f64;
+            }
+        }
+    }
+    out
+}
+
+/// `argmax_logprob`: the first index of the largest logit (NaN never wins; 0 when none is finite
+/// or above -inf) and log_softmax at it.
+pub fn argmax_logprob(logits: &[f32]) -> (u32, f64) {
+    let mut best = 0usize;
+    let mut best_value = f32::NEG_INFINITY;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > best_value {
+            best = i;
+            best_value = v;
+        }
+    }
+    let max = best_value as f64;
+    let sum: f64 = logits
+        .iter()
+        .filter(|v| **v > f32::NEG_INFINITY)
+        .map(|&v| (v as f64 - max).exp())
+        .sum();
+    (best as u32, logits[best] as f64 - max - sum.ln())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::check::random_values;
+    use candle_core::quantized::QTensor;
+    use candle_core::{Device, Tensor};
+
+    /// Quantizes seeded random weights [rows, k] with Candle; returns (raw blocks, Candle's own
+    /// dequantization), an independent implementation of the block formats.
+    fn quantized(q: QuantType, rows: usize, k: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+        let values: Vec<f32> = random_values(rows * k, seed, 1.0)
+            .into_iter()
+            .map(|v| v as f32 + 0.1)
+            .collect();
+        let t = Tensor::from_vec(values, (rows, k), &Device::Cpu).unwrap();
+        let qt = QTensor::quantize(&t, q.ggml()).unwrap();
+        let bytes = qt.data().unwrap().to_vec();
+        let dense = qt
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        (bytes, dense)
+    }
+
+    fn f32s(len: usize, seed: u64) -> Vec<f32> {
+        random_values(len, seed, 1.0)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect()
+    }
+
+    #[test]
+    fn dequantize_matches_candle_for_every_format() {
+        for (i, q) in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0]
+            .into_iter()
+            .enumerate()
+        {
+            let (rows, k) = (3, 96);
+            let (bytes, dense) = quantized(q, rows, k, 10 + i as u64);
+            assert_eq!(bytes.len(), rows * q.row_bytes(k), "{q:?} row bytes");
+            for r in 0..rows {
+                let ours = dequantize_row(q, &bytes, r, k);
+                for j in 0..k {
+                    let want = dense[r * k + j] as f64;
+                    assert!(
+                        (ours[j] - want).abs() <= 1e-6 * want.abs().max(1.0),
+                        "{q:?} [{r},{j}]"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn qmv_is_the_dense_product_of_the_normalized_input() {
+        let (rows, k) = (5, 64);
+        for (i, q) in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0]
+            .into_iter()
+            .enumerate()
+        {
+            let seed = 20 + 3 * i as u64;
+            let (bytes, dense) = quantized(q, rows, k, seed);
+            let x = f32s(k, seed + 1);
+            let g = f32s(k, seed + 2);
+            let y0 = f32s(rows, seed + 3);
+            let eps = 1e-5f32;
+            let ms = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / k as f64;
+            let xn: Vec<f64> = (0..k)
+                .map(|j| x[j] as f64 / (ms + eps as f64).sqrt() * g[j] as f64)
+                .collect();
+            let got = qmv(q, &bytes, &x, Some((&g, eps)), &y0, true);
+            for r in 0..rows {
+                let want =
+                    y0[r] as f64 + (0..k).map(|j| dense[r * k + j] as f64 * xn[j]).sum::<f64>();
+                assert!(
+                    (got[r] - want).abs() < 1e-5,
+                    "{q:?} row {r}: {} vs {want}",
+                    got[r]
+                );
+            }
+            // Without the norm and without accumulation: the plain product.
+            let plain = qmv(q, &bytes, &x, None, &y0, false);
+            let want: f64 = (0..k).map(|j| dense[j] as f64 * x[j] as f64).sum();
+            assert!((plain[0] - want).abs() < 1e-5);
+            // SwiGLU: silu(gate) * up, gate and up from the same rows here.
+            let sw = qmv_swiglu(q, &bytes, &bytes, &x, None, rows);
+            let silu = want / (1.0 + (-want).exp());
+            assert!((sw[0] - silu * want).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn attention_at_position_zero_returns_v_and_writes_the_rotated_key() {
+        let shape = AttentionShape {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+        };
+        let d = 8;
+        let qkv = f32s((4 + 2 + 2) * d, 31);
+        let inv: Vec<f32> = (0..d / 2)
+            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32))
+            .collect();
+        let (mut kc, mut vc) = (vec![0f32; 3 * 2 * d], vec![0f32; 3 * 2 * d]);
+        let out = rope_attention(&qkv, &mut kc, &mut vc, 0, &inv, shape, 0.3);
+        // One position: the softmax is 1, the output is v of the head's kv head; rope at 0 is identity.
+        for h in 0..4 {
+            let kvh = h / 2;
+            for i in 0..d {
+                assert!((out[h * d + i] - qkv[(6 + kvh) * d + i] as f64).abs() < 1e-12);
+            }
+        }
+        assert_eq!(&kc[..2 * d], &qkv[4 * d..6 * d]);
+    }
+
+    #[test]
+    fn attention_matches_a_two_position_hand_computation() {
+        // One head, d = 2, inv_freq = [1]: at pos 1 the query and key rotate by 1 radian, so the
+        // score with the key of position 1 is q.k (rotation preserves dot products between vectors
+        // rotated by the same angle), and position 0 holds an unrotated cached key.
+        let shape = AttentionShape {
+            heads: 1,
+            kv_heads: 1,
+            head_dim: 2,
+        };
+        let qkv = [0.5f32, -1.0, 0.25, 0.75, 2.0, -3.0];
+        let mut kc = vec![1.0f32, 0.0, 0.0, 0.0];
+        let mut vc = vec![1.0f32, 1.0, 0.0, 0.0];
+        let out = rope_attention(&qkv, &mut kc, &mut vc, 1, &[1.0], shape, 1.0);
+        let (s, c) = 1f64.sin_cos();
+        let q0 = 0.5 * c + 1.0 * s;
+        let s0 = q0; // key at position 0 is (1, 0)
+        let s1: f64 = 0.5 * 0.25 + (-1.0) * 0.75;
+        let (e0, e1) = (s0.exp(), s1.exp());
+        let want = [
+            (e0 * 1.0 + e1 * 2.0) / (e0 + e1),
+            (e0 * 1.0 + e1 * -3.0) / (e0 + e1),
+        ];
+        assert!((out[0] - want[0]).abs() < 1e-6 && (out[1] - want[1]).abs() < 1e-6);
+    }
+
+    #[test]
+    fn argmax_logprob_matches_the_sampler() {
+        let mut logits = f32s(1000, 41);
+        logits[17] = 5.0;
+        logits[600] = 5.0;
+        logits[3] = f32::NAN;
+        let (id, lp) = argmax_logprob(&logits);
+        assert_eq!(id, 17);
+        logits[3] = -1.0;
+        let want = crate::generate::sampler::log_softmax_at(&logits, 17);
+        let (_, lp2) = argmax_logprob(&logits);
+        assert!((lp2 - want as f64).abs() < 1e-5, "{lp2} vs {want}");
+        assert!(lp.is_finite());
+    }
+}

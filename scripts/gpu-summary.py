@@ -335,6 +335,7 @@ def main():
         print(f"{'MET ' if r['met'] else 'miss' if r['met'] is False else '  - '} {r['goal'] or '':>9} "
               f"wick {fmt(r['wick']):>8} anchor {fmt(r['anchor']):>8} ratio {fmt(r['ratio']):>6} "
               f"{r['unit']:<9} {r['figure']}")
+    sys.stdout.flush()
     print(f"wrote {args.out}: {len(rows)} rows, {sum(r['goal'] is not None for r in rows)} goals, "
           f"{sum(r['met'] is True for r in rows)} met", file=sys.stderr)
 

@@ -24,7 +24,8 @@ extract() {
   if [[ ! -d $src ]]; then
     local tarball=$stage/files/e2e-extras.tar.xz
     [[ -f $tarball ]] || { echo "no $tarball: pack with scripts/device-run.sh pack --first \$(scripts/device/make-extras.sh)"; return 1; }
-    mkdir -p "$stage" && tar -xJf "$tarball" -C "$stage" || return 1
+    mkdir -p "$stage" && python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      "$tarball" "$stage" || return 1
   fi
 }
 

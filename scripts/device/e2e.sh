@@ -33,7 +33,9 @@ need_gguf() {
 case "${1:-}" in
   setup)
     if [[ ! -d $stage/e2e ]]; then
-      tar -xJf "$stage/files/e2e-extras.tar.xz" -C "$stage" || exit 1
+      # Python's tarfile: the image may have no xz binary.
+      python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+        "$stage/files/e2e-extras.tar.xz" "$stage" || exit 1
     fi
     if [[ ! -d $stage/site/liger_kernel ]]; then
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$stage/site" \

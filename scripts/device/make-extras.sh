@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Packs what the end-to-end GPU benchmarks (issue 8) need on the device besides wick and the GGUF into
-# one file, .device/extras/e2e-extras.tar.xz (~6 MB; `scripts/device-run.sh pack --first` carries it
+# one file, .device/extras/e2e-extras.tar.xz (~5 MB; `scripts/device-run.sh pack --first` carries it
 # in the first call), and prints its path:
 #   llama.cpp/   the llama.cpp vendored in the PyPI sdist of llama-cpp-python 0.3.36, without models/,
 #                docs/, tests/, examples/, media, tools/ui and tools/server, and the ggml backends other

@@ -23,11 +23,12 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     /// What `wick generate` and `wick quickstart` load for inference on `device`: GGUF weights stay
-    /// quantized on CUDA, but are dequantized to dense f32 on the CPU, because the quantized CPU path
-    /// currently gives wrong text on longer prompts (open bug; ~540 MB for SmolLM2-135M).
+    /// quantized on every device (on the CPU through `ops::quant_matmul_cpu`, llama.cpp's maths).
     pub fn inference(device: Device) -> Self {
-        let dtype = device.is_cpu().then_some(DType::F32);
-        Self { device, dtype }
+        Self {
+            device,
+            dtype: None,
+        }
     }
 }
 

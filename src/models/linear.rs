@@ -122,12 +122,10 @@ impl Linear {
     /// x W^T + b, the frozen part alone. x: [..., in].
     pub fn base_forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
-            // wick's Q4_1 / Q8_0 CPU kernel (ops::quant_matmul_cpu) is opt-in with WICK_CPU_QMM=1
-            // until it agrees with Candle's QMatMul inside the model: its unit tests pass, but the
-            // default model's chat answer went wrong through it (seen 2026-11-25, not yet found).
+            // Q4_1 / Q8_0 on the CPU: wick's kernel (llama.cpp's maths, Q8 activations quantized
+            // once per call, tiled, on Candle's thread pool); other formats and devices: QMatMul.
             BaseWeight::Quantized(QMatMul::QTensor(q))
                 if x.dtype() == candle_core::DType::F32
-                    && crate::ops::quant_matmul_cpu::enabled()
                     && crate::ops::quant_matmul_cpu::supports(q) =>
             {
                 crate::ops::quant_matmul_cpu::forward(x, q)?

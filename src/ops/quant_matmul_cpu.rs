@@ -91,13 +91,6 @@ pub fn supports(weight: &QTensor) -> bool {
         && weight.shape().rank() == 2
 }
 
-/// Whether models route quantized CPU products here: opt-in through `WICK_CPU_QMM=1` while the
-/// model-level disagreement with Candle's QMatMul is open (see `models::linear`).
-pub fn enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("WICK_CPU_QMM").is_ok_and(|v| v == "1"))
-}
-
 /// x: [..., k] f32 on the CPU, weight: [n, k] Q4_1 or Q8_0 -> [..., n] f32.
 pub fn forward(x: &Tensor, weight: &QTensor) -> Result<Tensor> {
     let format = WeightFormat::of(weight.dtype()).ok_or_else(|| {

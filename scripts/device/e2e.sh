@@ -8,8 +8,9 @@
 #   setup                   unpack e2e-extras.tar.xz, install liger-kernel into $stage/site, write the
 #                           all-MiniLM-L6-v2 directory with random weights ($stage/minilm)
 #   llamacpp-bg             start the llama.cpp CUDA build in the background (build-llamacpp-cuda.sh)
-#   train-anchors S [RUNS]  PEFT runs (benches/anchors/train_peft.py) within S seconds; runs already
-#                           done are skipped, so the next call finishes the list
+#   train-anchors S [RUNS]  PEFT runs (benches/anchors/train_peft.py) within S seconds (and within 560 s
+#                           of the call's start); runs already done are skipped, so the next call
+#                           finishes the list
 #   llamacpp [S]            wait up to S s for the build, then llama-bench -p 512 -n 128 -ngl 99 (batch
 #                           1) and llama-batched-bench (decode at batch 1 and 8) on $WICK_SMOLLM2_GGUF
 #   decode                  wick bench decode, prompt 512, 128 tokens
@@ -56,6 +57,15 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "pef
   llamacpp-bg) bash "$repo/scripts/device/build-llamacpp-cuda.sh" bg ;;
   train-anchors)
     deadline=${2:?train-anchors SECONDS [RUNS]}
+    # Never past 560 s after the call started (on-device.sh's WICK_RUN_DATE): a call has 600 s.
+    deadline=$(python3 -c 'import datetime as d, os, sys
+start = os.environ.get("WICK_RUN_DATE")
+left = 560.0
+if start:
+    t0 = d.datetime.strptime(start, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=d.timezone.utc)
+    left -= (d.datetime.now(d.timezone.utc) - t0).total_seconds()
+print(max(0, min(float(sys.argv[1]), left)))' "$deadline")
+    echo "train-anchors: $deadline s"
     runs=${3:-eager:512,liger:512,compile:512,reduce-overhead:512,eager:2048,liger:2048,reduce-overhead:2048,compile:2048}
     python3 "$repo/benches/anchors/train_peft.py" --runs "$runs" --deadline-s "$deadline" \
       --out "$results/anchors-train.jsonl"

@@ -13,6 +13,9 @@ pub enum Command {
     GpuCheck(super::bench_gpu_check::Args),
     /// Time the fused kernels at the CUDA-kernels issue's shapes.
     Kernels(super::bench_kernels::Args),
+    /// Where the time of a small GPU op goes (checks, allocation, launch, sync, GPU), per cure.
+    #[cfg(feature = "cuda")]
+    Overhead(super::bench_overhead::Args),
     /// Embedding throughput (texts/s per batch size) and peak memory.
     Embed(super::bench_embed::Args),
     /// LoRA training tokens/s and peak memory.
@@ -28,6 +31,8 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Decode(args) => super::bench_decode::run(args),
         Command::GpuCheck(args) => super::bench_gpu_check::run(args),
         Command::Kernels(args) => super::bench_kernels::run(args),
+        #[cfg(feature = "cuda")]
+        Command::Overhead(args) => super::bench_overhead::run(args),
         Command::Embed(args) => super::bench_embed::run(args),
         Command::Train(args) => super::bench_train::run(args),
         Command::Cpu(args) => super::bench_cpu::run(args),

@@ -8,6 +8,8 @@ mod bench_dispatch;
 mod bench_embed;
 mod bench_gpu_check;
 mod bench_kernels;
+#[cfg(feature = "cuda")]
+mod bench_overhead;
 mod bench_parity;
 mod bench_train;
 mod embed;

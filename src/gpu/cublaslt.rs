@@ -57,6 +57,50 @@ struct Plan {
     b: sys::cublasLtMatrixLayout_t,
     d: sys::cublasLtMatrixLayout_t,
     algo: sys::cublasLtMatmulAlgo_t,
+    info: PlanInfo,
+}
+
+/// What the heuristic chose for a plan (cuBLASLt's algorithm configuration attributes), for the
+/// benchmarks: a split-k above 1 or a reduction scheme other than 0 means more than one kernel or
+/// a workspace pass per product.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct PlanInfo {
+    /// CUBLASLT_ALGO_CONFIG_ID.
+    pub algo_id: u32,
+    /// CUBLASLT_ALGO_CONFIG_TILE_ID (cublasLtMatmulTile_t).
+    pub tile_id: u32,
+    /// CUBLASLT_ALGO_CONFIG_SPLITK_NUM (1 = no split-k).
+    pub split_k: u32,
+    /// CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME (0 = none).
+    pub reduction_scheme: u32,
+    /// Workspace the algorithm needs, bytes.
+    pub workspace_bytes: usize,
+    /// The heuristic's estimate of waves (blocks / (SMs x blocks per SM)).
+    pub waves: f32,
+}
+
+/// Reads one u32 algorithm configuration attribute (0 if cuBLASLt does not report it).
+fn algo_attribute(
+    algo: &sys::cublasLtMatmulAlgo_t,
+    attr: sys::cublasLtMatmulAlgoConfigAttributes_t,
+) -> u32 {
+    let mut value = 0u32;
+    let mut written = 0usize;
+    // SAFETY: the buffer is a live u32 and its size is passed; every attribute read here is 32-bit.
+    let status = unsafe {
+        sys::cublasLtMatmulAlgoConfigGetAttribute(
+            algo,
+            attr,
+            (&mut value) as *mut u32 as *mut _,
+            std::mem::size_of::<u32>(),
+            &mut written,
+        )
+    };
+    if status == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        value
+    } else {
+        0
+    }
 }
 
 // SAFETY: the handles are plain descriptors that cuBLASLt allows to be used from any thread; a plan
@@ -139,6 +183,25 @@ impl LtContext {
         Ok(ctx)
     }
 
+    /// What the heuristic chose for y = x W^T, x: [m, k], W: [n, k] (`OutIn`) in `dtype`, building
+    /// the plan if it is not cached.
+    pub fn plan_info(
+        &self,
+        dtype: DType,
+        (m, n, k): (usize, usize, usize),
+        bias: bool,
+    ) -> candle_core::Result<PlanInfo> {
+        let key = PlanKey {
+            dtype,
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            weight: WeightLayout::OutIn,
+            bias,
+        };
+        Ok(self.plan(key)?.info)
+    }
+
     /// How many plans are cached (for tests and the dispatch benchmark).
     pub fn cached_plans(&self) -> usize {
         self.plans.lock().map(|p| p.len()).unwrap_or(0)
@@ -201,6 +264,7 @@ impl LtContext {
             d,
             // SAFETY: an all-zero algo is a valid placeholder; it is overwritten below.
             algo: unsafe { std::mem::zeroed() },
+            info: PlanInfo::default(),
         };
         let no_transpose = 0i32;
         let epilogue = if key.bias {
@@ -233,6 +297,16 @@ impl LtContext {
         }
         .map_err(|e| cuda_err(&format!("heuristic for {key:?}"), e))?;
         plan.algo = heuristic.algo;
+        use sys::cublasLtMatmulAlgoConfigAttributes_t as A;
+        plan.info = PlanInfo {
+            algo_id: algo_attribute(&plan.algo, A::CUBLASLT_ALGO_CONFIG_ID),
+            tile_id: algo_attribute(&plan.algo, A::CUBLASLT_ALGO_CONFIG_TILE_ID),
+            split_k: algo_attribute(&plan.algo, A::CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
+            reduction_scheme: algo_attribute(&plan.algo, A::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME),
+            workspace_bytes: heuristic.workspaceSize,
+            waves: heuristic.wavesCount,
+        };
+        tracing::debug!(?key, info = ?plan.info, "cuBLASLt heuristic");
         Ok(plan)
     }
 }

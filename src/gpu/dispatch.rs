@@ -1,5 +1,6 @@
 //! Matmul dispatch: `linear` computes y = x W^T (+ bias) on every device, and on CUDA picks the path
-//! (Candle's cuBLAS call or wick's cached cuBLASLt plan) per shape from a measured table.
+//! (Candle's cuBLAS call, wick's cached cuBLASLt plan, or wick's one-launch small-matrix kernel) per
+//! shape from a measured table.
 //!
 //! The table is data: `src/gpu/dispatch_table.json`, written by `wick bench dispatch --write-table`
 //! on the GPU machine (the run that wrote it is named in the file). A shape that is not in the table
@@ -21,17 +22,30 @@ pub enum MatmulPath {
     Candle,
     /// `gpu::cublaslt::matmul`: one cached descriptor, layouts and algorithm per shape.
     CublasLt,
+    /// `gpu::small_matmul::linear`: wick's one-launch kernel for small products (shapes outside
+    /// `small_matmul::supports` fall back to cuBLASLt).
+    Small,
 }
 
 impl MatmulPath {
     /// Every path the benchmark measures.
-    pub const ALL: [MatmulPath; 2] = [MatmulPath::Candle, MatmulPath::CublasLt];
+    pub const ALL: [MatmulPath; 3] = [MatmulPath::Candle, MatmulPath::CublasLt, MatmulPath::Small];
 
     /// The name used in the table and the benchmark output.
     pub fn name(self) -> &'static str {
         match self {
             MatmulPath::Candle => "candle",
             MatmulPath::CublasLt => "cublas-lt",
+            MatmulPath::Small => "small",
+        }
+    }
+
+    /// Whether this path runs a product of x: [m, k] and W: [n, k] itself (rather than handing it
+    /// to another path): false only for `Small` beyond the small kernel's limits.
+    pub fn takes(self, m: usize, n: usize, k: usize) -> bool {
+        match self {
+            MatmulPath::Small => super::small_matmul::supports(m, n, k),
+            _ => true,
         }
     }
 }
@@ -127,6 +141,14 @@ pub fn linear_with(
             }
         }
         MatmulPath::CublasLt => cublas_lt(x, w, bias),
+        MatmulPath::Small => {
+            let (n, k) = w.dims2().context("linear: weight must be [out, in]")?;
+            let m = x.elem_count() / k.max(1);
+            if x.device().is_cuda() && !super::small_matmul::supports(m, n, k) {
+                return cublas_lt(x, w, bias);
+            }
+            super::small_matmul::linear(x, w, bias)
+        }
     }
 }
 
@@ -169,6 +191,7 @@ mod tests {
                 entry("f32", 1, 64, 64, MatmulPath::CublasLt),
                 entry("f32", 4096, 4096, 4096, MatmulPath::Candle),
                 entry("bf16", 1, 64, 64, MatmulPath::Candle),
+                entry("f16", 64, 64, 64, MatmulPath::Small),
             ],
         };
         assert_eq!(table.choose(DType::F32, 2, 64, 64), MatmulPath::CublasLt);
@@ -177,8 +200,39 @@ mod tests {
             MatmulPath::Candle
         );
         assert_eq!(table.choose(DType::BF16, 1, 64, 64), MatmulPath::Candle);
-        // No f16 entries: Candle's path.
-        assert_eq!(table.choose(DType::F16, 1, 64, 64), MatmulPath::Candle);
+        assert_eq!(table.choose(DType::F16, 1, 64, 64), MatmulPath::Small);
+        // No f64 entries: Candle's path.
+        assert_eq!(table.choose(DType::F64, 1, 64, 64), MatmulPath::Candle);
+    }
+
+    #[test]
+    fn small_path_takes_only_what_the_kernel_supports() {
+        assert!(MatmulPath::Small.takes(64, 64, 64));
+        assert!(!MatmulPath::Small.takes(4096, 4096, 4096));
+        assert!(MatmulPath::CublasLt.takes(4096, 4096, 4096));
+        // On the CPU every path is the plain product; the small path's CPU route is its reference.
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::arange(0f32, 12., &dev)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap();
+        let w = Tensor::arange(0f32, 8., &dev)
+            .unwrap()
+            .reshape((2, 4))
+            .unwrap();
+        let y: Vec<Vec<f32>> = linear_with(MatmulPath::Small, &x, &w, None)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        // Row i of x is [4i, 4i+1, 4i+2, 4i+3]; w rows [0,1,2,3] and [4,5,6,7]: exact in f32.
+        let want: Vec<Vec<f32>> = (0..3)
+            .map(|i| {
+                (0..2)
+                    .map(|j| (0..4).map(|t| ((4 * i + t) * (4 * j + t)) as f32).sum())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(y, want);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub enum Module {
     DecodeAttention,
     QuantMatvec,
     DecodeStep,
+    SmallMatmul,
 }
 
 impl Module {
@@ -41,6 +42,9 @@ impl Module {
                 include_bytes!(concat!(env!("OUT_DIR"), "/quant_matvec.fatbin"))
             }
             Module::DecodeStep => include_bytes!(concat!(env!("OUT_DIR"), "/decode_step.fatbin")),
+            Module::SmallMatmul => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/small_matmul.fatbin"))
+            }
         }
     }
 }

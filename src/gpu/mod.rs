@@ -13,4 +13,9 @@ pub mod kernels;
 /// Launchers for those kernels, called by the fused ops' `cuda_fwd`.
 #[cfg(feature = "cuda")]
 pub mod launch;
+/// Overhead cures (event tracking, pool retention) and the per-stage timing of small ops.
+#[cfg(feature = "cuda")]
+pub mod overhead;
+/// wick's one-launch kernel for small matrix products (the dispatch table's `small` path).
+pub mod small_matmul;
 pub mod timing;

@@ -37,7 +37,7 @@ pub struct ShapeTiming {
     pub k: usize,
     /// Calls per timed run.
     pub iters: usize,
-    /// One entry per path, in `MatmulPath::ALL` order.
+    /// One entry per path that takes the shape, in `MatmulPath::ALL` order.
     pub paths: Vec<PathTiming>,
     /// The fastest path.
     pub best: MatmulPath,
@@ -74,6 +74,11 @@ pub fn time_linear(
 
     let mut paths = Vec::new();
     for path in MatmulPath::ALL {
+        // A path that would hand this shape to another one (the small kernel beyond its limits)
+        // is not measured.
+        if !path.takes(m, n, k) {
+            continue;
+        }
         let y = linear_with(path, &x, &w, None)?
             .to_dtype(DType::F32)?
             .flatten_all()?;

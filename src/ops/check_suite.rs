@@ -108,6 +108,7 @@ pub fn run_suite(
             check_swiglu(&mut suite, dtype)?;
             check_cross_entropy(&mut suite, dtype)?;
             check_lora(&mut suite, dtype)?;
+            check_small_matmul(&mut suite, dtype)?;
             check_decode_attention(&mut suite, dtype)?;
         }
         #[cfg(feature = "cuda")]
@@ -345,6 +346,50 @@ fn check_cross_entropy(s: &mut Suite, dtype: DType) -> Result<()> {
             .transpose()?
             .unwrap_or_default();
         s.record("cross_entropy", dtype, "bwd", &shape, &grad, &want_grad);
+    }
+    Ok(())
+}
+
+/// wick's small-matrix product (gpu::small_matmul) against y = x W^T + bias in f64: the skinny
+/// kernel (m <= 8, scalar and 16-byte loads), both tiled kernels, ragged edges; on CUDA also written
+/// into a NaN-filled y, so an element the kernel misses shows as an infinite error.
+fn check_small_matmul(s: &mut Suite, dtype: DType) -> Result<()> {
+    use crate::gpu::small_matmul;
+    // (leading dims of x, n, k): m = product of the leading dims.
+    let cases: [(&[usize], usize, usize); 7] = [
+        (&[1], 70, 33),
+        (&[5], 64, 64),
+        (&[2, 4], 1000, 136),
+        (&[64], 64, 64),
+        (&[100], 70, 17),
+        (&[3, 7], 129, 40),
+        (&[512], 320, 40),
+    ];
+    for (lead, n, k) in cases {
+        let m: usize = lead.iter().product();
+        let mut x_shape = lead.to_vec();
+        x_shape.push(k);
+        let x = s.rand(&x_shape, dtype, 1.0)?;
+        let w = s.rand(&[n, k], dtype, 0.5)?;
+        let bias = s.rand(&[n], dtype, 0.5)?;
+        let (xv, wv, bv) = (v(&x)?, v(&w)?, v(&bias)?);
+        let want: Vec<f64> = (0..m * n)
+            .map(|e| {
+                let (i, j) = (e / n, e % n);
+                bv[j] + (0..k).map(|t| xv[i * k + t] * wv[j * k + t]).sum::<f64>()
+            })
+            .collect();
+        let shape = [m, n, k];
+        let y = small_matmul::linear(&x, &w, Some(&bias))?;
+        s.record("small_matmul", dtype, "fwd", &shape, &v(&y)?, &want);
+        #[cfg(feature = "cuda")]
+        if s.device.is_cuda() {
+            let mut y_shape = lead.to_vec();
+            y_shape.push(n);
+            let y = (Tensor::ones(y_shape.as_slice(), dtype, s.device)? * f64::NAN)?;
+            small_matmul::linear_into(&y, &x, &w, Some(&bias))?;
+            s.record("small_matmul_into", dtype, "fwd", &shape, &v(&y)?, &want);
+        }
     }
     Ok(())
 }

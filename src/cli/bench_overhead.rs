@@ -1,0 +1,179 @@
+//! `wick bench overhead`: where the time of one small GPU operation goes (host checks, allocation,
+//! launch, synchronisation, GPU), before and after each of wick's overhead cures, in one process.
+//! Operations: one 64x64x64 f32 matmul through every path (allocating, and into a reused output)
+//! and one LoRA forward (t1 d1024 r8 bf16). Cures (gpu::overhead) are applied cumulatively:
+//! baseline, +no event tracking, +pool retention, +lean launch. Writes JSON and a markdown table.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use candle_core::DType;
+use wick::gpu::dispatch::MatmulPath;
+use wick::gpu::overhead::{self, Cures, Probe, Stages};
+
+/// Options of `wick bench overhead`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Device to measure on (cuda, cuda:N).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Calls per host timing (best of 3 runs).
+    #[arg(long, default_value_t = 500)]
+    iters: usize,
+    /// Write the measurements here as JSON.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the markdown table here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    op: String,
+    path: String,
+    cures: String,
+    #[serde(flatten)]
+    stages: Stages,
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map_or("—".into(), |v| format!("{v:.2}"))
+}
+
+/// Runs `wick bench overhead`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = wick::device::parse_device(&args.device)?;
+    anyhow::ensure!(device.is_cuda(), "wick bench overhead needs a CUDA device");
+    let steps = [
+        Cures::NONE,
+        Cures {
+            no_event_tracking: true,
+            ..Cures::NONE
+        },
+        Cures {
+            no_event_tracking: true,
+            pool_retention: true,
+            lean_launch: false,
+        },
+        Cures::ALL,
+    ];
+    let matmul = (64, 64, 64);
+    let (t, d, r) = (1, 1024, 8);
+    let lora_x = overhead::random_tensor(&device, DType::BF16, &[t, d], 21)?;
+    let lora_w = (overhead::random_tensor(&device, DType::BF16, &[d, d], 22)? * 0.05)?;
+    let lora_a = (overhead::random_tensor(&device, DType::BF16, &[r, d], 23)? * 0.05)?;
+    let lora_b = (overhead::random_tensor(&device, DType::BF16, &[d, r], 24)? * 0.05)?;
+
+    let mut rows = Vec::new();
+    for cures in steps {
+        let applied = overhead::apply(&device, cures)?;
+        let label = applied.label();
+        eprintln!("cures: {label}");
+        for (path, into) in [
+            (MatmulPath::Candle, false),
+            (MatmulPath::CublasLt, false),
+            (MatmulPath::Small, false),
+            (MatmulPath::CublasLt, true),
+            (MatmulPath::Small, true),
+        ] {
+            let stages =
+                overhead::measure_matmul(&device, path, into, DType::F32, matmul, args.iters)?;
+            rows.push(Row {
+                op: "matmul 64x64x64 f32".into(),
+                path: format!("{}{}", path.name(), if into { " (into y)" } else { "" }),
+                cures: label.clone(),
+                stages,
+            });
+        }
+        let call = || -> wick::Result<()> {
+            drop(wick::ops::lora_linear::lora_linear(
+                &lora_x,
+                Some(&lora_w),
+                None,
+                &lora_a,
+                &lora_b,
+                2.0,
+            )?);
+            Ok(())
+        };
+        let probe = Probe {
+            checks: None,
+            alloc_bytes: Some(t * d * 2),
+            launch: None,
+            call: &call,
+        };
+        rows.push(Row {
+            op: format!("LoRA forward t{t} d{d} r{r} bf16"),
+            path: "fused op".into(),
+            cures: label,
+            stages: overhead::measure(&device, &probe, args.iters)?,
+        });
+    }
+    // Leave the device as wick runs it.
+    overhead::apply(&device, Cures::ALL)?;
+
+    let mut graphs = Vec::new();
+    for dtype in [DType::F32, DType::BF16] {
+        let small = overhead::time_graph_small(&device, dtype, matmul, 100)?;
+        let lt = wick::gpu::timing::time_graph_matmul(&device, dtype, matmul, 100)?;
+        graphs.push(("small", small));
+        graphs.push(("cublas-lt", lt));
+    }
+
+    let mut md = String::new();
+    md.push_str("| op | path | cures | checks us | alloc+free us | launch us | host us/call | pipelined us/call | roundtrip us | GPU us |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    for row in &rows {
+        let s = &row.stages;
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            row.op,
+            row.path,
+            row.cures,
+            cell(s.checks_us),
+            cell(s.alloc_free_us),
+            cell(s.launch_us),
+            s.host_us,
+            s.pipelined_us,
+            s.roundtrip_us,
+            s.gpu_us
+        ));
+    }
+    md.push_str("\n| product in a CUDA graph (100 per graph) | path | us per product | rel err |\n|---|---|---|---|\n");
+    for (path, g) in &graphs {
+        md.push_str(&format!(
+            "| {}x{}x{} {} | {} | {:.2} | {:.1e} |\n",
+            g.m, g.n, g.k, g.dtype, path, g.us_per_kernel, g.max_rel_err
+        ));
+    }
+    println!("{md}");
+
+    let date = std::env::var("WICK_RUN_DATE").unwrap_or_default();
+    let device_name = std::env::var("WICK_DEVICE_NAME").unwrap_or_else(|_| args.device.clone());
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    if let Some(path) = &args.out {
+        let graphs: Vec<serde_json::Value> = graphs
+            .iter()
+            .map(|(p, g)| serde_json::json!({"path": p, "timing": g}))
+            .collect();
+        let json = serde_json::json!({
+            "command": command, "device": device_name, "date": date,
+            "iters": args.iters, "rows": rows, "graphs": graphs,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.markdown {
+        let text = format!(
+            "# Where the time goes: small GPU operations\n\n`{command}` on {device_name}, {date}.\n\n\
+             Host columns: Instant over {} calls, best of 3; GPU: CUDA events around 64 calls queued behind a spin kernel.\n\
+             Cures are cumulative (gpu::overhead).\n\n{md}",
+            args.iters
+        );
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! Per-call overhead of small GPU operations: the cures, and the probes that show where the time goes.
+//!
+//! A 64x64 product is ~1-5 us of GPU work, so what a call costs is mostly the host: building the
+//! op, allocating the output, launching, and, where the host waits, synchronising. Measured causes
+//! (Candle 0.11.1 on cudarc 0.19.10) and their cures, each switchable so `wick bench overhead` can
+//! show before and after in one process:
+//!
+//! - **Event tracking.** cudarc creates two CUDA events for every buffer it allocates (and destroys
+//!   them on drop) so that buffers shared between streams can be synchronised. Candle opens its
+//!   device on one stream (the per-thread stream) and never records those events on it, so they are
+//!   pure cost: four driver calls per op. Cure: `CudaContext::disable_event_tracking` while the
+//!   context has a single stream (wick creates no other); refused, with a warning, otherwise.
+//! - **Pool retention.** Candle allocates with `cuMemAllocAsync` from the device's default memory
+//!   pool, whose release threshold is 0: at every synchronisation the pool hands its free memory
+//!   back to the driver, so the next allocations map memory again. Cure: a release threshold of
+//!   u64::MAX, so freed blocks stay in the pool for reuse (what PyTorch's caching allocator does).
+//! - **Lean launch.** cudarc's launch builder fills three heap vectors per launch; wick's small
+//!   kernel can call `cuLaunchKernel` with its arguments on the stack (`small_matmul::set_lean_launch`).
+//! - **Reused output.** `*_into` variants write an existing tensor: no allocation at all, and
+//!   capturable in a CUDA graph.
+//!
+//! [`measure`] times one operation by stage with `Instant` over many calls (host) and with CUDA
+//! events around calls queued behind a spin kernel (GPU alone).
+
+use std::time::Instant;
+
+use candle_core::cuda_backend::cudarc::driver::sys;
+use candle_core::cuda_backend::cudarc::driver::CudaEvent;
+use candle_core::{CudaDevice, DType, Device, Tensor};
+use serde::Serialize;
+
+use super::dispatch::{linear_with, MatmulPath};
+use crate::{Context, Error, Result};
+
+/// The host-side cures; each can be switched on or off at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Cures {
+    /// New buffers carry no CUDA events (single-stream contexts only).
+    pub no_event_tracking: bool,
+    /// The default memory pool keeps freed memory across synchronisations.
+    pub pool_retention: bool,
+    /// wick's small kernel launches through `cuLaunchKernel` directly.
+    pub lean_launch: bool,
+}
+
+impl Cures {
+    /// Candle's and cudarc's defaults.
+    pub const NONE: Cures = Cures {
+        no_event_tracking: false,
+        pool_retention: false,
+        lean_launch: false,
+    };
+    /// Every cure: what wick runs with.
+    pub const ALL: Cures = Cures {
+        no_event_tracking: true,
+        pool_retention: true,
+        lean_launch: true,
+    };
+
+    /// A short label: "baseline" or the cures on, joined by '+'.
+    pub fn label(self) -> String {
+        let names: Vec<&str> = [
+            (self.no_event_tracking, "no-events"),
+            (self.pool_retention, "pool-keep"),
+            (self.lean_launch, "lean-launch"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect();
+        if names.is_empty() {
+            "baseline".into()
+        } else {
+            names.join("+")
+        }
+    }
+}
+
+fn cuda_device(device: &Device) -> Result<&CudaDevice> {
+    match device {
+        Device::Cuda(d) => Ok(d),
+        other => Err(Error::InvalidOption {
+            option: "device".into(),
+            reason: format!("overhead cures apply to CUDA devices, not {other:?}"),
+        }),
+    }
+}
+
+fn driver_error(what: &str, err: impl std::fmt::Debug) -> Error {
+    Error::Candle {
+        context: format!("CUDA {what}"),
+        source: candle_core::Error::Msg(format!("{err:?}")),
+    }
+}
+
+/// Sets the cures on `device` and returns those in force (event tracking stays on where the context
+/// has several streams).
+pub fn apply(device: &Device, cures: Cures) -> Result<Cures> {
+    let cuda = cuda_device(device)?;
+    let ctx = cuda.cuda_stream().context().clone();
+    let mut applied = cures;
+    if cures.no_event_tracking && ctx.is_in_multi_stream_mode() {
+        tracing::warn!("CUDA context has several streams: keeping cudarc's event tracking");
+        applied.no_event_tracking = false;
+    }
+    // SAFETY: with a single stream, cudarc never records or waits on a buffer's events (it only
+    // does so in multi-stream mode), so buffers without events behave the same. Turning tracking
+    // back on affects only buffers created afterwards.
+    unsafe {
+        if applied.no_event_tracking {
+            ctx.disable_event_tracking();
+        } else {
+            ctx.enable_event_tracking();
+        }
+    }
+    ctx.bind_to_thread()
+        .map_err(|e| driver_error("bind context", e))?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold: u64 = if cures.pool_retention { u64::MAX } else { 0 };
+    // SAFETY: `pool` receives the device's default pool handle; the attribute takes a u64.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .map_err(|e| driver_error("default memory pool", e))?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()
+        .map_err(|e| driver_error("memory pool release threshold", e))?;
+    }
+    super::small_matmul::set_lean_launch(cures.lean_launch);
+    Ok(applied)
+}
+
+/// Applies every cure ([`Cures::ALL`]); a no-op on other devices. Call once after opening a device.
+pub fn apply_defaults(device: &Device) -> Result<()> {
+    if device.is_cuda() {
+        apply(device, Cures::ALL)?;
+    }
+    Ok(())
+}
+
+/// What to measure for one operation; every closure issues the work on the device's stream.
+pub struct Probe<'a> {
+    /// The host-side checks and op construction alone (no launch), if they can be separated.
+    pub checks: Option<&'a dyn Fn() -> Result<()>>,
+    /// Bytes of the output the call allocates (timed as one allocation and its free).
+    pub alloc_bytes: Option<usize>,
+    /// The launch alone into an existing output, if the op has such a variant.
+    pub launch: Option<&'a dyn Fn() -> Result<()>>,
+    /// One whole call as a user makes it (its result dropped).
+    pub call: &'a dyn Fn() -> Result<()>,
+}
+
+/// Microseconds per call, by stage. `None` where the probe cannot separate the stage.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stages {
+    /// Shape checks, layout checks and op construction, host.
+    pub checks_us: Option<f64>,
+    /// Allocating and freeing the output, host.
+    pub alloc_free_us: Option<f64>,
+    /// Launching into an existing output, host.
+    pub launch_us: Option<f64>,
+    /// One whole call, host (no synchronisation: what the host spends before it can issue the next).
+    pub host_us: f64,
+    /// Calls issued back to back, one synchronisation at the end: the throughput of a forward pass.
+    pub pipelined_us: f64,
+    /// One call then a synchronisation, per call: the latency when the host needs the value.
+    pub roundtrip_us: f64,
+    /// GPU time per call: CUDA events around calls queued behind a spin kernel.
+    pub gpu_us: f64,
+}
+
+/// Best of three runs of `iters` calls of `f`, in microseconds per call; `sync` before each run and,
+/// when `sync_after`, before stopping the clock.
+fn best_of_3(
+    device: &Device,
+    iters: usize,
+    sync_after: bool,
+    f: &dyn Fn() -> Result<()>,
+) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        device.synchronize().context("overhead probe")?;
+        let start = Instant::now();
+        for _ in 0..iters {
+            f()?;
+        }
+        if sync_after {
+            device.synchronize().context("overhead probe")?;
+        }
+        best = best.min(start.elapsed().as_secs_f64() / iters as f64);
+    }
+    Ok(best * 1e6)
+}
+
+/// GPU cycles the spin kernel holds the stream for: ~3 ms at the H100's 1.98 GHz, longer than the
+/// host takes to queue [`GPU_CALLS`] calls at 30 us each.
+const SPIN_CYCLES: i64 = 6_000_000;
+/// Calls queued behind the spin kernel per GPU timing.
+const GPU_CALLS: usize = 64;
+
+fn timing_event(cuda: &CudaDevice) -> Result<CudaEvent> {
+    cuda.cuda_stream()
+        .context()
+        .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(|e| driver_error("event", e))
+}
+
+/// GPU microseconds per call of `f`, best of three: spin, start event, calls, end event.
+pub fn gpu_time(device: &Device, f: &dyn Fn() -> Result<()>) -> Result<f64> {
+    let cuda = cuda_device(device)?;
+    let stream = cuda.cuda_stream();
+    let (start, end) = (timing_event(cuda)?, timing_event(cuda)?);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        device.synchronize().context("gpu timing")?;
+        super::small_matmul::spin(cuda, SPIN_CYCLES)?;
+        start
+            .record(&stream)
+            .map_err(|e| driver_error("record", e))?;
+        for _ in 0..GPU_CALLS {
+            f()?;
+        }
+        end.record(&stream).map_err(|e| driver_error("record", e))?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(|e| driver_error("elapsed", e))?;
+        best = best.min(ms as f64 * 1e3 / GPU_CALLS as f64);
+    }
+    Ok(best)
+}
+
+/// Times one operation by stage; `iters` calls per host timing (keep it under ~1000 so the launch
+/// queue does not fill).
+pub fn measure(device: &Device, probe: &Probe, iters: usize) -> Result<Stages> {
+    let cuda = cuda_device(device)?;
+    // Warm up: kernel modules, plans, pool.
+    for _ in 0..3 {
+        (probe.call)()?;
+    }
+    device.synchronize().context("overhead warm-up")?;
+    let checks_us = probe
+        .checks
+        .map(|f| best_of_3(device, iters, false, f))
+        .transpose()?;
+    let alloc_free_us = match probe.alloc_bytes {
+        Some(bytes) => {
+            let alloc = || -> Result<()> {
+                // SAFETY: the buffer is freed unread.
+                let buf = unsafe { cuda.alloc::<u8>(bytes) }.context("probe allocation")?;
+                drop(buf);
+                Ok(())
+            };
+            Some(best_of_3(device, iters, false, &alloc)?)
+        }
+        None => None,
+    };
+    let launch_us = probe
+        .launch
+        .map(|f| best_of_3(device, iters, false, f))
+        .transpose()?;
+    let host_us = best_of_3(device, iters, false, probe.call)?;
+    let pipelined_us = best_of_3(device, iters, true, probe.call)?;
+    let roundtrip = || -> Result<()> {
+        (probe.call)()?;
+        device.synchronize().context("overhead roundtrip")
+    };
+    let roundtrip_us = best_of_3(device, (iters / 4).max(10), false, &roundtrip)?;
+    let gpu_us = gpu_time(device, probe.call)?;
+    Ok(Stages {
+        checks_us,
+        alloc_free_us,
+        launch_us,
+        host_us,
+        pipelined_us,
+        roundtrip_us,
+        gpu_us,
+    })
+}
+
+/// Seeded uniform(-1, 1) tensor of `shape` in `dtype` on `device`.
+pub fn random_tensor(device: &Device, dtype: DType, shape: &[usize], seed: u64) -> Result<Tensor> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let len = shape.iter().product::<usize>();
+    let values: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0..1.0)).collect();
+    Tensor::from_vec(values, shape, device)
+        .and_then(|t| t.to_dtype(dtype))
+        .context("random tensor")
+}
+
+/// The matmul probes of `wick bench overhead`: y = x W^T, x: [m, k], W: [n, k], through `path`,
+/// allocating y (`into` false) or writing a y made once (`into` true; Candle's path has no such
+/// variant). The checks stage is what `dispatch::linear` does before it launches.
+pub fn measure_matmul(
+    device: &Device,
+    path: MatmulPath,
+    into: bool,
+    dtype: DType,
+    (m, n, k): (usize, usize, usize),
+    iters: usize,
+) -> Result<Stages> {
+    let x = random_tensor(device, dtype, &[m, k], 1)?;
+    let w = random_tensor(device, dtype, &[n, k], 2)?;
+    let y = random_tensor(device, dtype, &[m, n], 3)?;
+    let checks = || -> Result<()> {
+        let (n, k) = w.dims2().context("linear")?;
+        let m = x.elem_count() / k.max(1);
+        std::hint::black_box(super::dispatch::table().choose(x.dtype(), m, n, k));
+        std::hint::black_box((x.contiguous()?, w.contiguous()?));
+        Ok(())
+    };
+    let launch_into = || -> Result<()> {
+        match path {
+            MatmulPath::Small => super::small_matmul::linear_into(&y, &x, &w, None),
+            _ => super::cublaslt::matmul_into(&y, &x, &w, super::cublaslt::WeightLayout::OutIn)
+                .context("cuBLASLt into"),
+        }
+    };
+    let allocating = || -> Result<()> {
+        drop(linear_with(path, &x, &w, None)?);
+        Ok(())
+    };
+    let has_into = path != MatmulPath::Candle;
+    let probe = if into && has_into {
+        Probe {
+            checks: Some(&checks),
+            alloc_bytes: None,
+            launch: Some(&launch_into),
+            call: &launch_into,
+        }
+    } else {
+        Probe {
+            checks: Some(&checks),
+            alloc_bytes: Some(m * n * dtype.size_in_bytes()),
+            launch: has_into.then_some(&launch_into as &dyn Fn() -> Result<()>),
+            call: &allocating,
+        }
+    };
+    measure(device, &probe, iters)
+}
+
+/// Small-kernel products replayed from a CUDA graph: `kernels_per_graph` launches of
+/// `small_matmul::linear_into` recorded once; returns the same figures as
+/// `timing::time_graph_matmul` does for cuBLASLt.
+pub fn time_graph_small(
+    device: &Device,
+    dtype: DType,
+    (m, n, k): (usize, usize, usize),
+    kernels_per_graph: usize,
+) -> Result<super::timing::GraphTiming> {
+    use super::small_matmul::linear_into;
+    let what = format!("small-kernel graph {dtype:?} m={m} n={n} k={k}");
+    let x = random_tensor(device, dtype, &[m, k], 11)?;
+    let other = random_tensor(device, dtype, &[m, k], 12)?;
+    let w = random_tensor(device, dtype, &[n, k], 13)?;
+    let y = random_tensor(device, dtype, &[m, n], 14)?;
+    linear_into(&y, &x, &w, None)?;
+    device.synchronize().context(&what)?;
+    let (graph, ()) = super::graph::capture(device, || {
+        for _ in 0..kernels_per_graph {
+            linear_into(&y, &x, &w, None)?;
+        }
+        Ok(())
+    })?;
+    graph.upload()?;
+    // Overwrite y with another product, so the check below sees what the replay wrote.
+    linear_into(&y, &other, &w, None)?;
+    graph.replay()?;
+    let reference = super::small_matmul::reference(&x, &w, None)?
+        .to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .context(&what)?;
+    let got = y
+        .to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .context(&what)?;
+    let max_rel_err = relative_error(&got, &reference).context(&what)?;
+
+    let replays = 20;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        device.synchronize().context(&what)?;
+        let start = Instant::now();
+        for _ in 0..replays {
+            graph.replay()?;
+        }
+        device.synchronize().context(&what)?;
+        best = best.min(start.elapsed().as_secs_f64() / (replays * kernels_per_graph) as f64);
+    }
+    Ok(super::timing::GraphTiming {
+        dtype: dtype.as_str().to_string(),
+        m,
+        n,
+        k,
+        kernels_per_graph,
+        us_per_kernel: best * 1e6,
+        max_rel_err,
+    })
+}
+
+/// max |got - want| / max |want| of two flat f32 tensors.
+pub fn relative_error(got: &Tensor, want: &Tensor) -> candle_core::Result<f64> {
+    let scale = want.abs()?.max(0)?.to_scalar::<f32>()? as f64;
+    let err = (got - want)?.abs()?.max(0)?.to_scalar::<f32>()? as f64;
+    Ok(err / scale.max(f64::MIN_POSITIVE))
+}

@@ -41,22 +41,81 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Recompute each decoder layer in the backward pass instead of keeping its activations.
+    #[arg(long)]
+    pub checkpoint_activations: bool,
     /// Write `<out>.json` and `<out>.md` (e.g. bench/results/train-cpu).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
-/// Peak resident set of this process in bytes (Linux `VmHWM`), if known.
-fn peak_rss_bytes() -> Option<u64> {
+/// A field of `/proc/self/status` in bytes (`VmHWM`: peak resident set, `VmRSS`: current), if known.
+fn proc_status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Peak resident set of this process in bytes (Linux `VmHWM`), if known.
+fn peak_rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmHWM:")
+}
+
+/// Current resident set in bytes (Linux `VmRSS`), if known.
+fn rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmRSS:")
+}
+
+/// Device memory in use on a CUDA device, `total - free` from the driver (`cuMemGetInfo` through
+/// cudarc's `CudaContext::mem_get_info`): every allocation of every process on the card, the CUDA
+/// context and whatever the stream-ordered pool holds. Candle keeps no allocator statistics.
+#[cfg(feature = "cuda")]
+fn device_used_bytes(device: &candle_core::Device) -> Option<u64> {
+    let cuda = device.as_cuda_device().ok()?;
+    let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+    Some((total - free) as u64)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn device_used_bytes(_device: &candle_core::Device) -> Option<u64> {
+    None
+}
+
+/// Polls [`device_used_bytes`] every millisecond on its own thread and keeps the maximum, so a peak
+/// inside a step (freed before the step ends) is seen too.
+struct DeviceMemorySampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Option<u64>>,
+}
+
+impl DeviceMemorySampler {
+    fn start(device: &candle_core::Device) -> Option<Self> {
+        device_used_bytes(device)?;
+        let device = device.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak = None;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(device_used_bytes(&device));
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            peak.max(device_used_bytes(&device))
+        });
+        Some(Self { stop, handle })
+    }
+
+    fn finish(self) -> Option<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().ok().flatten()
+    }
 }
 
 /// Runs `wick bench train`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = wick::device::parse_device(&args.device)?;
+    let device_before_load = device_used_bytes(&device);
     let dtype = if device.is_cuda() {
         DType::BF16
     } else {
@@ -72,6 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     )
     .with_context(|| format!("loading {}", path.display()))?;
     let rss_after_load = peak_rss_bytes();
+    let device_after_load = device_used_bytes(&model.model.device().clone());
     let vocab = model.model.config().vocab_size as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let total = args.warmup_steps + args.steps;
@@ -104,17 +164,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         total_steps: total,
         batch_size: args.batch_size,
         shuffle: false,
+        activation_checkpointing: args.checkpoint_activations,
         ..TrainConfig::default()
     };
     let out_dir = tempfile::tempdir()?;
     let mut step_times = Vec::new();
+    // Memory after each step: resident set now and its peak so far (CPU), device memory in use
+    // (CUDA). A figure that grows step after step is a leak.
+    let mut step_rss = Vec::new();
+    let mut step_peak_rss = Vec::new();
+    let mut step_device_used = Vec::new();
+    let train_device = model.model.device().clone();
+    let sampler = DeviceMemorySampler::start(&train_device);
     let mut last = Instant::now();
     let mut on_progress = |p: &Progress| {
         if let Progress::Step { step, loss, .. } = p {
             let t = last.elapsed().as_secs_f64();
-            last = Instant::now();
-            eprintln!("step {step}/{total}: {t:.2} s, loss {loss:.3}");
+            let (rss, peak) = (rss_bytes(), peak_rss_bytes());
+            let used = device_used_bytes(&train_device);
+            let gib = |b: Option<u64>| b.map_or(f64::NAN, |b| b as f64 / (1u64 << 30) as f64);
+            let device_note = used.map_or(String::new(), |u| {
+                format!(", device in use {:.2} GiB", gib(Some(u)))
+            });
+            eprintln!(
+                "step {step}/{total}: {t:.2} s, loss {loss:.6}, RSS {:.2} GiB (peak {:.2}){device_note}",
+                gib(rss),
+                gib(peak)
+            );
             step_times.push(t);
+            step_rss.push(gib(rss));
+            step_peak_rss.push(gib(peak));
+            step_device_used.push(gib(used));
+            last = Instant::now();
         }
     };
     let run = TrainRun {
@@ -126,7 +207,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         fault: Default::default(),
         stop_after_steps: None,
     };
-    train(&mut model.model, run, &mut on_progress)?;
+    let (_, summary) = train(&mut model.model, run, &mut on_progress)?;
+    let device_peak = sampler.and_then(DeviceMemorySampler::finish);
     let timed = &step_times[args.warmup_steps.min(step_times.len())..];
     let seconds: f64 = timed.iter().sum();
     let tokens = (timed.len() * args.batch_size * args.seq_len) as f64;
@@ -151,6 +233,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "dtype": format!("{dtype:?}"),
         "rank": args.rank,
         "targets": "all-linear",
+        "activation_checkpointing": args.checkpoint_activations,
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
         "timed_steps": timed.len(),
@@ -159,6 +242,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "peak_rss_gib": gib(peak),
         "rss_after_load_gib": gib(rss_after_load),
         "step_seconds": step_times,
+        "step_rss_gib": step_rss,
+        "step_peak_rss_gib": step_peak_rss,
+        "device_memory_method": if device_peak.is_some() { "cuMemGetInfo (total - free) polled every 1 ms on a thread: includes the CUDA context and the allocator pool" } else { "none (CPU)" },
+        "device_peak_used_gib": gib(device_peak),
+        "device_used_before_load_gib": gib(device_before_load),
+        "device_used_after_load_gib": gib(device_after_load),
+        "step_device_used_gib": step_device_used,
+        "losses": summary.losses,
         "wick_version": env!("CARGO_PKG_VERSION"),
         "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     });
@@ -173,23 +264,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )?;
         let mut md = std::fs::File::create(out.with_extension("md"))?;
         writeln!(md, "# LoRA training throughput ({})\n", args.device)?;
-        writeln!(md, "Command: `wick bench train --model {} --rank {} --seq-len {} --batch-size {} --steps {} --warmup-steps {} --device {}`\n", args.model, args.rank, args.seq_len, args.batch_size, args.steps, args.warmup_steps, args.device)?;
+        writeln!(md, "Command: `wick bench train --model {} --rank {} --seq-len {} --batch-size {} --steps {} --warmup-steps {} --device {}{}`\n", args.model, args.rank, args.seq_len, args.batch_size, args.steps, args.warmup_steps, args.device, if args.checkpoint_activations { " --checkpoint-activations" } else { "" })?;
         writeln!(md, "Machine: {cpu}, {threads} threads (shared with other work while measured). Model: {}, {dtype:?} (the GGUF dequantized), r {} on every linear layer.\n", path.display(), args.rank)?;
         writeln!(
             md,
-            "| seq | batch | s/step | tokens/s | peak RSS (GiB) | RSS after load (GiB) |"
+            "| seq | batch | s/step | tokens/s | peak RSS (GiB) | RSS after load (GiB) | device peak in use (GiB) | device in use after load (GiB) |"
         )?;
-        writeln!(md, "|---|---|---|---|---|---|")?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|")?;
         writeln!(
             md,
-            "| {} | {} | {:.2} | {:.1} | {:.2} | {:.2} |",
+            "| {} | {} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
             args.seq_len,
             args.batch_size,
             seconds / timed.len().max(1) as f64,
             tokens_per_s,
             gib(peak),
-            gib(rss_after_load)
+            gib(rss_after_load),
+            gib(device_peak),
+            gib(device_after_load)
         )?;
+        if device_peak.is_some() {
+            writeln!(md, "\nDevice memory: `total - free` from cuMemGetInfo, polled every 1 ms during the run; it includes the CUDA context ({:.2} GiB in use before the model was loaded) and what the allocator pool keeps.", gib(device_before_load))?;
+        }
         writeln!(md, "\nEvery step is the full trainer step: forward, causal-LM loss, backward, clipping, AdamW. JSON: `{}`.", out.with_extension("json").display())?;
     }
     Ok(())

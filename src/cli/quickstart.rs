@@ -111,6 +111,7 @@ fn fine_tune_and_answer_again(args: &Args, path: &std::path::Path) -> anyhow::Re
         keep_last: 1,
         resume: None,
         seed: 42,
+        checkpoint_activations: false,
         device: args.device.clone(),
         dtype: None,
     };

@@ -100,6 +100,10 @@ pub struct Args {
     /// Seed of the adapter init and the data order.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Recompute each decoder layer in the backward pass instead of keeping its activations: much
+    /// less memory (long sequences, big batches) for about one more forward pass. Needs --dropout 0.
+    #[arg(long)]
+    pub checkpoint_activations: bool,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -229,6 +233,7 @@ pub fn run_with_model(
         save_every: args.save_every,
         keep_last: args.keep_last,
         eval_every: args.eval_every,
+        activation_checkpointing: args.checkpoint_activations,
     };
     let bar = ProgressBar::new(total_steps as u64);
     bar.set_style(

@@ -31,6 +31,8 @@ use crate::ops::softmax::softmax_last_dim;
 use crate::ops::swiglu::swiglu;
 use crate::{Context, Error, Result};
 
+mod checkpointed;
+
 /// How to load a decoder: the device, and `dtype: None` to keep GGUF weights quantized (activations
 /// and dense weights in f32) or `Some(dt)` for every weight dense in `dt` (training, merging, bf16 on a
 /// GPU). The same options open the weight source, so the source already hands out tensors this way;

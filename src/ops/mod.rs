@@ -5,6 +5,7 @@
 
 pub mod check;
 pub mod check_suite;
+pub mod checkpoint;
 pub(crate) mod common;
 pub mod cross_entropy;
 pub mod decode_attention;

@@ -91,6 +91,60 @@ mod load {
     use crate::formats::gguf::{value_as_f64, value_as_u64, GgufFile};
     use crate::{Error, Result};
 
+    /// The largest layer count, and any other dimension, a config may declare: far above every real
+    /// model, low enough that nothing sized by them (tensor lists, shape products) can overflow.
+    const MAX_LAYERS: usize = 1 << 12;
+    const MAX_DIM: usize = 1 << 24;
+    /// Most bytes the RoPE tables may take (four f32 tables of context x head_dim/2 values; a 1M
+    /// context at head_dim 128 takes 0.96 GiB).
+    const MAX_ROPE_TABLE_BYTES: u64 = 1 << 30;
+
+    impl DecoderConfig {
+        /// Refuses sizes no supported model has before anything is allocated from them (a corrupt or
+        /// hostile file could otherwise ask for terabytes).
+        fn checked_sizes(self, path: &Path) -> Result<Self> {
+            for (name, value) in [
+                ("vocab_size", self.vocab_size),
+                ("hidden_size", self.hidden_size),
+                ("intermediate_size", self.intermediate_size),
+                ("num_attention_heads", self.num_attention_heads),
+                ("num_key_value_heads", self.num_key_value_heads),
+                ("head_dim", self.head_dim),
+                ("max_position_embeddings", self.max_position_embeddings),
+            ] {
+                if value > MAX_DIM {
+                    return Err(config_error(
+                        path,
+                        format!("{name} {value} is larger than wick accepts ({MAX_DIM})"),
+                    ));
+                }
+            }
+            if self.num_hidden_layers > MAX_LAYERS {
+                return Err(config_error(
+                    path,
+                    format!(
+                        "num_hidden_layers {} is larger than wick accepts ({MAX_LAYERS})",
+                        self.num_hidden_layers
+                    ),
+                ));
+            }
+            let rope_bytes = 16 * self.max_position_embeddings as u64 * (self.head_dim as u64 / 2);
+            if rope_bytes > MAX_ROPE_TABLE_BYTES {
+                return Err(config_error(
+                    path,
+                    format!(
+                        "context length {} at head_dim {} needs {} MiB of RoPE tables, more than the {} MiB wick allows",
+                        self.max_position_embeddings,
+                        self.head_dim,
+                        rope_bytes >> 20,
+                        MAX_ROPE_TABLE_BYTES >> 20
+                    ),
+                ));
+            }
+            Ok(self)
+        }
+    }
+
     fn config_error(path: &Path, reason: impl Into<String>) -> Error {
         Error::Config {
             path: path.to_path_buf(),
@@ -246,7 +300,7 @@ mod load {
                     }
                 }
             }
-            Ok(Self {
+            Self {
                 architecture,
                 vocab_size: f.usize_required("vocab_size")?,
                 hidden_size,
@@ -265,7 +319,8 @@ mod load {
                     || f.bool_or("attention_bias", false)?,
                 bos_token_id: token_ids(json.get("bos_token_id")).first().copied(),
                 eos_token_ids,
-            })
+            }
+            .checked_sizes(path)
         }
 
         /// Reads the config from GGUF metadata (`{arch}.embedding_length`, `.block_count`, ...).
@@ -305,6 +360,17 @@ mod load {
                     .and_then(value_as_f64)
             };
             let hidden_size = required("embedding_length")?;
+            let block_count = required("block_count")?;
+            // Every block has at least 9 tensors; a larger count is corrupt, and would size loops.
+            if block_count > file.header().tensors.len() {
+                return Err(Error::Format {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "`{arch_name}.block_count` is {block_count} but the file holds only {} tensors",
+                        file.header().tensors.len()
+                    ),
+                });
+            }
             let num_attention_heads = required("attention.head_count")?;
             if num_attention_heads == 0 {
                 return Err(missing(&format!("{arch_name}.attention.head_count")));
@@ -348,12 +414,12 @@ mod load {
                     });
                 }
             }
-            Ok(Self {
+            Self {
                 architecture,
                 vocab_size,
                 hidden_size,
                 intermediate_size: required("feed_forward_length")?,
-                num_hidden_layers: required("block_count")?,
+                num_hidden_layers: block_count,
                 num_attention_heads,
                 num_key_value_heads,
                 head_dim: uint("attention.key_length")?
@@ -369,7 +435,8 @@ mod load {
                     || file.tensor_info("blk.0.attn_q.bias").is_some(),
                 bos_token_id: token_id("tokenizer.ggml.bos_token_id"),
                 eos_token_ids,
-            })
+            }
+            .checked_sizes(path)
         }
     }
 }

@@ -65,6 +65,7 @@ fn unpermute_rows_into(
     n_head: usize,
 ) -> std::result::Result<(), String> {
     if n_head == 0
+        || rows == 0
         || rows % n_head != 0
         || (rows / n_head) % 2 != 0
         || bytes.len() % rows.max(1) != 0

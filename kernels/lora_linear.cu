@@ -4,7 +4,9 @@
 // rank-r projection low = s x A^T for all t tokens into shared memory (one warp per (token, k) dot),
 // then each warp produces output rows: the base dot products for all t tokens share each load of a
 // W row (16-byte vector loads when the rows are aligned), and the low-rank term is added in the same
-// pass. W is read exactly once; A is tiny and stays in L2.
+// pass (one warp reduction for both). Each warp issues the loads of its first W row (up to PRE
+// vectors per lane) and B row before the projection, so one DRAM round trip covers W, B, x and A.
+// W is read exactly once; x and A are tiny and stay in L2.
 //
 // lora_add_low_rank (many tokens): y[t, o] (+)= bias[o] + s * sum_k low[t, k] B[o, k], one thread
 // per output, with low = x A^T from cuBLAS; `accumulate` says whether y already holds x W^T.
@@ -25,6 +27,10 @@ __device__ __forceinline__ float dot16(uint4 a, uint4 b) {
     return s;
 }
 
+// 16-byte vectors of a W row each lane loads before the rank-r projection (bf16 in <= 1024 and f32
+// in <= 512 are read entirely up front); the rest of the row streams in the main loop.
+#define PRE 4
+
 template <typename T>
 __device__ void lora_linear_small(const T* __restrict__ x, const T* __restrict__ w,
                                   const T* __restrict__ bias, const T* __restrict__ a,
@@ -33,15 +39,35 @@ __device__ void lora_linear_small(const T* __restrict__ x, const T* __restrict__
     __shared__ float low[MAX_T * MAX_R];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int V = 16 / sizeof(T);
-    // 1. low[tt * r + k] = s * dot(x[tt], A[k])
+    // 0. Start this warp's first output row before anything else: the first PRE 16-byte vectors of
+    //    each lane's share of the W row, and the lane's B entries (lane k < r holds B[o, k],
+    //    B[o, k + 32]), so the DRAM latency of W and B overlaps step 1.
+    int o = blockIdx.x * WARPS + warp;
+    uint4 wpre[PRE];
+    float bpre0 = 0.f, bpre1 = 0.f;
+    if (o < out) {
+        const T* wr = w + (size_t)o * in;
+        if (vec) {
+#pragma unroll
+            for (int p = 0; p < PRE; p++) {
+                int i = (lane + p * 32) * V;
+                if (i < in) wpre[p] = __ldg(reinterpret_cast<const uint4*>(wr + i));
+            }
+        }
+        if (lane < r) bpre0 = to_f(b[(size_t)o * r + lane]);
+        if (lane + 32 < r) bpre1 = to_f(b[(size_t)o * r + lane + 32]);
+    }
+    // 1. low[tt * r + k] = s * dot(x[tt], A[k]), one warp per (token, k) pair.
     for (int p = warp; p < t * r; p += WARPS) {
         int tt = p / r, k = p % r;
         const T* xr = x + (size_t)tt * in;
         const T* ar = a + (size_t)k * in;
         float s = 0.f;
         if (vec) {
+#pragma unroll 4
             for (int i = lane * V; i < in; i += 32 * V)
-                s += dot16<T>(*reinterpret_cast<const uint4*>(xr + i), *reinterpret_cast<const uint4*>(ar + i));
+                s += dot16<T>(__ldg(reinterpret_cast<const uint4*>(xr + i)),
+                              __ldg(reinterpret_cast<const uint4*>(ar + i)));
         } else {
             for (int i = lane; i < in; i += 32) s += to_f(xr[i]) * to_f(ar[i]);
         }
@@ -49,18 +75,34 @@ __device__ void lora_linear_small(const T* __restrict__ x, const T* __restrict__
         if (lane == 0) low[p] = s * scale;
     }
     __syncthreads();
-    // 2. one warp per output row o: base product for all tokens + low-rank term.
-    for (int o = blockIdx.x * WARPS + warp; o < out; o += gridDim.x * WARPS) {
+    // 2. One warp per output row o: the base product for all tokens shares each load of the W row;
+    //    the rank-r term is added in the same pass.
+    for (bool first = true; o < out; o += gridDim.x * WARPS, first = false) {
         const T* wr = w + (size_t)o * in;
         float acc[MAX_T];
 #pragma unroll
         for (int tt = 0; tt < MAX_T; tt++) acc[tt] = 0.f;
         if (vec) {
-            for (int i = lane * V; i < in; i += 32 * V) {
-                uint4 wv = *reinterpret_cast<const uint4*>(wr + i);
+            int i = lane * V;
+            if (first) {
+#pragma unroll
+                for (int p = 0; p < PRE; p++, i += 32 * V) {
+                    if (i < in) {
+#pragma unroll
+                        for (int tt = 0; tt < MAX_T; tt++)
+                            if (tt < t)
+                                acc[tt] += dot16<T>(wpre[p], __ldg(reinterpret_cast<const uint4*>(
+                                                                 x + (size_t)tt * in + i)));
+                    }
+                }
+            }
+#pragma unroll 4
+            for (; i < in; i += 32 * V) {
+                uint4 wv = __ldg(reinterpret_cast<const uint4*>(wr + i));
 #pragma unroll
                 for (int tt = 0; tt < MAX_T; tt++)
-                    if (tt < t) acc[tt] += dot16<T>(wv, *reinterpret_cast<const uint4*>(x + (size_t)tt * in + i));
+                    if (tt < t)
+                        acc[tt] += dot16<T>(wv, __ldg(reinterpret_cast<const uint4*>(x + (size_t)tt * in + i)));
             }
         } else {
             for (int i = lane; i < in; i += 32) {
@@ -70,18 +112,20 @@ __device__ void lora_linear_small(const T* __restrict__ x, const T* __restrict__
                     if (tt < t) acc[tt] += wv * to_f(x[(size_t)tt * in + i]);
             }
         }
+        if (!first) {
+            bpre0 = lane < r ? to_f(b[(size_t)o * r + lane]) : 0.f;
+            bpre1 = lane + 32 < r ? to_f(b[(size_t)o * r + lane + 32]) : 0.f;
+        }
+        float bias_o = bias ? to_f(bias[o]) : 0.f;
 #pragma unroll
         for (int tt = 0; tt < MAX_T; tt++) {
             if (tt >= t) break;
-            float v = warp_sum(acc[tt]);
-            // lanes split the rank-r sum, then one more warp reduction.
-            float lr = 0.f;
-            for (int k = lane; k < r; k += 32) lr += low[tt * r + k] * to_f(b[(size_t)o * r + k]);
-            lr = warp_sum(lr);
-            if (lane == 0) {
-                if (bias) v += to_f(bias[o]);
-                y[(size_t)tt * out + o] = from_f<T>(v + lr);
-            }
+            // The base dot and the rank-r sum reduce together: lanes k < r add low[k] * B[o, k].
+            float v = acc[tt];
+            if (lane < r) v += low[tt * r + lane] * bpre0;
+            if (lane + 32 < r) v += low[tt * r + lane + 32] * bpre1;
+            v = warp_sum(v);
+            if (lane == 0) y[(size_t)tt * out + o] = from_f<T>(v + bias_o);
         }
     }
 }

@@ -1,57 +1,113 @@
 // RMSNorm, one block per row: y = x * r * w, r = rsqrt(mean(x^2) + eps). With a residual the sum
 // s = x + residual (rounded to T, as the residual stream is stored) is written to out[rows*n + ...]
-// and normalised. Rows up to K * blockDim stay in registers (one read of each input).
+// and normalised. Rows of aligned 16-byte vectors up to vpt * blockDim vectors stay in registers
+// (one read of each input, loads issued together; see gpu::launch::row_plan), other rows up to
+// K * blockDim elements too (scalar loads); longer rows are read twice.
 // Backward: dx = r * (g - x * r^2 * sum(g x) / n) with g = dy * w; dw = sum_rows dy * x * r,
 // accumulated per block in f32 partials [gridDim, n] and reduced by rms_norm_dw.
 #include "common.cuh"
 
 #define K 8
 
+// Most 16-byte vectors per thread in the register path (vpt <= MAXV).
+#define MAXV 8
+
 template <typename T>
 __device__ void rms_norm(const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ w,
-                         T* __restrict__ out, int rows, int n, float eps) {
+                         T* __restrict__ out, int rows, int n, float eps, int vpt) {
     __shared__ float scratch[32];
     int tid = threadIdx.x, bd = blockDim.x;
     size_t base = (size_t)blockIdx.x * n;
     T* sum_out = out + (size_t)rows * n;
     constexpr int V = Vec16<T>::V;
-    // Vector path: two 16-byte vectors per thread (rows up to 2 * V * bd elements).
-    if (n % V == 0 && n <= 2 * V * bd && aligned16(x) && aligned16(w) && aligned16(out) &&
-        (!res || aligned16(res))) {
-        float v[2 * V];
-        float ss = 0.f;
+    // Register path: up to vpt 16-byte vectors per thread, all loads issued before any arithmetic,
+    // kept raw (at most 32 registers of data); w is read at the write (shared by every row: cached).
+    if (n % V == 0 && vpt > 0 && vpt <= MAXV && n / V <= vpt * bd && aligned16(x) && aligned16(w) &&
+        aligned16(out) && (!res || aligned16(res))) {
+        int nv = n / V;
+        const uint4* x4 = reinterpret_cast<const uint4*>(x + base);
+        uint4 r[MAXV];
 #pragma unroll
-        for (int k = 0; k < 2; k++) {
-            int vi = (tid + k * bd) * V;
-            if (vi < n) {
-                Vec16<T> a;
-                a.u = *reinterpret_cast<const uint4*>(x + base + vi);
-                if (res) {
-                    Vec16<T> b, s;
-                    b.u = *reinterpret_cast<const uint4*>(res + base + vi);
+        for (int k = 0; k < MAXV; k++) {
+            int i = tid + k * bd;
+            if (k < vpt && i < nv) r[k] = __ldg(x4 + i);
+        }
+        if (res) {
+            const uint4* r4 = reinterpret_cast<const uint4*>(res + base);
+            uint4* s4 = reinterpret_cast<uint4*>(sum_out + base);
 #pragma unroll
-                    for (int j = 0; j < V; j++) s.e[j] = from_f<T>(to_f(a.e[j]) + to_f(b.e[j]));
-                    *reinterpret_cast<uint4*>(sum_out + base + vi) = s.u;
-                    a.u = s.u;
-                }
+            for (int k = 0; k < MAXV; k++) {
+                int i = tid + k * bd;
+                if (k < vpt && i < nv) {
+                    Vec16<T> a, b, sum;
+                    a.u = r[k];
+                    b.u = __ldg(r4 + i);
 #pragma unroll
-                for (int j = 0; j < V; j++) {
-                    v[k * V + j] = to_f(a.e[j]);
-                    ss += v[k * V + j] * v[k * V + j];
+                    for (int j = 0; j < V; j++) sum.e[j] = from_f<T>(to_f(a.e[j]) + to_f(b.e[j]));
+                    s4[i] = sum.u;
+                    r[k] = sum.u;
                 }
             }
         }
-        float r = rsqrtf(block_sum(ss, scratch) / n + eps);
+        float ss = 0.f;
 #pragma unroll
-        for (int k = 0; k < 2; k++) {
-            int vi = (tid + k * bd) * V;
-            if (vi < n) {
-                Vec16<T> wv, o;
-                wv.u = *reinterpret_cast<const uint4*>(w + vi);
+        for (int k = 0; k < MAXV; k++) {
+            if (k < vpt && tid + k * bd < nv) {
+                Vec16<T> a;
+                a.u = r[k];
 #pragma unroll
-                for (int j = 0; j < V; j++) o.e[j] = from_f<T>(v[k * V + j] * r * to_f(wv.e[j]));
-                *reinterpret_cast<uint4*>(out + base + vi) = o.u;
+                for (int j = 0; j < V; j++) ss += to_f(a.e[j]) * to_f(a.e[j]);
             }
+        }
+        float rs = rsqrtf(block_sum(ss, scratch) / n + eps);
+        const uint4* w4 = reinterpret_cast<const uint4*>(w);
+        uint4* o4 = reinterpret_cast<uint4*>(out + base);
+#pragma unroll
+        for (int k = 0; k < MAXV; k++) {
+            int i = tid + k * bd;
+            if (k < vpt && i < nv) {
+                Vec16<T> a, wv, o;
+                a.u = r[k];
+                wv.u = __ldg(w4 + i);
+#pragma unroll
+                for (int j = 0; j < V; j++) o.e[j] = from_f<T>(to_f(a.e[j]) * rs * to_f(wv.e[j]));
+                o4[i] = o.u;
+            }
+        }
+        return;
+    }
+    // Long aligned rows: the same in two passes of 16-byte vectors (the second read mostly from L2).
+    if (n % V == 0 && aligned16(x) && aligned16(w) && aligned16(out) && (!res || aligned16(res))) {
+        int nv = n / V;
+        const uint4* x4 = reinterpret_cast<const uint4*>(x + base);
+        uint4* s4 = reinterpret_cast<uint4*>(sum_out + base);
+        float ss = 0.f;
+        for (int i = tid; i < nv; i += bd) {
+            Vec16<T> a;
+            a.u = __ldg(x4 + i);
+            if (res) {
+                Vec16<T> b, sum;
+                b.u = __ldg(reinterpret_cast<const uint4*>(res + base) + i);
+#pragma unroll
+                for (int j = 0; j < V; j++) sum.e[j] = from_f<T>(to_f(a.e[j]) + to_f(b.e[j]));
+                s4[i] = sum.u;
+                a.u = sum.u;
+            }
+#pragma unroll
+            for (int j = 0; j < V; j++) ss += to_f(a.e[j]) * to_f(a.e[j]);
+        }
+        float rs = rsqrtf(block_sum(ss, scratch) / n + eps);
+        // With a residual each thread rereads only the sums it wrote itself: no barrier needed.
+        const uint4* src = res ? s4 : x4;
+        const uint4* w4 = reinterpret_cast<const uint4*>(w);
+        uint4* o4 = reinterpret_cast<uint4*>(out + base);
+        for (int i = tid; i < nv; i += bd) {
+            Vec16<T> a, wv, o;
+            a.u = src[i];
+            wv.u = __ldg(w4 + i);
+#pragma unroll
+            for (int j = 0; j < V; j++) o.e[j] = from_f<T>(to_f(a.e[j]) * rs * to_f(wv.e[j]));
+            o4[i] = o.u;
         }
         return;
     }
@@ -138,8 +194,17 @@ __device__ void rms_norm_dw(const float* __restrict__ partial, T* __restrict__ d
     dw[i] = from_f<T>(s);
 }
 
-#define RMS_PARAMS(T) const T* x, const T* res, const T* w, T* out, int rows, int n, float eps
-WICK_INSTANTIATE(rms_norm, RMS_PARAMS, (x, res, w, out, rows, n, eps))
+// The forward is bounded to 512 threads (no register spills in the register path); the host picks
+// 32..512.
+#define RMS_INST(suffix, T)                                                                        \
+    extern "C" __global__ void __launch_bounds__(512)                                              \
+        rms_norm_##suffix(const T* x, const T* res, const T* w, T* out, int rows, int n, float eps, \
+                          int vpt) {                                                               \
+        rms_norm<T>(x, res, w, out, rows, n, eps, vpt);                                            \
+    }
+RMS_INST(f32, float)
+RMS_INST(bf16, __nv_bfloat16)
+RMS_INST(f16, __half)
 #define RMS_BWD_PARAMS(T) const T* x, const T* w, const T* dy, T* dx, float* partial, int rows, int n, float eps
 WICK_INSTANTIATE(rms_norm_backward, RMS_BWD_PARAMS, (x, w, dy, dx, partial, rows, n, eps))
 #define RMS_DW_PARAMS(T) const float* partial, T* dw, int parts, int n

@@ -3,7 +3,8 @@
 
 Usage:
   python3 scripts/compare-train-curves.py REFERENCE.jsonl CANDIDATE.jsonl [--mode same-dtype|mixed-dtype]
-                                          [--abs-tol X] [--rel-tol X] [--window N] [--json OUT]
+                                          [--abs-tol X] [--rel-tol X] [--grad-tol X] [--window N]
+                                          [--json OUT]
 
 Both files hold one JSON object per line; the lines with "kind": "train" (or no "kind") and a "step"
 and a "loss" are compared, matched by step. Needs only the Python standard library.
@@ -15,7 +16,10 @@ Modes and their default tolerances (loss is the mean token cross-entropy, ~3 at 
                the forward agrees to ~1e-5 relative (gpu-check: f32 kernels within 1e-5), and 20 AdamW
                steps of lr 2e-4 move the adapter too little for that to grow past ~1e-4 in the loss.
                2e-3 leaves a 10x margin over that and is still 50x below the 0.1-0.4 gap a wrong
-               backward (or a bf16 base) produces. The gradient norms are reported beside (rel. diff).
+               backward (or a bf16 base) produces. AdamW normalises each gradient element, so a
+               gradient wrong by a constant factor would not show in the loss: the step-1 gradient
+               norms (same weights, same batch on both sides) must also agree to grad_tol (1e-4
+               relative; f32 reductions in another order differ by ~1e-6).
   mixed-dtype  (CUDA bf16 vs CPU/CUDA f32): the base weights are rounded to bf16 (8 bits of mantissa),
                so the curves are not expected to agree step by step. The verdict asks that the
                candidate "lowers the loss like the reference": the mean loss over the last `window`
@@ -56,6 +60,8 @@ def main():
     p.add_argument("--abs-tol", type=float, default=None)
     p.add_argument("--rel-tol", type=float, default=None)
     p.add_argument("--window", type=int, default=5)
+    p.add_argument("--grad-tol", type=float, default=1e-4,
+                   help="same-dtype: largest relative difference of the step-1 gradient norms")
     p.add_argument("--json", help="write the comparison here as JSON")
     a = p.parse_args()
 
@@ -82,11 +88,16 @@ def main():
         rel_tol = 0.0 if a.rel_tol is None else a.rel_tol
         worst = max(rows, key=lambda r: abs(r["diff"]) - rel_tol * abs(r["reference"]))
         bad = [r["step"] for r in rows if not abs(r["diff"]) <= abs_tol + rel_tol * abs(r["reference"])]
-        ok = ok and not bad
+        # Step 1 runs both sides on identical weights and batch: its gradient norm checks the
+        # gradients themselves (AdamW hides a wrongly scaled gradient from the loss curve).
+        g1 = rows[0]["grad_norm_rel_diff"] if rows[0]["step"] == 1 else float("nan")
+        g1_ok = math.isnan(g1) or g1 <= a.grad_tol
+        ok = ok and not bad and g1_ok
         result.update(abs_tol=abs_tol, rel_tol=rel_tol, max_abs_diff=abs(worst["diff"]), worst_step=worst["step"],
-                      steps_out_of_tolerance=bad)
+                      steps_out_of_tolerance=bad, step1_grad_norm_rel_diff=g1, grad_tol=a.grad_tol)
         print(f"tolerance per step: |diff| <= {abs_tol:g} + {rel_tol:g} * |reference|")
         print(f"largest |diff| {abs(worst['diff']):.3e} at step {worst['step']}; out of tolerance: {bad or 'none'}")
+        print(f"step 1 gradient norm relative difference {g1:.2e} (tolerance {a.grad_tol:g})")
     else:
         rel_tol = 0.15 if a.rel_tol is None else a.rel_tol
         w = max(1, min(a.window, len(steps) // 2))

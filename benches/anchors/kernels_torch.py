@@ -4,7 +4,9 @@ and replayed from a CUDA graph, with CUDA events around loops of many calls.
 
 Needs: torch with CUDA. Usage: python kernels_torch.py --out FILE [--target-ms 200]
 Writes {"command", "device", "date", "torch", "timings": [{kernel, implementation, dtype, shape,
-us_per_call, gb_per_s, tflop_per_s, iters}]} with implementation "torch-eager" or "torch-cuda-graph".
+us_per_call (median of 11 loops), us_best, gb_per_s, tflop_per_s, iters, loops}]} with implementation
+"torch-eager", "torch-cuda-graph" (one call per graph replay), "torch-cuda-graph-x20" (20 calls per
+graph, few-token LoRA) or "torch-clone" (copy bandwidth).
 """
 import argparse
 import datetime
@@ -15,8 +17,9 @@ import sys
 import torch
 
 
-def time_call(fn, target_ms):
-    """Microseconds per call: best of 3 event-bracketed loops sized to ~target_ms."""
+def time_call(fn, target_ms, loops=11, calls_per_fn=1):
+    """Microseconds per call: the median (and best) of `loops` event-bracketed loops, together sized to
+    ~target_ms; `fn` issues `calls_per_fn` calls. Same statistic as `wick bench kernels`."""
     for _ in range(5):
         fn()
     torch.cuda.synchronize()
@@ -26,21 +29,23 @@ def time_call(fn, target_ms):
     end.record()
     torch.cuda.synchronize()
     one_ms = max(start.elapsed_time(end), 1e-3)
-    iters = int(min(max(target_ms / one_ms, 20), 20000))
-    best = float("inf")
-    for _ in range(3):
+    iters = int(min(max(target_ms / loops / one_ms, 20), 20000))
+    per_call = []
+    for _ in range(loops):
         torch.cuda.synchronize()
         start.record()
         for _ in range(iters):
             fn()
         end.record()
         torch.cuda.synchronize()
-        best = min(best, start.elapsed_time(end) * 1e3 / iters)
-    return best, iters
+        per_call.append(start.elapsed_time(end) * 1e3 / (iters * calls_per_fn))
+    per_call.sort()
+    return per_call[len(per_call) // 2], per_call[0], iters * calls_per_fn, loops
 
 
-def graphed(fn):
-    """fn captured in a CUDA graph (after a warm-up on a side stream); returns the replay."""
+def graphed(fn, calls=1):
+    """`calls` calls of fn captured in one CUDA graph (after a warm-up on a side stream); returns the
+    replay."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -49,7 +54,8 @@ def graphed(fn):
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        fn()
+        for _ in range(calls):
+            fn()
     return g.replay
 
 
@@ -63,10 +69,10 @@ def main():
     names = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
     def push(kernel, imp, dtype, shape, result, nbytes=None, flops=None):
-        us, iters = result
+        us, us_best, iters, loops = result
         rec = dict(kernel=kernel, implementation=imp, dtype=names[dtype], shape=shape, us_per_call=us,
-                   gb_per_s=None if nbytes is None else nbytes / us / 1e3,
-                   tflop_per_s=None if flops is None else flops / us / 1e6, iters=iters)
+                   us_best=us_best, gb_per_s=None if nbytes is None else nbytes / us / 1e3,
+                   tflop_per_s=None if flops is None else flops / us / 1e6, iters=iters, loops=loops)
         print(f"{kernel:<14} {imp:<16} {rec['dtype']:>5} {shape:>22} {us:>10.2f} us", flush=True)
         timings.append(rec)
 
@@ -90,6 +96,10 @@ def main():
             push("lora_linear", "torch-eager", dtype, shape, time_call(lora, args.target_ms), nbytes, flops)
             push("lora_linear", "torch-cuda-graph", dtype, shape, time_call(graphed(lora), args.target_ms),
                  nbytes, flops)
+            if t <= 8:
+                # 20 calls per graph: time per call without one graph launch each (as wick-graph).
+                push("lora_linear", "torch-cuda-graph-x20", dtype, shape,
+                     time_call(graphed(lora, 20), args.target_ms, calls_per_fn=20), nbytes, flops)
 
     for (rows, n) in [(1, 576), (128, 576), (4096, 4096), (8, 49152)]:
         for dtype in (torch.float32, torch.bfloat16):
@@ -97,6 +107,7 @@ def main():
             w = torch.randn(n, device=dev, dtype=dtype, generator=g)
             nbytes = 2 * rows * n * x.element_size()
             shape = f"{rows}x{n}"
+            push("copy", "torch-clone", dtype, shape, time_call(lambda x=x: x.clone(), args.target_ms), nbytes)
             sm = lambda x=x: torch.softmax(x, dim=-1)
             push("softmax", "torch-eager", dtype, shape, time_call(sm, args.target_ms), nbytes)
             push("softmax", "torch-cuda-graph", dtype, shape, time_call(graphed(sm), args.target_ms), nbytes)

@@ -4,7 +4,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaStorageSlice as S, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Storage, Tensor, WithDType};
@@ -112,16 +112,53 @@ fn row_block(n: usize) -> u32 {
     (n.div_ceil(8)).next_power_of_two().clamp(32, 1024) as u32
 }
 
-/// Threads per row for the forward row kernels (softmax, rms_norm): when rows split into 16-byte
-/// vectors each thread takes two of them (8 f32 or 16 bf16/f16 elements), else 8 elements.
-fn row_block_vec<T: GpuFloat>(n: usize) -> u32 {
+/// Most 16-byte vectors per thread the forward row kernels hold in registers (MAXV in
+/// kernels/softmax.cu and kernels/rms_norm.cu).
+const ROW_MAX_VECS: usize = 8;
+/// Largest block of the forward row kernels (their `__launch_bounds__`).
+const ROW_MAX_THREADS: usize = 512;
+
+/// Vectors per thread the row plan aims for; 0 = the default (4). `wick bench kernels --row-vecs`
+/// sets it to compare plans on the same machine.
+static ROW_VECS_TARGET: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets the 16-byte vectors per thread the forward row kernels (softmax, RMSNorm) aim for (1..=8;
+/// `None` restores the default, 4). For benchmarks: every setting gives the same results.
+pub fn set_row_vecs_per_thread(target: Option<usize>) {
+    let v = target.map_or(0, |t| t.clamp(1, ROW_MAX_VECS));
+    ROW_VECS_TARGET.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Block size and vectors per thread (`vpt`) of the forward row kernels for rows of `n` elements.
+/// Rows that split into 16-byte vectors (and start 16-byte aligned) are held in registers, `vpt`
+/// vectors per thread, with the block sized so that vpt is near the target: fewer, fatter threads
+/// than one vector each, so each thread has several loads in flight and the block reduction is
+/// short. Longer rows (more than 512 * 8 vectors: 16k f32, 32k bf16) get vpt 0, the online path.
+/// Other rows: the scalar paths (8 elements per thread in registers up to 4096 elements).
+fn row_plan<T: GpuFloat>(n: usize, aligned: bool) -> (u32, i32) {
     let per_vec = 16 / std::mem::size_of::<T>();
-    if n % per_vec == 0 {
-        (n.div_ceil(2 * per_vec))
-            .next_power_of_two()
-            .clamp(32, 1024) as u32
+    if n % per_vec != 0 || !aligned {
+        return (
+            (n.div_ceil(8))
+                .next_power_of_two()
+                .clamp(32, ROW_MAX_THREADS) as u32,
+            0,
+        );
+    }
+    let vecs = n / per_vec;
+    let target = match ROW_VECS_TARGET.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => 4,
+        t => t,
+    };
+    let block = vecs
+        .div_ceil(target)
+        .next_power_of_two()
+        .clamp(32, ROW_MAX_THREADS);
+    let vpt = vecs.div_ceil(block);
+    if vpt <= ROW_MAX_VECS {
+        (block as u32, vpt as i32)
     } else {
-        row_block(n)
+        (ROW_MAX_THREADS as u32, 0)
     }
 }
 
@@ -139,7 +176,7 @@ fn rows_cols(l: &Layout) -> (usize, usize) {
     (l.shape().elem_count() / n, n)
 }
 
-/// Row-wise kernel with one input and one output of the same shape (`softmax`).
+/// Row-wise kernel with one input and one output of the same shape (`softmax`), sized by `row_plan`.
 pub fn rowwise1(s: &CudaStorage, l: &Layout, name: &'static str) -> Result<CudaStorage> {
     fn go<T: GpuFloat>(s: &CudaStorage, l: &Layout, name: &'static str) -> Result<CudaStorage> {
         let dev = &s.device;
@@ -151,10 +188,12 @@ pub fn rowwise1(s: &CudaStorage, l: &Layout, name: &'static str) -> Result<CudaS
             let stream = dev.cuda_stream();
             let mut b = stream.launch_builder(&f);
             let n_i = n as i32;
-            b.arg(&x).arg(&mut out).arg(&n_i);
+            let per_vec = 16 / std::mem::size_of::<T>();
+            let (block, vpt) = row_plan::<T>(n, l.start_offset() % per_vec == 0);
+            b.arg(&x).arg(&mut out).arg(&n_i).arg(&vpt);
             let cfg = LaunchConfig {
                 grid_dim: (rows as u32, 1, 1),
-                block_dim: (row_block_vec::<T>(n), 1, 1),
+                block_dim: (block, 1, 1),
                 shared_mem_bytes: 0,
             };
             unsafe { b.launch(cfg) }.w()?;
@@ -243,10 +282,21 @@ pub fn rms_norm(
             }
         }
         let (rows_i, n_i) = (rows as i32, n as i32);
-        b.arg(&wv).arg(&mut out).arg(&rows_i).arg(&n_i).arg(&eps);
+        let per_vec = 16 / std::mem::size_of::<T>();
+        let aligned = [Some(xl), Some(wl), residual.map(|r| r.1)]
+            .iter()
+            .flatten()
+            .all(|l| l.start_offset() % per_vec == 0);
+        let (block, vpt) = row_plan::<T>(n, aligned);
+        b.arg(&wv)
+            .arg(&mut out)
+            .arg(&rows_i)
+            .arg(&n_i)
+            .arg(&eps)
+            .arg(&vpt);
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
-            block_dim: (row_block_vec::<T>(n), 1, 1),
+            block_dim: (block, 1, 1),
             shared_mem_bytes: 0,
         };
         unsafe { b.launch(cfg) }.w()?;
@@ -507,6 +557,171 @@ fn tensor_view<'a, T: GpuFloat>(
     }
 }
 
+/// The inputs of one `lora_linear_small` launch (views at their layouts' offsets).
+struct LoraSmall<'a, T: GpuFloat> {
+    x: (&'a CudaView<'a, T>, &'a Layout),
+    w: (&'a CudaView<'a, T>, &'a Layout),
+    bias: Option<&'a CudaView<'a, T>>,
+    a: (&'a CudaView<'a, T>, &'a Layout),
+    b: &'a CudaView<'a, T>,
+    /// (tokens, in, out, rank).
+    dims: (usize, usize, usize, usize),
+    scale: f32,
+}
+
+/// One launch of the few-token kernel writing y [tokens, out]: 8 warps per block, one output row
+/// per warp (out / 8 blocks: 128 for out = 1024), no allocation (so it can be captured in a graph).
+fn launch_lora_small<T: GpuFloat>(
+    dev: &CudaDevice,
+    y: &mut CudaViewMut<'_, T>,
+    p: &LoraSmall<'_, T>,
+) -> Result<()> {
+    let (tokens, in_f, out_f, rank) = p.dims;
+    if tokens == 0 || out_f == 0 {
+        return Ok(());
+    }
+    // 16-byte loads need 16-byte aligned rows.
+    let per_vec = 16 / std::mem::size_of::<T>();
+    let aligned = |l: &Layout| l.start_offset() % per_vec == 0;
+    let vec = (in_f % per_vec == 0 && aligned(p.x.1) && aligned(p.a.1) && aligned(p.w.1)) as i32;
+    let (t_i, in_i, out_i, r_i) = (tokens as i32, in_f as i32, out_f as i32, rank as i32);
+    let f = kernel::<T>(dev, Module::LoraLinear, "lora_linear_small")?;
+    let stream = dev.cuda_stream();
+    let null = 0u64;
+    let mut lb = stream.launch_builder(&f);
+    lb.arg(p.x.0).arg(p.w.0);
+    match p.bias {
+        Some(bias) => lb.arg(bias),
+        None => lb.arg(&null),
+    };
+    lb.arg(p.a.0).arg(p.b).arg(y);
+    lb.arg(&t_i)
+        .arg(&in_i)
+        .arg(&out_i)
+        .arg(&r_i)
+        .arg(&p.scale)
+        .arg(&vec);
+    let cfg = LaunchConfig {
+        grid_dim: (out_f.div_ceil(8) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    unsafe { lb.launch(cfg) }.w()?;
+    Ok(())
+}
+
+/// `y = x W^T + bias + scale (x A^T) B^T` written into an existing y [t, out] by the few-token
+/// kernel (t <= 8, r <= 64; contiguous tensors of one dtype on one CUDA device): no allocation, so
+/// it can be recorded in a CUDA graph. Used to time the kernel alone (`wick bench kernels`).
+pub fn lora_linear_small_into(
+    y: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f32,
+) -> Result<()> {
+    let (tokens, _) = x.dims2()?;
+    let (rank, _) = a.dims2()?;
+    if tokens > LORA_SMALL_MAX_TOKENS || rank > LORA_SMALL_MAX_RANK {
+        candle_core::bail!(
+            "lora_linear_small_into: {tokens} tokens (at most {LORA_SMALL_MAX_TOKENS}), rank {rank} (at most {LORA_SMALL_MAX_RANK})"
+        );
+    }
+    for t in [Some(y), Some(x), Some(w), bias, Some(a), Some(b)]
+        .into_iter()
+        .flatten()
+    {
+        if !t.is_contiguous() || t.dtype() != x.dtype() {
+            candle_core::bail!("lora_linear_small_into: tensors must be contiguous, one dtype");
+        }
+    }
+    y.inplace_op3(
+        x,
+        a,
+        &LoraSmallInto {
+            w: w.clone(),
+            bias: bias.cloned(),
+            b: b.clone(),
+            scale,
+        },
+    )
+}
+
+/// The in-place op behind `lora_linear_small_into`: y (in place), x, a; W, bias and B held.
+struct LoraSmallInto {
+    w: Tensor,
+    bias: Option<Tensor>,
+    b: Tensor,
+    scale: f32,
+}
+
+impl candle_core::InplaceOp3 for LoraSmallInto {
+    fn name(&self) -> &'static str {
+        "wick-lora-small-into"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<()> {
+        candle_core::bail!("lora_linear_small_into runs on CUDA only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        y: &mut CudaStorage,
+        yl: &Layout,
+        x: &CudaStorage,
+        xl: &Layout,
+        a: &CudaStorage,
+        al: &Layout,
+    ) -> Result<()> {
+        fn go<T: GpuFloat>(
+            op: &LoraSmallInto,
+            y: &mut CudaStorage,
+            yl: &Layout,
+            x: &CudaStorage,
+            xl: &Layout,
+            a: &CudaStorage,
+            al: &Layout,
+        ) -> Result<()> {
+            let dev = x.device.clone();
+            let (tokens, in_f) = xl.shape().dims2()?;
+            let (rank, _) = al.shape().dims2()?;
+            let (out_f, _) = op.w.dims2()?;
+            let (wg, bg) = (op.w.storage_and_layout(), op.b.storage_and_layout());
+            let bias_guard = op.bias.as_ref().map(|t| t.storage_and_layout());
+            let wv = tensor_view::<T>(&wg.0, wg.1, "base weight")?;
+            let bv = tensor_view::<T>(&bg.0, bg.1, "lora b")?;
+            let biasv = match &bias_guard {
+                Some(g) => Some(tensor_view::<T>(&g.0, g.1, "bias")?),
+                None => None,
+            };
+            let (xv, av) = (view::<T>(x, xl)?, view::<T>(a, al)?);
+            let small = LoraSmall {
+                x: (&xv, xl),
+                w: (&wv, wg.1),
+                bias: biasv.as_ref(),
+                a: (&av, al),
+                b: &bv,
+                dims: (tokens, in_f, out_f, rank),
+                scale: op.scale,
+            };
+            let start = yl.start_offset();
+            let mut yv = T::unwrap_mut(&mut y.slice)?.slice_mut(start..start + tokens * out_f);
+            launch_lora_small(&dev, &mut yv, &small)
+        }
+        by_dtype!(dtype_of(x), go(self, y, yl, x, xl, a, al))
+    }
+}
+
 /// LoRA linear: `x W^T + bias + scale (x A^T) B^T`, or the low-rank term alone without `weight`.
 #[allow(clippy::too_many_arguments)]
 pub fn lora_linear(
@@ -540,7 +755,7 @@ pub fn lora_linear(
         let w_guard = weight.map(|w| w.storage_and_layout());
         let bias_guard = bias.map(|t| t.storage_and_layout());
         let null = 0u64;
-        let (t_i, in_i, out_i, r_i) = (tokens as i32, in_f as i32, out_f as i32, rank as i32);
+        let (t_i, out_i, r_i) = (tokens as i32, out_f as i32, rank as i32);
         if let (Some(wg), true, true) = (
             &w_guard,
             tokens <= LORA_SMALL_MAX_TOKENS,
@@ -551,38 +766,21 @@ pub fn lora_linear(
                 return Ok(storage(dev, y));
             }
             let wv = tensor_view::<T>(&wg.0, wg.1, "base weight")?;
-            let (xv, av, bv) = (view::<T>(x, xl)?, view::<T>(a, al)?, view::<T>(b, bl)?);
-            // 16-byte loads need 16-byte aligned rows.
-            let per_vec = 16 / std::mem::size_of::<T>();
-            let aligned = |l: &Layout| l.start_offset() % per_vec == 0;
-            let vec = (in_f % per_vec == 0 && aligned(xl) && aligned(al) && aligned(wg.1)) as i32;
-            let f = kernel::<T>(dev, Module::LoraLinear, "lora_linear_small")?;
-            let biasv;
-            let mut lb = stream.launch_builder(&f);
-            lb.arg(&xv).arg(&wv);
-            match &bias_guard {
-                Some(g) => {
-                    biasv = tensor_view::<T>(&g.0, g.1, "bias")?;
-                    lb.arg(&biasv);
-                }
-                None => {
-                    lb.arg(&null);
-                }
-            }
-            lb.arg(&av).arg(&bv).arg(&mut y);
-            lb.arg(&t_i)
-                .arg(&in_i)
-                .arg(&out_i)
-                .arg(&r_i)
-                .arg(&scale)
-                .arg(&vec);
-            // 8 warps per block, one output row per warp.
-            let cfg = LaunchConfig {
-                grid_dim: (out_f.div_ceil(8).max(1) as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
+            let biasv = match &bias_guard {
+                Some(g) => Some(tensor_view::<T>(&g.0, g.1, "bias")?),
+                None => None,
             };
-            unsafe { lb.launch(cfg) }.w()?;
+            let (xv, av, bv) = (view::<T>(x, xl)?, view::<T>(a, al)?, view::<T>(b, bl)?);
+            let small = LoraSmall {
+                x: (&xv, xl),
+                w: (&wv, wg.1),
+                bias: biasv.as_ref(),
+                a: (&av, al),
+                b: &bv,
+                dims: (tokens, in_f, out_f, rank),
+                scale,
+            };
+            launch_lora_small(dev, &mut y.slice_mut(..), &small)?;
             return Ok(storage(dev, y));
         }
         // Many tokens: cuBLAS for low = x A^T (and the base product), then one fused kernel.

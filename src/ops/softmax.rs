@@ -2,7 +2,9 @@
 //! (vocabularies up to 152k), with backward `dx_i = y_i (dy_i - sum_j dy_j y_j)`.
 //!
 //! Statistics are kept in f32 (f64 for f64 inputs). The CUDA kernels are in kernels/softmax.cu: one
-//! block per row, the row read once for the max and the sum (online rescaling) and once to write.
+//! block per row; rows up to 16k f32 / 32k bf16 elements are read once into registers (16-byte
+//! loads) and written once, with one block reduction of (max, sum) pairs; longer rows take an online
+//! (max, sum) pass and a second read to write.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;

@@ -158,6 +158,11 @@ fn check_softmax(s: &mut Suite, dtype: DType) -> Result<()> {
         [2, 4097],
         [3, 8193],
         [2, 151_936],
+        // Rows of whole 16-byte vectors: the register path (576, 4096; bf16 32768 at 8 vectors per
+        // thread) and the vector online path (f32 32768).
+        [4, 576],
+        [3, 4096],
+        [2, 32_768],
     ] {
         let n = shape[1];
         let x = s.rand(&shape, dtype, 4.0)?;
@@ -177,7 +182,19 @@ fn check_softmax(s: &mut Suite, dtype: DType) -> Result<()> {
 
 fn check_rms_norm(s: &mut Suite, dtype: DType) -> Result<()> {
     let eps = 1e-6;
-    for shape in [[1, 1], [3, 17], [2, 33], [5, 127], [2, 4097], [3, 8193]] {
+    // The last three are whole 16-byte vectors: the register path (576, 4096) and the vector
+    // two-pass path for long rows (49152).
+    for shape in [
+        [1, 1],
+        [3, 17],
+        [2, 33],
+        [5, 127],
+        [2, 4097],
+        [3, 8193],
+        [4, 576],
+        [3, 4096],
+        [2, 49_152],
+    ] {
         let n = shape[1];
         let x = s.rand(&shape, dtype, 2.0)?;
         let r = s.rand(&shape, dtype, 2.0)?;

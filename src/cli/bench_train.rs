@@ -112,6 +112,13 @@ impl DeviceMemorySampler {
     }
 }
 
+/// A device-memory table cell: GiB, or a dash where there is no device figure (the CPU).
+fn device_cell(bytes: Option<u64>) -> String {
+    bytes.map_or("—".into(), |b| {
+        format!("{:.2}", b as f64 / (1u64 << 30) as f64)
+    })
+}
+
 /// Runs `wick bench train`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = wick::device::parse_device(&args.device)?;
@@ -273,15 +280,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         writeln!(md, "|---|---|---|---|---|---|---|---|")?;
         writeln!(
             md,
-            "| {} | {} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} |",
             args.seq_len,
             args.batch_size,
             seconds / timed.len().max(1) as f64,
             tokens_per_s,
             gib(peak),
             gib(rss_after_load),
-            gib(device_peak),
-            gib(device_after_load)
+            device_cell(device_peak),
+            device_cell(device_after_load)
         )?;
         if device_peak.is_some() {
             writeln!(md, "\nDevice memory: `total - free` from cuMemGetInfo, polled every 1 ms during the run; it includes the CUDA context ({:.2} GiB in use before the model was loaded) and what the allocator pool keeps.", gib(device_before_load))?;

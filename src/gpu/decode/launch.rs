@@ -45,8 +45,11 @@ fn index(q: QuantType) -> usize {
 }
 
 /// Threads of one `rope_attention` block for head dim `d`: d * g with g <= 3 (the kernel's
-/// partial-sum area), a multiple of 32, at most 256. `None` if no such g exists.
+/// partial-sum area), a multiple of 32, at most 256. `None` if no such g exists or d % 4 != 0.
 pub fn attention_threads(d: usize) -> Option<u32> {
+    if d % 4 != 0 {
+        return None; // the key rows are read as float4
+    }
     (1..=3)
         .rev()
         .map(|g| d * g)

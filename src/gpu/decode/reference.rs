@@ -340,7 +340,7 @@ mod tests {
         let (s, c) = 1f64.sin_cos();
         let q0 = 0.5 * c + 1.0 * s;
         let s0 = q0; // key at position 0 is (1, 0)
-        let s1: f64 = 0.5 * 0.25 + (-1.0) * 0.75;
+        let s1: f64 = 0.5 * 0.25 - 0.75;
         let (e0, e1) = (s0.exp(), s1.exp());
         let want = [
             (e0 * 1.0 + e1 * 2.0) / (e0 + e1),

@@ -7,6 +7,11 @@
 // - small_matmul_skinny: m <= 8 (decode, a few tokens). One warp per output column j: the lanes
 //   stride over k reading W[j, :] once (16-byte vectors when rows are aligned) and the m rows of x
 //   (L1/L2-resident: at most 8 rows), then a warp reduction per row. 8 warps per block.
+// - small_matmul_dot: few outputs (m n <= 16384), moderate k: latency first. A group of 8 lanes
+//   per output y[i, j]: each lane reads its 16-byte slices of the x row and the W row (k = 64 f32
+//   is two vectors per lane, all loads issued before the first multiply), then a 3-step shuffle
+//   reduction. No shared memory and no barrier: one round trip to L2 plus a few FMAs per thread,
+//   and 4096 outputs make 32768 threads = 128 blocks of 256, one per SM of an H100.
 // - small_matmul_tiled{1,2}: any m. A 16x16 thread block computes a (16 TM) x (16 TN) tile of y,
 //   TM = TN = 1 or 2, staging 32-wide k slices of x and W in shared memory (converted to f32,
 //   stored k-major with one column of padding so the transposed writes do not conflict).
@@ -56,6 +61,61 @@ __device__ void small_matmul_skinny(const T* __restrict__ x, const T* __restrict
         float v = warp_sum(acc[i]);
         if (lane == 0) y[(size_t)i * n + j] = from_f<T>(v + b);
     }
+}
+
+#define DOT_LANES 8
+
+template <typename T>
+__device__ void small_matmul_dot(const T* __restrict__ x, const T* __restrict__ w,
+                                 const T* __restrict__ bias, T* __restrict__ y, int m, int n,
+                                 int k, int vec) {
+    size_t o = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / DOT_LANES;
+    int g = threadIdx.x & (DOT_LANES - 1);
+    bool live = o < (size_t)m * n;
+    // Lanes past the end compute output 0 and write nothing: every lane reaches the shuffles.
+    size_t oc = live ? o : 0;
+    int i = (int)(oc / n), j = (int)(oc % n);
+    const T* xr = x + (size_t)i * k;
+    const T* wr = w + (size_t)j * k;
+    float acc0 = 0.f, acc1 = 0.f;
+    if (vec) {
+        // k % V == 0 and x, W 16-byte aligned (checked on the host).
+        constexpr int V = Vec16<T>::V, STEP = DOT_LANES * V;
+        int kk = g * V;
+        for (; kk + STEP < k; kk += 2 * STEP) {
+            Vec16<T> xa, wa, xb, wb;
+            xa.u = __ldg(reinterpret_cast<const uint4*>(xr + kk));
+            wa.u = __ldg(reinterpret_cast<const uint4*>(wr + kk));
+            xb.u = __ldg(reinterpret_cast<const uint4*>(xr + kk + STEP));
+            wb.u = __ldg(reinterpret_cast<const uint4*>(wr + kk + STEP));
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                acc0 = fmaf(to_f(xa.e[e]), to_f(wa.e[e]), acc0);
+                acc1 = fmaf(to_f(xb.e[e]), to_f(wb.e[e]), acc1);
+            }
+        }
+        if (kk < k) {
+            Vec16<T> xa, wa;
+            xa.u = __ldg(reinterpret_cast<const uint4*>(xr + kk));
+            wa.u = __ldg(reinterpret_cast<const uint4*>(wr + kk));
+#pragma unroll
+            for (int e = 0; e < V; ++e) acc0 = fmaf(to_f(xa.e[e]), to_f(wa.e[e]), acc0);
+        }
+    } else {
+        int kk = g;
+#pragma unroll 4
+        for (; kk + DOT_LANES < k; kk += 2 * DOT_LANES) {
+            float xa = to_f(xr[kk]), wa = to_f(wr[kk]);
+            float xb = to_f(xr[kk + DOT_LANES]), wb = to_f(wr[kk + DOT_LANES]);
+            acc0 = fmaf(xa, wa, acc0);
+            acc1 = fmaf(xb, wb, acc1);
+        }
+        if (kk < k) acc0 = fmaf(to_f(xr[kk]), to_f(wr[kk]), acc0);
+    }
+    float v = acc0 + acc1;
+#pragma unroll
+    for (int s = DOT_LANES / 2; s > 0; s >>= 1) v += __shfl_xor_sync(0xffffffff, v, s);
+    if (live && g == 0) y[o] = from_f<T>(v + (bias ? to_f(bias[j]) : 0.f));
 }
 
 template <typename T, int TM, int TN>
@@ -111,6 +171,8 @@ __device__ void small_matmul_tiled(const T* __restrict__ x, const T* __restrict_
 
 #define SKINNY_PARAMS(T) const T* x, const T* w, const T* bias, T* y, int m, int n, int k, int vec
 WICK_INSTANTIATE(small_matmul_skinny, SKINNY_PARAMS, (x, w, bias, y, m, n, k, vec))
+
+WICK_INSTANTIATE(small_matmul_dot, SKINNY_PARAMS, (x, w, bias, y, m, n, k, vec))
 
 #define TILED_PARAMS(T) const T* x, const T* w, const T* bias, T* y, int m, int n, int k
 #define TILED_INSTANTIATE(TM)                                                                    \

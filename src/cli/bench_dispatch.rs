@@ -238,8 +238,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (DType::BF16, (64, 64, 64)),
             (DType::BF16, (1, 1024, 1024)),
         ] {
+            use wick::gpu::small_matmul::{choose_kernel, SmallKernel};
             let lt = wick::gpu::timing::time_graph_matmul(&device, dtype, shape, 100)?;
-            let small = wick::gpu::overhead::time_graph_small(&device, dtype, shape, 100)?;
+            // The small path's planned kernel, and the tiled kernel forced at the same shape.
+            let small = wick::gpu::overhead::time_graph_small(&device, None, dtype, shape, 100)?;
+            let tiled = wick::gpu::overhead::time_graph_small(
+                &device,
+                Some(SmallKernel::Tiled16),
+                dtype,
+                shape,
+                100,
+            )?;
+            let planned = format!("small {}", choose_kernel(shape.0, shape.1, shape.2).name());
             // What cuBLASLt's heuristic picked at this shape (split-k, reduction, workspace).
             let plan = match &device {
                 candle_core::Device::Cuda(cuda) => Some(
@@ -249,9 +259,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 _ => None,
             };
             println!("cuBLASLt plan {:?} {shape:?}: {plan:?}", dtype);
-            for (path, g) in [("cublas-lt", lt), ("small", small)] {
+            for (path, g) in [
+                ("cublas-lt", lt),
+                (planned.as_str(), small),
+                ("small small_matmul_tiled1 (forced)", tiled),
+            ] {
                 println!(
-                    "graph {:>9} {:>5} {:>6} {:>6} {:>6}  {:>9.2} us per product ({} per graph), rel err {:.2e}",
+                    "graph {:>34} {:>5} {:>6} {:>6} {:>6}  {:>9.2} us per product ({} per graph), rel err {:.2e}",
                     path, g.dtype, g.m, g.n, g.k, g.us_per_kernel, g.kernels_per_graph, g.max_rel_err
                 );
                 let plan = (path == "cublas-lt").then_some(plan).flatten();

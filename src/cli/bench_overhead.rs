@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use candle_core::DType;
 use wick::gpu::dispatch::MatmulPath;
 use wick::gpu::overhead::{self, Cures, Probe, Stages};
+use wick::gpu::small_matmul::{self, SmallKernel};
 
 /// Options of `wick bench overhead`.
 #[derive(clap::Args)]
@@ -35,6 +36,25 @@ struct Row {
     cures: String,
     #[serde(flatten)]
     stages: Stages,
+}
+
+/// "small dot (into y)": the path, the small kernel that runs (forced or planned), the output.
+fn small_label(
+    path: MatmulPath,
+    kernel: Option<SmallKernel>,
+    (m, n, k): (usize, usize, usize),
+    into: bool,
+) -> String {
+    let kernel = match (path, kernel) {
+        (MatmulPath::Small, Some(kernel)) => format!(" {} (forced)", kernel.name()),
+        (MatmulPath::Small, None) => format!(" {}", small_matmul::choose_kernel(m, n, k).name()),
+        _ => String::new(),
+    };
+    format!(
+        "{}{kernel}{}",
+        path.name(),
+        if into { " (into y)" } else { "" }
+    )
 }
 
 fn cell(v: Option<f64>) -> String {
@@ -70,18 +90,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let applied = overhead::apply(&device, cures)?;
         let label = applied.label();
         eprintln!("cures: {label}");
-        for (path, into) in [
-            (MatmulPath::Candle, false),
-            (MatmulPath::CublasLt, false),
-            (MatmulPath::Small, false),
-            (MatmulPath::CublasLt, true),
-            (MatmulPath::Small, true),
+        // The small path plans the dot kernel at 64^3; the tiled kernel (its choice before) is
+        // forced beside it into y, so one run shows both.
+        for (path, into, kernel) in [
+            (MatmulPath::Candle, false, None),
+            (MatmulPath::CublasLt, false, None),
+            (MatmulPath::Small, false, None),
+            (MatmulPath::CublasLt, true, None),
+            (MatmulPath::Small, true, None),
+            (MatmulPath::Small, true, Some(SmallKernel::Tiled16)),
         ] {
-            let stages =
-                overhead::measure_matmul(&device, path, into, DType::F32, matmul, args.iters)?;
+            let stages = overhead::measure_matmul(
+                &device,
+                path,
+                into,
+                kernel,
+                DType::F32,
+                matmul,
+                args.iters,
+            )?;
             rows.push(Row {
                 op: "matmul 64x64x64 f32".into(),
-                path: format!("{}{}", path.name(), if into { " (into y)" } else { "" }),
+                path: small_label(path, kernel, matmul, into),
                 cures: label.clone(),
                 stages,
             });
@@ -114,11 +144,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     overhead::apply(&device, Cures::ALL)?;
 
     let mut graphs = Vec::new();
-    for dtype in [DType::F32, DType::BF16] {
-        let small = overhead::time_graph_small(&device, dtype, matmul, 100)?;
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        for kernel in [None, Some(SmallKernel::Tiled16)] {
+            let small = overhead::time_graph_small(&device, kernel, dtype, matmul, 100)?;
+            graphs.push((small_label(MatmulPath::Small, kernel, matmul, false), small));
+        }
         let lt = wick::gpu::timing::time_graph_matmul(&device, dtype, matmul, 100)?;
-        graphs.push(("small", small));
-        graphs.push(("cublas-lt", lt));
+        graphs.push(("cublas-lt".into(), lt));
     }
 
     let mut md = String::new();

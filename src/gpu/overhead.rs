@@ -30,6 +30,7 @@ use candle_core::{CudaDevice, DType, Device, Tensor};
 use serde::Serialize;
 
 use super::dispatch::{linear_with, MatmulPath};
+use super::small_matmul::SmallKernel;
 use crate::{Context, Error, Result};
 
 /// The host-side cures; each can be switched on or off at run time.
@@ -294,11 +295,14 @@ pub fn random_tensor(device: &Device, dtype: DType, shape: &[usize], seed: u64) 
 
 /// The matmul probes of `wick bench overhead`: y = x W^T, x: [m, k], W: [n, k], through `path`,
 /// allocating y (`into` false) or writing a y made once (`into` true; Candle's path has no such
-/// variant). The checks stage is what `dispatch::linear` does before it launches.
+/// variant). The checks stage is what `dispatch::linear` does before it launches. `small_kernel`
+/// forces a kernel of the small path into y (`None`: the one `small_matmul::plan` picks); the
+/// allocating small call always takes the planned kernel.
 pub fn measure_matmul(
     device: &Device,
     path: MatmulPath,
     into: bool,
+    small_kernel: Option<SmallKernel>,
     dtype: DType,
     (m, n, k): (usize, usize, usize),
     iters: usize,
@@ -315,7 +319,9 @@ pub fn measure_matmul(
     };
     let launch_into = || -> Result<()> {
         match path {
-            MatmulPath::Small => super::small_matmul::linear_into(&y, &x, &w, None),
+            MatmulPath::Small => {
+                super::small_matmul::linear_into_with(small_kernel, &y, &x, &w, None)
+            }
             _ => super::cublaslt::matmul_into(&y, &x, &w, super::cublaslt::WeightLayout::OutIn)
                 .context("cuBLASLt into"),
         }
@@ -344,16 +350,19 @@ pub fn measure_matmul(
 }
 
 /// Small-kernel products replayed from a CUDA graph: `kernels_per_graph` launches of
-/// `small_matmul::linear_into` recorded once; returns the same figures as
-/// `timing::time_graph_matmul` does for cuBLASLt.
+/// `small_matmul::linear_into_with(kernel, ..)` recorded once (`None`: the planned kernel); returns
+/// the same figures as `timing::time_graph_matmul` does for cuBLASLt.
 pub fn time_graph_small(
     device: &Device,
+    kernel: Option<SmallKernel>,
     dtype: DType,
     (m, n, k): (usize, usize, usize),
     kernels_per_graph: usize,
 ) -> Result<super::timing::GraphTiming> {
-    use super::small_matmul::linear_into;
-    let what = format!("small-kernel graph {dtype:?} m={m} n={n} k={k}");
+    let linear_into = |y: &Tensor, x: &Tensor, w: &Tensor, b: Option<&Tensor>| {
+        super::small_matmul::linear_into_with(kernel, y, x, w, b)
+    };
+    let what = format!("small-kernel graph {kernel:?} {dtype:?} m={m} n={n} k={k}");
     let x = random_tensor(device, dtype, &[m, k], 11)?;
     let other = random_tensor(device, dtype, &[m, k], 12)?;
     let w = random_tensor(device, dtype, &[n, k], 13)?;

@@ -6,11 +6,15 @@
 //! one kernel and `linear_into` can be captured in a CUDA graph. The CPU reference is the plain
 //! product (Candle's matmul), which `linear` computes for CPU tensors.
 //!
-//! Kernel choice ([`plan`]): m <= 8 takes the skinny kernel (a warp per output column, W read once);
-//! larger m the tiled kernel, with 32x32 output tiles when they alone fill the GPU (132 SMs on the
-//! H100) and 16x16 tiles otherwise, so a 64x64 product runs on 16 blocks instead of 4. Which shapes
-//! go here at all is the dispatch table's decision (`wick bench dispatch` measures this path beside
-//! cuBLAS), within [`supports`].
+//! Kernel choice ([`choose_kernel`], [`plan`]): few outputs and moderate k (m n <= 16384, k <= 1024,
+//! and k <= 256 when m <= 8) take the dot kernel, latency first: 8 lanes per output, 16-byte loads of
+//! one x row and one W row, a shuffle reduction, no shared memory, so 64x64x64 runs as 128 blocks of
+//! 256 threads instead of 16 tiles. Otherwise m <= 8 takes the skinny kernel (a warp per output
+//! column, W read once); larger m the tiled kernel, with 32x32 output tiles when they alone fill the
+//! GPU (132 SMs on the H100) and 16x16 tiles otherwise. These cutoffs only pick among wick's own
+//! kernels; which shapes go to this path at all, rather than cuBLAS, is the dispatch table's
+//! decision (`wick bench dispatch` measures this path beside cuBLAS on the GPU), within [`supports`].
+//! The benchmarks force a kernel ([`linear_into_with`]) to time the dot kernel against the tiled one.
 
 use candle_core::Tensor;
 
@@ -24,10 +28,29 @@ pub const SKINNY_MAX_ROWS: usize = 8;
 pub const TILED_MAX_MACS: usize = 1 << 24;
 /// Blocks that fill an H100 (one per SM): the tiled kernel takes 32x32 tiles once they reach this.
 const FULL_GPU_BLOCKS: usize = 132;
+/// Lanes that share one output in the dot kernel (DOT_LANES in kernels/small_matmul.cu).
+pub const DOT_LANES: usize = 8;
+/// Threads per block of the dot kernel (32 outputs).
+const DOT_THREADS: usize = 256;
+/// Most outputs (m n) the dot kernel is chosen for: 16384 outputs are 512 blocks of 256 threads,
+/// about four per SM, one wave; beyond it the tiled kernel's reuse of x and W pays.
+pub const DOT_MAX_OUTPUTS: usize = 16_384;
+/// Largest k the dot kernel is chosen for (each lane walks k / 8 elements serially).
+pub const DOT_MAX_K: usize = 1024;
+/// Largest k the dot kernel is chosen for when m <= 8: above it the skinny kernel's 32 lanes per
+/// column (and W read once for all m rows) win.
+pub const DOT_SKINNY_MAX_K: usize = 256;
 /// Warps (output columns) per block of the skinny kernel.
 const SKINNY_WARPS: usize = 8;
 /// CUDA's limit on grid.y (the tiled kernel's row tiles).
 const MAX_GRID_Y: usize = 65_535;
+
+impl SmallLaunch {
+    /// Whether the kernel takes the trailing `vec` argument (SKINNY_PARAMS in the .cu file).
+    pub fn takes_vec_arg(&self) -> bool {
+        matches!(self.kernel, SmallKernel::Dot | SmallKernel::Skinny)
+    }
+}
 
 /// Whether the small kernel takes a product of x: [m, k] and W: [n, k].
 pub fn supports(m: usize, n: usize, k: usize) -> bool {
@@ -50,6 +73,8 @@ pub fn supports(m: usize, n: usize, k: usize) -> bool {
 /// Which kernel of kernels/small_matmul.cu runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SmallKernel {
+    /// `small_matmul_dot`: 8 lanes per output, shuffle reduction, no shared memory.
+    Dot,
     /// `small_matmul_skinny`: m <= 8, one warp per output column.
     Skinny,
     /// `small_matmul_tiled1`: 16x16 output tiles, one output per thread.
@@ -62,6 +87,7 @@ impl SmallKernel {
     /// The kernel's name without the dtype suffix.
     pub fn name(self) -> &'static str {
         match self {
+            SmallKernel::Dot => "small_matmul_dot",
             SmallKernel::Skinny => "small_matmul_skinny",
             SmallKernel::Tiled16 => "small_matmul_tiled1",
             SmallKernel::Tiled32 => "small_matmul_tiled2",
@@ -78,33 +104,75 @@ pub struct SmallLaunch {
     pub grid: (u32, u32, u32),
     /// Threads per block.
     pub block: (u32, u32, u32),
-    /// Skinny kernel only: 16-byte loads (k a multiple of the vector and x, W 16-byte aligned).
+    /// Dot and skinny kernels only: 16-byte loads (k a multiple of the vector and x, W 16-byte aligned).
     pub vectorized: bool,
+}
+
+/// The kernel [`plan`] picks for x: [m, k] times W: [n, k]^T (see the module notes).
+pub fn choose_kernel(m: usize, n: usize, k: usize) -> SmallKernel {
+    let dot_k = if m <= SKINNY_MAX_ROWS {
+        DOT_SKINNY_MAX_K
+    } else {
+        DOT_MAX_K
+    };
+    if m.saturating_mul(n) <= DOT_MAX_OUTPUTS && k <= dot_k {
+        SmallKernel::Dot
+    } else if m <= SKINNY_MAX_ROWS {
+        SmallKernel::Skinny
+    } else if m.div_ceil(32) * n.div_ceil(32) >= FULL_GPU_BLOCKS {
+        SmallKernel::Tiled32
+    } else {
+        SmallKernel::Tiled16
+    }
 }
 
 /// The launch for x: [m, k] times W: [n, k]^T; `vectors_ok` says whether k and the x/W offsets allow
 /// 16-byte loads. Call only for shapes [`supports`] accepts.
-pub fn plan(m: usize, n: usize, _k: usize, vectors_ok: bool) -> SmallLaunch {
-    if m <= SKINNY_MAX_ROWS {
-        return SmallLaunch {
-            kernel: SmallKernel::Skinny,
+pub fn plan(m: usize, n: usize, k: usize, vectors_ok: bool) -> SmallLaunch {
+    plan_kernel(choose_kernel(m, n, k), m, n, vectors_ok)
+}
+
+/// The launch of a given kernel for x: [m, k] times W: [n, k]^T (the benchmarks force one). The
+/// skinny kernel takes m <= [`SKINNY_MAX_ROWS`] only; the caller checks.
+pub fn plan_kernel(kernel: SmallKernel, m: usize, n: usize, vectors_ok: bool) -> SmallLaunch {
+    match kernel {
+        SmallKernel::Dot => SmallLaunch {
+            kernel,
+            grid: ((m * n * DOT_LANES).div_ceil(DOT_THREADS) as u32, 1, 1),
+            block: (DOT_THREADS as u32, 1, 1),
+            vectorized: vectors_ok,
+        },
+        SmallKernel::Skinny => SmallLaunch {
+            kernel,
             grid: (n.div_ceil(SKINNY_WARPS) as u32, 1, 1),
             block: (32 * SKINNY_WARPS as u32, 1, 1),
             vectorized: vectors_ok,
-        };
+        },
+        SmallKernel::Tiled16 | SmallKernel::Tiled32 => {
+            let tile = if kernel == SmallKernel::Tiled32 {
+                32
+            } else {
+                16
+            };
+            SmallLaunch {
+                kernel,
+                grid: (n.div_ceil(tile) as u32, m.div_ceil(tile) as u32, 1),
+                block: (16, 16, 1),
+                vectorized: false,
+            }
+        }
     }
-    let tiles32 = m.div_ceil(32) * n.div_ceil(32);
-    let (kernel, tile) = if tiles32 >= FULL_GPU_BLOCKS {
-        (SmallKernel::Tiled32, 32)
-    } else {
-        (SmallKernel::Tiled16, 16)
-    };
-    SmallLaunch {
-        kernel,
-        grid: (n.div_ceil(tile) as u32, m.div_ceil(tile) as u32, 1),
-        block: (16, 16, 1),
-        vectorized: false,
+}
+
+/// Whether `kernel` (or the planned kernel, for `None`) can run x: [m, k] times W: [n, k]^T.
+fn kernel_supports(kernel: Option<SmallKernel>, m: usize, n: usize, k: usize) -> Result<()> {
+    if !supports(m, n, k) || (kernel == Some(SmallKernel::Skinny) && m > SKINNY_MAX_ROWS) {
+        return Err(crate::Error::InvalidRequest(format!(
+            "small matmul: m={m} n={n} k={k} is beyond the small kernel{} (m <= {SKINNY_MAX_ROWS} or m n k <= {TILED_MAX_MACS})",
+            kernel.map_or(String::new(), |k| format!(" {}", k.name()))
+        )));
     }
+    Ok(())
 }
 
 /// m, n, k of x: [.., k] times w: [n, k]^T, checking that they fit (and bias: [n]).
@@ -134,11 +202,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     if !x.device().is_cuda() {
         return reference(x, w, bias);
     }
-    if !supports(m, n, k) {
-        return Err(crate::Error::InvalidRequest(format!(
-            "small matmul: m={m} n={n} k={k} is beyond the small kernel (m <= {SKINNY_MAX_ROWS} or m n k <= {TILED_MAX_MACS})"
-        )));
-    }
+    kernel_supports(None, m, n, k)?;
     cuda_linear(x, w, bias)
 }
 
@@ -159,6 +223,7 @@ fn cuda_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
     let w = w.contiguous().context("small matmul w")?;
     let op = cuda::SmallMatmul {
         bias: bias.map(Tensor::contiguous).transpose()?,
+        kernel: None,
     };
     x.apply_op2_no_bwd(&w, &op).context("small matmul")
 }
@@ -175,14 +240,25 @@ fn cuda_linear(_: &Tensor, _: &Tensor, _: Option<&Tensor>) -> Result<Tensor> {
 /// so it can be captured in a CUDA graph and reused across calls. CUDA tensors only.
 #[cfg(feature = "cuda")]
 pub fn linear_into(y: &Tensor, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<()> {
+    linear_into_with(None, y, x, w, bias)
+}
+
+/// [`linear_into`] through a given kernel (`None`: the one [`plan`] picks), so the benchmarks and
+/// the GPU check can run the dot kernel and the tiled one at the same shape. The skinny kernel
+/// takes m <= [`SKINNY_MAX_ROWS`] only.
+#[cfg(feature = "cuda")]
+pub fn linear_into_with(
+    kernel: Option<SmallKernel>,
+    y: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<()> {
     let (m, n, k) = dims(x, w, bias)?;
-    if !supports(m, n, k) {
-        return Err(crate::Error::InvalidRequest(format!(
-            "small matmul: m={m} n={n} k={k} is beyond the small kernel"
-        )));
-    }
+    kernel_supports(kernel, m, n, k)?;
     let op = cuda::SmallMatmul {
         bias: bias.cloned(),
+        kernel,
     };
     y.inplace_op3(x, w, &op).context("small matmul into")
 }
@@ -216,7 +292,7 @@ mod cuda {
 
     use super::super::kernels::{function, Module};
     use super::super::launch::GpuFloat;
-    use super::{plan, SmallKernel};
+    use super::{plan, plan_kernel, SmallKernel};
 
     type CResult<T> = candle_core::Result<T>;
 
@@ -225,6 +301,8 @@ mod cuda {
     /// The op: x and w are the custom op's operands; the bias rides along (read under its own lock).
     pub(super) struct SmallMatmul {
         pub(super) bias: Option<Tensor>,
+        /// A kernel forced by the caller; `None`: the planned one.
+        pub(super) kernel: Option<SmallKernel>,
     }
 
     fn shapes(xl: &Layout, wl: &Layout) -> CResult<(usize, usize, usize, Shape)> {
@@ -277,7 +355,13 @@ mod cuda {
             let vectors_ok = k % per_vec == 0
                 && xl.start_offset() % per_vec == 0
                 && wl.start_offset() % per_vec == 0;
-            let launch = plan(m, n, k, vectors_ok);
+            let launch = match self.kernel {
+                Some(kernel) => plan_kernel(kernel, m, n, vectors_ok),
+                None => plan(m, n, k, vectors_ok),
+            };
+            if launch.kernel == SmallKernel::Skinny && m > super::SKINNY_MAX_ROWS {
+                candle_core::bail!("small matmul: the skinny kernel takes at most 8 rows, not {m}");
+            }
             let f = function(dev, Module::SmallMatmul, launch.kernel.name(), T::SUFFIX)?;
             let xv = T::unwrap(&x.slice)?.slice(xl.start_offset()..);
             let wv = T::unwrap(&w.slice)?.slice(wl.start_offset()..);
@@ -309,11 +393,7 @@ mod cuda {
                     &k_i as *const _ as *mut c_void,
                     &vec_i as *const _ as *mut c_void,
                 ];
-                let count = if launch.kernel == SmallKernel::Skinny {
-                    8
-                } else {
-                    7
-                };
+                let count = if launch.takes_vec_arg() { 8 } else { 7 };
                 stream.context().bind_to_thread().w()?;
                 // SAFETY: the parameters match the kernel's signature (SKINNY_PARAMS / TILED_PARAMS
                 // in kernels/small_matmul.cu) and point at live locals; the pointers address
@@ -344,7 +424,7 @@ mod cuda {
                     None => b.arg(&null),
                 };
                 b.arg(&mut yv).arg(&m_i).arg(&n_i).arg(&k_i);
-                if launch.kernel == SmallKernel::Skinny {
+                if launch.takes_vec_arg() {
                     b.arg(&vec_i);
                 }
                 // SAFETY: as above; the builder checks nothing about the signature either.
@@ -491,38 +571,181 @@ mod tests {
 
     #[test]
     fn plan_picks_the_kernel_and_covers_every_output() {
-        // Decode rows: skinny, one warp per column, 8 columns per block.
-        let p = plan(1, 1000, 64, true);
-        assert_eq!(p.kernel, SmallKernel::Skinny);
-        assert_eq!(p.grid, (125, 1, 1));
+        // 64x64x64: the dot kernel, 4096 outputs x 8 lanes = 128 blocks of 256 (one per SM).
+        let p = plan(64, 64, 64, true);
+        assert_eq!(p.kernel, SmallKernel::Dot);
+        assert_eq!(p.grid, (128, 1, 1));
         assert_eq!(p.block, (256, 1, 1));
-        assert!(p.vectorized);
-        let p = plan(8, 1001, 63, false);
+        assert!(p.vectorized && p.takes_vec_arg());
+        // Few outputs, small k, any m: dot (decode rows with k <= 256 too).
+        assert_eq!(choose_kernel(1, 1000, 64), SmallKernel::Dot);
+        assert_eq!(choose_kernel(3, 1000, 63), SmallKernel::Dot);
+        assert_eq!(choose_kernel(100, 70, 17), SmallKernel::Dot);
+        assert_eq!(choose_kernel(64, 256, 1024), SmallKernel::Dot);
+        // Decode rows with large k or many columns: skinny, one warp per column, W read once.
+        assert_eq!(choose_kernel(1, 576, 576), SmallKernel::Skinny);
+        assert_eq!(choose_kernel(8, 49152, 64), SmallKernel::Skinny);
+        let p = plan(1, 1536, 576, true);
+        assert_eq!(p.kernel, SmallKernel::Skinny);
+        assert_eq!(p.grid, (192, 1, 1));
+        assert_eq!(p.block, (256, 1, 1));
+        let p = plan(8, 20001, 300, false);
         assert_eq!(
             (p.kernel, p.grid.0, p.vectorized),
-            (SmallKernel::Skinny, 126, false)
+            (SmallKernel::Skinny, 2501, false)
         );
-        // 64x64: four 32x32 tiles would leave 128 SMs idle; sixteen 16x16 tiles.
-        let p = plan(64, 64, 64, true);
-        assert_eq!(p.kernel, SmallKernel::Tiled16);
-        assert_eq!(p.grid, (4, 4, 1));
-        assert!(!p.vectorized);
-        // Ragged edges round up: 100 rows, 70 columns.
-        let p = plan(100, 70, 17, false);
-        assert_eq!((p.kernel, p.grid), (SmallKernel::Tiled16, (5, 7, 1)));
-        // 512x512: 256 tiles of 32 fill the GPU.
+        // Many outputs or large k with m > 8: tiled; 16x16 tiles until 32x32 tiles fill the GPU.
+        assert_eq!(choose_kernel(64, 64, 2048), SmallKernel::Tiled16);
+        let p = plan(200, 100, 64, false);
+        assert_eq!((p.kernel, p.grid), (SmallKernel::Tiled16, (7, 13, 1)));
+        assert!(!p.vectorized && !p.takes_vec_arg());
         let p = plan(512, 512, 64, false);
         assert_eq!(p.kernel, SmallKernel::Tiled32);
         assert_eq!(p.grid, (16, 16, 1));
-        for (m, n) in [(9, 7), (33, 65), (1000, 3), (4096, 64)] {
-            let p = plan(m, n, 64, false);
-            let tile = if p.kernel == SmallKernel::Tiled32 {
-                32
-            } else {
-                16
+        // A forced kernel keeps its own geometry.
+        let p = plan_kernel(SmallKernel::Tiled16, 64, 64, true);
+        assert_eq!(
+            (p.kernel, p.grid, p.vectorized),
+            (SmallKernel::Tiled16, (4, 4, 1), false)
+        );
+        for (m, n, k) in [
+            (9, 7, 5),
+            (33, 65, 64),
+            (1000, 3, 64),
+            (4096, 64, 64),
+            (3, 1000, 63),
+        ] {
+            for kernel in [
+                choose_kernel(m, n, k),
+                SmallKernel::Dot,
+                SmallKernel::Tiled16,
+            ] {
+                let p = plan_kernel(kernel, m, n, false);
+                match p.kernel {
+                    SmallKernel::Dot => {
+                        let threads = p.grid.0 as usize * p.block.0 as usize;
+                        assert!(threads >= m * n * DOT_LANES);
+                        assert!(threads - m * n * DOT_LANES < p.block.0 as usize);
+                    }
+                    SmallKernel::Skinny => {
+                        unreachable!("no shape in this loop plans the skinny kernel")
+                    }
+                    SmallKernel::Tiled16 | SmallKernel::Tiled32 => {
+                        let tile = if p.kernel == SmallKernel::Tiled32 {
+                            32
+                        } else {
+                            16
+                        };
+                        assert!(
+                            p.grid.0 as usize * tile >= n && (p.grid.0 as usize - 1) * tile < n
+                        );
+                        assert!(
+                            p.grid.1 as usize * tile >= m && (p.grid.1 as usize - 1) * tile < m
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The dot kernel (small_matmul_dot in kernels/small_matmul.cu) run on the CPU, thread by
+    /// thread: the same grid, output mapping, k loops (16-byte vectors of `v` elements, two per
+    /// step, then a tail; or scalars) and lane reduction. Returns y and how often each output was
+    /// written.
+    fn emulate_dot(
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        (m, n, k): (usize, usize, usize),
+        v: Option<usize>,
+    ) -> (Vec<f32>, Vec<usize>) {
+        let p = plan_kernel(SmallKernel::Dot, m, n, v.is_some());
+        let threads = p.grid.0 as usize * p.block.0 as usize;
+        let mut y = vec![f32::NAN; m * n];
+        let mut writes = vec![0usize; m * n];
+        for group in 0..threads / DOT_LANES {
+            let live = group < m * n;
+            let oc = if live { group } else { 0 };
+            let (i, j) = (oc / n, oc % n);
+            let mut lanes = [0f32; DOT_LANES];
+            for (g, lane_sum) in lanes.iter_mut().enumerate() {
+                let (mut acc0, mut acc1) = (0f32, 0f32);
+                let dot = |acc: &mut f32, at: usize, len: usize| {
+                    for t in at..at + len {
+                        *acc = x[i * k + t].mul_add(w[j * k + t], *acc);
+                    }
+                };
+                let (width, step) = match v {
+                    Some(v) => (v, DOT_LANES * v),
+                    None => (1, DOT_LANES),
+                };
+                let mut kk = g * width;
+                while kk + step < k {
+                    dot(&mut acc0, kk, width);
+                    dot(&mut acc1, kk + step, width);
+                    kk += 2 * step;
+                }
+                if kk < k {
+                    dot(&mut acc0, kk, width);
+                }
+                *lane_sum = acc0 + acc1;
+            }
+            // __shfl_xor_sync over 4, 2, 1: lane 0 ends with the sum of all eight.
+            let mut s = DOT_LANES / 2;
+            while s > 0 {
+                let prev = lanes;
+                for (l, val) in lanes.iter_mut().enumerate() {
+                    *val += prev[l ^ s];
+                }
+                s /= 2;
+            }
+            if live {
+                y[group] = lanes[0] + bias[j];
+                writes[group] += 1;
+            }
+        }
+        (y, writes)
+    }
+
+    #[test]
+    fn dot_kernel_reads_every_k_once_and_writes_every_output_once() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+        // (m, n, k, vector width): f32 vectors of 4, bf16/f16 of 8; odd and ragged k scalar.
+        for (m, n, k, v) in [
+            (64, 64, 64, Some(4)),
+            (3, 1000, 63, None),
+            (5, 7, 1, None),
+            (9, 13, 17, None),
+            (2, 33, 30, None),
+            (4, 5, 32, Some(4)),
+            (7, 3, 36, Some(4)),
+            (6, 11, 96, Some(8)),
+            (1, 100, 8, Some(8)),
+            (64, 256, 1024, Some(4)),
+        ] {
+            let mut random = |len: usize| -> Vec<f32> {
+                (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
             };
-            assert!(p.grid.0 as usize * tile >= n && (p.grid.0 as usize - 1) * tile < n);
-            assert!(p.grid.1 as usize * tile >= m && (p.grid.1 as usize - 1) * tile < m);
+            let (xs, ws, bs) = (random(m * k), random(n * k), random(n));
+            let (y, writes) = emulate_dot(&xs, &ws, &bs, (m, n, k), v);
+            assert!(
+                writes.iter().all(|&c| c == 1),
+                "m={m} n={n} k={k}: outputs written != once"
+            );
+            for (e, &got) in y.iter().enumerate() {
+                let (i, j) = (e / n, e % n);
+                let want = bs[j] as f64
+                    + (0..k)
+                        .map(|t| xs[i * k + t] as f64 * ws[j * k + t] as f64)
+                        .sum::<f64>();
+                // Every k term counted once: f32 rounding only (a missed or doubled term is O(1)).
+                let tol = 1e-6 * (k as f64 + 1.0);
+                assert!(
+                    (got as f64 - want).abs() <= tol,
+                    "m={m} n={n} k={k} v={v:?}: y[{i},{j}] = {got}, want {want}"
+                );
+            }
         }
     }
 

@@ -367,14 +367,24 @@ fn check_cross_entropy(s: &mut Suite, dtype: DType) -> Result<()> {
     Ok(())
 }
 
-/// wick's small-matrix product (gpu::small_matmul) against y = x W^T + bias in f64: the skinny
-/// kernel (m <= 8, scalar and 16-byte loads), both tiled kernels, ragged edges; on CUDA also written
-/// into a NaN-filled y, so an element the kernel misses shows as an infinite error.
+/// wick's small-matrix product (gpu::small_matmul) against y = x W^T + bias in f64: the dot kernel
+/// (odd k, k not a multiple of the vector, 64x64x64, m = 3 with n = 1000), the skinny kernel (m <= 8,
+/// scalar and 16-byte loads), both tiled kernels, ragged edges; on CUDA also written into a
+/// NaN-filled y, so an element the kernel misses shows as an infinite error, through the planned
+/// kernel and with the dot, tiled and (m <= 8) skinny kernels forced at every shape.
 fn check_small_matmul(s: &mut Suite, dtype: DType) -> Result<()> {
     use crate::gpu::small_matmul;
     // (leading dims of x, n, k): m = product of the leading dims.
-    let cases: [(&[usize], usize, usize); 7] = [
+    let cases: [(&[usize], usize, usize); 15] = [
         (&[1], 70, 33),
+        (&[3], 1000, 64),
+        (&[3], 1000, 63),
+        (&[7], 33, 30),
+        (&[9], 13, 1),
+        (&[2, 32], 64, 64),
+        (&[1], 300, 300),
+        (&[3], 20000, 40),
+        (&[64], 300, 64),
         (&[5], 64, 64),
         (&[2, 4], 1000, 136),
         (&[64], 64, 64),
@@ -406,6 +416,20 @@ fn check_small_matmul(s: &mut Suite, dtype: DType) -> Result<()> {
             let y = (Tensor::ones(y_shape.as_slice(), dtype, s.device)? * f64::NAN)?;
             small_matmul::linear_into(&y, &x, &w, Some(&bias))?;
             s.record("small_matmul_into", dtype, "fwd", &shape, &v(&y)?, &want);
+            use small_matmul::SmallKernel;
+            for (kernel, name) in [
+                (SmallKernel::Dot, "small_matmul_into_dot"),
+                (SmallKernel::Tiled16, "small_matmul_into_tiled16"),
+                (SmallKernel::Tiled32, "small_matmul_into_tiled32"),
+                (SmallKernel::Skinny, "small_matmul_into_skinny"),
+            ] {
+                if kernel == SmallKernel::Skinny && m > small_matmul::SKINNY_MAX_ROWS {
+                    continue;
+                }
+                let y = (Tensor::ones(y_shape.as_slice(), dtype, s.device)? * f64::NAN)?;
+                small_matmul::linear_into_with(Some(kernel), &y, &x, &w, Some(&bias))?;
+                s.record(name, dtype, "fwd", &shape, &v(&y)?, &want);
+            }
         }
     }
     Ok(())

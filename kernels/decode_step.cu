@@ -5,105 +5,152 @@
 //
 // state: int[2] = {token id, position} of the token being decoded.
 //
-// rope_attention(qkv, k_cache, v_cache, state, inv_freq, out, heads, kv_heads, d, scale)
+// rope_attention(qkv, k_cache, v_cache, state, inv_freq, out, part, counters, heads, kv_heads, d,
+//                max_seq, scale): flash-decoding attention, split over the positions.
 //   qkv: [heads*d | kv_heads*d | kv_heads*d] (q, k, v of the new token, before RoPE)
 //   k_cache, v_cache: [max_seq, kv_heads, d] of this layer; out: [heads, d]
-//   grid: heads blocks; block: a multiple of d and of 32 threads. Dynamic shared memory:
-//   (3 d + pos + 1) floats.
+//   part: scratch of heads * nc * (d + 2) floats, nc = ceil(max_seq / ATT_CHUNK): per query head and
+//     chunk the unnormalized sum acc[d] (first heads * nc * d floats) then (max, sum of exp) pairs.
+//   counters: kv_heads unsigned ints, zero before the launch (the kernel leaves them zero).
+//   grid: (kv_heads, nc) blocks; block (kvh, c) handles the `group` query heads of kv head kvh over
+//   positions [c ATT_CHUNK, min((c + 1) ATT_CHUNK, pos + 1)); blocks past pos exit at once, so one
+//   grid (sized from max_seq) serves every position and a captured graph stays valid.
+//   block: ATT_THREADS threads. Dynamic shared memory: (group d + 2 d + group ATT_CHUNK) floats.
 //   RoPE (HF half-split layout): with a_i = pos * inv_freq[i], i < d/2,
 //     x'[i] = x[i] cos a_i - x[i + d/2] sin a_i,  x'[i + d/2] = x[i] sin a_i + x[i + d/2] cos a_i
-//   on q (head h) and k (kv head h / (heads / kv_heads)); the first query head of each group writes
-//   k', v to the cache at pos (the others use their own copy of k', v for position pos, so no block
-//   reads what another writes in the same launch). Then
-//     s_t = scale * q' . k_t (t <= pos),  out = sum_t softmax(s)_t v_t.
+//   on q (head h) and k (kv head h / group). The block whose chunk holds pos writes k', v to the
+//   cache at pos and uses its own copy for that position (no other block reads row pos). Then
+//     s_t = scale * q' . k_t (t <= pos),  out = sum_t softmax(s)_t v_t,
+//   as per-chunk (m_c, l_c, acc_c) partials; the last block of each kv head to finish (atomic
+//   counter) combines them: out = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c.
 // argmax_logprob(logits, n, result): one block; result[0] = argmax (lowest index on ties, NaN never
 //   wins), result[1] = bits of logits[id] - logsumexp(logits) as f32. Also writes the id to state[0]
 //   when `state` is not null.
 #include "common.cuh"
 
+#define ATT_CHUNK 32
+#define ATT_THREADS 256
+
 extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* __restrict__ k_cache,
                                           float* __restrict__ v_cache, const int* __restrict__ state,
                                           const float* __restrict__ inv_freq, float* __restrict__ out,
-                                          int heads, int kv_heads, int d, float scale) {
+                                          float* __restrict__ part, unsigned int* __restrict__ counters,
+                                          int heads, int kv_heads, int d, int max_seq, float scale) {
     extern __shared__ float sm[];
-    __shared__ float red[32];
-    float* q = sm;
-    float* kc = q + d;
-    float* vc = kc + d;
-    float* p = vc + d;
-    int h = blockIdx.x, group = heads / kv_heads, kvh = h / group;
+    __shared__ bool is_last;
+    int kvh = blockIdx.x, c = blockIdx.y;
     int pos = state[1];
-    int half = d / 2;
-    const float* qin = qkv + (size_t)h * d;
+    int t0 = c * ATT_CHUNK;
+    if (t0 > pos) return;
+    int t1 = min(t0 + ATT_CHUNK, pos + 1);
+    int n = t1 - t0;
+    int group = heads / kv_heads, half = d / 2;
+    int nc = (max_seq + ATT_CHUNK - 1) / ATT_CHUNK;
+    unsigned int active = (unsigned int)(pos / ATT_CHUNK + 1);
+    float* q = sm;               // [group][d], rotated
+    float* kc = q + group * d;   // [d] rotated key at pos
+    float* vc = kc + d;          // [d] value at pos
+    float* p = vc + d;           // [group][ATT_CHUNK] scores, then weights
+    float* part_acc = part;
+    float* part_ml = part + (size_t)heads * nc * d;
+    const float* qin = qkv + (size_t)kvh * group * d;
     const float* kin = qkv + (size_t)heads * d + (size_t)kvh * d;
     const float* vin = qkv + (size_t)(heads + kv_heads) * d + (size_t)kvh * d;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        float s, c;
-        sincosf((float)pos * inv_freq[i], &s, &c);
-        float a = qin[i], b = qin[i + half];
-        q[i] = a * c - b * s;
-        q[i + half] = a * s + b * c;
-        a = kin[i];
-        b = kin[i + half];
-        kc[i] = a * c - b * s;
-        kc[i + half] = a * s + b * c;
+    bool has_pos = pos < t1;
+    for (int j = threadIdx.x; j < group * half; j += blockDim.x) {
+        int g = j / half, i = j % half;
+        float s, co;
+        sincosf((float)pos * inv_freq[i], &s, &co);
+        float a = qin[g * d + i], b = qin[g * d + i + half];
+        q[g * d + i] = a * co - b * s;
+        q[g * d + i + half] = a * s + b * co;
     }
-    for (int i = threadIdx.x; i < d; i += blockDim.x) vc[i] = vin[i];
+    if (has_pos) {
+        for (int i = threadIdx.x; i < half; i += blockDim.x) {
+            float s, co;
+            sincosf((float)pos * inv_freq[i], &s, &co);
+            float a = kin[i], b = kin[i + half];
+            kc[i] = a * co - b * s;
+            kc[i + half] = a * s + b * co;
+        }
+        for (int i = threadIdx.x; i < d; i += blockDim.x) vc[i] = vin[i];
+    }
     __syncthreads();
     size_t row = (size_t)kv_heads * d;  // floats per cached position
-    if (h % group == 0) {
+    if (has_pos) {
         for (int i = threadIdx.x; i < d; i += blockDim.x) {
             k_cache[(size_t)pos * row + (size_t)kvh * d + i] = kc[i];
             v_cache[(size_t)pos * row + (size_t)kvh * d + i] = vc[i];
         }
     }
-    // Scores, one position per thread.
-    float local_max = -INFINITY;
-    for (int t = threadIdx.x; t <= pos; t += blockDim.x) {
+    // Scores: one (head, position) pair per thread; d % 4 == 0 (checked by the host).
+    for (int j = threadIdx.x; j < group * n; j += blockDim.x) {
+        int g = j / n, tt = j % n, t = t0 + tt;
         const float* kr = t == pos ? kc : k_cache + (size_t)t * row + (size_t)kvh * d;
-        // d % 4 == 0 (checked by the host): 16-byte loads of the key row.
         const float4* k4 = reinterpret_cast<const float4*>(kr);
-        const float4* q4 = reinterpret_cast<const float4*>(q);
+        const float4* q4 = reinterpret_cast<const float4*>(q + g * d);
         float dot = 0.f;
         for (int i = 0; i < d / 4; i++) {
             float4 a = q4[i], b = k4[i];
             dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
         }
-        dot *= scale;
-        p[t] = dot;
-        local_max = fmaxf(local_max, dot);
-    }
-    float m = block_max(local_max, red);
-    float local_sum = 0.f;
-    for (int t = threadIdx.x; t <= pos; t += blockDim.x) {
-        float e = expf(p[t] - m);
-        p[t] = e;
-        local_sum += e;
-    }
-    float total = block_sum(local_sum, red);  // its __syncthreads also publishes p[]
-    // Values: thread (g, i) sums dim i over positions t = g, g + G, ...; then the G partials add up.
-    int groups = blockDim.x / d;
-    int i = threadIdx.x % d, g = threadIdx.x / d;
-    float acc = 0.f;
-    for (int t = g; t <= pos; t += groups) {
-        const float* vr = t == pos ? vc : v_cache + (size_t)t * row + (size_t)kvh * d;
-        acc += p[t] * vr[i];
+        p[g * ATT_CHUNK + tt] = dot * scale;
     }
     __syncthreads();
-    // Reuse the q/k slots (3 d floats) for the partials; groups <= 3 is checked by the host, else the
-    // score area (at least pos + 1 >= 1 floats past them) would be overwritten too early.
-    float* partial = sm;
-    if (groups <= 3) {
-        partial[g * d + i] = acc;
-        __syncthreads();
-        if (g == 0) {
-            float s = 0.f;
-            for (int j = 0; j < groups; j++) s += partial[j * d + i];
-            out[(size_t)h * d + i] = s / total;
+    // Per head: chunk max and sum of exp (one warp per head).
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int g = warp; g < group; g += warps) {
+        float m = -INFINITY;
+        for (int tt = lane; tt < n; tt += 32) m = fmaxf(m, p[g * ATT_CHUNK + tt]);
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+        float l = 0.f;
+        for (int tt = lane; tt < n; tt += 32) {
+            float e = expf(p[g * ATT_CHUNK + tt] - m);
+            p[g * ATT_CHUNK + tt] = e;
+            l += e;
+        }
+        for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffff, l, o);
+        if (lane == 0) {
+            size_t at = ((size_t)(kvh * group + g) * nc + c) * 2;
+            part_ml[at] = m;
+            part_ml[at + 1] = l;
         }
     }
+    __syncthreads();
+    // Unnormalized values of the chunk: one (head, dim) pair per thread.
+    for (int j = threadIdx.x; j < group * d; j += blockDim.x) {
+        int g = j / d, i = j % d;
+        float acc = 0.f;
+        for (int tt = 0; tt < n; tt++) {
+            int t = t0 + tt;
+            float v = t == pos ? vc[i] : v_cache[(size_t)t * row + (size_t)kvh * d + i];
+            acc += p[g * ATT_CHUNK + tt] * v;
+        }
+        part_acc[((size_t)(kvh * group + g) * nc + c) * d + i] = acc;
+    }
+    // The last block of this kv head to get here combines the chunks.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(&counters[kvh], 1u) == active - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    for (int j = threadIdx.x; j < group * d; j += blockDim.x) {
+        int g = j / d, i = j % d, h = kvh * group + g;
+        const float* ml = part_ml + (size_t)h * nc * 2;
+        const float* acc_h = part_acc + (size_t)h * nc * d + i;
+        float big = -INFINITY;
+        for (unsigned int cc = 0; cc < active; cc++) big = fmaxf(big, __ldcg(ml + 2 * cc));
+        float l = 0.f, acc = 0.f;
+        for (unsigned int cc = 0; cc < active; cc++) {
+            float w = expf(__ldcg(ml + 2 * cc) - big);
+            l += __ldcg(ml + 2 * cc + 1) * w;
+            acc += __ldcg(acc_h + (size_t)cc * d) * w;
+        }
+        out[(size_t)h * d + i] = acc / l;
+    }
+    if (threadIdx.x == 0) counters[kvh] = 0;
 }
-
 extern "C" __global__ void argmax_logprob(const float* __restrict__ logits, int n,
                                           unsigned int* __restrict__ result, int* __restrict__ state) {
     __shared__ float sv[32], sm_[32], ss[32];

@@ -12,8 +12,9 @@ use super::weights::{DeviceMatrix, EngineWeights};
 use super::EngineShape;
 use crate::formats::config::DecoderConfig;
 use crate::formats::weights::WeightSource;
-use crate::gpu::decode::launch::{attention_shared_bytes, device_ptr, DecodeKernels};
-use crate::gpu::decode::reference::AttentionShape;
+use crate::gpu::decode::launch::{
+    attention_scratch_floats, attention_shared_bytes, device_ptr, DecodeKernels,
+};
 use crate::gpu::graph::{self, Graph};
 use crate::{Error, Result};
 
@@ -32,6 +33,7 @@ pub enum StepMode {
 struct Buffers {
     _owned: Vec<CudaSlice<f32>>,
     _state: CudaSlice<i32>,
+    _counters: CudaSlice<u32>,
     result: CudaSlice<u32>,
     logits: CudaSlice<f32>,
     state_ptr: u64,
@@ -43,6 +45,9 @@ struct Buffers {
     act: u64,
     k_cache: u64,
     v_cache: u64,
+    /// Attention partials (per head and chunk) and the per-kv-head completion counters.
+    part: u64,
+    counters: u64,
 }
 
 fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
@@ -74,6 +79,10 @@ impl Buffers {
             alloc(shape.ffn, "mlp activation")?,
             alloc(cache, "k cache")?,
             alloc(cache, "v cache")?,
+            alloc(
+                attention_scratch_floats(shape.attention(), shape.max_seq),
+                "attention partials",
+            )?,
         ];
         let logits = alloc(shape.vocab, "logits")?;
         let state = stream
@@ -82,6 +91,9 @@ impl Buffers {
         let result = stream
             .alloc_zeros::<u32>(2)
             .map_err(|e| driver_err("result", e))?;
+        let counters = stream
+            .alloc_zeros::<u32>(shape.kv_heads)
+            .map_err(|e| driver_err("attention counters", e))?;
         let p: Vec<u64> = owned.iter().map(|s| device_ptr(s, stream)).collect();
         Ok(Self {
             state_ptr: device_ptr(&state, stream),
@@ -93,8 +105,11 @@ impl Buffers {
             act: p[3],
             k_cache: p[4],
             v_cache: p[5],
+            part: p[6],
+            counters: device_ptr(&counters, stream),
             _owned: owned,
             _state: state,
+            _counters: counters,
             result,
             logits,
         })
@@ -151,10 +166,11 @@ impl DecodeEngine {
         }
         check_matrix(&weights.embed, shape.vocab, h, "embed_tokens")?;
         check_matrix(weights.head(), shape.vocab, h, "lm_head")?;
-        if attention_shared_bytes(shape.head_dim, shape.max_seq) > 48 * 1024 {
+        if attention_shared_bytes(shape.attention()) > 48 * 1024 {
             return Err(Error::InvalidRequest(format!(
-                "CUDA decode engine: {} positions of head dim {} exceed the attention kernel's shared memory",
-                shape.max_seq, shape.head_dim
+                "CUDA decode engine: {} heads of dim {} per kv head exceed the attention kernel's shared memory",
+                shape.heads / shape.kv_heads,
+                shape.head_dim
             )));
         }
         let buffers = Buffers::new(&shape, &stream)?;
@@ -229,11 +245,7 @@ impl DecodeEngine {
         let (h, eps) = (s.hidden, s.eps);
         let norm = |i: usize| w.norms_ptr + (i * h * 4) as u64;
         let cache_layer = (s.max_seq * s.kv_heads * s.head_dim * 4) as u64;
-        let attention = AttentionShape {
-            heads: s.heads,
-            kv_heads: s.kv_heads,
-            head_dim: s.head_dim,
-        };
+        let attention = s.attention();
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         k.embed(w.embed.quant, w.embed.ptr, b.state_ptr, b.x, h)
             .map_err(launch_err("embed"))?;
@@ -258,6 +270,8 @@ impl DecodeEngine {
                 b.state_ptr,
                 w.inv_freq_ptr,
                 b.attn,
+                b.part,
+                b.counters,
                 attention,
                 s.max_seq,
                 scale,

@@ -27,8 +27,7 @@ pub use registry::{attach, session_for, Session};
 
 use crate::formats::config::DecoderConfig;
 
-/// Positions the engine's KV cache holds at most (the attention kernel keeps one score per position
-/// in 48 KiB of shared memory).
+/// Positions the engine's KV cache holds at most (bounds the cache and the attention scratch).
 pub const MAX_SEQ_CAP: usize = 8192;
 
 /// Whether the environment turned the engine off (`WICK_CUDA_DECODE=candle`).
@@ -93,6 +92,15 @@ impl EngineShape {
             ));
         }
         Ok(shape)
+    }
+
+    /// The attention kernel's shape.
+    pub fn attention(&self) -> crate::gpu::decode::reference::AttentionShape {
+        crate::gpu::decode::reference::AttentionShape {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        }
     }
 
     /// Rows of the fused q/k/v product.

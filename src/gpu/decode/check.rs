@@ -178,10 +178,14 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
     for &(heads, kv_heads, d, pos) in &[
         (9usize, 3usize, 64usize, 0usize),
         (9, 3, 64, 5),
+        (9, 3, 64, 31),
+        (9, 3, 64, 32),
         (9, 3, 64, 700),
+        (9, 3, 64, 4000),
         (4, 4, 128, 333),
     ] {
-        let max_seq = 1024;
+        // The engine's grid: sized from the cache, blocks past pos exit at once.
+        let max_seq = 4096;
         let shape = AttentionShape {
             heads,
             kv_heads,
@@ -196,6 +200,11 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
         let (qd, kd, vd) = (gpu.up(&qkv)?, gpu.up(&kc)?, gpu.up(&vc)?);
         let (sd, id) = (gpu.up(&[7i32, pos as i32])?, gpu.up(&inv)?);
         let od = gpu.up(&vec![f32::NAN; heads * d])?;
+        let part = gpu.up(&vec![
+            f32::NAN;
+            super::launch::attention_scratch_floats(shape, max_seq)
+        ])?;
+        let counters = gpu.up(&vec![0u32; kv_heads])?;
         let scale = 1.0 / (d as f32).sqrt();
         kernels
             .rope_attention(
@@ -205,6 +214,8 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
                 gpu.ptr(&sd),
                 gpu.ptr(&id),
                 gpu.ptr(&od),
+                gpu.ptr(&part),
+                gpu.ptr(&counters),
                 shape,
                 max_seq,
                 scale,
@@ -227,6 +238,21 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
             .chain(&vc[pos * row..(pos + 1) * row])
             .map(|&v| v as f64)
             .collect();
+        // The last block of each kv head resets its counter for the next launch (next layer/token).
+        let counters_after =
+            kernels
+                .stream()
+                .clone_dtoh(&counters)
+                .map_err(|e| crate::Error::Candle {
+                    context: "attention counters read-back".into(),
+                    source: candle_core::Error::Msg(format!("{e:?}")),
+                })?;
+        cases.push(DecodeCase {
+            kernel: "dec_attention_counters".into(),
+            shape: shape_text.clone(),
+            got: counters_after.into_iter().map(f64::from).collect(),
+            want: vec![0.0; kv_heads],
+        });
         cases.push(DecodeCase {
             kernel: "dec_rope_kv_write".into(),
             shape: shape_text,

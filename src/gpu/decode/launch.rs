@@ -44,17 +44,26 @@ fn index(q: QuantType) -> usize {
     }
 }
 
-/// Threads of one `rope_attention` block for head dim `d`: d * g with g <= 3 (the kernel's
-/// partial-sum area), a multiple of 32, at most 256. `None` if no such g exists or d % 4 != 0.
+/// Positions per block of `rope_attention` (ATT_CHUNK in kernels/decode_step.cu).
+pub const ATTENTION_CHUNK: usize = 32;
+/// Threads of one `rope_attention` block (ATT_THREADS in kernels/decode_step.cu).
+const ATTENTION_THREADS: u32 = 256;
+
+/// Threads of one `rope_attention` block for head dim `d`, `None` when the kernel cannot run it
+/// (the key rows are read as float4, RoPE pairs dims i and i + d/2).
 pub fn attention_threads(d: usize) -> Option<u32> {
-    if d % 4 != 0 {
-        return None; // the key rows are read as float4
-    }
-    (1..=3)
-        .rev()
-        .map(|g| d * g)
-        .find(|&t| t % 32 == 0 && t <= 256 && t > 0)
-        .map(|t| t as u32)
+    (d > 0 && d % 4 == 0).then_some(ATTENTION_THREADS)
+}
+
+/// Chunks of `ATTENTION_CHUNK` positions for a cache of `max_seq` positions (the grid's y size).
+pub fn attention_chunks(max_seq: usize) -> usize {
+    max_seq.div_ceil(ATTENTION_CHUNK)
+}
+
+/// Floats of the `rope_attention` scratch (`part`): per query head and chunk, `head_dim` partial sums
+/// and a (max, sum) pair.
+pub fn attention_scratch_floats(shape: super::reference::AttentionShape, max_seq: usize) -> usize {
+    shape.heads * attention_chunks(max_seq) * (shape.head_dim + 2)
 }
 
 impl DecodeKernels {
@@ -153,7 +162,9 @@ impl DecodeKernels {
     }
 
     /// RoPE on the new token's q and k (position state[1]), k and v into this layer's caches, and
-    /// attention over positions 0..=state[1]. `max_seq` sizes the shared score buffer.
+    /// attention over positions 0..=state[1], split over chunks of [`ATTENTION_CHUNK`] positions
+    /// (flash decoding). `part`: [`attention_scratch_floats`] floats; `counters`: `kv_heads` u32,
+    /// zero (the kernel leaves them zero). `max_seq`: positions of the caches (sizes the grid).
     #[allow(clippy::too_many_arguments)]
     pub fn rope_attention(
         &self,
@@ -163,6 +174,8 @@ impl DecodeKernels {
         state: u64,
         inv_freq: u64,
         out: u64,
+        part: u64,
+        counters: u64,
         shape: super::reference::AttentionShape,
         max_seq: usize,
         scale: f32,
@@ -171,19 +184,32 @@ impl DecodeKernels {
         let threads = attention_threads(d).ok_or_else(|| {
             candle_core::Error::Msg(format!("rope_attention: no block size for head dim {d}"))
         })?;
+        if shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "rope_attention: {} heads are not a multiple of {} kv heads",
+                shape.heads, shape.kv_heads
+            )));
+        }
         let (h, kv, d_i) = (shape.heads as i32, shape.kv_heads as i32, d as i32);
+        let max_seq_i = max_seq as i32;
         let mut b = self.stream.launch_builder(&self.rope_attention);
         b.arg(&qkv)
             .arg(&k_cache)
             .arg(&v_cache)
             .arg(&state)
             .arg(&inv_freq)
-            .arg(&out);
-        b.arg(&h).arg(&kv).arg(&d_i).arg(&scale);
+            .arg(&out)
+            .arg(&part)
+            .arg(&counters);
+        b.arg(&h).arg(&kv).arg(&d_i).arg(&max_seq_i).arg(&scale);
         let cfg = LaunchConfig {
-            grid_dim: (shape.heads as u32, 1, 1),
+            grid_dim: (
+                shape.kv_heads as u32,
+                attention_chunks(max_seq).max(1) as u32,
+                1,
+            ),
             block_dim: (threads, 1, 1),
-            shared_mem_bytes: ((3 * d + max_seq) * 4) as u32,
+            shared_mem_bytes: attention_shared_bytes(shape) as u32,
         };
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
@@ -205,9 +231,11 @@ impl DecodeKernels {
     }
 }
 
-/// Shared memory bytes of one `rope_attention` block for `max_seq` positions.
-pub fn attention_shared_bytes(head_dim: usize, max_seq: usize) -> usize {
-    (3 * head_dim + max_seq) * 4
+/// Shared memory bytes of one `rope_attention` block: the group's rotated queries, the new key and
+/// value, and the group's scores over one chunk.
+pub fn attention_shared_bytes(shape: super::reference::AttentionShape) -> usize {
+    let group = shape.heads / shape.kv_heads.max(1);
+    (group * shape.head_dim + 2 * shape.head_dim + group * ATTENTION_CHUNK) * 4
 }
 
 /// The raw device address of a buffer, for the launchers. The buffer must outlive every launch (and

@@ -22,8 +22,10 @@ pub enum MatmulPath {
     Candle,
     /// `gpu::cublaslt::matmul`: one cached descriptor, layouts and algorithm per shape.
     CublasLt,
-    /// `gpu::small_matmul::linear`: wick's one-launch kernel for small products (shapes outside
-    /// `small_matmul::supports` fall back to cuBLASLt).
+    /// `gpu::small_matmul::linear`: wick's one-launch kernels for small products (the dot kernel
+    /// for few outputs and moderate k, else skinny or tiled: `small_matmul::choose_kernel`; shapes
+    /// outside `small_matmul::supports` fall back to cuBLASLt). The table picks this path per shape
+    /// from GPU measurements; the kernel cutoffs only choose among wick's own kernels.
     Small,
 }
 

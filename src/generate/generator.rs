@@ -192,7 +192,7 @@ impl<'a> TokenStream<'a> {
         let start = Instant::now();
         #[cfg(feature = "cuda")]
         let from_engine = match &engine {
-            Some(session) => Some(engine_next(session.prefill(prompt_ids)?)),
+            Some(session) => Some(engine_next(session.prefill(model, &mut cache, prompt_ids)?)),
             None => None,
         };
         #[cfg(not(feature = "cuda"))]

@@ -157,6 +157,23 @@ impl KvCache {
         Ok((keys, values))
     }
 
+    /// Layer `layer`'s keys and values of positions `0..len()` as views
+    /// `[batch, kv_heads, len, head_dim]` (keys after RoPE), `None` before the layer's first append.
+    pub fn layer_views(&self, layer: usize) -> Result<Option<(Tensor, Tensor)>> {
+        let Some(Some(entry)) = self.layers.get(layer) else {
+            return Ok(None);
+        };
+        let k = entry
+            .k
+            .narrow(2, 0, self.len)
+            .context("kv cache: key view")?;
+        let v = entry
+            .v
+            .narrow(2, 0, self.len)
+            .context("kv cache: value view")?;
+        Ok(Some((k, v)))
+    }
+
     /// Records that `t` positions were appended to every layer.
     pub fn advance(&mut self, t: usize) {
         self.len += t;

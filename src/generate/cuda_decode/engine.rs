@@ -16,6 +16,7 @@ use crate::gpu::decode::launch::{
     attention_scratch_floats, attention_shared_bytes, device_ptr, DecodeKernels,
 };
 use crate::gpu::graph::{self, Graph};
+use crate::models::kv_cache::KvCache;
 use crate::{Error, Result};
 
 /// How steps run.
@@ -237,6 +238,68 @@ impl DecodeEngine {
     /// Forgets the sequence: the next token takes position 0.
     pub fn reset(&mut self) {
         self.pos = 0;
+    }
+
+    /// Takes over the positions `0..cache.len()` of a Candle KV cache (`models::kv_cache`, filled by
+    /// the batched `Llama::forward`, keys after RoPE in the same half-split convention): copies each
+    /// layer's keys and values, `[1, kv_heads, len, head_dim]`, into the engine's
+    /// `[max_seq, kv_heads, head_dim]` f32 layout on the device, and sets the position to `len`, so
+    /// the next [`DecodeEngine::step`] decodes the token after the prompt.
+    pub fn load_prefix(&mut self, cache: &KvCache) -> Result<()> {
+        let s = self.shape;
+        let len = cache.len();
+        if len > s.max_seq {
+            return Err(Error::InvalidRequest(format!(
+                "CUDA decode engine: {len} cached positions exceed its cache of {}",
+                s.max_seq
+            )));
+        }
+        let row = s.kv_heads * s.head_dim;
+        let stream = self.kernels.stream().clone();
+        for layer in 0..s.layers {
+            let (k, v) = cache.layer_views(layer)?.ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "CUDA decode engine: the prefill cache has no layer {layer}"
+                ))
+            })?;
+            for (src, slot, what) in [(k, 4usize, "keys"), (v, 5, "values")] {
+                let ctx = |e: candle_core::Error| Error::Candle {
+                    context: format!("CUDA decode engine: prefill {what} of layer {layer}"),
+                    source: e,
+                };
+                // [1, kv, len, d] -> [len, kv, d], f32, contiguous.
+                let t = src
+                    .to_dtype(candle_core::DType::F32)
+                    .and_then(|t| t.squeeze(0))
+                    .and_then(|t| t.transpose(0, 1))
+                    .and_then(|t| t.contiguous())
+                    .map_err(ctx)?;
+                let dims = t.dims().to_vec();
+                if dims != [len, s.kv_heads, s.head_dim] {
+                    return Err(Error::InvalidRequest(format!(
+                        "CUDA decode engine: prefill {what} of layer {layer} are {dims:?}, expected [{len}, {}, {}]",
+                        s.kv_heads, s.head_dim
+                    )));
+                }
+                let (storage, layout) = t.storage_and_layout();
+                let candle_core::Storage::Cuda(cs) = &*storage else {
+                    return Err(Error::InvalidRequest(
+                        "CUDA decode engine: the prefill cache is not on a CUDA device".into(),
+                    ));
+                };
+                let src_slice = cs.as_cuda_slice::<f32>().map_err(ctx)?;
+                let start = layout.start_offset();
+                let n = len * row;
+                let src_view = src_slice.slice(start..start + n);
+                let base = layer * s.max_seq * row;
+                let mut dst = self.buffers._owned[slot].slice_mut(base..base + n);
+                stream
+                    .memcpy_dtod(&src_view, &mut dst)
+                    .map_err(|e| driver_err("copying the prefill cache", e))?;
+            }
+        }
+        self.pos = len;
+        Ok(())
     }
 
     /// The fixed launch sequence of one step (what the graph records).

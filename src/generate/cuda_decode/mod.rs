@@ -12,8 +12,11 @@
 //!             x += W_down act
 //! logits = W_head rms_norm(x); (id, logprob) = argmax(logits)        2 launches
 //! ```
-//! Prefill runs the same step once per prompt token (the K/V of every position is written by the
-//! engine itself, so the Candle path is not needed at all once the engine is attached).
+//! Prefill of a prompt of at least [`BATCHED_PREFILL_MIN`] tokens runs on the batched Candle path
+//! (`Llama::forward` with a `KvCache`, QMatMul on the quantized weights); the engine then copies the
+//! cache's keys (after RoPE, same half-split convention) and values into its own layout
+//! ([`DecodeEngine::load_prefix`]) and decodes from position = prompt length. Shorter prompts run the
+//! engine's step once per token (cheaper than one batched forward's fixed cost).
 //!
 //! `WICK_CUDA_DECODE=candle` turns the engine off (generation then runs through Candle's ops and
 //! QMatMul as before).
@@ -29,6 +32,10 @@ use crate::formats::config::DecoderConfig;
 
 /// Positions the engine's KV cache holds at most (bounds the cache and the attention scratch).
 pub const MAX_SEQ_CAP: usize = 8192;
+
+/// Shortest prompt prefilled through the batched Candle forward; shorter ones step through the
+/// engine (~1 ms per token against a batched forward's ~10 ms of fixed cost).
+pub const BATCHED_PREFILL_MIN: usize = 8;
 
 /// Whether the environment turned the engine off (`WICK_CUDA_DECODE=candle`).
 pub fn disabled_by_env() -> bool {

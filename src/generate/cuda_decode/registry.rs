@@ -16,9 +16,10 @@ use super::DecodeEngine;
 use crate::formats::config::DecoderConfig;
 use crate::formats::weights::{LoadOptions, WeightSource};
 use crate::generate::sampler::SamplingParams;
+use crate::models::kv_cache::KvCache;
 use crate::models::linear::BaseWeight;
 use crate::models::llama::Llama;
-use crate::Result;
+use crate::{Context, Result};
 
 struct Entry {
     key: Weak<QTensor>,
@@ -142,10 +143,27 @@ impl Session {
         }
     }
 
-    /// Runs the prompt from position 0, one step per token; returns what follows its last token.
-    pub fn prefill(&self, prompt_ids: &[u32]) -> Result<Next> {
-        self.engine.borrow_mut().reset();
-        self.run(prompt_ids)
+    /// Runs the prompt from position 0 and returns what follows its last token: prompts of at least
+    /// [`super::BATCHED_PREFILL_MIN`] tokens through the batched Candle forward (`model` into `cache`,
+    /// cleared first), whose keys and values the engine then takes over ([`DecodeEngine::load_prefix`]);
+    /// shorter ones one engine step per token.
+    pub fn prefill(&self, model: &Llama, cache: &mut KvCache, prompt_ids: &[u32]) -> Result<Next> {
+        if prompt_ids.len() < super::BATCHED_PREFILL_MIN {
+            self.engine.borrow_mut().reset();
+            return self.run(prompt_ids);
+        }
+        let input = candle_core::Tensor::new(prompt_ids, model.device())
+            .and_then(|t| t.unsqueeze(0))
+            .context("prompt ids")?;
+        cache.clear();
+        let logits = model
+            .forward_last(&input, cache)?
+            .squeeze(0)
+            .and_then(|t| t.to_dtype(candle_core::DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .context("prefill logits")?;
+        self.engine.borrow_mut().load_prefix(cache)?;
+        Ok(Next::Logits(logits))
     }
 
     /// Runs one generated token.

@@ -73,8 +73,9 @@ __device__ void small_matmul_dot(const T* __restrict__ x, const T* __restrict__ 
     int g = threadIdx.x & (DOT_LANES - 1);
     bool live = o < (size_t)m * n;
     // Lanes past the end compute output 0 and write nothing: every lane reaches the shuffles.
-    size_t oc = live ? o : 0;
-    int i = (int)(oc / n), j = (int)(oc % n);
+    // m n <= INT_MAX (checked on the host): 32-bit division, far cheaper than 64-bit.
+    unsigned oc = live ? (unsigned)o : 0u;
+    int i = (int)(oc / (unsigned)n), j = (int)(oc % (unsigned)n);
     const T* xr = x + (size_t)i * k;
     const T* wr = w + (size_t)j * k;
     float acc0 = 0.f, acc1 = 0.f;

@@ -1,7 +1,9 @@
 //! `wick bench overhead`: where the time of one small GPU operation goes (host checks, allocation,
 //! launch, synchronisation, GPU), before and after each of wick's overhead cures, in one process.
-//! Operations: one 64x64x64 f32 matmul through every path (allocating, and into a reused output)
-//! and one LoRA forward (t1 d1024 r8 bf16). Cures (gpu::overhead) are applied cumulatively:
+//! Operations: one 64x64x64 f32 matmul through every path (allocating, and into a reused output;
+//! the small path's planned dot kernel and, forced beside it, the tiled kernel) and one LoRA forward
+//! (t1 d1024 r8 bf16). Then products replayed from CUDA graphs: small (dot and tiled) and cuBLASLt,
+//! f32, bf16 and f16. Cures (gpu::overhead) are applied cumulatively:
 //! baseline, +no event tracking, +pool retention, +lean launch. Writes JSON and a markdown table.
 
 use std::path::PathBuf;

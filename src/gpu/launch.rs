@@ -82,8 +82,23 @@ macro_rules! by_dtype {
     };
 }
 
-fn dtype_of(s: &CudaStorage) -> DType {
-    s.dtype()
+/// Defines `pub fn $name(first: &CudaStorage, ...)` that runs `$body` with `T` the Rust type of
+/// the first argument's dtype (a launcher's arguments are written once; the body is the launch).
+macro_rules! launcher {
+    (
+        $(#[$m:meta])*
+        pub fn $name:ident<$t:ident>(
+            $first:ident: &CudaStorage,
+            $($arg:ident: $ty:ty),* $(,)?
+        ) -> $ret:ty $body:block
+    ) => {
+        $(#[$m])*
+        pub fn $name($first: &CudaStorage, $($arg: $ty),*) -> $ret {
+            $(#[$m])*
+            fn go<$t: GpuFloat>($first: &CudaStorage, $($arg: $ty),*) -> $ret $body
+            by_dtype!($first.dtype(), go($first, $($arg),*))
+        }
+    };
 }
 
 /// The view of `s` starting at the layout's offset (the rest of the buffer: strided readers index
@@ -162,13 +177,23 @@ fn row_plan<T: GpuFloat>(n: usize, aligned: bool) -> (u32, i32) {
     }
 }
 
-fn grid_1d(n: usize, block: u32) -> LaunchConfig {
-    let blocks = n.div_ceil(block as usize).clamp(1, 132 * 16) as u32;
+/// `grid` blocks of `block` threads, no dynamic shared memory.
+fn config(grid: u32, block: u32) -> LaunchConfig {
+    config_2d((grid, 1), block)
+}
+
+/// A (x, y) grid of `block`-thread blocks, no dynamic shared memory.
+fn config_2d(grid: (u32, u32), block: u32) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (blocks, 1, 1),
+        grid_dim: (grid.0, grid.1, 1),
         block_dim: (block, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+fn grid_1d(n: usize, block: u32) -> LaunchConfig {
+    let blocks = n.div_ceil(block as usize).clamp(1, 132 * 16) as u32;
+    config(blocks, block)
 }
 
 fn rows_cols(l: &Layout) -> (usize, usize) {
@@ -176,9 +201,14 @@ fn rows_cols(l: &Layout) -> (usize, usize) {
     (l.shape().elem_count() / n, n)
 }
 
-/// Row-wise kernel with one input and one output of the same shape (`softmax`), sized by `row_plan`.
-pub fn rowwise1(s: &CudaStorage, l: &Layout, name: &'static str) -> Result<CudaStorage> {
-    fn go<T: GpuFloat>(s: &CudaStorage, l: &Layout, name: &'static str) -> Result<CudaStorage> {
+launcher! {
+    /// Row-wise kernel with one input and one output of the same shape (`softmax`), sized by
+    /// `row_plan`.
+    pub fn rowwise1<T>(
+        s: &CudaStorage,
+        l: &Layout,
+        name: &'static str,
+    ) -> Result<CudaStorage> {
         let dev = &s.device;
         let (rows, n) = rows_cols(l);
         let x = view::<T>(s, l)?;
@@ -191,27 +221,16 @@ pub fn rowwise1(s: &CudaStorage, l: &Layout, name: &'static str) -> Result<CudaS
             let per_vec = 16 / std::mem::size_of::<T>();
             let (block, vpt) = row_plan::<T>(n, l.start_offset() % per_vec == 0);
             b.arg(&x).arg(&mut out).arg(&n_i).arg(&vpt);
-            let cfg = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
-                block_dim: (block, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = config(rows as u32, block);
             unsafe { b.launch(cfg) }.w()?;
         }
         Ok(storage(dev, out))
     }
-    by_dtype!(dtype_of(s), go(s, l, name))
 }
 
-/// Row-wise kernel with two inputs (`softmax_backward`: y, dy).
-pub fn rowwise2(
-    s1: &CudaStorage,
-    l1: &Layout,
-    s2: &CudaStorage,
-    l2: &Layout,
-    name: &'static str,
-) -> Result<CudaStorage> {
-    fn go<T: GpuFloat>(
+launcher! {
+    /// Row-wise kernel with two inputs (`softmax_backward`: y, dy).
+    pub fn rowwise2<T>(
         s1: &CudaStorage,
         l1: &Layout,
         s2: &CudaStorage,
@@ -228,28 +247,16 @@ pub fn rowwise2(
             let mut b = stream.launch_builder(&f);
             let n_i = n as i32;
             b.arg(&a).arg(&b2).arg(&mut out).arg(&n_i);
-            let cfg = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
-                block_dim: (row_block(n).max(256), 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = config(rows as u32, row_block(n).max(256));
             unsafe { b.launch(cfg) }.w()?;
         }
         Ok(storage(dev, out))
     }
-    by_dtype!(dtype_of(s1), go(s1, l1, s2, l2, name))
 }
 
-/// RMSNorm; with a residual, returns [2, ...]: (normed, x + residual).
-pub fn rms_norm(
-    x: &CudaStorage,
-    xl: &Layout,
-    residual: Option<(&CudaStorage, &Layout)>,
-    w: &CudaStorage,
-    wl: &Layout,
-    eps: f32,
-) -> Result<CudaStorage> {
-    fn go<T: GpuFloat>(
+launcher! {
+    /// RMSNorm; with a residual, returns [2, ...]: (normed, x + residual).
+    pub fn rms_norm<T>(
         x: &CudaStorage,
         xl: &Layout,
         residual: Option<(&CudaStorage, &Layout)>,
@@ -294,28 +301,15 @@ pub fn rms_norm(
             .arg(&n_i)
             .arg(&eps)
             .arg(&vpt);
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = config(rows as u32, block);
         unsafe { b.launch(cfg) }.w()?;
         Ok(storage(dev, out))
     }
-    by_dtype!(dtype_of(x), go(x, xl, residual, w, wl, eps))
 }
 
-/// RMSNorm backward: returns [rows * n + n]: dx then dw.
-pub fn rms_norm_backward(
-    x: &CudaStorage,
-    xl: &Layout,
-    w: &CudaStorage,
-    wl: &Layout,
-    dy: &CudaStorage,
-    dyl: &Layout,
-    eps: f32,
-) -> Result<CudaStorage> {
-    fn go<T: GpuFloat>(
+launcher! {
+    /// RMSNorm backward: returns [rows * n + n]: dx then dw.
+    pub fn rms_norm_backward<T>(
         x: &CudaStorage,
         xl: &Layout,
         w: &CudaStorage,
@@ -338,11 +332,7 @@ pub fn rms_norm_backward(
             let (rows_i, n_i) = (rows as i32, n as i32);
             b.arg(&xv).arg(&wv).arg(&dyv).arg(&mut dx).arg(&mut partial);
             b.arg(&rows_i).arg(&n_i).arg(&eps);
-            let cfg = LaunchConfig {
-                grid_dim: (parts as u32, 1, 1),
-                block_dim: (row_block(n).max(128), 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = config(parts as u32, row_block(n).max(128));
             unsafe { b.launch(cfg) }.w()?;
         }
         {
@@ -355,20 +345,11 @@ pub fn rms_norm_backward(
         }
         Ok(storage(dev, out))
     }
-    by_dtype!(dtype_of(x), go(x, xl, w, wl, dy, dyl, eps))
 }
 
-/// RoPE on x [b, h, seq, d] (strided in the first three dims).
-pub fn rope(
-    x: &CudaStorage,
-    xl: &Layout,
-    cos: &CudaStorage,
-    cl: &Layout,
-    sin: &CudaStorage,
-    sl: &Layout,
-    interleaved: bool,
-) -> Result<CudaStorage> {
-    fn go<T: GpuFloat>(
+launcher! {
+    /// RoPE on x [b, h, seq, d] (strided in the first three dims).
+    pub fn rope<T>(
         x: &CudaStorage,
         xl: &Layout,
         cos: &CudaStorage,
@@ -406,18 +387,11 @@ pub fn rope(
         unsafe { b.launch(grid_1d(pairs, 256)) }.w()?;
         Ok(storage(dev, out))
     }
-    by_dtype!(dtype_of(x), go(x, xl, cos, cl, sin, sl, interleaved))
 }
 
-/// Elementwise kernel of two inputs (`swiglu`).
-pub fn elementwise2(
-    s1: &CudaStorage,
-    l1: &Layout,
-    s2: &CudaStorage,
-    l2: &Layout,
-    name: &'static str,
-) -> Result<CudaStorage> {
-    fn go<T: GpuFloat>(
+launcher! {
+    /// Elementwise kernel of two inputs (`swiglu`).
+    pub fn elementwise2<T>(
         s1: &CudaStorage,
         l1: &Layout,
         s2: &CudaStorage,
@@ -438,19 +412,11 @@ pub fn elementwise2(
         }
         Ok(storage(dev, out))
     }
-    by_dtype!(dtype_of(s1), go(s1, l1, s2, l2, name))
 }
 
-/// SwiGLU backward: returns [2, n]: (dgate, dup).
-pub fn swiglu_backward(
-    g: &CudaStorage,
-    gl: &Layout,
-    u: &CudaStorage,
-    ul: &Layout,
-    dy: &CudaStorage,
-    dyl: &Layout,
-) -> Result<CudaStorage> {
-    fn go<T: GpuFloat>(
+launcher! {
+    /// SwiGLU backward: returns [2, n]: (dgate, dup).
+    pub fn swiglu_backward<T>(
         g: &CudaStorage,
         gl: &Layout,
         u: &CudaStorage,
@@ -472,18 +438,11 @@ pub fn swiglu_backward(
         }
         Ok(storage(dev, out))
     }
-    by_dtype!(dtype_of(g), go(g, gl, u, ul, dy, dyl))
 }
 
-/// Cross-entropy: per-row losses (f32, divided by the count) and, when asked, the gradient.
-pub fn cross_entropy(
-    logits: &CudaStorage,
-    ll: &Layout,
-    labels: &CudaStorage,
-    lab_l: &Layout,
-    want_grad: bool,
-) -> Result<(CudaStorage, Option<CudaStorage>)> {
-    fn go<T: GpuFloat>(
+launcher! {
+    /// Cross-entropy: per-row losses (f32, divided by the count) and, when asked, the gradient.
+    pub fn cross_entropy<T>(
         logits: &CudaStorage,
         ll: &Layout,
         labels: &CudaStorage,
@@ -509,11 +468,7 @@ pub fn cross_entropy(
             let f = function(dev, Module::CrossEntropy, "cross_entropy_count", "")?;
             let mut b = stream.launch_builder(&f);
             b.arg(&labels).arg(&rows_i).arg(&mut count);
-            let one_block = LaunchConfig {
-                grid_dim: (1, 1, 1),
-                block_dim: (1024, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let one_block = config(1, 1024);
             unsafe { b.launch(one_block) }.w()?;
 
             let x = view::<T>(logits, ll)?;
@@ -527,17 +482,12 @@ pub fn cross_entropy(
                 None => b.arg(&null),
             };
             b.arg(&vocab_i);
-            let cfg = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
-                block_dim: (row_block(vocab).max(256), 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = config(rows as u32, row_block(vocab).max(256));
             unsafe { b.launch(cfg) }.w()?;
         }
         let losses = storage(dev, losses);
         Ok((losses, grad.map(|g| storage(dev, g))))
     }
-    by_dtype!(dtype_of(logits), go(logits, ll, labels, lab_l, want_grad))
 }
 
 /// Up to this many tokens the whole LoRA layer is one kernel (decode, short prompts); beyond, the
@@ -601,11 +551,7 @@ fn launch_lora_small<T: GpuFloat>(
         .arg(&r_i)
         .arg(&p.scale)
         .arg(&vec);
-    let cfg = LaunchConfig {
-        grid_dim: (out_f.div_ceil(8) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = config(out_f.div_ceil(8) as u32, 256);
     unsafe { lb.launch(cfg) }.w()?;
     Ok(())
 }
@@ -718,25 +664,15 @@ impl candle_core::InplaceOp3 for LoraSmallInto {
             let mut yv = T::unwrap_mut(&mut y.slice)?.slice_mut(start..start + tokens * out_f);
             launch_lora_small(&dev, &mut yv, &small)
         }
-        by_dtype!(dtype_of(x), go(self, y, yl, x, xl, a, al))
+        by_dtype!(x.dtype(), go(self, y, yl, x, xl, a, al))
     }
 }
 
-/// LoRA linear: `x W^T + bias + scale (x A^T) B^T`, or the low-rank term alone without `weight`.
-#[allow(clippy::too_many_arguments)]
-pub fn lora_linear(
-    x: &CudaStorage,
-    xl: &Layout,
-    a: &CudaStorage,
-    al: &Layout,
-    b: &CudaStorage,
-    bl: &Layout,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
-    scale: f32,
-) -> Result<CudaStorage> {
+launcher! {
+    /// LoRA linear: `x W^T + bias + scale (x A^T) B^T`, or the low-rank term alone without
+    /// `weight`.
     #[allow(clippy::too_many_arguments)]
-    fn go<T: GpuFloat>(
+    pub fn lora_linear<T>(
         x: &CudaStorage,
         xl: &Layout,
         a: &CudaStorage,
@@ -822,23 +758,14 @@ pub fn lora_linear(
         }
         Ok(y)
     }
-    by_dtype!(dtype_of(x), go(x, xl, a, al, b, bl, weight, bias, scale))
 }
 
 /// Positions per block of the split pass of decode attention.
 const DECODE_CHUNK: usize = 256;
 
-/// Decode attention for one query token: q [b, heads, 1, d], k/v [b, kv, T, d] (strided).
-pub fn decode_attention(
-    q: &CudaStorage,
-    ql: &Layout,
-    k: &CudaStorage,
-    kl: &Layout,
-    v: &CudaStorage,
-    vl: &Layout,
-    scale: f32,
-) -> Result<CudaStorage> {
-    fn go<T: GpuFloat>(
+launcher! {
+    /// Decode attention for one query token: q [b, heads, 1, d], k/v [b, kv, T, d] (strided).
+    pub fn decode_attention<T>(
         q: &CudaStorage,
         ql: &Layout,
         k: &CudaStorage,
@@ -879,23 +806,15 @@ pub fn decode_attention(
             b.arg(s);
         }
         b.arg(&scale);
-        let cfg = LaunchConfig {
-            grid_dim: ((batch * heads) as u32, chunks as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = config_2d(((batch * heads) as u32, chunks as u32), 128);
         unsafe { b.launch(cfg) }.w()?;
         let f = kernel::<T>(dev, Module::DecodeAttention, "decode_attention_merge")?;
         let mut b = stream.launch_builder(&f);
         let chunks_i = chunks as i32;
         b.arg(&scratch).arg(&mut out).arg(&chunks_i).arg(&d_i);
-        let cfg = LaunchConfig {
-            grid_dim: ((batch * heads) as u32, 1, 1),
-            block_dim: (d.next_power_of_two().clamp(32, 256) as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let block = d.next_power_of_two().clamp(32, 256) as u32;
+        let cfg = config((batch * heads) as u32, block);
         unsafe { b.launch(cfg) }.w()?;
         Ok(storage(dev, out))
     }
-    by_dtype!(dtype_of(q), go(q, ql, k, kl, v, vl, scale))
 }

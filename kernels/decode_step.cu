@@ -6,57 +6,61 @@
 // state: int[2] = {token id, position} of the token being decoded.
 //
 // rope_attention(qkv, k_cache, v_cache, state, inv_freq, out, part, counters, heads, kv_heads, d,
-//                max_seq, scale): flash-decoding attention, split over the positions.
+//                scale): flash-decoding attention, split over the positions.
 //   qkv: [heads*d | kv_heads*d | kv_heads*d] (q, k, v of the new token, before RoPE)
 //   k_cache, v_cache: [max_seq, kv_heads, d] of this layer; out: [heads, d]
-//   part: scratch of heads * nc * (d + 2) floats, nc = ceil(max_seq / ATT_CHUNK): per query head and
-//     chunk the unnormalized sum acc[d] (first heads * nc * d floats) then (max, sum of exp) pairs.
+//   part: scratch of heads * ATT_SPLITS * (d + 2) floats: per query head and split the unnormalized
+//     sum acc[d] (first heads * ATT_SPLITS * d floats) then (max, sum of exp) pairs.
 //   counters: kv_heads unsigned ints, zero before the launch (the kernel leaves them zero).
-//   grid: (kv_heads, nc) blocks; block (kvh, c) handles the `group` query heads of kv head kvh over
-//   positions [c ATT_CHUNK, min((c + 1) ATT_CHUNK, pos + 1)); blocks past pos exit at once, so one
-//   grid (sized from max_seq) serves every position and a captured graph stays valid.
-//   block: ATT_THREADS threads. Dynamic shared memory: (group d + 2 d + group ATT_CHUNK) floats.
+//   grid: (kv_heads, ATT_SPLITS) blocks, whatever the position, so a captured graph stays valid.
+//   Block (kvh, y) handles the `group` query heads of kv head kvh over the chunks c = y, y + S, ...
+//   (S = ATT_SPLITS) of ATT_CHUNK positions [c ATT_CHUNK, min((c + 1) ATT_CHUNK, pos + 1)), with an
+//   online softmax across its chunks; blocks with no chunk (y > pos / ATT_CHUNK) exit at once.
+//   block: ATT_THREADS threads. Dynamic shared memory: (2 group d + 2 d + group ATT_CHUNK + 2 group)
+//   floats.
 //   RoPE (HF half-split layout): with a_i = pos * inv_freq[i], i < d/2,
 //     x'[i] = x[i] cos a_i - x[i + d/2] sin a_i,  x'[i + d/2] = x[i] sin a_i + x[i + d/2] cos a_i
-//   on q (head h) and k (kv head h / group). The block whose chunk holds pos writes k', v to the
+//   on q (head h) and k (kv head h / group). The block whose chunks hold pos writes k', v to the
 //   cache at pos and uses its own copy for that position (no other block reads row pos). Then
 //     s_t = scale * q' . k_t (t <= pos),  out = sum_t softmax(s)_t v_t,
-//   as per-chunk (m_c, l_c, acc_c) partials; the last block of each kv head to finish (atomic
-//   counter) combines them: out = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c.
+//   as per-split (m_y, l_y, acc_y) partials; the last block of each kv head to finish (atomic
+//   counter) combines them: out = sum_y e^(m_y - M) acc_y / sum_y e^(m_y - M) l_y.
 // argmax_logprob(logits, n, result): one block; result[0] = argmax (lowest index on ties, NaN never
 //   wins), result[1] = bits of logits[id] - logsumexp(logits) as f32. Also writes the id to state[0]
 //   when `state` is not null.
 #include "common.cuh"
 
 #define ATT_CHUNK 32
+#define ATT_SPLITS 32
 #define ATT_THREADS 256
 
 extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* __restrict__ k_cache,
                                           float* __restrict__ v_cache, const int* __restrict__ state,
                                           const float* __restrict__ inv_freq, float* __restrict__ out,
                                           float* __restrict__ part, unsigned int* __restrict__ counters,
-                                          int heads, int kv_heads, int d, int max_seq, float scale) {
+                                          int heads, int kv_heads, int d, float scale) {
     extern __shared__ float sm[];
     __shared__ bool is_last;
-    int kvh = blockIdx.x, c = blockIdx.y;
+    int kvh = blockIdx.x, y = blockIdx.y;
     int pos = state[1];
-    int t0 = c * ATT_CHUNK;
-    if (t0 > pos) return;
-    int t1 = min(t0 + ATT_CHUNK, pos + 1);
-    int n = t1 - t0;
+    int last_chunk = pos / ATT_CHUNK;
+    if (y > last_chunk) return;
     int group = heads / kv_heads, half = d / 2;
-    int nc = (max_seq + ATT_CHUNK - 1) / ATT_CHUNK;
-    unsigned int active = (unsigned int)(pos / ATT_CHUNK + 1);
-    float* q = sm;               // [group][d], rotated
-    float* kc = q + group * d;   // [d] rotated key at pos
-    float* vc = kc + d;          // [d] value at pos
-    float* p = vc + d;           // [group][ATT_CHUNK] scores, then weights
+    unsigned int active = (unsigned int)min(last_chunk + 1, ATT_SPLITS);
+    float* q = sm;                   // [group][d], rotated
+    float* acc = q + group * d;      // [group][d] running unnormalized sums
+    float* kc = acc + group * d;     // [d] rotated key at pos
+    float* vc = kc + d;              // [d] value at pos
+    float* p = vc + d;               // [group][ATT_CHUNK] scores, then weights
+    float* run_m = p + group * ATT_CHUNK;  // [group] running max
+    float* run_l = run_m + group;          // [group] running sum of exp
+    __shared__ float alpha[64];            // per head rescale of acc for the current chunk (group <= 64)
     float* part_acc = part;
-    float* part_ml = part + (size_t)heads * nc * d;
+    float* part_ml = part + (size_t)heads * ATT_SPLITS * d;
     const float* qin = qkv + (size_t)kvh * group * d;
     const float* kin = qkv + (size_t)heads * d + (size_t)kvh * d;
     const float* vin = qkv + (size_t)(heads + kv_heads) * d + (size_t)kvh * d;
-    bool has_pos = pos < t1;
+    bool has_pos = last_chunk % ATT_SPLITS == y;
     for (int j = threadIdx.x; j < group * half; j += blockDim.x) {
         int g = j / half, i = j % half;
         float s, co;
@@ -64,6 +68,11 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
         float a = qin[g * d + i], b = qin[g * d + i + half];
         q[g * d + i] = a * co - b * s;
         q[g * d + i + half] = a * s + b * co;
+    }
+    for (int j = threadIdx.x; j < group * d; j += blockDim.x) acc[j] = 0.f;
+    for (int g = threadIdx.x; g < group; g += blockDim.x) {
+        run_m[g] = -INFINITY;
+        run_l[g] = 0.f;
     }
     if (has_pos) {
         for (int i = threadIdx.x; i < half; i += blockDim.x) {
@@ -83,52 +92,69 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
             v_cache[(size_t)pos * row + (size_t)kvh * d + i] = vc[i];
         }
     }
-    // Scores: one (head, position) pair per thread; d % 4 == 0 (checked by the host).
-    for (int j = threadIdx.x; j < group * n; j += blockDim.x) {
-        int g = j / n, tt = j % n, t = t0 + tt;
-        const float* kr = t == pos ? kc : k_cache + (size_t)t * row + (size_t)kvh * d;
-        const float4* k4 = reinterpret_cast<const float4*>(kr);
-        const float4* q4 = reinterpret_cast<const float4*>(q + g * d);
-        float dot = 0.f;
-        for (int i = 0; i < d / 4; i++) {
-            float4 a = q4[i], b = k4[i];
-            dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-        }
-        p[g * ATT_CHUNK + tt] = dot * scale;
-    }
-    __syncthreads();
-    // Per head: chunk max and sum of exp (one warp per head).
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    for (int g = warp; g < group; g += warps) {
-        float m = -INFINITY;
-        for (int tt = lane; tt < n; tt += 32) m = fmaxf(m, p[g * ATT_CHUNK + tt]);
-        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
-        float l = 0.f;
-        for (int tt = lane; tt < n; tt += 32) {
-            float e = expf(p[g * ATT_CHUNK + tt] - m);
-            p[g * ATT_CHUNK + tt] = e;
-            l += e;
+    for (int c = y; c <= last_chunk; c += ATT_SPLITS) {
+        int t0 = c * ATT_CHUNK;
+        int n = min(ATT_CHUNK, pos + 1 - t0);
+        // Scores: one (head, position) pair per thread; d % 4 == 0 (checked by the host).
+        for (int j = threadIdx.x; j < group * n; j += blockDim.x) {
+            int g = j / n, tt = j % n, t = t0 + tt;
+            const float* kr = t == pos ? kc : k_cache + (size_t)t * row + (size_t)kvh * d;
+            const float4* k4 = reinterpret_cast<const float4*>(kr);
+            const float4* q4 = reinterpret_cast<const float4*>(q + g * d);
+            float dot = 0.f;
+            for (int i = 0; i < d / 4; i++) {
+                float4 a = q4[i], b = k4[i];
+                dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+            }
+            p[g * ATT_CHUNK + tt] = dot * scale;
         }
-        for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffff, l, o);
-        if (lane == 0) {
-            size_t at = ((size_t)(kvh * group + g) * nc + c) * 2;
-            part_ml[at] = m;
-            part_ml[at + 1] = l;
+        __syncthreads();
+        // Per head (one warp each): new running max, weights, rescale factor of the old sums.
+        for (int g = warp; g < group; g += warps) {
+            float m = -INFINITY;
+            for (int tt = lane; tt < n; tt += 32) m = fmaxf(m, p[g * ATT_CHUNK + tt]);
+            for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+            float big = fmaxf(m, run_m[g]);
+            float l = 0.f;
+            for (int tt = lane; tt < n; tt += 32) {
+                float e = expf(p[g * ATT_CHUNK + tt] - big);
+                p[g * ATT_CHUNK + tt] = e;
+                l += e;
+            }
+            for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffff, l, o);
+            __syncwarp();
+            if (lane == 0) {
+                float a = expf(run_m[g] - big);  // 0 on the first chunk (run_m = -inf)
+                alpha[g] = a;
+                run_l[g] = run_l[g] * a + l;
+                run_m[g] = big;
+            }
         }
+        __syncthreads();
+        // Values of the chunk: one (head, dim) pair per thread.
+        for (int j = threadIdx.x; j < group * d; j += blockDim.x) {
+            int g = j / d, i = j % d;
+            float sum = 0.f;
+            for (int tt = 0; tt < n; tt++) {
+                int t = t0 + tt;
+                float v = t == pos ? vc[i] : v_cache[(size_t)t * row + (size_t)kvh * d + i];
+                sum += p[g * ATT_CHUNK + tt] * v;
+            }
+            acc[j] = acc[j] * alpha[g] + sum;
+        }
+        __syncthreads();  // p and alpha are rewritten by the next chunk
     }
-    __syncthreads();
-    // Unnormalized values of the chunk: one (head, dim) pair per thread.
     for (int j = threadIdx.x; j < group * d; j += blockDim.x) {
         int g = j / d, i = j % d;
-        float acc = 0.f;
-        for (int tt = 0; tt < n; tt++) {
-            int t = t0 + tt;
-            float v = t == pos ? vc[i] : v_cache[(size_t)t * row + (size_t)kvh * d + i];
-            acc += p[g * ATT_CHUNK + tt] * v;
-        }
-        part_acc[((size_t)(kvh * group + g) * nc + c) * d + i] = acc;
+        part_acc[((size_t)(kvh * group + g) * ATT_SPLITS + y) * d + i] = acc[j];
     }
-    // The last block of this kv head to get here combines the chunks.
+    for (int g = threadIdx.x; g < group; g += blockDim.x) {
+        size_t at = ((size_t)(kvh * group + g) * ATT_SPLITS + y) * 2;
+        part_ml[at] = run_m[g];
+        part_ml[at + 1] = run_l[g];
+    }
+    // The last block of this kv head to get here combines the splits.
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) is_last = atomicAdd(&counters[kvh], 1u) == active - 1;
@@ -137,20 +163,21 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
     __threadfence();
     for (int j = threadIdx.x; j < group * d; j += blockDim.x) {
         int g = j / d, i = j % d, h = kvh * group + g;
-        const float* ml = part_ml + (size_t)h * nc * 2;
-        const float* acc_h = part_acc + (size_t)h * nc * d + i;
+        const float* ml = part_ml + (size_t)h * ATT_SPLITS * 2;
+        const float* acc_h = part_acc + (size_t)h * ATT_SPLITS * d + i;
         float big = -INFINITY;
-        for (unsigned int cc = 0; cc < active; cc++) big = fmaxf(big, __ldcg(ml + 2 * cc));
-        float l = 0.f, acc = 0.f;
-        for (unsigned int cc = 0; cc < active; cc++) {
-            float w = expf(__ldcg(ml + 2 * cc) - big);
-            l += __ldcg(ml + 2 * cc + 1) * w;
-            acc += __ldcg(acc_h + (size_t)cc * d) * w;
+        for (unsigned int yy = 0; yy < active; yy++) big = fmaxf(big, __ldcg(ml + 2 * yy));
+        float l = 0.f, sum = 0.f;
+        for (unsigned int yy = 0; yy < active; yy++) {
+            float w = expf(__ldcg(ml + 2 * yy) - big);
+            l += __ldcg(ml + 2 * yy + 1) * w;
+            sum += __ldcg(acc_h + (size_t)yy * d) * w;
         }
-        out[(size_t)h * d + i] = acc / l;
+        out[(size_t)h * d + i] = sum / l;
     }
     if (threadIdx.x == 0) counters[kvh] = 0;
 }
+
 extern "C" __global__ void argmax_logprob(const float* __restrict__ logits, int n,
                                           unsigned int* __restrict__ result, int* __restrict__ state) {
     __shared__ float sv[32], sm_[32], ss[32];

@@ -81,7 +81,7 @@ impl Buffers {
             alloc(cache, "k cache")?,
             alloc(cache, "v cache")?,
             alloc(
-                attention_scratch_floats(shape.attention(), shape.max_seq),
+                attention_scratch_floats(shape.attention()),
                 "attention partials",
             )?,
         ];
@@ -336,7 +336,6 @@ impl DecodeEngine {
                 b.part,
                 b.counters,
                 attention,
-                s.max_seq,
                 scale,
             )
             .map_err(launch_err("rope_attention"))?;

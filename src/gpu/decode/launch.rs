@@ -44,10 +44,14 @@ fn index(q: QuantType) -> usize {
     }
 }
 
-/// Positions per block of `rope_attention` (ATT_CHUNK in kernels/decode_step.cu).
+/// Positions per chunk of `rope_attention` (ATT_CHUNK in kernels/decode_step.cu).
 pub const ATTENTION_CHUNK: usize = 32;
+/// Blocks per kv head of `rope_attention` (ATT_SPLITS): block y takes chunks y, y + S, ...
+pub const ATTENTION_SPLITS: usize = 32;
 /// Threads of one `rope_attention` block (ATT_THREADS in kernels/decode_step.cu).
 const ATTENTION_THREADS: u32 = 256;
+/// Most query heads per kv head (the kernel's per-head rescale array).
+const ATTENTION_MAX_GROUP: usize = 64;
 
 /// Threads of one `rope_attention` block for head dim `d`, `None` when the kernel cannot run it
 /// (the key rows are read as float4, RoPE pairs dims i and i + d/2).
@@ -55,15 +59,10 @@ pub fn attention_threads(d: usize) -> Option<u32> {
     (d > 0 && d % 4 == 0).then_some(ATTENTION_THREADS)
 }
 
-/// Chunks of `ATTENTION_CHUNK` positions for a cache of `max_seq` positions (the grid's y size).
-pub fn attention_chunks(max_seq: usize) -> usize {
-    max_seq.div_ceil(ATTENTION_CHUNK)
-}
-
-/// Floats of the `rope_attention` scratch (`part`): per query head and chunk, `head_dim` partial sums
-/// and a (max, sum) pair.
-pub fn attention_scratch_floats(shape: super::reference::AttentionShape, max_seq: usize) -> usize {
-    shape.heads * attention_chunks(max_seq) * (shape.head_dim + 2)
+/// Floats of the `rope_attention` scratch (`part`): per query head and split, `head_dim` partial
+/// sums and a (max, sum) pair.
+pub fn attention_scratch_floats(shape: super::reference::AttentionShape) -> usize {
+    shape.heads * ATTENTION_SPLITS * (shape.head_dim + 2)
 }
 
 impl DecodeKernels {
@@ -162,9 +161,9 @@ impl DecodeKernels {
     }
 
     /// RoPE on the new token's q and k (position state[1]), k and v into this layer's caches, and
-    /// attention over positions 0..=state[1], split over chunks of [`ATTENTION_CHUNK`] positions
+    /// attention over positions 0..=state[1], split over [`ATTENTION_SPLITS`] blocks per kv head
     /// (flash decoding). `part`: [`attention_scratch_floats`] floats; `counters`: `kv_heads` u32,
-    /// zero (the kernel leaves them zero). `max_seq`: positions of the caches (sizes the grid).
+    /// zero (the kernel leaves them zero).
     #[allow(clippy::too_many_arguments)]
     pub fn rope_attention(
         &self,
@@ -177,21 +176,22 @@ impl DecodeKernels {
         part: u64,
         counters: u64,
         shape: super::reference::AttentionShape,
-        max_seq: usize,
         scale: f32,
     ) -> Result<()> {
         let d = shape.head_dim;
         let threads = attention_threads(d).ok_or_else(|| {
             candle_core::Error::Msg(format!("rope_attention: no block size for head dim {d}"))
         })?;
-        if shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 {
+        if shape.kv_heads == 0
+            || shape.heads % shape.kv_heads != 0
+            || shape.heads / shape.kv_heads > ATTENTION_MAX_GROUP
+        {
             return Err(candle_core::Error::Msg(format!(
-                "rope_attention: {} heads are not a multiple of {} kv heads",
+                "rope_attention: {} heads are not a multiple of {} kv heads (at most {ATTENTION_MAX_GROUP} per kv head)",
                 shape.heads, shape.kv_heads
             )));
         }
         let (h, kv, d_i) = (shape.heads as i32, shape.kv_heads as i32, d as i32);
-        let max_seq_i = max_seq as i32;
         let mut b = self.stream.launch_builder(&self.rope_attention);
         b.arg(&qkv)
             .arg(&k_cache)
@@ -201,13 +201,9 @@ impl DecodeKernels {
             .arg(&out)
             .arg(&part)
             .arg(&counters);
-        b.arg(&h).arg(&kv).arg(&d_i).arg(&max_seq_i).arg(&scale);
+        b.arg(&h).arg(&kv).arg(&d_i).arg(&scale);
         let cfg = LaunchConfig {
-            grid_dim: (
-                shape.kv_heads as u32,
-                attention_chunks(max_seq).max(1) as u32,
-                1,
-            ),
+            grid_dim: (shape.kv_heads as u32, ATTENTION_SPLITS as u32, 1),
             block_dim: (threads, 1, 1),
             shared_mem_bytes: attention_shared_bytes(shape) as u32,
         };
@@ -231,11 +227,11 @@ impl DecodeKernels {
     }
 }
 
-/// Shared memory bytes of one `rope_attention` block: the group's rotated queries, the new key and
-/// value, and the group's scores over one chunk.
+/// Shared memory bytes of one `rope_attention` block: the group's rotated queries and running sums,
+/// the new key and value, the group's scores over one chunk, running max and sum per head.
 pub fn attention_shared_bytes(shape: super::reference::AttentionShape) -> usize {
     let group = shape.heads / shape.kv_heads.max(1);
-    (group * shape.head_dim + 2 * shape.head_dim + group * ATTENTION_CHUNK) * 4
+    (2 * group * shape.head_dim + 2 * shape.head_dim + group * ATTENTION_CHUNK + 2 * group) * 4
 }
 
 /// The raw device address of a buffer, for the launchers. The buffer must outlive every launch (and

@@ -539,6 +539,11 @@ impl LtMatmul {
     }
 }
 
+/// The CPU side of the matmul ops: always an error (`gpu::dispatch::linear` is the CPU path).
+fn cuda_only<T>() -> candle_core::Result<T> {
+    candle_core::bail!("cublaslt matmul runs on CUDA only; use gpu::dispatch::linear")
+}
+
 impl candle_core::CustomOp2 for LtMatmul {
     fn name(&self) -> &'static str {
         "cublaslt-matmul"
@@ -551,7 +556,7 @@ impl candle_core::CustomOp2 for LtMatmul {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("cublaslt matmul runs on CUDA only; use gpu::dispatch::linear")
+        cuda_only()
     }
 
     fn cuda_fwd(
@@ -579,7 +584,7 @@ impl candle_core::CustomOp3 for LtMatmul {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("cublaslt matmul runs on CUDA only; use gpu::dispatch::linear")
+        cuda_only()
     }
 
     fn cuda_fwd(
@@ -609,7 +614,7 @@ impl candle_core::InplaceOp3 for LtMatmul {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<()> {
-        candle_core::bail!("cublaslt matmul runs on CUDA only; use gpu::dispatch::linear")
+        cuda_only()
     }
 
     fn cuda_fwd(

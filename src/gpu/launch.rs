@@ -32,6 +32,20 @@ fn alloc_out<T: GpuFloat>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> 
     Ok(out)
 }
 
+/// A new output of `len` elements (NaN while poisoning is on) that `fill` writes by its launches;
+/// an empty output launches nothing.
+fn output<T: GpuFloat>(
+    dev: &CudaDevice,
+    len: usize,
+    fill: impl FnOnce(&mut CudaSlice<T>) -> Result<()>,
+) -> Result<CudaStorage> {
+    let mut out = alloc_out::<T>(dev, len)?;
+    if len > 0 {
+        fill(&mut out)?;
+    }
+    Ok(storage(dev, out))
+}
+
 /// The element types the kernels are instantiated for.
 pub trait GpuFloat: DeviceRepr + WithDType + ValidAsZeroBits {
     /// Kernel-name suffix: `f32`, `bf16`, `f16`.
@@ -212,19 +226,17 @@ launcher! {
         let dev = &s.device;
         let (rows, n) = rows_cols(l);
         let x = view::<T>(s, l)?;
-        let mut out = alloc_out::<T>(dev, rows * n)?;
-        if rows > 0 {
+        output::<T>(dev, rows * n, |out| {
             let f = kernel::<T>(dev, Module::Softmax, name)?;
             let stream = dev.cuda_stream();
             let mut b = stream.launch_builder(&f);
             let n_i = n as i32;
             let per_vec = 16 / std::mem::size_of::<T>();
             let (block, vpt) = row_plan::<T>(n, l.start_offset() % per_vec == 0);
-            b.arg(&x).arg(&mut out).arg(&n_i).arg(&vpt);
-            let cfg = config(rows as u32, block);
-            unsafe { b.launch(cfg) }.w()?;
-        }
-        Ok(storage(dev, out))
+            b.arg(&x).arg(out).arg(&n_i).arg(&vpt);
+            unsafe { b.launch(config(rows as u32, block)) }.w()?;
+            Ok(())
+        })
     }
 }
 
@@ -240,17 +252,16 @@ launcher! {
         let dev = &s1.device;
         let (rows, n) = rows_cols(l1);
         let (a, b2) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
-        let mut out = alloc_out::<T>(dev, rows * n)?;
-        if rows > 0 {
+        output::<T>(dev, rows * n, |out| {
             let f = kernel::<T>(dev, Module::Softmax, name)?;
             let stream = dev.cuda_stream();
             let mut b = stream.launch_builder(&f);
             let n_i = n as i32;
-            b.arg(&a).arg(&b2).arg(&mut out).arg(&n_i);
+            b.arg(&a).arg(&b2).arg(out).arg(&n_i);
             let cfg = config(rows as u32, row_block(n).max(256));
             unsafe { b.launch(cfg) }.w()?;
-        }
-        Ok(storage(dev, out))
+            Ok(())
+        })
     }
 }
 
@@ -267,43 +278,41 @@ launcher! {
         let dev = &x.device;
         let (rows, n) = rows_cols(xl);
         let parts = if residual.is_some() { 2 } else { 1 };
-        let mut out = alloc_out::<T>(dev, parts * rows * n)?;
-        if rows == 0 {
-            return Ok(storage(dev, out));
-        }
-        let xv = view::<T>(x, xl)?;
-        let wv = view::<T>(w, wl)?;
-        let f = kernel::<T>(dev, Module::RmsNorm, "rms_norm")?;
-        let stream = dev.cuda_stream();
-        let null = 0u64;
-        let rv;
-        let mut b = stream.launch_builder(&f);
-        b.arg(&xv);
-        match residual {
-            Some((r, rl)) => {
-                rv = view::<T>(r, rl)?;
-                b.arg(&rv);
+        // Rows of n >= 1 elements: the output is empty exactly when there are no rows.
+        output::<T>(dev, parts * rows * n, |out| {
+            let xv = view::<T>(x, xl)?;
+            let wv = view::<T>(w, wl)?;
+            let f = kernel::<T>(dev, Module::RmsNorm, "rms_norm")?;
+            let stream = dev.cuda_stream();
+            let null = 0u64;
+            let rv;
+            let mut b = stream.launch_builder(&f);
+            b.arg(&xv);
+            match residual {
+                Some((r, rl)) => {
+                    rv = view::<T>(r, rl)?;
+                    b.arg(&rv);
+                }
+                None => {
+                    b.arg(&null);
+                }
             }
-            None => {
-                b.arg(&null);
-            }
-        }
-        let (rows_i, n_i) = (rows as i32, n as i32);
-        let per_vec = 16 / std::mem::size_of::<T>();
-        let aligned = [Some(xl), Some(wl), residual.map(|r| r.1)]
-            .iter()
-            .flatten()
-            .all(|l| l.start_offset() % per_vec == 0);
-        let (block, vpt) = row_plan::<T>(n, aligned);
-        b.arg(&wv)
-            .arg(&mut out)
-            .arg(&rows_i)
-            .arg(&n_i)
-            .arg(&eps)
-            .arg(&vpt);
-        let cfg = config(rows as u32, block);
-        unsafe { b.launch(cfg) }.w()?;
-        Ok(storage(dev, out))
+            let (rows_i, n_i) = (rows as i32, n as i32);
+            let per_vec = 16 / std::mem::size_of::<T>();
+            let aligned = [Some(xl), Some(wl), residual.map(|r| r.1)]
+                .iter()
+                .flatten()
+                .all(|l| l.start_offset() % per_vec == 0);
+            let (block, vpt) = row_plan::<T>(n, aligned);
+            b.arg(&wv)
+                .arg(out)
+                .arg(&rows_i)
+                .arg(&n_i)
+                .arg(&eps)
+                .arg(&vpt);
+            unsafe { b.launch(config(rows as u32, block)) }.w()?;
+            Ok(())
+        })
     }
 }
 
@@ -400,17 +409,16 @@ launcher! {
     ) -> Result<CudaStorage> {
         let dev = &s1.device;
         let n = l1.shape().elem_count();
-        let mut out = alloc_out::<T>(dev, n)?;
-        if n > 0 {
+        output::<T>(dev, n, |out| {
             let (a, c) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
             let f = kernel::<T>(dev, Module::Swiglu, name)?;
             let stream = dev.cuda_stream();
             let mut b = stream.launch_builder(&f);
             let n_u = n as u64;
-            b.arg(&a).arg(&c).arg(&mut out).arg(&n_u);
+            b.arg(&a).arg(&c).arg(out).arg(&n_u);
             unsafe { b.launch(grid_1d(n, 256)) }.w()?;
-        }
-        Ok(storage(dev, out))
+            Ok(())
+        })
     }
 }
 
@@ -426,17 +434,16 @@ launcher! {
     ) -> Result<CudaStorage> {
         let dev = &g.device;
         let n = gl.shape().elem_count();
-        let mut out = alloc_out::<T>(dev, 2 * n)?;
-        if n > 0 {
+        output::<T>(dev, 2 * n, |out| {
             let (gv, uv, dv) = (view::<T>(g, gl)?, view::<T>(u, ul)?, view::<T>(dy, dyl)?);
             let f = kernel::<T>(dev, Module::Swiglu, "swiglu_backward")?;
             let stream = dev.cuda_stream();
             let mut b = stream.launch_builder(&f);
             let n_u = n as u64;
-            b.arg(&gv).arg(&uv).arg(&dv).arg(&mut out).arg(&n_u);
+            b.arg(&gv).arg(&uv).arg(&dv).arg(out).arg(&n_u);
             unsafe { b.launch(grid_1d(n, 256)) }.w()?;
-        }
-        Ok(storage(dev, out))
+            Ok(())
+        })
     }
 }
 

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use formats_support::*;
 use wick::formats::config::Architecture;
 use wick::formats::gguf::{GgufFile, GgufSource};
-use wick::formats::{open_model, LoadOptions, Weight, WeightSource};
+use wick::formats::{open_model, LoadOptions, ModelFiles, Weight, WeightSource};
 
 fn tokenizer_meta() -> Vec<(&'static str, Meta)> {
     // A byte-level vocabulary: 3 control tokens, then printable ASCII letters and the space byte 'Ġ'.
@@ -109,19 +109,34 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// Opens `path` on the CPU with every weight dense in `dtype`.
+fn open_dense(path: &std::path::Path, dtype: DType) -> ModelFiles {
+    let options = LoadOptions {
+        device: Device::Cpu,
+        dtype: Some(dtype),
+    };
+    open_model(path, &options).unwrap()
+}
+
+/// Every HF tensor comes back from `files` bit-exact (as f32).
+fn assert_weights_exact(files: &ModelFiles, hf: &[(String, Tensor)]) {
+    for (name, want) in hf {
+        let got = files
+            .weights
+            .get(name)
+            .unwrap()
+            .to_dense(DType::F32)
+            .unwrap();
+        assert_eq!(max_abs_diff(&got, want), 0.0, "{name}");
+    }
+}
+
 #[test]
 fn llama_gguf_config_names_and_unpermuted_qk() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny-llama.gguf");
     let hf = write_tiny(&path, "llama", true, true);
-    let files = open_model(
-        &path,
-        &LoadOptions {
-            device: Device::Cpu,
-            dtype: Some(DType::F32),
-        },
-    )
-    .unwrap();
+    let files = open_dense(&path, DType::F32);
     let c = &files.config;
     assert_eq!(c.architecture, Architecture::Llama);
     assert_eq!(
@@ -144,15 +159,7 @@ fn llama_gguf_config_names_and_unpermuted_qk() {
         (Some(1), vec![2])
     );
     // Every HF tensor comes back bit-exact, Q/K rows (and biases) un-permuted.
-    for (name, want) in &hf {
-        let got = files
-            .weights
-            .get(name)
-            .unwrap()
-            .to_dense(DType::F32)
-            .unwrap();
-        assert_eq!(max_abs_diff(&got, want), 0.0, "{name}");
-    }
+    assert_weights_exact(&files, &hf);
     let mut names = files.weights.names();
     names.sort();
     let mut want: Vec<String> = hf.iter().map(|(n, _)| n.clone()).collect();
@@ -174,26 +181,11 @@ fn qwen2_gguf_is_not_permuted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny-qwen2.gguf");
     let hf = write_tiny(&path, "qwen2", false, true);
-    let files = open_model(
-        &path,
-        &LoadOptions {
-            device: Device::Cpu,
-            dtype: Some(DType::F32),
-        },
-    )
-    .unwrap();
+    let files = open_dense(&path, DType::F32);
     assert_eq!(files.config.architecture, Architecture::Qwen2);
     assert!(!files.config.tie_word_embeddings);
     assert!(files.config.attention_bias);
-    for (name, want) in &hf {
-        let got = files
-            .weights
-            .get(name)
-            .unwrap()
-            .to_dense(DType::F32)
-            .unwrap();
-        assert_eq!(max_abs_diff(&got, want), 0.0, "{name}");
-    }
+    assert_weights_exact(&files, &hf);
 }
 
 /// For every GGML type: a matrix stored permuted and quantized comes back quantized, in that type,
@@ -267,14 +259,7 @@ fn vectors_are_dense_f32_when_quantized_mode() {
             .unwrap(),
         Weight::Quantized(_)
     ));
-    let bf16 = open_model(
-        &path,
-        &LoadOptions {
-            device: Device::Cpu,
-            dtype: Some(DType::BF16),
-        },
-    )
-    .unwrap();
+    let bf16 = open_dense(&path, DType::BF16);
     match bf16
         .weights
         .get("model.layers.1.mlp.up_proj.weight")

@@ -1,7 +1,7 @@
 //! Shared plumbing for the CPU side of the fused ops: the accumulator type per storage dtype, slices of
 //! contiguous inputs, and the dispatch from a `CpuStorage` to a generic kernel.
 
-use candle_core::{CpuStorage, Layout, WithDType};
+use candle_core::{CpuStorage, Layout, Shape, WithDType};
 
 /// The type a CPU kernel accumulates in: f64 for f64 inputs, f32 for f32, bf16 and f16.
 pub(crate) trait Acc:
@@ -109,6 +109,24 @@ pub(crate) fn same_dtype<'a, T: WithDType>(
             T::DTYPE
         ),
     }
+}
+
+/// The contiguous slice of another input of an op whose first input holds `T`: `same_dtype` then
+/// `contiguous`, both errors naming `what`.
+pub(crate) fn contiguous_as<'a, T: WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    contiguous(same_dtype::<T>(storage, what)?, layout, what)
+}
+
+/// The shape of `parts` outputs of `l`'s shape stacked along a new leading dim (the packed outputs
+/// of the fused ops that return two tensors in one storage).
+pub(crate) fn stacked_shape(parts: usize, l: &Layout) -> Shape {
+    let mut dims = vec![parts];
+    dims.extend_from_slice(l.dims());
+    Shape::from_dims(&dims)
 }
 
 /// Rows of at least this many elements are split across threads one row at a time; shorter rows

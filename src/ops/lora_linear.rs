@@ -15,7 +15,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::common::{dispatch_float, same_dtype, Acc};
+use super::common::{contiguous_as, dispatch_float, same_dtype, Acc};
 use crate::models::linear::{BaseWeight, Linear};
 use crate::{Context, Result};
 
@@ -246,11 +246,7 @@ impl CustomOp3 for LoraLinear {
             let b = super::common::contiguous(b, bl, "lora b")?;
             let bias = match &bias_guard {
                 Some((s, l)) => match &**s {
-                    Storage::Cpu(s) => Some(super::common::contiguous(
-                        same_dtype::<T>(s, "lora bias")?,
-                        l,
-                        "lora bias",
-                    )?),
+                    Storage::Cpu(s) => Some(contiguous_as::<T>(s, l, "lora bias")?),
                     _ => candle_core::bail!("lora linear: bias is not on the CPU"),
                 },
                 None => None,

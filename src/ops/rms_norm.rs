@@ -9,7 +9,9 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::common::{contiguous, dispatch_float, rows_per_task, same_dtype, storage, Acc};
+use super::common::{
+    contiguous, contiguous_as, dispatch_float, rows_per_task, stacked_shape, storage, Acc,
+};
 use crate::{Context, Result};
 
 /// x: [..., hidden], weight: [hidden] -> [..., hidden]. Differentiable in x and weight.
@@ -208,11 +210,7 @@ impl CustomOp2 for RmsNorm {
         check_width(l1, l2)?;
         let out = dispatch_float!(s1, "rms_norm", |x: T, A| {
             let x = contiguous(x, l1, "rms_norm input")?;
-            let w = contiguous(
-                same_dtype::<T>(s2, "rms_norm weight")?,
-                l2,
-                "rms_norm weight",
-            )?;
+            let w = contiguous_as::<T>(s2, l2, "rms_norm weight")?;
             storage(rms_norm_rows::<T, A>(x, w, self.eps))
         });
         Ok((out, l1.shape().clone()))
@@ -276,15 +274,11 @@ impl CustomOp3 for AddRmsNorm {
         check_width(l1, l3)?;
         let out = dispatch_float!(s1, "add_rms_norm", |x: T, A| {
             let x = contiguous(x, l1, "add_rms_norm input")?;
-            let r = contiguous(same_dtype::<T>(s2, "residual")?, l2, "residual")?;
-            let w = contiguous(
-                same_dtype::<T>(s3, "rms_norm weight")?,
-                l3,
-                "rms_norm weight",
-            )?;
+            let r = contiguous_as::<T>(s2, l2, "residual")?;
+            let w = contiguous_as::<T>(s3, l3, "rms_norm weight")?;
             storage(add_rms_norm_rows::<T, A>(x, r, w, self.eps))
         });
-        Ok((out, packed_shape(l1)))
+        Ok((out, stacked_shape(2, l1)))
     }
 
     #[cfg(feature = "cuda")]
@@ -299,7 +293,7 @@ impl CustomOp3 for AddRmsNorm {
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         check_width(l1, l3)?;
         let out = crate::gpu::launch::rms_norm(s1, l1, Some((s2, l2)), s3, l3, self.eps as f32)?;
-        Ok((out, packed_shape(l1)))
+        Ok((out, stacked_shape(2, l1)))
     }
 
     fn bwd(
@@ -315,12 +309,6 @@ impl CustomOp3 for AddRmsNorm {
         let dsum = (dsum + grad.get(1)?)?;
         Ok((Some(dsum.clone()), Some(dsum), Some(dw)))
     }
-}
-
-fn packed_shape(l: &Layout) -> Shape {
-    let mut dims = vec![2];
-    dims.extend_from_slice(l.dims());
-    Shape::from_dims(&dims)
 }
 
 impl CustomOp3 for RmsNormBackward {
@@ -340,12 +328,8 @@ impl CustomOp3 for RmsNormBackward {
         let n = check_width(l1, l2)?;
         let out = dispatch_float!(s1, "rms_norm backward", |x: T, A| {
             let x = contiguous(x, l1, "rms_norm input")?;
-            let w = contiguous(
-                same_dtype::<T>(s2, "rms_norm weight")?,
-                l2,
-                "rms_norm weight",
-            )?;
-            let dy = contiguous(same_dtype::<T>(s3, "rms_norm grad")?, l3, "rms_norm grad")?;
+            let w = contiguous_as::<T>(s2, l2, "rms_norm weight")?;
+            let dy = contiguous_as::<T>(s3, l3, "rms_norm grad")?;
             storage(rms_norm_backward_rows::<T, A>(x, w, dy, self.eps))
         });
         Ok((out, Shape::from(l1.shape().elem_count() + n)))

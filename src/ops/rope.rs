@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::common::{contiguous, dispatch_float, same_dtype, storage, Acc};
+use super::common::{contiguous_as, dispatch_float, storage, Acc};
 use crate::{Context, Result};
 
 /// How the rotated pairs are laid out inside a head.
@@ -141,8 +141,8 @@ impl CustomOp3 for Rope {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         check_shapes(l1, l2, l3)?;
         let out = dispatch_float!(s1, "rope", |x: T, A| {
-            let cos = contiguous(same_dtype::<T>(s2, "rope cos")?, l2, "rope cos")?;
-            let sin = contiguous(same_dtype::<T>(s3, "rope sin")?, l3, "rope sin")?;
+            let cos = contiguous_as::<T>(s2, l2, "rope cos")?;
+            let sin = contiguous_as::<T>(s3, l3, "rope sin")?;
             storage(rope_rows::<T, A>(x, l1, cos, sin, self.layout))
         });
         Ok((out, l1.shape().clone()))

@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::common::{contiguous, dispatch_float, rows_per_task, same_dtype, storage, Acc};
+use super::common::{contiguous, contiguous_as, dispatch_float, rows_per_task, storage, Acc};
 use crate::{Context, Result};
 
 /// x: [..., n] -> [..., n]. Differentiable (the backward is a fused op too).
@@ -153,7 +153,7 @@ impl CustomOp2 for SoftmaxBackward {
         let n = last_dim(l1);
         let out = dispatch_float!(s1, "softmax backward", |y: T, A| {
             let y = contiguous(y, l1, "softmax output")?;
-            let dy = contiguous(same_dtype::<T>(s2, "softmax grad")?, l2, "softmax grad")?;
+            let dy = contiguous_as::<T>(s2, l2, "softmax grad")?;
             storage(softmax_backward_rows::<T, A>(y, dy, n))
         });
         Ok((out, l1.shape().clone()))

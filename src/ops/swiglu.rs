@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::common::{contiguous, dispatch_float, same_dtype, storage, Acc};
+use super::common::{contiguous, contiguous_as, dispatch_float, stacked_shape, storage, Acc};
 use crate::{Context, Result};
 
 /// gate, up: [..., intermediate] -> [..., intermediate]. Differentiable in both.
@@ -106,7 +106,7 @@ impl CustomOp2 for Swiglu {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let out = dispatch_float!(s1, "swiglu", |g: T, A| {
             let g = contiguous(g, l1, "swiglu gate")?;
-            let u = contiguous(same_dtype::<T>(s2, "swiglu up")?, l2, "swiglu up")?;
+            let u = contiguous_as::<T>(s2, l2, "swiglu up")?;
             storage(swiglu_elems::<T, A>(g, u))
         });
         Ok((out, l1.shape().clone()))
@@ -153,11 +153,11 @@ impl CustomOp3 for SwigluBackward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let out = dispatch_float!(s1, "swiglu backward", |g: T, A| {
             let g = contiguous(g, l1, "swiglu gate")?;
-            let u = contiguous(same_dtype::<T>(s2, "swiglu up")?, l2, "swiglu up")?;
-            let dy = contiguous(same_dtype::<T>(s3, "swiglu grad")?, l3, "swiglu grad")?;
+            let u = contiguous_as::<T>(s2, l2, "swiglu up")?;
+            let dy = contiguous_as::<T>(s3, l3, "swiglu grad")?;
             storage(swiglu_backward_elems::<T, A>(g, u, dy))
         });
-        Ok((out, packed_shape(l1)))
+        Ok((out, stacked_shape(2, l1)))
     }
 
     #[cfg(feature = "cuda")]
@@ -171,14 +171,8 @@ impl CustomOp3 for SwigluBackward {
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let out = crate::gpu::launch::swiglu_backward(s1, l1, s2, l2, s3, l3)?;
-        Ok((out, packed_shape(l1)))
+        Ok((out, stacked_shape(2, l1)))
     }
-}
-
-fn packed_shape(l: &Layout) -> Shape {
-    let mut dims = vec![2];
-    dims.extend_from_slice(l.dims());
-    Shape::from_dims(&dims)
 }
 
 #[cfg(test)]

@@ -463,6 +463,28 @@ impl Llama {
     fn run(
         &self,
         input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        train: bool,
+        positions: LogitPositions,
+    ) -> Result<Tensor> {
+        // A one-token CPU step is ~200 small ops (norms, rope, attention, SwiGLU) between the
+        // matmuls. Each of them handed to the global rayon pool costs a cross-thread wake-up, and
+        // the woken workers then compete for the cores with the matmul kernel's own pool. On a
+        // single-thread pool of its own they run inline (rayon's join with no thief is a plain
+        // call); the quantized matmuls still use both cores through Candle's barrier pool.
+        let single =
+            !train && matches!(self.device, Device::Cpu) && input_ids.dim(1).is_ok_and(|t| t == 1);
+        match decode_pool() {
+            Some(pool) if single => {
+                pool.install(|| self.run_inner(input_ids, cache, train, positions))
+            }
+            _ => self.run_inner(input_ids, cache, train, positions),
+        }
+    }
+
+    fn run_inner(
+        &self,
+        input_ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         train: bool,
         positions: LogitPositions,
@@ -624,6 +646,21 @@ impl Llama {
 
 /// Additive causal mask for `t` new positions after `offset` cached ones: [t, offset + t] f32,
 /// 0 where key position j <= offset + i, -inf after.
+/// The single-thread rayon pool that one-token CPU steps run on (see `Llama::run`); None if the
+/// thread could not be started (then the step runs on the caller's thread).
+fn decode_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "wick-decode".into())
+            .build()
+            .map_err(|e| tracing::warn!("decode thread pool: {e}"))
+            .ok()
+    })
+    .as_ref()
+}
+
 fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
     let len = offset + t;
     let mask: Vec<f32> = (0..t)

@@ -474,6 +474,13 @@ mod avx2 {
             }
             for r in 0..R {
                 let at = r * row_bytes + b * block_bytes;
+                // The same block of the next row quad (the next work item, contiguous in memory):
+                // one quad ahead is far enough to hide the memory latency at m = 1, where the
+                // kernel otherwise stalls on every weight load. A prefetch never faults, so the
+                // address may lie past the matrix (wrapping_add keeps the pointer maths defined).
+                _mm_prefetch::<_MM_HINT_T0>(
+                    w.as_ptr().wrapping_add(at + ROW_TILE * row_bytes) as *const i8
+                );
                 let block = w.get_unchecked(at..at + block_bytes);
                 let dw = f16_at(block, 0);
                 if Q4 {
@@ -502,6 +509,48 @@ mod avx2 {
         }
     }
 
+    /// `tile::<4, 1, true>` (Q4_1, one token: decode) with the per-block scalar work vectorized:
+    /// the block's (dw, mw) pair is converted by one `vcvtph2ps` and multiplied by the token's
+    /// (d, s) pair in one `mulps`, giving dw * d for the FMA and mw * s for the offset sum, which
+    /// is kept in lane 1 of a vector. Same f32 operations in the same order as `tile`, so the
+    /// results are bit-identical; fewer instructions per block.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile_q4_1_one_token(
+        w: &[u8],
+        row_bytes: usize,
+        a: &[ActBlock],
+        blocks: usize,
+        out: &mut [[f32; TOKEN_TILE]; ROW_TILE],
+    ) {
+        const R: usize = ROW_TILE;
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut offsets = [_mm_setzero_ps(); R];
+        let base = w.as_ptr();
+        for b in 0..blocks {
+            let act = a.get_unchecked(b);
+            let qa = _mm256_loadu_si256(act.qs.as_ptr() as *const __m256i);
+            // [d, s, 0, 0]: ActBlock starts with d then s (repr(C)).
+            let ds = _mm_castpd_ps(_mm_load_sd(act as *const ActBlock as *const f64));
+            for (r, (acc, offset)) in acc.iter_mut().zip(offsets.iter_mut()).enumerate() {
+                let at = r * row_bytes + b * 20;
+                // See `tile`: the same block of the next row quad.
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(at + R * row_bytes) as *const i8);
+                let block = base.add(at);
+                // [dw, mw, 0, 0] from the block's two leading f16 values.
+                let scales =
+                    _mm_cvtph_ps(_mm_cvtsi32_si128((block as *const i32).read_unaligned()));
+                let prod = _mm_mul_ps(scales, ds);
+                let p = dot_u8_i8(nibbles(block.add(4)), qa);
+                *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), p, *acc);
+                *offset = _mm_add_ps(*offset, prod);
+            }
+        }
+        for r in 0..R {
+            out[r][0] = hsum(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(offsets[r]));
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_tile(
@@ -519,6 +568,7 @@ mod avx2 {
                 match (rows, tokens) {
                     (4, 3) => tile::<4, 3, $q4>(w, row_bytes, a, blocks, out),
                     (4, 2) => tile::<4, 2, $q4>(w, row_bytes, a, blocks, out),
+                    (4, 1) if $q4 => tile_q4_1_one_token(w, row_bytes, a, blocks, out),
                     (4, 1) => tile::<4, 1, $q4>(w, row_bytes, a, blocks, out),
                     // Fewer than four rows only at the end of a matrix whose height is not a
                     // multiple of 4: one row at a time.

@@ -11,10 +11,17 @@ use crate::{Context, Result};
 /// largest error relative to the largest reference value (element-wise relative error is meaningless
 /// for outputs near zero, which every op here produces). NaN anywhere gives infinity.
 pub fn max_rel_err(got: &[f64], want: &[f64]) -> f64 {
+    max_rel_err_with_floor(got, want, 1e-30)
+}
+
+/// [`max_rel_err`] with the scale held at least `floor`: for values that come out of a subtraction
+/// of O(floor) quantities (a loss of 1e-6 nats is log(1 + 1e-6), computed next to 1), whose
+/// precision is absolute at that scale rather than relative to the small result.
+pub fn max_rel_err_with_floor(got: &[f64], want: &[f64], floor: f64) -> f64 {
     if got.len() != want.len() {
         return f64::INFINITY;
     }
-    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(floor);
     let mut worst = 0f64;
     for (g, w) in got.iter().zip(want) {
         let err = (g - w).abs();

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Makes tests/fixtures/transformers/smollm2_gguf_logits.json: HF transformers' f32 logits for the
 default GGUF file (transformers dequantizes every tensor to f32 on load), for
-tests/decoder_matches_transformers.rs.
+tests/gguf_matches_transformers.rs.
 
 This pins wick's dense decoder to an implementation that is not ours, with no activation
 quantization on either side, so the tolerance can be tight. (llama.cpp quantizes activations to

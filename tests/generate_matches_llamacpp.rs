@@ -157,7 +157,7 @@ fn first_16_greedy_tokens_match_llamacpp() {
 /// some Q8 roundings of the activations, so they differ by about the quantization noise itself.
 /// llama.cpp moves its own logits by up to 0.52 (mean 0.13) between its batch and one-at-a-time
 /// kernels and sits up to 1.17 (mean 0.18) from exact f32 maths on these weights; wick's dense path
-/// matches exact f32 maths to 1e-4 (tests/decoder_matches_transformers.rs).
+/// matches exact f32 maths to 1e-4 (tests/gguf_matches_transformers.rs).
 #[test]
 fn teacher_forced_logits_match_llamacpp() {
     let m = model();

@@ -146,6 +146,7 @@ fn tiny_run(
         resume: None,
         fault,
         stop_after_steps: None,
+        engine: wick::train::engine_steps::EnginePolicy::Auto,
     };
     train(&mut model.model, run, &mut |_| {}).map(|_| ())
 }

@@ -83,6 +83,7 @@ fn run(
         resume,
         fault: SaveFault::default(),
         stop_after_steps: None,
+        engine: wick::train::engine_steps::EnginePolicy::Auto,
     };
     train(&mut model.model, run, &mut |_| {}).unwrap().1
 }
@@ -153,6 +154,7 @@ fn resume_is_bit_identical() {
             resume: None,
             fault: SaveFault::default(),
             stop_after_steps: Some(4),
+            engine: wick::train::engine_steps::EnginePolicy::Auto,
         },
         &mut |_| {},
     )

@@ -44,6 +44,10 @@ pub struct Args {
     /// Recompute each decoder layer in the backward pass instead of keeping its activations.
     #[arg(long)]
     pub checkpoint_activations: bool,
+    /// `auto`: on CUDA, train through the CUDA training engine (captured forward, backward and
+    /// AdamW) when it supports the model and adapter; `off`: always through Candle's autograd.
+    #[arg(long, default_value = "auto")]
+    pub engine: wick::train::engine_steps::EnginePolicy,
     /// Write `<out>.json` and `<out>.md` (e.g. bench/results/train-cpu).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -213,6 +217,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         resume: None,
         fault: Default::default(),
         stop_after_steps: None,
+        engine: args.engine,
     };
     let (_, summary) = train(&mut model.model, run, &mut on_progress)?;
     let device_peak = sampler.and_then(DeviceMemorySampler::finish);
@@ -248,6 +253,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "tokens_per_s": tokens_per_s,
         "peak_rss_gib": gib(peak),
         "rss_after_load_gib": gib(rss_after_load),
+        "warmup_seconds": step_times.first(),
+        "path": summary.engine_mode.clone().unwrap_or_else(|| "candle autograd".into()),
         "step_seconds": step_times,
         "step_rss_gib": step_rss,
         "step_peak_rss_gib": step_peak_rss,
@@ -293,6 +300,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if device_peak.is_some() {
             writeln!(md, "\nDevice memory: `total - free` from cuMemGetInfo, polled every 1 ms during the run; it includes the CUDA context ({:.2} GiB in use before the model was loaded) and what the allocator pool keeps.", gib(device_before_load))?;
         }
+        writeln!(md, "\nPath: {}. Warm-up (loading excluded; the first step including engine setup and graph capture): {:.2} s.", summary.engine_mode.as_deref().unwrap_or("candle autograd"), step_times.first().copied().unwrap_or(f64::NAN))?;
         writeln!(md, "\nEvery step is the full trainer step: forward, causal-LM loss, backward, clipping, AdamW. JSON: `{}`.", out.with_extension("json").display())?;
     }
     Ok(())

@@ -112,6 +112,7 @@ fn fine_tune_and_answer_again(args: &Args, path: &std::path::Path) -> anyhow::Re
         resume: None,
         seed: 42,
         checkpoint_activations: false,
+        engine: Default::default(),
         device: args.device.clone(),
         dtype: None,
     };

@@ -104,6 +104,10 @@ pub struct Args {
     /// less memory (long sequences, big batches) for about one more forward pass. Needs --dropout 0.
     #[arg(long)]
     pub checkpoint_activations: bool,
+    /// `auto`: on CUDA, train through the CUDA training engine (captured forward, backward and
+    /// AdamW) when it supports the model and adapter; `off`: always through Candle's autograd.
+    #[arg(long, default_value = "auto")]
+    pub engine: wick::train::engine_steps::EnginePolicy,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -286,6 +290,7 @@ pub fn run_with_model(
         resume: args.resume.clone(),
         fault: Default::default(),
         stop_after_steps: None,
+        engine: args.engine,
     };
     let result = train(&mut model.model, run, &mut on_progress);
     bar.finish_and_clear();

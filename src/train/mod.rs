@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod engine_steps;
 pub mod loss;
 pub mod metrics;
 pub mod optimizer;

@@ -24,6 +24,7 @@ use super::checkpoint::{
     load_checkpoint, remove_stale_temporaries, save_checkpoint, SaveFault, TrainerState,
 };
 use super::data::{Batch, Dataset};
+use super::engine_steps::{EnginePolicy, EngineSteps};
 use super::loss::causal_lm_loss;
 use super::metrics::{read_metrics, MetricRecord, MetricsWriter};
 use super::optimizer::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
@@ -162,6 +163,8 @@ pub struct TrainSummary {
     pub steps: usize,
     pub tokens: usize,
     pub seconds: f64,
+    /// How the steps ran: `None` through Candle's autograd, else the CUDA training engine's mode.
+    pub engine_mode: Option<String>,
 }
 
 /// How a run starts.
@@ -179,6 +182,8 @@ pub struct TrainRun<'a> {
     /// Stop after this many steps of this invocation (a time-boxed run; `resume` continues it). The
     /// schedule still spans `total_steps`. A checkpoint is written at the stop when `save_every` is set.
     pub stop_after_steps: Option<usize>,
+    /// Whether CUDA runs may use the training engine (`train::cuda_engine`).
+    pub engine: EnginePolicy,
 }
 
 fn batch_tensors(batch: &Batch, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
@@ -210,6 +215,80 @@ pub fn evaluate(model: &Llama, data: &Dataset, batch_size: usize) -> Result<f64>
         count += n;
     }
     Ok(total / count.max(1) as f64)
+}
+
+/// One optimizer step through Candle's autograd (the reference path): forward, loss and backward
+/// per micro-batch with gradients accumulated by token share, global-norm clipping, AdamW. Returns
+/// (step loss, gradient norm before clipping); a non-finite value returns before the update.
+fn candle_step(
+    model: &Llama,
+    vars: &[(String, candle_core::Var)],
+    optimizer: &mut AdamW,
+    config: &TrainConfig,
+    micro: &[(Batch, Vec<usize>)],
+    lr: f64,
+) -> Result<(f64, f64)> {
+    let device = model.device().clone();
+    let counted_total: usize = micro
+        .iter()
+        .map(|(b, _)| super::loss::counted_positions(&b.labels))
+        .sum();
+    let mut grads: HashMap<String, Tensor> = HashMap::new();
+    let sink = GradSink::new();
+    let mut step_loss = 0f64;
+    for (batch, _) in micro {
+        let counted = super::loss::counted_positions(&batch.labels);
+        if counted == 0 {
+            continue;
+        }
+        let weight = counted as f64 / counted_total as f64;
+        let (ids, labels) = batch_tensors(batch, &device)?;
+        let logits = if config.activation_checkpointing {
+            model.forward_train_checkpointed(&ids, &sink)?
+        } else {
+            model.forward_train(&ids)?
+        };
+        let loss = causal_lm_loss(&logits, &labels)?;
+        let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        step_loss += loss_value * weight;
+        if !loss_value.is_finite() {
+            break;
+        }
+        let store = (loss * weight)?.backward().context("backward pass")?;
+        let mut micro_grads = collect_grads(vars, &store);
+        // Checkpointed layers hand their adapter gradients over through the sink.
+        let mut sunk = sink.take();
+        for (name, var) in vars {
+            if let Some(g) = sunk.remove(&var.as_tensor().id()) {
+                let merged = match micro_grads.remove(name) {
+                    Some(acc) => (acc + g)?,
+                    None => g,
+                };
+                micro_grads.insert(name.clone(), merged);
+            }
+        }
+        // The store also holds the gradients Candle computed for every non-trainable input of
+        // the graph; the graph itself lives as long as the logits. Free both before the next
+        // micro-batch's forward.
+        drop(store);
+        drop(logits);
+        for (name, g) in micro_grads {
+            let merged = match grads.remove(&name) {
+                Some(acc) => (acc + g)?,
+                None => g,
+            };
+            grads.insert(name, merged);
+        }
+    }
+    let grad_norm = if step_loss.is_finite() {
+        clip_grad_norm(&mut grads, config.max_grad_norm)?
+    } else {
+        f64::NAN
+    };
+    if step_loss.is_finite() && grad_norm.is_finite() {
+        optimizer.step(&grads, lr)?;
+    }
+    Ok((step_loss, grad_norm))
 }
 
 /// Trains a LoRA adapter on `model` (its weights stay frozen; the adapter is left attached).
@@ -258,6 +337,15 @@ pub fn train(
     if let Some(tensors) = &optimizer_state {
         optimizer.load_state(tensors, state.step)?;
     }
+    let mut engine = EngineSteps::start(
+        model,
+        &adapter,
+        &config,
+        run.train_data,
+        run.engine,
+        optimizer_state.as_ref(),
+        state.step,
+    )?;
     let schedule = Schedule {
         kind: config.scheduler,
         lr: config.lr,
@@ -297,63 +385,11 @@ pub fn train(
                 )
             })
             .collect();
-        let counted_total: usize = micro
-            .iter()
-            .map(|(b, _)| super::loss::counted_positions(&b.labels))
-            .sum();
-        let mut grads: HashMap<String, Tensor> = HashMap::new();
-        let sink = GradSink::new();
-        let mut step_loss = 0f64;
-        let mut step_tokens = 0usize;
-        for (batch, lengths) in &micro {
-            let counted = super::loss::counted_positions(&batch.labels);
-            step_tokens += batch.real_tokens(lengths);
-            if counted == 0 {
-                continue;
-            }
-            let weight = counted as f64 / counted_total as f64;
-            let (ids, labels) = batch_tensors(batch, &device)?;
-            let logits = if config.activation_checkpointing {
-                model.forward_train_checkpointed(&ids, &sink)?
-            } else {
-                model.forward_train(&ids)?
-            };
-            let loss = causal_lm_loss(&logits, &labels)?;
-            let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            step_loss += loss_value * weight;
-            if !loss_value.is_finite() {
-                break;
-            }
-            let store = (loss * weight)?.backward().context("backward pass")?;
-            let mut micro_grads = collect_grads(&vars, &store);
-            // Checkpointed layers hand their adapter gradients over through the sink.
-            let mut sunk = sink.take();
-            for (name, var) in &vars {
-                if let Some(g) = sunk.remove(&var.as_tensor().id()) {
-                    let merged = match micro_grads.remove(name) {
-                        Some(acc) => (acc + g)?,
-                        None => g,
-                    };
-                    micro_grads.insert(name.clone(), merged);
-                }
-            }
-            // The store also holds the gradients Candle computed for every non-trainable input of
-            // the graph; the graph itself lives as long as the logits. Free both before the next
-            // micro-batch's forward.
-            drop(store);
-            drop(logits);
-            for (name, g) in micro_grads {
-                let merged = match grads.remove(&name) {
-                    Some(acc) => (acc + g)?,
-                    None => g,
-                };
-                grads.insert(name, merged);
-            }
-        }
-        let grad_norm = if step_loss.is_finite() {
-            clip_grad_norm(&mut grads, config.max_grad_norm)?
-        } else {
-            f64::NAN
+        let step_tokens: usize = micro.iter().map(|(b, l)| b.real_tokens(l)).sum();
+        let lr = schedule.lr_at(state.step);
+        let (step_loss, grad_norm) = match engine.as_mut() {
+            Some(engine) => engine.step(&micro, lr, config.max_grad_norm)?,
+            None => candle_step(model, &vars, &mut optimizer, &config, &micro, lr)?,
         };
         if !step_loss.is_finite() || !grad_norm.is_finite() {
             return Err(Error::Diverged {
@@ -362,9 +398,6 @@ pub fn train(
                 checkpoint: last_checkpoint,
             });
         }
-        let lr = schedule.lr_at(state.step);
-        optimizer.step(&grads, lr)?;
-        drop(grads);
         state.step += 1;
         state.micro_batches += config.grad_accum;
         state.tokens_seen += step_tokens;
@@ -394,6 +427,9 @@ pub fn train(
         if let Some(eval_data) = run.eval_data {
             let due = config.eval_every.is_some_and(|n| state.step % n == 0);
             if due || last {
+                if let Some(engine) = &engine {
+                    engine.store_params(&adapter)?;
+                }
                 let eval_loss = evaluate(model, eval_data, config.batch_size)?;
                 metrics.write(&MetricRecord::Eval {
                     step: state.step,
@@ -410,10 +446,17 @@ pub fn train(
         }
         if let Some(n) = config.save_every {
             if state.step % n == 0 || last || stopping {
+                let optimizer_tensors = match &engine {
+                    Some(engine) => {
+                        engine.store_params(&adapter)?;
+                        engine.optimizer_state()?
+                    }
+                    None => optimizer.state_tensors(),
+                };
                 let dir = save_checkpoint(
                     &out_dir,
                     &adapter,
-                    optimizer.state_tensors(),
+                    optimizer_tensors,
                     &state,
                     config.keep_last,
                     run.fault,
@@ -425,6 +468,9 @@ pub fn train(
                 last_checkpoint = Some(dir);
             }
         }
+    }
+    if let Some(engine) = &engine {
+        engine.store_params(&adapter)?;
     }
     let mut final_adapter = adapter.clone();
     final_adapter.config.inference_mode = true;
@@ -440,6 +486,7 @@ pub fn train(
         steps: state.step,
         tokens: tokens_this_run,
         seconds: started.elapsed().as_secs_f64(),
+        engine_mode: engine.as_ref().map(|e| e.mode.clone()),
     };
     Ok((adapter, summary))
 }

@@ -15,6 +15,7 @@
 #                           1) and llama-batched-bench (decode at batch 1 and 8) on $WICK_SMOLLM2_GGUF
 #   decode                  wick bench decode, prompt 512, 128 tokens
 #   train                   wick bench train, seq 512 and 2048, batch 8, r 16, 3 warm-up + 20 steps
+#                           (CUDA training engine), and seq 512 through Candle's autograd
 #   embed                   sentence-transformers fp32/fp16 and wick f32/f16 at batch 1, 32, 256
 #   coldstart               wick generate in fresh processes: empty CUDA JIT cache, then warm
 #   bundle                  $OUT/e2e-$WICK_RUN_TAG.json: every result file, the llama.cpp build log tail
@@ -90,10 +91,10 @@ print(max(0, min(float(sys.argv[1]), left)))' "$deadline")
   train)
     need_gguf
     rc=0
-    # seq 512 as is and with activation checkpointing; seq 2048 checkpointed (the plain path keeps
-    # every layer's attention scores and does not fit the memory goal there).
-    for run in 512: 512:--checkpoint-activations 2048:--checkpoint-activations; do
-      seq=${run%%:*} extra=${run#*:} name=wick-train-$seq${extra:+-ckpt}
+    # seq 512 and 2048 on the CUDA training engine (the default path on CUDA), and seq 512 through
+    # Candle's autograd (--engine off: the path of session 2, for the record).
+    for run in 512: 2048: 512:--engine=off; do
+      seq=${run%%:*} extra=${run#*:} name=wick-train-$seq${extra:+-autograd}
       # stdout is the JSON record; the step lines go to stderr (the log).
       "$wick" bench train --model "$gguf" --device cuda --seq-len $seq --batch-size 8 --rank 16 \
         --warmup-steps 3 --steps 20 $extra >"$results/$name.json" || rc=1

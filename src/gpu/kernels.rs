@@ -22,6 +22,7 @@ pub enum Module {
     QuantMatvec,
     DecodeStep,
     SmallMatmul,
+    Prefill,
 }
 
 impl Module {
@@ -45,6 +46,7 @@ impl Module {
             Module::SmallMatmul => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/small_matmul.fatbin"))
             }
+            Module::Prefill => include_bytes!(concat!(env!("OUT_DIR"), "/prefill.fatbin")),
         }
     }
 }

@@ -11,6 +11,8 @@
 pub mod check;
 #[cfg(feature = "cuda")]
 pub mod launch;
+#[cfg(feature = "cuda")]
+pub mod prefill;
 pub mod reference;
 
 use candle_core::quantized::GgmlDType;

@@ -205,6 +205,140 @@ pub fn argmax_logprob(logits: &[f32]) -> (u32, f64) {
     (best as u32, logits[best] as f64 - max - sum.ln())
 }
 
+/// `rms_rows`: [`rms_norm`] of each of the `x.len() / w.len()` rows of `x`.
+pub fn prefill_rms_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f64> {
+    x.chunks_exact(w.len())
+        .flat_map(|row| rms_norm(row, w, eps))
+        .collect()
+}
+
+/// `embed_rows`: the rows `ids` of a `q` table with rows of `hidden` weights, one after the other.
+pub fn prefill_embed_rows(q: QuantType, table: &[u8], ids: &[u32], hidden: usize) -> Vec<f64> {
+    ids.iter()
+        .flat_map(|&id| dequantize_row(q, table, id as usize, hidden))
+        .collect()
+}
+
+/// `dequant_layer`: each matrix `(format, blocks, rows, k)` dequantized to row-major [rows, k], the
+/// matrices one after the other.
+pub fn prefill_dequant_layer(matrices: &[(QuantType, &[u8], usize, usize)]) -> Vec<f64> {
+    matrices
+        .iter()
+        .flat_map(|&(q, bytes, rows, k)| {
+            (0..rows).flat_map(move |r| dequantize_row(q, bytes, r, k))
+        })
+        .collect()
+}
+
+/// `swiglu_rows`: act[i][j] = silu(gu[i][j]) * gu[i][ffn + j], gu: [n, 2 ffn].
+pub fn prefill_swiglu_rows(gu: &[f32], ffn: usize) -> Vec<f64> {
+    gu.chunks_exact(2 * ffn)
+        .flat_map(|row| {
+            (0..ffn).map(move |j| {
+                let (g, u) = (row[j] as f64, row[ffn + j] as f64);
+                g / (1.0 + (-g).exp()) * u
+            })
+        })
+        .collect()
+}
+
+/// `rope_kv_rows`: for token i of `n` (position pos0 + i), qkv row i = [q heads*d | k kv*d | v kv*d]:
+/// RoPE on its q heads (returned, [n, heads * d]) and k heads with the angles of `rope_attention`;
+/// the rotated k (rounded to f32) and v written to the caches ([max_seq, kv_heads, d]) at row pos0 + i.
+pub fn prefill_rope_kv(
+    qkv: &[f32],
+    k_cache: &mut [f32],
+    v_cache: &mut [f32],
+    inv_freq: &[f32],
+    pos0: usize,
+    shape: AttentionShape,
+) -> Vec<f64> {
+    let AttentionShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+    } = shape;
+    let half = d / 2;
+    let width = (heads + 2 * kv_heads) * d;
+    let row = kv_heads * d;
+    let mut q_out = Vec::with_capacity(qkv.len() / width * heads * d);
+    for (i, r) in qkv.chunks_exact(width).enumerate() {
+        let pos = pos0 + i;
+        let angles: Vec<f64> = inv_freq.iter().map(|&f| (pos as f32 * f) as f64).collect();
+        let rotate = |x: &[f32]| -> Vec<f64> {
+            let mut out = vec![0f64; d];
+            for j in 0..half {
+                let (s, c) = angles[j].sin_cos();
+                let (a, b) = (x[j] as f64, x[j + half] as f64);
+                out[j] = a * c - b * s;
+                out[j + half] = a * s + b * c;
+            }
+            out
+        };
+        for h in 0..heads {
+            q_out.extend(rotate(&r[h * d..(h + 1) * d]));
+        }
+        for kvh in 0..kv_heads {
+            let k = rotate(&r[(heads + kvh) * d..(heads + kvh + 1) * d]);
+            let v = &r[(heads + kv_heads + kvh) * d..(heads + kv_heads + kvh + 1) * d];
+            for j in 0..d {
+                k_cache[pos * row + kvh * d + j] = k[j] as f32;
+                v_cache[pos * row + kvh * d + j] = v[j];
+            }
+        }
+    }
+    q_out
+}
+
+/// `prefill_attention`: causal softmax attention of query row i (`q`: [n, heads * d], already
+/// rotated; position pos0 + i) over cache rows 0 ..= pos0 + i of its kv head, scores times `scale`;
+/// returns [n, heads * d].
+pub fn prefill_attention(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    pos0: usize,
+    shape: AttentionShape,
+    scale: f32,
+) -> Vec<f64> {
+    let AttentionShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+    } = shape;
+    let group = heads / kv_heads;
+    let row = kv_heads * d;
+    let mut out = vec![0f64; q.len()];
+    for (i, qi) in q.chunks_exact(heads * d).enumerate() {
+        let pos = pos0 + i;
+        for h in 0..heads {
+            let kvh = h / group;
+            let qh = &qi[h * d..(h + 1) * d];
+            let scores: Vec<f64> = (0..=pos)
+                .map(|t| {
+                    let k = &k_cache[t * row + kvh * d..t * row + kvh * d + d];
+                    qh.iter()
+                        .zip(k)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum::<f64>()
+                        * scale as f64
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            let o = &mut out[i * heads * d + h * d..i * heads * d + (h + 1) * d];
+            for (t, w) in weights.iter().enumerate() {
+                let v = &v_cache[t * row + kvh * d..t * row + kvh * d + d];
+                for j in 0..d {
+                    o[j] += w / total * v[j] as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,5 +496,81 @@ mod tests {
         let (_, lp2) = argmax_logprob(&logits);
         assert!((lp2 - want as f64).abs() < 1e-5, "{lp2} vs {want}");
         assert!(lp.is_finite());
+    }
+
+    #[test]
+    fn prefill_rope_and_attention_equal_one_decode_step_per_token() {
+        // The batched prefill of 5 tokens after 3 cached positions must give, token by token, what
+        // rope_attention gives stepping those tokens (same cache rows, same outputs).
+        let shape = AttentionShape {
+            heads: 6,
+            kv_heads: 2,
+            head_dim: 8,
+        };
+        let (d, pos0, n, max_seq) = (8, 3, 5, 12);
+        let width = (6 + 2 * 2) * d;
+        let row = 2 * d;
+        let qkv = f32s(n * width, 51);
+        let inv: Vec<f32> = (0..d / 2)
+            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32))
+            .collect();
+        let k0 = f32s(max_seq * row, 52);
+        let v0 = f32s(max_seq * row, 53);
+        let (mut kb, mut vb) = (k0.clone(), v0.clone());
+        let q = prefill_rope_kv(&qkv, &mut kb, &mut vb, &inv, pos0, shape);
+        let q32: Vec<f32> = q.iter().map(|&v| v as f32).collect();
+        let got = prefill_attention(&q32, &kb, &vb, pos0, shape, 0.35);
+        let (mut ks, mut vs) = (k0.clone(), v0.clone());
+        for i in 0..n {
+            let want = rope_attention(
+                &qkv[i * width..(i + 1) * width],
+                &mut ks,
+                &mut vs,
+                pos0 + i,
+                &inv,
+                shape,
+                0.35,
+            );
+            for j in 0..6 * d {
+                let g = got[i * 6 * d + j];
+                // q rounded to f32 between the two references: ~1e-7 relative.
+                assert!(
+                    (g - want[j]).abs() < 1e-5,
+                    "token {i} [{j}]: {g} vs {}",
+                    want[j]
+                );
+            }
+        }
+        assert_eq!(kb, ks, "cache keys");
+        assert_eq!(vb, vs, "cache values");
+        // Rows beyond the prompt untouched.
+        assert_eq!(&kb[(pos0 + n) * row..], &k0[(pos0 + n) * row..]);
+    }
+
+    #[test]
+    fn prefill_row_references() {
+        let (n, k) = (3, 64);
+        let x = f32s(n * k, 61);
+        let w = f32s(k, 62);
+        let y = prefill_rms_rows(&x, &w, 1e-5);
+        assert_eq!(y.len(), n * k);
+        assert_eq!(&y[k..2 * k], &rms_norm(&x[k..2 * k], &w, 1e-5)[..]);
+        let gu = f32s(n * 2 * 5, 63);
+        let act = prefill_swiglu_rows(&gu, 5);
+        let (g, u) = (gu[10 + 2] as f64, gu[10 + 5 + 2] as f64);
+        assert!((act[5 + 2] - g * u / (1.0 + (-g).exp())).abs() < 1e-12);
+        for q in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+            let (a, dense_a) = quantized(q, 4, 64, 64);
+            let (b, dense_b) = quantized(q, 2, 96, 65);
+            let all = prefill_dequant_layer(&[(q, &a, 4, 64), (q, &b, 2, 96)]);
+            let want: Vec<f64> = dense_a.iter().chain(&dense_b).map(|&v| v as f64).collect();
+            assert_eq!(all.len(), want.len());
+            for (i, (g, w)) in all.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{q:?} [{i}]");
+            }
+            let rows = prefill_embed_rows(q, &a, &[3, 0, 3], 64);
+            assert_eq!(&rows[..64], &dequantize_row(q, &a, 3, 64)[..]);
+            assert_eq!(&rows[128..], &rows[..64]);
+        }
     }
 }

@@ -1,0 +1,246 @@
+// The batched prefill of the CUDA decode engine (src/generate/cuda_decode/prefill.rs): n prompt tokens
+// at positions pos0 .. pos0 + n through one layer at a time, the matrix products as f32 GEMMs
+// (cuBLASLt, src/gpu/gemm.rs) on weights dequantized here. CPU twins: src/gpu/decode/reference.rs
+// (`prefill_*`).
+//
+// Block formats as in kernels/quant_matvec.cu (32 weights per block; Q4_0 18 B, Q4_1 20 B, Q8_0 34 B).
+// quant codes: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0.
+//
+// embed_rows(table, quant, ids, x, n, hidden): x[i] = dequantized row ids[i] of the table, i < n.
+// dequant_layer(dst, src0..4, quant0..4, blocks0..4): up to 5 matrices (blocks_s = 0 for none) of
+//   consecutive GGML blocks dequantized into one f32 buffer, segment after segment (a matrix of rows of
+//   k weights becomes its row-major [rows, k]).
+// rms_rows(x, w, y, n, k, eps): y[i] = x[i] * rsqrt(mean(x[i]^2) + eps) * w, one warp per row.
+// rope_kv_rows(qkv, k_cache, v_cache, inv_freq, pos0, n, heads, kv_heads, d): per token i (position
+//   p = pos0 + i), qkv row i = [q heads*d | k kv*d | v kv*d]: q rotated in place (HF half-split RoPE,
+//   angles p * inv_freq[j] as in rope_attention), rotated k and v written to the caches
+//   ([max_seq, kv_heads, d]) at row p.
+// prefill_attention(qkv, k_cache, v_cache, out, pos0, n, heads, kv_heads, d, qt, scale): causal
+//   attention of the n tokens' (rotated) queries over cache rows 0 ..= p. Block (tile, kvh): the qt
+//   tokens tile*qt .. of the chunk and the group = heads/kv_heads query heads of kv head kvh, i.e.
+//   R = qt * group query rows (row r = token t * group + g), against key tiles of PA_KEYS positions in
+//   shared memory, online softmax in f32. out: [n, heads * d].
+// swiglu_rows(gu, act, n, ffn): act[i][j] = silu(gu[i][j]) * gu[i][ffn + j].
+#include "common.cuh"
+
+#define PA_KEYS 32
+#define PA_THREADS 128
+
+// Weights 4p .. 4p + 3 (p < 8) of one block.
+__device__ __forceinline__ float4 dequant4(int quant, const uint8_t* blk, int p) {
+    float4 r;
+    if (quant == 2) {
+        float d = __half2float(*reinterpret_cast<const __half*>(blk));
+        const int8_t* qs = reinterpret_cast<const int8_t*>(blk + 2 + 4 * p);
+        r.x = d * (float)qs[0];
+        r.y = d * (float)qs[1];
+        r.z = d * (float)qs[2];
+        r.w = d * (float)qs[3];
+        return r;
+    }
+    float d, m;
+    const uint8_t* qs;
+    if (quant == 1) {
+        __half2 dm = *reinterpret_cast<const __half2*>(blk);
+        d = __low2float(dm);
+        m = __high2float(dm);
+        qs = blk + 4;
+    } else {
+        d = __half2float(*reinterpret_cast<const __half*>(blk));
+        m = -8.f * d;
+        qs = blk + 2;
+    }
+    int shift = p < 4 ? 0 : 4;
+    const uint8_t* b = qs + 4 * (p & 3);
+    r.x = d * (float)((b[0] >> shift) & 15) + m;
+    r.y = d * (float)((b[1] >> shift) & 15) + m;
+    r.z = d * (float)((b[2] >> shift) & 15) + m;
+    r.w = d * (float)((b[3] >> shift) & 15) + m;
+    return r;
+}
+
+__device__ __forceinline__ int block_bytes(int quant) { return quant == 0 ? 18 : (quant == 1 ? 20 : 34); }
+
+extern "C" __global__ void embed_rows(const uint8_t* __restrict__ table, int quant,
+                                      const int* __restrict__ ids, float* __restrict__ x, int n,
+                                      int hidden) {
+    int i = blockIdx.y;
+    if (i >= n) return;
+    int bb = block_bytes(quant);
+    const uint8_t* row = table + (size_t)ids[i] * (hidden / 32) * bb;
+    int parts = hidden / 4;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < parts; j += gridDim.x * blockDim.x) {
+        float4 v = dequant4(quant, row + (j >> 3) * bb, j & 7);
+        reinterpret_cast<float4*>(x + (size_t)i * hidden)[j] = v;
+    }
+}
+
+extern "C" __global__ void dequant_layer(float* __restrict__ dst, const uint8_t* s0, const uint8_t* s1,
+                                         const uint8_t* s2, const uint8_t* s3, const uint8_t* s4,
+                                         int q0, int q1, int q2, int q3, int q4, long long b0,
+                                         long long b1, long long b2, long long b3, long long b4) {
+    long long total = b0 + b1 + b2 + b3 + b4;
+    // Each thread: part (idx & 7) of block (idx >> 3), 4 weights.
+    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total * 8;
+         idx += (long long)gridDim.x * blockDim.x) {
+        long long blk = idx >> 3, local = blk;
+        const uint8_t* src;
+        int q;
+        if (local < b0) {
+            src = s0; q = q0;
+        } else if ((local -= b0) < b1) {
+            src = s1; q = q1;
+        } else if ((local -= b1) < b2) {
+            src = s2; q = q2;
+        } else if ((local -= b2) < b3) {
+            src = s3; q = q3;
+        } else {
+            local -= b3;
+            src = s4; q = q4;
+        }
+        float4 v = dequant4(q, src + local * block_bytes(q), (int)(idx & 7));
+        reinterpret_cast<float4*>(dst)[idx] = v;
+    }
+}
+
+extern "C" __global__ void rms_rows(const float* __restrict__ x, const float* __restrict__ w,
+                                    float* __restrict__ y, int n, int k, float eps) {
+    int warps = blockDim.x >> 5;
+    int row = blockIdx.x * warps + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= n) return;
+    const float* xr = x + (size_t)row * k;
+    float ss = 0.f;
+    for (int j = lane; j < k; j += 32) ss += xr[j] * xr[j];
+    float r = rsqrtf(warp_sum(ss) / (float)k + eps);
+    float* yr = y + (size_t)row * k;
+    for (int j = lane; j < k; j += 32) yr[j] = xr[j] * r * w[j];
+}
+
+extern "C" __global__ void rope_kv_rows(float* __restrict__ qkv, float* __restrict__ k_cache,
+                                        float* __restrict__ v_cache, const float* __restrict__ inv_freq,
+                                        int pos0, int n, int heads, int kv_heads, int d) {
+    int i = blockIdx.x;
+    if (i >= n) return;
+    int p = pos0 + i, half = d / 2;
+    float* row = qkv + (size_t)i * (heads + 2 * kv_heads) * d;
+    size_t cache_row = (size_t)p * kv_heads * d;
+    // q and k heads: (heads + kv_heads) * half rotation pairs.
+    for (int j = threadIdx.x; j < (heads + kv_heads) * half; j += blockDim.x) {
+        int h = j / half, c = j % half;
+        float s, co;
+        sincosf((float)p * inv_freq[c], &s, &co);
+        float a = row[h * d + c], b = row[h * d + c + half];
+        float ra = a * co - b * s, rb = a * s + b * co;
+        if (h < heads) {
+            row[h * d + c] = ra;
+            row[h * d + c + half] = rb;
+        } else {
+            int kvh = h - heads;
+            k_cache[cache_row + kvh * d + c] = ra;
+            k_cache[cache_row + kvh * d + c + half] = rb;
+        }
+    }
+    const float* v = row + (heads + kv_heads) * d;
+    for (int j = threadIdx.x; j < kv_heads * d; j += blockDim.x) v_cache[cache_row + j] = v[j];
+}
+
+extern "C" __global__ void prefill_attention(const float* __restrict__ qkv,
+                                             const float* __restrict__ k_cache,
+                                             const float* __restrict__ v_cache, float* __restrict__ out,
+                                             int pos0, int n, int heads, int kv_heads, int d, int qt,
+                                             float scale) {
+    extern __shared__ float sm[];
+    int kvh = blockIdx.y, t0 = blockIdx.x * qt;
+    if (t0 >= n) return;
+    int group = heads / kv_heads;
+    int tokens = min(qt, n - t0);
+    int R = tokens * group;
+    int dp = d + 1;  // padded key rows: thread c reads k[c][i], conflict-free
+    float* q = sm;                    // [R][d] (qt * group rows reserved)
+    float* acc = q + qt * group * d;  // [R][d]
+    float* ks = acc + qt * group * d; // [PA_KEYS][d + 1]
+    float* vs = ks + PA_KEYS * dp;    // [PA_KEYS][d]
+    float* ps = vs + PA_KEYS * d;     // [R][PA_KEYS]
+    float* run_m = ps + qt * group * PA_KEYS;  // [R]
+    float* run_l = run_m + qt * group;         // [R]
+    float* alpha = run_l + qt * group;         // [R]
+    int qkv_row = (heads + 2 * kv_heads) * d;
+    for (int j = threadIdx.x; j < R * d; j += blockDim.x) {
+        int r = j / d, c = j % d, t = r / group, g = r % group;
+        q[j] = qkv[(size_t)(t0 + t) * qkv_row + (size_t)(kvh * group + g) * d + c] * scale;
+        acc[j] = 0.f;
+    }
+    for (int r = threadIdx.x; r < R; r += blockDim.x) {
+        run_m[r] = -INFINITY;
+        run_l[r] = 0.f;
+    }
+    int last = pos0 + t0 + tokens - 1;  // the last key any row of this block sees
+    size_t crow = (size_t)kv_heads * d;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int k0 = 0; k0 <= last; k0 += PA_KEYS) {
+        int nk = min(PA_KEYS, last + 1 - k0);
+        __syncthreads();  // q/acc ready; previous tile's ks/vs/ps consumed
+        for (int j = threadIdx.x; j < nk * d; j += blockDim.x) {
+            int kk = j / d, c = j % d;
+            size_t at = (size_t)(k0 + kk) * crow + (size_t)kvh * d + c;
+            ks[kk * dp + c] = k_cache[at];
+            vs[kk * d + c] = v_cache[at];
+        }
+        __syncthreads();
+        // Scores (scale folded into q); keys after a row's position are masked.
+        for (int j = threadIdx.x; j < R * PA_KEYS; j += blockDim.x) {
+            int r = j / PA_KEYS, kk = j % PA_KEYS;
+            int pos = pos0 + t0 + r / group;
+            float s = -INFINITY;
+            if (kk < nk && k0 + kk <= pos) {
+                const float* qr = q + r * d;
+                const float* kr = ks + kk * dp;
+                float dot = 0.f;
+                for (int c = 0; c < d; c++) dot += qr[c] * kr[c];
+                s = dot;
+            }
+            ps[j] = s;
+        }
+        __syncthreads();
+        // Online softmax per row, one warp per row (every row has key 0 .. its position >= k0 in view
+        // of the first tile, so run_m is finite after it).
+        for (int r = warp; r < R; r += warps) {
+            float s = lane < PA_KEYS ? ps[r * PA_KEYS + lane] : -INFINITY;
+            float m = warp_max(s);
+            float big = fmaxf(m, run_m[r]);
+            float e = (big == -INFINITY || s == -INFINITY) ? 0.f : expf(s - big);
+            if (lane < PA_KEYS) ps[r * PA_KEYS + lane] = e;
+            float l = warp_sum(e);
+            if (lane == 0) {
+                float a = run_m[r] == -INFINITY ? 0.f : expf(run_m[r] - big);
+                alpha[r] = a;
+                run_l[r] = run_l[r] * a + l;
+                run_m[r] = big;
+            }
+        }
+        __syncthreads();
+        for (int j = threadIdx.x; j < R * d; j += blockDim.x) {
+            int r = j / d, c = j % d;
+            const float* pr = ps + r * PA_KEYS;
+            float sum = 0.f;
+            for (int kk = 0; kk < nk; kk++) sum += pr[kk] * vs[kk * d + c];
+            acc[j] = acc[j] * alpha[r] + sum;
+        }
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < R * d; j += blockDim.x) {
+        int r = j / d, c = j % d, t = r / group, g = r % group;
+        out[(size_t)(t0 + t) * heads * d + (size_t)(kvh * group + g) * d + c] = acc[j] / run_l[r];
+    }
+}
+
+extern "C" __global__ void swiglu_rows(const float* __restrict__ gu, float* __restrict__ act, int n,
+                                       int ffn) {
+    size_t total = (size_t)n * ffn;
+    for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < total;
+         j += (size_t)gridDim.x * blockDim.x) {
+        size_t i = j / ffn, c = j % ffn;
+        float g = gu[i * 2 * ffn + c], u = gu[i * 2 * ffn + ffn + c];
+        act[j] = g / (1.f + expf(-g)) * u;
+    }
+}

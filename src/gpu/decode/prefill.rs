@@ -1,0 +1,298 @@
+//! Launchers of the batched-prefill kernels (kernels/prefill.cu) on raw device pointers (`u64`), as
+//! in `launch`: the embedding of n tokens, one layer's GGML matrices dequantized to f32 in one
+//! launch, RMSNorm over rows, RoPE with the KV-cache write for n positions, causal attention of n
+//! queries against the cache, and SwiGLU over rows. The matrix products between them are f32 GEMMs
+//! (`gpu::gemm`). CPU twins: `reference::prefill_*`.
+
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::CudaDevice;
+
+use super::reference::AttentionShape;
+use super::QuantType;
+use crate::gpu::kernels::{function, Module};
+
+type Result<T> = candle_core::Result<T>;
+
+/// Key positions per shared-memory tile of `prefill_attention` (PA_KEYS in kernels/prefill.cu).
+pub const PREFILL_KEY_TILE: usize = 32;
+/// Threads of one `prefill_attention` block (PA_THREADS).
+const PREFILL_ATTENTION_THREADS: u32 = 128;
+/// Prompt tokens per `prefill_attention` block (times the query heads of one kv head), at most.
+pub const PREFILL_QUERY_TILE: usize = 4;
+/// Shared memory a block may use without an opt-in.
+const SHARED_LIMIT: usize = 48 * 1024;
+/// Warps (rows) per block of `rms_rows`.
+const RMS_WARPS: usize = 4;
+
+/// The matrices of one `dequant_layer` launch: (blocks address, format, number of 32-weight blocks).
+pub type DequantSegment = (u64, QuantType, usize);
+
+/// Most matrices one `dequant_layer` launch takes.
+pub const DEQUANT_SEGMENTS: usize = 5;
+
+fn code(q: QuantType) -> i32 {
+    match q {
+        QuantType::Q4_0 => 0,
+        QuantType::Q4_1 => 1,
+        QuantType::Q8_0 => 2,
+    }
+}
+
+/// Shared-memory bytes of one `prefill_attention` block holding `qt` tokens.
+pub fn prefill_attention_shared_bytes(shape: AttentionShape, qt: usize) -> usize {
+    let rows = qt * shape.heads / shape.kv_heads.max(1);
+    let d = shape.head_dim;
+    (2 * rows * d
+        + PREFILL_KEY_TILE * (d + 1)
+        + PREFILL_KEY_TILE * d
+        + rows * PREFILL_KEY_TILE
+        + 3 * rows)
+        * 4
+}
+
+/// Tokens per `prefill_attention` block for `shape`: [`PREFILL_QUERY_TILE`], halved until the block's
+/// shared memory fits 48 KiB; `None` when even one token does not fit.
+pub fn prefill_query_tile(shape: AttentionShape) -> Option<usize> {
+    let mut qt = PREFILL_QUERY_TILE;
+    while qt >= 1 {
+        if prefill_attention_shared_bytes(shape, qt) <= SHARED_LIMIT {
+            return Some(qt);
+        }
+        qt /= 2;
+    }
+    None
+}
+
+/// The prefill kernels of one device, on the stream of the decode kernels (Candle's).
+pub struct PrefillKernels {
+    stream: Arc<CudaStream>,
+    embed_rows: CudaFunction,
+    dequant_layer: CudaFunction,
+    rms_rows: CudaFunction,
+    rope_kv_rows: CudaFunction,
+    attention: CudaFunction,
+    swiglu_rows: CudaFunction,
+}
+
+fn grid_1d(items: usize, threads: usize) -> u32 {
+    items.div_ceil(threads).clamp(1, 132 * 16) as u32
+}
+
+impl PrefillKernels {
+    /// Loads kernels/prefill.cu on `dev`.
+    pub fn load(dev: &CudaDevice) -> Result<Self> {
+        let f = |name: &'static str| function(dev, Module::Prefill, name, "");
+        Ok(Self {
+            stream: dev.cuda_stream(),
+            embed_rows: f("embed_rows")?,
+            dequant_layer: f("dequant_layer")?,
+            rms_rows: f("rms_rows")?,
+            rope_kv_rows: f("rope_kv_rows")?,
+            attention: f("prefill_attention")?,
+            swiglu_rows: f("swiglu_rows")?,
+        })
+    }
+
+    /// The stream the kernels launch on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// x[i] (f32 [n, hidden]) = dequantized row ids[i] (i32 [n], in range) of `table`.
+    pub fn embed_rows(
+        &self,
+        q: QuantType,
+        table: u64,
+        ids: u64,
+        x: u64,
+        n: usize,
+        hidden: usize,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let (q_i, n_i, h_i) = (code(q), n as i32, hidden as i32);
+        let mut b = self.stream.launch_builder(&self.embed_rows);
+        b.arg(&table)
+            .arg(&q_i)
+            .arg(&ids)
+            .arg(&x)
+            .arg(&n_i)
+            .arg(&h_i);
+        let cfg = LaunchConfig {
+            grid_dim: ((hidden / 4).div_ceil(128).max(1) as u32, n as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    /// Dequantizes up to [`DEQUANT_SEGMENTS`] matrices into `dst` (f32), one after the other, each as
+    /// its row-major [rows, k] (`blocks` = rows * k / 32).
+    pub fn dequant_layer(&self, dst: u64, segments: &[DequantSegment]) -> Result<()> {
+        if segments.len() > DEQUANT_SEGMENTS {
+            return Err(candle_core::Error::Msg(format!(
+                "dequant_layer: {} matrices, at most {DEQUANT_SEGMENTS}",
+                segments.len()
+            )));
+        }
+        let mut src = [0u64; DEQUANT_SEGMENTS];
+        let mut quant = [0i32; DEQUANT_SEGMENTS];
+        let mut blocks = [0i64; DEQUANT_SEGMENTS];
+        for (i, &(p, q, n)) in segments.iter().enumerate() {
+            src[i] = p;
+            quant[i] = code(q);
+            blocks[i] = n as i64;
+        }
+        let total: i64 = blocks.iter().sum();
+        if total == 0 {
+            return Ok(());
+        }
+        let mut b = self.stream.launch_builder(&self.dequant_layer);
+        b.arg(&dst);
+        for s in &src {
+            b.arg(s);
+        }
+        for q in &quant {
+            b.arg(q);
+        }
+        for n in &blocks {
+            b.arg(n);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (grid_1d(total as usize * 8, 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    /// y[i] = rms_norm(x[i]) * w for the n rows of k floats of x (y may not alias x).
+    pub fn rms_rows(&self, x: u64, w: u64, y: u64, n: usize, k: usize, eps: f32) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let (n_i, k_i) = (n as i32, k as i32);
+        let mut b = self.stream.launch_builder(&self.rms_rows);
+        b.arg(&x).arg(&w).arg(&y).arg(&n_i).arg(&k_i).arg(&eps);
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(RMS_WARPS) as u32, 1, 1),
+            block_dim: ((RMS_WARPS * 32) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    /// RoPE at positions pos0 + i on the q heads of qkv row i (in place) and its k head, the
+    /// rotated k and the v of row i into the caches at row pos0 + i, i < n.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_kv_rows(
+        &self,
+        qkv: u64,
+        k_cache: u64,
+        v_cache: u64,
+        inv_freq: u64,
+        pos0: usize,
+        n: usize,
+        shape: AttentionShape,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let (p_i, n_i) = (pos0 as i32, n as i32);
+        let (h, kv, d) = (
+            shape.heads as i32,
+            shape.kv_heads as i32,
+            shape.head_dim as i32,
+        );
+        let mut b = self.stream.launch_builder(&self.rope_kv_rows);
+        b.arg(&qkv).arg(&k_cache).arg(&v_cache).arg(&inv_freq);
+        b.arg(&p_i).arg(&n_i).arg(&h).arg(&kv).arg(&d);
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    /// Causal attention of the n (rotated) queries in qkv rows (positions pos0 + i) against cache
+    /// rows 0 ..= pos0 + i; out: [n, heads * d].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        qkv: u64,
+        k_cache: u64,
+        v_cache: u64,
+        out: u64,
+        pos0: usize,
+        n: usize,
+        shape: AttentionShape,
+        scale: f32,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        if shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "prefill_attention: {} heads are not a multiple of {} kv heads",
+                shape.heads, shape.kv_heads
+            )));
+        }
+        let qt = prefill_query_tile(shape).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "prefill_attention: {} query heads of dim {} per kv head exceed shared memory",
+                shape.heads / shape.kv_heads,
+                shape.head_dim
+            ))
+        })?;
+        let (p_i, n_i, qt_i) = (pos0 as i32, n as i32, qt as i32);
+        let (h, kv, d) = (
+            shape.heads as i32,
+            shape.kv_heads as i32,
+            shape.head_dim as i32,
+        );
+        let mut b = self.stream.launch_builder(&self.attention);
+        b.arg(&qkv).arg(&k_cache).arg(&v_cache).arg(&out);
+        b.arg(&p_i)
+            .arg(&n_i)
+            .arg(&h)
+            .arg(&kv)
+            .arg(&d)
+            .arg(&qt_i)
+            .arg(&scale);
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(qt) as u32, shape.kv_heads as u32, 1),
+            block_dim: (PREFILL_ATTENTION_THREADS, 1, 1),
+            shared_mem_bytes: prefill_attention_shared_bytes(shape, qt) as u32,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    /// act[i][j] = silu(gu[i][j]) * gu[i][ffn + j] for n rows ([n, 2 ffn] -> [n, ffn]).
+    pub fn swiglu_rows(&self, gu: u64, act: u64, n: usize, ffn: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let (n_i, f_i) = (n as i32, ffn as i32);
+        let mut b = self.stream.launch_builder(&self.swiglu_rows);
+        b.arg(&gu).arg(&act).arg(&n_i).arg(&f_i);
+        let cfg = LaunchConfig {
+            grid_dim: (grid_1d(n * ffn, 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+}

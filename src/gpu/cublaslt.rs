@@ -80,7 +80,7 @@ pub struct PlanInfo {
 }
 
 /// Reads one u32 algorithm configuration attribute (0 if cuBLASLt does not report it).
-fn algo_attribute(
+pub(crate) fn algo_attribute(
     algo: &sys::cublasLtMatmulAlgo_t,
     attr: sys::cublasLtMatmulAlgoConfigAttributes_t,
 ) -> u32 {
@@ -147,9 +147,9 @@ impl Drop for LtContext {
 }
 
 /// cuBLASLt's recommended workspace on Hopper (32 MiB; 4 MiB suffices on older GPUs).
-const WORKSPACE_BYTES: usize = 32 << 20;
+pub(crate) const WORKSPACE_BYTES: usize = 32 << 20;
 
-fn cuda_err(what: &str, err: impl std::fmt::Debug) -> candle_core::Error {
+pub(crate) fn cuda_err(what: &str, err: impl std::fmt::Debug) -> candle_core::Error {
     candle_core::Error::Cuda(format!("cuBLASLt {what}: {err:?}").into())
 }
 
@@ -200,6 +200,17 @@ impl LtContext {
             bias,
         };
         Ok(self.plan(key)?.info)
+    }
+
+    /// The cuBLASLt handle (for `gpu::gemm`, which shares it and the workspace).
+    pub(crate) fn handle(&self) -> sys::cublasLtHandle_t {
+        self.handle
+    }
+
+    /// The workspace ([`WORKSPACE_BYTES`]) and the stream every product of this context runs on;
+    /// products that share the workspace must stay on that one stream.
+    pub(crate) fn workspace(&self) -> (&CudaSlice<u8>, &Arc<CudaStream>) {
+        (&self.workspace, &self.stream)
     }
 
     /// How many plans are cached (for tests and the dispatch benchmark).
@@ -315,7 +326,7 @@ impl LtContext {
 ///
 /// # Safety
 /// `desc` must be a live descriptor and `T` the attribute's C type.
-unsafe fn set_desc<T>(
+pub(crate) unsafe fn set_desc<T>(
     desc: sys::cublasLtMatmulDesc_t,
     attr: sys::cublasLtMatmulDescAttributes_t,
     value: &T,
@@ -328,7 +339,7 @@ unsafe fn set_desc<T>(
     )
 }
 
-fn lt_data_type(dtype: DType) -> candle_core::Result<sys::cudaDataType> {
+pub(crate) fn lt_data_type(dtype: DType) -> candle_core::Result<sys::cudaDataType> {
     Ok(match dtype {
         DType::F32 => sys::cudaDataType_t::CUDA_R_32F,
         DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,

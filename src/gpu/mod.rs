@@ -5,6 +5,8 @@
 pub mod cublaslt;
 pub mod decode;
 pub mod dispatch;
+/// Matrix products on raw device pointers through cuBLASLt (engines' GEMMs); CPU reference always.
+pub mod gemm;
 #[cfg(feature = "cuda")]
 pub mod graph;
 /// wick's own kernels (kernels/*.cu, compiled by build.rs), loaded once per device.

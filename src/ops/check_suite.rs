@@ -127,6 +127,7 @@ pub fn run_suite(
         #[cfg(feature = "cuda")]
         if let Device::Cuda(dev) = device {
             check_decode_engine_kernels(&mut suite, dev)?;
+            check_gemm(&mut suite, dev)?;
         }
         Ok(())
     })();
@@ -540,6 +541,26 @@ fn check_decode_engine_kernels(s: &mut Suite, dev: &candle_core::CudaDevice) -> 
     let seed = s.next_seed();
     for case in crate::gpu::decode::check::run(dev, seed)? {
         s.record(&case.kernel, DType::F32, "fwd", &[], &case.got, &case.want);
+        if let Some(last) = s.records.last_mut() {
+            last.shape = case.shape;
+        }
+    }
+    Ok(())
+}
+
+/// `gpu::gemm` (raw-pointer cuBLASLt) against its f64 reference: records `gemm`, dtype = A/B type.
+#[cfg(feature = "cuda")]
+fn check_gemm(s: &mut Suite, dev: &candle_core::CudaDevice) -> Result<()> {
+    let seed = s.next_seed();
+    for case in crate::gpu::gemm::check_cases(dev, seed)? {
+        s.push(
+            "gemm",
+            case.ab_type,
+            "fwd",
+            &[],
+            case.max_rel_err,
+            case.tolerance,
+        );
         if let Some(last) = s.records.last_mut() {
             last.shape = case.shape;
         }

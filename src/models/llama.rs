@@ -588,6 +588,28 @@ impl Llama {
         out
     }
 
+    /// The token embedding [vocab, hidden] (dense in the compute dtype); also the LM head when the
+    /// embeddings are tied.
+    pub fn embed_tokens(&self) -> &Tensor {
+        &self.embed_tokens
+    }
+
+    /// The LM head (the embedding's weight when tied).
+    pub fn lm_head(&self) -> &Linear {
+        &self.lm_head
+    }
+
+    /// Per layer, the (input_layernorm, post_attention_layernorm) weights [hidden]; then the final
+    /// norm's. For engines that run the decoder on the tensors in place (`train::cuda_engine`).
+    pub fn norm_weights(&self) -> (Vec<(&Tensor, &Tensor)>, &Tensor) {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| (&l.input_layernorm, &l.post_attention_layernorm))
+            .collect();
+        (layers, &self.norm)
+    }
+
     /// Mutable access to every projection, same paths as [`Llama::linear_layers`].
     pub fn linear_layers_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::with_capacity(self.layers.len() * 7);

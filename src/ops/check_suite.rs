@@ -128,6 +128,7 @@ pub fn run_suite(
         if let Device::Cuda(dev) = device {
             check_decode_engine_kernels(&mut suite, dev)?;
             check_gemm(&mut suite, dev)?;
+            check_train_engine(&mut suite)?;
         }
         Ok(())
     })();
@@ -541,6 +542,20 @@ fn check_decode_engine_kernels(s: &mut Suite, dev: &candle_core::CudaDevice) -> 
     let seed = s.next_seed();
     for case in crate::gpu::decode::check::run(dev, seed)? {
         s.record(&case.kernel, DType::F32, "fwd", &[], &case.got, &case.want);
+        if let Some(last) = s.records.last_mut() {
+            last.shape = case.shape;
+        }
+    }
+    Ok(())
+}
+
+/// The CUDA training engine against Candle's autograd (`train::cuda_engine::check`): records
+/// `trn_engine_*`, the model and tensor in `shape`.
+#[cfg(feature = "cuda")]
+fn check_train_engine(s: &mut Suite) -> Result<()> {
+    let seed = s.next_seed();
+    for case in crate::train::cuda_engine::check::run(s.device, seed)? {
+        s.push(&case.kernel, case.dtype, &case.pass, &[], case.max_rel_err, case.tolerance);
         if let Some(last) = s.records.last_mut() {
             last.shape = case.shape;
         }

@@ -4,6 +4,8 @@
 //! The library never prints: progress goes to a callback that the CLI turns into a progress bar.
 
 pub mod checkpoint;
+#[cfg(feature = "cuda")]
+pub mod cuda_engine;
 pub mod data;
 pub mod engine_steps;
 pub mod loss;

@@ -1,0 +1,223 @@
+//! The backward half of a micro-batch: the LM head and loss in chunks of `loss_chunk` tokens, then
+//! the layers in reverse. `dres` [N, D] (T) carries the gradient of the residual stream; per layer
+//! the attention's scores and P are recomputed from the saved qh, kh (never stored across layers),
+//! and the SwiGLU output `a` from the saved g, u.
+//!
+//! Per adapted projection y = x W^T + s (x A^T) B^T with xa = x A^T saved:
+//! ```text
+//! dB += s dY^T xa        (f32 [out, r])
+//! dxa = s dY B           (T [N, r])
+//! dA += dxa^T x          (f32 [r, in])
+//! dX (+)= dY W + dxa A
+//! ```
+
+use super::buffers::{SCALAR_COUNT, SCALAR_LOSS, SCALAR_SCALE};
+use super::layout::{DOWN, GATE, K, O, Q, UP, V};
+use super::{launch_err, Launcher};
+use crate::Result;
+
+impl Launcher<'_> {
+    /// The gradients of one projection from dY [n, out] and its forward input x [n, in]: the LoRA
+    /// gradients (accumulated) and dx [n, in] (overwritten, or accumulated when `accumulate`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn linear_backward(
+        &self,
+        n: usize,
+        layer: usize,
+        proj: usize,
+        x: u64,
+        dy: u64,
+        dx: u64,
+        accumulate: bool,
+    ) -> Result<()> {
+        let (inp, out) = self.proj_dims(proj);
+        let w = self.weights.layers[layer].proj[proj];
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        let dx_shape = self.shape((n, inp, out), (false, false));
+        self.mm("dY W", &dx_shape, dy, w, dx, 1.0, beta)?;
+        if let Some(l) = self.lora(layer, proj) {
+            let (r, s, dxa) = (self.dims.rank, self.layout.scale, self.ptrs.dxa);
+            let db = self.shape_f32((out, r, n), (true, false));
+            self.mm("dB = s dY^T xa", &db, dy, l.xa, l.db, s, 1.0)?;
+            let dxa_shape = self.shape((n, r, out), (false, false));
+            self.mm("dxa = s dY B", &dxa_shape, dy, l.b_t, dxa, s, 0.0)?;
+            let da = self.shape_f32((r, inp, n), (true, false));
+            self.mm("dA = dxa^T x", &da, dxa, x, l.da, 1.0, 1.0)?;
+            let dx_lora = self.shape((n, inp, r), (false, false));
+            self.mm("dx += dxa A", &dx_lora, dxa, l.a_t, dx, 1.0, 1.0)?;
+        }
+        Ok(())
+    }
+
+    /// Logits, loss and their gradient chunk by chunk (the logits buffer holds one chunk, replaced
+    /// in place by its gradient), the loss summed into the step's accumulator, and the final norm's
+    /// backward: leaves d(x_L) in `dres`.
+    pub(super) fn head_and_loss(&self, s: usize) -> Result<()> {
+        let (d, p, k) = (self.dims, self.ptrs, self.k);
+        let n = d.batch * s;
+        let (dm, vocab, e) = (d.hidden, d.vocab, self.t.size_in_bytes() as u64);
+        let chunk = self.loss_chunk.min(n).max(1);
+        let head = self.weights.head;
+        let mut t0 = 0;
+        while t0 < n {
+            let c = chunk.min(n - t0);
+            let nf = p.nf + t0 as u64 * dm as u64 * e;
+            let logits = self.shape((c, vocab, dm), (false, true));
+            self.mm("LM head", &logits, nf, head, p.logits, 1.0, 0.0)?;
+            let (labels, row_loss) = (p.labels + 4 * t0 as u64, p.row_loss + 4 * t0 as u64);
+            launch!(
+                self,
+                "cross_entropy",
+                k.cross_entropy(
+                    p.logits,
+                    labels,
+                    p.scalar(SCALAR_COUNT),
+                    p.scalar(SCALAR_SCALE),
+                    row_loss,
+                    c,
+                    vocab
+                )
+            );
+            let dnf = self.shape((c, dm, vocab), (false, false));
+            let dn = p.dn + t0 as u64 * dm as u64 * e;
+            self.mm("LM head backward", &dnf, p.logits, head, dn, 1.0, 0.0)?;
+            t0 += c;
+        }
+        launch!(
+            self,
+            "sum_into (loss)",
+            k.sum_into(p.row_loss, n, p.scalar(SCALAR_LOSS), true)
+        );
+        let last = p.saved(p.x, d.layers, dm);
+        launch!(
+            self,
+            "rms_norm_backward (final)",
+            k.rms_norm_backward(
+                last,
+                self.weights.final_norm,
+                p.rstd_f,
+                p.dn,
+                p.dres,
+                n,
+                dm,
+                false
+            )
+        );
+        Ok(())
+    }
+
+    /// Backward of one layer: `dres` holds d(x_{layer+1}) on entry and d(x_layer) on exit.
+    pub(super) fn layer_backward(&self, s: usize, layer: usize) -> Result<()> {
+        let (d, p, k) = (self.dims, self.ptrs, self.k);
+        let n = d.batch * s;
+        let (dm, f, qw, kw, hd) = (d.hidden, d.ffn, d.q_width(), d.kv_width(), d.head_dim);
+        let (b, g, kvh) = (d.batch, d.groups(), d.kv_heads);
+        let lw = &self.weights.layers[layer];
+        let (rstd1, rstd2) = p.rstd(layer);
+        // MLP: x' = h + down(swiglu(gate(n2), up(n2))).
+        let (gate, up) = (p.saved(p.g, layer, f), p.saved(p.u, layer, f));
+        launch!(self, "swiglu (recompute)", k.swiglu(gate, up, p.act, n * f));
+        self.linear_backward(n, layer, DOWN, p.act, p.dres, p.dact, false)?;
+        launch!(
+            self,
+            "swiglu_backward",
+            k.swiglu_backward(gate, up, p.dact, p.dg, p.du, n * f)
+        );
+        let n2 = p.saved(p.n2, layer, dm);
+        self.linear_backward(n, layer, GATE, n2, p.dg, p.dn, false)?;
+        self.linear_backward(n, layer, UP, n2, p.du, p.dn, true)?;
+        let h = p.saved(p.h, layer, dm);
+        launch!(
+            self,
+            "rms_norm_backward (post-attention)",
+            k.rms_norm_backward(h, lw.post_norm, rstd2, p.dn, p.dres, n, dm, true)
+        );
+        // Attention: h = x + o_proj(heads_to_tokens(P vh)).
+        let o = p.saved(p.o, layer, qw);
+        self.linear_backward(n, layer, O, o, p.dres, p.dout, false)?;
+        launch!(
+            self,
+            "tokens_to_heads",
+            k.tokens_to_heads(p.dout, p.oh, b, s, d.heads, kvh, hd)
+        );
+        self.attention_probs(s, layer)?;
+        let (qh, kh, vh) = (
+            p.saved(p.qh, layer, qw),
+            p.saved(p.kh, layer, kw),
+            p.saved(p.vh, layer, kw),
+        );
+        // dvh [S, d] = P^T doh, the G query heads of a kv head summed by the contraction.
+        let dv = self.shape((s, hd, g * s), (true, false)).batched(
+            b * kvh,
+            g * s * s,
+            g * s * hd,
+            s * hd,
+        );
+        self.mm("dv = P^T do", &dv, p.probs, p.oh, p.dvh, 1.0, 0.0)?;
+        // dP [G*S, S] = doh vh^T (f32, into the scores scratch).
+        let dprobs = self.shape_f32((g * s, s, hd), (false, true)).batched(
+            b * kvh,
+            g * s * hd,
+            s * hd,
+            g * s * s,
+        );
+        self.mm("dP = do v^T", &dprobs, p.oh, vh, p.scores, 1.0, 0.0)?;
+        let rows = b * d.heads * s;
+        let scale = 1.0 / (hd as f32).sqrt();
+        launch!(
+            self,
+            "causal_softmax_backward",
+            k.causal_softmax_backward(p.probs, p.scores, p.dscores, rows, s, scale)
+        );
+        let dq = self.shape((g * s, hd, s), (false, false)).batched(
+            b * kvh,
+            g * s * s,
+            s * hd,
+            g * s * hd,
+        );
+        self.mm("dq = dS k", &dq, p.dscores, kh, p.dqh, 1.0, 0.0)?;
+        let dk = self.shape((s, hd, g * s), (true, false)).batched(
+            b * kvh,
+            g * s * s,
+            g * s * hd,
+            s * hd,
+        );
+        self.mm("dk = dS^T q", &dk, p.dscores, qh, p.dkh, 1.0, 0.0)?;
+        launch!(
+            self,
+            "rope_gather_backward",
+            k.rope_gather_backward(
+                p.dqh, p.dkh, p.dvh, p.cos, p.sin, p.q, p.k, p.v, b, s, d.heads, kvh, hd
+            )
+        );
+        let n1 = p.saved(p.n1, layer, dm);
+        self.linear_backward(n, layer, Q, n1, p.q, p.dn, false)?;
+        self.linear_backward(n, layer, K, n1, p.k, p.dn, true)?;
+        self.linear_backward(n, layer, V, n1, p.v, p.dn, true)?;
+        let x = p.saved(p.x, layer, dm);
+        launch!(
+            self,
+            "rms_norm_backward (input)",
+            k.rms_norm_backward(x, lw.input_norm, rstd1, p.dn, p.dres, n, dm, true)
+        );
+        Ok(())
+    }
+
+    /// One micro-batch for a bucket of `s` positions (inputs uploaded): count the labels, forward,
+    /// loss, backward; gradients and loss accumulate.
+    pub(super) fn micro_batch(&self, s: usize) -> Result<()> {
+        let (d, p) = (self.dims, self.ptrs);
+        let n = d.batch * s;
+        launch!(
+            self,
+            "label_count",
+            self.k.label_count(p.labels, n, p.scalar(SCALAR_COUNT))
+        );
+        self.forward(s)?;
+        self.head_and_loss(s)?;
+        for layer in (0..d.layers).rev() {
+            self.layer_backward(s, layer)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,559 @@
+//! The engine against Candle's autograd on the same CUDA device (part of `wick bench gpu-check`,
+//! records `trn_engine_*`): the only end-to-end proof that the launch sequence is right.
+//!
+//! Two tiny random LLaMA models with odd sizes and GQA (3 query heads per kv head): one with tied
+//! embeddings, 3 layers and LoRA on all seven projections; one with an untied head, 2 layers and
+//! LoRA on q, v and down only. LoRA with random non-zero A and B (PEFT's `init_lora_weights=false`).
+//! One optimizer step of two micro-batches: [2 rows x 24] with ignored labels and a padded row tail,
+//! then [1 row x 17] (the engine pads it to 2 x 24: a padding row and padded positions). The LM head
+//! runs in chunks of 7 tokens (not a divisor of the 48 tokens). The reference is exactly what the
+//! trainer does: `Llama::forward_train` + `causal_lm_loss`, backward of loss * weight per
+//! micro-batch, gradients summed, `clip_grad_norm` with max_norm at half the norm (clipping active),
+//! `AdamW::step`. Compared:
+//! - `trn_engine_loss`: the step loss (weighted mean over the two micro-batches).
+//! - `trn_engine_grad`: every LoRA A and B gradient, one record per tensor (its name in `shape`).
+//! - `trn_engine_grad_norm`: the global norm before clipping.
+//! - `trn_engine_update` (f32 only): each tensor's update p1 - p0 against the reference's.
+//! - `trn_engine_moments`: AdamW's exp_avg and exp_avg_sq after the step, worst tensor named.
+//! - `trn_engine_adamw`: the engine's update against Candle's AdamW applied to the engine's own
+//!   gradients (checks clipping, bias corrections and weight decay exactly, whatever T is).
+//!
+//! Tolerances (`max |got - want| / max |want|`): f32 engine 1e-4 throughout. bf16 engine (vs the
+//! f32 reference: bf16 weights and activations) 3e-2 for the loss, 6e-2 for gradients, the norm and
+//! exp_avg, 1.2e-1 for exp_avg_sq (quadratic in the gradient); its update is not compared with the
+//! reference's (Adam's first step is ~lr * sign(g), so any element whose gradient is within bf16
+//! noise of zero may flip), but `trn_engine_adamw` holds it to 5e-5 (the updates are ~lr = 1e-2 on
+//! parameters up to ~0.5, whose f32 ulp is ~6e-8: 6e-6 of the update).
+//!
+//! AdamW's eps is set to 5% of the largest clipped gradient for this check: with the default 1e-8,
+//! the first update is lr * sign(g) and an element whose gradient is within f32 noise of zero
+//! (~1e-6 of the largest) flips sign by chance; with this eps such an element moves by at most
+//! ~lr * 4e-5 either way.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::{EngineOptions, TrainEngine};
+use crate::formats::config::{Architecture, DecoderConfig};
+use crate::formats::weights::{LoadOptions, Weight, WeightSource};
+use crate::lora::config::InitLoraWeights;
+use crate::lora::{attach, Adapter, AdapterLayer, LoraConfig, TargetModules};
+use crate::models::llama::{expected_tensors, Llama};
+use crate::ops::check::{max_rel_err, random_values};
+use crate::train::loss::{causal_lm_loss, IGNORE_INDEX};
+use crate::train::optimizer::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
+use crate::{Context, Error, Result};
+
+/// One compared quantity.
+#[derive(Debug, Clone)]
+pub struct EngineCase {
+    pub kernel: String,
+    pub dtype: DType,
+    /// fwd (loss), bwd (gradients), step (optimizer).
+    pub pass: String,
+    /// The model, and the tensor compared.
+    pub shape: String,
+    pub max_rel_err: f64,
+    pub tolerance: f64,
+}
+
+/// An in-memory weight source.
+struct MapSource {
+    path: PathBuf,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl WeightSource for MapSource {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+    fn get(&self, name: &str) -> Result<Weight> {
+        self.tensors
+            .get(name)
+            .map(|t| Weight::Dense(t.clone()))
+            .ok_or_else(|| Error::InvalidRequest(format!("engine check model: no tensor {name}")))
+    }
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+}
+
+/// One check model: its config, LoRA targets and name.
+struct CheckModel {
+    name: &'static str,
+    config: DecoderConfig,
+    targets: TargetModules,
+}
+
+fn check_models() -> Vec<CheckModel> {
+    let base = DecoderConfig {
+        architecture: Architecture::Llama,
+        vocab_size: 301,
+        hidden_size: 44,
+        intermediate_size: 76,
+        num_hidden_layers: 3,
+        num_attention_heads: 6,
+        num_key_value_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_scaling: None,
+        max_position_embeddings: 64,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+    };
+    vec![
+        CheckModel {
+            name: "tied, 3 layers, all 7 targets",
+            config: base.clone(),
+            targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
+        },
+        CheckModel {
+            name: "untied, 2 layers, q/v/down",
+            config: DecoderConfig {
+                num_hidden_layers: 2,
+                tie_word_embeddings: false,
+                ..base
+            },
+            targets: TargetModules::List(vec![
+                "q_proj".into(),
+                "v_proj".into(),
+                "down_proj".into(),
+            ]),
+        },
+    ]
+}
+
+/// Seeded random weights: projections ~ U(+-1.7/sqrt(in)), norms 1 +- 0.3, embedding U(+-1).
+fn random_weights(cfg: &DecoderConfig, seed: u64) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for (i, (name, dims)) in expected_tensors(cfg).into_iter().enumerate() {
+        let len: usize = dims.iter().product();
+        let seed = seed.wrapping_add(i as u64 * 7919);
+        let values: Vec<f32> = if dims.len() == 1 {
+            random_values(len, seed, 0.3)
+                .into_iter()
+                .map(|v| 1.0 + v as f32)
+                .collect()
+        } else {
+            let scale = if name.contains("embed") || name.contains("lm_head") {
+                1.0
+            } else {
+                1.7 / (dims[1] as f64).sqrt()
+            };
+            random_values(len, seed, scale)
+                .into_iter()
+                .map(|v| v as f32)
+                .collect()
+        };
+        let t = Tensor::from_vec(values, dims.as_slice(), &Device::Cpu).context("check weights")?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// A micro-batch: unpadded rows of ids and unshifted labels.
+struct Micro {
+    ids: Vec<Vec<u32>>,
+    labels: Vec<Vec<i64>>,
+}
+
+fn micro_batches(vocab: usize, seed: u64) -> Vec<Micro> {
+    let draw = |len: usize, seed: u64| -> Vec<u32> {
+        random_values(len, seed, 1.0)
+            .into_iter()
+            .map(|v| 1 + (((v + 1.0) / 2.0 * (vocab - 1) as f64) as u32).min(vocab as u32 - 2))
+            .collect()
+    };
+    // Row 0: a 5-token prompt (ignored), then answer tokens. Row 1: 18 real tokens then 6 padding
+    // positions (id 0, ignored), as the data loader pads, and one ignored position in the middle.
+    let row0 = draw(24, seed);
+    let mut labels0: Vec<i64> = row0.iter().map(|&t| t as i64).collect();
+    labels0[..5].fill(IGNORE_INDEX);
+    let mut row1 = draw(24, seed + 1);
+    row1[18..].fill(0);
+    let mut labels1: Vec<i64> = row1.iter().map(|&t| t as i64).collect();
+    labels1[18..].fill(IGNORE_INDEX);
+    labels1[9] = IGNORE_INDEX;
+    let row2 = draw(17, seed + 2);
+    let mut labels2: Vec<i64> = row2.iter().map(|&t| t as i64).collect();
+    labels2[..3].fill(IGNORE_INDEX);
+    vec![
+        Micro {
+            ids: vec![row0, row1],
+            labels: vec![labels0, labels1],
+        },
+        Micro {
+            ids: vec![row2],
+            labels: vec![labels2],
+        },
+    ]
+}
+
+fn tensor_2d<T: candle_core::WithDType>(rows: &[Vec<T>], device: &Device) -> Result<Tensor> {
+    let (b, t) = (rows.len(), rows[0].len());
+    let flat: Vec<T> = rows.iter().flatten().copied().collect();
+    Tensor::from_vec(flat, (b, t), device).context("check batch")
+}
+
+fn f64s(t: &Tensor) -> Result<Vec<f64>> {
+    t.to_dtype(DType::F64)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f64>())
+        .context("check read-back")
+}
+
+/// A deep copy of an adapter (fresh variables with their own storage).
+fn copy_adapter(adapter: &Adapter) -> Result<Adapter> {
+    let layers = adapter
+        .layers
+        .iter()
+        .map(|l| {
+            Ok(AdapterLayer {
+                path: l.path.clone(),
+                a: Var::from_tensor(&l.a.as_tensor().copy()?.detach())?,
+                b: Var::from_tensor(&l.b.as_tensor().copy()?.detach())?,
+            })
+        })
+        .collect::<candle_core::Result<Vec<_>>>()
+        .context("copying the check adapter")?;
+    Ok(Adapter {
+        config: adapter.config.clone(),
+        layers,
+    })
+}
+
+fn var_values(adapter: &Adapter) -> Result<HashMap<String, Vec<f64>>> {
+    adapter
+        .vars()
+        .into_iter()
+        .map(|(n, v)| Ok((n, f64s(v.as_tensor())?)))
+        .collect()
+}
+
+/// What Candle's autograd + AdamW give for one optimizer step.
+struct Reference {
+    loss: f64,
+    grads: HashMap<String, Vec<f64>>,
+    norm: f64,
+    max_norm: f64,
+    adamw: AdamWConfig,
+    lr: f64,
+    /// Parameters before and after the step.
+    before: HashMap<String, Vec<f64>>,
+    after: HashMap<String, Vec<f64>>,
+    moments: HashMap<String, Vec<f64>>,
+}
+
+fn reference(
+    model: &mut Llama,
+    adapter: &Adapter,
+    micro: &[Micro],
+    weights: &[f64],
+) -> Result<Reference> {
+    adapter.apply(model.linear_layers_mut(), Path::new("engine check adapter"))?;
+    let device = model.device().clone();
+    let vars = adapter.vars();
+    let before = var_values(adapter)?;
+    let mut grads: HashMap<String, Tensor> = HashMap::new();
+    let mut loss = 0f64;
+    for (mb, w) in micro.iter().zip(weights) {
+        let ids = tensor_2d(&mb.ids, &device)?;
+        let labels = tensor_2d(&mb.labels, &device)?;
+        let logits = model.forward_train(&ids)?;
+        let l = causal_lm_loss(&logits, &labels)?;
+        loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()? * w;
+        let store = (l * *w)?.backward().context("check backward")?;
+        for (name, g) in collect_grads(&vars, &store) {
+            let merged = match grads.remove(&name) {
+                Some(acc) => (acc + g)?,
+                None => g,
+            };
+            grads.insert(name, merged);
+        }
+    }
+    let unclipped: HashMap<String, Vec<f64>> = grads
+        .iter()
+        .map(|(n, g)| Ok((n.clone(), f64s(g)?)))
+        .collect::<Result<_>>()?;
+    let norm = clip_grad_norm(&mut grads.clone(), None)?;
+    let max_norm = 0.5 * norm;
+    clip_grad_norm(&mut grads, Some(max_norm))?;
+    let mut largest = 0f64;
+    for g in grads.values() {
+        largest = largest.max(f64s(g)?.iter().fold(0f64, |m, v| m.max(v.abs())));
+    }
+    let adamw = AdamWConfig {
+        eps: 0.05 * largest,
+        weight_decay: 0.1,
+        ..AdamWConfig::default()
+    };
+    let lr = 1e-2;
+    let mut optimizer = AdamW::new(vars, adamw)?;
+    optimizer.step(&grads, lr)?;
+    let moments = optimizer
+        .state_tensors()
+        .into_iter()
+        .map(|(n, t)| Ok((n, f64s(&t)?)))
+        .collect::<Result<_>>()?;
+    Ok(Reference {
+        loss,
+        grads: unclipped,
+        norm,
+        max_norm,
+        adamw,
+        lr,
+        before,
+        after: var_values(adapter)?,
+        moments,
+    })
+}
+
+fn diff(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x - y).collect()
+}
+
+/// Records, for each name, got vs want; `per_tensor` one record each, else the worst one.
+#[allow(clippy::too_many_arguments)]
+fn compare(
+    out: &mut Vec<EngineCase>,
+    kernel: &str,
+    dtype: DType,
+    pass: &str,
+    model: &str,
+    got: &HashMap<String, Vec<f64>>,
+    want: &HashMap<String, Vec<f64>>,
+    tolerance: f64,
+    per_tensor: bool,
+) {
+    let mut names: Vec<&String> = want.keys().collect();
+    names.sort();
+    let mut worst = (f64::NEG_INFINITY, String::new());
+    for name in names {
+        let err = match got.get(name) {
+            Some(g) => max_rel_err(g, &want[name]),
+            None => f64::INFINITY,
+        };
+        let err = if err.is_nan() { f64::INFINITY } else { err };
+        let what = format!("{model}: {name} [{}]", want[name].len());
+        if per_tensor {
+            out.push(EngineCase {
+                kernel: kernel.into(),
+                dtype,
+                pass: pass.into(),
+                shape: what,
+                max_rel_err: err,
+                tolerance,
+            });
+        } else if err > worst.0 {
+            worst = (err, what);
+        }
+    }
+    if !per_tensor {
+        out.push(EngineCase {
+            kernel: kernel.into(),
+            dtype,
+            pass: pass.into(),
+            shape: format!("{} tensors, worst {}", want.len(), worst.1),
+            max_rel_err: worst.0,
+            tolerance,
+        });
+    }
+}
+
+fn scalar_case(
+    kernel: &str,
+    dtype: DType,
+    pass: &str,
+    shape: String,
+    got: f64,
+    want: f64,
+    tolerance: f64,
+) -> EngineCase {
+    let err = (got - want).abs() / want.abs().max(1e-30);
+    EngineCase {
+        kernel: kernel.into(),
+        dtype,
+        pass: pass.into(),
+        shape,
+        max_rel_err: if err.is_nan() { f64::INFINITY } else { err },
+        tolerance,
+    }
+}
+
+/// Runs every case on `device` (CUDA); `seed` makes the weights, adapter and data.
+pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCase>> {
+    let mut out = Vec::new();
+    for (mi, cm) in check_models().into_iter().enumerate() {
+        let seed = seed.wrapping_add(mi as u64 * 1_000_003);
+        let tensors = random_weights(&cm.config, seed)?;
+        let source = MapSource {
+            path: PathBuf::from(format!("engine check model ({})", cm.name)),
+            tensors,
+        };
+        let load = |dtype: DType| {
+            Llama::load(
+                &cm.config,
+                &source,
+                &LoadOptions {
+                    device: device.clone(),
+                    dtype: Some(dtype),
+                },
+            )
+        };
+        let mut ref_model = load(DType::F32)?;
+        let lora = LoraConfig {
+            r: 4,
+            lora_alpha: 6.0,
+            target_modules: cm.targets.clone(),
+            init_lora_weights: InitLoraWeights::Bool(false),
+            ..LoraConfig::default()
+        };
+        let adapter = attach(lora, ref_model.linear_layers_mut(), seed ^ 0x5eed, device)?;
+        let initial = copy_adapter(&adapter)?;
+        let micro = micro_batches(cm.config.vocab_size, seed + 17);
+        let counted: Vec<usize> = micro
+            .iter()
+            .map(|m| crate::train::loss::counted_positions(&m.labels))
+            .collect();
+        let total: usize = counted.iter().sum();
+        let weights: Vec<f64> = counted.iter().map(|&c| c as f64 / total as f64).collect();
+        let want = reference(&mut ref_model, &adapter, &micro, &weights)?;
+        let want_update: HashMap<String, Vec<f64>> = want
+            .after
+            .iter()
+            .map(|(n, p)| (n.clone(), diff(p, &want.before[n])))
+            .collect();
+        for dtype in [DType::F32, DType::BF16] {
+            let (t_loss, t_grad, t_exp_avg_sq) = match dtype {
+                DType::F32 => (1e-4, 1e-4, 1e-4),
+                _ => (3e-2, 6e-2, 1.2e-1),
+            };
+            let model = load(dtype)?;
+            let engine_adapter = copy_adapter(&initial)?;
+            let opts = EngineOptions {
+                batch: 2,
+                seq: 24,
+                dtype,
+                loss_chunk: 7,
+            };
+            let mut engine = TrainEngine::new(&model, &engine_adapter, want.adamw, opts)?;
+            engine.load_params(&engine_adapter)?;
+            engine.begin_step()?;
+            for (mb, w) in micro.iter().zip(&weights) {
+                engine.micro_batch(&mb.ids, &mb.labels, *w as f32)?;
+            }
+            let grads: HashMap<String, Tensor> = engine.gradients()?;
+            let got_grads: HashMap<String, Vec<f64>> = grads
+                .iter()
+                .map(|(n, g)| Ok((n.clone(), f64s(g)?)))
+                .collect::<Result<_>>()?;
+            let (loss, norm) = engine.optimizer_step(want.lr, Some(want.max_norm))?;
+            engine.store_params(&engine_adapter)?;
+            let model_name = format!("{} ({:?})", cm.name, engine.mode());
+            out.push(scalar_case(
+                "trn_engine_loss",
+                dtype,
+                "fwd",
+                format!("{model_name}: step loss, B2 S24 + B1 S17"),
+                loss,
+                want.loss,
+                t_loss,
+            ));
+            compare(
+                &mut out,
+                "trn_engine_grad",
+                dtype,
+                "bwd",
+                &model_name,
+                &got_grads,
+                &want.grads,
+                t_grad,
+                true,
+            );
+            out.push(scalar_case(
+                "trn_engine_grad_norm",
+                dtype,
+                "bwd",
+                format!("{model_name}: global norm before clipping"),
+                norm,
+                want.norm,
+                t_grad,
+            ));
+            let after = var_values(&engine_adapter)?;
+            let got_update: HashMap<String, Vec<f64>> = after
+                .iter()
+                .map(|(n, p)| (n.clone(), diff(p, &want.before[n])))
+                .collect();
+            if dtype == DType::F32 {
+                compare(
+                    &mut out,
+                    "trn_engine_update",
+                    dtype,
+                    "step",
+                    &model_name,
+                    &got_update,
+                    &want_update,
+                    1e-4,
+                    false,
+                );
+            }
+            let state = engine.optimizer_state()?;
+            let moments: HashMap<String, Vec<f64>> = state
+                .iter()
+                .map(|(n, t)| Ok((n.clone(), f64s(t)?)))
+                .collect::<Result<_>>()?;
+            for (suffix, tol) in [(".exp_avg", t_grad), (".exp_avg_sq", t_exp_avg_sq)] {
+                let pick = |m: &HashMap<String, Vec<f64>>| -> HashMap<String, Vec<f64>> {
+                    m.iter()
+                        .filter(|(n, _)| n.ends_with(suffix))
+                        .map(|(n, v)| (n.clone(), v.clone()))
+                        .collect()
+                };
+                compare(
+                    &mut out,
+                    "trn_engine_moments",
+                    dtype,
+                    "step",
+                    &model_name,
+                    &pick(&moments),
+                    &pick(&want.moments),
+                    tol,
+                    false,
+                );
+            }
+            // Candle's AdamW on the engine's own gradients, from the same starting point.
+            let exact = copy_adapter(&initial)?;
+            let mut host_grads = grads;
+            clip_grad_norm(&mut host_grads, Some(want.max_norm))?;
+            let mut optimizer = AdamW::new(exact.vars(), want.adamw)?;
+            optimizer.step(&host_grads, want.lr)?;
+            let exact_update: HashMap<String, Vec<f64>> = var_values(&exact)?
+                .into_iter()
+                .map(|(n, p)| {
+                    let d = diff(&p, &want.before[&n]);
+                    (n, d)
+                })
+                .collect();
+            compare(
+                &mut out,
+                "trn_engine_adamw",
+                dtype,
+                "step",
+                &model_name,
+                &got_update,
+                &exact_update,
+                5e-5,
+                false,
+            );
+        }
+    }
+    Ok(out)
+}

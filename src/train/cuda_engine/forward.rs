@@ -1,0 +1,178 @@
+//! The forward half of a micro-batch: embedding, the decoder layers (saving what the backward
+//! reads), the final norm. Per layer, with x the residual [N, D]:
+//! ```text
+//! n1 = rms_norm(x)                          (rstd1 saved)
+//! q, k, v = n1 W^T + s (n1 A^T) B^T         (xa = n1 A^T saved per adapted projection)
+//! qh, kh, vh = rope_scatter(q, k, v)        (head-major, rotated)
+//! scores = qh kh^T (f32) -> P = causal_softmax(scale * scores) -> oh = P vh   (batched over B*Hkv)
+//! o = heads_to_tokens(oh)
+//! h = x + o Wo^T + s (o Ao^T) Bo^T          (residual in the GEMM's epilogue)
+//! n2 = rms_norm(h); g, u = n2 Wg^T, n2 Wu^T (+ LoRA); a = swiglu(g, u)
+//! x' = h + a Wd^T + s (a Ad^T) Bd^T
+//! ```
+
+use candle_core::DType;
+
+use super::layout::{DOWN, GATE, K, O, Q, UP, V};
+use super::{launch_err, Launcher};
+use crate::gpu::gemm::GemmShape;
+use crate::Result;
+
+impl Launcher<'_> {
+    /// The (in, out) features of projection `proj`.
+    pub(super) fn proj_dims(&self, proj: usize) -> (usize, usize) {
+        let d = self.dims;
+        match proj {
+            Q => (d.hidden, d.q_width()),
+            K | V => (d.hidden, d.kv_width()),
+            O => (d.q_width(), d.hidden),
+            GATE | UP => (d.hidden, d.ffn),
+            _ => (d.ffn, d.hidden),
+        }
+    }
+
+    /// A T-typed contiguous product.
+    pub(super) fn shape(&self, mnk: (usize, usize, usize), trans: (bool, bool)) -> GemmShape {
+        GemmShape::contiguous(mnk, trans, self.t, self.t)
+    }
+
+    /// A product of T inputs into an f32 output (LoRA gradients, attention scores).
+    pub(super) fn shape_f32(&self, mnk: (usize, usize, usize), trans: (bool, bool)) -> GemmShape {
+        GemmShape::contiguous(mnk, trans, self.t, DType::F32)
+    }
+
+    /// y [n, out] = x W^T (+ residual) + s (x A^T) B^T, saving xa = x A^T when the projection is
+    /// adapted. x: [n, in].
+    pub(super) fn linear(
+        &self,
+        n: usize,
+        layer: usize,
+        proj: usize,
+        x: u64,
+        y: u64,
+        residual: Option<u64>,
+    ) -> Result<()> {
+        let (inp, out) = self.proj_dims(proj);
+        let w = self.weights.layers[layer].proj[proj];
+        let base = self.shape((n, out, inp), (false, true));
+        match residual {
+            Some(c) => self.mm_c("base projection + residual", &base, x, w, c, y, 1.0, 1.0)?,
+            None => self.mm("base projection", &base, x, w, y, 1.0, 0.0)?,
+        }
+        if let Some(lora) = self.lora(layer, proj) {
+            let r = self.dims.rank;
+            let xa = self.shape((n, r, inp), (false, true));
+            self.mm("x A^T", &xa, x, lora.a_t, lora.xa, 1.0, 0.0)?;
+            let up = self.shape((n, out, r), (false, true));
+            self.mm(
+                "s xa B^T",
+                &up,
+                lora.xa,
+                lora.b_t,
+                y,
+                self.layout.scale,
+                1.0,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The attention of one layer from its saved qh, kh, vh into `oh` (head-major) through the
+    /// scores and P scratch: scores = qh kh^T, P = causal_softmax, oh = P vh.
+    pub(super) fn attention_probs(&self, s: usize, layer: usize) -> Result<()> {
+        let (d, p) = (self.dims, self.ptrs);
+        let (b, g, hd, kvh) = (d.batch, d.groups(), d.head_dim, d.kv_heads);
+        let scores = self.shape_f32((g * s, s, hd), (false, true)).batched(
+            b * kvh,
+            g * s * hd,
+            s * hd,
+            g * s * s,
+        );
+        let (qh, kh) = (
+            p.saved(p.qh, layer, d.q_width()),
+            p.saved(p.kh, layer, d.kv_width()),
+        );
+        self.mm("attention scores", &scores, qh, kh, p.scores, 1.0, 0.0)?;
+        let rows = b * d.heads * s;
+        let scale = 1.0 / (hd as f32).sqrt();
+        launch!(
+            self,
+            "causal_softmax",
+            self.k.causal_softmax(p.scores, p.probs, rows, s, scale)
+        );
+        Ok(())
+    }
+
+    /// Forward of every layer and the final norm for a bucket of `s` positions (ids already
+    /// uploaded); leaves the final norm's output in `nf`.
+    pub(super) fn forward(&self, s: usize) -> Result<()> {
+        let (d, p, k) = (self.dims, self.ptrs, self.k);
+        let n = d.batch * s;
+        let (dm, qw, kw, hd) = (d.hidden, d.q_width(), d.kv_width(), d.head_dim);
+        let x0 = p.saved(p.x, 0, dm);
+        launch!(self, "embed", k.embed(self.weights.embed, p.ids, x0, n, dm));
+        for layer in 0..d.layers {
+            let lw = &self.weights.layers[layer];
+            let x = p.saved(p.x, layer, dm);
+            let n1 = p.saved(p.n1, layer, dm);
+            let (rstd1, rstd2) = p.rstd(layer);
+            launch!(
+                self,
+                "rms_norm (input)",
+                k.rms_norm(x, lw.input_norm, n1, rstd1, n, dm, d.eps)
+            );
+            self.linear(n, layer, Q, n1, p.q, None)?;
+            self.linear(n, layer, K, n1, p.k, None)?;
+            self.linear(n, layer, V, n1, p.v, None)?;
+            let (qh, kh, vh) = (
+                p.saved(p.qh, layer, qw),
+                p.saved(p.kh, layer, kw),
+                p.saved(p.vh, layer, kw),
+            );
+            launch!(
+                self,
+                "rope_scatter",
+                k.rope_scatter(
+                    p.q, p.k, p.v, p.cos, p.sin, qh, kh, vh, d.batch, s, d.heads, d.kv_heads, hd
+                )
+            );
+            self.attention_probs(s, layer)?;
+            let (b, g, kvh) = (d.batch, d.groups(), d.kv_heads);
+            let pv = self.shape((g * s, hd, s), (false, false)).batched(
+                b * kvh,
+                g * s * s,
+                s * hd,
+                g * s * hd,
+            );
+            self.mm("P v", &pv, p.probs, vh, p.oh, 1.0, 0.0)?;
+            let o = p.saved(p.o, layer, qw);
+            launch!(
+                self,
+                "heads_to_tokens",
+                k.heads_to_tokens(p.oh, o, d.batch, s, d.heads, d.kv_heads, hd)
+            );
+            let h = p.saved(p.h, layer, dm);
+            self.linear(n, layer, O, o, h, Some(x))?;
+            let n2 = p.saved(p.n2, layer, dm);
+            launch!(
+                self,
+                "rms_norm (post-attention)",
+                k.rms_norm(h, lw.post_norm, n2, rstd2, n, dm, d.eps)
+            );
+            let (gate, up) = (p.saved(p.g, layer, d.ffn), p.saved(p.u, layer, d.ffn));
+            self.linear(n, layer, GATE, n2, gate, None)?;
+            self.linear(n, layer, UP, n2, up, None)?;
+            launch!(self, "swiglu", k.swiglu(gate, up, p.act, n * d.ffn));
+            let next = p.saved(p.x, layer + 1, dm);
+            self.linear(n, layer, DOWN, p.act, next, Some(h))?;
+        }
+        let last = p.saved(p.x, d.layers, dm);
+        launch!(
+            self,
+            "rms_norm (final)",
+            k.rms_norm(last, self.weights.final_norm, p.nf, p.rstd_f, n, dm, d.eps)
+        );
+        let _ = (qw, kw);
+        Ok(())
+    }
+}

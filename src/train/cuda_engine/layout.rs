@@ -1,0 +1,325 @@
+//! Shapes, sequence buckets, the flat LoRA parameter layout and the host side of a micro-batch's
+//! inputs (padding, label shifting), none of which touches the device.
+//!
+//! Token t = b * S + s of a bucket of S positions sits at position s of row b; the buffers are sized
+//! for the largest bucket (`batch * seq` tokens) and a smaller bucket uses their first B * S rows.
+
+use crate::lora::Adapter;
+use crate::models::llama::Llama;
+use crate::train::loss::IGNORE_INDEX;
+use crate::{Error, Result};
+
+/// Sequence buckets are multiples of this many positions (capped at the engine's `seq`).
+pub const BUCKET: usize = 64;
+
+/// Alignment of each tensor in the flat parameter buffers, in elements (512 bytes of f32): keeps
+/// every cuBLASLt operand 256-byte aligned (the alignment `Gemm::prepare` plans for) in f32 and bf16.
+pub const PARAM_ALIGN: usize = 128;
+
+/// The model's shapes and the engine's batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dims {
+    pub layers: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub rank: usize,
+    pub batch: usize,
+    /// Largest sequence length (the largest bucket).
+    pub seq: usize,
+    pub eps: f32,
+}
+
+impl Dims {
+    /// Query heads per kv head.
+    pub fn groups(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+    /// Width of q (and of the attention output).
+    pub fn q_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    /// Width of k and v.
+    pub fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+    /// Tokens of the largest bucket (rows of every token-major buffer).
+    pub fn max_tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+    /// Every bucket length, ascending: multiples of [`BUCKET`] below `seq`, then `seq`.
+    pub fn buckets(&self) -> Vec<usize> {
+        let mut out: Vec<usize> = (1..)
+            .map(|i| i * BUCKET)
+            .take_while(|&s| s < self.seq)
+            .collect();
+        out.push(self.seq);
+        out
+    }
+    /// The bucket a micro-batch of `len` positions runs in.
+    pub fn bucket_for(&self, len: usize) -> usize {
+        len.div_ceil(BUCKET)
+            .max(1)
+            .saturating_mul(BUCKET)
+            .min(self.seq)
+    }
+}
+
+/// The seven projections of a layer, in `Llama::linear_layers` order.
+pub const PROJECTIONS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+pub const Q: usize = 0;
+pub const K: usize = 1;
+pub const V: usize = 2;
+pub const O: usize = 3;
+pub const GATE: usize = 4;
+pub const UP: usize = 5;
+pub const DOWN: usize = 6;
+
+/// Where one adapted projection's A [r, in] and B [out, r] sit in the flat parameter buffers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoraSlot {
+    /// Index in `Adapter::layers`.
+    pub adapter_index: usize,
+    /// PEFT module path.
+    pub path: String,
+    pub in_features: usize,
+    pub out_features: usize,
+    /// Element offsets of A and B.
+    pub a_offset: usize,
+    pub b_offset: usize,
+}
+
+/// The flat layout of every LoRA parameter: `slots[layer][projection]`.
+#[derive(Debug, Clone)]
+pub struct ParamLayout {
+    pub slots: Vec<[Option<LoraSlot>; 7]>,
+    /// Elements of each flat buffer (params, grads, moments), padding included.
+    pub total: usize,
+    pub rank: usize,
+    /// alpha / r (or alpha / sqrt(r)).
+    pub scale: f32,
+}
+
+fn align(n: usize) -> usize {
+    n.div_ceil(PARAM_ALIGN) * PARAM_ALIGN
+}
+
+impl ParamLayout {
+    /// Maps every adapter layer to (decoder layer, projection) and gives it offsets; errors name an
+    /// adapted module that is not one of the seven projections, or a shape that does not fit.
+    pub fn new(model: &Llama, adapter: &Adapter) -> Result<Self> {
+        let layers = model.config().num_hidden_layers;
+        let rank = adapter.config.r;
+        let mut slots: Vec<[Option<LoraSlot>; 7]> =
+            (0..layers).map(|_| Default::default()).collect();
+        let linears = model.linear_layers();
+        let mut total = 0usize;
+        for (index, l) in adapter.layers.iter().enumerate() {
+            let pos = linears
+                .iter()
+                .position(|(p, _)| *p == l.path)
+                .ok_or_else(|| {
+                    Error::InvalidRequest(format!(
+                        "CUDA training engine: adapted module `{}` is not a projection of the model",
+                        l.path
+                    ))
+                })?;
+            let (layer, proj) = (pos / 7, pos % 7);
+            let linear = linears[pos].1;
+            let (in_f, out_f) = (linear.in_features(), linear.out_features());
+            let a_dims = l.a.as_tensor().dims().to_vec();
+            let b_dims = l.b.as_tensor().dims().to_vec();
+            if a_dims != [rank, in_f] || b_dims != [out_f, rank] {
+                return Err(Error::InvalidRequest(format!(
+                    "CUDA training engine: {}: lora_A {a_dims:?} / lora_B {b_dims:?}, expected [{rank}, {in_f}] / [{out_f}, {rank}]",
+                    l.path
+                )));
+            }
+            let a_offset = total;
+            total += align(rank * in_f);
+            let b_offset = total;
+            total += align(out_f * rank);
+            slots[layer][proj] = Some(LoraSlot {
+                adapter_index: index,
+                path: l.path.clone(),
+                in_features: in_f,
+                out_features: out_f,
+                a_offset,
+                b_offset,
+            });
+        }
+        Ok(Self {
+            slots,
+            total: total.max(PARAM_ALIGN),
+            rank,
+            scale: adapter.config.scale() as f32,
+        })
+    }
+
+    /// Every slot, in adapter order (the order of `Adapter::vars`).
+    pub fn by_adapter_order(&self) -> Vec<&LoraSlot> {
+        let mut all: Vec<&LoraSlot> = self.slots.iter().flatten().flatten().collect();
+        all.sort_by_key(|s| s.adapter_index);
+        all
+    }
+
+    /// Adapted projections per layer (the saved `xa` buffers).
+    pub fn adapted(&self) -> usize {
+        self.slots.iter().flatten().flatten().count()
+    }
+}
+
+/// One micro-batch's device inputs for a bucket of `seq` positions: ids i32 [batch * seq] (padding
+/// 0) and shifted labels i32 (label[t] = labels[b][s + 1], -1 at the last position, for ignored
+/// labels and for padding), and the number of counted labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInputs {
+    pub ids: Vec<i32>,
+    pub labels: Vec<i32>,
+    pub counted: usize,
+}
+
+/// Pads and shifts a micro-batch of `ids.len() <= dims.batch` rows into the bucket of `seq`
+/// positions. Errors name the row and position of an id or label outside the vocabulary.
+pub fn host_inputs(
+    dims: &Dims,
+    seq: usize,
+    ids: &[Vec<u32>],
+    labels: &[Vec<i64>],
+) -> Result<HostInputs> {
+    let bad = |reason: String| Error::InvalidRequest(format!("CUDA training engine: {reason}"));
+    if ids.len() > dims.batch {
+        return Err(bad(format!(
+            "{} rows exceed the engine's batch of {}",
+            ids.len(),
+            dims.batch
+        )));
+    }
+    if ids.len() != labels.len() {
+        return Err(bad(format!(
+            "{} rows of ids, {} rows of labels",
+            ids.len(),
+            labels.len()
+        )));
+    }
+    let n = dims.batch * seq;
+    let mut out_ids = vec![0i32; n];
+    let mut out_labels = vec![-1i32; n];
+    let mut counted = 0;
+    for (b, (row_ids, row_labels)) in ids.iter().zip(labels).enumerate() {
+        if row_ids.len() > seq || row_labels.len() > seq {
+            return Err(bad(format!(
+                "row {b}: {} ids / {} labels exceed the bucket of {seq} positions",
+                row_ids.len(),
+                row_labels.len()
+            )));
+        }
+        for (s, &id) in row_ids.iter().enumerate() {
+            if id as usize >= dims.vocab {
+                return Err(bad(format!(
+                    "row {b} position {s}: token id {id} >= vocabulary {}",
+                    dims.vocab
+                )));
+            }
+            out_ids[b * seq + s] = id as i32;
+        }
+        for s in 1..row_labels.len() {
+            let label = row_labels[s];
+            if label == IGNORE_INDEX {
+                continue;
+            }
+            if label < 0 || label as usize >= dims.vocab {
+                return Err(bad(format!(
+                    "row {b} position {s}: label {label} is neither -100 nor a token id < {}",
+                    dims.vocab
+                )));
+            }
+            out_labels[b * seq + s - 1] = label as i32;
+            counted += 1;
+        }
+    }
+    Ok(HostInputs {
+        ids: out_ids,
+        labels: out_labels,
+        counted,
+    })
+}
+
+/// The RoPE tables: cos and sin f32 [seq, head_dim / 2] of `angle = position * inv_freq[i]`,
+/// computed in f32 as `models::llama` does.
+pub fn rope_tables(inv_freq: &[f32], seq: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut cos = Vec::with_capacity(seq * inv_freq.len());
+    let mut sin = Vec::with_capacity(seq * inv_freq.len());
+    for p in 0..seq {
+        for &f in inv_freq {
+            let angle = p as f32 * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (cos, sin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims(seq: usize) -> Dims {
+        Dims {
+            layers: 1,
+            hidden: 8,
+            ffn: 16,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 2,
+            vocab: 50,
+            rank: 2,
+            batch: 3,
+            seq,
+            eps: 1e-5,
+        }
+    }
+
+    #[test]
+    fn buckets_cover_every_length() {
+        let d = dims(150);
+        assert_eq!(d.buckets(), vec![64, 128, 150]);
+        assert_eq!(d.bucket_for(1), 64);
+        assert_eq!(d.bucket_for(64), 64);
+        assert_eq!(d.bucket_for(65), 128);
+        assert_eq!(d.bucket_for(129), 150);
+        assert_eq!(dims(24).buckets(), vec![24]);
+        assert_eq!(dims(128).buckets(), vec![64, 128]);
+    }
+
+    #[test]
+    fn inputs_are_shifted_and_padded() {
+        let d = dims(8);
+        let ids = vec![vec![5u32, 6, 7, 8], vec![9, 10]];
+        let labels = vec![vec![-100i64, 6, -100, 8], vec![9, 10]];
+        let got = host_inputs(&d, 5, &ids, &labels).unwrap();
+        assert_eq!(got.ids.len(), 15);
+        assert_eq!(&got.ids[..5], &[5, 6, 7, 8, 0]);
+        assert_eq!(&got.ids[5..10], &[9, 10, 0, 0, 0]);
+        assert_eq!(&got.labels[..5], &[6, -1, 8, -1, -1]);
+        assert_eq!(&got.labels[5..10], &[10, -1, -1, -1, -1]);
+        assert!(got.labels[10..].iter().all(|&l| l == -1));
+        assert!(got.ids[10..].iter().all(|&i| i == 0));
+        assert_eq!(got.counted, 3);
+        assert_eq!(got.counted, crate::train::loss::counted_positions(&labels));
+        assert!(host_inputs(&d, 5, &[vec![50]], &[vec![1]]).is_err());
+        assert!(host_inputs(&d, 5, &[vec![1, 2]], &[vec![1, -3]]).is_err());
+        assert!(host_inputs(&d, 3, &[vec![1, 2, 3, 4]], &[vec![1, 2, 3, 4]]).is_err());
+    }
+}

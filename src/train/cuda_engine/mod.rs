@@ -1,0 +1,719 @@
+//! The CUDA LoRA training engine: one optimizer step of LoRA on a frozen LLaMA-family decoder as a
+//! fixed sequence of raw-pointer launches (`gpu::train` kernels and `gpu::gemm` products) on
+//! Candle's stream, every buffer allocated once, the micro-batch (forward + backward) captured as a
+//! CUDA graph per sequence bucket and the optimizer step (grad norm + clipped AdamW) as one more.
+//!
+//! Numerics: activations in one dtype T (f32 or bf16; f32 exists so the engine can be checked
+//! against Candle's autograd, `check`), every product accumulating in f32; LoRA master parameters,
+//! gradients and AdamW moments in f32, with a T copy of the parameters for the products when T is
+//! bf16. Base weights are the model's own tensors, used in place.
+//!
+//! Memory: the saved activations of every layer ([`buffers::plan`]) plus one layer's attention
+//! scores at a time (recomputed in the backward) and one chunk of `loss_chunk` tokens of logits.
+//!
+//! `WICK_TRAIN_GRAPH=0` runs every launch eagerly (no graphs).
+
+/// Runs a kernel launch unless the launcher is only preparing GEMM plans; errors name the launch.
+macro_rules! launch {
+    ($l:expr, $what:expr, $call:expr) => {
+        if !$l.dry {
+            $call.map_err(launch_err($what))?;
+        }
+    };
+}
+
+mod backward;
+pub mod buffers;
+pub mod check;
+mod forward;
+pub mod layout;
+mod optimizer;
+pub mod weights;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+
+use self::buffers::{BufferSize, Buffers, SCALAR_LOSS};
+use self::layout::{Dims, ParamLayout, PROJECTIONS};
+use self::weights::ModelWeights;
+use crate::gpu::gemm::{Gemm, GemmShape};
+use crate::gpu::graph::{self, Graph};
+use crate::gpu::train::launch::TrainKernels;
+use crate::lora::Adapter;
+use crate::models::linear::BaseWeight;
+use crate::models::llama::Llama;
+use crate::train::optimizer::AdamWConfig;
+use crate::{Error, Result};
+
+/// The engine's shape and numerics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EngineOptions {
+    /// Rows per micro-batch (shorter micro-batches are padded).
+    pub batch: usize,
+    /// Longest sequence (positions); the largest bucket.
+    pub seq: usize,
+    /// Activation dtype T: F32 or BF16 (the model's dtype).
+    pub dtype: DType,
+    /// Tokens per LM-head chunk: the logits buffer holds `loss_chunk x vocab` values of T.
+    pub loss_chunk: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            batch: 8,
+            seq: 512,
+            dtype: DType::BF16,
+            // 1024 x 49152 bf16 logits = 96 MiB at SmolLM2's vocabulary: a small share of the
+            // ~2.2 GB of saved activations at batch 8 x 512, and chunks large enough that the LM
+            // head's products stay efficient.
+            loss_chunk: 1024,
+        }
+    }
+}
+
+/// How micro-batches and optimizer steps run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepMode {
+    /// Nothing run yet: the first micro-batch of each bucket captures its graph.
+    Pending,
+    /// Replaying captured graphs.
+    Graph,
+    /// Launching eagerly, for the reason given (capture failed or `WICK_TRAIN_GRAPH=0`).
+    Eager(String),
+}
+
+pub(crate) fn launch_err(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
+    move |source| Error::Candle {
+        context: format!("CUDA training engine: {what}"),
+        source,
+    }
+}
+
+fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Candle {
+        context: format!("CUDA training engine: {what}"),
+        source: candle_core::Error::Msg(format!("{e:?}")),
+    }
+}
+
+/// Raw addresses of the buffers, resolved once. Saved per-layer activations are one allocation per
+/// kind, layer l at `l * tokens * width` elements.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ptrs {
+    /// Rows of every token-major buffer (the largest bucket's tokens).
+    tokens: usize,
+    layers: usize,
+    /// Bytes of T.
+    e: usize,
+    x: u64,
+    n1: u64,
+    qh: u64,
+    kh: u64,
+    vh: u64,
+    o: u64,
+    h: u64,
+    n2: u64,
+    g: u64,
+    u: u64,
+    xa: u64,
+    rstd: u64,
+    nf: u64,
+    rstd_f: u64,
+    q: u64,
+    k: u64,
+    v: u64,
+    oh: u64,
+    dqh: u64,
+    dkh: u64,
+    dvh: u64,
+    dout: u64,
+    act: u64,
+    dact: u64,
+    dg: u64,
+    du: u64,
+    dn: u64,
+    dres: u64,
+    dxa: u64,
+    scores: u64,
+    probs: u64,
+    dscores: u64,
+    logits: u64,
+    row_loss: u64,
+    cos: u64,
+    sin: u64,
+    params: u64,
+    grads: u64,
+    exp_avg: u64,
+    exp_avg_sq: u64,
+    partials: u64,
+    ids: u64,
+    labels: u64,
+    scalars: u64,
+    hyper: u64,
+    /// The T copy of the parameters (the f32 masters when T is f32).
+    params_t: u64,
+}
+
+impl Ptrs {
+    fn new(b: &Buffers, dims: &Dims, dtype: DType) -> Self {
+        let params = b.ptr("lora params (f32)");
+        let params_t = match dtype {
+            DType::F32 => params,
+            _ => b.ptr("lora params (T copy)"),
+        };
+        let cos = b.ptr("rope cos, sin (f32)");
+        Self {
+            tokens: dims.max_tokens(),
+            layers: dims.layers,
+            e: dtype.size_in_bytes(),
+            x: b.ptr("saved x (residual in)"),
+            n1: b.ptr("saved n1 (input norm)"),
+            qh: b.ptr("saved qh (rotated q, head-major)"),
+            kh: b.ptr("saved kh (rotated k, head-major)"),
+            vh: b.ptr("saved vh (v, head-major)"),
+            o: b.ptr("saved o (attention out, token-major)"),
+            h: b.ptr("saved h (residual after attention)"),
+            n2: b.ptr("saved n2 (post-attention norm)"),
+            g: b.ptr("saved g (gate)"),
+            u: b.ptr("saved u (up)"),
+            xa: b.ptr("saved xa (x A^T per adapted projection)"),
+            rstd: b.ptr("saved rstd1, rstd2 (f32)"),
+            nf: b.ptr("saved final norm out"),
+            rstd_f: b.ptr("saved final rstd (f32)"),
+            q: b.ptr("q / dq token-major"),
+            k: b.ptr("k / dk token-major"),
+            v: b.ptr("v / dv token-major"),
+            oh: b.ptr("oh / doh head-major"),
+            dqh: b.ptr("dqh head-major"),
+            dkh: b.ptr("dkh head-major"),
+            dvh: b.ptr("dvh head-major"),
+            dout: b.ptr("do token-major"),
+            act: b.ptr("swiglu out a"),
+            dact: b.ptr("da"),
+            dg: b.ptr("dg"),
+            du: b.ptr("du"),
+            dn: b.ptr("dn (norm-output gradient)"),
+            dres: b.ptr("dres (residual gradient)"),
+            dxa: b.ptr("dxa"),
+            scores: b.ptr("scores / dP (f32)"),
+            probs: b.ptr("P"),
+            dscores: b.ptr("dS"),
+            logits: b.ptr("logits chunk / its gradient"),
+            row_loss: b.ptr("row loss (f32)"),
+            cos,
+            sin: cos + (dims.seq * (dims.head_dim / 2) * 4) as u64,
+            params,
+            grads: b.ptr("lora grads (f32)"),
+            exp_avg: b.ptr("adamw exp_avg (f32)"),
+            exp_avg_sq: b.ptr("adamw exp_avg_sq (f32)"),
+            partials: b.ptr("grad-norm partials (f32)"),
+            ids: b.ptr("ids (i32)"),
+            labels: b.ptr("labels (i32)"),
+            scalars: b.ptr("scalars: count, scale, loss, gnorm^2 (f32)"),
+            hyper: b.ptr("adamw hyper (f32)"),
+            params_t,
+        }
+    }
+
+    /// Layer `layer`'s slice of a saved per-layer buffer of rows `width` wide (T).
+    fn saved(&self, base: u64, layer: usize, width: usize) -> u64 {
+        base + (layer * self.tokens * width * self.e) as u64
+    }
+
+    /// Layer `layer`'s (rstd1, rstd2), f32 [tokens] each.
+    fn rstd(&self, layer: usize) -> (u64, u64) {
+        let at = |i: usize| self.rstd + (i * self.tokens * 4) as u64;
+        (at(layer), at(self.layers + layer))
+    }
+
+    /// The address of scalar `i` (`buffers::SCALAR_*`).
+    fn scalar(&self, i: usize) -> u64 {
+        self.scalars + 4 * i as u64
+    }
+}
+
+/// The addresses of one adapted projection's parameters, gradients and saved xa.
+pub(crate) struct LoraPtrs {
+    /// A [r, in] and B [out, r] in T.
+    a_t: u64,
+    b_t: u64,
+    /// dA, dB in f32.
+    da: u64,
+    db: u64,
+    /// xa [tokens, r] (T) of this layer and projection.
+    xa: u64,
+}
+
+/// What the launch sequences need, borrowed from the engine. `dry`: only build the GEMM plans
+/// (no launch), so that capturing a graph finds every plan ready.
+pub(crate) struct Launcher<'a> {
+    k: &'a TrainKernels,
+    gemm: &'a Gemm,
+    dims: &'a Dims,
+    layout: &'a ParamLayout,
+    weights: &'a ModelWeights,
+    ptrs: &'a Ptrs,
+    /// Index of each adapted (layer, projection) among the saved xa buffers.
+    xa_index: &'a [[Option<usize>; 7]],
+    t: DType,
+    loss_chunk: usize,
+    dry: bool,
+}
+
+impl Launcher<'_> {
+    /// D = alpha op(A) op(B) + beta D, or only its plan when dry.
+    #[allow(clippy::too_many_arguments)]
+    fn mm(
+        &self,
+        what: &'static str,
+        shape: &GemmShape,
+        a: u64,
+        b: u64,
+        d: u64,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        self.mm_c(what, shape, a, b, d, d, alpha, beta)
+    }
+
+    /// D = alpha op(A) op(B) + beta C, or only its plan when dry.
+    #[allow(clippy::too_many_arguments)]
+    fn mm_c(
+        &self,
+        what: &'static str,
+        shape: &GemmShape,
+        a: u64,
+        b: u64,
+        c: u64,
+        d: u64,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        if self.dry {
+            self.gemm.prepare(shape).map_err(launch_err(what))?;
+            return Ok(());
+        }
+        self.gemm
+            .run_c(shape, a, b, c, d, alpha, beta)
+            .map_err(launch_err(what))
+    }
+
+    /// The adapted projection's addresses, if `proj` of `layer` is adapted.
+    fn lora(&self, layer: usize, proj: usize) -> Option<LoraPtrs> {
+        let slot = self.layout.slots[layer][proj].as_ref()?;
+        let idx = self.xa_index[layer][proj]?;
+        let (p, e) = (self.ptrs, self.t.size_in_bytes() as u64);
+        Some(LoraPtrs {
+            a_t: p.params_t + slot.a_offset as u64 * e,
+            b_t: p.params_t + slot.b_offset as u64 * e,
+            da: p.grads + slot.a_offset as u64 * 4,
+            db: p.grads + slot.b_offset as u64 * 4,
+            xa: p.xa + (idx * p.tokens * self.dims.rank) as u64 * e,
+        })
+    }
+}
+
+/// LoRA training of one model + adapter on one CUDA device. See the module documentation.
+pub struct TrainEngine {
+    device: Device,
+    kernels: TrainKernels,
+    gemm: Arc<Gemm>,
+    dims: Dims,
+    layout: ParamLayout,
+    weights: ModelWeights,
+    buffers: Buffers,
+    ptrs: Ptrs,
+    xa_index: Vec<[Option<usize>; 7]>,
+    adamw: AdamWConfig,
+    opts: EngineOptions,
+    /// Names of the adapter's variables in `Adapter::vars` order, with their slot's (offset, dims).
+    vars: Vec<(String, usize, [usize; 2])>,
+    /// One graph per sequence bucket.
+    graphs: HashMap<usize, Graph>,
+    optimizer_graph: Option<Graph>,
+    mode: StepMode,
+    /// AdamW updates applied (the bias-correction step t of the next update is `step + 1`).
+    step: usize,
+}
+
+impl TrainEngine {
+    /// Why the engine cannot train this model + adapter (None: it can).
+    pub fn unsupported(model: &Llama, adapter: &Adapter) -> Option<String> {
+        let cfg = model.config();
+        let Device::Cuda(_) = model.device() else {
+            return Some(format!(
+                "the model is on {:?}, not a CUDA device",
+                model.device()
+            ));
+        };
+        if !matches!(model.dtype(), DType::F32 | DType::BF16) {
+            return Some(format!(
+                "the model runs {:?}; the engine runs f32 or bf16",
+                model.dtype()
+            ));
+        }
+        if cfg.attention_bias {
+            return Some("attention biases (Qwen2) are not supported".into());
+        }
+        if cfg.head_dim % 2 != 0 || cfg.head_dim == 0 {
+            return Some(format!("head_dim {} is odd", cfg.head_dim));
+        }
+        if cfg.num_key_value_heads == 0 || cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
+            return Some("heads are not a multiple of kv heads".into());
+        }
+        if adapter.config.lora_dropout > 0.0 {
+            return Some(format!(
+                "LoRA dropout {} (the engine has no dropout)",
+                adapter.config.lora_dropout
+            ));
+        }
+        if adapter.layers.is_empty() {
+            return Some("the adapter adapts no module".into());
+        }
+        for (path, linear) in model.linear_layers() {
+            if linear.bias().is_some() {
+                return Some(format!("{path} has a bias"));
+            }
+            if let BaseWeight::Quantized(_) = linear.weight() {
+                return Some(format!("{path} is quantized (load the model dense)"));
+            }
+        }
+        if !cfg.tie_word_embeddings {
+            if let BaseWeight::Quantized(_) = model.lm_head().weight() {
+                return Some("lm_head is quantized (load the model dense)".into());
+            }
+        }
+        for l in &adapter.layers {
+            if !PROJECTIONS.iter().any(|p| l.path.ends_with(p)) {
+                return Some(format!(
+                    "adapted module {} is not one of the seven projections",
+                    l.path
+                ));
+            }
+            if l.a.dtype() != DType::F32 || l.b.dtype() != DType::F32 {
+                return Some(format!("{}: LoRA parameters are not f32", l.path));
+            }
+        }
+        if let Err(e) = ParamLayout::new(model, adapter) {
+            return Some(e.to_string());
+        }
+        None
+    }
+
+    /// Builds the engine: takes the model's weights in place, allocates every buffer, uploads the
+    /// RoPE tables and prepares every GEMM plan of every bucket. The LoRA parameters are not loaded:
+    /// call [`TrainEngine::load_params`].
+    pub fn new(
+        model: &Llama,
+        adapter: &Adapter,
+        adamw: AdamWConfig,
+        opts: EngineOptions,
+    ) -> Result<Self> {
+        if let Some(reason) = Self::unsupported(model, adapter) {
+            return Err(Error::InvalidRequest(format!(
+                "CUDA training engine: {reason}"
+            )));
+        }
+        let Device::Cuda(dev) = model.device() else {
+            return Err(Error::InvalidRequest(
+                "CUDA training engine: not CUDA".into(),
+            ));
+        };
+        let cfg = model.config();
+        if opts.dtype != model.dtype() {
+            return Err(Error::InvalidOption {
+                option: "dtype".into(),
+                reason: format!(
+                    "the engine's dtype {:?} differs from the model's {:?}",
+                    opts.dtype,
+                    model.dtype()
+                ),
+            });
+        }
+        if opts.batch == 0 || opts.seq < 2 || opts.loss_chunk == 0 {
+            return Err(Error::InvalidOption {
+                option: "engine options".into(),
+                reason: format!(
+                    "batch {} (>= 1), seq {} (>= 2), loss_chunk {} (>= 1)",
+                    opts.batch, opts.seq, opts.loss_chunk
+                ),
+            });
+        }
+        if opts.seq > cfg.max_position_embeddings {
+            return Err(Error::InvalidRequest(format!(
+                "CUDA training engine: {} positions exceed the model's context of {}",
+                opts.seq, cfg.max_position_embeddings
+            )));
+        }
+        let layout = ParamLayout::new(model, adapter)?;
+        let dims = Dims {
+            layers: cfg.num_hidden_layers,
+            hidden: cfg.hidden_size,
+            ffn: cfg.intermediate_size,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            vocab: cfg.vocab_size,
+            rank: layout.rank,
+            batch: opts.batch,
+            seq: opts.seq,
+            eps: cfg.rms_norm_eps as f32,
+        };
+        let weights = ModelWeights::new(model, &dims, opts.dtype)?;
+        let kernels =
+            TrainKernels::load(dev, opts.dtype).map_err(launch_err("loading the kernels"))?;
+        let gemm = Gemm::for_device(dev).map_err(launch_err("cuBLASLt context"))?;
+        let stream = dev.cuda_stream();
+        let mut buffers = Buffers::new(
+            &stream,
+            buffers::plan(&dims, &layout, opts.dtype, opts.loss_chunk),
+        )?;
+        let ptrs = Ptrs::new(&buffers, &dims, opts.dtype);
+        // RoPE tables, once.
+        let inv = crate::models::llama::rope_inverse_frequencies(cfg);
+        let (cos, sin) = layout::rope_tables(&inv, dims.seq);
+        let mut tables = cos;
+        tables.extend(sin);
+        stream
+            .memcpy_htod(&tables, &mut buffers.rope)
+            .map_err(|e| driver_err("uploading the rope tables", e))?;
+        let mut xa_index: Vec<[Option<usize>; 7]> = vec![[None; 7]; dims.layers];
+        let mut next = 0;
+        for (layer, slots) in layout.slots.iter().enumerate() {
+            for (proj, slot) in slots.iter().enumerate() {
+                if slot.is_some() {
+                    xa_index[layer][proj] = Some(next);
+                    next += 1;
+                }
+            }
+        }
+        let mut vars = Vec::new();
+        for slot in layout.by_adapter_order() {
+            let r = layout.rank;
+            vars.push((
+                format!("{}.lora_A", slot.path),
+                slot.a_offset,
+                [r, slot.in_features],
+            ));
+            vars.push((
+                format!("{}.lora_B", slot.path),
+                slot.b_offset,
+                [slot.out_features, r],
+            ));
+        }
+        let mode = if std::env::var("WICK_TRAIN_GRAPH").is_ok_and(|v| v == "0") {
+            StepMode::Eager("WICK_TRAIN_GRAPH=0".into())
+        } else {
+            StepMode::Pending
+        };
+        let engine = Self {
+            device: model.device().clone(),
+            kernels,
+            gemm,
+            dims,
+            layout,
+            weights,
+            buffers,
+            ptrs,
+            xa_index,
+            adamw,
+            opts,
+            vars,
+            graphs: HashMap::new(),
+            optimizer_graph: None,
+            mode,
+            step: 0,
+        };
+        // Every plan of every bucket now, so that no capture waits on cuBLASLt's heuristic.
+        let started = std::time::Instant::now();
+        let dry = engine.launcher(true);
+        for s in engine.dims.buckets() {
+            dry.micro_batch(s)?;
+        }
+        dry.optimizer()?;
+        tracing::info!(
+            "CUDA training engine: {} layers, batch {} x {} positions, {:?}, {:.1} MiB of buffers, {} GEMM plans in {:.2} s",
+            engine.dims.layers,
+            engine.dims.batch,
+            engine.dims.seq,
+            engine.opts.dtype,
+            engine.buffers.total_bytes() as f64 / (1 << 20) as f64,
+            engine.gemm.cached_plans(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(engine)
+    }
+
+    fn launcher(&self, dry: bool) -> Launcher<'_> {
+        Launcher {
+            k: &self.kernels,
+            gemm: &self.gemm,
+            dims: &self.dims,
+            layout: &self.layout,
+            weights: &self.weights,
+            ptrs: &self.ptrs,
+            xa_index: &self.xa_index,
+            t: self.opts.dtype,
+            loss_chunk: self.opts.loss_chunk,
+            dry,
+        }
+    }
+
+    /// How steps run now.
+    pub fn mode(&self) -> &StepMode {
+        &self.mode
+    }
+
+    /// The engine's options.
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    /// Every device allocation of the engine with its size (the base weights are the model's and
+    /// not counted).
+    pub fn memory(&self) -> &[BufferSize] {
+        &self.buffers.sizes
+    }
+
+    /// Bytes of every device allocation of the engine together.
+    pub fn device_bytes(&self) -> usize {
+        self.buffers.total_bytes()
+    }
+
+    /// Zeroes the gradient and loss accumulators (start of an optimizer step).
+    pub fn begin_step(&mut self) -> Result<()> {
+        let stream = self.kernels.stream().clone();
+        stream
+            .memset_zeros(&mut self.buffers.grads)
+            .map_err(|e| driver_err("zeroing the gradients", e))?;
+        let mut loss = self.buffers.scalars.slice_mut(SCALAR_LOSS..SCALAR_LOSS + 1);
+        stream
+            .memcpy_htod(&[0f32], &mut loss)
+            .map_err(|e| driver_err("zeroing the loss", e))?;
+        Ok(())
+    }
+
+    /// Forward + backward of one micro-batch of `ids.len() <= batch` rows of at most `seq` tokens
+    /// (shorter rows and lengths padded with id 0 and ignored labels; labels unshifted, -100 for
+    /// ignored), gradients and loss accumulated with `weight` (the micro-batch's share of the step's
+    /// counted tokens). A micro-batch with no counted label does nothing.
+    pub fn micro_batch(
+        &mut self,
+        ids: &[Vec<u32>],
+        labels: &[Vec<i64>],
+        weight: f32,
+    ) -> Result<()> {
+        let len = ids.iter().map(Vec::len).max().unwrap_or(0);
+        if len > self.dims.seq {
+            return Err(Error::InvalidRequest(format!(
+                "CUDA training engine: a row of {len} tokens exceeds the engine's {} positions",
+                self.dims.seq
+            )));
+        }
+        let s = self.dims.bucket_for(len.max(2));
+        let inputs = layout::host_inputs(&self.dims, s, ids, labels)?;
+        if inputs.counted == 0 {
+            return Ok(());
+        }
+        let stream = self.kernels.stream().clone();
+        let n = inputs.ids.len();
+        let b = &mut self.buffers;
+        stream
+            .memcpy_htod(&inputs.ids, &mut b.ids.slice_mut(0..n))
+            .map_err(|e| driver_err("uploading ids", e))?;
+        stream
+            .memcpy_htod(&inputs.labels, &mut b.labels.slice_mut(0..n))
+            .map_err(|e| driver_err("uploading labels", e))?;
+        let at = buffers::SCALAR_SCALE;
+        stream
+            .memcpy_htod(&[weight], &mut b.scalars.slice_mut(at..at + 1))
+            .map_err(|e| driver_err("uploading the loss weight", e))?;
+        if self.mode != StepMode::Graph && self.mode != StepMode::Pending {
+            return self.launcher(false).micro_batch(s);
+        }
+        if !self.graphs.contains_key(&s) {
+            let captured = graph::capture(&self.device, || self.launcher(false).micro_batch(s));
+            match captured.and_then(|(g, ())| g.upload().map(|()| g)) {
+                Ok(g) => {
+                    self.graphs.insert(s, g);
+                    self.mode = StepMode::Graph;
+                }
+                Err(e) => {
+                    tracing::warn!("CUDA training engine: capture of the {s}-position micro-batch failed, running eagerly: {e}");
+                    self.mode = StepMode::Eager(format!("graph capture failed: {e}"));
+                    return self.launcher(false).micro_batch(s);
+                }
+            }
+        }
+        match self.graphs.get(&s) {
+            Some(g) => g.replay(),
+            None => self.launcher(false).micro_batch(s),
+        }
+    }
+
+    /// Clipped AdamW on the device; returns (step loss, gradient norm before clipping), the one
+    /// host synchronisation of a step. When either is not finite the parameters are left unchanged
+    /// and the step is not counted.
+    pub fn optimizer_step(&mut self, lr: f64, max_grad_norm: Option<f64>) -> Result<(f64, f64)> {
+        self.step += 1;
+        let c = self.adamw;
+        let t = self.step as i32;
+        let hyper = [
+            lr as f32,
+            c.beta1 as f32,
+            c.beta2 as f32,
+            c.eps as f32,
+            c.weight_decay as f32,
+            (1.0 - c.beta1.powi(t)) as f32,
+            (1.0 - c.beta2.powi(t)) as f32,
+            max_grad_norm.map_or(-1.0, |m| m as f32),
+        ];
+        let stream = self.kernels.stream().clone();
+        stream
+            .memcpy_htod(&hyper, &mut self.buffers.hyper)
+            .map_err(|e| driver_err("uploading the AdamW hyper-parameters", e))?;
+        self.run_optimizer()?;
+        let mut scalars = [0f32; 4];
+        stream
+            .memcpy_dtoh(&self.buffers.scalars, &mut scalars)
+            .map_err(|e| driver_err("reading the loss and grad norm", e))?;
+        stream
+            .synchronize()
+            .map_err(|e| driver_err("optimizer step", e))?;
+        let loss = scalars[SCALAR_LOSS] as f64;
+        let norm = (scalars[buffers::SCALAR_GNORM_SQ] as f64).sqrt();
+        if !loss.is_finite() || !norm.is_finite() {
+            self.step -= 1;
+        }
+        Ok((loss, norm))
+    }
+
+    fn run_optimizer(&mut self) -> Result<()> {
+        if matches!(self.mode, StepMode::Eager(_)) {
+            return self.launcher(false).optimizer();
+        }
+        if self.optimizer_graph.is_none() {
+            let captured = graph::capture(&self.device, || self.launcher(false).optimizer());
+            match captured.and_then(|(g, ())| g.upload().map(|()| g)) {
+                Ok(g) => self.optimizer_graph = Some(g),
+                Err(e) => {
+                    tracing::warn!("CUDA training engine: capture of the optimizer step failed, running eagerly: {e}");
+                    self.mode = StepMode::Eager(format!("graph capture failed: {e}"));
+                    return self.launcher(false).optimizer();
+                }
+            }
+        }
+        match &self.optimizer_graph {
+            Some(g) => g.replay(),
+            None => self.launcher(false).optimizer(),
+        }
+    }
+
+    /// AdamW updates applied so far.
+    pub fn step_count(&self) -> usize {
+        self.step
+    }
+}

@@ -6,7 +6,9 @@
 // state: int[2] = {token id, position} of the token being decoded.
 //
 // rope_attention(qkv, k_cache, v_cache, state, inv_freq, out, part, counters, heads, kv_heads, d,
-//                scale): flash-decoding attention, split over the positions.
+//                scale, cache_seq_stride): flash-decoding attention, split over the positions.
+//   Batched decode: grid z = sequence; sequence z reads/writes qkv, state, out, part and counters at
+//   z times their size and its caches at z * cache_seq_stride floats.
 //   qkv: [heads*d | kv_heads*d | kv_heads*d] (q, k, v of the new token, before RoPE)
 //   k_cache, v_cache: [max_seq, kv_heads, d] of this layer; out: [heads, d]
 //   part: scratch of heads * ATT_SPLITS * (d + 2) floats: per query head and split the unnormalized
@@ -25,7 +27,7 @@
 //     s_t = scale * q' . k_t (t <= pos),  out = sum_t softmax(s)_t v_t,
 //   as per-split (m_y, l_y, acc_y) partials; the last block of each kv head to finish (atomic
 //   counter) combines them: out = sum_y e^(m_y - M) acc_y / sum_y e^(m_y - M) l_y.
-// argmax_logprob(logits, n, result): one block; result[0] = argmax (lowest index on ties, NaN never
+// argmax_logprob(logits, n, result): one block per sequence (logits [batch, n]); result[0] = argmax (lowest index on ties, NaN never
 //   wins), result[1] = bits of logits[id] - logsumexp(logits) as f32. Also writes the id to state[0]
 //   when `state` is not null.
 #include "common.cuh"
@@ -38,10 +40,22 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
                                           float* __restrict__ v_cache, const int* __restrict__ state,
                                           const float* __restrict__ inv_freq, float* __restrict__ out,
                                           float* __restrict__ part, unsigned int* __restrict__ counters,
-                                          int heads, int kv_heads, int d, float scale) {
+                                          int heads, int kv_heads, int d, float scale,
+                                          long long cache_seq_stride) {
     extern __shared__ float sm[];
     __shared__ bool is_last;
     int kvh = blockIdx.x, y = blockIdx.y;
+    // Sequence blockIdx.z of a batch: its own q/k/v row, caches, state, output and scratch.
+    {
+        size_t z = blockIdx.z;
+        qkv += z * (size_t)(heads + 2 * kv_heads) * d;
+        k_cache += z * (size_t)cache_seq_stride;
+        v_cache += z * (size_t)cache_seq_stride;
+        state += 2 * z;
+        out += z * (size_t)heads * d;
+        part += z * (size_t)heads * ATT_SPLITS * (d + 2);
+        counters += z * (size_t)kv_heads;
+    }
     int pos = state[1];
     int last_chunk = pos / ATT_CHUNK;
     if (y > last_chunk) return;
@@ -180,6 +194,10 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
 
 extern "C" __global__ void argmax_logprob(const float* __restrict__ logits, int n,
                                           unsigned int* __restrict__ result, int* __restrict__ state) {
+    // Sequence blockIdx.x of a batch: logits [batch, n], result [batch, 2], state [batch, 2].
+    logits += (size_t)blockIdx.x * n;
+    result += 2 * (size_t)blockIdx.x;
+    if (state != nullptr) state += 2 * (size_t)blockIdx.x;
     __shared__ float sv[32], sm_[32], ss[32];
     __shared__ int si[32];
     float best = -INFINITY;

@@ -147,3 +147,153 @@ __device__ __forceinline__ void load_x(const float* __restrict__ x, const float*
 DEFINE_QMV(q4_0, 18)
 DEFINE_QMV(q4_1, 20)
 DEFINE_QMV(q8_0, 34)
+
+// ---- Batched decode: NB sequences at once, each weight read once for all of them ----
+//
+// qmvb_<q>(w, x, norm_w, y, rows, k, eps, accumulate, nb): x [nb, k], y [nb, rows], nb <= QMVB_MAX;
+//   per sequence b: xn_b = norm_w ? rms_norm(x_b) * norm_w : x_b, y[b, r] (+)= W[r] . xn_b.
+// qmvb_swiglu_<q>(wg, wu, x, norm_w, y, rows, k, eps, nb): y[b, r] = silu(Wg[r] . xn_b) * (Wu[r] . xn_b).
+// embedb_<q>(table, state, x, hidden): blockIdx.y = sequence b: x[b] = row state[2 b] of the table.
+// Same work split as qmv (a warp per row, lane i on part i & 3 of block i >> 2); the part's 8
+// weights are dequantized once into registers and dotted with every sequence's x. Dynamic shared
+// memory: nb * k floats (the host opts in above 48 KiB).
+#define QMVB_MAX 8
+
+// The 8 weights of part p of a block, in the order of part_x below.
+__device__ __forceinline__ void part_w_q4_0(const uint8_t* blk, int p, float* w) {
+    float d = __half2float(*reinterpret_cast<const __half*>(blk));
+    const uint16_t* qs = reinterpret_cast<const uint16_t*>(blk + 2 + 4 * p);
+    uint32_t q = (uint32_t)qs[0] | ((uint32_t)qs[1] << 16);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        w[j] = d * ((float)((q >> (8 * j)) & 15) - 8.f);
+        w[4 + j] = d * ((float)((q >> (8 * j + 4)) & 15) - 8.f);
+    }
+}
+__device__ __forceinline__ void part_w_q4_1(const uint8_t* blk, int p, float* w) {
+    __half2 dm = *reinterpret_cast<const __half2*>(blk);
+    float d = __low2float(dm), m = __high2float(dm);
+    uint32_t q = *reinterpret_cast<const uint32_t*>(blk + 4 + 4 * p);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        w[j] = d * (float)((q >> (8 * j)) & 15) + m;
+        w[4 + j] = d * (float)((q >> (8 * j + 4)) & 15) + m;
+    }
+}
+__device__ __forceinline__ void part_w_q8_0(const uint8_t* blk, int p, float* w) {
+    float d = __half2float(*reinterpret_cast<const __half*>(blk));
+    const int8_t* qs = reinterpret_cast<const int8_t*>(blk + 2 + 8 * p);
+#pragma unroll
+    for (int j = 0; j < 8; j++) w[j] = d * (float)qs[j];
+}
+// Dot of 8 part weights with x of one block (xb: the block's 32 values): Q4 parts hold positions
+// 4p..4p+3 (low nibbles) and 16+4p..16+4p+3 (high nibbles); Q8_0 parts 8p..8p+7.
+__device__ __forceinline__ float part_dot_q4(const float* w, const float* xb, int p) {
+    float4 xl = *reinterpret_cast<const float4*>(xb + 4 * p);
+    float4 xh = *reinterpret_cast<const float4*>(xb + 16 + 4 * p);
+    return w[0] * xl.x + w[1] * xl.y + w[2] * xl.z + w[3] * xl.w + w[4] * xh.x + w[5] * xh.y +
+           w[6] * xh.z + w[7] * xh.w;
+}
+__device__ __forceinline__ float part_dot_q8(const float* w, const float* xb, int p) {
+    float4 x0 = *reinterpret_cast<const float4*>(xb + 8 * p);
+    float4 x1 = *reinterpret_cast<const float4*>(xb + 8 * p + 4);
+    return w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w + w[4] * x1.x + w[5] * x1.y +
+           w[6] * x1.z + w[7] * x1.w;
+}
+#define part_dot_q4_0 part_dot_q4
+#define part_dot_q4_1 part_dot_q4
+#define part_dot_q8_0 part_dot_q8
+
+// Copies x [nb, k] into shared xs, each row RMS-normalized and scaled by norm_w when not null.
+__device__ __forceinline__ void load_xb(const float* __restrict__ x, const float* __restrict__ norm_w,
+                                        float eps, int k, int nb, float* xs) {
+    __shared__ float red[32];
+    for (int b = 0; b < nb; b++) {
+        float ss = 0.f;
+        for (int i = threadIdx.x; i < k; i += blockDim.x) {
+            float v = x[(size_t)b * k + i];
+            xs[b * k + i] = v;
+            ss += v * v;
+        }
+        if (norm_w != nullptr) {
+            float r = rsqrtf(block_sum(ss, red) / (float)k + eps);
+            for (int i = threadIdx.x; i < k; i += blockDim.x) xs[b * k + i] = xs[b * k + i] * r * norm_w[i];
+        }
+    }
+    __syncthreads();
+}
+
+#define DEFINE_QMVB(Q, BYTES)                                                                        \
+    extern "C" __global__ void qmvb_##Q(const uint8_t* __restrict__ w, const float* __restrict__ x,   \
+                                        const float* __restrict__ norm_w, float* __restrict__ y,     \
+                                        int rows, int k, float eps, int accumulate, int nb) {        \
+        extern __shared__ float xs[];                                                                \
+        load_xb(x, norm_w, eps, k, nb, xs);                                                          \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
+        int parts = (k / 32) * 4;                                                                    \
+        for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {      \
+            const uint8_t* wr = w + (size_t)row * (k / 32) * BYTES;                                  \
+            float acc[QMVB_MAX];                                                                     \
+            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) acc[b] = 0.f;                       \
+            for (int i = lane; i < parts; i += 32) {                                                 \
+                float wv[8];                                                                         \
+                part_w_##Q(wr + (i >> 2) * BYTES, i & 3, wv);                                        \
+                _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) if (b < nb) acc[b] +=           \
+                    part_dot_##Q(wv, xs + b * k + (i >> 2) * 32, i & 3);                             \
+            }                                                                                        \
+            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                   \
+                if (b < nb) {                                                                        \
+                    float s = warp_sum(acc[b]);                                                      \
+                    size_t at = (size_t)b * rows + row;                                              \
+                    if (lane == 0) y[at] = accumulate ? y[at] + s : s;                               \
+                }                                                                                    \
+            }                                                                                        \
+        }                                                                                            \
+    }                                                                                                \
+    extern "C" __global__ void qmvb_swiglu_##Q(const uint8_t* __restrict__ wg,                       \
+                                               const uint8_t* __restrict__ wu,                       \
+                                               const float* __restrict__ x,                          \
+                                               const float* __restrict__ norm_w,                     \
+                                               float* __restrict__ y, int rows, int k, float eps,    \
+                                               int nb) {                                             \
+        extern __shared__ float xs[];                                                                \
+        load_xb(x, norm_w, eps, k, nb, xs);                                                          \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
+        int parts = (k / 32) * 4;                                                                    \
+        for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {      \
+            const uint8_t* gr = wg + (size_t)row * (k / 32) * BYTES;                                 \
+            const uint8_t* ur = wu + (size_t)row * (k / 32) * BYTES;                                 \
+            float g[QMVB_MAX], u[QMVB_MAX];                                                          \
+            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) g[b] = u[b] = 0.f;                  \
+            for (int i = lane; i < parts; i += 32) {                                                 \
+                float gv[8], uv[8];                                                                  \
+                part_w_##Q(gr + (i >> 2) * BYTES, i & 3, gv);                                        \
+                part_w_##Q(ur + (i >> 2) * BYTES, i & 3, uv);                                        \
+                _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                               \
+                    if (b < nb) {                                                                    \
+                        const float* xb = xs + b * k + (i >> 2) * 32;                                \
+                        g[b] += part_dot_##Q(gv, xb, i & 3);                                         \
+                        u[b] += part_dot_##Q(uv, xb, i & 3);                                         \
+                    }                                                                                \
+                }                                                                                    \
+            }                                                                                        \
+            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                   \
+                if (b < nb) {                                                                        \
+                    float gs = warp_sum(g[b]), us = warp_sum(u[b]);                                  \
+                    if (lane == 0) y[(size_t)b * rows + row] = gs / (1.f + expf(-gs)) * us;          \
+                }                                                                                    \
+            }                                                                                        \
+        }                                                                                            \
+    }                                                                                                \
+    extern "C" __global__ void embedb_##Q(const uint8_t* __restrict__ table,                         \
+                                          const int* __restrict__ state, float* __restrict__ x,      \
+                                          int hidden) {                                              \
+        int b = blockIdx.y;                                                                          \
+        const uint8_t* row = table + (size_t)state[2 * b] * (hidden / 32) * BYTES;                   \
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hidden; j += gridDim.x * blockDim.x) \
+            x[(size_t)b * hidden + j] = dequant_##Q(row + (j / 32) * BYTES, j & 31);                 \
+    }
+
+DEFINE_QMVB(q4_0, 18)
+DEFINE_QMVB(q4_1, 20)
+DEFINE_QMVB(q8_0, 34)

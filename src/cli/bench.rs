@@ -9,6 +9,9 @@ pub enum Command {
     Dispatch(super::bench_dispatch::Args),
     /// Batch-1 decode through wick's CUDA decode engine beside the Candle path (speed, logits).
     Decode(super::bench_decode::Args),
+    /// Several sequences decoded at once through the CUDA batch decode engine, checked against the
+    /// batch-1 engine (llama-batched-bench's parallel sequences).
+    DecodeBatch(super::bench_decode_batch::Args),
     /// Check every fused kernel against the f64 references on the device; write JSON records.
     GpuCheck(super::bench_gpu_check::Args),
     /// Time the fused kernels at the CUDA-kernels issue's shapes.
@@ -29,6 +32,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Dispatch(args) => super::bench_dispatch::run(args),
         Command::Decode(args) => super::bench_decode::run(args),
+        Command::DecodeBatch(args) => super::bench_decode_batch::run(args),
         Command::GpuCheck(args) => super::bench_gpu_check::run(args),
         Command::Kernels(args) => super::bench_kernels::run(args),
         #[cfg(feature = "cuda")]

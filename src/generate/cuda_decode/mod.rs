@@ -21,6 +21,7 @@
 //! `WICK_CUDA_DECODE=candle` turns the engine off (generation then runs through Candle's ops and
 //! QMatMul as before).
 
+pub mod batch;
 pub mod engine;
 pub mod registry;
 pub mod weights;

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
 };
@@ -25,6 +26,10 @@ const MV_MAX_BLOCKS: usize = 132 * 8;
 const ARGMAX_THREADS: u32 = 1024;
 /// Largest `k` the mat-vec kernels hold in shared memory (48 KiB of f32 without an opt-in).
 pub const MAX_MATVEC_K: usize = 12 * 1024;
+/// Most sequences of one batched mat-vec launch (QMVB_MAX in kernels/quant_matvec.cu).
+pub const MAX_DECODE_BATCH: usize = 8;
+/// Dynamic shared memory the batched mat-vecs may use (`batch * k` f32; the H100 allows 227 KiB).
+pub const MAX_BATCH_SHARED_BYTES: usize = 160 * 1024;
 
 /// The decode kernels of one device, with the stream they launch on (Candle's).
 pub struct DecodeKernels {
@@ -32,6 +37,9 @@ pub struct DecodeKernels {
     qmv: [CudaFunction; 3],
     qmv_swiglu: [CudaFunction; 3],
     embed: [CudaFunction; 3],
+    qmvb: [CudaFunction; 3],
+    qmvb_swiglu: [CudaFunction; 3],
+    embedb: [CudaFunction; 3],
     rope_attention: CudaFunction,
     argmax: CudaFunction,
 }
@@ -75,14 +83,26 @@ impl DecodeKernels {
                 function(dev, Module::QuantMatvec, name, "q8_0")?,
             ])
         };
-        Ok(Self {
+        let kernels = Self {
             stream: dev.cuda_stream(),
             qmv: per_type("qmv")?,
             qmv_swiglu: per_type("qmv_swiglu")?,
             embed: per_type("embed")?,
+            qmvb: per_type("qmvb")?,
+            qmvb_swiglu: per_type("qmvb_swiglu")?,
+            embedb: per_type("embedb")?,
             rope_attention: function(dev, Module::DecodeStep, "rope_attention", "")?,
             argmax: function(dev, Module::DecodeStep, "argmax_logprob", "")?,
-        })
+        };
+        // The batched mat-vecs keep every sequence's x in shared memory: opt in above 48 KiB.
+        for f in kernels.qmvb.iter().chain(&kernels.qmvb_swiglu) {
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                MAX_BATCH_SHARED_BYTES as i32,
+            )
+            .w()?;
+        }
+        Ok(kernels)
     }
 
     /// The stream the kernels launch on.
@@ -160,6 +180,92 @@ impl DecodeKernels {
         Ok(())
     }
 
+    fn batch_matvec_config(rows: usize, k: usize, batch: usize) -> Result<LaunchConfig> {
+        if batch == 0 || batch > MAX_DECODE_BATCH || batch * k * 4 > MAX_BATCH_SHARED_BYTES {
+            return Err(candle_core::Error::Msg(format!(
+                "batched mat-vec: {batch} sequences of {k} values exceed the kernel's limits \
+                 ({MAX_DECODE_BATCH} sequences, {MAX_BATCH_SHARED_BYTES} bytes of shared memory)"
+            )));
+        }
+        let mut cfg = Self::matvec_config(rows, k);
+        cfg.shared_mem_bytes = (batch * k * 4) as u32;
+        Ok(cfg)
+    }
+
+    /// [`DecodeKernels::qmv`] for `batch` sequences: x [batch, k], y [batch, rows]; every weight is
+    /// read once for all of them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qmv_batch(
+        &self,
+        q: QuantType,
+        w: u64,
+        x: u64,
+        norm_w: u64,
+        y: u64,
+        rows: usize,
+        k: usize,
+        eps: f32,
+        accumulate: bool,
+        batch: usize,
+    ) -> Result<()> {
+        let cfg = Self::batch_matvec_config(rows, k, batch)?;
+        let f = &self.qmvb[index(q)];
+        let (rows_i, k_i, acc_i, nb) = (rows as i32, k as i32, accumulate as i32, batch as i32);
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
+        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i).arg(&nb);
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    /// [`DecodeKernels::qmv_swiglu`] for `batch` sequences: x [batch, k], y [batch, rows].
+    #[allow(clippy::too_many_arguments)]
+    pub fn qmv_swiglu_batch(
+        &self,
+        q: QuantType,
+        gate: u64,
+        up: u64,
+        x: u64,
+        norm_w: u64,
+        y: u64,
+        rows: usize,
+        k: usize,
+        eps: f32,
+        batch: usize,
+    ) -> Result<()> {
+        let cfg = Self::batch_matvec_config(rows, k, batch)?;
+        let f = &self.qmvb_swiglu[index(q)];
+        let (rows_i, k_i, nb) = (rows as i32, k as i32, batch as i32);
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
+        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&nb);
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    /// x[b] = dequantized row state[2 b] of `table`, b < batch (x [batch, hidden]).
+    pub fn embed_batch(
+        &self,
+        q: QuantType,
+        table: u64,
+        state: u64,
+        x: u64,
+        hidden: usize,
+        batch: usize,
+    ) -> Result<()> {
+        let f = &self.embedb[index(q)];
+        let hidden_i = hidden as i32;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&table).arg(&state).arg(&x).arg(&hidden_i);
+        let cfg = LaunchConfig {
+            grid_dim: (hidden.div_ceil(256).max(1) as u32, batch as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+
     /// RoPE on the new token's q and k (position state[1]), k and v into this layer's caches, and
     /// attention over positions 0..=state[1], split over [`ATTENTION_SPLITS`] blocks per kv head
     /// (flash decoding). `part`: [`attention_scratch_floats`] floats; `counters`: `kv_heads` u32,
@@ -177,6 +283,30 @@ impl DecodeKernels {
         counters: u64,
         shape: super::reference::AttentionShape,
         scale: f32,
+    ) -> Result<()> {
+        self.rope_attention_batch(
+            qkv, k_cache, v_cache, state, inv_freq, out, part, counters, shape, scale, 1, 0,
+        )
+    }
+
+    /// [`DecodeKernels::rope_attention`] for `batch` sequences in one launch: sequence z has its own
+    /// q/k/v row (`qkv` [batch, heads*d + 2 kv_heads*d]), state pair, output row, scratch
+    /// (`part` and `counters` `batch` times as large) and caches at `z * cache_seq_stride` floats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_attention_batch(
+        &self,
+        qkv: u64,
+        k_cache: u64,
+        v_cache: u64,
+        state: u64,
+        inv_freq: u64,
+        out: u64,
+        part: u64,
+        counters: u64,
+        shape: super::reference::AttentionShape,
+        scale: f32,
+        batch: usize,
+        cache_seq_stride: usize,
     ) -> Result<()> {
         let d = shape.head_dim;
         let threads = attention_threads(d).ok_or_else(|| {
@@ -201,9 +331,10 @@ impl DecodeKernels {
             .arg(&out)
             .arg(&part)
             .arg(&counters);
-        b.arg(&h).arg(&kv).arg(&d_i).arg(&scale);
+        let stride = cache_seq_stride as i64;
+        b.arg(&h).arg(&kv).arg(&d_i).arg(&scale).arg(&stride);
         let cfg = LaunchConfig {
-            grid_dim: (shape.kv_heads as u32, ATTENTION_SPLITS as u32, 1),
+            grid_dim: (shape.kv_heads as u32, ATTENTION_SPLITS as u32, batch as u32),
             block_dim: (threads, 1, 1),
             shared_mem_bytes: attention_shared_bytes(shape) as u32,
         };
@@ -214,11 +345,24 @@ impl DecodeKernels {
     /// result (u32[2]) = (argmax, bits of its log-probability) of logits [n]; also writes the id to
     /// state[0] when `state != 0`.
     pub fn argmax(&self, logits: u64, n: usize, result: u64, state: u64) -> Result<()> {
+        self.argmax_batch(logits, n, result, state, 1)
+    }
+
+    /// [`DecodeKernels::argmax`] of `batch` rows of logits [batch, n] into result [batch, 2] (and
+    /// state [batch, 2] when not 0), one block per row.
+    pub fn argmax_batch(
+        &self,
+        logits: u64,
+        n: usize,
+        result: u64,
+        state: u64,
+        batch: usize,
+    ) -> Result<()> {
         let n_i = n as i32;
         let mut b = self.stream.launch_builder(&self.argmax);
         b.arg(&logits).arg(&n_i).arg(&result).arg(&state);
         let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
+            grid_dim: (batch as u32, 1, 1),
             block_dim: (ARGMAX_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };

@@ -206,11 +206,18 @@ def decode_rows(e2e):
                     wick=wick_tg, anchor=candle_tg, anchor_engine="Candle 0.11 quantized ops", device=device,
                     date=date, command=cmd_w, source=item_w.get("source")))
     b8 = next((r for r in batched or [] if r.get("pl") == 8), None) if isinstance(batched, list) else None
-    rows.append(row("decode batch 8 (aggregate) vs llama.cpp CUDA", None, "tokens/s", wick=None,
+    dec8, item_8 = e2e_get(e2e, "wick-decode-batch8.json")
+    wick8 = None
+    if isinstance(dec8, dict) and dec8.get("ok"):
+        wick8 = max((t["decode_tokens_per_second"] for t in dec8.get("timings", [])), default=None)
+    rows.append(row("decode batch 8 (aggregate) vs llama.cpp CUDA", None, "tokens/s", wick=wick8,
                     anchor=b8["speed_tg"] if b8 else None,
                     anchor_engine="llama.cpp CUDA (llama-batched-bench -npp 512 -ntg 128 -npl 8)",
-                    device=device, date=date, command="scripts/device/e2e.sh llamacpp",
-                    source=item_b.get("source"), note="wick has no batched decode benchmark yet"))
+                    device=item_8.get("device") or device, date=item_8.get("date") or date,
+                    command="wick bench decode-batch --batch 8 --prompt-tokens 512 --decode-tokens 128 "
+                            "(scripts/device/e2e.sh decode); scripts/device/e2e.sh llamacpp",
+                    source=" + ".join(x["source"] for x in (item_8, item_b) if x),
+                    note=None if wick8 else "wick batch-8 run missing or failed its check"))
     return rows
 
 

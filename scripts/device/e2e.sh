@@ -13,7 +13,7 @@
 #                           finishes the list
 #   llamacpp [S]            wait up to S s for the build, then llama-bench -p 512 -n 128 -ngl 99 (batch
 #                           1) and llama-batched-bench (decode at batch 1 and 8) on $WICK_SMOLLM2_GGUF
-#   decode                  wick bench decode, prompt 512, 128 tokens
+#   decode                  wick bench decode, prompt 512, 128 tokens; wick bench decode-batch, 8 sequences
 #   train                   wick bench train, seq 512 and 2048, batch 8, r 16, 3 warm-up + 20 steps
 #                           (CUDA training engine), and seq 512 through Candle's autograd
 #   embed                   sentence-transformers fp32/fp16 and wick f32/f16 at batch 1, 32, 256
@@ -85,8 +85,12 @@ print(max(0, min(float(sys.argv[1]), left)))' "$deadline")
     ;;
   decode)
     need_gguf
+    rc=0
     "$wick" bench decode --model "$gguf" --device cuda --prompt-tokens 512 --decode-tokens 128 \
-      --out "$results/wick-decode.json"
+      --out "$results/wick-decode.json" || rc=1
+    "$wick" bench decode-batch --model "$gguf" --device cuda --batch 8 --prompt-tokens 512 \
+      --decode-tokens 128 --out "$results/wick-decode-batch8.json" || rc=1
+    exit $rc
     ;;
   train)
     need_gguf

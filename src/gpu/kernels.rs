@@ -23,6 +23,7 @@ pub enum Module {
     DecodeStep,
     SmallMatmul,
     Prefill,
+    TrainStep,
 }
 
 impl Module {
@@ -46,6 +47,7 @@ impl Module {
             Module::SmallMatmul => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/small_matmul.fatbin"))
             }
+            Module::TrainStep => include_bytes!(concat!(env!("OUT_DIR"), "/train_step.fatbin")),
             Module::Prefill => include_bytes!(concat!(env!("OUT_DIR"), "/prefill.fatbin")),
         }
     }

@@ -21,3 +21,5 @@ pub mod overhead;
 /// wick's one-launch kernel for small matrix products (the dispatch table's `small` path).
 pub mod small_matmul;
 pub mod timing;
+/// Kernels of the CUDA LoRA training engine (references always; launchers with `cuda`).
+pub mod train;

@@ -1,0 +1,1 @@
+//! The training kernels against their CPU references on the GPU.

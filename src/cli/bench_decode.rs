@@ -3,16 +3,19 @@
 //! in one process on the same GGUF file. Prints and writes:
 //! - correctness against the Candle path with the weights dequantized to dense f32 (the engine's maths:
 //!   dequantized weights times f32 activations; only the summation order differs), both fed the f32
-//!   path's greedy tokens so positions stay aligned: (a) the engine stepping the whole prompt itself,
-//!   (b) the engine taking over the f32 path's prefill KV cache (`load_prefix`, the handoff the
-//!   generator uses), each for `--compare` positions; max |logit difference| <= `--tolerance`. The
+//!   path's greedy tokens so positions stay aligned: (a) the engine's batched prefill
+//!   (`DecodeEngine::prefill`, what generation uses), (b) the engine stepping the whole prompt itself,
+//!   (c) the engine taking over the f32 path's prefill KV cache (`load_prefix`, the fallback), each
+//!   for `--compare` positions (the first compares the prompt's last logits); max |logit
+//!   difference| <= `--tolerance`. The
 //!   quantized Candle path (QMatMul quantizes activations to Q8_1, so its logits differ by O(1)) is
 //!   compared on greedy tokens only, as information;
 //! - speed at two shapes: prompt of `--prompt-tokens` then `--decode-tokens` (llama-batched-bench
 //!   pp512+tg128 at the defaults) and prompt of 1 token then 128 (llama-bench tg128): prefill tokens/s
-//!   (prompts of >= `BATCHED_PREFILL_MIN` tokens through the batched Candle forward plus the cache
-//!   handoff, as generation does) and decode tokens/s (each token read back to the host), for the
-//!   engine with the graph, the engine eagerly, and the Candle path; a JSON summary line at the end.
+//!   (prompts of >= `BATCHED_PREFILL_MIN` tokens through the engine's batched prefill, as generation
+//!   does; median of `--prefill-reps` runs) and decode tokens/s (each token read back to the host),
+//!   for the engine with the graph, the engine eagerly, and the Candle path, plus the old prefill
+//!   (Candle's batched forward + cache handoff) as its own row; a JSON summary line at the end.
 
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]
 
@@ -43,6 +46,9 @@ pub struct Args {
     /// ~10-30; a wrong RoPE, cache row or softmax gives O(1).
     #[arg(long, default_value_t = 1e-2)]
     pub tolerance: f32,
+    /// Prefills timed per path (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub prefill_reps: usize,
     /// Write the results here as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -50,7 +56,8 @@ pub struct Args {
 
 #[derive(Serialize)]
 struct CompareRow {
-    /// "engine prefill" (the engine stepped the prompt) or "candle prefill handoff".
+    /// "engine batched prefill", "engine steps" (the engine stepped the prompt) or "candle prefill
+    /// handoff".
     run: &'static str,
     position: usize,
     max_abs_logit_diff: f32,
@@ -79,6 +86,8 @@ struct Report {
     date: String,
     engine_mode: String,
     launches_per_step: usize,
+    /// Launches of the engine's batched prefill of `--prompt-tokens` tokens.
+    prefill_launches: usize,
     weight_mb_per_step: f64,
     engine_build_s: f64,
     compare: Vec<CompareRow>,
@@ -164,14 +173,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
 
     // Correctness: (a) the engine steps the prompt; (b) it takes over the f32 path's prefill cache.
-    let mut compare = Vec::with_capacity(2 * args.compare);
-    for run in ["engine prefill", "candle prefill handoff"] {
+    let mut compare = Vec::with_capacity(3 * args.compare);
+    for run in [
+        "engine batched prefill",
+        "engine steps",
+        "candle prefill handoff",
+    ] {
         let mut cache = dense.new_cache(1);
         let mut want = logits_of(&dense, &prompt, &mut cache)?;
         let mut qcache = model.new_cache(1);
         let mut qwant = logits_of(&model, &prompt, &mut qcache)?;
         engine.reset();
-        if run == "engine prefill" {
+        if run == "engine batched prefill" {
+            engine.prefill(&prompt)?;
+        } else if run == "engine steps" {
             for &id in &prompt {
                 engine.step(id)?;
             }
@@ -228,27 +243,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 engine.force_eager("bench decode: eager comparison");
             }
-            let start = Instant::now();
-            let mut id = if batched {
-                let mut cache = KvCache::with_capacity(
-                    &config,
-                    1,
-                    prompt.len() + 1,
-                    model.dtype(),
-                    model.device(),
-                );
-                let logits = logits_of(&model, prompt, &mut cache)?;
-                engine.load_prefix(&cache)?;
-                engine.synchronize()?;
-                argmax(&logits)
-            } else {
+            let mut prefill_times = Vec::with_capacity(args.prefill_reps.max(1));
+            let mut id = 0;
+            for _ in 0..args.prefill_reps.max(1) {
+                let start = Instant::now();
                 engine.reset();
-                for &id in prompt {
-                    engine.step(id)?;
+                if batched {
+                    engine.prefill(prompt)?;
+                } else {
+                    for &id in prompt {
+                        engine.step(id)?;
+                    }
                 }
-                engine.greedy()?.0
-            };
-            let prefill = start.elapsed().as_secs_f64();
+                id = engine.greedy()?.0;
+                prefill_times.push(start.elapsed().as_secs_f64());
+            }
+            let prefill = median(&mut prefill_times);
             let start = Instant::now();
             for _ in 0..*decode_tokens {
                 engine.step(id)?;
@@ -263,7 +273,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "wick engine (eager launches)"
             };
             let prefill_path = if batched {
-                "candle batched forward + cache handoff"
+                "engine batched prefill"
             } else {
                 "engine steps"
             };
@@ -276,10 +286,45 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 decode,
             ));
         }
+        if batched {
+            // The previous prefill (and the fallback): Candle's batched forward + cache handoff.
+            let mut times = Vec::with_capacity(args.prefill_reps.max(1));
+            for _ in 0..args.prefill_reps.max(1) {
+                let start = Instant::now();
+                let mut cache = KvCache::with_capacity(
+                    &config,
+                    1,
+                    prompt.len() + 1,
+                    model.dtype(),
+                    model.device(),
+                );
+                let logits = logits_of(&model, prompt, &mut cache)?;
+                engine.load_prefix(&cache)?;
+                engine.synchronize()?;
+                std::hint::black_box(argmax(&logits));
+                times.push(start.elapsed().as_secs_f64());
+            }
+            timings.push(timing(
+                "wick engine, candle prefill handoff",
+                prompt.len(),
+                "candle batched forward + cache handoff",
+                median(&mut times),
+                0,
+                0.0,
+            ));
+        }
+        let mut times = Vec::with_capacity(args.prefill_reps.max(1));
         let mut cache = model.new_cache(1);
-        let start = Instant::now();
-        let mut id = argmax(&logits_of(&model, prompt, &mut cache)?);
-        let prefill = start.elapsed().as_secs_f64();
+        let mut id = 0;
+        for rep in 0..args.prefill_reps.max(1) {
+            if rep > 0 {
+                cache = model.new_cache(1);
+            }
+            let start = Instant::now();
+            id = argmax(&logits_of(&model, prompt, &mut cache)?);
+            times.push(start.elapsed().as_secs_f64());
+        }
+        let prefill = median(&mut times);
         let start = Instant::now();
         for _ in 0..*decode_tokens {
             id = argmax(&logits_of(&model, &[id], &mut cache)?);
@@ -298,8 +343,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let ok = max_diff <= args.tolerance && max_diff.is_finite();
     println!(
-        "decode engine: {engine_mode}, {} launches/step, {:.1} MB weights/step, built in {engine_build_s:.2} s",
+        "decode engine: {engine_mode}, {} launches/step, {} launches per {}-token prefill, {:.1} MB weights/step, built in {engine_build_s:.2} s",
         engine.launches_per_step(),
+        engine.prefill_launches(prompt.len()),
+        prompt.len(),
         engine.weight_bytes_per_step() as f64 / 1e6
     );
     println!(
@@ -362,6 +409,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         date: std::env::var("WICK_RUN_DATE").unwrap_or_default(),
         engine_mode,
         launches_per_step: engine.launches_per_step(),
+        prefill_launches: engine.prefill_launches(prompt.len()),
         weight_mb_per_step: engine.weight_bytes_per_step() as f64 / 1e6,
         engine_build_s,
         compare,
@@ -383,6 +431,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.tolerance
     );
     Ok(())
+}
+
+/// The median of `times` (sorted in place); 0 when empty.
+fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times.get(times.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn timing(

@@ -19,6 +19,10 @@ use crate::gpu::graph::{self, Graph};
 use crate::models::kv_cache::KvCache;
 use crate::{Error, Result};
 
+/// The batched prefill ([`DecodeEngine::prefill`]), in its own file.
+#[path = "prefill.rs"]
+pub mod prefill;
+
 /// How steps run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepMode {
@@ -129,6 +133,8 @@ pub struct DecodeEngine {
     mode: StepMode,
     /// Position of the next token (= tokens in the cache).
     pos: usize,
+    /// The batched prefill's kernels and chunk buffers, made by the first prefill.
+    prefill: Option<prefill::PrefillState>,
 }
 
 fn check_matrix(m: &DeviceMatrix, rows: usize, cols: usize, what: &str) -> Result<()> {
@@ -195,6 +201,7 @@ impl DecodeEngine {
             graph: None,
             mode,
             pos: 0,
+            prefill: None,
         })
     }
 
@@ -304,6 +311,17 @@ impl DecodeEngine {
 
     /// The fixed launch sequence of one step (what the graph records).
     fn launch_step(&self) -> Result<()> {
+        self.launch_step_marked(&mut |_| Ok(()))
+    }
+
+    /// Launches the step for the token and position of the last [`DecodeEngine::step`] again,
+    /// eagerly (it rewrites the same cache row and logits), calling `mark(kind)` after each launch:
+    /// `wick bench overhead` records a CUDA event there to time each kernel kind
+    /// (`cuda_decode::profile`). Also the body of every eager step and of the graph capture.
+    pub fn launch_step_marked(
+        &self,
+        mark: &mut dyn FnMut(&'static str) -> Result<()>,
+    ) -> Result<()> {
         let (k, s, b, w) = (&self.kernels, &self.shape, &self.buffers, &self.weights);
         let (h, eps) = (s.hidden, s.eps);
         let norm = |i: usize| w.norms_ptr + (i * h * 4) as u64;
@@ -312,6 +330,7 @@ impl DecodeEngine {
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         k.embed(w.embed.quant, w.embed.ptr, b.state_ptr, b.x, h)
             .map_err(launch_err("embed"))?;
+        mark("embed")?;
         for (i, l) in w.layers.iter().enumerate() {
             let qkv = &l.qkv;
             k.qmv(
@@ -326,6 +345,7 @@ impl DecodeEngine {
                 false,
             )
             .map_err(launch_err("qkv"))?;
+            mark("qmv q/k/v")?;
             k.rope_attention(
                 b.qkv,
                 b.k_cache + i as u64 * cache_layer,
@@ -339,9 +359,11 @@ impl DecodeEngine {
                 scale,
             )
             .map_err(launch_err("rope_attention"))?;
+            mark("rope_attention")?;
             let o = &l.o;
             k.qmv(o.quant, o.ptr, b.attn, 0, b.x, h, o.cols, eps, true)
                 .map_err(launch_err("o_proj"))?;
+            mark("qmv o_proj")?;
             k.qmv_swiglu(
                 l.gate.quant,
                 l.gate.ptr,
@@ -354,9 +376,11 @@ impl DecodeEngine {
                 eps,
             )
             .map_err(launch_err("gate/up + swiglu"))?;
+            mark("qmv_swiglu gate/up")?;
             let d = &l.down;
             k.qmv(d.quant, d.ptr, b.act, 0, b.x, h, s.ffn, eps, true)
                 .map_err(launch_err("down_proj"))?;
+            mark("qmv down_proj")?;
         }
         let head = w.head();
         k.qmv(
@@ -371,9 +395,20 @@ impl DecodeEngine {
             false,
         )
         .map_err(launch_err("lm_head"))?;
+        mark("qmv lm_head")?;
         k.argmax(b.logits_ptr, s.vocab, b.result_ptr, 0)
             .map_err(launch_err("argmax"))?;
-        Ok(())
+        mark("argmax")
+    }
+
+    /// Replays the captured step graph for the token and position of the last
+    /// [`DecodeEngine::step`] again, without uploading them (for `cuda_decode::profile`); false
+    /// when no graph was captured.
+    pub fn replay_last_step(&self) -> Result<bool> {
+        match &self.graph {
+            Some(g) => g.replay().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Runs the step for `token` at the current position (asynchronously: read the result with

@@ -12,17 +12,21 @@
 //!             x += W_down act
 //! logits = W_head rms_norm(x); (id, logprob) = argmax(logits)        2 launches
 //! ```
-//! Prefill of a prompt of at least [`BATCHED_PREFILL_MIN`] tokens runs on the batched Candle path
-//! (`Llama::forward` with a `KvCache`, QMatMul on the quantized weights); the engine then copies the
-//! cache's keys (after RoPE, same half-split convention) and values into its own layout
-//! ([`DecodeEngine::load_prefix`]) and decodes from position = prompt length. Shorter prompts run the
-//! engine's step once per token (cheaper than one batched forward's fixed cost).
+//! Prefill of a prompt of at least [`BATCHED_PREFILL_MIN`] tokens runs batched inside the engine
+//! ([`DecodeEngine::prefill`], `engine::prefill`): per layer the GGML blocks dequantized to f32 once,
+//! every product one f32 GEMM over the prompt (cuBLASLt, no TF32), RoPE and the cache write for all
+//! positions, causal attention of all queries; then the LM head on the last token. Shorter prompts run
+//! the engine's step once per token. When the batched prefill fails, generation falls back to Candle's
+//! batched forward (`Llama::forward` with a `KvCache`) and copies its keys and values into the engine
+//! ([`DecodeEngine::load_prefix`]), with the reason logged.
 //!
 //! `WICK_CUDA_DECODE=candle` turns the engine off (generation then runs through Candle's ops and
 //! QMatMul as before).
 
 pub mod batch;
 pub mod engine;
+/// Where the time of one decode step goes (`wick bench overhead`).
+pub mod profile;
 pub mod registry;
 pub mod weights;
 
@@ -34,8 +38,8 @@ use crate::formats::config::DecoderConfig;
 /// Positions the engine's KV cache holds at most (bounds the cache and the attention scratch).
 pub const MAX_SEQ_CAP: usize = 8192;
 
-/// Shortest prompt prefilled through the batched Candle forward; shorter ones step through the
-/// engine (~1 ms per token against a batched forward's ~10 ms of fixed cost).
+/// Shortest prompt prefilled batched (the engine's prefill: ~300 launches whatever the length);
+/// shorter ones step through the engine (one graph replay per token).
 pub const BATCHED_PREFILL_MIN: usize = 8;
 
 /// Whether the environment turned the engine off (`WICK_CUDA_DECODE=candle`).

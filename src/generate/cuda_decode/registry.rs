@@ -144,13 +144,30 @@ impl Session {
     }
 
     /// Runs the prompt from position 0 and returns what follows its last token: prompts of at least
-    /// [`super::BATCHED_PREFILL_MIN`] tokens through the batched Candle forward (`model` into `cache`,
-    /// cleared first), whose keys and values the engine then takes over ([`DecodeEngine::load_prefix`]);
-    /// shorter ones one engine step per token.
+    /// [`super::BATCHED_PREFILL_MIN`] tokens through the engine's batched prefill
+    /// ([`DecodeEngine::prefill`]: f32 GEMMs over the prompt, keys and values straight into its
+    /// cache), shorter ones one engine step per token. When the batched prefill fails (logged), the
+    /// prompt goes through Candle's batched forward (`model` into `cache`, cleared first) and the
+    /// engine takes over its keys and values ([`DecodeEngine::load_prefix`]).
     pub fn prefill(&self, model: &Llama, cache: &mut KvCache, prompt_ids: &[u32]) -> Result<Next> {
         if prompt_ids.len() < super::BATCHED_PREFILL_MIN {
             self.engine.borrow_mut().reset();
             return self.run(prompt_ids);
+        }
+        let engine_prefill = {
+            let mut engine = self.engine.borrow_mut();
+            engine.reset();
+            let result = engine.prefill(prompt_ids);
+            if result.is_err() {
+                engine.reset();
+            }
+            result
+        };
+        match engine_prefill {
+            Ok(()) => return self.run(&[]),
+            Err(e) => tracing::warn!(
+                "CUDA decode engine: batched prefill failed, prefilling through Candle's forward instead: {e}"
+            ),
         }
         let input = candle_core::Tensor::new(prompt_ids, model.device())
             .and_then(|t| t.unsqueeze(0))

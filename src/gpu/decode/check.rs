@@ -20,7 +20,7 @@ pub struct DecodeCase {
     pub want: Vec<f64>,
 }
 
-fn f32s(len: usize, seed: u64, scale: f64) -> Vec<f32> {
+pub(super) fn f32s(len: usize, seed: u64, scale: f64) -> Vec<f32> {
     random_values(len, seed, scale)
         .into_iter()
         .map(|v| v as f32)
@@ -28,7 +28,7 @@ fn f32s(len: usize, seed: u64, scale: f64) -> Vec<f32> {
 }
 
 /// Seeded random weights [rows, k] quantized by Candle to `q`: the raw blocks.
-fn blocks(q: QuantType, rows: usize, k: usize, seed: u64) -> Result<Vec<u8>> {
+pub(super) fn blocks(q: QuantType, rows: usize, k: usize, seed: u64) -> Result<Vec<u8>> {
     let t = Tensor::from_vec(f32s(rows * k, seed, 1.0), (rows, k), &Device::Cpu)
         .context("check weights")?;
     let qt = QTensor::quantize(&t, q.ggml()).context("quantizing check weights")?;
@@ -297,5 +297,7 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
         got: vec![f32::from_bits(result[1]) as f64],
         want: vec![want_lp],
     });
+    // The batched prefill's kernels (records `dec_prefill_*`).
+    cases.extend(super::check_prefill::run(dev, &mut next)?);
     Ok(cases)
 }

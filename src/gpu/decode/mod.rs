@@ -10,6 +10,8 @@
 #[cfg(feature = "cuda")]
 pub mod check;
 #[cfg(feature = "cuda")]
+pub mod check_prefill;
+#[cfg(feature = "cuda")]
 pub mod launch;
 #[cfg(feature = "cuda")]
 pub mod prefill;

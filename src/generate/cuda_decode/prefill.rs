@@ -1,0 +1,314 @@
+//! [`DecodeEngine::prefill`]: the prompt through the engine in chunks of up to [`PREFILL_CHUNK`]
+//! tokens, every matrix product as one f32 GEMM over the chunk (cuBLASLt, `gpu::gemm`, no TF32) on
+//! the layer's GGML blocks dequantized once per chunk, keys and values written straight into the
+//! engine's cache. A child module of `engine` (it drives the engine's private buffers).
+//!
+//! One chunk of n tokens at positions pos .. pos + n (kernels/prefill.cu, launchers
+//! `gpu::decode::prefill`):
+//! ```text
+//! X = embed(ids)                                                     1 launch
+//! per layer:  W = dequant(q/k/v | o | gate | up | down)              10 launches per layer
+//!             QKV = rms_norm(X) W_qkv^T                     (GEMM)
+//!             rope(Q) in place; rope(K), V -> cache rows pos..pos+n
+//!             A = causal_attention(Q, cache 0..=pos+i)
+//!             X += A W_o^T                                  (GEMM, beta 1)
+//!             GU = rms_norm(X) [W_gate | W_up]^T            (GEMM)
+//!             X += (silu(G) * U) W_down^T                   (GEMM, beta 1)
+//! ```
+//! After the last chunk: logits = W_head rms_norm(X[n - 1]) (the decode step's `qmv`) and the greedy
+//! (id, logprob) (`argmax`): 2 launches, so [`DecodeEngine::greedy`] / [`DecodeEngine::logits`] and
+//! the following steps see exactly what stepping the prompt would have left.
+
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::CudaSlice;
+use candle_core::{DType, Device};
+
+use super::{driver_err, launch_err, DecodeEngine};
+use crate::generate::cuda_decode::EngineShape;
+use crate::gpu::decode::launch::device_ptr;
+use crate::gpu::decode::prefill::{prefill_query_tile, DequantSegment, PrefillKernels};
+use crate::gpu::decode::BLOCK;
+use crate::gpu::gemm::{Gemm, GemmShape};
+use crate::{Error, Result};
+
+/// Most tokens one prefill chunk holds (the chunk buffers are sized for it, or for the cache when
+/// smaller).
+pub const PREFILL_CHUNK: usize = 512;
+
+/// Launches of one prefill chunk through `layers` layers (embedding, then 10 per layer).
+pub fn launches_per_chunk(layers: usize) -> usize {
+    1 + 10 * layers
+}
+
+/// The prefill's kernels, GEMM handle and chunk buffers (allocated on the first prefill).
+pub(super) struct PrefillState {
+    kernels: PrefillKernels,
+    gemm: Arc<Gemm>,
+    /// Tokens per chunk.
+    chunk: usize,
+    _owned: Vec<CudaSlice<f32>>,
+    ids: CudaSlice<i32>,
+    ids_ptr: u64,
+    /// [chunk, hidden] residual stream.
+    x: u64,
+    /// [chunk, hidden] normalized rows.
+    xn: u64,
+    /// [chunk, qkv_rows] q | k | v per token.
+    qkv: u64,
+    /// [chunk, heads * head_dim] attention output.
+    attn: u64,
+    /// [chunk, 2 * ffn] gate | up.
+    gu: u64,
+    /// [chunk, ffn] SwiGLU output.
+    act: u64,
+    /// One layer's weights in f32: qkv [qkv_rows, hidden] | o [hidden, qd] | gate, up [ffn, hidden]
+    /// | down [hidden, ffn].
+    w: u64,
+}
+
+/// Element offsets of the matrices in the dequantized layer buffer.
+struct LayerOffsets {
+    o: usize,
+    gate: usize,
+    down: usize,
+    total: usize,
+}
+
+fn layer_offsets(s: &EngineShape) -> LayerOffsets {
+    let (h, qd) = (s.hidden, s.heads * s.head_dim);
+    let o = s.qkv_rows() * h;
+    let gate = o + h * qd;
+    let down = gate + 2 * s.ffn * h;
+    LayerOffsets {
+        o,
+        gate,
+        down,
+        total: down + h * s.ffn,
+    }
+}
+
+impl PrefillState {
+    fn new(engine: &DecodeEngine) -> Result<Self> {
+        let Device::Cuda(dev) = &engine.device else {
+            return Err(Error::InvalidRequest(
+                "the engine's prefill needs a CUDA device".into(),
+            ));
+        };
+        let s = engine.shape;
+        if prefill_query_tile(s.attention()).is_none() {
+            return Err(Error::InvalidRequest(format!(
+                "CUDA decode engine prefill: {} query heads of dim {} per kv head exceed the attention kernel's shared memory",
+                s.heads / s.kv_heads,
+                s.head_dim
+            )));
+        }
+        let kernels = PrefillKernels::load(dev).map_err(launch_err("(loading prefill kernels)"))?;
+        let gemm = Gemm::for_device(dev).map_err(launch_err("(creating the GEMM handle)"))?;
+        let stream = kernels.stream().clone();
+        let chunk = PREFILL_CHUNK.min(s.max_seq);
+        let (h, qd) = (s.hidden, s.heads * s.head_dim);
+        let alloc = |n: usize, what: &str| -> Result<CudaSlice<f32>> {
+            stream
+                .alloc_zeros::<f32>(n)
+                .map_err(|e| driver_err(what, e))
+        };
+        let owned = vec![
+            alloc(chunk * h, "prefill x")?,
+            alloc(chunk * h, "prefill normalized x")?,
+            alloc(chunk * s.qkv_rows(), "prefill qkv")?,
+            alloc(chunk * qd, "prefill attention output")?,
+            alloc(chunk * 2 * s.ffn, "prefill gate/up")?,
+            alloc(chunk * s.ffn, "prefill activation")?,
+            alloc(layer_offsets(&s).total, "prefill layer weights")?,
+        ];
+        let ids = stream
+            .alloc_zeros::<i32>(chunk)
+            .map_err(|e| driver_err("prefill ids", e))?;
+        let p: Vec<u64> = owned.iter().map(|b| device_ptr(b, &stream)).collect();
+        tracing::info!(
+            "CUDA decode engine prefill: chunks of {chunk} tokens, {:.1} MB of buffers",
+            owned.iter().map(|b| b.len() * 4).sum::<usize>() as f64 / 1e6
+        );
+        Ok(Self {
+            kernels,
+            gemm,
+            chunk,
+            ids_ptr: device_ptr(&ids, &stream),
+            ids,
+            x: p[0],
+            xn: p[1],
+            qkv: p[2],
+            attn: p[3],
+            gu: p[4],
+            act: p[5],
+            w: p[6],
+            _owned: owned,
+        })
+    }
+}
+
+/// Y [n, out] = X [n, k] W^T (W stored [out, k], as the weights), plus Y when `accumulate`.
+fn linear(
+    gemm: &Gemm,
+    (x, w, y): (u64, u64, u64),
+    (n, k, out): (usize, usize, usize),
+    accumulate: bool,
+    what: &'static str,
+) -> Result<()> {
+    let shape = GemmShape::contiguous((n, out, k), (false, true), DType::F32, DType::F32);
+    gemm.run(&shape, x, w, y, 1.0, if accumulate { 1.0 } else { 0.0 })
+        .map_err(launch_err(what))
+}
+
+impl DecodeEngine {
+    /// Runs the prompt `tokens` at positions `position() ..` through the engine in batched chunks
+    /// (see `generate::cuda_decode::prefill`): keys and values land in the cache, the position
+    /// advances by `tokens.len()`, and the logits and greedy result are those of the last token, as
+    /// if [`DecodeEngine::step`] had run once per token. Asynchronous like `step`.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
+        let s = self.shape;
+        if tokens.is_empty() {
+            return Err(Error::InvalidRequest(
+                "CUDA decode engine: prefill of an empty prompt".into(),
+            ));
+        }
+        if self.pos + tokens.len() > s.max_seq {
+            return Err(Error::InvalidRequest(format!(
+                "CUDA decode engine: {} cached + {} prompt positions exceed its cache of {}",
+                self.pos,
+                tokens.len(),
+                s.max_seq
+            )));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= s.vocab) {
+            return Err(Error::InvalidRequest(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                s.vocab
+            )));
+        }
+        if self.prefill.is_none() {
+            self.prefill = Some(PrefillState::new(self)?);
+        }
+        let Some(mut p) = self.prefill.take() else {
+            return Err(Error::InvalidRequest(
+                "CUDA decode engine: prefill state missing".into(),
+            ));
+        };
+        let result = self.prefill_chunks(&mut p, tokens);
+        self.prefill = Some(p);
+        result
+    }
+
+    /// Launches of a prefill of `tokens` prompt tokens.
+    pub fn prefill_launches(&self, tokens: usize) -> usize {
+        let chunk = PREFILL_CHUNK.min(self.shape.max_seq);
+        tokens.div_ceil(chunk) * launches_per_chunk(self.shape.layers) + 2
+    }
+
+    fn prefill_chunks(&mut self, p: &mut PrefillState, tokens: &[u32]) -> Result<()> {
+        let stream = self.kernels.stream().clone();
+        let chunks: Vec<&[u32]> = tokens.chunks(p.chunk).collect();
+        let last_n = chunks.last().map_or(0, |c| c.len());
+        for chunk in chunks {
+            let ids: Vec<i32> = chunk.iter().map(|&t| t as i32).collect();
+            let mut dst = p.ids.slice_mut(0..ids.len());
+            stream
+                .memcpy_htod(&ids, &mut dst)
+                .map_err(|e| driver_err("writing prompt ids", e))?;
+            self.launch_prefill_chunk(p, ids.len())?;
+            self.pos += ids.len();
+        }
+        // Logits and greedy result of the last prompt token, as the step leaves them.
+        let (w, b, h) = (&self.weights, &self.buffers, self.shape.hidden);
+        let head = w.head();
+        let last_row = p.x + ((last_n - 1) * h * 4) as u64;
+        let final_norm = w.norms_ptr + (2 * self.shape.layers * h * 4) as u64;
+        self.kernels
+            .qmv(
+                head.quant,
+                head.ptr,
+                last_row,
+                final_norm,
+                b.logits_ptr,
+                self.shape.vocab,
+                h,
+                self.shape.eps,
+                false,
+            )
+            .map_err(launch_err("prefill lm_head"))?;
+        self.kernels
+            .argmax(b.logits_ptr, self.shape.vocab, b.result_ptr, 0)
+            .map_err(launch_err("prefill argmax"))?;
+        Ok(())
+    }
+
+    /// The launches of one chunk of `n` tokens (ids already in `p.ids`) at position `self.pos`.
+    fn launch_prefill_chunk(&self, p: &PrefillState, n: usize) -> Result<()> {
+        let (k, s, b, w) = (&p.kernels, &self.shape, &self.buffers, &self.weights);
+        let (h, qd, ffn, eps) = (s.hidden, s.heads * s.head_dim, s.ffn, s.eps);
+        let off = layer_offsets(s);
+        let wp = |elems: usize| p.w + (elems * 4) as u64;
+        let norm = |i: usize| w.norms_ptr + (i * h * 4) as u64;
+        let cache_layer = (s.max_seq * s.kv_heads * s.head_dim * 4) as u64;
+        let attention = s.attention();
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let blocks = |m: &super::DeviceMatrix| m.rows * m.cols / BLOCK;
+        k.embed_rows(w.embed.quant, w.embed.ptr, p.ids_ptr, p.x, n, h)
+            .map_err(launch_err("prefill embed"))?;
+        for (i, l) in w.layers.iter().enumerate() {
+            let segments: [DequantSegment; 5] = [
+                (l.qkv.ptr, l.qkv.quant, blocks(&l.qkv)),
+                (l.o.ptr, l.o.quant, blocks(&l.o)),
+                (l.gate.ptr, l.gate.quant, blocks(&l.gate)),
+                (l.up.ptr, l.up.quant, blocks(&l.up)),
+                (l.down.ptr, l.down.quant, blocks(&l.down)),
+            ];
+            k.dequant_layer(p.w, &segments)
+                .map_err(launch_err("prefill dequant"))?;
+            k.rms_rows(p.x, norm(2 * i), p.xn, n, h, eps)
+                .map_err(launch_err("prefill input norm"))?;
+            linear(
+                &p.gemm,
+                (p.xn, wp(0), p.qkv),
+                (n, h, s.qkv_rows()),
+                false,
+                "prefill qkv",
+            )?;
+            let (kc, vc) = (
+                b.k_cache + i as u64 * cache_layer,
+                b.v_cache + i as u64 * cache_layer,
+            );
+            k.rope_kv_rows(p.qkv, kc, vc, w.inv_freq_ptr, self.pos, n, attention)
+                .map_err(launch_err("prefill rope + cache write"))?;
+            k.attention(p.qkv, kc, vc, p.attn, self.pos, n, attention, scale)
+                .map_err(launch_err("prefill attention"))?;
+            linear(
+                &p.gemm,
+                (p.attn, wp(off.o), p.x),
+                (n, qd, h),
+                true,
+                "prefill o_proj",
+            )?;
+            k.rms_rows(p.x, norm(2 * i + 1), p.xn, n, h, eps)
+                .map_err(launch_err("prefill post-attention norm"))?;
+            linear(
+                &p.gemm,
+                (p.xn, wp(off.gate), p.gu),
+                (n, h, 2 * ffn),
+                false,
+                "prefill gate/up",
+            )?;
+            k.swiglu_rows(p.gu, p.act, n, ffn)
+                .map_err(launch_err("prefill swiglu"))?;
+            linear(
+                &p.gemm,
+                (p.act, wp(off.down), p.x),
+                (n, ffn, h),
+                true,
+                "prefill down_proj",
+            )?;
+        }
+        Ok(())
+    }
+}

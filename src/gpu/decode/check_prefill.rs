@@ -1,0 +1,236 @@
+//! The batched-prefill kernels (`prefill`, kernels/prefill.cu) against their CPU references
+//! (`reference::prefill_*`) on the GPU, at the default model's shapes and odd ones; outputs are
+//! poisoned with NaN before each launch. Records `dec_prefill_*` (through `check::run`).
+
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
+use candle_core::CudaDevice;
+
+use super::check::{blocks, f32s, DecodeCase};
+use super::launch::device_ptr;
+use super::prefill::PrefillKernels;
+use super::reference::{self, AttentionShape};
+use super::QuantType;
+use crate::Result;
+
+fn gpu_err(what: &str, e: impl std::fmt::Debug) -> crate::Error {
+    crate::Error::Candle {
+        context: format!("prefill check: {what}"),
+        source: candle_core::Error::Msg(format!("{e:?}")),
+    }
+}
+
+fn launch_err(kernel: &str) -> impl Fn(candle_core::Error) -> crate::Error + '_ {
+    move |source| crate::Error::Candle {
+        context: format!("launching {kernel}"),
+        source,
+    }
+}
+
+struct Gpu<'a> {
+    k: &'a PrefillKernels,
+}
+
+impl Gpu<'_> {
+    fn up<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>> {
+        self.k
+            .stream()
+            .clone_htod(v)
+            .map_err(|e| gpu_err("upload", e))
+    }
+    fn down(&self, s: &CudaSlice<f32>) -> Result<Vec<f64>> {
+        let v = self
+            .k
+            .stream()
+            .clone_dtoh(s)
+            .map_err(|e| gpu_err("read-back", e))?;
+        Ok(v.into_iter().map(|x| x as f64).collect())
+    }
+    fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        device_ptr(s, self.k.stream())
+    }
+}
+
+/// Runs every prefill-kernel case on `dev`; `next` draws seeds.
+pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<DecodeCase>> {
+    let kernels = PrefillKernels::load(dev).map_err(launch_err("loading the prefill kernels"))?;
+    let gpu = Gpu { k: &kernels };
+    let mut cases = Vec::new();
+    let formats = [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0];
+    // Embedding of n tokens, every format.
+    for q in formats {
+        let (vocab, hidden, n) = (301, 576, 37);
+        let table = blocks(q, vocab, hidden, next())?;
+        let ids: Vec<u32> = (0..n).map(|_| (next() % vocab as u64) as u32).collect();
+        let ids_i: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+        let (td, idd) = (gpu.up(&table)?, gpu.up(&ids_i)?);
+        let xd = gpu.up(&vec![f32::NAN; n * hidden])?;
+        kernels
+            .embed_rows(q, gpu.ptr(&td), gpu.ptr(&idd), gpu.ptr(&xd), n, hidden)
+            .map_err(launch_err("embed_rows"))?;
+        cases.push(DecodeCase {
+            kernel: format!("dec_prefill_embed_{}", q.suffix()),
+            shape: format!("[{vocab}, {hidden}] x {n} ids"),
+            got: gpu.down(&xd)?,
+            want: reference::prefill_embed_rows(q, &table, &ids, hidden),
+        });
+    }
+    // One layer's matrices in mixed formats, dequantized by one launch (5 and 3 segments).
+    for dims in [
+        vec![
+            (960usize, 576usize),
+            (576, 576),
+            (1536, 576),
+            (1536, 576),
+            (576, 1536),
+        ],
+        vec![(37, 96), (5, 32), (64, 160)],
+    ] {
+        let mats: Vec<(QuantType, Vec<u8>, usize, usize)> = dims
+            .iter()
+            .enumerate()
+            .map(
+                |(i, &(rows, k))| -> Result<(QuantType, Vec<u8>, usize, usize)> {
+                    let q = formats[(i + next() as usize) % 3];
+                    Ok((q, blocks(q, rows, k, next())?, rows, k))
+                },
+            )
+            .collect::<Result<_>>()?;
+        let devs: Vec<CudaSlice<u8>> = mats.iter().map(|m| gpu.up(&m.1)).collect::<Result<_>>()?;
+        let total: usize = dims.iter().map(|(r, k)| r * k).sum();
+        let out = gpu.up(&vec![f32::NAN; total])?;
+        let segments: Vec<super::prefill::DequantSegment> = mats
+            .iter()
+            .zip(&devs)
+            .map(|(m, d)| (gpu.ptr(d), m.0, m.2 * m.3 / super::BLOCK))
+            .collect();
+        kernels
+            .dequant_layer(gpu.ptr(&out), &segments)
+            .map_err(launch_err("dequant_layer"))?;
+        let refs: Vec<(QuantType, &[u8], usize, usize)> = mats
+            .iter()
+            .map(|m| (m.0, m.1.as_slice(), m.2, m.3))
+            .collect();
+        let formats_text: Vec<&str> = mats.iter().map(|m| m.0.suffix()).collect();
+        cases.push(DecodeCase {
+            kernel: "dec_prefill_dequant_layer".into(),
+            shape: format!("{dims:?} as {formats_text:?}"),
+            got: gpu.down(&out)?,
+            want: reference::prefill_dequant_layer(&refs),
+        });
+    }
+    // RMSNorm over rows and SwiGLU over rows.
+    for &(n, k, ffn) in &[
+        (37usize, 576usize, 1536usize),
+        (512, 576, 1536),
+        (3, 96, 40),
+    ] {
+        let x = f32s(n * k, next(), 2.0);
+        let w = f32s(k, next(), 1.0);
+        let (xd, wd) = (gpu.up(&x)?, gpu.up(&w)?);
+        let yd = gpu.up(&vec![f32::NAN; n * k])?;
+        kernels
+            .rms_rows(gpu.ptr(&xd), gpu.ptr(&wd), gpu.ptr(&yd), n, k, 1e-5)
+            .map_err(launch_err("rms_rows"))?;
+        cases.push(DecodeCase {
+            kernel: "dec_prefill_rms_rows".into(),
+            shape: format!("[{n}, {k}]"),
+            got: gpu.down(&yd)?,
+            want: reference::prefill_rms_rows(&x, &w, 1e-5),
+        });
+        let gu = f32s(n * 2 * ffn, next(), 3.0);
+        let gud = gpu.up(&gu)?;
+        let act = gpu.up(&vec![f32::NAN; n * ffn])?;
+        kernels
+            .swiglu_rows(gpu.ptr(&gud), gpu.ptr(&act), n, ffn)
+            .map_err(launch_err("swiglu_rows"))?;
+        cases.push(DecodeCase {
+            kernel: "dec_prefill_swiglu_rows".into(),
+            shape: format!("[{n}, 2 x {ffn}]"),
+            got: gpu.down(&act)?,
+            want: reference::prefill_swiglu_rows(&gu, ffn),
+        });
+    }
+    // RoPE + cache write for n positions after pos0 cached ones, then causal attention.
+    for &(heads, kv_heads, d, pos0, n) in &[
+        (9usize, 3usize, 64usize, 0usize, 1usize),
+        (9, 3, 64, 0, 37),
+        (9, 3, 64, 100, 77),
+        (9, 3, 64, 0, 512),
+        (9, 3, 64, 512, 512),
+        (4, 4, 128, 5, 33),
+        (8, 2, 128, 3, 50),
+    ] {
+        let shape = AttentionShape {
+            heads,
+            kv_heads,
+            head_dim: d,
+        };
+        let max_seq = pos0 + n + 5;
+        let width = (heads + 2 * kv_heads) * d;
+        let row = kv_heads * d;
+        let qkv = f32s(n * width, next(), 1.0);
+        let mut kc = f32s(max_seq * row, next(), 1.0);
+        let mut vc = f32s(max_seq * row, next(), 1.0);
+        let inv: Vec<f32> = (0..d / 2)
+            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32))
+            .collect();
+        let (qd, kd, vd, id) = (gpu.up(&qkv)?, gpu.up(&kc)?, gpu.up(&vc)?, gpu.up(&inv)?);
+        let od = gpu.up(&vec![f32::NAN; n * heads * d])?;
+        kernels
+            .rope_kv_rows(
+                gpu.ptr(&qd),
+                gpu.ptr(&kd),
+                gpu.ptr(&vd),
+                gpu.ptr(&id),
+                pos0,
+                n,
+                shape,
+            )
+            .map_err(launch_err("rope_kv_rows"))?;
+        let scale = 1.0 / (d as f32).sqrt();
+        kernels
+            .attention(
+                gpu.ptr(&qd),
+                gpu.ptr(&kd),
+                gpu.ptr(&vd),
+                gpu.ptr(&od),
+                pos0,
+                n,
+                shape,
+                scale,
+            )
+            .map_err(launch_err("prefill_attention"))?;
+        let q_want = reference::prefill_rope_kv(&qkv, &mut kc, &mut vc, &inv, pos0, shape);
+        let q32: Vec<f32> = q_want.iter().map(|&v| v as f32).collect();
+        let want = reference::prefill_attention(&q32, &kc, &vc, pos0, shape, scale);
+        let text = format!("h{heads} kv{kv_heads} d{d} pos0 {pos0} n{n}");
+        // The rotated queries left in qkv (the q columns of each row).
+        let qkv_after = gpu.down(&qd)?;
+        let q_got: Vec<f64> = qkv_after
+            .chunks_exact(width)
+            .flat_map(|r| r[..heads * d].to_vec())
+            .collect();
+        cases.push(DecodeCase {
+            kernel: "dec_prefill_rope_q".into(),
+            shape: text.clone(),
+            got: q_got,
+            want: q_want,
+        });
+        // The whole caches: rows pos0 .. pos0 + n written, every other row untouched.
+        let got_kv: Vec<f64> = gpu.down(&kd)?.into_iter().chain(gpu.down(&vd)?).collect();
+        let want_kv: Vec<f64> = kc.iter().chain(&vc).map(|&v| v as f64).collect();
+        cases.push(DecodeCase {
+            kernel: "dec_prefill_kv_write".into(),
+            shape: text.clone(),
+            got: got_kv,
+            want: want_kv,
+        });
+        cases.push(DecodeCase {
+            kernel: "dec_prefill_attention".into(),
+            shape: text,
+            got: gpu.down(&od)?,
+            want,
+        });
+    }
+    Ok(cases)
+}

@@ -374,6 +374,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
          vs f32 {identical_f32}, vs quantized Candle {identical_q} (information)",
         args.tolerance
     );
+    for run in [
+        "engine batched prefill",
+        "engine steps",
+        "candle prefill handoff",
+    ] {
+        let rows = compare.iter().filter(|r| r.run == run);
+        let worst = rows
+            .clone()
+            .map(|r| r.max_abs_logit_diff)
+            .fold(0f32, f32::max);
+        let first = rows
+            .clone()
+            .next()
+            .map_or(f32::NAN, |r| r.max_abs_logit_diff);
+        println!(
+            "  {run}: max |logit diff| {worst:.3e} over {} positions (first position {first:.3e})",
+            rows.count()
+        );
+    }
     for t in &timings {
         println!(
             "{:<34} prefill {:>4} tok {:>8.2} ms {:>9.0} tok/s ({}) | decode {:>4} tok {:>8.1} tok/s {:>7.3} ms/tok",

@@ -4,7 +4,11 @@
 //! the small path's planned dot kernel and, forced beside it, the tiled kernel) and one LoRA forward
 //! (t1 d1024 r8 bf16). Then products replayed from CUDA graphs: small (dot and tiled) and cuBLASLt,
 //! f32, bf16 and f16. Cures (gpu::overhead) are applied cumulatively:
-//! baseline, +no event tracking, +pool retention, +lean launch. Writes JSON and a markdown table.
+//! baseline, +no event tracking, +pool retention, +lean launch. Then, with every cure on, the
+//! allocating 64x64x64 product stage by stage (`overhead::allocating_breakdown`: table lookup before
+//! and after the memo, allocation, Candle's op and tensor, launch, raw `cuLaunchKernel`) and one
+//! decode step of the CUDA decode engine on `--decode-model` (`cuda_decode::profile`: host issue
+//! eager vs graph, GPU time, per kernel kind, synchronisation). Writes JSON and markdown tables.
 
 use std::path::PathBuf;
 
@@ -29,6 +33,101 @@ pub struct Args {
     /// Write the markdown table here.
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Model whose decode step is profiled: `default` (SmolLM2-135M-Instruct Q4_1), a .gguf file, or
+    /// `none` to skip the decode-step breakdown.
+    #[arg(long, default_value = "default")]
+    decode_model: String,
+    /// Tokens stepped before the decode-step profile (the profiled step's cache position).
+    #[arg(long, default_value_t = 64)]
+    decode_position: usize,
+    /// Repetitions of each decode-step measure.
+    #[arg(long, default_value_t = 20)]
+    decode_reps: usize,
+}
+
+/// Builds the CUDA decode engine for `model` and profiles one step (`cuda_decode::profile`).
+fn decode_profile(
+    args: &Args,
+    device: &candle_core::Device,
+) -> anyhow::Result<Option<(String, wick::generate::cuda_decode::profile::StepProfile)>> {
+    use wick::formats::{open_model, LoadOptions};
+    use wick::generate::cuda_decode::{profile, DecodeEngine};
+    if args.decode_model == "none" {
+        return Ok(None);
+    }
+    let path = wick::formats::fetch::resolve_model_arg(&args.decode_model)?;
+    // The engine reads the raw blocks from a CPU view of the file (as `wick bench decode`).
+    let files = open_model(
+        &path,
+        &LoadOptions {
+            device: candle_core::Device::Cpu,
+            dtype: None,
+        },
+    )?;
+    let mut engine = DecodeEngine::new(&files.config, files.weights.as_ref(), device)
+        .context("building the CUDA decode engine")?;
+    let step = profile::profile_step(&mut engine, device, args.decode_position, args.decode_reps)?;
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    Ok(Some((name, step)))
+}
+
+/// The allocating-path breakdown as a markdown table.
+fn allocating_markdown(b: &overhead::AllocatingBreakdown) -> String {
+    let (m, n, k) = b.shape;
+    let rows = [
+        (
+            "dispatch table: scan of the entries (before)",
+            b.table_scan_us,
+        ),
+        ("dispatch table: memoized choice (now)", b.table_memo_us),
+        ("checks: dims, contiguous x and W", b.checks_us),
+        (
+            "allocation + free of y (cudarc: cuMemAllocAsync + cuMemFreeAsync)",
+            b.alloc_free_us,
+        ),
+        (
+            "Candle op that only allocates y (op dispatch + allocation + tensor + drop)",
+            b.candle_alloc_op_us,
+        ),
+        (
+            "raw cuLaunchKernel of the small kernel (floor)",
+            b.raw_launch_us,
+        ),
+        (
+            "small_matmul::linear_into (Candle in-place op + launch)",
+            b.launch_into_us,
+        ),
+        (
+            "small_matmul::linear (allocating, no table)",
+            b.small_linear_us,
+        ),
+        (
+            "dispatch::linear before: table scan + small path",
+            b.dispatch_scan_us,
+        ),
+        (
+            "dispatch::linear now: memoized table + small path",
+            b.dispatch_linear_us,
+        ),
+        (
+            "pipelined: dispatch::linear",
+            b.dispatch_linear_pipelined_us,
+        ),
+        (
+            "pipelined: small_matmul::linear_into",
+            b.launch_into_pipelined_us,
+        ),
+    ];
+    let mut md = format!(
+        "\n### Allocating product {m}x{n}x{k} f32, stage by stage (every cure on; host us per call)\n\n| stage | us |\n|---|---|\n"
+    );
+    for (what, us) in rows {
+        md.push_str(&format!("| {what} | {us:.2} |\n"));
+    }
+    md
 }
 
 #[derive(serde::Serialize)]
@@ -144,6 +243,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     // Leave the device as wick runs it.
     overhead::apply(&device, Cures::ALL)?;
+    let allocating = overhead::allocating_breakdown(&device, matmul, args.iters)?;
+    let decode = decode_profile(&args, &device)?;
 
     let mut graphs = Vec::new();
     for dtype in [DType::F32, DType::BF16, DType::F16] {
@@ -181,6 +282,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             g.m, g.n, g.k, g.dtype, path, g.us_per_kernel, g.max_rel_err
         ));
     }
+    md.push_str(&allocating_markdown(&allocating));
+    if let Some((model, step)) = &decode {
+        md.push('\n');
+        md.push_str(&wick::generate::cuda_decode::profile::markdown(
+            step,
+            &format!("Decode step of the CUDA decode engine ({model}, batch 1)"),
+        ));
+    }
     println!("{md}");
 
     let date = std::env::var("WICK_RUN_DATE").unwrap_or_default();
@@ -194,6 +303,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let json = serde_json::json!({
             "command": command, "device": device_name, "date": date,
             "iters": args.iters, "rows": rows, "graphs": graphs,
+            "allocating": allocating,
+            "decode_step": decode.as_ref().map(|(model, step)| serde_json::json!({"model": model, "profile": step})),
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -109,6 +109,34 @@ pub fn table() -> &'static DispatchTable {
     })
 }
 
+/// The path [`table`] picks for (dtype, m, n, k), memoized per thread. The table's scan (log2
+/// distances to the ~50 entries of a dtype: ~300 `log2` calls) costs about a microsecond, as much as
+/// launching the small kernel (`wick bench overhead`, "allocating path" table); a model calls few
+/// distinct shapes, so after the first call a shape costs one hash lookup.
+pub fn choose(dtype: DType, m: usize, n: usize, k: usize) -> MatmulPath {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    /// Distinct shapes kept per thread before the memo starts over (bounds its memory).
+    const MEMO_CAP: usize = 4096;
+    thread_local! {
+        static MEMO: RefCell<HashMap<(DType, usize, usize, usize), MatmulPath>> =
+            RefCell::new(HashMap::new());
+    }
+    MEMO.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        let key = (dtype, m, n, k);
+        if let Some(path) = memo.get(&key) {
+            return *path;
+        }
+        if memo.len() >= MEMO_CAP {
+            memo.clear();
+        }
+        let path = table().choose(dtype, m, n, k);
+        memo.insert(key, path);
+        path
+    })
+}
+
 /// y = x W^T (+ bias), the Linear layer's product, on any device.
 ///
 /// x: [.., k]; w: [n, k]; bias: [n]; returns y: [.., n]. On CUDA the path comes from [`table`].
@@ -116,7 +144,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (n, k) = w.dims2().context("linear: weight must be [out, in]")?;
     let m = x.elem_count() / k.max(1);
     let path = if x.device().is_cuda() {
-        table().choose(x.dtype(), m, n, k)
+        choose(x.dtype(), m, n, k)
     } else {
         MatmulPath::Candle
     };
@@ -182,6 +210,17 @@ mod tests {
             n,
             k,
             path,
+        }
+    }
+
+    #[test]
+    fn memoized_choice_is_the_table_scan() {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            for (m, n, k) in [(1, 64, 64), (64, 64, 64), (7, 4096, 576), (512, 1536, 576)] {
+                let want = table().choose(dtype, m, n, k);
+                assert_eq!(choose(dtype, m, n, k), want);
+                assert_eq!(choose(dtype, m, n, k), want, "second (memoized) call");
+            }
         }
     }
 

@@ -313,7 +313,7 @@ pub fn measure_matmul(
     let checks = || -> Result<()> {
         let (n, k) = w.dims2().context("linear")?;
         let m = x.elem_count() / k.max(1);
-        std::hint::black_box(super::dispatch::table().choose(x.dtype(), m, n, k));
+        std::hint::black_box(super::dispatch::choose(x.dtype(), m, n, k));
         std::hint::black_box((x.contiguous()?, w.contiguous()?));
         Ok(())
     };
@@ -416,4 +416,239 @@ pub fn relative_error(got: &Tensor, want: &Tensor) -> candle_core::Result<f64> {
     let scale = want.abs()?.max(0)?.to_scalar::<f32>()? as f64;
     let err = (got - want)?.abs()?.max(0)?.to_scalar::<f32>()? as f64;
     Ok(err / scale.max(f64::MIN_POSITIVE))
+}
+
+/// Host microseconds per call of each stage of an allocating small product y = x W^T
+/// (`dispatch::linear` on the small path), measured stage by stage so the difference between the
+/// allocating call and the launch into an existing y can be read off; best of 3 runs of `iters`
+/// calls each. The small kernel is the one `small_matmul::plan` picks.
+#[derive(Clone, Debug, Serialize)]
+pub struct AllocatingBreakdown {
+    /// m, n, k.
+    pub shape: (usize, usize, usize),
+    /// The dispatch table's scan (`DispatchTable::choose`: log2 distances to every entry of the
+    /// dtype), what `dispatch::linear` did per call before the memo.
+    pub table_scan_us: f64,
+    /// The memoized choice (`dispatch::choose`), what it does now.
+    pub table_memo_us: f64,
+    /// `small_matmul::linear`'s checks before the op: dims, `contiguous` of x and W.
+    pub checks_us: f64,
+    /// cudarc's allocation of the output's bytes and its free (cuMemAllocAsync + cuMemFreeAsync).
+    pub alloc_free_us: f64,
+    /// A Candle custom op that allocates the output and launches nothing, its tensor dropped:
+    /// Candle's op dispatch, the allocation, the tensor's construction and drop.
+    pub candle_alloc_op_us: f64,
+    /// `small_matmul::linear_into`: Candle's in-place op and the launch, into an existing y.
+    pub launch_into_us: f64,
+    /// `cuLaunchKernel` alone with the same kernel and arguments (the floor of any launch).
+    pub raw_launch_us: f64,
+    /// `small_matmul::linear`: the allocating call without the table (what `linear_with(Small)`
+    /// runs).
+    pub small_linear_us: f64,
+    /// `dispatch::linear` before the memo: the table's scan, then the small path.
+    pub dispatch_scan_us: f64,
+    /// `dispatch::linear` as it is: the memoized choice, then the small path.
+    pub dispatch_linear_us: f64,
+    /// `dispatch::linear` issued back to back, one synchronisation at the end.
+    pub dispatch_linear_pipelined_us: f64,
+    /// `small_matmul::linear_into` issued back to back, one synchronisation at the end.
+    pub launch_into_pipelined_us: f64,
+}
+
+/// A Candle op that only allocates its [m, n] output (nothing is launched): times what an
+/// allocating op costs besides its kernel.
+struct AllocOnly;
+
+impl candle_core::CustomOp2 for AllocOnly {
+    fn name(&self) -> &'static str {
+        "alloc-only"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        candle_core::bail!("alloc-only probe runs on CUDA")
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &candle_core::Layout,
+        _: &candle_core::CudaStorage,
+        wl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        let (n, k) = wl.shape().dims2()?;
+        let m = xl.shape().elem_count() / k.max(1);
+        let dev = x.device.clone();
+        // SAFETY: the buffer is never read.
+        let y = unsafe { dev.alloc::<f32>(m * n) }?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(y, dev),
+            candle_core::Shape::from((m, n)),
+        ))
+    }
+}
+
+/// Measures [`AllocatingBreakdown`] for an f32 product of x: [m, k] and W: [n, k] on the small path.
+pub fn allocating_breakdown(
+    device: &Device,
+    (m, n, k): (usize, usize, usize),
+    iters: usize,
+) -> Result<AllocatingBreakdown> {
+    use super::dispatch::{choose, linear, linear_with, table};
+    use super::small_matmul;
+    let cuda = cuda_device(device)?;
+    let dtype = DType::F32;
+    let x = random_tensor(device, dtype, &[m, k], 31)?;
+    let w = random_tensor(device, dtype, &[n, k], 32)?;
+    let y = random_tensor(device, dtype, &[m, n], 33)?;
+    if choose(dtype, m, n, k) != MatmulPath::Small {
+        tracing::warn!("the dispatch table does not pick the small path at {m}x{n}x{k}: dispatch::linear rows time another path");
+    }
+    let time = |f: &dyn Fn() -> Result<()>| best_of_3(device, iters, false, f);
+    let time_synced = |f: &dyn Fn() -> Result<()>| best_of_3(device, iters, true, f);
+    // Warm up every path (modules, plans, memo, pool).
+    drop(linear(&x, &w, None)?);
+    small_matmul::linear_into(&y, &x, &w, None)?;
+    device
+        .synchronize()
+        .context("allocating breakdown warm-up")?;
+
+    let table_scan_us = time(&|| {
+        std::hint::black_box(table().choose(dtype, m, n, k));
+        Ok(())
+    })?;
+    let table_memo_us = time(&|| {
+        std::hint::black_box(choose(dtype, m, n, k));
+        Ok(())
+    })?;
+    let checks_us = time(&|| {
+        let (_, kk) = w.dims2().context("breakdown")?;
+        std::hint::black_box((x.elem_count() / kk, x.contiguous()?, w.contiguous()?));
+        Ok(())
+    })?;
+    let bytes = m * n * dtype.size_in_bytes();
+    let alloc_free_us = time(&|| {
+        // SAFETY: the buffer is freed unread.
+        drop(unsafe { cuda.alloc::<u8>(bytes) }.context("probe allocation")?);
+        Ok(())
+    })?;
+    let candle_alloc_op_us = time(&|| {
+        drop(
+            x.apply_op2_no_bwd(&w, &AllocOnly)
+                .context("alloc-only op")?,
+        );
+        Ok(())
+    })?;
+    let into = || small_matmul::linear_into(&y, &x, &w, None);
+    let launch_into_us = time(&into)?;
+    let raw_launch_us = raw_launch_time(device, cuda, (&x, &w, &y), (m, n, k), iters)?;
+    let small_linear_us = time(&|| {
+        drop(small_matmul::linear(&x, &w, None)?);
+        Ok(())
+    })?;
+    let dispatch_scan = || -> Result<()> {
+        let path = table().choose(dtype, m, n, k);
+        drop(linear_with(path, &x, &w, None)?);
+        Ok(())
+    };
+    let dispatch_scan_us = time(&dispatch_scan)?;
+    let dispatch = || -> Result<()> {
+        drop(linear(&x, &w, None)?);
+        Ok(())
+    };
+    let dispatch_linear_us = time(&dispatch)?;
+    let dispatch_linear_pipelined_us = time_synced(&dispatch)?;
+    let launch_into_pipelined_us = time_synced(&into)?;
+    Ok(AllocatingBreakdown {
+        shape: (m, n, k),
+        table_scan_us,
+        table_memo_us,
+        checks_us,
+        alloc_free_us,
+        candle_alloc_op_us,
+        launch_into_us,
+        raw_launch_us,
+        small_linear_us,
+        dispatch_scan_us,
+        dispatch_linear_us,
+        dispatch_linear_pipelined_us,
+        launch_into_pipelined_us,
+    })
+}
+
+/// Host microseconds of `cuLaunchKernel` alone: the planned small kernel on x, W, y's device
+/// pointers, arguments built once.
+fn raw_launch_time(
+    device: &Device,
+    cuda: &CudaDevice,
+    (x, w, y): (&Tensor, &Tensor, &Tensor),
+    (m, n, k): (usize, usize, usize),
+    iters: usize,
+) -> Result<f64> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    use std::ffi::c_void;
+    let stream = cuda.cuda_stream();
+    let ptr = |t: &Tensor| -> Result<u64> {
+        let (storage, layout) = t.storage_and_layout();
+        let candle_core::Storage::Cuda(s) = &*storage else {
+            return Err(driver_error("raw launch", "tensor not on CUDA"));
+        };
+        let slice = s.as_cuda_slice::<f32>().context("raw launch")?;
+        let (p, _guard) = slice.device_ptr(&stream);
+        Ok(p + (layout.start_offset() * 4) as u64)
+    };
+    let (x_ptr, w_ptr, y_ptr, bias_ptr) = (ptr(x)?, ptr(w)?, ptr(y)?, 0u64);
+    let launch = super::small_matmul::plan(m, n, k, k % 4 == 0);
+    let f = super::kernels::function(
+        cuda,
+        super::kernels::Module::SmallMatmul,
+        launch.kernel.name(),
+        "f32",
+    )
+    .context("raw launch")?;
+    let (m_i, n_i, k_i, vec_i) = (m as i32, n as i32, k as i32, launch.vectorized as i32);
+    let params: [*const c_void; 8] = [
+        &x_ptr as *const u64 as *const c_void,
+        &w_ptr as *const u64 as *const c_void,
+        &bias_ptr as *const u64 as *const c_void,
+        &y_ptr as *const u64 as *const c_void,
+        &m_i as *const i32 as *const c_void,
+        &n_i as *const i32 as *const c_void,
+        &k_i as *const i32 as *const c_void,
+        &vec_i as *const i32 as *const c_void,
+    ];
+    let count = if launch.takes_vec_arg() { 8 } else { 7 };
+    let mut args: Vec<*mut c_void> = params[..count].iter().map(|p| *p as *mut c_void).collect();
+    let args_ptr = args.as_mut_ptr() as usize;
+    let cu_stream = stream.cu_stream() as usize;
+    let raw = || -> Result<()> {
+        // SAFETY: the arguments match the kernel's signature (as `small_matmul`'s lean launch
+        // passes them) and point at locals that outlive every launch; the buffers are live tensors.
+        unsafe {
+            sys::cuLaunchKernel(
+                f.cu_function(),
+                launch.grid.0,
+                launch.grid.1,
+                launch.grid.2,
+                launch.block.0,
+                launch.block.1,
+                launch.block.2,
+                0,
+                cu_stream as sys::CUstream,
+                args_ptr as *mut *mut c_void,
+                std::ptr::null_mut(),
+            )
+            .result()
+            .map_err(|e| driver_error("raw launch", e))
+        }
+    };
+    let us = best_of_3(device, iters, false, &raw)?;
+    device.synchronize().context("raw launch")?;
+    drop(args);
+    Ok(us)
 }

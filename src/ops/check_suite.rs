@@ -128,6 +128,7 @@ pub fn run_suite(
         if let Device::Cuda(dev) = device {
             check_decode_engine_kernels(&mut suite, dev)?;
             check_gemm(&mut suite, dev)?;
+            check_training_kernels(&mut suite, dev)?;
             check_train_engine(&mut suite)?;
         }
         Ok(())
@@ -544,6 +545,22 @@ fn check_decode_engine_kernels(s: &mut Suite, dev: &candle_core::CudaDevice) -> 
         s.record(&case.kernel, DType::F32, "fwd", &[], &case.got, &case.want);
         if let Some(last) = s.records.last_mut() {
             last.shape = case.shape;
+        }
+    }
+    Ok(())
+}
+
+/// The CUDA training engine's kernels (`gpu::train`) against their f64 references, for T = f32 and
+/// bf16: records `trn_*` (tolerance per output in `gpu::train::check`).
+#[cfg(feature = "cuda")]
+fn check_training_kernels(s: &mut Suite, dev: &candle_core::CudaDevice) -> Result<()> {
+    for dtype in [DType::F32, DType::BF16] {
+        let seed = s.next_seed();
+        for case in crate::gpu::train::check::run(dev, dtype, seed)? {
+            s.push(&case.kernel, dtype, case.pass, &[], case.max_rel_err, case.tolerance);
+            if let Some(last) = s.records.last_mut() {
+                last.shape = case.shape;
+            }
         }
     }
     Ok(())

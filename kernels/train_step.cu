@@ -239,15 +239,15 @@ __device__ void trn_rms_norm_backward(const T* __restrict__ x, const T* __restri
 // RoPE scatter (forward) and gather (backward). Work item = (token t, head slot hh, chunk of P
 // pairs); head slots 0..H-1 are q, H..H+Hkv-1 k, then v (copied, not rotated). P = 4 when d % 8 == 0
 // and every pointer is 4-element aligned, else 1. `backward` swaps the sides and rotates by -theta.
-template <typename T, int P, bool BACKWARD>
+template <typename T, int P, bool BACKWARD, typename I>
 __device__ void rope_move(const T* q, const T* k, const T* v, const float* __restrict__ cos_t,
                           const float* __restrict__ sin_t, T* qh, T* kh, T* vh, int b, int s, int heads,
                           int kv_heads, int d) {
     int half = d / 2, chunks = half / P, slots = heads + 2 * kv_heads;
-    size_t total = (size_t)b * s * slots * chunks;
-    for (size_t it = grid_index(); it < total; it += grid_stride()) {
+    I total = (I)b * s * slots * chunks;
+    for (I it = grid_index(); it < total; it += grid_stride()) {
         int c = (int)(it % chunks);
-        size_t rest = it / chunks;
+        I rest = it / chunks;
         int hh = (int)(rest % slots);
         size_t t = rest / slots;
         int pos = (int)(t % s);
@@ -303,10 +303,16 @@ __device__ void trn_rope(const T* q, const T* k, const T* v, const float* cos_t,
                          T* qh, T* kh, T* vh, int b, int s, int heads, int kv_heads, int d) {
     bool vec = d % 8 == 0 && aligned4(q) && aligned4(k) && aligned4(v) && aligned4(qh) &&
                aligned4(kh) && aligned4(vh) && aligned16(cos_t) && aligned16(sin_t);
-    if (vec)
-        rope_move<T, 4, BACKWARD>(q, k, v, cos_t, sin_t, qh, kh, vh, b, s, heads, kv_heads, d);
+    // 32-bit index arithmetic (no 64-bit division) whenever the item count allows.
+    bool small = (size_t)b * s * (heads + 2 * kv_heads) * (d / 2) < 0x7fffffffull;
+    if (vec && small)
+        rope_move<T, 4, BACKWARD, unsigned>(q, k, v, cos_t, sin_t, qh, kh, vh, b, s, heads, kv_heads, d);
+    else if (vec)
+        rope_move<T, 4, BACKWARD, size_t>(q, k, v, cos_t, sin_t, qh, kh, vh, b, s, heads, kv_heads, d);
+    else if (small)
+        rope_move<T, 1, BACKWARD, unsigned>(q, k, v, cos_t, sin_t, qh, kh, vh, b, s, heads, kv_heads, d);
     else
-        rope_move<T, 1, BACKWARD>(q, k, v, cos_t, sin_t, qh, kh, vh, b, s, heads, kv_heads, d);
+        rope_move<T, 1, BACKWARD, size_t>(q, k, v, cos_t, sin_t, qh, kh, vh, b, s, heads, kv_heads, d);
 }
 
 // q, k, v token-major -> qh, kh (rotated), vh head-major.
@@ -329,13 +335,13 @@ __device__ void trn_rope_gather_backward(const T* dqh, const T* dkh, const T* dv
 // ---------------------------------------------------------------------------------------------
 // [B, H, S, d] <-> [N, H*d] in units U (uint4 when d is a multiple of 16 bytes and both pointers
 // are aligned, else T); du = d in units. Items in token-major order.
-template <typename U>
+template <typename U, typename I>
 __device__ void permute_heads(const U* __restrict__ src, U* __restrict__ dst, int b, int s, int heads,
                               int du, bool to_tokens) {
-    size_t total = (size_t)b * s * heads * du;
-    for (size_t it = grid_index(); it < total; it += grid_stride()) {
+    I total = (I)b * s * heads * du;
+    for (I it = grid_index(); it < total; it += grid_stride()) {
         int c = (int)(it % du);
-        size_t rest = it / du;
+        I rest = it / du;
         int h = (int)(rest % heads);
         size_t t = rest / heads;
         int pos = (int)(t % s);
@@ -349,11 +355,17 @@ __device__ void permute_heads(const U* __restrict__ src, U* __restrict__ dst, in
 template <typename T>
 __device__ void trn_permute(const T* src, T* dst, int b, int s, int heads, int d, bool to_tokens) {
     constexpr int V = Vec16<T>::V;
-    if (d % V == 0 && aligned16(src) && aligned16(dst))
-        permute_heads<uint4>(reinterpret_cast<const uint4*>(src), reinterpret_cast<uint4*>(dst), b, s,
-                             heads, d / V, to_tokens);
-    else
-        permute_heads<T>(src, dst, b, s, heads, d, to_tokens);
+    bool small = (size_t)b * s * heads * d < 0x7fffffffull;
+    if (d % V == 0 && aligned16(src) && aligned16(dst)) {
+        const uint4* s4 = reinterpret_cast<const uint4*>(src);
+        uint4* d4 = reinterpret_cast<uint4*>(dst);
+        if (small) permute_heads<uint4, unsigned>(s4, d4, b, s, heads, d / V, to_tokens);
+        else permute_heads<uint4, size_t>(s4, d4, b, s, heads, d / V, to_tokens);
+    } else if (small) {
+        permute_heads<T, unsigned>(src, dst, b, s, heads, d, to_tokens);
+    } else {
+        permute_heads<T, size_t>(src, dst, b, s, heads, d, to_tokens);
+    }
 }
 
 template <typename T>

@@ -99,7 +99,7 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
         ("adamw hyper (f32)", 8 * 4),
     ];
     if dtype != DType::F32 {
-        out.push(("lora params (T copy)", p * e));
+        out.push((PARAMS_T, p * e));
     }
     out.into_iter()
         .map(|(name, bytes)| BufferSize { name, bytes })
@@ -130,7 +130,12 @@ pub struct Buffers {
     pub hyper: CudaSlice<f32>,
     /// cos then sin, f32 [seq, head_dim / 2] each.
     pub rope: CudaSlice<f32>,
+    /// The bf16 copy of the parameters (bits), when T is bf16.
+    pub params_t: Option<CudaSlice<u16>>,
 }
+
+/// The name of the T copy of the parameters in [`plan`] (only when T is not f32).
+pub const PARAMS_T: &str = "lora params (T copy)";
 
 /// Indices into [`scalars`](Buffers::scalars).
 pub const SCALAR_COUNT: usize = 0;
@@ -156,6 +161,7 @@ impl Buffers {
         let mut typed_f32: Vec<Option<CudaSlice<f32>>> =
             vec![None, None, None, None, None, None, None];
         let mut typed_i32: Vec<Option<CudaSlice<i32>>> = vec![None, None];
+        let mut params_t = None;
         for s in &sizes {
             let f32_slot = match s.name {
                 "lora params (f32)" => Some(0),
@@ -172,7 +178,14 @@ impl Buffers {
                 "labels (i32)" => Some(1),
                 _ => None,
             };
-            if let Some(i) = f32_slot {
+            if s.name == PARAMS_T {
+                // bf16 bits, so the host can read the copy back (checks).
+                let b = stream
+                    .alloc_zeros::<u16>((s.bytes / 2).max(1))
+                    .map_err(|e| alloc_err(s.name, s.bytes, e))?;
+                ptrs.push(device_ptr(&b, stream));
+                params_t = Some(b);
+            } else if let Some(i) = f32_slot {
                 let b = f32s(s.name, s.bytes)?;
                 ptrs.push(device_ptr(&b, stream));
                 typed_f32[i] = Some(b);
@@ -218,6 +231,7 @@ impl Buffers {
             scalars,
             hyper,
             rope,
+            params_t,
         })
     }
 

@@ -17,6 +17,11 @@
 //! - `trn_engine_moments`: AdamW's exp_avg and exp_avg_sq after the step, worst tensor named.
 //! - `trn_engine_adamw`: the engine's update against Candle's AdamW applied to the engine's own
 //!   gradients (checks clipping, bias corrections and weight decay exactly, whatever T is).
+//! - `trn_engine_lowp_params` (bf16): the bf16 copy the products read equals bf16(master) after the
+//!   update (a stale copy differs by ~lr).
+//! - Then a second step on the same micro-batches (both graphs replayed, bias corrections at t = 2):
+//!   its loss and norm (`trn_engine_loss`, `trn_engine_grad_norm`, "step 2") and, in f32, the
+//!   parameters after it (`trn_engine_update`, "step 2").
 //!
 //! Tolerances (`max |got - want| / max |want|`): f32 engine 1e-4 throughout. bf16 engine (vs the
 //! f32 reference: bf16 weights and activations) 3e-2 for the loss, 6e-2 for gradients, the norm and
@@ -238,30 +243,33 @@ fn var_values(adapter: &Adapter) -> Result<HashMap<String, Vec<f64>>> {
         .collect()
 }
 
-/// What Candle's autograd + AdamW give for one optimizer step.
+/// What Candle's autograd + AdamW give for two optimizer steps on the same micro-batches.
 struct Reference {
-    loss: f64,
+    /// Step loss of steps 1 and 2 (step 2 runs on the parameters after one update).
+    loss: [f64; 2],
+    /// Step 1's gradients before clipping.
     grads: HashMap<String, Vec<f64>>,
-    norm: f64,
+    /// Global norm before clipping, steps 1 and 2.
+    norm: [f64; 2],
     max_norm: f64,
     adamw: AdamWConfig,
     lr: f64,
-    /// Parameters before and after the step.
+    /// Parameters before step 1, after step 1, after step 2.
     before: HashMap<String, Vec<f64>>,
     after: HashMap<String, Vec<f64>>,
+    after2: HashMap<String, Vec<f64>>,
+    /// AdamW moments after step 1.
     moments: HashMap<String, Vec<f64>>,
 }
 
-fn reference(
-    model: &mut Llama,
-    adapter: &Adapter,
+/// Loss and summed gradients of one step: per micro-batch, backward of loss * weight.
+fn step_gradients(
+    model: &Llama,
+    vars: &[(String, Var)],
     micro: &[Micro],
     weights: &[f64],
-) -> Result<Reference> {
-    adapter.apply(model.linear_layers_mut(), Path::new("engine check adapter"))?;
+) -> Result<(f64, HashMap<String, Tensor>)> {
     let device = model.device().clone();
-    let vars = adapter.vars();
-    let before = var_values(adapter)?;
     let mut grads: HashMap<String, Tensor> = HashMap::new();
     let mut loss = 0f64;
     for (mb, w) in micro.iter().zip(weights) {
@@ -271,7 +279,7 @@ fn reference(
         let l = causal_lm_loss(&logits, &labels)?;
         loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()? * w;
         let store = (l * *w)?.backward().context("check backward")?;
-        for (name, g) in collect_grads(&vars, &store) {
+        for (name, g) in collect_grads(vars, &store) {
             let merged = match grads.remove(&name) {
                 Some(acc) => (acc + g)?,
                 None => g,
@@ -279,12 +287,25 @@ fn reference(
             grads.insert(name, merged);
         }
     }
+    Ok((loss, grads))
+}
+
+fn reference(
+    model: &mut Llama,
+    adapter: &Adapter,
+    micro: &[Micro],
+    weights: &[f64],
+) -> Result<Reference> {
+    adapter.apply(model.linear_layers_mut(), Path::new("engine check adapter"))?;
+    let vars = adapter.vars();
+    let before = var_values(adapter)?;
+    let (loss1, mut grads) = step_gradients(model, &vars, micro, weights)?;
     let unclipped: HashMap<String, Vec<f64>> = grads
         .iter()
         .map(|(n, g)| Ok((n.clone(), f64s(g)?)))
         .collect::<Result<_>>()?;
-    let norm = clip_grad_norm(&mut grads.clone(), None)?;
-    let max_norm = 0.5 * norm;
+    let norm1 = clip_grad_norm(&mut grads.clone(), None)?;
+    let max_norm = 0.5 * norm1;
     clip_grad_norm(&mut grads, Some(max_norm))?;
     let mut largest = 0f64;
     for g in grads.values() {
@@ -296,22 +317,27 @@ fn reference(
         ..AdamWConfig::default()
     };
     let lr = 1e-2;
-    let mut optimizer = AdamW::new(vars, adamw)?;
+    let mut optimizer = AdamW::new(vars.clone(), adamw)?;
     optimizer.step(&grads, lr)?;
     let moments = optimizer
         .state_tensors()
         .into_iter()
         .map(|(n, t)| Ok((n, f64s(&t)?)))
         .collect::<Result<_>>()?;
+    let after = var_values(adapter)?;
+    let (loss2, mut grads2) = step_gradients(model, &vars, micro, weights)?;
+    let norm2 = clip_grad_norm(&mut grads2, Some(max_norm))?;
+    optimizer.step(&grads2, lr)?;
     Ok(Reference {
-        loss,
+        loss: [loss1, loss2],
         grads: unclipped,
-        norm,
+        norm: [norm1, norm2],
         max_norm,
         adamw,
         lr,
         before,
-        after: var_values(adapter)?,
+        after,
+        after2: var_values(adapter)?,
         moments,
     })
 }
@@ -464,7 +490,7 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCase>> {
                 "fwd",
                 format!("{model_name}: step loss, B2 S24 + B1 S17"),
                 loss,
-                want.loss,
+                want.loss[0],
                 t_loss,
             ));
             compare(
@@ -484,7 +510,7 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCase>> {
                 "bwd",
                 format!("{model_name}: global norm before clipping"),
                 norm,
-                want.norm,
+                want.norm[0],
                 t_grad,
             ));
             let after = var_values(&engine_adapter)?;
@@ -553,6 +579,79 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCase>> {
                 5e-5,
                 false,
             );
+            // Step 2 from the updated parameters (replays both graphs; in bf16 the products read
+            // the copy that AdamW refreshed).
+            if let Some(lowp) = engine.low_precision_params()? {
+                let got: HashMap<String, Vec<f64>> = lowp
+                    .iter()
+                    .map(|(n, t)| Ok((n.clone(), f64s(t)?)))
+                    .collect::<Result<_>>()?;
+                let want_lowp: HashMap<String, Vec<f64>> = engine_adapter
+                    .vars()
+                    .into_iter()
+                    .map(|(n, v)| Ok((n, f64s(&v.as_tensor().to_dtype(dtype)?)?)))
+                    .collect::<Result<_>>()?;
+                compare(
+                    &mut out,
+                    "trn_engine_lowp_params",
+                    dtype,
+                    "step",
+                    &model_name,
+                    &got,
+                    &want_lowp,
+                    4e-3,
+                    false,
+                );
+            }
+            engine.begin_step()?;
+            for (mb, w) in micro.iter().zip(&weights) {
+                engine.micro_batch(&mb.ids, &mb.labels, *w as f32)?;
+            }
+            let (loss2, norm2) = engine.optimizer_step(want.lr, Some(want.max_norm))?;
+            out.push(scalar_case(
+                "trn_engine_loss",
+                dtype,
+                "fwd",
+                format!("{model_name}: step 2 loss (after one update)"),
+                loss2,
+                want.loss[1],
+                t_loss,
+            ));
+            out.push(scalar_case(
+                "trn_engine_grad_norm",
+                dtype,
+                "bwd",
+                format!("{model_name}: step 2 global norm"),
+                norm2,
+                want.norm[1],
+                t_grad,
+            ));
+            if dtype == DType::F32 {
+                engine.store_params(&engine_adapter)?;
+                let got2: HashMap<String, Vec<f64>> = var_values(&engine_adapter)?
+                    .into_iter()
+                    .map(|(n, p)| {
+                        let d = diff(&p, &want.before[&n]);
+                        (n, d)
+                    })
+                    .collect();
+                let want2: HashMap<String, Vec<f64>> = want
+                    .after2
+                    .iter()
+                    .map(|(n, p)| (n.clone(), diff(p, &want.before[n])))
+                    .collect();
+                compare(
+                    &mut out,
+                    "trn_engine_update",
+                    dtype,
+                    "step",
+                    &format!("{model_name} step 2"),
+                    &got2,
+                    &want2,
+                    1e-4,
+                    false,
+                );
+            }
         }
     }
     Ok(out)

@@ -162,7 +162,7 @@ impl Ptrs {
         let params = b.ptr("lora params (f32)");
         let params_t = match dtype {
             DType::F32 => params,
-            _ => b.ptr("lora params (T copy)"),
+            _ => b.ptr(buffers::PARAMS_T),
         };
         let cos = b.ptr("rope cos, sin (f32)");
         Self {

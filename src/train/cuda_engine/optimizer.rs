@@ -155,6 +155,26 @@ impl TrainEngine {
         self.named(&flat, "")
     }
 
+    /// The bf16 copy of the parameters that the products read (None when T is f32), as f32
+    /// tensors by variable name. For checks: it must equal bf16(master) after every update.
+    pub fn low_precision_params(&self) -> Result<Option<HashMap<String, Tensor>>> {
+        let Some(copy) = &self.buffers.params_t else {
+            return Ok(None);
+        };
+        let stream = self.kernels.stream();
+        let bits = stream
+            .clone_dtoh(copy)
+            .map_err(|e| driver_err("reading the bf16 parameters", e))?;
+        stream
+            .synchronize()
+            .map_err(|e| driver_err("reading the bf16 parameters", e))?;
+        let flat: Vec<f32> = bits
+            .into_iter()
+            .map(|b| half::bf16::from_bits(b).to_f32())
+            .collect();
+        Ok(Some(self.named(&flat, "")?))
+    }
+
     /// The loss accumulated since [`TrainEngine::begin_step`] (synchronises). For checks.
     pub fn accumulated_loss(&self) -> Result<f64> {
         let s = self.download(&self.buffers.scalars, "the loss")?;

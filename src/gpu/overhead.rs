@@ -18,6 +18,22 @@
 //!   kernel can call `cuLaunchKernel` with its arguments on the stack (`small_matmul::set_lean_launch`).
 //! - **Reused output.** `*_into` variants write an existing tensor: no allocation at all, and
 //!   capturable in a CUDA graph.
+//! - **Stream-ordered pool reuse** (candidate, measured by `wick bench overhead`, not in
+//!   [`Cures::ALL`] until a device run shows it helps): the default pool may hand a freed block to a
+//!   new allocation only in stream order (no opportunistic reuse of frees whose completion the
+//!   driver must query, no dependencies inserted between streams). Candle allocates and frees on
+//!   one stream, where stream-order reuse is always allowed, so nothing changes but the work the
+//!   driver may do per cuMemAllocAsync.
+//!
+//! Where an allocating small product's extra time goes (read from Candle 0.11.1 / cudarc 0.19.10;
+//! `allocating_breakdown` measures each piece): cudarc's `alloc` (context check, cuCtxGetCurrent,
+//! cuMemAllocAsync; two cuEventCreate without the event cure) and the free on drop
+//! (cuMemFreeAsync; two cuEventDestroy), then Candle's tensor: a TensorId, `Arc<RwLock<Storage>>`,
+//! the `Arc<Tensor_>`, the shape's Vec, and two clones of the `CudaDevice` (seven `Arc`s each, one
+//! for the storage and one for the tensor), all released on drop. Candle owns the output's memory
+//! and frees it through the driver when the tensor drops, so wick cannot recycle it; the way around
+//! the allocation is the `*_into` variant (or a CUDA graph). `dispatch::linear` also chose its path
+//! by scanning the dispatch table per call (~300 `log2`); the choice is now memoized.
 //!
 //! [`measure`] times one operation by stage with `Instant` over many calls (host) and with CUDA
 //! events around calls queued behind a spin kernel (GPU alone).
@@ -42,6 +58,9 @@ pub struct Cures {
     pub pool_retention: bool,
     /// wick's small kernel launches through `cuLaunchKernel` directly.
     pub lean_launch: bool,
+    /// The default memory pool reuses freed blocks in stream order only (candidate; see the module
+    /// notes).
+    pub pool_stream_order: bool,
 }
 
 impl Cures {
@@ -50,12 +69,14 @@ impl Cures {
         no_event_tracking: false,
         pool_retention: false,
         lean_launch: false,
+        pool_stream_order: false,
     };
-    /// Every cure: what wick runs with.
+    /// Every measured cure: what wick runs with.
     pub const ALL: Cures = Cures {
         no_event_tracking: true,
         pool_retention: true,
         lean_launch: true,
+        pool_stream_order: false,
     };
 
     /// A short label: "baseline" or the cures on, joined by '+'.
@@ -64,6 +85,7 @@ impl Cures {
             (self.no_event_tracking, "no-events"),
             (self.pool_retention, "pool-keep"),
             (self.lean_launch, "lean-launch"),
+            (self.pool_stream_order, "pool-stream-order"),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -118,7 +140,8 @@ pub fn apply(device: &Device, cures: Cures) -> Result<Cures> {
         .map_err(|e| driver_error("bind context", e))?;
     let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
     let mut threshold: u64 = if cures.pool_retention { u64::MAX } else { 0 };
-    // SAFETY: `pool` receives the device's default pool handle; the attribute takes a u64.
+    // SAFETY: `pool` receives the device's default pool handle; the release threshold takes a
+    // u64, the reuse attributes an int.
     unsafe {
         sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
             .result()
@@ -130,6 +153,17 @@ pub fn apply(device: &Device, cures: Cures) -> Result<Cures> {
         )
         .result()
         .map_err(|e| driver_error("memory pool release threshold", e))?;
+        // Both default to 1 (allowed); 0 leaves stream-ordered reuse only.
+        use sys::CUmemPool_attribute as A;
+        for attr in [
+            A::CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC,
+            A::CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES,
+        ] {
+            let mut allow: i32 = if cures.pool_stream_order { 0 } else { 1 };
+            sys::cuMemPoolSetAttribute(pool, attr, &mut allow as *mut i32 as *mut std::ffi::c_void)
+                .result()
+                .map_err(|e| driver_error("memory pool reuse policy", e))?;
+        }
     }
     super::small_matmul::set_lean_launch(cures.lean_launch);
     Ok(applied)

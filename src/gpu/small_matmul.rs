@@ -323,14 +323,15 @@ mod cuda {
     }
 
     impl SmallMatmul {
+        /// Launches into y[y_offset..]; (m, n, k) from `shapes` (computed once by the caller).
         fn launch<T: GpuFloat>(
             &self,
             (x, xl): (&CudaStorage, &Layout),
             (w, wl): (&CudaStorage, &Layout),
+            (m, n, k): (usize, usize, usize),
             y: &mut CudaSlice<T>,
             y_offset: usize,
         ) -> CResult<()> {
-            let (m, n, k, _) = shapes(xl, wl)?;
             if y.len() < y_offset + m * n {
                 candle_core::bail!("small matmul: output too short for {m}x{n}");
             }
@@ -438,11 +439,11 @@ mod cuda {
             x: (&CudaStorage, &Layout),
             w: (&CudaStorage, &Layout),
         ) -> CResult<(CudaStorage, Shape)> {
-            let (m, n, _, shape) = shapes(x.1, w.1)?;
+            let (m, n, k, shape) = shapes(x.1, w.1)?;
             let dev = x.0.device.clone();
             // SAFETY: the kernel writes every element of y (checked by gpu-check with poisoning).
             let mut y = unsafe { dev.alloc::<T>(m * n) }?;
-            self.launch::<T>(x, w, &mut y, 0)?;
+            self.launch::<T>(x, w, (m, n, k), &mut y, 0)?;
             Ok((
                 CudaStorage {
                     slice: T::wrap(y),
@@ -524,7 +525,8 @@ mod cuda {
             w: &CudaStorage,
             wl: &Layout,
         ) -> CResult<()> {
-            let (_, _, _, shape) = shapes(xl, wl)?;
+            let (m, n, k, shape) = shapes(xl, wl)?;
+            let dims = (m, n, k);
             if !yl.is_contiguous() || yl.dims() != shape.dims() {
                 candle_core::bail!(
                     "small matmul into: y {:?} must be contiguous {:?}",
@@ -534,12 +536,18 @@ mod cuda {
             }
             let offset = yl.start_offset();
             match check_dtypes(&[y.dtype(), x.dtype(), w.dtype()], self.bias.as_ref())? {
-                DType::F32 => self.launch::<f32>((x, xl), (w, wl), y.as_cuda_slice_mut()?, offset),
-                DType::BF16 => {
-                    self.launch::<half::bf16>((x, xl), (w, wl), y.as_cuda_slice_mut()?, offset)
+                DType::F32 => {
+                    self.launch::<f32>((x, xl), (w, wl), dims, y.as_cuda_slice_mut()?, offset)
                 }
+                DType::BF16 => self.launch::<half::bf16>(
+                    (x, xl),
+                    (w, wl),
+                    dims,
+                    y.as_cuda_slice_mut()?,
+                    offset,
+                ),
                 DType::F16 => {
-                    self.launch::<half::f16>((x, xl), (w, wl), y.as_cuda_slice_mut()?, offset)
+                    self.launch::<half::f16>((x, xl), (w, wl), dims, y.as_cuda_slice_mut()?, offset)
                 }
                 other => Err(candle_core::Error::UnsupportedDTypeForOp(
                     other,

@@ -225,7 +225,33 @@ fn cuda_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
         bias: bias.map(Tensor::contiguous).transpose()?,
         kernel: None,
     };
-    x.apply_op2_no_bwd(&w, &op).context("small matmul")
+    // What `apply_op2_no_bwd` does, minus its device check: Candle compares the operands' devices
+    // through `Storage::device()`, which clones both `CudaDevice`s (seven `Arc`s each) and drops
+    // them again, per call; comparing the device ids costs nothing. Same op, same result.
+    let (storage, shape) = {
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        match (&*xs, &*ws) {
+            (candle_core::Storage::Cuda(xc), candle_core::Storage::Cuda(wc))
+                if xc.device.id() == wc.device.id() =>
+            {
+                candle_core::CustomOp2::cuda_fwd(&op, xc, xl, wc, wl).context("small matmul")?
+            }
+            _ => {
+                return Err(crate::Error::InvalidRequest(format!(
+                    "small matmul: x on {:?} and w on {:?} must share one CUDA device",
+                    x.device().location(),
+                    w.device().location()
+                )))
+            }
+        }
+    };
+    Ok(Tensor::from_storage(
+        candle_core::Storage::Cuda(storage),
+        shape,
+        candle_core::op::BackpropOp::none(),
+        false,
+    ))
 }
 
 #[cfg(not(feature = "cuda"))]

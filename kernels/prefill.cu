@@ -24,7 +24,7 @@
 #include "common.cuh"
 
 #define PA_KEYS 32
-#define PA_THREADS 128
+#define PA_THREADS 256  // threads of a prefill_attention block (the launcher uses the same)
 
 // Weights 4p .. 4p + 3 (p < 8) of one block.
 __device__ __forceinline__ float4 dequant4(int quant, const uint8_t* blk, int p) {

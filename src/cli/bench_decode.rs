@@ -80,6 +80,14 @@ struct Timing {
 }
 
 #[derive(Serialize)]
+struct PrefillProfile {
+    prompt_tokens: usize,
+    total_gpu_us: f64,
+    #[cfg(feature = "cuda")]
+    kinds: Vec<wick::generate::cuda_decode::engine::prefill::PrefillKindTime>,
+}
+
+#[derive(Serialize)]
 struct Report {
     model: String,
     device: String,
@@ -88,6 +96,9 @@ struct Report {
     launches_per_step: usize,
     /// Launches of the engine's batched prefill of `--prompt-tokens` tokens.
     prefill_launches: usize,
+    /// GPU time of one prefill chunk of the prompt per kernel kind (events between launches, behind
+    /// a spin kernel), when the prompt fits one chunk.
+    prefill_profile: Option<PrefillProfile>,
     weight_mb_per_step: f64,
     engine_build_s: f64,
     compare: Vec<CompareRow>,
@@ -228,6 +239,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .all(|r| r.quantized_candle_token == r.engine_token);
     let engine_mode = format!("{:?}", engine.mode());
     drop(dense);
+    let prefill_profile = if prompt.len() >= BATCHED_PREFILL_MIN
+        && prompt.len() <= wick::generate::cuda_decode::engine::prefill::PREFILL_CHUNK
+    {
+        let (kinds, total_gpu_us) = engine.profile_prefill(&prompt)?;
+        Some(PrefillProfile {
+            prompt_tokens: prompt.len(),
+            total_gpu_us,
+            kinds,
+        })
+    } else {
+        None
+    };
 
     // Speed, at the batched-bench shape and at llama-bench's tg128 shape.
     let mut timings = Vec::new();
@@ -393,6 +416,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             rows.count()
         );
     }
+    if let Some(p) = &prefill_profile {
+        println!(
+            "engine prefill of {} tokens: {:.1} us of GPU time ({:.0} tok/s on the GPU alone)",
+            p.prompt_tokens,
+            p.total_gpu_us,
+            p.prompt_tokens as f64 / (p.total_gpu_us * 1e-6)
+        );
+        for k in &p.kinds {
+            println!(
+                "  {:<22} {:>4} launches {:>9.1} us {:>5.1}%",
+                k.kind,
+                k.launches,
+                k.gpu_us,
+                100.0 * k.gpu_us / p.total_gpu_us
+            );
+        }
+    }
     for t in &timings {
         println!(
             "{:<34} prefill {:>4} tok {:>8.2} ms {:>9.0} tok/s ({}) | decode {:>4} tok {:>8.1} tok/s {:>7.3} ms/tok",
@@ -429,6 +469,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         engine_mode,
         launches_per_step: engine.launches_per_step(),
         prefill_launches: engine.prefill_launches(prompt.len()),
+        prefill_profile,
         weight_mb_per_step: engine.weight_bytes_per_step() as f64 / 1e6,
         engine_build_s,
         compare,

@@ -216,7 +216,7 @@ impl DecodeEngine {
             stream
                 .memcpy_htod(&ids, &mut dst)
                 .map_err(|e| driver_err("writing prompt ids", e))?;
-            self.launch_prefill_chunk(p, ids.len())?;
+            self.launch_prefill_chunk(p, ids.len(), &mut |_| Ok(()))?;
             self.pos += ids.len();
         }
         // Logits and greedy result of the last prompt token, as the step leaves them.
@@ -243,8 +243,14 @@ impl DecodeEngine {
         Ok(())
     }
 
-    /// The launches of one chunk of `n` tokens (ids already in `p.ids`) at position `self.pos`.
-    fn launch_prefill_chunk(&self, p: &PrefillState, n: usize) -> Result<()> {
+    /// The launches of one chunk of `n` tokens (ids already in `p.ids`) at position `self.pos`,
+    /// calling `mark(kind)` after each (the profile's events).
+    fn launch_prefill_chunk(
+        &self,
+        p: &PrefillState,
+        n: usize,
+        mark: &mut dyn FnMut(&'static str) -> Result<()>,
+    ) -> Result<()> {
         let (k, s, b, w) = (&p.kernels, &self.shape, &self.buffers, &self.weights);
         let (h, qd, ffn, eps) = (s.hidden, s.heads * s.head_dim, s.ffn, s.eps);
         let off = layer_offsets(s);
@@ -256,6 +262,7 @@ impl DecodeEngine {
         let blocks = |m: &super::DeviceMatrix| m.rows * m.cols / BLOCK;
         k.embed_rows(w.embed.quant, w.embed.ptr, p.ids_ptr, p.x, n, h)
             .map_err(launch_err("prefill embed"))?;
+        mark("embed")?;
         for (i, l) in w.layers.iter().enumerate() {
             let segments: [DequantSegment; 5] = [
                 (l.qkv.ptr, l.qkv.quant, blocks(&l.qkv)),
@@ -266,8 +273,10 @@ impl DecodeEngine {
             ];
             k.dequant_layer(p.w, &segments)
                 .map_err(launch_err("prefill dequant"))?;
+            mark("dequant")?;
             k.rms_rows(p.x, norm(2 * i), p.xn, n, h, eps)
                 .map_err(launch_err("prefill input norm"))?;
+            mark("rms_norm")?;
             linear(
                 &p.gemm,
                 (p.xn, wp(0), p.qkv),
@@ -275,14 +284,17 @@ impl DecodeEngine {
                 false,
                 "prefill qkv",
             )?;
+            mark("gemm q/k/v")?;
             let (kc, vc) = (
                 b.k_cache + i as u64 * cache_layer,
                 b.v_cache + i as u64 * cache_layer,
             );
             k.rope_kv_rows(p.qkv, kc, vc, w.inv_freq_ptr, self.pos, n, attention)
                 .map_err(launch_err("prefill rope + cache write"))?;
+            mark("rope + kv write")?;
             k.attention(p.qkv, kc, vc, p.attn, self.pos, n, attention, scale)
                 .map_err(launch_err("prefill attention"))?;
+            mark("attention")?;
             linear(
                 &p.gemm,
                 (p.attn, wp(off.o), p.x),
@@ -290,8 +302,10 @@ impl DecodeEngine {
                 true,
                 "prefill o_proj",
             )?;
+            mark("gemm o_proj (+x)")?;
             k.rms_rows(p.x, norm(2 * i + 1), p.xn, n, h, eps)
                 .map_err(launch_err("prefill post-attention norm"))?;
+            mark("rms_norm")?;
             linear(
                 &p.gemm,
                 (p.xn, wp(off.gate), p.gu),
@@ -299,8 +313,10 @@ impl DecodeEngine {
                 false,
                 "prefill gate/up",
             )?;
+            mark("gemm gate/up")?;
             k.swiglu_rows(p.gu, p.act, n, ffn)
                 .map_err(launch_err("prefill swiglu"))?;
+            mark("swiglu")?;
             linear(
                 &p.gemm,
                 (p.act, wp(off.down), p.x),
@@ -308,7 +324,112 @@ impl DecodeEngine {
                 true,
                 "prefill down_proj",
             )?;
+            mark("gemm down_proj (+x)")?;
         }
         Ok(())
+    }
+}
+
+/// GPU time of one kernel kind in a profiled prefill chunk.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PrefillKindTime {
+    /// "dequant", "gemm q/k/v", "attention", ... (the marks of the chunk's launch sequence).
+    pub kind: String,
+    /// Launches of this kind in the chunk.
+    pub launches: usize,
+    /// GPU microseconds spent in this kind.
+    pub gpu_us: f64,
+}
+
+/// GPU cycles of the spin kernel queued before a profiled chunk (~10 ms at 1.98 GHz): longer than
+/// the host takes to issue ~300 launches with an event after each, so the events time the GPU.
+const PROFILE_SPIN_CYCLES: i64 = 20_000_000;
+
+impl DecodeEngine {
+    /// Prefills `tokens` (at most one chunk, from position 0) with a CUDA event after every launch,
+    /// queued behind a spin kernel, and returns the GPU time per kernel kind (launch order of first
+    /// appearance) and the chunk's total GPU time in microseconds. Leaves the engine as
+    /// [`DecodeEngine::prefill`] would, except for the logits (not computed: call `prefill` again).
+    pub fn profile_prefill(&mut self, tokens: &[u32]) -> Result<(Vec<PrefillKindTime>, f64)> {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
+        let Device::Cuda(dev) = self.device.clone() else {
+            return Err(Error::InvalidRequest(
+                "the engine's prefill needs a CUDA device".into(),
+            ));
+        };
+        self.reset();
+        // Validates, builds the state, warms the GEMM plans for this length.
+        self.prefill(tokens)?;
+        self.reset();
+        let Some(mut p) = self.prefill.take() else {
+            return Err(Error::InvalidRequest(
+                "CUDA decode engine: prefill state missing".into(),
+            ));
+        };
+        let result = (|| -> Result<(Vec<PrefillKindTime>, f64)> {
+            if tokens.len() > p.chunk {
+                return Err(Error::InvalidRequest(format!(
+                    "profile_prefill: {} tokens exceed one chunk of {}",
+                    tokens.len(),
+                    p.chunk
+                )));
+            }
+            let stream = self.kernels.stream().clone();
+            let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+            let mut dst = p.ids.slice_mut(0..ids.len());
+            stream
+                .memcpy_htod(&ids, &mut dst)
+                .map_err(|e| driver_err("writing prompt ids", e))?;
+            let launches = launches_per_chunk(self.shape.layers);
+            let events = (0..=launches)
+                .map(|_| {
+                    stream
+                        .context()
+                        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                        .map_err(|e| driver_err("event", e))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            stream.synchronize().map_err(|e| driver_err("sync", e))?;
+            crate::gpu::small_matmul::spin(&dev, PROFILE_SPIN_CYCLES)?;
+            events[0]
+                .record(&stream)
+                .map_err(|e| driver_err("record", e))?;
+            let mut order: Vec<&'static str> = Vec::with_capacity(launches);
+            self.launch_prefill_chunk(&p, ids.len(), &mut |kind| {
+                let e = events.get(order.len() + 1).ok_or_else(|| {
+                    Error::InvalidRequest("profile_prefill: more launches than events".into())
+                })?;
+                e.record(&stream).map_err(|e| driver_err("record", e))?;
+                order.push(kind);
+                Ok(())
+            })?;
+            stream.synchronize().map_err(|e| driver_err("sync", e))?;
+            let mut kinds: Vec<PrefillKindTime> = Vec::new();
+            for (i, kind) in order.iter().enumerate() {
+                let us = events[i]
+                    .elapsed_ms(&events[i + 1])
+                    .map_err(|e| driver_err("elapsed", e))? as f64
+                    * 1e3;
+                match kinds.iter_mut().find(|k| k.kind == *kind) {
+                    Some(k) => {
+                        k.launches += 1;
+                        k.gpu_us += us;
+                    }
+                    None => kinds.push(PrefillKindTime {
+                        kind: kind.to_string(),
+                        launches: 1,
+                        gpu_us: us,
+                    }),
+                }
+            }
+            let total = events[0]
+                .elapsed_ms(&events[order.len()])
+                .map_err(|e| driver_err("elapsed", e))? as f64
+                * 1e3;
+            Ok((kinds, total))
+        })();
+        self.prefill = Some(p);
+        self.pos = if result.is_ok() { tokens.len() } else { 0 };
+        result
     }
 }

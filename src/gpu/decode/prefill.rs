@@ -21,7 +21,7 @@ type Result<T> = candle_core::Result<T>;
 /// Key positions per shared-memory tile of `prefill_attention` (PA_KEYS in kernels/prefill.cu).
 pub const PREFILL_KEY_TILE: usize = 32;
 /// Threads of one `prefill_attention` block (PA_THREADS).
-const PREFILL_ATTENTION_THREADS: u32 = 128;
+const PREFILL_ATTENTION_THREADS: u32 = 256;
 /// Prompt tokens per `prefill_attention` block (times the query heads of one kv head), at most.
 pub const PREFILL_QUERY_TILE: usize = 4;
 /// Shared memory a block may use without an opt-in.

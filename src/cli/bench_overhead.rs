@@ -105,11 +105,15 @@ fn allocating_markdown(runs: &[(String, overhead::AllocatingBreakdown)]) -> Stri
                 b.launch_into_us,
             ),
             (
-                "small_matmul::linear (allocating, no table)",
+                "small_matmul::linear now (allocating, no table)",
                 b.small_linear_us,
             ),
             (
-                "dispatch::linear before: table scan + small path",
+                "small_matmul::linear before: through Candle's apply_op2 (device clones)",
+                b.small_linear_candle_op_us,
+            ),
+            (
+                "dispatch::linear with the table scan (before the memo)",
                 b.dispatch_scan_us,
             ),
             (

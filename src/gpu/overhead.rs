@@ -479,6 +479,8 @@ pub struct AllocatingBreakdown {
     /// `small_matmul::linear`: the allocating call without the table (what `linear_with(Small)`
     /// runs).
     pub small_linear_us: f64,
+    /// The same op through Candle's `apply_op2_no_bwd` (before the device-check cut).
+    pub small_linear_candle_op_us: f64,
     /// `dispatch::linear` before the memo: the table's scan, then the small path.
     pub dispatch_scan_us: f64,
     /// `dispatch::linear` as it is: the memoized choice, then the small path.
@@ -585,6 +587,10 @@ pub fn allocating_breakdown(
         drop(small_matmul::linear(&x, &w, None)?);
         Ok(())
     })?;
+    let small_linear_candle_op_us = time(&|| {
+        drop(small_matmul::linear_through_candle_op(&x, &w)?);
+        Ok(())
+    })?;
     let dispatch_scan = || -> Result<()> {
         let path = table().choose(dtype, m, n, k);
         drop(linear_with(path, &x, &w, None)?);
@@ -608,6 +614,7 @@ pub fn allocating_breakdown(
         launch_into_us,
         raw_launch_us,
         small_linear_us,
+        small_linear_candle_op_us,
         dispatch_scan_us,
         dispatch_linear_us,
         dispatch_linear_pipelined_us,

@@ -254,6 +254,21 @@ fn cuda_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
     ))
 }
 
+/// [`linear`]'s op through Candle's `apply_op2_no_bwd` (the path before the device-check cut), so
+/// `wick bench overhead` can time both in one process. x: [.., k]; w: [n, k]; CUDA tensors.
+#[cfg(feature = "cuda")]
+pub fn linear_through_candle_op(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (m, n, k) = dims(x, w, None)?;
+    kernel_supports(None, m, n, k)?;
+    let op = cuda::SmallMatmul {
+        bias: None,
+        kernel: None,
+    };
+    x.contiguous()?
+        .apply_op2_no_bwd(&w.contiguous()?, &op)
+        .context("small matmul")
+}
+
 #[cfg(not(feature = "cuda"))]
 fn cuda_linear(_: &Tensor, _: &Tensor, _: Option<&Tensor>) -> Result<Tensor> {
     Err(crate::Error::InvalidOption {

@@ -449,19 +449,7 @@ impl TrainEngine {
             )));
         }
         let layout = ParamLayout::new(model, adapter)?;
-        let dims = Dims {
-            layers: cfg.num_hidden_layers,
-            hidden: cfg.hidden_size,
-            ffn: cfg.intermediate_size,
-            heads: cfg.num_attention_heads,
-            kv_heads: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim,
-            vocab: cfg.vocab_size,
-            rank: layout.rank,
-            batch: opts.batch,
-            seq: opts.seq,
-            eps: cfg.rms_norm_eps as f32,
-        };
+        let dims = Self::dims(model, &layout, &opts);
         let weights = ModelWeights::new(model, &dims, opts.dtype)?;
         let kernels =
             TrainKernels::load(dev, opts.dtype).map_err(launch_err("loading the kernels"))?;
@@ -545,6 +533,35 @@ impl TrainEngine {
             started.elapsed().as_secs_f64()
         );
         Ok(engine)
+    }
+
+    fn dims(model: &Llama, layout: &ParamLayout, opts: &EngineOptions) -> Dims {
+        let cfg = model.config();
+        Dims {
+            layers: cfg.num_hidden_layers,
+            hidden: cfg.hidden_size,
+            ffn: cfg.intermediate_size,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            vocab: cfg.vocab_size,
+            rank: layout.rank,
+            batch: opts.batch,
+            seq: opts.seq,
+            eps: cfg.rms_norm_eps as f32,
+        }
+    }
+
+    /// The buffers [`TrainEngine::new`] allocates for this model, adapter and options, computed
+    /// without allocating (for reports and memory estimates).
+    pub fn planned_memory(
+        model: &Llama,
+        adapter: &Adapter,
+        opts: &EngineOptions,
+    ) -> Result<Vec<BufferSize>> {
+        let layout = ParamLayout::new(model, adapter)?;
+        let dims = Self::dims(model, &layout, opts);
+        Ok(buffers::plan(&dims, &layout, opts.dtype, opts.loss_chunk))
     }
 
     fn launcher(&self, dry: bool) -> Launcher<'_> {

@@ -7,7 +7,8 @@
 //! - `run_c`: padded, 2 products, alpha -0.5, beta 1 with a distinct C, D poisoned.
 //!
 //! Row padding and gaps of D must come back bit-identical (an element written outside the matrices
-//! makes the error infinite).
+//! makes the error infinite). One more case checks that an invalid shape is refused with an error
+//! naming it.
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
 use candle_core::{CudaDevice, DType};
@@ -157,6 +158,21 @@ pub fn check_cases(dev: &CudaDevice, seed: u64) -> Result<Vec<GemmCase>> {
             }
         }
     }
+    // An invalid shape must be refused with an error that names it, before anything launches.
+    let bad = GemmShape {
+        lda: 2,
+        ..GemmShape::contiguous((5, 6, 7), (false, true), DType::BF16, DType::F32)
+    };
+    let refused = match gemm.prepare(&bad) {
+        Err(e) => e.to_string().contains("lda 2"),
+        Ok(_) => false,
+    };
+    cases.push(GemmCase {
+        ab_type: DType::BF16,
+        shape: format!("invalid shape (lda 2 < k 7) refused with its name: {refused}"),
+        max_rel_err: if refused { 0.0 } else { f64::INFINITY },
+        tolerance: 0.0,
+    });
     Ok(cases)
 }
 

@@ -172,7 +172,6 @@ impl Launcher<'_> {
             "rms_norm (final)",
             k.rms_norm(last, self.weights.final_norm, p.nf, p.rstd_f, n, dm, d.eps)
         );
-        let _ = (qw, kw);
         Ok(())
     }
 }

@@ -10,6 +10,10 @@
 //!
 //! Memory: the saved activations of every layer ([`buffers::plan`]) plus one layer's attention
 //! scores at a time (recomputed in the backward) and one chunk of `loss_chunk` tokens of logits.
+//! SmolLM2-135M, batch 8 x 512, r 16 on all seven projections, bf16, loss_chunk 1024 (from
+//! [`TrainEngine::planned_memory`]): 2061 MiB in all, of which 1656 MiB saved activations, 144 MiB
+//! attention scratch (scores f32, P, dS), 96 MiB logits chunk, 81 MiB other scratch and 84 MiB LoRA
+//! parameters, gradients, moments and the bf16 copy. The base weights are the model's (not counted).
 //!
 //! `WICK_TRAIN_GRAPH=0` runs every launch eagerly (no graphs).
 

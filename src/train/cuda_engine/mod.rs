@@ -588,6 +588,23 @@ impl TrainEngine {
         &self.mode
     }
 
+    /// Launches every later micro-batch and optimizer step eagerly (for comparisons; captured
+    /// graphs are kept).
+    pub fn force_eager(&mut self, reason: &str) {
+        self.mode = StepMode::Eager(reason.into());
+    }
+
+    /// Replays (and captures) graphs again from the next micro-batch, unless `WICK_TRAIN_GRAPH=0`.
+    pub fn use_graphs(&mut self) {
+        if !std::env::var("WICK_TRAIN_GRAPH").is_ok_and(|v| v == "0") {
+            self.mode = if self.graphs.is_empty() {
+                StepMode::Pending
+            } else {
+                StepMode::Graph
+            };
+        }
+    }
+
     /// The engine's options.
     pub fn options(&self) -> &EngineOptions {
         &self.opts

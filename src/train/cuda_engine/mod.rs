@@ -30,6 +30,7 @@ mod backward;
 pub mod buffers;
 pub mod check;
 mod forward;
+mod launcher;
 pub mod layout;
 mod optimizer;
 pub mod weights;
@@ -40,9 +41,10 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 
 use self::buffers::{BufferSize, Buffers, SCALAR_LOSS};
+use self::launcher::{Launcher, Ptrs};
 use self::layout::{Dims, ParamLayout, PROJECTIONS};
 use self::weights::ModelWeights;
-use crate::gpu::gemm::{Gemm, GemmShape};
+use crate::gpu::gemm::Gemm;
 use crate::gpu::graph::{self, Graph};
 use crate::gpu::train::launch::TrainKernels;
 use crate::lora::Adapter;
@@ -100,223 +102,6 @@ fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Candle {
         context: format!("CUDA training engine: {what}"),
         source: candle_core::Error::Msg(format!("{e:?}")),
-    }
-}
-
-/// Raw addresses of the buffers, resolved once. Saved per-layer activations are one allocation per
-/// kind, layer l at `l * tokens * width` elements.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Ptrs {
-    /// Rows of every token-major buffer (the largest bucket's tokens).
-    tokens: usize,
-    layers: usize,
-    /// Bytes of T.
-    e: usize,
-    x: u64,
-    n1: u64,
-    qh: u64,
-    kh: u64,
-    vh: u64,
-    o: u64,
-    h: u64,
-    n2: u64,
-    g: u64,
-    u: u64,
-    xa: u64,
-    rstd: u64,
-    nf: u64,
-    rstd_f: u64,
-    q: u64,
-    k: u64,
-    v: u64,
-    oh: u64,
-    dqh: u64,
-    dkh: u64,
-    dvh: u64,
-    dout: u64,
-    act: u64,
-    dact: u64,
-    dg: u64,
-    du: u64,
-    dn: u64,
-    dres: u64,
-    dxa: u64,
-    scores: u64,
-    probs: u64,
-    dscores: u64,
-    logits: u64,
-    row_loss: u64,
-    cos: u64,
-    sin: u64,
-    params: u64,
-    grads: u64,
-    exp_avg: u64,
-    exp_avg_sq: u64,
-    partials: u64,
-    ids: u64,
-    labels: u64,
-    scalars: u64,
-    hyper: u64,
-    /// The T copy of the parameters (the f32 masters when T is f32).
-    params_t: u64,
-}
-
-impl Ptrs {
-    fn new(b: &Buffers, dims: &Dims, dtype: DType) -> Self {
-        let params = b.ptr("lora params (f32)");
-        let params_t = match dtype {
-            DType::F32 => params,
-            _ => b.ptr(buffers::PARAMS_T),
-        };
-        let cos = b.ptr("rope cos, sin (f32)");
-        Self {
-            tokens: dims.max_tokens(),
-            layers: dims.layers,
-            e: dtype.size_in_bytes(),
-            x: b.ptr("saved x (residual in)"),
-            n1: b.ptr("saved n1 (input norm)"),
-            qh: b.ptr("saved qh (rotated q, head-major)"),
-            kh: b.ptr("saved kh (rotated k, head-major)"),
-            vh: b.ptr("saved vh (v, head-major)"),
-            o: b.ptr("saved o (attention out, token-major)"),
-            h: b.ptr("saved h (residual after attention)"),
-            n2: b.ptr("saved n2 (post-attention norm)"),
-            g: b.ptr("saved g (gate)"),
-            u: b.ptr("saved u (up)"),
-            xa: b.ptr("saved xa (x A^T per adapted projection)"),
-            rstd: b.ptr("saved rstd1, rstd2 (f32)"),
-            nf: b.ptr("saved final norm out"),
-            rstd_f: b.ptr("saved final rstd (f32)"),
-            q: b.ptr("q / dq token-major"),
-            k: b.ptr("k / dk token-major"),
-            v: b.ptr("v / dv token-major"),
-            oh: b.ptr("oh / doh head-major"),
-            dqh: b.ptr("dqh head-major"),
-            dkh: b.ptr("dkh head-major"),
-            dvh: b.ptr("dvh head-major"),
-            dout: b.ptr("do token-major"),
-            act: b.ptr("swiglu out a"),
-            dact: b.ptr("da"),
-            dg: b.ptr("dg"),
-            du: b.ptr("du"),
-            dn: b.ptr("dn (norm-output gradient)"),
-            dres: b.ptr("dres (residual gradient)"),
-            dxa: b.ptr("dxa"),
-            scores: b.ptr("scores / dP (f32)"),
-            probs: b.ptr("P"),
-            dscores: b.ptr("dS"),
-            logits: b.ptr("logits chunk / its gradient"),
-            row_loss: b.ptr("row loss (f32)"),
-            cos,
-            sin: cos + (dims.seq * (dims.head_dim / 2) * 4) as u64,
-            params,
-            grads: b.ptr("lora grads (f32)"),
-            exp_avg: b.ptr("adamw exp_avg (f32)"),
-            exp_avg_sq: b.ptr("adamw exp_avg_sq (f32)"),
-            partials: b.ptr("grad-norm partials (f32)"),
-            ids: b.ptr("ids (i32)"),
-            labels: b.ptr("labels (i32)"),
-            scalars: b.ptr("scalars: count, scale, loss, gnorm^2 (f32)"),
-            hyper: b.ptr("adamw hyper (f32)"),
-            params_t,
-        }
-    }
-
-    /// Layer `layer`'s slice of a saved per-layer buffer of rows `width` wide (T).
-    fn saved(&self, base: u64, layer: usize, width: usize) -> u64 {
-        base + (layer * self.tokens * width * self.e) as u64
-    }
-
-    /// Layer `layer`'s (rstd1, rstd2), f32 [tokens] each.
-    fn rstd(&self, layer: usize) -> (u64, u64) {
-        let at = |i: usize| self.rstd + (i * self.tokens * 4) as u64;
-        (at(layer), at(self.layers + layer))
-    }
-
-    /// The address of scalar `i` (`buffers::SCALAR_*`).
-    fn scalar(&self, i: usize) -> u64 {
-        self.scalars + 4 * i as u64
-    }
-}
-
-/// The addresses of one adapted projection's parameters, gradients and saved xa.
-pub(crate) struct LoraPtrs {
-    /// A [r, in] and B [out, r] in T.
-    a_t: u64,
-    b_t: u64,
-    /// dA, dB in f32.
-    da: u64,
-    db: u64,
-    /// xa [tokens, r] (T) of this layer and projection.
-    xa: u64,
-}
-
-/// What the launch sequences need, borrowed from the engine. `dry`: only build the GEMM plans
-/// (no launch), so that capturing a graph finds every plan ready.
-pub(crate) struct Launcher<'a> {
-    k: &'a TrainKernels,
-    gemm: &'a Gemm,
-    dims: &'a Dims,
-    layout: &'a ParamLayout,
-    weights: &'a ModelWeights,
-    ptrs: &'a Ptrs,
-    /// Index of each adapted (layer, projection) among the saved xa buffers.
-    xa_index: &'a [[Option<usize>; 7]],
-    t: DType,
-    loss_chunk: usize,
-    dry: bool,
-}
-
-impl Launcher<'_> {
-    /// D = alpha op(A) op(B) + beta D, or only its plan when dry.
-    #[allow(clippy::too_many_arguments)]
-    fn mm(
-        &self,
-        what: &'static str,
-        shape: &GemmShape,
-        a: u64,
-        b: u64,
-        d: u64,
-        alpha: f32,
-        beta: f32,
-    ) -> Result<()> {
-        self.mm_c(what, shape, a, b, d, d, alpha, beta)
-    }
-
-    /// D = alpha op(A) op(B) + beta C, or only its plan when dry.
-    #[allow(clippy::too_many_arguments)]
-    fn mm_c(
-        &self,
-        what: &'static str,
-        shape: &GemmShape,
-        a: u64,
-        b: u64,
-        c: u64,
-        d: u64,
-        alpha: f32,
-        beta: f32,
-    ) -> Result<()> {
-        if self.dry {
-            self.gemm.prepare(shape).map_err(launch_err(what))?;
-            return Ok(());
-        }
-        self.gemm
-            .run_c(shape, a, b, c, d, alpha, beta)
-            .map_err(launch_err(what))
-    }
-
-    /// The adapted projection's addresses, if `proj` of `layer` is adapted.
-    fn lora(&self, layer: usize, proj: usize) -> Option<LoraPtrs> {
-        let slot = self.layout.slots[layer][proj].as_ref()?;
-        let idx = self.xa_index[layer][proj]?;
-        let (p, e) = (self.ptrs, self.t.size_in_bytes() as u64);
-        Some(LoraPtrs {
-            a_t: p.params_t + slot.a_offset as u64 * e,
-            b_t: p.params_t + slot.b_offset as u64 * e,
-            da: p.grads + slot.a_offset as u64 * 4,
-            db: p.grads + slot.b_offset as u64 * 4,
-            xa: p.xa + (idx * p.tokens * self.dims.rank) as u64 * e,
-        })
     }
 }
 

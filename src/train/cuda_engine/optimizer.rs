@@ -8,7 +8,8 @@ use candle_core::{DType, Tensor};
 
 use super::buffers::SCALAR_GNORM_SQ;
 use super::buffers::SCALAR_LOSS;
-use super::{driver_err, launch_err, Launcher, TrainEngine};
+use super::launcher::Launcher;
+use super::{driver_err, launch_err, TrainEngine};
 use crate::lora::Adapter;
 use crate::{Context, Error, Result};
 

@@ -204,21 +204,42 @@ __device__ __forceinline__ float part_dot_q8(const float* w, const float* xb, in
 #define part_dot_q4_1 part_dot_q4
 #define part_dot_q8_0 part_dot_q8
 
-// Copies x [nb, k] into shared xs, each row RMS-normalized and scaled by norm_w when not null.
+// Copies x [nb, k] into shared xs, each row RMS-normalized and scaled by norm_w when not null. The
+// nb sums of squares are reduced together (one pass over x, two barriers), not one block reduction
+// per sequence: the LM head's launch has ~1000 blocks and each pays this prologue.
 __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float* __restrict__ norm_w,
                                         float eps, int k, int nb, float* xs) {
-    __shared__ float red[32];
-    for (int b = 0; b < nb; b++) {
-        float ss = 0.f;
-        for (int i = threadIdx.x; i < k; i += blockDim.x) {
-            float v = x[(size_t)b * k + i];
-            xs[b * k + i] = v;
-            ss += v * v;
+    __shared__ float red[QMVB_MAX][32];
+    __shared__ float rs[QMVB_MAX];
+    float ss[QMVB_MAX];
+#pragma unroll
+    for (int b = 0; b < QMVB_MAX; b++) ss[b] = 0.f;
+#pragma unroll
+    for (int b = 0; b < QMVB_MAX; b++) {
+        if (b < nb) {
+            for (int i = threadIdx.x; i < k; i += blockDim.x) {
+                float v = x[(size_t)b * k + i];
+                xs[b * k + i] = v;
+                ss[b] += v * v;
+            }
         }
-        if (norm_w != nullptr) {
-            float r = rsqrtf(block_sum(ss, red) / (float)k + eps);
-            for (int i = threadIdx.x; i < k; i += blockDim.x) xs[b * k + i] = xs[b * k + i] * r * norm_w[i];
+    }
+    if (norm_w != nullptr) {
+        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+#pragma unroll
+        for (int b = 0; b < QMVB_MAX; b++) {
+            float v = warp_sum(ss[b]);
+            if (lane == 0) red[b][warp] = v;
         }
+        __syncthreads();
+        if (threadIdx.x < nb) {
+            float t = 0.f;
+            for (int w = 0; w < warps; w++) t += red[threadIdx.x][w];
+            rs[threadIdx.x] = rsqrtf(t / (float)k + eps);
+        }
+        __syncthreads();
+        for (int b = 0; b < nb; b++)
+            for (int i = threadIdx.x; i < k; i += blockDim.x) xs[b * k + i] = xs[b * k + i] * rs[b] * norm_w[i];
     }
     __syncthreads();
 }

@@ -157,6 +157,92 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
                 want: reference::qmv_swiglu(q, &w, &u, &x, Some((&g, eps)), rows),
             });
         }
+        // Batched mat-vecs (the batch decode engine): each sequence against the batch-1 reference.
+        for &(rows, k, nb) in &[(37usize, 96usize, 3usize), (960, 576, 8), (576, 1536, 8)] {
+            let w = blocks(q, rows, k, next())?;
+            let u = blocks(q, rows, k, next())?;
+            let x = f32s(nb * k, next(), 2.0);
+            let g = f32s(k, next(), 1.0);
+            let y0 = f32s(nb * rows, next(), 1.0);
+            let (wd, ud, xd, gd) = (gpu.up(&w)?, gpu.up(&u)?, gpu.up(&x)?, gpu.up(&g)?);
+            let yd = gpu.up(&y0)?;
+            let name = format!("qmv_batch_{}", q.suffix());
+            kernels
+                .qmv_batch(
+                    q,
+                    gpu.ptr(&wd),
+                    gpu.ptr(&xd),
+                    gpu.ptr(&gd),
+                    gpu.ptr(&yd),
+                    rows,
+                    k,
+                    eps,
+                    true,
+                    nb,
+                )
+                .map_err(launch_err(&name))?;
+            let per_seq =
+                |f: &dyn Fn(usize) -> Vec<f64>| -> Vec<f64> { (0..nb).flat_map(f).collect() };
+            cases.push(DecodeCase {
+                kernel: format!("dec_{name}_norm_add"),
+                shape: format!("{nb} x [{rows}, {k}]"),
+                got: gpu.down(&yd)?,
+                want: per_seq(&|b| {
+                    reference::qmv(
+                        q,
+                        &w,
+                        &x[b * k..(b + 1) * k],
+                        Some((&g, eps)),
+                        &y0[b * rows..(b + 1) * rows],
+                        true,
+                    )
+                }),
+            });
+            let name = format!("qmv_swiglu_batch_{}", q.suffix());
+            kernels
+                .qmv_swiglu_batch(
+                    q,
+                    gpu.ptr(&wd),
+                    gpu.ptr(&ud),
+                    gpu.ptr(&xd),
+                    gpu.ptr(&gd),
+                    gpu.ptr(&yd),
+                    rows,
+                    k,
+                    eps,
+                    nb,
+                )
+                .map_err(launch_err(&name))?;
+            cases.push(DecodeCase {
+                kernel: format!("dec_{name}"),
+                shape: format!("{nb} x [{rows}, {k}]"),
+                got: gpu.down(&yd)?,
+                want: per_seq(&|b| {
+                    reference::qmv_swiglu(q, &w, &u, &x[b * k..(b + 1) * k], Some((&g, eps)), rows)
+                }),
+            });
+        }
+        {
+            let (vocab, hidden, nb) = (301, 576, 5);
+            let table = blocks(q, vocab, hidden, next())?;
+            let tokens: Vec<usize> = (0..nb).map(|_| (next() % vocab as u64) as usize).collect();
+            let state: Vec<i32> = tokens.iter().flat_map(|&t| [t as i32, 0]).collect();
+            let (td, sd) = (gpu.up(&table)?, gpu.up(&state)?);
+            let xd = gpu.up(&vec![f32::NAN; nb * hidden])?;
+            let name = format!("embed_batch_{}", q.suffix());
+            kernels
+                .embed_batch(q, gpu.ptr(&td), gpu.ptr(&sd), gpu.ptr(&xd), hidden, nb)
+                .map_err(launch_err(&name))?;
+            cases.push(DecodeCase {
+                kernel: format!("dec_{name}"),
+                shape: format!("{nb} x [{vocab}, {hidden}] rows {tokens:?}"),
+                got: gpu.down(&xd)?,
+                want: tokens
+                    .iter()
+                    .flat_map(|&t| reference::embed(q, &table, t, hidden))
+                    .collect(),
+            });
+        }
         // Embedding: row `token` of a [vocab, hidden] table.
         let (vocab, hidden) = (301, 576);
         let table = blocks(q, vocab, hidden, next())?;

@@ -16,6 +16,8 @@
 #   decode                  wick bench decode, prompt 512, 128 tokens; wick bench decode-batch, 8 sequences
 #   train                   wick bench train, seq 512 and 2048, batch 8, r 16, 3 warm-up + 20 steps
 #                           (CUDA training engine), and seq 512 through Candle's autograd
+#   train-parity            wick train on the CUDA training engine vs the CPU (f32), vs Candle's autograd
+#                           (bf16), and resumed vs straight (f32): scripts/compare-train-curves.py verdicts
 #   embed                   sentence-transformers fp32/fp16 and wick f32/f16 at batch 1, 32, 256
 #   coldstart               wick generate in fresh processes: empty CUDA JIT cache, then warm
 #   bundle                  $OUT/e2e-$WICK_RUN_TAG.json: every result file, the llama.cpp build log tail
@@ -104,6 +106,39 @@ print(max(0, min(float(sys.argv[1]), left)))' "$deadline")
         --warmup-steps 3 --steps 20 $extra >"$results/$name.json" || rc=1
       cat "$results/$name.json"
     done
+    exit $rc
+    ;;
+  train-parity)
+    # The CUDA training engine against the CPU (f32, step by step), against Candle's autograd on the
+    # GPU (bf16, same curve shape), and resumed from a checkpoint against the straight run.
+    need_gguf
+    rc=0
+    common=(--model "$gguf" --data "$repo/data/quickstart.jsonl" --batch-size 4 --max-seq-len 128 --seed 7)
+    run() {  # NAME STEPS ARGS...
+      local name=$1 steps=$2; shift 2
+      rm -rf "/tmp/tp-$name"
+      "$wick" train "${common[@]}" --steps "$steps" --out "/tmp/tp-$name" "$@" >/dev/null 2>"/tmp/tp-$name.err" \
+        || { tail -5 "/tmp/tp-$name.err"; rc=1; }
+      cp "/tmp/tp-$name/metrics.jsonl" "$results/train-curve-$name.jsonl" 2>/dev/null || rc=1
+    }
+    run cpu-f32 20 --device cpu --dtype f32
+    run cuda-f32-engine 20 --device cuda --dtype f32
+    run cuda-bf16-engine 20 --device cuda --dtype bf16
+    run cuda-bf16-autograd 20 --device cuda --dtype bf16 --engine off
+    run cuda-f32-straight 6 --device cuda --dtype f32 --save-every 3
+    rm -rf /tmp/tp-cuda-f32-resumed
+    "$wick" train --resume /tmp/tp-cuda-f32-straight/checkpoint-3 --out /tmp/tp-cuda-f32-resumed \
+      --model "$gguf" --data "$repo/data/quickstart.jsonl" --device cuda --dtype f32 >/dev/null 2>/tmp/tp-resume.err \
+      || { tail -5 /tmp/tp-resume.err; rc=1; }
+    cp /tmp/tp-cuda-f32-resumed/metrics.jsonl "$results/train-curve-cuda-f32-resumed.jsonl" || rc=1
+    grep -h "CUDA training engine\|training on" /tmp/tp-*.err | sort | uniq -c
+    c="python3 $repo/scripts/compare-train-curves.py"
+    $c "$results/train-curve-cpu-f32.jsonl" "$results/train-curve-cuda-f32-engine.jsonl" \
+      --json "$results/parity-train-engine-f32.json" || rc=1
+    $c "$results/train-curve-cuda-bf16-autograd.jsonl" "$results/train-curve-cuda-bf16-engine.jsonl" \
+      --mode mixed-dtype --json "$results/parity-train-engine-bf16.json" || rc=1
+    $c "$results/train-curve-cuda-f32-straight.jsonl" "$results/train-curve-cuda-f32-resumed.jsonl" \
+      --abs-tol 1e-5 --json "$results/parity-train-engine-resume.json" || rc=1
     exit $rc
     ;;
   embed)

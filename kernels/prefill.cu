@@ -11,19 +11,31 @@
 //   consecutive GGML blocks dequantized into one f32 buffer, segment after segment (a matrix of rows of
 //   k weights becomes its row-major [rows, k]).
 // rms_rows(x, w, y, n, k, eps): y[i] = x[i] * rsqrt(mean(x[i]^2) + eps) * w, one warp per row.
-// rope_kv_rows(qkv, k_cache, v_cache, inv_freq, pos0, n, heads, kv_heads, d): per token i (position
-//   p = pos0 + i), qkv row i = [q heads*d | k kv*d | v kv*d]: q rotated in place (HF half-split RoPE,
-//   angles p * inv_freq[j] as in rope_attention), rotated k and v written to the caches
-//   ([max_seq, kv_heads, d]) at row p.
+// rope_kv_rows(qkv, k_cache, v_cache, inv_freq, qh, pos0, n, heads, kv_heads, d): per token i
+//   (position p = pos0 + i), qkv row i = [q heads*d | k kv*d | v kv*d]: q rotated (HF half-split RoPE,
+//   angles p * inv_freq[j] as in rope_attention) in place when qh is null, else written head-major to
+//   qh ([heads, n, d]: head h of token i at (h * n + i) * d, qkv's q untouched); rotated k and v
+//   written to the caches ([max_seq, kv_heads, d]) at row p.
 // prefill_attention(qkv, k_cache, v_cache, out, pos0, n, heads, kv_heads, d, qt, scale): causal
 //   attention of the n tokens' (rotated) queries over cache rows 0 ..= p. Block (tile, kvh): the qt
 //   tokens tile*qt .. of the chunk and the group = heads/kv_heads query heads of kv head kvh, i.e.
 //   R = qt * group query rows (row r = token t * group + g), against key tiles of PA_KEYS positions in
 //   shared memory, online softmax in f32. out: [n, heads * d].
 // swiglu_rows(gu, act, n, ffn): act[i][j] = silu(gu[i][j]) * gu[i][ffn + j].
+//
+// The GEMM attention (launcher `PrefillKernels::attention_gemm`): with qh head-major from rope_kv_rows,
+// S [heads, n, L] (row stride ld) = qh K^T per kv head (cuBLASLt, batched over kv heads, the group's
+// query heads stacked as rows), then
+// prefill_causal_softmax(s, rows, n, ld, pos0, scale): in place, one warp per row r = h * n + i (query
+//   token i, position pos0 + i): s[r][j] = softmax_{j <= pos0 + i}(scale s[r][j]) for j < pos0 + i + 1,
+//   0 for pos0 + i < j < pos0 + n (the P V product reads L = pos0 + n columns); columns from L up to
+//   the next multiple of 4 (<= ld) may be zeroed, later ones are not touched;
+// then O [heads, n, d] = P V (cuBLASLt), and
+// heads_to_tokens_rows(oh, out, n, heads, d): out[i][h * d + c] = oh[h][i][c] ([n, heads * d]).
 #include "common.cuh"
 
 #define PA_KEYS 32
+#define LOG2E_F 1.4426950408889634f
 #define PA_THREADS 256  // threads of a prefill_attention block (the launcher uses the same)
 
 // Weights 4p .. 4p + 3 (p < 8) of one block.
@@ -118,7 +130,8 @@ extern "C" __global__ void rms_rows(const float* __restrict__ x, const float* __
 
 extern "C" __global__ void rope_kv_rows(float* __restrict__ qkv, float* __restrict__ k_cache,
                                         float* __restrict__ v_cache, const float* __restrict__ inv_freq,
-                                        int pos0, int n, int heads, int kv_heads, int d) {
+                                        float* __restrict__ qh, int pos0, int n, int heads,
+                                        int kv_heads, int d) {
     int i = blockIdx.x;
     if (i >= n) return;
     int p = pos0 + i, half = d / 2;
@@ -132,8 +145,9 @@ extern "C" __global__ void rope_kv_rows(float* __restrict__ qkv, float* __restri
         float a = row[h * d + c], b = row[h * d + c + half];
         float ra = a * co - b * s, rb = a * s + b * co;
         if (h < heads) {
-            row[h * d + c] = ra;
-            row[h * d + c + half] = rb;
+            float* dst = qh ? qh + ((size_t)h * n + i) * d : row + h * d;
+            dst[c] = ra;
+            dst[c + half] = rb;
         } else {
             int kvh = h - heads;
             k_cache[cache_row + kvh * d + c] = ra;
@@ -242,5 +256,77 @@ extern "C" __global__ void swiglu_rows(const float* __restrict__ gu, float* __re
         size_t i = j / ffn, c = j % ffn;
         float g = gu[i * 2 * ffn + c], u = gu[i * 2 * ffn + ffn + c];
         act[j] = g / (1.f + expf(-g)) * u;
+    }
+}
+
+extern "C" __global__ void prefill_causal_softmax(float* __restrict__ s, int rows, int n, int ld,
+                                                  int pos0, float scale) {
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    int len = pos0 + row % n + 1, cols = pos0 + n;
+    float* x = s + (size_t)row * ld;
+    float sl = scale * LOG2E_F;
+    // Pass 1: running max and sum of exp2 over the row's keys, per lane, then across the warp.
+    float m = -INFINITY, sum = 0.f;
+    bool vec = (ld & 3) == 0 && ((size_t)s & 15) == 0;
+    if (vec) {
+        const float4* x4 = reinterpret_cast<const float4*>(x);
+        for (int i = lane; i * 4 < len; i += 32) {
+            float4 a = x4[i];
+            float e[4] = {a.x * sl, a.y * sl, a.z * sl, a.w * sl};
+            int valid = min(4, len - i * 4);
+            float lm = e[0];
+            for (int j = 1; j < valid; j++) lm = fmaxf(lm, e[j]);
+            float nm = fmaxf(m, lm);
+            float acc = 0.f;
+            for (int j = 0; j < valid; j++) acc += exp2f(e[j] - nm);
+            sum = (m == -INFINITY ? 0.f : sum * exp2f(m - nm)) + acc;
+            m = nm;
+        }
+    } else {
+        for (int i = lane; i < len; i += 32) {
+            float e = x[i] * sl;
+            float nm = fmaxf(m, e);
+            sum = (m == -INFINITY ? 0.f : sum * exp2f(m - nm)) + exp2f(e - nm);
+            m = nm;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float om = __shfl_xor_sync(0xffffffff, m, o);
+        float os = __shfl_xor_sync(0xffffffff, sum, o);
+        float nm = fmaxf(m, om);
+        sum = (m == -INFINITY ? 0.f : sum * exp2f(m - nm)) +
+              (om == -INFINITY ? 0.f : os * exp2f(om - nm));
+        m = nm;
+    }
+    float inv = 1.f / sum;
+    // Pass 2, in place: each lane rewrites exactly the elements it alone reads.
+    if (vec) {
+        float4* x4 = reinterpret_cast<float4*>(x);
+        for (int i = lane; i * 4 < cols; i += 32) {
+            float o[4] = {0.f, 0.f, 0.f, 0.f};
+            if (i * 4 < len) {
+                float4 a = x4[i];
+                float e[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+                for (int j = 0; j < 4; j++) o[j] = i * 4 + j < len ? exp2f(e[j] * sl - m) * inv : 0.f;
+            }
+            // The last vector may run past cols into the padding up to ld (a multiple of 4): harmless.
+            x4[i] = make_float4(o[0], o[1], o[2], o[3]);
+        }
+    } else {
+        for (int i = lane; i < cols; i += 32) x[i] = i < len ? exp2f(x[i] * sl - m) * inv : 0.f;
+    }
+}
+
+extern "C" __global__ void heads_to_tokens_rows(const float* __restrict__ oh, float* __restrict__ out,
+                                                int n, int heads, int d) {
+    size_t total = (size_t)n * heads * d;
+    for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < total;
+         j += (size_t)gridDim.x * blockDim.x) {
+        size_t i = j / ((size_t)heads * d), hc = j % ((size_t)heads * d);
+        size_t h = hc / d, c = hc % d;
+        out[j] = oh[(h * n + i) * d + c];
     }
 }

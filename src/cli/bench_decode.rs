@@ -4,7 +4,8 @@
 //! - correctness against the Candle path with the weights dequantized to dense f32 (the engine's maths:
 //!   dequantized weights times f32 activations; only the summation order differs), both fed the f32
 //!   path's greedy tokens so positions stay aligned: (a) the engine's batched prefill
-//!   (`DecodeEngine::prefill`, what generation uses), (b) the engine stepping the whole prompt itself,
+//!   (`DecodeEngine::prefill`, what generation uses: the GEMM attention where it fits, and again with
+//!   the one-kernel attention forced), (b) the engine stepping the whole prompt itself,
 //!   (c) the engine taking over the f32 path's prefill KV cache (`load_prefix`, the fallback), each
 //!   for `--compare` positions (the first compares the prompt's last logits); max |logit
 //!   difference| <= `--tolerance`. The
@@ -56,8 +57,8 @@ pub struct Args {
 
 #[derive(Serialize)]
 struct CompareRow {
-    /// "engine batched prefill", "engine steps" (the engine stepped the prompt) or "candle prefill
-    /// handoff".
+    /// "engine batched prefill" (GEMM attention), "engine batched prefill (attention kernel)",
+    /// "engine steps" (the engine stepped the prompt) or "candle prefill handoff".
     run: &'static str,
     position: usize,
     max_abs_logit_diff: f32,
@@ -184,9 +185,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
 
     // Correctness: (a) the engine steps the prompt; (b) it takes over the f32 path's prefill cache.
-    let mut compare = Vec::with_capacity(3 * args.compare);
+    let mut compare = Vec::with_capacity(4 * args.compare);
     for run in [
         "engine batched prefill",
+        "engine batched prefill (attention kernel)",
         "engine steps",
         "candle prefill handoff",
     ] {
@@ -196,7 +198,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut qwant = logits_of(&model, &prompt, &mut qcache)?;
         engine.reset();
         if run == "engine batched prefill" {
+            // The GEMM attention (every chunk whose keys fit its scratch, as generation runs it).
             engine.prefill(&prompt)?;
+        } else if run == "engine batched prefill (attention kernel)" {
+            engine.use_prefill_attention_kernel(true)?;
+            engine.prefill(&prompt)?;
+            engine.use_prefill_attention_kernel(false)?;
         } else if run == "engine steps" {
             for &id in &prompt {
                 engine.step(id)?;
@@ -399,6 +406,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     for run in [
         "engine batched prefill",
+        "engine batched prefill (attention kernel)",
         "engine steps",
         "candle prefill handoff",
     ] {

@@ -9,12 +9,19 @@
 //! X = embed(ids)                                                     1 launch
 //! per layer:  W = dequant(q/k/v | o | gate | up | down)              10 launches per layer
 //!             QKV = rms_norm(X) W_qkv^T                     (GEMM)
-//!             rope(Q) in place; rope(K), V -> cache rows pos..pos+n
-//!             A = causal_attention(Q, cache 0..=pos+i)
+//!             rope(Q) -> Qh [heads, n, d]; rope(K), V -> cache rows pos..pos+n
+//!             A = causal_attention(Qh, cache 0..=pos+i)               4 launches (GEMM path)
 //!             X += A W_o^T                                  (GEMM, beta 1)
 //!             GU = rms_norm(X) [W_gate | W_up]^T            (GEMM)
 //!             X += (silu(G) * U) W_down^T                   (GEMM, beta 1)
 //! ```
+//! Attention (`gpu::decode::prefill`): the GEMM formulation (S = Qh K^T batched over kv heads, the
+//! offset causal softmax in place, O = P V, O to token-major rows: 4 launches, 13 per layer) for
+//! every chunk whose keys (pos + n) fit the scores scratch [heads, chunk, keys] f32: up to
+//! [`GEMM_ATTENTION_MAX_KEYS`] keys and [`GEMM_ATTENTION_SCRATCH_BYTES`] (SmolLM2-135M, 9 heads:
+//! 4096 keys, 75.5 MB); later chunks, and every chunk after
+//! [`DecodeEngine::use_prefill_attention_kernel`]`(true)`, use the one-kernel attention (rope rotates
+//! Q in place; 10 launches per layer).
 //! After the last chunk: logits = W_head rms_norm(X[n - 1]) (the decode step's `qmv`) and the greedy
 //! (id, logprob) (`argmax`): 2 launches, so [`DecodeEngine::greedy`] / [`DecodeEngine::logits`] and
 //! the following steps see exactly what stepping the prompt would have left.
@@ -27,7 +34,9 @@ use candle_core::{DType, Device};
 use super::{driver_err, launch_err, DecodeEngine};
 use crate::generate::cuda_decode::EngineShape;
 use crate::gpu::decode::launch::device_ptr;
-use crate::gpu::decode::prefill::{prefill_query_tile, DequantSegment, PrefillKernels};
+use crate::gpu::decode::prefill::{
+    gemm_attention_scores_len, prefill_query_tile, DequantSegment, PrefillKernels,
+};
 use crate::gpu::decode::BLOCK;
 use crate::gpu::gemm::{Gemm, GemmShape};
 use crate::{Error, Result};
@@ -36,9 +45,30 @@ use crate::{Error, Result};
 /// smaller).
 pub const PREFILL_CHUNK: usize = 512;
 
-/// Launches of one prefill chunk through `layers` layers (embedding, then 10 per layer).
-pub fn launches_per_chunk(layers: usize) -> usize {
-    1 + 10 * layers
+/// Most key positions (pos + n) for which a chunk's attention takes the GEMM path.
+pub const GEMM_ATTENTION_MAX_KEYS: usize = 4096;
+
+/// Most bytes of the GEMM attention's scores scratch; fewer keys when heads x chunk x keys f32
+/// would exceed it.
+pub const GEMM_ATTENTION_SCRATCH_BYTES: usize = 96 << 20;
+
+/// Launches of one prefill chunk through `layers` layers: the embedding, then 13 per layer with the
+/// GEMM attention (`gemm_attention`), 10 with the attention kernel.
+pub fn launches_per_chunk(layers: usize, gemm_attention: bool) -> usize {
+    1 + if gemm_attention { 13 } else { 10 } * layers
+}
+
+/// Tokens per prefill chunk for `shape`.
+fn chunk_tokens(s: &EngineShape) -> usize {
+    PREFILL_CHUNK.min(s.max_seq)
+}
+
+/// Most keys (pos + n) a chunk may have for the GEMM attention, for `shape` (0: never).
+pub fn gemm_attention_keys(s: &EngineShape) -> usize {
+    let chunk = chunk_tokens(s);
+    // Rounded down to a multiple of 4 so rows of gemm_attention_ld(keys) floats stay in the budget.
+    let by_bytes = GEMM_ATTENTION_SCRATCH_BYTES / (s.heads.max(1) * chunk.max(1) * 4) / 4 * 4;
+    s.max_seq.min(GEMM_ATTENTION_MAX_KEYS).min(by_bytes)
 }
 
 /// The prefill's kernels, GEMM handle and chunk buffers (allocated on the first prefill).
@@ -62,6 +92,14 @@ pub(super) struct PrefillState {
     gu: u64,
     /// [chunk, ffn] SwiGLU output.
     act: u64,
+    /// Most keys for the GEMM attention (0: none).
+    gemm_keys: usize,
+    /// [heads, chunk, d] rotated queries, then the attention output, head-major (GEMM attention).
+    qh: u64,
+    /// [heads, chunk, gemm_keys] scores and probabilities (GEMM attention).
+    scores: u64,
+    /// Every chunk through the attention kernel.
+    kernel_attention: bool,
     /// One layer's weights in f32: qkv [qkv_rows, hidden] | o [hidden, qd] | gate, up [ffn, hidden]
     /// | down [hidden, ffn].
     w: u64,
@@ -89,6 +127,11 @@ fn layer_offsets(s: &EngineShape) -> LayerOffsets {
 }
 
 impl PrefillState {
+    /// Whether a chunk of `n` tokens at `pos` takes the GEMM attention.
+    fn gemm_attention(&self, pos: usize, n: usize) -> bool {
+        !self.kernel_attention && pos + n <= self.gemm_keys
+    }
+
     fn new(engine: &DecodeEngine) -> Result<Self> {
         let Device::Cuda(dev) = &engine.device else {
             return Err(Error::InvalidRequest(
@@ -106,8 +149,10 @@ impl PrefillState {
         let kernels = PrefillKernels::load(dev).map_err(launch_err("(loading prefill kernels)"))?;
         let gemm = Gemm::for_device(dev).map_err(launch_err("(creating the GEMM handle)"))?;
         let stream = kernels.stream().clone();
-        let chunk = PREFILL_CHUNK.min(s.max_seq);
+        let chunk = chunk_tokens(&s);
         let (h, qd) = (s.hidden, s.heads * s.head_dim);
+        let gemm_keys = gemm_attention_keys(&s);
+        let scores_len = gemm_attention_scores_len(s.attention(), chunk, gemm_keys);
         let alloc = |n: usize, what: &str| -> Result<CudaSlice<f32>> {
             stream
                 .alloc_zeros::<f32>(n)
@@ -121,13 +166,18 @@ impl PrefillState {
             alloc(chunk * 2 * s.ffn, "prefill gate/up")?,
             alloc(chunk * s.ffn, "prefill activation")?,
             alloc(layer_offsets(&s).total, "prefill layer weights")?,
+            alloc(
+                if gemm_keys > 0 { chunk * qd } else { 1 },
+                "prefill head-major q",
+            )?,
+            alloc(scores_len.max(1), "prefill attention scores")?,
         ];
         let ids = stream
             .alloc_zeros::<i32>(chunk)
             .map_err(|e| driver_err("prefill ids", e))?;
         let p: Vec<u64> = owned.iter().map(|b| device_ptr(b, &stream)).collect();
         tracing::info!(
-            "CUDA decode engine prefill: chunks of {chunk} tokens, {:.1} MB of buffers",
+            "CUDA decode engine prefill: chunks of {chunk} tokens, GEMM attention up to {gemm_keys} keys, {:.1} MB of buffers",
             owned.iter().map(|b| b.len() * 4).sum::<usize>() as f64 / 1e6
         );
         Ok(Self {
@@ -143,6 +193,10 @@ impl PrefillState {
             gu: p[4],
             act: p[5],
             w: p[6],
+            gemm_keys,
+            qh: p[7],
+            scores: p[8],
+            kernel_attention: false,
             _owned: owned,
         })
     }
@@ -200,10 +254,35 @@ impl DecodeEngine {
         result
     }
 
-    /// Launches of a prefill of `tokens` prompt tokens.
+    /// Launches of a prefill of `tokens` prompt tokens from an empty cache (position 0).
     pub fn prefill_launches(&self, tokens: usize) -> usize {
-        let chunk = PREFILL_CHUNK.min(self.shape.max_seq);
-        tokens.div_ceil(chunk) * launches_per_chunk(self.shape.layers) + 2
+        let s = &self.shape;
+        let chunk = chunk_tokens(s);
+        let keys = match &self.prefill {
+            Some(p) if p.kernel_attention => 0,
+            _ => gemm_attention_keys(s),
+        };
+        let mut pos = 0;
+        let mut launches = 2;
+        while pos < tokens {
+            let n = chunk.min(tokens - pos);
+            launches += launches_per_chunk(s.layers, pos + n <= keys);
+            pos += n;
+        }
+        launches
+    }
+
+    /// Every later prefill chunk through the one-kernel attention (`on`), or back to the GEMM
+    /// attention where its scratch holds the chunk's keys (the default). Builds the prefill state
+    /// (kernels, buffers) when there is none yet.
+    pub fn use_prefill_attention_kernel(&mut self, on: bool) -> Result<()> {
+        if self.prefill.is_none() {
+            self.prefill = Some(PrefillState::new(self)?);
+        }
+        if let Some(p) = self.prefill.as_mut() {
+            p.kernel_attention = on;
+        }
+        Ok(())
     }
 
     fn prefill_chunks(&mut self, p: &mut PrefillState, tokens: &[u32]) -> Result<()> {
@@ -259,6 +338,7 @@ impl DecodeEngine {
         let cache_layer = (s.max_seq * s.kv_heads * s.head_dim * 4) as u64;
         let attention = s.attention();
         let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let gemm_attention = p.gemm_attention(self.pos, n);
         let blocks = |m: &super::DeviceMatrix| m.rows * m.cols / BLOCK;
         k.embed_rows(w.embed.quant, w.embed.ptr, p.ids_ptr, p.x, n, h)
             .map_err(launch_err("prefill embed"))?;
@@ -289,12 +369,29 @@ impl DecodeEngine {
                 b.k_cache + i as u64 * cache_layer,
                 b.v_cache + i as u64 * cache_layer,
             );
-            k.rope_kv_rows(p.qkv, kc, vc, w.inv_freq_ptr, self.pos, n, attention)
+            let qh = if gemm_attention { p.qh } else { 0 };
+            k.rope_kv_rows(p.qkv, kc, vc, w.inv_freq_ptr, qh, self.pos, n, attention)
                 .map_err(launch_err("prefill rope + cache write"))?;
             mark("rope + kv write")?;
-            k.attention(p.qkv, kc, vc, p.attn, self.pos, n, attention, scale)
-                .map_err(launch_err("prefill attention"))?;
-            mark("attention")?;
+            if gemm_attention {
+                k.attention_gemm(
+                    &p.gemm,
+                    (p.qh, kc, vc),
+                    (p.scores, p.attn),
+                    self.pos,
+                    n,
+                    attention,
+                    scale,
+                    &mut |kind| {
+                        mark(kind).map_err(|e| candle_core::Error::Msg(format!("profile: {e}")))
+                    },
+                )
+                .map_err(launch_err("prefill GEMM attention"))?;
+            } else {
+                k.attention(p.qkv, kc, vc, p.attn, self.pos, n, attention, scale)
+                    .map_err(launch_err("prefill attention"))?;
+                mark("attention")?;
+            }
             linear(
                 &p.gemm,
                 (p.attn, wp(off.o), p.x),
@@ -380,7 +477,7 @@ impl DecodeEngine {
             stream
                 .memcpy_htod(&ids, &mut dst)
                 .map_err(|e| driver_err("writing prompt ids", e))?;
-            let launches = launches_per_chunk(self.shape.layers);
+            let launches = launches_per_chunk(self.shape.layers, p.gemm_attention(0, tokens.len()));
             let events = (0..=launches)
                 .map(|_| {
                     stream

@@ -1,15 +1,18 @@
 //! The batched-prefill kernels (`prefill`, kernels/prefill.cu) against their CPU references
 //! (`reference::prefill_*`) on the GPU, at the default model's shapes and odd ones; outputs are
-//! poisoned with NaN before each launch. Records `dec_prefill_*` (through `check::run`).
+//! poisoned with NaN before each launch. Records `dec_prefill_*` (through `check::run`); the GEMM
+//! attention (`PrefillKernels::attention_gemm`, with cuBLASLt) as `dec_prefill_attention_gemm`,
+//! its head-major rotated queries as `dec_prefill_rope_qh`.
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
 use candle_core::CudaDevice;
 
 use super::check::{blocks, f32s, DecodeCase};
 use super::launch::device_ptr;
-use super::prefill::PrefillKernels;
+use super::prefill::{gemm_attention_scores_len, PrefillKernels};
 use super::reference::{self, AttentionShape};
 use super::QuantType;
+use crate::gpu::gemm::Gemm;
 use crate::Result;
 
 fn gpu_err(what: &str, e: impl std::fmt::Debug) -> crate::Error {
@@ -182,6 +185,7 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
                 gpu.ptr(&kd),
                 gpu.ptr(&vd),
                 gpu.ptr(&id),
+                0,
                 pos0,
                 n,
                 shape,
@@ -227,6 +231,99 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
         });
         cases.push(DecodeCase {
             kernel: "dec_prefill_attention".into(),
+            shape: text,
+            got: gpu.down(&od)?,
+            want,
+        });
+    }
+    // The GEMM attention: rope with head-major q, then S = Q K^T, offset softmax, P V, to tokens,
+    // against the same f64 reference as the kernel (pos0 0 and later chunks, odd head counts, MHA,
+    // keys not a multiple of 4).
+    let gemm = Gemm::for_device(dev).map_err(launch_err("creating the GEMM handle"))?;
+    for &(heads, kv_heads, d, pos0, n) in &[
+        (9usize, 3usize, 64usize, 0usize, 1usize),
+        (9, 3, 64, 0, 37),
+        (9, 3, 64, 100, 77),
+        (9, 3, 64, 0, 512),
+        (9, 3, 64, 512, 512),
+        (9, 3, 64, 1029, 333),
+        (7, 7, 64, 3, 45),
+        (15, 5, 32, 0, 129),
+        (8, 2, 128, 61, 50),
+    ] {
+        let shape = AttentionShape {
+            heads,
+            kv_heads,
+            head_dim: d,
+        };
+        let max_seq = pos0 + n + 3;
+        let width = (heads + 2 * kv_heads) * d;
+        let row = kv_heads * d;
+        let qkv = f32s(n * width, next(), 1.0);
+        let mut kc = f32s(max_seq * row, next(), 1.0);
+        let mut vc = f32s(max_seq * row, next(), 1.0);
+        let inv: Vec<f32> = (0..d / 2)
+            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32))
+            .collect();
+        let (qd, kd, vd, id) = (gpu.up(&qkv)?, gpu.up(&kc)?, gpu.up(&vc)?, gpu.up(&inv)?);
+        let qhd = gpu.up(&vec![f32::NAN; heads * n * d])?;
+        let sd = gpu.up(&vec![
+            f32::NAN;
+            gemm_attention_scores_len(shape, n, pos0 + n)
+        ])?;
+        let od = gpu.up(&vec![f32::NAN; n * heads * d])?;
+        kernels
+            .rope_kv_rows(
+                gpu.ptr(&qd),
+                gpu.ptr(&kd),
+                gpu.ptr(&vd),
+                gpu.ptr(&id),
+                gpu.ptr(&qhd),
+                pos0,
+                n,
+                shape,
+            )
+            .map_err(launch_err("rope_kv_rows (head-major q)"))?;
+        // The head-major queries, read before the attention overwrites them with its output.
+        let qh_after = gpu.down(&qhd)?;
+        let qkv_after = gpu.down(&qd)?;
+        let scale = 1.0 / (d as f32).sqrt();
+        kernels
+            .attention_gemm(
+                &gemm,
+                (gpu.ptr(&qhd), gpu.ptr(&kd), gpu.ptr(&vd)),
+                (gpu.ptr(&sd), gpu.ptr(&od)),
+                pos0,
+                n,
+                shape,
+                scale,
+                &mut |_| Ok(()),
+            )
+            .map_err(launch_err("attention_gemm"))?;
+        let q_want = reference::prefill_rope_kv(&qkv, &mut kc, &mut vc, &inv, pos0, shape);
+        let q32: Vec<f32> = q_want.iter().map(|&v| v as f32).collect();
+        let want = reference::prefill_attention(&q32, &kc, &vc, pos0, shape, scale);
+        let text = format!("h{heads} kv{kv_heads} d{d} pos0 {pos0} n{n}");
+        // qh[h][i] against the reference's token-major q[i][h]; qkv itself unchanged.
+        let mut qh_want = vec![0f64; heads * n * d];
+        for i in 0..n {
+            for h in 0..heads {
+                for c in 0..d {
+                    qh_want[(h * n + i) * d + c] = q_want[i * heads * d + h * d + c];
+                }
+            }
+        }
+        let mut qh_got = qh_after;
+        qh_got.extend(qkv_after);
+        qh_want.extend(qkv.iter().map(|&v| v as f64));
+        cases.push(DecodeCase {
+            kernel: "dec_prefill_rope_qh".into(),
+            shape: text.clone(),
+            got: qh_got,
+            want: qh_want,
+        });
+        cases.push(DecodeCase {
+            kernel: "dec_prefill_attention_gemm".into(),
             shape: text,
             got: gpu.down(&od)?,
             want,

@@ -3,6 +3,13 @@
 //! launch, RMSNorm over rows, RoPE with the KV-cache write for n positions, causal attention of n
 //! queries against the cache, and SwiGLU over rows. The matrix products between them are f32 GEMMs
 //! (`gpu::gemm`). CPU twins: `reference::prefill_*`.
+//!
+//! Attention has two paths. [`PrefillKernels::attention`] is one kernel (key tiles in shared memory,
+//! online softmax, CUDA-core f32): no scratch, any context length. [`PrefillKernels::attention_gemm`]
+//! is the GEMM formulation of the training engine: S = Q K^T per kv head (one batched cuBLASLt f32
+//! product, the group's query heads stacked as rows), a causal softmax with the chunk's position
+//! offset in place, O = P V (one batched product), then O from head-major to token-major rows: 4
+//! launches, and a [heads, n, L] f32 scratch for the scores.
 
 use std::sync::Arc;
 
@@ -12,8 +19,10 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::WrapErr;
 use candle_core::CudaDevice;
 
-use super::reference::AttentionShape;
+pub use super::reference::{gemm_attention_ld, gemm_attention_scores_len};
+use super::reference::{gemm_attention_shapes, AttentionShape};
 use super::QuantType;
+use crate::gpu::gemm::Gemm;
 use crate::gpu::kernels::{function, Module};
 
 type Result<T> = candle_core::Result<T>;
@@ -68,6 +77,9 @@ pub fn prefill_query_tile(shape: AttentionShape) -> Option<usize> {
     None
 }
 
+/// Warps (rows) per block of `prefill_causal_softmax`.
+const SOFTMAX_WARPS: usize = 8;
+
 /// The prefill kernels of one device, on the stream of the decode kernels (Candle's).
 pub struct PrefillKernels {
     stream: Arc<CudaStream>,
@@ -77,6 +89,8 @@ pub struct PrefillKernels {
     rope_kv_rows: CudaFunction,
     attention: CudaFunction,
     swiglu_rows: CudaFunction,
+    causal_softmax: CudaFunction,
+    heads_to_tokens: CudaFunction,
 }
 
 fn grid_1d(items: usize, threads: usize) -> u32 {
@@ -95,6 +109,8 @@ impl PrefillKernels {
             rope_kv_rows: f("rope_kv_rows")?,
             attention: f("prefill_attention")?,
             swiglu_rows: f("swiglu_rows")?,
+            causal_softmax: f("prefill_causal_softmax")?,
+            heads_to_tokens: f("heads_to_tokens_rows")?,
         })
     }
 
@@ -191,8 +207,10 @@ impl PrefillKernels {
         Ok(())
     }
 
-    /// RoPE at positions pos0 + i on the q heads of qkv row i (in place) and its k head, the
-    /// rotated k and the v of row i into the caches at row pos0 + i, i < n.
+    /// RoPE at positions pos0 + i on the q heads of qkv row i and its k head, the rotated k and the
+    /// v of row i into the caches at row pos0 + i, i < n. The rotated q replaces qkv's when `qh` is
+    /// 0; otherwise it goes head-major to `qh` ([heads, n, d], what [`Self::attention_gemm`] reads)
+    /// and qkv's q is left as it was.
     #[allow(clippy::too_many_arguments)]
     pub fn rope_kv_rows(
         &self,
@@ -200,6 +218,7 @@ impl PrefillKernels {
         k_cache: u64,
         v_cache: u64,
         inv_freq: u64,
+        qh: u64,
         pos0: usize,
         n: usize,
         shape: AttentionShape,
@@ -214,7 +233,11 @@ impl PrefillKernels {
             shape.head_dim as i32,
         );
         let mut b = self.stream.launch_builder(&self.rope_kv_rows);
-        b.arg(&qkv).arg(&k_cache).arg(&v_cache).arg(&inv_freq);
+        b.arg(&qkv)
+            .arg(&k_cache)
+            .arg(&v_cache)
+            .arg(&inv_freq)
+            .arg(&qh);
         b.arg(&p_i).arg(&n_i).arg(&h).arg(&kv).arg(&d);
         let cfg = LaunchConfig {
             grid_dim: (n as u32, 1, 1),
@@ -277,6 +300,74 @@ impl PrefillKernels {
         };
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
+    }
+
+    /// The GEMM formulation of [`Self::attention`]: causal attention of the n rotated queries in
+    /// `qh` (head-major [heads, n, d], from [`Self::rope_kv_rows`]; positions pos0 + i) against
+    /// cache rows 0 ..= pos0 + i, into `out` ([n, heads * d], as `attention` writes it). Four
+    /// launches: S = Q K^T (cuBLASLt f32, no TF32; batched over kv heads, the group's query heads
+    /// stacked as the rows [g * n + i] of one product) into `scores`; the offset causal softmax in
+    /// place; O = P V into `qh` (its queries are no longer needed); O to token-major rows.
+    /// `scores`: at least [`gemm_attention_scores_len`]`(shape, n, pos0 + n)` floats. `mark(kind)`
+    /// is called after each launch (a profile's events; `|_| Ok(())` otherwise).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_gemm(
+        &self,
+        gemm: &Gemm,
+        (qh, k_cache, v_cache): (u64, u64, u64),
+        (scores, out): (u64, u64),
+        pos0: usize,
+        n: usize,
+        shape: AttentionShape,
+        scale: f32,
+        mark: &mut dyn FnMut(&'static str) -> Result<()>,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let AttentionShape {
+            heads,
+            kv_heads,
+            head_dim: d,
+        } = shape;
+        if kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "prefill attention_gemm: {heads} heads are not a multiple of {kv_heads} kv heads"
+            )));
+        }
+        // Per kv head: S [g n, L] = Q [g n, d] K^T and O [g n, d] = P V, K and V the cache rows
+        // [L, d] with row stride kv_heads d (`reference::gemm_attention_shapes`).
+        let (qk, pv, ld) = gemm_attention_shapes(shape, pos0, n);
+        gemm.run(&qk, qh, k_cache, scores, 1.0, 0.0)?;
+        mark("attention q k^T (gemm)")?;
+        let rows = heads * n;
+        let (rows_i, n_i, ld_i, p_i) = (rows as i32, n as i32, ld as i32, pos0 as i32);
+        let mut b = self.stream.launch_builder(&self.causal_softmax);
+        b.arg(&scores)
+            .arg(&rows_i)
+            .arg(&n_i)
+            .arg(&ld_i)
+            .arg(&p_i)
+            .arg(&scale);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(SOFTMAX_WARPS) as u32, 1, 1),
+            block_dim: ((SOFTMAX_WARPS * 32) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        mark("attention softmax")?;
+        gemm.run(&pv, scores, v_cache, qh, 1.0, 0.0)?;
+        mark("attention p v (gemm)")?;
+        let (h_i, d_i) = (heads as i32, d as i32);
+        let mut b = self.stream.launch_builder(&self.heads_to_tokens);
+        b.arg(&qh).arg(&out).arg(&n_i).arg(&h_i).arg(&d_i);
+        let cfg = LaunchConfig {
+            grid_dim: (grid_1d(n * heads * d, 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        mark("attention to tokens")
     }
 
     /// act[i][j] = silu(gu[i][j]) * gu[i][ffn + j] for n rows ([n, 2 ffn] -> [n, ffn]).

@@ -5,6 +5,7 @@
 use half::f16;
 
 use super::{QuantType, BLOCK};
+use crate::gpu::gemm::{self, GemmShape};
 
 fn f16_at(bytes: &[u8], at: usize) -> f64 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f64()
@@ -339,6 +340,105 @@ pub fn prefill_attention(
     out
 }
 
+/// Row stride (floats) of the GEMM attention's scores for `keys` key positions: `keys` rounded up
+/// to a multiple of 4 (16-byte rows for the softmax's vector loads and the products' alignment).
+pub fn gemm_attention_ld(keys: usize) -> usize {
+    keys.div_ceil(4) * 4
+}
+
+/// Floats of the scores scratch the GEMM attention needs for `n` queries against up to `keys` key
+/// positions: [heads, n, gemm_attention_ld(keys)].
+pub fn gemm_attention_scores_len(shape: AttentionShape, n: usize, keys: usize) -> usize {
+    shape.heads * n * gemm_attention_ld(keys)
+}
+
+/// The two f32 products of the GEMM attention (`PrefillKernels::attention_gemm`) for `n` queries at
+/// positions pos0 .. pos0 + n against L = pos0 + n cached keys, both batched over kv heads with the
+/// group's G query heads stacked as the rows g * n + i of one product:
+/// - S [heads, n, ld] = Qh K^T: Qh head-major [heads, n, d] (entry kvh at kvh G n d), K the cache
+///   [L, d] rows with row stride kv_heads d (entry kvh at kvh d), trans_b;
+/// - O [heads, n, d] = P V: P = S (lda ld), V as K.
+///
+/// Returns (S product, O product, ld).
+pub fn gemm_attention_shapes(
+    shape: AttentionShape,
+    pos0: usize,
+    n: usize,
+) -> (GemmShape, GemmShape, usize) {
+    let AttentionShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+    } = shape;
+    let (g, keys) = (heads / kv_heads.max(1), pos0 + n);
+    let ld = gemm_attention_ld(keys);
+    let f32 = candle_core::DType::F32;
+    let qk = GemmShape {
+        ldb: kv_heads * d,
+        ldd: ld,
+        ..GemmShape::contiguous((g * n, keys, d), (false, true), f32, f32)
+    }
+    .batched(kv_heads, g * n * d, d, g * n * ld);
+    let pv = GemmShape {
+        lda: ld,
+        ldb: kv_heads * d,
+        ..GemmShape::contiguous((g * n, d, keys), (false, false), f32, f32)
+    }
+    .batched(kv_heads, g * n * ld, d, g * n * d);
+    (qk, pv, ld)
+}
+
+/// `prefill_causal_softmax`, in place on the scores [rows, ld]: row r (query i = r % n, position
+/// pos0 + i) becomes softmax(scale s[r][j]) over j <= pos0 + i and 0 for pos0 + i < j < pos0 + n;
+/// the rest of the row is left alone.
+pub fn prefill_causal_softmax(s: &mut [f64], n: usize, ld: usize, pos0: usize, scale: f64) {
+    for (r, row) in s.chunks_exact_mut(ld).enumerate() {
+        let len = pos0 + r % n + 1;
+        let max = row[..len]
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &v| m.max(scale * v));
+        let total: f64 = row[..len].iter().map(|&v| (scale * v - max).exp()).sum();
+        for v in &mut row[..len] {
+            *v = (scale * *v - max).exp() / total;
+        }
+        for v in &mut row[len..pos0 + n] {
+            *v = 0.0;
+        }
+    }
+}
+
+/// The GEMM attention's four steps on the CPU, through the products of
+/// [`gemm_attention_shapes`] (`gemm::reference`, f64): `qh` head-major [heads, n, d], caches
+/// [max_seq, kv_heads, d]; returns the token-major output [n, heads * d], which must equal
+/// [`prefill_attention`] of the same queries. Pins the launcher's layouts without a GPU.
+pub fn prefill_attention_gemm_layout(
+    qh: &[f64],
+    k_cache: &[f64],
+    v_cache: &[f64],
+    pos0: usize,
+    shape: AttentionShape,
+    scale: f64,
+) -> Vec<f64> {
+    let (heads, d) = (shape.heads, shape.head_dim);
+    let n = qh.len() / (heads * d);
+    let (qk, pv, ld) = gemm_attention_shapes(shape, pos0, n);
+    // NaN where the product writes nothing (row padding): the softmax must not read it.
+    let poisoned = vec![f64::NAN; gemm_attention_scores_len(shape, n, pos0 + n)];
+    let mut scores = gemm::reference(&qk, qh, k_cache, &poisoned, 1.0, 0.0);
+    let rows = heads * n;
+    prefill_causal_softmax(&mut scores[..rows * ld], n, ld, pos0, scale);
+    let oh = gemm::reference(&pv, &scores, v_cache, &vec![f64::NAN; qh.len()], 1.0, 0.0);
+    let mut out = vec![0f64; qh.len()];
+    for i in 0..n {
+        for h in 0..heads {
+            for c in 0..d {
+                out[i * heads * d + h * d + c] = oh[(h * n + i) * d + c];
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,6 +671,67 @@ mod tests {
             let rows = prefill_embed_rows(q, &a, &[3, 0, 3], 64);
             assert_eq!(&rows[..64], &dequantize_row(q, &a, 3, 64)[..]);
             assert_eq!(&rows[128..], &rows[..64]);
+        }
+    }
+
+    #[test]
+    fn gemm_attention_layout_matches_the_attention_reference() {
+        // (heads, kv_heads, d, pos0, n): GQA with odd head counts, MHA, later chunks, keys not a
+        // multiple of 4, one query.
+        for (i, &(heads, kv_heads, d, pos0, n)) in [
+            (9usize, 3usize, 8usize, 0usize, 7usize),
+            (9, 3, 8, 5, 6),
+            (7, 7, 4, 3, 1),
+            (15, 5, 4, 0, 9),
+            (8, 2, 8, 13, 4),
+            (3, 1, 4, 2, 3),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let shape = AttentionShape {
+                heads,
+                kv_heads,
+                head_dim: d,
+            };
+            let max_seq = pos0 + n + 2;
+            let seed = 40 + 3 * i as u64;
+            let q = f32s(n * heads * d, seed);
+            let kc = f32s(max_seq * kv_heads * d, seed + 1);
+            let vc = f32s(max_seq * kv_heads * d, seed + 2);
+            let scale = 1.0 / (d as f32).sqrt();
+            let want = prefill_attention(&q, &kc, &vc, pos0, shape, scale);
+            let mut qh = vec![0f64; q.len()];
+            for t in 0..n {
+                for h in 0..heads {
+                    for c in 0..d {
+                        qh[(h * n + t) * d + c] = q[t * heads * d + h * d + c] as f64;
+                    }
+                }
+            }
+            let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+            let got = prefill_attention_gemm_layout(
+                &qh,
+                &wide(&kc),
+                &wide(&vc),
+                pos0,
+                shape,
+                scale as f64,
+            );
+            assert_eq!(got.len(), want.len());
+            for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() < 1e-12,
+                    "h{heads} kv{kv_heads} d{d} pos0 {pos0} n{n}: element {j}: {g} vs {w}"
+                );
+            }
+            // The products are valid shapes and the scratch holds them.
+            let (qk, pv, ld) = gemm_attention_shapes(shape, pos0, n);
+            assert_eq!(qk.invalid(), None);
+            assert_eq!(pv.invalid(), None);
+            assert!(qk.d_len() <= gemm_attention_scores_len(shape, n, pos0 + n));
+            assert!(qk.b_len() <= kc.len() && pv.b_len() <= vc.len());
+            assert_eq!(ld % 4, 0);
         }
     }
 }

@@ -3,6 +3,9 @@
 //!
 //! Token t = b * S + s of a bucket of S positions sits at position s of row b; the buffers are sized
 //! for the largest bucket (`batch * seq` tokens) and a smaller bucket uses their first B * S rows.
+//!
+//! Pure host code for the CUDA training engine (`train::cuda_engine`), compiled without CUDA so
+//! that its tests run in CI.
 
 use crate::lora::Adapter;
 use crate::models::llama::Llama;
@@ -15,6 +18,14 @@ pub const BUCKET: usize = 64;
 /// Alignment of each tensor in the flat parameter buffers, in elements (512 bytes of f32): keeps
 /// every cuBLASLt operand 256-byte aligned (the alignment `Gemm::prepare` plans for) in f32 and bf16.
 pub const PARAM_ALIGN: usize = 128;
+
+/// The f32 attention-scores scratch holds at most this many bytes (P and dS, in T, at most as many
+/// elements), unless one (row, kv head) pair's [G*S, S] block alone is larger. Attention runs over
+/// the B * Hkv pairs in chunks that fit: at SmolLM2-135M batch 8 x 512 (24 pairs of 3 MiB) that is
+/// one chunk, as unchunked; at 8 x 2048 (48 MiB each) 2 pairs a chunk, 12 chunks, instead of
+/// 1.2 GB of scores. Chunks of 2 pairs still make [6144 x 2048 x 64] batched products, large
+/// enough to keep the GPU busy.
+pub const ATTENTION_SCRATCH_BYTES: usize = 128 << 20;
 
 /// The model's shapes and the engine's batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,6 +60,31 @@ impl Dims {
     /// Tokens of the largest bucket (rows of every token-major buffer).
     pub fn max_tokens(&self) -> usize {
         self.batch * self.seq
+    }
+    /// (row, kv head) pairs: the batch of the attention products, each one [G*S, S] block.
+    pub fn attention_pairs(&self) -> usize {
+        self.batch * self.kv_heads
+    }
+    /// Elements of one pair's scores at `s` positions: G * s * s.
+    fn pair_scores(&self, s: usize) -> usize {
+        self.groups() * s * s
+    }
+    /// Elements of each attention scratch buffer (scores f32; P and dS in T): whole pairs' blocks
+    /// at the largest bucket, as many as fit [`ATTENTION_SCRATCH_BYTES`] of f32 (at least one).
+    pub fn attention_scratch(&self) -> usize {
+        let pairs = (ATTENTION_SCRATCH_BYTES / 4 / self.pair_scores(self.seq).max(1))
+            .clamp(1, self.attention_pairs());
+        pairs * self.pair_scores(self.seq)
+    }
+    /// The attention chunks of a bucket of `s <= seq` positions: (first pair, pairs), in order,
+    /// covering every pair once, each chunk's scores fitting [`Dims::attention_scratch`].
+    pub fn attention_chunks(&self, s: usize) -> Vec<(usize, usize)> {
+        let total = self.attention_pairs();
+        let per = (self.attention_scratch() / self.pair_scores(s).max(1)).clamp(1, total.max(1));
+        (0..total)
+            .step_by(per)
+            .map(|first| (first, per.min(total - first)))
+            .collect()
     }
     /// Every bucket length, ascending: multiples of [`BUCKET`] below `seq`, then `seq`.
     pub fn buckets(&self) -> Vec<usize> {
@@ -301,6 +337,70 @@ mod tests {
         assert_eq!(d.bucket_for(129), 150);
         assert_eq!(dims(24).buckets(), vec![24]);
         assert_eq!(dims(128).buckets(), vec![64, 128]);
+    }
+
+    /// SmolLM2-135M's attention at batch 8.
+    fn smollm2(seq: usize) -> Dims {
+        Dims {
+            layers: 30,
+            hidden: 576,
+            ffn: 1536,
+            heads: 9,
+            kv_heads: 3,
+            head_dim: 64,
+            vocab: 49152,
+            rank: 16,
+            batch: 8,
+            seq,
+            eps: 1e-5,
+        }
+    }
+
+    /// Chunks cover every pair once, in order, and each fits the scratch.
+    fn assert_chunks_cover(d: &Dims, s: usize) -> Vec<(usize, usize)> {
+        let chunks = d.attention_chunks(s);
+        let mut next = 0;
+        for &(first, pairs) in &chunks {
+            assert_eq!(first, next, "{d:?} s {s}: {chunks:?}");
+            assert!(pairs >= 1);
+            assert!(
+                pairs * d.groups() * s * s <= d.attention_scratch(),
+                "{d:?} s {s}"
+            );
+            next += pairs;
+        }
+        assert_eq!(next, d.attention_pairs(), "{d:?} s {s}: {chunks:?}");
+        chunks
+    }
+
+    #[test]
+    fn attention_chunks_fit_the_scratch() {
+        // 24 pairs of 3 x 512 x 512 f32 (3 MiB): one chunk, as without chunking.
+        let d = smollm2(512);
+        assert_eq!(assert_chunks_cover(&d, 512), vec![(0, 24)]);
+        assert_eq!(d.attention_scratch(), 24 * 3 * 512 * 512);
+        // 48 MiB a pair at 2048: 2 pairs a chunk, 12 chunks, scores within 128 MiB.
+        let d = smollm2(2048);
+        let chunks = assert_chunks_cover(&d, 2048);
+        assert_eq!(chunks.len(), 12);
+        assert!(chunks.iter().all(|&(_, p)| p == 2));
+        assert!(d.attention_scratch() * 4 <= ATTENTION_SCRATCH_BYTES);
+        // A smaller bucket of the same engine fits more pairs per chunk (9 of 3 x 960^2 in the
+        // 2 x 3 x 2048^2 scratch: the last chunk of the 24 pairs holds 6).
+        let chunks = assert_chunks_cover(&d, 960);
+        assert_eq!(chunks, vec![(0, 9), (9, 9), (18, 6)]);
+        assert_eq!(assert_chunks_cover(&d, 64), vec![(0, 24)]);
+        // One pair larger than the budget: one pair a chunk.
+        let mut big = smollm2(8192);
+        big.batch = 3;
+        assert!(big.groups() * 8192 * 8192 * 4 > ATTENTION_SCRATCH_BYTES);
+        assert_eq!(assert_chunks_cover(&big, 8192).len(), 9);
+        assert_eq!(big.attention_scratch(), 3 * 8192 * 8192);
+        // Every bucket of an odd shape.
+        let d = dims(150);
+        for s in d.buckets() {
+            assert_chunks_cover(&d, s);
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod checkpoint;
 #[cfg(feature = "cuda")]
 pub mod cuda_engine;
 pub mod data;
+pub mod engine_layout;
 pub mod engine_steps;
 pub mod loss;
 pub mod metrics;

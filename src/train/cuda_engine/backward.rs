@@ -1,7 +1,8 @@
 //! The backward half of a micro-batch: the LM head and loss in chunks of `loss_chunk` tokens, then
 //! the layers in reverse. `dres` [N, D] (T) carries the gradient of the residual stream; per layer
 //! the attention's scores and P are recomputed from the saved qh, kh (never stored across layers),
-//! and the SwiGLU output `a` from the saved g, u.
+//! in the same chunks of (row, kv head) pairs as the forward, and the SwiGLU output `a` from the
+//! saved g, u.
 //!
 //! Per adapted projection y = x W^T + s (x A^T) B^T with xa = x A^T saved:
 //! ```text
@@ -111,8 +112,8 @@ impl Launcher<'_> {
     pub(super) fn layer_backward(&self, s: usize, layer: usize) -> Result<()> {
         let (d, p, k) = (self.dims, self.ptrs, self.k);
         let n = d.batch * s;
-        let (dm, f, qw, kw, hd) = (d.hidden, d.ffn, d.q_width(), d.kv_width(), d.head_dim);
-        let (b, g, kvh) = (d.batch, d.groups(), d.kv_heads);
+        let (dm, f, qw, hd) = (d.hidden, d.ffn, d.q_width(), d.head_dim);
+        let (b, kvh) = (d.batch, d.kv_heads);
         let lw = &self.weights.layers[layer];
         let (rstd1, rstd2) = p.rstd(layer);
         // MLP: x' = h + down(swiglu(gate(n2), up(n2))).
@@ -141,49 +142,7 @@ impl Launcher<'_> {
             "tokens_to_heads",
             k.tokens_to_heads(p.dout, p.oh, b, s, d.heads, kvh, hd)
         );
-        self.attention_probs(s, layer)?;
-        let (qh, kh, vh) = (
-            p.saved(p.qh, layer, qw),
-            p.saved(p.kh, layer, kw),
-            p.saved(p.vh, layer, kw),
-        );
-        // dvh [S, d] = P^T doh, the G query heads of a kv head summed by the contraction.
-        let dv = self.shape((s, hd, g * s), (true, false)).batched(
-            b * kvh,
-            g * s * s,
-            g * s * hd,
-            s * hd,
-        );
-        self.mm("dv = P^T do", &dv, p.probs, p.oh, p.dvh, 1.0, 0.0)?;
-        // dP [G*S, S] = doh vh^T (f32, into the scores scratch).
-        let dprobs = self.shape_f32((g * s, s, hd), (false, true)).batched(
-            b * kvh,
-            g * s * hd,
-            s * hd,
-            g * s * s,
-        );
-        self.mm("dP = do v^T", &dprobs, p.oh, vh, p.scores, 1.0, 0.0)?;
-        let rows = b * d.heads * s;
-        let scale = 1.0 / (hd as f32).sqrt();
-        launch!(
-            self,
-            "causal_softmax_backward",
-            k.causal_softmax_backward(p.probs, p.scores, p.dscores, rows, s, scale)
-        );
-        let dq = self.shape((g * s, hd, s), (false, false)).batched(
-            b * kvh,
-            g * s * s,
-            s * hd,
-            g * s * hd,
-        );
-        self.mm("dq = dS k", &dq, p.dscores, kh, p.dqh, 1.0, 0.0)?;
-        let dk = self.shape((s, hd, g * s), (true, false)).batched(
-            b * kvh,
-            g * s * s,
-            g * s * hd,
-            s * hd,
-        );
-        self.mm("dk = dS^T q", &dk, p.dscores, qh, p.dkh, 1.0, 0.0)?;
+        self.attention_backward(s, layer)?;
         launch!(
             self,
             "rope_gather_backward",
@@ -201,6 +160,78 @@ impl Launcher<'_> {
             "rms_norm_backward (input)",
             k.rms_norm_backward(x, lw.input_norm, rstd1, p.dn, p.dres, n, dm, true)
         );
+        Ok(())
+    }
+
+    /// One layer's attention backward, chunk by chunk of (row, kv head) pairs (scores and P
+    /// recomputed per chunk into the scratch): from doh (in `oh`) to dqh, dkh, dvh (head-major).
+    fn attention_backward(&self, s: usize, layer: usize) -> Result<()> {
+        let (d, p, k) = (self.dims, self.ptrs, self.k);
+        let (g, hd) = (d.groups(), d.head_dim);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (qh, kh, vh) = (
+            p.saved(p.qh, layer, d.q_width()),
+            p.saved(p.kh, layer, d.kv_width()),
+            p.saved(p.vh, layer, d.kv_width()),
+        );
+        for chunk in d.attention_chunks(s) {
+            let (first, pairs) = chunk;
+            self.attention_probs(s, layer, chunk)?;
+            let (q_off, kv_off) = self.pair_offsets(s, first);
+            let doh = p.oh + q_off;
+            // dvh [S, d] = P^T doh, the G query heads of a kv head summed by the contraction.
+            let dv = self.shape((s, hd, g * s), (true, false)).batched(
+                pairs,
+                g * s * s,
+                g * s * hd,
+                s * hd,
+            );
+            self.mm("dv = P^T do", &dv, p.probs, doh, p.dvh + kv_off, 1.0, 0.0)?;
+            // dP [G*S, S] = doh vh^T (f32, into the scores scratch).
+            let dprobs = self.shape_f32((g * s, s, hd), (false, true)).batched(
+                pairs,
+                g * s * hd,
+                s * hd,
+                g * s * s,
+            );
+            self.mm("dP = do v^T", &dprobs, doh, vh + kv_off, p.scores, 1.0, 0.0)?;
+            let rows = pairs * g * s;
+            launch!(
+                self,
+                "causal_softmax_backward",
+                k.causal_softmax_backward(p.probs, p.scores, p.dscores, rows, s, scale)
+            );
+            let dq = self.shape((g * s, hd, s), (false, false)).batched(
+                pairs,
+                g * s * s,
+                s * hd,
+                g * s * hd,
+            );
+            self.mm(
+                "dq = dS k",
+                &dq,
+                p.dscores,
+                kh + kv_off,
+                p.dqh + q_off,
+                1.0,
+                0.0,
+            )?;
+            let dk = self.shape((s, hd, g * s), (true, false)).batched(
+                pairs,
+                g * s * s,
+                g * s * hd,
+                s * hd,
+            );
+            self.mm(
+                "dk = dS^T q",
+                &dk,
+                p.dscores,
+                qh + q_off,
+                p.dkh + kv_off,
+                1.0,
+                0.0,
+            )?;
+        }
         Ok(())
     }
 

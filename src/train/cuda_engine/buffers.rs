@@ -39,7 +39,8 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
         dims.kv_width(),
         dims.rank,
     );
-    let scores = dims.batch * dims.heads * dims.seq * dims.seq;
+    // One chunk of the attention's (row, kv head) pairs at a time (`Dims::attention_chunks`).
+    let scores = dims.attention_scratch();
     let chunk = loss_chunk.min(n).max(1);
     let p = layout.total;
     let mut out = vec![

@@ -4,7 +4,8 @@
 //! n1 = rms_norm(x)                          (rstd1 saved)
 //! q, k, v = n1 W^T + s (n1 A^T) B^T         (xa = n1 A^T saved per adapted projection)
 //! qh, kh, vh = rope_scatter(q, k, v)        (head-major, rotated)
-//! scores = qh kh^T (f32) -> P = causal_softmax(scale * scores) -> oh = P vh   (batched over B*Hkv)
+//! scores = qh kh^T (f32) -> P = causal_softmax(scale * scores) -> oh = P vh   (batched over B*Hkv,
+//!                                           in chunks of pairs that fit the scratch)
 //! o = heads_to_tokens(oh)
 //! h = x + o Wo^T + s (o Ao^T) Bo^T          (residual in the GEMM's epilogue)
 //! n2 = rms_norm(h); g, u = n2 Wg^T, n2 Wu^T (+ LoRA); a = swiglu(g, u)
@@ -78,29 +79,64 @@ impl Launcher<'_> {
         Ok(())
     }
 
-    /// The attention of one layer from its saved qh, kh, vh into `oh` (head-major) through the
-    /// scores and P scratch: scores = qh kh^T, P = causal_softmax, oh = P vh.
-    pub(super) fn attention_probs(&self, s: usize, layer: usize) -> Result<()> {
+    /// Byte offsets of the first of `first` (row, kv head) pairs in the head-major buffers at `s`
+    /// positions: (qh and oh [pairs, G*S, d], kh and vh [pairs, S, d]).
+    pub(super) fn pair_offsets(&self, s: usize, first: usize) -> (u64, u64) {
+        let (d, e) = (self.dims, self.t.size_in_bytes());
+        let kv = first * s * d.head_dim * e;
+        ((kv * d.groups()) as u64, kv as u64)
+    }
+
+    /// Scores and P of one layer's attention for the `pairs` (row, kv head) pairs from `first`,
+    /// from its saved qh, kh into the scratch (pair `first` at its start): scores = qh kh^T (f32),
+    /// P = causal_softmax(scale * scores).
+    pub(super) fn attention_probs(
+        &self,
+        s: usize,
+        layer: usize,
+        (first, pairs): (usize, usize),
+    ) -> Result<()> {
         let (d, p) = (self.dims, self.ptrs);
-        let (b, g, hd, kvh) = (d.batch, d.groups(), d.head_dim, d.kv_heads);
+        let (g, hd) = (d.groups(), d.head_dim);
         let scores = self.shape_f32((g * s, s, hd), (false, true)).batched(
-            b * kvh,
+            pairs,
             g * s * hd,
             s * hd,
             g * s * s,
         );
+        let (q_off, kv_off) = self.pair_offsets(s, first);
         let (qh, kh) = (
-            p.saved(p.qh, layer, d.q_width()),
-            p.saved(p.kh, layer, d.kv_width()),
+            p.saved(p.qh, layer, d.q_width()) + q_off,
+            p.saved(p.kh, layer, d.kv_width()) + kv_off,
         );
         self.mm("attention scores", &scores, qh, kh, p.scores, 1.0, 0.0)?;
-        let rows = b * d.heads * s;
+        // Each chunk starts at a whole [G*S, S] block, so row r's query position is still r % S.
+        let rows = pairs * g * s;
         let scale = 1.0 / (hd as f32).sqrt();
         launch!(
             self,
             "causal_softmax",
             self.k.causal_softmax(p.scores, p.probs, rows, s, scale)
         );
+        Ok(())
+    }
+
+    /// One layer's attention output oh = P vh (head-major), chunk by chunk of (row, kv head) pairs.
+    fn attention(&self, s: usize, layer: usize) -> Result<()> {
+        let (d, p) = (self.dims, self.ptrs);
+        let (g, hd) = (d.groups(), d.head_dim);
+        let vh = p.saved(p.vh, layer, d.kv_width());
+        for chunk in d.attention_chunks(s) {
+            self.attention_probs(s, layer, chunk)?;
+            let (q_off, kv_off) = self.pair_offsets(s, chunk.0);
+            let pv = self.shape((g * s, hd, s), (false, false)).batched(
+                chunk.1,
+                g * s * s,
+                s * hd,
+                g * s * hd,
+            );
+            self.mm("P v", &pv, p.probs, vh + kv_off, p.oh + q_off, 1.0, 0.0)?;
+        }
         Ok(())
     }
 
@@ -137,15 +173,7 @@ impl Launcher<'_> {
                     p.q, p.k, p.v, p.cos, p.sin, qh, kh, vh, d.batch, s, d.heads, d.kv_heads, hd
                 )
             );
-            self.attention_probs(s, layer)?;
-            let (b, g, kvh) = (d.batch, d.groups(), d.kv_heads);
-            let pv = self.shape((g * s, hd, s), (false, false)).batched(
-                b * kvh,
-                g * s * s,
-                s * hd,
-                g * s * hd,
-            );
-            self.mm("P v", &pv, p.probs, vh, p.oh, 1.0, 0.0)?;
+            self.attention(s, layer)?;
             let o = p.saved(p.o, layer, qw);
             launch!(
                 self,

@@ -9,11 +9,15 @@
 //! bf16. Base weights are the model's own tensors, used in place.
 //!
 //! Memory: the saved activations of every layer ([`buffers::plan`]) plus one layer's attention
-//! scores at a time (recomputed in the backward) and one chunk of `loss_chunk` tokens of logits.
-//! SmolLM2-135M, batch 8 x 512, r 16 on all seven projections, bf16, loss_chunk 1024 (from
-//! [`TrainEngine::planned_memory`]): 2061 MiB in all, of which 1656 MiB saved activations, 144 MiB
-//! attention scratch (scores f32, P, dS), 96 MiB logits chunk, 81 MiB other scratch and 84 MiB LoRA
-//! parameters, gradients, moments and the bf16 copy. The base weights are the model's (not counted).
+//! scores at a time (recomputed in the backward), for one chunk of (row, kv head) pairs at a time
+//! (`engine_layout::ATTENTION_SCRATCH_BYTES`), and one chunk of `loss_chunk` tokens of logits.
+//! SmolLM2-135M, batch 8, r 16 on all seven projections, bf16, loss_chunk 1024 (from
+//! [`TrainEngine::planned_memory`]): at 512 positions 2061 MiB in all, of which 1656 MiB saved
+//! activations, 144 MiB attention scratch (scores f32, P, dS: all 24 pairs in one chunk), 96 MiB
+//! logits chunk, 81 MiB other scratch and 84 MiB LoRA parameters, gradients, moments and the bf16
+//! copy; at 2048 positions 7322 MiB, of which 6625 MiB saved activations, 192 MiB attention scratch
+//! (2 pairs a chunk; 2304 MiB unchunked) and 325 MiB other scratch. The base weights are the
+//! model's (not counted).
 //!
 //! `WICK_TRAIN_GRAPH=0` runs every launch eagerly (no graphs).
 
@@ -31,9 +35,11 @@ pub mod buffers;
 pub mod check;
 mod forward;
 mod launcher;
-pub mod layout;
 mod optimizer;
 pub mod weights;
+
+/// The pure host-side layout (shapes, buckets, parameter offsets, input padding), CPU-compiled.
+pub use crate::train::engine_layout as layout;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 //! `gpu::decode::prefill`):
 //! ```text
 //! X = embed(ids)                                                     1 launch
-//! per layer:  W = dequant(q/k/v | o | gate | up | down)              10 launches per layer
+//! per layer:  W = dequant(q/k/v | o | gate | up | down)     13 launches (10: kernel attention)
 //!             QKV = rms_norm(X) W_qkv^T                     (GEMM)
 //!             rope(Q) -> Qh [heads, n, d]; rope(K), V -> cache rows pos..pos+n
 //!             A = causal_attention(Qh, cache 0..=pos+i)               4 launches (GEMM path)
@@ -19,7 +19,7 @@
 //! offset causal softmax in place, O = P V, O to token-major rows: 4 launches, 13 per layer) for
 //! every chunk whose keys (pos + n) fit the scores scratch [heads, chunk, keys] f32: up to
 //! [`GEMM_ATTENTION_MAX_KEYS`] keys and [`GEMM_ATTENTION_SCRATCH_BYTES`] (SmolLM2-135M, 9 heads:
-//! 4096 keys, 75.5 MB); later chunks, and every chunk after
+//! 4096 keys, 75.5 MB); chunks with more keys, and every chunk after
 //! [`DecodeEngine::use_prefill_attention_kernel`]`(true)`, use the one-kernel attention (rope rotates
 //! Q in place; 10 launches per layer).
 //! After the last chunk: logits = W_head rms_norm(X[n - 1]) (the decode step's `qmv`) and the greedy

@@ -19,7 +19,7 @@ pub const BUCKET: usize = 64;
 /// every cuBLASLt operand 256-byte aligned (the alignment `Gemm::prepare` plans for) in f32 and bf16.
 pub const PARAM_ALIGN: usize = 128;
 
-/// The f32 attention-scores scratch holds at most this many bytes (P and dS, in T, at most as many
+/// By default the f32 attention-scores scratch holds at most this many bytes (P and dS, in T, at most as many
 /// elements), unless one (row, kv head) pair's [G*S, S] block alone is larger. Attention runs over
 /// the B * Hkv pairs in chunks that fit: at SmolLM2-135M batch 8 x 512 (24 pairs of 3 MiB) that is
 /// one chunk, as unchunked; at 8 x 2048 (48 MiB each) 2 pairs a chunk, 12 chunks, instead of
@@ -42,6 +42,8 @@ pub struct Dims {
     /// Largest sequence length (the largest bucket).
     pub seq: usize,
     pub eps: f32,
+    /// Most bytes of the f32 attention-scores scratch (see [`Dims::attention_scratch`]).
+    pub attention_scratch_bytes: usize,
 }
 
 impl Dims {
@@ -70,9 +72,9 @@ impl Dims {
         self.groups() * s * s
     }
     /// Elements of each attention scratch buffer (scores f32; P and dS in T): whole pairs' blocks
-    /// at the largest bucket, as many as fit [`ATTENTION_SCRATCH_BYTES`] of f32 (at least one).
+    /// at the largest bucket, as many as fit `attention_scratch_bytes` of f32 (at least one).
     pub fn attention_scratch(&self) -> usize {
-        let pairs = (ATTENTION_SCRATCH_BYTES / 4 / self.pair_scores(self.seq).max(1))
+        let pairs = (self.attention_scratch_bytes / 4 / self.pair_scores(self.seq).max(1))
             .clamp(1, self.attention_pairs());
         pairs * self.pair_scores(self.seq)
     }
@@ -324,6 +326,7 @@ mod tests {
             batch: 3,
             seq,
             eps: 1e-5,
+            attention_scratch_bytes: ATTENTION_SCRATCH_BYTES,
         }
     }
 
@@ -353,6 +356,7 @@ mod tests {
             batch: 8,
             seq,
             eps: 1e-5,
+            attention_scratch_bytes: ATTENTION_SCRATCH_BYTES,
         }
     }
 
@@ -396,8 +400,11 @@ mod tests {
         assert!(big.groups() * 8192 * 8192 * 4 > ATTENTION_SCRATCH_BYTES);
         assert_eq!(assert_chunks_cover(&big, 8192).len(), 9);
         assert_eq!(big.attention_scratch(), 3 * 8192 * 8192);
-        // Every bucket of an odd shape.
-        let d = dims(150);
+        // Every bucket of an odd shape, with a scratch of 2.5 pairs at the largest bucket.
+        let mut d = dims(150);
+        d.attention_scratch_bytes = 5 * 150 * 150 * 4;
+        assert_eq!(d.attention_scratch(), 2 * 2 * 150 * 150);
+        assert_eq!(d.attention_chunks(150), vec![(0, 2), (2, 2), (4, 2)]);
         for s in d.buckets() {
             assert_chunks_cover(&d, s);
         }

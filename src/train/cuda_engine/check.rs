@@ -6,7 +6,9 @@
 //! LoRA on q, v and down only. LoRA with random non-zero A and B (PEFT's `init_lora_weights=false`).
 //! One optimizer step of two micro-batches: [2 rows x 24] with ignored labels and a padded row tail,
 //! then [1 row x 17] (the engine pads it to 2 x 24: a padding row and padded positions). The LM head
-//! runs in chunks of 7 tokens (not a divisor of the 48 tokens). The reference is exactly what the
+//! runs in chunks of 7 tokens (not a divisor of the 48 tokens). The tied model's attention runs in
+//! chunks of 3 of its 4 (row, kv head) pairs (a scratch that small forces it: chunks (0, 3) and
+//! (3, 1), the second at an offset), the untied model's unchunked. The reference is exactly what the
 //! trainer does: `Llama::forward_train` + `causal_lm_loss`, backward of loss * weight per
 //! micro-batch, gradients summed, `clip_grad_norm` with max_norm at half the norm (clipping active),
 //! `AdamW::step`. Compared:
@@ -51,6 +53,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 
+use super::layout::ATTENTION_SCRATCH_BYTES;
 use super::{EngineOptions, TrainEngine};
 use crate::formats::config::{Architecture, DecoderConfig};
 use crate::formats::weights::{LoadOptions, Weight, WeightSource};
@@ -123,6 +126,8 @@ struct CheckModel {
     name: &'static str,
     config: DecoderConfig,
     targets: TargetModules,
+    /// (row, kv head) pairs per attention chunk (None: the default scratch, one chunk here).
+    attention_pairs: Option<usize>,
 }
 
 fn check_models() -> Vec<CheckModel> {
@@ -146,9 +151,10 @@ fn check_models() -> Vec<CheckModel> {
     };
     vec![
         CheckModel {
-            name: "tied, 3 layers, all 7 targets",
+            name: "tied, 3 layers, all 7 targets, attention chunks of 3 pairs",
             config: base.clone(),
             targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
+            attention_pairs: Some(3),
         },
         CheckModel {
             name: "untied, 2 layers, q/v/down",
@@ -162,6 +168,7 @@ fn check_models() -> Vec<CheckModel> {
                 "v_proj".into(),
                 "down_proj".into(),
             ]),
+            attention_pairs: None,
         },
     ]
 }
@@ -619,11 +626,19 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCase>> {
             let judge = |candle| Judge::for_dtype(dtype, candle);
             let model = load(dtype)?;
             let engine_adapter = copy_adapter(&initial)?;
+            let (batch, seq) = (2, 24);
+            let groups = cm.config.num_attention_heads / cm.config.num_key_value_heads;
             let opts = EngineOptions {
-                batch: 2,
-                seq: 24,
+                batch,
+                seq,
                 dtype,
                 loss_chunk: 7,
+                // f32 scores of `pairs` [G*S, S] blocks.
+                attention_scratch_bytes: cm
+                    .attention_pairs
+                    .map_or(ATTENTION_SCRATCH_BYTES, |pairs| {
+                        pairs * groups * seq * seq * 4
+                    }),
             };
             let mut engine = TrainEngine::new(&model, &engine_adapter, want.adamw, opts)?;
             engine.load_params(&engine_adapter)?;

@@ -70,6 +70,9 @@ pub struct EngineOptions {
     pub dtype: DType,
     /// Tokens per LM-head chunk: the logits buffer holds `loss_chunk x vocab` values of T.
     pub loss_chunk: usize,
+    /// Most bytes of the f32 attention-scores scratch; attention runs in chunks of (row, kv head)
+    /// pairs that fit (at least one pair). Default [`layout::ATTENTION_SCRATCH_BYTES`].
+    pub attention_scratch_bytes: usize,
 }
 
 impl Default for EngineOptions {
@@ -82,6 +85,7 @@ impl Default for EngineOptions {
             // ~2.2 GB of saved activations at batch 8 x 512, and chunks large enough that the LM
             // head's products stay efficient.
             loss_chunk: 1024,
+            attention_scratch_bytes: layout::ATTENTION_SCRATCH_BYTES,
         }
     }
 }
@@ -344,6 +348,7 @@ impl TrainEngine {
             batch: opts.batch,
             seq: opts.seq,
             eps: cfg.rms_norm_eps as f32,
+            attention_scratch_bytes: opts.attention_scratch_bytes,
         }
     }
 

@@ -18,8 +18,8 @@
 //   Block (kvh, y) handles the `group` query heads of kv head kvh over the chunks c = y, y + S, ...
 //   (S = ATT_SPLITS) of ATT_CHUNK positions [c ATT_CHUNK, min((c + 1) ATT_CHUNK, pos + 1)), with an
 //   online softmax across its chunks; blocks with no chunk (y > pos / ATT_CHUNK) exit at once.
-//   block: ATT_THREADS threads. Dynamic shared memory: (2 group d + 2 d + group ATT_CHUNK + 2 group)
-//   floats.
+//   block: ATT_THREADS threads. Dynamic shared memory: (2 group d + 2 d + 2 ATT_CHUNK (d + 4) +
+//   group ATT_CHUNK + 2 group) floats (each chunk's keys and values are staged there first).
 //   RoPE (HF half-split layout): with a_i = pos * inv_freq[i], i < d/2,
 //     x'[i] = x[i] cos a_i - x[i + d/2] sin a_i,  x'[i + d/2] = x[i] sin a_i + x[i + d/2] cos a_i
 //   on q (head h) and k (kv head h / group). The block whose chunks hold pos writes k', v to the
@@ -65,7 +65,11 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
     float* acc = q + group * d;      // [group][d] running unnormalized sums
     float* kc = acc + group * d;     // [d] rotated key at pos
     float* vc = kc + d;              // [d] value at pos
-    float* p = vc + d;               // [group][ATT_CHUNK] scores, then weights
+    // The chunk's keys and values staged in shared memory (rows padded to d + 4 floats, so the
+    // score loop's lanes, one position each, hit different banks).
+    float* ks = vc + d;                          // [ATT_CHUNK][d + 4]
+    float* vs = ks + ATT_CHUNK * (d + 4);        // [ATT_CHUNK][d + 4]
+    float* p = vs + ATT_CHUNK * (d + 4);         // [group][ATT_CHUNK] scores, then weights
     float* run_m = p + group * ATT_CHUNK;  // [group] running max
     float* run_l = run_m + group;          // [group] running sum of exp
     __shared__ float alpha[64];            // per head rescale of acc for the current chunk (group <= 64)
@@ -110,14 +114,32 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
     for (int c = y; c <= last_chunk; c += ATT_SPLITS) {
         int t0 = c * ATT_CHUNK;
         int n = min(ATT_CHUNK, pos + 1 - t0);
-        // Scores: one (head, position) pair per thread; d % 4 == 0 (checked by the host).
+        // Stage the chunk's keys and values: 16-byte loads, several in flight per thread (the
+        // kernel is bound by load latency: walking the cache row by row waited on every load).
+        int d4 = d / 4, ld = d + 4;  // d % 4 == 0 (checked by the host)
+#pragma unroll 4
+        for (int j = threadIdx.x; j < n * d4; j += blockDim.x) {
+            int tt = j / d4, i4 = j % d4, t = t0 + tt;
+            float4 kv, vv;
+            if (t == pos) {
+                kv = reinterpret_cast<const float4*>(kc)[i4];
+                vv = reinterpret_cast<const float4*>(vc)[i4];
+            } else {
+                size_t at = (size_t)t * row + (size_t)kvh * d;
+                kv = __ldg(reinterpret_cast<const float4*>(k_cache + at) + i4);
+                vv = __ldg(reinterpret_cast<const float4*>(v_cache + at) + i4);
+            }
+            reinterpret_cast<float4*>(ks + tt * ld)[i4] = kv;
+            reinterpret_cast<float4*>(vs + tt * ld)[i4] = vv;
+        }
+        __syncthreads();
+        // Scores: one (head, position) pair per thread, from shared memory.
         for (int j = threadIdx.x; j < group * n; j += blockDim.x) {
-            int g = j / n, tt = j % n, t = t0 + tt;
-            const float* kr = t == pos ? kc : k_cache + (size_t)t * row + (size_t)kvh * d;
-            const float4* k4 = reinterpret_cast<const float4*>(kr);
+            int g = j / n, tt = j % n;
+            const float4* k4 = reinterpret_cast<const float4*>(ks + tt * ld);
             const float4* q4 = reinterpret_cast<const float4*>(q + g * d);
             float dot = 0.f;
-            for (int i = 0; i < d / 4; i++) {
+            for (int i = 0; i < d4; i++) {
                 float4 a = q4[i], b = k4[i];
                 dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
             }
@@ -150,11 +172,7 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
         for (int j = threadIdx.x; j < group * d; j += blockDim.x) {
             int g = j / d, i = j % d;
             float sum = 0.f;
-            for (int tt = 0; tt < n; tt++) {
-                int t = t0 + tt;
-                float v = t == pos ? vc[i] : v_cache[(size_t)t * row + (size_t)kvh * d + i];
-                sum += p[g * ATT_CHUNK + tt] * v;
-            }
+            for (int tt = 0; tt < n; tt++) sum += p[g * ATT_CHUNK + tt] * vs[tt * ld + i];
             acc[j] = acc[j] * alpha[g] + sum;
         }
         __syncthreads();  // p and alpha are rewritten by the next chunk
@@ -192,31 +210,58 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
     if (threadIdx.x == 0) counters[kvh] = 0;
 }
 
+// Two passes over the row, each with 16-byte loads, four in flight per thread (the row is ~200 KB
+// and the kernel is latency-bound: one online pass with a dependent exp per element took ~30 us at
+// 49152 logits): (1) argmax, (2) sum of exp(v - max). NaN never wins and is left out of the sum, as
+// is -inf.
+#define ARGMAX_UNROLL 4
 extern "C" __global__ void argmax_logprob(const float* __restrict__ logits, int n,
                                           unsigned int* __restrict__ result, int* __restrict__ state) {
     // Sequence blockIdx.x of a batch: logits [batch, n], result [batch, 2], state [batch, 2].
     logits += (size_t)blockIdx.x * n;
     result += 2 * (size_t)blockIdx.x;
     if (state != nullptr) state += 2 * (size_t)blockIdx.x;
-    __shared__ float sv[32], sm_[32], ss[32];
+    __shared__ float sv[32], red[32];
     __shared__ int si[32];
+    __shared__ float s_max;
+    __shared__ int s_idx;
+    int bd = blockDim.x, tid = threadIdx.x;
+    bool vec = (n & 3) == 0 && aligned16(logits);
+    const float4* l4 = reinterpret_cast<const float4*>(logits);
+    int n4 = n >> 2;
+    // Pass 1: each thread walks its indices in increasing order, so a strict > keeps the lowest
+    // index of a tie; -inf never replaces the initial -inf, NaN never compares greater.
     float best = -INFINITY;
     int best_i = 0x7fffffff;
-    float m = -INFINITY, s = 0.f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = logits[i];
-        if (v > best) {
-            best = v;
-            best_i = i;
+    if (vec) {
+        for (int base = tid; base < n4; base += ARGMAX_UNROLL * bd) {
+            float4 v[ARGMAX_UNROLL];
+#pragma unroll
+            for (int u = 0; u < ARGMAX_UNROLL; u++)
+                if (base + u * bd < n4) v[u] = __ldg(l4 + base + u * bd);
+#pragma unroll
+            for (int u = 0; u < ARGMAX_UNROLL; u++) {
+                int j = base + u * bd;
+                if (j < n4) {
+                    float e[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+#pragma unroll
+                    for (int c = 0; c < 4; c++)
+                        if (e[c] > best) {
+                            best = e[c];
+                            best_i = 4 * j + c;
+                        }
+                }
+            }
         }
-        if (v > m) {
-            s = s * expf(m - v) + 1.f;
-            m = v;
-        } else if (v > -INFINITY) {  // skips NaN and -inf
-            s += expf(v - m);
+    } else {
+        for (int i = tid; i < n; i += bd) {
+            float v = logits[i];
+            if (v > best) {
+                best = v;
+                best_i = i;
+            }
         }
     }
-    // Warp then block reduction of (best, best_i) and (m, s).
     for (int o = 16; o > 0; o >>= 1) {
         float ob = __shfl_xor_sync(0xffffffff, best, o);
         int oi = __shfl_xor_sync(0xffffffff, best_i, o);
@@ -224,35 +269,54 @@ extern "C" __global__ void argmax_logprob(const float* __restrict__ logits, int 
             best = ob;
             best_i = oi;
         }
-        float om = __shfl_xor_sync(0xffffffff, m, o);
-        float os = __shfl_xor_sync(0xffffffff, s, o);
-        float nm = fmaxf(m, om);
-        s = (m == -INFINITY ? 0.f : s * expf(m - nm)) + (om == -INFINITY ? 0.f : os * expf(om - nm));
-        m = nm;
     }
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    int lane = tid & 31, warp = tid >> 5, warps = bd >> 5;
     if (lane == 0) {
         sv[warp] = best;
         si[warp] = best_i;
-        sm_[warp] = m;
-        ss[warp] = s;
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int w = 1; w < warps; w++) {
+    if (tid == 0) {
+        for (int w = 1; w < warps; w++)
             if (sv[w] > best || (sv[w] == best && si[w] < best_i)) {
                 best = sv[w];
                 best_i = si[w];
             }
-            float nm = fmaxf(m, sm_[w]);
-            s = (m == -INFINITY ? 0.f : s * expf(m - nm)) +
-                (sm_[w] == -INFINITY ? 0.f : ss[w] * expf(sm_[w] - nm));
-            m = nm;
+        s_max = best;
+        s_idx = best_i == 0x7fffffff ? 0 : best_i;  // every logit NaN or -inf: the host argmax says 0 too
+    }
+    __syncthreads();
+    float m = s_max;
+    // Pass 2: sum of exp(v - max) over the values that are neither NaN nor -inf.
+    float sum = 0.f;
+    if (vec) {
+        for (int base = tid; base < n4; base += ARGMAX_UNROLL * bd) {
+            float4 v[ARGMAX_UNROLL];
+#pragma unroll
+            for (int u = 0; u < ARGMAX_UNROLL; u++)
+                if (base + u * bd < n4) v[u] = __ldg(l4 + base + u * bd);
+#pragma unroll
+            for (int u = 0; u < ARGMAX_UNROLL; u++) {
+                if (base + u * bd < n4) {
+                    float e[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+#pragma unroll
+                    for (int c = 0; c < 4; c++)
+                        if (e[c] > -INFINITY) sum += expf(e[c] - m);
+                }
+            }
         }
-        if (best_i == 0x7fffffff) best_i = 0;  // every logit NaN or -inf: the host argmax says 0 too
-        float lp = logits[best_i] - m - logf(s);
-        result[0] = (unsigned int)best_i;
+    } else {
+        for (int i = tid; i < n; i += bd) {
+            float v = logits[i];
+            if (v > -INFINITY) sum += expf(v - m);
+        }
+    }
+    sum = block_sum(sum, red);
+    if (tid == 0) {
+        int id = s_idx;
+        float lp = logits[id] - m - logf(sum);
+        result[0] = (unsigned int)id;
         result[1] = __float_as_uint(lp);
-        if (state != nullptr) state[0] = best_i;
+        if (state != nullptr) state[0] = id;
     }
 }

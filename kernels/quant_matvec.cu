@@ -8,8 +8,9 @@
 //   Q8_0 (34 B): f16 d, i8 qs[32];         w[j] = d * qs[j]
 //
 // Work split: one warp per output row (grid-stride over rows); lane i takes part (i & 3) of block
-// (i >> 2), i.e. 8 weights, so a warp covers 8 blocks per iteration. x (normalized when the kernel
-// fuses RMSNorm) sits in shared memory as f32.
+// (i >> 2), i.e. 8 weights, so a warp covers 8 blocks per iteration (unrolled 4 times, so a lane's
+// weight loads are in flight together: the kernels are bound by load latency, not bandwidth).
+// x (normalized when the kernel fuses RMSNorm) sits in shared memory as f32.
 //
 // qmv_<q>(w, x, norm_w, y, rows, k, eps, accumulate):
 //   xn = norm_w ? x * rsqrt(mean(x^2) + eps) * norm_w : x
@@ -79,21 +80,45 @@ __device__ __forceinline__ float dequant_q8_0(const uint8_t* blk, int j) {
     return d * (float)(int8_t)blk[2 + j];
 }
 
+// Copies total f32 values of x into shared xs, 16-byte loads with LOAD_UNROLL of them in flight per
+// thread before any is stored. x is read by every block of a launch and sits in L2: the copy is
+// bound by load latency, so independent loads matter more than anything else here (a plain
+// strided loop issued them one after another: ~3 us of the ~8 us of a 576-wide mat-vec, ~20 us at
+// 8 sequences).
+#define LOAD_UNROLL 8
+__device__ __forceinline__ void copy_to_shared(const float* __restrict__ x, float* xs, int total) {
+    int bd = blockDim.x;
+    if ((total & 3) == 0 && aligned16(x)) {
+        const float4* x4 = reinterpret_cast<const float4*>(x);
+        float4* s4 = reinterpret_cast<float4*>(xs);
+        int n4 = total >> 2;
+        for (int base = threadIdx.x; base < n4; base += LOAD_UNROLL * bd) {
+            float4 v[LOAD_UNROLL];
+#pragma unroll
+            for (int u = 0; u < LOAD_UNROLL; u++)
+                if (base + u * bd < n4) v[u] = __ldg(x4 + base + u * bd);
+#pragma unroll
+            for (int u = 0; u < LOAD_UNROLL; u++)
+                if (base + u * bd < n4) s4[base + u * bd] = v[u];
+        }
+    } else {
+        for (int i = threadIdx.x; i < total; i += bd) xs[i] = x[i];
+    }
+    __syncthreads();
+}
+
 // Copies x[0..k) into shared xs, RMS-normalized and scaled by norm_w when norm_w is not null.
 __device__ __forceinline__ void load_x(const float* __restrict__ x, const float* __restrict__ norm_w,
                                        float eps, int k, float* xs) {
     __shared__ float red[32];
-    float ss = 0.f;
-    for (int i = threadIdx.x; i < k; i += blockDim.x) {
-        float v = x[i];
-        xs[i] = v;
-        ss += v * v;
-    }
+    copy_to_shared(x, xs, k);
     if (norm_w != nullptr) {
+        float ss = 0.f;
+        for (int i = threadIdx.x; i < k; i += blockDim.x) ss += xs[i] * xs[i];
         float r = rsqrtf(block_sum(ss, red) / (float)k + eps);
         for (int i = threadIdx.x; i < k; i += blockDim.x) xs[i] = xs[i] * r * norm_w[i];
+        __syncthreads();
     }
-    __syncthreads();
 }
 
 #define DEFINE_QMV(Q, BYTES)                                                                        \
@@ -107,7 +132,7 @@ __device__ __forceinline__ void load_x(const float* __restrict__ x, const float*
         for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {     \
             const uint8_t* wr = w + (size_t)row * (k / 32) * BYTES;                                 \
             float acc = 0.f;                                                                        \
-            for (int i = lane; i < parts; i += 32)                                                  \
+            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32)                                                  \
                 acc += dot_part_##Q(wr + (i >> 2) * BYTES, i & 3, xs + (i >> 2) * 32);              \
             acc = warp_sum(acc);                                                                    \
             if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
@@ -126,7 +151,7 @@ __device__ __forceinline__ void load_x(const float* __restrict__ x, const float*
             const uint8_t* gr = wg + (size_t)row * (k / 32) * BYTES;                                \
             const uint8_t* ur = wu + (size_t)row * (k / 32) * BYTES;                                \
             float g = 0.f, u = 0.f;                                                                 \
-            for (int i = lane; i < parts; i += 32) {                                                \
+            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                                                \
                 const float* xb = xs + (i >> 2) * 32;                                               \
                 g += dot_part_##Q(gr + (i >> 2) * BYTES, i & 3, xb);                                \
                 u += dot_part_##Q(ur + (i >> 2) * BYTES, i & 3, xb);                                \
@@ -205,42 +230,32 @@ __device__ __forceinline__ float part_dot_q8(const float* w, const float* xb, in
 #define part_dot_q8_0 part_dot_q8
 
 // Copies x [nb, k] into shared xs, each row RMS-normalized and scaled by norm_w when not null. The
-// nb sums of squares are reduced together (one pass over x, two barriers), not one block reduction
-// per sequence: the LM head's launch has ~1000 blocks and each pays this prologue.
+// nb sums of squares are reduced together (two barriers), from shared memory after one copy.
 __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float* __restrict__ norm_w,
                                         float eps, int k, int nb, float* xs) {
     __shared__ float red[QMVB_MAX][32];
     __shared__ float rs[QMVB_MAX];
-    float ss[QMVB_MAX];
-#pragma unroll
-    for (int b = 0; b < QMVB_MAX; b++) ss[b] = 0.f;
+    copy_to_shared(x, xs, nb * k);
+    if (norm_w == nullptr) return;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
 #pragma unroll
     for (int b = 0; b < QMVB_MAX; b++) {
         if (b < nb) {
-            for (int i = threadIdx.x; i < k; i += blockDim.x) {
-                float v = x[(size_t)b * k + i];
-                xs[b * k + i] = v;
-                ss[b] += v * v;
-            }
+            float ss = 0.f;
+            for (int i = threadIdx.x; i < k; i += blockDim.x) ss += xs[b * k + i] * xs[b * k + i];
+            ss = warp_sum(ss);
+            if (lane == 0) red[b][warp] = ss;
         }
     }
-    if (norm_w != nullptr) {
-        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-#pragma unroll
-        for (int b = 0; b < QMVB_MAX; b++) {
-            float v = warp_sum(ss[b]);
-            if (lane == 0) red[b][warp] = v;
-        }
-        __syncthreads();
-        if (threadIdx.x < nb) {
-            float t = 0.f;
-            for (int w = 0; w < warps; w++) t += red[threadIdx.x][w];
-            rs[threadIdx.x] = rsqrtf(t / (float)k + eps);
-        }
-        __syncthreads();
-        for (int b = 0; b < nb; b++)
-            for (int i = threadIdx.x; i < k; i += blockDim.x) xs[b * k + i] = xs[b * k + i] * rs[b] * norm_w[i];
+    __syncthreads();
+    if (threadIdx.x < nb) {
+        float t = 0.f;
+        for (int w = 0; w < warps; w++) t += red[threadIdx.x][w];
+        rs[threadIdx.x] = rsqrtf(t / (float)k + eps);
     }
+    __syncthreads();
+    for (int b = 0; b < nb; b++)
+        for (int i = threadIdx.x; i < k; i += blockDim.x) xs[b * k + i] = xs[b * k + i] * rs[b] * norm_w[i];
     __syncthreads();
 }
 
@@ -256,7 +271,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             const uint8_t* wr = w + (size_t)row * (k / 32) * BYTES;                                  \
             float acc[QMVB_MAX];                                                                     \
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) acc[b] = 0.f;                       \
-            for (int i = lane; i < parts; i += 32) {                                                 \
+            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                                                 \
                 float wv[8];                                                                         \
                 part_w_##Q(wr + (i >> 2) * BYTES, i & 3, wv);                                        \
                 _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) if (b < nb) acc[b] +=           \
@@ -286,7 +301,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             const uint8_t* ur = wu + (size_t)row * (k / 32) * BYTES;                                 \
             float g[QMVB_MAX], u[QMVB_MAX];                                                          \
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) g[b] = u[b] = 0.f;                  \
-            for (int i = lane; i < parts; i += 32) {                                                 \
+            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                                                 \
                 float gv[8], uv[8];                                                                  \
                 part_w_##Q(gr + (i >> 2) * BYTES, i & 3, gv);                                        \
                 part_w_##Q(ur + (i >> 2) * BYTES, i & 3, uv);                                        \

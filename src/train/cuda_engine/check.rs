@@ -70,9 +70,11 @@ use crate::{Context, Error, Result};
 /// intermediates to bf16 than Candle's bf16 path (the LoRA products read a bf16 copy of A and B and
 /// store xa and dxa in bf16, where Candle runs the LoRA branch in f32; P, dS and the logits'
 /// gradient are stored in bf16), so its noise is of the same order but systematically somewhat
-/// larger; the max of a few hundred rounding-noise terms varies little between tensors, so 3x
-/// separates "the same kind of noise" from a defect (errors of order 1).
-pub const BF16_RATIO: f64 = 3.0;
+/// larger. Measured on an H200 over two seeds: up to 3.2x on a second moment (exp_avg_sq ~ g^2
+/// doubles the gradient's relative noise on both sides, and the worst of 42 tensors is the one
+/// recorded), at most ~2x on the gradients themselves. 4x still separates "the same kind of
+/// noise" from a defect (a wrong index or a missing term gives errors of order 1, 25x and more).
+pub const BF16_RATIO: f64 = 4.0;
 
 /// The least bf16 tolerance: 1e-2, about 2.5 bf16 roundings (2^-8 = 3.9e-3) of the largest value.
 /// Candle's bf16 error can be accidentally tiny where errors cancel (the loss, a mean over ~70

@@ -17,7 +17,6 @@ use super::launch::{sum_squares_partials, TrainKernels};
 use super::reference::{self as r, HeadShape};
 use crate::gpu::decode::launch::device_ptr;
 use crate::ops::check::{max_rel_err, random_values, tolerance};
-use crate::train::optimizer::AdamWConfig;
 use crate::Result;
 
 /// One checked output: kernel name, pass, shape text, measured error and its tolerance.
@@ -677,7 +676,7 @@ fn reductions(c: &mut Cases) -> Result<()> {
 }
 
 fn adamw(c: &mut Cases) -> Result<()> {
-    let config = AdamWConfig {
+    let config = r::AdamConstants {
         weight_decay: 0.01,
         ..Default::default()
     };

@@ -3,7 +3,6 @@
 //! check (`super::check`) feeds both the same (rounded) inputs; the unit tests below check these
 //! against exact maths, finite differences and `train::optimizer::AdamW`.
 
-use crate::train::optimizer::AdamWConfig;
 
 /// The attention layout of one micro-batch: `batch` rows of `seq` tokens (token t = b*seq + s),
 /// `heads` query heads grouped over `kv_heads` (head h uses kv head h / (heads / kv_heads)),
@@ -295,10 +294,32 @@ pub fn sum_squares(x: &[f64]) -> f64 {
     x.iter().map(|v| v * v).sum()
 }
 
+/// AdamW's constants as the adamw kernel reads them: the fields of `train::optimizer::AdamWConfig`
+/// (the layer above fills this from its config; `gpu` does not import `train`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConstants {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamConstants {
+    /// torch.optim.AdamW's defaults with weight decay 0 (as `AdamWConfig::default`).
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
 /// The `hyper` array of the adamw kernel for optimizer step `step` (1-based, as torch counts):
 /// [lr, beta1, beta2, eps, weight_decay, 1 - beta1^step, 1 - beta2^step, max_norm (0: none)].
 /// The bias corrections are computed in f64 and rounded once.
-pub fn adamw_hyper(config: &AdamWConfig, lr: f64, step: usize, max_norm: Option<f64>) -> [f32; 8] {
+pub fn adamw_hyper(config: &AdamConstants, lr: f64, step: usize, max_norm: Option<f64>) -> [f32; 8] {
     let t = step as i32;
     [
         lr as f32,
@@ -610,9 +631,16 @@ mod tests {
         use candle_core::{Device, Tensor, Var};
         use std::collections::HashMap;
         let n = 23;
-        let config = AdamWConfig {
+        // Tests may reach the layer above: the optimizer is the specification of the kernel.
+        let config = crate::train::optimizer::AdamWConfig {
             weight_decay: 0.1,
             ..Default::default()
+        };
+        let constants = AdamConstants {
+            beta1: config.beta1,
+            beta2: config.beta2,
+            eps: config.eps,
+            weight_decay: config.weight_decay,
         };
         let p0 = random_values(n, 25, 1.0);
         let var = Var::from_tensor(
@@ -650,7 +678,7 @@ mod tests {
                 1.0 - config.beta2.powi(t),
                 0.0,
             ];
-            let rounded = adamw_hyper(&config, lr, step, None);
+            let rounded = adamw_hyper(&constants, lr, step, None);
             for (a, b) in rounded.iter().zip(&hyper) {
                 assert!((*a as f64 - b).abs() <= 1e-7 * b.abs());
             }

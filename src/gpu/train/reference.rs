@@ -3,7 +3,6 @@
 //! check (`super::check`) feeds both the same (rounded) inputs; the unit tests below check these
 //! against exact maths, finite differences and `train::optimizer::AdamW`.
 
-
 /// The attention layout of one micro-batch: `batch` rows of `seq` tokens (token t = b*seq + s),
 /// `heads` query heads grouped over `kv_heads` (head h uses kv head h / (heads / kv_heads)),
 /// `head_dim` per head.
@@ -319,7 +318,12 @@ impl Default for AdamConstants {
 /// The `hyper` array of the adamw kernel for optimizer step `step` (1-based, as torch counts):
 /// [lr, beta1, beta2, eps, weight_decay, 1 - beta1^step, 1 - beta2^step, max_norm (0: none)].
 /// The bias corrections are computed in f64 and rounded once.
-pub fn adamw_hyper(config: &AdamConstants, lr: f64, step: usize, max_norm: Option<f64>) -> [f32; 8] {
+pub fn adamw_hyper(
+    config: &AdamConstants,
+    lr: f64,
+    step: usize,
+    max_norm: Option<f64>,
+) -> [f32; 8] {
     let t = step as i32;
     [
         lr as f32,

@@ -134,9 +134,22 @@ def matmul_rows(docs):
             if t.get("op") == "linear":
                 key = (t["dtype"], t["m"], t["n"], t["k"], t["mode"])
                 torch_lin[key] = min(t["us_per_call"], torch_lin.get(key, float("inf")))
+    note = None
+    if docs["overhead"]:
+        doc = docs["overhead"][0][2]
+        best = min((r for r in doc["rows"] if r["op"] == "matmul 64x64x64 f32" and r.get("pipelined_us")),
+                   key=lambda r: r["pipelined_us"], default=None)
+        alloc = {a["cures"]: a["stages"] for a in doc.get("allocating", [])}
+        if best:
+            note = f"fastest: {best['path']} with cures {best['cures']}"
+            stages = alloc.get(best["cures"])
+            if stages:
+                note += (f"; the allocating dispatch::linear pipelined {stages['dispatch_linear_pipelined_us']:.2f} us, "
+                         f"linear_into pipelined {stages['launch_into_pipelined_us']:.2f} us, a raw cuLaunchKernel "
+                         f"{stages['raw_launch_us']:.2f} us (the host's floor)")
     rows.append(row("matmul 64x64x64 f32 through wick, per call pipelined", "<= 4", "us", wick=pipelined,
                     anchor=torch_lin.get(("f32", 64, 64, 64, "eager-pipelined-wall")),
-                    anchor_engine="PyTorch eager F.linear, pipelined", **meta))
+                    anchor_engine="PyTorch eager F.linear, pipelined", note=note, **meta))
     rows.append(row("matmul 64x64x64 f32 through wick, per kernel inside a CUDA graph", "<= 2.5", "us",
                     wick=graph, anchor=torch_lin.get(("f32", 64, 64, 64, "cuda-graph-per-kernel")),
                     anchor_engine="PyTorch CUDA graph of 100 products", **meta))

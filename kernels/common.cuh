@@ -65,3 +65,45 @@ __device__ __forceinline__ bool aligned16(const void* p) { return ((uintptr_t)p 
     extern "C" __global__ void name##_f32(PARAMS(float)) { name<float> ARGS; }          \
     extern "C" __global__ void name##_bf16(PARAMS(__nv_bfloat16)) { name<__nv_bfloat16> ARGS; } \
     extern "C" __global__ void name##_f16(PARAMS(__half)) { name<__half> ARGS; }
+
+// Online max and sum of exp2 of x[0..len) * sl across one warp (lane i takes elements i, i + 32,
+// ... or, with `vec` (16-byte aligned row), float4 i, i + 32, ...: one rescale per four columns).
+// On return every lane holds the row's max m and sum of exp2(x * sl - m). Base 2: pass
+// sl = scale * log2(e). The causal softmaxes of training and prefill share it.
+__device__ __forceinline__ void warp_row_max_sum_exp2(const float* __restrict__ x, int len, float sl,
+                                                      bool vec, float& m_out, float& sum_out) {
+    int lane = threadIdx.x & 31;
+    float m = -INFINITY, sum = 0.f;
+    if (vec) {
+        const float4* x4 = reinterpret_cast<const float4*>(x);
+        for (int i = lane; i * 4 < len; i += 32) {
+            float4 a = x4[i];
+            float e[4] = {a.x * sl, a.y * sl, a.z * sl, a.w * sl};
+            int valid = min(4, len - i * 4);
+            float lm = e[0];
+            for (int j = 1; j < valid; j++) lm = fmaxf(lm, e[j]);
+            float nm = fmaxf(m, lm);
+            float acc = 0.f;
+            for (int j = 0; j < valid; j++) acc += exp2f(e[j] - nm);
+            sum = (m == -INFINITY ? 0.f : sum * exp2f(m - nm)) + acc;
+            m = nm;
+        }
+    } else {
+        for (int i = lane; i < len; i += 32) {
+            float e = x[i] * sl;
+            float nm = fmaxf(m, e);
+            sum = (m == -INFINITY ? 0.f : sum * exp2f(m - nm)) + exp2f(e - nm);
+            m = nm;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float om = __shfl_xor_sync(0xffffffff, m, o);
+        float os = __shfl_xor_sync(0xffffffff, sum, o);
+        float nm = fmaxf(m, om);
+        sum = (m == -INFINITY ? 0.f : sum * exp2f(m - nm)) + (om == -INFINITY ? 0.f : os * exp2f(om - nm));
+        m = nm;
+    }
+    m_out = m;
+    sum_out = sum;
+}

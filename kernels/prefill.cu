@@ -267,39 +267,9 @@ extern "C" __global__ void prefill_causal_softmax(float* __restrict__ s, int row
     float* x = s + (size_t)row * ld;
     float sl = scale * LOG2E_F;
     // Pass 1: running max and sum of exp2 over the row's keys, per lane, then across the warp.
-    float m = -INFINITY, sum = 0.f;
     bool vec = (ld & 3) == 0 && ((size_t)s & 15) == 0;
-    if (vec) {
-        const float4* x4 = reinterpret_cast<const float4*>(x);
-        for (int i = lane; i * 4 < len; i += 32) {
-            float4 a = x4[i];
-            float e[4] = {a.x * sl, a.y * sl, a.z * sl, a.w * sl};
-            int valid = min(4, len - i * 4);
-            float lm = e[0];
-            for (int j = 1; j < valid; j++) lm = fmaxf(lm, e[j]);
-            float nm = fmaxf(m, lm);
-            float acc = 0.f;
-            for (int j = 0; j < valid; j++) acc += exp2f(e[j] - nm);
-            sum = (m == -INFINITY ? 0.f : sum * exp2f(m - nm)) + acc;
-            m = nm;
-        }
-    } else {
-        for (int i = lane; i < len; i += 32) {
-            float e = x[i] * sl;
-            float nm = fmaxf(m, e);
-            sum = (m == -INFINITY ? 0.f : sum * exp2f(m - nm)) + exp2f(e - nm);
-            m = nm;
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float om = __shfl_xor_sync(0xffffffff, m, o);
-        float os = __shfl_xor_sync(0xffffffff, sum, o);
-        float nm = fmaxf(m, om);
-        sum = (m == -INFINITY ? 0.f : sum * exp2f(m - nm)) +
-              (om == -INFINITY ? 0.f : os * exp2f(om - nm));
-        m = nm;
-    }
+    float m, sum;
+    warp_row_max_sum_exp2(x, len, sl, vec, m, sum);
     float inv = 1.f / sum;
     // Pass 2, in place: each lane rewrites exactly the elements it alone reads.
     if (vec) {

@@ -392,37 +392,8 @@ __device__ void trn_causal_softmax(const float* __restrict__ scores, T* __restri
     T* y = p + (size_t)row * s;
     float sl = scale * LOG2E;
     bool vec = s % 4 == 0 && aligned16(scores) && aligned4(p);
-    float m = -INFINITY, sum = 0.f;
-    if (vec) {
-        const float4* x4 = reinterpret_cast<const float4*>(x);
-        for (int i = lane; i * 4 < len; i += 32) {
-            float4 a = __ldg(x4 + i);
-            float e[4] = {a.x * sl, a.y * sl, a.z * sl, a.w * sl};
-            int valid = min(4, len - i * 4);
-            float lm = e[0];
-            for (int j = 1; j < valid; j++) lm = fmaxf(lm, e[j]);
-            float nm = fmaxf(m, lm);
-            float acc = 0.f;
-            for (int j = 0; j < valid; j++) acc += exp2f(e[j] - nm);
-            sum = (m == -INFINITY ? 0.f : sum * exp2f(m - nm)) + acc;
-            m = nm;
-        }
-    } else {
-        for (int i = lane; i < len; i += 32) {
-            float e = x[i] * sl;
-            float nm = fmaxf(m, e);
-            sum = (m == -INFINITY ? 0.f : sum * exp2f(m - nm)) + exp2f(e - nm);
-            m = nm;
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float om = __shfl_xor_sync(0xffffffff, m, o);
-        float os = __shfl_xor_sync(0xffffffff, sum, o);
-        float nm = fmaxf(m, om);
-        sum = (m == -INFINITY ? 0.f : sum * exp2f(m - nm)) + (om == -INFINITY ? 0.f : os * exp2f(om - nm));
-        m = nm;
-    }
+    float m, sum;
+    warp_row_max_sum_exp2(x, len, sl, vec, m, sum);
     float inv = 1.f / sum;
     if (vec) {
         const float4* x4 = reinterpret_cast<const float4*>(x);

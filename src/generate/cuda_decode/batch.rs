@@ -13,7 +13,7 @@ use std::sync::Arc;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
 use candle_core::Device;
 
-use super::engine::StepMode;
+use super::step_graph::{StepGraph, StepMode};
 use super::weights::EngineWeights;
 use super::EngineShape;
 use crate::formats::config::DecoderConfig;
@@ -21,7 +21,6 @@ use crate::formats::weights::WeightSource;
 use crate::gpu::decode::launch::{
     attention_scratch_floats, device_ptr, DecodeKernels, MAX_BATCH_SHARED_BYTES, MAX_DECODE_BATCH,
 };
-use crate::gpu::graph::{self, Graph};
 use crate::{Error, Result};
 
 fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
@@ -118,8 +117,7 @@ pub struct BatchDecodeEngine {
     weights: EngineWeights,
     batch: usize,
     buffers: Buffers,
-    graph: Option<Graph>,
-    mode: StepMode,
+    steps: StepGraph,
     /// Position of each sequence's next token.
     positions: Vec<usize>,
 }
@@ -167,11 +165,6 @@ impl BatchDecodeEngine {
         let stream = kernels.stream().clone();
         let weights = EngineWeights::load(cfg, &shape, source, &stream)?;
         let buffers = Buffers::new(&shape, batch, &stream)?;
-        let mode = if std::env::var("WICK_CUDA_GRAPH").is_ok_and(|v| v == "0") {
-            StepMode::Eager("WICK_CUDA_GRAPH=0".into())
-        } else {
-            StepMode::Pending
-        };
         Ok(Self {
             device: device.clone(),
             kernels,
@@ -179,8 +172,7 @@ impl BatchDecodeEngine {
             weights,
             batch,
             buffers,
-            graph: None,
-            mode,
+            steps: StepGraph::new("CUDA batch decode engine"),
             positions: vec![0; batch],
         })
     }
@@ -192,7 +184,7 @@ impl BatchDecodeEngine {
 
     /// How steps run now.
     pub fn mode(&self) -> &StepMode {
-        &self.mode
+        self.steps.mode()
     }
 
     /// Launches per step (the batch-1 engine's count: every launch covers the batch).
@@ -202,14 +194,12 @@ impl BatchDecodeEngine {
 
     /// Launches every later step eagerly (for comparisons).
     pub fn force_eager(&mut self, reason: &str) {
-        self.mode = StepMode::Eager(reason.into());
+        self.steps.force_eager(reason);
     }
 
     /// Replays the graph again, when one was captured.
     pub fn use_graph(&mut self) {
-        if self.graph.is_some() {
-            self.mode = StepMode::Graph;
-        }
+        self.steps.use_graph();
     }
 
     /// Forgets every sequence: the next tokens take position 0.
@@ -336,31 +326,15 @@ impl BatchDecodeEngine {
         stream
             .memcpy_htod(&state, &mut self.buffers.state)
             .map_err(|e| driver_err("writing tokens and positions", e))?;
-        if self.mode == StepMode::Pending {
-            self.capture();
-        }
-        match &self.graph {
-            Some(g) if self.mode == StepMode::Graph => g.replay()?,
-            _ => self.launch_step()?,
-        }
+        let mut steps = std::mem::replace(
+            &mut self.steps,
+            StepGraph::stand_in("CUDA batch decode engine"),
+        );
+        let ran = steps.run(&self.device, || self.launch_step());
+        self.steps = steps;
+        ran?;
         self.positions.iter_mut().for_each(|p| *p += 1);
         Ok(())
-    }
-
-    fn capture(&mut self) {
-        match graph::capture(&self.device, || self.launch_step()).and_then(|(g, ())| {
-            g.upload()?;
-            Ok(g)
-        }) {
-            Ok(g) => {
-                self.graph = Some(g);
-                self.mode = StepMode::Graph;
-            }
-            Err(e) => {
-                tracing::warn!("CUDA batch decode engine: no graph, running eagerly: {e}");
-                self.mode = StepMode::Eager(format!("graph capture failed: {e}"));
-            }
-        }
     }
 
     /// Each sequence's greedy token of the last step and its log-probability (waits for the step).

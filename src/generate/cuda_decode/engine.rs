@@ -8,6 +8,7 @@ use std::sync::Arc;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
 use candle_core::Device;
 
+use super::step_graph::StepGraph;
 use super::weights::{DeviceMatrix, EngineWeights};
 use super::EngineShape;
 use crate::formats::config::DecoderConfig;
@@ -15,7 +16,6 @@ use crate::formats::weights::WeightSource;
 use crate::gpu::decode::launch::{
     attention_scratch_floats, attention_shared_bytes, device_ptr, DecodeKernels,
 };
-use crate::gpu::graph::{self, Graph};
 use crate::models::kv_cache::KvCache;
 use crate::{Error, Result};
 
@@ -23,16 +23,7 @@ use crate::{Error, Result};
 #[path = "prefill.rs"]
 pub mod prefill;
 
-/// How steps run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StepMode {
-    /// Not decided yet: the first step tries to capture.
-    Pending,
-    /// Replaying the captured graph.
-    Graph,
-    /// Launching eagerly, for the reason given (capture failed or was turned off).
-    Eager(String),
-}
+pub use super::step_graph::StepMode;
 
 /// Device buffers of the activations and the cache, with their raw addresses.
 struct Buffers {
@@ -129,8 +120,7 @@ pub struct DecodeEngine {
     shape: EngineShape,
     weights: EngineWeights,
     buffers: Buffers,
-    graph: Option<Graph>,
-    mode: StepMode,
+    steps: StepGraph,
     /// Position of the next token (= tokens in the cache).
     pos: usize,
     /// The batched prefill's kernels and chunk buffers, made by the first prefill.
@@ -181,11 +171,6 @@ impl DecodeEngine {
             )));
         }
         let buffers = Buffers::new(&shape, &stream)?;
-        let mode = if std::env::var("WICK_CUDA_GRAPH").is_ok_and(|v| v == "0") {
-            StepMode::Eager("WICK_CUDA_GRAPH=0".into())
-        } else {
-            StepMode::Pending
-        };
         tracing::info!(
             "CUDA decode engine: {} layers, {:.1} MB of weights per step, {} cache positions",
             shape.layers,
@@ -198,8 +183,7 @@ impl DecodeEngine {
             shape,
             weights,
             buffers,
-            graph: None,
-            mode,
+            steps: StepGraph::new("CUDA decode engine"),
             pos: 0,
             prefill: None,
         })
@@ -212,7 +196,7 @@ impl DecodeEngine {
 
     /// How steps run now.
     pub fn mode(&self) -> &StepMode {
-        &self.mode
+        self.steps.mode()
     }
 
     /// Launches per step.
@@ -222,14 +206,12 @@ impl DecodeEngine {
 
     /// Launches every later step eagerly (for comparisons; the graph, if any, is kept).
     pub fn force_eager(&mut self, reason: &str) {
-        self.mode = StepMode::Eager(reason.into());
+        self.steps.force_eager(reason);
     }
 
     /// Replays the graph again from the next step, when one was captured.
     pub fn use_graph(&mut self) {
-        if self.graph.is_some() {
-            self.mode = StepMode::Graph;
-        }
+        self.steps.use_graph();
     }
 
     /// Bytes of weights read per step.
@@ -405,7 +387,7 @@ impl DecodeEngine {
     /// [`DecodeEngine::step`] again, without uploading them (for `cuda_decode::profile`); false
     /// when no graph was captured.
     pub fn replay_last_step(&self) -> Result<bool> {
-        match &self.graph {
+        match self.steps.graph() {
             Some(g) => g.replay().map(|()| true),
             None => Ok(false),
         }
@@ -431,35 +413,14 @@ impl DecodeEngine {
         stream
             .memcpy_htod(&state, &mut self.buffers._state)
             .map_err(|e| driver_err("writing token and position", e))?;
-        if self.mode == StepMode::Pending {
-            self.capture();
-        }
-        match &self.graph {
-            Some(g) if self.mode == StepMode::Graph => g.replay()?,
-            _ => self.launch_step()?,
-        }
+        // The step graph lives beside the buffers it launches on; take it out while it runs them.
+        let mut steps =
+            std::mem::replace(&mut self.steps, StepGraph::stand_in("CUDA decode engine"));
+        let ran = steps.run(&self.device, || self.launch_step());
+        self.steps = steps;
+        ran?;
         self.pos += 1;
         Ok(())
-    }
-
-    /// Records the step as a graph; on failure, logs why and stays eager.
-    fn capture(&mut self) {
-        match graph::capture(&self.device, || self.launch_step()) {
-            Ok((g, ())) => match g.upload() {
-                Ok(()) => {
-                    self.graph = Some(g);
-                    self.mode = StepMode::Graph;
-                }
-                Err(e) => {
-                    tracing::warn!("CUDA decode engine: graph upload failed, running eagerly: {e}");
-                    self.mode = StepMode::Eager(format!("graph upload failed: {e}"));
-                }
-            },
-            Err(e) => {
-                tracing::warn!("CUDA decode engine: graph capture failed, running eagerly: {e}");
-                self.mode = StepMode::Eager(format!("graph capture failed: {e}"));
-            }
-        }
     }
 
     /// The greedy token of the last step and its log-probability (waits for the step).

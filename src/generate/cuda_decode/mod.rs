@@ -28,6 +28,7 @@ pub mod engine;
 /// Where the time of one decode step goes (`wick bench overhead`).
 pub mod profile;
 pub mod registry;
+pub mod step_graph;
 pub mod weights;
 
 pub use engine::DecodeEngine;

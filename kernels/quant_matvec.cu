@@ -121,11 +121,22 @@ __device__ __forceinline__ void load_x(const float* __restrict__ x, const float*
     }
 }
 
+// Asks L2 for the first row this warp will read (lane i: the row's i-th 128-byte line), before the
+// x prologue: the weights come from HBM, and their latency then overlaps the prologue's.
+__device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, int row_bytes) {
+    int row = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const uint8_t* r = w + (size_t)row * row_bytes;
+    for (int off = (threadIdx.x & 31) * 128; off < row_bytes; off += 32 * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(r + off));
+}
+
 #define DEFINE_QMV(Q, BYTES)                                                                        \
     extern "C" __global__ void qmv_##Q(const uint8_t* __restrict__ w, const float* __restrict__ x,   \
                                        const float* __restrict__ norm_w, float* __restrict__ y,     \
                                        int rows, int k, float eps, int accumulate) {                 \
         extern __shared__ float xs[];                                                               \
+        prefetch_first_row(w, rows, (k / 32) * BYTES);                                              \
         load_x(x, norm_w, eps, k, xs);                                                              \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
@@ -144,6 +155,8 @@ __device__ __forceinline__ void load_x(const float* __restrict__ x, const float*
                                               const float* __restrict__ norm_w,                     \
                                               float* __restrict__ y, int rows, int k, float eps) {  \
         extern __shared__ float xs[];                                                               \
+        prefetch_first_row(wg, rows, (k / 32) * BYTES);                                             \
+        prefetch_first_row(wu, rows, (k / 32) * BYTES);                                             \
         load_x(x, norm_w, eps, k, xs);                                                              \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
@@ -264,6 +277,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                                         const float* __restrict__ norm_w, float* __restrict__ y,     \
                                         int rows, int k, float eps, int accumulate, int nb) {        \
         extern __shared__ float xs[];                                                                \
+        prefetch_first_row(w, rows, (k / 32) * BYTES);                                               \
         load_xb(x, norm_w, eps, k, nb, xs);                                                          \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
         int parts = (k / 32) * 4;                                                                    \
@@ -293,6 +307,8 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                                                float* __restrict__ y, int rows, int k, float eps,    \
                                                int nb) {                                             \
         extern __shared__ float xs[];                                                                \
+        prefetch_first_row(wg, rows, (k / 32) * BYTES);                                              \
+        prefetch_first_row(wu, rows, (k / 32) * BYTES);                                              \
         load_xb(x, norm_w, eps, k, nb, xs);                                                          \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
         int parts = (k / 32) * 4;                                                                    \

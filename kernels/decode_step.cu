@@ -79,6 +79,18 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
     const float* kin = qkv + (size_t)heads * d + (size_t)kvh * d;
     const float* vin = qkv + (size_t)(heads + kv_heads) * d + (size_t)kvh * d;
     bool has_pos = last_chunk % ATT_SPLITS == y;
+    {
+        // Ask L2 for this block's first chunk of cached keys and values (lines of the kv head's
+        // d floats) before the RoPE work: they come from HBM, and the latency then overlaps it.
+        int t0 = y * ATT_CHUNK, n0 = min(ATT_CHUNK, pos + 1 - t0);
+        int lines = (d * 4 + 127) / 128;
+        size_t stride = (size_t)kv_heads * d;
+        for (int j = threadIdx.x; j < n0 * lines * 2; j += blockDim.x) {
+            int tt = j / (lines * 2), rem = j % (lines * 2);
+            const float* base = (rem < lines ? k_cache : v_cache) + (size_t)(t0 + tt) * stride + (size_t)kvh * d;
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(base) + (rem % lines) * 128));
+        }
+    }
     for (int j = threadIdx.x; j < group * half; j += blockDim.x) {
         int g = j / half, i = j % half;
         float s, co;

@@ -179,3 +179,20 @@ impl EngineSteps {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::EnginePolicy;
+
+    #[test]
+    fn policy_parses_and_rejects_unknown_values() {
+        assert_eq!("auto".parse::<EnginePolicy>(), Ok(EnginePolicy::Auto));
+        assert_eq!("off".parse::<EnginePolicy>(), Ok(EnginePolicy::Off));
+        let err = "on".parse::<EnginePolicy>().unwrap_err();
+        assert!(
+            err.contains("auto or off") && err.contains("\"on\""),
+            "{err}"
+        );
+        assert_eq!(EnginePolicy::default(), EnginePolicy::Auto);
+    }
+}

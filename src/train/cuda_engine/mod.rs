@@ -494,17 +494,14 @@ impl TrainEngine {
     pub fn optimizer_step(&mut self, lr: f64, max_grad_norm: Option<f64>) -> Result<(f64, f64)> {
         self.step += 1;
         let c = self.adamw;
-        let t = self.step as i32;
-        let hyper = [
-            lr as f32,
-            c.beta1 as f32,
-            c.beta2 as f32,
-            c.eps as f32,
-            c.weight_decay as f32,
-            (1.0 - c.beta1.powi(t)) as f32,
-            (1.0 - c.beta2.powi(t)) as f32,
-            max_grad_norm.map_or(-1.0, |m| m as f32),
-        ];
+        let constants = crate::gpu::train::reference::AdamConstants {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+        };
+        let hyper =
+            crate::gpu::train::reference::adamw_hyper(&constants, lr, self.step, max_grad_norm);
         let stream = self.kernels.stream().clone();
         stream
             .memcpy_htod(&hyper, &mut self.buffers.hyper)

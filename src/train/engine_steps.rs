@@ -127,19 +127,12 @@ impl EngineSteps {
         }
         #[cfg(feature = "cuda")]
         {
-            let counted_total: usize = micro
-                .iter()
-                .map(|(b, _)| super::loss::counted_positions(&b.labels))
-                .sum();
             self.engine.begin_step()?;
-            for (batch, _) in micro {
-                let counted = super::loss::counted_positions(&batch.labels);
-                if counted == 0 {
-                    continue;
+            for ((batch, _), weight) in micro.iter().zip(super::trainer::loss_weights(micro)) {
+                if let Some(weight) = weight {
+                    self.engine
+                        .micro_batch(&batch.input_ids, &batch.labels, weight as f32)?;
                 }
-                let weight = counted as f32 / counted_total as f32;
-                self.engine
-                    .micro_batch(&batch.input_ids, &batch.labels, weight)?;
             }
             let result = self.engine.optimizer_step(lr, max_grad_norm)?;
             self.mode = match self.engine.mode() {

@@ -217,6 +217,21 @@ pub fn evaluate(model: &Llama, data: &Dataset, batch_size: usize) -> Result<f64>
     Ok(total / count.max(1) as f64)
 }
 
+/// Each micro-batch's loss weight: its share of the step's counted positions, so that accumulating
+/// `weight x mean loss` over the micro-batches gives the gradient of one big batch; `None` for a
+/// micro-batch with no counted position (skipped). Both step paths (autograd, CUDA engine) use it.
+pub(crate) fn loss_weights(micro: &[(Batch, Vec<usize>)]) -> Vec<Option<f64>> {
+    let counted: Vec<usize> = micro
+        .iter()
+        .map(|(b, _)| super::loss::counted_positions(&b.labels))
+        .collect();
+    let total: usize = counted.iter().sum();
+    counted
+        .into_iter()
+        .map(|c| (c > 0).then(|| c as f64 / total as f64))
+        .collect()
+}
+
 /// One optimizer step through Candle's autograd (the reference path): forward, loss and backward
 /// per micro-batch with gradients accumulated by token share, global-norm clipping, AdamW. Returns
 /// (step loss, gradient norm before clipping); a non-finite value returns before the update.
@@ -229,19 +244,13 @@ fn candle_step(
     lr: f64,
 ) -> Result<(f64, f64)> {
     let device = model.device().clone();
-    let counted_total: usize = micro
-        .iter()
-        .map(|(b, _)| super::loss::counted_positions(&b.labels))
-        .sum();
     let mut grads: HashMap<String, Tensor> = HashMap::new();
     let sink = GradSink::new();
     let mut step_loss = 0f64;
-    for (batch, _) in micro {
-        let counted = super::loss::counted_positions(&batch.labels);
-        if counted == 0 {
+    for ((batch, _), weight) in micro.iter().zip(loss_weights(micro)) {
+        let Some(weight) = weight else {
             continue;
-        }
-        let weight = counted as f64 / counted_total as f64;
+        };
         let (ids, labels) = batch_tensors(batch, &device)?;
         let logits = if config.activation_checkpointing {
             model.forward_train_checkpointed(&ids, &sink)?
@@ -489,4 +498,31 @@ pub fn train(
         engine_mode: engine.as_ref().map(|e| e.mode.clone()),
     };
     Ok((adapter, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::loss::IGNORE_INDEX;
+
+    fn batch(labels: Vec<Vec<i64>>) -> (Batch, Vec<usize>) {
+        let input_ids = labels.iter().map(|r| vec![0u32; r.len()]).collect();
+        let lengths = labels.iter().map(Vec::len).collect();
+        (Batch { input_ids, labels }, lengths)
+    }
+
+    /// Counted positions are labels after the first that are not ignored: 3, 0 and 1 here.
+    #[test]
+    fn loss_weights_are_shares_of_counted_positions() {
+        let i = IGNORE_INDEX;
+        let micro = vec![
+            batch(vec![vec![5, 6, 7], vec![1, 2, i]]),
+            batch(vec![vec![4, i, i]]),
+            batch(vec![vec![i, i, 9]]),
+        ];
+        assert_eq!(
+            loss_weights(&micro),
+            vec![Some(3.0 / 4.0), None, Some(1.0 / 4.0)]
+        );
+    }
 }

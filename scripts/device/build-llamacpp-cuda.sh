@@ -41,7 +41,7 @@ do_build() {
   cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF || return 1
-  nice -n 19 cmake --build "$build" -j "${LLAMACPP_BUILD_JOBS:-$(( $(nproc) > 4 ? $(nproc) - 4 : 1 ))}" --target llama-bench llama-batched-bench || return 1
+  nice -n 19 cmake --build "$build" -j "${LLAMACPP_BUILD_JOBS:-$(( $(nproc) > 4 ? $(nproc) - 4 : 1 ))}" --target llama-bench llama-batched-bench llama-quantize || return 1
   echo "llama-bench built in $((SECONDS - start)) s: $bench"
 }
 

@@ -31,7 +31,7 @@ tar -xzf "$sdist" -C "$work" llama_cpp_python-0.3.36/vendor/llama.cpp
 mv "$work/llama_cpp_python-0.3.36/vendor/llama.cpp" "$work/e2e/llama.cpp"
 (
   cd "$work/e2e/llama.cpp"
-  rm -rf models docs tests examples media gguf-py benches pocs tools/ui tools/server tools/cli \
+  rm -rf models docs tests examples media benches pocs tools/ui tools/server tools/cli \
     .devops .github ci conversion skills scripts/*.py
   cd ggml/src
   for backend in ggml-*/; do

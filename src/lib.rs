@@ -6,6 +6,9 @@
 //! Data flows one way: `formats` -> `models` (+ `lora`) -> `train` | `generate` | `embed` -> the CLI,
 //! with `ops` (fused kernels) and `gpu` (CUDA plumbing) under all of them.
 
+/// Numeric checks against f64 references (seeded inputs, error measure, tolerances), shared by the
+/// ops' unit tests and the GPU checks; it sits under `ops` and `gpu` so that both may import it.
+pub mod check;
 pub mod device;
 pub mod embed;
 pub mod error;

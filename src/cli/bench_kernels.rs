@@ -24,7 +24,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
-use wick::ops::check::random_tensor;
+use wick::check::random_tensor;
 
 /// Options of `wick bench kernels`.
 #[derive(clap::Args)]

@@ -299,7 +299,7 @@ pub use device::Gemm;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::random_values;
+    use crate::check::random_values;
 
     /// The same product by explicit matrices: op(A), op(B) materialised, then the textbook sum.
     fn naive(

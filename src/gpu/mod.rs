@@ -15,6 +15,9 @@ pub mod kernels;
 /// Launchers for those kernels, called by the fused ops' `cuda_fwd`.
 #[cfg(feature = "cuda")]
 pub mod launch;
+/// Raw device addresses of buffers, for the engines' launchers.
+#[cfg(feature = "cuda")]
+pub mod ptr;
 /// Overhead cures (event tracking, pool retention) and the per-stage timing of small ops.
 #[cfg(feature = "cuda")]
 pub mod overhead;

@@ -8,6 +8,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{Module, Tensor};
 
 use crate::formats::weights::Weight;
+use crate::ops::lora_linear::lora_linear;
 use crate::{Context, Result};
 
 /// The frozen base weight of a linear layer.
@@ -110,8 +111,7 @@ impl Linear {
 
     /// x: [..., in] -> [..., out]. `train` enables adapter dropout.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = crate::ops::lora_linear::forward(self, x, train)?;
-        Ok(y)
+        adapter_forward(self, x, train)
     }
 
     /// Inference forward (no dropout).
@@ -139,5 +139,87 @@ impl Linear {
             Some(b) => y.broadcast_add(b).context("adding bias"),
             None => Ok(y),
         }
+    }
+}
+
+/// x: [..., in] -> [..., out] through the base weight and the active adapter, if any: one fused
+/// `ops::lora_linear` call when the base is dense and no dropout runs, else the base product plus
+/// the low-rank term.
+fn adapter_forward(layer: &Linear, x: &Tensor, train: bool) -> Result<Tensor> {
+    let Some(lora) = &layer.lora else {
+        return frozen_forward(layer, x);
+    };
+    let dropout = train && lora.dropout > 0.0;
+    let dtype = x.dtype();
+    let same_dtype = lora.a.dtype() == dtype && lora.b.dtype() == dtype;
+    if let (BaseWeight::Dense(w), false, true) = (layer.weight(), dropout, same_dtype) {
+        if w.dtype() == dtype {
+            let bias = layer
+                .bias()
+                .map(|b| b.to_dtype(dtype))
+                .transpose()
+                .context("lora bias dtype")?;
+            return lora_linear(x, Some(w), bias.as_ref(), &lora.a, &lora.b, lora.scale);
+        }
+    }
+    let y = frozen_forward(layer, x)?;
+    let x_in = if dropout {
+        candle_nn::ops::dropout(x, lora.dropout).context("lora dropout")?
+    } else {
+        x.clone()
+    };
+    let x_in = x_in.to_dtype(lora.a.dtype()).context("lora input dtype")?;
+    let delta = lora_linear(&x_in, None, None, &lora.a, &lora.b, lora.scale)?;
+    let delta = delta.to_dtype(y.dtype()).context("lora output dtype")?;
+    (y + delta).context("adding lora update")
+}
+
+/// The frozen product `x W^T + b`. Inside a training graph (x carries one) a dense base goes through
+/// `ops::frozen::frozen_linear`, whose backward gives dx and no dW: Candle's matmul backward would
+/// compute and keep the gradient of every frozen weight (the LM head's alone is [batch, in, vocab]).
+fn frozen_forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    match layer.weight() {
+        BaseWeight::Dense(w) if x.track_op() && w.dtype() == x.dtype() => {
+            let bias = layer
+                .bias()
+                .map(|b| b.to_dtype(x.dtype()))
+                .transpose()
+                .context("linear bias dtype")?;
+            crate::ops::frozen::frozen_linear(x, w, bias.as_ref())
+        }
+        _ => layer.base_forward(x),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{assert_close, random_tensor, to_f64_vec};
+    use crate::ops::lora_linear::lora_linear_reference;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn linear_layer_uses_the_adapter() {
+        let dev = Device::Cpu;
+        let w = random_tensor(&[9, 5], DType::F32, &dev, 1, 0.5).unwrap();
+        let mut layer = Linear::new(Weight::Dense(w.clone()), None).unwrap();
+        let a = random_tensor(&[2, 5], DType::F32, &dev, 2, 0.5).unwrap();
+        let b = random_tensor(&[9, 2], DType::F32, &dev, 3, 0.5).unwrap();
+        layer.lora = Some(LoraWeights {
+            a: a.clone(),
+            b: b.clone(),
+            scale: 4.0,
+            dropout: 0.0,
+        });
+        let x = random_tensor(&[2, 3, 5], DType::F32, &dev, 4, 1.0).unwrap();
+        let y = layer.forward(&x).unwrap();
+        assert_eq!(y.dims(), [2, 3, 9]);
+        let v = |t: &Tensor| to_f64_vec(t).unwrap();
+        let want = lora_linear_reference(&v(&x), &v(&w), &[], &v(&a), &v(&b), 4.0, 5, 2);
+        assert_close(&v(&y), &want, DType::F32, "Linear with adapter");
+        // Dropout path (train) keeps the base product apart; with p > 0 it must differ from eval.
+        layer.lora.as_mut().unwrap().dropout = 0.5;
+        let yt = layer.forward_t(&x, true).unwrap();
+        assert_eq!(yt.dims(), [2, 3, 9]);
     }
 }

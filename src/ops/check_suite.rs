@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use serde::Serialize;
 
-use super::check::{self, max_rel_err, pass_tolerance, random_tensor, to_f64_vec, tolerance};
+use crate::check::{self, max_rel_err, pass_tolerance, random_tensor, to_f64_vec, tolerance};
 use super::{cross_entropy, decode_attention, lora_linear, rms_norm, rope, softmax, swiglu};
 use crate::{Context, Result};
 

@@ -153,7 +153,7 @@ impl CustomOp1 for Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::{random_tensor, to_f64_vec};
+    use crate::check::{random_tensor, to_f64_vec};
     use candle_core::{DType, Device};
 
     /// Gradients through two checkpointed segments equal those of the plain graph (f64, exact maths

@@ -244,7 +244,7 @@ impl CustomOp1 for SavedGradLoss {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::{assert_close, finite_difference_check, random_tensor, to_f64_vec};
+    use crate::check::{assert_close, finite_difference_check, random_tensor, to_f64_vec};
     use candle_core::{Device, Var};
     use rand::{Rng, SeedableRng};
 

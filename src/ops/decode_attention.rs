@@ -193,7 +193,7 @@ impl CustomOp3 for DecodeAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::{assert_close, random_tensor, to_f64_vec};
+    use crate::check::{assert_close, random_tensor, to_f64_vec};
     use candle_core::{DType, Device};
 
     #[test]

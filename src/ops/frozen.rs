@@ -186,7 +186,7 @@ impl CustomOp1 for AddFrozen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::{assert_close, finite_difference_check, random_tensor, to_f64_vec};
+    use crate::check::{assert_close, finite_difference_check, random_tensor, to_f64_vec};
     use candle_core::{DType, Device, Var};
 
     /// Forward against an f64 reference, gradient of x against finite differences, and no gradient

@@ -6,7 +6,7 @@
 //! and the base product in the same pass), cuBLAS plus one fused low-rank kernel for many; on the CPU
 //! the base and rank-r products through Candle's gemm and the low-rank update fused into the output
 //! rows. Quantized bases (QMatMul) and dropout keep their own base product; the same op without W
-//! adds the low-rank term on top.
+//! adds the low-rank term on top. `models::linear::Linear` picks between them per call.
 //!
 //! Backward (W frozen, no dW), with g = dy: `u = g B` [t, r], `dx = g W + s u A`,
 //! `dA = s u^T x`, `dB = s g^T (x A^T)`.
@@ -16,55 +16,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor, WithDTy
 use rayon::prelude::*;
 
 use super::common::{contiguous_as, dispatch_float, same_dtype, Acc};
-use crate::models::linear::{BaseWeight, Linear};
 use crate::{Context, Result};
-
-/// x: [..., in] -> [..., out] through the base weight and the active adapter, if any.
-pub fn forward(layer: &Linear, x: &Tensor, train: bool) -> Result<Tensor> {
-    let Some(lora) = &layer.lora else {
-        return base_forward(layer, x);
-    };
-    let dropout = train && lora.dropout > 0.0;
-    let dtype = x.dtype();
-    let same_dtype = lora.a.dtype() == dtype && lora.b.dtype() == dtype;
-    if let (BaseWeight::Dense(w), false, true) = (layer.weight(), dropout, same_dtype) {
-        if w.dtype() == dtype {
-            let bias = layer
-                .bias()
-                .map(|b| b.to_dtype(dtype))
-                .transpose()
-                .context("lora bias dtype")?;
-            return lora_linear(x, Some(w), bias.as_ref(), &lora.a, &lora.b, lora.scale);
-        }
-    }
-    let y = base_forward(layer, x)?;
-    let x_in = if dropout {
-        candle_nn::ops::dropout(x, lora.dropout).context("lora dropout")?
-    } else {
-        x.clone()
-    };
-    let x_in = x_in.to_dtype(lora.a.dtype()).context("lora input dtype")?;
-    let delta = lora_linear(&x_in, None, None, &lora.a, &lora.b, lora.scale)?;
-    let delta = delta.to_dtype(y.dtype()).context("lora output dtype")?;
-    (y + delta).context("adding lora update")
-}
-
-/// The frozen product `x W^T + b`. Inside a training graph (x carries one) a dense base goes through
-/// `ops::frozen::frozen_linear`, whose backward gives dx and no dW: Candle's matmul backward would
-/// compute and keep the gradient of every frozen weight (the LM head's alone is [batch, in, vocab]).
-fn base_forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    match layer.weight() {
-        BaseWeight::Dense(w) if x.track_op() && w.dtype() == x.dtype() => {
-            let bias = layer
-                .bias()
-                .map(|b| b.to_dtype(x.dtype()))
-                .transpose()
-                .context("linear bias dtype")?;
-            super::frozen::frozen_linear(x, w, bias.as_ref())
-        }
-        _ => layer.base_forward(x),
-    }
-}
 
 /// The op itself: x: [..., in], weight: [out, in] (frozen, optional), bias: [out], a: [r, in],
 /// b: [out, r] -> `x W^T + bias + scale (x A^T) B^T`, or the low-rank term alone without a weight.
@@ -321,9 +273,7 @@ impl CustomOp3 for LoraLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::formats::weights::Weight;
-    use crate::models::linear::LoraWeights;
-    use crate::ops::check::{assert_close, finite_difference_check, random_tensor, to_f64_vec};
+    use crate::check::{assert_close, finite_difference_check, random_tensor, to_f64_vec};
     use candle_core::{DType, Device};
 
     #[test]
@@ -375,30 +325,5 @@ mod tests {
             7,
         )
         .unwrap();
-    }
-
-    #[test]
-    fn linear_layer_uses_the_adapter() {
-        let dev = Device::Cpu;
-        let w = random_tensor(&[9, 5], DType::F32, &dev, 1, 0.5).unwrap();
-        let mut layer = Linear::new(Weight::Dense(w.clone()), None).unwrap();
-        let a = random_tensor(&[2, 5], DType::F32, &dev, 2, 0.5).unwrap();
-        let b = random_tensor(&[9, 2], DType::F32, &dev, 3, 0.5).unwrap();
-        layer.lora = Some(LoraWeights {
-            a: a.clone(),
-            b: b.clone(),
-            scale: 4.0,
-            dropout: 0.0,
-        });
-        let x = random_tensor(&[2, 3, 5], DType::F32, &dev, 4, 1.0).unwrap();
-        let y = layer.forward(&x).unwrap();
-        assert_eq!(y.dims(), [2, 3, 9]);
-        let v = |t: &Tensor| to_f64_vec(t).unwrap();
-        let want = lora_linear_reference(&v(&x), &v(&w), &[], &v(&a), &v(&b), 4.0, 5, 2);
-        assert_close(&v(&y), &want, DType::F32, "Linear with adapter");
-        // Dropout path (train) keeps the base product apart; with p > 0 it must differ from eval.
-        layer.lora.as_mut().unwrap().dropout = 0.5;
-        let yt = layer.forward_t(&x, true).unwrap();
-        assert_eq!(yt.dims(), [2, 3, 9]);
     }
 }

@@ -3,7 +3,6 @@
 //!
 //! Models and the trainer call these functions on every device; each picks its fastest implementation.
 
-pub mod check;
 pub mod check_suite;
 pub mod checkpoint;
 pub(crate) mod common;

@@ -354,7 +354,7 @@ impl CustomOp3 for RmsNormBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::{assert_close, finite_difference_check, random_tensor, to_f64_vec};
+    use crate::check::{assert_close, finite_difference_check, random_tensor, to_f64_vec};
     use candle_core::{DType, Device};
 
     const EPS: f64 = 1e-5;

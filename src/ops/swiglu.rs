@@ -178,7 +178,7 @@ impl CustomOp3 for SwigluBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::{assert_close, finite_difference_check, random_tensor, to_f64_vec};
+    use crate::check::{assert_close, finite_difference_check, random_tensor, to_f64_vec};
     use candle_core::{DType, Device};
 
     #[test]

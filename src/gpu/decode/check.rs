@@ -9,7 +9,7 @@ use candle_core::{CudaDevice, Device, Tensor};
 use super::launch::{device_ptr, DecodeKernels};
 use super::reference::{self, AttentionShape};
 use super::QuantType;
-use crate::ops::check::random_values;
+use crate::check::random_values;
 use crate::{Context, Result};
 
 /// One checked launch: kernel name, shape text, GPU output, reference output.

@@ -13,6 +13,7 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::CudaDevice;
 
 use super::QuantType;
+pub use crate::gpu::ptr::device_ptr;
 use crate::gpu::kernels::{function, Module};
 
 type Result<T> = candle_core::Result<T>;
@@ -379,15 +380,4 @@ pub fn attention_shared_bytes(shape: super::reference::AttentionShape) -> usize 
     let d = shape.head_dim;
     (2 * group * d + 2 * d + 2 * ATTENTION_CHUNK * (d + 4) + group * ATTENTION_CHUNK + 2 * group)
         * 4
-}
-
-/// The raw device address of a buffer, for the launchers. The buffer must outlive every launch (and
-/// every captured graph) that uses the address.
-pub fn device_ptr<T>(
-    slice: &candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
-    stream: &CudaStream,
-) -> u64 {
-    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
-    let (ptr, _sync) = slice.device_ptr(stream);
-    ptr
 }

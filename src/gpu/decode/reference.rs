@@ -442,7 +442,7 @@ pub fn prefill_attention_gemm_layout(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::random_values;
+    use crate::check::random_values;
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 

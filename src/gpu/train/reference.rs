@@ -370,7 +370,7 @@ pub fn adamw(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::random_values;
+    use crate::check::random_values;
 
     fn close(a: &[f64], b: &[f64], tol: f64, what: &str) {
         assert_eq!(a.len(), b.len(), "{what}: lengths");

@@ -11,7 +11,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
 use candle_core::DType;
 
 use super::layout::{Dims, ParamLayout};
-use crate::gpu::decode::launch::device_ptr;
+use crate::gpu::ptr::device_ptr;
 use crate::{Error, Result};
 
 /// One named buffer and its size.

@@ -6,7 +6,7 @@
 use candle_core::{DType, Storage, Tensor};
 
 use super::layout::{Dims, PROJECTIONS};
-use crate::gpu::decode::launch::device_ptr;
+use crate::gpu::ptr::device_ptr;
 use crate::models::linear::BaseWeight;
 use crate::models::llama::Llama;
 use crate::{Error, Result};

@@ -1,6 +1,8 @@
 //! Helpers that check the fused ops against their f64 references: seeded random inputs, the error
 //! measure and the tolerance per dtype, and a finite-difference check of the backward passes.
 //! Used by the unit tests (CPU, in CI) and by `wick bench gpu-check` (the same cases on CUDA).
+//! A leaf module (Candle and the error type only): `ops` and `gpu` both import it, neither through
+//! the other.
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};

@@ -12,6 +12,8 @@
 //! `dA = s u^T x`, `dB = s g^T (x A^T)`.
 
 use candle_core::backend::BackendStorage;
+use candle_core::quantized::QMatMul;
+use candle_core::DType;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -52,6 +54,8 @@ pub fn forward(layer: &Linear, x: &Tensor, train: bool) -> Result<Tensor> {
 /// The frozen product `x W^T + b`. Inside a training graph (x carries one) a dense base goes through
 /// `ops::frozen::frozen_linear`, whose backward gives dx and no dW: Candle's matmul backward would
 /// compute and keep the gradient of every frozen weight (the LM head's alone is [batch, in, vocab]).
+/// A quantized base (Q4_1/Q8_0 on the CPU) goes through `ops::quant_linear` (QLoRA); any other
+/// quantized base is refused there, since its product would silently cut the gradient.
 fn base_forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
     match layer.weight() {
         BaseWeight::Dense(w) if x.track_op() && w.dtype() == x.dtype() => {
@@ -62,7 +66,29 @@ fn base_forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
                 .context("linear bias dtype")?;
             super::frozen::frozen_linear(x, w, bias.as_ref())
         }
+        // QLoRA on the CPU: the base stays in its blocks; dx through the dequantized weight.
+        BaseWeight::Quantized(QMatMul::QTensor(q))
+            if x.track_op() && x.dtype() == DType::F32 && super::quant_linear::supports(q) =>
+        {
+            let y = super::quant_linear::quant_frozen_linear(x, q)?;
+            match layer.bias() {
+                Some(b) => super::frozen::add_frozen(&y, b),
+                None => Ok(y),
+            }
+        }
+        BaseWeight::Quantized(QMatMul::QTensor(_)) if x.track_op() => Err(crate::Error::InvalidRequest(format!(
+            "a quantized base weight of this kind ({}) cannot pass a gradient to its input: \
+             training through it needs Q4_1 or Q8_0 blocks on the CPU (load the model dense instead)",
+            quantized_kind(layer.weight())
+        ))),
         _ => layer.base_forward(x),
+    }
+}
+
+fn quantized_kind(w: &BaseWeight) -> String {
+    match w {
+        BaseWeight::Quantized(QMatMul::QTensor(q)) => format!("{:?} on {:?}", q.dtype(), q.device()),
+        _ => "not quantized".into(),
     }
 }
 

@@ -125,10 +125,12 @@ fn lora_gradients_through_a_quantized_base_match_the_dense_base() {
     let w = random_tensor(&[n, k], DType::F32, &dev, 11, 0.5).unwrap();
     let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q4_1).unwrap());
     let dense = q.dequantize(&dev).unwrap();
-    let a = candle_core::Var::from_tensor(&random_tensor(&[r, k], DType::F32, &dev, 12, 0.3).unwrap())
-        .unwrap();
-    let b = candle_core::Var::from_tensor(&random_tensor(&[n, r], DType::F32, &dev, 13, 0.3).unwrap())
-        .unwrap();
+    let a =
+        candle_core::Var::from_tensor(&random_tensor(&[r, k], DType::F32, &dev, 12, 0.3).unwrap())
+            .unwrap();
+    let b =
+        candle_core::Var::from_tensor(&random_tensor(&[n, r], DType::F32, &dev, 13, 0.3).unwrap())
+            .unwrap();
     let x0 = random_tensor(&[t, k], DType::F32, &dev, 14, 1.0).unwrap();
     let probe = random_tensor(&[t, n], DType::F32, &dev, 15, 1.0).unwrap();
     let grads = |weight: Weight| -> Vec<Vec<f64>> {
@@ -149,7 +151,10 @@ fn lora_gradients_through_a_quantized_base_match_the_dense_base() {
     };
     let quantized = grads(Weight::Quantized(q.clone()));
     let reference = grads(Weight::Dense(dense));
-    for (name, (got, want)) in ["dx", "dA", "dB"].iter().zip(quantized.iter().zip(&reference)) {
+    for (name, (got, want)) in ["dx", "dA", "dB"]
+        .iter()
+        .zip(quantized.iter().zip(&reference))
+    {
         let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
         let err = got
             .iter()

@@ -287,7 +287,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut md = std::fs::File::create(out.with_extension("md"))?;
         writeln!(md, "# LoRA training throughput ({})\n", args.device)?;
         writeln!(md, "Command: `wick bench train --model {} --rank {} --seq-len {} --batch-size {} --steps {} --warmup-steps {} --device {}{}{}`\n", args.model, args.rank, args.seq_len, args.batch_size, args.steps, args.warmup_steps, args.device, if args.checkpoint_activations { " --checkpoint-activations" } else { "" }, if args.quantized_base { " --quantized-base" } else { "" })?;
-        let base = if args.quantized_base { "the GGUF's blocks kept quantized (QLoRA)".to_string() } else { format!("{dtype:?} (the GGUF dequantized)") };
+        let base = if args.quantized_base {
+            "the GGUF's blocks kept quantized (QLoRA)".to_string()
+        } else {
+            format!("{dtype:?} (the GGUF dequantized)")
+        };
         writeln!(md, "Machine: {cpu}, {threads} threads (shared with other work while measured). Model: {}, {base}, r {} on every linear layer.\n", path.display(), args.rank)?;
         writeln!(
             md,

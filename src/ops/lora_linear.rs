@@ -87,7 +87,9 @@ fn base_forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
 
 fn quantized_kind(w: &BaseWeight) -> String {
     match w {
-        BaseWeight::Quantized(QMatMul::QTensor(q)) => format!("{:?} on {:?}", q.dtype(), q.device()),
+        BaseWeight::Quantized(QMatMul::QTensor(q)) => {
+            format!("{:?} on {:?}", q.dtype(), q.device())
+        }
         _ => "not quantized".into(),
     }
 }

@@ -30,10 +30,7 @@ const BLOCK: usize = 32;
 /// blocks (frozen: never given a gradient). Differentiable in x.
 pub fn quant_frozen_linear(x: &Tensor, weight: &Arc<QTensor>) -> Result<Tensor> {
     let format = format_of(weight)?;
-    let (out_features, in_features) = weight
-        .shape()
-        .dims2()
-        .context("quantized linear weight")?;
+    let (out_features, in_features) = weight.shape().dims2().context("quantized linear weight")?;
     let dims = x.dims();
     if dims.last() != Some(&in_features) || x.dtype() != DType::F32 {
         return Err(Error::InvalidRequest(format!(
@@ -87,17 +84,15 @@ pub fn dequantize_rows(
     out: &mut [f32],
 ) {
     let row_bytes = k / BLOCK * format.block_bytes();
-    out.par_chunks_mut(k)
-        .zip(rows)
-        .for_each(|(dst, row)| {
-            let src = &bytes[row * row_bytes..(row + 1) * row_bytes];
-            for (block, d) in src
-                .chunks_exact(format.block_bytes())
-                .zip(dst.chunks_exact_mut(BLOCK))
-            {
-                dequantize_block(format, block, d);
-            }
-        });
+    out.par_chunks_mut(k).zip(rows).for_each(|(dst, row)| {
+        let src = &bytes[row * row_bytes..(row + 1) * row_bytes];
+        for (block, d) in src
+            .chunks_exact(format.block_bytes())
+            .zip(dst.chunks_exact_mut(BLOCK))
+        {
+            dequantize_block(format, block, d);
+        }
+    });
 }
 
 fn f16_at(bytes: &[u8], at: usize) -> f32 {
@@ -138,7 +133,9 @@ pub fn input_gradient(dy: &Tensor, weight: &QTensor) -> Result<Tensor> {
             "quantized linear backward: dy [{t}, {dn}] against a weight of {n} rows"
         )));
     }
-    let bytes = weight.data().context("quantized linear backward: weight data")?;
+    let bytes = weight
+        .data()
+        .context("quantized linear backward: weight data")?;
     let rows_per = (CHUNK_ELEMS / k.max(1)).max(BLOCK).min(n.max(1));
     let mut scratch = vec![0f32; rows_per * k];
     let mut dx: Option<Tensor> = None;

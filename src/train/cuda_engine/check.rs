@@ -623,9 +623,9 @@ fn engine_options(cm: &CheckModel, dtype: DType) -> EngineOptions {
         dtype,
         loss_chunk: 7,
         // f32 scores of `pairs` [G*S, S] blocks.
-        attention_scratch_bytes: cm
-            .attention_pairs
-            .map_or(ATTENTION_SCRATCH_BYTES, |pairs| pairs * groups * seq * seq * 4),
+        attention_scratch_bytes: cm.attention_pairs.map_or(ATTENTION_SCRATCH_BYTES, |pairs| {
+            pairs * groups * seq * seq * 4
+        }),
     }
 }
 

@@ -30,6 +30,8 @@
 // trn_adamw(param, grad, m, v, param_lowp, hyper, gnorm_sq, loss, n): clipped torch AdamW (see
 //   src/train/optimizer.rs), skipped entirely when gnorm_sq or loss[0] is not finite.
 // trn_cast(src f32, dst, n): dst = T(src).
+// trn_add_bias(y, bias, rows, cols): y[r, c] += bias[c] (frozen projection biases, e.g. Qwen2's
+//   q/k/v); grid-stride, 16-byte vectors when cols and both pointers allow.
 #include "common.cuh"
 
 #define LOG2E 1.4426950408889634f
@@ -714,6 +716,29 @@ __device__ void trn_cast(const float* __restrict__ src, T* __restrict__ dst, siz
     for (size_t i = nv * 4 + grid_index(); i < n; i += grid_stride()) dst[i] = from_f<T>(src[i]);
 }
 
+// y [rows, cols] += bias [cols], in place; the sum in f32, rounded once to T.
+template <typename T>
+__device__ void trn_add_bias(T* __restrict__ y, const T* __restrict__ bias, size_t rows, int cols) {
+    constexpr int V = Vec16<T>::V;
+    size_t n = rows * (size_t)cols;
+    if (cols % V == 0 && aligned16(y) && aligned16(bias)) {
+        int cv = cols / V;
+        uint4* y4 = reinterpret_cast<uint4*>(y);
+        const uint4* b4 = reinterpret_cast<const uint4*>(bias);
+        for (size_t i = grid_index(); i < n / V; i += grid_stride()) {
+            Vec16<T> a, b;
+            a.u = y4[i];
+            b.u = __ldg(b4 + (int)(i % cv));
+#pragma unroll
+            for (int j = 0; j < V; j++) a.e[j] = from_f<T>(to_f(a.e[j]) + to_f(b.e[j]));
+            y4[i] = a.u;
+        }
+        return;
+    }
+    for (size_t i = grid_index(); i < n; i += grid_stride())
+        y[i] = from_f<T>(to_f(y[i]) + to_f(bias[i % cols]));
+}
+
 // ---------------------------------------------------------------------------------------------
 #define EMBED_PARAMS(T) const T* table, const int* ids, T* x, int n, int width
 WICK_INSTANTIATE(trn_embed, EMBED_PARAMS, (table, ids, x, n, width))
@@ -752,3 +777,5 @@ WICK_INSTANTIATE(trn_cross_entropy, CE_PARAMS, (logits, labels, count, scale, ro
 WICK_INSTANTIATE(trn_adamw, ADAMW_PARAMS, (param, grad, m, v, lowp, hyper, gnorm_sq, loss, n))
 #define CAST_PARAMS(T) const float* src, T* dst, size_t n
 WICK_INSTANTIATE(trn_cast, CAST_PARAMS, (src, dst, n))
+#define BIAS_PARAMS(T) T* y, const T* bias, size_t rows, int cols
+WICK_INSTANTIATE(trn_add_bias, BIAS_PARAMS, (y, bias, rows, cols))

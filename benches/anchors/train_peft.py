@@ -9,8 +9,9 @@ bf16 base, AdamW (lr 1e-4), batch 8, random token ids as inputs and labels, in f
   liger            apply_liger_kernel_to_llama(rope, rms_norm, swiglu, fused_linear_cross_entropy)
                    before the model is built, then as eager
 
-The model is LlamaForCausalLM built from smollm2_135m_config.json (the GGUF's metadata) with random
-weights: throughput and memory depend on the shapes only, and no 98 MB checkpoint has to travel.
+The model is LlamaForCausalLM built from smollm2_135m_config.json (the GGUF's metadata), or the
+model of another --config (model_type llama or qwen2: Qwen2ForCausalLM and Liger's qwen2 patch), with
+random weights: throughput and memory depend on the shapes only, and no 98 MB checkpoint has to travel.
 wick's side (`wick bench train --warmup-steps 3 --steps 20`) dequantizes the real GGUF to the same
 shapes.
 
@@ -51,23 +52,34 @@ def one(args):
     device = args.device
     on_cuda = device.startswith("cuda")
     liger_version = None
+    with open(args.config) as f:
+        # torch_dtype: the checkpoint's storage type, not a model option (the model is cast below).
+        cfg = {k: v for k, v in json.load(f).items() if not k.startswith("_") and k != "torch_dtype"}
+    if args.layers:
+        cfg["num_hidden_layers"] = args.layers
+    # The model family decides the classes and Liger's patch: llama (LlamaForCausalLM) or qwen2
+    # (Qwen2ForCausalLM, q/k/v biases).
+    family = cfg.get("model_type", "llama")
+    if family not in ("llama", "qwen2"):
+        sys.exit(f"{args.config}: model_type {family!r} is not llama or qwen2")
     if args.one == "liger":
         import importlib.metadata
 
-        from liger_kernel.transformers import apply_liger_kernel_to_llama
+        import liger_kernel.transformers as liger
 
-        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, fused_linear_cross_entropy=True)
+        patch = getattr(liger, f"apply_liger_kernel_to_{family}")
+        patch(rope=True, rms_norm=True, swiglu=True, fused_linear_cross_entropy=True)
         liger_version = importlib.metadata.version("liger-kernel")
 
-    with open(os.path.join(HERE, "smollm2_135m_config.json")) as f:
-        cfg = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
-    if args.layers:
-        cfg["num_hidden_layers"] = args.layers
-    config = transformers.LlamaConfig(**cfg)
+    config_class, model_class = {
+        "llama": (transformers.LlamaConfig, "LlamaForCausalLM"),
+        "qwen2": (transformers.Qwen2Config, "Qwen2ForCausalLM"),
+    }[family]
+    config = config_class(**cfg)
     config.use_cache = False
     torch.manual_seed(0)
     t_load = time.perf_counter()
-    model = transformers.LlamaForCausalLM(config).to(device=device, dtype=torch.bfloat16)
+    model = getattr(transformers, model_class)(config).to(device=device, dtype=torch.bfloat16)
     model = peft.get_peft_model(
         model,
         peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
@@ -153,7 +165,7 @@ def one(args):
         "peft": peft.__version__,
         "liger_kernel": liger_version,
         "layers": config.num_hidden_layers,
-        "weights": "random (smollm2_135m_config.json)",
+        "weights": f"random ({os.path.basename(args.config)})",
     }
     print("RESULT " + json.dumps(record), flush=True)
 
@@ -193,6 +205,7 @@ def driver(args):
         cmd = [sys.executable, os.path.abspath(__file__), "--one", mode, "--seq", str(seq),
                "--batch", str(args.batch), "--rank", str(args.rank), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--device", args.device]
+        cmd += ["--config", args.config]
         if args.layers:
             cmd += ["--layers", str(args.layers)]
         print(f"== {mode} seq {seq} (limit {limit:.0f} s)", file=sys.stderr, flush=True)
@@ -244,6 +257,8 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cuda")
     p.add_argument("--layers", type=int, default=0, help="override the layer count (for a quick test)")
+    p.add_argument("--config", default=os.path.join(HERE, "smollm2_135m_config.json"),
+                   help="HF config JSON of the model shapes (model_type llama or qwen2)")
     p.add_argument("--deadline-s", type=float, default=540)
     p.add_argument("--out", help="JSON lines file (driver mode)")
     args = p.parse_args()

@@ -48,6 +48,10 @@ pub struct Args {
     /// AdamW) when it supports the model and adapter; `off`: always through Candle's autograd.
     #[arg(long, default_value = "auto")]
     pub engine: wick::train::engine_steps::EnginePolicy,
+    /// On the CPU, keep a GGUF's Q4_1/Q8_0 blocks as the frozen base (QLoRA, as `wick train` does
+    /// by default) instead of the dense f32 copy.
+    #[arg(long)]
+    pub quantized_base: bool,
     /// Write `<out>.json` and `<out>.md` (e.g. bench/results/train-cpu).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -133,11 +137,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         DType::F32
     };
     let path = resolve_model_arg(&args.model)?;
+    if args.quantized_base && device.is_cuda() {
+        anyhow::bail!("--quantized-base trains on the CPU only (QLoRA through ops::quant_linear)");
+    }
     let mut model = TextModel::open(
         &path,
         &LoadOptions {
             device,
-            dtype: Some(dtype),
+            dtype: (!args.quantized_base).then_some(dtype),
         },
     )
     .with_context(|| format!("loading {}", path.display()))?;
@@ -243,6 +250,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "cpu": cpu,
         "threads": threads,
         "dtype": format!("{dtype:?}"),
+        "base": if args.quantized_base { "quantized (GGUF blocks)" } else { "dense" },
         "rank": args.rank,
         "targets": "all-linear",
         "activation_checkpointing": args.checkpoint_activations,
@@ -278,8 +286,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )?;
         let mut md = std::fs::File::create(out.with_extension("md"))?;
         writeln!(md, "# LoRA training throughput ({})\n", args.device)?;
-        writeln!(md, "Command: `wick bench train --model {} --rank {} --seq-len {} --batch-size {} --steps {} --warmup-steps {} --device {}{}`\n", args.model, args.rank, args.seq_len, args.batch_size, args.steps, args.warmup_steps, args.device, if args.checkpoint_activations { " --checkpoint-activations" } else { "" })?;
-        writeln!(md, "Machine: {cpu}, {threads} threads (shared with other work while measured). Model: {}, {dtype:?} (the GGUF dequantized), r {} on every linear layer.\n", path.display(), args.rank)?;
+        writeln!(md, "Command: `wick bench train --model {} --rank {} --seq-len {} --batch-size {} --steps {} --warmup-steps {} --device {}{}{}`\n", args.model, args.rank, args.seq_len, args.batch_size, args.steps, args.warmup_steps, args.device, if args.checkpoint_activations { " --checkpoint-activations" } else { "" }, if args.quantized_base { " --quantized-base" } else { "" })?;
+        let base = if args.quantized_base {
+            "the GGUF's blocks kept quantized (QLoRA)".to_string()
+        } else {
+            format!("{dtype:?} (the GGUF dequantized)")
+        };
+        writeln!(md, "Machine: {cpu}, {threads} threads (shared with other work while measured). Model: {}, {base}, r {} on every linear layer.\n", path.display(), args.rank)?;
         writeln!(
             md,
             "| seq | batch | s/step | tokens/s | peak RSS (GiB) | RSS after load (GiB) | device peak in use (GiB) | device in use after load (GiB) |"

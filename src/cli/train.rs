@@ -111,8 +111,9 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// dtype of the frozen base weights: f32, bf16 or f16 (default: f32 on the CPU, bf16 on CUDA).
-    /// `--dtype f32` on CUDA makes a run comparable with the CPU run to ~1e-4.
+    /// dtype of the frozen base weights: f32, bf16 or f16 (default: bf16 on CUDA; on the CPU a GGUF's
+    /// Q4_1/Q8_0 blocks stay quantized (QLoRA: no dense copy), other models f32). `--dtype f32` on
+    /// CUDA makes a run comparable with a dense CPU run (`--dtype f32` there too) to ~1e-4.
     #[arg(long)]
     pub dtype: Option<String>,
 }
@@ -122,21 +123,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let device = wick::device::parse_device(&args.device)?;
     let path = resolve_model_arg(&args.model)?;
     let dtype = match args.dtype.as_deref() {
-        None if device.is_cuda() => DType::BF16,
-        None | Some("f32") => DType::F32,
-        Some("bf16") => DType::BF16,
-        Some("f16") => DType::F16,
+        None if device.is_cuda() => Some(DType::BF16),
+        // QLoRA: a GGUF's blocks stay the frozen base on the CPU (ops::quant_linear).
+        None if is_gguf(&path) => None,
+        None | Some("f32") => Some(DType::F32),
+        Some("bf16") => Some(DType::BF16),
+        Some("f16") => Some(DType::F16),
         Some(other) => anyhow::bail!("--dtype {other}: expected f32, bf16 or f16"),
     };
-    eprintln!("loading {} ({dtype:?}, base frozen)", path.display());
-    let mut model = TextModel::open(
-        &path,
-        &LoadOptions {
+    match dtype {
+        Some(dtype) => eprintln!("loading {} ({dtype:?}, base frozen)", path.display()),
+        None => eprintln!(
+            "loading {} (base frozen and kept quantized: QLoRA; --dtype f32 for a dense base)",
+            path.display()
+        ),
+    }
+    let options = LoadOptions {
+        device: device.clone(),
+        dtype,
+    };
+    let mut model =
+        TextModel::open(&path, &options).with_context(|| format!("loading {}", path.display()))?;
+    if let Some(reason) = dtype.is_none().then(|| unquantizable(&model)).flatten() {
+        eprintln!("{reason}: loading the base dense in f32 instead");
+        let dense = LoadOptions {
             device,
-            dtype: Some(dtype),
-        },
-    )
-    .with_context(|| format!("loading {}", path.display()))?;
+            dtype: Some(DType::F32),
+        };
+        model = TextModel::open(&path, &dense)
+            .with_context(|| format!("loading {}", path.display()))?;
+    }
     let summary = run_with_model(&args, &mut model, &path)?;
     eprintln!(
         "trained {} steps on {} tokens in {:.1} s ({:.0} tokens/s); final loss {:.4}{}",
@@ -155,6 +171,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         summary.adapter_dir.display()
     );
     Ok(())
+}
+
+/// Why a quantized base cannot be trained through (a projection in a format other than Q4_1/Q8_0).
+fn unquantizable(model: &TextModel) -> Option<String> {
+    use candle_core::quantized::QMatMul;
+    use wick::models::linear::BaseWeight;
+    let m = &model.model;
+    let mut linears = m.linear_layers();
+    linears.push(("lm_head".into(), m.lm_head()));
+    linears.into_iter().find_map(|(path, l)| match l.weight() {
+        BaseWeight::Quantized(QMatMul::QTensor(q)) if !wick::ops::quant_linear::supports(q) => {
+            Some(format!(
+                "{path} is {:?}: QLoRA on the CPU trains through Q4_1 or Q8_0 blocks",
+                q.dtype()
+            ))
+        }
+        _ => None,
+    })
+}
+
+/// Whether `path` is a GGUF file (its blocks can stay quantized as the frozen base).
+fn is_gguf(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// Reads the data, builds the config from `args` and trains `model` (left with the adapter attached).

@@ -5,7 +5,7 @@
 //! as a `Linear` so that `lora::` can attach adapters by module name without knowing the model.
 
 use candle_core::quantized::QMatMul;
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 
 use crate::formats::weights::Weight;
 use crate::ops::lora_linear::lora_linear;
@@ -177,7 +177,10 @@ fn adapter_forward(layer: &Linear, x: &Tensor, train: bool) -> Result<Tensor> {
 /// The frozen product `x W^T + b`. Inside a training graph (x carries one) a dense base goes through
 /// `ops::frozen::frozen_linear`, whose backward gives dx and no dW: Candle's matmul backward would
 /// compute and keep the gradient of every frozen weight (the LM head's alone is [batch, in, vocab]).
+/// A quantized base (Q4_1/Q8_0 on the CPU) goes through `ops::quant_linear` (QLoRA); any other
+/// quantized base is refused there, since its product would silently cut the gradient.
 fn frozen_forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    use crate::ops::{frozen, quant_linear};
     match layer.weight() {
         BaseWeight::Dense(w) if x.track_op() && w.dtype() == x.dtype() => {
             let bias = layer
@@ -185,7 +188,26 @@ fn frozen_forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
                 .map(|b| b.to_dtype(x.dtype()))
                 .transpose()
                 .context("linear bias dtype")?;
-            crate::ops::frozen::frozen_linear(x, w, bias.as_ref())
+            frozen::frozen_linear(x, w, bias.as_ref())
+        }
+        // QLoRA on the CPU: the base stays in its blocks; dx through the dequantized weight.
+        BaseWeight::Quantized(QMatMul::QTensor(q))
+            if x.track_op() && x.dtype() == DType::F32 && quant_linear::supports(q) =>
+        {
+            let y = quant_linear::quant_frozen_linear(x, q)?;
+            match layer.bias() {
+                Some(b) => frozen::add_frozen(&y, b),
+                None => Ok(y),
+            }
+        }
+        BaseWeight::Quantized(QMatMul::QTensor(q)) if x.track_op() => {
+            Err(crate::Error::InvalidRequest(format!(
+                "a quantized base weight of this kind ({:?} on {:?}) cannot pass a gradient to its \
+                 input: training through it needs Q4_1 or Q8_0 blocks on the CPU (load the model \
+                 dense instead)",
+                q.dtype(),
+                q.device()
+            )))
         }
         _ => layer.base_forward(x),
     }

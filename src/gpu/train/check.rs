@@ -228,6 +228,7 @@ pub fn run(dev: &CudaDevice, dtype: DType, seed: u64) -> Result<Vec<TrainCase>> 
     rope(&mut c)?;
     softmax(&mut c)?;
     swiglu(&mut c)?;
+    add_bias(&mut c)?;
     cross_entropy(&mut c)?;
     reductions(&mut c)?;
     adamw(&mut c)?;
@@ -549,6 +550,29 @@ fn swiglu(c: &mut Cases) -> Result<()> {
             text,
             &got_du[offset..],
             &want_du,
+            true,
+        );
+    }
+    Ok(())
+}
+
+fn add_bias(c: &mut Cases) -> Result<()> {
+    // Qwen2.5-0.5B's q bias over 37 tokens (vector path); an odd width (scalar path); a bias at a
+    // misaligned base.
+    for &(rows, cols, offset) in &[(37usize, 896usize, 0usize), (5, 37, 0), (3, 64, 1)] {
+        let text = format!("[{rows}, {cols}] offset {offset}");
+        let (yb, yr) = c.rand_t(rows * cols, 3.0)?;
+        let (bb, br) = c.rand_t(cols + offset, 1.0)?;
+        let g = &c.gpu;
+        g.k.add_bias(g.ptr(&yb), offset_ptr(g, &bb, offset), rows, cols)
+            .map_err(launch_err("trn_add_bias"))?;
+        let got = g.down(&yb)?;
+        c.record(
+            "trn_add_bias",
+            "fwd",
+            text,
+            &got,
+            &r::add_bias(&yr, &br[offset..]),
             true,
         );
     }

@@ -69,6 +69,7 @@ pub struct TrainKernels {
     sum_squares_final: CudaFunction,
     adamw: CudaFunction,
     cast: CudaFunction,
+    add_bias: CudaFunction,
 }
 
 fn config(grid: usize, block: u32) -> LaunchConfig {
@@ -152,6 +153,7 @@ impl TrainKernels {
             sum_squares_final: plain("trn_sum_squares_final")?,
             adamw: typed("trn_adamw")?,
             cast: typed("trn_cast")?,
+            add_bias: typed("trn_add_bias")?,
         })
     }
 
@@ -487,6 +489,16 @@ impl TrainKernels {
         let mut b = self.stream.launch_builder(&self.swiglu_backward);
         b.arg(&g).arg(&u).arg(&dy).arg(&dg).arg(&du).arg(&n64);
         unsafe { b.launch(grid_stride(self.vector_items(n))) }.w()?;
+        Ok(())
+    }
+
+    /// y [rows, cols] += bias [cols] in place (T; the sum in f32, rounded once). Grid-stride.
+    pub fn add_bias(&self, y: u64, bias: u64, rows: usize, cols: usize) -> Result<()> {
+        let cols_i = check_i32("bias width", cols)?;
+        let rows64 = rows as u64;
+        let mut b = self.stream.launch_builder(&self.add_bias);
+        b.arg(&y).arg(&bias).arg(&rows64).arg(&cols_i);
+        unsafe { b.launch(grid_stride(self.vector_items(rows * cols))) }.w()?;
         Ok(())
     }
 

@@ -249,6 +249,14 @@ pub fn swiglu_backward(g: &[f64], u: &[f64], dy: &[f64]) -> (Vec<f64>, Vec<f64>)
     (dg, du)
 }
 
+/// y [rows, cols] + bias [cols] broadcast over the rows.
+pub fn add_bias(y: &[f64], bias: &[f64]) -> Vec<f64> {
+    y.iter()
+        .enumerate()
+        .map(|(i, v)| v + bias[i % bias.len()])
+        .collect()
+}
+
 /// max(1, number of labels >= 0).
 pub fn label_count(labels: &[i32]) -> f64 {
     (labels.iter().filter(|&&l| l >= 0).count() as f64).max(1.0)

@@ -4,7 +4,8 @@
 //! in the same chunks of (row, kv head) pairs as the forward, and the SwiGLU output `a` from the
 //! saved g, u.
 //!
-//! Per adapted projection y = x W^T + s (x A^T) B^T with xa = x A^T saved:
+//! Per adapted projection y = x W^T (+ b) + s (x A^T) B^T with xa = x A^T saved (a bias is frozen:
+//! PEFT's `bias = "none"`, the only setting wick accepts; it adds no term below):
 //! ```text
 //! dB += s dY^T xa        (f32 [out, r])
 //! dxa = s dY B           (T [N, r])

@@ -1,9 +1,11 @@
 //! The engine against Candle's autograd on the same CUDA device (part of `wick bench gpu-check`,
 //! records `trn_engine_*`): the only end-to-end proof that the launch sequence is right.
 //!
-//! Two tiny random LLaMA models with odd sizes and GQA (3 query heads per kv head): one with tied
+//! Four tiny random models with odd sizes and GQA (3 query heads per kv head): a LLaMA with tied
 //! embeddings, 3 layers and LoRA on all seven projections; one with an untied head, 2 layers and
-//! LoRA on q, v and down only. LoRA with random non-zero A and B (PEFT's `init_lora_weights=false`).
+//! LoRA on q, v and down only; a Qwen2 (q/k/v biases, random U(+-0.5)) shaped like the first; a
+//! LLaMA with `attention_bias` (q/k/v/o biases), untied, LoRA on q, o and down. LoRA with random
+//! non-zero A and B (PEFT's `init_lora_weights=false`).
 //! One optimizer step of two micro-batches: [2 rows x 24] with ignored labels and a padded row tail,
 //! then [1 row x 17] (the engine pads it to 2 x 24: a padding row and padded positions). The LM head
 //! runs in chunks of 7 tokens (not a divisor of the 48 tokens). The tied model's attention runs in
@@ -26,6 +28,8 @@
 //! - Then a second step on the same micro-batches (both graphs replayed, bias corrections at t = 2):
 //!   its loss and norm (`trn_engine_loss`, `trn_engine_grad_norm`, "step 2") and, in f32, the
 //!   parameters after it (`trn_engine_update`, "step 2").
+//! - `trn_engine_curve` (Qwen2, f32): the step loss over 20 optimizer steps on the same
+//!   micro-batches, engine against Candle's trainer path, worst step within 1e-4.
 //!
 //! Tolerances (`max |got - want| / max |want|`): f32 engine 1e-4 throughout. The bf16 engine is
 //! judged against what bf16 itself costs, not a guessed constant: the same reference is also run
@@ -130,6 +134,8 @@ struct CheckModel {
     targets: TargetModules,
     /// (row, kv head) pairs per attention chunk (None: the default scratch, one chunk here).
     attention_pairs: Option<usize>,
+    /// Optimizer steps of the f32 loss curve against Candle's (`trn_engine_curve`; 0: none).
+    curve_steps: usize,
 }
 
 fn check_models() -> Vec<CheckModel> {
@@ -157,13 +163,14 @@ fn check_models() -> Vec<CheckModel> {
             config: base.clone(),
             targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
             attention_pairs: Some(3),
+            curve_steps: 0,
         },
         CheckModel {
             name: "untied, 2 layers, q/v/down",
             config: DecoderConfig {
                 num_hidden_layers: 2,
                 tie_word_embeddings: false,
-                ..base
+                ..base.clone()
             },
             targets: TargetModules::List(vec![
                 "q_proj".into(),
@@ -171,17 +178,51 @@ fn check_models() -> Vec<CheckModel> {
                 "down_proj".into(),
             ]),
             attention_pairs: None,
+            curve_steps: 0,
+        },
+        CheckModel {
+            name: "qwen2 (q/k/v biases), tied, 3 layers, all 7 targets",
+            config: DecoderConfig {
+                architecture: Architecture::Qwen2,
+                attention_bias: true,
+                ..base.clone()
+            },
+            targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
+            attention_pairs: Some(3),
+            curve_steps: 20,
+        },
+        CheckModel {
+            name: "llama attention_bias (q/k/v/o biases), untied, 2 layers, q/o/down",
+            config: DecoderConfig {
+                num_hidden_layers: 2,
+                tie_word_embeddings: false,
+                attention_bias: true,
+                ..base
+            },
+            targets: TargetModules::List(vec![
+                "q_proj".into(),
+                "o_proj".into(),
+                "down_proj".into(),
+            ]),
+            attention_pairs: None,
+            curve_steps: 0,
         },
     ]
 }
 
-/// Seeded random weights: projections ~ U(+-1.7/sqrt(in)), norms 1 +- 0.3, embedding U(+-1).
+/// Seeded random weights: projections ~ U(+-1.7/sqrt(in)), norms 1 +- 0.3, biases U(+-0.5),
+/// embedding U(+-1).
 fn random_weights(cfg: &DecoderConfig, seed: u64) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     for (i, (name, dims)) in expected_tensors(cfg).into_iter().enumerate() {
         let len: usize = dims.iter().product();
         let seed = seed.wrapping_add(i as u64 * 7919);
-        let values: Vec<f32> = if dims.len() == 1 {
+        let values: Vec<f32> = if name.ends_with(".bias") {
+            random_values(len, seed, 0.5)
+                .into_iter()
+                .map(|v| v as f32)
+                .collect()
+        } else if dims.len() == 1 {
             random_values(len, seed, 0.3)
                 .into_iter()
                 .map(|v| 1.0 + v as f32)
@@ -571,6 +612,88 @@ fn lowp_case(
     }
 }
 
+/// The engine's options for a check model: batch 2 x 24 positions, LM head chunks of 7 tokens, the
+/// model's attention chunking.
+fn engine_options(cm: &CheckModel, dtype: DType) -> EngineOptions {
+    let (batch, seq) = (2, 24);
+    let groups = cm.config.num_attention_heads / cm.config.num_key_value_heads;
+    EngineOptions {
+        batch,
+        seq,
+        dtype,
+        loss_chunk: 7,
+        // f32 scores of `pairs` [G*S, S] blocks.
+        attention_scratch_bytes: cm.attention_pairs.map_or(ATTENTION_SCRATCH_BYTES, |pairs| {
+            pairs * groups * seq * seq * 4
+        }),
+    }
+}
+
+/// `trn_engine_curve`: the f32 engine's step losses over `cm.curve_steps` optimizer steps on the
+/// same two micro-batches against Candle's trainer path (autograd, `clip_grad_norm`, `AdamW`) from
+/// the same initial adapter, with the step-1 check's clipping and AdamW config; the record is the
+/// worst step's relative error (1e-4). The loss falls over the steps (both values in the record),
+/// so the curve exercises every update, not only the first.
+#[allow(clippy::too_many_arguments)]
+fn loss_curve(
+    cm: &CheckModel,
+    load: &dyn Fn(DType) -> Result<Llama>,
+    initial: &Adapter,
+    micro: &[Micro],
+    weights: &[f64],
+    (max_norm, adamw, lr): (f64, AdamWConfig, f64),
+) -> Result<EngineCase> {
+    let steps = cm.curve_steps;
+    let mut candle = Vec::with_capacity(steps);
+    {
+        let mut model = load(DType::F32)?;
+        let adapter = copy_adapter(initial)?;
+        adapter.apply(model.linear_layers_mut(), Path::new("engine curve adapter"))?;
+        let vars = adapter.vars();
+        let mut optimizer = AdamW::new(vars.clone(), adamw)?;
+        for _ in 0..steps {
+            let (loss, mut grads) = step_gradients(&model, &vars, micro, weights)?;
+            clip_grad_norm(&mut grads, Some(max_norm))?;
+            optimizer.step(&grads, lr)?;
+            candle.push(loss);
+        }
+    }
+    let model = load(DType::F32)?;
+    let adapter = copy_adapter(initial)?;
+    let mut engine = TrainEngine::new(&model, &adapter, adamw, engine_options(cm, DType::F32))?;
+    engine.load_params(&adapter)?;
+    let mut worst = (0f64, 0usize);
+    let mut engine_losses = Vec::with_capacity(steps);
+    for (step, want) in candle.iter().enumerate() {
+        engine.begin_step()?;
+        for (mb, w) in micro.iter().zip(weights) {
+            engine.micro_batch(&mb.ids, &mb.labels, *w as f32)?;
+        }
+        let (loss, _) = engine.optimizer_step(lr, Some(max_norm))?;
+        let err = rel_err(loss, *want);
+        if err >= worst.0 {
+            worst = (err, step + 1);
+        }
+        engine_losses.push(loss);
+    }
+    let (first, last) = (candle[0], candle[steps - 1]);
+    Ok(EngineCase {
+        kernel: "trn_engine_curve".into(),
+        dtype: DType::F32,
+        pass: "step".into(),
+        shape: format!(
+            "{} ({:?}): {steps} steps, Candle loss {first:.5} -> {last:.5}, engine {:.5} -> {:.5}, worst step {}",
+            cm.name,
+            engine.mode(),
+            engine_losses[0],
+            engine_losses[steps - 1],
+            worst.1
+        ),
+        max_rel_err: worst.0,
+        tolerance: 1e-4,
+    })
+}
+
 /// Runs every case on `device` (CUDA); `seed` makes the weights, adapter and data.
 pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCase>> {
     let mut out = Vec::new();
@@ -609,6 +732,11 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCase>> {
         let total: usize = counted.iter().sum();
         let weights: Vec<f64> = counted.iter().map(|&c| c as f64 / total as f64).collect();
         let want = reference(&mut ref_model, &adapter, &micro, &weights, None)?;
+        if cm.curve_steps > 0 {
+            let hyper = (want.max_norm, want.adamw, want.lr);
+            let load: &dyn Fn(DType) -> Result<Llama> = &load;
+            out.push(loss_curve(&cm, load, &initial, &micro, &weights, hyper)?);
+        }
         // Candle's trainer path on the model in bf16 (the f32 LoRA variables the trainer holds),
         // from the same initial adapter: what bf16 itself costs, the yardstick of the bf16 engine.
         let candle_bf16 = {
@@ -628,20 +756,7 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCase>> {
             let judge = |candle| Judge::for_dtype(dtype, candle);
             let model = load(dtype)?;
             let engine_adapter = copy_adapter(&initial)?;
-            let (batch, seq) = (2, 24);
-            let groups = cm.config.num_attention_heads / cm.config.num_key_value_heads;
-            let opts = EngineOptions {
-                batch,
-                seq,
-                dtype,
-                loss_chunk: 7,
-                // f32 scores of `pairs` [G*S, S] blocks.
-                attention_scratch_bytes: cm
-                    .attention_pairs
-                    .map_or(ATTENTION_SCRATCH_BYTES, |pairs| {
-                        pairs * groups * seq * seq * 4
-                    }),
-            };
+            let opts = engine_options(&cm, dtype);
             let mut engine = TrainEngine::new(&model, &engine_adapter, want.adamw, opts)?;
             engine.load_params(&engine_adapter)?;
             engine.begin_step()?;

@@ -2,12 +2,13 @@
 //! reads), the final norm. Per layer, with x the residual [N, D]:
 //! ```text
 //! n1 = rms_norm(x)                          (rstd1 saved)
-//! q, k, v = n1 W^T + s (n1 A^T) B^T         (xa = n1 A^T saved per adapted projection)
+//! q, k, v = n1 W^T (+ b) + s (n1 A^T) B^T   (xa = n1 A^T saved per adapted projection; b the
+//!                                           frozen bias, Qwen2's, added in place after the product)
 //! qh, kh, vh = rope_scatter(q, k, v)        (head-major, rotated)
 //! scores = qh kh^T (f32) -> P = causal_softmax(scale * scores) -> oh = P vh   (batched over B*Hkv,
 //!                                           in chunks of pairs that fit the scratch)
 //! o = heads_to_tokens(oh)
-//! h = x + o Wo^T + s (o Ao^T) Bo^T          (residual in the GEMM's epilogue)
+//! h = x + o Wo^T (+ bo) + s (o Ao^T) Bo^T   (residual in the GEMM's epilogue)
 //! n2 = rms_norm(h); g, u = n2 Wg^T, n2 Wu^T (+ LoRA); a = swiglu(g, u)
 //! x' = h + a Wd^T + s (a Ad^T) Bd^T
 //! ```
@@ -43,8 +44,8 @@ impl Launcher<'_> {
         GemmShape::contiguous(mnk, trans, self.t, DType::F32)
     }
 
-    /// y [n, out] = x W^T (+ residual) + s (x A^T) B^T, saving xa = x A^T when the projection is
-    /// adapted. x: [n, in].
+    /// y [n, out] = x W^T (+ residual) (+ b) + s (x A^T) B^T, saving xa = x A^T when the
+    /// projection is adapted; b is the frozen bias where the projection has one. x: [n, in].
     pub(super) fn linear(
         &self,
         n: usize,
@@ -60,6 +61,10 @@ impl Launcher<'_> {
         match residual {
             Some(c) => self.mm_c("base projection + residual", &base, x, w, c, y, 1.0, 1.0)?,
             None => self.mm("base projection", &base, x, w, y, 1.0, 0.0)?,
+        }
+        let bias = self.weights.layers[layer].bias[proj];
+        if bias != 0 {
+            launch!(self, "add_bias", self.k.add_bias(y, bias, n, out));
         }
         if let Some(lora) = self.lora(layer, proj) {
             let r = self.dims.rank;

@@ -150,12 +150,10 @@ impl TrainEngine {
         };
         if !matches!(model.dtype(), DType::F32 | DType::BF16) {
             return Some(format!(
-                "the model runs {:?}; the engine runs f32 or bf16",
+                "the model runs {:?}; the engine runs f32 or bf16 (f16 activations would need loss \
+                 scaling against gradient underflow, which it does not do)",
                 model.dtype()
             ));
-        }
-        if cfg.attention_bias {
-            return Some("attention biases (Qwen2) are not supported".into());
         }
         if cfg.head_dim % 2 != 0 || cfg.head_dim == 0 {
             return Some(format!("head_dim {} is odd", cfg.head_dim));
@@ -173,9 +171,6 @@ impl TrainEngine {
             return Some("the adapter adapts no module".into());
         }
         for (path, linear) in model.linear_layers() {
-            if linear.bias().is_some() {
-                return Some(format!("{path} has a bias"));
-            }
             if let BaseWeight::Quantized(_) = linear.weight() {
                 return Some(format!("{path} is quantized (load the model dense)"));
             }

@@ -1,7 +1,7 @@
 //! The frozen base weights as raw device addresses of the model's own tensors (no copy): every
-//! projection [out, in], the norms [hidden], the embedding [vocab, hidden] and the LM head (the
-//! embedding when tied). The engine keeps clones of the tensors (shared storage), so the addresses
-//! stay valid for its whole life.
+//! projection [out, in] and its bias [out] if it has one, the norms [hidden], the embedding
+//! [vocab, hidden] and the LM head (the embedding when tied). The engine keeps clones of the
+//! tensors (shared storage), so the addresses stay valid for its whole life.
 
 use candle_core::{DType, Storage, Tensor};
 
@@ -15,6 +15,9 @@ use crate::{Error, Result};
 pub struct LayerWeights {
     /// q, k, v, o, gate, up, down: [out, in] in T.
     pub proj: [u64; 7],
+    /// Each projection's frozen bias [out] in T, 0 where it has none (Qwen2: q, k, v; LLaMA's
+    /// `attention_bias`: q, k, v, o).
+    pub bias: [u64; 7],
     pub input_norm: u64,
     pub post_norm: u64,
 }
@@ -96,18 +99,17 @@ impl ModelWeights {
         let (norms, final_norm) = model.norm_weights();
         let mut layers = Vec::with_capacity(dims.layers);
         for (i, (chunk, (n_in, n_post))) in linears.chunks(7).zip(norms).enumerate() {
-            let mut proj = [0u64; 7];
+            let (mut proj, mut bias) = ([0u64; 7], [0u64; 7]);
             for (j, (path, linear)) in chunk.iter().enumerate() {
                 debug_assert!(path.ends_with(PROJECTIONS[j]));
-                if linear.bias().is_some() {
-                    return Err(Error::InvalidRequest(format!(
-                        "CUDA training engine: {path} has a bias"
-                    )));
-                }
                 proj[j] = take(dense_weight(linear.weight(), path)?, &shapes[j], path)?;
+                if let Some(b) = linear.bias() {
+                    bias[j] = take(b, &shapes[j][..1], &format!("{path}.bias"))?;
+                }
             }
             layers.push(LayerWeights {
                 proj,
+                bias,
                 input_norm: take(n_in, &[d], &format!("layer {i} input_layernorm"))?,
                 post_norm: take(n_post, &[d], &format!("layer {i} post_attention_layernorm"))?,
             });

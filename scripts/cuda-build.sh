@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Builds wick with `--features cuda` on a machine with or without a CUDA toolkit and GPU driver.
 #
-# usage: scripts/cuda-build.sh [--release | --check | --env | --cargo ARGS...]
+# usage: scripts/cuda-build.sh [--release | --ci | --check | --env | --cargo ARGS...]
 #   --release (default)  cargo build --release --features cuda      -> target/cuda/release/wick
-#   --check              cargo check --features cuda --all-targets  (what CI runs: no GPU, no link)
+#   --ci                 what CI runs (scripts/test.sh): every target type-checked with
+#                        `--features cuda,nccl` and the binary linked against the stubs, in the
+#                        unoptimised `cuda-ci` profile; nvcc compiles every kernel as in a release
+#   --check              cargo check --features cuda --all-targets  (no link)
 #   --env                print the environment as `export` lines (eval it to run cargo yourself)
 #   --cargo ARGS...      cargo ARGS with the environment set, e.g.
 #                        --cargo test --release --features cuda --no-run --test gpu
@@ -44,6 +47,7 @@ mode=release
 cargo_args=()
 case "${1:-}" in
   "" | --release) mode=release ;;
+  --ci) mode=ci ;;
   --check) mode=check ;;
   --env) mode=env ;;
   --cargo)
@@ -185,6 +189,26 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target/cuda}
 # For running the built binaries here (ldd, --help); the GPU machine sets its own.
 export WICK_CUDA_LINK_DIR="$link"
 
+# Checks that the binary $1 needs the CUDA libraries (and the libraries named after it) and that
+# the link folder resolves every library it needs.
+check_libs() {
+  local bin=$1 needed lib
+  shift
+  needed=$(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
+  for lib in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcudart.so.13 "$@"; do
+    if ! grep -qx "$lib" <<<"$needed"; then
+      log "$bin does not need $lib; NEEDED is: $(echo $needed)"
+      exit 1
+    fi
+  done
+  if LD_LIBRARY_PATH="$link" ldd "$bin" | grep -q 'not found'; then
+    log "unresolved libraries in $bin:"
+    LD_LIBRARY_PATH="$link" ldd "$bin" | grep 'not found' >&2
+    exit 1
+  fi
+  log "built $bin ($(du -h "$bin" | cut -f1)); NEEDED: $(echo $needed)"
+}
+
 cd "$repo"
 case $mode in
   env)
@@ -200,23 +224,21 @@ case $mode in
   cargo)
     nice cargo "${cargo_args[@]}"
     ;;
+  ci)
+    # One profile for the link and the check, so the build scripts (candle-kernels' and wick's
+    # nvcc work, most of the time) run once.
+    start=$SECONDS
+    nice cargo build --profile cuda-ci --features cuda,nccl --bin wick
+    log "cargo build --profile cuda-ci --features cuda,nccl --bin wick: $((SECONDS - start)) s"
+    check_libs "$CARGO_TARGET_DIR/cuda-ci/wick" libnccl.so.2
+    start=$SECONDS
+    nice cargo check --profile cuda-ci --features cuda,nccl --all-targets
+    log "cargo check --profile cuda-ci --features cuda,nccl --all-targets: $((SECONDS - start)) s"
+    ;;
   release)
     start=$SECONDS
     nice cargo build --release --features cuda --bin wick
     log "cargo build --release --features cuda: $((SECONDS - start)) s"
-    bin="$CARGO_TARGET_DIR/release/wick"
-    needed=$(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
-    for lib in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcudart.so.13; do
-      if ! grep -qx "$lib" <<<"$needed"; then
-        log "$bin does not need $lib; NEEDED is: $(echo $needed)"
-        exit 1
-      fi
-    done
-    if LD_LIBRARY_PATH="$link" ldd "$bin" | grep -q 'not found'; then
-      log "unresolved libraries in $bin:"
-      LD_LIBRARY_PATH="$link" ldd "$bin" | grep 'not found' >&2
-      exit 1
-    fi
-    log "built $bin ($(du -h "$bin" | cut -f1)); NEEDED: $(echo $needed)"
+    check_libs "$CARGO_TARGET_DIR/release/wick"
     ;;
 esac

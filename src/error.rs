@@ -77,6 +77,15 @@ pub enum Error {
         checkpoint: Option<PathBuf>,
     },
 
+    /// A data-parallel run stopped because one rank failed (an error, a panic, or a collective
+    /// operation it never reached within the timeout); every rank stops with this error.
+    #[error("data-parallel training stopped: rank {rank} of {world_size} failed: {reason}")]
+    RankFailed {
+        rank: usize,
+        world_size: usize,
+        reason: String,
+    },
+
     /// An error from Candle, with what wick was doing when it happened.
     #[error("{context}: {source}")]
     Candle {

@@ -124,7 +124,13 @@ fn use_tree(bytes: &[u8], pos: usize) -> (Vec<String>, usize) {
             let prefix = segments.join("::");
             let paths = paths
                 .into_iter()
-                .map(|p| if prefix.is_empty() { p } else { format!("{prefix}::{p}") })
+                .map(|p| {
+                    if prefix.is_empty() {
+                        p
+                    } else {
+                        format!("{prefix}::{p}")
+                    }
+                })
                 .collect();
             return (paths, pos);
         }
@@ -222,7 +228,11 @@ fn source_files() -> Vec<(String, String)> {
 #[test]
 fn every_import_points_down_the_layers() {
     let files = source_files();
-    assert!(files.len() > 50, "found only {} files under src/", files.len());
+    assert!(
+        files.len() > 50,
+        "found only {} files under src/",
+        files.len()
+    );
     let found: Vec<String> = files
         .iter()
         .flat_map(|(file, text)| violations(file, text))
@@ -240,7 +250,10 @@ fn every_exception_is_still_needed() {
             .unwrap_or_else(|| panic!("exception for missing file src/{file} ({why})"))
             .1;
         let used = crate_paths(text).iter().any(|p| p.path.starts_with(prefix));
-        assert!(used, "src/{file} no longer imports crate::{prefix}: drop its exception");
+        assert!(
+            used,
+            "src/{file} no longer imports crate::{prefix}: drop its exception"
+        );
     }
 }
 
@@ -266,18 +279,36 @@ fn the_rules_catch_what_issue_13_removed() {
     // The three imports issue 13 removed must each be reported if they come back.
     let cases = [
         ("ops/lora_linear.rs", "use crate::models::linear::Linear;"),
-        ("gpu/train/check.rs", "use crate::ops::check::random_values;"),
-        ("train/cuda_engine/buffers.rs", "use crate::gpu::decode::launch::device_ptr;"),
-        ("gpu/train/check.rs", "use crate::gpu::{decode::launch::device_ptr};"),
+        (
+            "gpu/train/check.rs",
+            "use crate::ops::check::random_values;",
+        ),
+        (
+            "train/cuda_engine/buffers.rs",
+            "use crate::gpu::decode::launch::device_ptr;",
+        ),
+        (
+            "gpu/train/check.rs",
+            "use crate::gpu::{decode::launch::device_ptr};",
+        ),
     ];
     for (file, text) in cases {
         assert_eq!(violations(file, text).len(), 1, "{file}: {text}");
     }
     // Downward imports and a module's own paths pass.
     for (file, text) in [
-        ("models/linear.rs", "use crate::ops::lora_linear::lora_linear;"),
-        ("gpu/decode/launch.rs", "pub use crate::gpu::ptr::device_ptr;"),
-        ("train/trainer.rs", "use crate::{lora::config::LoraConfig, Result};"),
+        (
+            "models/linear.rs",
+            "use crate::ops::lora_linear::lora_linear;",
+        ),
+        (
+            "gpu/decode/launch.rs",
+            "pub use crate::gpu::ptr::device_ptr;",
+        ),
+        (
+            "train/trainer.rs",
+            "use crate::{lora::config::LoraConfig, Result};",
+        ),
     ] {
         assert!(violations(file, text).is_empty(), "{file}: {text}");
     }

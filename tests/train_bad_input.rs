@@ -13,7 +13,7 @@ use wick::generate::TextModel;
 use wick::lora::{LoraConfig, TargetModules};
 use wick::train::checkpoint::{list_checkpoints, load_checkpoint, SaveFault};
 use wick::train::data::{load_jsonl, DataOptions, Dataset};
-use wick::train::trainer::{train, TrainConfig, TrainRun};
+use wick::train::trainer::{train_with_save_fault, TrainConfig, TrainRun};
 use wick::Error;
 
 fn load(model: &TextModel, path: &Path, max_seq_len: usize) -> wick::Result<Dataset> {
@@ -139,16 +139,10 @@ fn tiny_run(
         ..Default::default()
     };
     let run = TrainRun {
-        train_data: &data,
-        eval_data: None,
         config,
-        out_dir: out.to_path_buf(),
-        resume: None,
-        fault,
-        stop_after_steps: None,
-        engine: wick::train::engine_steps::EnginePolicy::Auto,
+        ..TrainRun::new(&data, out)
     };
-    train(&mut model.model, run, &mut |_| {}).map(|_| ())
+    train_with_save_fault(&mut model.model, run, fault, &mut |_| {}).map(|_| ())
 }
 
 #[test]

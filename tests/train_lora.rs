@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use wick::generate::{greedy_token_ids, Prompt, TextModel};
 use wick::lora::{LoraConfig, TargetModules};
-use wick::train::checkpoint::{list_checkpoints, SaveFault};
+use wick::train::checkpoint::list_checkpoints;
 use wick::train::data::{load_jsonl, DataOptions, Dataset};
 use wick::train::schedule::ScheduleKind;
 use wick::train::trainer::{train, TrainConfig, TrainRun, TrainSummary};
@@ -76,14 +76,10 @@ fn run(
     resume: Option<PathBuf>,
 ) -> TrainSummary {
     let run = TrainRun {
-        train_data: data,
         eval_data: Some(data),
         config,
-        out_dir: out.to_path_buf(),
         resume,
-        fault: SaveFault::default(),
-        stop_after_steps: None,
-        engine: wick::train::engine_steps::EnginePolicy::Auto,
+        ..TrainRun::new(data, out)
     };
     train(&mut model.model, run, &mut |_| {}).unwrap().1
 }
@@ -147,14 +143,10 @@ fn resume_is_bit_identical() {
     let first = train(
         &mut first_model.model,
         TrainRun {
-            train_data: &data,
             eval_data: Some(&data),
             config: config(8),
-            out_dir: resumed_dir.path().to_path_buf(),
-            resume: None,
-            fault: SaveFault::default(),
             stop_after_steps: Some(4),
-            engine: wick::train::engine_steps::EnginePolicy::Auto,
+            ..TrainRun::new(&data, resumed_dir.path())
         },
         &mut |_| {},
     )

@@ -29,6 +29,7 @@ stubs=(
   "cublaslt cublasLt  libcublasLt.so.13"
   "curand   curand    libcurand.so.10"
   "nvrtc    nvrtc     libnvrtc.so.13"
+  "nccl     nccl      libnccl.so.2"
 )
 
 for entry in "${stubs[@]}"; do

@@ -217,14 +217,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let run = TrainRun {
-        train_data: &data,
-        eval_data: None,
         config,
-        out_dir: out_dir.path().to_path_buf(),
-        resume: None,
-        fault: Default::default(),
-        stop_after_steps: None,
         engine: args.engine,
+        ..TrainRun::new(&data, out_dir.path())
     };
     let (_, summary) = train(&mut model.model, run, &mut on_progress)?;
     let device_peak = sampler.and_then(DeviceMemorySampler::finish);

@@ -114,6 +114,8 @@ fn fine_tune_and_answer_again(args: &Args, path: &std::path::Path) -> anyhow::Re
         checkpoint_activations: false,
         engine: Default::default(),
         device: args.device.clone(),
+        devices: None,
+        rank_timeout: 300,
         dtype: None,
     };
     let summary = crate::train::run_with_model(&train_args, &mut model, path)?;

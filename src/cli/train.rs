@@ -4,6 +4,7 @@
 //! which costs 4 bytes per parameter in f32: ~540 MB for SmolLM2-135M), frozen; only the adapter trains.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use candle_core::DType;
@@ -13,8 +14,10 @@ use wick::formats::LoadOptions;
 use wick::generate::TextModel;
 use wick::lora::config::InitLoraWeights;
 use wick::lora::{LoraConfig, TargetModules};
+use wick::models::llama::Llama;
 use wick::train::data::{load_jsonl, DataOptions, Dataset};
 use wick::train::optimizer::AdamWConfig;
+use wick::train::parallel::{train_data_parallel, ParallelOptions};
 use wick::train::schedule::ScheduleKind;
 use wick::train::trainer::{train, Progress, TrainConfig, TrainRun, TrainSummary};
 
@@ -111,6 +114,15 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Data-parallel training over several devices, e.g. `cuda:0,cuda:1` (one rank per device, each
+    /// its share of every batch; `cpu,cpu` simulates ranks). Replaces --device; the loss curve and
+    /// checkpoints are those of a one-device run, so --resume works with any number of devices.
+    #[arg(long)]
+    pub devices: Option<String>,
+    /// Seconds a data-parallel rank waits for the others before the run stops naming the missing
+    /// ranks (covers the slowest step and rank 0's checkpoint writes).
+    #[arg(long, default_value_t = 300)]
+    pub rank_timeout: u64,
     /// dtype of the frozen base weights: f32, bf16 or f16 (default: bf16 on CUDA; on the CPU a GGUF's
     /// Q4_1/Q8_0 blocks stay quantized (QLoRA: no dense copy), other models f32). `--dtype f32` on
     /// CUDA makes a run comparable with a dense CPU run (`--dtype f32` there too) to ~1e-4.
@@ -120,7 +132,13 @@ pub struct Args {
 
 /// Runs `wick train`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let device = wick::device::parse_device(&args.device)?;
+    let device = match &args.devices {
+        Some(list) => {
+            let first = list.split(',').next().unwrap_or_default();
+            wick::device::parse_device(first.trim())?
+        }
+        None => wick::device::parse_device(&args.device)?,
+    };
     let path = resolve_model_arg(&args.model)?;
     let dtype = match args.dtype.as_deref() {
         None if device.is_cuda() => Some(DType::BF16),
@@ -325,17 +343,44 @@ pub fn run_with_model(
         }
     };
     let run = TrainRun {
-        train_data: &train_data,
         eval_data: eval_data.as_ref(),
         config,
-        out_dir: args.out.clone(),
         resume: args.resume.clone(),
-        fault: Default::default(),
-        stop_after_steps: None,
         engine: args.engine,
+        ..TrainRun::new(&train_data, &args.out)
     };
-    let result = train(&mut model.model, run, &mut on_progress);
+    let result = match &args.devices {
+        None => train(&mut model.model, run, &mut on_progress),
+        Some(list) => {
+            let replicas = load_replicas(list, model_path, model.model.dtype())?;
+            let options = ParallelOptions {
+                timeout: Duration::from_secs(args.rank_timeout),
+            };
+            train_data_parallel(&mut model.model, replicas, run, &options, &mut on_progress)
+        }
+    };
     bar.finish_and_clear();
     let (_, summary) = result?;
     Ok(summary)
+}
+
+/// The base model on every device of `--devices` but the first (rank 0, already loaded).
+fn load_replicas(list: &str, model_path: &Path, dtype: DType) -> anyhow::Result<Vec<Llama>> {
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    if names.len() < 2 || names.iter().any(|n| n.is_empty()) {
+        anyhow::bail!("--devices {list:?}: expected two or more devices, e.g. cuda:0,cuda:1");
+    }
+    let mut replicas = Vec::with_capacity(names.len() - 1);
+    for name in &names[1..] {
+        let device = wick::device::parse_device(name)?;
+        eprintln!("loading the replica for {name}");
+        let options = LoadOptions {
+            device,
+            dtype: Some(dtype),
+        };
+        let model = TextModel::open(model_path, &options)
+            .with_context(|| format!("loading {} on {name}", model_path.display()))?;
+        replicas.push(model.model);
+    }
+    Ok(replicas)
 }

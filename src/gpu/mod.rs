@@ -15,12 +15,12 @@ pub mod kernels;
 /// Launchers for those kernels, called by the fused ops' `cuda_fwd`.
 #[cfg(feature = "cuda")]
 pub mod launch;
-/// Raw device addresses of buffers, for the engines' launchers.
-#[cfg(feature = "cuda")]
-pub mod ptr;
 /// Overhead cures (event tracking, pool retention) and the per-stage timing of small ops.
 #[cfg(feature = "cuda")]
 pub mod overhead;
+/// Raw device addresses of buffers, for the engines' launchers.
+#[cfg(feature = "cuda")]
+pub mod ptr;
 /// wick's one-launch kernel for small matrix products (the dispatch table's `small` path).
 pub mod small_matmul;
 pub mod timing;

@@ -7,8 +7,8 @@
 use candle_core::{DType, Device, Tensor, Var};
 use serde::Serialize;
 
-use crate::check::{self, max_rel_err, pass_tolerance, random_tensor, to_f64_vec, tolerance};
 use super::{cross_entropy, decode_attention, lora_linear, rms_norm, rope, softmax, swiglu};
+use crate::check::{self, max_rel_err, pass_tolerance, random_tensor, to_f64_vec, tolerance};
 use crate::{Context, Result};
 
 /// One checked (kernel, dtype, pass, shape).

@@ -12,6 +12,10 @@ pub mod engine_steps;
 pub mod loss;
 pub mod metrics;
 pub mod optimizer;
+/// Data-parallel training: the `Collective` seam, its in-process and NCCL implementations, the
+/// sharded step and the rank runner.
+pub mod parallel;
 pub mod plot;
 pub mod schedule;
+mod session;
 pub mod trainer;

@@ -15,21 +15,17 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{
-    load_checkpoint, remove_stale_temporaries, save_checkpoint, SaveFault, TrainerState,
-};
+use super::checkpoint::SaveFault;
 use super::data::{Batch, Dataset};
-use super::engine_steps::{EnginePolicy, EngineSteps};
+use super::engine_steps::EnginePolicy;
 use super::loss::causal_lm_loss;
-use super::metrics::{read_metrics, MetricRecord, MetricsWriter};
 use super::optimizer::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
-use super::schedule::{Schedule, ScheduleKind};
-use crate::lora::{attach, peft_io, Adapter, LoraConfig};
+use super::schedule::ScheduleKind;
+use crate::lora::{Adapter, LoraConfig};
 use crate::models::llama::Llama;
 use crate::ops::checkpoint::GradSink;
 use crate::{Context, Error, Result};
@@ -102,7 +98,7 @@ impl TrainConfig {
         micro.div_ceil(grad_accum).max(1)
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let bad = |option: &str, reason: String| {
             Err(Error::InvalidOption {
                 option: option.into(),
@@ -167,7 +163,7 @@ pub struct TrainSummary {
     pub engine_mode: Option<String>,
 }
 
-/// How a run starts.
+/// How a run starts. [`TrainRun::new`] gives the defaults; set the fields that differ.
 pub struct TrainRun<'a> {
     pub train_data: &'a Dataset,
     pub eval_data: Option<&'a Dataset>,
@@ -177,13 +173,27 @@ pub struct TrainRun<'a> {
     /// A checkpoint directory (or an output directory with checkpoints) to continue from; its saved
     /// config replaces `config`.
     pub resume: Option<PathBuf>,
-    /// Crash-test hook for checkpoint writes.
-    pub fault: SaveFault,
     /// Stop after this many steps of this invocation (a time-boxed run; `resume` continues it). The
     /// schedule still spans `total_steps`. A checkpoint is written at the stop when `save_every` is set.
     pub stop_after_steps: Option<usize>,
     /// Whether CUDA runs may use the training engine (`train::cuda_engine`).
     pub engine: EnginePolicy,
+}
+
+impl<'a> TrainRun<'a> {
+    /// A run on `train_data` writing to `out_dir`, with `TrainConfig::default()`, no eval set, no
+    /// resume, no early stop and the engine policy `auto`.
+    pub fn new(train_data: &'a Dataset, out_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            train_data,
+            eval_data: None,
+            config: TrainConfig::default(),
+            out_dir: out_dir.into(),
+            resume: None,
+            stop_after_steps: None,
+            engine: EnginePolicy::default(),
+        }
+    }
 }
 
 fn batch_tensors(batch: &Batch, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
@@ -197,9 +207,25 @@ fn batch_tensors(batch: &Batch, device: &candle_core::Device) -> Result<(Tensor,
 
 /// Token-weighted mean loss of `data` with the adapter as it is (dropout off).
 pub fn evaluate(model: &Llama, data: &Dataset, batch_size: usize) -> Result<f64> {
+    let (total, count) = eval_totals(
+        model,
+        data,
+        batch_size,
+        0..data.batches_per_epoch(batch_size),
+    )?;
+    Ok(total / count.max(1) as f64)
+}
+
+/// (sum of token losses, counted tokens) over the eval batches `indices` of `data`.
+pub(crate) fn eval_totals(
+    model: &Llama,
+    data: &Dataset,
+    batch_size: usize,
+    indices: impl Iterator<Item = usize>,
+) -> Result<(f64, usize)> {
     let mut total = 0f64;
     let mut count = 0usize;
-    for index in 0..data.batches_per_epoch(batch_size) {
+    for index in indices {
         let (batch, _) = data.batch(0, batch_size, index, false);
         let n = super::loss::counted_positions(&batch.labels);
         if n == 0 {
@@ -214,7 +240,7 @@ pub fn evaluate(model: &Llama, data: &Dataset, batch_size: usize) -> Result<f64>
         total += loss * n as f64;
         count += n;
     }
-    Ok(total / count.max(1) as f64)
+    Ok((total, count))
 }
 
 /// Each micro-batch's loss weight: its share of the step's counted positions, so that accumulating
@@ -235,22 +261,36 @@ pub(crate) fn loss_weights(micro: &[(Batch, Vec<usize>)]) -> Vec<Option<f64>> {
 /// One optimizer step through Candle's autograd (the reference path): forward, loss and backward
 /// per micro-batch with gradients accumulated by token share, global-norm clipping, AdamW. Returns
 /// (step loss, gradient norm before clipping); a non-finite value returns before the update.
-fn candle_step(
+pub(crate) fn candle_step(
     model: &Llama,
-    vars: &[(String, candle_core::Var)],
+    vars: &[(String, Var)],
     optimizer: &mut AdamW,
     config: &TrainConfig,
     micro: &[(Batch, Vec<usize>)],
     lr: f64,
 ) -> Result<(f64, f64)> {
+    let weighted: Vec<(&Batch, f64)> = micro
+        .iter()
+        .zip(loss_weights(micro))
+        .filter_map(|((batch, _), weight)| weight.map(|w| (batch, w)))
+        .collect();
+    let (grads, step_loss) = accumulate_grads(model, vars, config, &weighted)?;
+    apply_update(grads, step_loss, optimizer, config, lr)
+}
+
+/// Forward, loss and backward of each (batch, loss weight), the adapter's gradients summed with
+/// those weights; returns (gradient by variable name, weighted loss). Stops at a non-finite loss.
+pub(crate) fn accumulate_grads(
+    model: &Llama,
+    vars: &[(String, Var)],
+    config: &TrainConfig,
+    weighted: &[(&Batch, f64)],
+) -> Result<(HashMap<String, Tensor>, f64)> {
     let device = model.device().clone();
     let mut grads: HashMap<String, Tensor> = HashMap::new();
     let sink = GradSink::new();
     let mut step_loss = 0f64;
-    for ((batch, _), weight) in micro.iter().zip(loss_weights(micro)) {
-        let Some(weight) = weight else {
-            continue;
-        };
+    for &(batch, weight) in weighted {
         let (ids, labels) = batch_tensors(batch, &device)?;
         let logits = if config.activation_checkpointing {
             model.forward_train_checkpointed(&ids, &sink)?
@@ -289,6 +329,18 @@ fn candle_step(
             grads.insert(name, merged);
         }
     }
+    Ok((grads, step_loss))
+}
+
+/// Global-norm clipping and the AdamW update from a step's gradients; returns (loss, gradient norm
+/// before clipping). A non-finite loss or norm leaves the parameters unchanged.
+pub(crate) fn apply_update(
+    mut grads: HashMap<String, Tensor>,
+    step_loss: f64,
+    optimizer: &mut AdamW,
+    config: &TrainConfig,
+    lr: f64,
+) -> Result<(f64, f64)> {
     let grad_norm = if step_loss.is_finite() {
         clip_grad_norm(&mut grads, config.max_grad_norm)?
     } else {
@@ -306,198 +358,19 @@ pub fn train(
     run: TrainRun<'_>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<(Adapter, TrainSummary)> {
-    let device = model.device().clone();
-    let out_dir = run.out_dir.clone();
-    std::fs::create_dir_all(&out_dir).map_err(crate::error::io_error(&out_dir))?;
-    remove_stale_temporaries(&out_dir)?;
+    train_with_save_fault(model, run, SaveFault::default(), progress)
+}
 
-    let (adapter, config, mut state, optimizer_state) = match &run.resume {
-        Some(path) => {
-            let ckpt = load_checkpoint(path, &device)?;
-            ckpt.adapter.apply(model.linear_layers_mut(), &ckpt.dir)?;
-            tracing::info!(
-                "resuming from {} at step {}",
-                ckpt.dir.display(),
-                ckpt.state.step
-            );
-            let config = ckpt.state.config.clone();
-            (ckpt.adapter, config, ckpt.state, Some(ckpt.optimizer))
-        }
-        None => {
-            run.config.check()?;
-            let adapter = attach(
-                run.config.lora.clone(),
-                model.linear_layers_mut(),
-                run.config.seed,
-                &device,
-            )?;
-            let state = TrainerState {
-                step: 0,
-                micro_batches: 0,
-                tokens_seen: 0,
-                config: run.config.clone(),
-                wick_version: env!("CARGO_PKG_VERSION").to_string(),
-            };
-            (adapter, run.config.clone(), state, None)
-        }
-    };
-    let vars = adapter.vars();
-    let mut optimizer = AdamW::new(vars.clone(), config.adamw)?;
-    if let Some(tensors) = &optimizer_state {
-        optimizer.load_state(tensors, state.step)?;
-    }
-    let mut engine = EngineSteps::start(
-        model,
-        &adapter,
-        &config,
-        run.train_data,
-        run.engine,
-        optimizer_state.as_ref(),
-        state.step,
-    )?;
-    let schedule = Schedule {
-        kind: config.scheduler,
-        lr: config.lr,
-        warmup_steps: config.warmup_steps,
-        total_steps: config.total_steps,
-    };
-    let metrics_path = out_dir.join("metrics.jsonl");
-    let mut metrics = MetricsWriter::open(&metrics_path, state.step)?;
-    let mut last_checkpoint: Option<PathBuf> = run
-        .resume
-        .as_ref()
-        .and_then(|p| super::checkpoint::resolve_checkpoint(p).ok());
-    progress(&Progress::Start {
-        step: state.step,
-        total_steps: config.total_steps,
-        trainable_parameters: adapter.num_parameters(),
-    });
-
-    let data = run.train_data;
-    let per_epoch = data.batches_per_epoch(config.batch_size);
-    let started = Instant::now();
-    let mut losses = Vec::new();
-    let mut tokens_this_run = 0usize;
-    let mut final_eval_loss = None;
-    let stop_at = run.stop_after_steps.map_or(config.total_steps, |n| {
-        (state.step + n).min(config.total_steps)
-    });
-    while state.step < stop_at {
-        let step_start = Instant::now();
-        let micro: Vec<(Batch, Vec<usize>)> = (0..config.grad_accum)
-            .map(|k| {
-                data.batch(
-                    config.seed,
-                    config.batch_size,
-                    state.micro_batches + k,
-                    config.shuffle,
-                )
-            })
-            .collect();
-        let step_tokens: usize = micro.iter().map(|(b, l)| b.real_tokens(l)).sum();
-        let lr = schedule.lr_at(state.step);
-        let (step_loss, grad_norm) = match engine.as_mut() {
-            Some(engine) => engine.step(&micro, lr, config.max_grad_norm)?,
-            None => candle_step(model, &vars, &mut optimizer, &config, &micro, lr)?,
-        };
-        if !step_loss.is_finite() || !grad_norm.is_finite() {
-            return Err(Error::Diverged {
-                step: state.step + 1,
-                loss: step_loss as f32,
-                checkpoint: last_checkpoint,
-            });
-        }
-        state.step += 1;
-        state.micro_batches += config.grad_accum;
-        state.tokens_seen += step_tokens;
-        tokens_this_run += step_tokens;
-        losses.push(step_loss);
-        let tokens_per_s = step_tokens as f64 / step_start.elapsed().as_secs_f64().max(1e-9);
-        metrics.write(&MetricRecord::Train {
-            step: state.step,
-            epoch: state.micro_batches as f64 / per_epoch as f64,
-            loss: step_loss,
-            lr,
-            grad_norm,
-            tokens: step_tokens,
-            tokens_per_s,
-            elapsed_s: started.elapsed().as_secs_f64(),
-        })?;
-        progress(&Progress::Step {
-            step: state.step,
-            total_steps: config.total_steps,
-            loss: step_loss,
-            lr,
-            grad_norm,
-            tokens_per_s,
-        });
-        let last = state.step == config.total_steps;
-        let stopping = state.step == stop_at;
-        if let Some(eval_data) = run.eval_data {
-            let due = config.eval_every.is_some_and(|n| state.step % n == 0);
-            if due || last {
-                if let Some(engine) = &engine {
-                    engine.store_params(&adapter)?;
-                }
-                let eval_loss = evaluate(model, eval_data, config.batch_size)?;
-                metrics.write(&MetricRecord::Eval {
-                    step: state.step,
-                    eval_loss,
-                })?;
-                progress(&Progress::Eval {
-                    step: state.step,
-                    eval_loss,
-                });
-                if last {
-                    final_eval_loss = Some(eval_loss);
-                }
-            }
-        }
-        if let Some(n) = config.save_every {
-            if state.step % n == 0 || last || stopping {
-                let optimizer_tensors = match &engine {
-                    Some(engine) => {
-                        engine.store_params(&adapter)?;
-                        engine.optimizer_state()?
-                    }
-                    None => optimizer.state_tensors(),
-                };
-                let dir = save_checkpoint(
-                    &out_dir,
-                    &adapter,
-                    optimizer_tensors,
-                    &state,
-                    config.keep_last,
-                    run.fault,
-                )?;
-                progress(&Progress::Checkpoint {
-                    step: state.step,
-                    dir: dir.clone(),
-                });
-                last_checkpoint = Some(dir);
-            }
-        }
-    }
-    if let Some(engine) = &engine {
-        engine.store_params(&adapter)?;
-    }
-    let mut final_adapter = adapter.clone();
-    final_adapter.config.inference_mode = true;
-    peft_io::save_adapter(&final_adapter, &out_dir)?;
-    let records = read_metrics(&metrics_path)?;
-    if let Err(e) = super::plot::write_loss_curve(&out_dir.join("loss.png"), &records) {
-        tracing::warn!("loss curve not written: {e}");
-    }
-    let summary = TrainSummary {
-        losses,
-        final_eval_loss,
-        adapter_dir: out_dir,
-        steps: state.step,
-        tokens: tokens_this_run,
-        seconds: started.elapsed().as_secs_f64(),
-        engine_mode: engine.as_ref().map(|e| e.mode.clone()),
-    };
-    Ok((adapter, summary))
+/// [`train`] with a crash-test hook in the checkpoint writer (the process aborts part-way through a
+/// save): for the tests that check a killed run leaves a loadable checkpoint, not for users.
+#[doc(hidden)]
+pub fn train_with_save_fault(
+    model: &mut Llama,
+    run: TrainRun<'_>,
+    fault: SaveFault,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(Adapter, TrainSummary)> {
+    super::session::train_rank(model, run, fault, None, progress)
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::CudaDevice;
 
 use super::QuantType;
-pub use crate::gpu::ptr::device_ptr;
 use crate::gpu::kernels::{function, Module};
+pub use crate::gpu::ptr::device_ptr;
 
 type Result<T> = candle_core::Result<T>;
 

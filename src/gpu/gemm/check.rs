@@ -15,8 +15,8 @@ use candle_core::{CudaDevice, DType};
 use std::sync::Arc;
 
 use super::{is_matrix_element, matrix_elements, reference, Gemm, GemmShape};
-use crate::gpu::ptr::device_ptr;
 use crate::check::{max_rel_err, random_values, tolerance};
+use crate::gpu::ptr::device_ptr;
 use crate::Result;
 
 /// One checked product.

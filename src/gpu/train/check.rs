@@ -15,8 +15,8 @@ use candle_core::{CudaDevice, DType};
 
 use super::launch::{sum_squares_partials, TrainKernels};
 use super::reference::{self as r, HeadShape};
-use crate::gpu::ptr::device_ptr;
 use crate::check::{max_rel_err, random_values, tolerance};
+use crate::gpu::ptr::device_ptr;
 use crate::Result;
 
 /// One checked output: kernel name, pass, shape text, measured error and its tolerance.

@@ -59,12 +59,12 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::layout::ATTENTION_SCRATCH_BYTES;
 use super::{EngineOptions, TrainEngine};
+use crate::check::{max_rel_err, random_values};
 use crate::formats::config::{Architecture, DecoderConfig};
 use crate::formats::weights::{LoadOptions, Weight, WeightSource};
 use crate::lora::config::InitLoraWeights;
 use crate::lora::{attach, Adapter, AdapterLayer, LoraConfig, TargetModules};
 use crate::models::llama::{expected_tensors, Llama};
-use crate::check::{max_rel_err, random_values};
 use crate::train::loss::{causal_lm_loss, IGNORE_INDEX};
 use crate::train::optimizer::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
 use crate::{Context, Error, Result};

@@ -9,14 +9,13 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
+use wick::check::{random_tensor, to_f64_vec};
 use wick::formats::fetch::ensure_default_chat_model;
 use wick::formats::weights::Weight;
 use wick::formats::LoadOptions;
 use wick::generate::TextModel;
 use wick::lora::{LoraConfig, TargetModules};
 use wick::models::linear::{BaseWeight, Linear, LoraWeights};
-use wick::ops::check::{random_tensor, to_f64_vec};
-use wick::train::checkpoint::SaveFault;
 use wick::train::data::{load_jsonl, DataOptions};
 use wick::train::schedule::ScheduleKind;
 use wick::train::trainer::{train, TrainConfig, TrainRun};
@@ -78,14 +77,8 @@ fn default_model_trains_with_a_quantized_base() {
     };
     let out = dir.path().join("adapter");
     let run = TrainRun {
-        train_data: &data,
-        eval_data: None,
         config,
-        out_dir: out.clone(),
-        resume: None,
-        fault: SaveFault::default(),
-        stop_after_steps: None,
-        engine: wick::train::engine_steps::EnginePolicy::Auto,
+        ..TrainRun::new(&data, out.clone())
     };
     let summary = train(&mut model.model, run, &mut |_| {}).unwrap().1;
     let (first, last) = (summary.losses[0], *summary.losses.last().unwrap());

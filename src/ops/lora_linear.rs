@@ -12,8 +12,6 @@
 //! `dA = s u^T x`, `dB = s g^T (x A^T)`.
 
 use candle_core::backend::BackendStorage;
-use candle_core::quantized::QMatMul;
-use candle_core::DType;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 

@@ -199,7 +199,7 @@ impl CustomOp1 for QuantFrozenLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::{random_tensor, to_f64_vec};
+    use crate::check::{random_tensor, to_f64_vec};
     use candle_core::quantized::GgmlDType;
     use candle_core::{Device, Var};
 

@@ -30,6 +30,18 @@ pub struct LoraWeights {
     pub scale: f64,
     /// Dropout probability applied to the layer input of the low-rank branch while training.
     pub dropout: f32,
+    /// DoRA's magnitude when the adapter is a DoRA adapter (PEFT `use_dora`), see `ops::dora`.
+    pub dora: Option<DoraWeights>,
+}
+
+/// The DoRA part of an adapted layer.
+#[derive(Debug, Clone)]
+pub struct DoraWeights {
+    /// magnitude: [out] (a `Var` while training).
+    pub magnitude: Tensor,
+    /// `||W + s B A||` per output row, computed once when the adapter is frozen (inference); `None`:
+    /// computed at every forward pass (training, where A and B change).
+    pub weight_norm: Option<Tensor>,
 }
 
 /// A linear projection `x W^T + b`, optionally with a LoRA adapter.

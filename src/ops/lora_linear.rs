@@ -24,6 +24,9 @@ pub fn forward(layer: &Linear, x: &Tensor, train: bool) -> Result<Tensor> {
     let Some(lora) = &layer.lora else {
         return base_forward(layer, x);
     };
+    if let Some(dora) = &lora.dora {
+        return super::dora::forward(layer, lora, dora, x, train);
+    }
     let dropout = train && lora.dropout > 0.0;
     let dtype = x.dtype();
     let same_dtype = lora.a.dtype() == dtype && lora.b.dtype() == dtype;
@@ -52,7 +55,7 @@ pub fn forward(layer: &Linear, x: &Tensor, train: bool) -> Result<Tensor> {
 /// The frozen product `x W^T + b`. Inside a training graph (x carries one) a dense base goes through
 /// `ops::frozen::frozen_linear`, whose backward gives dx and no dW: Candle's matmul backward would
 /// compute and keep the gradient of every frozen weight (the LM head's alone is [batch, in, vocab]).
-fn base_forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+pub(crate) fn base_forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
     match layer.weight() {
         BaseWeight::Dense(w) if x.track_op() && w.dtype() == x.dtype() => {
             let bias = layer
@@ -385,6 +388,7 @@ mod tests {
         let a = random_tensor(&[2, 5], DType::F32, &dev, 2, 0.5).unwrap();
         let b = random_tensor(&[9, 2], DType::F32, &dev, 3, 0.5).unwrap();
         layer.lora = Some(LoraWeights {
+            dora: None,
             a: a.clone(),
             b: b.clone(),
             scale: 4.0,

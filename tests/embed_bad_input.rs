@@ -47,33 +47,6 @@ fn empty_input_file_is_refused() {
 }
 
 #[test]
-fn empty_lines_are_skipped_with_a_warning() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = write(
-        dir.path(),
-        "texts.txt",
-        "first text\n\nsecond text\n   \nthird\n",
-    );
-    let (ok, stdout, stderr) = wick(&["embed", "--model", E5, "--input", &input]);
-    assert!(ok, "{stderr}");
-    assert!(
-        stderr.contains("skipped 2 empty line(s) (line 2, 4)"),
-        "{stderr}"
-    );
-    let records: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let lines: Vec<u64> = records
-        .iter()
-        .map(|r| r["line"].as_u64().unwrap())
-        .collect();
-    assert_eq!(lines, vec![1, 3, 5]);
-    assert_eq!(records[1]["text"], "second text");
-    assert_eq!(records[1]["embedding"].as_array().unwrap().len(), 32);
-}
-
-#[test]
 fn invalid_jsonl_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let input = write(

@@ -55,3 +55,29 @@ fn syntax_errors_are_reported() {
         .to_string();
     assert!(err.starts_with("chat template:"), "{err}");
 }
+
+/// A template that would loop ~10^10 times (as a hostile or broken tokenizer_config.json can) ends in
+/// an error once its instruction budget is spent, instead of hanging generation or training; a long
+/// real conversation stays far inside the budget.
+#[test]
+fn runaway_templates_stop_with_an_error() {
+    let runaway = ChatTemplate::new(
+        "{% for a in range(99999) %}{% for b in range(99999) %}{{ a }}{% endfor %}{% endfor %}",
+    )
+    .unwrap();
+    let err = runaway
+        .render(&[ChatMessage::new("user", "hi")], true, "", "")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fuel"), "{err}");
+    let chatml = ChatTemplate::new(
+        "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}\
+         {% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    )
+    .unwrap();
+    let long: Vec<ChatMessage> = (0..2000)
+        .map(|i| ChatMessage::new(["user", "assistant"][i % 2], format!("message {i}")))
+        .collect();
+    let text = chatml.render(&long, true, "", "").unwrap();
+    assert!(text.ends_with("<|im_start|>assistant\n"));
+}

@@ -66,6 +66,7 @@ fn lora_linear_gradients_match_finite_differences() {
     let probe = randn(&mut rng, &[tokens, out], 1.0);
     let mut linear = Linear::new(Weight::Dense(w), Some(bias)).unwrap();
     linear.lora = Some(LoraWeights {
+        dora: None,
         a: a.as_tensor().clone(),
         b: b.as_tensor().clone(),
         scale: 1.5,
@@ -129,6 +130,7 @@ fn tiny_model_lora_gradients_match_finite_differences() {
         let a = Var::from_tensor(&randn(&mut rng, &[r, linear.in_features()], 0.3)).unwrap();
         let b = Var::from_tensor(&randn(&mut rng, &[linear.out_features(), r], 0.3)).unwrap();
         linear.lora = Some(LoraWeights {
+            dora: None,
             a: a.as_tensor().clone(),
             b: b.as_tensor().clone(),
             scale: 2.0,
@@ -178,6 +180,7 @@ fn checkpointed_forward_gives_the_plain_gradients() {
         let a = Var::from_tensor(&randn(&mut rng, &[3, linear.in_features()], 0.3)).unwrap();
         let b = Var::from_tensor(&randn(&mut rng, &[linear.out_features(), 3], 0.3)).unwrap();
         linear.lora = Some(LoraWeights {
+            dora: None,
             a: a.as_tensor().clone(),
             b: b.as_tensor().clone(),
             scale: 1.5,

@@ -129,6 +129,7 @@ fn lora_gradients_through_a_quantized_base_match_the_dense_base() {
     let grads = |weight: Weight| -> Vec<Vec<f64>> {
         let mut layer = Linear::new(weight, None).unwrap();
         layer.lora = Some(LoraWeights {
+            dora: None,
             a: a.as_tensor().clone(),
             b: b.as_tensor().clone(),
             scale: 2.0,

@@ -107,7 +107,46 @@ fn empty_dataset_and_too_long_sequences() {
         &format!(r#"{{"prompt": "{}", "completion": "y"}}"#, "x".repeat(40)),
     );
     let msg = load(&model, &prompt_only, 16).unwrap_err().to_string();
-    assert!(msg.contains("no example has a token to train on"), "{msg}");
+    assert!(
+        msg.contains("nothing to train on") && msg.contains("line 1: no trained-on token left"),
+        "{msg}"
+    );
+}
+
+/// Issue 17: every line that gives no example is accounted for by number and reason: dropped
+/// examples (nothing trained on after truncation) and blank lines; bad UTF-8 is an error naming the
+/// line.
+#[test]
+fn dropped_and_blank_lines_are_listed_by_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = lora_support::tiny_model(DType::F32);
+    let long_prompt = format!(r#"{{"prompt": "{}", "completion": "y"}}"#, "x".repeat(40));
+    let good = r#"{"prompt": "q", "completion": "an answer"}"#;
+    let content = format!("{good}\n{long_prompt}\n\n{good}\n  \n{long_prompt}\n{good}\n");
+    let path = write(dir.path(), "d.jsonl", &content);
+    let ds = load(&model, &path, 16).unwrap();
+    assert_eq!(ds.stats.examples, 5);
+    assert_eq!(ds.rows.len(), 3);
+    let dropped: Vec<usize> = ds.stats.dropped.iter().map(|d| d.line).collect();
+    assert_eq!(dropped, vec![2, 6]);
+    for d in &ds.stats.dropped {
+        // 40 prompt characters (one token each) + BOS/specials: the completion starts past token 16.
+        assert!(
+            d.reason
+                .contains("no trained-on token left after truncation to 16 tokens"),
+            "{}",
+            d.reason
+        );
+    }
+    assert_eq!(ds.stats.blank_lines, vec![3, 5]);
+
+    let bad = dir.path().join("bad.jsonl");
+    let mut bytes = format!("{good}\n").into_bytes();
+    bytes.extend_from_slice(b"{\"text\": \"caf\xe9\"}\n");
+    std::fs::write(&bad, bytes).unwrap();
+    let err = load(&model, &bad, 16).unwrap_err();
+    assert!(matches!(err, Error::BadLine { line: 2, .. }), "{err}");
+    assert!(err.to_string().contains("UTF-8"), "{err}");
 }
 
 fn tiny_run(

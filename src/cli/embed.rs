@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use candle_core::DType;
 use indicatif::{ProgressBar, ProgressStyle};
-use wick::embed::corpus::{read_texts, Texts};
-use wick::embed::npy::write_npy;
-use wick::embed::{Embedder, EmbedderOptions, Hit, Index};
+use wick::embed::corpus::{read_texts, read_texts_with, ReadOptions, Texts};
+use wick::embed::{Embedder, EmbedderOptions, Hit, Index, RowSource};
 
 /// Inputs with more texts than this get a progress bar (on a terminal).
 const PROGRESS_MIN_TEXTS: usize = 256;
@@ -44,12 +43,19 @@ pub struct EmbedArgs {
     /// `default` (all-MiniLM-L6-v2) or a sentence-transformers model directory.
     #[arg(long, default_value = "default")]
     pub model: String,
-    /// One text per line, or JSONL with a `text` field (`.jsonl`/`.ndjson`). Empty lines are skipped.
+    /// One text per line, or JSONL with a `text` field and an optional `id` (`.jsonl`/`.ndjson`).
+    /// Every line gets one output row, in order; an empty line is the empty text.
     #[arg(long)]
     pub input: PathBuf,
-    /// `.npy` for a float32 matrix, anything else for JSONL {"line","text","embedding"}; stdout if absent.
+    /// `.npy` for a float32 matrix (row k = line k + 1), anything else for JSONL
+    /// {"line","id","text","embedding"}; stdout if absent.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// A line that cannot be read (bad JSON, no `text`, not UTF-8) gets an error record in its place
+    /// instead of stopping: {"line","error"} in JSONL; in .npy a row of NaN, with the lines and
+    /// reasons listed in `<output>.errors.jsonl`.
+    #[arg(long)]
+    pub skip_bad_lines: bool,
     /// Prompt prepended to each text.
     #[arg(long, value_enum, default_value = "passage")]
     pub prompt: PromptKind,
@@ -63,9 +69,13 @@ pub struct IndexArgs {
     /// `default` (all-MiniLM-L6-v2) or a sentence-transformers model directory.
     #[arg(long, default_value = "default")]
     pub model: String,
-    /// The texts to index: one per line, or JSONL with a `text` field.
+    /// The texts to index: one per line, or JSONL with a `text` field and an optional `id`.
     #[arg(long)]
     pub corpus: PathBuf,
+    /// Leave out lines that cannot be read instead of stopping; each row keeps its line number and
+    /// `id`, and the left-out lines are listed in the index manifest.
+    #[arg(long)]
+    pub skip_bad_lines: bool,
     /// The index directory to write (replaced atomically if it holds an index).
     #[arg(long)]
     pub out: PathBuf,
@@ -146,7 +156,10 @@ fn embed_texts(
 
 /// Runs `wick embed`.
 pub fn run_embed(args: EmbedArgs) -> anyhow::Result<()> {
-    let texts = read_texts(&args.input)?;
+    let options = ReadOptions {
+        skip_bad_lines: args.skip_bad_lines,
+    };
+    let texts = read_texts_with(&args.input, options)?;
     let embedder = load_embedder(&args.model, &args.run)?;
     let prompt = match args.prompt {
         PromptKind::Passage => embedder.prompts().passage.clone(),
@@ -156,24 +169,21 @@ pub fn run_embed(args: EmbedArgs) -> anyhow::Result<()> {
     let embeddings = embed_texts(&embedder, &texts, prompt.as_deref())?;
     let rows: Vec<Vec<f32>> = embeddings.to_device(&candle_core::Device::Cpu)?.to_vec2()?;
     match &args.output {
-        Some(path) if is_npy(path) => {
-            let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-            write_npy(path, &flat, rows.len(), embedder.dim())?;
-        }
-        Some(path) => {
-            let file = std::fs::File::create(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            write_jsonl(BufWriter::new(file), &texts, &rows)
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        None => write_jsonl(BufWriter::new(std::io::stdout().lock()), &texts, &rows)?,
+        Some(path) if is_npy(path) => write_npy_with_errors(path, &texts, &rows, embedder.dim())?,
+        Some(path) => write_atomically(path, |out| write_jsonl(out, &texts, &rows))?,
+        None => write_jsonl(&mut BufWriter::new(std::io::stdout().lock()), &texts, &rows)?,
     }
     if let Some(path) = &args.output {
         eprintln!(
-            "wrote {} embeddings of dimension {} to {}",
-            rows.len(),
+            "wrote {} rows of dimension {} to {} (one per input line{})",
+            texts.records(),
             embedder.dim(),
-            path.display()
+            path.display(),
+            if texts.bad.is_empty() {
+                String::new()
+            } else {
+                format!(", {} of them error records", texts.bad.len())
+            }
         );
     }
     Ok(())
@@ -185,25 +195,133 @@ fn is_npy(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
 }
 
-fn write_jsonl(mut out: impl Write, texts: &Texts, rows: &[Vec<f32>]) -> anyhow::Result<()> {
-    for ((text, line), row) in texts.texts.iter().zip(&texts.lines).zip(rows) {
-        let record = serde_json::json!({ "line": line, "text": text, "embedding": row });
-        serde_json::to_writer(&mut out, &record)?;
+/// Writes `path` through a temporary file beside it, renamed into place once complete.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<&std::fs::File>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    {
+        let mut out = BufWriter::new(tmp.as_file());
+        write(&mut out).with_context(|| format!("writing {}", path.display()))?;
+        out.flush()?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+/// The `line` and (when the record had one) `id` fields every output record starts with.
+fn record_head(
+    line: usize,
+    id: Option<&serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut record = serde_json::Map::new();
+    record.insert("line".into(), line.into());
+    if let Some(id) = id {
+        record.insert("id".into(), id.clone());
+    }
+    record
+}
+
+/// One record per input line, in line order: the embedding, or the reason the line was unreadable.
+fn write_jsonl(out: &mut impl Write, texts: &Texts, rows: &[Vec<f32>]) -> anyhow::Result<()> {
+    for entry in texts.in_line_order() {
+        let record = match entry {
+            Ok(i) => {
+                let mut r = record_head(texts.lines[i], texts.ids[i].as_ref());
+                r.insert("text".into(), texts.texts[i].clone().into());
+                r.insert("embedding".into(), serde_json::json!(rows[i]));
+                r
+            }
+            Err(j) => {
+                let bad = &texts.bad[j];
+                let mut r = record_head(bad.line, bad.id.as_ref());
+                r.insert("error".into(), bad.reason.clone().into());
+                r
+            }
+        };
+        serde_json::to_writer(&mut *out, &record)?;
         out.write_all(b"\n")?;
     }
     out.flush()?;
     Ok(())
 }
 
+/// The .npy sidecar listing the NaN rows of `path`.
+fn errors_sidecar(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".errors.jsonl");
+    PathBuf::from(name)
+}
+
+/// One .npy row per input line; an unreadable line is a row of NaN (which no distance or mean can
+/// pass off as a vector), listed with its reason in `<path>.errors.jsonl`. A stale sidecar from an
+/// earlier run is removed when there is no bad line.
+fn write_npy_with_errors(
+    path: &Path,
+    texts: &Texts,
+    rows: &[Vec<f32>],
+    dim: usize,
+) -> anyhow::Result<()> {
+    let mut flat = Vec::with_capacity(texts.records() * dim);
+    let mut errors = Vec::new();
+    for (row, entry) in texts.in_line_order().into_iter().enumerate() {
+        match entry {
+            Ok(i) => flat.extend_from_slice(&rows[i]),
+            Err(j) => {
+                let bad = &texts.bad[j];
+                flat.extend(std::iter::repeat_n(f32::NAN, dim));
+                let mut r = record_head(bad.line, bad.id.as_ref());
+                r.insert("row".into(), row.into());
+                r.insert("error".into(), bad.reason.clone().into());
+                errors.push(r);
+            }
+        }
+    }
+    let bytes = wick::embed::npy::npy_bytes(&flat, texts.records(), dim)?;
+    write_atomically(path, |out| Ok(out.write_all(&bytes)?))?;
+    let sidecar = errors_sidecar(path);
+    if errors.is_empty() {
+        if sidecar.exists() {
+            std::fs::remove_file(&sidecar)
+                .with_context(|| format!("removing the stale {}", sidecar.display()))?;
+        }
+        return Ok(());
+    }
+    write_atomically(&sidecar, |out| {
+        for r in &errors {
+            serde_json::to_writer(&mut *out, r)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    })?;
+    eprintln!(
+        "{} row(s) of {} are NaN (unreadable lines); lines and reasons in {}",
+        errors.len(),
+        path.display(),
+        sidecar.display()
+    );
+    Ok(())
+}
+
 /// Runs `wick index`.
 pub fn run_index(args: IndexArgs) -> anyhow::Result<()> {
-    let texts = read_texts(&args.corpus)?;
+    let options = ReadOptions {
+        skip_bad_lines: args.skip_bad_lines,
+    };
+    let texts = read_texts_with(&args.corpus, options)?;
     let embedder = load_embedder(&args.model, &args.run)?;
     let count = texts.texts.len();
+    let skipped = texts.bad.len();
     let bar = progress_bar(count, "indexing");
-    let index = Index::build(&embedder, texts.texts, &mut |done| {
-        bar.set_position(done as u64)
-    })?;
+    let index = Index::build_from(&embedder, texts, &mut |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     index.save(&args.out)?;
     eprintln!(
@@ -212,6 +330,12 @@ pub fn run_index(args: IndexArgs) -> anyhow::Result<()> {
         index.manifest.model_name,
         args.out.display()
     );
+    if skipped > 0 {
+        eprintln!(
+            "left out {skipped} unreadable line(s), listed under `skipped_lines` in {}",
+            args.out.join("manifest.json").display()
+        );
+    }
     Ok(())
 }
 
@@ -247,6 +371,10 @@ pub fn run_search(args: SearchArgs) -> anyhow::Result<()> {
                 row,
                 score,
                 text: texts.texts[row].clone(),
+                source: RowSource {
+                    line: texts.lines[row],
+                    id: texts.ids[row].clone(),
+                },
             })
             .collect()
     };

@@ -84,7 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         TextModel::open(&path, &options).with_context(|| format!("loading {}", path.display()))?;
     if let Some(dir) = &args.adapter {
         let adapter = wick::lora::peft_io::load_adapter(dir, model.model.device())?;
-        adapter.apply(model.model.linear_layers_mut(), dir)?;
+        adapter.apply_for_inference(model.model.linear_layers_mut(), dir)?;
         eprintln!(
             "adapter {} ({} modules)",
             dir.display(),

@@ -95,6 +95,7 @@ fn fine_tune_and_answer_again(args: &Args, path: &std::path::Path) -> anyhow::Re
         dropout: 0.0,
         targets: "all-linear".into(),
         rslora: false,
+        dora: false,
         gaussian_init: false,
         lr: 2e-3,
         epochs: 1.0,

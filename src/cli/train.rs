@@ -15,7 +15,7 @@ use wick::generate::TextModel;
 use wick::lora::config::InitLoraWeights;
 use wick::lora::{LoraConfig, TargetModules};
 use wick::models::llama::Llama;
-use wick::train::data::{load_jsonl, DataOptions, Dataset};
+use wick::train::data::{describe_dropped, load_jsonl, DataOptions, DataStats, Dataset};
 use wick::train::optimizer::AdamWConfig;
 use wick::train::parallel::{train_data_parallel, ParallelOptions};
 use wick::train::schedule::ScheduleKind;
@@ -54,6 +54,10 @@ pub struct Args {
     /// Rank-stabilised LoRA (scale alpha/sqrt(r)).
     #[arg(long)]
     pub rslora: bool,
+    /// DoRA (PEFT `use_dora`): train a magnitude per output row on top of the LoRA direction.
+    /// Runs on Candle's autograd (the CUDA training engine has no DoRA).
+    #[arg(long)]
+    pub dora: bool,
     /// Initialise A with N(0, 1/r^2) instead of Kaiming-uniform.
     #[arg(long)]
     pub gaussian_init: bool,
@@ -217,6 +221,49 @@ fn is_gguf(path: &Path) -> bool {
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
+/// How many dropped lines are printed with their reason (all are counted and numbered).
+const DROPPED_SHOWN: usize = 20;
+
+/// Prints what loading a dataset found: sizes, truncation, and every dropped or blank line.
+fn report_data(path: &Path, s: &DataStats, max_seq_len: usize) {
+    eprintln!(
+        "{}: {} examples, {} tokens ({} trained on){}",
+        path.display(),
+        s.examples,
+        s.tokens,
+        s.counted_tokens,
+        if s.truncated > 0 {
+            format!("; {} truncated to {max_seq_len} tokens", s.truncated)
+        } else {
+            String::new()
+        }
+    );
+    if !s.dropped.is_empty() {
+        eprintln!(
+            "{}: dropped {} line(s): {}",
+            path.display(),
+            s.dropped.len(),
+            describe_dropped(&s.dropped, DROPPED_SHOWN)
+        );
+        if s.dropped.len() > DROPPED_SHOWN {
+            let rest: Vec<String> = s.dropped[DROPPED_SHOWN..]
+                .iter()
+                .map(|d| d.line.to_string())
+                .collect();
+            eprintln!("  the other dropped lines: {}", rest.join(", "));
+        }
+    }
+    if !s.blank_lines.is_empty() {
+        let lines: Vec<String> = s.blank_lines.iter().map(|l| l.to_string()).collect();
+        eprintln!(
+            "{}: ignored {} blank line(s): {}",
+            path.display(),
+            lines.len(),
+            lines.join(", ")
+        );
+    }
+}
+
 /// Reads the data, builds the config from `args` and trains `model` (left with the adapter attached).
 /// Shared with `wick quickstart`.
 pub fn run_with_model(
@@ -237,22 +284,7 @@ pub fn run_with_model(
             &data_options,
             context,
         )?;
-        let s = &data.stats;
-        eprintln!(
-            "{}: {} examples, {} tokens ({} trained on){}",
-            path.display(),
-            s.examples,
-            s.tokens,
-            s.counted_tokens,
-            if s.truncated + s.dropped > 0 {
-                format!(
-                    "; {} truncated to {} tokens, {} dropped (nothing left to train on)",
-                    s.truncated, data_options.max_seq_len, s.dropped
-                )
-            } else {
-                String::new()
-            }
-        );
+        report_data(path, &data.stats, data_options.max_seq_len);
         Ok(data)
     };
     let train_data = read(&args.data)?;
@@ -263,6 +295,7 @@ pub fn run_with_model(
         lora_dropout: args.dropout,
         target_modules: TargetModules::parse(&args.targets)?,
         use_rslora: args.rslora,
+        use_dora: args.dora,
         init_lora_weights: if args.gaussian_init {
             InitLoraWeights::Named("gaussian".into())
         } else {

@@ -5,7 +5,8 @@
 //! ```text
 //! manifest.json           format, version, model spec and name, fingerprint, dim, count, prompts
 //! embeddings.safetensors  "embeddings": [count, dim] f32
-//! texts.jsonl             {"text": ...} per row, in row order
+//! texts.jsonl             {"text": ..., "line": ..., "id": ...} per row, in row order: the corpus line
+//!                         the row came from and the record's `id` when it had one
 //! ```
 //! Written into a temporary sibling directory and renamed into place, so a reader never sees half an
 //! index.
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::embed::corpus::{BadLine, Texts};
 use crate::embed::embedder::Embedder;
 use crate::embed::pooling::l2_normalize;
 use crate::error::io_error;
@@ -54,6 +56,19 @@ pub struct IndexManifest {
     pub passage_prompt: Option<String>,
     /// Seconds since the Unix epoch when the index was written.
     pub created_unix: u64,
+    /// Corpus lines left out because they could not be read (`--skip-bad-lines`), with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_lines: Vec<BadLine>,
+}
+
+/// Where a row of an index came from: the corpus line and the record's `id`, if any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowSource {
+    /// 1-based line of the corpus file.
+    pub line: usize,
+    /// The JSONL record's `id` field, copied through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<serde_json::Value>,
 }
 
 /// One search result.
@@ -67,6 +82,8 @@ pub struct Hit {
     pub score: f32,
     /// The text.
     pub text: String,
+    /// Where the row came from.
+    pub source: RowSource,
 }
 
 /// Texts and their embeddings, searchable by cosine similarity.
@@ -76,17 +93,48 @@ pub struct Index {
     pub manifest: IndexManifest,
     /// The texts, one per row.
     pub texts: Vec<String>,
+    /// `sources[i]`: where `texts[i]` came from.
+    pub sources: Vec<RowSource>,
     /// [count, dim] f32 on the CPU.
     pub embeddings: Tensor,
 }
 
 impl Index {
-    /// Embeds `texts` as passages with `embedder`; `progress(done)` after each batch.
+    /// Embeds `texts` as passages with `embedder` (row i is line i + 1); `progress(done)` after each
+    /// batch.
     pub fn build(
         embedder: &Embedder,
         texts: Vec<String>,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Self> {
+        let count = texts.len();
+        let texts = Texts {
+            lines: (1..=count).collect(),
+            ids: vec![None; count],
+            texts,
+            bad: Vec::new(),
+        };
+        Self::build_from(embedder, texts, progress)
+    }
+
+    /// Embeds texts read from a corpus, keeping each row's line and `id` and recording the lines
+    /// that could not be read in the manifest.
+    pub fn build_from(
+        embedder: &Embedder,
+        texts: Texts,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Self> {
+        let Texts {
+            texts,
+            lines,
+            ids,
+            bad,
+        } = texts;
+        let sources = lines
+            .into_iter()
+            .zip(ids)
+            .map(|(line, id)| RowSource { line, id })
+            .collect();
         let strs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let prompt = embedder.prompts().passage.clone();
         let (embeddings, _) = embedder.embed_with(&strs, prompt.as_deref(), progress)?;
@@ -108,10 +156,12 @@ impl Index {
             normalized: embedder.normalized(),
             passage_prompt: prompt,
             created_unix,
+            skipped_lines: bad,
         };
         Ok(Self {
             manifest,
             texts,
+            sources,
             embeddings,
         })
     }
@@ -169,8 +219,13 @@ impl Index {
             .context(format!("writing {}", embeddings_path.display()))?;
         let texts_path = dir.join(TEXTS_FILE);
         let mut texts = Vec::new();
-        for text in &self.texts {
-            let line = serde_json::to_string(&serde_json::json!({ "text": text }))
+        for (text, source) in self.texts.iter().zip(&self.sources) {
+            let row = IndexRow {
+                text: text.clone(),
+                line: Some(source.line),
+                id: source.id.clone(),
+            };
+            let line = serde_json::to_string(&row)
                 .map_err(|e| Error::InvalidRequest(format!("encoding a text as JSON: {e}")))?;
             texts.extend_from_slice(line.as_bytes());
             texts.push(b'\n');
@@ -228,7 +283,7 @@ impl Index {
         }
         let texts_path = dir.join(TEXTS_FILE);
         let content = std::fs::read_to_string(&texts_path).map_err(io_error(&texts_path))?;
-        let texts = crate::embed::corpus::parse_texts(&content, true, &texts_path)?.texts;
+        let (texts, sources) = read_rows(&content, &texts_path)?;
         if texts.len() != manifest.count {
             return Err(Error::Format {
                 path: texts_path,
@@ -242,6 +297,7 @@ impl Index {
         Ok(Self {
             manifest,
             texts,
+            sources,
             embeddings,
         })
     }
@@ -276,6 +332,7 @@ impl Index {
                 row,
                 score,
                 text: self.texts[row].clone(),
+                source: self.sources[row].clone(),
             })
             .collect())
     }
@@ -318,6 +375,36 @@ pub fn rank_by_cosine(corpus: &Tensor, query: &Tensor, top_k: usize) -> Result<V
         .take(top_k)
         .map(|row| (row, scores[row]))
         .collect())
+}
+
+/// One line of texts.jsonl. Indexes written before rows carried their line have none: row i is
+/// line i + 1 then.
+#[derive(Serialize, Deserialize)]
+struct IndexRow {
+    text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    line: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<serde_json::Value>,
+}
+
+/// The rows of texts.jsonl: texts and their sources.
+fn read_rows(content: &str, path: &Path) -> Result<(Vec<String>, Vec<RowSource>)> {
+    let mut texts = Vec::new();
+    let mut sources = Vec::new();
+    for (index, raw) in content.lines().enumerate() {
+        let row: IndexRow = serde_json::from_str(raw).map_err(|e| Error::BadLine {
+            path: path.to_path_buf(),
+            line: index + 1,
+            reason: format!("not an index row: {e}"),
+        })?;
+        texts.push(row.text);
+        sources.push(RowSource {
+            line: row.line.unwrap_or(index + 1),
+            id: row.id,
+        });
+    }
+    Ok((texts, sources))
 }
 
 fn model_name(dir: &Path) -> String {

@@ -30,6 +30,6 @@ pub mod npy;
 pub mod pooling;
 
 pub use embedder::{EmbedStats, Embedder, EmbedderOptions};
-pub use index::{rank_by_cosine, search_index, Hit, Index, IndexManifest};
+pub use index::{rank_by_cosine, search_index, Hit, Index, IndexManifest, RowSource};
 pub use model_dir::{Prompts, DEFAULT_MODEL};
 pub use pooling::{PoolingConfig, PoolingMode};

@@ -54,12 +54,19 @@ impl Clone for ChatTemplate {
 
 const TEMPLATE_NAME: &str = "chat";
 
+/// Instructions one render may execute. A template comes with a downloaded model, so a hostile or
+/// broken one (`{% for a in range(99999) %}{% for b in range(99999) %}`) must end in an error, not
+/// run for hours. Real chat templates take a few hundred instructions per message (ChatML over 200
+/// messages: ~6k), far below this.
+const TEMPLATE_FUEL: u64 = 20_000_000;
+
 impl ChatTemplate {
     /// Compiles a template; a syntax error is reported with its line.
     pub fn new(source: &str) -> Result<Self> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);

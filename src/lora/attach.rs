@@ -3,7 +3,8 @@
 //! Models hand out their projections as `(path, &mut Linear)` (`Llama::linear_layers_mut`); this module
 //! never needs to know the model. A and B are Candle `Var`s in f32 whatever the base dtype, so the same
 //! adapter trains (the optimizer updates the vars in place and every layer sees the new values) and
-//! serves inference.
+//! serves inference. A DoRA adapter (`use_dora`) also holds one magnitude vector per module, started
+//! as PEFT starts it (the row norms of `W + s B A`, see `models::dora`).
 
 use std::collections::BTreeSet;
 
@@ -11,7 +12,8 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::{LoraConfig, TargetModules};
 use super::init::init_lora_pair;
-use crate::models::linear::{Linear, LoraWeights};
+use crate::models::dora::layer_weight_norm;
+use crate::models::linear::{DoraWeights, Linear, LoraWeights};
 use crate::{Context, Error, Result};
 
 /// One adapted module: a: [r, in], b: [out, r] (f32).
@@ -23,6 +25,8 @@ pub struct AdapterLayer {
     pub a: Var,
     /// lora_B: [out, r]
     pub b: Var,
+    /// DoRA's lora_magnitude_vector: [out] (DoRA adapters only).
+    pub magnitude: Option<Var>,
 }
 
 /// A LoRA adapter: its config and one (A, B) pair per adapted module, sorted by path.
@@ -109,6 +113,7 @@ impl Adapter {
             out.push(AdapterLayer {
                 a: Var::from_tensor(&a).context(format!("lora_A var of {path}"))?,
                 b: Var::from_tensor(&b).context(format!("lora_B var of {path}"))?,
+                magnitude: None,
                 path,
             });
         }
@@ -119,15 +124,45 @@ impl Adapter {
         })
     }
 
-    /// Every trainable tensor, in path order (A then B per layer).
+    /// Starts DoRA's magnitudes as PEFT does: `m = ||W + s B A||` per output row of each adapted
+    /// module, W the base weight in `model_layers` (dense or dequantized).
+    pub fn init_magnitudes(&mut self, model_layers: &[(String, &Linear)]) -> Result<()> {
+        let scale = self.config.scale();
+        for layer in &mut self.layers {
+            let Some((_, linear)) = model_layers.iter().find(|(p, _)| *p == layer.path) else {
+                return Err(Error::InvalidRequest(format!(
+                    "DoRA: {} is not a layer of the model",
+                    layer.path
+                )));
+            };
+            let lora = LoraWeights {
+                a: layer.a.as_tensor().clone(),
+                b: layer.b.as_tensor().clone(),
+                scale,
+                dropout: 0.0,
+                dora: None,
+            };
+            let norm = layer_weight_norm(linear, &lora)?
+                .to_device(layer.a.device())
+                .context("DoRA magnitude")?;
+            layer.magnitude = Some(Var::from_tensor(&norm)?);
+        }
+        Ok(())
+    }
+
+    /// Every trainable tensor, in path order (A, B, then DoRA's magnitude per layer).
     pub fn vars(&self) -> Vec<(String, Var)> {
         self.layers
             .iter()
             .flat_map(|l| {
-                [
+                let mut vars = vec![
                     (format!("{}.lora_A", l.path), l.a.clone()),
                     (format!("{}.lora_B", l.path), l.b.clone()),
-                ]
+                ];
+                if let Some(m) = &l.magnitude {
+                    vars.push((format!("{}.lora_magnitude_vector", l.path), m.clone()));
+                }
+                vars
             })
             .collect()
     }
@@ -136,7 +171,11 @@ impl Adapter {
     pub fn num_parameters(&self) -> usize {
         self.layers
             .iter()
-            .map(|l| l.a.elem_count() + l.b.elem_count())
+            .map(|l| {
+                l.a.elem_count()
+                    + l.b.elem_count()
+                    + l.magnitude.as_ref().map_or(0, |m| m.elem_count())
+            })
             .sum()
     }
 
@@ -146,10 +185,17 @@ impl Adapter {
         for l in &self.layers {
             let a = l.a.as_tensor().to_device(device)?.to_dtype(DType::F32)?;
             let b = l.b.as_tensor().to_device(device)?.to_dtype(DType::F32)?;
+            let magnitude = match &l.magnitude {
+                Some(m) => Some(Var::from_tensor(
+                    &m.as_tensor().to_device(device)?.to_dtype(DType::F32)?,
+                )?),
+                None => None,
+            };
             layers.push(AdapterLayer {
                 path: l.path.clone(),
                 a: Var::from_tensor(&a)?,
                 b: Var::from_tensor(&b)?,
+                magnitude,
             });
         }
         Ok(Self {
@@ -158,9 +204,37 @@ impl Adapter {
         })
     }
 
+    /// `apply` for inference: the adapter's values will not change while attached, so DoRA's row
+    /// norms are computed once here instead of at every forward pass.
+    pub fn apply_for_inference(
+        &self,
+        model_layers: Vec<(String, &mut Linear)>,
+        origin: &std::path::Path,
+    ) -> Result<()> {
+        let mut model_layers = model_layers;
+        self.apply(
+            model_layers
+                .iter_mut()
+                .map(|(p, l)| (p.clone(), &mut **l))
+                .collect(),
+            origin,
+        )?;
+        for (_, linear) in model_layers {
+            let norm = match &linear.lora {
+                Some(lora) if lora.dora.is_some() => layer_weight_norm(linear, lora)?,
+                _ => continue,
+            };
+            if let Some(dora) = linear.lora.as_mut().and_then(|l| l.dora.as_mut()) {
+                dora.weight_norm = Some(norm);
+            }
+        }
+        Ok(())
+    }
+
     /// Sets every model layer's adapter slot: this adapter's pair where it has one, nothing elsewhere.
     /// Checks that every adapted module exists in the model with matching shapes (an adapter made for
     /// another base fails here, with the mismatches listed). `origin` names the adapter for errors.
+    /// DoRA's norms are recomputed at every forward pass (right while training).
     pub fn apply(
         &self,
         model_layers: Vec<(String, &mut Linear)>,
@@ -194,6 +268,15 @@ impl Adapter {
                         vec![b_out, b_r],
                     ));
                 }
+                if let Some(m) = &l.magnitude {
+                    if m.dims() != [linear.out_features()] {
+                        mismatched.push((
+                            format!("{path}.lora_magnitude_vector"),
+                            vec![linear.out_features()],
+                            m.dims().to_vec(),
+                        ));
+                    }
+                }
             }
             slots.push((linear, idx.map(|i| &self.layers[i])));
         }
@@ -220,6 +303,10 @@ impl Adapter {
                 b: l.b.as_tensor().clone(),
                 scale,
                 dropout: self.config.lora_dropout,
+                dora: l.magnitude.as_ref().map(|m| DoraWeights {
+                    magnitude: m.as_tensor().clone(),
+                    weight_norm: None,
+                }),
             });
         }
         Ok(())
@@ -247,7 +334,14 @@ pub fn attach(
         .iter()
         .map(|(p, l)| (p.clone(), l.in_features(), l.out_features()))
         .collect();
-    let adapter = Adapter::init(config, &shapes, seed, device)?;
+    let mut adapter = Adapter::init(config, &shapes, seed, device)?;
+    if adapter.config.use_dora {
+        let layers: Vec<(String, &Linear)> = model_layers
+            .iter()
+            .map(|(p, l)| (p.clone(), &**l))
+            .collect();
+        adapter.init_magnitudes(&layers)?;
+    }
     adapter.apply(model_layers, std::path::Path::new("new adapter"))?;
     Ok(adapter)
 }

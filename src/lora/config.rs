@@ -1,6 +1,6 @@
 //! LoRA configuration with PEFT's field names, so that `adapter_config.json` reads and writes as PEFT's.
 //!
-//! Only plain LoRA is supported: `peft_type` LORA, `bias` "none", no DoRA, no per-module rank or alpha
+//! LoRA and DoRA (`use_dora`) are supported: `peft_type` LORA, `bias` "none", no per-module rank or alpha
 //! patterns, no `modules_to_save`. A config asking for any of those is refused with the field named,
 //! rather than silently loaded as something else.
 
@@ -132,7 +132,7 @@ pub struct LoraConfig {
     /// Must be false (LLaMA-family linears store [out, in]).
     #[serde(default)]
     pub fan_in_fan_out: bool,
-    /// Must be false or absent.
+    /// DoRA: a trained magnitude per output row on top of the low-rank direction (`models::dora`).
     #[serde(default)]
     pub use_dora: bool,
     /// Must be empty or absent (per-module ranks are not supported).
@@ -240,9 +240,6 @@ impl LoraConfig {
         if self.fan_in_fan_out {
             return Err(bad("fan_in_fan_out = true is not supported".into()));
         }
-        if self.use_dora {
-            return Err(bad("use_dora = true (DoRA) is not supported".into()));
-        }
         if !self.rank_pattern.is_empty() || !self.alpha_pattern.is_empty() {
             return Err(bad(
                 "rank_pattern / alpha_pattern (per-module rank or alpha) are not supported".into(),
@@ -328,7 +325,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_a_peft_config_and_refuses_dora_and_rank_zero() {
+    fn reads_a_peft_config_accepts_dora_and_refuses_rank_zero() {
         let json = r#"{"alpha_pattern": {}, "auto_mapping": null, "base_model_name_or_path": "x",
             "bias": "none", "fan_in_fan_out": false, "inference_mode": true, "init_lora_weights": true,
             "layers_pattern": null, "layers_to_transform": null, "loftq_config": {}, "lora_alpha": 16,
@@ -344,7 +341,7 @@ mod tests {
             use_dora: true,
             ..c.clone()
         };
-        assert!(dora.validate(Path::new("a.json")).is_err());
+        dora.validate(Path::new("a.json")).unwrap();
         let zero = LoraConfig { r: 0, ..c };
         let err = zero.validate(Path::new("a.json")).unwrap_err().to_string();
         assert!(err.contains("rank"), "{err}");

@@ -1,4 +1,5 @@
-//! Merging an adapter into its base: `W' = W + scale * B A` for every adapted module, then writing the
+//! Merging an adapter into its base: `W' = W + scale * B A` for every adapted module (DoRA:
+//! `W' = m ⊙ (W + scale * B A) / ||W + scale * B A||` per output row, as PEFT merges), then writing the
 //! merged model as a Hugging Face directory (model.safetensors with HF names, config.json, tokenizer files)
 //! that wick and transformers load as a plain model.
 
@@ -46,9 +47,26 @@ pub fn merge_into_layers(
         let delta = adapter
             .delta_weight(&adapter.layers[i])?
             .to_device(base.device())?;
-        let merged = (base.to_dtype(DType::F32)? + delta)
-            .context(format!("merging {path}"))?
-            .to_dtype(dtype)?;
+        let direction = (base.to_dtype(DType::F32)? + delta).context(format!("merging {path}"))?;
+        let merged = match &adapter.layers[i].magnitude {
+            Some(magnitude) => {
+                let norm = direction
+                    .sqr()
+                    .and_then(|d| d.sum_keepdim(1))
+                    .and_then(|d| d.sqrt())
+                    .context(format!("DoRA norm of {path}"))?;
+                let factor = magnitude
+                    .as_tensor()
+                    .to_device(base.device())?
+                    .unsqueeze(1)?
+                    .broadcast_div(&norm)?;
+                direction
+                    .broadcast_mul(&factor)
+                    .context(format!("DoRA merge of {path}"))?
+            }
+            None => direction,
+        };
+        let merged = merged.to_dtype(dtype)?;
         linear.set_dense_weight(merged);
     }
     Ok(())

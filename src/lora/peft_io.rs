@@ -1,5 +1,6 @@
 //! PEFT's adapter files: `adapter_config.json` and `adapter_model.safetensors` with keys
-//! `base_model.model.{module path}.lora_A.weight` ([r, in]) and `...lora_B.weight` ([out, r]).
+//! `base_model.model.{module path}.lora_A.weight` ([r, in]) and `...lora_B.weight` ([out, r]), and for
+//! DoRA (`use_dora: true`) `...lora_magnitude_vector` ([out], no `.weight`: PEFT strips it on save).
 //!
 //! Every file is written atomically (temporary file in the same directory, fsync, rename, fsync of the
 //! directory), so a reader sees the old file or the new one, never half of one.
@@ -124,16 +125,27 @@ pub fn peft_key(module_path: &str, a_or_b: &str) -> String {
     format!("{KEY_PREFIX}{module_path}.lora_{a_or_b}.weight")
 }
 
+/// The PEFT key of a module's DoRA magnitude.
+pub fn magnitude_key(module_path: &str) -> String {
+    format!("{KEY_PREFIX}{module_path}.{MAGNITUDE}")
+}
+
+const MAGNITUDE: &str = "lora_magnitude_vector";
+
 /// The adapter's tensors under PEFT's key names (f32).
 pub fn adapter_tensors(adapter: &Adapter) -> Vec<(String, Tensor)> {
     adapter
         .layers
         .iter()
         .flat_map(|l| {
-            [
+            let mut tensors = vec![
                 (peft_key(&l.path, "A"), l.a.as_tensor().clone()),
                 (peft_key(&l.path, "B"), l.b.as_tensor().clone()),
-            ]
+            ];
+            if let Some(m) = &l.magnitude {
+                tensors.push((magnitude_key(&l.path), m.as_tensor().clone()));
+            }
+            tensors
         })
         .collect()
 }
@@ -146,10 +158,23 @@ pub fn save_adapter(adapter: &Adapter, dir: &Path) -> Result<()> {
     write_atomic(&dir.join(CONFIG_FILE), adapter.config.to_json()?.as_bytes())
 }
 
-/// Splits a PEFT key into (module path, "A" | "B"). Accepts the saved form
-/// (`base_model.model.X.lora_A.weight`) and the in-memory one with an adapter name (`X.lora_A.default.weight`).
+/// Splits a PEFT key into (module path, "A" | "B" | "M"), M for DoRA's magnitude. Accepts the saved
+/// form (`base_model.model.X.lora_A.weight`, `base_model.model.X.lora_magnitude_vector`) and the
+/// in-memory one with an adapter name (`X.lora_A.default.weight`, `X.lora_magnitude_vector.default.weight`).
 fn parse_key(key: &str) -> Option<(String, &'static str)> {
     let key = key.strip_prefix(KEY_PREFIX).unwrap_or(key);
+    let marker = format!(".{MAGNITUDE}");
+    if let Some(pos) = key.find(&marker) {
+        let rest = &key[pos + marker.len()..];
+        let named = rest
+            .strip_prefix('.')
+            .and_then(|r| r.strip_suffix(".weight"))
+            .is_some_and(|name| !name.is_empty() && !name.contains('.'));
+        if rest.is_empty() || named {
+            return Some((key[..pos].to_string(), "M"));
+        }
+        return None;
+    }
     let key = key.strip_suffix(".weight")?;
     for (marker, which) in [(".lora_A", "A"), (".lora_B", "B")] {
         if let Some(pos) = key.find(marker) {
@@ -177,59 +202,71 @@ pub fn load_adapter(dir: &Path, device: &Device) -> Result<Adapter> {
     adapter_from_tensors(config, tensors, &weights_path)
 }
 
-/// Builds an adapter from PEFT-named tensors, checking pairs and ranks.
+/// The tensors of one adapted module, as found in the file.
+#[derive(Default)]
+struct ModuleTensors {
+    a: Option<Tensor>,
+    b: Option<Tensor>,
+    magnitude: Option<Tensor>,
+}
+
+/// Builds an adapter from PEFT-named tensors, checking pairs, ranks and (for DoRA, `use_dora` in the
+/// config) the magnitude vectors: present with `use_dora`, absent without.
 pub fn adapter_from_tensors(
     config: LoraConfig,
     tensors: HashMap<String, Tensor>,
     origin: &Path,
 ) -> Result<Adapter> {
-    let mut pairs: HashMap<String, (Option<Tensor>, Option<Tensor>)> = HashMap::new();
+    let mut modules: HashMap<String, ModuleTensors> = HashMap::new();
     let mut unexpected = Vec::new();
     for (key, t) in tensors {
         match parse_key(&key) {
-            Some((path, which)) => {
-                let entry = pairs.entry(path).or_default();
+            Some((path, which)) if which != "M" || config.use_dora => {
+                let entry = modules.entry(path).or_default();
                 let t = t.to_dtype(DType::F32).context(format!("{key} to f32"))?;
-                if which == "A" {
-                    entry.0 = Some(t);
-                } else {
-                    entry.1 = Some(t);
+                match which {
+                    "A" => entry.a = Some(t),
+                    "B" => entry.b = Some(t),
+                    _ => entry.magnitude = Some(t),
                 }
             }
+            Some(_) => unexpected.push(format!("{key} (a DoRA magnitude, but use_dora is false)")),
             None => unexpected.push(key),
         }
     }
     let mut missing = Vec::new();
     let mut mismatched = Vec::new();
     let mut layers = Vec::new();
-    for (path, (a, b)) in pairs {
-        let (Some(a), Some(b)) = (a, b) else {
+    for (path, module) in modules {
+        let (Some(a), Some(b)) = (module.a, module.b) else {
             missing.push(format!("{path}: lora_A and lora_B must both be present"));
             continue;
         };
-        let a_dims = a.dims().to_vec();
-        let b_dims = b.dims().to_vec();
-        if a_dims.len() != 2 || a_dims[0] != config.r {
-            mismatched.push((
-                peft_key(&path, "A"),
-                vec![config.r, *a_dims.last().unwrap_or(&0)],
-                a_dims.clone(),
-            ));
-        }
-        if b_dims.len() != 2 || b_dims[1] != config.r {
-            mismatched.push((
-                peft_key(&path, "B"),
-                vec![*b_dims.first().unwrap_or(&0), config.r],
-                b_dims,
-            ));
+        mismatched.extend(shape_problems(
+            &path,
+            &a,
+            &b,
+            module.magnitude.as_ref(),
+            config.r,
+        ));
+        if config.use_dora && module.magnitude.is_none() {
+            missing.push(magnitude_key(&path));
         }
         layers.push(AdapterLayer {
             a: Var::from_tensor(&a)?,
             b: Var::from_tensor(&b)?,
+            magnitude: module
+                .magnitude
+                .as_ref()
+                .map(Var::from_tensor)
+                .transpose()?,
             path,
         });
     }
     if !unexpected.is_empty() || !missing.is_empty() || !mismatched.is_empty() {
+        missing.sort();
+        unexpected.sort();
+        mismatched.sort();
         return Err(Error::TensorMismatch {
             path: origin.to_path_buf(),
             missing,
@@ -245,6 +282,37 @@ pub fn adapter_from_tensors(
     }
     layers.sort_by(|x, y| x.path.cmp(&y.path));
     Ok(Adapter { config, layers })
+}
+
+/// (key, expected, found) for each tensor of a module whose shape does not fit rank `r`: A [r, in],
+/// B [out, r], magnitude [out].
+fn shape_problems(
+    path: &str,
+    a: &Tensor,
+    b: &Tensor,
+    magnitude: Option<&Tensor>,
+    r: usize,
+) -> Vec<(String, Vec<usize>, Vec<usize>)> {
+    let mut problems = Vec::new();
+    let a_dims = a.dims().to_vec();
+    let b_dims = b.dims().to_vec();
+    if a_dims.len() != 2 || a_dims[0] != r {
+        problems.push((
+            peft_key(path, "A"),
+            vec![r, *a_dims.last().unwrap_or(&0)],
+            a_dims,
+        ));
+    }
+    let out = *b_dims.first().unwrap_or(&0);
+    if b_dims.len() != 2 || b_dims[1] != r {
+        problems.push((peft_key(path, "B"), vec![out, r], b_dims));
+    }
+    if let Some(m) = magnitude {
+        if m.dims() != [out] {
+            problems.push((magnitude_key(path), vec![out], m.dims().to_vec()));
+        }
+    }
+    problems
 }
 
 /// The adapter directory inside `path`: `path` itself if it holds `adapter_config.json`.
@@ -274,6 +342,15 @@ mod tests {
             Some(("model.layers.1.mlp.up_proj".into(), "B"))
         );
         assert_eq!(parse_key("model.embed_tokens.weight"), None);
+        assert_eq!(
+            parse_key("base_model.model.model.layers.0.mlp.up_proj.lora_magnitude_vector"),
+            Some(("model.layers.0.mlp.up_proj".into(), "M"))
+        );
+        assert_eq!(
+            parse_key("model.layers.0.mlp.up_proj.lora_magnitude_vector.default.weight"),
+            Some(("model.layers.0.mlp.up_proj".into(), "M"))
+        );
+        assert_eq!(parse_key("x.lora_magnitude_vector.a.b.weight"), None);
     }
 
     #[test]

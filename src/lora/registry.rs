@@ -74,7 +74,7 @@ impl AdapterRegistry {
             }
             Some(n) => {
                 let (adapter, origin) = self.adapters.get(n).ok_or_else(|| self.unknown(n))?;
-                adapter.apply(model_layers, origin)?;
+                adapter.apply_for_inference(model_layers, origin)?;
                 self.active = Some(n.to_string());
             }
         }

@@ -31,6 +31,18 @@ pub struct LoraWeights {
     pub scale: f64,
     /// Dropout probability applied to the layer input of the low-rank branch while training.
     pub dropout: f32,
+    /// DoRA's magnitude when the adapter is a DoRA adapter (PEFT `use_dora`), see `models::dora`.
+    pub dora: Option<DoraWeights>,
+}
+
+/// The DoRA part of an adapted layer.
+#[derive(Debug, Clone)]
+pub struct DoraWeights {
+    /// magnitude: [out] (a `Var` while training).
+    pub magnitude: Tensor,
+    /// `||W + s B A||` per output row, computed once when the adapter is frozen (inference); `None`:
+    /// computed at every forward pass (training, where A and B change).
+    pub weight_norm: Option<Tensor>,
 }
 
 /// A linear projection `x W^T + b`, optionally with a LoRA adapter.
@@ -149,6 +161,9 @@ fn adapter_forward(layer: &Linear, x: &Tensor, train: bool) -> Result<Tensor> {
     let Some(lora) = &layer.lora else {
         return frozen_forward(layer, x);
     };
+    if let Some(dora) = &lora.dora {
+        return super::dora::forward(layer, lora, dora, x, train);
+    }
     let dropout = train && lora.dropout > 0.0;
     let dtype = x.dtype();
     let same_dtype = lora.a.dtype() == dtype && lora.b.dtype() == dtype;
@@ -179,7 +194,7 @@ fn adapter_forward(layer: &Linear, x: &Tensor, train: bool) -> Result<Tensor> {
 /// compute and keep the gradient of every frozen weight (the LM head's alone is [batch, in, vocab]).
 /// A quantized base (Q4_1/Q8_0 on the CPU) goes through `ops::quant_linear` (QLoRA); any other
 /// quantized base is refused there, since its product would silently cut the gradient.
-fn frozen_forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+pub(crate) fn frozen_forward(layer: &Linear, x: &Tensor) -> Result<Tensor> {
     use crate::ops::{frozen, quant_linear};
     match layer.weight() {
         BaseWeight::Dense(w) if x.track_op() && w.dtype() == x.dtype() => {
@@ -228,6 +243,7 @@ mod tests {
         let a = random_tensor(&[2, 5], DType::F32, &dev, 2, 0.5).unwrap();
         let b = random_tensor(&[9, 2], DType::F32, &dev, 3, 0.5).unwrap();
         layer.lora = Some(LoraWeights {
+            dora: None,
             a: a.clone(),
             b: b.clone(),
             scale: 4.0,

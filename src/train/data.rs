@@ -12,6 +12,11 @@
 //! them. A sequence longer than `max_seq_len` is truncated (its tail dropped, with a count reported in
 //! [`DataStats`]); `max_seq_len` itself may not exceed the model's context. Batches are right-padded
 //! (padding labels ignored), or examples are packed into `max_seq_len` rows.
+//!
+//! Nothing is dropped silently: a line that cannot be read (not UTF-8, not JSON, a bad record) is an
+//! error naming file and line; an example left with no trained-on token after truncation is dropped
+//! and listed in [`DataStats::dropped`] with its line and reason; blank lines are listed in
+//! [`DataStats::blank_lines`]. A dataset where nothing trains is refused, with the reasons.
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +56,15 @@ pub struct DataOptions {
     pub pack: bool,
 }
 
+/// A dataset line that gave no example, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedLine {
+    /// 1-based line number.
+    pub line: usize,
+    /// Why it was dropped.
+    pub reason: String,
+}
+
 /// What loading found, for the user.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DataStats {
@@ -58,8 +72,10 @@ pub struct DataStats {
     pub examples: usize,
     /// Examples cut to `max_seq_len`.
     pub truncated: usize,
-    /// Examples dropped because nothing countable was left after truncation.
-    pub dropped: usize,
+    /// Examples dropped because nothing countable was left after truncation, by line.
+    pub dropped: Vec<DroppedLine>,
+    /// Whitespace-only lines (not records), by line number.
+    pub blank_lines: Vec<usize>,
     /// Total tokens and counted (trained-on) tokens.
     pub tokens: usize,
     pub counted_tokens: usize,
@@ -99,29 +115,56 @@ pub fn load_jsonl(
             ),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
+    let bytes = std::fs::read(path).map_err(crate::error::io_error(path))?;
+    let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
     let mut stats = DataStats::default();
     let mut examples = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
+    let mut pieces: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+    if pieces.last().is_some_and(|p| p.is_empty()) {
+        pieces.pop(); // what follows the final newline is no line
+    }
+    for (index, raw) in pieces.into_iter().enumerate() {
+        let line = index + 1;
         let bad = |reason: String| Error::BadLine {
             path: path.to_path_buf(),
-            line: index + 1,
+            line,
             reason,
         };
+        let text = std::str::from_utf8(raw).map_err(|e| {
+            bad(format!(
+                "not valid UTF-8 (byte {} of the line)",
+                e.valid_up_to() + 1
+            ))
+        })?;
+        if text.trim().is_empty() {
+            stats.blank_lines.push(line);
+            continue;
+        }
         let value: Value =
-            serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
         let mut example = tokenize_record(&value, tokenizer, chat_template).map_err(bad)?;
         stats.examples += 1;
-        if example.input_ids.len() > options.max_seq_len {
+        let length = example.input_ids.len();
+        let first = example
+            .labels
+            .iter()
+            .skip(1)
+            .position(|l| *l != IGNORE_INDEX);
+        if length > options.max_seq_len {
             example.input_ids.truncate(options.max_seq_len);
             example.labels.truncate(options.max_seq_len);
             stats.truncated += 1;
         }
         if example.counted() == 0 {
-            stats.dropped += 1;
+            let reason = match first {
+                Some(p) => format!(
+                    "no trained-on token left after truncation to {} tokens (the first is token {} of {length})",
+                    options.max_seq_len,
+                    p + 2
+                ),
+                None => format!("no token to train on ({length} tokens, none counted)"),
+            };
+            stats.dropped.push(DroppedLine { line, reason });
             continue;
         }
         stats.tokens += example.input_ids.len();
@@ -136,9 +179,11 @@ pub fn load_jsonl(
     }
     if examples.is_empty() {
         return Err(Error::InvalidRequest(format!(
-            "{}: no example has a token to train on after truncation to {} tokens",
+            "{}: nothing to train on: all {} example(s) were dropped ({}); raise --max-seq-len or \
+             shorten the prompts",
             path.display(),
-            options.max_seq_len
+            stats.examples,
+            describe_dropped(&stats.dropped, 5)
         )));
     }
     if stats.truncated > 0 {
@@ -162,6 +207,19 @@ pub fn load_jsonl(
         stats,
         pad_id,
     })
+}
+
+/// "line 3: reason; line 7: reason; ... and N more" for the first `shown` dropped lines.
+pub fn describe_dropped(dropped: &[DroppedLine], shown: usize) -> String {
+    let mut parts: Vec<String> = dropped
+        .iter()
+        .take(shown)
+        .map(|d| format!("line {}: {}", d.line, d.reason))
+        .collect();
+    if dropped.len() > shown {
+        parts.push(format!("and {} more", dropped.len() - shown));
+    }
+    parts.join("; ")
 }
 
 fn field_str<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Result<&'a str, String> {

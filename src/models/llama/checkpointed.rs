@@ -81,6 +81,9 @@ impl Llama {
                         });
                     }
                     trainable.extend([lora.a.clone(), lora.b.clone()]);
+                    if let Some(dora) = &lora.dora {
+                        trainable.push(dora.magnitude.clone());
+                    }
                 }
             }
             let layer = layer.clone();

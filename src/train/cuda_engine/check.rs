@@ -305,6 +305,7 @@ fn copy_adapter(adapter: &Adapter) -> Result<Adapter> {
                 path: l.path.clone(),
                 a: Var::from_tensor(&l.a.as_tensor().copy()?.detach())?,
                 b: Var::from_tensor(&l.b.as_tensor().copy()?.detach())?,
+                magnitude: None,
             })
         })
         .collect::<candle_core::Result<Vec<_>>>()

@@ -170,6 +170,12 @@ impl TrainEngine {
         if adapter.layers.is_empty() {
             return Some("the adapter adapts no module".into());
         }
+        if adapter.config.use_dora || adapter.layers.iter().any(|l| l.magnitude.is_some()) {
+            return Some(
+                "DoRA (use_dora): the engine's kernels have no magnitude vector or row norms"
+                    .into(),
+            );
+        }
         for (path, linear) in model.linear_layers() {
             if let BaseWeight::Quantized(_) = linear.weight() {
                 return Some(format!("{path} is quantized (load the model dense)"));

@@ -382,19 +382,27 @@ pub fn run_with_model(
         engine: args.engine,
         ..TrainRun::new(&train_data, &args.out)
     };
-    let result = match &args.devices {
-        None => train(&mut model.model, run, &mut on_progress),
-        Some(list) => {
-            let replicas = load_replicas(list, model_path, model.model.dtype())?;
-            let options = ParallelOptions {
-                timeout: Duration::from_secs(args.rank_timeout),
-            };
-            train_data_parallel(&mut model.model, replicas, run, &options, &mut on_progress)
-        }
-    };
+    let result = train_on_devices(args, model, model_path, run, &mut on_progress);
     bar.finish_and_clear();
-    let (_, summary) = result?;
-    Ok(summary)
+    result
+}
+
+/// Trains on `--device`, or data-parallel on every device of `--devices`.
+fn train_on_devices(
+    args: &Args,
+    model: &mut TextModel,
+    model_path: &Path,
+    run: TrainRun<'_>,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> anyhow::Result<TrainSummary> {
+    let Some(list) = &args.devices else {
+        return Ok(train(&mut model.model, run, on_progress)?.1);
+    };
+    let replicas = load_replicas(list, model_path, model.model.dtype())?;
+    let options = ParallelOptions {
+        timeout: Duration::from_secs(args.rank_timeout),
+    };
+    Ok(train_data_parallel(&mut model.model, replicas, run, &options, on_progress)?.1)
 }
 
 /// The base model on every device of `--devices` but the first (rank 0, already loaded).

@@ -92,7 +92,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     use wick::generate::cuda_decode::DecodeEngine;
 
     let device = wick::device::parse_device(&args.device)?;
-    anyhow::ensure!(device.is_cuda(), "wick bench decode-lora needs a CUDA device");
+    anyhow::ensure!(
+        device.is_cuda(),
+        "wick bench decode-lora needs a CUDA device"
+    );
     anyhow::ensure!((1..=8).contains(&args.batch), "--batch must be 1..=8");
     let (config, source): (_, Box<dyn WeightSource>) = match args.model.strip_prefix("random:") {
         Some(size) => {
@@ -107,14 +110,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "q5_k" => GgmlDType::Q5K,
                 "q6_k" => GgmlDType::Q6K,
                 "q4_k_m" => GgmlDType::Q4K,
-                other => anyhow::bail!("--quant {other}: q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k q4_k_m"),
+                other => {
+                    anyhow::bail!("--quant {other}: q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k q4_k_m")
+                }
             };
             // q4_k_m: llama.cpp's mix (Q6_K for v, down and the embedding/head). Rows that are not
             // whole super-blocks of 256 take llama.cpp's fallbacks (Q4_K -> Q5_0, Q5_K -> Q5_1,
             // Q6_K -> Q8_0), as its quantizer does at SmolLM2-135M/360M's widths.
             let mix = args.quant == "q4_k_m";
             let format = move |name: &str, dims: &[usize]| {
-                let q = if mix && ["v_proj", "down_proj", "embed"].iter().any(|t| name.contains(t)) {
+                let q = if mix
+                    && ["v_proj", "down_proj", "embed"]
+                        .iter()
+                        .any(|t| name.contains(t))
+                {
                     GgmlDType::Q6K
                 } else {
                     q
@@ -202,7 +211,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .iter()
                 .zip(want)
                 .map(|(x, y)| (x - y).abs())
-                .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
+                .fold(
+                    0f32,
+                    |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+                );
             max_diff = max_diff.max(d);
             same_tokens &= greedy[b].0 == *want_id;
         }
@@ -257,7 +269,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.batch > 1 {
         timed("warm-up (batch N)", None, args.batch)?;
         timed("warm-up (batch N, adapters)", Some(0), args.batch)?;
-        let none = timed(&format!("batch {}, no adapters", args.batch), None, args.batch)?;
+        let none = timed(
+            &format!("batch {}, no adapters", args.batch),
+            None,
+            args.batch,
+        )?;
         let lora = timed(
             &format!("batch {}, {} different adapters", args.batch, args.batch),
             Some(0),
@@ -301,7 +317,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", out.display()))?;
     }
-    anyhow::ensure!(ok, "the batch engine with adapters disagrees with the batch-1 engine");
+    anyhow::ensure!(
+        ok,
+        "the batch engine with adapters disagrees with the batch-1 engine"
+    );
     Ok(())
 }
 

@@ -87,11 +87,7 @@ impl AdapterDims {
     pub fn group(&self, g: Group, r: usize) -> GroupDims {
         let all = i32::MAX as usize;
         let (in_features, _) = self.projection(g.projections()[0]);
-        let b_rows = g
-            .projections()
-            .iter()
-            .map(|&p| self.projection(p).1)
-            .sum();
+        let b_rows = g.projections().iter().map(|&p| self.projection(p).1).sum();
         let (e0, e1) = match g {
             Group::Qkv => (self.q_out, self.q_out + self.kv_out),
             _ => (all, all),
@@ -120,7 +116,9 @@ impl AdapterDims {
         for (seg, &p) in g.projections().iter().enumerate() {
             let (inp, out) = self.projection(p);
             if let Some(lora) = &projections[p] {
-                if lora.rank > r || lora.a.len() != lora.rank * inp || lora.b.len() != out * lora.rank
+                if lora.rank > r
+                    || lora.a.len() != lora.rank * inp
+                    || lora.b.len() != out * lora.rank
                 {
                     return Err(Error::InvalidRequest(format!(
                         "decode adapter: {} has rank {} (slots hold {r}), A of {} and B of {} values, expected [{}, {inp}] and [{out}, {}]",
@@ -294,15 +292,17 @@ mod tests {
                 let want = match &layer[p] {
                     Some(l) => (0..rank)
                         .map(|j| {
-                            let xa: f64 =
-                                (0..inp).map(|c| l.a[j * inp + c] as f64 * xn[c]).sum();
+                            let xa: f64 = (0..inp).map(|c| l.a[j * inp + c] as f64 * xn[c]).sum();
                             xa * l.b[r * rank + j] as f64
                         })
                         .sum(),
                     None => 0.0,
                 };
                 let got = got[row0 + r];
-                assert!((got - want).abs() < 1e-9, "projection {p} row {r}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() < 1e-9,
+                    "projection {p} row {r}: {got} vs {want}"
+                );
             }
             row0 += out;
         }
@@ -324,6 +324,9 @@ mod tests {
             b: vec![0.5; 4 * 4],
         });
         let err = dims.pack(Group::Down, 2, &layer).unwrap_err().to_string();
-        assert!(err.contains("mlp.down_proj") && err.contains("rank 4"), "{err}");
+        assert!(
+            err.contains("mlp.down_proj") && err.contains("rank 4"),
+            "{err}"
+        );
     }
 }

@@ -155,13 +155,11 @@ impl AdapterPool {
             a += sa * self.slots;
             b += sb * self.slots;
         }
-        let (per_a, per_b) = (self.a.len() / self.shape.layers, self.b.len() / self.shape.layers);
-        (
-            layer * per_a + a,
-            layer * per_b + b,
-            strides.0,
-            strides.1,
-        )
+        let (per_a, per_b) = (
+            self.a.len() / self.shape.layers,
+            self.b.len() / self.shape.layers,
+        );
+        (layer * per_a + a, layer * per_b + b, strides.0, strides.1)
     }
 
     /// Writes `adapter` into `slot` (zero-padded to the pool's rank; `key` names it for

@@ -148,9 +148,18 @@ impl BatchDecodeEngine {
     /// Writes `adapter` into slot `slot` of a pool of max([`DEFAULT_SLOTS`], batch) slots of rank
     /// `rank` (made by the first load; at least the adapter's rank). Loading never invalidates
     /// the captured step: only the slot's contents change.
-    pub fn load_adapter(&mut self, slot: usize, adapter: &DecodeAdapter, rank: usize) -> Result<()> {
+    pub fn load_adapter(
+        &mut self,
+        slot: usize,
+        adapter: &DecodeAdapter,
+        rank: usize,
+    ) -> Result<()> {
         let stream = self.kernels.stream().clone();
-        if self.adapters.as_ref().is_none_or(|p| p.rank() < adapter.rank()) {
+        if self
+            .adapters
+            .as_ref()
+            .is_none_or(|p| p.rank() < adapter.rank())
+        {
             self.slots.iter_mut().for_each(|s| *s = None);
             self.lora_steps = StepGraph::new("CUDA batch decode engine (adapters)");
             self.adapters = Some(AdapterPool::new(

@@ -223,7 +223,10 @@ pub fn random_decode_adapter(cfg: &DecoderConfig, rank: usize, seed: u64) -> Dec
                 let (inp, out) = dims[p];
                 let s = seed.wrapping_add((l * 7 + p) as u64 * 131);
                 let v = |n, s, scale| -> Vec<f32> {
-                    random_values(n, s, scale).into_iter().map(|x| x as f32).collect()
+                    random_values(n, s, scale)
+                        .into_iter()
+                        .map(|x| x as f32)
+                        .collect()
                 };
                 Some(super::adapters::ProjectionLora {
                     rank,
@@ -239,7 +242,10 @@ pub fn random_decode_adapter(cfg: &DecoderConfig, rank: usize, seed: u64) -> Dec
 fn argmax(v: &[f32]) -> usize {
     v.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |m, (i, &x)| if x > m.1 { (i, x) } else { m })
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |m, (i, &x)| if x > m.1 { (i, x) } else { m },
+        )
         .0
 }
 
@@ -253,7 +259,10 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCheck>> {
     let mut out = Vec::new();
     // Q4_K_M's mix: Q6_K for v, down and the head, Q4_K elsewhere (q/k/v launched split).
     let q4_k_m = |name: &str, _: &[usize]| {
-        if ["v_proj", "down_proj", "lm_head"].iter().any(|t| name.contains(t)) {
+        if ["v_proj", "down_proj", "lm_head"]
+            .iter()
+            .any(|t| name.contains(t))
+        {
             GgmlDType::Q6K
         } else {
             GgmlDType::Q4K
@@ -278,7 +287,11 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCheck>> {
             config(Architecture::Qwen2, true, true),
             &|_, _| GgmlDType::Q4_1,
         ),
-        ("llama q4_k_m mix (q4_K, q6_K), untied", k_quant_cfg, &q4_k_m),
+        (
+            "llama q4_k_m mix (q4_K, q6_K), untied",
+            k_quant_cfg,
+            &q4_k_m,
+        ),
     ];
     for (m, (name, cfg, format)) in models.into_iter().enumerate() {
         let source = random_source(&cfg, format, seed.wrapping_add(m as u64 * 1000))?;
@@ -287,7 +300,15 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCheck>> {
             dtype: Some(DType::F32),
         };
         let base = Llama::load(&cfg, &source, &cpu)?;
-        let all = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+        let all = [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ];
         let adapters = [
             random_adapter(&base, 4, 2.0, &all, seed + 1)?,
             random_adapter(&base, 12, 0.5, &["q_proj", "v_proj", "down_proj"], seed + 2)?,
@@ -316,7 +337,10 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCheck>> {
             let (want, merged) = match lora {
                 Some(a) => (
                     reference_logits(&with_adapter(&base, &adapters[a], false)?, &ids)?,
-                    Some(reference_logits(&with_adapter(&base, &adapters[a], true)?, &ids)?),
+                    Some(reference_logits(
+                        &with_adapter(&base, &adapters[a], true)?,
+                        &ids,
+                    )?),
                 ),
                 None => (reference_logits(&base, &ids)?, None),
             };
@@ -333,7 +357,11 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCheck>> {
                 out.push(EngineCheck {
                     kernel: "dec_engine_lora_effect".into(),
                     shape: format!("{name}, slot {slot:?}: adapter moves logits by {effect:.3e}"),
-                    max_rel_err: if effect >= 10.0 * TOLERANCE { 0.0 } else { f64::INFINITY },
+                    max_rel_err: if effect >= 10.0 * TOLERANCE {
+                        0.0
+                    } else {
+                        f64::INFINITY
+                    },
                     tolerance: 0.0,
                 });
             }
@@ -342,7 +370,11 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCheck>> {
                 out.push(EngineCheck {
                     kernel: "dec_engine_lora_merged".into(),
                     shape: format!("{name}, slot {slot:?}, greedy ids equal: {same_ids}"),
-                    max_rel_err: if same_ids { rel(&got, &merged) } else { f64::INFINITY },
+                    max_rel_err: if same_ids {
+                        rel(&got, &merged)
+                    } else {
+                        f64::INFINITY
+                    },
                     tolerance: TOLERANCE,
                 });
             }

@@ -35,8 +35,7 @@ use super::{driver_err, launch_err, DecodeEngine};
 use crate::generate::cuda_decode::EngineShape;
 use crate::gpu::decode::launch::device_ptr;
 use crate::gpu::decode::prefill::{
-    gemm_attention_scores_len, prefill_query_tile, DequantSegment, PrefillKernels,
-    DEQUANT_SEGMENTS,
+    gemm_attention_scores_len, prefill_query_tile, DequantSegment, PrefillKernels, DEQUANT_SEGMENTS,
 };
 use crate::gpu::decode::BLOCK;
 use crate::gpu::gemm::{Gemm, GemmShape};

@@ -58,9 +58,8 @@ fn select_adapter(
 ) -> Result<()> {
     let slot = match DecodeAdapter::key_of(linears) {
         Some(key) => Some(engine.adapter_slot(key, || {
-            DecodeAdapter::from_linears(linears)?.ok_or_else(|| {
-                crate::Error::InvalidRequest("the model's adapters vanished".into())
-            })
+            DecodeAdapter::from_linears(linears)?
+                .ok_or_else(|| crate::Error::InvalidRequest("the model's adapters vanished".into()))
         })?),
         None => None,
     };

@@ -172,7 +172,13 @@ impl Step<'_> {
     /// q/k/v of every sequence into `qkv` [n, qkv rows]: one launch of the fused matrix, or one per
     /// matrix when they are stored in different formats (each its rows of the output, its bias
     /// slice, its B rows and xa segment).
-    fn qkv(&self, l: &super::weights::LayerWeights, x: u64, norm_w: u64, lora: LoraEpilogue) -> Result<()> {
+    fn qkv(
+        &self,
+        l: &super::weights::LayerWeights,
+        x: u64,
+        norm_w: u64,
+        lora: LoraEpilogue,
+    ) -> Result<()> {
         let b = self.buffers;
         if let [m] = l.qkv.as_slice() {
             let epilogue = Epilogue {
@@ -185,7 +191,13 @@ impl Step<'_> {
         }
         let (mut row0, ldy) = (0usize, self.shape.qkv_rows());
         for (seg, m) in l.qkv.iter().enumerate() {
-            let offset = |ptr: u64, floats: usize| if ptr == 0 { 0 } else { ptr + (floats * 4) as u64 };
+            let offset = |ptr: u64, floats: usize| {
+                if ptr == 0 {
+                    0
+                } else {
+                    ptr + (floats * 4) as u64
+                }
+            };
             let rank = lora.rank.max(0) as usize;
             let epilogue = Epilogue {
                 bias: offset(l.qkv_bias_ptr, row0),
@@ -197,9 +209,16 @@ impl Step<'_> {
                     ..lora
                 },
             };
-            let (k, n, eps, y) = (self.kernels, b.batch, self.shape.eps, b.qkv + (row0 * 4) as u64);
+            let (k, n, eps, y) = (
+                self.kernels,
+                b.batch,
+                self.shape.eps,
+                b.qkv + (row0 * 4) as u64,
+            );
             (if n == 1 {
-                k.qmv(m.quant, m.ptr, x, norm_w, y, m.rows, m.cols, eps, false, &epilogue)
+                k.qmv(
+                    m.quant, m.ptr, x, norm_w, y, m.rows, m.cols, eps, false, &epilogue,
+                )
             } else {
                 k.qmv_batch_strided(
                     m.quant, m.ptr, x, norm_w, y, m.rows, m.cols, eps, false, n, &epilogue, ldy,

@@ -170,7 +170,11 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
             });
         }
         // Batched mat-vecs (the batch decode engine): each sequence against the batch-1 reference.
-        for &(rows, k, nb) in &[(37usize, narrow, 3usize), (960, shapes[1].1, 8), (576, 1536, 8)] {
+        for &(rows, k, nb) in &[
+            (37usize, narrow, 3usize),
+            (960, shapes[1].1, 8),
+            (576, 1536, 8),
+        ] {
             let w = blocks(q, rows, k, next())?;
             let u = blocks(q, rows, k, next())?;
             let x = f32s(nb * k, next(), 2.0);

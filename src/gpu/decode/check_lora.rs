@@ -217,27 +217,39 @@ fn matvec_case(
     let bias = f32s(rows, next(), 1.0);
     let y0 = f32s(nb * rows, next(), 1.0);
     let st = kernels.stream();
-    let (wd, xd, gd, bd) = (up(kernels, &w)?, up(kernels, &x)?, up(kernels, &g)?, up(kernels, &bias)?);
+    let (wd, xd, gd, bd) = (
+        up(kernels, &w)?,
+        up(kernels, &x)?,
+        up(kernels, &g)?,
+        up(kernels, &bias)?,
+    );
     let yd = up(kernels, &y0)?;
     let slots_d = up(kernels, &s.seq_slots)?;
     let xa = up(kernels, &vec![f32::NAN; nb * (3 * s.rank + 1)])?;
     let ptr = |d: &dyn Ptr| d.addr(st);
-    let lora = p.shrink(
-        kernels,
-        s,
-        ptr(&xd),
-        ptr(&gd),
-        ptr(&slots_d),
-        ptr(&xa),
-        eps,
-    )?;
+    let lora = p.shrink(kernels, s, ptr(&xd), ptr(&gd), ptr(&slots_d), ptr(&xa), eps)?;
     let epilogue = Epilogue {
         bias: ptr(&bd),
         lora,
     };
-    let name = format!("lora_qmv{}_{}", if nb > 1 { "_batch" } else { "" }, q.suffix());
+    let name = format!(
+        "lora_qmv{}_{}",
+        if nb > 1 { "_batch" } else { "" },
+        q.suffix()
+    );
     (if nb == 1 {
-        kernels.qmv(q, ptr(&wd), ptr(&xd), ptr(&gd), ptr(&yd), rows, k, eps, true, &epilogue)
+        kernels.qmv(
+            q,
+            ptr(&wd),
+            ptr(&xd),
+            ptr(&gd),
+            ptr(&yd),
+            rows,
+            k,
+            eps,
+            true,
+            &epilogue,
+        )
     } else {
         kernels.qmv_batch(
             q,
@@ -300,7 +312,12 @@ fn swiglu_case(
     let x = f32s(nb * k, next(), 2.0);
     let g = f32s(k, next(), 1.0);
     let st = kernels.stream();
-    let (gd_w, ud_w, xd, gd) = (up(kernels, &wg)?, up(kernels, &wu)?, up(kernels, &x)?, up(kernels, &g)?);
+    let (gd_w, ud_w, xd, gd) = (
+        up(kernels, &wg)?,
+        up(kernels, &wu)?,
+        up(kernels, &x)?,
+        up(kernels, &g)?,
+    );
     let yd = up(kernels, &vec![f32::NAN; nb * rows])?;
     let slots_d = up(kernels, &s.seq_slots)?;
     let xa = up(kernels, &vec![f32::NAN; nb * (3 * s.rank + 1)])?;
@@ -314,12 +331,39 @@ fn swiglu_case(
         ptr(&xa),
         eps,
     )?;
-    let name = format!("lora_qmv_swiglu{}_{}", if nb > 1 { "_batch" } else { "" }, q.suffix());
+    let name = format!(
+        "lora_qmv_swiglu{}_{}",
+        if nb > 1 { "_batch" } else { "" },
+        q.suffix()
+    );
     let (gp, upp) = (ptr(&gd_w), ptr(&ud_w));
     (if nb == 1 {
-        kernels.qmv_swiglu(q, gp, upp, ptr(&xd), ptr(&gd), ptr(&yd), rows, k, eps, &lora)
+        kernels.qmv_swiglu(
+            q,
+            gp,
+            upp,
+            ptr(&xd),
+            ptr(&gd),
+            ptr(&yd),
+            rows,
+            k,
+            eps,
+            &lora,
+        )
     } else {
-        kernels.qmv_swiglu_batch(q, gp, upp, ptr(&xd), ptr(&gd), ptr(&yd), rows, k, eps, nb, &lora)
+        kernels.qmv_swiglu_batch(
+            q,
+            gp,
+            upp,
+            ptr(&xd),
+            ptr(&gd),
+            ptr(&yd),
+            rows,
+            k,
+            eps,
+            nb,
+            &lora,
+        )
     })
     .map_err(err(&name))?;
     let want: Vec<f64> = (0..nb)

@@ -264,7 +264,9 @@ impl DecodeKernels {
         batch: usize,
         epilogue: &Epilogue,
     ) -> Result<()> {
-        self.qmv_batch_strided(q, w, x, norm_w, y, rows, k, eps, accumulate, batch, epilogue, rows)
+        self.qmv_batch_strided(
+            q, w, x, norm_w, y, rows, k, eps, accumulate, batch, epilogue, rows,
+        )
     }
 
     /// [`DecodeKernels::qmv_batch`] writing sequence b's rows at `y + b * ldy` floats (`ldy >=

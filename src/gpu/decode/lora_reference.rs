@@ -141,7 +141,13 @@ mod tests {
             Some(&l),
         );
         for (r, g) in got.iter().enumerate() {
-            let seg = if r < e0 { 0 } else if r < e1 { 1 } else { 2 };
+            let seg = if r < e0 {
+                0
+            } else if r < e1 {
+                1
+            } else {
+                2
+            };
             // Merged row: sum_j B[r, j] A[seg R + j, :].
             let want: f64 = (0..k)
                 .map(|c| {

@@ -7,6 +7,7 @@
 //! launches the CUDA kernels (kernels/quant_matvec.cu, kernels/decode_step.cu); `check` runs each
 //! kernel against its reference on the GPU (part of `wick bench gpu-check`).
 
+pub mod blocks_reference;
 #[cfg(feature = "cuda")]
 pub mod check;
 #[cfg(feature = "cuda")]
@@ -15,10 +16,9 @@ pub mod check_lora;
 pub mod check_prefill;
 #[cfg(feature = "cuda")]
 pub mod launch;
+pub mod lora_reference;
 #[cfg(feature = "cuda")]
 pub mod prefill;
-pub mod blocks_reference;
-pub mod lora_reference;
 pub mod reference;
 
 use candle_core::quantized::GgmlDType;

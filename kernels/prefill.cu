@@ -33,56 +33,52 @@
 // then O [heads, n, d] = P V (cuBLASLt), and
 // heads_to_tokens_rows(oh, out, n, heads, d): out[i][h * d + c] = oh[h][i][c] ([n, heads * d]).
 #include "common.cuh"
+#include "ggml_blocks.cuh"
 
 #define PA_KEYS 32
 #define LOG2E_F 1.4426950408889634f
 #define PA_THREADS 256  // threads of a prefill_attention block (the launcher uses the same)
 
-// Weights 4p .. 4p + 3 (p < 8) of one block.
-__device__ __forceinline__ float4 dequant4(int quant, const uint8_t* blk, int p) {
-    float4 r;
-    if (quant == 2) {
-        float d = __half2float(*reinterpret_cast<const __half*>(blk));
-        const int8_t* qs = reinterpret_cast<const int8_t*>(blk + 2 + 4 * p);
-        r.x = d * (float)qs[0];
-        r.y = d * (float)qs[1];
-        r.z = d * (float)qs[2];
-        r.w = d * (float)qs[3];
-        return r;
+// Weights 4p .. 4p + 3 (p < 8) of 32-weight block blk of a matrix in format `quant` (the codes of
+// src/gpu/decode/prefill.rs: 0 Q4_0, 1 Q4_1, 2 Q8_0, 3 Q5_0, 4 Q5_1, 5 Q4_K, 6 Q5_K, 7 Q6_K).
+__device__ __forceinline__ float4 dequant4(int quant, const uint8_t* base, long long blk, int p) {
+    float w[4];
+    switch (quant) {
+        case 0: w4_q4_0(base, blk, p, w); break;
+        case 1: w4_q4_1(base, blk, p, w); break;
+        case 2: w4_q8_0(base, blk, p, w); break;
+        case 3: w4_q5_0(base, blk, p, w); break;
+        case 4: w4_q5_1(base, blk, p, w); break;
+        case 5: w4_q4_K(base, blk, p, w); break;
+        case 6: w4_q5_K(base, blk, p, w); break;
+        default: w4_q6_K(base, blk, p, w); break;
     }
-    float d, m;
-    const uint8_t* qs;
-    if (quant == 1) {
-        __half2 dm = *reinterpret_cast<const __half2*>(blk);
-        d = __low2float(dm);
-        m = __high2float(dm);
-        qs = blk + 4;
-    } else {
-        d = __half2float(*reinterpret_cast<const __half*>(blk));
-        m = -8.f * d;
-        qs = blk + 2;
-    }
-    int shift = p < 4 ? 0 : 4;
-    const uint8_t* b = qs + 4 * (p & 3);
-    r.x = d * (float)((b[0] >> shift) & 15) + m;
-    r.y = d * (float)((b[1] >> shift) & 15) + m;
-    r.z = d * (float)((b[2] >> shift) & 15) + m;
-    r.w = d * (float)((b[3] >> shift) & 15) + m;
-    return r;
+    return make_float4(w[0], w[1], w[2], w[3]);
 }
 
-__device__ __forceinline__ int block_bytes(int quant) { return quant == 0 ? 18 : (quant == 1 ? 20 : 34); }
+// Bytes of a row of k weights (k a multiple of 256 for the K-quants).
+__device__ __forceinline__ long long row_bytes(int quant, int k) {
+    switch (quant) {
+        case 0: return (k / 32) * 18;
+        case 1: return (k / 32) * 20;
+        case 2: return (k / 32) * 34;
+        case 3: return (k / 32) * 22;
+        case 4: return (k / 32) * 24;
+        case 5: return (k / 256) * 144;
+        case 6: return (k / 256) * 176;
+        default: return (k / 256) * 210;
+    }
+}
 
 extern "C" __global__ void embed_rows(const uint8_t* __restrict__ table, int quant,
                                       const int* __restrict__ ids, float* __restrict__ x, int n,
                                       int hidden) {
     int i = blockIdx.y;
     if (i >= n) return;
-    int bb = block_bytes(quant);
-    const uint8_t* row = table + (size_t)ids[i] * (hidden / 32) * bb;
+    const uint8_t* row = table + (size_t)ids[i] * row_bytes(quant, hidden);
     int parts = hidden / 4;
     for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < parts; j += gridDim.x * blockDim.x) {
-        float4 v = dequant4(quant, row + (j >> 3) * bb, j & 7);
+        float4 v = dequant4(quant, row, j >> 3, j & 7);
         reinterpret_cast<float4*>(x + (size_t)i * hidden)[j] = v;
     }
 }
@@ -110,7 +106,7 @@ extern "C" __global__ void dequant_layer(float* __restrict__ dst, const uint8_t*
             local -= b3;
             src = s4; q = q4;
         }
-        float4 v = dequant4(q, src + local * block_bytes(q), (int)(idx & 7));
+        float4 v = dequant4(q, src, local, (int)(idx & 7));
         reinterpret_cast<float4*>(dst)[idx] = v;
     }
 }

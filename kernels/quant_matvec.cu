@@ -2,10 +2,12 @@
 // src/generate/cuda_decode/). Every weight byte is read once per product; blocks are dequantized in
 // registers and accumulated in f32. CPU twin: src/gpu/decode/reference.rs.
 //
-// Block formats (32 weights per block, little-endian, rows of k/32 consecutive blocks):
+// Block formats (little-endian, rows of consecutive blocks; ggml_blocks.cuh has all eight):
 //   Q4_0 (18 B): f16 d, u8 qs[16];         w[j] = d * ((qs[j] & 15) - 8), w[j+16] = d * ((qs[j] >> 4) - 8)
 //   Q4_1 (20 B): f16 d, f16 m, u8 qs[16];  w[j] = d * (qs[j] & 15) + m,   w[j+16] = d * (qs[j] >> 4) + m
 //   Q8_0 (34 B): f16 d, i8 qs[32];         w[j] = d * qs[j]
+//   Q5_0, Q5_1 (32 weights), Q4_K, Q5_K, Q6_K (super-blocks of 256 = 8 blocks of 32 for the split
+//   below; k a multiple of 256).
 //
 // Work split: one warp per output row (grid-stride over rows); lane i takes part (i & 3) of block
 // (i >> 2), i.e. 8 weights, so a warp covers 8 blocks per iteration (unrolled 4 times, so a lane's
@@ -18,7 +20,64 @@
 // qmv_swiglu_<q>(wg, wu, x, norm_w, y, rows, k, eps):
 //   y[r] = silu(Wg[r] . xn) * (Wu[r] . xn)
 // embed_<q>(table, state, x, hidden): x = dequantized row state[0] of the table.
+//
+// Epilogue of every mat-vec (batch 1 and batched), after the row's dot product, before the store:
+//   acc += bias[r]                                      (bias != null: Qwen2's q/k/v biases)
+//   acc += sum_j xa[b, seg(r) R + j] B_slot(b)[r, j]    (lora.b != null and slots[b] >= 0)
+// with B pre-scaled by the adapter's alpha / r and xa = xn A^T from lora_shrink (below): the LoRA
+// delta of each sequence with its own adapter slot (Punica's BGMV expand, fused into the base
+// product). The swiglu kernels add the gate's and the up's delta before silu(g) * u.
 #include "common.cuh"
+#include "ggml_blocks.cuh"
+
+// The LoRA part of a mat-vec launch (passed by value). An adapter pool slot holds B of every
+// projection, pre-scaled, as [out rows, rank] f32; `slot_stride` floats separate two slots.
+struct LoraEpi {
+    const float* b;          // B of slot 0 for this launch's output rows; null: no adapters
+    long long slot_stride;   // floats from one slot's B to the next
+    const float* xa;         // [nb, xa_stride] x A^T of each sequence (lora_shrink)
+    const int* slots;        // [nb] each sequence's slot, < 0: no adapter
+    int rank;                // R: floats per B row and per xa segment
+    int xa_stride;           // floats per sequence in xa
+    int e0, e1;              // rows [0, e0) read xa segment 0, [e0, e1) segment 1, [e1, ..) 2
+};
+
+// Segment of xa that output row `row` reads (q, k, v of the fused q/k/v product: 0, 1, 2).
+__device__ __forceinline__ int lora_seg(const LoraEpi& L, int row) {
+    return (row >= L.e0) + (row >= L.e1);
+}
+
+// The LoRA delta of sequence b on B row `brow` from xa segment `seg`, summed over the warp (every
+// lane gets it; b is warp-uniform, so the early returns are too).
+__device__ __forceinline__ float lora_delta(const LoraEpi& L, int b, int brow, int seg) {
+    if (L.b == nullptr) return 0.f;
+    int slot = L.slots[b];
+    if (slot < 0) return 0.f;
+    const float* br = L.b + slot * L.slot_stride + (size_t)brow * L.rank;
+    const float* xa = L.xa + (size_t)b * L.xa_stride + seg * L.rank;
+    float s = 0.f;
+    for (int j = threadIdx.x & 31; j < L.rank; j += 32) s += xa[j] * br[j];
+    return warp_sum(s);
+}
+
+// The lane's (xa, B) pair of that delta (lane j < rank <= 32), loaded before the row's dot
+// product so that its latency hides behind the weights' loads (after the dot product it was a
+// dependent round trip per row: measured ~1 us per mat-vec at SmolLM2-135M); (0, 0) otherwise.
+__device__ __forceinline__ float2 lora_load(const LoraEpi& L, int b, int brow, int seg) {
+    int j = threadIdx.x & 31;
+    if (L.b == nullptr || L.rank > 32 || j >= L.rank) return make_float2(0.f, 0.f);
+    int slot = L.slots[b];
+    if (slot < 0) return make_float2(0.f, 0.f);
+    return make_float2(L.xa[(size_t)b * L.xa_stride + seg * L.rank + j],
+                       L.b[slot * L.slot_stride + (size_t)brow * L.rank + j]);
+}
+
+// The delta from a lora_load pair (ranks above 32: lora_delta's loop).
+__device__ __forceinline__ float lora_finish(const LoraEpi& L, float2 p, int b, int brow, int seg) {
+    if (L.b == nullptr) return 0.f;
+    if (L.rank > 32) return lora_delta(L, b, brow, seg);
+    return warp_sum(p.x * p.y);
+}
 
 #define MV_WARPS 4
 
@@ -60,24 +119,6 @@ __device__ __forceinline__ float dot_part_q8_0(const uint8_t* blk, int p, const 
               (float)(int8_t)(c & 255) * x1.x + (float)(int8_t)(c >> 8) * x1.y +
               (float)(int8_t)(e & 255) * x1.z + (float)(int8_t)(e >> 8) * x1.w;
     return d * s;
-}
-
-// One weight j (0..31) of a block, dequantized (the embedding lookup).
-__device__ __forceinline__ float dequant_q4_0(const uint8_t* blk, int j) {
-    float d = __half2float(*reinterpret_cast<const __half*>(blk));
-    uint8_t q = blk[2 + (j & 15)];
-    int v = j < 16 ? (q & 15) : (q >> 4);
-    return d * (float)(v - 8);
-}
-__device__ __forceinline__ float dequant_q4_1(const uint8_t* blk, int j) {
-    __half2 dm = *reinterpret_cast<const __half2*>(blk);
-    uint8_t q = blk[4 + (j & 15)];
-    int v = j < 16 ? (q & 15) : (q >> 4);
-    return __low2float(dm) * (float)v + __high2float(dm);
-}
-__device__ __forceinline__ float dequant_q8_0(const uint8_t* blk, int j) {
-    float d = __half2float(*reinterpret_cast<const __half*>(blk));
-    return d * (float)(int8_t)blk[2 + j];
 }
 
 // Copies total f32 values of x into shared xs, 16-byte loads with LOAD_UNROLL of them in flight per
@@ -131,21 +172,25 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         asm volatile("prefetch.global.L2 [%0];" ::"l"(r + off));
 }
 
-#define DEFINE_QMV(Q, BYTES)                                                                        \
+#define DEFINE_QMV(Q)                                                                        \
     extern "C" __global__ void qmv_##Q(const uint8_t* __restrict__ w, const float* __restrict__ x,   \
                                        const float* __restrict__ norm_w, float* __restrict__ y,     \
-                                       int rows, int k, float eps, int accumulate) {                 \
+                                       int rows, int k, float eps, int accumulate,                  \
+                                       const float* __restrict__ bias, LoraEpi lora) {              \
         extern __shared__ float xs[];                                                               \
-        prefetch_first_row(w, rows, (k / 32) * BYTES);                                              \
+        prefetch_first_row(w, rows, row_bytes_##Q(k));                                              \
         load_x(x, norm_w, eps, k, xs);                                                              \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
         for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {     \
-            const uint8_t* wr = w + (size_t)row * (k / 32) * BYTES;                                 \
+            const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                 \
+            int seg = lora_seg(lora, row);                                                          \
+            float2 lp = lora_load(lora, 0, row, seg);                                               \
             float acc = 0.f;                                                                        \
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32)                                                  \
-                acc += dot_part_##Q(wr + (i >> 2) * BYTES, i & 3, xs + (i >> 2) * 32);              \
-            acc = warp_sum(acc);                                                                    \
+                acc += rdot_##Q(wr, i >> 2, i & 3, xs + (i >> 2) * 32);              \
+            acc = warp_sum(acc) + lora_finish(lora, lp, 0, row, seg);                               \
+            if (bias != nullptr) acc += bias[row];                                                  \
             if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
         }                                                                                           \
     }                                                                                               \
@@ -153,42 +198,100 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
                                               const uint8_t* __restrict__ wu,                       \
                                               const float* __restrict__ x,                          \
                                               const float* __restrict__ norm_w,                     \
-                                              float* __restrict__ y, int rows, int k, float eps) {  \
+                                              float* __restrict__ y, int rows, int k, float eps,    \
+                                              LoraEpi lora) {                                       \
         extern __shared__ float xs[];                                                               \
-        prefetch_first_row(wg, rows, (k / 32) * BYTES);                                             \
-        prefetch_first_row(wu, rows, (k / 32) * BYTES);                                             \
+        prefetch_first_row(wg, rows, row_bytes_##Q(k));                                             \
+        prefetch_first_row(wu, rows, row_bytes_##Q(k));                                             \
         load_x(x, norm_w, eps, k, xs);                                                              \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
         for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {     \
-            const uint8_t* gr = wg + (size_t)row * (k / 32) * BYTES;                                \
-            const uint8_t* ur = wu + (size_t)row * (k / 32) * BYTES;                                \
+            const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                \
+            const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                \
+            float2 lg = lora_load(lora, 0, row, 0), lu = lora_load(lora, 0, rows + row, 1);         \
             float g = 0.f, u = 0.f;                                                                 \
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                                                \
                 const float* xb = xs + (i >> 2) * 32;                                               \
-                g += dot_part_##Q(gr + (i >> 2) * BYTES, i & 3, xb);                                \
-                u += dot_part_##Q(ur + (i >> 2) * BYTES, i & 3, xb);                                \
+                g += rdot_##Q(gr, i >> 2, i & 3, xb);                                \
+                u += rdot_##Q(ur, i >> 2, i & 3, xb);                                \
             }                                                                                       \
-            g = warp_sum(g);                                                                        \
-            u = warp_sum(u);                                                                        \
+            g = warp_sum(g) + lora_finish(lora, lg, 0, row, 0);                                     \
+            u = warp_sum(u) + lora_finish(lora, lu, 0, rows + row, 1);                              \
             if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
         }                                                                                           \
     }                                                                                               \
     extern "C" __global__ void embed_##Q(const uint8_t* __restrict__ table,                         \
                                          const int* __restrict__ state, float* __restrict__ x,      \
                                          int hidden) {                                              \
-        const uint8_t* row = table + (size_t)state[0] * (hidden / 32) * BYTES;                      \
-        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hidden; j += gridDim.x * blockDim.x) \
-            x[j] = dequant_##Q(row + (j / 32) * BYTES, j & 31);                                     \
+        embed_row_##Q(table, state[0], x, hidden);                                                  \
     }
 
-DEFINE_QMV(q4_0, 18)
-DEFINE_QMV(q4_1, 20)
-DEFINE_QMV(q8_0, 34)
+// Per format: bytes of a row of k weights, the 8 weights of part p of block blk of a row in the order
+// part_dot_<q> pairs them with x, and the part's dot with x. Q4_0/Q4_1/Q8_0 keep their hand-written
+// dot products; the others dequantize the part (ggml_blocks.cuh) and dot 8 consecutive weights.
+#define LEGACY_ACCESS(Q, BYTES)                                                                     \
+    __device__ __forceinline__ int row_bytes_##Q(int k) { return (k / 32) * BYTES; }                \
+    __device__ __forceinline__ float rdot_##Q(const uint8_t* r, int blk, int p, const float* xb) {  \
+        return dot_part_##Q(r + (size_t)blk * BYTES, p, xb);                                        \
+    }
+LEGACY_ACCESS(q4_0, 18)
+LEGACY_ACCESS(q4_1, 20)
+LEGACY_ACCESS(q8_0, 34)
+#define GENERIC_ACCESS(Q, WEIGHTS, BYTES)                                                           \
+    __device__ __forceinline__ int row_bytes_##Q(int k) { return (k / WEIGHTS) * BYTES; }           \
+    __device__ __forceinline__ void rpart_w_##Q(const uint8_t* r, int blk, int p, float* w) {       \
+        w4_##Q(r, blk, 2 * p, w);                                                                   \
+        w4_##Q(r, blk, 2 * p + 1, w + 4);                                                           \
+    }                                                                                               \
+    __device__ __forceinline__ float rdot_##Q(const uint8_t* r, int blk, int p, const float* xb) {  \
+        float w[8];                                                                                 \
+        rpart_w_##Q(r, blk, p, w);                                                                  \
+        float4 x0 = *reinterpret_cast<const float4*>(xb + 8 * p);                                   \
+        float4 x1 = *reinterpret_cast<const float4*>(xb + 8 * p + 4);                               \
+        return w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w + w[4] * x1.x + w[5] * x1.y +  \
+               w[6] * x1.z + w[7] * x1.w;                                                           \
+    }
+GENERIC_ACCESS(q5_0, 32, 22)
+GENERIC_ACCESS(q5_1, 32, 24)
+GENERIC_ACCESS(q4_K, 256, 144)
+GENERIC_ACCESS(q5_K, 256, 176)
+GENERIC_ACCESS(q6_K, 256, 210)
+
+// x[0..hidden) = dequantized row `token` of a table (4 weights per thread).
+#define DEFINE_EMBED_ROW(Q)                                                                         \
+    __device__ __forceinline__ void embed_row_##Q(const uint8_t* table, int token, float* x,       \
+                                                  int hidden) {                                     \
+        const uint8_t* row = table + (size_t)token * row_bytes_##Q(hidden);                         \
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hidden / 4;                         \
+             j += gridDim.x * blockDim.x) {                                                         \
+            float w[4];                                                                             \
+            w4_##Q(row, j >> 3, j & 7, w);                                                          \
+            reinterpret_cast<float4*>(x)[j] = make_float4(w[0], w[1], w[2], w[3]);                  \
+        }                                                                                           \
+    }
+DEFINE_EMBED_ROW(q4_0)
+DEFINE_EMBED_ROW(q4_1)
+DEFINE_EMBED_ROW(q5_0)
+DEFINE_EMBED_ROW(q5_1)
+DEFINE_EMBED_ROW(q8_0)
+DEFINE_EMBED_ROW(q4_K)
+DEFINE_EMBED_ROW(q5_K)
+DEFINE_EMBED_ROW(q6_K)
+
+DEFINE_QMV(q4_0)
+DEFINE_QMV(q4_1)
+DEFINE_QMV(q5_0)
+DEFINE_QMV(q5_1)
+DEFINE_QMV(q8_0)
+DEFINE_QMV(q4_K)
+DEFINE_QMV(q5_K)
+DEFINE_QMV(q6_K)
 
 // ---- Batched decode: NB sequences at once, each weight read once for all of them ----
 //
-// qmvb_<q>(w, x, norm_w, y, rows, k, eps, accumulate, nb): x [nb, k], y [nb, rows], nb <= QMVB_MAX;
+// qmvb_<q>(w, x, norm_w, y, rows, k, eps, accumulate, nb, bias, lora, ldy): x [nb, k], y [nb, ldy]
+//   (rows of the output at row stride ldy >= rows: a split q/k/v writes its part of each row), nb <= QMVB_MAX;
 //   per sequence b: xn_b = norm_w ? rms_norm(x_b) * norm_w : x_b, y[b, r] (+)= W[r] . xn_b.
 // qmvb_swiglu_<q>(wg, wu, x, norm_w, y, rows, k, eps, nb): y[b, r] = silu(Wg[r] . xn_b) * (Wu[r] . xn_b).
 // embedb_<q>(table, state, x, hidden): blockIdx.y = sequence b: x[b] = row state[2 b] of the table.
@@ -241,6 +344,14 @@ __device__ __forceinline__ float part_dot_q8(const float* w, const float* xb, in
 #define part_dot_q4_0 part_dot_q4
 #define part_dot_q4_1 part_dot_q4
 #define part_dot_q8_0 part_dot_q8
+#define part_dot_q5_0 part_dot_q8
+#define part_dot_q5_1 part_dot_q8
+#define part_dot_q4_K part_dot_q8
+#define part_dot_q5_K part_dot_q8
+#define part_dot_q6_K part_dot_q8
+#define rpart_w_q4_0(r, blk, p, w) part_w_q4_0((r) + (size_t)(blk) * 18, p, w)
+#define rpart_w_q4_1(r, blk, p, w) part_w_q4_1((r) + (size_t)(blk) * 20, p, w)
+#define rpart_w_q8_0(r, blk, p, w) part_w_q8_0((r) + (size_t)(blk) * 34, p, w)
 
 // Copies x [nb, k] into shared xs, each row RMS-normalized and scaled by norm_w when not null. The
 // nb sums of squares are reduced together (two barriers), from shared memory after one copy.
@@ -272,29 +383,36 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
     __syncthreads();
 }
 
-#define DEFINE_QMVB(Q, BYTES)                                                                        \
+#define DEFINE_QMVB(Q)                                                                        \
     extern "C" __global__ void qmvb_##Q(const uint8_t* __restrict__ w, const float* __restrict__ x,   \
                                         const float* __restrict__ norm_w, float* __restrict__ y,     \
-                                        int rows, int k, float eps, int accumulate, int nb) {        \
+                                        int rows, int k, float eps, int accumulate, int nb,          \
+                                        const float* __restrict__ bias, LoraEpi lora, int ldy) {     \
         extern __shared__ float xs[];                                                                \
-        prefetch_first_row(w, rows, (k / 32) * BYTES);                                               \
+        prefetch_first_row(w, rows, row_bytes_##Q(k));                                               \
         load_xb(x, norm_w, eps, k, nb, xs);                                                          \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
         int parts = (k / 32) * 4;                                                                    \
         for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {      \
-            const uint8_t* wr = w + (size_t)row * (k / 32) * BYTES;                                  \
+            const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                  \
             float acc[QMVB_MAX];                                                                     \
-            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) acc[b] = 0.f;                       \
+            float2 lp[QMVB_MAX];                                                                     \
+            int seg = lora_seg(lora, row);                                                           \
+            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                   \
+                acc[b] = 0.f;                                                                        \
+                lp[b] = b < nb ? lora_load(lora, b, row, seg) : make_float2(0.f, 0.f);               \
+            }                                                                                        \
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                                                 \
                 float wv[8];                                                                         \
-                part_w_##Q(wr + (i >> 2) * BYTES, i & 3, wv);                                        \
+                rpart_w_##Q(wr, i >> 2, i & 3, wv);                                        \
                 _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) if (b < nb) acc[b] +=           \
                     part_dot_##Q(wv, xs + b * k + (i >> 2) * 32, i & 3);                             \
             }                                                                                        \
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                   \
                 if (b < nb) {                                                                        \
-                    float s = warp_sum(acc[b]);                                                      \
-                    size_t at = (size_t)b * rows + row;                                              \
+                    float s = warp_sum(acc[b]) + lora_finish(lora, lp[b], b, row, seg);              \
+                    if (bias != nullptr) s += bias[row];                                             \
+                    size_t at = (size_t)b * ldy + row;                                               \
                     if (lane == 0) y[at] = accumulate ? y[at] + s : s;                               \
                 }                                                                                    \
             }                                                                                        \
@@ -305,22 +423,22 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                                                const float* __restrict__ x,                          \
                                                const float* __restrict__ norm_w,                     \
                                                float* __restrict__ y, int rows, int k, float eps,    \
-                                               int nb) {                                             \
+                                               int nb, LoraEpi lora) {                               \
         extern __shared__ float xs[];                                                                \
-        prefetch_first_row(wg, rows, (k / 32) * BYTES);                                              \
-        prefetch_first_row(wu, rows, (k / 32) * BYTES);                                              \
+        prefetch_first_row(wg, rows, row_bytes_##Q(k));                                              \
+        prefetch_first_row(wu, rows, row_bytes_##Q(k));                                              \
         load_xb(x, norm_w, eps, k, nb, xs);                                                          \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
         int parts = (k / 32) * 4;                                                                    \
         for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {      \
-            const uint8_t* gr = wg + (size_t)row * (k / 32) * BYTES;                                 \
-            const uint8_t* ur = wu + (size_t)row * (k / 32) * BYTES;                                 \
+            const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                 \
+            const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                 \
             float g[QMVB_MAX], u[QMVB_MAX];                                                          \
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) g[b] = u[b] = 0.f;                  \
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                                                 \
                 float gv[8], uv[8];                                                                  \
-                part_w_##Q(gr + (i >> 2) * BYTES, i & 3, gv);                                        \
-                part_w_##Q(ur + (i >> 2) * BYTES, i & 3, uv);                                        \
+                rpart_w_##Q(gr, i >> 2, i & 3, gv);                                        \
+                rpart_w_##Q(ur, i >> 2, i & 3, uv);                                        \
                 _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                               \
                     if (b < nb) {                                                                    \
                         const float* xb = xs + b * k + (i >> 2) * 32;                                \
@@ -331,7 +449,8 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             }                                                                                        \
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                   \
                 if (b < nb) {                                                                        \
-                    float gs = warp_sum(g[b]), us = warp_sum(u[b]);                                  \
+                    float gs = warp_sum(g[b]) + lora_delta(lora, b, row, 0);                         \
+                    float us = warp_sum(u[b]) + lora_delta(lora, b, rows + row, 1);                  \
                     if (lane == 0) y[(size_t)b * rows + row] = gs / (1.f + expf(-gs)) * us;          \
                 }                                                                                    \
             }                                                                                        \
@@ -341,11 +460,51 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                                           const int* __restrict__ state, float* __restrict__ x,      \
                                           int hidden) {                                              \
         int b = blockIdx.y;                                                                          \
-        const uint8_t* row = table + (size_t)state[2 * b] * (hidden / 32) * BYTES;                   \
-        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hidden; j += gridDim.x * blockDim.x) \
-            x[(size_t)b * hidden + j] = dequant_##Q(row + (j / 32) * BYTES, j & 31);                 \
+        embed_row_##Q(table, state[2 * b], x + (size_t)b * hidden, hidden);                          \
     }
 
-DEFINE_QMVB(q4_0, 18)
-DEFINE_QMVB(q4_1, 20)
-DEFINE_QMVB(q8_0, 34)
+DEFINE_QMVB(q4_0)
+DEFINE_QMVB(q4_1)
+DEFINE_QMVB(q5_0)
+DEFINE_QMVB(q5_1)
+DEFINE_QMVB(q8_0)
+DEFINE_QMVB(q4_K)
+DEFINE_QMVB(q5_K)
+DEFINE_QMVB(q6_K)
+
+// ---- LoRA shrink (Punica's BGMV shrink) for the decode engines ----
+//
+// lora_shrink(x, norm_w, eps, a, a_slot_stride, slots, xa, xa_stride, rows, k):
+//   per sequence b (blockIdx.y) with slot s = slots[b] >= 0 and row j < rows (one warp each):
+//   xa[b, j] = sum_i xn_b[i] A_s[j, i],  xn_b = norm_w ? rms_norm(x_b) * norm_w : x_b
+// x: [nb, k]; A_s = a + s * a_slot_stride: [rows, k] f32, the group's A matrices stacked (q/k/v:
+// 3R rows, gate/up: 2R, o and down: R). Sequences without an adapter are left alone (nothing reads
+// their xa). Every warp recomputes its sequence's RMS factor from x (k floats from L2): cheaper
+// than a barrier, and it keeps the launch to one kernel.
+#define SHRINK_WARPS 4
+extern "C" __global__ void lora_shrink(const float* __restrict__ x, const float* __restrict__ norm_w,
+                                       float eps, const float* __restrict__ a, long long a_slot_stride,
+                                       const int* __restrict__ slots, float* __restrict__ xa,
+                                       int xa_stride, int rows, int k) {
+    int b = blockIdx.y, lane = threadIdx.x & 31;
+    int j = blockIdx.x * SHRINK_WARPS + (threadIdx.x >> 5);
+    int slot = slots[b];
+    if (j >= rows || slot < 0) return;
+    const float4* x4 = reinterpret_cast<const float4*>(x + (size_t)b * k);
+    const float4* a4 = reinterpret_cast<const float4*>(a + slot * a_slot_stride + (size_t)j * k);
+    const float4* n4 = reinterpret_cast<const float4*>(norm_w);
+    float dot = 0.f, ss = 0.f;
+#pragma unroll 4
+    for (int i = lane; i < k / 4; i += 32) {
+        float4 xv = x4[i], av = a4[i];
+        if (norm_w != nullptr) {
+            float4 nv = n4[i];
+            ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
+            xv.x *= nv.x; xv.y *= nv.y; xv.z *= nv.z; xv.w *= nv.w;
+        }
+        dot += xv.x * av.x + xv.y * av.y + xv.z * av.z + xv.w * av.w;
+    }
+    dot = warp_sum(dot);
+    if (norm_w != nullptr) dot *= rsqrtf(warp_sum(ss) / (float)k + eps);
+    if (lane == 0) xa[(size_t)b * xa_stride + j] = dot;
+}

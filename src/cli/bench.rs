@@ -12,6 +12,9 @@ pub enum Command {
     /// Several sequences decoded at once through the CUDA batch decode engine, checked against the
     /// batch-1 engine (llama-batched-bench's parallel sequences).
     DecodeBatch(super::bench_decode_batch::Args),
+    /// What unmerged LoRA adapters cost the CUDA decode engines (batch 1 and N, per-sequence
+    /// adapters), on a GGUF or a random model at SmolLM2 shapes.
+    DecodeLora(super::bench_decode_lora::Args),
     /// Check every fused kernel against the f64 references on the device; write JSON records.
     GpuCheck(super::bench_gpu_check::Args),
     /// Time the fused kernels at the CUDA-kernels issue's shapes.
@@ -33,6 +36,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Dispatch(args) => super::bench_dispatch::run(args),
         Command::Decode(args) => super::bench_decode::run(args),
         Command::DecodeBatch(args) => super::bench_decode_batch::run(args),
+        Command::DecodeLora(args) => super::bench_decode_lora::run(args),
         Command::GpuCheck(args) => super::bench_gpu_check::run(args),
         Command::Kernels(args) => super::bench_kernels::run(args),
         #[cfg(feature = "cuda")]

@@ -5,6 +5,7 @@ mod bench;
 mod bench_cpu;
 mod bench_decode;
 mod bench_decode_batch;
+mod bench_decode_lora;
 mod bench_dispatch;
 mod bench_embed;
 mod bench_gpu_check;

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda_decode;
+pub mod decode_adapter;
 pub mod detokenizer;
 pub mod generator;
 pub mod sampler;

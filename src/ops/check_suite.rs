@@ -547,6 +547,30 @@ fn check_decode_engine_kernels(s: &mut Suite, dev: &candle_core::CudaDevice) -> 
             last.shape = case.shape;
         }
     }
+    // The engines end to end (adapters, biases, batch) against Candle on the CPU; an error is a
+    // failed record naming it.
+    let engine_cases =
+        crate::generate::cuda_decode::check::run(s.device, seed).unwrap_or_else(|e| {
+            vec![crate::generate::cuda_decode::check::EngineCheck {
+                kernel: "dec_engine_error".into(),
+                shape: e.to_string(),
+                max_rel_err: f64::INFINITY,
+                tolerance: 0.0,
+            }]
+        });
+    for case in engine_cases {
+        s.push(
+            &case.kernel,
+            DType::F32,
+            "fwd",
+            &[],
+            case.max_rel_err,
+            case.tolerance,
+        );
+        if let Some(last) = s.records.last_mut() {
+            last.shape = case.shape;
+        }
+    }
     Ok(())
 }
 

@@ -8,19 +8,16 @@
 //! memory), so the captured graph replays for any positions. All sequences advance together; a
 //! prompt is fed one token per step (the batched prefill is the batch-1 engine's business).
 
-use std::sync::Arc;
-
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
 use candle_core::Device;
 
+use super::adapters::{AdapterPool, DecodeAdapter, DEFAULT_SLOTS};
+use super::step::{Step, StepBuffers};
 use super::step_graph::{StepGraph, StepMode};
 use super::weights::EngineWeights;
 use super::EngineShape;
 use crate::formats::config::DecoderConfig;
 use crate::formats::weights::WeightSource;
-use crate::gpu::decode::launch::{
-    attention_scratch_floats, device_ptr, DecodeKernels, MAX_BATCH_SHARED_BYTES, MAX_DECODE_BATCH,
-};
+use crate::gpu::decode::launch::{DecodeKernels, MAX_BATCH_SHARED_BYTES, MAX_DECODE_BATCH};
 use crate::{Error, Result};
 
 fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
@@ -37,78 +34,6 @@ fn launch_err(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
     }
 }
 
-/// Device buffers of `batch` sequences, with their raw addresses.
-struct Buffers {
-    _owned: Vec<CudaSlice<f32>>,
-    state: CudaSlice<i32>,
-    _counters: CudaSlice<u32>,
-    result: CudaSlice<u32>,
-    logits: CudaSlice<f32>,
-    state_ptr: u64,
-    result_ptr: u64,
-    logits_ptr: u64,
-    x: u64,
-    qkv: u64,
-    attn: u64,
-    act: u64,
-    k_cache: u64,
-    v_cache: u64,
-    part: u64,
-    counters: u64,
-}
-
-impl Buffers {
-    fn new(s: &EngineShape, batch: usize, stream: &Arc<CudaStream>) -> Result<Self> {
-        let alloc = |n: usize, what: &str| -> Result<CudaSlice<f32>> {
-            stream
-                .alloc_zeros::<f32>(n)
-                .map_err(|e| driver_err(what, e))
-        };
-        let cache = batch * s.layers * s.max_seq * s.kv_heads * s.head_dim;
-        let owned = vec![
-            alloc(batch * s.hidden, "x")?,
-            alloc(batch * s.qkv_rows(), "qkv")?,
-            alloc(batch * s.heads * s.head_dim, "attention output")?,
-            alloc(batch * s.ffn, "mlp activation")?,
-            alloc(cache, "k cache")?,
-            alloc(cache, "v cache")?,
-            alloc(
-                batch * attention_scratch_floats(s.attention()),
-                "attention partials",
-            )?,
-        ];
-        let logits = alloc(batch * s.vocab, "logits")?;
-        let state = stream
-            .alloc_zeros::<i32>(2 * batch)
-            .map_err(|e| driver_err("state", e))?;
-        let result = stream
-            .alloc_zeros::<u32>(2 * batch)
-            .map_err(|e| driver_err("result", e))?;
-        let counters = stream
-            .alloc_zeros::<u32>(batch * s.kv_heads)
-            .map_err(|e| driver_err("attention counters", e))?;
-        let p: Vec<u64> = owned.iter().map(|o| device_ptr(o, stream)).collect();
-        Ok(Self {
-            state_ptr: device_ptr(&state, stream),
-            result_ptr: device_ptr(&result, stream),
-            logits_ptr: device_ptr(&logits, stream),
-            counters: device_ptr(&counters, stream),
-            x: p[0],
-            qkv: p[1],
-            attn: p[2],
-            act: p[3],
-            k_cache: p[4],
-            v_cache: p[5],
-            part: p[6],
-            _owned: owned,
-            state,
-            _counters: counters,
-            result,
-            logits,
-        })
-    }
-}
-
 /// Decode of `batch` sequences of one model on one CUDA device.
 pub struct BatchDecodeEngine {
     device: Device,
@@ -116,8 +41,13 @@ pub struct BatchDecodeEngine {
     shape: EngineShape,
     weights: EngineWeights,
     batch: usize,
-    buffers: Buffers,
+    buffers: StepBuffers,
+    /// The step without adapters, and with them (used when any sequence has an adapter).
     steps: StepGraph,
+    lora_steps: StepGraph,
+    adapters: Option<AdapterPool>,
+    /// Each sequence's adapter slot.
+    slots: Vec<Option<usize>>,
     /// Position of each sequence's next token.
     positions: Vec<usize>,
 }
@@ -164,7 +94,7 @@ impl BatchDecodeEngine {
         let kernels = DecodeKernels::load(dev).map_err(launch_err("(loading kernels)"))?;
         let stream = kernels.stream().clone();
         let weights = EngineWeights::load(cfg, &shape, source, &stream)?;
-        let buffers = Buffers::new(&shape, batch, &stream)?;
+        let buffers = StepBuffers::new(&shape, batch, &stream)?;
         Ok(Self {
             device: device.clone(),
             kernels,
@@ -173,6 +103,9 @@ impl BatchDecodeEngine {
             batch,
             buffers,
             steps: StepGraph::new("CUDA batch decode engine"),
+            lora_steps: StepGraph::new("CUDA batch decode engine (adapters)"),
+            adapters: None,
+            slots: vec![None; batch],
             positions: vec![0; batch],
         })
     }
@@ -182,24 +115,97 @@ impl BatchDecodeEngine {
         self.batch
     }
 
+    fn lora_active(&self) -> bool {
+        self.slots.iter().any(|s| s.is_some())
+    }
+
     /// How steps run now.
     pub fn mode(&self) -> &StepMode {
-        self.steps.mode()
+        if self.lora_active() {
+            self.lora_steps.mode()
+        } else {
+            self.steps.mode()
+        }
     }
 
     /// Launches per step (the batch-1 engine's count: every launch covers the batch).
     pub fn launches_per_step(&self) -> usize {
-        3 + 5 * self.shape.layers
+        super::step::launches_per_step(self.shape.layers, self.lora_active())
     }
 
     /// Launches every later step eagerly (for comparisons).
     pub fn force_eager(&mut self, reason: &str) {
         self.steps.force_eager(reason);
+        self.lora_steps.force_eager(reason);
     }
 
-    /// Replays the graph again, when one was captured.
+    /// Replays the graphs again, when captured.
     pub fn use_graph(&mut self) {
         self.steps.use_graph();
+        self.lora_steps.use_graph();
+    }
+
+    /// Writes `adapter` into slot `slot` of a pool of max([`DEFAULT_SLOTS`], batch) slots of rank
+    /// `rank` (made by the first load; at least the adapter's rank). Loading never invalidates
+    /// the captured step: only the slot's contents change.
+    pub fn load_adapter(
+        &mut self,
+        slot: usize,
+        adapter: &DecodeAdapter,
+        rank: usize,
+    ) -> Result<()> {
+        let stream = self.kernels.stream().clone();
+        if self
+            .adapters
+            .as_ref()
+            .is_none_or(|p| p.rank() < adapter.rank())
+        {
+            self.slots.iter_mut().for_each(|s| *s = None);
+            self.lora_steps = StepGraph::new("CUDA batch decode engine (adapters)");
+            self.adapters = Some(AdapterPool::new(
+                &self.shape,
+                DEFAULT_SLOTS.max(self.batch),
+                rank.max(adapter.rank()),
+                self.batch,
+                &stream,
+            )?);
+        }
+        let pool = self.adapters.as_mut().expect("made above");
+        pool.load(slot, adapter, None, &stream)
+    }
+
+    /// Frees slot `slot`; sequences that used it decode without an adapter.
+    pub fn unload_adapter(&mut self, slot: usize) -> Result<()> {
+        if let Some(p) = self.adapters.as_mut() {
+            p.unload(slot);
+        }
+        let slots: Vec<Option<usize>> = self
+            .slots
+            .iter()
+            .map(|&s| s.filter(|&s| s != slot))
+            .collect();
+        self.set_adapters(&slots)
+    }
+
+    /// Sequence b decodes the next steps with the adapter in slot `slots[b]`, or with none.
+    pub fn set_adapters(&mut self, slots: &[Option<usize>]) -> Result<()> {
+        if slots.len() != self.batch {
+            return Err(Error::InvalidRequest(format!(
+                "CUDA batch decode engine: {} adapter slots for a batch of {}",
+                slots.len(),
+                self.batch
+            )));
+        }
+        if let Some(pool) = self.adapters.as_mut() {
+            let stream = self.kernels.stream().clone();
+            pool.set_sequence_slots(slots, &stream)?;
+        } else if slots.iter().any(|s| s.is_some()) {
+            return Err(Error::InvalidRequest(
+                "CUDA batch decode engine: no adapter is loaded".into(),
+            ));
+        }
+        self.slots = slots.to_vec();
+        Ok(())
     }
 
     /// Forgets every sequence: the next tokens take position 0.
@@ -213,87 +219,14 @@ impl BatchDecodeEngine {
     }
 
     fn launch_step(&self) -> Result<()> {
-        let (k, s, b, w, n) = (
-            &self.kernels,
-            &self.shape,
-            &self.buffers,
-            &self.weights,
-            self.batch,
-        );
-        let (h, eps) = (s.hidden, s.eps);
-        let norm = |i: usize| w.norms_ptr + (i * h * 4) as u64;
-        let cache_layer = (s.max_seq * s.kv_heads * s.head_dim * 4) as u64;
-        let cache_seq_stride = s.layers * s.max_seq * s.kv_heads * s.head_dim;
-        let scale = 1.0 / (s.head_dim as f32).sqrt();
-        k.embed_batch(w.embed.quant, w.embed.ptr, b.state_ptr, b.x, h, n)
-            .map_err(launch_err("embed"))?;
-        for (i, l) in w.layers.iter().enumerate() {
-            let qkv = &l.qkv;
-            k.qmv_batch(
-                qkv.quant,
-                qkv.ptr,
-                b.x,
-                norm(2 * i),
-                b.qkv,
-                qkv.rows,
-                h,
-                eps,
-                false,
-                n,
-            )
-            .map_err(launch_err("qkv"))?;
-            k.rope_attention_batch(
-                b.qkv,
-                b.k_cache + i as u64 * cache_layer,
-                b.v_cache + i as u64 * cache_layer,
-                b.state_ptr,
-                w.inv_freq_ptr,
-                b.attn,
-                b.part,
-                b.counters,
-                s.attention(),
-                scale,
-                n,
-                cache_seq_stride,
-            )
-            .map_err(launch_err("rope_attention"))?;
-            let o = &l.o;
-            k.qmv_batch(o.quant, o.ptr, b.attn, 0, b.x, h, o.cols, eps, true, n)
-                .map_err(launch_err("o_proj"))?;
-            k.qmv_swiglu_batch(
-                l.gate.quant,
-                l.gate.ptr,
-                l.up.ptr,
-                b.x,
-                norm(2 * i + 1),
-                b.act,
-                s.ffn,
-                h,
-                eps,
-                n,
-            )
-            .map_err(launch_err("gate/up + swiglu"))?;
-            let d = &l.down;
-            k.qmv_batch(d.quant, d.ptr, b.act, 0, b.x, h, s.ffn, eps, true, n)
-                .map_err(launch_err("down_proj"))?;
+        Step {
+            kernels: &self.kernels,
+            shape: &self.shape,
+            weights: &self.weights,
+            buffers: &self.buffers,
+            lora: self.adapters.as_ref().filter(|_| self.lora_active()),
         }
-        let head = w.head();
-        k.qmv_batch(
-            head.quant,
-            head.ptr,
-            b.x,
-            norm(2 * s.layers),
-            b.logits_ptr,
-            s.vocab,
-            h,
-            eps,
-            false,
-            n,
-        )
-        .map_err(launch_err("lm_head"))?;
-        k.argmax_batch(b.logits_ptr, s.vocab, b.result_ptr, 0, n)
-            .map_err(launch_err("argmax"))?;
-        Ok(())
+        .launch(&mut |_| Ok(()))
     }
 
     /// Runs one step: sequence b takes `tokens[b]` at its position (asynchronously: read the result
@@ -326,12 +259,19 @@ impl BatchDecodeEngine {
         stream
             .memcpy_htod(&state, &mut self.buffers.state)
             .map_err(|e| driver_err("writing tokens and positions", e))?;
-        let mut steps = std::mem::replace(
-            &mut self.steps,
-            StepGraph::stand_in("CUDA batch decode engine"),
-        );
+        let lora = self.lora_active();
+        let graphs = if lora {
+            &mut self.lora_steps
+        } else {
+            &mut self.steps
+        };
+        let mut steps = std::mem::replace(graphs, StepGraph::stand_in("CUDA batch decode engine"));
         let ran = steps.run(&self.device, || self.launch_step());
-        self.steps = steps;
+        if lora {
+            self.lora_steps = steps;
+        } else {
+            self.steps = steps;
+        }
         ran?;
         self.positions.iter_mut().for_each(|p| *p += 1);
         Ok(())

@@ -3,19 +3,16 @@
 //! graph on first use and replayed per token (eager launches, with the reason logged, when capture
 //! fails).
 
-use std::sync::Arc;
-
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
 use candle_core::Device;
 
+use super::adapters::{AdapterPool, DecodeAdapter, DEFAULT_SLOTS};
+use super::step::{Step, StepBuffers, K_CACHE};
 use super::step_graph::StepGraph;
 use super::weights::{DeviceMatrix, EngineWeights};
 use super::EngineShape;
 use crate::formats::config::DecoderConfig;
 use crate::formats::weights::WeightSource;
-use crate::gpu::decode::launch::{
-    attention_scratch_floats, attention_shared_bytes, device_ptr, DecodeKernels,
-};
+use crate::gpu::decode::launch::{attention_shared_bytes, DecodeKernels};
 use crate::models::kv_cache::KvCache;
 use crate::{Error, Result};
 
@@ -25,90 +22,17 @@ pub mod prefill;
 
 pub use super::step_graph::StepMode;
 
-/// Device buffers of the activations and the cache, with their raw addresses.
-struct Buffers {
-    _owned: Vec<CudaSlice<f32>>,
-    _state: CudaSlice<i32>,
-    _counters: CudaSlice<u32>,
-    result: CudaSlice<u32>,
-    logits: CudaSlice<f32>,
-    state_ptr: u64,
-    result_ptr: u64,
-    logits_ptr: u64,
-    x: u64,
-    qkv: u64,
-    attn: u64,
-    act: u64,
-    k_cache: u64,
-    v_cache: u64,
-    /// Attention partials (per head and chunk) and the per-kv-head completion counters.
-    part: u64,
-    counters: u64,
-}
-
-fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
+pub(super) fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Candle {
         context: format!("CUDA decode engine: {what}"),
         source: candle_core::Error::Msg(format!("{e:?}")),
     }
 }
 
-fn launch_err(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
+pub(super) fn launch_err(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
     move |source| Error::Candle {
         context: format!("CUDA decode engine: launching {what}"),
         source,
-    }
-}
-
-impl Buffers {
-    fn new(shape: &EngineShape, stream: &Arc<CudaStream>) -> Result<Self> {
-        let alloc = |n: usize, what: &str| -> Result<CudaSlice<f32>> {
-            stream
-                .alloc_zeros::<f32>(n)
-                .map_err(|e| driver_err(what, e))
-        };
-        let cache = shape.layers * shape.max_seq * shape.kv_heads * shape.head_dim;
-        let owned = vec![
-            alloc(shape.hidden, "x")?,
-            alloc(shape.qkv_rows(), "qkv")?,
-            alloc(shape.heads * shape.head_dim, "attention output")?,
-            alloc(shape.ffn, "mlp activation")?,
-            alloc(cache, "k cache")?,
-            alloc(cache, "v cache")?,
-            alloc(
-                attention_scratch_floats(shape.attention()),
-                "attention partials",
-            )?,
-        ];
-        let logits = alloc(shape.vocab, "logits")?;
-        let state = stream
-            .alloc_zeros::<i32>(2)
-            .map_err(|e| driver_err("state", e))?;
-        let result = stream
-            .alloc_zeros::<u32>(2)
-            .map_err(|e| driver_err("result", e))?;
-        let counters = stream
-            .alloc_zeros::<u32>(shape.kv_heads)
-            .map_err(|e| driver_err("attention counters", e))?;
-        let p: Vec<u64> = owned.iter().map(|s| device_ptr(s, stream)).collect();
-        Ok(Self {
-            state_ptr: device_ptr(&state, stream),
-            result_ptr: device_ptr(&result, stream),
-            logits_ptr: device_ptr(&logits, stream),
-            x: p[0],
-            qkv: p[1],
-            attn: p[2],
-            act: p[3],
-            k_cache: p[4],
-            v_cache: p[5],
-            part: p[6],
-            counters: device_ptr(&counters, stream),
-            _owned: owned,
-            _state: state,
-            _counters: counters,
-            result,
-            logits,
-        })
     }
 }
 
@@ -119,8 +43,14 @@ pub struct DecodeEngine {
     kernels: DecodeKernels,
     shape: EngineShape,
     weights: EngineWeights,
-    buffers: Buffers,
+    buffers: StepBuffers,
+    /// The step without adapters, and the step with them (its own graph: 4 more launches a layer).
     steps: StepGraph,
+    lora_steps: StepGraph,
+    /// The adapter slots (made by the first [`DecodeEngine::load_adapter`]).
+    adapters: Option<AdapterPool>,
+    /// The slot the sequence decodes with, if any.
+    adapter: Option<usize>,
     /// Position of the next token (= tokens in the cache).
     pos: usize,
     /// The batched prefill's kernels and chunk buffers, made by the first prefill.
@@ -155,7 +85,16 @@ impl DecodeEngine {
         let (h, qd) = (shape.hidden, shape.heads * shape.head_dim);
         for (i, l) in weights.layers.iter().enumerate() {
             let what = |m: &str| format!("layer {i} {m}");
-            check_matrix(&l.qkv, shape.qkv_rows(), h, &what("q/k/v"))?;
+            let rows: usize = l.qkv.iter().map(|m| m.rows).sum();
+            for m in &l.qkv {
+                check_matrix(m, m.rows, h, &what("q/k/v"))?;
+            }
+            if rows != shape.qkv_rows() {
+                return Err(Error::InvalidRequest(format!(
+                    "CUDA decode engine: layer {i} q/k/v have {rows} rows, expected {}",
+                    shape.qkv_rows()
+                )));
+            }
             check_matrix(&l.o, h, qd, &what("o_proj"))?;
             check_matrix(&l.gate, shape.ffn, h, &what("gate_proj"))?;
             check_matrix(&l.up, shape.ffn, h, &what("up_proj"))?;
@@ -170,7 +109,7 @@ impl DecodeEngine {
                 shape.head_dim
             )));
         }
-        let buffers = Buffers::new(&shape, &stream)?;
+        let buffers = StepBuffers::new(&shape, 1, &stream)?;
         tracing::info!(
             "CUDA decode engine: {} layers, {:.1} MB of weights per step, {} cache positions",
             shape.layers,
@@ -184,6 +123,9 @@ impl DecodeEngine {
             weights,
             buffers,
             steps: StepGraph::new("CUDA decode engine"),
+            lora_steps: StepGraph::new("CUDA decode engine (adapters)"),
+            adapters: None,
+            adapter: None,
             pos: 0,
             prefill: None,
         })
@@ -194,24 +136,127 @@ impl DecodeEngine {
         &self.shape
     }
 
-    /// How steps run now.
+    /// How steps run now (the adapter step's graph when an adapter is selected).
     pub fn mode(&self) -> &StepMode {
-        self.steps.mode()
+        self.step_graph().mode()
     }
 
-    /// Launches per step.
+    fn step_graph(&self) -> &StepGraph {
+        if self.adapter.is_some() {
+            &self.lora_steps
+        } else {
+            &self.steps
+        }
+    }
+
+    /// Launches per step (with the selected adapter, if any).
     pub fn launches_per_step(&self) -> usize {
-        3 + 5 * self.shape.layers
+        super::step::launches_per_step(self.shape.layers, self.adapter.is_some())
     }
 
-    /// Launches every later step eagerly (for comparisons; the graph, if any, is kept).
+    /// Launches every later step eagerly (for comparisons; the graphs, if any, are kept).
     pub fn force_eager(&mut self, reason: &str) {
         self.steps.force_eager(reason);
+        self.lora_steps.force_eager(reason);
     }
 
-    /// Replays the graph again from the next step, when one was captured.
+    /// Replays the graphs again from the next step, when captured.
     pub fn use_graph(&mut self) {
         self.steps.use_graph();
+        self.lora_steps.use_graph();
+    }
+
+    /// Writes `adapter` into adapter slot `slot` (`key`: its identity for
+    /// [`DecodeEngine::adapter_slot`]). The first load makes a pool of [`DEFAULT_SLOTS`] slots of
+    /// rank max(16, the adapter's); an adapter of a larger rank than the pool's makes a new pool
+    /// (the slots loaded before are dropped, the adapter step is captured again). Loading into a
+    /// pool never invalidates the captured step: only the slot's contents change.
+    pub fn load_adapter(
+        &mut self,
+        slot: usize,
+        adapter: &DecodeAdapter,
+        key: Option<Vec<candle_core::TensorId>>,
+    ) -> Result<()> {
+        let stream = self.kernels.stream().clone();
+        let rank = adapter.rank();
+        if self.adapters.as_ref().is_none_or(|p| p.rank() < rank) {
+            if self.adapters.is_some() {
+                tracing::info!(
+                    "CUDA decode engine: a rank-{rank} adapter: adapter slots rebuilt, loaded adapters dropped"
+                );
+            }
+            self.adapters = None;
+            self.adapter = None;
+            self.lora_steps = StepGraph::new("CUDA decode engine (adapters)");
+            self.adapters = Some(AdapterPool::new(
+                &self.shape,
+                DEFAULT_SLOTS,
+                rank.max(16),
+                1,
+                &stream,
+            )?);
+        }
+        let pool = self.adapters.as_mut().expect("made above");
+        pool.load(slot, adapter, key, &stream)
+    }
+
+    /// The slot holding the adapter of `key`; when absent, loads it (from `make`) into a free slot,
+    /// or over slot 0 when every slot is taken.
+    pub fn adapter_slot(
+        &mut self,
+        key: Vec<candle_core::TensorId>,
+        make: impl FnOnce() -> Result<DecodeAdapter>,
+    ) -> Result<usize> {
+        if let Some(slot) = self.adapters.as_ref().and_then(|p| p.find(&key)) {
+            return Ok(slot);
+        }
+        let adapter = make()?;
+        let slot = match &self.adapters {
+            Some(p) if p.rank() >= adapter.rank() => p.free_slot().unwrap_or(0),
+            _ => 0,
+        };
+        self.load_adapter(slot, &adapter, Some(key))?;
+        Ok(slot)
+    }
+
+    /// Frees adapter slot `slot` (a sequence decoding with it goes back to no adapter).
+    pub fn unload_adapter(&mut self, slot: usize) {
+        if let Some(p) = self.adapters.as_mut() {
+            p.unload(slot);
+        }
+        if self.adapter == Some(slot) {
+            self.adapter = None;
+        }
+    }
+
+    /// Decodes the next steps with the adapter in `slot`, or with none.
+    pub fn set_adapter(&mut self, slot: Option<usize>) -> Result<()> {
+        if let Some(slot) = slot {
+            let stream = self.kernels.stream().clone();
+            let pool = self.adapters.as_mut().ok_or_else(|| {
+                Error::InvalidRequest("CUDA decode engine: no adapter is loaded".into())
+            })?;
+            pool.set_sequence_slots(&[Some(slot)], &stream)?;
+        }
+        self.adapter = slot;
+        Ok(())
+    }
+
+    /// The adapter slot the sequence decodes with.
+    pub fn adapter(&self) -> Option<usize> {
+        self.adapter
+    }
+
+    /// Why the batched prefill cannot run this engine's model now (it applies neither biases nor
+    /// adapters yet: those prompts go through Candle's forward and [`DecodeEngine::load_prefix`]).
+    pub fn prefill_unsupported(&self) -> Option<&'static str> {
+        if self.adapter.is_some() {
+            Some("the batched prefill does not apply adapters yet")
+        } else if self.weights.has_biases() {
+            Some("the batched prefill does not add q/k/v biases yet")
+        } else {
+            None
+        }
     }
 
     /// Bytes of weights read per step.
@@ -251,7 +296,7 @@ impl DecodeEngine {
                     "CUDA decode engine: the prefill cache has no layer {layer}"
                 ))
             })?;
-            for (src, slot, what) in [(k, 4usize, "keys"), (v, 5, "values")] {
+            for (src, slot, what) in [(k, K_CACHE, "keys"), (v, K_CACHE + 1, "values")] {
                 let ctx = |e: candle_core::Error| Error::Candle {
                     context: format!("CUDA decode engine: prefill {what} of layer {layer}"),
                     source: e,
@@ -281,7 +326,7 @@ impl DecodeEngine {
                 let n = len * row;
                 let src_view = src_slice.slice(start..start + n);
                 let base = layer * s.max_seq * row;
-                let mut dst = self.buffers._owned[slot].slice_mut(base..base + n);
+                let mut dst = self.buffers.owned[slot].slice_mut(base..base + n);
                 stream
                     .memcpy_dtod(&src_view, &mut dst)
                     .map_err(|e| driver_err("copying the prefill cache", e))?;
@@ -304,90 +349,21 @@ impl DecodeEngine {
         &self,
         mark: &mut dyn FnMut(&'static str) -> Result<()>,
     ) -> Result<()> {
-        let (k, s, b, w) = (&self.kernels, &self.shape, &self.buffers, &self.weights);
-        let (h, eps) = (s.hidden, s.eps);
-        let norm = |i: usize| w.norms_ptr + (i * h * 4) as u64;
-        let cache_layer = (s.max_seq * s.kv_heads * s.head_dim * 4) as u64;
-        let attention = s.attention();
-        let scale = 1.0 / (s.head_dim as f32).sqrt();
-        k.embed(w.embed.quant, w.embed.ptr, b.state_ptr, b.x, h)
-            .map_err(launch_err("embed"))?;
-        mark("embed")?;
-        for (i, l) in w.layers.iter().enumerate() {
-            let qkv = &l.qkv;
-            k.qmv(
-                qkv.quant,
-                qkv.ptr,
-                b.x,
-                norm(2 * i),
-                b.qkv,
-                qkv.rows,
-                h,
-                eps,
-                false,
-            )
-            .map_err(launch_err("qkv"))?;
-            mark("qmv q/k/v")?;
-            k.rope_attention(
-                b.qkv,
-                b.k_cache + i as u64 * cache_layer,
-                b.v_cache + i as u64 * cache_layer,
-                b.state_ptr,
-                w.inv_freq_ptr,
-                b.attn,
-                b.part,
-                b.counters,
-                attention,
-                scale,
-            )
-            .map_err(launch_err("rope_attention"))?;
-            mark("rope_attention")?;
-            let o = &l.o;
-            k.qmv(o.quant, o.ptr, b.attn, 0, b.x, h, o.cols, eps, true)
-                .map_err(launch_err("o_proj"))?;
-            mark("qmv o_proj")?;
-            k.qmv_swiglu(
-                l.gate.quant,
-                l.gate.ptr,
-                l.up.ptr,
-                b.x,
-                norm(2 * i + 1),
-                b.act,
-                s.ffn,
-                h,
-                eps,
-            )
-            .map_err(launch_err("gate/up + swiglu"))?;
-            mark("qmv_swiglu gate/up")?;
-            let d = &l.down;
-            k.qmv(d.quant, d.ptr, b.act, 0, b.x, h, s.ffn, eps, true)
-                .map_err(launch_err("down_proj"))?;
-            mark("qmv down_proj")?;
+        Step {
+            kernels: &self.kernels,
+            shape: &self.shape,
+            weights: &self.weights,
+            buffers: &self.buffers,
+            lora: self.adapters.as_ref().filter(|_| self.adapter.is_some()),
         }
-        let head = w.head();
-        k.qmv(
-            head.quant,
-            head.ptr,
-            b.x,
-            norm(2 * s.layers),
-            b.logits_ptr,
-            s.vocab,
-            h,
-            eps,
-            false,
-        )
-        .map_err(launch_err("lm_head"))?;
-        mark("qmv lm_head")?;
-        k.argmax(b.logits_ptr, s.vocab, b.result_ptr, 0)
-            .map_err(launch_err("argmax"))?;
-        mark("argmax")
+        .launch(mark)
     }
 
     /// Replays the captured step graph for the token and position of the last
     /// [`DecodeEngine::step`] again, without uploading them (for `cuda_decode::profile`); false
     /// when no graph was captured.
     pub fn replay_last_step(&self) -> Result<bool> {
-        match self.steps.graph() {
+        match self.step_graph().graph() {
             Some(g) => g.replay().map(|()| true),
             None => Ok(false),
         }
@@ -411,13 +387,21 @@ impl DecodeEngine {
         let stream = self.kernels.stream().clone();
         let state = [token as i32, self.pos as i32];
         stream
-            .memcpy_htod(&state, &mut self.buffers._state)
+            .memcpy_htod(&state, &mut self.buffers.state)
             .map_err(|e| driver_err("writing token and position", e))?;
         // The step graph lives beside the buffers it launches on; take it out while it runs them.
-        let mut steps =
-            std::mem::replace(&mut self.steps, StepGraph::stand_in("CUDA decode engine"));
+        let graphs = if self.adapter.is_some() {
+            &mut self.lora_steps
+        } else {
+            &mut self.steps
+        };
+        let mut steps = std::mem::replace(graphs, StepGraph::stand_in("CUDA decode engine"));
         let ran = steps.run(&self.device, || self.launch_step());
-        self.steps = steps;
+        if self.adapter.is_some() {
+            self.lora_steps = steps;
+        } else {
+            self.steps = steps;
+        }
         ran?;
         self.pos += 1;
         Ok(())

@@ -1,12 +1,17 @@
-//! The CUDA decode engine: batch-1 decode of a LLaMA-family model with GGUF-quantized weights (Q4_0,
-//! Q4_1, Q8_0) as a fixed sequence of wick's own kernels (`gpu::decode`) on buffers allocated once,
-//! captured as one CUDA graph and replayed per token.
+//! The CUDA decode engine: decode of a LLaMA-family model (LLaMA, Mistral, Qwen2 with its q/k/v
+//! biases) with GGUF-quantized weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, mixed per
+//! matrix as a Q4_K_M file mixes them) as a fixed sequence of wick's own kernels (`gpu::decode`) on
+//! buffers allocated once, captured as one CUDA graph and replayed per token. The step is written
+//! once for N sequences (`step`): the batch-1 engine ([`DecodeEngine`]) and the batch engine
+//! (`batch`) run it at N = 1 and N <= 8. LoRA adapters stay unmerged in a pool of slots
+//! (`adapters`), each sequence with its own slot: a shrink launch per projection group and the
+//! expand in the mat-vec's epilogue.
 //!
 //! One step (token id and position in device memory, `state`):
 //! ```text
 //! x = embed(token)                                                    1 launch
-//! per layer:  qkv = W_qkv rms_norm(x)                                 5 launches per layer
-//!             attn = attention(rope(q), rope(k) -> cache, v -> cache)
+//! per layer:  qkv = W_qkv rms_norm(x) (+ bias)                        5 launches per layer
+//!             attn = attention(rope(q), rope(k) -> cache, v -> cache)  (+ 4 with adapters)
 //!             x += W_o attn
 //!             act = silu(W_gate rms_norm(x)) * (W_up rms_norm(x))
 //!             x += W_down act
@@ -23,11 +28,15 @@
 //! `WICK_CUDA_DECODE=candle` turns the engine off (generation then runs through Candle's ops and
 //! QMatMul as before).
 
+pub mod adapters;
 pub mod batch;
+/// The engines end to end against Candle on the CPU (`wick bench gpu-check`).
+pub mod check;
 pub mod engine;
 /// Where the time of one decode step goes (`wick bench overhead`).
 pub mod profile;
 pub mod registry;
+pub mod step;
 pub mod step_graph;
 pub mod weights;
 
@@ -77,9 +86,6 @@ impl EngineShape {
             eps: cfg.rms_norm_eps as f32,
             max_seq: cfg.max_position_embeddings.min(MAX_SEQ_CAP),
         };
-        if cfg.attention_bias {
-            return Err("attention biases (Qwen2) are not supported yet".into());
-        }
         let q_out = shape.heads * shape.head_dim;
         for (what, k) in [
             ("hidden_size", shape.hidden),

@@ -35,7 +35,7 @@ use super::{driver_err, launch_err, DecodeEngine};
 use crate::generate::cuda_decode::EngineShape;
 use crate::gpu::decode::launch::device_ptr;
 use crate::gpu::decode::prefill::{
-    gemm_attention_scores_len, prefill_query_tile, DequantSegment, PrefillKernels,
+    gemm_attention_scores_len, prefill_query_tile, DequantSegment, PrefillKernels, DEQUANT_SEGMENTS,
 };
 use crate::gpu::decode::BLOCK;
 use crate::gpu::gemm::{Gemm, GemmShape};
@@ -227,6 +227,11 @@ impl DecodeEngine {
                 "CUDA decode engine: prefill of an empty prompt".into(),
             ));
         }
+        if let Some(reason) = self.prefill_unsupported() {
+            return Err(Error::InvalidRequest(format!(
+                "CUDA decode engine: {reason}"
+            )));
+        }
         if self.pos + tokens.len() > s.max_seq {
             return Err(Error::InvalidRequest(format!(
                 "CUDA decode engine: {} cached + {} prompt positions exceed its cache of {}",
@@ -314,6 +319,7 @@ impl DecodeEngine {
                 h,
                 self.shape.eps,
                 false,
+                &crate::gpu::decode::launch::Epilogue::NONE,
             )
             .map_err(launch_err("prefill lm_head"))?;
         self.kernels
@@ -344,15 +350,20 @@ impl DecodeEngine {
             .map_err(launch_err("prefill embed"))?;
         mark("embed")?;
         for (i, l) in w.layers.iter().enumerate() {
-            let segments: [DequantSegment; 5] = [
-                (l.qkv.ptr, l.qkv.quant, blocks(&l.qkv)),
-                (l.o.ptr, l.o.quant, blocks(&l.o)),
-                (l.gate.ptr, l.gate.quant, blocks(&l.gate)),
-                (l.up.ptr, l.up.quant, blocks(&l.up)),
-                (l.down.ptr, l.down.quant, blocks(&l.down)),
-            ];
-            k.dequant_layer(p.w, &segments)
-                .map_err(launch_err("prefill dequant"))?;
+            // q/k/v (1 or 3 matrices), o, gate, up, down, consecutive in p.w; a launch takes at
+            // most DEQUANT_SEGMENTS of them (a split q/k/v needs two).
+            let segments: Vec<DequantSegment> = l
+                .qkv
+                .iter()
+                .chain([&l.o, &l.gate, &l.up, &l.down])
+                .map(|m| (m.ptr, m.quant, blocks(m)))
+                .collect();
+            let mut dst = p.w;
+            for part in segments.chunks(DEQUANT_SEGMENTS) {
+                k.dequant_layer(dst, part)
+                    .map_err(launch_err("prefill dequant"))?;
+                dst += part.iter().map(|s| (s.2 * BLOCK * 4) as u64).sum::<u64>();
+            }
             mark("dequant")?;
             k.rms_rows(p.x, norm(2 * i), p.xn, n, h, eps)
                 .map_err(launch_err("prefill input norm"))?;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Weak};
 
 use candle_core::quantized::{QMatMul, QTensor};
 
+use super::adapters::DecodeAdapter;
 use super::DecodeEngine;
 use crate::formats::config::DecoderConfig;
 use crate::formats::weights::{LoadOptions, WeightSource};
@@ -39,17 +40,30 @@ fn key_of(model: &Llama) -> Option<Arc<QTensor>> {
     }
 }
 
-/// Why `model` cannot use an engine now (an adapter or a merged weight changed what it computes).
-fn ineligible(model: &Llama) -> Option<String> {
-    for (name, linear) in model.linear_layers() {
-        if linear.lora.is_some() {
-            return Some(format!("{name} has a LoRA adapter"));
-        }
+/// Why `model` cannot use an engine now (a merged weight changed what it computes).
+fn ineligible(linears: &[(String, &crate::models::linear::Linear)]) -> Option<String> {
+    for (name, linear) in linears {
         if !matches!(linear.weight(), BaseWeight::Quantized(QMatMul::QTensor(_))) {
             return Some(format!("{name} is not quantized"));
         }
     }
     None
+}
+
+/// Selects the engine's adapter slot for the adapters attached to `linears` (loading them into a
+/// slot the first time: `DecodeAdapter::key_of` identifies them), or no adapter.
+fn select_adapter(
+    engine: &mut DecodeEngine,
+    linears: &[(String, &crate::models::linear::Linear)],
+) -> Result<()> {
+    let slot = match DecodeAdapter::key_of(linears) {
+        Some(key) => Some(engine.adapter_slot(key, || {
+            DecodeAdapter::from_linears(linears)?
+                .ok_or_else(|| crate::Error::InvalidRequest("the model's adapters vanished".into()))
+        })?),
+        None => None,
+    };
+    engine.set_adapter(slot)
 }
 
 /// Builds an engine for `model` (just loaded from `source` with `options`) when it runs quantized on
@@ -108,7 +122,8 @@ pub fn session_for(model: &Llama, positions: usize, sampling: &SamplingParams) -
             .find(|e| e.key.upgrade().is_some_and(|k| Arc::ptr_eq(&k, &key)))
             .map(|entry| (entry.engine.clone(), entry.busy.clone()))
     })?;
-    if let Some(reason) = ineligible(model) {
+    let linears = model.linear_layers();
+    if let Some(reason) = ineligible(&linears) {
         tracing::info!("CUDA decode engine not used: {reason}");
         return None;
     }
@@ -120,6 +135,16 @@ pub fn session_for(model: &Llama, positions: usize, sampling: &SamplingParams) -
         return None;
     }
     if busy.replace(true) {
+        return None;
+    }
+    // Only now that this generation holds the engine: its adapter slot (loaded the first time).
+    let selected = match engine.try_borrow_mut() {
+        Ok(mut e) => select_adapter(&mut e, &linears),
+        Err(_) => Err(crate::Error::InvalidRequest("the engine is in use".into())),
+    };
+    if let Err(e) = selected {
+        tracing::info!("CUDA decode engine not used: its adapter slots: {e}");
+        busy.set(false);
         return None;
     }
     Some(Session {
@@ -154,20 +179,31 @@ impl Session {
             self.engine.borrow_mut().reset();
             return self.run(prompt_ids);
         }
-        let engine_prefill = {
-            let mut engine = self.engine.borrow_mut();
-            engine.reset();
-            let result = engine.prefill(prompt_ids);
-            if result.is_err() {
+        let unsupported = self.engine.borrow().prefill_unsupported();
+        if let Some(reason) = unsupported {
+            // Expected (adapters, biases): said once per process, not per generation.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::info!(
+                    "CUDA decode engine: {reason}: prefilling through Candle's forward, then decoding on the engine"
+                )
+            });
+        } else {
+            let engine_prefill = {
+                let mut engine = self.engine.borrow_mut();
                 engine.reset();
+                let result = engine.prefill(prompt_ids);
+                if result.is_err() {
+                    engine.reset();
+                }
+                result
+            };
+            match engine_prefill {
+                Ok(()) => return self.run(&[]),
+                Err(e) => tracing::warn!(
+                    "CUDA decode engine: batched prefill failed, prefilling through Candle's forward instead: {e}"
+                ),
             }
-            result
-        };
-        match engine_prefill {
-            Ok(()) => return self.run(&[]),
-            Err(e) => tracing::warn!(
-                "CUDA decode engine: batched prefill failed, prefilling through Candle's forward instead: {e}"
-            ),
         }
         let input = candle_core::Tensor::new(prompt_ids, model.device())
             .and_then(|t| t.unsqueeze(0))

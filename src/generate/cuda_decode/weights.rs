@@ -31,7 +31,17 @@ impl DeviceMatrix {
 
 /// The weights of one decoder layer.
 pub struct LayerWeights {
-    pub qkv: DeviceMatrix,
+    /// q/k/v as one matrix (one launch makes all three) when stored in one format, else the
+    /// three matrices (q, k, v: a Q4_K_M file keeps some layers' v in Q6_K), launched one after
+    /// the other into the same output rows.
+    pub qkv: Vec<DeviceMatrix>,
+    /// The q/k/v biases concatenated [qkv rows] f32 (Qwen2), added in the mat-vec's epilogue.
+    pub qkv_bias: Option<CudaSlice<f32>>,
+    /// Raw address of `qkv_bias`, 0 when there is none.
+    pub qkv_bias_ptr: u64,
+    /// The o_proj bias [hidden] (LLaMA's `attention_bias`; Qwen2 has none), and its address or 0.
+    pub o_bias: Option<CudaSlice<f32>>,
+    pub o_bias_ptr: u64,
     pub o: DeviceMatrix,
     pub gate: DeviceMatrix,
     pub up: DeviceMatrix,
@@ -73,6 +83,13 @@ fn blocks(source: &dyn WeightSource, name: &str) -> Result<(QuantType, usize, us
                 ))
             })?;
             let (rows, cols) = q.shape().dims2().context(format!("shape of {name}"))?;
+            if cols % quant.block_weights() != 0 {
+                return Err(unsupported(format!(
+                    "rows of {cols} weights are not whole {:?} blocks of {}",
+                    quant,
+                    quant.block_weights()
+                )));
+            }
             let data = q.data().context(format!("reading {name}"))?.to_vec();
             if data.len() < rows * quant.row_bytes(cols) {
                 return Err(unsupported(format!(
@@ -131,16 +148,23 @@ impl EngineWeights {
                 get("self_attn.k_proj")?,
                 get("self_attn.v_proj")?,
             );
-            if q.0 != k.0 || q.0 != v.0 {
-                return Err(Error::InvalidRequest(format!(
-                    "{p}: q/k/v stored as {:?}/{:?}/{:?}; the engine needs one format",
-                    q.0, k.0, v.0
-                )));
-            }
-            let mut qkv = q.3[..q.1 * q.0.row_bytes(q.2)].to_vec();
-            qkv.extend_from_slice(&k.3[..k.1 * k.0.row_bytes(k.2)]);
-            qkv.extend_from_slice(&v.3[..v.1 * v.0.row_bytes(v.2)]);
-            let qkv = (q.0, q.1 + k.1 + v.1, q.2, qkv);
+            let qkv_rows = q.1 + k.1 + v.1;
+            let qkv = if q.0 == k.0 && q.0 == v.0 {
+                let mut fused = q.3[..q.1 * q.0.row_bytes(q.2)].to_vec();
+                fused.extend_from_slice(&k.3[..k.1 * k.0.row_bytes(k.2)]);
+                fused.extend_from_slice(&v.3[..v.1 * v.0.row_bytes(v.2)]);
+                vec![upload_matrix(
+                    stream,
+                    &format!("{p} qkv"),
+                    (q.0, qkv_rows, q.2, fused),
+                )?]
+            } else {
+                vec![
+                    upload_matrix(stream, &format!("{p} q"), q)?,
+                    upload_matrix(stream, &format!("{p} k"), k)?,
+                    upload_matrix(stream, &format!("{p} v"), v)?,
+                ]
+            };
             let (gate, up) = (get("mlp.gate_proj")?, get("mlp.up_proj")?);
             if gate.0 != up.0 {
                 return Err(Error::InvalidRequest(format!(
@@ -148,8 +172,48 @@ impl EngineWeights {
                     gate.0, up.0
                 )));
             }
+            let qkv_bias = if cfg.attention_bias {
+                let mut bias = dense_f32(source, &format!("{p}.self_attn.q_proj.bias"))?;
+                bias.extend(dense_f32(source, &format!("{p}.self_attn.k_proj.bias"))?);
+                bias.extend(dense_f32(source, &format!("{p}.self_attn.v_proj.bias"))?);
+                if bias.len() != qkv_rows {
+                    return Err(Error::InvalidRequest(format!(
+                        "{p}: q/k/v biases hold {} values for {qkv_rows} rows",
+                        bias.len(),
+                    )));
+                }
+                Some(
+                    stream
+                        .clone_htod(&bias)
+                        .map_err(|e| upload_err("q/k/v biases", e))?,
+                )
+            } else {
+                None
+            };
+            let o_bias_name = format!("{p}.self_attn.o_proj.bias");
+            let o_bias = if cfg.attention_bias && source.contains(&o_bias_name) {
+                let bias = dense_f32(source, &o_bias_name)?;
+                if bias.len() != shape.hidden {
+                    return Err(Error::InvalidRequest(format!(
+                        "{o_bias_name}: {} values, expected {}",
+                        bias.len(),
+                        shape.hidden
+                    )));
+                }
+                Some(
+                    stream
+                        .clone_htod(&bias)
+                        .map_err(|e| upload_err("o_proj bias", e))?,
+                )
+            } else {
+                None
+            };
             layers.push(LayerWeights {
-                qkv: upload_matrix(stream, &format!("{p} qkv"), qkv)?,
+                o_bias_ptr: o_bias.as_ref().map_or(0, |b| device_ptr(b, stream)),
+                o_bias,
+                qkv_bias_ptr: qkv_bias.as_ref().map_or(0, |b| device_ptr(b, stream)),
+                qkv_bias,
+                qkv,
                 o: upload_matrix(stream, &p, get("self_attn.o_proj")?)?,
                 gate: upload_matrix(stream, &p, gate)?,
                 up: upload_matrix(stream, &p, up)?,
@@ -206,12 +270,25 @@ impl EngineWeights {
         self.head.as_ref().unwrap_or(&self.embed)
     }
 
+    /// Whether any projection has a bias (Qwen2's q/k/v, LLaMA's `attention_bias`).
+    pub fn has_biases(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| l.qkv_bias.is_some() || l.o_bias.is_some())
+    }
+
     /// Bytes of quantized blocks read per decode step (every matrix once, plus one embedding row).
     pub fn bytes_per_step(&self) -> usize {
         let layers: usize = self
             .layers
             .iter()
-            .map(|l| l.qkv.bytes() + l.o.bytes() + l.gate.bytes() + l.up.bytes() + l.down.bytes())
+            .map(|l| {
+                l.qkv.iter().map(DeviceMatrix::bytes).sum::<usize>()
+                    + l.o.bytes()
+                    + l.gate.bytes()
+                    + l.up.bytes()
+                    + l.down.bytes()
+            })
             .sum();
         layers + self.head().bytes()
     }

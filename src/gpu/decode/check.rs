@@ -6,7 +6,7 @@ use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::quantized::QTensor;
 use candle_core::{CudaDevice, Device, Tensor};
 
-use super::launch::{device_ptr, DecodeKernels};
+use super::launch::{device_ptr, DecodeKernels, Epilogue, LoraEpilogue};
 use super::reference::{self, AttentionShape};
 use super::QuantType;
 use crate::check::random_values;
@@ -88,8 +88,17 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
         seed >> 8
     };
     let eps = 1e-5f32;
-    for q in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
-        for &(rows, k) in &[(37usize, 96usize), (960, 576), (576, 1536)] {
+    for q in super::QUANT_TYPES {
+        // K-quant rows are whole super-blocks of 256.
+        let k_quant = q.block_weights() == 256;
+        let shapes: [(usize, usize); 3] = if k_quant {
+            [(37, 256), (960, 768), (576, 1536)]
+        } else {
+            [(37, 96), (960, 576), (576, 1536)]
+        };
+        let narrow = shapes[0].1;
+        let hidden = if k_quant { 512 } else { 576 };
+        for &(rows, k) in &shapes {
             let w = blocks(q, rows, k, next())?;
             let x = f32s(k, next(), 2.0);
             let g = f32s(k, next(), 1.0);
@@ -107,6 +116,7 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
                     k,
                     eps,
                     true,
+                    &Epilogue::NONE,
                 )
                 .map_err(launch_err(&name))?;
             cases.push(DecodeCase {
@@ -126,6 +136,7 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
                     k,
                     eps,
                     false,
+                    &Epilogue::NONE,
                 )
                 .map_err(launch_err(&name))?;
             cases.push(DecodeCase {
@@ -148,6 +159,7 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
                     rows,
                     k,
                     eps,
+                    &LoraEpilogue::default(),
                 )
                 .map_err(launch_err(&name))?;
             cases.push(DecodeCase {
@@ -158,7 +170,11 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
             });
         }
         // Batched mat-vecs (the batch decode engine): each sequence against the batch-1 reference.
-        for &(rows, k, nb) in &[(37usize, 96usize, 3usize), (960, 576, 8), (576, 1536, 8)] {
+        for &(rows, k, nb) in &[
+            (37usize, narrow, 3usize),
+            (960, shapes[1].1, 8),
+            (576, 1536, 8),
+        ] {
             let w = blocks(q, rows, k, next())?;
             let u = blocks(q, rows, k, next())?;
             let x = f32s(nb * k, next(), 2.0);
@@ -179,6 +195,7 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
                     eps,
                     true,
                     nb,
+                    &Epilogue::NONE,
                 )
                 .map_err(launch_err(&name))?;
             let per_seq =
@@ -211,6 +228,7 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
                     k,
                     eps,
                     nb,
+                    &LoraEpilogue::default(),
                 )
                 .map_err(launch_err(&name))?;
             cases.push(DecodeCase {
@@ -223,7 +241,7 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
             });
         }
         {
-            let (vocab, hidden, nb) = (301, 576, 5);
+            let (vocab, nb) = (301, 5);
             let table = blocks(q, vocab, hidden, next())?;
             let tokens: Vec<usize> = (0..nb).map(|_| (next() % vocab as u64) as usize).collect();
             let state: Vec<i32> = tokens.iter().flat_map(|&t| [t as i32, 0]).collect();
@@ -244,7 +262,7 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
             });
         }
         // Embedding: row `token` of a [vocab, hidden] table.
-        let (vocab, hidden) = (301, 576);
+        let vocab = 301;
         let table = blocks(q, vocab, hidden, next())?;
         let token = (next() % vocab as u64) as i32;
         let (td, sd) = (gpu.up(&table)?, gpu.up(&[token, 0i32])?);
@@ -383,6 +401,8 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
         got: vec![f32::from_bits(result[1]) as f64],
         want: vec![want_lp],
     });
+    // The LoRA shrink and the mat-vec epilogue (bias, per-sequence adapters): `dec_lora_*`.
+    cases.extend(super::check_lora::run(&kernels, &mut next)?);
     // The batched prefill's kernels (records `dec_prefill_*`).
     cases.extend(super::check_prefill::run(dev, &mut next)?);
     Ok(cases)

@@ -58,10 +58,11 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
     let kernels = PrefillKernels::load(dev).map_err(launch_err("loading the prefill kernels"))?;
     let gpu = Gpu { k: &kernels };
     let mut cases = Vec::new();
-    let formats = [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0];
-    // Embedding of n tokens, every format.
+    let formats = super::QUANT_TYPES;
+    // Embedding of n tokens, every format (rows of whole K-quant super-blocks for those).
     for q in formats {
-        let (vocab, hidden, n) = (301, 576, 37);
+        let (vocab, n) = (301, 37);
+        let hidden = if q.block_weights() == 256 { 512 } else { 576 };
         let table = blocks(q, vocab, hidden, next())?;
         let ids: Vec<u32> = (0..n).map(|_| (next() % vocab as u64) as u32).collect();
         let ids_i: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
@@ -87,13 +88,19 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
             (576, 1536),
         ],
         vec![(37, 96), (5, 32), (64, 160)],
+        vec![(64, 512), (32, 256), (48, 768), (7, 256)],
     ] {
         let mats: Vec<(QuantType, Vec<u8>, usize, usize)> = dims
             .iter()
             .enumerate()
             .map(
                 |(i, &(rows, k))| -> Result<(QuantType, Vec<u8>, usize, usize)> {
-                    let q = formats[(i + next() as usize) % 3];
+                    // A random format whose blocks fit rows of k weights.
+                    let fits: Vec<QuantType> = formats
+                        .into_iter()
+                        .filter(|q| k % q.block_weights() == 0)
+                        .collect();
+                    let q = fits[(i + next() as usize) % fits.len()];
                     Ok((q, blocks(q, rows, k, next())?, rows, k))
                 },
             )

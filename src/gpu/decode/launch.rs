@@ -23,6 +23,8 @@ const MV_WARPS: usize = 4;
 /// Most blocks a mat-vec launch uses; beyond, warps loop over rows (the LM head's 49152 rows), so
 /// each block normalizes x once for many rows. 8 blocks per SM of the H100's 132.
 const MV_MAX_BLOCKS: usize = 132 * 8;
+/// Warps (rows of A) per block of `lora_shrink` (SHRINK_WARPS in kernels/quant_matvec.cu).
+const SHRINK_WARPS: usize = 4;
 /// Threads of the argmax block.
 const ARGMAX_THREADS: u32 = 1024;
 /// Largest `k` the mat-vec kernels hold in shared memory (48 KiB of f32 without an opt-in).
@@ -32,25 +34,74 @@ pub const MAX_DECODE_BATCH: usize = 8;
 /// Dynamic shared memory the batched mat-vecs may use (`batch * k` f32; the H100 allows 227 KiB).
 pub const MAX_BATCH_SHARED_BYTES: usize = 160 * 1024;
 
+/// The LoRA part of a mat-vec launch (`LoraEpi` in kernels/quant_matvec.cu, passed by value):
+/// each sequence b with `slots[b] >= 0` gets `sum_j xa[b, seg(r) R + j] B_slot[r, j]` added to
+/// output row r (B pre-scaled by the adapter's scale). `b == 0`: no adapters in this launch.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoraEpilogue {
+    /// B of slot 0 for the launch's output rows ([rows, rank] f32 per slot; the swiglu kernels read
+    /// the up projection's B at `rows * rank` floats after the gate's).
+    pub b: u64,
+    /// Floats from one slot's B to the next.
+    pub slot_stride: i64,
+    /// x A^T per sequence, [nb, xa_stride] f32 (`lora_shrink`).
+    pub xa: u64,
+    /// Each sequence's slot, [nb] i32, negative for none.
+    pub slots: u64,
+    /// Floats per B row and per xa segment.
+    pub rank: i32,
+    /// Floats per sequence in `xa`.
+    pub xa_stride: i32,
+    /// Rows `[0, e0)` read xa segment 0, `[e0, e1)` segment 1, the rest segment 2.
+    pub e0: i32,
+    pub e1: i32,
+}
+
+// SAFETY: plain old data with the C layout of `LoraEpi` (4 pointers/int64, then 4 int32).
+unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for LoraEpilogue {}
+
+/// What a mat-vec adds to each output row before storing it: a bias [rows] (0: none) and the LoRA
+/// delta ([`LoraEpilogue`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue {
+    pub bias: u64,
+    pub lora: LoraEpilogue,
+}
+
+impl Epilogue {
+    /// Nothing added.
+    pub const NONE: Epilogue = Epilogue {
+        bias: 0,
+        lora: LoraEpilogue {
+            b: 0,
+            slot_stride: 0,
+            xa: 0,
+            slots: 0,
+            rank: 0,
+            xa_stride: 0,
+            e0: 0,
+            e1: 0,
+        },
+    };
+}
+
 /// The decode kernels of one device, with the stream they launch on (Candle's).
 pub struct DecodeKernels {
     stream: Arc<CudaStream>,
-    qmv: [CudaFunction; 3],
-    qmv_swiglu: [CudaFunction; 3],
-    embed: [CudaFunction; 3],
-    qmvb: [CudaFunction; 3],
-    qmvb_swiglu: [CudaFunction; 3],
-    embedb: [CudaFunction; 3],
+    qmv: Vec<CudaFunction>,
+    qmv_swiglu: Vec<CudaFunction>,
+    embed: Vec<CudaFunction>,
+    qmvb: Vec<CudaFunction>,
+    qmvb_swiglu: Vec<CudaFunction>,
+    embedb: Vec<CudaFunction>,
     rope_attention: CudaFunction,
     argmax: CudaFunction,
+    lora_shrink: CudaFunction,
 }
 
 fn index(q: QuantType) -> usize {
-    match q {
-        QuantType::Q4_0 => 0,
-        QuantType::Q4_1 => 1,
-        QuantType::Q8_0 => 2,
-    }
+    q.code()
 }
 
 /// Positions per chunk of `rope_attention` (ATT_CHUNK in kernels/decode_step.cu).
@@ -77,12 +128,11 @@ pub fn attention_scratch_floats(shape: super::reference::AttentionShape) -> usiz
 impl DecodeKernels {
     /// Loads the kernels (kernels/quant_matvec.cu, kernels/decode_step.cu) on `dev`.
     pub fn load(dev: &CudaDevice) -> Result<Self> {
-        let per_type = |name: &'static str| -> Result<[CudaFunction; 3]> {
-            Ok([
-                function(dev, Module::QuantMatvec, name, "q4_0")?,
-                function(dev, Module::QuantMatvec, name, "q4_1")?,
-                function(dev, Module::QuantMatvec, name, "q8_0")?,
-            ])
+        let per_type = |name: &'static str| -> Result<Vec<CudaFunction>> {
+            super::QUANT_TYPES
+                .iter()
+                .map(|q| function(dev, Module::QuantMatvec, name, q.suffix()))
+                .collect()
         };
         let kernels = Self {
             stream: dev.cuda_stream(),
@@ -94,6 +144,7 @@ impl DecodeKernels {
             embedb: per_type("embedb")?,
             rope_attention: function(dev, Module::DecodeStep, "rope_attention", "")?,
             argmax: function(dev, Module::DecodeStep, "argmax_logprob", "")?,
+            lora_shrink: function(dev, Module::QuantMatvec, "lora_shrink", "")?,
         };
         // The batched mat-vecs keep every sequence's x in shared memory: opt in above 48 KiB.
         for f in kernels.qmvb.iter().chain(&kernels.qmvb_swiglu) {
@@ -119,8 +170,8 @@ impl DecodeKernels {
         }
     }
 
-    /// y[r] = (accumulate ? y[r] : 0) + W[r] . xn; xn = rms_norm(x) * norm_w when `norm_w != 0`.
-    /// w: rows x k in `q` blocks; x: [k]; norm_w: [k]; y: [rows] (f32).
+    /// y[r] = (accumulate ? y[r] : 0) + W[r] . xn + epilogue; xn = rms_norm(x) * norm_w when
+    /// `norm_w != 0`. w: rows x k in `q` blocks; x: [k]; norm_w: [k]; y: [rows] (f32).
     #[allow(clippy::too_many_arguments)]
     pub fn qmv(
         &self,
@@ -133,17 +184,20 @@ impl DecodeKernels {
         k: usize,
         eps: f32,
         accumulate: bool,
+        epilogue: &Epilogue,
     ) -> Result<()> {
         let f = &self.qmv[index(q)];
         let (rows_i, k_i, acc_i) = (rows as i32, k as i32, accumulate as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i);
+        b.arg(&epilogue.bias).arg(&epilogue.lora);
         unsafe { b.launch(Self::matvec_config(rows, k)) }.w()?;
         Ok(())
     }
 
-    /// y[r] = silu(Wg[r] . xn) * (Wu[r] . xn), r < rows.
+    /// y[r] = silu(Wg[r] . xn + dg) * (Wu[r] . xn + du), r < rows, with the LoRA deltas dg (B rows
+    /// 0..rows, xa segment 0) and du (B rows rows..2 rows, segment 1) of `lora`.
     #[allow(clippy::too_many_arguments)]
     pub fn qmv_swiglu(
         &self,
@@ -156,12 +210,13 @@ impl DecodeKernels {
         rows: usize,
         k: usize,
         eps: f32,
+        lora: &LoraEpilogue,
     ) -> Result<()> {
         let f = &self.qmv_swiglu[index(q)];
         let (rows_i, k_i) = (rows as i32, k as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
-        b.arg(&rows_i).arg(&k_i).arg(&eps);
+        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(lora);
         unsafe { b.launch(Self::matvec_config(rows, k)) }.w()?;
         Ok(())
     }
@@ -208,13 +263,44 @@ impl DecodeKernels {
         eps: f32,
         accumulate: bool,
         batch: usize,
+        epilogue: &Epilogue,
     ) -> Result<()> {
+        self.qmv_batch_strided(
+            q, w, x, norm_w, y, rows, k, eps, accumulate, batch, epilogue, rows,
+        )
+    }
+
+    /// [`DecodeKernels::qmv_batch`] writing sequence b's rows at `y + b * ldy` floats (`ldy >=
+    /// rows`: one matrix of a split q/k/v fills its part of each sequence's q/k/v row).
+    #[allow(clippy::too_many_arguments)]
+    pub fn qmv_batch_strided(
+        &self,
+        q: QuantType,
+        w: u64,
+        x: u64,
+        norm_w: u64,
+        y: u64,
+        rows: usize,
+        k: usize,
+        eps: f32,
+        accumulate: bool,
+        batch: usize,
+        epilogue: &Epilogue,
+        ldy: usize,
+    ) -> Result<()> {
+        if ldy < rows {
+            return Err(candle_core::Error::Msg(format!(
+                "qmv_batch: output row stride {ldy} < {rows} rows"
+            )));
+        }
+        let ldy_i = ldy as i32;
         let cfg = Self::batch_matvec_config(rows, k, batch)?;
         let f = &self.qmvb[index(q)];
         let (rows_i, k_i, acc_i, nb) = (rows as i32, k as i32, accumulate as i32, batch as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i).arg(&nb);
+        b.arg(&epilogue.bias).arg(&epilogue.lora).arg(&ldy_i);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -233,13 +319,56 @@ impl DecodeKernels {
         k: usize,
         eps: f32,
         batch: usize,
+        lora: &LoraEpilogue,
     ) -> Result<()> {
         let cfg = Self::batch_matvec_config(rows, k, batch)?;
         let f = &self.qmvb_swiglu[index(q)];
         let (rows_i, k_i, nb) = (rows as i32, k as i32, batch as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
-        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&nb);
+        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&nb).arg(lora);
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    /// LoRA shrink of `batch` sequences (Punica's BGMV shrink): xa[b, j] = xn_b . A_s[j] for
+    /// j < rows and s = slots[b] >= 0 (sequences without a slot are skipped), xn_b = rms_norm(x_b)
+    /// * norm_w when `norm_w != 0`. x: [batch, k]; A_s = a + s * a_slot_stride floats, [rows, k]
+    /// f32; xa: [batch, xa_stride]; `k` a multiple of 4, every pointer 16-byte aligned.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lora_shrink(
+        &self,
+        x: u64,
+        norm_w: u64,
+        eps: f32,
+        a: u64,
+        a_slot_stride: usize,
+        slots: u64,
+        xa: u64,
+        xa_stride: usize,
+        rows: usize,
+        k: usize,
+        batch: usize,
+    ) -> Result<()> {
+        if k % 4 != 0 || rows > xa_stride {
+            return Err(candle_core::Error::Msg(format!(
+                "lora_shrink: k {k} must be a multiple of 4 and {rows} rows fit xa rows of {xa_stride}"
+            )));
+        }
+        let (stride, xs, rows_i, k_i) = (
+            a_slot_stride as i64,
+            xa_stride as i32,
+            rows as i32,
+            k as i32,
+        );
+        let mut b = self.stream.launch_builder(&self.lora_shrink);
+        b.arg(&x).arg(&norm_w).arg(&eps).arg(&a).arg(&stride);
+        b.arg(&slots).arg(&xa).arg(&xs).arg(&rows_i).arg(&k_i);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(SHRINK_WARPS) as u32, batch as u32, 1),
+            block_dim: ((SHRINK_WARPS * 32) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }

@@ -44,12 +44,9 @@ pub type DequantSegment = (u64, QuantType, usize);
 /// Most matrices one `dequant_layer` launch takes.
 pub const DEQUANT_SEGMENTS: usize = 5;
 
+/// The format code `dequant4` in kernels/prefill.cu switches on.
 fn code(q: QuantType) -> i32 {
-    match q {
-        QuantType::Q4_0 => 0,
-        QuantType::Q4_1 => 1,
-        QuantType::Q8_0 => 2,
-    }
+    q.code() as i32
 }
 
 /// Shared-memory bytes of one `prefill_attention` block holding `qt` tokens.

@@ -11,7 +11,8 @@ fn f16_at(bytes: &[u8], at: usize) -> f64 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f64()
 }
 
-/// Dequantizes one block (`bytes` of `q.block_bytes()`) into 32 weights.
+/// Dequantizes one block of a 32-weight format (`bytes` of `q.block_bytes()`) into 32 weights;
+/// the other formats through Candle's CPU dequantization ([`dequantize_row`]).
 pub fn dequantize_block(q: QuantType, bytes: &[u8]) -> [f64; BLOCK] {
     let mut out = [0f64; BLOCK];
     match q {
@@ -32,14 +33,38 @@ pub fn dequantize_block(q: QuantType, bytes: &[u8]) -> [f64; BLOCK] {
                 out[j] = d * (byte as i8) as f64;
             }
         }
+        _ => {
+            let row = candle_dequantize(q, bytes, BLOCK);
+            out.copy_from_slice(&row);
+        }
     }
     out
+}
+
+/// `k` weights in `q` blocks dequantized by Candle on the CPU (ggml's dequantize_row_*: the
+/// reference for Q5_0, Q5_1 and the K-quants, independent of wick's kernels). NaN on a Candle error
+/// (malformed bytes), so a check built on it fails visibly.
+pub fn candle_dequantize(q: QuantType, bytes: &[u8], k: usize) -> Vec<f64> {
+    use candle_core::quantized::{QStorage, QTensor};
+    use candle_core::Device;
+    let out = QStorage::from_data(std::borrow::Cow::Borrowed(bytes), &Device::Cpu, q.ggml())
+        .and_then(|s| QTensor::new(s, (k,)))
+        .and_then(|t| t.dequantize(&Device::Cpu))
+        .and_then(|t| t.to_vec1::<f32>());
+    match out {
+        Ok(v) => v.into_iter().map(f64::from).collect(),
+        Err(_) => vec![f64::NAN; k],
+    }
 }
 
 /// Dequantizes row `row` of a matrix of rows of `k` weights stored as `q` blocks.
 pub fn dequantize_row(q: QuantType, weights: &[u8], row: usize, k: usize) -> Vec<f64> {
     let row_bytes = q.row_bytes(k);
-    weights[row * row_bytes..(row + 1) * row_bytes]
+    let bytes = &weights[row * row_bytes..(row + 1) * row_bytes];
+    if q.block_weights() != BLOCK || matches!(q, QuantType::Q5_0 | QuantType::Q5_1) {
+        return candle_dequantize(q, bytes, k);
+    }
+    bytes
         .chunks_exact(q.block_bytes())
         .flat_map(|block| dequantize_block(q, block))
         .collect()
@@ -55,14 +80,14 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f64> {
         .collect()
 }
 
-fn normalized(x: &[f32], norm: Option<(&[f32], f32)>) -> Vec<f64> {
+pub(crate) fn normalized(x: &[f32], norm: Option<(&[f32], f32)>) -> Vec<f64> {
     match norm {
         Some((w, eps)) => rms_norm(x, w, eps),
         None => x.iter().map(|&v| v as f64).collect(),
     }
 }
 
-fn dot_row(q: QuantType, weights: &[u8], row: usize, xn: &[f64]) -> f64 {
+pub(crate) fn dot_row(q: QuantType, weights: &[u8], row: usize, xn: &[f64]) -> f64 {
     dequantize_row(q, weights, row, xn.len())
         .iter()
         .zip(xn)

@@ -1,0 +1,331 @@
+//! `wick bench decode-lora`: what unmerged LoRA adapters cost the CUDA decode engines, on a GGUF
+//! file or on a random model at a real model's shapes (no file needed: `--model random:smollm2-135m`,
+//! `random:smollm2-360m`, `random:smollm2-1.7b`, weights quantized to `--quant`).
+//!
+//! Correctness first: the batch engine with `--batch` sequences, each with its own random adapter
+//! (rank `--rank`, all seven projections; the last sequence with none when the batch is > 1),
+//! against the batch-1 engine running each sequence alone with its adapter, for `--compare` greedy
+//! steps (max |logit difference| <= `--tolerance`, identical greedy tokens).
+//! Speed (CUDA graphs, every token read back to the host as a generator does): batch 1 without and
+//! with an adapter, then the batch engine with no adapters and with a different adapter per
+//! sequence; `--decode-tokens` steps after a `--prompt-tokens` prompt stepped through the engine.
+//! Prints the ratios (adapter / none) and writes JSON with `--out`.
+
+#![cfg_attr(not(feature = "cuda"), allow(dead_code))]
+
+use std::path::PathBuf;
+
+/// Options of `wick bench decode-lora`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A .gguf file, `default`, or `random:smollm2-135m|smollm2-360m|smollm2-1.7b` (random weights).
+    #[arg(long, default_value = "random:smollm2-135m")]
+    pub model: String,
+    /// Block format of a random model's weights: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k,
+    /// or q4_k_m (Q4_K with Q6_K for v, down and the tied embedding, as llama.cpp mixes them).
+    #[arg(long, default_value = "q8_0")]
+    pub quant: String,
+    /// CUDA device.
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    /// LoRA rank of every adapter.
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    /// Sequences of the batch engine (1..=8).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Prompt tokens stepped before the timed decode.
+    #[arg(long, default_value_t = 32)]
+    pub prompt_tokens: usize,
+    /// Tokens decoded (per sequence) in each timed run.
+    #[arg(long, default_value_t = 256)]
+    pub decode_tokens: usize,
+    /// Greedy steps compared between the batch engine and the batch-1 engine.
+    #[arg(long, default_value_t = 16)]
+    pub compare: usize,
+    /// Largest max |logit difference| accepted against the batch-1 engine.
+    #[arg(long, default_value_t = 1e-3)]
+    pub tolerance: f32,
+    /// Write the results here as JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// A random model's config at a SmolLM2 size (the default model's tokenizer sizes).
+fn smollm2_config(size: &str) -> anyhow::Result<wick::formats::config::DecoderConfig> {
+    let (hidden, ffn, layers, heads, kv) = match size {
+        "smollm2-135m" => (576, 1536, 30, 9, 3),
+        "smollm2-360m" => (960, 2560, 32, 15, 5),
+        "smollm2-1.7b" => (2048, 8192, 24, 32, 32),
+        other => anyhow::bail!("unknown random model size '{other}' (smollm2-135m, -360m, -1.7b)"),
+    };
+    Ok(wick::formats::config::DecoderConfig {
+        architecture: wick::formats::config::Architecture::Llama,
+        vocab_size: 49152,
+        hidden_size: hidden,
+        intermediate_size: ffn,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: kv,
+        head_dim: 64,
+        rms_norm_eps: 1e-5,
+        rope_theta: 100_000.0,
+        rope_scaling: None,
+        max_position_embeddings: 8192,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+    })
+}
+
+/// Runs `wick bench decode-lora`.
+#[cfg(feature = "cuda")]
+pub fn run(args: Args) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use candle_core::quantized::GgmlDType;
+    use candle_core::Device;
+    use std::time::Instant;
+    use wick::formats::weights::WeightSource;
+    use wick::generate::cuda_decode::batch::BatchDecodeEngine;
+    use wick::generate::cuda_decode::check::{random_decode_adapter, random_source};
+    use wick::generate::cuda_decode::DecodeEngine;
+
+    let device = wick::device::parse_device(&args.device)?;
+    anyhow::ensure!(
+        device.is_cuda(),
+        "wick bench decode-lora needs a CUDA device"
+    );
+    anyhow::ensure!((1..=8).contains(&args.batch), "--batch must be 1..=8");
+    let (config, source): (_, Box<dyn WeightSource>) = match args.model.strip_prefix("random:") {
+        Some(size) => {
+            let cfg = smollm2_config(size)?;
+            let q = match args.quant.as_str() {
+                "q4_0" => GgmlDType::Q4_0,
+                "q4_1" => GgmlDType::Q4_1,
+                "q5_0" => GgmlDType::Q5_0,
+                "q5_1" => GgmlDType::Q5_1,
+                "q8_0" => GgmlDType::Q8_0,
+                "q4_k" => GgmlDType::Q4K,
+                "q5_k" => GgmlDType::Q5K,
+                "q6_k" => GgmlDType::Q6K,
+                "q4_k_m" => GgmlDType::Q4K,
+                other => {
+                    anyhow::bail!("--quant {other}: q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k q4_k_m")
+                }
+            };
+            // q4_k_m: llama.cpp's mix (Q6_K for v, down and the embedding/head). Rows that are not
+            // whole super-blocks of 256 take llama.cpp's fallbacks (Q4_K -> Q5_0, Q5_K -> Q5_1,
+            // Q6_K -> Q8_0), as its quantizer does at SmolLM2-135M/360M's widths.
+            let mix = args.quant == "q4_k_m";
+            let format = move |name: &str, dims: &[usize]| {
+                let q = if mix
+                    && ["v_proj", "down_proj", "embed"]
+                        .iter()
+                        .any(|t| name.contains(t))
+                {
+                    GgmlDType::Q6K
+                } else {
+                    q
+                };
+                match (q, dims.last().is_some_and(|k| k % 256 == 0)) {
+                    (GgmlDType::Q4K, false) => GgmlDType::Q5_0,
+                    (GgmlDType::Q5K, false) => GgmlDType::Q5_1,
+                    (GgmlDType::Q6K, false) => GgmlDType::Q8_0,
+                    (q, _) => q,
+                }
+            };
+            let source = random_source(&cfg, &format, 7)?;
+            (cfg, Box::new(source))
+        }
+        None => {
+            let path = wick::formats::fetch::resolve_model_arg(&args.model)?;
+            let files = wick::formats::open_model(
+                &path,
+                &wick::formats::LoadOptions {
+                    device: Device::Cpu,
+                    dtype: None,
+                },
+            )?;
+            (files.config, files.weights)
+        }
+    };
+    let vocab = config.vocab_size as u32;
+    let positions = args.prompt_tokens + args.decode_tokens.max(args.compare) + 2;
+    let adapters: Vec<_> = (0..args.batch)
+        .map(|b| random_decode_adapter(&config, args.rank, 1000 + b as u64))
+        .collect();
+    let prompt = |b: usize| -> Vec<u32> {
+        (0..args.prompt_tokens.max(1))
+            .map(|i| ((i * 7919 + b * 104_729 + 13) as u32) % vocab)
+            .collect()
+    };
+    let mut single = DecodeEngine::new(&config, source.as_ref(), &device)
+        .context("building the CUDA decode engine")?;
+    for (slot, a) in adapters.iter().enumerate() {
+        single.load_adapter(slot, a, None)?;
+    }
+    let mut batch =
+        BatchDecodeEngine::new(&config, source.as_ref(), &device, args.batch, positions)
+            .context("building the CUDA batch decode engine")?;
+    for (slot, a) in adapters.iter().enumerate() {
+        batch.load_adapter(slot, a, args.rank)?;
+    }
+    // The last sequence without an adapter (when there are several): the mixed case.
+    let mixed: Vec<Option<usize>> = (0..args.batch)
+        .map(|b| (args.batch == 1 || b + 1 < args.batch).then_some(b))
+        .collect();
+
+    // Correctness: the batch engine (mixed slots) against each sequence alone on the batch-1 engine.
+    batch.set_adapters(&mixed)?;
+    batch.reset();
+    let mut alone = Vec::with_capacity(args.batch);
+    for (b, slot) in mixed.iter().enumerate() {
+        single.set_adapter(*slot)?;
+        single.reset();
+        for &id in &prompt(b) {
+            single.step(id)?;
+        }
+        let mut rows = Vec::with_capacity(args.compare);
+        for _ in 0..args.compare {
+            let (id, _) = single.greedy()?;
+            rows.push((single.logits()?, id));
+            single.step(id)?;
+        }
+        alone.push(rows);
+    }
+    let prompts: Vec<Vec<u32>> = (0..args.batch).map(prompt).collect();
+    for p in 0..prompts[0].len() {
+        let tokens: Vec<u32> = prompts.iter().map(|s| s[p]).collect();
+        batch.step(&tokens)?;
+    }
+    let (mut max_diff, mut same_tokens) = (0f32, true);
+    for step in 0..args.compare {
+        let logits = batch.logits()?;
+        let greedy = batch.greedy()?;
+        let v = config.vocab_size;
+        for b in 0..args.batch {
+            let (want, want_id) = &alone[b][step];
+            let got = &logits[b * v..(b + 1) * v];
+            let d = got
+                .iter()
+                .zip(want)
+                .map(|(x, y)| (x - y).abs())
+                .fold(
+                    0f32,
+                    |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+                );
+            max_diff = max_diff.max(d);
+            same_tokens &= greedy[b].0 == *want_id;
+        }
+        let tokens: Vec<u32> = (0..args.batch).map(|b| alone[b][step].1).collect();
+        batch.step(&tokens)?;
+    }
+
+    // Speed.
+    let mut timed = |run: &str, adapter: Option<usize>, n: usize| -> anyhow::Result<f64> {
+        let start;
+        if n == 1 {
+            single.set_adapter(adapter)?;
+            single.reset();
+            for &id in &prompt(0) {
+                single.step(id)?;
+            }
+            let mut id = single.greedy()?.0;
+            start = Instant::now();
+            for _ in 0..args.decode_tokens {
+                single.step(id)?;
+                id = single.greedy()?.0;
+            }
+        } else {
+            let slots: Vec<Option<usize>> = (0..n).map(|b| adapter.map(|_| b)).collect();
+            batch.set_adapters(&slots)?;
+            batch.reset();
+            for p in 0..prompts[0].len() {
+                let tokens: Vec<u32> = prompts.iter().map(|s| s[p]).collect();
+                batch.step(&tokens)?;
+            }
+            let mut tokens: Vec<u32> = batch.greedy()?.iter().map(|g| g.0).collect();
+            start = Instant::now();
+            for _ in 0..args.decode_tokens {
+                batch.step(&tokens)?;
+                tokens = batch.greedy()?.iter().map(|g| g.0).collect();
+            }
+        }
+        let tps = (n * args.decode_tokens) as f64 / start.elapsed().as_secs_f64();
+        println!("{run:<44} {tps:>10.1} tok/s");
+        Ok(tps)
+    };
+    println!(
+        "{} ({} layers), rank {} adapters on all 7 projections, {} prompt + {} decode tokens",
+        args.model, config.num_hidden_layers, args.rank, args.prompt_tokens, args.decode_tokens
+    );
+    // Warm-up: capture every graph once.
+    timed("warm-up (batch 1, no adapter)", None, 1)?;
+    timed("warm-up (batch 1, adapter)", Some(0), 1)?;
+    let b1_none = timed("batch 1, no adapter", None, 1)?;
+    let b1_lora = timed("batch 1, rank-r adapter", Some(0), 1)?;
+    let mut bn = (None, None);
+    if args.batch > 1 {
+        timed("warm-up (batch N)", None, args.batch)?;
+        timed("warm-up (batch N, adapters)", Some(0), args.batch)?;
+        let none = timed(
+            &format!("batch {}, no adapters", args.batch),
+            None,
+            args.batch,
+        )?;
+        let lora = timed(
+            &format!("batch {}, {} different adapters", args.batch, args.batch),
+            Some(0),
+            args.batch,
+        )?;
+        bn = (Some(none), Some(lora));
+    }
+    let ok = max_diff <= args.tolerance && same_tokens;
+    println!(
+        "batch 1 adapter/none: {:.3}x; batch {} adapters/none: {}; batch vs alone: max |logit diff| {max_diff:.2e} (<= {}), greedy tokens identical: {same_tokens} -> {}",
+        b1_lora / b1_none,
+        args.batch,
+        match bn {
+            (Some(n), Some(l)) => format!("{:.3}x", l / n),
+            _ => "-".into(),
+        },
+        args.tolerance,
+        if ok { "ok" } else { "FAILED" }
+    );
+    let report = serde_json::json!({
+        "model": args.model,
+        "quant": args.quant,
+        "benchmark": "wick bench decode-lora",
+        "device": std::env::var("WICK_DEVICE_NAME").unwrap_or_else(|_| args.device.clone()),
+        "date": std::env::var("WICK_RUN_DATE").unwrap_or_default(),
+        "rank": args.rank,
+        "batch": args.batch,
+        "prompt_tokens": args.prompt_tokens,
+        "decode_tokens": args.decode_tokens,
+        "launches_per_step": { "none": 3 + 5 * config.num_hidden_layers,
+            "adapter": 3 + 9 * config.num_hidden_layers },
+        "batch1_tokens_per_second": { "none": b1_none, "adapter": b1_lora, "ratio": b1_lora / b1_none },
+        "batchN_tokens_per_second": { "none": bn.0, "adapters": bn.1,
+            "ratio": bn.0.zip(bn.1).map(|(n, l)| l / n) },
+        "batch_vs_alone": { "slots": format!("{mixed:?}"), "max_abs_logit_diff": max_diff,
+            "tolerance": args.tolerance, "greedy_tokens_identical": same_tokens },
+        "ok": ok,
+    });
+    println!("{report}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    anyhow::ensure!(
+        ok,
+        "the batch engine with adapters disagrees with the batch-1 engine"
+    );
+    Ok(())
+}
+
+/// Without CUDA there is nothing to measure.
+#[cfg(not(feature = "cuda"))]
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("wick bench decode-lora needs a build with --features cuda")
+}

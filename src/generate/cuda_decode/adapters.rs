@@ -1,0 +1,302 @@
+//! LoRA adapters inside the decode engines, unmerged: a pool of adapter slots on the device and the
+//! launches that apply them (Punica's BGMV / S-LoRA idea). Each sequence of a step has a slot index
+//! (device memory, written with the tokens; negative: no adapter), so a batch whose sequences use
+//! different adapters runs one shrink launch per projection group and the expand inside the base
+//! mat-vec's epilogue:
+//!
+//! ```text
+//! group (input)                  shrink (lora_shrink)             expand (mat-vec epilogue)
+//! q/k/v (rms_norm(x), fused)     xa = xn [A_q | A_k | A_v]^T     qkv[r] += xa[seg(r)] . B_qkv[r]
+//! o (attention output)           xa = attn A_o^T                  x[r]   += xa . B_o[r]
+//! gate/up (rms_norm(x), fused)   xa = xn [A_gate | A_up]^T        g += xa[0] . B_g[r], u += xa[1] . B_u[r]
+//! down (swiglu output)           xa = act A_down^T                x[r]   += xa . B_down[r]
+//! ```
+//! B is stored pre-multiplied by the adapter's scale (alpha / r). Every slot holds every group at
+//! the pool's rank R (an adapter of smaller rank, or one that leaves a projection out, is zero
+//! padded), so a slot's address is `base + slot * stride` and the captured graph's pointers never
+//! change: loading or unloading an adapter rewrites a slot's contents only.
+//!
+//! Layout of the A and B buffers: `[layer][group][slot][rows, cols]` f32, A rows `segments * R` of
+//! the group's input width, B `[out rows, R]`.
+
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
+
+use super::EngineShape;
+pub use crate::generate::decode_adapter::{
+    AdapterDims, DecodeAdapter, Group, ProjectionLora, GROUPS, PROJECTIONS,
+};
+use crate::gpu::decode::launch::{device_ptr, DecodeKernels, LoraEpilogue};
+use crate::{Error, Result};
+
+/// Slots of a pool unless the caller asks for more (one per sequence of a full batch).
+pub const DEFAULT_SLOTS: usize = 8;
+
+fn dims(s: &EngineShape) -> AdapterDims {
+    AdapterDims {
+        hidden: s.hidden,
+        q_out: s.heads * s.head_dim,
+        kv_out: s.kv_heads * s.head_dim,
+        ffn: s.ffn,
+    }
+}
+
+fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Candle {
+        context: format!("CUDA decode engine adapters: {what}"),
+        source: candle_core::Error::Msg(format!("{e:?}")),
+    }
+}
+
+/// The adapter slots of one engine on the device, and the per-sequence slot indices.
+pub struct AdapterPool {
+    shape: EngineShape,
+    slots: usize,
+    rank: usize,
+    a: CudaSlice<f32>,
+    b: CudaSlice<f32>,
+    a_ptr: u64,
+    b_ptr: u64,
+    /// x A^T of each sequence, [batch, 3 rank] (the widest group).
+    _xa: CudaSlice<f32>,
+    xa_ptr: u64,
+    /// Each sequence's slot, [batch] i32 (negative: none), written before each step.
+    seq_slots: CudaSlice<i32>,
+    seq_slots_ptr: u64,
+    /// What each slot holds (the caller's key), for [`AdapterPool::find`].
+    occupants: Vec<Option<Vec<candle_core::TensorId>>>,
+}
+
+impl AdapterPool {
+    /// A pool of `slots` adapters of rank up to `rank` for `batch` sequences per step.
+    pub fn new(
+        shape: &EngineShape,
+        slots: usize,
+        rank: usize,
+        batch: usize,
+        stream: &Arc<CudaStream>,
+    ) -> Result<Self> {
+        if slots == 0 || rank == 0 || batch == 0 {
+            return Err(Error::InvalidRequest(format!(
+                "CUDA decode engine adapters: {slots} slots of rank {rank} for {batch} sequences"
+            )));
+        }
+        let (per_a, per_b) = GROUPS.iter().fold((0, 0), |(a, b), &g| {
+            let d = dims(shape).group(g, rank);
+            (a + d.a_rows * d.k, b + d.b_rows * rank)
+        });
+        let layers = shape.layers;
+        let alloc = |n: usize, what: &str| {
+            stream
+                .alloc_zeros::<f32>(n)
+                .map_err(|e| driver_err(what, e))
+        };
+        let a = alloc(layers * slots * per_a, "A")?;
+        let b = alloc(layers * slots * per_b, "B")?;
+        let xa = alloc(batch * 3 * rank, "xa")?;
+        let seq_slots = stream
+            .clone_htod(&vec![-1i32; batch])
+            .map_err(|e| driver_err("slot indices", e))?;
+        Ok(Self {
+            shape: *shape,
+            slots,
+            rank,
+            a_ptr: device_ptr(&a, stream),
+            b_ptr: device_ptr(&b, stream),
+            xa_ptr: device_ptr(&xa, stream),
+            seq_slots_ptr: device_ptr(&seq_slots, stream),
+            a,
+            b,
+            _xa: xa,
+            seq_slots,
+            occupants: vec![None; slots],
+        })
+    }
+
+    /// Slots in the pool.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// The largest rank a slot holds.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Bytes of the A and B buffers.
+    pub fn bytes(&self) -> usize {
+        (self.a.len() + self.b.len()) * 4
+    }
+
+    /// The slot holding the adapter of `key`, if loaded.
+    pub fn find(&self, key: &[candle_core::TensorId]) -> Option<usize> {
+        self.occupants
+            .iter()
+            .position(|o| o.as_deref() == Some(key))
+    }
+
+    /// A slot to load into: a free one, else `evict` (the caller's least recently used).
+    pub fn free_slot(&self) -> Option<usize> {
+        self.occupants.iter().position(|o| o.is_none())
+    }
+
+    /// Offsets (floats) of group `g` of `layer` for slot 0 in A and B, and the per-slot strides.
+    fn offsets(&self, layer: usize, g: Group) -> (usize, usize, usize, usize) {
+        let (mut a, mut b) = (0, 0);
+        let mut strides = (0, 0);
+        for &h in &GROUPS {
+            let d = dims(&self.shape).group(h, self.rank);
+            let (sa, sb) = (d.a_rows * d.k, d.b_rows * self.rank);
+            if h == g {
+                strides = (sa, sb);
+                break;
+            }
+            a += sa * self.slots;
+            b += sb * self.slots;
+        }
+        let (per_a, per_b) = (
+            self.a.len() / self.shape.layers,
+            self.b.len() / self.shape.layers,
+        );
+        (layer * per_a + a, layer * per_b + b, strides.0, strides.1)
+    }
+
+    /// Writes `adapter` into `slot` (zero-padded to the pool's rank; `key` names it for
+    /// [`AdapterPool::find`]). Every launch already captured keeps working: only the slot's
+    /// contents change.
+    pub fn load(
+        &mut self,
+        slot: usize,
+        adapter: &DecodeAdapter,
+        key: Option<Vec<candle_core::TensorId>>,
+        stream: &Arc<CudaStream>,
+    ) -> Result<()> {
+        let s = self.shape;
+        if slot >= self.slots {
+            return Err(Error::InvalidRequest(format!(
+                "CUDA decode engine adapters: slot {slot} of a pool of {}",
+                self.slots
+            )));
+        }
+        if adapter.layers.len() != s.layers || adapter.rank() > self.rank {
+            return Err(Error::InvalidRequest(format!(
+                "CUDA decode engine adapters: an adapter of {} layers and rank {} does not fit a pool of {} layers and rank {}",
+                adapter.layers.len(),
+                adapter.rank(),
+                s.layers,
+                self.rank
+            )));
+        }
+        for (layer, projections) in adapter.layers.iter().enumerate() {
+            for &g in &GROUPS {
+                let (a_host, b_host) = self.group_host(g, projections)?;
+                let (a_off, b_off, sa, sb) = self.offsets(layer, g);
+                let (a_at, b_at) = (a_off + slot * sa, b_off + slot * sb);
+                let mut dst = self.a.slice_mut(a_at..a_at + sa);
+                stream
+                    .memcpy_htod(a_host.as_slice(), &mut dst)
+                    .map_err(|e| driver_err("writing A", e))?;
+                let mut dst = self.b.slice_mut(b_at..b_at + sb);
+                stream
+                    .memcpy_htod(b_host.as_slice(), &mut dst)
+                    .map_err(|e| driver_err("writing B", e))?;
+            }
+        }
+        self.occupants[slot] = Some(key.unwrap_or_default());
+        Ok(())
+    }
+
+    /// Marks `slot` free (its contents stay until overwritten; no sequence may still use it).
+    pub fn unload(&mut self, slot: usize) {
+        if let Some(o) = self.occupants.get_mut(slot) {
+            *o = None;
+        }
+    }
+
+    /// Whether `slot` holds an adapter.
+    pub fn occupied(&self, slot: usize) -> bool {
+        self.occupants.get(slot).is_some_and(|o| o.is_some())
+    }
+
+    /// The host images of one group's A and B for one slot (`DecodeAdapter::pack`).
+    fn group_host(
+        &self,
+        g: Group,
+        projections: &[Option<ProjectionLora>; 7],
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        dims(&self.shape).pack(g, self.rank, projections)
+    }
+
+    /// Writes each sequence's slot (negative or `None`: no adapter) for the next step.
+    pub fn set_sequence_slots(
+        &mut self,
+        slots: &[Option<usize>],
+        stream: &Arc<CudaStream>,
+    ) -> Result<()> {
+        if slots.len() != self.seq_slots.len() {
+            return Err(Error::InvalidRequest(format!(
+                "CUDA decode engine adapters: {} slot indices for {} sequences",
+                slots.len(),
+                self.seq_slots.len()
+            )));
+        }
+        let mut ids = Vec::with_capacity(slots.len());
+        for s in slots {
+            match s {
+                Some(s) if !self.occupied(*s) => {
+                    return Err(Error::InvalidRequest(format!(
+                        "CUDA decode engine adapters: slot {s} holds no adapter"
+                    )))
+                }
+                Some(s) => ids.push(*s as i32),
+                None => ids.push(-1),
+            }
+        }
+        stream
+            .memcpy_htod(ids.as_slice(), &mut self.seq_slots)
+            .map_err(|e| driver_err("writing slot indices", e))
+    }
+
+    /// Launches the shrink of group `g` of `layer` for `batch` sequences (input x [batch, k],
+    /// RMS-normalized with `norm_w` when not 0) and returns the epilogue for the group's base
+    /// mat-vec.
+    #[allow(clippy::too_many_arguments)]
+    pub fn shrink(
+        &self,
+        kernels: &DecodeKernels,
+        layer: usize,
+        g: Group,
+        x: u64,
+        norm_w: u64,
+        eps: f32,
+        batch: usize,
+    ) -> candle_core::Result<LoraEpilogue> {
+        let d = dims(&self.shape).group(g, self.rank);
+        let (a_off, b_off, sa, sb) = self.offsets(layer, g);
+        let xa_stride = 3 * self.rank;
+        kernels.lora_shrink(
+            x,
+            norm_w,
+            eps,
+            self.a_ptr + (a_off * 4) as u64,
+            sa,
+            self.seq_slots_ptr,
+            self.xa_ptr,
+            xa_stride,
+            d.a_rows,
+            d.k,
+            batch,
+        )?;
+        Ok(LoraEpilogue {
+            b: self.b_ptr + (b_off * 4) as u64,
+            slot_stride: sb as i64,
+            xa: self.xa_ptr,
+            slots: self.seq_slots_ptr,
+            rank: self.rank as i32,
+            xa_stride: xa_stride as i32,
+            e0: d.e0 as i32,
+            e1: d.e1 as i32,
+        })
+    }
+}

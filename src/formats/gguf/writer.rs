@@ -151,16 +151,10 @@ impl GgufWriter {
 
     /// Serialises the whole file into `out`.
     pub fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
-        let mut pos = 0usize;
-        let mut put = |out: &mut dyn Write, bytes: &[u8]| -> std::io::Result<()> {
-            pos += bytes.len();
-            out.write_all(bytes)
-        };
-        put(out, b"GGUF")?;
-        put(out, &3u32.to_le_bytes())?;
-        put(out, &(self.tensors.len() as u64).to_le_bytes())?;
-        put(out, &(self.metadata.len() as u64).to_le_bytes())?;
-        let mut header = Vec::new();
+        let mut header = b"GGUF".to_vec();
+        header.extend(3u32.to_le_bytes());
+        header.extend((self.tensors.len() as u64).to_le_bytes());
+        header.extend((self.metadata.len() as u64).to_le_bytes());
         for (key, value) in &self.metadata {
             write_string(&mut header, key);
             header.extend(value_type_id(value).to_le_bytes());
@@ -177,13 +171,12 @@ impl GgufWriter {
             header.extend((offset as u64).to_le_bytes());
             offset += t.bytes.len().next_multiple_of(GGUF_ALIGNMENT);
         }
-        put(out, &header)?;
-        let pad = pos.next_multiple_of(GGUF_ALIGNMENT) - pos;
-        put(out, &vec![0u8; pad])?;
+        header.resize(header.len().next_multiple_of(GGUF_ALIGNMENT), 0);
+        out.write_all(&header)?;
         for t in &self.tensors {
-            put(out, &t.bytes)?;
+            out.write_all(&t.bytes)?;
             let pad = t.bytes.len().next_multiple_of(GGUF_ALIGNMENT) - t.bytes.len();
-            put(out, &vec![0u8; pad])?;
+            out.write_all(&vec![0u8; pad])?;
         }
         Ok(())
     }

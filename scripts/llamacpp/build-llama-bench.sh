@@ -5,6 +5,7 @@
 #
 #   scripts/llamacpp/build-llama-bench.sh native     -> $WORK/build-native/bin/llama-bench
 #   scripts/llamacpp/build-llama-bench.sh generic    -> $WORK/build-generic/bin/libllama.so
+#   scripts/llamacpp/build-llama-bench.sh avx2       -> $WORK/build-avx2/bin/libllama.so
 #
 # "native" is -DGGML_NATIVE=ON (what the speed comparison uses). "generic" is a second, deliberately
 # different build (no native tuning, AVX2/FMA kernels off, so the Q4_1 dot products sum in another
@@ -24,9 +25,11 @@ if [ ! -d llama_cpp_python-0.3.36 ]; then
 fi
 SRC=$WORK/llama_cpp_python-0.3.36/vendor/llama.cpp
 case "$FLAVOUR" in
-  native) FLAGS=(-DGGML_NATIVE=ON) ; TARGETS=(llama-bench llama) ;;
+  native) FLAGS=(-DGGML_NATIVE=ON) ; TARGETS=(${NATIVE_TARGETS:-llama-bench llama llama-quantize}) ;;
+  avx2) FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+               -DGGML_AVX512=OFF) ; TARGETS=(llama) ;;
   generic) FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_BMI2=OFF) ; TARGETS=(llama) ;;
-  *) echo "unknown flavour $FLAVOUR (native|generic)" >&2; exit 2 ;;
+  *) echo "unknown flavour $FLAVOUR (native|generic|avx2)" >&2; exit 2 ;;
 esac
 cmake -S "$SRC" -B "$WORK/build-$FLAVOUR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF "${FLAGS[@]}"

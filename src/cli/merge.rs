@@ -1,14 +1,16 @@
 //! `wick merge`: fold a LoRA adapter into its base (`W + scale * B A`) and write an HF directory
-//! (model.safetensors, config.json, tokenizer.json, tokenizer_config.json) that wick and transformers load.
+//! (model.safetensors, config.json, tokenizer.json, tokenizer_config.json) that wick and transformers load,
+//! or, with `--format gguf`, one GGUF file that llama.cpp (and Ollama) load.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use candle_core::{DType, Device};
 use wick::formats::fetch::resolve_model_arg;
+use wick::formats::gguf::GgufQuant;
 use wick::formats::LoadOptions;
 use wick::generate::TextModel;
-use wick::lora::merge::{merge_into_layers, write_hf_model};
+use wick::lora::merge::{merge_into_layers, write_gguf_model, write_hf_model};
 use wick::lora::peft_io::{load_adapter, write_atomic};
 
 /// Options of `wick merge`.
@@ -20,12 +22,19 @@ pub struct Args {
     /// The adapter directory (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     pub adapter: PathBuf,
-    /// Output directory.
+    /// Output directory (`--format hf`) or file (`--format gguf`).
     #[arg(long)]
     pub out: PathBuf,
-    /// Weights dtype of the merged model: f32, bf16 or f16.
+    /// Weights dtype of the merged HF model: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Output format: `hf` (a directory) or `gguf` (one file for llama.cpp; needs a GGUF base,
+    /// whose tokenizer and metadata it keeps).
+    #[arg(long, default_value = "hf")]
+    pub format: String,
+    /// GGUF weights: f16, q8_0, q4_1 or q4_k_m (llama.cpp's mixes, see `wick::formats::gguf::export`).
+    #[arg(long, default_value = "q8_0")]
+    pub quant: String,
 }
 
 /// Tokenizer files copied as they are from an HF base directory.
@@ -39,6 +48,13 @@ const TOKENIZER_FILES: [&str; 5] = [
 
 /// Runs `wick merge`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let gguf_quant = match args.format.as_str() {
+        "hf" => None,
+        "gguf" => Some(GgufQuant::parse(&args.quant).ok_or_else(|| {
+            anyhow::anyhow!("--quant: unknown `{}` ({})", args.quant, GgufQuant::NAMES)
+        })?),
+        other => anyhow::bail!("--format: unknown `{other}` (hf or gguf)"),
+    };
     let dtype = match args.dtype.as_str() {
         "f32" => DType::F32,
         "bf16" => DType::BF16,
@@ -56,6 +72,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     .with_context(|| format!("loading {}", path.display()))?;
     let adapter = load_adapter(&args.adapter, &Device::Cpu)?;
     merge_into_layers(&adapter, model.model.linear_layers_mut(), &args.adapter)?;
+    if let Some(quant) = gguf_quant {
+        let weights = model.model.named_weights()?;
+        write_gguf_model(&args.out, &path, model.model.config(), weights, quant)?;
+        eprintln!(
+            "merged {} adapted modules of {} into {} ({:?})",
+            adapter.layers.len(),
+            args.adapter.display(),
+            args.out.display(),
+            quant
+        );
+        return Ok(());
+    }
     let weights = model
         .model
         .named_weights()?

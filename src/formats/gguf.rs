@@ -14,15 +14,23 @@
 //! RoPE layout and LoRA adapters keep PEFT's layout. Qwen2 GGUFs are not permuted by the converter.
 //!
 //! Layout: `header` parses the bytes, `file` holds an open file and builds Candle tensors, `source`
-//! maps names and un-permutes Q/K. The tokenizer built from GGUF metadata is in
+//! maps names and un-permutes Q/K. Writing: `writer` serialises a file, `quantize`/`quantize_k` are
+//! ggml's reference quantizers, `export` turns a model's HF-named weights into a llama.cpp GGUF. The tokenizer built from GGUF metadata is in
 //! [`crate::formats::tokenizer`], the config in [`crate::formats::config`].
 
+mod export;
 mod file;
 mod header;
+mod quantize;
+mod quantize_k;
 mod source;
+mod writer;
 
 pub use file::{llama3_rope_scaling, GgufFile};
 pub use header::{
     ggml_dtype_from_id, parse_header, value_as_f64, value_as_u64, GgufHeader, GgufTensorInfo,
 };
-pub use source::{gguf_to_hf_name, unpermute_rows, GgufSource};
+pub use export::{build_gguf, export_gguf, hf_to_gguf_name, tensor_type, GgufQuant};
+pub use quantize::{block_layout, quantize_rows};
+pub use source::{gguf_to_hf_name, permute_rows, unpermute_rows, GgufSource};
+pub use writer::{ggml_type_id, GgufTensorData, GgufWriter, GGUF_ALIGNMENT};

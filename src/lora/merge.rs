@@ -1,7 +1,7 @@
 //! Merging an adapter into its base: `W' = W + scale * B A` for every adapted module (DoRA:
 //! `W' = m ⊙ (W + scale * B A) / ||W + scale * B A||` per output row, as PEFT merges), then writing the
 //! merged model as a Hugging Face directory (model.safetensors with HF names, config.json, tokenizer files)
-//! that wick and transformers load as a plain model.
+//! that wick and transformers load as a plain model, or as a GGUF file for llama.cpp.
 
 use std::path::Path;
 
@@ -12,6 +12,7 @@ use super::attach::Adapter;
 use super::peft_io::{serialize_safetensors, write_atomic};
 use crate::error::io_error;
 use crate::formats::config::{Architecture, DecoderConfig};
+use crate::formats::gguf::{export_gguf, GgufFile, GgufQuant};
 use crate::models::linear::Linear;
 use crate::{Context, Error, Result};
 
@@ -163,4 +164,25 @@ pub fn write_hf_model(
         }
     })?;
     write_atomic(&out.join("config.json"), json.as_bytes())
+}
+
+/// Writes the merged `weights` (HF names) as one GGUF file at `out`, atomically, in the `quant` mix.
+/// The base must be a GGUF file: its metadata (architecture keys, tokenizer, chat template) is kept.
+pub fn write_gguf_model(
+    out: &Path,
+    base: &Path,
+    config: &DecoderConfig,
+    weights: Vec<(String, Tensor)>,
+    quant: GgufQuant,
+) -> Result<()> {
+    if base.is_dir() {
+        return Err(Error::InvalidRequest(format!(
+            "GGUF export needs a GGUF base model, whose tokenizer and metadata it keeps; {} is an HF \
+             directory: merge into an HF directory (--format hf) and convert that with llama.cpp's \
+             convert_hf_to_gguf.py",
+            base.display()
+        )));
+    }
+    let source = GgufFile::open(base)?;
+    export_gguf(out, &source, config, weights, quant)
 }

@@ -64,16 +64,7 @@ fn unpermute_rows_into(
     rows: usize,
     n_head: usize,
 ) -> std::result::Result<(), String> {
-    if n_head == 0
-        || rows == 0
-        || rows % n_head != 0
-        || (rows / n_head) % 2 != 0
-        || bytes.len() % rows.max(1) != 0
-    {
-        return Err(format!(
-            "cannot un-permute {rows} rows into {n_head} heads of even size"
-        ));
-    }
+    check_head_rows(bytes, rows, n_head)?;
     let row_bytes = bytes.len() / rows;
     let head_dim = rows / n_head;
     let half = head_dim / 2;
@@ -86,6 +77,44 @@ fn unpermute_rows_into(
                     .copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
             }
         }
+    }
+    Ok(())
+}
+
+/// llama.cpp's per-head Q/K row permutation (convert_hf_to_gguf.py's `LlamaModel.permute`), the inverse
+/// of [`unpermute_rows`]: GGUF row `h*d + 2i + j` gets HF row `h*d + j*d/2 + i`.
+pub fn permute_rows(
+    bytes: &[u8],
+    rows: usize,
+    n_head: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    check_head_rows(bytes, rows, n_head)?;
+    let row_bytes = bytes.len() / rows;
+    let (head_dim, mut out) = (rows / n_head, vec![0u8; bytes.len()]);
+    for h in 0..n_head {
+        for i in 0..head_dim / 2 {
+            for j in 0..2 {
+                let dst = h * head_dim + 2 * i + j;
+                let src = h * head_dim + j * head_dim / 2 + i;
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Rows must split into `n_head` heads of an even number of whole rows.
+fn check_head_rows(bytes: &[u8], rows: usize, n_head: usize) -> std::result::Result<(), String> {
+    if n_head == 0
+        || rows == 0
+        || rows % n_head != 0
+        || (rows / n_head) % 2 != 0
+        || bytes.len() % rows.max(1) != 0
+    {
+        return Err(format!(
+            "cannot split {rows} rows into {n_head} heads of an even number of rows"
+        ));
     }
     Ok(())
 }
@@ -295,5 +324,6 @@ mod tests {
         }
         assert_ne!(gguf, hf);
         assert_eq!(unpermute_rows(&gguf, rows, n_head).unwrap(), hf);
+        assert_eq!(permute_rows(&hf, rows, n_head).unwrap(), gguf);
     }
 }

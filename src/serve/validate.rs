@@ -24,7 +24,8 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let param = (path != ".").then_some(path);
+        // "." is the whole body, "?" a syntax error before any field.
+        let param = (path != "." && path != "?").then_some(path);
         ApiError::invalid(
             param.as_deref(),
             format!("invalid JSON body: {}", e.into_inner()),

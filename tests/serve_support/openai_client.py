@@ -49,7 +49,7 @@ def stream_chat(c, model, content, max_tokens):
 
 
 def raw_post(base, key, path, body, headers=None):
-    """POST raw bytes; (status, parsed body or text, headers)."""
+    """POST raw bytes; (status, body text, headers: case-insensitive .get)."""
     h = {"Content-Type": "application/json"}
     if key:
         h["Authorization"] = "Bearer " + key
@@ -57,9 +57,9 @@ def raw_post(base, key, path, body, headers=None):
     req = urllib.request.Request(base + path, data=body, headers=h, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, r.read().decode(), dict(r.headers)
+            return r.status, r.read().decode(), r.headers
     except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(), dict(e.headers)
+        return e.code, e.read().decode(), e.headers
 
 
 def get(base, path):

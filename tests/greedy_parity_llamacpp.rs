@@ -70,7 +70,11 @@ fn model() -> &'static TextModel {
     MODEL.get_or_init(|| {
         let path = ensure_default_chat_model().expect("fetching the default chat model");
         let sha = sha256_file(&path).expect("hashing the default chat model");
-        assert_eq!(sha, fixture().model_sha256, "the fixture was made from another GGUF");
+        assert_eq!(
+            sha,
+            fixture().model_sha256,
+            "the fixture was made from another GGUF"
+        );
         TextModel::open(&path, &wick::formats::LoadOptions::inference(Device::Cpu))
             .expect("loading the default chat model")
     })

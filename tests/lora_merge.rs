@@ -59,3 +59,58 @@ fn merged_model_matches_base_plus_adapter() {
     let diff = max_abs_diff(&logits(&reloaded, &ids), &expected);
     assert!(diff < 1e-4, "reloaded merged model differs by {diff}");
 }
+
+/// The row-wise adapter of the ragged forward (A and B kept in f16, `ops::lora_delta_cpu`) against
+/// the merged model: last-position logits within the f16 rounding of the pair, same greedy token.
+#[test]
+fn ragged_adapter_matches_merged_model() {
+    let dir = fixtures().join("adapter-peft");
+    let adapter = load_adapter(&dir, &Device::Cpu).unwrap();
+    let ids = input_ids();
+    let base = tiny_model(DType::F32);
+    let resident =
+        wick::lora::ResidentAdapter::new("peft", &adapter, &base.model.linear_shapes(), &dir)
+            .unwrap();
+    assert!(resident.modules() > 0);
+    let mut merged = tiny_model(DType::F32);
+    merge_into_layers(&adapter, merged.model.linear_layers_mut(), &dir).unwrap();
+    let want = logits(&merged, &ids);
+    let (rows, t) = ids.dims2().unwrap();
+    for row in 0..rows {
+        let tokens: Vec<u32> = ids.get(row).unwrap().to_vec1().unwrap();
+        let mut cache = base.model.new_cache(1);
+        let mut seqs = [wick::models::llama::RaggedSeq {
+            tokens: &tokens,
+            cache: &mut cache,
+            lora: Some(wick::models::llama::SeqLora {
+                layers: resident.layers(),
+                scale: resident.scale(),
+            }),
+            logits: true,
+        }];
+        let got = base
+            .model
+            .forward_ragged(&mut seqs)
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        let expected: Vec<f32> = want
+            .get(row)
+            .unwrap()
+            .get(t - 1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = got
+            .iter()
+            .zip(&expected)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= 2e-3 * scale.max(1.0),
+            "row {row}: ragged adapter vs merged differ by {diff}"
+        );
+        let argmax = |v: &[f32]| wick::generate::sampler::argmax(v);
+        assert_eq!(argmax(&got), argmax(&expected), "row {row}: greedy token");
+    }
+}

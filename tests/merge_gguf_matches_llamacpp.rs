@@ -95,7 +95,12 @@ fn merged_gguf_exports_match_llamacpp() {
                 .iter()
                 .position(|t| config.eos_token_ids.contains(t))
                 .map_or(case.greedy_ids.len(), |p| p + 1);
-            assert_eq!(got, case.greedy_ids[..end], "{name} {:?}: greedy tokens", case.prompt);
+            assert_eq!(
+                got,
+                case.greedy_ids[..end],
+                "{name} {:?}: greedy tokens",
+                case.prompt
+            );
             differs_from_base += (got != f.base_greedy_ids[i]) as usize;
         }
         std::fs::remove_file(&out).unwrap();

@@ -5,6 +5,9 @@
 pub enum Command {
     /// CPU prefill/decode benchmark.
     Cpu(super::bench_cpu::Args),
+    /// CPU decode with a LoRA adapter beside the same model without one; a batch with one adapter
+    /// per sequence beside the same batch without adapters.
+    CpuAdapter(super::bench_cpu_adapter::Args),
     /// Time every GPU matmul path over a grid of shapes; write the dispatch table.
     Dispatch(super::bench_dispatch::Args),
     /// Batch-1 decode through wick's CUDA decode engine beside the Candle path (speed, logits).
@@ -44,6 +47,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Embed(args) => super::bench_embed::run(args),
         Command::Train(args) => super::bench_train::run(args),
         Command::Cpu(args) => super::bench_cpu::run(args),
+        Command::CpuAdapter(args) => super::bench_cpu_adapter::run(args),
         Command::Parity(args) => super::bench_parity::run(args),
     }
 }

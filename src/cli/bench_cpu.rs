@@ -164,7 +164,7 @@ fn per_round(wick: &[f64], llama: &[f64]) -> Value {
 }
 
 /// The 1-minute load average (`/proc/loadavg`), NaN where unavailable.
-fn load_average() -> f64 {
+pub(crate) fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
@@ -172,7 +172,7 @@ fn load_average() -> f64 {
 }
 
 /// Deterministic token ids in 0..vocab (xorshift), like llama-bench's `rand() % n_vocab`.
-fn pseudo_random_tokens(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
+pub(crate) fn pseudo_random_tokens(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
     (0..n)
         .map(|_| {

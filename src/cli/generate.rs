@@ -5,7 +5,10 @@ use std::io::Write;
 use anyhow::Context as _;
 use wick::formats::fetch::resolve_model_arg;
 use wick::formats::LoadOptions;
-use wick::generate::{GenerateOptions, Prompt, SamplingParams, StopReason, TextModel};
+use wick::generate::{
+    GenerateOptions, GenerationAdapter, Prompt, SamplingParams, StopReason, TextModel,
+};
+use wick::lora::ResidentAdapter;
 
 /// Options of `wick generate`.
 #[derive(clap::Args)]
@@ -82,9 +85,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let options = LoadOptions { device, dtype };
     let mut model =
         TextModel::open(&path, &options).with_context(|| format!("loading {}", path.display()))?;
+    let mut resident = None;
     if let Some(dir) = &args.adapter {
         let adapter = wick::lora::peft_io::load_adapter(dir, model.model.device())?;
-        adapter.apply_for_inference(model.model.linear_layers_mut(), dir)?;
+        // DoRA rescales whole rows, which the row-wise low-rank path does not do.
+        let dora = adapter.layers.iter().any(|l| l.magnitude.is_some());
+        if model.model.device().is_cpu() && !dora {
+            // The row-wise update beside the base product (`ops::lora_delta_cpu`), the path
+            // `wick serve` batches take: the same tokens here and there.
+            let shapes = model.model.linear_shapes();
+            resident = Some(GenerationAdapter {
+                adapter: std::sync::Arc::new(ResidentAdapter::new(
+                    "adapter", &adapter, &shapes, dir,
+                )?),
+                scale: 1.0,
+            });
+        } else {
+            adapter.apply_for_inference(model.model.linear_layers_mut(), dir)?;
+        }
         eprintln!(
             "adapter {} ({} modules)",
             dir.display(),
@@ -110,6 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         stop_strings: args.stop.clone(),
         eos_token_ids: None,
+        adapter: resident,
     };
     let prompt = match (&args.prompt, &args.chat) {
         (Some(text), _) if args.raw => Prompt::Raw(text),

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_cpu;
+mod bench_cpu_adapter;
 mod bench_decode;
 mod bench_decode_batch;
 mod bench_decode_lora;
@@ -19,6 +20,7 @@ mod generate;
 mod merge;
 mod models;
 mod quickstart;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -50,6 +52,8 @@ enum Command {
     Index(embed::IndexArgs),
     /// Search a corpus or an index with a query.
     Search(embed::SearchArgs),
+    /// Serve the model and its adapters over an OpenAI-compatible HTTP API.
+    Serve(serve::Args),
     /// Benchmarks (CPU and GPU).
     #[command(subcommand)]
     Bench(bench::Command),
@@ -73,6 +77,7 @@ fn main() -> std::process::ExitCode {
         Command::Embed(args) => embed::run_embed(args),
         Command::Index(args) => embed::run_index(args),
         Command::Search(args) => embed::run_search(args),
+        Command::Serve(args) => serve::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

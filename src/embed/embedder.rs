@@ -148,6 +148,23 @@ impl Embedder {
         self.embed_with(texts, None, &mut |_| {}).map(|(t, _)| t)
     }
 
+    /// Word pieces the model reads for `texts` (special tokens included, each text cut to
+    /// max_seq_length as `embed` cuts it): the usage a server reports.
+    pub fn token_count(&self, texts: &[&str]) -> Result<usize> {
+        let mut total = 0;
+        for text in texts {
+            let encoding = self
+                .tokenizer
+                .encode(*text, true)
+                .map_err(|e| Error::Tokenizer {
+                    source_name: self.dir.join("tokenizer.json").display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            total += encoding.get_ids().len().min(self.max_seq_length);
+        }
+        Ok(total)
+    }
+
     /// Embeds search queries, with the model's query prompt (E5: "query: ").
     pub fn embed_queries(&self, texts: &[&str]) -> Result<Tensor> {
         let prompt = self.st_config.prompts.query.clone();

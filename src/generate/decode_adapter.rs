@@ -218,7 +218,7 @@ impl DecodeAdapter {
 mod tests {
     use super::*;
     use crate::gpu::decode::lora_reference::LoraGroup;
-    use crate::ops::check::random_values;
+    use crate::check::random_values;
 
     fn f32s(n: usize, seed: u64) -> Vec<f32> {
         random_values(n, seed, 1.0)

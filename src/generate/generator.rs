@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 
-use crate::generate::detokenizer::{Detokenizer, TokenDecoder};
-use crate::generate::sampler::{Sampled, Sampler, SamplingParams};
-use crate::generate::stop::StopMatcher;
+use crate::generate::continuation::Continuation;
+use crate::generate::detokenizer::TokenDecoder;
+use crate::generate::sampler::{Sampled, SamplingParams};
+use crate::lora::ResidentAdapter;
 use crate::models::kv_cache::KvCache;
-use crate::models::llama::Llama;
+use crate::models::llama::{Llama, RaggedSeq, SeqLora};
 use crate::{Context, Error, Result};
 
 /// What to generate and when to stop.
@@ -37,6 +38,27 @@ pub struct GenerateOptions {
     pub stop_strings: Vec<String>,
     /// Token ids that end generation; `None` uses the model's (`DecoderConfig::eos_token_ids`).
     pub eos_token_ids: Option<Vec<u32>>,
+    /// A resident LoRA adapter applied row-wise by the ragged forward (`Llama::forward_ragged`),
+    /// leaving the model's own adapter slots alone: the path the server's batches take, so a
+    /// generation here and the same request in a server batch give the same tokens.
+    pub adapter: Option<GenerationAdapter>,
+}
+
+/// An adapter for one generation and the factor its update is scaled by (1: as trained).
+#[derive(Debug, Clone)]
+pub struct GenerationAdapter {
+    pub adapter: std::sync::Arc<ResidentAdapter>,
+    pub scale: f32,
+}
+
+impl GenerationAdapter {
+    /// The adapter as one sequence of a ragged step uses it.
+    pub fn seq_lora(&self) -> SeqLora<'_> {
+        SeqLora {
+            layers: self.adapter.layers(),
+            scale: self.adapter.scale() * self.scale,
+        }
+    }
 }
 
 impl Default for GenerateOptions {
@@ -46,6 +68,7 @@ impl Default for GenerateOptions {
             sampling: SamplingParams::default(),
             stop_strings: Vec::new(),
             eos_token_ids: None,
+            adapter: None,
         }
     }
 }
@@ -135,20 +158,15 @@ pub struct TokenStream<'a> {
     model: &'a Llama,
     decoder: Option<&'a dyn TokenDecoder>,
     cache: KvCache,
-    sampler: Sampler,
-    /// Prompt and generated ids, for the repetition penalty.
-    history: Vec<u32>,
-    eos_token_ids: Vec<u32>,
-    detokenizer: Detokenizer,
-    stop: StopMatcher,
-    max_tokens: usize,
-    generated: usize,
+    /// Sampling, detokenization and the stop rules.
+    continuation: Continuation,
     /// What decides the next token, from the last forward.
     next_logits: Option<NextToken>,
+    /// The adapter run row-wise through the ragged forward, if any.
+    adapter: Option<GenerationAdapter>,
     /// The CUDA decode engine running this generation, when the model has one (`cuda_decode`).
     #[cfg(feature = "cuda")]
     engine: Option<crate::generate::cuda_decode::Session>,
-    stop_reason: Option<StopReason>,
     timings: Timings,
 }
 
@@ -184,11 +202,15 @@ impl<'a> TokenStream<'a> {
                 config.vocab_size
             )));
         }
-        let sampler = Sampler::new(options.sampling.clone())?;
+        let continuation = Continuation::new(prompt_ids, options, &config.eos_token_ids)?;
         let capacity = prompt_ids.len() + options.max_tokens;
         let mut cache = KvCache::with_capacity(config, 1, capacity, model.dtype(), model.device());
         #[cfg(feature = "cuda")]
-        let engine = crate::generate::cuda_decode::session_for(model, capacity, &options.sampling);
+        let engine = match options.adapter {
+            // The engine does not run row-wise adapters: the ragged Candle path does.
+            Some(_) => None,
+            None => crate::generate::cuda_decode::session_for(model, capacity, &options.sampling),
+        };
         let start = Instant::now();
         #[cfg(feature = "cuda")]
         let from_engine = match &engine {
@@ -199,12 +221,17 @@ impl<'a> TokenStream<'a> {
         let from_engine: Option<NextToken> = None;
         let logits = match from_engine {
             Some(next) => next,
-            None => {
-                let input = Tensor::new(prompt_ids, model.device())
-                    .and_then(|t| t.unsqueeze(0))
-                    .context("prompt ids")?;
-                NextToken::Logits(last_logits(model, &input, &mut cache)?)
-            }
+            None => match &options.adapter {
+                Some(adapter) => {
+                    NextToken::Logits(ragged_logits(model, prompt_ids, &mut cache, adapter)?)
+                }
+                None => {
+                    let input = Tensor::new(prompt_ids, model.device())
+                        .and_then(|t| t.unsqueeze(0))
+                        .context("prompt ids")?;
+                    NextToken::Logits(last_logits(model, &input, &mut cache)?)
+                }
+            },
         };
         let timings = Timings {
             prompt_tokens: prompt_ids.len(),
@@ -215,27 +242,18 @@ impl<'a> TokenStream<'a> {
             model,
             decoder,
             cache,
-            sampler,
-            history: prompt_ids.to_vec(),
-            eos_token_ids: options
-                .eos_token_ids
-                .clone()
-                .unwrap_or_else(|| config.eos_token_ids.clone()),
-            detokenizer: Detokenizer::new(prompt_ids),
-            stop: StopMatcher::new(&options.stop_strings),
-            max_tokens: options.max_tokens,
-            generated: 0,
+            continuation,
             next_logits: (options.max_tokens > 0).then_some(logits),
+            adapter: options.adapter.clone(),
             #[cfg(feature = "cuda")]
             engine,
-            stop_reason: (options.max_tokens == 0).then_some(StopReason::MaxTokens),
             timings,
         })
     }
 
     /// Why generation ended, once it has.
     pub fn stop_reason(&self) -> Option<&StopReason> {
-        self.stop_reason.as_ref()
+        self.continuation.stop_reason()
     }
 
     /// Counts and times so far.
@@ -251,45 +269,19 @@ impl<'a> TokenStream<'a> {
             .expect("next_logits is set whenever generation has not ended");
         let step_start = Instant::now();
         let sampled = match next {
-            NextToken::Logits(logits) => self.sampler.sample(&logits, &self.history)?,
+            NextToken::Logits(logits) => self.continuation.sample(&logits)?,
             NextToken::Chosen(sampled) => sampled,
         };
-        let id = sampled.id;
-        self.history.push(id);
-        self.generated += 1;
-
-        let is_eos = self.eos_token_ids.contains(&id);
-        let mut text = String::new();
-        if !is_eos {
-            let piece = self.decode_piece(id)?;
-            let check = self.stop.push(&piece);
-            text = check.emit;
-            if let Some(stop) = check.stopped {
-                self.stop_reason = Some(StopReason::StopString(stop));
-            }
-        }
-        if self.stop_reason.is_none() {
-            if is_eos {
-                self.stop_reason = Some(StopReason::Eos);
-            } else if self.generated >= self.max_tokens {
-                self.stop_reason = Some(StopReason::MaxTokens);
-            } else if self.cache.len() >= self.cache.max_len() {
-                self.stop_reason = Some(StopReason::ContextFull);
-            }
-            if self.stop_reason.is_some() {
-                text.push_str(&self.flush()?);
-            }
-        }
-        if self.stop_reason.is_none() {
-            self.next_logits = Some(self.forward_token(id)?);
+        let context_full = self.cache.len() >= self.cache.max_len();
+        let token = self
+            .continuation
+            .accept(sampled, self.decoder, context_full)?;
+        if self.continuation.stop_reason().is_none() {
+            self.next_logits = Some(self.forward_token(token.id)?);
             self.timings.decode += step_start.elapsed();
             self.timings.decode_steps += 1;
         }
-        Ok(GeneratedToken {
-            id,
-            text,
-            logprob: sampled.logprob,
-        })
+        Ok(token)
     }
 
     /// Runs one generated token through the engine or the model.
@@ -298,33 +290,20 @@ impl<'a> TokenStream<'a> {
         if let Some(session) = &self.engine {
             return Ok(engine_next(session.step(id)?));
         }
+        if let Some(adapter) = &self.adapter {
+            return Ok(NextToken::Logits(ragged_logits(
+                self.model,
+                &[id],
+                &mut self.cache,
+                adapter,
+            )?));
+        }
         let input = Tensor::new(&[[id]], self.model.device()).context("next token id")?;
         Ok(NextToken::Logits(last_logits(
             self.model,
             &input,
             &mut self.cache,
         )?))
-    }
-
-    fn decode_piece(&mut self, id: u32) -> Result<String> {
-        match self.decoder {
-            Some(decoder) => self.detokenizer.push(decoder, id),
-            None => Ok(String::new()),
-        }
-    }
-
-    /// Text still held by the detokenizer and the stop matcher, at the end of generation.
-    fn flush(&mut self) -> Result<String> {
-        let Some(decoder) = self.decoder else {
-            return Ok(String::new());
-        };
-        let rest = self.detokenizer.flush(decoder)?;
-        let check = self.stop.push(&rest);
-        if let Some(stop) = check.stopped {
-            self.stop_reason = Some(StopReason::StopString(stop));
-            return Ok(check.emit);
-        }
-        Ok(check.emit + &self.stop.flush())
     }
 }
 
@@ -358,6 +337,26 @@ fn last_logits(model: &Llama, input: &Tensor, cache: &mut KvCache) -> Result<Vec
         .squeeze(0)
         .and_then(|l| l.to_vec1::<f32>())
         .context("reading logits")
+}
+
+/// Runs `tokens` of one sequence with its adapter through the ragged forward; the last token's logits.
+fn ragged_logits(
+    model: &Llama,
+    tokens: &[u32],
+    cache: &mut KvCache,
+    adapter: &GenerationAdapter,
+) -> Result<Vec<f32>> {
+    let mut seqs = [RaggedSeq {
+        tokens,
+        cache,
+        lora: Some(adapter.seq_lora()),
+        logits: true,
+    }];
+    model
+        .forward_ragged(&mut seqs)?
+        .pop()
+        .flatten()
+        .ok_or_else(|| Error::InvalidRequest("ragged step returned no logits".into()))
 }
 
 /// Generates from `prompt_ids` to a stop, calling `on_token` with each token as it comes.

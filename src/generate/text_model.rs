@@ -41,6 +41,9 @@ pub enum Prompt<'a> {
         system: Option<&'a str>,
         user: &'a str,
     },
+    /// A whole conversation (system, user and assistant turns in order) through the chat template,
+    /// with the assistant header appended; no BOS added, as for `Chat`.
+    Messages(&'a [ChatMessage]),
 }
 
 /// A loaded decoder, its tokenizer and chat template.
@@ -82,24 +85,33 @@ impl TextModel {
                 let text = self.chat_text(*system, user)?;
                 self.tokenizer.encode(&text, false)
             }
+            Prompt::Messages(messages) => {
+                let text = self.messages_text(messages)?;
+                self.tokenizer.encode(&text, false)
+            }
         }
     }
 
     /// The chat template rendered for one exchange, ending with the assistant header.
     pub fn chat_text(&self, system: Option<&str>, user: &str) -> Result<String> {
+        let mut messages = Vec::with_capacity(2);
+        if let Some(system) = system {
+            messages.push(ChatMessage::new("system", system));
+        }
+        messages.push(ChatMessage::new("user", user));
+        self.messages_text(&messages)
+    }
+
+    /// The chat template rendered for a conversation, ending with the assistant header.
+    pub fn messages_text(&self, messages: &[ChatMessage]) -> Result<String> {
         let template = self.chat_template.as_ref().ok_or_else(|| {
             Error::InvalidRequest(format!(
                 "{} has no chat template: use a raw prompt",
                 self.path.display()
             ))
         })?;
-        let mut messages = Vec::with_capacity(2);
-        if let Some(system) = system {
-            messages.push(ChatMessage::new("system", system));
-        }
-        messages.push(ChatMessage::new("user", user));
         template.render(
-            &messages,
+            messages,
             true,
             self.tokenizer.bos_token().unwrap_or(""),
             self.tokenizer.eos_token().unwrap_or(""),

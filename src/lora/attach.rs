@@ -240,11 +240,43 @@ impl Adapter {
         model_layers: Vec<(String, &mut Linear)>,
         origin: &std::path::Path,
     ) -> Result<()> {
+        let shapes: Vec<(String, usize, usize)> = model_layers
+            .iter()
+            .map(|(p, l)| (p.clone(), l.in_features(), l.out_features()))
+            .collect();
+        let matched = self.match_layers(&shapes, origin)?;
+        let scale = self.config.scale();
+        for ((_, linear), idx) in model_layers.into_iter().zip(matched) {
+            linear.lora = idx.map(|i| {
+                let l = &self.layers[i];
+                LoraWeights {
+                    a: l.a.as_tensor().clone(),
+                    b: l.b.as_tensor().clone(),
+                    scale,
+                    dropout: self.config.lora_dropout,
+                    dora: l.magnitude.as_ref().map(|m| DoraWeights {
+                        magnitude: m.as_tensor().clone(),
+                        weight_norm: None,
+                    }),
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// For each model layer (path, in_features, out_features), the index of this adapter's pair for
+    /// it, if any. Errors list every adapted module absent from the model and every shape mismatch.
+    pub fn match_layers(
+        &self,
+        model_layers: &[(String, usize, usize)],
+        origin: &std::path::Path,
+    ) -> Result<Vec<Option<usize>>> {
         let mut missing = Vec::new();
         let mut mismatched = Vec::new();
-        let mut slots: Vec<(&mut Linear, Option<&AdapterLayer>)> = Vec::new();
         let mut found = vec![false; self.layers.len()];
-        for (path, linear) in model_layers {
+        let mut matched = Vec::with_capacity(model_layers.len());
+        for (path, in_features, out_features) in model_layers {
+            let (in_features, out_features) = (*in_features, *out_features);
             let idx = self
                 .layers
                 .binary_search_by(|l| l.path.as_str().cmp(path.as_str()))
@@ -254,31 +286,31 @@ impl Adapter {
                 let l = &self.layers[i];
                 let (r, a_in) = l.a.as_tensor().dims2()?;
                 let (b_out, b_r) = l.b.as_tensor().dims2()?;
-                if a_in != linear.in_features() || b_r != r {
+                if a_in != in_features || b_r != r {
                     mismatched.push((
                         format!("{path}.lora_A.weight"),
-                        vec![r, linear.in_features()],
+                        vec![r, in_features],
                         vec![r, a_in],
                     ));
                 }
-                if b_out != linear.out_features() || b_r != r {
+                if b_out != out_features || b_r != r {
                     mismatched.push((
                         format!("{path}.lora_B.weight"),
-                        vec![linear.out_features(), r],
+                        vec![out_features, r],
                         vec![b_out, b_r],
                     ));
                 }
                 if let Some(m) = &l.magnitude {
-                    if m.dims() != [linear.out_features()] {
+                    if m.dims() != [out_features] {
                         mismatched.push((
                             format!("{path}.lora_magnitude_vector"),
-                            vec![linear.out_features()],
+                            vec![out_features],
                             m.dims().to_vec(),
                         ));
                     }
                 }
             }
-            slots.push((linear, idx.map(|i| &self.layers[i])));
+            matched.push(idx);
         }
         for (i, f) in found.iter().enumerate() {
             if !f {
@@ -296,20 +328,7 @@ impl Adapter {
                 mismatched,
             });
         }
-        let scale = self.config.scale();
-        for (linear, layer) in slots {
-            linear.lora = layer.map(|l| LoraWeights {
-                a: l.a.as_tensor().clone(),
-                b: l.b.as_tensor().clone(),
-                scale,
-                dropout: self.config.lora_dropout,
-                dora: l.magnitude.as_ref().map(|m| DoraWeights {
-                    magnitude: m.as_tensor().clone(),
-                    weight_norm: None,
-                }),
-            });
-        }
-        Ok(())
+        Ok(matched)
     }
 
     /// The adapter's low-rank update of one module, `scale * B A`: [out, in] f32.

@@ -11,7 +11,9 @@ pub mod init;
 pub mod merge;
 pub mod peft_io;
 pub mod registry;
+pub mod resident;
 
 pub use attach::{attach, Adapter, AdapterLayer};
 pub use config::{LoraConfig, TargetModules};
 pub use registry::AdapterRegistry;
+pub use resident::ResidentAdapter;

@@ -8,8 +8,17 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Tensor};
 
 use crate::formats::weights::Weight;
+use crate::ops::lora_delta_cpu::LowRankCpu;
 use crate::ops::lora_linear::lora_linear;
 use crate::{Context, Result};
+
+/// Rows `start..start + len` of a batched input and the adapter (with its scale) they use, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct RowsLora<'a> {
+    pub start: usize,
+    pub len: usize,
+    pub lora: Option<(&'a LowRankCpu, f32)>,
+}
 
 /// The frozen base weight of a linear layer.
 #[derive(Debug, Clone)]
@@ -129,6 +138,48 @@ impl Linear {
     /// Inference forward (no dropout).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_t(x, false)
+    }
+
+    /// A batch whose rows carry adapters of their own (the BGMV idea): the layer's product (with
+    /// its own adapter slot, if set) for every row, then each group's low-rank update on its rows.
+    /// Groups without an adapter cost nothing more. x: [rows, in] -> [rows, out].
+    pub fn forward_rows(&self, x: &Tensor, groups: &[RowsLora<'_>]) -> Result<Tensor> {
+        let y = self.forward(x)?;
+        if groups.iter().all(|g| g.lora.is_none()) {
+            return Ok(y);
+        }
+        let (rows, out) = y.dims2().context("row-wise linear output")?;
+        let dtype = y.dtype();
+        let to_vec = |t: &Tensor| {
+            t.to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+        };
+        let xs = to_vec(x).context("row-wise linear input")?;
+        let mut ys = to_vec(&y).context("row-wise linear output")?;
+        let inf = self.in_features;
+        for group in groups {
+            let Some((pair, scale)) = group.lora else {
+                continue;
+            };
+            if group.start + group.len > rows
+                || pair.in_features() != inf
+                || pair.out_features() != out
+            {
+                return Err(crate::Error::InvalidRequest(format!(
+                    "row-wise linear: rows {}..{} of {rows}, adapter {}x{} for a {out}x{inf} layer",
+                    group.start,
+                    group.start + group.len,
+                    pair.out_features(),
+                    pair.in_features()
+                )));
+            }
+            let (a, b) = (group.start, group.start + group.len);
+            pair.add_to(&mut ys[a * out..b * out], &xs[a * inf..b * inf], scale)?;
+        }
+        Tensor::from_vec(ys, (rows, out), x.device())
+            .and_then(|t| t.to_dtype(dtype))
+            .context("row-wise linear result")
     }
 
     /// x W^T + b, the frozen part alone. x: [..., in].

@@ -32,6 +32,9 @@ use crate::ops::swiglu::swiglu;
 use crate::{Context, Error, Result};
 
 mod checkpointed;
+mod ragged;
+
+pub use ragged::{RaggedSeq, SeqLora};
 
 /// How to load a decoder: the device, and `dtype: None` to keep GGUF weights quantized (activations
 /// and dense weights in f32) or `Some(dt)` for every weight dense in `dt` (training, merging, bf16 on a
@@ -253,6 +256,28 @@ impl Attention {
         train: bool,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3().context("attention input")?;
+        let q = self.q_proj.forward_t(x, train)?;
+        let k = self.k_proj.forward_t(x, train)?;
+        let v = self.v_proj.forward_t(x, train)?;
+        let out = self.attend(&q, &k, &v, b, t, tables, mask, cache, train)?;
+        self.o_proj.forward_t(&out, train)
+    }
+
+    /// Attention of projected queries, keys and values: q [b, t, heads * d], k, v [b, t, kv_heads * d]
+    /// (or any shape with those elements in that order) -> [b, t, heads * d], before `o_proj`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        b: usize,
+        t: usize,
+        tables: &PositionTables,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut KvCache, usize)>,
+        train: bool,
+    ) -> Result<Tensor> {
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
         // [b, t, heads * d] -> [b, heads, t, d]; a no-copy view when t == 1.
         let split = |y: Tensor, n: usize| -> Result<Tensor> {
@@ -261,9 +286,9 @@ impl Attention {
                 .contiguous()
                 .context("attention head split")
         };
-        let q = split(self.q_proj.forward_t(x, train)?, h)?;
-        let k = split(self.k_proj.forward_t(x, train)?, kvh)?;
-        let v = split(self.v_proj.forward_t(x, train)?, kvh)?;
+        let q = split(q.clone(), h)?;
+        let k = split(k.clone(), kvh)?;
+        let v = split(v.clone(), kvh)?;
         let q = rope(&q, &tables.cos_q, &tables.sin_q, RopeLayout::HalfSplit)?;
         let k = rope(&k, &tables.cos, &tables.sin, RopeLayout::HalfSplit)?;
         let (k, v) = match cache {
@@ -273,8 +298,9 @@ impl Attention {
         if t == 1 && !train {
             // One new token sees every cached position: the fused decode kernel, no mask, no copies.
             // The 1/sqrt(d) scale is already in q.
-            let out = decode_attention(&q, &k, &v, 1.0)?.reshape((b, 1, h * d))?;
-            return self.o_proj.forward(&out);
+            return decode_attention(&q, &k, &v, 1.0)?
+                .reshape((b, 1, h * d))
+                .context("decode attention output");
         }
         let len = k.dim(2)?;
         // Queries of the heads sharing one kv head, stacked: [b, kv_heads, groups * t, d].
@@ -303,11 +329,10 @@ impl Attention {
         let probs = softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let out = probs.matmul(&v).context("attention values")?;
         // [b, kv_heads, groups * t, d] = [b, heads, t, d] -> [b, t, heads * d]
-        let out = out
-            .reshape((b, h, t, d))?
+        out.reshape((b, h, t, d))?
             .transpose(1, 2)?
-            .reshape((b, t, h * d))?;
-        self.o_proj.forward_t(&out, train)
+            .reshape((b, t, h * d))
+            .context("attention output")
     }
 }
 
@@ -586,6 +611,15 @@ impl Llama {
             }
         }
         out
+    }
+
+    /// (path, in_features, out_features) of every projection, in [`Llama::linear_layers`] order: what
+    /// an adapter is matched against.
+    pub fn linear_shapes(&self) -> Vec<(String, usize, usize)> {
+        self.linear_layers()
+            .into_iter()
+            .map(|(p, l)| (p, l.in_features(), l.out_features()))
+            .collect()
     }
 
     /// The token embedding [vocab, hidden] (dense in the compute dtype); also the LM head when the

@@ -9,6 +9,7 @@ pub(crate) mod common;
 pub mod cross_entropy;
 pub mod decode_attention;
 pub mod frozen;
+pub mod lora_delta_cpu;
 pub mod lora_linear;
 pub mod quant_linear;
 pub mod quant_matmul_cpu;

@@ -96,7 +96,7 @@ mod tests {
     use super::*;
     use crate::gpu::decode::reference::candle_dequantize;
     use crate::gpu::decode::QUANT_TYPES;
-    use crate::ops::check::random_values;
+    use crate::check::random_values;
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 

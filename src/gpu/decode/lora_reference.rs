@@ -102,7 +102,7 @@ pub fn qmv_swiglu_lora(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::random_values;
+    use crate::check::random_values;
 
     fn f32s(n: usize, seed: u64) -> Vec<f32> {
         random_values(n, seed, 1.0)

@@ -1,0 +1,278 @@
+//! Putting the server together: load the model, the adapters and the embedder, start the
+//! scheduler, route the endpoints (bearer auth on `/v1/*`), and serve until a shutdown signal:
+//! stop accepting, let running requests finish for up to the grace period, then cancel the rest.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use candle_core::Device;
+
+use super::adapters::AdapterSet;
+use super::batch::CpuBatchDecoder;
+use super::completions::{chat, completion};
+use super::endpoints;
+use super::error::ApiError;
+use super::metrics::Metrics;
+use super::scheduler::{Scheduler, SchedulerConfig};
+use super::state::AppState;
+use super::validate::Limits;
+use crate::embed::Embedder;
+use crate::formats::LoadOptions;
+use crate::generate::TextModel;
+use crate::{Error, Result};
+
+/// Everything `wick serve` is started with.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// A GGUF file or HF directory.
+    pub model: PathBuf,
+    /// The base model's id in the API (default: the file name without extension).
+    pub model_id: Option<String>,
+    /// `None`: GGUF weights stay quantized (the fast CPU path); `Some(dt)`: every weight dense in dt.
+    pub dtype: Option<candle_core::DType>,
+    /// Adapters loaded at start, pinned (never evicted): (name, PEFT directory).
+    pub adapters: Vec<(String, PathBuf)>,
+    /// `default` or a sentence-transformers directory, for `/v1/embeddings`.
+    pub embed_model: Option<String>,
+    /// Adapters in memory at most (LRU eviction of unpinned ones beyond).
+    pub max_adapters: usize,
+    /// Sequences per batch step at most.
+    pub max_batch: usize,
+    /// Requests waiting for a batch slot at most (429 beyond).
+    pub max_queue: usize,
+    /// Prompt tokens read per step at most (longer prompts are read in pieces).
+    pub prefill_chunk: usize,
+    /// Largest `max_tokens` a request may ask for.
+    pub max_tokens: usize,
+    /// `max_tokens` of a request that gives none.
+    pub default_max_tokens: usize,
+    /// A request still unfinished after this long ends with a 504 / an error event.
+    pub request_timeout: Duration,
+    /// After a shutdown signal, how long running requests may take before they are cancelled.
+    pub shutdown_grace: Duration,
+    /// Required as `Authorization: Bearer <key>` on `/v1/*` when set.
+    pub api_key: Option<String>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            model_id: None,
+            dtype: None,
+            adapters: Vec::new(),
+            embed_model: None,
+            max_adapters: 8,
+            max_batch: 8,
+            max_queue: 64,
+            prefill_chunk: 256,
+            max_tokens: 4096,
+            default_max_tokens: 512,
+            request_timeout: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(30),
+            api_key: None,
+        }
+    }
+}
+
+/// A loaded server, ready to serve on a listener.
+pub struct Server {
+    state: Arc<AppState>,
+    scheduler: Scheduler,
+    shutdown_grace: Duration,
+}
+
+impl Server {
+    /// Loads the model (CPU, quantized where the file is), the adapters and the embedder, and
+    /// starts the scheduler.
+    pub fn load(config: &ServeConfig) -> Result<Self> {
+        if config.adapters.len() > config.max_adapters {
+            return Err(Error::InvalidOption {
+                option: "max-adapters".into(),
+                reason: format!(
+                    "{} adapters given at start (pinned) but --max-adapters is {}",
+                    config.adapters.len(),
+                    config.max_adapters
+                ),
+            });
+        }
+        let options = LoadOptions {
+            device: Device::Cpu,
+            dtype: config.dtype,
+        };
+        let text = TextModel::open(&config.model, &options)?;
+        let model_id = config.model_id.clone().unwrap_or_else(|| {
+            config
+                .model
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "base".into())
+        });
+        let metrics = Arc::new(Metrics::default());
+        let adapters = Arc::new(AdapterSet::new(
+            text.model.linear_shapes(),
+            vec![model_id.clone(), "base".into()],
+            config.max_adapters,
+            metrics.clone(),
+        ));
+        for (name, path) in &config.adapters {
+            adapters
+                .register(name, path, true)
+                .map_err(|e| Error::InvalidOption {
+                    option: "adapter".into(),
+                    reason: e.message,
+                })?;
+        }
+        let embedder = match &config.embed_model {
+            Some(spec) => {
+                let embedder = Embedder::load(spec, &Device::Cpu)?;
+                let id = embedder
+                    .model_dir()
+                    .file_name()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| spec.clone());
+                Some((id, Arc::new(embedder)))
+            }
+            None => None,
+        };
+        let context = text.model.config().max_position_embeddings;
+        let decoder = CpuBatchDecoder::new(text.model.clone(), config.prefill_chunk);
+        let (scheduler, submitter) = Scheduler::spawn(
+            Box::new(decoder),
+            Arc::new(text.tokenizer.clone()),
+            text.model.config().eos_token_ids.clone(),
+            SchedulerConfig {
+                max_batch: config.max_batch.max(1),
+                max_queue: config.max_queue.max(1),
+                context,
+            },
+            metrics.clone(),
+        )?;
+        let limits = Limits {
+            context,
+            max_tokens: config.max_tokens,
+            default_max_tokens: config.default_max_tokens,
+        };
+        let state = Arc::new(AppState::new(
+            model_id,
+            Arc::new(text),
+            adapters,
+            submitter,
+            embedder,
+            limits,
+            config.request_timeout,
+            config.api_key.clone(),
+            metrics,
+        ));
+        Ok(Self {
+            state,
+            scheduler,
+            shutdown_grace: config.shutdown_grace,
+        })
+    }
+
+    /// The base model's id.
+    pub fn model_id(&self) -> &str {
+        &self.state.model_id
+    }
+
+    /// The endpoints.
+    pub fn router(&self) -> Router {
+        let v1 = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/completions", post(completion))
+            .route("/v1/embeddings", post(endpoints::embeddings))
+            .route("/v1/models", get(endpoints::models))
+            .route("/v1/load_lora_adapter", post(endpoints::load_adapter))
+            .route("/v1/unload_lora_adapter", post(endpoints::unload_adapter))
+            .route_layer(middleware::from_fn_with_state(self.state.clone(), auth));
+        Router::new()
+            .merge(v1)
+            .route("/health", get(endpoints::health))
+            .route("/metrics", get(endpoints::metrics))
+            .fallback(endpoints::fallback)
+            .with_state(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then stops accepting, lets running requests
+    /// finish for up to the grace period, cancels what is left, and returns once the scheduler has
+    /// stopped.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let router = self.router();
+        let canceller = self.scheduler.canceller();
+        let grace = self.shutdown_grace;
+        let signalled = async move {
+            shutdown.await;
+            tracing::info!("shutdown: no new connections; running requests get {grace:?}");
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                canceller.store(true, Ordering::SeqCst);
+            });
+        };
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(signalled)
+            .await;
+        // The router's copies of the state are gone; this one holds the last queue sender.
+        drop(self.state);
+        let scheduler = self.scheduler;
+        tokio::task::spawn_blocking(move || scheduler.join())
+            .await
+            .map_err(|e| Error::InvalidRequest(format!("joining the scheduler: {e}")))?;
+        served.map_err(|e| Error::InvalidRequest(format!("serving: {e}")))
+    }
+}
+
+/// Rejects `/v1/*` requests without the right bearer token (when a key is set).
+async fn auth(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("listening for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("listening for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -67,7 +67,7 @@ fn random_adapter(model: &Llama, rank: usize, seed: u64) -> anyhow::Result<Adapt
     let adapter = Adapter::init(config, &model.linear_shapes(), seed, &Device::Cpu)?;
     for (i, layer) in adapter.layers.iter().enumerate() {
         let (out, r) = layer.b.as_tensor().dims2()?;
-        let b = wick::ops::check::random_tensor(
+        let b = wick::check::random_tensor(
             &[out, r],
             DType::F32,
             &Device::Cpu,

@@ -43,7 +43,7 @@ pub fn random_adapter(shapes: &[(String, usize, usize)], seed: u64, rank: usize)
     let adapter = Adapter::init(config, shapes, seed, &Device::Cpu).unwrap();
     for (i, layer) in adapter.layers.iter().enumerate() {
         let (out, r) = layer.b.as_tensor().dims2().unwrap();
-        let b = wick::ops::check::random_tensor(
+        let b = wick::check::random_tensor(
             &[out, r],
             DType::F32,
             &Device::Cpu,

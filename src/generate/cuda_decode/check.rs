@@ -33,7 +33,7 @@ use crate::formats::config::{Architecture, DecoderConfig};
 use crate::formats::weights::{LoadOptions, Weight, WeightSource};
 use crate::models::linear::LoraWeights;
 use crate::models::llama::{expected_tensors, Llama};
-use crate::ops::check::{max_rel_err, random_values};
+use crate::check::{max_rel_err, random_values};
 use crate::{Context, Error, Result};
 
 /// Tolerance of the logits (max |got - want| / max |want|): the engine's f32 sums run in another

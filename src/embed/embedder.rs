@@ -93,11 +93,7 @@ impl Embedder {
                 reason: "no tokenizer.json in the model directory".into(),
             });
         }
-        let mut tokenizer =
-            Tokenizer::from_file(&tokenizer_path).map_err(|e| Error::Tokenizer {
-                source_name: tokenizer_path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+        let mut tokenizer = crate::formats::tokenizer::read_tokenizer_json(&tokenizer_path)?;
         let limit = model_net.config().max_positions();
         let wanted = options
             .max_seq_length

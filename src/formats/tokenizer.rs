@@ -44,6 +44,17 @@ impl std::fmt::Debug for TextTokenizer {
     }
 }
 
+/// Reads a `tokenizer.json`. The JSON is parsed on its own first: the tokenizers crate panics
+/// (`expect("Helper")` in its decoder deserializer) on a syntax error inside the `decoder` field,
+/// found by fuzz/fuzz_targets/tokenizer.rs, so it only ever sees well-formed JSON here.
+pub fn read_tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
+    let value: Json = serde_json::from_str(&text)
+        .map_err(|e| tokenizer_error(&name, format!("invalid JSON: {e}")))?;
+    serde_json::from_value(value).map_err(|e| tokenizer_error(&name, e))
+}
+
 fn tokenizer_error(source_name: &str, reason: impl std::fmt::Display) -> Error {
     Error::Tokenizer {
         source_name: source_name.to_string(),
@@ -90,7 +101,7 @@ impl TextTokenizer {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer file missing"),
             });
         }
-        let inner = Tokenizer::from_file(tokenizer_json).map_err(|e| tokenizer_error(&name, e))?;
+        let inner = read_tokenizer_json(tokenizer_json)?;
         let config = match tokenizer_config {
             Some(path) if path.is_file() => Some(crate::formats::config::read_json(path)?),
             _ => None,

@@ -44,9 +44,14 @@ fn quantized_bytes_equal_ggml_reference() {
         let got = quantize_rows(dtype, &values, cols).unwrap();
         assert_eq!(got.len(), want.len(), "{name}: size");
         let bad: Vec<usize> = (0..want.len() / row_bytes)
-            .filter(|r| got[r * row_bytes..(r + 1) * row_bytes] != want[r * row_bytes..(r + 1) * row_bytes])
+            .filter(|r| {
+                got[r * row_bytes..(r + 1) * row_bytes] != want[r * row_bytes..(r + 1) * row_bytes]
+            })
             .collect();
-        assert!(bad.is_empty(), "{name}: rows {bad:?} differ from ggml's bytes");
+        assert!(
+            bad.is_empty(),
+            "{name}: rows {bad:?} differ from ggml's bytes"
+        );
     }
 }
 
@@ -69,7 +74,9 @@ fn written_gguf_dequantizes_back_within_format_error() {
     writer.write_to(&mut bytes).unwrap();
     let file = GgufFile::from_bytes("quantized.gguf", bytes).unwrap();
     for (name, dtype, bound) in TYPES {
-        let q = file.qtensor(&format!("{name}.weight"), &Device::Cpu).unwrap();
+        let q = file
+            .qtensor(&format!("{name}.weight"), &Device::Cpu)
+            .unwrap();
         assert_eq!(q.dtype(), dtype);
         let back: Vec<f32> = q
             .dequantize(&Device::Cpu)
@@ -81,10 +88,14 @@ fn written_gguf_dequantizes_back_within_format_error() {
         let mut worst = 0f32;
         for (x, y) in values.chunks(cols).zip(back.chunks(cols)) {
             let spread = (x.iter().map(|v| v * v).sum::<f32>() / cols as f32).sqrt();
-            let err = (x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / cols as f32).sqrt();
+            let err =
+                (x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / cols as f32).sqrt();
             worst = worst.max(if spread > 0.0 { err / spread } else { err });
         }
         eprintln!("{name}: worst relative RMS round-trip error over the rows {worst:.5}");
-        assert!(worst <= bound, "{name}: relative RMS error {worst} above {bound}");
+        assert!(
+            worst <= bound,
+            "{name}: relative RMS error {worst} above {bound}"
+        );
     }
 }

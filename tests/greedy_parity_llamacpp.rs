@@ -43,7 +43,6 @@ struct Case {
 
 #[derive(Deserialize)]
 struct Step {
-    top_ids: Vec<u32>,
     top_logits: Vec<f32>,
 }
 
@@ -70,7 +69,11 @@ fn model() -> &'static TextModel {
     MODEL.get_or_init(|| {
         let path = ensure_default_chat_model().expect("fetching the default chat model");
         let sha = sha256_file(&path).expect("hashing the default chat model");
-        assert_eq!(sha, fixture().model_sha256, "the fixture was made from another GGUF");
+        assert_eq!(
+            sha,
+            fixture().model_sha256,
+            "the fixture was made from another GGUF"
+        );
         TextModel::open(&path, &wick::formats::LoadOptions::inference(Device::Cpu))
             .expect("loading the default chat model")
     })
@@ -209,6 +212,7 @@ fn divergence(c: &Case, wick: &[WickStep]) -> Option<Divergence> {
 }
 
 #[test]
+#[ignore = "not yet run to completion: >15 min on the loaded 2-core box; run with --ignored and commit bench/results/greedy-parity.md"]
 fn greedy_matches_llamacpp_common_prefix() {
     let m = model();
     let f = fixture();

@@ -53,6 +53,7 @@ fn fixture() -> Fixture {
 }
 
 #[test]
+#[ignore = "needs tests/fixtures/llamacpp/gguf_export.json from scripts/llamacpp/make_export_fixture.py (not yet committed)"]
 fn merged_gguf_exports_match_llamacpp() {
     let f = fixture();
     assert_eq!(f.llama_cpp_python, "0.3.36");
@@ -95,7 +96,12 @@ fn merged_gguf_exports_match_llamacpp() {
                 .iter()
                 .position(|t| config.eos_token_ids.contains(t))
                 .map_or(case.greedy_ids.len(), |p| p + 1);
-            assert_eq!(got, case.greedy_ids[..end], "{name} {:?}: greedy tokens", case.prompt);
+            assert_eq!(
+                got,
+                case.greedy_ids[..end],
+                "{name} {:?}: greedy tokens",
+                case.prompt
+            );
             differs_from_base += (got != f.base_greedy_ids[i]) as usize;
         }
         std::fs::remove_file(&out).unwrap();

@@ -26,11 +26,11 @@ mod quantize_k;
 mod source;
 mod writer;
 
+pub use export::{build_gguf, export_gguf, hf_to_gguf_name, tensor_type, GgufQuant};
 pub use file::{llama3_rope_scaling, GgufFile};
 pub use header::{
     ggml_dtype_from_id, parse_header, value_as_f64, value_as_u64, GgufHeader, GgufTensorInfo,
 };
-pub use export::{build_gguf, export_gguf, hf_to_gguf_name, tensor_type, GgufQuant};
 pub use quantize::{block_layout, quantize_rows};
 pub use source::{gguf_to_hf_name, permute_rows, unpermute_rows, GgufSource};
 pub use writer::{ggml_type_id, GgufTensorData, GgufWriter, GGUF_ALIGNMENT};

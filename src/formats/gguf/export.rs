@@ -221,7 +221,13 @@ pub fn build_gguf(
             _ => None,
         };
         let dims = tensor.dims().to_vec();
-        let dtype = tensor_type(quant, &name, &dims, config.num_hidden_layers, config.tie_word_embeddings);
+        let dtype = tensor_type(
+            quant,
+            &name,
+            &dims,
+            config.num_hidden_layers,
+            config.tie_word_embeddings,
+        );
         writer.add_tensor(encode(&name, &tensor, dims, dtype, heads)?)?;
     }
     for info in &source.header().tensors {
@@ -292,14 +298,29 @@ mod tests {
         assert_eq!(t(q4km, "token_embd.weight", &[49152, 576]), GgmlDType::Q8_0);
         assert_eq!(t(q4km, "blk.0.attn_v.weight", &[192, 576]), GgmlDType::Q8_0);
         assert_eq!(t(q4km, "blk.4.attn_v.weight", &[192, 576]), GgmlDType::Q5_0);
-        assert_eq!(t(q4km, "blk.5.ffn_down.weight", &[576, 1536]), GgmlDType::Q6K);
-        assert_eq!(t(q4km, "blk.6.ffn_down.weight", &[576, 1536]), GgmlDType::Q4K);
-        assert_eq!(t(q4km, "blk.29.ffn_down.weight", &[576, 1536]), GgmlDType::Q6K);
+        assert_eq!(
+            t(q4km, "blk.5.ffn_down.weight", &[576, 1536]),
+            GgmlDType::Q6K
+        );
+        assert_eq!(
+            t(q4km, "blk.6.ffn_down.weight", &[576, 1536]),
+            GgmlDType::Q4K
+        );
+        assert_eq!(
+            t(q4km, "blk.29.ffn_down.weight", &[576, 1536]),
+            GgmlDType::Q6K
+        );
         assert_eq!(t(q4km, "blk.6.attn_q.weight", &[576, 576]), GgmlDType::Q5_0);
         assert_eq!(t(q4km, "blk.6.attn_norm.weight", &[576]), GgmlDType::F32);
         assert_eq!(t(q41, "token_embd.weight", &[49152, 576]), GgmlDType::Q8_0);
-        assert_eq!(t(q41, "blk.3.ffn_down.weight", &[576, 1536]), GgmlDType::Q4_1);
-        assert_eq!(t(GgufQuant::F16, "blk.3.ffn_up.weight", &[1536, 576]), GgmlDType::F16);
+        assert_eq!(
+            t(q41, "blk.3.ffn_down.weight", &[576, 1536]),
+            GgmlDType::Q4_1
+        );
+        assert_eq!(
+            t(GgufQuant::F16, "blk.3.ffn_up.weight", &[1536, 576]),
+            GgmlDType::F16
+        );
         // Untied output of a 4096-wide model: Q6_K in both quantized mixes.
         let untied = |q, name: &str| tensor_type(q, name, &[32000, 4096], 32, false);
         assert_eq!(untied(q4km, "output.weight"), GgmlDType::Q6K);
@@ -312,7 +333,10 @@ mod tests {
     fn use_more_bits_matches_llamacpp_for_30_layers() {
         let layers: Vec<usize> = (0..30).filter(|&i| use_more_bits(i, 30)).collect();
         // n/8 = 3, 7n/8 = 26: layers 0-2, 26-29, and 3 + 3k + 2 between.
-        assert_eq!(layers, vec![0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]);
+        assert_eq!(
+            layers,
+            vec![0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]
+        );
     }
 
     #[test]

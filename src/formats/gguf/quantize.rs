@@ -67,7 +67,9 @@ pub fn quantize_rows(dtype: GgmlDType, values: &[f32], row_len: usize) -> Option
 /// One row into its blocks; `dst` has exactly the row's size in `dtype`.
 fn quantize_row(dtype: GgmlDType, row: &[f32], dst: &mut [u8]) {
     let (block, block_bytes) = block_layout(dtype).expect("quantize_rows checked the type");
-    let blocks = row.chunks_exact(block).zip(dst.chunks_exact_mut(block_bytes));
+    let blocks = row
+        .chunks_exact(block)
+        .zip(dst.chunks_exact_mut(block_bytes));
     match dtype {
         GgmlDType::F32 => blocks.for_each(|(x, y)| y.copy_from_slice(&x[0].to_le_bytes())),
         GgmlDType::F16 => blocks.for_each(|(x, y)| y.copy_from_slice(&f16_bytes(x[0]))),
@@ -144,7 +146,15 @@ mod tests {
 
     #[test]
     fn nearest_int_rounds_ties_to_even() {
-        let cases = [(0.5, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (3.49, 3), (-7.7, -8)];
+        let cases = [
+            (0.5, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (3.49, 3),
+            (-7.7, -8),
+        ];
         for (x, want) in cases {
             assert_eq!(nearest_int(x), want, "nearest_int({x})");
         }

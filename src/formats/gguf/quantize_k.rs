@@ -112,7 +112,11 @@ pub(super) fn quantize_row_q4_k(x: &[f32], y: &mut [u8]) {
             max_min = mins[j];
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let packed = &mut y[4..16];
     packed.fill(0);
@@ -131,7 +135,10 @@ pub(super) fn quantize_row_q4_k(x: &[f32], y: &mut [u8]) {
     }
     y[0..2].copy_from_slice(&f16_bytes(max_scale / 63.0));
     y[2..4].copy_from_slice(&f16_bytes(max_min / 63.0));
-    let (d_all, dmin_all) = (f16_round_trip(max_scale / 63.0), f16_round_trip(max_min / 63.0));
+    let (d_all, dmin_all) = (
+        f16_round_trip(max_scale / 63.0),
+        f16_round_trip(max_min / 63.0),
+    );
     for j in 0..8 {
         let (sc, m) = scale_min_k4(j, &y[4..16]);
         let d = d_all * sc as f32;

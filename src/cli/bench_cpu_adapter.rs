@@ -67,13 +67,8 @@ fn random_adapter(model: &Llama, rank: usize, seed: u64) -> anyhow::Result<Adapt
     let adapter = Adapter::init(config, &model.linear_shapes(), seed, &Device::Cpu)?;
     for (i, layer) in adapter.layers.iter().enumerate() {
         let (out, r) = layer.b.as_tensor().dims2()?;
-        let b = wick::check::random_tensor(
-            &[out, r],
-            DType::F32,
-            &Device::Cpu,
-            seed + i as u64,
-            0.02,
-        )?;
+        let b =
+            wick::check::random_tensor(&[out, r], DType::F32, &Device::Cpu, seed + i as u64, 0.02)?;
         layer.b.set(&b)?;
     }
     Ok(adapter)

@@ -217,8 +217,8 @@ impl DecodeAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::decode::lora_reference::LoraGroup;
     use crate::check::random_values;
+    use crate::gpu::decode::lora_reference::LoraGroup;
 
     fn f32s(n: usize, seed: u64) -> Vec<f32> {
         random_values(n, seed, 1.0)

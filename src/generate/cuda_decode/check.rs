@@ -29,11 +29,11 @@ use candle_core::{DType, Device, Tensor};
 use super::adapters::DecodeAdapter;
 use super::batch::BatchDecodeEngine;
 use super::DecodeEngine;
+use crate::check::{max_rel_err, random_values};
 use crate::formats::config::{Architecture, DecoderConfig};
 use crate::formats::weights::{LoadOptions, Weight, WeightSource};
 use crate::models::linear::LoraWeights;
 use crate::models::llama::{expected_tensors, Llama};
-use crate::check::{max_rel_err, random_values};
 use crate::{Context, Error, Result};
 
 /// Tolerance of the logits (max |got - want| / max |want|): the engine's f32 sums run in another

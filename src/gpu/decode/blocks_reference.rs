@@ -94,9 +94,9 @@ pub fn w4(q: QuantType, base: &[u8], blk: usize, p: usize) -> [f32; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::check::random_values;
     use crate::gpu::decode::reference::candle_dequantize;
     use crate::gpu::decode::QUANT_TYPES;
-    use crate::check::random_values;
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 

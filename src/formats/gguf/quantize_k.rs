@@ -219,6 +219,9 @@ fn make_qx_quants(nmax: i32, x: &[f32], levels: &mut [u8]) -> f32 {
 }
 
 /// `quantize_row_q6_K_ref` on one super-block of 256 weights into 210 bytes.
+// Indexed loops on purpose: they follow ggml's reference line by line, which the byte-equality
+// test (tests/gguf_quantize_matches_ggml.rs) depends on.
+#[allow(clippy::needless_range_loop)]
 pub(super) fn quantize_row_q6_k(x: &[f32], y: &mut [u8]) {
     let mut levels = [0u8; 256];
     let mut scales = [0.0f32; 16];

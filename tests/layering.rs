@@ -50,6 +50,11 @@ const EXCEPTIONS: &[(&str, &str, &str)] = &[
         "train::cuda_engine",
         "`wick bench gpu-check` drives the engine check; measurement leaves the library (issue 13)",
     ),
+    (
+        "ops/check_suite.rs",
+        "generate::cuda_decode",
+        "`wick bench gpu-check` drives the decode engine check; same move as above (issue 13)",
+    ),
 ];
 
 /// One `crate::` path found in a file: 1-based line and the path after `crate::`, groups expanded

@@ -231,6 +231,7 @@ mod tests {
     /// the kernels' reading of a group (segments, zero padding), exactly x A_p^T B_p^T on each
     /// projection's rows, and 0 on k's.
     #[test]
+    #[allow(clippy::needless_range_loop)] // p indexes both the layer and the projection dims
     fn packed_qkv_group_reproduces_each_projection_delta() {
         let dims = AdapterDims {
             hidden: 8,

@@ -83,7 +83,7 @@ fn one_sequence_without_adapter_is_forward_last_bitwise() {
     let steps: Vec<Vec<u32>> = std::iter::once(prompt.clone())
         .chain([[42u32], [7], [1999], [5]].map(|t| t.to_vec()))
         .collect();
-    let ragged = run(&m.model, &[None], &[steps.clone()]);
+    let ragged = run(&m.model, &[None], std::slice::from_ref(&steps));
     let mut cache = m.model.new_cache(1);
     for (s, tokens) in steps.iter().enumerate() {
         let input = Tensor::new(tokens.as_slice(), &Device::Cpu)

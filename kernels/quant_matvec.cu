@@ -24,22 +24,40 @@
 // Epilogue of every mat-vec (batch 1 and batched), after the row's dot product, before the store:
 //   acc += bias[r]                                      (bias != null: Qwen2's q/k/v biases)
 //   acc += sum_j xa[b, seg(r) R + j] B_slot(b)[r, j]    (lora.b != null and slots[b] >= 0)
-// with B pre-scaled by the adapter's alpha / r and xa = xn A^T from lora_shrink (below): the LoRA
-// delta of each sequence with its own adapter slot (Punica's BGMV expand, fused into the base
-// product). The swiglu kernels add the gate's and the up's delta before silu(g) * u.
+// with B pre-scaled by the adapter's alpha / r: the LoRA delta of each sequence with its own
+// adapter slot (Punica's BGMV expand, fused into the base product). The swiglu kernels add the
+// gate's and the up's delta before silu(g) * u.
+//
+// The shrink xa = xn A^T (Punica's BGMV shrink) runs inside the same launch (lora.a != null): the
+// first warps of the grid compute it from the x they already hold in shared memory (one warp per
+// sequence and row of A) before their own rows, publish it with a counter (lora.sync[0]), and every
+// warp waits for the counter only in its epilogue, after its row's dot product: the shrink's
+// latency hides behind the base product instead of costing a launch of its own (measured ~2.8 us
+// per launch inside the graph, 4 per layer). The last block to finish resets the counters
+// (lora.sync[1] counts finished blocks), so the next launch, in this step or the next replay,
+// starts from zero. Producers sit in the lowest blocks, which the hardware dispatches first, so a
+// waiting block never holds the place of a producer that has not started. With lora.a == null, xa
+// was computed by an earlier launch (the second and third parts of a split q/k/v).
 #include "common.cuh"
 #include "ggml_blocks.cuh"
 
-// The LoRA part of a mat-vec launch (passed by value). An adapter pool slot holds B of every
-// projection, pre-scaled, as [out rows, rank] f32; `slot_stride` floats separate two slots.
+#define MV_WARPS 4
+
+// The LoRA part of a mat-vec launch (passed by value). An adapter pool slot holds A and B of every
+// projection, B pre-scaled, as f32; `*slot_stride` floats separate two slots.
 struct LoraEpi {
-    const float* b;          // B of slot 0 for this launch's output rows; null: no adapters
+    const float* b;          // B of slot 0 for this launch's output rows, [rows, rank]; null: no adapters
     long long slot_stride;   // floats from one slot's B to the next
-    const float* xa;         // [nb, xa_stride] x A^T of each sequence (lora_shrink)
+    float* xa;               // [nb, xa_stride] x A^T of each sequence
     const int* slots;        // [nb] each sequence's slot, < 0: no adapter
+    const float* a;          // A of slot 0, [a_rows, k]: this launch computes xa; null: xa is ready
+    long long a_slot_stride; // floats from one slot's A to the next
+    unsigned* sync;          // [2]: shrink tasks done, blocks finished (zero between launches)
     int rank;                // R: floats per B row and per xa segment
     int xa_stride;           // floats per sequence in xa
     int e0, e1;              // rows [0, e0) read xa segment 0, [e0, e1) segment 1, [e1, ..) 2
+    int a_rows;              // rows of A (segments * R)
+    int pad;
 };
 
 // Segment of xa that output row `row` reads (q, k, v of the fused q/k/v product: 0, 1, 2).
@@ -47,39 +65,98 @@ __device__ __forceinline__ int lora_seg(const LoraEpi& L, int row) {
     return (row >= L.e0) + (row >= L.e1);
 }
 
-// The LoRA delta of sequence b on B row `brow` from xa segment `seg`, summed over the warp (every
-// lane gets it; b is warp-uniform, so the early returns are too).
-__device__ __forceinline__ float lora_delta(const LoraEpi& L, int b, int brow, int seg) {
+// The shrink, by the grid's first warps: xa[b, j] = xs_b . A_slot(b)[j] for every sequence b with
+// a slot and j < a_rows, xs the block's (normalized) x in shared memory, [nb, k]. Each warp adds
+// the number of tasks it finished to sync[0] after a fence, so a reader that sees the total sees xa.
+__device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* xs, int k, int nb) {
+    if (L.b == nullptr || L.a == nullptr) return;
+    int tasks = nb * L.a_rows, warps = gridDim.x * MV_WARPS;
+    int lane = threadIdx.x & 31;
+    unsigned done = 0;
+    for (int t = blockIdx.x * MV_WARPS + (threadIdx.x >> 5); t < tasks; t += warps) {
+        int b = t / L.a_rows, j = t - b * L.a_rows;
+        int slot = L.slots[b];
+        done++;
+        if (slot < 0) continue;
+        const float4* a4 = reinterpret_cast<const float4*>(L.a + slot * L.a_slot_stride + (size_t)j * k);
+        const float4* x4 = reinterpret_cast<const float4*>(xs + (size_t)b * k);
+        float s = 0.f;
+#pragma unroll 4
+        for (int i = lane; i < k / 4; i += 32) {
+            float4 av = __ldg(a4 + i), xv = x4[i];
+            s += xv.x * av.x + xv.y * av.y + xv.z * av.z + xv.w * av.w;
+        }
+        s = warp_sum(s);
+        if (lane == 0) L.xa[(size_t)b * L.xa_stride + j] = s;
+    }
+    if (done > 0 && lane == 0) {
+        __threadfence();
+        atomicAdd(L.sync, done);
+    }
+}
+
+// Waits (once per warp: `ready`) until this launch's shrink is complete.
+__device__ __forceinline__ void lora_wait(const LoraEpi& L, int nb, bool& ready) {
+    if (ready || L.a == nullptr) return;
+    unsigned target = (unsigned)(nb * L.a_rows);
+    if ((threadIdx.x & 31) == 0) {
+        unsigned v;
+        while (true) {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(L.sync) : "memory");
+            if (v >= target) break;
+            __nanosleep(32);
+        }
+    }
+    __syncwarp();
+    ready = true;
+}
+
+// End of a launch that computed its shrink: the last block to finish zeroes the counters (every
+// other block has passed its waits by then).
+__device__ __forceinline__ void lora_exit(const LoraEpi& L) {
+    if (L.b == nullptr || L.a == nullptr) return;
+    __syncthreads();
+    if (threadIdx.x == 0 && atomicAdd(L.sync + 1, 1u) == gridDim.x - 1) {
+        L.sync[0] = 0;
+        L.sync[1] = 0;
+        __threadfence();
+    }
+}
+
+// xa[b, seg R + j], read at L2 (it may have been written by this launch: not through the
+// non-coherent cache).
+__device__ __forceinline__ float lora_xa(const LoraEpi& L, int b, int seg, int j) {
+    return __ldcg(L.xa + (size_t)b * L.xa_stride + seg * L.rank + j);
+}
+
+// The lane's B value of row `brow` (lane j < rank <= 32), loaded before the row's dot product so
+// that its latency hides behind the weights' loads (after the dot product it was a dependent round
+// trip per row: measured ~1 us per mat-vec at SmolLM2-135M); 0 otherwise.
+__device__ __forceinline__ float lora_load(const LoraEpi& L, int b, int brow) {
+    int j = threadIdx.x & 31;
+    if (L.b == nullptr || L.rank > 32 || j >= L.rank) return 0.f;
+    int slot = L.slots[b];
+    if (slot < 0) return 0.f;
+    return L.b[slot * L.slot_stride + (size_t)brow * L.rank + j];
+}
+
+// The lane's share of the LoRA delta of sequence b on B row `brow` from xa segment `seg` (the warp
+// sums it with the row's dot product); `bv` from lora_load. b is warp-uniform, so the early
+// returns are too.
+__device__ __forceinline__ float lora_lane(const LoraEpi& L, float bv, int b, int brow, int seg, int nb,
+                                           bool& ready) {
     if (L.b == nullptr) return 0.f;
     int slot = L.slots[b];
     if (slot < 0) return 0.f;
+    lora_wait(L, nb, ready);
+    int lane = threadIdx.x & 31;
+    if (L.rank <= 32) return lane < L.rank ? lora_xa(L, b, seg, lane) * bv : 0.f;
     const float* br = L.b + slot * L.slot_stride + (size_t)brow * L.rank;
-    const float* xa = L.xa + (size_t)b * L.xa_stride + seg * L.rank;
     float s = 0.f;
-    for (int j = threadIdx.x & 31; j < L.rank; j += 32) s += xa[j] * br[j];
-    return warp_sum(s);
+    for (int j = lane; j < L.rank; j += 32) s += lora_xa(L, b, seg, j) * br[j];
+    return s;
 }
 
-// The lane's (xa, B) pair of that delta (lane j < rank <= 32), loaded before the row's dot
-// product so that its latency hides behind the weights' loads (after the dot product it was a
-// dependent round trip per row: measured ~1 us per mat-vec at SmolLM2-135M); (0, 0) otherwise.
-__device__ __forceinline__ float2 lora_load(const LoraEpi& L, int b, int brow, int seg) {
-    int j = threadIdx.x & 31;
-    if (L.b == nullptr || L.rank > 32 || j >= L.rank) return make_float2(0.f, 0.f);
-    int slot = L.slots[b];
-    if (slot < 0) return make_float2(0.f, 0.f);
-    return make_float2(L.xa[(size_t)b * L.xa_stride + seg * L.rank + j],
-                       L.b[slot * L.slot_stride + (size_t)brow * L.rank + j]);
-}
-
-// The delta from a lora_load pair (ranks above 32: lora_delta's loop).
-__device__ __forceinline__ float lora_finish(const LoraEpi& L, float2 p, int b, int brow, int seg) {
-    if (L.b == nullptr) return 0.f;
-    if (L.rank > 32) return lora_delta(L, b, brow, seg);
-    return warp_sum(p.x * p.y);
-}
-
-#define MV_WARPS 4
 
 // Dot product of part p (0..3) of one block with the 32 x values of that block.
 __device__ __forceinline__ float dot_part_q4_0(const uint8_t* blk, int p, const float* xb) {
@@ -180,19 +257,22 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         extern __shared__ float xs[];                                                               \
         prefetch_first_row(w, rows, row_bytes_##Q(k));                                              \
         load_x(x, norm_w, eps, k, xs);                                                              \
+        lora_produce(lora, xs, k, 1);                                                               \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
+        bool ready = false;                                                                         \
         for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {     \
             const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                 \
             int seg = lora_seg(lora, row);                                                          \
-            float2 lp = lora_load(lora, 0, row, seg);                                               \
+            float bv = lora_load(lora, 0, row);                                                     \
             float acc = 0.f;                                                                        \
-            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32)                                                  \
-                acc += rdot_##Q(wr, i >> 2, i & 3, xs + (i >> 2) * 32);              \
-            acc = warp_sum(acc) + lora_finish(lora, lp, 0, row, seg);                               \
+            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32)                              \
+                acc += rdot_##Q(wr, i >> 2, i & 3, xs + (i >> 2) * 32);                             \
+            acc = warp_sum(acc + lora_lane(lora, bv, 0, row, seg, 1, ready));                       \
             if (bias != nullptr) acc += bias[row];                                                  \
             if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
         }                                                                                           \
+        lora_exit(lora);                                                                            \
     }                                                                                               \
     extern "C" __global__ void qmv_swiglu_##Q(const uint8_t* __restrict__ wg,                       \
                                               const uint8_t* __restrict__ wu,                       \
@@ -204,22 +284,25 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         prefetch_first_row(wg, rows, row_bytes_##Q(k));                                             \
         prefetch_first_row(wu, rows, row_bytes_##Q(k));                                             \
         load_x(x, norm_w, eps, k, xs);                                                              \
+        lora_produce(lora, xs, k, 1);                                                               \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
+        bool ready = false;                                                                         \
         for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {     \
             const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                \
             const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                \
-            float2 lg = lora_load(lora, 0, row, 0), lu = lora_load(lora, 0, rows + row, 1);         \
+            float bg = lora_load(lora, 0, row), bu = lora_load(lora, 0, rows + row);                \
             float g = 0.f, u = 0.f;                                                                 \
-            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                                                \
+            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                            \
                 const float* xb = xs + (i >> 2) * 32;                                               \
-                g += rdot_##Q(gr, i >> 2, i & 3, xb);                                \
-                u += rdot_##Q(ur, i >> 2, i & 3, xb);                                \
+                g += rdot_##Q(gr, i >> 2, i & 3, xb);                                               \
+                u += rdot_##Q(ur, i >> 2, i & 3, xb);                                               \
             }                                                                                       \
-            g = warp_sum(g) + lora_finish(lora, lg, 0, row, 0);                                     \
-            u = warp_sum(u) + lora_finish(lora, lu, 0, rows + row, 1);                              \
+            g = warp_sum(g + lora_lane(lora, bg, 0, row, 0, 1, ready));                             \
+            u = warp_sum(u + lora_lane(lora, bu, 0, rows + row, 1, 1, ready));                      \
             if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
         }                                                                                           \
+        lora_exit(lora);                                                                            \
     }                                                                                               \
     extern "C" __global__ void embed_##Q(const uint8_t* __restrict__ table,                         \
                                          const int* __restrict__ state, float* __restrict__ x,      \
@@ -391,16 +474,18 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         extern __shared__ float xs[];                                                                \
         prefetch_first_row(w, rows, row_bytes_##Q(k));                                               \
         load_xb(x, norm_w, eps, k, nb, xs);                                                          \
+        lora_produce(lora, xs, k, nb);                                                               \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
         int parts = (k / 32) * 4;                                                                    \
+        bool ready = false;                                                                          \
         for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {      \
             const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                  \
             float acc[QMVB_MAX];                                                                     \
-            float2 lp[QMVB_MAX];                                                                     \
+            float bv[QMVB_MAX];                                                                      \
             int seg = lora_seg(lora, row);                                                           \
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                   \
                 acc[b] = 0.f;                                                                        \
-                lp[b] = b < nb ? lora_load(lora, b, row, seg) : make_float2(0.f, 0.f);               \
+                bv[b] = b < nb ? lora_load(lora, b, row) : 0.f;                                      \
             }                                                                                        \
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                                                 \
                 float wv[8];                                                                         \
@@ -410,13 +495,14 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             }                                                                                        \
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                   \
                 if (b < nb) {                                                                        \
-                    float s = warp_sum(acc[b]) + lora_finish(lora, lp[b], b, row, seg);              \
+                    float s = warp_sum(acc[b] + lora_lane(lora, bv[b], b, row, seg, nb, ready));     \
                     if (bias != nullptr) s += bias[row];                                             \
                     size_t at = (size_t)b * ldy + row;                                               \
                     if (lane == 0) y[at] = accumulate ? y[at] + s : s;                               \
                 }                                                                                    \
             }                                                                                        \
         }                                                                                            \
+        lora_exit(lora);                                                                             \
     }                                                                                                \
     extern "C" __global__ void qmvb_swiglu_##Q(const uint8_t* __restrict__ wg,                       \
                                                const uint8_t* __restrict__ wu,                       \
@@ -428,8 +514,10 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         prefetch_first_row(wg, rows, row_bytes_##Q(k));                                              \
         prefetch_first_row(wu, rows, row_bytes_##Q(k));                                              \
         load_xb(x, norm_w, eps, k, nb, xs);                                                          \
+        lora_produce(lora, xs, k, nb);                                                               \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
         int parts = (k / 32) * 4;                                                                    \
+        bool ready = false;                                                                          \
         for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {      \
             const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                 \
             const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                 \
@@ -449,12 +537,14 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             }                                                                                        \
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                   \
                 if (b < nb) {                                                                        \
-                    float gs = warp_sum(g[b]) + lora_delta(lora, b, row, 0);                         \
-                    float us = warp_sum(u[b]) + lora_delta(lora, b, rows + row, 1);                  \
+                    float bg = lora_load(lora, b, row), bu = lora_load(lora, b, rows + row);         \
+                    float gs = warp_sum(g[b] + lora_lane(lora, bg, b, row, 0, nb, ready));           \
+                    float us = warp_sum(u[b] + lora_lane(lora, bu, b, rows + row, 1, nb, ready));    \
                     if (lane == 0) y[(size_t)b * rows + row] = gs / (1.f + expf(-gs)) * us;          \
                 }                                                                                    \
             }                                                                                        \
         }                                                                                            \
+        lora_exit(lora);                                                                             \
     }                                                                                                \
     extern "C" __global__ void embedb_##Q(const uint8_t* __restrict__ table,                         \
                                           const int* __restrict__ state, float* __restrict__ x,      \
@@ -471,40 +561,3 @@ DEFINE_QMVB(q8_0)
 DEFINE_QMVB(q4_K)
 DEFINE_QMVB(q5_K)
 DEFINE_QMVB(q6_K)
-
-// ---- LoRA shrink (Punica's BGMV shrink) for the decode engines ----
-//
-// lora_shrink(x, norm_w, eps, a, a_slot_stride, slots, xa, xa_stride, rows, k):
-//   per sequence b (blockIdx.y) with slot s = slots[b] >= 0 and row j < rows (one warp each):
-//   xa[b, j] = sum_i xn_b[i] A_s[j, i],  xn_b = norm_w ? rms_norm(x_b) * norm_w : x_b
-// x: [nb, k]; A_s = a + s * a_slot_stride: [rows, k] f32, the group's A matrices stacked (q/k/v:
-// 3R rows, gate/up: 2R, o and down: R). Sequences without an adapter are left alone (nothing reads
-// their xa). Every warp recomputes its sequence's RMS factor from x (k floats from L2): cheaper
-// than a barrier, and it keeps the launch to one kernel.
-#define SHRINK_WARPS 4
-extern "C" __global__ void lora_shrink(const float* __restrict__ x, const float* __restrict__ norm_w,
-                                       float eps, const float* __restrict__ a, long long a_slot_stride,
-                                       const int* __restrict__ slots, float* __restrict__ xa,
-                                       int xa_stride, int rows, int k) {
-    int b = blockIdx.y, lane = threadIdx.x & 31;
-    int j = blockIdx.x * SHRINK_WARPS + (threadIdx.x >> 5);
-    int slot = slots[b];
-    if (j >= rows || slot < 0) return;
-    const float4* x4 = reinterpret_cast<const float4*>(x + (size_t)b * k);
-    const float4* a4 = reinterpret_cast<const float4*>(a + slot * a_slot_stride + (size_t)j * k);
-    const float4* n4 = reinterpret_cast<const float4*>(norm_w);
-    float dot = 0.f, ss = 0.f;
-#pragma unroll 4
-    for (int i = lane; i < k / 4; i += 32) {
-        float4 xv = x4[i], av = a4[i];
-        if (norm_w != nullptr) {
-            float4 nv = n4[i];
-            ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
-            xv.x *= nv.x; xv.y *= nv.y; xv.z *= nv.z; xv.w *= nv.w;
-        }
-        dot += xv.x * av.x + xv.y * av.y + xv.z * av.z + xv.w * av.w;
-    }
-    dot = warp_sum(dot);
-    if (norm_w != nullptr) dot *= rsqrtf(warp_sum(ss) / (float)k + eps);
-    if (lane == 0) xa[(size_t)b * xa_stride + j] = dot;
-}

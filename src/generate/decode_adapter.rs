@@ -1,7 +1,7 @@
 //! The host side of the CUDA decode engines' LoRA adapters (`cuda_decode::adapters` holds the
 //! device pool): one adapter as the engines load it (A and scaled B per projection, f32) and its
 //! packing into a pool slot. The projections that read one input form a group and share one shrink
-//! launch: q/k/v (rms_norm(x)), o (attention output), gate/up (rms_norm(x)), down (swiglu output).
+//! (computed inside the group's mat-vec): q/k/v (rms_norm(x)), o (attention output), gate/up (rms_norm(x)), down (swiglu output).
 //! A slot holds per group A `[segments * R, in]` (each projection's A zero-padded to the pool's
 //! rank R, one segment per projection) and B `[out rows, R]` scaled by alpha / r (the q/k/v
 //! group's rows q | k | v, the gate/up group's gate | up), so the kernels read
@@ -21,7 +21,7 @@ pub const PROJECTIONS: [&str; 7] = [
     "mlp.down_proj",
 ];
 
-/// A projection group: the projections that read one input and so share one shrink launch.
+/// A projection group: the projections that read one input and so share one shrink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Group {
     Qkv,

@@ -1,11 +1,11 @@
 //! LoRA adapters inside the decode engines, unmerged: a pool of adapter slots on the device and the
 //! launches that apply them (Punica's BGMV / S-LoRA idea). Each sequence of a step has a slot index
 //! (device memory, written with the tokens; negative: no adapter), so a batch whose sequences use
-//! different adapters runs one shrink launch per projection group and the expand inside the base
-//! mat-vec's epilogue:
+//! different adapters applies them inside the base mat-vecs: the group's shrink by the launch's first
+//! warps before their own rows, the expand in every row's epilogue (kernels/quant_matvec.cu):
 //!
 //! ```text
-//! group (input)                  shrink (lora_shrink)             expand (mat-vec epilogue)
+//! group (input)                  shrink (first warps)             expand (mat-vec epilogue)
 //! q/k/v (rms_norm(x), fused)     xa = xn [A_q | A_k | A_v]^T     qkv[r] += xa[seg(r)] . B_qkv[r]
 //! o (attention output)           xa = attn A_o^T                  x[r]   += xa . B_o[r]
 //! gate/up (rms_norm(x), fused)   xa = xn [A_gate | A_up]^T        g += xa[0] . B_g[r], u += xa[1] . B_u[r]
@@ -27,7 +27,7 @@ use super::EngineShape;
 pub use crate::generate::decode_adapter::{
     AdapterDims, DecodeAdapter, Group, ProjectionLora, GROUPS, PROJECTIONS,
 };
-use crate::gpu::decode::launch::{device_ptr, DecodeKernels, LoraEpilogue};
+use crate::gpu::decode::launch::{device_ptr, LoraEpilogue};
 use crate::{Error, Result};
 
 /// Slots of a pool unless the caller asks for more (one per sequence of a full batch).
@@ -61,6 +61,9 @@ pub struct AdapterPool {
     /// x A^T of each sequence, [batch, 3 rank] (the widest group).
     _xa: CudaSlice<f32>,
     xa_ptr: u64,
+    /// The mat-vecs' shrink counters (tasks done, blocks finished), zero between launches.
+    _sync: CudaSlice<u32>,
+    sync_ptr: u64,
     /// Each sequence's slot, [batch] i32 (negative: none), written before each step.
     seq_slots: CudaSlice<i32>,
     seq_slots_ptr: u64,
@@ -95,6 +98,9 @@ impl AdapterPool {
         let a = alloc(layers * slots * per_a, "A")?;
         let b = alloc(layers * slots * per_b, "B")?;
         let xa = alloc(batch * 3 * rank, "xa")?;
+        let sync = stream
+            .alloc_zeros::<u32>(2)
+            .map_err(|e| driver_err("shrink counters", e))?;
         let seq_slots = stream
             .clone_htod(&vec![-1i32; batch])
             .map_err(|e| driver_err("slot indices", e))?;
@@ -105,6 +111,8 @@ impl AdapterPool {
             a_ptr: device_ptr(&a, stream),
             b_ptr: device_ptr(&b, stream),
             xa_ptr: device_ptr(&xa, stream),
+            sync_ptr: device_ptr(&sync, stream),
+            _sync: sync,
             seq_slots_ptr: device_ptr(&seq_slots, stream),
             a,
             b,
@@ -258,45 +266,25 @@ impl AdapterPool {
             .map_err(|e| driver_err("writing slot indices", e))
     }
 
-    /// Launches the shrink of group `g` of `layer` for `batch` sequences (input x [batch, k],
-    /// RMS-normalized with `norm_w` when not 0) and returns the epilogue for the group's base
-    /// mat-vec.
-    #[allow(clippy::too_many_arguments)]
-    pub fn shrink(
-        &self,
-        kernels: &DecodeKernels,
-        layer: usize,
-        g: Group,
-        x: u64,
-        norm_w: u64,
-        eps: f32,
-        batch: usize,
-    ) -> candle_core::Result<LoraEpilogue> {
+    /// The LoRA part of group `g`'s mat-vec at `layer`: the launch computes the group's shrink
+    /// (A of every sequence's slot against the x it normalizes) and adds each row's expand.
+    pub fn epilogue(&self, layer: usize, g: Group) -> LoraEpilogue {
         let d = dims(&self.shape).group(g, self.rank);
         let (a_off, b_off, sa, sb) = self.offsets(layer, g);
-        let xa_stride = 3 * self.rank;
-        kernels.lora_shrink(
-            x,
-            norm_w,
-            eps,
-            self.a_ptr + (a_off * 4) as u64,
-            sa,
-            self.seq_slots_ptr,
-            self.xa_ptr,
-            xa_stride,
-            d.a_rows,
-            d.k,
-            batch,
-        )?;
-        Ok(LoraEpilogue {
+        LoraEpilogue {
             b: self.b_ptr + (b_off * 4) as u64,
             slot_stride: sb as i64,
             xa: self.xa_ptr,
             slots: self.seq_slots_ptr,
+            a: self.a_ptr + (a_off * 4) as u64,
+            a_slot_stride: sa as i64,
+            sync: self.sync_ptr,
             rank: self.rank as i32,
-            xa_stride: xa_stride as i32,
+            xa_stride: (3 * self.rank) as i32,
             e0: d.e0 as i32,
             e1: d.e1 as i32,
-        })
+            a_rows: d.a_rows as i32,
+            pad: 0,
+        }
     }
 }

@@ -130,7 +130,7 @@ impl BatchDecodeEngine {
 
     /// Launches per step (the batch-1 engine's count: every launch covers the batch).
     pub fn launches_per_step(&self) -> usize {
-        super::step::launches_per_step(self.shape.layers, self.lora_active())
+        super::step::launches_per_step(self.shape.layers)
     }
 
     /// Launches every later step eagerly (for comparisons).

@@ -151,7 +151,7 @@ impl DecodeEngine {
 
     /// Launches per step (with the selected adapter, if any).
     pub fn launches_per_step(&self) -> usize {
-        super::step::launches_per_step(self.shape.layers, self.adapter.is_some())
+        super::step::launches_per_step(self.shape.layers)
     }
 
     /// Launches every later step eagerly (for comparisons; the graphs, if any, are kept).

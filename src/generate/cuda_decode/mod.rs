@@ -4,8 +4,8 @@
 //! buffers allocated once, captured as one CUDA graph and replayed per token. The step is written
 //! once for N sequences (`step`): the batch-1 engine ([`DecodeEngine`]) and the batch engine
 //! (`batch`) run it at N = 1 and N <= 8. LoRA adapters stay unmerged in a pool of slots
-//! (`adapters`), each sequence with its own slot: a shrink launch per projection group and the
-//! expand in the mat-vec's epilogue.
+//! (`adapters`), each sequence with its own slot: each projection group's mat-vec computes the
+//! group's shrink in its first warps and the expand in its epilogue (no launch of their own).
 //!
 //! One step (token id and position in device memory, `state`):
 //! ```text

@@ -5,8 +5,8 @@
 //!
 //! Each sequence has its own token/position pair (`state` [N, 2]), KV cache (at
 //! `seq * layers * max_seq * kv_heads * head_dim` floats) and, with an adapter pool, adapter slot.
-//! With adapters (`lora`), each projection group gets one `lora_shrink` launch before its mat-vec and
-//! the expand in the mat-vec's epilogue (`adapters`): 4 launches more per layer.
+//! With adapters (`lora`), each projection group's mat-vec also computes the group's shrink and adds
+//! the expand in its epilogue (`adapters`): the same launches as without.
 
 use std::sync::Arc;
 
@@ -122,28 +122,17 @@ pub(super) struct Step<'a> {
     pub lora: Option<&'a AdapterPool>,
 }
 
-/// Launches per step for `layers` layers, with or without adapters.
-pub fn launches_per_step(layers: usize, lora: bool) -> usize {
-    3 + if lora { 9 } else { 5 } * layers
+/// Launches per step for `layers` layers (adapters add none).
+pub fn launches_per_step(layers: usize) -> usize {
+    3 + 5 * layers
 }
 
 impl Step<'_> {
-    /// The group's shrink (with adapters) and the epilogue for its mat-vec.
-    fn lora(&self, layer: usize, g: Group, x: u64, norm_w: u64) -> Result<LoraEpilogue> {
-        match self.lora {
-            Some(pool) => pool
-                .shrink(
-                    self.kernels,
-                    layer,
-                    g,
-                    x,
-                    norm_w,
-                    self.shape.eps,
-                    self.buffers.batch,
-                )
-                .map_err(launch_err("lora_shrink")),
-            None => Ok(LoraEpilogue::default()),
-        }
+    /// The LoRA part of the group's mat-vec (none without adapters).
+    fn lora(&self, layer: usize, g: Group) -> LoraEpilogue {
+        self.lora
+            .map(|pool| pool.epilogue(layer, g))
+            .unwrap_or_default()
     }
 
     /// y = W xn (+ y) + epilogue for every sequence: the batch-1 kernel at N = 1.
@@ -204,6 +193,8 @@ impl Step<'_> {
                 lora: LoraEpilogue {
                     b: offset(lora.b, row0 * rank),
                     xa: offset(lora.xa, seg * rank),
+                    // The first part's launch computes the whole group's shrink (every segment).
+                    a: if seg == 0 { lora.a } else { 0 },
                     e0: i32::MAX,
                     e1: i32::MAX,
                     ..lora
@@ -254,7 +245,7 @@ impl Step<'_> {
         .map_err(launch_err("embed"))?;
         mark("embed")?;
         for (i, l) in w.layers.iter().enumerate() {
-            let lora = self.lora(i, Group::Qkv, b.x, norm(2 * i))?;
+            let lora = self.lora(i, Group::Qkv);
             self.qkv(l, b.x, norm(2 * i), lora)?;
             mark("qmv q/k/v")?;
             k.rope_attention_batch(
@@ -275,12 +266,12 @@ impl Step<'_> {
             mark("rope_attention")?;
             let epilogue = Epilogue {
                 bias: l.o_bias_ptr,
-                lora: self.lora(i, Group::O, b.attn, 0)?,
+                lora: self.lora(i, Group::O),
             };
             self.matvec(&l.o, b.attn, 0, b.x, true, &epilogue)
                 .map_err(launch_err("o_proj"))?;
             mark("qmv o_proj")?;
-            let lora = self.lora(i, Group::GateUp, b.x, norm(2 * i + 1))?;
+            let lora = self.lora(i, Group::GateUp);
             let (g, u) = (&l.gate, &l.up);
             (if n == 1 {
                 k.qmv_swiglu(
@@ -314,7 +305,7 @@ impl Step<'_> {
             mark("qmv_swiglu gate/up")?;
             let epilogue = Epilogue {
                 bias: 0,
-                lora: self.lora(i, Group::Down, b.act, 0)?,
+                lora: self.lora(i, Group::Down),
             };
             self.matvec(&l.down, b.act, 0, b.x, true, &epilogue)
                 .map_err(launch_err("down_proj"))?;

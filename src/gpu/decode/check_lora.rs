@@ -1,11 +1,14 @@
 //! The decode engine's LoRA and bias path on the GPU against `lora_reference` (part of
-//! `wick bench gpu-check`, records `dec_lora_*`): `lora_shrink` followed by the mat-vec whose
-//! epilogue adds the bias and each sequence's delta, batch 1 and batched with a different adapter
-//! slot per sequence (one of them none), for every quant type, at odd ranks (5, and 40: more than a
-//! warp's lanes) and odd row counts, outputs poisoned with NaN where they are not accumulated.
-//! The reference computes x A^T itself in f64, so the whole chain is checked, not the expand alone.
+//! `wick bench gpu-check`, records `dec_lora_*`): the mat-vec that computes the shrink in its first
+//! warps and adds the bias and each sequence's delta in its epilogue, batch 1 and batched with a
+//! different adapter slot per sequence (one of them none), for every quant type, at odd ranks (5,
+//! and 40: more than a warp's lanes; more shrink tasks than the grid has warps) and odd row counts,
+//! outputs poisoned with NaN where they are not accumulated. The reference computes x A^T itself in
+//! f64, so the whole chain is checked, not the expand alone. The swiglu cases launch twice (the
+//! shrink counters must be back at zero for the second launch) and append the counters to the
+//! output, where the reference wants zeros.
 
-use candle_core::cuda_backend::cudarc::driver::CudaSlice;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
 
 use super::check::{blocks, f32s, DecodeCase};
 use super::launch::{device_ptr, DecodeKernels, Epilogue, LoraEpilogue};
@@ -159,49 +162,27 @@ impl Pool {
         }
     }
 
-    /// Runs the shrink for x (normalized with g) and returns the epilogue reading it.
-    #[allow(clippy::too_many_arguments)]
-    fn shrink(
-        &self,
-        kernels: &DecodeKernels,
-        s: &Shape,
-        x: u64,
-        g: u64,
-        slots: u64,
-        xa: u64,
-        eps: f32,
-    ) -> Result<LoraEpilogue> {
-        let st = kernels.stream();
-        let xa_stride = 3 * s.rank.max(1) + 1;
-        kernels
-            .lora_shrink(
-                x,
-                g,
-                eps,
-                device_ptr(&self.a_d, st),
-                self.a_rows * s.k,
-                slots,
-                xa,
-                xa_stride,
-                self.a_rows,
-                s.k,
-                s.seq_slots.len(),
-            )
-            .map_err(err("lora_shrink"))?;
-        Ok(LoraEpilogue {
+    /// The epilogue of a launch that computes the shrink (counters in `sync`, two zero u32).
+    fn epilogue(&self, s: &Shape, st: &CudaStream, slots: u64, xa: u64, sync: u64) -> LoraEpilogue {
+        LoraEpilogue {
             b: device_ptr(&self.b_d, st),
             slot_stride: (self.b_rows * s.rank) as i64,
             xa,
             slots,
+            a: device_ptr(&self.a_d, st),
+            a_slot_stride: (self.a_rows * s.k) as i64,
+            sync,
             rank: s.rank as i32,
-            xa_stride: xa_stride as i32,
+            xa_stride: (3 * s.rank.max(1) + 1) as i32,
             e0: s.e0.min(i32::MAX as usize) as i32,
             e1: s.e1.min(i32::MAX as usize) as i32,
-        })
+            a_rows: self.a_rows as i32,
+            pad: 0,
+        }
     }
 }
 
-/// shrink + qmv with bias, norm fused, accumulating, per sequence against `qmv_epilogue`.
+/// qmv with the shrink, bias, norm fused, accumulating, per sequence against `qmv_epilogue`.
 fn matvec_case(
     kernels: &DecodeKernels,
     q: QuantType,
@@ -226,8 +207,9 @@ fn matvec_case(
     let yd = up(kernels, &y0)?;
     let slots_d = up(kernels, &s.seq_slots)?;
     let xa = up(kernels, &vec![f32::NAN; nb * (3 * s.rank + 1)])?;
+    let sync = up(kernels, &[0u32; 2])?;
     let ptr = |d: &dyn Ptr| d.addr(st);
-    let lora = p.shrink(kernels, s, ptr(&xd), ptr(&gd), ptr(&slots_d), ptr(&xa), eps)?;
+    let lora = p.epilogue(s, st, ptr(&slots_d), ptr(&xa), ptr(&sync));
     let epilogue = Epilogue {
         bias: ptr(&bd),
         lora,
@@ -293,7 +275,7 @@ fn matvec_case(
     }])
 }
 
-/// shrink (2 segments) + qmv_swiglu with the gate's and the up's deltas, per sequence.
+/// qmv_swiglu with the shrink (2 segments) with the gate's and the up's deltas, per sequence.
 fn swiglu_case(
     kernels: &DecodeKernels,
     q: QuantType,
@@ -321,22 +303,16 @@ fn swiglu_case(
     let yd = up(kernels, &vec![f32::NAN; nb * rows])?;
     let slots_d = up(kernels, &s.seq_slots)?;
     let xa = up(kernels, &vec![f32::NAN; nb * (3 * s.rank + 1)])?;
+    let sync = up(kernels, &[0u32; 2])?;
     let ptr = |d: &dyn Ptr| d.addr(st);
-    let lora = p.shrink(
-        kernels,
-        &s,
-        ptr(&xd),
-        ptr(&gd),
-        ptr(&slots_d),
-        ptr(&xa),
-        eps,
-    )?;
+    let lora = p.epilogue(&s, st, ptr(&slots_d), ptr(&xa), ptr(&sync));
     let name = format!(
         "lora_qmv_swiglu{}_{}",
         if nb > 1 { "_batch" } else { "" },
         q.suffix()
     );
     let (gp, upp) = (ptr(&gd_w), ptr(&ud_w));
+    for _ in 0..2 {
     (if nb == 1 {
         kernels.qmv_swiglu(
             q,
@@ -366,7 +342,8 @@ fn swiglu_case(
         )
     })
     .map_err(err(&name))?;
-    let want: Vec<f64> = (0..nb)
+    }
+    let mut want: Vec<f64> = (0..nb)
         .flat_map(|b| {
             let slot = s.seq_slots[b];
             let group = (slot >= 0).then(|| p.group(&s, slot as usize));
@@ -381,10 +358,20 @@ fn swiglu_case(
             )
         })
         .collect();
+    want.extend([0.0, 0.0]);
+    let mut got = down(kernels, &yd)?;
+    let counters = kernels.stream().clone_dtoh(&sync).map_err(|e| crate::Error::Candle {
+        context: "LoRA decode check read-back of the shrink counters".into(),
+        source: candle_core::Error::Msg(format!("{e:?}")),
+    })?;
+    got.extend(counters.into_iter().map(f64::from));
     Ok(vec![DecodeCase {
         kernel: format!("dec_{name}"),
-        shape: format!("[{rows}, {k}] rank {} slots {:?}", s.rank, s.seq_slots),
-        got: down(kernels, &yd)?,
+        shape: format!(
+            "[{rows}, {k}] rank {} slots {:?} (launched twice, then the 2 counters)",
+            s.rank, s.seq_slots
+        ),
+        got,
         want,
     }])
 }

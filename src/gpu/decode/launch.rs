@@ -23,8 +23,6 @@ const MV_WARPS: usize = 4;
 /// Most blocks a mat-vec launch uses; beyond, warps loop over rows (the LM head's 49152 rows), so
 /// each block normalizes x once for many rows. 8 blocks per SM of the H100's 132.
 const MV_MAX_BLOCKS: usize = 132 * 8;
-/// Warps (rows of A) per block of `lora_shrink` (SHRINK_WARPS in kernels/quant_matvec.cu).
-const SHRINK_WARPS: usize = 4;
 /// Threads of the argmax block.
 const ARGMAX_THREADS: u32 = 1024;
 /// Largest `k` the mat-vec kernels hold in shared memory (48 KiB of f32 without an opt-in).
@@ -45,10 +43,18 @@ pub struct LoraEpilogue {
     pub b: u64,
     /// Floats from one slot's B to the next.
     pub slot_stride: i64,
-    /// x A^T per sequence, [nb, xa_stride] f32 (`lora_shrink`).
+    /// x A^T per sequence, [nb, xa_stride] f32.
     pub xa: u64,
     /// Each sequence's slot, [nb] i32, negative for none.
     pub slots: u64,
+    /// A of slot 0 ([a_rows, k] f32 per slot): the launch computes xa first (its first warps, from
+    /// the x it normalizes); 0: xa is already computed (by an earlier launch of the step).
+    pub a: u64,
+    /// Floats from one slot's A to the next.
+    pub a_slot_stride: i64,
+    /// Two u32 counters (zero before the launch, zero again after it) that order the shrink
+    /// before the expands.
+    pub sync: u64,
     /// Floats per B row and per xa segment.
     pub rank: i32,
     /// Floats per sequence in `xa`.
@@ -56,9 +62,12 @@ pub struct LoraEpilogue {
     /// Rows `[0, e0)` read xa segment 0, `[e0, e1)` segment 1, the rest segment 2.
     pub e0: i32,
     pub e1: i32,
+    /// Rows of A (the group's segments times the rank).
+    pub a_rows: i32,
+    pub pad: i32,
 }
 
-// SAFETY: plain old data with the C layout of `LoraEpi` (4 pointers/int64, then 4 int32).
+// SAFETY: plain old data with the C layout of `LoraEpi` (7 pointers/int64, then 6 int32).
 unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for LoraEpilogue {}
 
 /// What a mat-vec adds to each output row before storing it: a bias [rows] (0: none) and the LoRA
@@ -78,10 +87,15 @@ impl Epilogue {
             slot_stride: 0,
             xa: 0,
             slots: 0,
+            a: 0,
+            a_slot_stride: 0,
+            sync: 0,
             rank: 0,
             xa_stride: 0,
             e0: 0,
             e1: 0,
+            a_rows: 0,
+            pad: 0,
         },
     };
 }
@@ -97,7 +111,6 @@ pub struct DecodeKernels {
     embedb: Vec<CudaFunction>,
     rope_attention: CudaFunction,
     argmax: CudaFunction,
-    lora_shrink: CudaFunction,
 }
 
 fn index(q: QuantType) -> usize {
@@ -144,7 +157,6 @@ impl DecodeKernels {
             embedb: per_type("embedb")?,
             rope_attention: function(dev, Module::DecodeStep, "rope_attention", "")?,
             argmax: function(dev, Module::DecodeStep, "argmax_logprob", "")?,
-            lora_shrink: function(dev, Module::QuantMatvec, "lora_shrink", "")?,
         };
         // The batched mat-vecs keep every sequence's x in shared memory: opt in above 48 KiB.
         for f in kernels.qmvb.iter().chain(&kernels.qmvb_swiglu) {
@@ -327,48 +339,6 @@ impl DecodeKernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&nb).arg(lora);
-        unsafe { b.launch(cfg) }.w()?;
-        Ok(())
-    }
-
-    /// LoRA shrink of `batch` sequences (Punica's BGMV shrink): xa[b, j] = xn_b . A_s[j] for
-    /// j < rows and s = slots[b] >= 0 (sequences without a slot are skipped), xn_b = rms_norm(x_b)
-    /// * norm_w when `norm_w != 0`. x: [batch, k]; A_s = a + s * a_slot_stride floats, [rows, k]
-    /// f32; xa: [batch, xa_stride]; `k` a multiple of 4, every pointer 16-byte aligned.
-    #[allow(clippy::too_many_arguments)]
-    pub fn lora_shrink(
-        &self,
-        x: u64,
-        norm_w: u64,
-        eps: f32,
-        a: u64,
-        a_slot_stride: usize,
-        slots: u64,
-        xa: u64,
-        xa_stride: usize,
-        rows: usize,
-        k: usize,
-        batch: usize,
-    ) -> Result<()> {
-        if k % 4 != 0 || rows > xa_stride {
-            return Err(candle_core::Error::Msg(format!(
-                "lora_shrink: k {k} must be a multiple of 4 and {rows} rows fit xa rows of {xa_stride}"
-            )));
-        }
-        let (stride, xs, rows_i, k_i) = (
-            a_slot_stride as i64,
-            xa_stride as i32,
-            rows as i32,
-            k as i32,
-        );
-        let mut b = self.stream.launch_builder(&self.lora_shrink);
-        b.arg(&x).arg(&norm_w).arg(&eps).arg(&a).arg(&stride);
-        b.arg(&slots).arg(&xa).arg(&xs).arg(&rows_i).arg(&k_i);
-        let cfg = LaunchConfig {
-            grid_dim: (rows.div_ceil(SHRINK_WARPS) as u32, batch as u32, 1),
-            block_dim: ((SHRINK_WARPS * 32) as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Writes bench/results/gpu-summary.json: every "done when" figure of issue 8 from the latest device
-run, as a list of {figure, goal, wick, anchor, anchor_engine, ratio, unit, met, device, date, command,
+"""Writes bench/results/gpu-summary.json: every "done when" figure of issues 8, 14 and 15 from the
+latest device run, as a list of {figure, goal, wick, anchor, anchor_engine, ratio, unit, met, device, date, command,
 source}. `goal` is `>= N` or `<= N` (against `wick`) or `>= Nx` (against `ratio`); a figure whose
 files are missing has "status": "not measured" and null numbers. Rows with goal null are context
 (the other anchors, other sequence lengths and batch sizes).
@@ -9,7 +9,10 @@ files are missing has "status": "not measured" and null numbers. Rows with goal 
 
 PATHs (default bench/results) are files or folders of what the device calls brought back:
   e2e-*.json        bundles of scripts/device/e2e.sh (llama.cpp, PEFT and sentence-transformers
-                    anchors, wick bench decode/train/embed, cold start); later bundles win per file
+                    anchors, wick bench decode/train/embed, cold start; bigger-models.sh's
+                    {wick,llamacpp}-big-<type>.json, train-shapes.sh's wick-train-<shape>-<seq>.json and
+                    anchors-train-<shape>.jsonl, wick-lora-<model>.json from wick bench decode-lora);
+                    later bundles win per file
   overhead*.json    `wick bench overhead` (64x64 f32 matmul pipelined and inside a graph)
   dispatch*.json    `wick bench dispatch` (fallback for the 64x64 figures; 4096^3 bf16 through the
                     dispatch)
@@ -207,11 +210,11 @@ def decode_rows(e2e):
     src = " + ".join(x["source"] for x in (item_w, item_l) if x)
     cmd_w = "wick bench decode --device cuda --prompt-tokens 512 --decode-tokens 128 (scripts/device/e2e.sh decode)"
     cmd_l = "llama-bench -m GGUF -p 512 -n 128 -ngl 99 -r 5 -o json (CUDA sm_90 build; scripts/device/e2e.sh llamacpp)"
-    rows.append(row("decode SmolLM2-135M Q4_1, batch 1, vs llama.cpp CUDA", ">= 1.0x", "tokens/s",
+    rows.append(row("decode SmolLM2-135M Q4_1, batch 1, vs llama.cpp CUDA (issue 14.3)", ">= 1.4x", "tokens/s",
                     wick=wick_tg, anchor=tg_l, anchor_engine="llama.cpp CUDA (llama-bench tg128)",
                     device=device, date=date, command=f"{cmd_w}; {cmd_l}", source=src,
-                    note=f"wick path: {wick_path}; aim 2x" if wick_path else "aim 2x"))
-    rows.append(row("prefill 512 tokens vs llama.cpp CUDA", ">= 0.8x", "tokens/s", wick=wick_pp,
+                    note=f"wick path: {wick_path}" if wick_path else None))
+    rows.append(row("prefill 512 tokens vs llama.cpp CUDA (issue 14.3)", ">= 1.4x", "tokens/s", wick=wick_pp,
                     anchor=pp_l, anchor_engine="llama.cpp CUDA (llama-bench pp512)", device=device,
                     date=date, command=f"{cmd_w}; {cmd_l}", source=src,
                     note=f"wick path: {prefill_path}" if prefill_path else None))
@@ -223,7 +226,7 @@ def decode_rows(e2e):
     wick8 = None
     if isinstance(dec8, dict) and dec8.get("ok"):
         wick8 = max((t["decode_tokens_per_second"] for t in dec8.get("timings", [])), default=None)
-    rows.append(row("decode batch 8 (aggregate) vs llama.cpp CUDA", None, "tokens/s", wick=wick8,
+    rows.append(row("decode batch 8 (aggregate) vs llama.cpp CUDA (issue 14.3)", ">= 1.2x", "tokens/s", wick=wick8,
                     anchor=b8["speed_tg"] if b8 else None,
                     anchor_engine="llama.cpp CUDA (llama-batched-bench -npp 512 -ntg 128 -npl 8)",
                     device=item_8.get("device") or device, date=item_8.get("date") or date,
@@ -231,6 +234,86 @@ def decode_rows(e2e):
                             "(scripts/device/e2e.sh decode); scripts/device/e2e.sh llamacpp",
                     source=" + ".join(x["source"] for x in (item_8, item_b) if x),
                     note=None if wick8 else "wick batch-8 run missing or failed its check"))
+    return rows
+
+
+def adapter_rows(e2e):
+    """Issue 14.1/14.2: `wick bench decode-lora` (adapters vs none, batch 1 and batch N, same call)."""
+    rows = []
+    for name, model in (("default", "SmolLM2-135M-Instruct Q4_1 (the default GGUF)"),
+                        ("135m-q4_1", "SmolLM2-135M shapes Q4_1 (random weights)"),
+                        ("360m-q4_k_m", "SmolLM2-360M shapes Q4_K_M (random weights)"),
+                        ("1.7b-q8_0", "SmolLM2-1.7B shapes Q8_0 (random weights)")):
+        d, item = e2e_get(e2e, f"wick-lora-{name}.json")
+        d = d if isinstance(d, dict) else {}
+        b1, bn = d.get("batch1_tokens_per_second") or {}, d.get("batchN_tokens_per_second") or {}
+        main = name == "default"
+        meta = {"device": item.get("device"), "date": item.get("date"), "source": item.get("source"),
+                "command": f"wick bench decode-lora --model {d.get('model', name)} --rank 16 --batch {d.get('batch', 8)}"}
+        rows.append(row(f"decode with a rank-16 all-linear adapter vs without, batch 1, {model}"
+                        + (" (issue 14.1)" if main else ""), ">= 0.9x" if main else None, "tokens/s",
+                        wick=b1.get("adapter"), anchor=b1.get("none"), anchor_engine="wick without the adapter",
+                        **meta))
+        rows.append(row(f"decode batch {d.get('batch', 8)} with as many different adapters vs none, {model}"
+                        + (" (issue 14.2)" if main else ""), ">= 0.85x" if main else None, "tokens/s",
+                        wick=bn.get("adapters"), anchor=bn.get("none"),
+                        anchor_engine="wick batch engine without adapters", **meta,
+                        note="batch vs alone: %s" % json.dumps(d.get("batch_vs_alone")) if d else None))
+    return rows
+
+
+def big_decode_rows(e2e):
+    """Issue 14.4: SmolLM2-1.7B shapes in three file types, wick vs llama-bench in the same call."""
+    rows = []
+    for t in ("q4_k_m", "q4_1", "q8_0"):
+        bench, item_l = e2e_get(e2e, f"llamacpp-big-{t}.json")
+        dec, item_w = e2e_get(e2e, f"wick-big-{t}.json")
+        pp_l, tg_l = llamacpp_rates(bench if isinstance(bench, list) else None)
+        tg = pp = None
+        for r in (dec or {}).get("timings", []) if isinstance(dec, dict) else []:
+            if r["path"].startswith("candle"):
+                continue
+            tg = max(tg or 0, r["decode_tokens_per_second"])
+            if r.get("prefill_ms"):
+                pp = max(pp or 0, r["prompt_tokens"] / (r["prefill_ms"] / 1e3))
+        meta = {"device": item_w.get("device") or item_l.get("device"), "date": item_w.get("date") or item_l.get("date"),
+                "source": " + ".join(x["source"] for x in (item_w, item_l) if x),
+                "command": "scripts/device/bigger-models.sh make && bench (wick bench decode --prompt-tokens 512 "
+                           "--decode-tokens 128; llama-bench -p 512 -n 128 -ngl 99 -r 3)"}
+        rows.append(row(f"decode SmolLM2-1.7B shapes {t.upper()} vs llama.cpp tg128 (issue 14.4)", ">= 1.2x",
+                        "tokens/s", wick=tg, anchor=tg_l, anchor_engine="llama.cpp CUDA (llama-bench tg128)", **meta))
+        rows.append(row(f"prefill 512 SmolLM2-1.7B shapes {t.upper()} vs llama.cpp pp512 (issue 14.4)", ">= 1.2x",
+                        "tokens/s", wick=pp, anchor=pp_l, anchor_engine="llama.cpp CUDA (llama-bench pp512)", **meta))
+    for shape in ("Qwen2.5-0.5B (biases)", "Llama-3.2-1B"):
+        rows.append(row(f"decode HF bf16 directory at {shape} shapes on the engine vs llama.cpp F16 GGUF (issue 14.5)",
+                        ">= 1.0x", "tokens/s", note="not built: HF bf16/f16 weights still decode through Candle"))
+    return rows
+
+
+def train_shape_rows(e2e):
+    """Issue 15.1/15.2: train-shapes.sh at real shapes (random weights), PEFT + Liger in the same call."""
+    rows = []
+    for name, label, item_no in (("qwen2.5_0.5b", "Qwen2.5-0.5B", "15.1"), ("qwen2.5_1.5b", "Qwen2.5-1.5B", "15.1"),
+                                 ("llama3.2_1b", "Llama-3.2-1B", "15.2")):
+        w, item_w = e2e_get(e2e, f"wick-train-{name}-2048.json")
+        w = w if isinstance(w, dict) and "tokens_per_s" in w else None
+        anchors, item_a = e2e_get(e2e, f"anchors-train-{name}.jsonl")
+        liger = next((a for a in reversed(anchors if isinstance(anchors, list) else [])
+                      if a.get("mode") == "liger" and a.get("status") == "ok"), None)
+        meta = {"device": item_w.get("device") or item_a.get("device"), "date": item_w.get("date") or item_a.get("date"),
+                "source": " + ".join(x["source"] for x in (item_w, item_a) if x),
+                "command": f"scripts/device/train-shapes.sh {name}_config.json 2048 4 10"}
+        rows.append(row(f"LoRA training {label} shapes, seq 2048 batch 4, vs PEFT + Liger (issue {item_no})",
+                        ">= 1.5x", "tokens/s", wick=w and w["tokens_per_s"], anchor=liger and liger["tokens_per_s"],
+                        anchor_engine="PEFT + Liger kernels", **meta))
+        in_use = liger and liger.get("device_used_end_gib")
+        rows.append(row(f"LoRA training {label} shapes peak device memory vs PEFT + Liger's in use (issue {item_no})",
+                        "<= 0.6x", "GiB", wick=gpu_peak(w) if w else None, anchor=in_use,
+                        anchor_engine="PEFT + Liger, device memory in use at the end (mem_get_info)", **meta,
+                        note=("Liger max_memory_allocated %.2f GiB" % liger["peak_gpu_memory_gib"]) if liger else None))
+    for figure in ("Llama-3.1-8B shapes QLoRA (4-bit base) vs PEFT eager bf16 LoRA (issue 15.4)",
+                   "flash-attention TFLOP/s beside SDPA at seq 2k/4k/8k (issue 15.5)"):
+        rows.append(row(figure, None, "-", note="not built"))
     return rows
 
 
@@ -271,11 +354,11 @@ def train_rows(e2e):
 
         ro, liger = anchor("reduce-overhead", seq), anchor("liger", seq)
         if seq == 512:
-            rows.append(row("LoRA training seq 512 vs PEFT torch.compile reduce-overhead", ">= 1.0x",
+            rows.append(row("LoRA training seq 512 vs PEFT torch.compile reduce-overhead (issue 15.3)", ">= 1.4x",
                             "tokens/s", wick=wick_tps, anchor=ro and ro["tokens_per_s"],
                             anchor_engine="PEFT + torch.compile(mode='reduce-overhead')", device=device,
                             date=date, command=cmd("reduce-overhead"), source=src,
-                            note="aim 1.2x; anchor warm-up %s s" % (round(ro["warmup_s"], 1) if ro else "?")))
+                            note="anchor warm-up %s s" % (round(ro["warmup_s"], 1) if ro else "?")))
             rows.append(row("LoRA training warm-up (3 untimed steps), seq 512", "<= 10", "s", wick=warm,
                             anchor=ro and ro["warmup_s"],
                             anchor_engine="PEFT + torch.compile reduce-overhead warm-up", device=device,
@@ -295,7 +378,9 @@ def train_rows(e2e):
             if seq == 512 and mode == "reduce-overhead":
                 continue
             a = anchor(mode, seq)
-            rows.append(row(f"LoRA training seq {seq} vs {label}", None, "tokens/s", wick=wick_tps,
+            goal = ">= 1.2x" if (seq, mode) == (2048, "reduce-overhead") else None
+            figure = f"LoRA training seq {seq} vs {label}" + (" (issue 15.3)" if goal else "")
+            rows.append(row(figure, goal, "tokens/s", wick=wick_tps,
                             anchor=a and a["tokens_per_s"], anchor_engine=label, device=device, date=date,
                             command=cmd(mode), source=src,
                             note=(f"anchor warm-up {a['warmup_s']:.1f} s, peak {a['peak_gpu_memory_gib']:.2f} GiB; "
@@ -348,7 +433,8 @@ def main():
     p.add_argument("--out", default="bench/results/gpu-summary.json")
     args = p.parse_args()
     e2e, docs = gather(args.paths)
-    rows = matmul_rows(docs) + decode_rows(e2e) + train_rows(e2e) + embed_rows(e2e) + coldstart_rows(e2e)
+    rows = (matmul_rows(docs) + decode_rows(e2e) + adapter_rows(e2e) + big_decode_rows(e2e) + train_rows(e2e)
+            + train_shape_rows(e2e) + embed_rows(e2e) + coldstart_rows(e2e))
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)
         f.write("\n")

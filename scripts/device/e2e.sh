@@ -14,6 +14,9 @@
 #   llamacpp [S]            wait up to S s for the build, then llama-bench -p 512 -n 128 -ngl 99 (batch
 #                           1) and llama-batched-bench (decode at batch 1 and 8) on $WICK_SMOLLM2_GGUF
 #   decode                  wick bench decode, prompt 512, 128 tokens; wick bench decode-batch, 8 sequences
+#   lora [MODELS]           wick bench decode-lora (rank-16 adapters on all 7 projections vs none, batch 1
+#                           and batch 8 with 8 adapters, same process) on the default GGUF and on random
+#                           models (default: default 135m-q4_1 360m-q4_k_m 1.7b-q8_0), wick-lora-<m>.json
 #   train                   wick bench train, seq 512 and 2048, batch 8, r 16, 3 warm-up + 20 steps
 #                           (CUDA training engine), and seq 512 through Candle's autograd
 #   train-parity            wick train on the CUDA training engine vs the CPU (f32), vs Candle's autograd
@@ -92,6 +95,19 @@ print(max(0, min(float(sys.argv[1]), left)))' "$deadline")
       --out "$results/wick-decode.json" || rc=1
     "$wick" bench decode-batch --model "$gguf" --device cuda --batch 8 --prompt-tokens 512 \
       --decode-tokens 128 --out "$results/wick-decode-batch8.json" || rc=1
+    exit $rc
+    ;;
+  lora)
+    rc=0
+    for m in ${2:-default 135m-q4_1 360m-q4_k_m 1.7b-q8_0}; do
+      case $m in
+        default) need_gguf; args=(--model "$gguf") ;;
+        1.7b-*) args=(--model random:smollm2-1.7b --quant "${m#*-}" --batch 4 --decode-tokens 128) ;;
+        *) args=(--model "random:smollm2-${m%%-*}" --quant "${m#*-}") ;;
+      esac
+      # stdout has the JSON record too; the table lines are what the log needs.
+      timeout 150 "$wick" bench decode-lora "${args[@]}" --out "$results/wick-lora-$m.json" | grep -v '^{' || rc=1
+    done
     exit $rc
     ;;
   train)

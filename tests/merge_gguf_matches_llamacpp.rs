@@ -9,11 +9,14 @@
 //! Equal hashes mean llama.cpp's verdict (it loads the file, and these are its tokens) applies to the
 //! bytes this test writes.
 
+mod llamacpp_support;
+
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device};
+use llamacpp_support::{default_model_path, read_fixture};
 use serde::Deserialize;
-use wick::formats::fetch::{ensure_default_chat_model, sha256_file};
+use wick::formats::fetch::sha256_file;
 use wick::formats::gguf::GgufQuant;
 use wick::formats::LoadOptions;
 use wick::generate::{greedy_token_ids, Prompt, TextModel};
@@ -43,23 +46,13 @@ struct Case {
     greedy_ids: Vec<u32>,
 }
 
-fn fixture() -> Fixture {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/llamacpp/gguf_export.json"
-    );
-    let text = std::fs::read_to_string(path).expect("reading the export fixture");
-    serde_json::from_str(&text).expect("parsing the export fixture")
-}
-
 #[test]
 #[ignore = "needs tests/fixtures/llamacpp/gguf_export.json from scripts/llamacpp/make_export_fixture.py (not yet committed)"]
 fn merged_gguf_exports_match_llamacpp() {
-    let f = fixture();
+    let f: Fixture = read_fixture("gguf_export.json");
     assert_eq!(f.llama_cpp_python, "0.3.36");
     assert_eq!(f.n_generate, 32);
-    let base = ensure_default_chat_model().expect("fetching the default chat model");
-    assert_eq!(sha256_file(&base).unwrap(), f.model_sha256);
+    let base = default_model_path(&f.model_sha256);
 
     // What `wick merge` does (src/cli/merge.rs): base in f32, adapter folded in, weights exported.
     let f32_options = LoadOptions {

@@ -58,7 +58,9 @@ impl Step {
 impl Case {
     /// llama.cpp's top-2 margin at step `i`: the smaller of the two builds'.
     fn margin(&self, i: usize) -> f32 {
-        self.steps[i].margin().min(self.second_build_steps[i].margin())
+        self.steps[i]
+            .margin()
+            .min(self.second_build_steps[i].margin())
     }
 
     /// The smallest llama.cpp margin along the common prefix (infinite for an empty one).

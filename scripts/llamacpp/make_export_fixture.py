@@ -214,6 +214,7 @@ def main():
     keep = sorted(sorted(range(len(CANDIDATES)), key=lambda i: -lows[i])[:5])
     stable = sum(lows[i] >= MIN_MARGIN for i in keep)
     print(f"kept {len(keep)} candidates, {stable} with a margin >= {MIN_MARGIN} over all tokens", file=sys.stderr)
+    os.environ.setdefault("LLAMA_CPP_LIB_PATH", args.lib)  # llama_cpp loads libllama.so on import
     import llama_cpp
 
     fixture = {

@@ -9,11 +9,13 @@
 //! flips them itself between builds), so the greedy check uses prompts that are stable, and the
 //! teacher-forced check compares logits everywhere against llama.cpp's own noise floor.
 
+mod llamacpp_support;
+
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
+use llamacpp_support::{open_default_model, read_fixture, top2};
 use serde::Deserialize;
-use wick::formats::fetch::{ensure_default_chat_model, sha256_file};
 use wick::generate::{greedy_token_ids, Prompt, TextModel};
 
 /// Largest allowed |wick logit - llama.cpp logit| over llama.cpp's top-5 at every position of a
@@ -52,35 +54,12 @@ struct Step {
 
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/llamacpp/greedy.json"
-        );
-        let text = std::fs::read_to_string(path).expect("reading the llama.cpp fixture");
-        serde_json::from_str(&text).expect("parsing the llama.cpp fixture")
-    })
+    FIXTURE.get_or_init(|| read_fixture("greedy.json"))
 }
 
 fn model() -> &'static TextModel {
     static MODEL: OnceLock<TextModel> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let path = ensure_default_chat_model().expect("fetching the default chat model");
-        let sha = sha256_file(&path).expect("hashing the default chat model");
-        assert_eq!(
-            sha,
-            fixture().model_sha256,
-            "the fixture was made from another GGUF file than {}",
-            path.display()
-        );
-        TextModel::open(
-            &path,
-            // Quantized weights, as llama.cpp runs them: both quantize the activations to Q8 in
-            // every product, so the arithmetic is the same up to summation order.
-            &wick::formats::LoadOptions::inference(Device::Cpu),
-        )
-        .expect("loading the default chat model")
-    })
+    MODEL.get_or_init(|| open_default_model(&fixture().model_sha256))
 }
 
 #[test]
@@ -186,7 +165,7 @@ fn teacher_forced_logits_match_llamacpp() {
                 sum += diff;
                 count += 1;
             }
-            let wick_top = argmax(row);
+            let wick_top = top2(row).0;
             if wick_top != step.top_ids[0] && step.margin > TOP1_MARGIN {
                 problems.push(format!(
                     "{:?} position {i}: wick top-1 {wick_top}, llama.cpp {} with top-2 margin {:.4}",
@@ -208,17 +187,4 @@ fn teacher_forced_logits_match_llamacpp() {
     }
     eprintln!("teacher-forced against llama.cpp:\n{}", report.join("\n"));
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (j, &v)| {
-            if v > best.1 {
-                (j, v)
-            } else {
-                best
-            }
-        })
-        .0 as u32
 }

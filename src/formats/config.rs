@@ -80,21 +80,23 @@ impl DecoderConfig {
     }
 }
 
+/// The largest layer count, and any other dimension, a config (decoder or encoder) may declare: far
+/// above every real model, low enough that nothing sized by them (tensor lists, shape products) can
+/// overflow.
+pub(crate) const MAX_LAYERS: usize = 1 << 12;
+pub(crate) const MAX_DIM: usize = 1 << 24;
+
 /// Reading a [`DecoderConfig`] from an HF `config.json` (+ `generation_config.json`) or GGUF metadata.
 mod load {
     use std::path::Path;
 
     use serde_json::Value as Json;
 
-    use super::{Architecture, DecoderConfig, Llama3RopeScaling};
+    use super::{Architecture, DecoderConfig, Llama3RopeScaling, MAX_DIM, MAX_LAYERS};
     use crate::error::io_error;
     use crate::formats::gguf::{value_as_f64, value_as_u64, GgufFile};
     use crate::{Error, Result};
 
-    /// The largest layer count, and any other dimension, a config may declare: far above every real
-    /// model, low enough that nothing sized by them (tensor lists, shape products) can overflow.
-    const MAX_LAYERS: usize = 1 << 12;
-    const MAX_DIM: usize = 1 << 24;
     /// Most bytes the RoPE tables may take (four f32 tables of context x head_dim/2 values; a 1M
     /// context at head_dim 128 takes 0.96 GiB).
     const MAX_ROPE_TABLE_BYTES: u64 = 1 << 30;

@@ -22,6 +22,7 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::Deserialize;
 
 use crate::error::io_error;
+use crate::formats::config::MAX_LAYERS;
 use crate::{Context, Error, Result};
 
 /// The encoder layouts wick implements.
@@ -148,6 +149,14 @@ impl BertConfig {
             return Err(bad(format!(
                 "position_embedding_type `{}` is not supported (absolute)",
                 self.position_embedding_type
+            )));
+        }
+        // The layer loop at load builds names for every declared layer: a corrupt count must not
+        // become a runaway loop or allocation.
+        if self.num_hidden_layers > MAX_LAYERS {
+            return Err(bad(format!(
+                "num_hidden_layers {} is larger than wick accepts ({MAX_LAYERS})",
+                self.num_hidden_layers
             )));
         }
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {

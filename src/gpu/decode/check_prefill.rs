@@ -10,7 +10,8 @@ use candle_core::CudaDevice;
 use super::check::{blocks, f32s, DecodeCase};
 use super::launch::device_ptr;
 use super::prefill::{gemm_attention_scores_len, PrefillKernels};
-use super::reference::{self, AttentionShape};
+use super::attention_reference::{self, AttentionShape};
+use super::reference;
 use super::QuantType;
 use crate::gpu::gemm::Gemm;
 use crate::Result;
@@ -211,9 +212,9 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
                 scale,
             )
             .map_err(launch_err("prefill_attention"))?;
-        let q_want = reference::prefill_rope_kv(&qkv, &mut kc, &mut vc, &inv, pos0, shape);
+        let q_want = attention_reference::prefill_rope_kv(&qkv, &mut kc, &mut vc, &inv, pos0, shape);
         let q32: Vec<f32> = q_want.iter().map(|&v| v as f32).collect();
-        let want = reference::prefill_attention(&q32, &kc, &vc, pos0, shape, scale);
+        let want = attention_reference::prefill_attention(&q32, &kc, &vc, pos0, shape, scale);
         let text = format!("h{heads} kv{kv_heads} d{d} pos0 {pos0} n{n}");
         // The rotated queries left in qkv (the q columns of each row).
         let qkv_after = gpu.down(&qd)?;
@@ -307,9 +308,9 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
                 &mut |_| Ok(()),
             )
             .map_err(launch_err("attention_gemm"))?;
-        let q_want = reference::prefill_rope_kv(&qkv, &mut kc, &mut vc, &inv, pos0, shape);
+        let q_want = attention_reference::prefill_rope_kv(&qkv, &mut kc, &mut vc, &inv, pos0, shape);
         let q32: Vec<f32> = q_want.iter().map(|&v| v as f32).collect();
-        let want = reference::prefill_attention(&q32, &kc, &vc, pos0, shape, scale);
+        let want = attention_reference::prefill_attention(&q32, &kc, &vc, pos0, shape, scale);
         let text = format!("h{heads} kv{kv_heads} d{d} pos0 {pos0} n{n}");
         // qh[h][i] against the reference's token-major q[i][h]; qkv itself unchanged.
         let mut qh_want = vec![0f64; heads * n * d];

@@ -15,6 +15,7 @@ use candle_core::{CudaDevice, DType};
 
 use super::launch::{sum_squares_partials, TrainKernels};
 use super::reference::{self as r, HeadShape};
+use crate::reference;
 use crate::check::{max_rel_err, random_values, tolerance};
 use crate::gpu::ptr::device_ptr;
 use crate::Result;
@@ -279,7 +280,7 @@ fn rms_norm(c: &mut Cases) -> Result<()> {
             eps as f32,
         )
         .map_err(launch_err("trn_rms_norm"))?;
-        let (want_y, want_r) = r::rms_norm(&xr, &wr, n, eps);
+        let (want_y, want_r) = reference::rms_norm::rms_norm(&xr, &wr, eps);
         let (got_y, got_r) = (g.down(&y)?, g.down(&rstd)?);
         c.record("trn_rms_norm", "fwd", shape.clone(), &got_y, &want_y, true);
         c.record(
@@ -311,7 +312,7 @@ fn rms_norm(c: &mut Cases) -> Result<()> {
             )
             .map_err(launch_err("trn_rms_norm_backward"))?;
             let want =
-                r::rms_norm_backward(&xr, &wr, &got_r, &dyr, accumulate.then_some(&dx0[..]), n);
+                r::rms_norm_backward_dx(&xr, &wr, &got_r, &dyr, accumulate.then_some(&dx0[..]));
             let got = g.down(&dx)?;
             let name = if accumulate {
                 "trn_rms_norm_backward_acc"
@@ -526,14 +527,14 @@ fn swiglu(c: &mut Cases) -> Result<()> {
         g.k.swiglu_backward(p(&gb), p(&ub), p(&dyb), p(&dg), p(&du), n)
             .map_err(launch_err("trn_swiglu_backward"))?;
         let (gs, us, dys) = (&gr[offset..], &ur[offset..], &dyr[offset..]);
-        let (want_dg, want_du) = r::swiglu_backward(gs, us, dys);
+        let (want_dg, want_du) = reference::swiglu::swiglu_backward(gs, us, dys);
         let (got_y, got_dg, got_du) = (g.down(&y)?, g.down(&dg)?, g.down(&du)?);
         c.record(
             "trn_swiglu",
             "fwd",
             text.clone(),
             &got_y[offset..],
-            &r::swiglu(gs, us),
+            &reference::swiglu::swiglu(gs, us),
             true,
         );
         c.record(
@@ -594,7 +595,8 @@ fn cross_entropy(c: &mut Cases) -> Result<()> {
         g.k.label_count(g.ptr(&lb), rows, g.ptr(&count))
             .map_err(launch_err("trn_label_count"))?;
         let got_count = g.down(&count)?;
-        let want_count = r::label_count(&labels);
+        let labels_i64: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+        let want_count = reference::cross_entropy::label_count(&labels_i64);
         c.record(
             "trn_label_count",
             "fwd",
@@ -617,8 +619,9 @@ fn cross_entropy(c: &mut Cases) -> Result<()> {
             vocab,
         )
         .map_err(launch_err("trn_cross_entropy"))?;
-        let (want_grad, want_loss) =
-            r::cross_entropy(&lr, &labels, want_count, round(0.37, DType::F32), vocab);
+        let k = round(0.37, DType::F32) / want_count;
+        let (want_loss, want_grad) =
+            reference::cross_entropy::cross_entropy(&lr, &labels_i64, vocab, k);
         let (got_grad, got_loss) = (g.down(&logits)?, g.down(&loss)?);
         c.record(
             "trn_cross_entropy",

@@ -259,8 +259,7 @@ mod tests {
                 let loss = cross_entropy(var.as_tensor(), &label_t).unwrap();
                 let grads = loss.backward().unwrap();
                 let k = 1.0 / label_count(&lab);
-                let (row_losses, want_grad) =
-                    reference(&to_f64_vec(&x).unwrap(), &lab, vocab, k);
+                let (row_losses, want_grad) = reference(&to_f64_vec(&x).unwrap(), &lab, vocab, k);
                 let want_loss: f64 = row_losses.iter().sum();
                 let got = loss
                     .to_dtype(DType::F64)

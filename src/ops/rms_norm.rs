@@ -322,7 +322,9 @@ impl CustomOp3 for RmsNormBackward {
 mod tests {
     use super::*;
     use crate::check::{assert_close, finite_difference_check, random_tensor, to_f64_vec};
-    use crate::reference::rms_norm::{rms_norm as reference, rms_norm_backward as reference_backward};
+    use crate::reference::rms_norm::{
+        rms_norm as reference, rms_norm_backward as reference_backward,
+    };
     use candle_core::{DType, Device};
 
     const EPS: f64 = 1e-5;
@@ -391,8 +393,7 @@ mod tests {
             let (dx, dw) = backward(&x, &w, &dy, EPS).unwrap();
             let (xv, wv) = (to_f64_vec(&x).unwrap(), to_f64_vec(&w).unwrap());
             let rstd = reference(&xv, &wv, EPS).1;
-            let (want_dx, want_dw) =
-                reference_backward(&xv, &wv, &rstd, &to_f64_vec(&dy).unwrap());
+            let (want_dx, want_dw) = reference_backward(&xv, &wv, &rstd, &to_f64_vec(&dy).unwrap());
             assert_close(&to_f64_vec(&dx).unwrap(), &want_dx, dtype, "rms_norm dx");
             assert_close(&to_f64_vec(&dw).unwrap(), &want_dw, dtype, "rms_norm dw");
         }

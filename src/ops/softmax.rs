@@ -187,11 +187,7 @@ mod tests {
                     .unwrap();
             let dy = random_tensor(&[5, 127], dtype, &Device::Cpu, 5, 1.0).unwrap();
             let dx = y.apply_op2_no_bwd(&dy, &SoftmaxBackward).unwrap();
-            let want = reference_backward(
-                &to_f64_vec(&y).unwrap(),
-                &to_f64_vec(&dy).unwrap(),
-                127,
-            );
+            let want = reference_backward(&to_f64_vec(&y).unwrap(), &to_f64_vec(&dy).unwrap(), 127);
             assert_close(&to_f64_vec(&dx).unwrap(), &want, dtype, "softmax bwd");
         }
     }

@@ -66,5 +66,4 @@ mod tests {
         let (l2, g2) = cross_entropy(&logits[..vocab], &[9], vocab, 1.0);
         assert!(l2[0].is_nan() && g2.iter().all(|&v| v == 0.0));
     }
-
 }

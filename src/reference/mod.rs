@@ -55,3 +55,5 @@ pub(crate) mod testing {
             .collect()
     }
 }
+#[cfg(test)]
+mod old_vs_new;

@@ -52,7 +52,6 @@ mod tests {
         }
     }
 
-
     #[test]
     fn backward_matches_finite_differences() {
         let (rows, n, eps) = (3, 13, 1e-5);
@@ -61,7 +60,17 @@ mod tests {
         let dy = random_values(rows * n, 6, 1.0);
         let (_, rstd) = rms_norm(&x, &w, eps);
         let (dx, dw) = rms_norm_backward(&x, &w, &rstd, &dy);
-        close(&dx, &numeric_grad(&x, |x| dot(&rms_norm(x, &w, eps).0, &dy)), 1e-7, "dx");
-        close(&dw, &numeric_grad(&w, |w| dot(&rms_norm(&x, w, eps).0, &dy)), 1e-7, "dw");
+        close(
+            &dx,
+            &numeric_grad(&x, |x| dot(&rms_norm(x, &w, eps).0, &dy)),
+            1e-7,
+            "dx",
+        );
+        close(
+            &dw,
+            &numeric_grad(&w, |w| dot(&rms_norm(&x, w, eps).0, &dy)),
+            1e-7,
+            "dw",
+        );
     }
 }

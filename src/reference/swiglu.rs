@@ -47,5 +47,4 @@ mod tests {
         // silu(g) = g sigmoid(g) at one point by hand: silu(1) = 1 / (1 + e^-1).
         assert!((swiglu(&[1.0], &[2.0])[0] - 2.0 / (1.0 + (-1f64).exp())).abs() < 1e-15);
     }
-
 }

@@ -43,7 +43,11 @@ fn write_kv(
     } = shape;
     let row = kv_heads * d;
     for kvh in 0..kv_heads {
-        let k = rotate_at(&qkv_row[(heads + kvh) * d..(heads + kvh + 1) * d], pos, inv_freq);
+        let k = rotate_at(
+            &qkv_row[(heads + kvh) * d..(heads + kvh + 1) * d],
+            pos,
+            inv_freq,
+        );
         let v = &qkv_row[(heads + kv_heads + kvh) * d..(heads + kv_heads + kvh + 1) * d];
         for i in 0..d {
             k_cache[pos * row + kvh * d + i] = k[i] as f32;
@@ -146,7 +150,15 @@ pub fn prefill_attention(
     for (i, qi) in q.chunks_exact(heads * d).enumerate() {
         for h in 0..heads {
             let qh: Vec<f64> = qi[h * d..(h + 1) * d].iter().map(|&v| v as f64).collect();
-            out.extend(attend(&qh, k_cache, v_cache, h / group, pos0 + i, shape, scale));
+            out.extend(attend(
+                &qh,
+                k_cache,
+                v_cache,
+                h / group,
+                pos0 + i,
+                shape,
+                scale,
+            ));
         }
     }
     out

@@ -6,8 +6,8 @@ use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::quantized::QTensor;
 use candle_core::{CudaDevice, Device, Tensor};
 
-use super::launch::{device_ptr, DecodeKernels, Epilogue, LoraEpilogue};
 use super::attention_reference::{self, AttentionShape};
+use super::launch::{device_ptr, DecodeKernels, Epilogue, LoraEpilogue};
 use super::reference;
 use super::QuantType;
 use crate::check::random_values;
@@ -326,7 +326,8 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
                 scale,
             )
             .map_err(launch_err("rope_attention"))?;
-        let want = attention_reference::rope_attention(&qkv, &mut kc, &mut vc, pos, &inv, shape, scale);
+        let want =
+            attention_reference::rope_attention(&qkv, &mut kc, &mut vc, pos, &inv, shape, scale);
         let shape_text = format!("h{heads} kv{kv_heads} d{d} pos{pos}");
         cases.push(DecodeCase {
             kernel: "dec_rope_attention".into(),

@@ -7,10 +7,10 @@
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
 use candle_core::CudaDevice;
 
+use super::attention_reference::{self, AttentionShape};
 use super::check::{blocks, f32s, DecodeCase};
 use super::launch::device_ptr;
 use super::prefill::{gemm_attention_scores_len, PrefillKernels};
-use super::attention_reference::{self, AttentionShape};
 use super::reference;
 use super::QuantType;
 use crate::gpu::gemm::Gemm;
@@ -212,7 +212,8 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
                 scale,
             )
             .map_err(launch_err("prefill_attention"))?;
-        let q_want = attention_reference::prefill_rope_kv(&qkv, &mut kc, &mut vc, &inv, pos0, shape);
+        let q_want =
+            attention_reference::prefill_rope_kv(&qkv, &mut kc, &mut vc, &inv, pos0, shape);
         let q32: Vec<f32> = q_want.iter().map(|&v| v as f32).collect();
         let want = attention_reference::prefill_attention(&q32, &kc, &vc, pos0, shape, scale);
         let text = format!("h{heads} kv{kv_heads} d{d} pos0 {pos0} n{n}");
@@ -308,7 +309,8 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
                 &mut |_| Ok(()),
             )
             .map_err(launch_err("attention_gemm"))?;
-        let q_want = attention_reference::prefill_rope_kv(&qkv, &mut kc, &mut vc, &inv, pos0, shape);
+        let q_want =
+            attention_reference::prefill_rope_kv(&qkv, &mut kc, &mut vc, &inv, pos0, shape);
         let q32: Vec<f32> = q_want.iter().map(|&v| v as f32).collect();
         let want = attention_reference::prefill_attention(&q32, &kc, &vc, pos0, shape, scale);
         let text = format!("h{heads} kv{kv_heads} d{d} pos0 {pos0} n{n}");

@@ -9,10 +9,10 @@ use half::f16;
 /// Re-exported where the launchers name it (`super::reference::AttentionShape`).
 pub use super::attention_reference::AttentionShape;
 use super::{QuantType, BLOCK};
-use crate::reference::{rms_norm::rms_norm as rms_norm_f64, swiglu::swiglu};
+use crate::reference::{rms_norm::rms_norm, swiglu::swiglu};
 
 /// f32 values widened to f64 (exact).
-pub(crate) fn wide(x: &[f32]) -> Vec<f64> {
+fn wide(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
 }
 
@@ -79,14 +79,9 @@ pub fn dequantize_row(q: QuantType, weights: &[u8], row: usize, k: usize) -> Vec
         .collect()
 }
 
-/// RMSNorm of the rows of `x` (f32, as the kernels read it) with weight `w` [row length].
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f64> {
-    rms_norm_f64(&wide(x), &wide(w), eps as f64).0
-}
-
 pub(crate) fn normalized(x: &[f32], norm: Option<(&[f32], f32)>) -> Vec<f64> {
     match norm {
-        Some((w, eps)) => rms_norm(x, w, eps),
+        Some((w, eps)) => prefill_rms_rows(x, w, eps),
         None => x.iter().map(|&v| v as f64).collect(),
     }
 }
@@ -159,9 +154,10 @@ pub fn argmax_logprob(logits: &[f32]) -> (u32, f64) {
     (best as u32, logits[best] as f64 - max - sum.ln())
 }
 
-/// `rms_rows`: [`rms_norm`] of each of the `x.len() / w.len()` rows of `x`.
+/// `rms_rows`: RMSNorm of each of the `x.len() / w.len()` rows of `x` (f32, as the kernels read
+/// it) with weight `w`; one row is the mat-vecs' fused norm.
 pub fn prefill_rms_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f64> {
-    rms_norm(x, w, eps)
+    rms_norm(&wide(x), &wide(w), eps as f64).0
 }
 
 /// `embed_rows`: the rows `ids` of a `q` table with rows of `hidden` weights, one after the other.
@@ -308,7 +304,7 @@ mod tests {
         let w = f32s(k, 62);
         let y = prefill_rms_rows(&x, &w, 1e-5);
         assert_eq!(y.len(), n * k);
-        assert_eq!(&y[k..2 * k], &rms_norm(&x[k..2 * k], &w, 1e-5)[..]);
+        assert_eq!(&y[k..2 * k], &prefill_rms_rows(&x[k..2 * k], &w, 1e-5)[..]);
         let gu = f32s(n * 2 * 5, 63);
         let act = prefill_swiglu_rows(&gu, 5);
         let (g, u) = (gu[10 + 2] as f64, gu[10 + 5 + 2] as f64);
@@ -327,5 +323,4 @@ mod tests {
             assert_eq!(&rows[128..], &rows[..64]);
         }
     }
-
 }

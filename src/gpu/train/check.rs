@@ -15,9 +15,9 @@ use candle_core::{CudaDevice, DType};
 
 use super::launch::{sum_squares_partials, TrainKernels};
 use super::reference::{self as r, HeadShape};
-use crate::reference;
 use crate::check::{max_rel_err, random_values, tolerance};
 use crate::gpu::ptr::device_ptr;
+use crate::reference;
 use crate::Result;
 
 /// One checked output: kernel name, pass, shape text, measured error and its tolerance.

@@ -313,35 +313,35 @@ fn swiglu_case(
     );
     let (gp, upp) = (ptr(&gd_w), ptr(&ud_w));
     for _ in 0..2 {
-        (if nb == 1 {
-            kernels.qmv_swiglu(
-                q,
-                gp,
-                upp,
-                ptr(&xd),
-                ptr(&gd),
-                ptr(&yd),
-                rows,
-                k,
-                eps,
-                &lora,
-            )
-        } else {
-            kernels.qmv_swiglu_batch(
-                q,
-                gp,
-                upp,
-                ptr(&xd),
-                ptr(&gd),
-                ptr(&yd),
-                rows,
-                k,
-                eps,
-                nb,
-                &lora,
-            )
-        })
-        .map_err(err(&name))?;
+    (if nb == 1 {
+        kernels.qmv_swiglu(
+            q,
+            gp,
+            upp,
+            ptr(&xd),
+            ptr(&gd),
+            ptr(&yd),
+            rows,
+            k,
+            eps,
+            &lora,
+        )
+    } else {
+        kernels.qmv_swiglu_batch(
+            q,
+            gp,
+            upp,
+            ptr(&xd),
+            ptr(&gd),
+            ptr(&yd),
+            rows,
+            k,
+            eps,
+            nb,
+            &lora,
+        )
+    })
+    .map_err(err(&name))?;
     }
     let mut want: Vec<f64> = (0..nb)
         .flat_map(|b| {
@@ -360,13 +360,10 @@ fn swiglu_case(
         .collect();
     want.extend([0.0, 0.0]);
     let mut got = down(kernels, &yd)?;
-    let counters = kernels
-        .stream()
-        .clone_dtoh(&sync)
-        .map_err(|e| crate::Error::Candle {
-            context: "LoRA decode check read-back of the shrink counters".into(),
-            source: candle_core::Error::Msg(format!("{e:?}")),
-        })?;
+    let counters = kernels.stream().clone_dtoh(&sync).map_err(|e| crate::Error::Candle {
+        context: "LoRA decode check read-back of the shrink counters".into(),
+        source: candle_core::Error::Msg(format!("{e:?}")),
+    })?;
     got.extend(counters.into_iter().map(f64::from));
     Ok(vec![DecodeCase {
         kernel: format!("dec_{name}"),

@@ -66,8 +66,6 @@ const NOT_YET_SPLIT: &[(&str, &str, &str)] = &[
     ("gpu/decode/check.rs", "run", "to split (issue 13)"),
     ("gpu/decode/check_prefill.rs", "run", "to split (issue 13)"),
     ("gpu/gemm/device.rs", "build_plan", "to split (issue 13)"),
-    ("models/bert.rs", "", "to split (issue 13)"),
-    ("models/llama.rs", "", "to split (issue 13)"),
     ("train/cuda_engine/mod.rs", "new", "to split (issue 13)"),
     ("train/data.rs", "load_jsonl", "to split (issue 13)"),
 ];

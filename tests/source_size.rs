@@ -32,7 +32,6 @@ const NOT_YET_SPLIT: &[(&str, &str, &str)] = &[
     ("cli/bench_overhead.rs", "run", "to split (issue 13)"),
     ("cli/bench_train.rs", "run", "to split (issue 13)"),
     ("cli/train.rs", "run_with_model", "to split (issue 13)"),
-    ("formats/config.rs", "from_gguf", "to split (issue 13)"),
     (
         "formats/gguf/header.rs",
         "parse_header",

@@ -62,7 +62,6 @@ const NOT_YET_SPLIT: &[(&str, &str, &str)] = &[
         "load",
         "to split (issue 13)",
     ),
-    ("gpu/decode/check_prefill.rs", "run", "to split (issue 13)"),
 ];
 
 /// Files and functions over the limits, as `src/<file>:<line>: ...` lines, allowances applied.

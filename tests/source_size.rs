@@ -18,7 +18,6 @@ const EXCEPTED: &[(&str, &str)] = &[];
 /// be split, each with its owner or plan. Not a place for new code.
 const NOT_YET_SPLIT: &[(&str, &str, &str)] = &[
     ("cli/bench_cpu_adapter.rs", "run", "to split (issue 13)"),
-    ("cli/bench_decode.rs", "run", "to split (issue 13)"),
     ("cli/bench_decode_batch.rs", "run", "to split (issue 13)"),
     (
         "cli/bench_decode_lora.rs",

@@ -55,5 +55,3 @@ pub(crate) mod testing {
             .collect()
     }
 }
-#[cfg(test)]
-mod old_vs_new;

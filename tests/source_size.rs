@@ -27,11 +27,6 @@ const NOT_YET_SPLIT: &[(&str, &str, &str)] = &[
     ("cli/bench_overhead.rs", "run", "to split (issue 13)"),
     ("cli/bench_train.rs", "run", "to split (issue 13)"),
     (
-        "formats/gguf/header.rs",
-        "parse_header",
-        "to split (issue 13)",
-    ),
-    (
         "generate/cuda_decode/check.rs",
         "run",
         "to split (issue 13)",

@@ -22,7 +22,6 @@ const NOT_YET_SPLIT: &[(&str, &str, &str)] = &[
         "run",
         "the lead's file (decode engine work in progress): the lead splits it",
     ),
-    ("cli/bench_kernels.rs", "run", "to split (issue 13)"),
     ("cli/bench_overhead.rs", "run", "to split (issue 13)"),
     ("cli/bench_train.rs", "run", "to split (issue 13)"),
     (

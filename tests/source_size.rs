@@ -23,7 +23,6 @@ const NOT_YET_SPLIT: &[(&str, &str, &str)] = &[
         "the lead's file (decode engine work in progress): the lead splits it",
     ),
     ("cli/bench_overhead.rs", "run", "to split (issue 13)"),
-    ("cli/bench_train.rs", "run", "to split (issue 13)"),
     (
         "generate/cuda_decode/check.rs",
         "run",

@@ -22,7 +22,6 @@ const NOT_YET_SPLIT: &[(&str, &str, &str)] = &[
         "run",
         "the lead's file (decode engine work in progress): the lead splits it",
     ),
-    ("cli/bench_overhead.rs", "run", "to split (issue 13)"),
     (
         "generate/cuda_decode/check.rs",
         "run",

@@ -28,11 +28,6 @@ const NOT_YET_SPLIT: &[(&str, &str, &str)] = &[
         "to split (issue 13)",
     ),
     (
-        "generate/cuda_decode/profile.rs",
-        "profile_step",
-        "to split (issue 13)",
-    ),
-    (
         "generate/cuda_decode/step.rs",
         "launch",
         "the lead's file (decode engine work in progress): the lead splits it",

@@ -23,11 +23,6 @@ const NOT_YET_SPLIT: &[(&str, &str, &str)] = &[
         "the lead's file (decode engine work in progress): the lead splits it",
     ),
     (
-        "generate/cuda_decode/prefill.rs",
-        "launch_prefill_chunk",
-        "to split (issue 13)",
-    ),
-    (
         "generate/cuda_decode/step.rs",
         "launch",
         "the lead's file (decode engine work in progress): the lead splits it",

@@ -196,7 +196,7 @@ fn graph_timings(device: &candle_core::Device) -> anyhow::Result<Vec<serde_json:
         // The small path's planned kernel, and the tiled kernel forced at the same shape.
         let small = wick::gpu::overhead::time_graph_small(device, None, dtype, shape, 100)?;
         let tiled = wick::gpu::overhead::time_graph_small(
-            &device,
+            device,
             Some(SmallKernel::Tiled16),
             dtype,
             shape,

@@ -37,3 +37,42 @@ pub fn rope(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::testing::{close, random_values};
+
+    #[test]
+    fn rotation_keeps_norms_and_the_opposite_angle_undoes_it() {
+        let (seq, dim) = (5, 8);
+        let half = dim / 2;
+        let x = random_values(2 * seq * dim, 50, 1.0);
+        let angles: Vec<f64> = (0..seq * half)
+            .map(|i| (i / half) as f64 * 0.3 + (i % half) as f64)
+            .collect();
+        let cos: Vec<f64> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f64> = angles.iter().map(|a| a.sin()).collect();
+        let neg: Vec<f64> = sin.iter().map(|s| -s).collect();
+        for layout in [RopeLayout::HalfSplit, RopeLayout::Interleaved] {
+            let y = rope(&x, &cos, &sin, seq, dim, layout);
+            for (a, b) in x.chunks(dim).zip(y.chunks(dim)) {
+                let norm = |v: &[f64]| v.iter().map(|e| e * e).sum::<f64>();
+                assert!((norm(a) - norm(b)).abs() < 1e-12);
+            }
+            close(
+                &rope(&y, &cos, &neg, seq, dim, layout),
+                &x,
+                1e-14,
+                "round trip",
+            );
+        }
+        // Position 0 (angle 0 for every pair) is the identity.
+        let zeros = vec![0.0; half];
+        let ones = vec![1.0; half];
+        assert_eq!(
+            rope(&x[..dim], &ones, &zeros, 1, dim, RopeLayout::HalfSplit),
+            x[..dim]
+        );
+    }
+}

@@ -22,3 +22,22 @@ pub fn softmax_backward(y: &[f64], dy: &[f64], n: usize) -> Vec<f64> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::testing::{close, dot, numeric_grad, random_values};
+
+    #[test]
+    fn rows_sum_to_one_and_backward_matches_finite_differences() {
+        let (rows, n) = (3, 7);
+        let x = random_values(rows * n, 40, 4.0);
+        let dy = random_values(rows * n, 41, 1.0);
+        let y = softmax(&x, n);
+        for row in y.chunks(n) {
+            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-14);
+        }
+        let want = numeric_grad(&x, |x| dot(&softmax(x, n), &dy));
+        close(&softmax_backward(&y, &dy, n), &want, 1e-7, "dx");
+    }
+}

@@ -378,13 +378,13 @@ fn batch_one(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Device) -> R
         }
         let (want, merged) = match lora {
             Some(a) => (
-                reference_logits(&with_adapter(&base, &adapters[a], false)?, &ids)?,
+                reference_logits(&with_adapter(base, &adapters[a], false)?, ids)?,
                 Some(reference_logits(
-                    &with_adapter(&base, &adapters[a], true)?,
-                    &ids,
+                    &with_adapter(base, &adapters[a], true)?,
+                    ids,
                 )?),
             ),
-            None => (reference_logits(&base, &ids)?, None),
+            None => (reference_logits(base, ids)?, None),
         };
         out.push(EngineCheck {
             kernel: "dec_engine_lora".into(),
@@ -395,7 +395,7 @@ fn batch_one(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Device) -> R
         if merged.is_some() {
             // The adapter must move the logits far beyond the tolerance, or the check above
             // could not tell a missing adapter from a present one.
-            let effect = rel(&want, &reference_logits(&base, &ids)?);
+            let effect = rel(&want, &reference_logits(base, ids)?);
             out.push(EngineCheck {
                 kernel: "dec_engine_lora_effect".into(),
                 shape: format!("{name}, slot {slot:?}: adapter moves logits by {effect:.3e}"),
@@ -454,7 +454,7 @@ fn batch_three(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Device) ->
     }
     for (b, slot) in slots.iter().enumerate() {
         let model = match slot {
-            Some(s) => with_adapter(&base, &adapters[s - 1], false)?,
+            Some(s) => with_adapter(base, &adapters[s - 1], false)?,
             None => base.clone(),
         };
         out.push(EngineCheck {

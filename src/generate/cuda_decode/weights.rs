@@ -238,10 +238,10 @@ impl EngineWeights {
             qkv_bias_ptr: qkv_bias.as_ref().map_or(0, |b| device_ptr(b, stream)),
             qkv_bias,
             qkv,
-            o: upload_matrix(stream, &p, get("self_attn.o_proj")?)?,
-            gate: upload_matrix(stream, &p, gate)?,
-            up: upload_matrix(stream, &p, up)?,
-            down: upload_matrix(stream, &p, get("mlp.down_proj")?)?,
+            o: upload_matrix(stream, p, get("self_attn.o_proj")?)?,
+            gate: upload_matrix(stream, p, gate)?,
+            up: upload_matrix(stream, p, up)?,
+            down: upload_matrix(stream, p, get("mlp.down_proj")?)?,
         })
     }
 

@@ -97,6 +97,7 @@ pub mod gpu;
 pub mod lora;
 pub mod models;
 pub mod ops;
+pub mod reference;
 pub mod serve;
 pub mod train;
 

@@ -1,4 +1,5 @@
-//! The crate's layers point one way (docs/DESIGN.md, issue 13): `error` and `check` at the bottom,
+//! The crate's layers point one way (docs/DESIGN.md, issue 13): `reference` (the f64 specification
+//! of each op, a leaf that imports nothing from the crate), `error` and `check` at the bottom,
 //! then `gpu` (CUDA plumbing), `ops` (fused kernels) and `device`, then `formats`, `models`, `lora`,
 //! and on top `train`, `generate`, `embed` (siblings that do not import each other). This test reads
 //! every file under src/ (the CLI excepted: it is the top) and fails on a `crate::` path that reaches
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 /// Each top-level module with its layer: a module may import modules of a lower layer only (and
 /// itself).
 const LAYERS: &[(&str, u32)] = &[
+    ("reference", 0),
     ("error", 0),
     ("check", 1),
     ("gpu", 2),
@@ -23,6 +25,11 @@ const LAYERS: &[(&str, u32)] = &[
     ("generate", 7),
     ("embed", 7),
 ];
+
+/// Leaf modules: their files may name no `crate::` path but their own (not even `crate::Result`),
+/// so every layer can import them. `reference` is the one f64 specification per op that `ops`,
+/// `gpu` and the engine checks all call.
+const LEAVES: &[&str] = &["reference"];
 
 /// The training engine (files or folders under src/): none of it may import `gpu::decode`; shared
 /// engine plumbing (raw pointers, error mapping) lives in `gpu/` itself.
@@ -179,9 +186,16 @@ fn violations(file: &str, text: &str) -> Vec<String> {
         return Vec::new(); // lib.rs, the CLI
     };
     let in_engine = TRAINING_ENGINE.iter().any(|e| file.starts_with(e));
+    let leaf = LEAVES.contains(&from);
     let mut out = Vec::new();
     for CratePath { line, path } in crate_paths(text) {
         let to = path.split("::").next().unwrap_or("");
+        if leaf && to != from {
+            out.push(format!(
+                "src/{file}:{line}: crate::{path}: `{from}` is a leaf and imports nothing from the crate"
+            ));
+            continue;
+        }
         let upward = to != from && layer(to).is_some_and(|l| l >= from_layer);
         let borrows_decode = in_engine && path.starts_with("gpu::decode");
         let excused = EXCEPTIONS
@@ -300,6 +314,11 @@ fn the_rules_catch_what_issue_13_removed() {
     for (file, text) in cases {
         assert_eq!(violations(file, text).len(), 1, "{file}: {text}");
     }
+    // The references are a leaf: not even the error type, but their own paths pass.
+    for text in ["use crate::Result;", "use crate::check::random_values;"] {
+        assert_eq!(violations("reference/rope.rs", text).len(), 1, "{text}");
+    }
+    assert!(violations("reference/mod.rs", "use crate::reference::rope::rope;").is_empty());
     // Downward imports and a module's own paths pass.
     for (file, text) in [
         (
@@ -313,6 +332,14 @@ fn the_rules_catch_what_issue_13_removed() {
         (
             "train/trainer.rs",
             "use crate::{lora::config::LoraConfig, Result};",
+        ),
+        (
+            "ops/rms_norm.rs",
+            "use crate::reference::rms_norm::rms_norm;",
+        ),
+        (
+            "gpu/train/reference.rs",
+            "use crate::reference::softmax::softmax;",
         ),
     ] {
         assert!(violations(file, text).is_empty(), "{file}: {text}");

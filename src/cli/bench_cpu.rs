@@ -140,16 +140,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "prefill_per_round": per_round(&wick_pp, &llama_pp), "decode_per_round": per_round(&wick_tg, &llama_tg)},
         "load_average_1m_per_round": loads,
     });
-    if let Some(dir) = args.out.parent() {
+    write_report(&args.out, &report)
+}
+
+/// Writes OUT.json and OUT.md (printed too) for output path `out` without extension.
+fn write_report(out: &std::path::Path, report: &Value) -> anyhow::Result<()> {
+    if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let json_path = args.out.with_extension("json");
-    let md_path = args.out.with_extension("md");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
+    let json_path = out.with_extension("json");
+    let md_path = out.with_extension("md");
+    std::fs::write(&json_path, serde_json::to_string_pretty(report)? + "\n")
         .with_context(|| format!("writing {}", json_path.display()))?;
-    std::fs::write(&md_path, markdown(&report))
+    std::fs::write(&md_path, markdown(report))
         .with_context(|| format!("writing {}", md_path.display()))?;
-    print!("{}", markdown(&report));
+    print!("{}", markdown(report));
     eprintln!("wrote {} and {}", md_path.display(), json_path.display());
     Ok(())
 }

@@ -134,6 +134,96 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The markdown report: command, model, adapter, CPU and loads, then each variant's median rate,
+/// its ratio to its baseline and every round's rate.
+fn markdown(
+    args: &Args,
+    path: &std::path::Path,
+    modules: usize,
+    loads: &[f64],
+    rates: &[Vec<f64>],
+    med: &[f64],
+) -> anyhow::Result<String> {
+    let mut md = String::new();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    writeln!(md, "# CPU decode with a LoRA adapter\n")?;
+    writeln!(md, "- command: `{command}`")?;
+    writeln!(
+        md,
+        "- model: {} ({} threads for the quantized matmuls: {})",
+        path.display(),
+        candle_core::utils::get_num_threads(),
+        wick::ops::quant_matmul_cpu::kernel_name()
+    )?;
+    writeln!(md, "- adapter: rank {} all-linear ({} projections), {} prompt tokens, {} decode steps per variant and round, {} rounds after a warm-up", args.rank, modules, args.prompt_tokens, args.gen_tokens, args.rounds)?;
+    writeln!(
+        md,
+        "- CPU: {cpu}; load average at each round's start: {}",
+        loads
+            .iter()
+            .map(|l| format!("{l:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    writeln!(
+        md,
+        "\n| variant | tok/s (median) | ratio | rounds |\n|---|---|---|---|"
+    )?;
+    let rows = [
+        (
+            "base (`wick generate`, no adapter)",
+            med[0],
+            med[0],
+            &rates[0],
+        ),
+        (
+            "adapter (`wick generate --adapter`, `wick serve`)",
+            med[1],
+            med[0],
+            &rates[1],
+        ),
+        (
+            "adapter in the Linear slots, Candle op (before)",
+            med[2],
+            med[0],
+            &rates[2],
+        ),
+        (
+            "batch of N, no adapters (ragged step)",
+            med[3],
+            med[3],
+            &rates[3],
+        ),
+        (
+            "batch of N, N different adapters (ragged step)",
+            med[4],
+            med[3],
+            &rates[4],
+        ),
+    ];
+    for (name, v, reference, all) in rows {
+        let name = name.replace('N', &args.batch.max(1).to_string());
+        writeln!(
+            md,
+            "| {name} | {v:.1} | {:.3} | {} |",
+            v / reference,
+            all.iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )?;
+    }
+    Ok(md)
+}
+
 /// Runs `wick bench cpu-adapter`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -224,83 +314,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .iter_mut()
         .map(|v| if v.is_empty() { f64::NAN } else { median(v) })
         .collect();
-    let mut md = String::new();
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    writeln!(md, "# CPU decode with a LoRA adapter\n")?;
-    writeln!(md, "- command: `{command}`")?;
-    writeln!(
-        md,
-        "- model: {} ({} threads for the quantized matmuls: {})",
-        path.display(),
-        candle_core::utils::get_num_threads(),
-        wick::ops::quant_matmul_cpu::kernel_name()
-    )?;
-    writeln!(md, "- adapter: rank {} all-linear ({} projections), {} prompt tokens, {} decode steps per variant and round, {} rounds after a warm-up", args.rank, residents[0].modules(), args.prompt_tokens, steps, args.rounds)?;
-    writeln!(
-        md,
-        "- CPU: {cpu}; load average at each round's start: {}",
-        loads
-            .iter()
-            .map(|l| format!("{l:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )?;
-    writeln!(
-        md,
-        "\n| variant | tok/s (median) | ratio | rounds |\n|---|---|---|---|"
-    )?;
-    let rows = [
-        (
-            "base (`wick generate`, no adapter)",
-            med[0],
-            med[0],
-            &rates[0],
-        ),
-        (
-            "adapter (`wick generate --adapter`, `wick serve`)",
-            med[1],
-            med[0],
-            &rates[1],
-        ),
-        (
-            "adapter in the Linear slots, Candle op (before)",
-            med[2],
-            med[0],
-            &rates[2],
-        ),
-        (
-            "batch of N, no adapters (ragged step)",
-            med[3],
-            med[3],
-            &rates[3],
-        ),
-        (
-            "batch of N, N different adapters (ragged step)",
-            med[4],
-            med[3],
-            &rates[4],
-        ),
-    ];
-    for (name, v, reference, all) in rows {
-        let name = name.replace('N', &n.to_string());
-        writeln!(
-            md,
-            "| {name} | {v:.1} | {:.3} | {} |",
-            v / reference,
-            all.iter()
-                .map(|x| format!("{x:.1}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        )?;
-    }
+    let md = markdown(&args, &path, residents[0].modules(), &loads, &rates, &med)?;
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }

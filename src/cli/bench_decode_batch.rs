@@ -91,14 +91,65 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let tokens: Vec<u32> = prompts.iter().map(|p| p[t]).collect();
         batch.step(&tokens)?;
     }
+    let (max_diff, identical) =
+        compare_with_batch1(&mut batch, &mut single, &prompts, config.vocab_size, &args)?;
+    let ok = max_diff <= args.tolerance && identical;
+    println!(
+        "batch engine vs batch-1 engine: {} sequences x {} positions, max |dlogit| {max_diff:.3e} (tolerance {:.1e}), greedy tokens identical: {identical}",
+        args.batch, args.compare, args.tolerance
+    );
+
+    // Speed: graph, then eager launches, from the same prompts.
+    let prompts: Vec<Vec<u32>> = (0..args.batch)
+        .map(|_| prompt(args.prompt_tokens))
+        .collect();
+    let runs = timings(&mut batch, &prompts, &args)?;
+    batch.use_graph();
+    let report = serde_json::json!({
+        "benchmark": "wick bench decode-batch",
+        "model": path.display().to_string(),
+        "device": std::env::var("WICK_DEVICE_NAME").unwrap_or_else(|_| args.device.clone()),
+        "date": std::env::var("WICK_RUN_DATE").unwrap_or_default(),
+        "batch": args.batch,
+        "launches_per_step": batch.launches_per_step(),
+        "engine_build_s": build_s,
+        "compare_positions": args.compare,
+        "max_abs_logit_diff_vs_batch1": max_diff,
+        "tolerance": args.tolerance,
+        "greedy_tokens_identical": identical,
+        "ok": ok,
+        "timings": runs,
+    });
+    println!("{report}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    anyhow::ensure!(
+        ok,
+        "batch engine differs from the batch-1 engine: max |dlogit| {max_diff:.3e}, greedy identical {identical}"
+    );
+    Ok(())
+}
+
+/// After the prompts (already stepped by `batch`), `args.compare` greedy positions of every
+/// sequence (logits of `vocab` entries), then each sequence again through the batch-1 engine:
+/// (max |logit difference|, greedy tokens identical).
+#[cfg(feature = "cuda")]
+fn compare_with_batch1(
+    batch: &mut wick::generate::cuda_decode::batch::BatchDecodeEngine,
+    single: &mut wick::generate::cuda_decode::DecodeEngine,
+    prompts: &[Vec<u32>],
+    vocab: usize,
+    args: &Args,
+) -> anyhow::Result<(f32, bool)> {
     let mut batch_logits = vec![Vec::new(); args.batch];
     let mut batch_tokens = vec![Vec::new(); args.batch];
     for _ in 0..args.compare {
         let logits = batch.logits()?;
         let greedy = batch.greedy()?;
         for b in 0..args.batch {
-            batch_logits[b]
-                .push(logits[b * config.vocab_size..(b + 1) * config.vocab_size].to_vec());
+            batch_logits[b].push(logits[b * vocab..(b + 1) * vocab].to_vec());
             batch_tokens[b].push(greedy[b].0);
         }
         let next: Vec<u32> = greedy.iter().map(|g| g.0).collect();
@@ -124,16 +175,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             single.step(id)?;
         }
     }
-    let ok = max_diff <= args.tolerance && identical;
-    println!(
-        "batch engine vs batch-1 engine: {} sequences x {} positions, max |dlogit| {max_diff:.3e} (tolerance {:.1e}), greedy tokens identical: {identical}",
-        args.batch, args.compare, args.tolerance
-    );
+    Ok((max_diff, identical))
+}
 
-    // Speed: graph, then eager launches, from the same prompts.
-    let prompts: Vec<Vec<u32>> = (0..args.batch)
-        .map(|_| prompt(args.prompt_tokens))
-        .collect();
+/// Speed: the prompts stepped, then `args.decode_tokens` greedy steps, with the graph and with
+/// eager launches; one JSON row each.
+#[cfg(feature = "cuda")]
+fn timings(
+    batch: &mut wick::generate::cuda_decode::batch::BatchDecodeEngine,
+    prompts: &[Vec<u32>],
+    args: &Args,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    use std::time::Instant;
     let mut runs = Vec::new();
     for graph in [true, false] {
         if graph {
@@ -177,32 +230,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "ms_per_step": decode_s * 1e3 / args.decode_tokens as f64,
         }));
     }
-    batch.use_graph();
-    let report = serde_json::json!({
-        "benchmark": "wick bench decode-batch",
-        "model": path.display().to_string(),
-        "device": std::env::var("WICK_DEVICE_NAME").unwrap_or_else(|_| args.device.clone()),
-        "date": std::env::var("WICK_RUN_DATE").unwrap_or_default(),
-        "batch": args.batch,
-        "launches_per_step": batch.launches_per_step(),
-        "engine_build_s": build_s,
-        "compare_positions": args.compare,
-        "max_abs_logit_diff_vs_batch1": max_diff,
-        "tolerance": args.tolerance,
-        "greedy_tokens_identical": identical,
-        "ok": ok,
-        "timings": runs,
-    });
-    println!("{report}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", out.display()))?;
-    }
-    anyhow::ensure!(
-        ok,
-        "batch engine differs from the batch-1 engine: max |dlogit| {max_diff:.3e}, greedy identical {identical}"
-    );
-    Ok(())
+    Ok(runs)
 }
 
 /// Without the `cuda` feature there is no engine to measure.

@@ -91,19 +91,9 @@ struct Check {
     chosen_over_best: f64,
 }
 
-/// Runs `wick bench dispatch`.
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let device = wick::device::parse_device(&args.device)?;
-    #[cfg(feature = "cuda")]
-    {
-        let cures = if args.no_cures {
-            wick::gpu::overhead::Cures::NONE
-        } else {
-            wick::gpu::overhead::Cures::ALL
-        };
-        let applied = wick::gpu::overhead::apply(&device, cures)?;
-        println!("overhead cures: {}", applied.label());
-    }
+/// The (m, n, k) grid: every `--tokens` count against every `--weights` NxK, plus the squares when
+/// asked; sorted, each once.
+fn shapes_of(args: &Args) -> anyhow::Result<Vec<(usize, usize, usize)>> {
     let mut shapes = Vec::new();
     for weight in &args.weights {
         let (n, k) = weight
@@ -117,21 +107,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     shapes.sort_unstable();
     shapes.dedup();
-    let dtypes = args
-        .dtypes
-        .iter()
-        .map(|d| parse_dtype(d))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(shapes)
+}
 
-    let started = std::time::Instant::now();
+/// Times every path at every shape and dtype, printing a row each.
+fn measure_grid(
+    device: &candle_core::Device,
+    dtypes: &[DType],
+    shapes: &[(usize, usize, usize)],
+) -> anyhow::Result<Vec<(DType, ShapeTiming)>> {
     let mut results: Vec<(DType, ShapeTiming)> = Vec::new();
     println!(
         "{:>5} {:>6} {:>6} {:>6}  {:>10} {:>11} {:>10}  {:>9} {:>10}  best",
         "dtype", "m", "n", "k", "candle us", "cublasLt us", "small us", "TFLOP/s", "rel err"
     );
-    for &dtype in &dtypes {
-        for &(m, n, k) in &shapes {
-            let t = time_linear(&device, dtype, m, n, k)?;
+    for &dtype in dtypes {
+        for &(m, n, k) in shapes {
+            let t = time_linear(device, dtype, m, n, k)?;
             let best = t
                 .paths
                 .iter()
@@ -154,6 +146,140 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             results.push((dtype, t));
         }
     }
+    Ok(results)
+}
+
+/// The chosen path's time over the best, on a second, independent pass when `confirm` (the first
+/// pass chose the table, so it cannot judge it), else on the first.
+fn check_choices(
+    device: &candle_core::Device,
+    table: &DispatchTable,
+    results: &[(DType, ShapeTiming)],
+    confirm: bool,
+) -> anyhow::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    if confirm {
+        println!("confirming on a second pass ...");
+    }
+    for (dtype, first) in results {
+        let t = if confirm {
+            time_linear(device, *dtype, first.m, first.n, first.k)?
+        } else {
+            first.clone()
+        };
+        let (chosen, ratio) = chosen_over_best(table, &t, *dtype);
+        checks.push(Check {
+            dtype: t.dtype.clone(),
+            m: t.m,
+            n: t.n,
+            k: t.k,
+            chosen,
+            best: t.best,
+            chosen_over_best: ratio,
+        });
+    }
+    Ok(checks)
+}
+
+/// The overhead issue's figure: products replayed from a CUDA graph, per kernel (cuBLASLt, the
+/// small path's planned kernel, the tiled kernel forced), with cuBLASLt's plan.
+#[cfg(feature = "cuda")]
+fn graph_timings(device: &candle_core::Device) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut graphs = Vec::new();
+    for (dtype, shape) in [
+        (DType::F32, (64, 64, 64)),
+        (DType::BF16, (64, 64, 64)),
+        (DType::BF16, (1, 1024, 1024)),
+    ] {
+        use wick::gpu::small_matmul::{choose_kernel, SmallKernel};
+        let lt = wick::gpu::timing::time_graph_matmul(device, dtype, shape, 100)?;
+        // The small path's planned kernel, and the tiled kernel forced at the same shape.
+        let small = wick::gpu::overhead::time_graph_small(device, None, dtype, shape, 100)?;
+        let tiled = wick::gpu::overhead::time_graph_small(
+            device,
+            Some(SmallKernel::Tiled16),
+            dtype,
+            shape,
+            100,
+        )?;
+        let planned = format!("small {}", choose_kernel(shape.0, shape.1, shape.2).name());
+        // What cuBLASLt's heuristic picked at this shape (split-k, reduction, workspace).
+        let plan = match device {
+            candle_core::Device::Cuda(cuda) => Some(
+                wick::gpu::cublaslt::LtContext::for_device(cuda)?.plan_info(dtype, shape, false)?,
+            ),
+            _ => None,
+        };
+        println!("cuBLASLt plan {:?} {shape:?}: {plan:?}", dtype);
+        for (path, g) in [
+            ("cublas-lt", lt),
+            (planned.as_str(), small),
+            ("small small_matmul_tiled1 (forced)", tiled),
+        ] {
+            println!(
+                    "graph {:>34} {:>5} {:>6} {:>6} {:>6}  {:>9.2} us per product ({} per graph), rel err {:.2e}",
+                    path, g.dtype, g.m, g.n, g.k, g.us_per_kernel, g.kernels_per_graph, g.max_rel_err
+                );
+            let plan = (path == "cublas-lt").then_some(plan).flatten();
+            graphs.push(serde_json::json!({"path": path, "timing": g, "cublaslt_plan": plan}));
+        }
+    }
+    Ok(graphs)
+}
+
+/// Prints the worst chosen-over-best ratio and every shape more than 5% slower than its best;
+/// returns (worst ratio, count of those shapes).
+fn print_checks(checks: &[Check]) -> (f64, usize) {
+    let over: Vec<&Check> = checks
+        .iter()
+        .filter(|c| c.chosen_over_best > 1.05)
+        .collect();
+    let worst = checks
+        .iter()
+        .map(|c| c.chosen_over_best)
+        .fold(1.0, f64::max);
+    println!(
+        "chosen path vs best: worst {worst:.3}x, {} of {} shapes more than 5% slower than the best",
+        over.len(),
+        checks.len()
+    );
+    for c in &over {
+        println!(
+            "  {:>5} {:>6} {:>6} {:>6}: {} at {:.3}x the best ({})",
+            c.dtype,
+            c.m,
+            c.n,
+            c.k,
+            c.chosen.name(),
+            c.chosen_over_best,
+            c.best.name()
+        );
+    }
+    (worst, over.len())
+}
+
+/// Runs `wick bench dispatch`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = wick::device::parse_device(&args.device)?;
+    #[cfg(feature = "cuda")]
+    {
+        let cures = if args.no_cures {
+            wick::gpu::overhead::Cures::NONE
+        } else {
+            wick::gpu::overhead::Cures::ALL
+        };
+        let applied = wick::gpu::overhead::apply(&device, cures)?;
+        println!("overhead cures: {}", applied.label());
+    }
+    let shapes = shapes_of(&args)?;
+    let dtypes = args
+        .dtypes
+        .iter()
+        .map(|d| parse_dtype(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let started = std::time::Instant::now();
+    let results = measure_grid(&device, &dtypes, &shapes)?;
     println!("grid measured in {:.1} s", started.elapsed().as_secs_f64());
 
     let date = std::env::var("WICK_RUN_DATE").unwrap_or_default();
@@ -180,100 +306,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         wick::gpu::dispatch::table()
     };
 
-    // The check: the chosen path's time over the best, on a second, independent pass when
-    // --confirm (the first pass chose the table, so it cannot judge it), else on the first.
-    let mut checks = Vec::new();
-    if args.confirm {
-        println!("confirming on a second pass ...");
-    }
-    for (dtype, first) in &results {
-        let t = if args.confirm {
-            time_linear(&device, *dtype, first.m, first.n, first.k)?
-        } else {
-            first.clone()
-        };
-        let (chosen, ratio) = chosen_over_best(table, &t, *dtype);
-        checks.push(Check {
-            dtype: t.dtype.clone(),
-            m: t.m,
-            n: t.n,
-            k: t.k,
-            chosen,
-            best: t.best,
-            chosen_over_best: ratio,
-        });
-    }
-    let over: Vec<&Check> = checks
-        .iter()
-        .filter(|c| c.chosen_over_best > 1.05)
-        .collect();
-    let worst = checks
-        .iter()
-        .map(|c| c.chosen_over_best)
-        .fold(1.0, f64::max);
-    println!(
-        "chosen path vs best: worst {worst:.3}x, {} of {} shapes more than 5% slower than the best",
-        over.len(),
-        checks.len()
-    );
-    for c in &over {
-        println!(
-            "  {:>5} {:>6} {:>6} {:>6}: {} at {:.3}x the best ({})",
-            c.dtype,
-            c.m,
-            c.n,
-            c.k,
-            c.chosen.name(),
-            c.chosen_over_best,
-            c.best.name()
-        );
-    }
+    // The check: the chosen path's time over the best (see `check_choices`).
+    let checks = check_choices(&device, table, &results, args.confirm)?;
+    let (worst, over) = print_checks(&checks);
 
-    // The overhead issue's figure: products replayed from a CUDA graph, per kernel.
     #[cfg(feature = "cuda")]
-    let graphs = {
-        let mut graphs = Vec::new();
-        for (dtype, shape) in [
-            (DType::F32, (64, 64, 64)),
-            (DType::BF16, (64, 64, 64)),
-            (DType::BF16, (1, 1024, 1024)),
-        ] {
-            use wick::gpu::small_matmul::{choose_kernel, SmallKernel};
-            let lt = wick::gpu::timing::time_graph_matmul(&device, dtype, shape, 100)?;
-            // The small path's planned kernel, and the tiled kernel forced at the same shape.
-            let small = wick::gpu::overhead::time_graph_small(&device, None, dtype, shape, 100)?;
-            let tiled = wick::gpu::overhead::time_graph_small(
-                &device,
-                Some(SmallKernel::Tiled16),
-                dtype,
-                shape,
-                100,
-            )?;
-            let planned = format!("small {}", choose_kernel(shape.0, shape.1, shape.2).name());
-            // What cuBLASLt's heuristic picked at this shape (split-k, reduction, workspace).
-            let plan = match &device {
-                candle_core::Device::Cuda(cuda) => Some(
-                    wick::gpu::cublaslt::LtContext::for_device(cuda)?
-                        .plan_info(dtype, shape, false)?,
-                ),
-                _ => None,
-            };
-            println!("cuBLASLt plan {:?} {shape:?}: {plan:?}", dtype);
-            for (path, g) in [
-                ("cublas-lt", lt),
-                (planned.as_str(), small),
-                ("small small_matmul_tiled1 (forced)", tiled),
-            ] {
-                println!(
-                    "graph {:>34} {:>5} {:>6} {:>6} {:>6}  {:>9.2} us per product ({} per graph), rel err {:.2e}",
-                    path, g.dtype, g.m, g.n, g.k, g.us_per_kernel, g.kernels_per_graph, g.max_rel_err
-                );
-                let plan = (path == "cublas-lt").then_some(plan).flatten();
-                graphs.push(serde_json::json!({"path": path, "timing": g, "cublaslt_plan": plan}));
-            }
-        }
-        graphs
-    };
+    let graphs = graph_timings(&device)?;
     #[cfg(not(feature = "cuda"))]
     let graphs: Vec<serde_json::Value> = Vec::new();
 
@@ -288,7 +326,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "table": if args.write_table.is_some() { "written by this run" } else { "compiled into wick" },
                 "pass": if args.confirm { "second" } else { "first" },
                 "worst_chosen_over_best": worst,
-                "shapes_over_5_percent": over.len(),
+                "shapes_over_5_percent": over,
                 "shapes": checks,
             },
         });

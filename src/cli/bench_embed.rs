@@ -76,32 +76,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &batch_size in &args.batch_sizes {
         anyhow::ensure!(batch_size > 0, "batch sizes must be positive");
-        embedder.set_batch_size(batch_size);
-        // Warm-up: first-use allocations, CUDA module loading.
-        let warm = &texts[..texts.len().min(batch_size.max(8))];
-        embedder.embed(warm)?.to_device(&candle_core::Device::Cpu)?;
-        let mut rates = Vec::with_capacity(args.repeats);
-        for _ in 0..args.repeats {
-            let start = Instant::now();
-            let out = embedder.embed(&texts)?;
-            let _host: Vec<Vec<f32>> = out.to_device(&candle_core::Device::Cpu)?.to_vec2()?;
-            rates.push(texts.len() as f64 / start.elapsed().as_secs_f64());
-        }
-        rates.sort_by(f64::total_cmp);
-        let median = rates[rates.len() / 2];
-        eprintln!(
-            "batch {batch_size:>4}: {median:>9.1} texts/s (passes: {})",
-            rates
-                .iter()
-                .map(|r| format!("{r:.1}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        results.push(json!({
-            "batch_size": batch_size,
-            "texts_per_s": median,
-            "passes_texts_per_s": rates,
-        }));
+        results.push(measure_batch(
+            &mut embedder,
+            &texts,
+            batch_size,
+            args.repeats,
+        )?);
     }
     let peak_rss_mib = vm_hwm_kib().map(|k| k as f64 / 1024.0);
     let peer: Option<Value> = match &args.peer {
@@ -147,6 +127,42 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(&md_path, markdown(&report))?;
     eprintln!("wrote {} and {}", md_path.display(), json_path.display());
     Ok(())
+}
+
+/// Texts per second embedding `texts` at `batch_size`, after a warm-up: the median of `repeats`
+/// passes, each read back to the host, as a result row.
+fn measure_batch(
+    embedder: &mut Embedder,
+    texts: &[&str],
+    batch_size: usize,
+    repeats: usize,
+) -> anyhow::Result<Value> {
+    embedder.set_batch_size(batch_size);
+    // Warm-up: first-use allocations, CUDA module loading.
+    let warm = &texts[..texts.len().min(batch_size.max(8))];
+    embedder.embed(warm)?.to_device(&candle_core::Device::Cpu)?;
+    let mut rates = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let start = Instant::now();
+        let out = embedder.embed(texts)?;
+        let _host: Vec<Vec<f32>> = out.to_device(&candle_core::Device::Cpu)?.to_vec2()?;
+        rates.push(texts.len() as f64 / start.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    eprintln!(
+        "batch {batch_size:>4}: {median:>9.1} texts/s (passes: {})",
+        rates
+            .iter()
+            .map(|r| format!("{r:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(json!({
+        "batch_size": batch_size,
+        "texts_per_s": median,
+        "passes_texts_per_s": rates,
+    }))
 }
 
 fn markdown(r: &Value) -> String {

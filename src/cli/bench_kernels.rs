@@ -121,17 +121,23 @@ fn time_call(
     time_loops(device, target_ms, loops, 1, || f().map(drop))
 }
 
-/// Runs `wick bench kernels`.
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let device = wick::device::parse_device(&args.device)?;
-    let mut out: Vec<Timing> = Vec::new();
-    let mut push = |kernel: &str,
-                    imp: &str,
-                    dtype: DType,
-                    shape: String,
-                    (us, us_best, iters, loops): Measured,
-                    bytes: Option<f64>,
-                    flops: Option<f64>| {
+/// The timings so far; `push` prints each as it comes.
+struct Recorder {
+    out: Vec<Timing>,
+}
+
+impl Recorder {
+    /// Records one timing of `kernel` by `imp`, with its bandwidth and throughput where the bytes
+    /// moved and the flops are known.
+    fn push(
+        &mut self,
+        kernel: &str,
+        imp: &str,
+        dtype: DType,
+        shape: String,
+        (us, us_best, iters, loops): Measured,
+        (bytes, flops): (Option<f64>, Option<f64>),
+    ) {
         let t = Timing {
             kernel: kernel.into(),
             implementation: imp.into(),
@@ -155,15 +161,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             t.gb_per_s.map_or("-".into(), |g| format!("{g:.0}")),
             t.tflop_per_s.map_or("-".into(), |f| format!("{f:.1}")),
         );
-        out.push(t);
-    };
-    let (ms, loops) = (args.target_ms, args.loops);
-    #[cfg(not(feature = "cuda"))]
-    if !args.row_vecs.is_empty() {
-        anyhow::bail!("--row-vecs sets the CUDA row plan: build with --features cuda");
+        self.out.push(t);
     }
+}
 
-    // LoRA linear forward: y = x W^T + s (x A^T) B^T, d_in = d_out = d.
+/// LoRA linear forward: y = x W^T + s (x A^T) B^T, d_in = d_out = d; wick's op, its kernel alone
+/// and from a graph (few tokens, CUDA), and Candle's composed ops.
+fn lora_cases(rec: &mut Recorder, device: &Device, ms: u64, loops: usize) -> anyhow::Result<()> {
     for &(t, d, r) in &[
         (1, 1024, 8),
         (1, 1024, 16),
@@ -174,14 +178,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (8192, 4096, 16),
     ] {
         for dtype in [DType::BF16, DType::F32] {
-            let x = random_tensor(&[t, d], dtype, &device, 1, 1.0)?;
-            let w = random_tensor(&[d, d], dtype, &device, 2, 0.05)?;
-            let a = random_tensor(&[r, d], dtype, &device, 3, 0.05)?;
-            let b = random_tensor(&[d, r], dtype, &device, 4, 0.05)?;
+            let x = random_tensor(&[t, d], dtype, device, 1, 1.0)?;
+            let w = random_tensor(&[d, d], dtype, device, 2, 0.05)?;
+            let a = random_tensor(&[r, d], dtype, device, 3, 0.05)?;
+            let b = random_tensor(&[d, r], dtype, device, 4, 0.05)?;
             let flops = 2.0 * (t * d * d + 2 * t * d * r) as f64;
             let bytes = (dtype.size_in_bytes() * (d * d + 2 * t * d + 2 * d * r)) as f64;
             let shape = format!("t{t} d{d} r{r}");
-            let fused = time_call(&device, ms, loops, || {
+            let fused = time_call(device, ms, loops, || {
                 Ok(wick::ops::lora_linear::lora_linear(
                     &x,
                     Some(&w),
@@ -191,157 +195,169 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     2.0,
                 )?)
             })?;
-            push(
+            rec.push(
                 "lora_linear",
                 "wick",
                 dtype,
                 shape.clone(),
                 fused,
-                Some(bytes),
-                Some(flops),
+                (Some(bytes), Some(flops)),
             );
             #[cfg(feature = "cuda")]
             if t <= 8 && device.is_cuda() {
-                let (kernel_only, graph) = time_lora_small(&device, ms, loops, [&x, &w, &a, &b])?;
-                push(
+                let (kernel_only, graph) = time_lora_small(device, ms, loops, [&x, &w, &a, &b])?;
+                rec.push(
                     "lora_linear",
                     "wick-kernel",
                     dtype,
                     shape.clone(),
                     kernel_only,
-                    Some(bytes),
-                    Some(flops),
+                    (Some(bytes), Some(flops)),
                 );
-                push(
+                rec.push(
                     "lora_linear",
                     "wick-graph",
                     dtype,
                     shape.clone(),
                     graph,
-                    Some(bytes),
-                    Some(flops),
+                    (Some(bytes), Some(flops)),
                 );
             }
-            let composed = time_call(&device, ms, loops, || {
+            let composed = time_call(device, ms, loops, || {
                 let base = x.matmul(&w.t()?)?;
                 let low = x.matmul(&a.t()?)?.matmul(&b.t()?)?;
                 Ok((base + (low * 2.0)?)?)
             })?;
-            push(
+            rec.push(
                 "lora_linear",
                 "candle-composed",
                 dtype,
                 shape,
                 composed,
-                Some(bytes),
-                Some(flops),
+                (Some(bytes), Some(flops)),
             );
         }
     }
 
+    Ok(())
+}
+
+/// Row ops (softmax, RMSNorm) by wick (and per `--row-vecs` plan on CUDA) and by Candle, beside a
+/// copy of the same bytes.
+fn row_cases(rec: &mut Recorder, device: &Device, args: &Args) -> anyhow::Result<()> {
+    let (ms, loops) = (args.target_ms, args.loops);
     for &(rows, n) in &[(1, 576), (128, 576), (4096, 4096), (8, 49152)] {
         for dtype in [DType::F32, DType::BF16] {
-            let x = random_tensor(&[rows, n], dtype, &device, 5, 4.0)?;
-            let w = random_tensor(&[n], dtype, &device, 6, 1.0)?;
+            let x = random_tensor(&[rows, n], dtype, device, 5, 4.0)?;
+            let w = random_tensor(&[n], dtype, device, 6, 1.0)?;
             let bytes = (2 * rows * n * dtype.size_in_bytes()) as f64;
             let shape = format!("{rows}x{n}");
-            let timing = time_call(&device, ms, loops, || Ok(x.copy()?))?;
-            push(
+            let timing = time_call(device, ms, loops, || Ok(x.copy()?))?;
+            rec.push(
                 "copy",
                 "copy",
                 dtype,
                 shape.clone(),
                 timing,
-                Some(bytes),
-                None,
+                (Some(bytes), None),
             );
             #[cfg(feature = "cuda")]
             for &v in &args.row_vecs {
                 let imp = format!("wick-v{v}");
                 wick::gpu::launch::set_row_vecs_per_thread(Some(v));
-                let timing = time_call(&device, ms, loops, || {
+                let timing = time_call(device, ms, loops, || {
                     Ok(wick::ops::softmax::softmax_last_dim(&x)?)
                 })?;
-                push(
+                rec.push(
                     "softmax",
                     &imp,
                     dtype,
                     shape.clone(),
                     timing,
-                    Some(bytes),
-                    None,
+                    (Some(bytes), None),
                 );
-                let timing = time_call(&device, ms, loops, || {
+                let timing = time_call(device, ms, loops, || {
                     Ok(wick::ops::rms_norm::rms_norm(&x, &w, 1e-6)?)
                 })?;
-                push(
+                rec.push(
                     "rms_norm",
                     &imp,
                     dtype,
                     shape.clone(),
                     timing,
-                    Some(bytes),
-                    None,
+                    (Some(bytes), None),
                 );
                 wick::gpu::launch::set_row_vecs_per_thread(None);
             }
-            let timing = time_call(&device, ms, loops, || {
+            let timing = time_call(device, ms, loops, || {
                 Ok(wick::ops::softmax::softmax_last_dim(&x)?)
             })?;
-            push(
+            rec.push(
                 "softmax",
                 "wick",
                 dtype,
                 shape.clone(),
                 timing,
-                Some(bytes),
-                None,
+                (Some(bytes), None),
             );
-            let timing = time_call(&device, ms, loops, || {
+            let timing = time_call(device, ms, loops, || {
                 Ok(candle_nn::ops::softmax_last_dim(&x)?)
             })?;
-            push(
+            rec.push(
                 "softmax",
                 "candle",
                 dtype,
                 shape.clone(),
                 timing,
-                Some(bytes),
-                None,
+                (Some(bytes), None),
             );
-            let timing = time_call(&device, ms, loops, || {
+            let timing = time_call(device, ms, loops, || {
                 Ok(wick::ops::rms_norm::rms_norm(&x, &w, 1e-6)?)
             })?;
-            push(
+            rec.push(
                 "rms_norm",
                 "wick",
                 dtype,
                 shape.clone(),
                 timing,
-                Some(bytes),
-                None,
+                (Some(bytes), None),
             );
-            let timing = time_call(&device, ms, loops, || {
+            let timing = time_call(device, ms, loops, || {
                 Ok(candle_nn::ops::rms_norm(&x, &w, 1e-6)?)
             })?;
-            push(
+            rec.push(
                 "rms_norm",
                 "candle",
                 dtype,
                 shape,
                 timing,
-                Some(bytes),
-                None,
+                (Some(bytes), None),
             );
         }
     }
+
+    Ok(())
+}
+
+/// Runs `wick bench kernels`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = wick::device::parse_device(&args.device)?;
+    let mut rec = Recorder { out: Vec::new() };
+    let (ms, loops) = (args.target_ms, args.loops);
+    #[cfg(not(feature = "cuda"))]
+    if !args.row_vecs.is_empty() {
+        anyhow::bail!("--row-vecs sets the CUDA row plan: build with --features cuda");
+    }
+
+    lora_cases(&mut rec, &device, ms, loops)?;
+    row_cases(&mut rec, &device, &args)?;
 
     let date = std::env::var("WICK_RUN_DATE").unwrap_or_default();
     let device_name = std::env::var("WICK_DEVICE_NAME").unwrap_or_else(|_| args.device.clone());
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     if let Some(path) = &args.out {
         let json = serde_json::json!({
-            "command": command, "device": device_name, "date": date, "timings": out,
+            "command": command, "device": device_name, "date": date, "timings": rec.out,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;

@@ -180,10 +180,13 @@ fn cell(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{v:.2}"))
 }
 
-/// Runs `wick bench overhead`.
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let device = wick::device::parse_device(&args.device)?;
-    anyhow::ensure!(device.is_cuda(), "wick bench overhead needs a CUDA device");
+/// Each cure step (cumulative: baseline, +no event tracking, +pool retention, every cure, and the
+/// candidate on top): the 64x64x64 matmul through every path, and one LoRA forward, stage by stage.
+fn cure_rows(
+    device: &candle_core::Device,
+    matmul: (usize, usize, usize),
+    iters: usize,
+) -> anyhow::Result<Vec<Row>> {
     let steps = [
         Cures::NONE,
         Cures {
@@ -202,16 +205,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ..Cures::ALL
         },
     ];
-    let matmul = (64, 64, 64);
     let (t, d, r) = (1, 1024, 8);
-    let lora_x = overhead::random_tensor(&device, DType::BF16, &[t, d], 21)?;
-    let lora_w = (overhead::random_tensor(&device, DType::BF16, &[d, d], 22)? * 0.05)?;
-    let lora_a = (overhead::random_tensor(&device, DType::BF16, &[r, d], 23)? * 0.05)?;
-    let lora_b = (overhead::random_tensor(&device, DType::BF16, &[d, r], 24)? * 0.05)?;
+    let lora_x = overhead::random_tensor(device, DType::BF16, &[t, d], 21)?;
+    let lora_w = (overhead::random_tensor(device, DType::BF16, &[d, d], 22)? * 0.05)?;
+    let lora_a = (overhead::random_tensor(device, DType::BF16, &[r, d], 23)? * 0.05)?;
+    let lora_b = (overhead::random_tensor(device, DType::BF16, &[d, r], 24)? * 0.05)?;
 
     let mut rows = Vec::new();
     for cures in steps {
-        let applied = overhead::apply(&device, cures)?;
+        let applied = overhead::apply(device, cures)?;
         let label = applied.label();
         eprintln!("cures: {label}");
         // The small path plans the dot kernel at 64^3; the tiled kernel (its choice before) is
@@ -224,15 +226,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (MatmulPath::Small, true, None),
             (MatmulPath::Small, true, Some(SmallKernel::Tiled16)),
         ] {
-            let stages = overhead::measure_matmul(
-                &device,
-                path,
-                into,
-                kernel,
-                DType::F32,
-                matmul,
-                args.iters,
-            )?;
+            let stages =
+                overhead::measure_matmul(device, path, into, kernel, DType::F32, matmul, iters)?;
             rows.push(Row {
                 op: "matmul 64x64x64 f32".into(),
                 path: small_label(path, kernel, matmul, into),
@@ -261,9 +256,63 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             op: format!("LoRA forward t{t} d{d} r{r} bf16"),
             path: "fused op".into(),
             cures: label,
-            stages: overhead::measure(&device, &probe, args.iters)?,
+            stages: overhead::measure(device, &probe, iters)?,
         });
     }
+    Ok(rows)
+}
+
+/// The markdown tables: every row's stages, the products in CUDA graphs, the allocating product
+/// stage by stage, and the decode step when there is one.
+fn tables_markdown(
+    rows: &[Row],
+    graphs: &[(String, wick::gpu::timing::GraphTiming)],
+    allocating: &[(String, overhead::AllocatingBreakdown)],
+    decode: &Option<(String, wick::generate::cuda_decode::profile::StepProfile)>,
+) -> String {
+    let mut md = String::new();
+    md.push_str("| op | path | cures | checks us | alloc+free us | launch us | host us/call | pipelined us/call | roundtrip us | GPU us |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    for row in rows {
+        let s = &row.stages;
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            row.op,
+            row.path,
+            row.cures,
+            cell(s.checks_us),
+            cell(s.alloc_free_us),
+            cell(s.launch_us),
+            s.host_us,
+            s.pipelined_us,
+            s.roundtrip_us,
+            s.gpu_us
+        ));
+    }
+    md.push_str("\n| product in a CUDA graph (100 per graph) | path | us per product | rel err |\n|---|---|---|---|\n");
+    for (path, g) in graphs {
+        md.push_str(&format!(
+            "| {}x{}x{} {} | {} | {:.2} | {:.1e} |\n",
+            g.m, g.n, g.k, g.dtype, path, g.us_per_kernel, g.max_rel_err
+        ));
+    }
+    md.push_str(&allocating_markdown(allocating));
+    if let Some((model, step)) = decode {
+        md.push('\n');
+        md.push_str(&wick::generate::cuda_decode::profile::markdown(
+            step,
+            &format!("Decode step of the CUDA decode engine ({model}, batch 1)"),
+        ));
+    }
+    md
+}
+
+/// Runs `wick bench overhead`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = wick::device::parse_device(&args.device)?;
+    anyhow::ensure!(device.is_cuda(), "wick bench overhead needs a CUDA device");
+    let matmul = (64, 64, 64);
+    let rows = cure_rows(&device, matmul, args.iters)?;
     // The allocating product stage by stage, with wick's cures and with the candidate on top.
     let mut allocating = Vec::new();
     for cures in [
@@ -297,40 +346,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         graphs.push(("cublas-lt".into(), lt));
     }
 
-    let mut md = String::new();
-    md.push_str("| op | path | cures | checks us | alloc+free us | launch us | host us/call | pipelined us/call | roundtrip us | GPU us |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
-    for row in &rows {
-        let s = &row.stages;
-        md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
-            row.op,
-            row.path,
-            row.cures,
-            cell(s.checks_us),
-            cell(s.alloc_free_us),
-            cell(s.launch_us),
-            s.host_us,
-            s.pipelined_us,
-            s.roundtrip_us,
-            s.gpu_us
-        ));
-    }
-    md.push_str("\n| product in a CUDA graph (100 per graph) | path | us per product | rel err |\n|---|---|---|---|\n");
-    for (path, g) in &graphs {
-        md.push_str(&format!(
-            "| {}x{}x{} {} | {} | {:.2} | {:.1e} |\n",
-            g.m, g.n, g.k, g.dtype, path, g.us_per_kernel, g.max_rel_err
-        ));
-    }
-    md.push_str(&allocating_markdown(&allocating));
-    if let Some((model, step)) = &decode {
-        md.push('\n');
-        md.push_str(&wick::generate::cuda_decode::profile::markdown(
-            step,
-            &format!("Decode step of the CUDA decode engine ({model}, batch 1)"),
-        ));
-    }
+    let md = tables_markdown(&rows, &graphs, &allocating, &decode);
     println!("{md}");
 
     let date = std::env::var("WICK_RUN_DATE").unwrap_or_default();

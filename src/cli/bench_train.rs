@@ -127,50 +127,142 @@ fn device_cell(bytes: Option<u64>) -> String {
     })
 }
 
-/// Runs `wick bench train`.
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let device = wick::device::parse_device(&args.device)?;
-    let device_before_load = device_used_bytes(&device);
-    let dtype = if device.is_cuda() {
-        DType::BF16
-    } else {
-        DType::F32
-    };
-    let path = resolve_model_arg(&args.model)?;
-    if args.quantized_base && device.is_cuda() {
-        anyhow::bail!("--quantized-base trains on the CPU only (QLoRA through ops::quant_linear)");
-    }
-    let mut model = TextModel::open(
-        &path,
-        &LoadOptions {
-            device,
-            dtype: (!args.quantized_base).then_some(dtype),
-        },
-    )
-    .with_context(|| format!("loading {}", path.display()))?;
-    let rss_after_load = peak_rss_bytes();
-    let device_after_load = device_used_bytes(&model.model.device().clone());
-    let vocab = model.model.config().vocab_size as u32;
+/// `rows` examples of `seq_len` seeded random tokens, every position trained on.
+fn random_dataset(vocab: u32, rows: usize, seq_len: usize) -> Dataset {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let total = args.warmup_steps + args.steps;
-    let rows: Vec<Example> = (0..args.batch_size * total)
+    let rows: Vec<Example> = (0..rows)
         .map(|_| {
-            let ids: Vec<u32> = (0..args.seq_len)
-                .map(|_| rng.random_range(0..vocab))
-                .collect();
+            let ids: Vec<u32> = (0..seq_len).map(|_| rng.random_range(0..vocab)).collect();
             Example {
                 labels: ids.iter().map(|t| *t as i64).collect(),
                 input_ids: ids,
             }
         })
         .collect();
-    let data = Dataset {
+    Dataset {
         path: PathBuf::from("random tokens"),
         rows,
         stats: Default::default(),
         pad_id: 0,
+    }
+}
+
+/// The figures of the markdown table and notes (GiB, seconds; device figures in bytes, None on
+/// the CPU).
+struct Figures {
+    seconds_per_step: f64,
+    tokens_per_s: f64,
+    peak_rss: f64,
+    rss_after_load: f64,
+    device_peak: Option<u64>,
+    device_after_load: Option<u64>,
+    device_before_load: f64,
+    warmup_s: f64,
+}
+
+/// Writes OUT.json (the record) and OUT.md (command, machine, model, the table, the notes).
+fn write_report(
+    out: &std::path::Path,
+    args: &Args,
+    record: &serde_json::Value,
+    f: &Figures,
+    (path, dtype): (&std::path::Path, DType),
+    machine: &str,
+    engine: &str,
+) -> anyhow::Result<()> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        out.with_extension("json"),
+        serde_json::to_string_pretty(record)? + "\n",
+    )?;
+    let mut md = std::fs::File::create(out.with_extension("md"))?;
+    writeln!(md, "# LoRA training throughput ({})\n", args.device)?;
+    writeln!(md, "Command: `wick bench train --model {} --rank {} --seq-len {} --batch-size {} --steps {} --warmup-steps {} --device {}{}{}`\n", args.model, args.rank, args.seq_len, args.batch_size, args.steps, args.warmup_steps, args.device, if args.checkpoint_activations { " --checkpoint-activations" } else { "" }, if args.quantized_base { " --quantized-base" } else { "" })?;
+    let base = if args.quantized_base {
+        "the GGUF's blocks kept quantized (QLoRA)".to_string()
+    } else {
+        format!("{dtype:?} (the GGUF dequantized)")
     };
-    let config = TrainConfig {
+    writeln!(md, "Machine: {machine} (shared with other work while measured). Model: {}, {base}, r {} on every linear layer.\n", path.display(), args.rank)?;
+    writeln!(
+        md,
+        "| seq | batch | s/step | tokens/s | peak RSS (GiB) | RSS after load (GiB) | device peak in use (GiB) | device in use after load (GiB) |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+    writeln!(
+        md,
+        "| {} | {} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} |",
+        args.seq_len,
+        args.batch_size,
+        f.seconds_per_step,
+        f.tokens_per_s,
+        f.peak_rss,
+        f.rss_after_load,
+        device_cell(f.device_peak),
+        device_cell(f.device_after_load)
+    )?;
+    if f.device_peak.is_some() {
+        writeln!(md, "\nDevice memory: `total - free` from cuMemGetInfo, polled every 1 ms during the run; it includes the CUDA context ({:.2} GiB in use before the model was loaded) and what the allocator pool keeps.", f.device_before_load)?;
+    }
+    writeln!(md, "\nPath: {}. Warm-up (loading excluded; the first step including engine setup and graph capture): {:.2} s.", engine, f.warmup_s)?;
+    writeln!(md, "\nEvery step is the full trainer step: forward, causal-LM loss, backward, clipping, AdamW. JSON: `{}`.", out.with_extension("json").display())?;
+    Ok(())
+}
+
+/// Time and memory after each step, printed as they come: resident set now and its peak so far
+/// (CPU), device memory in use (CUDA), in GiB. A figure that grows step after step is a leak.
+#[derive(Default)]
+struct StepLog {
+    times: Vec<f64>,
+    rss: Vec<f64>,
+    peak_rss: Vec<f64>,
+    device_used: Vec<f64>,
+}
+
+impl StepLog {
+    fn push(
+        &mut self,
+        step: usize,
+        total: usize,
+        loss: f64,
+        seconds: f64,
+        device: &candle_core::Device,
+    ) {
+        let (rss, peak) = (rss_bytes(), peak_rss_bytes());
+        let used = device_used_bytes(device);
+        let gib = |b: Option<u64>| b.map_or(f64::NAN, |b| b as f64 / (1u64 << 30) as f64);
+        let device_note = used.map_or(String::new(), |u| {
+            format!(", device in use {:.2} GiB", gib(Some(u)))
+        });
+        eprintln!(
+            "step {step}/{total}: {seconds:.2} s, loss {loss:.6}, RSS {:.2} GiB (peak {:.2}){device_note}",
+            gib(rss),
+            gib(peak)
+        );
+        self.times.push(seconds);
+        self.rss.push(gib(rss));
+        self.peak_rss.push(gib(peak));
+        self.device_used.push(gib(used));
+    }
+}
+
+/// The CPU's model name from /proc/cpuinfo (empty where there is none).
+fn cpu_model_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// Constant-rate LoRA training on every linear layer at the bench's rank, batch and steps.
+fn train_config(args: &Args, total: usize) -> anyhow::Result<TrainConfig> {
+    Ok(TrainConfig {
         lora: LoraConfig {
             r: args.rank,
             lora_alpha: 2.0 * args.rank as f64,
@@ -184,35 +276,56 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         shuffle: false,
         activation_checkpointing: args.checkpoint_activations,
         ..TrainConfig::default()
+    })
+}
+
+/// The model as the bench trains it: bf16 on CUDA, f32 on the CPU, or (CPU only) the GGUF's
+/// blocks kept quantized; with that dtype.
+fn load_model(
+    args: &Args,
+    path: &std::path::Path,
+    device: candle_core::Device,
+) -> anyhow::Result<(TextModel, DType)> {
+    let dtype = if device.is_cuda() {
+        DType::BF16
+    } else {
+        DType::F32
     };
+    if args.quantized_base && device.is_cuda() {
+        anyhow::bail!("--quantized-base trains on the CPU only (QLoRA through ops::quant_linear)");
+    }
+    let model = TextModel::open(
+        path,
+        &LoadOptions {
+            device,
+            dtype: (!args.quantized_base).then_some(dtype),
+        },
+    )
+    .with_context(|| format!("loading {}", path.display()))?;
+    Ok((model, dtype))
+}
+
+/// Runs `wick bench train`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = wick::device::parse_device(&args.device)?;
+    let device_before_load = device_used_bytes(&device);
+    let path = resolve_model_arg(&args.model)?;
+    let (mut model, dtype) = load_model(&args, &path, device)?;
+    let rss_after_load = peak_rss_bytes();
+    let device_after_load = device_used_bytes(&model.model.device().clone());
+    let vocab = model.model.config().vocab_size as u32;
+    let total = args.warmup_steps + args.steps;
+    let data = random_dataset(vocab, args.batch_size * total, args.seq_len);
+    let config = train_config(&args, total)?;
     let out_dir = tempfile::tempdir()?;
-    let mut step_times = Vec::new();
-    // Memory after each step: resident set now and its peak so far (CPU), device memory in use
-    // (CUDA). A figure that grows step after step is a leak.
-    let mut step_rss = Vec::new();
-    let mut step_peak_rss = Vec::new();
-    let mut step_device_used = Vec::new();
     let train_device = model.model.device().clone();
     let sampler = DeviceMemorySampler::start(&train_device);
+    let mut log = StepLog::default();
     let mut last = Instant::now();
     let mut on_progress = |p: &Progress| {
         if let Progress::Step { step, loss, .. } = p {
-            let t = last.elapsed().as_secs_f64();
-            let (rss, peak) = (rss_bytes(), peak_rss_bytes());
-            let used = device_used_bytes(&train_device);
-            let gib = |b: Option<u64>| b.map_or(f64::NAN, |b| b as f64 / (1u64 << 30) as f64);
-            let device_note = used.map_or(String::new(), |u| {
-                format!(", device in use {:.2} GiB", gib(Some(u)))
-            });
-            eprintln!(
-                "step {step}/{total}: {t:.2} s, loss {loss:.6}, RSS {:.2} GiB (peak {:.2}){device_note}",
-                gib(rss),
-                gib(peak)
-            );
-            step_times.push(t);
-            step_rss.push(gib(rss));
-            step_peak_rss.push(gib(peak));
-            step_device_used.push(gib(used));
+            let seconds = last.elapsed().as_secs_f64();
+            log.push(*step, total, *loss, seconds, &train_device);
             last = Instant::now();
         }
     };
@@ -223,20 +336,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let (_, summary) = train(&mut model.model, run, &mut on_progress)?;
     let device_peak = sampler.and_then(DeviceMemorySampler::finish);
+    let step_times = &log.times;
     let timed = &step_times[args.warmup_steps.min(step_times.len())..];
     let seconds: f64 = timed.iter().sum();
     let tokens = (timed.len() * args.batch_size * args.seq_len) as f64;
     let tokens_per_s = tokens / seconds.max(1e-9);
     let peak = peak_rss_bytes();
     let gib = |b: Option<u64>| b.map_or(f64::NAN, |b| b as f64 / (1u64 << 30) as f64);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = cpu_model_name();
     let threads = std::thread::available_parallelism().map_or(0, |n| n.get());
     let record = serde_json::json!({
         "benchmark": "wick bench train",
@@ -259,57 +366,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "warmup_seconds": step_times.first(),
         "path": summary.engine_mode.clone().unwrap_or_else(|| "candle autograd".into()),
         "step_seconds": step_times,
-        "step_rss_gib": step_rss,
-        "step_peak_rss_gib": step_peak_rss,
+        "step_rss_gib": log.rss,
+        "step_peak_rss_gib": log.peak_rss,
         "device_memory_method": if device_peak.is_some() { "cuMemGetInfo (total - free) polled every 1 ms on a thread: includes the CUDA context and the allocator pool" } else { "none (CPU)" },
         "device_peak_used_gib": gib(device_peak),
         "device_used_before_load_gib": gib(device_before_load),
         "device_used_after_load_gib": gib(device_after_load),
-        "step_device_used_gib": step_device_used,
+        "step_device_used_gib": log.device_used,
         "losses": summary.losses,
         "wick_version": env!("CARGO_PKG_VERSION"),
         "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     });
     println!("{}", serde_json::to_string_pretty(&record)?);
     if let Some(out) = &args.out {
-        if let Some(dir) = out.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(
-            out.with_extension("json"),
-            serde_json::to_string_pretty(&record)? + "\n",
-        )?;
-        let mut md = std::fs::File::create(out.with_extension("md"))?;
-        writeln!(md, "# LoRA training throughput ({})\n", args.device)?;
-        writeln!(md, "Command: `wick bench train --model {} --rank {} --seq-len {} --batch-size {} --steps {} --warmup-steps {} --device {}{}{}`\n", args.model, args.rank, args.seq_len, args.batch_size, args.steps, args.warmup_steps, args.device, if args.checkpoint_activations { " --checkpoint-activations" } else { "" }, if args.quantized_base { " --quantized-base" } else { "" })?;
-        let base = if args.quantized_base {
-            "the GGUF's blocks kept quantized (QLoRA)".to_string()
-        } else {
-            format!("{dtype:?} (the GGUF dequantized)")
-        };
-        writeln!(md, "Machine: {cpu}, {threads} threads (shared with other work while measured). Model: {}, {base}, r {} on every linear layer.\n", path.display(), args.rank)?;
-        writeln!(
-            md,
-            "| seq | batch | s/step | tokens/s | peak RSS (GiB) | RSS after load (GiB) | device peak in use (GiB) | device in use after load (GiB) |"
-        )?;
-        writeln!(md, "|---|---|---|---|---|---|---|---|")?;
-        writeln!(
-            md,
-            "| {} | {} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} |",
-            args.seq_len,
-            args.batch_size,
-            seconds / timed.len().max(1) as f64,
+        let figures = Figures {
+            seconds_per_step: seconds / timed.len().max(1) as f64,
             tokens_per_s,
-            gib(peak),
-            gib(rss_after_load),
-            device_cell(device_peak),
-            device_cell(device_after_load)
+            peak_rss: gib(peak),
+            rss_after_load: gib(rss_after_load),
+            device_peak,
+            device_after_load,
+            device_before_load: gib(device_before_load),
+            warmup_s: step_times.first().copied().unwrap_or(f64::NAN),
+        };
+        let engine = summary.engine_mode.as_deref().unwrap_or("candle autograd");
+        let machine = format!("{cpu}, {threads} threads");
+        write_report(
+            out,
+            &args,
+            &record,
+            &figures,
+            (&path, dtype),
+            &machine,
+            engine,
         )?;
-        if device_peak.is_some() {
-            writeln!(md, "\nDevice memory: `total - free` from cuMemGetInfo, polled every 1 ms during the run; it includes the CUDA context ({:.2} GiB in use before the model was loaded) and what the allocator pool keeps.", gib(device_before_load))?;
-        }
-        writeln!(md, "\nPath: {}. Warm-up (loading excluded; the first step including engine setup and graph capture): {:.2} s.", summary.engine_mode.as_deref().unwrap_or("candle autograd"), step_times.first().copied().unwrap_or(f64::NAN))?;
-        writeln!(md, "\nEvery step is the full trainer step: forward, causal-LM loss, backward, clipping, AdamW. JSON: `{}`.", out.with_extension("json").display())?;
     }
     Ok(())
 }

@@ -289,21 +289,6 @@ pub fn run_with_model(
     };
     let train_data = read(&args.data)?;
     let eval_data = args.eval_data.as_deref().map(read).transpose()?;
-    let lora = LoraConfig {
-        r: args.rank,
-        lora_alpha: args.alpha.unwrap_or(2.0 * args.rank as f64),
-        lora_dropout: args.dropout,
-        target_modules: TargetModules::parse(&args.targets)?,
-        use_rslora: args.rslora,
-        use_dora: args.dora,
-        init_lora_weights: if args.gaussian_init {
-            InitLoraWeights::Named("gaussian".into())
-        } else {
-            InitLoraWeights::Bool(true)
-        },
-        base_model_name_or_path: Some(model_path.display().to_string()),
-        ..LoraConfig::default()
-    };
     let total_steps = args.steps.unwrap_or_else(|| {
         TrainConfig::steps_for_epochs(
             args.epochs,
@@ -312,26 +297,7 @@ pub fn run_with_model(
             args.grad_accum.max(1),
         )
     });
-    let config = TrainConfig {
-        lora,
-        lr: args.lr,
-        scheduler: ScheduleKind::parse(&args.scheduler)?,
-        warmup_steps: args.warmup,
-        total_steps,
-        adamw: AdamWConfig {
-            weight_decay: args.weight_decay,
-            ..AdamWConfig::default()
-        },
-        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
-        batch_size: args.batch_size,
-        grad_accum: args.grad_accum,
-        shuffle: true,
-        seed: args.seed,
-        save_every: args.save_every,
-        keep_last: args.keep_last,
-        eval_every: args.eval_every,
-        activation_checkpointing: args.checkpoint_activations,
-    };
+    let config = train_config(args, model_path, total_steps)?;
     let bar = ProgressBar::new(total_steps as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -385,6 +351,46 @@ pub fn run_with_model(
     let result = train_on_devices(args, model, model_path, run, &mut on_progress);
     bar.finish_and_clear();
     result
+}
+
+/// The training config of `args`: LoRA (alpha 2 r by default, the model's path as the base), the
+/// schedule over `total_steps`, AdamW and the batch, checkpoint and eval settings.
+fn train_config(args: &Args, model_path: &Path, total_steps: usize) -> anyhow::Result<TrainConfig> {
+    let lora = LoraConfig {
+        r: args.rank,
+        lora_alpha: args.alpha.unwrap_or(2.0 * args.rank as f64),
+        lora_dropout: args.dropout,
+        target_modules: TargetModules::parse(&args.targets)?,
+        use_rslora: args.rslora,
+        use_dora: args.dora,
+        init_lora_weights: if args.gaussian_init {
+            InitLoraWeights::Named("gaussian".into())
+        } else {
+            InitLoraWeights::Bool(true)
+        },
+        base_model_name_or_path: Some(model_path.display().to_string()),
+        ..LoraConfig::default()
+    };
+    Ok(TrainConfig {
+        lora,
+        lr: args.lr,
+        scheduler: ScheduleKind::parse(&args.scheduler)?,
+        warmup_steps: args.warmup,
+        total_steps,
+        adamw: AdamWConfig {
+            weight_decay: args.weight_decay,
+            ..AdamWConfig::default()
+        },
+        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        batch_size: args.batch_size,
+        grad_accum: args.grad_accum,
+        shuffle: true,
+        seed: args.seed,
+        save_every: args.save_every,
+        keep_last: args.keep_last,
+        eval_every: args.eval_every,
+        activation_checkpointing: args.checkpoint_activations,
+    })
 }
 
 /// Trains on `--device`, or data-parallel on every device of `--devices`.

@@ -395,27 +395,8 @@ mod load {
                         .ok_or_else(|| missing("tokenizer.ggml.tokens"))?,
                 },
             };
-            let token_id = |key: &str| file.meta(key).and_then(value_as_u64).map(|v| v as u32);
-            let mut eos_token_ids = Vec::new();
-            for key in [
-                "tokenizer.ggml.eos_token_id",
-                "tokenizer.ggml.eot_token_id",
-                "tokenizer.ggml.eom_token_id",
-            ] {
-                if let Some(id) = token_id(key) {
-                    if !eos_token_ids.contains(&id) {
-                        eos_token_ids.push(id);
-                    }
-                }
-            }
-            if let Some(scaling) = file.meta_str(&format!("{arch_name}.rope.scaling.type")) {
-                if scaling != "none" {
-                    return Err(Error::Format {
-                        path: path.to_path_buf(),
-                        reason: format!("rope scaling `{scaling}` is not supported"),
-                    });
-                }
-            }
+            let eos_token_ids = gguf_eos_token_ids(file);
+            gguf_check_rope_scaling(file, arch_name)?;
             Self {
                 architecture,
                 vocab_size,
@@ -435,11 +416,47 @@ mod load {
                 tie_word_embeddings: file.tensor_info("output.weight").is_none(),
                 attention_bias: architecture == Architecture::Qwen2
                     || file.tensor_info("blk.0.attn_q.bias").is_some(),
-                bos_token_id: token_id("tokenizer.ggml.bos_token_id"),
+                bos_token_id: gguf_token_id(file, "tokenizer.ggml.bos_token_id"),
                 eos_token_ids,
             }
             .checked_sizes(path)
         }
+    }
+
+    /// A token id from GGUF metadata `key`, if present and numeric.
+    fn gguf_token_id(file: &GgufFile, key: &str) -> Option<u32> {
+        file.meta(key).and_then(value_as_u64).map(|v| v as u32)
+    }
+
+    /// The end-of-sequence ids a GGUF names (eos, eot, eom), each once, in that order.
+    fn gguf_eos_token_ids(file: &GgufFile) -> Vec<u32> {
+        let mut eos_token_ids = Vec::new();
+        for key in [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ] {
+            if let Some(id) = gguf_token_id(file, key) {
+                if !eos_token_ids.contains(&id) {
+                    eos_token_ids.push(id);
+                }
+            }
+        }
+        eos_token_ids
+    }
+
+    /// Rejects a rope scaling type other than `none` (llama3 scaling is read by
+    /// `gguf::llama3_rope_scaling`).
+    fn gguf_check_rope_scaling(file: &GgufFile, arch_name: &str) -> Result<()> {
+        if let Some(scaling) = file.meta_str(&format!("{arch_name}.rope.scaling.type")) {
+            if scaling != "none" {
+                return Err(Error::Format {
+                    path: file.path().to_path_buf(),
+                    reason: format!("rope scaling `{scaling}` is not supported"),
+                });
+            }
+        }
+        Ok(())
     }
 }
 

@@ -17,11 +17,10 @@
 //! Every projection is a [`Linear`] (LoRA attaches there) and every other op goes through
 //! `crate::ops`, whose fused kernels pick the fastest implementation per device.
 
-use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::formats::config::{Architecture, DecoderConfig, Llama3RopeScaling};
-use crate::formats::weights::{Weight, WeightSource};
+use crate::formats::config::DecoderConfig;
+use crate::formats::weights::WeightSource;
 use crate::models::kv_cache::KvCache;
 use crate::models::linear::Linear;
 use crate::ops::decode_attention::decode_attention;
@@ -32,206 +31,21 @@ use crate::ops::swiglu::swiglu;
 use crate::{Context, Error, Result};
 
 mod checkpointed;
+mod loading;
 mod ragged;
+mod rotary;
 
+pub use loading::expected_tensors;
+use loading::{check_config, has_bias, Loader};
 pub use ragged::{RaggedSeq, SeqLora};
+pub use rotary::rope_inverse_frequencies;
+use rotary::{PositionTables, RotaryTables};
 
 /// How to load a decoder: the device, and `dtype: None` to keep GGUF weights quantized (activations
 /// and dense weights in f32) or `Some(dt)` for every weight dense in `dt` (training, merging, bf16 on a
 /// GPU). The same options open the weight source, so the source already hands out tensors this way;
 /// the decoder converts whatever it gets anyway.
 pub use crate::formats::weights::LoadOptions;
-
-/// The tensors (HF names) and shapes a model with this config must have, in load order.
-/// Used to validate a file before loading it.
-pub fn expected_tensors(cfg: &DecoderConfig) -> Vec<(String, Vec<usize>)> {
-    let hidden = cfg.hidden_size;
-    let q_out = cfg.num_attention_heads * cfg.head_dim;
-    let kv_out = cfg.num_key_value_heads * cfg.head_dim;
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![cfg.vocab_size, hidden],
-    )];
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        out.push((format!("{p}.input_layernorm.weight"), vec![hidden]));
-        for (name, rows, cols) in [
-            ("self_attn.q_proj", q_out, hidden),
-            ("self_attn.k_proj", kv_out, hidden),
-            ("self_attn.v_proj", kv_out, hidden),
-            ("self_attn.o_proj", hidden, q_out),
-        ] {
-            out.push((format!("{p}.{name}.weight"), vec![rows, cols]));
-            if has_bias(cfg, name) {
-                out.push((format!("{p}.{name}.bias"), vec![rows]));
-            }
-        }
-        out.push((format!("{p}.post_attention_layernorm.weight"), vec![hidden]));
-        let inter = cfg.intermediate_size;
-        out.push((format!("{p}.mlp.gate_proj.weight"), vec![inter, hidden]));
-        out.push((format!("{p}.mlp.up_proj.weight"), vec![inter, hidden]));
-        out.push((format!("{p}.mlp.down_proj.weight"), vec![hidden, inter]));
-    }
-    out.push(("model.norm.weight".to_string(), vec![hidden]));
-    if !cfg.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, hidden]));
-    }
-    out
-}
-
-/// Whether a projection carries a bias: Qwen2 has q/k/v biases and none on o_proj; HF
-/// LLaMA/Mistral's `attention_bias` puts one on all four attention projections; MLPs have none.
-fn has_bias(cfg: &DecoderConfig, projection: &str) -> bool {
-    if !cfg.attention_bias || !projection.starts_with("self_attn.") {
-        return false;
-    }
-    cfg.architecture != Architecture::Qwen2 || projection != "self_attn.o_proj"
-}
-
-/// Builds the tensors of one model from a weight source, converting them as `LoadOptions` asks.
-struct Loader<'a> {
-    source: &'a dyn WeightSource,
-    device: &'a Device,
-    dtype: Option<DType>,
-}
-
-impl Loader<'_> {
-    /// Activations' dtype: f32 when weights stay quantized (QMatMul's output dtype).
-    fn compute_dtype(&self) -> DType {
-        self.dtype.unwrap_or(DType::F32)
-    }
-
-    /// A weight as stored, on the load device, quantized or dense per the options.
-    fn weight(&self, name: &str) -> Result<Weight> {
-        match self.source.get(name)? {
-            Weight::Quantized(q) if self.dtype.is_none() => {
-                if q.device().same_device(self.device) {
-                    Ok(Weight::Quantized(q))
-                } else {
-                    let data = q.data().context(format!("reading {name}"))?;
-                    let storage = QStorage::from_data(data, self.device, q.dtype())
-                        .context(format!("moving {name} to {:?}", self.device))?;
-                    let moved = QTensor::new(storage, q.shape().clone())
-                        .context(format!("moving {name}"))?;
-                    Ok(Weight::Quantized(std::sync::Arc::new(moved)))
-                }
-            }
-            other => Ok(Weight::Dense(self.to_dense(name, other)?)),
-        }
-    }
-
-    /// A weight as a dense tensor in the compute dtype on the load device.
-    fn dense(&self, name: &str) -> Result<Tensor> {
-        let weight = self.source.get(name)?;
-        self.to_dense(name, weight)
-    }
-
-    fn to_dense(&self, name: &str, weight: Weight) -> Result<Tensor> {
-        let tensor = match weight {
-            Weight::Quantized(q) => q
-                .dequantize(self.device)
-                .context(format!("dequantizing {name}"))?,
-            Weight::Dense(t) => t.to_device(self.device).context(format!("moving {name}"))?,
-        };
-        tensor
-            .to_dtype(self.compute_dtype())
-            .context(format!("converting {name}"))
-    }
-
-    /// A projection `{prefix}.weight` (+ `{prefix}.bias` when `bias`).
-    fn linear(&self, prefix: &str, bias: bool) -> Result<Linear> {
-        let weight = self.weight(&format!("{prefix}.weight"))?;
-        let bias = if bias {
-            Some(self.dense(&format!("{prefix}.bias"))?)
-        } else {
-            None
-        };
-        Linear::new(weight, bias)
-    }
-}
-
-/// Precomputed RoPE tables for every position of the context, in the compute dtype.
-#[derive(Debug, Clone)]
-struct RotaryTables {
-    /// cos, sin: [positions, head_dim / 2], for keys.
-    cos: Tensor,
-    sin: Tensor,
-    /// The same times 1/sqrt(head_dim), for queries (folds the attention scale into rope).
-    cos_q: Tensor,
-    sin_q: Tensor,
-}
-
-/// RoPE inverse frequencies `theta^(-2i/d)`, with llama3 scaling when the config asks for it.
-/// Computed in f32 the way HF transformers does, so positions agree bit for bit as far as possible.
-pub fn rope_inverse_frequencies(cfg: &DecoderConfig) -> Vec<f32> {
-    let dim = cfg.head_dim;
-    let base = cfg.rope_theta as f32;
-    let inv: Vec<f32> = (0..dim)
-        .step_by(2)
-        .map(|i| 1.0 / base.powf(i as f32 / dim as f32))
-        .collect();
-    match &cfg.rope_scaling {
-        None => inv,
-        Some(scaling) => inv.iter().map(|&f| llama3_scale(f, scaling)).collect(),
-    }
-}
-
-/// Llama 3.x frequency scaling (HF `_compute_llama3_parameters`): low frequencies (long wavelengths)
-/// divided by `factor`, high frequencies kept, a linear blend between the two cut-offs.
-fn llama3_scale(inv_freq: f32, s: &Llama3RopeScaling) -> f32 {
-    let old_context = s.original_max_position_embeddings as f32;
-    let low_freq_wavelen = old_context / s.low_freq_factor as f32;
-    let high_freq_wavelen = old_context / s.high_freq_factor as f32;
-    let factor = s.factor as f32;
-    let wavelen = 2.0 * std::f32::consts::PI / inv_freq;
-    if wavelen > low_freq_wavelen {
-        inv_freq / factor
-    } else if wavelen < high_freq_wavelen {
-        inv_freq
-    } else {
-        let smooth = (old_context / wavelen - s.low_freq_factor as f32)
-            / (s.high_freq_factor as f32 - s.low_freq_factor as f32);
-        (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
-    }
-}
-
-impl RotaryTables {
-    fn new(cfg: &DecoderConfig, dtype: DType, device: &Device) -> Result<Self> {
-        let inv = rope_inverse_frequencies(cfg);
-        let half = inv.len();
-        let positions = cfg.max_position_embeddings;
-        let scale = 1.0 / (cfg.head_dim as f32).sqrt();
-        let mut cos = Vec::with_capacity(positions * half);
-        let mut sin = Vec::with_capacity(positions * half);
-        for p in 0..positions {
-            for &f in &inv {
-                let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-        let scaled = |v: &[f32]| v.iter().map(|x| x * scale).collect::<Vec<f32>>();
-        let table = |v: Vec<f32>| -> Result<Tensor> {
-            Tensor::from_vec(v, (positions, half), device)
-                .and_then(|t| t.to_dtype(dtype))
-                .context("building rope tables")
-        };
-        Ok(Self {
-            cos_q: table(scaled(&cos))?,
-            sin_q: table(scaled(&sin))?,
-            cos: table(cos)?,
-            sin: table(sin)?,
-        })
-    }
-}
-
-/// The rope tables narrowed to the positions of one forward call.
-struct PositionTables {
-    cos: Tensor,
-    sin: Tensor,
-    cos_q: Tensor,
-    sin_q: Tensor,
-}
 
 /// Causal self-attention with grouped key/value heads.
 #[derive(Debug, Clone)]
@@ -731,31 +545,4 @@ fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
         })
         .collect();
     Tensor::from_vec(mask, (t, len), device).context("causal mask")
-}
-
-/// Rejects configs the decoder cannot run, naming the file.
-fn check_config(cfg: &DecoderConfig, source: &dyn WeightSource) -> Result<()> {
-    let bad = |reason: String| Error::Config {
-        path: source.path().to_path_buf(),
-        reason,
-    };
-    if cfg.num_hidden_layers == 0 {
-        return Err(bad("num_hidden_layers is 0".into()));
-    }
-    if cfg.num_key_value_heads == 0 || cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
-        return Err(bad(format!(
-            "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-            cfg.num_attention_heads, cfg.num_key_value_heads
-        )));
-    }
-    if cfg.head_dim == 0 || cfg.head_dim % 2 != 0 {
-        return Err(bad(format!(
-            "head_dim {} must be even for RoPE",
-            cfg.head_dim
-        )));
-    }
-    if cfg.max_position_embeddings == 0 {
-        return Err(bad("max_position_embeddings is 0".into()));
-    }
-    Ok(())
 }

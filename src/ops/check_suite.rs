@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{cross_entropy, decode_attention, lora_linear, rms_norm, rope, softmax, swiglu};
 use crate::check::{self, max_rel_err, pass_tolerance, random_tensor, to_f64_vec, tolerance};
+use crate::reference;
 use crate::{Context, Result};
 
 /// One checked (kernel, dtype, pass, shape).
@@ -183,14 +184,14 @@ fn check_softmax(s: &mut Suite, dtype: DType) -> Result<()> {
         let n = shape[1];
         let x = s.rand(&shape, dtype, 4.0)?;
         let y = softmax::softmax_last_dim(&x)?;
-        let want = softmax::softmax_reference(&v(&x)?, n);
+        let want = reference::softmax::softmax(&v(&x)?, n);
         s.record("softmax", dtype, "fwd", &shape, &v(&y)?, &want);
         let dy = s.rand(&shape, dtype, 1.0)?;
         let g = grads(std::slice::from_ref(&x), &dy, |t| {
             softmax::softmax_last_dim(&t[0])
         })?;
         // The backward sees the rounded forward output, as the op does.
-        let want = softmax::softmax_backward_reference(&v(&y)?, &v(&dy)?, n);
+        let want = reference::softmax::softmax_backward(&v(&y)?, &v(&dy)?, n);
         s.record("softmax", dtype, "bwd", &shape, &g[0], &want);
     }
     Ok(())
@@ -223,14 +224,14 @@ fn check_rms_norm(s: &mut Suite, dtype: DType) -> Result<()> {
             "fwd",
             &shape,
             &v(&y)?,
-            &rms_norm::rms_norm_reference(&v(&x)?, &wv, eps),
+            &reference::rms_norm::rms_norm(&v(&x)?, &wv, eps).0,
         );
         let (normed, sum) = rms_norm::add_rms_norm(&x, &r, &w, eps)?;
         let sum_v = v(&sum)?;
         let want_sum: Vec<f64> = v(&(&x + &r)?)?;
         let mut got = v(&normed)?;
         got.extend(&sum_v);
-        let mut want = rms_norm::rms_norm_reference(&sum_v, &wv, eps);
+        let mut want = reference::rms_norm::rms_norm(&sum_v, &wv, eps).0;
         want.extend(want_sum);
         s.record("add_rms_norm", dtype, "fwd", &shape, &got, &want);
 
@@ -238,7 +239,9 @@ fn check_rms_norm(s: &mut Suite, dtype: DType) -> Result<()> {
         let g = grads(&[x.clone(), w.clone()], &dy, |t| {
             rms_norm::rms_norm(&t[0], &t[1], eps)
         })?;
-        let (dx, dw) = rms_norm::rms_norm_backward_reference(&v(&x)?, &wv, &v(&dy)?, eps);
+        let xv = v(&x)?;
+        let rstd = reference::rms_norm::rms_norm(&xv, &wv, eps).1;
+        let (dx, dw) = reference::rms_norm::rms_norm_backward(&xv, &wv, &rstd, &v(&dy)?);
         s.record(
             "rms_norm",
             dtype,
@@ -294,13 +297,13 @@ fn check_rope(s: &mut Suite, dtype: DType) -> Result<()> {
                 "fwd",
                 &shape,
                 &v(&y)?,
-                &rope::rope_reference(&xc, &cv, &sv, seq, d, layout),
+                &reference::rope::rope(&xc, &cv, &sv, seq, d, layout),
             );
             let dy = s.rand(&shape, dtype, 1.0)?;
             let g = grads(&[x.contiguous()?], &dy, |t| {
                 rope::rope(&t[0], &cos, &sin, layout)
             })?;
-            let want = rope::rope_reference(&v(&dy)?, &cv, &neg_sv, seq, d, layout);
+            let want = reference::rope::rope(&v(&dy)?, &cv, &neg_sv, seq, d, layout);
             s.record(name, dtype, "bwd", &shape, &g[0], &want);
         }
     }
@@ -320,13 +323,13 @@ fn check_swiglu(s: &mut Suite, dtype: DType) -> Result<()> {
             "fwd",
             &shape,
             &v(&y)?,
-            &swiglu::swiglu_reference(&gv, &uv),
+            &reference::swiglu::swiglu(&gv, &uv),
         );
         let dy = s.rand(&shape, dtype, 1.0)?;
         let gr = grads(&[g.clone(), u.clone()], &dy, |t| {
             swiglu::swiglu(&t[0], &t[1])
         })?;
-        let (dg, du) = swiglu::swiglu_backward_reference(&gv, &uv, &v(&dy)?);
+        let (dg, du) = reference::swiglu::swiglu_backward(&gv, &uv, &v(&dy)?);
         s.record(
             "swiglu",
             dtype,
@@ -364,8 +367,10 @@ fn check_cross_entropy(s: &mut Suite, dtype: DType) -> Result<()> {
         let var = Var::from_tensor(&x)?;
         let loss = cross_entropy::cross_entropy(var.as_tensor(), &lt)?;
         let g = loss.backward()?;
-        let (want_loss, want_grad) =
-            cross_entropy::cross_entropy_reference(&v(&x)?, &labels, vocab);
+        let k = 1.0 / reference::cross_entropy::label_count(&labels);
+        let (row_losses, want_grad) =
+            reference::cross_entropy::cross_entropy(&v(&x)?, &labels, vocab, k);
+        let want_loss: f64 = row_losses.iter().sum();
         // The loss is f32 whatever the logits: judged at f32's tolerance. Its precision is absolute
         // at the scale of 1 nat (log-sum-exp adds terms next to 1): a random row whose label holds
         // the largest logit by ~12 has a loss of ~1e-5 nats, known only to ~1e-7 in f32, so the

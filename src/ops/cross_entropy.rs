@@ -6,7 +6,8 @@
 //! dtype, so no f32 copy of the full logits is ever made (152k-entry vocabularies times thousands of
 //! rows would be gigabytes). The loss is returned through a small custom op whose backward scales
 //! the saved gradient by the incoming one. Without a graph to backpropagate into (evaluation), the
-//! gradient is not computed.
+//! gradient is not computed. The f64 specification every check uses is
+//! `crate::reference::cross_entropy`.
 
 use std::sync::Mutex;
 
@@ -59,26 +60,6 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     logits
         .apply_op1(SavedGradLoss { loss, grad })
         .context("cross-entropy loss node")
-}
-
-/// f64 reference: returns (loss, dlogits).
-pub fn cross_entropy_reference(logits: &[f64], labels: &[i64], vocab: usize) -> (f64, Vec<f64>) {
-    let count = labels.iter().filter(|l| **l >= 0).count().max(1) as f64;
-    let mut loss = 0.0;
-    let mut grad = vec![0.0; logits.len()];
-    for ((row, g), &label) in logits.chunks(vocab).zip(grad.chunks_mut(vocab)).zip(labels) {
-        if label < 0 {
-            continue;
-        }
-        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
-        loss += (max + sum.ln() - row[label as usize]) / count;
-        for (g, v) in g.iter_mut().zip(row) {
-            *g = (v - max).exp() / sum / count;
-        }
-        g[label as usize] -= 1.0 / count;
-    }
-    (loss, grad)
 }
 
 /// (logits [n, V], labels [n] i64) -> per-row losses f32 [n], already divided by the count; the
@@ -245,6 +226,7 @@ impl CustomOp1 for SavedGradLoss {
 mod tests {
     use super::*;
     use crate::check::{assert_close, finite_difference_check, random_tensor, to_f64_vec};
+    use crate::reference::cross_entropy::{cross_entropy as reference, label_count};
     use candle_core::{Device, Var};
     use rand::{Rng, SeedableRng};
 
@@ -276,8 +258,9 @@ mod tests {
                 let var = Var::from_tensor(&x).unwrap();
                 let loss = cross_entropy(var.as_tensor(), &label_t).unwrap();
                 let grads = loss.backward().unwrap();
-                let (want_loss, want_grad) =
-                    cross_entropy_reference(&to_f64_vec(&x).unwrap(), &lab, vocab);
+                let k = 1.0 / label_count(&lab);
+                let (row_losses, want_grad) = reference(&to_f64_vec(&x).unwrap(), &lab, vocab, k);
+                let want_loss: f64 = row_losses.iter().sum();
                 let got = loss
                     .to_dtype(DType::F64)
                     .unwrap()

@@ -76,11 +76,9 @@ pub fn decode_attention_reference(
             let scores: Vec<f64> = (0..len)
                 .map(|t| scale * (0..d).map(|i| qh[i] * k[base + t * d + i]).sum::<f64>())
                 .collect();
-            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+            let weights = crate::reference::softmax::softmax(&scores, len);
             let o = &mut out[(bi * heads + h) * d..][..d];
-            for (t, s) in scores.iter().enumerate() {
-                let p = (s - max).exp() / sum;
+            for (t, p) in weights.iter().enumerate() {
                 for i in 0..d {
                     o[i] += p * v[base + t * d + i];
                 }

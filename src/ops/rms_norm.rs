@@ -4,7 +4,8 @@
 //! Backward, per row of n elements, with `g = dy * w`:
 //! `dx_j = r * (g_j - x_j * r^2 * sum_i(g_i x_i) / n)` and `dw_j = sum_rows(dy_j * x_j * r)`.
 //! The backward op returns dx and dw packed in one flat tensor `[rows * n + n]` so one pass (one
-//! kernel on CUDA) produces both. Statistics in f32 (f64 for f64 inputs).
+//! kernel on CUDA) produces both. Statistics in f32 (f64 for f64 inputs). The f64 specification
+//! every check uses is `crate::reference::rms_norm`.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -41,40 +42,6 @@ pub fn add_rms_norm(
         .apply_op3(&residual, &weight, AddRmsNorm { eps })
         .context("add_rms_norm")?;
     Ok((packed.get(0)?, packed.get(1)?))
-}
-
-/// f64 reference: rows of length n; returns y.
-pub fn rms_norm_reference(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
-    let n = w.len();
-    let mut out = Vec::with_capacity(x.len());
-    for row in x.chunks(n) {
-        let ms = row.iter().map(|v| v * v).sum::<f64>() / n as f64;
-        let r = 1.0 / (ms + eps).sqrt();
-        out.extend(row.iter().zip(w).map(|(v, w)| v * r * w));
-    }
-    out
-}
-
-/// f64 reference of the backward: returns (dx, dw).
-pub fn rms_norm_backward_reference(
-    x: &[f64],
-    w: &[f64],
-    dy: &[f64],
-    eps: f64,
-) -> (Vec<f64>, Vec<f64>) {
-    let n = w.len();
-    let mut dx = Vec::with_capacity(x.len());
-    let mut dw = vec![0.0; n];
-    for (row, dy) in x.chunks(n).zip(dy.chunks(n)) {
-        let ms = row.iter().map(|v| v * v).sum::<f64>() / n as f64;
-        let r = 1.0 / (ms + eps).sqrt();
-        let dot: f64 = (0..n).map(|i| dy[i] * w[i] * row[i]).sum();
-        for i in 0..n {
-            dx.push(r * (dy[i] * w[i] - row[i] * r * r * dot / n as f64));
-            dw[i] += dy[i] * row[i] * r;
-        }
-    }
-    (dx, dw)
 }
 
 /// Forward op: (x, w) -> y.
@@ -355,6 +322,9 @@ impl CustomOp3 for RmsNormBackward {
 mod tests {
     use super::*;
     use crate::check::{assert_close, finite_difference_check, random_tensor, to_f64_vec};
+    use crate::reference::rms_norm::{
+        rms_norm as reference, rms_norm_backward as reference_backward,
+    };
     use candle_core::{DType, Device};
 
     const EPS: f64 = 1e-5;
@@ -373,7 +343,7 @@ mod tests {
                 let w = random_tensor(&[n], dtype, &dev, seed + 100, 1.5).unwrap();
                 let wv = to_f64_vec(&w).unwrap();
                 let y = rms_norm(&x, &w, EPS).unwrap();
-                let want = rms_norm_reference(&to_f64_vec(&x).unwrap(), &wv, EPS);
+                let want = reference(&to_f64_vec(&x).unwrap(), &wv, EPS).0;
                 assert_close(&to_f64_vec(&y).unwrap(), &want, dtype, "rms_norm fwd");
 
                 let (normed, sum) = add_rms_norm(&x, &r, &w, EPS).unwrap();
@@ -384,7 +354,7 @@ mod tests {
                     dtype,
                     "residual sum",
                 );
-                let want = rms_norm_reference(&to_f64_vec(&want_sum).unwrap(), &wv, EPS);
+                let want = reference(&to_f64_vec(&want_sum).unwrap(), &wv, EPS).0;
                 assert_close(
                     &to_f64_vec(&normed).unwrap(),
                     &want,
@@ -421,12 +391,9 @@ mod tests {
             let w = random_tensor(&[127], dtype, &dev, 9, 1.5).unwrap();
             let dy = random_tensor(&[7, 127], dtype, &dev, 10, 1.0).unwrap();
             let (dx, dw) = backward(&x, &w, &dy, EPS).unwrap();
-            let (want_dx, want_dw) = rms_norm_backward_reference(
-                &to_f64_vec(&x).unwrap(),
-                &to_f64_vec(&w).unwrap(),
-                &to_f64_vec(&dy).unwrap(),
-                EPS,
-            );
+            let (xv, wv) = (to_f64_vec(&x).unwrap(), to_f64_vec(&w).unwrap());
+            let rstd = reference(&xv, &wv, EPS).1;
+            let (want_dx, want_dw) = reference_backward(&xv, &wv, &rstd, &to_f64_vec(&dy).unwrap());
             assert_close(&to_f64_vec(&dx).unwrap(), &want_dx, dtype, "rms_norm dx");
             assert_close(&to_f64_vec(&dw).unwrap(), &want_dw, dtype, "rms_norm dw");
         }

@@ -6,22 +6,15 @@
 //! The KV-cache offset is carried by the tables: pass `cos.narrow(0, offset, seq)` (a view; the
 //! kernels honour its start offset, so nothing is copied). The input may be strided in its first three
 //! dims (a transposed `[b, seq, h, d]` projection) as long as the head dim is contiguous.
-//! Backward: the rotation is orthogonal, so `dx = rope(dy, cos, -sin)`.
+//! Backward: the rotation is orthogonal, so `dx = rope(dy, cos, -sin)`. The f64 specification every
+//! check uses is `crate::reference::rope`, which also defines [`RopeLayout`].
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::common::{contiguous_as, dispatch_float, storage, Acc};
+pub use crate::reference::rope::RopeLayout;
 use crate::{Context, Result};
-
-/// How the rotated pairs are laid out inside a head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeLayout {
-    /// Pair (i, i + d/2): HF LLaMA/Qwen2 and llama.cpp NEOX.
-    HalfSplit,
-    /// Pair (2i, 2i + 1): GPT-J and llama.cpp's LLaMA kernels.
-    Interleaved,
-}
 
 /// x: [batch, heads, seq, head_dim]; cos, sin: [seq, head_dim / 2] already offset to the positions of x.
 /// Returns a contiguous [batch, heads, seq, head_dim]. Differentiable in x.
@@ -50,32 +43,6 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Resul
         .and_then(|t| t.contiguous())
         .context("rope sin")?;
     x.apply_op3(&cos, &sin, Rope { layout }).context("rope")
-}
-
-/// f64 reference on a contiguous [rows = b*h*seq, d] input; `seq` rows of cos/sin.
-pub fn rope_reference(
-    x: &[f64],
-    cos: &[f64],
-    sin: &[f64],
-    seq: usize,
-    dim: usize,
-    layout: RopeLayout,
-) -> Vec<f64> {
-    let half = dim / 2;
-    let mut out = vec![0.0; x.len()];
-    for (row, (src, dst)) in x.chunks(dim).zip(out.chunks_mut(dim)).enumerate() {
-        let p = row % seq;
-        for i in 0..half {
-            let (ia, ib) = match layout {
-                RopeLayout::HalfSplit => (i, i + half),
-                RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-            };
-            let (c, s) = (cos[p * half + i], sin[p * half + i]);
-            dst[ia] = src[ia] * c - src[ib] * s;
-            dst[ib] = src[ia] * s + src[ib] * c;
-        }
-    }
-    out
 }
 
 /// The op: (x, cos, sin) -> rotated x.
@@ -231,7 +198,7 @@ mod tests {
                     let xc = to_f64_vec(&x.contiguous().unwrap()).unwrap();
                     let c = to_f64_vec(&cos.to_dtype(dtype).unwrap()).unwrap();
                     let s = to_f64_vec(&sin.to_dtype(dtype).unwrap()).unwrap();
-                    let want = rope_reference(&xc, &c, &s, seq, d, layout);
+                    let want = crate::reference::rope::rope(&xc, &c, &s, seq, d, layout);
                     assert_close(&to_f64_vec(&y).unwrap(), &want, dtype, "rope fwd");
                 }
             }

@@ -4,7 +4,8 @@
 //! Statistics are kept in f32 (f64 for f64 inputs). The CUDA kernels are in kernels/softmax.cu: one
 //! block per row; rows up to 16k f32 / 32k bf16 elements are read once into registers (16-byte
 //! loads) and written once, with one block reduction of (max, sum) pairs; longer rows take an online
-//! (max, sum) pass and a second read to write.
+//! (max, sum) pass and a second read to write. The f64 specification every check uses is
+//! `crate::reference::softmax`.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -16,27 +17,6 @@ use crate::{Context, Result};
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let x = x.contiguous().context("softmax input")?;
     x.apply_op1(SoftmaxLastDim).context("softmax")
-}
-
-/// f64 reference: rows of length `n`.
-pub fn softmax_reference(x: &[f64], n: usize) -> Vec<f64> {
-    let mut out = Vec::with_capacity(x.len());
-    for row in x.chunks(n) {
-        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
-        out.extend(row.iter().map(|v| (v - max).exp() / sum));
-    }
-    out
-}
-
-/// f64 reference of the backward: y the softmax output, dy the upstream gradient.
-pub fn softmax_backward_reference(y: &[f64], dy: &[f64], n: usize) -> Vec<f64> {
-    let mut out = Vec::with_capacity(y.len());
-    for (y, dy) in y.chunks(n).zip(dy.chunks(n)) {
-        let dot: f64 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
-        out.extend(y.iter().zip(dy).map(|(y, dy)| y * (dy - dot)));
-    }
-    out
 }
 
 /// The forward custom op.
@@ -176,6 +156,7 @@ impl CustomOp2 for SoftmaxBackward {
 mod tests {
     use super::*;
     use crate::check::{assert_close, finite_difference_check, random_tensor, to_f64_vec};
+    use crate::reference::softmax::{softmax as reference, softmax_backward as reference_backward};
     use candle_core::{DType, Device};
 
     #[test]
@@ -187,7 +168,7 @@ mod tests {
             for dtype in [DType::F32, DType::BF16, DType::F16, DType::F64] {
                 let x = random_tensor(&[rows, n], dtype, &Device::Cpu, seed as u64, 3.0).unwrap();
                 let y = softmax_last_dim(&x).unwrap();
-                let want = softmax_reference(&to_f64_vec(&x).unwrap(), n);
+                let want = reference(&to_f64_vec(&x).unwrap(), n);
                 assert_close(&to_f64_vec(&y).unwrap(), &want, dtype, "softmax fwd");
             }
         }
@@ -206,11 +187,7 @@ mod tests {
                     .unwrap();
             let dy = random_tensor(&[5, 127], dtype, &Device::Cpu, 5, 1.0).unwrap();
             let dx = y.apply_op2_no_bwd(&dy, &SoftmaxBackward).unwrap();
-            let want = softmax_backward_reference(
-                &to_f64_vec(&y).unwrap(),
-                &to_f64_vec(&dy).unwrap(),
-                127,
-            );
+            let want = reference_backward(&to_f64_vec(&y).unwrap(), &to_f64_vec(&dy).unwrap(), 127);
             assert_close(&to_f64_vec(&dx).unwrap(), &want, dtype, "softmax bwd");
         }
     }

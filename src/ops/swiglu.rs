@@ -1,6 +1,7 @@
 //! SwiGLU: `y = silu(g) * u` with `silu(g) = g * sigmoid(g)`.
 //! Backward: `du = dy * silu(g)`, `dg = dy * u * sigmoid(g) * (1 + g * (1 - sigmoid(g)))`; the
-//! backward op returns both packed as `[2, ...]` from one pass.
+//! backward op returns both packed as `[2, ...]` from one pass. The f64 specification every check
+//! uses is `crate::reference::swiglu`.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -23,26 +24,6 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         .and_then(|u| u.contiguous())
         .context("swiglu up")?;
     gate.apply_op2(&up, Swiglu).context("swiglu")
-}
-
-/// f64 reference.
-pub fn swiglu_reference(gate: &[f64], up: &[f64]) -> Vec<f64> {
-    gate.iter()
-        .zip(up)
-        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-        .collect()
-}
-
-/// f64 reference of the backward: (dgate, dup).
-pub fn swiglu_backward_reference(gate: &[f64], up: &[f64], dy: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let mut dg = Vec::with_capacity(gate.len());
-    let mut du = Vec::with_capacity(gate.len());
-    for ((g, u), d) in gate.iter().zip(up).zip(dy) {
-        let s = 1.0 / (1.0 + (-g).exp());
-        dg.push(d * u * s * (1.0 + g * (1.0 - s)));
-        du.push(d * g * s);
-    }
-    (dg, du)
 }
 
 /// Forward op: (gate, up) -> y.
@@ -179,6 +160,7 @@ impl CustomOp3 for SwigluBackward {
 mod tests {
     use super::*;
     use crate::check::{assert_close, finite_difference_check, random_tensor, to_f64_vec};
+    use crate::reference::swiglu::{swiglu as reference, swiglu_backward as reference_backward};
     use candle_core::{DType, Device};
 
     #[test]
@@ -194,12 +176,12 @@ mod tests {
                 let y = swiglu(&g, &u).unwrap();
                 assert_close(
                     &to_f64_vec(&y).unwrap(),
-                    &swiglu_reference(&gv, &uv),
+                    &reference(&gv, &uv),
                     dtype,
                     "swiglu fwd",
                 );
                 let packed = g.apply_op3_no_bwd(&u, &dy, &SwigluBackward).unwrap();
-                let (dg, du) = swiglu_backward_reference(&gv, &uv, &to_f64_vec(&dy).unwrap());
+                let (dg, du) = reference_backward(&gv, &uv, &to_f64_vec(&dy).unwrap());
                 let got_dg = to_f64_vec(&packed.get(0).unwrap()).unwrap();
                 let got_du = to_f64_vec(&packed.get(1).unwrap()).unwrap();
                 assert_close(&got_dg, &dg, dtype, "swiglu dgate");

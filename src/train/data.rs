@@ -100,21 +100,7 @@ pub fn load_jsonl(
     options: &DataOptions,
     context_len: usize,
 ) -> Result<Dataset> {
-    if options.max_seq_len < 2 {
-        return Err(Error::InvalidOption {
-            option: "--max-seq-len".into(),
-            reason: format!("must be at least 2, got {}", options.max_seq_len),
-        });
-    }
-    if options.max_seq_len > context_len {
-        return Err(Error::InvalidOption {
-            option: "--max-seq-len".into(),
-            reason: format!(
-                "{} exceeds the model's context of {context_len} tokens",
-                options.max_seq_len
-            ),
-        });
-    }
+    check_max_seq_len(options.max_seq_len, context_len)?;
     let bytes = std::fs::read(path).map_err(crate::error::io_error(path))?;
     let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
     let mut stats = DataStats::default();
@@ -171,13 +157,48 @@ pub fn load_jsonl(
         stats.counted_tokens += example.counted();
         examples.push(example);
     }
+    check_loaded(path, &stats, examples.len(), options.max_seq_len)?;
+    let pad_id = tokenizer.eos_id().unwrap_or(0);
+    let rows = if options.pack {
+        pack(&examples, options.max_seq_len)
+    } else {
+        examples
+    };
+    Ok(Dataset {
+        path: path.to_path_buf(),
+        rows,
+        stats,
+        pad_id,
+    })
+}
+
+/// `--max-seq-len` must hold at least one input and one label, within the model's context.
+fn check_max_seq_len(max_seq_len: usize, context_len: usize) -> Result<()> {
+    if max_seq_len < 2 {
+        return Err(Error::InvalidOption {
+            option: "--max-seq-len".into(),
+            reason: format!("must be at least 2, got {max_seq_len}"),
+        });
+    }
+    if max_seq_len > context_len {
+        return Err(Error::InvalidOption {
+            option: "--max-seq-len".into(),
+            reason: format!("{max_seq_len} exceeds the model's context of {context_len} tokens"),
+        });
+    }
+    Ok(())
+}
+
+/// Fails on a dataset with no lines or with every example dropped (`kept` examples left); warns
+/// about truncated ones.
+fn check_loaded(path: &Path, stats: &DataStats, kept: usize, max_seq_len: usize) -> Result<()> {
     if stats.examples == 0 {
         return Err(Error::InvalidRequest(format!(
             "{}: the dataset is empty (no JSONL lines)",
             path.display()
         )));
     }
-    if examples.is_empty() {
+    if kept == 0 {
         return Err(Error::InvalidRequest(format!(
             "{}: nothing to train on: all {} example(s) were dropped ({}); raise --max-seq-len or \
              shorten the prompts",
@@ -192,21 +213,10 @@ pub fn load_jsonl(
             path.display(),
             stats.truncated,
             stats.examples,
-            options.max_seq_len
+            max_seq_len
         );
     }
-    let pad_id = tokenizer.eos_id().unwrap_or(0);
-    let rows = if options.pack {
-        pack(&examples, options.max_seq_len)
-    } else {
-        examples
-    };
-    Ok(Dataset {
-        path: path.to_path_buf(),
-        rows,
-        stats,
-        pad_id,
-    })
+    Ok(())
 }
 
 /// "line 3: reason; line 7: reason; ... and N more" for the first `shown` dropped lines.

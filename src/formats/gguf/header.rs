@@ -259,55 +259,66 @@ pub fn parse_header(bytes: &[u8]) -> std::result::Result<GgufHeader, String> {
 
     let data_offset = (cur.pos as u64).div_ceil(alignment) * alignment;
     let file_len = bytes.len() as u64;
-    let mut tensors = Vec::with_capacity(raw.len());
-    for (name, ne, dtype, offset) in raw {
-        let (block, type_size) = (dtype.block_size() as u64, dtype.type_size() as u64);
-        // ne[0] is the innermost (row) length; a row must be whole blocks, as ggml requires.
-        if ne[0] % block != 0 {
-            return Err(format!(
-                "tensor `{name}`: row length {} is not a multiple of the {dtype:?} block size {block}",
-                ne[0]
-            ));
-        }
-        let elems = ne
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .filter(|&e| e <= file_len.saturating_mul(block))
-            .ok_or_else(|| format!("tensor `{name}`: shape {ne:?} is larger than the file"))?;
-        let size = elems / block * type_size;
-        if offset % alignment != 0 {
-            return Err(format!(
-                "tensor `{name}`: data offset {offset} is not aligned to {alignment}"
-            ));
-        }
-        let start = data_offset.checked_add(offset);
-        let end = start.and_then(|s| s.checked_add(size));
-        match (start, end) {
-            (Some(start), Some(end)) if end <= file_len => {
-                let dims = ne.iter().rev().map(|&d| d as usize).collect();
-                tensors.push(GgufTensorInfo {
-                    name,
-                    dtype,
-                    dims,
-                    offset: start as usize,
-                    size: size as usize,
-                });
-            }
-            _ => {
-                return Err(format!(
-                "truncated: tensor `{name}` needs bytes {}..{} but the file has {file_len} bytes",
-                data_offset.saturating_add(offset),
-                data_offset.saturating_add(offset).saturating_add(size)
-            ))
-            }
-        }
-    }
+    let tensors = raw
+        .into_iter()
+        .map(|(name, ne, dtype, offset)| {
+            locate_tensor(name, &ne, dtype, offset, data_offset, alignment, file_len)
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
     Ok(GgufHeader {
         version,
         metadata,
         tensors,
         data_offset: data_offset as usize,
     })
+}
+
+/// One tensor entry placed in the file: its data at `data_offset + offset`, whole blocks per row
+/// (ne[0] the innermost length), aligned, and inside the file's `file_len` bytes.
+fn locate_tensor(
+    name: String,
+    ne: &[u64],
+    dtype: GgmlDType,
+    offset: u64,
+    data_offset: u64,
+    alignment: u64,
+    file_len: u64,
+) -> std::result::Result<GgufTensorInfo, String> {
+    let (block, type_size) = (dtype.block_size() as u64, dtype.type_size() as u64);
+    // ne[0] is the innermost (row) length; a row must be whole blocks, as ggml requires.
+    if ne[0] % block != 0 {
+        return Err(format!(
+            "tensor `{name}`: row length {} is not a multiple of the {dtype:?} block size {block}",
+            ne[0]
+        ));
+    }
+    let elems = ne
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&e| e <= file_len.saturating_mul(block))
+        .ok_or_else(|| format!("tensor `{name}`: shape {ne:?} is larger than the file"))?;
+    let size = elems / block * type_size;
+    if offset % alignment != 0 {
+        return Err(format!(
+            "tensor `{name}`: data offset {offset} is not aligned to {alignment}"
+        ));
+    }
+    let start = data_offset.checked_add(offset);
+    let end = start.and_then(|s| s.checked_add(size));
+    match (start, end) {
+        (Some(start), Some(end)) if end <= file_len => Ok(GgufTensorInfo {
+            name,
+            dtype,
+            dims: ne.iter().rev().map(|&d| d as usize).collect(),
+            offset: start as usize,
+            size: size as usize,
+        }),
+        _ => Err(format!(
+            "truncated: tensor `{name}` needs bytes {}..{} but the file has {file_len} bytes",
+            data_offset.saturating_add(offset),
+            data_offset.saturating_add(offset).saturating_add(size)
+        )),
+    }
 }
 
 /// Any unsigned or non-negative integer metadata value as u64.

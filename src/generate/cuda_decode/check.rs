@@ -255,20 +255,23 @@ fn rel(got: &[Vec<f32>], want: &[Vec<f32>]) -> f64 {
     max_rel_err(&f(got), &f(want))
 }
 
-/// Runs every engine check on `device` (CUDA); `seed` varies the models.
-pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCheck>> {
-    let mut out = Vec::new();
-    // Q4_K_M's mix: Q6_K for v, down and the head, Q4_K elsewhere (q/k/v launched split).
-    let q4_k_m = |name: &str, _: &[usize]| {
-        if ["v_proj", "down_proj", "lm_head"]
-            .iter()
-            .any(|t| name.contains(t))
-        {
-            GgmlDType::Q6K
-        } else {
-            GgmlDType::Q4K
-        }
-    };
+/// The quantization format of each weight of a check model, by name and shape.
+type FormatOf = fn(&str, &[usize]) -> GgmlDType;
+
+/// Q4_K_M's mix: Q6_K for v, down and the head, Q4_K elsewhere (q/k/v launched split).
+fn q4_k_m(name: &str, _: &[usize]) -> GgmlDType {
+    if ["v_proj", "down_proj", "lm_head"]
+        .iter()
+        .any(|t| name.contains(t))
+    {
+        GgmlDType::Q6K
+    } else {
+        GgmlDType::Q4K
+    }
+}
+
+/// The check models: (name, config, weight formats).
+fn check_models() -> [(&'static str, DecoderConfig, FormatOf); 3] {
     let k_quant_cfg = DecoderConfig {
         hidden_size: 256,
         intermediate_size: 512,
@@ -277,25 +280,38 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCheck>> {
         head_dim: 64,
         ..config(Architecture::Llama, false, false)
     };
-    let models: [(&str, DecoderConfig, &dyn Fn(&str, &[usize]) -> GgmlDType); 3] = [
+    [
         (
             "llama q8_0 untied",
             config(Architecture::Llama, false, false),
-            &|_, _| GgmlDType::Q8_0,
+            |_, _| GgmlDType::Q8_0,
         ),
         (
             "qwen2 q4_1 tied, q/k/v bias",
             config(Architecture::Qwen2, true, true),
-            &|_, _| GgmlDType::Q4_1,
+            |_, _| GgmlDType::Q4_1,
         ),
-        (
-            "llama q4_k_m mix (q4_K, q6_K), untied",
-            k_quant_cfg,
-            &q4_k_m,
-        ),
-    ];
-    for (m, (name, cfg, format)) in models.into_iter().enumerate() {
-        let source = random_source(&cfg, format, seed.wrapping_add(m as u64 * 1000))?;
+        ("llama q4_k_m mix (q4_K, q6_K), untied", k_quant_cfg, q4_k_m),
+    ]
+}
+
+/// One check model with its two adapters (as weights for the Candle reference and as the
+/// engine's host copies) and the token ids it is fed.
+struct ModelCase<'a> {
+    name: &'a str,
+    cfg: &'a DecoderConfig,
+    source: &'a MapSource,
+    base: &'a Llama,
+    adapters: &'a [Vec<Option<LoraWeights>>; 2],
+    host: &'a [DecodeAdapter],
+    ids: &'a [u32],
+}
+
+/// Runs every engine check on `device` (CUDA); `seed` varies the models.
+pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCheck>> {
+    let mut out = Vec::new();
+    for (m, (name, cfg, format)) in check_models().into_iter().enumerate() {
+        let source = random_source(&cfg, &format, seed.wrapping_add(m as u64 * 1000))?;
         let cpu = LoadOptions {
             device: Device::Cpu,
             dtype: Some(DType::F32),
@@ -323,93 +339,130 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCheck>> {
             })
             .collect::<Result<_>>()?;
         let ids: Vec<u32> = (0..6).map(|i| (seed as u32 + 37 * i + 11) % 301).collect();
-        // Batch 1: no adapter, then each adapter (slots 1 and 2), against unmerged and merged.
-        let mut engine = DecodeEngine::new(&cfg, &source, device)?;
-        engine.load_adapter(1, &host[0], None)?;
-        engine.load_adapter(2, &host[1], None)?;
-        for (slot, lora) in [(None, None), (Some(1), Some(0)), (Some(2), Some(1))] {
-            engine.set_adapter(slot)?;
-            engine.reset();
-            let mut got = Vec::new();
-            for &id in &ids {
-                engine.step(id)?;
-                got.push(engine.logits()?);
-            }
-            let (want, merged) = match lora {
-                Some(a) => (
-                    reference_logits(&with_adapter(&base, &adapters[a], false)?, &ids)?,
-                    Some(reference_logits(
-                        &with_adapter(&base, &adapters[a], true)?,
-                        &ids,
-                    )?),
-                ),
-                None => (reference_logits(&base, &ids)?, None),
-            };
+        let case = ModelCase {
+            name,
+            cfg: &cfg,
+            source: &source,
+            base: &base,
+            adapters: &adapters,
+            host: &host,
+            ids: &ids,
+        };
+        batch_one(&mut out, &case, device)?;
+        batch_three(&mut out, &case, device)?;
+    }
+    Ok(out)
+}
+
+/// Batch 1: no adapter, then each adapter (slots 1 and 2), against unmerged and merged.
+fn batch_one(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Device) -> Result<()> {
+    let ModelCase {
+        name,
+        cfg,
+        source,
+        base,
+        adapters,
+        host,
+        ids,
+    } = *case;
+    let mut engine = DecodeEngine::new(cfg, source, device)?;
+    engine.load_adapter(1, &host[0], None)?;
+    engine.load_adapter(2, &host[1], None)?;
+    for (slot, lora) in [(None, None), (Some(1), Some(0)), (Some(2), Some(1))] {
+        engine.set_adapter(slot)?;
+        engine.reset();
+        let mut got = Vec::new();
+        for &id in ids {
+            engine.step(id)?;
+            got.push(engine.logits()?);
+        }
+        let (want, merged) = match lora {
+            Some(a) => (
+                reference_logits(&with_adapter(base, &adapters[a], false)?, ids)?,
+                Some(reference_logits(
+                    &with_adapter(base, &adapters[a], true)?,
+                    ids,
+                )?),
+            ),
+            None => (reference_logits(base, ids)?, None),
+        };
+        out.push(EngineCheck {
+            kernel: "dec_engine_lora".into(),
+            shape: format!("{name}, slot {slot:?}, {} positions", ids.len()),
+            max_rel_err: rel(&got, &want),
+            tolerance: TOLERANCE,
+        });
+        if merged.is_some() {
+            // The adapter must move the logits far beyond the tolerance, or the check above
+            // could not tell a missing adapter from a present one.
+            let effect = rel(&want, &reference_logits(base, ids)?);
             out.push(EngineCheck {
-                kernel: "dec_engine_lora".into(),
-                shape: format!("{name}, slot {slot:?}, {} positions", ids.len()),
-                max_rel_err: rel(&got, &want),
-                tolerance: TOLERANCE,
+                kernel: "dec_engine_lora_effect".into(),
+                shape: format!("{name}, slot {slot:?}: adapter moves logits by {effect:.3e}"),
+                max_rel_err: if effect >= 10.0 * TOLERANCE {
+                    0.0
+                } else {
+                    f64::INFINITY
+                },
+                tolerance: 0.0,
             });
-            if merged.is_some() {
-                // The adapter must move the logits far beyond the tolerance, or the check above
-                // could not tell a missing adapter from a present one.
-                let effect = rel(&want, &reference_logits(&base, &ids)?);
-                out.push(EngineCheck {
-                    kernel: "dec_engine_lora_effect".into(),
-                    shape: format!("{name}, slot {slot:?}: adapter moves logits by {effect:.3e}"),
-                    max_rel_err: if effect >= 10.0 * TOLERANCE {
-                        0.0
-                    } else {
-                        f64::INFINITY
-                    },
-                    tolerance: 0.0,
-                });
-            }
-            if let Some(merged) = merged {
-                let same_ids = got.iter().zip(&merged).all(|(g, w)| argmax(g) == argmax(w));
-                out.push(EngineCheck {
-                    kernel: "dec_engine_lora_merged".into(),
-                    shape: format!("{name}, slot {slot:?}, greedy ids equal: {same_ids}"),
-                    max_rel_err: if same_ids {
-                        rel(&got, &merged)
-                    } else {
-                        f64::INFINITY
-                    },
-                    tolerance: TOLERANCE,
-                });
-            }
         }
-        // Batch 3: slots [2, none, 1], each sequence its own tokens.
-        let mut batch = BatchDecodeEngine::new(&cfg, &source, device, 3, 16)?;
-        batch.load_adapter(1, &host[0], 16)?;
-        batch.load_adapter(2, &host[1], 16)?;
-        let slots = [Some(2), None, Some(1)];
-        batch.set_adapters(&slots)?;
-        let seqs: Vec<Vec<u32>> = (0..3)
-            .map(|b| ids.iter().map(|&t| (t + 50 * b) % 301).collect())
-            .collect();
-        let mut got = vec![Vec::new(); 3];
-        for p in 0..ids.len() {
-            let tokens: Vec<u32> = seqs.iter().map(|s| s[p]).collect();
-            batch.step(&tokens)?;
-            let logits = batch.logits()?;
-            for (b, g) in got.iter_mut().enumerate() {
-                g.push(logits[b * cfg.vocab_size..(b + 1) * cfg.vocab_size].to_vec());
-            }
-        }
-        for (b, slot) in slots.iter().enumerate() {
-            let model = match slot {
-                Some(s) => with_adapter(&base, &adapters[s - 1], false)?,
-                None => base.clone(),
-            };
+        if let Some(merged) = merged {
+            let same_ids = got.iter().zip(&merged).all(|(g, w)| argmax(g) == argmax(w));
             out.push(EngineCheck {
-                kernel: "dec_engine_lora_batch".into(),
-                shape: format!("{name}, sequence {b} of 3, slot {slot:?}"),
-                max_rel_err: rel(&got[b], &reference_logits(&model, &seqs[b])?),
+                kernel: "dec_engine_lora_merged".into(),
+                shape: format!("{name}, slot {slot:?}, greedy ids equal: {same_ids}"),
+                max_rel_err: if same_ids {
+                    rel(&got, &merged)
+                } else {
+                    f64::INFINITY
+                },
                 tolerance: TOLERANCE,
             });
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Batch 3: slots [2, none, 1], each sequence its own tokens.
+fn batch_three(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Device) -> Result<()> {
+    let ModelCase {
+        name,
+        cfg,
+        source,
+        base,
+        adapters,
+        host,
+        ids,
+    } = *case;
+    let mut batch = BatchDecodeEngine::new(cfg, source, device, 3, 16)?;
+    batch.load_adapter(1, &host[0], 16)?;
+    batch.load_adapter(2, &host[1], 16)?;
+    let slots = [Some(2), None, Some(1)];
+    batch.set_adapters(&slots)?;
+    let seqs: Vec<Vec<u32>> = (0..3)
+        .map(|b| ids.iter().map(|&t| (t + 50 * b) % 301).collect())
+        .collect();
+    let mut got = vec![Vec::new(); 3];
+    for p in 0..ids.len() {
+        let tokens: Vec<u32> = seqs.iter().map(|s| s[p]).collect();
+        batch.step(&tokens)?;
+        let logits = batch.logits()?;
+        for (b, g) in got.iter_mut().enumerate() {
+            g.push(logits[b * cfg.vocab_size..(b + 1) * cfg.vocab_size].to_vec());
+        }
+    }
+    for (b, slot) in slots.iter().enumerate() {
+        let model = match slot {
+            Some(s) => with_adapter(base, &adapters[s - 1], false)?,
+            None => base.clone(),
+        };
+        out.push(EngineCheck {
+            kernel: "dec_engine_lora_batch".into(),
+            shape: format!("{name}, sequence {b} of 3, slot {slot:?}"),
+            max_rel_err: rel(&got[b], &reference_logits(&model, &seqs[b])?),
+            tolerance: TOLERANCE,
+        });
+    }
+    Ok(())
 }

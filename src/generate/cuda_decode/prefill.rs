@@ -345,25 +345,11 @@ impl DecodeEngine {
         let attention = s.attention();
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let gemm_attention = p.gemm_attention(self.pos, n);
-        let blocks = |m: &super::DeviceMatrix| m.rows * m.cols / BLOCK;
         k.embed_rows(w.embed.quant, w.embed.ptr, p.ids_ptr, p.x, n, h)
             .map_err(launch_err("prefill embed"))?;
         mark("embed")?;
         for (i, l) in w.layers.iter().enumerate() {
-            // q/k/v (1 or 3 matrices), o, gate, up, down, consecutive in p.w; a launch takes at
-            // most DEQUANT_SEGMENTS of them (a split q/k/v needs two).
-            let segments: Vec<DequantSegment> = l
-                .qkv
-                .iter()
-                .chain([&l.o, &l.gate, &l.up, &l.down])
-                .map(|m| (m.ptr, m.quant, blocks(m)))
-                .collect();
-            let mut dst = p.w;
-            for part in segments.chunks(DEQUANT_SEGMENTS) {
-                k.dequant_layer(dst, part)
-                    .map_err(launch_err("prefill dequant"))?;
-                dst += part.iter().map(|s| (s.2 * BLOCK * 4) as u64).sum::<u64>();
-            }
+            dequant_layer(k, l, p.w)?;
             mark("dequant")?;
             k.rms_rows(p.x, norm(2 * i), p.xn, n, h, eps)
                 .map_err(launch_err("prefill input norm"))?;
@@ -436,6 +422,29 @@ impl DecodeEngine {
         }
         Ok(())
     }
+}
+
+/// Dequantizes one layer's matrices to f32, consecutive from `dst`: q/k/v (1 or 3 matrices), o,
+/// gate, up, down; a launch takes at most DEQUANT_SEGMENTS of them (a split q/k/v needs two).
+fn dequant_layer(
+    kernels: &PrefillKernels,
+    layer: &crate::generate::cuda_decode::weights::LayerWeights,
+    mut dst: u64,
+) -> Result<()> {
+    let blocks = |m: &super::DeviceMatrix| m.rows * m.cols / BLOCK;
+    let segments: Vec<DequantSegment> = layer
+        .qkv
+        .iter()
+        .chain([&layer.o, &layer.gate, &layer.up, &layer.down])
+        .map(|m| (m.ptr, m.quant, blocks(m)))
+        .collect();
+    for part in segments.chunks(DEQUANT_SEGMENTS) {
+        kernels
+            .dequant_layer(dst, part)
+            .map_err(launch_err("prefill dequant"))?;
+        dst += part.iter().map(|s| (s.2 * BLOCK * 4) as u64).sum::<u64>();
+    }
+    Ok(())
 }
 
 /// GPU time of one kernel kind in a profiled prefill chunk.

@@ -132,50 +132,13 @@ impl Timer<'_> {
     }
 }
 
-/// Profiles the engine's step on `device` (the engine's device): `warmup` tokens are stepped first
-/// (the first step captures the graph, unless the engine is eager), then each measure runs `reps`
-/// times. The engine is left in the mode it had (graph when one was captured and not forced off).
-pub fn profile_step(
+/// GPU time per launch kind of one eager step: an event before the first launch and after each
+/// one, all behind one spin, averaged over `reps` steps; with the launches per step.
+fn kind_times(
+    timer: &Timer,
     engine: &mut DecodeEngine,
-    device: &Device,
-    warmup: usize,
     reps: usize,
-) -> Result<StepProfile> {
-    let Device::Cuda(cuda) = device else {
-        return Err(Error::InvalidRequest(format!(
-            "decode step profile needs a CUDA device, got {device:?}"
-        )));
-    };
-    let timer = Timer {
-        device: cuda,
-        stream: cuda.cuda_stream(),
-    };
-    let reps = reps.max(1);
-    let vocab = engine.shape().vocab as u32;
-    let mut token = 1u32.min(vocab.saturating_sub(1));
-    let next_token = |t: u32| (t.wrapping_mul(7919).wrapping_add(13)) % vocab.max(1);
-    for _ in 0..warmup.max(1) {
-        engine.step(token)?;
-        token = next_token(token);
-    }
-    engine.synchronize()?;
-    let was_graph = engine.mode() == &super::engine::StepMode::Graph;
-    let position = engine.position().saturating_sub(1);
-
-    let mut noop = |_: &'static str| -> Result<()> { Ok(()) };
-    let eager_issue_us = timer.issue_us(reps, &mut || engine.launch_step_marked(&mut noop))?;
-    let eager_gpu_us = timer.gpu_us(reps, &mut || engine.launch_step_marked(&mut noop))?;
-    let (graph_issue_us, graph_gpu_us) = if was_graph {
-        let mut replay = || engine.replay_last_step().map(|_| ());
-        (
-            Some(timer.issue_us(reps, &mut replay)?),
-            Some(timer.gpu_us(reps, &mut replay)?),
-        )
-    } else {
-        (None, None)
-    };
-
-    // Per kind: an event before the first launch and after each one, all behind one spin.
+) -> Result<(usize, Vec<KindTime>)> {
     let mut kinds: Vec<KindTime> = Vec::new();
     let launches = {
         let mut count = 0usize;
@@ -220,6 +183,53 @@ pub fn profile_step(
             gpu_us: us / reps as f64,
         });
     }
+    Ok((launches, kinds))
+}
+
+/// Profiles the engine's step on `device` (the engine's device): `warmup` tokens are stepped first
+/// (the first step captures the graph, unless the engine is eager), then each measure runs `reps`
+/// times. The engine is left in the mode it had (graph when one was captured and not forced off).
+pub fn profile_step(
+    engine: &mut DecodeEngine,
+    device: &Device,
+    warmup: usize,
+    reps: usize,
+) -> Result<StepProfile> {
+    let Device::Cuda(cuda) = device else {
+        return Err(Error::InvalidRequest(format!(
+            "decode step profile needs a CUDA device, got {device:?}"
+        )));
+    };
+    let timer = Timer {
+        device: cuda,
+        stream: cuda.cuda_stream(),
+    };
+    let reps = reps.max(1);
+    let vocab = engine.shape().vocab as u32;
+    let mut token = 1u32.min(vocab.saturating_sub(1));
+    let next_token = |t: u32| (t.wrapping_mul(7919).wrapping_add(13)) % vocab.max(1);
+    for _ in 0..warmup.max(1) {
+        engine.step(token)?;
+        token = next_token(token);
+    }
+    engine.synchronize()?;
+    let was_graph = engine.mode() == &super::engine::StepMode::Graph;
+    let position = engine.position().saturating_sub(1);
+
+    let mut noop = |_: &'static str| -> Result<()> { Ok(()) };
+    let eager_issue_us = timer.issue_us(reps, &mut || engine.launch_step_marked(&mut noop))?;
+    let eager_gpu_us = timer.gpu_us(reps, &mut || engine.launch_step_marked(&mut noop))?;
+    let (graph_issue_us, graph_gpu_us) = if was_graph {
+        let mut replay = || engine.replay_last_step().map(|_| ());
+        (
+            Some(timer.issue_us(reps, &mut replay)?),
+            Some(timer.gpu_us(reps, &mut replay)?),
+        )
+    } else {
+        (None, None)
+    };
+
+    let (launches, kinds) = kind_times(&timer, engine, reps)?;
     let eager_kinds_gpu_us = kinds.iter().map(|k| k.gpu_us).sum();
 
     // Per token as generation pays it: step (upload + launches) and greedy (wait + read).

@@ -130,6 +130,9 @@ fn dense_f32(source: &dyn WeightSource, name: &str) -> Result<Vec<f32>> {
         .context(format!("reading {name}"))
 }
 
+/// A bias on the device, where the projection has one.
+type Bias = Option<CudaSlice<f32>>;
+
 impl EngineWeights {
     /// Reads every weight of `cfg` from `source` (HF names) and uploads it on `stream`.
     pub fn load(
@@ -142,83 +145,7 @@ impl EngineWeights {
         let mut norms = Vec::with_capacity((2 * shape.layers + 1) * shape.hidden);
         for i in 0..shape.layers {
             let p = format!("model.layers.{i}");
-            let get = |name: &str| blocks(source, &format!("{p}.{name}.weight"));
-            let (q, k, v) = (
-                get("self_attn.q_proj")?,
-                get("self_attn.k_proj")?,
-                get("self_attn.v_proj")?,
-            );
-            let qkv_rows = q.1 + k.1 + v.1;
-            let qkv = if q.0 == k.0 && q.0 == v.0 {
-                let mut fused = q.3[..q.1 * q.0.row_bytes(q.2)].to_vec();
-                fused.extend_from_slice(&k.3[..k.1 * k.0.row_bytes(k.2)]);
-                fused.extend_from_slice(&v.3[..v.1 * v.0.row_bytes(v.2)]);
-                vec![upload_matrix(
-                    stream,
-                    &format!("{p} qkv"),
-                    (q.0, qkv_rows, q.2, fused),
-                )?]
-            } else {
-                vec![
-                    upload_matrix(stream, &format!("{p} q"), q)?,
-                    upload_matrix(stream, &format!("{p} k"), k)?,
-                    upload_matrix(stream, &format!("{p} v"), v)?,
-                ]
-            };
-            let (gate, up) = (get("mlp.gate_proj")?, get("mlp.up_proj")?);
-            if gate.0 != up.0 {
-                return Err(Error::InvalidRequest(format!(
-                    "{p}: gate/up stored as {:?}/{:?}; the engine needs one format",
-                    gate.0, up.0
-                )));
-            }
-            let qkv_bias = if cfg.attention_bias {
-                let mut bias = dense_f32(source, &format!("{p}.self_attn.q_proj.bias"))?;
-                bias.extend(dense_f32(source, &format!("{p}.self_attn.k_proj.bias"))?);
-                bias.extend(dense_f32(source, &format!("{p}.self_attn.v_proj.bias"))?);
-                if bias.len() != qkv_rows {
-                    return Err(Error::InvalidRequest(format!(
-                        "{p}: q/k/v biases hold {} values for {qkv_rows} rows",
-                        bias.len(),
-                    )));
-                }
-                Some(
-                    stream
-                        .clone_htod(&bias)
-                        .map_err(|e| upload_err("q/k/v biases", e))?,
-                )
-            } else {
-                None
-            };
-            let o_bias_name = format!("{p}.self_attn.o_proj.bias");
-            let o_bias = if cfg.attention_bias && source.contains(&o_bias_name) {
-                let bias = dense_f32(source, &o_bias_name)?;
-                if bias.len() != shape.hidden {
-                    return Err(Error::InvalidRequest(format!(
-                        "{o_bias_name}: {} values, expected {}",
-                        bias.len(),
-                        shape.hidden
-                    )));
-                }
-                Some(
-                    stream
-                        .clone_htod(&bias)
-                        .map_err(|e| upload_err("o_proj bias", e))?,
-                )
-            } else {
-                None
-            };
-            layers.push(LayerWeights {
-                o_bias_ptr: o_bias.as_ref().map_or(0, |b| device_ptr(b, stream)),
-                o_bias,
-                qkv_bias_ptr: qkv_bias.as_ref().map_or(0, |b| device_ptr(b, stream)),
-                qkv_bias,
-                qkv,
-                o: upload_matrix(stream, &p, get("self_attn.o_proj")?)?,
-                gate: upload_matrix(stream, &p, gate)?,
-                up: upload_matrix(stream, &p, up)?,
-                down: upload_matrix(stream, &p, get("mlp.down_proj")?)?,
-            });
+            layers.push(Self::load_layer(cfg, shape, source, stream, &p)?);
             norms.extend(dense_f32(source, &format!("{p}.input_layernorm.weight"))?);
             norms.extend(dense_f32(
                 source,
@@ -263,6 +190,108 @@ impl EngineWeights {
             inv_freq_ptr: device_ptr(&inv_freq, stream),
             inv_freq,
         })
+    }
+
+    /// One layer's projections (q/k/v fused into one matrix when they share a format; gate and
+    /// up must) and biases, uploaded; `p` its name prefix (`model.layers.{i}`).
+    fn load_layer(
+        cfg: &DecoderConfig,
+        shape: &EngineShape,
+        source: &dyn WeightSource,
+        stream: &std::sync::Arc<CudaStream>,
+        p: &str,
+    ) -> Result<LayerWeights> {
+        let get = |name: &str| blocks(source, &format!("{p}.{name}.weight"));
+        let (q, k, v) = (
+            get("self_attn.q_proj")?,
+            get("self_attn.k_proj")?,
+            get("self_attn.v_proj")?,
+        );
+        let qkv_rows = q.1 + k.1 + v.1;
+        let qkv = if q.0 == k.0 && q.0 == v.0 {
+            let mut fused = q.3[..q.1 * q.0.row_bytes(q.2)].to_vec();
+            fused.extend_from_slice(&k.3[..k.1 * k.0.row_bytes(k.2)]);
+            fused.extend_from_slice(&v.3[..v.1 * v.0.row_bytes(v.2)]);
+            vec![upload_matrix(
+                stream,
+                &format!("{p} qkv"),
+                (q.0, qkv_rows, q.2, fused),
+            )?]
+        } else {
+            vec![
+                upload_matrix(stream, &format!("{p} q"), q)?,
+                upload_matrix(stream, &format!("{p} k"), k)?,
+                upload_matrix(stream, &format!("{p} v"), v)?,
+            ]
+        };
+        let (gate, up) = (get("mlp.gate_proj")?, get("mlp.up_proj")?);
+        if gate.0 != up.0 {
+            return Err(Error::InvalidRequest(format!(
+                "{p}: gate/up stored as {:?}/{:?}; the engine needs one format",
+                gate.0, up.0
+            )));
+        }
+        let (qkv_bias, o_bias) = Self::load_biases(cfg, shape, source, stream, p, qkv_rows)?;
+        Ok(LayerWeights {
+            o_bias_ptr: o_bias.as_ref().map_or(0, |b| device_ptr(b, stream)),
+            o_bias,
+            qkv_bias_ptr: qkv_bias.as_ref().map_or(0, |b| device_ptr(b, stream)),
+            qkv_bias,
+            qkv,
+            o: upload_matrix(stream, p, get("self_attn.o_proj")?)?,
+            gate: upload_matrix(stream, p, gate)?,
+            up: upload_matrix(stream, p, up)?,
+            down: upload_matrix(stream, p, get("mlp.down_proj")?)?,
+        })
+    }
+
+    /// The q/k/v biases (`qkv_rows` values, when the config has attention biases) and the o bias
+    /// (when the file has one), uploaded.
+    fn load_biases(
+        cfg: &DecoderConfig,
+        shape: &EngineShape,
+        source: &dyn WeightSource,
+        stream: &std::sync::Arc<CudaStream>,
+        p: &str,
+        qkv_rows: usize,
+    ) -> Result<(Bias, Bias)> {
+        let qkv_bias = if cfg.attention_bias {
+            let mut bias = dense_f32(source, &format!("{p}.self_attn.q_proj.bias"))?;
+            bias.extend(dense_f32(source, &format!("{p}.self_attn.k_proj.bias"))?);
+            bias.extend(dense_f32(source, &format!("{p}.self_attn.v_proj.bias"))?);
+            if bias.len() != qkv_rows {
+                return Err(Error::InvalidRequest(format!(
+                    "{p}: q/k/v biases hold {} values for {qkv_rows} rows",
+                    bias.len(),
+                )));
+            }
+            Some(
+                stream
+                    .clone_htod(&bias)
+                    .map_err(|e| upload_err("q/k/v biases", e))?,
+            )
+        } else {
+            None
+        };
+        let o_bias_name = format!("{p}.self_attn.o_proj.bias");
+        let o_bias = if cfg.attention_bias && source.contains(&o_bias_name) {
+            let bias = dense_f32(source, &o_bias_name)?;
+            if bias.len() != shape.hidden {
+                return Err(Error::InvalidRequest(format!(
+                    "{o_bias_name}: {} values, expected {}",
+                    bias.len(),
+                    shape.hidden
+                )));
+            }
+            Some(
+                stream
+                    .clone_htod(&bias)
+                    .map_err(|e| upload_err("o_proj bias", e))?,
+            )
+        } else {
+            None
+        };
+        Ok((qkv_bias, o_bias))
     }
 
     /// The LM head: the untied head, or the embedding.

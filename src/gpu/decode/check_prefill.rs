@@ -7,10 +7,11 @@
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
 use candle_core::CudaDevice;
 
+use super::attention_reference::{self, AttentionShape};
 use super::check::{blocks, f32s, DecodeCase};
 use super::launch::device_ptr;
 use super::prefill::{gemm_attention_scores_len, PrefillKernels};
-use super::reference::{self, AttentionShape};
+use super::reference;
 use super::QuantType;
 use crate::gpu::gemm::Gemm;
 use crate::Result;
@@ -58,8 +59,23 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
     let kernels = PrefillKernels::load(dev).map_err(launch_err("loading the prefill kernels"))?;
     let gpu = Gpu { k: &kernels };
     let mut cases = Vec::new();
+    embed_cases(&gpu, next, &mut cases)?;
+    dequant_cases(&gpu, next, &mut cases)?;
+    row_cases(&gpu, next, &mut cases)?;
+    attention_cases(&gpu, next, &mut cases)?;
+    let gemm = Gemm::for_device(dev).map_err(launch_err("creating the GEMM handle"))?;
+    gemm_attention_cases(&gpu, &gemm, next, &mut cases)?;
+    Ok(cases)
+}
+
+/// Embedding of n tokens, every format (rows of whole K-quant super-blocks for those).
+fn embed_cases(
+    gpu: &Gpu,
+    next: &mut dyn FnMut() -> u64,
+    cases: &mut Vec<DecodeCase>,
+) -> Result<()> {
+    let kernels = gpu.k;
     let formats = super::QUANT_TYPES;
-    // Embedding of n tokens, every format (rows of whole K-quant super-blocks for those).
     for q in formats {
         let (vocab, n) = (301, 37);
         let hidden = if q.block_weights() == 256 { 512 } else { 576 };
@@ -78,7 +94,17 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
             want: reference::prefill_embed_rows(q, &table, &ids, hidden),
         });
     }
-    // One layer's matrices in mixed formats, dequantized by one launch (5 and 3 segments).
+    Ok(())
+}
+
+/// One layer's matrices in mixed formats, dequantized by one launch (5 and 3 segments).
+fn dequant_cases(
+    gpu: &Gpu,
+    next: &mut dyn FnMut() -> u64,
+    cases: &mut Vec<DecodeCase>,
+) -> Result<()> {
+    let kernels = gpu.k;
+    let formats = super::QUANT_TYPES;
     for dims in [
         vec![
             (960usize, 576usize),
@@ -128,7 +154,12 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
             want: reference::prefill_dequant_layer(&refs),
         });
     }
-    // RMSNorm over rows and SwiGLU over rows.
+    Ok(())
+}
+
+/// RMSNorm over rows and SwiGLU over rows.
+fn row_cases(gpu: &Gpu, next: &mut dyn FnMut() -> u64, cases: &mut Vec<DecodeCase>) -> Result<()> {
+    let kernels = gpu.k;
     for &(n, k, ffn) in &[
         (37usize, 576usize, 1536usize),
         (512, 576, 1536),
@@ -160,7 +191,16 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
             want: reference::prefill_swiglu_rows(&gu, ffn),
         });
     }
-    // RoPE + cache write for n positions after pos0 cached ones, then causal attention.
+    Ok(())
+}
+
+/// RoPE + cache write for n positions after pos0 cached ones, then causal attention.
+fn attention_cases(
+    gpu: &Gpu,
+    next: &mut dyn FnMut() -> u64,
+    cases: &mut Vec<DecodeCase>,
+) -> Result<()> {
+    let kernels = gpu.k;
     for &(heads, kv_heads, d, pos0, n) in &[
         (9usize, 3usize, 64usize, 0usize, 1usize),
         (9, 3, 64, 0, 37),
@@ -211,9 +251,10 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
                 scale,
             )
             .map_err(launch_err("prefill_attention"))?;
-        let q_want = reference::prefill_rope_kv(&qkv, &mut kc, &mut vc, &inv, pos0, shape);
+        let q_want =
+            attention_reference::prefill_rope_kv(&qkv, &mut kc, &mut vc, &inv, pos0, shape);
         let q32: Vec<f32> = q_want.iter().map(|&v| v as f32).collect();
-        let want = reference::prefill_attention(&q32, &kc, &vc, pos0, shape, scale);
+        let want = attention_reference::prefill_attention(&q32, &kc, &vc, pos0, shape, scale);
         let text = format!("h{heads} kv{kv_heads} d{d} pos0 {pos0} n{n}");
         // The rotated queries left in qkv (the q columns of each row).
         let qkv_after = gpu.down(&qd)?;
@@ -243,10 +284,19 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
             want,
         });
     }
-    // The GEMM attention: rope with head-major q, then S = Q K^T, offset softmax, P V, to tokens,
-    // against the same f64 reference as the kernel (pos0 0 and later chunks, odd head counts, MHA,
-    // keys not a multiple of 4).
-    let gemm = Gemm::for_device(dev).map_err(launch_err("creating the GEMM handle"))?;
+    Ok(())
+}
+
+/// The GEMM attention: rope with head-major q, then S = Q K^T, offset softmax, P V, to tokens,
+/// against the same f64 reference as the kernel (pos0 0 and later chunks, odd head counts, MHA,
+/// keys not a multiple of 4).
+fn gemm_attention_cases(
+    gpu: &Gpu,
+    gemm: &Gemm,
+    next: &mut dyn FnMut() -> u64,
+    cases: &mut Vec<DecodeCase>,
+) -> Result<()> {
+    let kernels = gpu.k;
     for &(heads, kv_heads, d, pos0, n) in &[
         (9usize, 3usize, 64usize, 0usize, 1usize),
         (9, 3, 64, 0, 37),
@@ -297,7 +347,7 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
         let scale = 1.0 / (d as f32).sqrt();
         kernels
             .attention_gemm(
-                &gemm,
+                gemm,
                 (gpu.ptr(&qhd), gpu.ptr(&kd), gpu.ptr(&vd)),
                 (gpu.ptr(&sd), gpu.ptr(&od)),
                 pos0,
@@ -307,9 +357,10 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
                 &mut |_| Ok(()),
             )
             .map_err(launch_err("attention_gemm"))?;
-        let q_want = reference::prefill_rope_kv(&qkv, &mut kc, &mut vc, &inv, pos0, shape);
+        let q_want =
+            attention_reference::prefill_rope_kv(&qkv, &mut kc, &mut vc, &inv, pos0, shape);
         let q32: Vec<f32> = q_want.iter().map(|&v| v as f32).collect();
-        let want = reference::prefill_attention(&q32, &kc, &vc, pos0, shape, scale);
+        let want = attention_reference::prefill_attention(&q32, &kc, &vc, pos0, shape, scale);
         let text = format!("h{heads} kv{kv_heads} d{d} pos0 {pos0} n{n}");
         // qh[h][i] against the reference's token-major q[i][h]; qkv itself unchanged.
         let mut qh_want = vec![0f64; heads * n * d];
@@ -336,5 +387,5 @@ pub fn run(dev: &CudaDevice, next: &mut dyn FnMut() -> u64) -> Result<Vec<Decode
             want,
         });
     }
-    Ok(cases)
+    Ok(())
 }

@@ -6,6 +6,7 @@
 
 use super::reference::{dot_row, normalized};
 use super::QuantType;
+use crate::reference::swiglu::swiglu;
 
 /// One adapter slot of a projection group: A stacked per segment and B pre-scaled.
 #[derive(Debug, Clone, Copy)]
@@ -87,16 +88,17 @@ pub fn qmv_swiglu_lora(
 ) -> Vec<f64> {
     let xn = normalized(x, norm);
     let xa = lora.map(|l| lora_shrink(&xn, l.a, l.a.len() / xn.len()));
-    (0..rows)
+    let (g, u): (Vec<f64>, Vec<f64>) = (0..rows)
         .map(|r| {
             let (mut g, mut u) = (dot_row(q, gate, r, &xn), dot_row(q, up, r, &xn));
             if let (Some(l), Some(xa)) = (lora, &xa) {
                 g += delta(l, xa, r, 0);
                 u += delta(l, xa, rows + r, 1);
             }
-            g / (1.0 + (-g).exp()) * u
+            (g, u)
         })
-        .collect()
+        .unzip();
+    swiglu(&g, &u)
 }
 
 #[cfg(test)]

@@ -3,10 +3,13 @@
 //! and the KV-cache write fused, and the greedy argmax. They work on raw device pointers at fixed
 //! addresses so that one decode step can be captured as a CUDA graph.
 //!
-//! `reference` is the CPU specification of every kernel (always compiled, unit-tested); `launch`
+//! `reference` (block formats, mat-vecs, norms) and `attention_reference` (RoPE, the KV cache,
+//! attention) are the CPU specification of every kernel (always compiled, unit-tested), calling
+//! `crate::reference` for each op's maths; `launch`
 //! launches the CUDA kernels (kernels/quant_matvec.cu, kernels/decode_step.cu); `check` runs each
 //! kernel against its reference on the GPU (part of `wick bench gpu-check`).
 
+pub mod attention_reference;
 pub mod blocks_reference;
 #[cfg(feature = "cuda")]
 pub mod check;

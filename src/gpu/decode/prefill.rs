@@ -2,7 +2,7 @@
 //! in `launch`: the embedding of n tokens, one layer's GGML matrices dequantized to f32 in one
 //! launch, RMSNorm over rows, RoPE with the KV-cache write for n positions, causal attention of n
 //! queries against the cache, and SwiGLU over rows. The matrix products between them are f32 GEMMs
-//! (`gpu::gemm`). CPU twins: `reference::prefill_*`.
+//! (`gpu::gemm`). CPU twins: `reference::prefill_*` and `attention_reference`.
 //!
 //! Attention has two paths. [`PrefillKernels::attention`] is one kernel (key tiles in shared memory,
 //! online softmax, CUDA-core f32): no scratch, any context length. [`PrefillKernels::attention_gemm`]
@@ -19,8 +19,8 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::WrapErr;
 use candle_core::CudaDevice;
 
-pub use super::reference::{gemm_attention_ld, gemm_attention_scores_len};
-use super::reference::{gemm_attention_shapes, AttentionShape};
+pub use super::attention_reference::{gemm_attention_ld, gemm_attention_scores_len};
+use super::attention_reference::{gemm_attention_shapes, AttentionShape};
 use super::QuantType;
 use crate::gpu::gemm::Gemm;
 use crate::gpu::kernels::{function, Module};

@@ -245,7 +245,6 @@ impl Gemm {
             (d_type, (n, m), shape.ldd, shape.stride_d),
         ];
         use sys::cublasLtMatmulDescAttributes_t as Desc;
-        use sys::cublasLtMatmulPreferenceAttributes_t as Pref;
         for (dtype, (rows, cols), ld, stride) in layouts {
             let layout = lt::create_matrix_layout(dtype, rows, cols, ld as i64)
                 .map_err(|e| cuda_err(&what, e))?;
@@ -280,7 +279,31 @@ impl Gemm {
         }
         .map_err(|e| cuda_err(&what, e))?;
 
-        let preference = lt::create_matmul_pref().map_err(|e| cuda_err(&what, e))?;
+        let chosen = self.heuristic(&plan, key.align, &what)?;
+        plan.algo = chosen.algo;
+        use sys::cublasLtMatmulAlgoConfigAttributes_t as A;
+        plan.info = PlanInfo {
+            algo_id: algo_attribute(&plan.algo, A::CUBLASLT_ALGO_CONFIG_ID),
+            tile_id: algo_attribute(&plan.algo, A::CUBLASLT_ALGO_CONFIG_TILE_ID),
+            split_k: algo_attribute(&plan.algo, A::CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
+            reduction_scheme: algo_attribute(&plan.algo, A::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME),
+            workspace_bytes: chosen.workspaceSize,
+            waves: chosen.wavesCount,
+        };
+        Ok(plan)
+    }
+
+    /// cuBLASLt's best algorithm for `plan`'s descriptor and layouts, within the workspace and
+    /// the operands' alignments (`align`: our a, b, c, d in bytes): the first usable of up to 8
+    /// candidates.
+    fn heuristic(
+        &self,
+        plan: &Plan,
+        align: [u32; 4],
+        what: &str,
+    ) -> Result<sys::cublasLtMatmulHeuristicResult_t> {
+        use sys::cublasLtMatmulPreferenceAttributes_t as Pref;
+        let preference = lt::create_matmul_pref().map_err(|e| cuda_err(what, e))?;
         const REQUESTED: usize = 8;
         // SAFETY: an all-zero result array is valid memory for the query to fill.
         let mut results: [sys::cublasLtMatmulHeuristicResult_t; REQUESTED] =
@@ -306,7 +329,7 @@ impl Gemm {
                     Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                 ];
                 // Lt's A is our B and its B our A.
-                let lt_align = [key.align[1], key.align[0], key.align[2], key.align[3]];
+                let lt_align = [align[1], align[0], align[2], align[3]];
                 for (attr, bytes) in attrs.into_iter().zip(lt_align) {
                     set_pref(
                         attr,
@@ -341,23 +364,13 @@ impl Gemm {
             .find(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
         else {
             return Err(cuda_err(
-                &what,
+                what,
                 format!(
                     "cuBLASLt has no algorithm for this product ({} candidates, none usable)",
                     returned.len()
                 ),
             ));
         };
-        plan.algo = chosen.algo;
-        use sys::cublasLtMatmulAlgoConfigAttributes_t as A;
-        plan.info = PlanInfo {
-            algo_id: algo_attribute(&plan.algo, A::CUBLASLT_ALGO_CONFIG_ID),
-            tile_id: algo_attribute(&plan.algo, A::CUBLASLT_ALGO_CONFIG_TILE_ID),
-            split_k: algo_attribute(&plan.algo, A::CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
-            reduction_scheme: algo_attribute(&plan.algo, A::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME),
-            workspace_bytes: chosen.workspaceSize,
-            waves: chosen.wavesCount,
-        };
-        Ok(plan)
+        Ok(*chosen)
     }
 }

@@ -1,7 +1,13 @@
 //! The CPU specification of the training kernels (kernels/train_step.cu), in f64: each function is
 //! the maths of the kernel of the same name, on the same layouts (see `super::launch`). The GPU
 //! check (`super::check`) feeds both the same (rounded) inputs; the unit tests below check these
-//! against exact maths, finite differences and `train::optimizer::AdamW`.
+//! against exact maths, finite differences and `train::optimizer::AdamW`. The ops' maths (RMSNorm,
+//! RoPE, softmax, SwiGLU, cross-entropy) is `crate::reference`'s, called with this engine's layouts;
+//! what is here is the layout glue and the engine-only steps (embedding, head moves, AdamW).
+
+use crate::reference::rms_norm::rms_norm_backward;
+use crate::reference::rope::{rope, RopeLayout};
+use crate::reference::softmax::{softmax, softmax_backward};
 
 /// The attention layout of one micro-batch: `batch` rows of `seq` tokens (token t = b*seq + s),
 /// `heads` query heads grouped over `kv_heads` (head h uses kv head h / (heads / kv_heads)),
@@ -44,44 +50,20 @@ pub fn embed(table: &[f64], ids: &[i32], width: usize) -> Vec<f64> {
         .collect()
 }
 
-/// (y, rstd): r = 1 / sqrt(mean(x^2) + eps) per row of x [rows, n], y = x r w.
-pub fn rms_norm(x: &[f64], w: &[f64], n: usize, eps: f64) -> (Vec<f64>, Vec<f64>) {
-    let mut y = Vec::with_capacity(x.len());
-    let mut rstd = Vec::with_capacity(x.len() / n);
-    for row in x.chunks(n) {
-        let r = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / n as f64 + eps).sqrt();
-        y.extend(row.iter().zip(w).map(|(v, w)| v * r * w));
-        rstd.push(r);
-    }
-    (y, rstd)
-}
-
-/// dx = (accumulate onto `dx0`) r (g - x r^2 mean(g x)), g = dy w, r = rstd[row]: the gradient of
-/// rms_norm w.r.t. x at the given r (w frozen).
-pub fn rms_norm_backward(
+/// `rms_norm_backward`: dx of RMSNorm at the given r per row (w frozen, so no dw), added onto `dx0`
+/// when given (the accumulating variant). x, dy, dx0: [rows, w.len()].
+pub fn rms_norm_backward_dx(
     x: &[f64],
     w: &[f64],
     rstd: &[f64],
     dy: &[f64],
     dx0: Option<&[f64]>,
-    n: usize,
 ) -> Vec<f64> {
-    let mut dx = Vec::with_capacity(x.len());
-    for (row, (xr, dyr)) in x.chunks(n).zip(dy.chunks(n)).enumerate() {
-        let r = rstd[row];
-        let mean_gx = xr
-            .iter()
-            .zip(dyr)
-            .zip(w)
-            .map(|((x, dy), w)| dy * w * x)
-            .sum::<f64>()
-            / n as f64;
-        for i in 0..n {
-            let v = r * (dyr[i] * w[i] - xr[i] * r * r * mean_gx);
-            dx.push(v + dx0.map_or(0.0, |d| d[row * n + i]));
-        }
+    let (dx, _dw) = rms_norm_backward(x, w, rstd, dy);
+    match dx0 {
+        Some(dx0) => dx.iter().zip(dx0).map(|(a, b)| a + b).collect(),
+        None => dx,
     }
-    dx
 }
 
 /// cos, sin tables [seq, d/2] of RoPE: angle(pos, i) = pos * inv_freq[i], computed in f32 as HF
@@ -99,16 +81,6 @@ pub fn rope_tables(inv_freq: &[f32], seq: usize) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
-/// Rotates the pair (x[i], x[i + d/2]) by the angle of (c, s): HF rotate-half.
-fn rotate(x: &[f64], cos: &[f64], sin: &[f64], sign: f64, out: &mut [f64]) {
-    let half = x.len() / 2;
-    for i in 0..half {
-        let (c, s) = (cos[i], sign * sin[i]);
-        out[i] = x[i] * c - x[i + half] * s;
-        out[i + half] = x[i] * s + x[i + half] * c;
-    }
-}
-
 /// Moves heads between token-major [N, h_count*d] and head-major [B, h_count, S, d], rotating
 /// each head by `sign` times its position's angle when `rotate` (sign 0: copy).
 fn move_heads(
@@ -121,7 +93,6 @@ fn move_heads(
     let d = shape.head_dim;
     let half = d / 2;
     let mut out = vec![0.0; src.len()];
-    let mut buf = vec![0.0; d];
     for t in 0..shape.tokens() {
         for h in 0..h_count {
             let (from, to) = if to_heads {
@@ -140,8 +111,10 @@ fn move_heads(
                 Some((cos, sin, sign)) => {
                     let pos = t % shape.seq;
                     let at = pos * half..(pos + 1) * half;
-                    rotate(x, &cos[at.clone()], &sin[at], sign, &mut buf);
-                    out[to..to + d].copy_from_slice(&buf);
+                    // HF rotate-half by sign times the angle: one row of the RoPE reference.
+                    let signed_sin: Vec<f64> = sin[at.clone()].iter().map(|s| sign * s).collect();
+                    let rotated = rope(x, &cos[at], &signed_sin, 1, d, RopeLayout::HalfSplit);
+                    out[to..to + d].copy_from_slice(&rotated);
                 }
                 None => out[to..to + d].copy_from_slice(x),
             }
@@ -198,13 +171,8 @@ pub fn causal_softmax(scores: &[f64], s: usize, scale: f64) -> Vec<f64> {
     let mut p = vec![0.0; scores.len()];
     for (r, (row, out)) in scores.chunks(s).zip(p.chunks_mut(s)).enumerate() {
         let len = r % s + 1;
-        let m = row[..len]
-            .iter()
-            .fold(f64::NEG_INFINITY, |m, &v| m.max(scale * v));
-        let sum: f64 = row[..len].iter().map(|&v| (scale * v - m).exp()).sum();
-        for j in 0..len {
-            out[j] = (scale * row[j] - m).exp() / sum;
-        }
+        let scaled: Vec<f64> = row[..len].iter().map(|&v| scale * v).collect();
+        out[..len].copy_from_slice(&softmax(&scaled, len));
     }
     p
 }
@@ -220,33 +188,12 @@ pub fn causal_softmax_backward(p: &[f64], dp: &[f64], s: usize, scale: f64) -> V
         .enumerate()
     {
         let len = r % s + 1;
-        let dot: f64 = (0..len).map(|j| pr[j] * dr[j]).sum();
-        for j in 0..len {
-            out[j] = scale * pr[j] * (dr[j] - dot);
+        let dp_visible = softmax_backward(&pr[..len], &dr[..len], len);
+        for (o, d) in out[..len].iter_mut().zip(dp_visible) {
+            *o = scale * d;
         }
     }
     ds
-}
-
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-/// y = silu(g) u.
-pub fn swiglu(g: &[f64], u: &[f64]) -> Vec<f64> {
-    g.iter().zip(u).map(|(g, u)| g * sigmoid(*g) * u).collect()
-}
-
-/// (dg, du) of y = silu(g) u given dy.
-pub fn swiglu_backward(g: &[f64], u: &[f64], dy: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let mut dg = Vec::with_capacity(g.len());
-    let mut du = Vec::with_capacity(g.len());
-    for ((g, u), dy) in g.iter().zip(u).zip(dy) {
-        let s = sigmoid(*g);
-        dg.push(dy * u * s * (1.0 + g * (1.0 - s)));
-        du.push(dy * g * s);
-    }
-    (dg, du)
 }
 
 /// y [rows, cols] + bias [cols] broadcast over the rows.
@@ -255,40 +202,6 @@ pub fn add_bias(y: &[f64], bias: &[f64]) -> Vec<f64> {
         .enumerate()
         .map(|(i, v)| v + bias[i % bias.len()])
         .collect()
-}
-
-/// max(1, number of labels >= 0).
-pub fn label_count(labels: &[i32]) -> f64 {
-    (labels.iter().filter(|&&l| l >= 0).count() as f64).max(1.0)
-}
-
-/// (gradient, row_loss) of cross-entropy over logits [rows, vocab] with k = scale / count:
-/// gradient = (softmax - onehot(label)) k, row_loss = (logsumexp - logit[label]) k; label < 0 gives
-/// zeros, label >= vocab a zero gradient row and a NaN loss.
-pub fn cross_entropy(
-    logits: &[f64],
-    labels: &[i32],
-    count: f64,
-    scale: f64,
-    vocab: usize,
-) -> (Vec<f64>, Vec<f64>) {
-    let k = scale / count;
-    let mut grad = vec![0.0; logits.len()];
-    let mut loss = Vec::with_capacity(labels.len());
-    for ((row, &label), out) in logits.chunks(vocab).zip(labels).zip(grad.chunks_mut(vocab)) {
-        if label < 0 || label as usize >= vocab {
-            loss.push(if label < 0 { 0.0 } else { f64::NAN });
-            continue;
-        }
-        let m = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
-        let sum: f64 = row.iter().map(|v| (v - m).exp()).sum();
-        for (o, v) in out.iter_mut().zip(row) {
-            *o = (v - m).exp() / sum * k;
-        }
-        out[label as usize] -= k;
-        loss.push((m + sum.ln() - row[label as usize]) * k);
-    }
-    (grad, loss)
 }
 
 /// Sum of x.
@@ -379,6 +292,7 @@ pub fn adamw(
 mod tests {
     use super::*;
     use crate::check::random_values;
+    use crate::reference::rms_norm::rms_norm;
 
     fn close(a: &[f64], b: &[f64], tol: f64, what: &str) {
         assert_eq!(a.len(), b.len(), "{what}: lengths");
@@ -418,35 +332,21 @@ mod tests {
     }
 
     #[test]
-    fn rms_norm_rows_have_unit_rms() {
-        let (rows, n) = (3, 11);
-        let x = random_values(rows * n, 2, 3.0);
-        let w = random_values(n, 3, 1.0);
-        let (y, rstd) = rms_norm(&x, &w, n, 0.0);
-        for r in 0..rows {
-            let ms: f64 = (0..n).map(|i| (y[r * n + i] / w[i]).powi(2)).sum::<f64>() / n as f64;
-            assert!((ms - 1.0).abs() < 1e-12);
-            let rms = (x[r * n..(r + 1) * n].iter().map(|v| v * v).sum::<f64>() / n as f64).sqrt();
-            assert!((rstd[r] * rms - 1.0).abs() < 1e-12);
-        }
-    }
-
-    #[test]
     fn rms_norm_backward_matches_finite_differences() {
         let (rows, n, eps) = (3, 13, 1e-5);
         let x = random_values(rows * n, 4, 2.0);
         let w = random_values(n, 5, 1.5);
         let dy = random_values(rows * n, 6, 1.0);
         let dx0 = random_values(rows * n, 7, 1.0);
-        let (_, rstd) = rms_norm(&x, &w, n, eps);
-        let want = numeric_grad(&x, |x| dot(&rms_norm(x, &w, n, eps).0, &dy));
+        let (_, rstd) = rms_norm(&x, &w, eps);
+        let want = numeric_grad(&x, |x| dot(&rms_norm(x, &w, eps).0, &dy));
         close(
-            &rms_norm_backward(&x, &w, &rstd, &dy, None, n),
+            &rms_norm_backward_dx(&x, &w, &rstd, &dy, None),
             &want,
             1e-7,
             "dx",
         );
-        let acc = rms_norm_backward(&x, &w, &rstd, &dy, Some(&dx0), n);
+        let acc = rms_norm_backward_dx(&x, &w, &rstd, &dy, Some(&dx0));
         let want_acc: Vec<f64> = want.iter().zip(&dx0).map(|(a, b)| a + b).collect();
         close(&acc, &want_acc, 1e-7, "dx accumulated");
     }
@@ -582,60 +482,6 @@ mod tests {
             1e-7,
             "ds",
         );
-    }
-
-    #[test]
-    fn swiglu_backward_matches_finite_differences() {
-        let g = random_values(17, 21, 4.0);
-        let u = random_values(17, 22, 2.0);
-        let dy = random_values(17, 23, 1.0);
-        let (dg, du) = swiglu_backward(&g, &u, &dy);
-        close(
-            &dg,
-            &numeric_grad(&g, |g| dot(&swiglu(g, &u), &dy)),
-            1e-7,
-            "dg",
-        );
-        close(
-            &du,
-            &numeric_grad(&u, |u| dot(&swiglu(&g, u), &dy)),
-            1e-7,
-            "du",
-        );
-        // silu(g) = g sigmoid(g) at one point by hand: silu(1) = 1 / (1 + e^-1).
-        assert!((swiglu(&[1.0], &[2.0])[0] - 2.0 / (1.0 + (-1f64).exp())).abs() < 1e-15);
-    }
-
-    #[test]
-    fn cross_entropy_loss_and_gradient() {
-        let (rows, vocab) = (4, 9);
-        let logits = random_values(rows * vocab, 24, 3.0);
-        let labels = [2, -1, 8, 0];
-        let count = label_count(&labels);
-        assert_eq!(count, 3.0);
-        assert_eq!(label_count(&[-1, -1]), 1.0);
-        let scale = 0.7;
-        let (grad, loss) = cross_entropy(&logits, &labels, count, scale, vocab);
-        // Loss by hand: -log softmax(x)[label] * scale / count.
-        for (r, &l) in labels.iter().enumerate() {
-            let row = &logits[r * vocab..(r + 1) * vocab];
-            let want = if l < 0 {
-                0.0
-            } else {
-                let z: f64 = row.iter().map(|v| v.exp()).sum();
-                -(row[l as usize].exp() / z).ln() * scale / count
-            };
-            assert!((loss[r] - want).abs() < 1e-12);
-        }
-        let total = |x: &[f64]| {
-            cross_entropy(x, &labels, count, scale, vocab)
-                .1
-                .iter()
-                .sum()
-        };
-        close(&grad, &numeric_grad(&logits, total), 1e-7, "grad");
-        let (g2, l2) = cross_entropy(&logits[..vocab], &[9], 1.0, 1.0, vocab);
-        assert!(l2[0].is_nan() && g2.iter().all(|&v| v == 0.0));
     }
 
     #[test]

@@ -223,31 +223,7 @@ impl TrainEngine {
             ));
         };
         let cfg = model.config();
-        if opts.dtype != model.dtype() {
-            return Err(Error::InvalidOption {
-                option: "dtype".into(),
-                reason: format!(
-                    "the engine's dtype {:?} differs from the model's {:?}",
-                    opts.dtype,
-                    model.dtype()
-                ),
-            });
-        }
-        if opts.batch == 0 || opts.seq < 2 || opts.loss_chunk == 0 {
-            return Err(Error::InvalidOption {
-                option: "engine options".into(),
-                reason: format!(
-                    "batch {} (>= 1), seq {} (>= 2), loss_chunk {} (>= 1)",
-                    opts.batch, opts.seq, opts.loss_chunk
-                ),
-            });
-        }
-        if opts.seq > cfg.max_position_embeddings {
-            return Err(Error::InvalidRequest(format!(
-                "CUDA training engine: {} positions exceed the model's context of {}",
-                opts.seq, cfg.max_position_embeddings
-            )));
-        }
+        Self::check_options(model, &opts)?;
         let layout = ParamLayout::new(model, adapter)?;
         let dims = Self::dims(model, &layout, &opts);
         let weights = ModelWeights::new(model, &dims, opts.dtype)?;
@@ -268,30 +244,8 @@ impl TrainEngine {
         stream
             .memcpy_htod(&tables, &mut buffers.rope)
             .map_err(|e| driver_err("uploading the rope tables", e))?;
-        let mut xa_index: Vec<[Option<usize>; 7]> = vec![[None; 7]; dims.layers];
-        let mut next = 0;
-        for (layer, slots) in layout.slots.iter().enumerate() {
-            for (proj, slot) in slots.iter().enumerate() {
-                if slot.is_some() {
-                    xa_index[layer][proj] = Some(next);
-                    next += 1;
-                }
-            }
-        }
-        let mut vars = Vec::new();
-        for slot in layout.by_adapter_order() {
-            let r = layout.rank;
-            vars.push((
-                format!("{}.lora_A", slot.path),
-                slot.a_offset,
-                [r, slot.in_features],
-            ));
-            vars.push((
-                format!("{}.lora_B", slot.path),
-                slot.b_offset,
-                [slot.out_features, r],
-            ));
-        }
+        let xa_index = Self::xa_index(&layout, dims.layers);
+        let vars = Self::var_names(&layout);
         let mode = if std::env::var("WICK_TRAIN_GRAPH").is_ok_and(|v| v == "0") {
             StepMode::Eager("WICK_TRAIN_GRAPH=0".into())
         } else {
@@ -333,6 +287,74 @@ impl TrainEngine {
             started.elapsed().as_secs_f64()
         );
         Ok(engine)
+    }
+
+    /// The options must match the model: its dtype, a batch and a loss chunk of at least one, two
+    /// positions or more and no more than its context.
+    fn check_options(model: &Llama, opts: &EngineOptions) -> Result<()> {
+        let cfg = model.config();
+        if opts.dtype != model.dtype() {
+            return Err(Error::InvalidOption {
+                option: "dtype".into(),
+                reason: format!(
+                    "the engine's dtype {:?} differs from the model's {:?}",
+                    opts.dtype,
+                    model.dtype()
+                ),
+            });
+        }
+        if opts.batch == 0 || opts.seq < 2 || opts.loss_chunk == 0 {
+            return Err(Error::InvalidOption {
+                option: "engine options".into(),
+                reason: format!(
+                    "batch {} (>= 1), seq {} (>= 2), loss_chunk {} (>= 1)",
+                    opts.batch, opts.seq, opts.loss_chunk
+                ),
+            });
+        }
+        if opts.seq > cfg.max_position_embeddings {
+            return Err(Error::InvalidRequest(format!(
+                "CUDA training engine: {} positions exceed the model's context of {}",
+                opts.seq, cfg.max_position_embeddings
+            )));
+        }
+        Ok(())
+    }
+
+    /// Row of each LoRA slot's xa in the stacked xa buffer: [layer][projection], None where the
+    /// projection has no adapter, numbered in layer then projection order.
+    fn xa_index(layout: &ParamLayout, layers: usize) -> Vec<[Option<usize>; 7]> {
+        let mut xa_index: Vec<[Option<usize>; 7]> = vec![[None; 7]; layers];
+        let mut next = 0;
+        for (layer, slots) in layout.slots.iter().enumerate() {
+            for (proj, slot) in slots.iter().enumerate() {
+                if slot.is_some() {
+                    xa_index[layer][proj] = Some(next);
+                    next += 1;
+                }
+            }
+        }
+        xa_index
+    }
+
+    /// (PEFT name, offset in the parameter vector, shape) of every LoRA A and B, in the adapter's
+    /// order.
+    fn var_names(layout: &ParamLayout) -> Vec<(String, usize, [usize; 2])> {
+        let mut vars = Vec::new();
+        for slot in layout.by_adapter_order() {
+            let r = layout.rank;
+            vars.push((
+                format!("{}.lora_A", slot.path),
+                slot.a_offset,
+                [r, slot.in_features],
+            ));
+            vars.push((
+                format!("{}.lora_B", slot.path),
+                slot.b_offset,
+                [slot.out_features, r],
+            ));
+        }
+        vars
     }
 
     fn dims(model: &Llama, layout: &ParamLayout, opts: &EngineOptions) -> Dims {

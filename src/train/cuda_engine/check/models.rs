@@ -1,0 +1,239 @@
+//! The check's inputs: the four tiny random models (configs, weights served from memory), the two
+//! micro-batches, and copies of an adapter's variables.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::check::random_values;
+use crate::formats::config::{Architecture, DecoderConfig};
+use crate::formats::weights::{Weight, WeightSource};
+use crate::lora::{Adapter, AdapterLayer, TargetModules};
+use crate::models::llama::expected_tensors;
+use crate::train::loss::IGNORE_INDEX;
+use crate::{Context, Error, Result};
+
+/// An in-memory weight source.
+pub(super) struct MapSource {
+    pub(super) path: PathBuf,
+    pub(super) tensors: HashMap<String, Tensor>,
+}
+
+impl WeightSource for MapSource {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+    fn get(&self, name: &str) -> Result<Weight> {
+        self.tensors
+            .get(name)
+            .map(|t| Weight::Dense(t.clone()))
+            .ok_or_else(|| Error::InvalidRequest(format!("engine check model: no tensor {name}")))
+    }
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+}
+
+/// One check model: its config, LoRA targets and name.
+pub(super) struct CheckModel {
+    pub(super) name: &'static str,
+    pub(super) config: DecoderConfig,
+    pub(super) targets: TargetModules,
+    /// (row, kv head) pairs per attention chunk (None: the default scratch, one chunk here).
+    pub(super) attention_pairs: Option<usize>,
+    /// Optimizer steps of the f32 loss curve against Candle's (`trn_engine_curve`; 0: none).
+    pub(super) curve_steps: usize,
+}
+
+pub(super) fn check_models() -> Vec<CheckModel> {
+    let base = DecoderConfig {
+        architecture: Architecture::Llama,
+        vocab_size: 301,
+        hidden_size: 44,
+        intermediate_size: 76,
+        num_hidden_layers: 3,
+        num_attention_heads: 6,
+        num_key_value_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_scaling: None,
+        max_position_embeddings: 64,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+    };
+    vec![
+        CheckModel {
+            name: "tied, 3 layers, all 7 targets, attention chunks of 3 pairs",
+            config: base.clone(),
+            targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
+            attention_pairs: Some(3),
+            curve_steps: 0,
+        },
+        CheckModel {
+            name: "untied, 2 layers, q/v/down",
+            config: DecoderConfig {
+                num_hidden_layers: 2,
+                tie_word_embeddings: false,
+                ..base.clone()
+            },
+            targets: TargetModules::List(vec![
+                "q_proj".into(),
+                "v_proj".into(),
+                "down_proj".into(),
+            ]),
+            attention_pairs: None,
+            curve_steps: 0,
+        },
+        CheckModel {
+            name: "qwen2 (q/k/v biases), tied, 3 layers, all 7 targets",
+            config: DecoderConfig {
+                architecture: Architecture::Qwen2,
+                attention_bias: true,
+                ..base.clone()
+            },
+            targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
+            attention_pairs: Some(3),
+            curve_steps: 20,
+        },
+        CheckModel {
+            name: "llama attention_bias (q/k/v/o biases), untied, 2 layers, q/o/down",
+            config: DecoderConfig {
+                num_hidden_layers: 2,
+                tie_word_embeddings: false,
+                attention_bias: true,
+                ..base
+            },
+            targets: TargetModules::List(vec![
+                "q_proj".into(),
+                "o_proj".into(),
+                "down_proj".into(),
+            ]),
+            attention_pairs: None,
+            curve_steps: 0,
+        },
+    ]
+}
+
+/// Seeded random weights: projections ~ U(+-1.7/sqrt(in)), norms 1 +- 0.3, biases U(+-0.5),
+/// embedding U(+-1).
+pub(super) fn random_weights(cfg: &DecoderConfig, seed: u64) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for (i, (name, dims)) in expected_tensors(cfg).into_iter().enumerate() {
+        let len: usize = dims.iter().product();
+        let seed = seed.wrapping_add(i as u64 * 7919);
+        let values: Vec<f32> = if name.ends_with(".bias") {
+            random_values(len, seed, 0.5)
+                .into_iter()
+                .map(|v| v as f32)
+                .collect()
+        } else if dims.len() == 1 {
+            random_values(len, seed, 0.3)
+                .into_iter()
+                .map(|v| 1.0 + v as f32)
+                .collect()
+        } else {
+            let scale = if name.contains("embed") || name.contains("lm_head") {
+                1.0
+            } else {
+                1.7 / (dims[1] as f64).sqrt()
+            };
+            random_values(len, seed, scale)
+                .into_iter()
+                .map(|v| v as f32)
+                .collect()
+        };
+        let t = Tensor::from_vec(values, dims.as_slice(), &Device::Cpu).context("check weights")?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// A micro-batch: unpadded rows of ids and unshifted labels.
+pub(super) struct Micro {
+    pub(super) ids: Vec<Vec<u32>>,
+    pub(super) labels: Vec<Vec<i64>>,
+}
+
+pub(super) fn micro_batches(vocab: usize, seed: u64) -> Vec<Micro> {
+    let draw = |len: usize, seed: u64| -> Vec<u32> {
+        random_values(len, seed, 1.0)
+            .into_iter()
+            .map(|v| 1 + (((v + 1.0) / 2.0 * (vocab - 1) as f64) as u32).min(vocab as u32 - 2))
+            .collect()
+    };
+    // Row 0: a 5-token prompt (ignored), then answer tokens. Row 1: 18 real tokens then 6 padding
+    // positions (id 0, ignored), as the data loader pads, and one ignored position in the middle.
+    let row0 = draw(24, seed);
+    let mut labels0: Vec<i64> = row0.iter().map(|&t| t as i64).collect();
+    labels0[..5].fill(IGNORE_INDEX);
+    let mut row1 = draw(24, seed + 1);
+    row1[18..].fill(0);
+    let mut labels1: Vec<i64> = row1.iter().map(|&t| t as i64).collect();
+    labels1[18..].fill(IGNORE_INDEX);
+    labels1[9] = IGNORE_INDEX;
+    let row2 = draw(17, seed + 2);
+    let mut labels2: Vec<i64> = row2.iter().map(|&t| t as i64).collect();
+    labels2[..3].fill(IGNORE_INDEX);
+    vec![
+        Micro {
+            ids: vec![row0, row1],
+            labels: vec![labels0, labels1],
+        },
+        Micro {
+            ids: vec![row2],
+            labels: vec![labels2],
+        },
+    ]
+}
+
+pub(super) fn tensor_2d<T: candle_core::WithDType>(
+    rows: &[Vec<T>],
+    device: &Device,
+) -> Result<Tensor> {
+    let (b, t) = (rows.len(), rows[0].len());
+    let flat: Vec<T> = rows.iter().flatten().copied().collect();
+    Tensor::from_vec(flat, (b, t), device).context("check batch")
+}
+
+pub(super) fn f64s(t: &Tensor) -> Result<Vec<f64>> {
+    t.to_dtype(DType::F64)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f64>())
+        .context("check read-back")
+}
+
+/// A deep copy of an adapter (fresh variables with their own storage).
+pub(super) fn copy_adapter(adapter: &Adapter) -> Result<Adapter> {
+    let layers = adapter
+        .layers
+        .iter()
+        .map(|l| {
+            Ok(AdapterLayer {
+                path: l.path.clone(),
+                a: Var::from_tensor(&l.a.as_tensor().copy()?.detach())?,
+                b: Var::from_tensor(&l.b.as_tensor().copy()?.detach())?,
+                magnitude: None,
+            })
+        })
+        .collect::<candle_core::Result<Vec<_>>>()
+        .context("copying the check adapter")?;
+    Ok(Adapter {
+        config: adapter.config.clone(),
+        layers,
+    })
+}
+
+pub(super) fn var_values(adapter: &Adapter) -> Result<HashMap<String, Vec<f64>>> {
+    adapter
+        .vars()
+        .into_iter()
+        .map(|(n, v)| Ok((n, f64s(v.as_tensor())?)))
+        .collect()
+}

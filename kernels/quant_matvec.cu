@@ -29,15 +29,16 @@
 // gate's and the up's delta before silu(g) * u.
 //
 // The shrink xa = xn A^T (Punica's BGMV shrink) runs inside the same launch (lora.a != null): the
-// first warps of the grid compute it from the x they already hold in shared memory (one warp per
-// sequence and row of A) before their own rows, publish it with a counter (lora.sync[0]), and every
-// warp waits for the counter only in its epilogue, after its row's dot product: the shrink's
-// latency hides behind the base product instead of costing a launch of its own (measured ~2.8 us
-// per launch inside the graph, 4 per layer). The last block to finish resets the counters
-// (lora.sync[1] counts finished blocks), so the next launch, in this step or the next replay,
-// starts from zero. Producers sit in the lowest blocks, which the hardware dispatches first, so a
-// waiting block never holds the place of a producer that has not started. With lora.a == null, xa
-// was computed by an earlier launch (the second and third parts of a split q/k/v).
+// grid's first blocks are producers (one warp per sequence and row of A, no rows of their own); the
+// others are the mat-vec's. A producer computes its xa value from the x it normalizes like every
+// block, and stores it; a row's epilogue polls the xa values it needs until they are no longer
+// XA_PENDING (the engine fills each launch's xa region with XA_PENDING before the step), so the
+// shrink's latency hides behind the rows' dot products: no launch of its own (~2.8 us inside the
+// graph, 4 per layer), no counter, fence or end-of-launch reset. Producers read their A row into
+// L2 before the x prologue, as row warps do their weights. Producers sit in the lowest blocks,
+// which the hardware dispatches first, so a polling block never holds the place of a producer that
+// has not started. With lora.a == null, xa was computed by an earlier launch (the second and third
+// parts of a split q/k/v).
 #include "common.cuh"
 #include "ggml_blocks.cuh"
 
@@ -48,11 +49,10 @@
 struct LoraEpi {
     const float* b;          // B of slot 0 for this launch's output rows, [rows, rank]; null: no adapters
     long long slot_stride;   // floats from one slot's B to the next
-    float* xa;               // [nb, xa_stride] x A^T of each sequence
+    float* xa;               // [nb, xa_stride] x A^T of each sequence, XA_PENDING until produced
     const int* slots;        // [nb] each sequence's slot, < 0: no adapter
     const float* a;          // A of slot 0, [a_rows, k]: this launch computes xa; null: xa is ready
     long long a_slot_stride; // floats from one slot's A to the next
-    unsigned* sync;          // [2]: shrink tasks done, blocks finished (zero between launches)
     int rank;                // R: floats per B row and per xa segment
     int xa_stride;           // floats per sequence in xa
     int e0, e1;              // rows [0, e0) read xa segment 0, [e0, e1) segment 1, [e1, ..) 2
@@ -60,73 +60,76 @@ struct LoraEpi {
     int pad;
 };
 
+// An xa value not produced yet (a NaN the hardware never computes: its NaNs are 0x7fffffff; a
+// producer that computes this pattern anyway stores the canonical NaN instead).
+#define XA_PENDING 0xffffffffu
+
 // Segment of xa that output row `row` reads (q, k, v of the fused q/k/v product: 0, 1, 2).
 __device__ __forceinline__ int lora_seg(const LoraEpi& L, int row) {
     return (row >= L.e0) + (row >= L.e1);
 }
 
-// The shrink, by the grid's first warps: xa[b, j] = xs_b . A_slot(b)[j] for every sequence b with
-// a slot and j < a_rows, xs the block's (normalized) x in shared memory, [nb, k]. Each warp adds
-// the number of tasks it finished to sync[0] after a fence, so a reader that sees the total sees xa.
+// Blocks [0, P) of a launch that computes its shrink are producers: one warp per task (sequence b,
+// row j of A). 0 when xa is ready or there are no adapters.
+__device__ __forceinline__ int lora_producers(const LoraEpi& L, int nb) {
+    if (L.b == nullptr || L.a == nullptr) return 0;
+    return (nb * L.a_rows + MV_WARPS - 1) / MV_WARPS;
+}
+
+// A producer warp's A row: slot(b)'s row j, or null when sequence b has no adapter or the warp has
+// no task.
+__device__ __forceinline__ const float* lora_task_row(const LoraEpi& L, int k, int nb, int& b, int& j) {
+    int t = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+    if (t >= nb * L.a_rows) return nullptr;
+    b = t / L.a_rows;
+    j = t - b * L.a_rows;
+    int slot = L.slots[b];
+    return slot < 0 ? nullptr : L.a + slot * L.a_slot_stride + (size_t)j * k;
+}
+
+// Asks L2 for the producer warp's A row (lane i: the row's i-th 128-byte line) before the prologue.
+__device__ __forceinline__ void lora_prefetch_a(const LoraEpi& L, int k, int nb) {
+    int b, j;
+    const float* row = lora_task_row(L, k, nb, b, j);
+    if (row == nullptr) return;
+    const char* r = reinterpret_cast<const char*>(row);
+    for (int off = (threadIdx.x & 31) * 128; off < k * 4; off += 32 * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(r + off));
+}
+
+// The shrink, by a producer warp: xa[b, j] = xs_b . A_slot(b)[j], xs the block's (normalized) x in
+// shared memory, [nb, k]. The store is a relaxed one at GPU scope, polled by lora_xa.
 __device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* xs, int k, int nb) {
-    if (L.b == nullptr || L.a == nullptr) return;
-    int tasks = nb * L.a_rows, warps = gridDim.x * MV_WARPS;
+    int b, j;
+    const float* row = lora_task_row(L, k, nb, b, j);
+    if (row == nullptr) return;
     int lane = threadIdx.x & 31;
-    unsigned done = 0;
-    for (int t = blockIdx.x * MV_WARPS + (threadIdx.x >> 5); t < tasks; t += warps) {
-        int b = t / L.a_rows, j = t - b * L.a_rows;
-        int slot = L.slots[b];
-        done++;
-        if (slot < 0) continue;
-        const float4* a4 = reinterpret_cast<const float4*>(L.a + slot * L.a_slot_stride + (size_t)j * k);
-        const float4* x4 = reinterpret_cast<const float4*>(xs + (size_t)b * k);
-        float s = 0.f;
+    const float4* a4 = reinterpret_cast<const float4*>(row);
+    const float4* x4 = reinterpret_cast<const float4*>(xs + (size_t)b * k);
+    float s = 0.f;
 #pragma unroll 4
-        for (int i = lane; i < k / 4; i += 32) {
-            float4 av = __ldg(a4 + i), xv = x4[i];
-            s += xv.x * av.x + xv.y * av.y + xv.z * av.z + xv.w * av.w;
-        }
-        s = warp_sum(s);
-        if (lane == 0) L.xa[(size_t)b * L.xa_stride + j] = s;
+    for (int i = lane; i < k / 4; i += 32) {
+        float4 av = __ldg(a4 + i), xv = x4[i];
+        s += xv.x * av.x + xv.y * av.y + xv.z * av.z + xv.w * av.w;
     }
-    if (done > 0 && lane == 0) {
-        __threadfence();
-        atomicAdd(L.sync, done);
-    }
+    s = warp_sum(s);
+    if (__float_as_uint(s) == XA_PENDING) s = __uint_as_float(0x7fffffffu);
+    float* at = L.xa + (size_t)b * L.xa_stride + j;
+    if (lane == 0) asm volatile("st.relaxed.gpu.global.f32 [%0], %1;" ::"l"(at), "f"(s) : "memory");
 }
 
-// Waits (once per warp: `ready`) until this launch's shrink is complete.
-__device__ __forceinline__ void lora_wait(const LoraEpi& L, int nb, bool& ready) {
-    if (ready || L.a == nullptr) return;
-    unsigned target = (unsigned)(nb * L.a_rows);
-    if ((threadIdx.x & 31) == 0) {
-        unsigned v;
-        while (true) {
-            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(L.sync) : "memory");
-            if (v >= target) break;
-            __nanosleep(32);
-        }
-    }
-    __syncwarp();
-    ready = true;
-}
-
-// End of a launch that computed its shrink: the last block to finish zeroes the counters (every
-// other block has passed its waits by then).
-__device__ __forceinline__ void lora_exit(const LoraEpi& L) {
-    if (L.b == nullptr || L.a == nullptr) return;
-    __syncthreads();
-    if (threadIdx.x == 0 && atomicAdd(L.sync + 1, 1u) == gridDim.x - 1) {
-        L.sync[0] = 0;
-        L.sync[1] = 0;
-        __threadfence();
-    }
-}
-
-// xa[b, seg R + j], read at L2 (it may have been written by this launch: not through the
-// non-coherent cache).
+// xa[b, seg R + j], polled at L2 until its producer (in this launch or an earlier one) stored it.
 __device__ __forceinline__ float lora_xa(const LoraEpi& L, int b, int seg, int j) {
-    return __ldcg(L.xa + (size_t)b * L.xa_stride + seg * L.rank + j);
+    const float* at = L.xa + (size_t)b * L.xa_stride + seg * L.rank + j;
+    float v;
+    for (unsigned spins = 0;; spins++) {
+        asm volatile("ld.relaxed.gpu.global.f32 %0, [%1];" : "=f"(v) : "l"(at) : "memory");
+        if (__float_as_uint(v) != XA_PENDING) return v;
+        // Seconds of polling: no producer will store it (xa not marked per step, or a bug). Fail
+        // the launch loudly instead of hanging the device.
+        if (spins == (1u << 22)) __trap();
+        __nanosleep(20);
+    }
 }
 
 // The lane's B value of row `brow` (lane j < rank <= 32), loaded before the row's dot product so
@@ -143,12 +146,10 @@ __device__ __forceinline__ float lora_load(const LoraEpi& L, int b, int brow) {
 // The lane's share of the LoRA delta of sequence b on B row `brow` from xa segment `seg` (the warp
 // sums it with the row's dot product); `bv` from lora_load. b is warp-uniform, so the early
 // returns are too.
-__device__ __forceinline__ float lora_lane(const LoraEpi& L, float bv, int b, int brow, int seg, int nb,
-                                           bool& ready) {
+__device__ __forceinline__ float lora_lane(const LoraEpi& L, float bv, int b, int brow, int seg) {
     if (L.b == nullptr) return 0.f;
     int slot = L.slots[b];
     if (slot < 0) return 0.f;
-    lora_wait(L, nb, ready);
     int lane = threadIdx.x & 31;
     if (L.rank <= 32) return lane < L.rank ? lora_xa(L, b, seg, lane) * bv : 0.f;
     const float* br = L.b + slot * L.slot_stride + (size_t)brow * L.rank;
@@ -241,8 +242,8 @@ __device__ __forceinline__ void load_x(const float* __restrict__ x, const float*
 
 // Asks L2 for the first row this warp will read (lane i: the row's i-th 128-byte line), before the
 // x prologue: the weights come from HBM, and their latency then overlaps the prologue's.
-__device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, int row_bytes) {
-    int row = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+__device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, int row_bytes, int block) {
+    int row = block * MV_WARPS + (threadIdx.x >> 5);
     if (row >= rows) return;
     const uint8_t* r = w + (size_t)row * row_bytes;
     for (int off = (threadIdx.x & 31) * 128; off < row_bytes; off += 32 * 128)
@@ -255,24 +256,29 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
                                        int rows, int k, float eps, int accumulate,                  \
                                        const float* __restrict__ bias, LoraEpi lora) {              \
         extern __shared__ float xs[];                                                               \
-        prefetch_first_row(w, rows, row_bytes_##Q(k));                                              \
+        int producers = lora_producers(lora, 1);                                                    \
+        if ((int)blockIdx.x < producers) {                                                          \
+            lora_prefetch_a(lora, k, 1);                                                            \
+            load_x(x, norm_w, eps, k, xs);                                                          \
+            lora_produce(lora, xs, k, 1);                                                           \
+            return;                                                                                 \
+        }                                                                                           \
+        int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
+        prefetch_first_row(w, rows, row_bytes_##Q(k), block);                                       \
         load_x(x, norm_w, eps, k, xs);                                                              \
-        lora_produce(lora, xs, k, 1);                                                               \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
-        bool ready = false;                                                                         \
-        for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {     \
+        for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
             const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                 \
             int seg = lora_seg(lora, row);                                                          \
             float bv = lora_load(lora, 0, row);                                                     \
             float acc = 0.f;                                                                        \
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32)                              \
                 acc += rdot_##Q(wr, i >> 2, i & 3, xs + (i >> 2) * 32);                             \
-            acc = warp_sum(acc + lora_lane(lora, bv, 0, row, seg, 1, ready));                       \
+            acc = warp_sum(acc + lora_lane(lora, bv, 0, row, seg));                                 \
             if (bias != nullptr) acc += bias[row];                                                  \
             if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
         }                                                                                           \
-        lora_exit(lora);                                                                            \
     }                                                                                               \
     extern "C" __global__ void qmv_swiglu_##Q(const uint8_t* __restrict__ wg,                       \
                                               const uint8_t* __restrict__ wu,                       \
@@ -281,14 +287,20 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
                                               float* __restrict__ y, int rows, int k, float eps,    \
                                               LoraEpi lora) {                                       \
         extern __shared__ float xs[];                                                               \
-        prefetch_first_row(wg, rows, row_bytes_##Q(k));                                             \
-        prefetch_first_row(wu, rows, row_bytes_##Q(k));                                             \
+        int producers = lora_producers(lora, 1);                                                    \
+        if ((int)blockIdx.x < producers) {                                                          \
+            lora_prefetch_a(lora, k, 1);                                                            \
+            load_x(x, norm_w, eps, k, xs);                                                          \
+            lora_produce(lora, xs, k, 1);                                                           \
+            return;                                                                                 \
+        }                                                                                           \
+        int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
+        prefetch_first_row(wg, rows, row_bytes_##Q(k), block);                                      \
+        prefetch_first_row(wu, rows, row_bytes_##Q(k), block);                                      \
         load_x(x, norm_w, eps, k, xs);                                                              \
-        lora_produce(lora, xs, k, 1);                                                               \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
-        bool ready = false;                                                                         \
-        for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {     \
+        for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
             const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                \
             const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                \
             float bg = lora_load(lora, 0, row), bu = lora_load(lora, 0, rows + row);                \
@@ -298,11 +310,10 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
                 g += rdot_##Q(gr, i >> 2, i & 3, xb);                                               \
                 u += rdot_##Q(ur, i >> 2, i & 3, xb);                                               \
             }                                                                                       \
-            g = warp_sum(g + lora_lane(lora, bg, 0, row, 0, 1, ready));                             \
-            u = warp_sum(u + lora_lane(lora, bu, 0, rows + row, 1, 1, ready));                      \
+            g = warp_sum(g + lora_lane(lora, bg, 0, row, 0));                                       \
+            u = warp_sum(u + lora_lane(lora, bu, 0, rows + row, 1));                                \
             if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
         }                                                                                           \
-        lora_exit(lora);                                                                            \
     }                                                                                               \
     extern "C" __global__ void embed_##Q(const uint8_t* __restrict__ table,                         \
                                          const int* __restrict__ state, float* __restrict__ x,      \
@@ -472,13 +483,19 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                                         int rows, int k, float eps, int accumulate, int nb,          \
                                         const float* __restrict__ bias, LoraEpi lora, int ldy) {     \
         extern __shared__ float xs[];                                                                \
-        prefetch_first_row(w, rows, row_bytes_##Q(k));                                               \
-        load_xb(x, norm_w, eps, k, nb, xs);                                                          \
-        lora_produce(lora, xs, k, nb);                                                               \
+        int producers = lora_producers(lora, nb);                                                   \
+        if ((int)blockIdx.x < producers) {                                                          \
+            lora_prefetch_a(lora, k, nb);                                                           \
+            load_xb(x, norm_w, eps, k, nb, xs);                                                     \
+            lora_produce(lora, xs, k, nb);                                                          \
+            return;                                                                                 \
+        }                                                                                           \
+        int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
+        prefetch_first_row(w, rows, row_bytes_##Q(k), block);                                       \
+        load_xb(x, norm_w, eps, k, nb, xs);                                                         \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
         int parts = (k / 32) * 4;                                                                    \
-        bool ready = false;                                                                          \
-        for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {      \
+        for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {              \
             const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                  \
             float acc[QMVB_MAX];                                                                     \
             float bv[QMVB_MAX];                                                                      \
@@ -495,14 +512,13 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             }                                                                                        \
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                   \
                 if (b < nb) {                                                                        \
-                    float s = warp_sum(acc[b] + lora_lane(lora, bv[b], b, row, seg, nb, ready));     \
+                    float s = warp_sum(acc[b] + lora_lane(lora, bv[b], b, row, seg));                \
                     if (bias != nullptr) s += bias[row];                                             \
                     size_t at = (size_t)b * ldy + row;                                               \
                     if (lane == 0) y[at] = accumulate ? y[at] + s : s;                               \
                 }                                                                                    \
             }                                                                                        \
         }                                                                                            \
-        lora_exit(lora);                                                                             \
     }                                                                                                \
     extern "C" __global__ void qmvb_swiglu_##Q(const uint8_t* __restrict__ wg,                       \
                                                const uint8_t* __restrict__ wu,                       \
@@ -511,14 +527,20 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                                                float* __restrict__ y, int rows, int k, float eps,    \
                                                int nb, LoraEpi lora) {                               \
         extern __shared__ float xs[];                                                                \
-        prefetch_first_row(wg, rows, row_bytes_##Q(k));                                              \
-        prefetch_first_row(wu, rows, row_bytes_##Q(k));                                              \
-        load_xb(x, norm_w, eps, k, nb, xs);                                                          \
-        lora_produce(lora, xs, k, nb);                                                               \
+        int producers = lora_producers(lora, nb);                                                   \
+        if ((int)blockIdx.x < producers) {                                                          \
+            lora_prefetch_a(lora, k, nb);                                                           \
+            load_xb(x, norm_w, eps, k, nb, xs);                                                     \
+            lora_produce(lora, xs, k, nb);                                                          \
+            return;                                                                                 \
+        }                                                                                           \
+        int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
+        prefetch_first_row(wg, rows, row_bytes_##Q(k), block);                                      \
+        prefetch_first_row(wu, rows, row_bytes_##Q(k), block);                                      \
+        load_xb(x, norm_w, eps, k, nb, xs);                                                         \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
         int parts = (k / 32) * 4;                                                                    \
-        bool ready = false;                                                                          \
-        for (int row = blockIdx.x * MV_WARPS + warp; row < rows; row += gridDim.x * MV_WARPS) {      \
+        for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {              \
             const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                 \
             const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                 \
             float g[QMVB_MAX], u[QMVB_MAX];                                                          \
@@ -538,13 +560,12 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                   \
                 if (b < nb) {                                                                        \
                     float bg = lora_load(lora, b, row), bu = lora_load(lora, b, rows + row);         \
-                    float gs = warp_sum(g[b] + lora_lane(lora, bg, b, row, 0, nb, ready));           \
-                    float us = warp_sum(u[b] + lora_lane(lora, bu, b, rows + row, 1, nb, ready));    \
+                    float gs = warp_sum(g[b] + lora_lane(lora, bg, b, row, 0));                      \
+                    float us = warp_sum(u[b] + lora_lane(lora, bu, b, rows + row, 1));               \
                     if (lane == 0) y[(size_t)b * rows + row] = gs / (1.f + expf(-gs)) * us;          \
                 }                                                                                    \
             }                                                                                        \
         }                                                                                            \
-        lora_exit(lora);                                                                             \
     }                                                                                                \
     extern "C" __global__ void embedb_##Q(const uint8_t* __restrict__ table,                         \
                                           const int* __restrict__ state, float* __restrict__ x,      \

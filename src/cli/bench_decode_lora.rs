@@ -83,13 +83,7 @@ fn smollm2_config(size: &str) -> anyhow::Result<wick::formats::config::DecoderCo
 #[cfg(feature = "cuda")]
 pub fn run(args: Args) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    use candle_core::quantized::GgmlDType;
-    use candle_core::Device;
-    use std::time::Instant;
-    use wick::formats::weights::WeightSource;
-    use wick::generate::cuda_decode::batch::BatchDecodeEngine;
-    use wick::generate::cuda_decode::check::{random_decode_adapter, random_source};
-    use wick::generate::cuda_decode::DecodeEngine;
+    use cuda::{Engines, Timings};
 
     let device = wick::device::parse_device(&args.device)?;
     anyhow::ensure!(
@@ -97,202 +91,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "wick bench decode-lora needs a CUDA device"
     );
     anyhow::ensure!((1..=8).contains(&args.batch), "--batch must be 1..=8");
-    let (config, source): (_, Box<dyn WeightSource>) = match args.model.strip_prefix("random:") {
-        Some(size) => {
-            let cfg = smollm2_config(size)?;
-            let q = match args.quant.as_str() {
-                "q4_0" => GgmlDType::Q4_0,
-                "q4_1" => GgmlDType::Q4_1,
-                "q5_0" => GgmlDType::Q5_0,
-                "q5_1" => GgmlDType::Q5_1,
-                "q8_0" => GgmlDType::Q8_0,
-                "q4_k" => GgmlDType::Q4K,
-                "q5_k" => GgmlDType::Q5K,
-                "q6_k" => GgmlDType::Q6K,
-                "q4_k_m" => GgmlDType::Q4K,
-                other => {
-                    anyhow::bail!("--quant {other}: q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k q4_k_m")
-                }
-            };
-            // q4_k_m: llama.cpp's mix (Q6_K for v, down and the embedding/head). Rows that are not
-            // whole super-blocks of 256 take llama.cpp's fallbacks (Q4_K -> Q5_0, Q5_K -> Q5_1,
-            // Q6_K -> Q8_0), as its quantizer does at SmolLM2-135M/360M's widths.
-            let mix = args.quant == "q4_k_m";
-            let format = move |name: &str, dims: &[usize]| {
-                let q = if mix
-                    && ["v_proj", "down_proj", "embed"]
-                        .iter()
-                        .any(|t| name.contains(t))
-                {
-                    GgmlDType::Q6K
-                } else {
-                    q
-                };
-                match (q, dims.last().is_some_and(|k| k % 256 == 0)) {
-                    (GgmlDType::Q4K, false) => GgmlDType::Q5_0,
-                    (GgmlDType::Q5K, false) => GgmlDType::Q5_1,
-                    (GgmlDType::Q6K, false) => GgmlDType::Q8_0,
-                    (q, _) => q,
-                }
-            };
-            let source = random_source(&cfg, &format, 7)?;
-            (cfg, Box::new(source))
-        }
-        None => {
-            let path = wick::formats::fetch::resolve_model_arg(&args.model)?;
-            let files = wick::formats::open_model(
-                &path,
-                &wick::formats::LoadOptions {
-                    device: Device::Cpu,
-                    dtype: None,
-                },
-            )?;
-            (files.config, files.weights)
-        }
-    };
-    let vocab = config.vocab_size as u32;
-    let positions = args.prompt_tokens + args.decode_tokens.max(args.compare) + 2;
-    let adapters: Vec<_> = (0..args.batch)
-        .map(|b| random_decode_adapter(&config, args.rank, 1000 + b as u64))
-        .collect();
-    let prompt = |b: usize| -> Vec<u32> {
-        (0..args.prompt_tokens.max(1))
-            .map(|i| ((i * 7919 + b * 104_729 + 13) as u32) % vocab)
-            .collect()
-    };
-    let mut single = DecodeEngine::new(&config, source.as_ref(), &device)
-        .context("building the CUDA decode engine")?;
-    for (slot, a) in adapters.iter().enumerate() {
-        single.load_adapter(slot, a, None)?;
-    }
-    let mut batch =
-        BatchDecodeEngine::new(&config, source.as_ref(), &device, args.batch, positions)
-            .context("building the CUDA batch decode engine")?;
-    for (slot, a) in adapters.iter().enumerate() {
-        batch.load_adapter(slot, a, args.rank)?;
-    }
-    // The last sequence without an adapter (when there are several): the mixed case.
-    let mixed: Vec<Option<usize>> = (0..args.batch)
-        .map(|b| (args.batch == 1 || b + 1 < args.batch).then_some(b))
-        .collect();
-
-    // Correctness: the batch engine (mixed slots) against each sequence alone on the batch-1 engine.
-    batch.set_adapters(&mixed)?;
-    batch.reset();
-    let mut alone = Vec::with_capacity(args.batch);
-    for (b, slot) in mixed.iter().enumerate() {
-        single.set_adapter(*slot)?;
-        single.reset();
-        for &id in &prompt(b) {
-            single.step(id)?;
-        }
-        let mut rows = Vec::with_capacity(args.compare);
-        for _ in 0..args.compare {
-            let (id, _) = single.greedy()?;
-            rows.push((single.logits()?, id));
-            single.step(id)?;
-        }
-        alone.push(rows);
-    }
-    let prompts: Vec<Vec<u32>> = (0..args.batch).map(prompt).collect();
-    for p in 0..prompts[0].len() {
-        let tokens: Vec<u32> = prompts.iter().map(|s| s[p]).collect();
-        batch.step(&tokens)?;
-    }
-    let (mut max_diff, mut same_tokens) = (0f32, true);
-    for step in 0..args.compare {
-        let logits = batch.logits()?;
-        let greedy = batch.greedy()?;
-        let v = config.vocab_size;
-        for b in 0..args.batch {
-            let (want, want_id) = &alone[b][step];
-            let got = &logits[b * v..(b + 1) * v];
-            let d = got
-                .iter()
-                .zip(want)
-                .map(|(x, y)| (x - y).abs())
-                .fold(
-                    0f32,
-                    |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-                );
-            max_diff = max_diff.max(d);
-            same_tokens &= greedy[b].0 == *want_id;
-        }
-        let tokens: Vec<u32> = (0..args.batch).map(|b| alone[b][step].1).collect();
-        batch.step(&tokens)?;
-    }
-
-    // Speed.
-    let mut timed = |run: &str, adapter: Option<usize>, n: usize| -> anyhow::Result<f64> {
-        let start;
-        if n == 1 {
-            single.set_adapter(adapter)?;
-            single.reset();
-            for &id in &prompt(0) {
-                single.step(id)?;
-            }
-            let mut id = single.greedy()?.0;
-            start = Instant::now();
-            for _ in 0..args.decode_tokens {
-                single.step(id)?;
-                id = single.greedy()?.0;
-            }
-        } else {
-            let slots: Vec<Option<usize>> = (0..n).map(|b| adapter.map(|_| b)).collect();
-            batch.set_adapters(&slots)?;
-            batch.reset();
-            for p in 0..prompts[0].len() {
-                let tokens: Vec<u32> = prompts.iter().map(|s| s[p]).collect();
-                batch.step(&tokens)?;
-            }
-            let mut tokens: Vec<u32> = batch.greedy()?.iter().map(|g| g.0).collect();
-            start = Instant::now();
-            for _ in 0..args.decode_tokens {
-                batch.step(&tokens)?;
-                tokens = batch.greedy()?.iter().map(|g| g.0).collect();
-            }
-        }
-        let tps = (n * args.decode_tokens) as f64 / start.elapsed().as_secs_f64();
-        println!("{run:<44} {tps:>10.1} tok/s");
-        Ok(tps)
-    };
+    let (config, source) = cuda::load_model(&args)?;
+    let mut engines = Engines::new(&args, &config, source.as_ref(), &device)?;
+    let (max_diff, same_tokens) = engines.compare(&args)?;
     println!(
         "{} ({} layers), rank {} adapters on all 7 projections, {} prompt + {} decode tokens",
         args.model, config.num_hidden_layers, args.rank, args.prompt_tokens, args.decode_tokens
     );
-    // Warm-up: capture every graph once.
-    timed("warm-up (batch 1, no adapter)", None, 1)?;
-    timed("warm-up (batch 1, adapter)", Some(0), 1)?;
-    let b1_none = timed("batch 1, no adapter", None, 1)?;
-    let b1_lora = timed("batch 1, rank-r adapter", Some(0), 1)?;
-    let mut bn = (None, None);
-    if args.batch > 1 {
-        timed("warm-up (batch N)", None, args.batch)?;
-        timed("warm-up (batch N, adapters)", Some(0), args.batch)?;
-        let none = timed(
-            &format!("batch {}, no adapters", args.batch),
-            None,
-            args.batch,
-        )?;
-        let lora = timed(
-            &format!("batch {}, {} different adapters", args.batch, args.batch),
-            Some(0),
-            args.batch,
-        )?;
-        bn = (Some(none), Some(lora));
-    }
+    let timings = Timings::measure(&mut engines, &args)?;
     let ok = max_diff <= args.tolerance && same_tokens;
     println!(
         "batch 1 adapter/none: {:.3}x; batch {} adapters/none: {}; batch vs alone: max |logit diff| {max_diff:.2e} (<= {}), greedy tokens identical: {same_tokens} -> {}",
-        b1_lora / b1_none,
+        timings.b1_lora / timings.b1_none,
         args.batch,
-        match bn {
-            (Some(n), Some(l)) => format!("{:.3}x", l / n),
-            _ => "-".into(),
+        match timings.batch_n {
+            Some((n, l)) => format!("{:.3}x", l / n),
+            None => "-".into(),
         },
         args.tolerance,
         if ok { "ok" } else { "FAILED" }
     );
+    let bn = timings.batch_n;
     let report = serde_json::json!({
         "model": args.model,
         "quant": args.quant,
@@ -304,10 +123,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "prompt_tokens": args.prompt_tokens,
         "decode_tokens": args.decode_tokens,
         "launches_per_step": 3 + 5 * config.num_hidden_layers,
-        "batch1_tokens_per_second": { "none": b1_none, "adapter": b1_lora, "ratio": b1_lora / b1_none },
-        "batchN_tokens_per_second": { "none": bn.0, "adapters": bn.1,
-            "ratio": bn.0.zip(bn.1).map(|(n, l)| l / n) },
-        "batch_vs_alone": { "slots": format!("{mixed:?}"), "max_abs_logit_diff": max_diff,
+        "batch1_tokens_per_second": { "none": timings.b1_none, "adapter": timings.b1_lora,
+            "ratio": timings.b1_lora / timings.b1_none },
+        "batchN_tokens_per_second": { "none": bn.map(|b| b.0), "adapters": bn.map(|b| b.1),
+            "ratio": bn.map(|(n, l)| l / n) },
+        "batch_vs_alone": { "slots": format!("{:?}", engines.mixed), "max_abs_logit_diff": max_diff,
             "tolerance": args.tolerance, "greedy_tokens_identical": same_tokens },
         "ok": ok,
     });
@@ -321,6 +141,278 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "the batch engine with adapters disagrees with the batch-1 engine"
     );
     Ok(())
+}
+
+/// The model, the two engines with their adapters, and the measured runs.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use std::time::Instant;
+
+    use anyhow::Context as _;
+    use candle_core::quantized::GgmlDType;
+    use candle_core::Device;
+    use wick::formats::config::DecoderConfig;
+    use wick::formats::weights::WeightSource;
+    use wick::generate::cuda_decode::batch::BatchDecodeEngine;
+    use wick::generate::cuda_decode::check::{random_decode_adapter, random_source};
+    use wick::generate::cuda_decode::DecodeEngine;
+
+    use super::{smollm2_config, Args};
+
+    /// The `--quant` names of random weights.
+    fn block_format(quant: &str) -> anyhow::Result<GgmlDType> {
+        Ok(match quant {
+            "q4_0" => GgmlDType::Q4_0,
+            "q4_1" => GgmlDType::Q4_1,
+            "q5_0" => GgmlDType::Q5_0,
+            "q5_1" => GgmlDType::Q5_1,
+            "q8_0" => GgmlDType::Q8_0,
+            "q4_k" | "q4_k_m" => GgmlDType::Q4K,
+            "q5_k" => GgmlDType::Q5K,
+            "q6_k" => GgmlDType::Q6K,
+            other => {
+                anyhow::bail!("--quant {other}: q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k q4_k_m")
+            }
+        })
+    }
+
+    /// The GGUF file or the random model `--model` names, weights on the host.
+    pub(super) fn load_model(
+        args: &Args,
+    ) -> anyhow::Result<(DecoderConfig, Box<dyn WeightSource>)> {
+        let Some(size) = args.model.strip_prefix("random:") else {
+            let path = wick::formats::fetch::resolve_model_arg(&args.model)?;
+            let files = wick::formats::open_model(
+                &path,
+                &wick::formats::LoadOptions {
+                    device: Device::Cpu,
+                    dtype: None,
+                },
+            )?;
+            return Ok((files.config, files.weights));
+        };
+        let cfg = smollm2_config(size)?;
+        let q = block_format(&args.quant)?;
+        // q4_k_m: llama.cpp's mix (Q6_K for v, down and the embedding/head). Rows that are not
+        // whole super-blocks of 256 take llama.cpp's fallbacks (Q4_K -> Q5_0, Q5_K -> Q5_1,
+        // Q6_K -> Q8_0), as its quantizer does at SmolLM2-135M/360M's widths.
+        let mix = args.quant == "q4_k_m";
+        let format = move |name: &str, dims: &[usize]| {
+            let q = if mix
+                && ["v_proj", "down_proj", "embed"]
+                    .iter()
+                    .any(|t| name.contains(t))
+            {
+                GgmlDType::Q6K
+            } else {
+                q
+            };
+            match (q, dims.last().is_some_and(|k| k % 256 == 0)) {
+                (GgmlDType::Q4K, false) => GgmlDType::Q5_0,
+                (GgmlDType::Q5K, false) => GgmlDType::Q5_1,
+                (GgmlDType::Q6K, false) => GgmlDType::Q8_0,
+                (q, _) => q,
+            }
+        };
+        let source = random_source(&cfg, &format, 7)?;
+        Ok((cfg, Box::new(source)))
+    }
+
+    /// The batch-1 and batch engines, each with one random adapter per sequence loaded.
+    pub(super) struct Engines {
+        single: DecodeEngine,
+        batch: BatchDecodeEngine,
+        /// Every sequence's prompt.
+        prompts: Vec<Vec<u32>>,
+        /// The adapter slot of each sequence in the correctness run: the last sequence without an
+        /// adapter when there are several (the mixed case).
+        pub(super) mixed: Vec<Option<usize>>,
+        vocab: usize,
+    }
+
+    impl Engines {
+        pub(super) fn new(
+            args: &Args,
+            config: &DecoderConfig,
+            source: &dyn WeightSource,
+            device: &Device,
+        ) -> anyhow::Result<Self> {
+            let vocab = config.vocab_size;
+            let positions = args.prompt_tokens + args.decode_tokens.max(args.compare) + 2;
+            let adapters: Vec<_> = (0..args.batch)
+                .map(|b| random_decode_adapter(config, args.rank, 1000 + b as u64))
+                .collect();
+            let prompts = (0..args.batch)
+                .map(|b| {
+                    (0..args.prompt_tokens.max(1))
+                        .map(|i| ((i * 7919 + b * 104_729 + 13) % vocab) as u32)
+                        .collect()
+                })
+                .collect();
+            let mut single = DecodeEngine::new(config, source, device)
+                .context("building the CUDA decode engine")?;
+            let mut batch = BatchDecodeEngine::new(config, source, device, args.batch, positions)
+                .context("building the CUDA batch decode engine")?;
+            for (slot, a) in adapters.iter().enumerate() {
+                single.load_adapter(slot, a, None)?;
+                batch.load_adapter(slot, a, args.rank)?;
+            }
+            let mixed = (0..args.batch)
+                .map(|b| (args.batch == 1 || b + 1 < args.batch).then_some(b))
+                .collect();
+            Ok(Self {
+                single,
+                batch,
+                prompts,
+                mixed,
+                vocab,
+            })
+        }
+
+        /// Steps every sequence's prompt through the batch engine.
+        fn batch_prompts(&mut self) -> anyhow::Result<()> {
+            for p in 0..self.prompts[0].len() {
+                let tokens: Vec<u32> = self.prompts.iter().map(|s| s[p]).collect();
+                self.batch.step(&tokens)?;
+            }
+            Ok(())
+        }
+
+        /// Steps sequence `b`'s prompt through the batch-1 engine.
+        fn single_prompt(&mut self, b: usize) -> anyhow::Result<()> {
+            for &id in &self.prompts[b] {
+                self.single.step(id)?;
+            }
+            Ok(())
+        }
+
+        /// `--compare` greedy steps of the batch-1 engine running sequence `b` alone with its
+        /// slot: (logits, greedy token) per step.
+        fn alone(
+            &mut self,
+            b: usize,
+            slot: Option<usize>,
+            steps: usize,
+        ) -> anyhow::Result<Vec<(Vec<f32>, u32)>> {
+            self.single.set_adapter(slot)?;
+            self.single.reset();
+            self.single_prompt(b)?;
+            let mut rows = Vec::with_capacity(steps);
+            for _ in 0..steps {
+                let (id, _) = self.single.greedy()?;
+                rows.push((self.single.logits()?, id));
+                self.single.step(id)?;
+            }
+            Ok(rows)
+        }
+
+        /// The batch engine (mixed slots) against each sequence alone on the batch-1 engine:
+        /// (max |logit difference|, greedy tokens identical).
+        pub(super) fn compare(&mut self, args: &Args) -> anyhow::Result<(f32, bool)> {
+            let mixed = self.mixed.clone();
+            self.batch.set_adapters(&mixed)?;
+            self.batch.reset();
+            let alone = mixed
+                .iter()
+                .enumerate()
+                .map(|(b, slot)| self.alone(b, *slot, args.compare))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            self.batch_prompts()?;
+            let (mut max_diff, mut same_tokens) = (0f32, true);
+            let v = self.vocab;
+            for step in 0..args.compare {
+                let logits = self.batch.logits()?;
+                let greedy = self.batch.greedy()?;
+                for (b, rows) in alone.iter().enumerate() {
+                    let (want, want_id) = &rows[step];
+                    let got = &logits[b * v..(b + 1) * v];
+                    let d = got
+                        .iter()
+                        .zip(want)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(
+                            0f32,
+                            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+                        );
+                    max_diff = max_diff.max(d);
+                    same_tokens &= greedy[b].0 == *want_id;
+                }
+                let tokens: Vec<u32> = alone.iter().map(|rows| rows[step].1).collect();
+                self.batch.step(&tokens)?;
+            }
+            Ok((max_diff, same_tokens))
+        }
+
+        /// Tokens per second of `--decode-tokens` greedy steps on `n` sequences (the batch-1
+        /// engine when `n` is 1), every sequence with an adapter of its own or none.
+        fn timed(
+            &mut self,
+            run: &str,
+            adapter: bool,
+            n: usize,
+            args: &Args,
+        ) -> anyhow::Result<f64> {
+            let start;
+            if n == 1 {
+                self.single.set_adapter(adapter.then_some(0))?;
+                self.single.reset();
+                self.single_prompt(0)?;
+                let mut id = self.single.greedy()?.0;
+                start = Instant::now();
+                for _ in 0..args.decode_tokens {
+                    self.single.step(id)?;
+                    id = self.single.greedy()?.0;
+                }
+            } else {
+                let slots: Vec<Option<usize>> = (0..n).map(|b| adapter.then_some(b)).collect();
+                self.batch.set_adapters(&slots)?;
+                self.batch.reset();
+                self.batch_prompts()?;
+                let mut tokens: Vec<u32> = self.batch.greedy()?.iter().map(|g| g.0).collect();
+                start = Instant::now();
+                for _ in 0..args.decode_tokens {
+                    self.batch.step(&tokens)?;
+                    tokens = self.batch.greedy()?.iter().map(|g| g.0).collect();
+                }
+            }
+            let tps = (n * args.decode_tokens) as f64 / start.elapsed().as_secs_f64();
+            println!("{run:<44} {tps:>10.1} tok/s");
+            Ok(tps)
+        }
+    }
+
+    /// Tokens per second without and with adapters.
+    pub(super) struct Timings {
+        pub(super) b1_none: f64,
+        pub(super) b1_lora: f64,
+        /// (no adapters, a different adapter per sequence) on the batch engine, when `--batch` > 1.
+        pub(super) batch_n: Option<(f64, f64)>,
+    }
+
+    impl Timings {
+        pub(super) fn measure(engines: &mut Engines, args: &Args) -> anyhow::Result<Self> {
+            // Warm-up: capture every graph once.
+            engines.timed("warm-up (batch 1, no adapter)", false, 1, args)?;
+            engines.timed("warm-up (batch 1, adapter)", true, 1, args)?;
+            let b1_none = engines.timed("batch 1, no adapter", false, 1, args)?;
+            let b1_lora = engines.timed("batch 1, rank-r adapter", true, 1, args)?;
+            let mut batch_n = None;
+            if args.batch > 1 {
+                let n = args.batch;
+                engines.timed("warm-up (batch N)", false, n, args)?;
+                engines.timed("warm-up (batch N, adapters)", true, n, args)?;
+                let none = engines.timed(&format!("batch {n}, no adapters"), false, n, args)?;
+                let lora =
+                    engines.timed(&format!("batch {n}, {n} different adapters"), true, n, args)?;
+                batch_n = Some((none, lora));
+            }
+            Ok(Self {
+                b1_none,
+                b1_lora,
+                batch_n,
+            })
+        }
+    }
 }
 
 /// Without CUDA there is nothing to measure.

@@ -1,11 +1,11 @@
 //! LoRA adapters inside the decode engines, unmerged: a pool of adapter slots on the device and the
 //! launches that apply them (Punica's BGMV / S-LoRA idea). Each sequence of a step has a slot index
 //! (device memory, written with the tokens; negative: no adapter), so a batch whose sequences use
-//! different adapters applies them inside the base mat-vecs: the group's shrink by the launch's first
-//! warps before their own rows, the expand in every row's epilogue (kernels/quant_matvec.cu):
+//! different adapters applies them inside the base mat-vecs: the group's shrink by producer warps in
+//! the launch's first blocks, the expand in every row's epilogue (kernels/quant_matvec.cu):
 //!
 //! ```text
-//! group (input)                  shrink (first warps)             expand (mat-vec epilogue)
+//! group (input)                  shrink (producer warps)           expand (mat-vec epilogue)
 //! q/k/v (rms_norm(x), fused)     xa = xn [A_q | A_k | A_v]^T     qkv[r] += xa[seg(r)] . B_qkv[r]
 //! o (attention output)           xa = attn A_o^T                  x[r]   += xa . B_o[r]
 //! gate/up (rms_norm(x), fused)   xa = xn [A_gate | A_up]^T        g += xa[0] . B_g[r], u += xa[1] . B_u[r]
@@ -58,12 +58,12 @@ pub struct AdapterPool {
     b: CudaSlice<f32>,
     a_ptr: u64,
     b_ptr: u64,
-    /// x A^T of each sequence, [batch, 3 rank] (the widest group).
-    _xa: CudaSlice<f32>,
+    /// x A^T of each sequence for every launch of a step, [layers][group][batch, 3 rank] (3 rank:
+    /// the widest group), each value XA_PENDING (all bits set) until its launch's producer stores
+    /// it: [`AdapterPool::mark_pending`] refills it before every step.
+    xa: CudaSlice<f32>,
     xa_ptr: u64,
-    /// The mat-vecs' shrink counters (tasks done, blocks finished), zero between launches.
-    _sync: CudaSlice<u32>,
-    sync_ptr: u64,
+    batch: usize,
     /// Each sequence's slot, [batch] i32 (negative: none), written before each step.
     seq_slots: CudaSlice<i32>,
     seq_slots_ptr: u64,
@@ -97,10 +97,7 @@ impl AdapterPool {
         };
         let a = alloc(layers * slots * per_a, "A")?;
         let b = alloc(layers * slots * per_b, "B")?;
-        let xa = alloc(batch * 3 * rank, "xa")?;
-        let sync = stream
-            .alloc_zeros::<u32>(2)
-            .map_err(|e| driver_err("shrink counters", e))?;
+        let xa = alloc(layers * GROUPS.len() * batch * 3 * rank, "xa")?;
         let seq_slots = stream
             .clone_htod(&vec![-1i32; batch])
             .map_err(|e| driver_err("slot indices", e))?;
@@ -111,12 +108,11 @@ impl AdapterPool {
             a_ptr: device_ptr(&a, stream),
             b_ptr: device_ptr(&b, stream),
             xa_ptr: device_ptr(&xa, stream),
-            sync_ptr: device_ptr(&sync, stream),
-            _sync: sync,
+            batch,
             seq_slots_ptr: device_ptr(&seq_slots, stream),
             a,
             b,
-            _xa: xa,
+            xa,
             seq_slots,
             occupants: vec![None; slots],
         })
@@ -266,19 +262,37 @@ impl AdapterPool {
             .map_err(|e| driver_err("writing slot indices", e))
     }
 
+    /// Marks every xa value of the step pending (all bits set, one memset node in the graph), so
+    /// that each launch's expands wait for its shrink.
+    pub fn mark_pending(&self, stream: &Arc<CudaStream>) -> Result<()> {
+        // SAFETY: xa is this pool's allocation on `stream`, alive as long as the pool; every f32 bit
+        // pattern is a valid value.
+        unsafe {
+            candle_core::cuda_backend::cudarc::driver::result::memset_d8_async(
+                self.xa_ptr,
+                0xff,
+                self.xa.len() * 4,
+                stream.cu_stream(),
+            )
+        }
+        .map_err(|e| driver_err("marking xa pending", e))
+    }
+
     /// The LoRA part of group `g`'s mat-vec at `layer`: the launch computes the group's shrink
-    /// (A of every sequence's slot against the x it normalizes) and adds each row's expand.
+    /// (A of every sequence's slot against the x it normalizes) into the launch's own xa region
+    /// and adds each row's expand.
     pub fn epilogue(&self, layer: usize, g: Group) -> LoraEpilogue {
         let d = dims(&self.shape).group(g, self.rank);
         let (a_off, b_off, sa, sb) = self.offsets(layer, g);
+        let launch = layer * GROUPS.len() + GROUPS.iter().position(|&h| h == g).unwrap_or(0);
+        let xa_off = launch * self.batch * 3 * self.rank;
         LoraEpilogue {
             b: self.b_ptr + (b_off * 4) as u64,
             slot_stride: sb as i64,
-            xa: self.xa_ptr,
+            xa: self.xa_ptr + (xa_off * 4) as u64,
             slots: self.seq_slots_ptr,
             a: self.a_ptr + (a_off * 4) as u64,
             a_slot_stride: sa as i64,
-            sync: self.sync_ptr,
             rank: self.rank as i32,
             xa_stride: (3 * self.rank) as i32,
             e0: d.e0 as i32,

@@ -6,7 +6,8 @@
 //! Each sequence has its own token/position pair (`state` [N, 2]), KV cache (at
 //! `seq * layers * max_seq * kv_heads * head_dim` floats) and, with an adapter pool, adapter slot.
 //! With adapters (`lora`), each projection group's mat-vec also computes the group's shrink and adds
-//! the expand in its epilogue (`adapters`): the same launches as without.
+//! the expand in its epilogue (`adapters`): the same launches as without, after one memset that
+//! marks the step's xa values pending.
 
 use std::sync::Arc;
 
@@ -122,7 +123,7 @@ pub(super) struct Step<'a> {
     pub lora: Option<&'a AdapterPool>,
 }
 
-/// Launches per step for `layers` layers (adapters add none).
+/// Kernel launches per step for `layers` layers (adapters add none, only a memset node).
 pub fn launches_per_step(layers: usize) -> usize {
     3 + 5 * layers
 }
@@ -221,6 +222,52 @@ impl Step<'_> {
         Ok(())
     }
 
+    /// The address of norm weight `i` (two per layer, then the final norm).
+    fn norm(&self, i: usize) -> u64 {
+        self.weights.norms_ptr + (i * self.shape.hidden * 4) as u64
+    }
+
+    /// RoPE on q/k, the KV-cache append and attention of layer `i`, for every sequence.
+    fn attention(&self, i: usize) -> Result<()> {
+        let (s, b) = (self.shape, self.buffers);
+        let cache_layer = (s.max_seq * s.kv_heads * s.head_dim * 4) as u64;
+        let cache_seq_stride = s.layers * s.max_seq * s.kv_heads * s.head_dim;
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        self.kernels
+            .rope_attention_batch(
+                b.qkv,
+                b.k_cache + i as u64 * cache_layer,
+                b.v_cache + i as u64 * cache_layer,
+                b.state_ptr,
+                self.weights.inv_freq_ptr,
+                b.attn,
+                b.part,
+                b.counters,
+                s.attention(),
+                scale,
+                b.batch,
+                cache_seq_stride,
+            )
+            .map_err(launch_err("rope_attention"))
+    }
+
+    /// act = silu(gate xn) * (up xn) of layer `i` for every sequence (normed in the launch).
+    fn gate_up(&self, i: usize, l: &super::weights::LayerWeights) -> Result<()> {
+        let (k, s, b) = (self.kernels, self.shape, self.buffers);
+        let lora = self.lora(i, Group::GateUp);
+        let (g, u) = (&l.gate, &l.up);
+        let (x, norm_w, act, ffn, h, eps) =
+            (b.x, self.norm(2 * i + 1), b.act, s.ffn, s.hidden, s.eps);
+        (if b.batch == 1 {
+            k.qmv_swiglu(g.quant, g.ptr, u.ptr, x, norm_w, act, ffn, h, eps, &lora)
+        } else {
+            k.qmv_swiglu_batch(
+                g.quant, g.ptr, u.ptr, x, norm_w, act, ffn, h, eps, b.batch, &lora,
+            )
+        })
+        .map_err(launch_err("gate/up + swiglu"))
+    }
+
     /// The fixed launch sequence of one step, calling `mark(kind)` after each launch (the
     /// profile's events; a no-op otherwise).
     pub fn launch(&self, mark: &mut dyn FnMut(&'static str) -> Result<()>) -> Result<()> {
@@ -231,38 +278,21 @@ impl Step<'_> {
             self.weights,
             self.buffers.batch,
         );
-        let (h, eps) = (s.hidden, s.eps);
-        let norm = |i: usize| w.norms_ptr + (i * h * 4) as u64;
-        let cache_layer = (s.max_seq * s.kv_heads * s.head_dim * 4) as u64;
-        let cache_seq_stride = s.layers * s.max_seq * s.kv_heads * s.head_dim;
-        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        if let Some(pool) = self.lora {
+            pool.mark_pending(k.stream())?;
+        }
         let e = &w.embed;
         (if n == 1 {
-            k.embed(e.quant, e.ptr, b.state_ptr, b.x, h)
+            k.embed(e.quant, e.ptr, b.state_ptr, b.x, s.hidden)
         } else {
-            k.embed_batch(e.quant, e.ptr, b.state_ptr, b.x, h, n)
+            k.embed_batch(e.quant, e.ptr, b.state_ptr, b.x, s.hidden, n)
         })
         .map_err(launch_err("embed"))?;
         mark("embed")?;
         for (i, l) in w.layers.iter().enumerate() {
-            let lora = self.lora(i, Group::Qkv);
-            self.qkv(l, b.x, norm(2 * i), lora)?;
+            self.qkv(l, b.x, self.norm(2 * i), self.lora(i, Group::Qkv))?;
             mark("qmv q/k/v")?;
-            k.rope_attention_batch(
-                b.qkv,
-                b.k_cache + i as u64 * cache_layer,
-                b.v_cache + i as u64 * cache_layer,
-                b.state_ptr,
-                w.inv_freq_ptr,
-                b.attn,
-                b.part,
-                b.counters,
-                s.attention(),
-                scale,
-                n,
-                cache_seq_stride,
-            )
-            .map_err(launch_err("rope_attention"))?;
+            self.attention(i)?;
             mark("rope_attention")?;
             let epilogue = Epilogue {
                 bias: l.o_bias_ptr,
@@ -271,37 +301,7 @@ impl Step<'_> {
             self.matvec(&l.o, b.attn, 0, b.x, true, &epilogue)
                 .map_err(launch_err("o_proj"))?;
             mark("qmv o_proj")?;
-            let lora = self.lora(i, Group::GateUp);
-            let (g, u) = (&l.gate, &l.up);
-            (if n == 1 {
-                k.qmv_swiglu(
-                    g.quant,
-                    g.ptr,
-                    u.ptr,
-                    b.x,
-                    norm(2 * i + 1),
-                    b.act,
-                    s.ffn,
-                    h,
-                    eps,
-                    &lora,
-                )
-            } else {
-                k.qmv_swiglu_batch(
-                    g.quant,
-                    g.ptr,
-                    u.ptr,
-                    b.x,
-                    norm(2 * i + 1),
-                    b.act,
-                    s.ffn,
-                    h,
-                    eps,
-                    n,
-                    &lora,
-                )
-            })
-            .map_err(launch_err("gate/up + swiglu"))?;
+            self.gate_up(i, l)?;
             mark("qmv_swiglu gate/up")?;
             let epilogue = Epilogue {
                 bias: 0,
@@ -314,7 +314,7 @@ impl Step<'_> {
         self.matvec(
             w.head(),
             b.x,
-            norm(2 * s.layers),
+            self.norm(2 * s.layers),
             b.logits_ptr,
             false,
             &Epilogue::NONE,

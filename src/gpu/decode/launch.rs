@@ -47,14 +47,12 @@ pub struct LoraEpilogue {
     pub xa: u64,
     /// Each sequence's slot, [nb] i32, negative for none.
     pub slots: u64,
-    /// A of slot 0 ([a_rows, k] f32 per slot): the launch computes xa first (its first warps, from
-    /// the x it normalizes); 0: xa is already computed (by an earlier launch of the step).
+    /// A of slot 0 ([a_rows, k] f32 per slot): the launch computes xa (producer warps in blocks of
+    /// their own, from the x they normalize), which must hold [`XA_PENDING`] values before the
+    /// launch; 0: xa is already computed (by an earlier launch of the step).
     pub a: u64,
     /// Floats from one slot's A to the next.
     pub a_slot_stride: i64,
-    /// Two u32 counters (zero before the launch, zero again after it) that order the shrink
-    /// before the expands.
-    pub sync: u64,
     /// Floats per B row and per xa segment.
     pub rank: i32,
     /// Floats per sequence in `xa`.
@@ -67,7 +65,21 @@ pub struct LoraEpilogue {
     pub pad: i32,
 }
 
-// SAFETY: plain old data with the C layout of `LoraEpi` (7 pointers/int64, then 6 int32).
+/// The bits of an xa value its producer has not stored yet (XA_PENDING in kernels/quant_matvec.cu).
+pub const XA_PENDING: u32 = u32::MAX;
+
+impl LoraEpilogue {
+    /// Blocks of producer warps a launch for `batch` sequences puts before its mat-vec blocks (one
+    /// warp per sequence and row of A), 0 when it does not compute its shrink.
+    fn producer_blocks(&self, batch: usize) -> usize {
+        if self.b == 0 || self.a == 0 {
+            return 0;
+        }
+        (batch * self.a_rows.max(0) as usize).div_ceil(MV_WARPS)
+    }
+}
+
+// SAFETY: plain old data with the C layout of `LoraEpi` (6 pointers/int64, then 6 int32).
 unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for LoraEpilogue {}
 
 /// What a mat-vec adds to each output row before storing it: a bias [rows] (0: none) and the LoRA
@@ -89,7 +101,6 @@ impl Epilogue {
             slots: 0,
             a: 0,
             a_slot_stride: 0,
-            sync: 0,
             rank: 0,
             xa_stride: 0,
             e0: 0,
@@ -174,9 +185,12 @@ impl DecodeKernels {
         &self.stream
     }
 
-    fn matvec_config(rows: usize, k: usize) -> LaunchConfig {
+    /// One warp per row (rows beyond `MV_MAX_BLOCKS` blocks loop), after the LoRA producers'
+    /// blocks.
+    fn matvec_config(rows: usize, k: usize, producers: usize) -> LaunchConfig {
+        let blocks = rows.div_ceil(MV_WARPS).clamp(1, MV_MAX_BLOCKS) + producers;
         LaunchConfig {
-            grid_dim: (rows.div_ceil(MV_WARPS).clamp(1, MV_MAX_BLOCKS) as u32, 1, 1),
+            grid_dim: (blocks as u32, 1, 1),
             block_dim: ((MV_WARPS * 32) as u32, 1, 1),
             shared_mem_bytes: (k * 4) as u32,
         }
@@ -204,7 +218,8 @@ impl DecodeKernels {
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i);
         b.arg(&epilogue.bias).arg(&epilogue.lora);
-        unsafe { b.launch(Self::matvec_config(rows, k)) }.w()?;
+        let cfg = Self::matvec_config(rows, k, epilogue.lora.producer_blocks(1));
+        unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
 
@@ -229,7 +244,7 @@ impl DecodeKernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(lora);
-        unsafe { b.launch(Self::matvec_config(rows, k)) }.w()?;
+        unsafe { b.launch(Self::matvec_config(rows, k, lora.producer_blocks(1))) }.w()?;
         Ok(())
     }
 
@@ -248,14 +263,19 @@ impl DecodeKernels {
         Ok(())
     }
 
-    fn batch_matvec_config(rows: usize, k: usize, batch: usize) -> Result<LaunchConfig> {
+    fn batch_matvec_config(
+        rows: usize,
+        k: usize,
+        batch: usize,
+        lora: &LoraEpilogue,
+    ) -> Result<LaunchConfig> {
         if batch == 0 || batch > MAX_DECODE_BATCH || batch * k * 4 > MAX_BATCH_SHARED_BYTES {
             return Err(candle_core::Error::Msg(format!(
                 "batched mat-vec: {batch} sequences of {k} values exceed the kernel's limits \
                  ({MAX_DECODE_BATCH} sequences, {MAX_BATCH_SHARED_BYTES} bytes of shared memory)"
             )));
         }
-        let mut cfg = Self::matvec_config(rows, k);
+        let mut cfg = Self::matvec_config(rows, k, lora.producer_blocks(batch));
         cfg.shared_mem_bytes = (batch * k * 4) as u32;
         Ok(cfg)
     }
@@ -306,7 +326,7 @@ impl DecodeKernels {
             )));
         }
         let ldy_i = ldy as i32;
-        let cfg = Self::batch_matvec_config(rows, k, batch)?;
+        let cfg = Self::batch_matvec_config(rows, k, batch, &epilogue.lora)?;
         let f = &self.qmvb[index(q)];
         let (rows_i, k_i, acc_i, nb) = (rows as i32, k as i32, accumulate as i32, batch as i32);
         let mut b = self.stream.launch_builder(f);
@@ -333,7 +353,7 @@ impl DecodeKernels {
         batch: usize,
         lora: &LoraEpilogue,
     ) -> Result<()> {
-        let cfg = Self::batch_matvec_config(rows, k, batch)?;
+        let cfg = Self::batch_matvec_config(rows, k, batch, lora)?;
         let f = &self.qmvb_swiglu[index(q)];
         let (rows_i, k_i, nb) = (rows as i32, k as i32, batch as i32);
         let mut b = self.stream.launch_builder(f);

@@ -5,13 +5,14 @@
 //! once for N sequences (`step`): the batch-1 engine ([`DecodeEngine`]) and the batch engine
 //! (`batch`) run it at N = 1 and N <= 8. LoRA adapters stay unmerged in a pool of slots
 //! (`adapters`), each sequence with its own slot: each projection group's mat-vec computes the
-//! group's shrink in its first warps and the expand in its epilogue (no launch of their own).
+//! group's shrink in producer blocks and the expand in its epilogue (no launch of their own; one
+//! memset per step marks the shrinks' outputs pending).
 //!
 //! One step (token id and position in device memory, `state`):
 //! ```text
 //! x = embed(token)                                                    1 launch
 //! per layer:  qkv = W_qkv rms_norm(x) (+ bias)                        5 launches per layer
-//!             attn = attention(rope(q), rope(k) -> cache, v -> cache)  (+ 4 with adapters)
+//!             attn = attention(rope(q), rope(k) -> cache, v -> cache)  (the same with adapters)
 //!             x += W_o attn
 //!             act = silu(W_gate rms_norm(x)) * (W_up rms_norm(x))
 //!             x += W_down act

@@ -21,6 +21,14 @@ pub struct Args {
     /// (default: the CPU's fast quantized kernels; batch invariance is bitwise there).
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Where generation runs: `cpu`, or `cuda` / `cuda:N` for the CUDA batch decode engine (a GGUF
+    /// llama-family model; up to 8 sequences per step, each with its own adapter).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Largest LoRA rank the GPU adapter pool holds (every slot is this rank; bigger adapters are
+    /// refused by name). Default: 16, or the largest rank among the --adapter ones.
+    #[arg(long)]
+    pub max_lora_rank: Option<usize>,
     /// A LoRA adapter as NAME=DIR (PEFT layout), pinned in memory; requests use it with
     /// `"model": "NAME"`. Repeatable. More load at run time with POST /v1/load_lora_adapter.
     #[arg(long = "adapter", value_parser = parse_adapter)]
@@ -84,8 +92,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some("f16") => Some(candle_core::DType::F16),
         Some(other) => anyhow::bail!("--dtype {other}: expected f32, bf16, f16 or quantized"),
     };
+    let device = wick::device::parse_device(&args.device)?;
     let config = ServeConfig {
         model: model.clone(),
+        device,
+        max_lora_rank: args.max_lora_rank,
         model_id: args.served_model_name,
         dtype,
         adapters: args.adapters,

@@ -7,6 +7,7 @@
 //! group's rows q | k | v, the gate/up group's gate | up), so the kernels read
 //! `y[r] += sum_j xa[seg(r) R + j] B[r, j]` with `xa = x A^T` (`gpu::decode::lora_reference`).
 
+use crate::lora::resident::ResidentAdapter;
 use crate::models::linear::Linear;
 use crate::{Context, Error, Result};
 
@@ -199,6 +200,36 @@ impl DecodeAdapter {
             layers.push(layer);
         }
         Ok(Some(Self { layers }))
+    }
+
+    /// A resident adapter (the server's CPU layout, one pair per projection in `linear_layers()`
+    /// order, A and B in f16) as the engines load it, B scaled by its scale times `scale`.
+    pub fn from_resident(adapter: &ResidentAdapter, scale: f32) -> Result<Self> {
+        let pairs = adapter.layers();
+        if pairs.len() % PROJECTIONS.len() != 0 {
+            return Err(Error::InvalidRequest(format!(
+                "decode adapter {}: {} projections is not a whole number of layers of {}",
+                adapter.name(),
+                pairs.len(),
+                PROJECTIONS.len()
+            )));
+        }
+        let s = adapter.scale() * scale;
+        let layers = pairs
+            .chunks(PROJECTIONS.len())
+            .map(|chunk| {
+                let mut layer: [Option<ProjectionLora>; 7] = Default::default();
+                for (slot, pair) in layer.iter_mut().zip(chunk) {
+                    *slot = pair.as_ref().map(|p| ProjectionLora {
+                        rank: p.rank(),
+                        a: p.a_f32(),
+                        b: p.b_f32_scaled(s),
+                    });
+                }
+                layer
+            })
+            .collect();
+        Ok(Self { layers })
     }
 
     /// The identity of the adapters attached to `linears`: the tensor ids of every A and B (an

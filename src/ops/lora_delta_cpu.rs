@@ -87,6 +87,23 @@ impl LowRankCpu {
         self.out_features
     }
 
+    /// A [rank, in] widened to f32 (for an engine that keeps its own copy, e.g. a GPU slot).
+    pub fn a_f32(&self) -> Vec<f32> {
+        self.a.iter().map(|v| v.to_f32()).collect()
+    }
+
+    /// B [out, rank] times `scale`, widened to f32.
+    pub fn b_f32_scaled(&self, scale: f32) -> Vec<f32> {
+        let (r, out) = (self.rank, self.out_features);
+        let mut b = vec![0f32; out * r];
+        for (k, row) in self.b_t.chunks(out).enumerate() {
+            for (o, v) in row.iter().enumerate() {
+                b[o * r + k] = v.to_f32() * scale;
+            }
+        }
+        b
+    }
+
     /// y: [rows, out] += scale * (x A^T) B^T, x: [rows, in].
     pub fn add_to(&self, y: &mut [f32], x: &[f32], scale: f32) -> Result<()> {
         let (inf, out) = (self.in_features, self.out_features);
@@ -278,6 +295,25 @@ mod tests {
     use crate::check::{random_tensor, to_f64_vec};
     use crate::ops::lora_linear::lora_linear_reference;
     use candle_core::Device;
+
+    /// The f32 copies an engine takes are the stored f16 values, B back in [out, rank] order.
+    #[test]
+    fn f32_copies_are_the_stored_pair() {
+        let dev = Device::Cpu;
+        let a = random_tensor(&[3, 40], DType::F32, &dev, 5, 0.5).unwrap();
+        let b = random_tensor(&[24, 3], DType::F32, &dev, 6, 0.5).unwrap();
+        let pair = LowRankCpu::new(&a, &b).unwrap();
+        let f16_round = |t: &Tensor| {
+            t.to_dtype(DType::F16)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .unwrap()
+        };
+        assert_eq!(pair.a_f32(), f16_round(&a));
+        let want: Vec<f32> = f16_round(&b).iter().map(|v| v * 2.5).collect();
+        assert_eq!(pair.b_f32_scaled(2.5), want);
+    }
 
     /// Against the f64 reference (with A and B rounded to f16 first, as stored), for ranks, widths
     /// and row counts with and without tails; the AVX2 kernel gives the scalar one's bits.

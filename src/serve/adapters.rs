@@ -51,6 +51,8 @@ pub struct AdapterSet {
     /// Names a request cannot give an adapter (the base model's ids).
     reserved: Vec<String>,
     max_resident: usize,
+    /// Largest rank accepted (the GPU adapter pool's), 0 for any.
+    max_rank: std::sync::atomic::AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -67,8 +69,15 @@ impl AdapterSet {
             shapes,
             reserved,
             max_resident: max_resident.max(1),
+            max_rank: std::sync::atomic::AtomicUsize::new(0),
             metrics,
         }
+    }
+
+    /// Refuses adapters of rank above `rank` from now on (a GPU server's pool holds no more).
+    pub fn set_max_rank(&self, rank: usize) {
+        self.max_rank
+            .store(rank, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -94,6 +103,18 @@ impl AdapterSet {
             ));
         }
         let adapter = self.load(name, path)?;
+        let max_rank = self.max_rank.load(std::sync::atomic::Ordering::Relaxed);
+        if max_rank > 0 && adapter.rank() > max_rank {
+            return Err(ApiError::invalid(
+                Some("lora_path"),
+                format!(
+                    "{}: rank {} is more than the server's GPU adapter pool holds ({max_rank}; \
+                     restart with a larger --max-lora-rank)",
+                    path.display(),
+                    adapter.rank()
+                ),
+            ));
+        }
         let mut inner = self.lock();
         if inner.entries.contains_key(name) {
             return Err(ApiError::invalid(

@@ -8,6 +8,7 @@
 //!   [`validate`]: field checks (400 naming the field);
 //! - [`adapters`]: known and resident adapters (LRU eviction, pinning);
 //! - [`batch`]: the [`batch::BatchDecoder`] seam and the CPU decoder (`Llama::forward_ragged`);
+//!   `cuda_batch` (feature `cuda`): the decoder on the CUDA batch decode engine;
 //! - [`scheduler`]: the continuous-batching loop; [`request`]: what flows between it and HTTP;
 //! - [`completions`], [`endpoints`]: the handlers; [`state`]: what they share;
 //! - [`metrics`]: Prometheus exposition; [`server`]: assembling and running it all.
@@ -25,6 +26,8 @@
 pub mod adapters;
 pub mod batch;
 pub mod completions;
+#[cfg(feature = "cuda")]
+pub mod cuda_batch;
 pub mod endpoints;
 pub mod error;
 pub mod metrics;

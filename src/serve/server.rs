@@ -16,7 +16,7 @@ use axum::Router;
 use candle_core::Device;
 
 use super::adapters::AdapterSet;
-use super::batch::CpuBatchDecoder;
+use super::batch::{BatchDecoder, CpuBatchDecoder};
 use super::completions::{chat, completion};
 use super::endpoints;
 use super::error::ApiError;
@@ -34,6 +34,12 @@ use crate::{Error, Result};
 pub struct ServeConfig {
     /// A GGUF file or HF directory.
     pub model: PathBuf,
+    /// Where generation runs: the CPU (`CpuBatchDecoder`) or a CUDA device (`CudaBatchDecoder`,
+    /// feature `cuda`; at most `MAX_DECODE_BATCH` sequences per step).
+    pub device: Device,
+    /// Largest adapter rank the GPU adapter pool holds (`None`: 16, or the largest rank among
+    /// `adapters`).
+    pub max_lora_rank: Option<usize>,
     /// The base model's id in the API (default: the file name without extension).
     pub model_id: Option<String>,
     /// `None`: GGUF weights stay quantized (the fast CPU path); `Some(dt)`: every weight dense in dt.
@@ -66,6 +72,8 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             model: PathBuf::new(),
+            device: Device::Cpu,
+            max_lora_rank: None,
             model_id: None,
             dtype: None,
             adapters: Vec::new(),
@@ -143,14 +151,23 @@ impl Server {
             }
             None => None,
         };
-        let context = text.model.config().max_position_embeddings;
-        let decoder = CpuBatchDecoder::new(text.model.clone(), config.prefill_chunk);
+        let (decoder, context, max_batch) = if config.device.is_cuda() {
+            gpu_decoder(config, &adapters)?
+        } else {
+            let decoder = CpuBatchDecoder::new(text.model.clone(), config.prefill_chunk);
+            let context = text.model.config().max_position_embeddings;
+            (
+                Box::new(decoder) as Box<dyn BatchDecoder>,
+                context,
+                config.max_batch,
+            )
+        };
         let (scheduler, submitter) = Scheduler::spawn(
-            Box::new(decoder),
+            decoder,
             Arc::new(text.tokenizer.clone()),
             text.model.config().eos_token_ids.clone(),
             SchedulerConfig {
-                max_batch: config.max_batch.max(1),
+                max_batch: max_batch.max(1),
                 max_queue: config.max_queue.max(1),
                 context,
             },
@@ -232,6 +249,76 @@ impl Server {
             .map_err(|e| Error::InvalidRequest(format!("joining the scheduler: {e}")))?;
         served.map_err(|e| Error::InvalidRequest(format!("serving: {e}")))
     }
+}
+
+/// The decoder on the CUDA batch decode engine for `config.device`, with the context (positions
+/// per sequence) and batch it serves: rows = `max_batch` capped at the engine's 8, adapter slots at
+/// `max_lora_rank` (default: 16, or the largest rank among the pinned adapters).
+#[cfg(feature = "cuda")]
+fn gpu_decoder(
+    config: &ServeConfig,
+    adapters: &AdapterSet,
+) -> Result<(Box<dyn BatchDecoder>, usize, usize)> {
+    use crate::generate::cuda_decode::MAX_SEQ_CAP;
+    use crate::gpu::decode::launch::MAX_DECODE_BATCH;
+    let files = crate::formats::open_model(
+        &config.model,
+        &LoadOptions {
+            device: Device::Cpu,
+            dtype: None,
+        },
+    )?;
+    let rows = config.max_batch.clamp(1, MAX_DECODE_BATCH);
+    if rows < config.max_batch {
+        tracing::warn!(
+            "--max-batch {} is more than the CUDA batch engine's {MAX_DECODE_BATCH} rows: {rows} \
+             sequences run per step, the others wait in the queue",
+            config.max_batch
+        );
+    }
+    let pinned_rank = config
+        .adapters
+        .iter()
+        .filter_map(|(name, _)| adapters.get(name).ok().flatten())
+        .map(|a| a.rank())
+        .max()
+        .unwrap_or(0);
+    let max_rank = config.max_lora_rank.unwrap_or(pinned_rank.max(16));
+    if pinned_rank > max_rank {
+        return Err(Error::InvalidOption {
+            option: "max-lora-rank".into(),
+            reason: format!("{max_rank} is below the rank {pinned_rank} of an --adapter"),
+        });
+    }
+    adapters.set_max_rank(max_rank);
+    let positions = files.config.max_position_embeddings.min(MAX_SEQ_CAP);
+    let decoder = super::cuda_batch::CudaBatchDecoder::new(
+        &files.config,
+        files.weights.as_ref(),
+        &config.device,
+        rows,
+        positions,
+        max_rank,
+    )?;
+    tracing::info!(
+        "wick serve: CUDA batch decode engine, {rows} rows of {positions} positions, adapters up to rank {max_rank}"
+    );
+    Ok((Box::new(decoder), positions, rows))
+}
+
+/// Without the `cuda` feature there is no GPU decoder.
+#[cfg(not(feature = "cuda"))]
+fn gpu_decoder(
+    config: &ServeConfig,
+    _adapters: &AdapterSet,
+) -> Result<(Box<dyn BatchDecoder>, usize, usize)> {
+    Err(Error::InvalidOption {
+        option: "device".into(),
+        reason: format!(
+            "{:?}: this build of wick has no CUDA support (build with --features cuda)",
+            config.device
+        ),
+    })
 }
 
 /// Rejects `/v1/*` requests without the right bearer token (when a key is set).

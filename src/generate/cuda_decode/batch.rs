@@ -5,8 +5,9 @@
 //! batch: embed and attention take the sequence from the grid, argmax one block per sequence.
 //!
 //! Every sequence has its own KV cache and position (state [batch, 2] = token, position, in device
-//! memory), so the captured graph replays for any positions. All sequences advance together; a
-//! prompt is fed one token per step (the batched prefill is the batch-1 engine's business).
+//! memory), so the captured graph replays for any positions. The sequences advance together (a row
+//! may sit idle: [`BatchDecodeEngine::step_rows`]); a prompt is fed one token per step (the batched
+//! prefill is the batch-1 engine's business).
 
 use candle_core::Device;
 
@@ -174,6 +175,11 @@ impl BatchDecodeEngine {
         pool.load(slot, adapter, None, &stream)
     }
 
+    /// Adapter slots of the pool [`BatchDecodeEngine::load_adapter`] makes (at least one per row).
+    pub fn adapter_slots(&self) -> usize {
+        DEFAULT_SLOTS.max(self.batch)
+    }
+
     /// Frees slot `slot`; sequences that used it decode without an adapter.
     pub fn unload_adapter(&mut self, slot: usize) -> Result<()> {
         if let Some(p) = self.adapters.as_mut() {
@@ -229,9 +235,24 @@ impl BatchDecodeEngine {
         .launch(&mut |_| Ok(()))
     }
 
+    /// Forgets sequence `b` alone: its next token takes position 0 (a server's row handed to a
+    /// new request).
+    pub fn reset_row(&mut self, b: usize) {
+        if let Some(p) = self.positions.get_mut(b) {
+            *p = 0;
+        }
+    }
+
     /// Runs one step: sequence b takes `tokens[b]` at its position (asynchronously: read the result
     /// with [`BatchDecodeEngine::greedy`] or [`BatchDecodeEngine::logits`]).
     pub fn step(&mut self, tokens: &[u32]) -> Result<()> {
+        let rows: Vec<Option<u32>> = tokens.iter().map(|&t| Some(t)).collect();
+        self.step_rows(&rows)
+    }
+
+    /// [`BatchDecodeEngine::step`] where some rows are idle (`None`): an idle row runs token 0 at
+    /// position 0 (the step's shape is fixed; its output is to be ignored) and keeps its position.
+    pub fn step_rows(&mut self, tokens: &[Option<u32>]) -> Result<()> {
         if tokens.len() != self.batch {
             return Err(Error::InvalidRequest(format!(
                 "CUDA batch decode engine: {} tokens for a batch of {}",
@@ -241,6 +262,10 @@ impl BatchDecodeEngine {
         }
         let mut state = Vec::with_capacity(2 * self.batch);
         for (&t, &pos) in tokens.iter().zip(&self.positions) {
+            let Some(t) = t else {
+                state.extend([0, 0]);
+                continue;
+            };
             if pos >= self.shape.max_seq {
                 return Err(Error::InvalidRequest(format!(
                     "CUDA batch decode engine: the caches hold {} positions per sequence",
@@ -273,7 +298,11 @@ impl BatchDecodeEngine {
             self.steps = steps;
         }
         ran?;
-        self.positions.iter_mut().for_each(|p| *p += 1);
+        for (p, t) in self.positions.iter_mut().zip(tokens) {
+            if t.is_some() {
+                *p += 1;
+            }
+        }
         Ok(())
     }
 

@@ -17,6 +17,8 @@
 #   lora [MODELS]           wick bench decode-lora (rank-16 adapters on all 7 projections vs none, batch 1
 #                           and batch 8 with 8 adapters, same process) on the default GGUF and on random
 #                           models (default: default 135m-q4_1 360m-q4_k_m 1.7b-q8_0), wick-lora-<m>.json
+#   serve                   wick serve --device cuda, 8 random adapters: 64 streams over them, then on the
+#                           base (scripts/device/serve_load.py), wick-serve-{adapters,base}.json
 #   train                   wick bench train, seq 512 and 2048, batch 8, r 16, 3 warm-up + 20 steps
 #                           (CUDA training engine), and seq 512 through Candle's autograd
 #   train-parity            wick train on the CUDA training engine vs the CPU (f32), vs Candle's autograd
@@ -108,6 +110,30 @@ print(max(0, min(float(sys.argv[1]), left)))' "$deadline")
       # stdout has the JSON record too; the table lines are what the log needs.
       timeout 150 "$wick" bench decode-lora "${args[@]}" --out "$results/wick-lora-$m.json" | grep -v '^{' || rc=1
     done
+    exit $rc
+    ;;
+  serve)
+    # wick serve --device cuda on the default GGUF with 8 random rank-16 adapters: 64 streams of 128
+    # tokens over the 8 adapters, then the same load on the base model (issue 16, done-when 3);
+    # scripts/device/serve_load.py also checks 4 requests alone against their text under load.
+    need_gguf
+    python3 "$repo/scripts/device/random_peft_adapters.py" "$stage/adapters" --count 8 --rank 16 || exit 1
+    adapters=() names=()
+    for i in 0 1 2 3 4 5 6 7; do adapters+=(--adapter "a$i=$stage/adapters/a$i"); names+=("a$i"); done
+    log=$results/wick-serve.log
+    "$wick" serve --device cuda --model "$gguf" "${adapters[@]}" --port 8091 --max-batch 8 \
+      --max-queue 128 >"$log" 2>&1 &
+    pid=$!
+    for _ in $(seq 120); do grep -q "listening on" "$log" && break; sleep 1; done
+    grep -q "listening on" "$log" || { tail -20 "$log"; kill $pid; exit 1; }
+    rc=0
+    list=$(IFS=,; echo "${names[*]}")
+    python3 "$repo/scripts/device/serve_load.py" http://127.0.0.1:8091 --models "$list" --streams 64 \
+      --label "wick serve, 8 adapters" --out "$results/wick-serve-adapters.json" || rc=1
+    python3 "$repo/scripts/device/serve_load.py" http://127.0.0.1:8091 --models base --streams 64 \
+      --label "wick serve, base" --out "$results/wick-serve-base.json" || rc=1
+    kill $pid; wait $pid 2>/dev/null
+    tail -3 "$log"
     exit $rc
     ;;
   train)

@@ -262,6 +262,29 @@ def adapter_rows(e2e):
     return rows
 
 
+def serve_rows(e2e):
+    """Issue 16.3: wick serve --device cuda, 64 streams over 8 adapters vs the same load on the base
+    (e2e.sh serve, scripts/device/serve_load.py); llama-server is not run yet."""
+    lora, item_l = e2e_get(e2e, "wick-serve-adapters.json")
+    base, item_b = e2e_get(e2e, "wick-serve-base.json")
+    lora = lora if isinstance(lora, dict) else {}
+    base = base if isinstance(base, dict) else {}
+    meta = {"device": item_l.get("device"), "date": item_l.get("date"),
+            "source": " + ".join(x["source"] for x in (item_l, item_b) if x),
+            "command": "scripts/device/e2e.sh serve (wick serve --device cuda --max-batch 8, 8 rank-16 adapters; "
+                       "serve_load.py --streams 64 --max-tokens 128, ~125-token prompts, ignore_eos)"}
+    ttft = lambda d: "TTFT p50 %s s, p99 %s s, errors %s, alone == under load: %s" % (
+        d.get("ttft_p50_s"), d.get("ttft_p99_s"), d.get("errors"),
+        all(c.get("equal") for c in d.get("alone_equal", [])) if d else None)
+    return [
+        row("serve 64 streams over 8 adapters vs the same load on the base model (issue 16.3)", ">= 0.85x",
+            "tokens/s", wick=lora.get("decode_tokens_per_s"), anchor=base.get("decode_tokens_per_s"),
+            anchor_engine="wick serve, base model, same load", **meta, note=ttft(lora) if lora else None),
+        row("serve 64 streams over 8 adapters vs llama-server -np 64 with --lora (issue 16.3)", ">= 2x", "tokens/s",
+            wick=lora.get("decode_tokens_per_s"), note="not measured: llama-server load not run yet"),
+    ]
+
+
 def big_decode_rows(e2e):
     """Issue 14.4: SmolLM2-1.7B shapes in three file types, wick vs llama-bench in the same call."""
     rows = []
@@ -329,12 +352,19 @@ def train_rows(e2e):
     anchors, item_a = e2e_get(e2e, "anchors-train.jsonl")
     anchors = anchors if isinstance(anchors, list) else []
 
+    same_device = {"ok": True}
+
     def anchor(mode, seq):
+        # A ratio only between figures of one device (the anchors of an older call on another GPU
+        # would make it meaningless).
+        if not same_device["ok"]:
+            return None
         return next((a for a in reversed(anchors) if a.get("mode") == mode and a.get("seq_len") == seq
                      and a.get("status") == "ok"), None)
 
     for seq in (512, 2048):
         w, item_w = e2e_get(e2e, f"wick-train-{seq}.json")
+        same_device["ok"] = not (item_w and item_a) or item_w.get("device") == item_a.get("device")
         w = w if isinstance(w, dict) and "tokens_per_s" in w else None
         wick_tps = w["tokens_per_s"] if w else None
         warm = None
@@ -433,7 +463,7 @@ def main():
     p.add_argument("--out", default="bench/results/gpu-summary.json")
     args = p.parse_args()
     e2e, docs = gather(args.paths)
-    rows = (matmul_rows(docs) + decode_rows(e2e) + adapter_rows(e2e) + big_decode_rows(e2e) + train_rows(e2e)
+    rows = (matmul_rows(docs) + decode_rows(e2e) + adapter_rows(e2e) + serve_rows(e2e) + big_decode_rows(e2e) + train_rows(e2e)
             + train_shape_rows(e2e) + embed_rows(e2e) + coldstart_rows(e2e))
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)

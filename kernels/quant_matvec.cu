@@ -34,8 +34,9 @@
 // block, and stores it; a row's epilogue polls the xa values it needs until they are no longer
 // XA_PENDING (the engine fills each launch's xa region with XA_PENDING before the step), so the
 // shrink's latency hides behind the rows' dot products: no launch of its own (~2.8 us inside the
-// graph, 4 per layer), no counter, fence or end-of-launch reset. Producers read their A row into
-// L2 before the x prologue, as row warps do their weights. Producers sit in the lowest blocks,
+// graph, 4 per layer), no counter, fence or end-of-launch reset. Producers read x, the norm weights
+// and their A row in one pass (no shared-memory prologue), so their values are usually stored before
+// the row warps, which load them before their own dot product, need them. Producers sit in the lowest blocks,
 // which the hardware dispatches first, so a polling block never holds the place of a producer that
 // has not started. With lora.a == null, xa was computed by an earlier launch (the second and third
 // parts of a split q/k/v).
@@ -87,32 +88,33 @@ __device__ __forceinline__ const float* lora_task_row(const LoraEpi& L, int k, i
     return slot < 0 ? nullptr : L.a + slot * L.a_slot_stride + (size_t)j * k;
 }
 
-// Asks L2 for the producer warp's A row (lane i: the row's i-th 128-byte line) before the prologue.
-__device__ __forceinline__ void lora_prefetch_a(const LoraEpi& L, int k, int nb) {
-    int b, j;
-    const float* row = lora_task_row(L, k, nb, b, j);
-    if (row == nullptr) return;
-    const char* r = reinterpret_cast<const char*>(row);
-    for (int off = (threadIdx.x & 31) * 128; off < k * 4; off += 32 * 128)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(r + off));
-}
-
-// The shrink, by a producer warp: xa[b, j] = xs_b . A_slot(b)[j], xs the block's (normalized) x in
-// shared memory, [nb, k]. The store is a relaxed one at GPU scope, polled by lora_xa.
-__device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* xs, int k, int nb) {
+// The shrink, by a producer warp: xa[b, j] = xn_b . A_slot(b)[j] with xn_b = rms_norm(x_b) * norm_w
+// (x_b itself when norm_w is null), in one pass over global x, norm_w and the A row: the sum of
+// squares beside the dot product, the norm's scale applied at the end. No shared-memory copy and no
+// block barrier, so the value is stored while the row warps are still in their own prologue, and
+// their early xa loads usually find it. The store is a relaxed one at GPU scope, polled by lora_xa.
+__device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* __restrict__ x,
+                                             const float* __restrict__ norm_w, float eps, int k, int nb) {
     int b, j;
     const float* row = lora_task_row(L, k, nb, b, j);
     if (row == nullptr) return;
     int lane = threadIdx.x & 31;
     const float4* a4 = reinterpret_cast<const float4*>(row);
-    const float4* x4 = reinterpret_cast<const float4*>(xs + (size_t)b * k);
-    float s = 0.f;
+    const float4* x4 = reinterpret_cast<const float4*>(x + (size_t)b * k);
+    const float4* w4 = reinterpret_cast<const float4*>(norm_w);
+    float s = 0.f, ss = 0.f;
 #pragma unroll 4
     for (int i = lane; i < k / 4; i += 32) {
         float4 av = __ldg(a4 + i), xv = x4[i];
+        ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
+        if (norm_w != nullptr) {
+            float4 wv = __ldg(w4 + i);
+            xv.x *= wv.x, xv.y *= wv.y, xv.z *= wv.z, xv.w *= wv.w;
+        }
         s += xv.x * av.x + xv.y * av.y + xv.z * av.z + xv.w * av.w;
     }
     s = warp_sum(s);
+    if (norm_w != nullptr) s *= rsqrtf(warp_sum(ss) / (float)k + eps);
     if (__float_as_uint(s) == XA_PENDING) s = __uint_as_float(0x7fffffffu);
     float* at = L.xa + (size_t)b * L.xa_stride + j;
     if (lane == 0) asm volatile("st.relaxed.gpu.global.f32 [%0], %1;" ::"l"(at), "f"(s) : "memory");
@@ -142,8 +144,8 @@ __device__ __forceinline__ float lora_xa(const LoraEpi& L, int b, int seg, int j
 
 // The lane's xa value of sequence b, segment seg (lane j < rank <= 32) as it is now, possibly
 // XA_PENDING; 0 where the lane adds nothing. A row issues this for every (sequence, segment) it
-// needs before settling any, so the loads overlap: one L2 round trip per row, not one per
-// sequence (measured ~3.9 us per mat-vec at batch 8 when they were waited on one by one).
+// needs before its dot product and settles them after it, so the loads overlap each other and the
+// product (waited on one by one after the product they cost ~3.9 us per mat-vec at batch 8).
 __device__ __forceinline__ float lora_xa_issue(const LoraEpi& L, int b, int seg) {
     int lane = threadIdx.x & 31;
     if (L.b == nullptr || L.rank > 32 || lane >= L.rank || L.slots[b] < 0) return 0.f;
@@ -281,9 +283,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora, 1);                                                    \
         if ((int)blockIdx.x < producers) {                                                          \
-            lora_prefetch_a(lora, k, 1);                                                            \
-            load_x(x, norm_w, eps, k, xs);                                                          \
-            lora_produce(lora, xs, k, 1);                                                           \
+            lora_produce(lora, x, norm_w, eps, k, 1);                                               \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
@@ -295,10 +295,11 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                 \
             int seg = lora_seg(lora, row);                                                          \
             float bv = lora_load(lora, 0, row);                                                     \
+            float xv = lora_xa_issue(lora, 0, seg);                                                 \
             float acc = 0.f;                                                                        \
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32)                              \
                 acc += rdot_##Q(wr, i >> 2, i & 3, xs + (i >> 2) * 32);                             \
-            float xv = lora_xa_settle(lora, 0, seg, lora_xa_issue(lora, 0, seg));                   \
+            xv = lora_xa_settle(lora, 0, seg, xv);                                                  \
             acc = warp_sum(acc + lora_lane(lora, xv, bv, 0, row, seg));                             \
             if (bias != nullptr) acc += bias[row];                                                  \
             if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
@@ -313,9 +314,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora, 1);                                                    \
         if ((int)blockIdx.x < producers) {                                                          \
-            lora_prefetch_a(lora, k, 1);                                                            \
-            load_x(x, norm_w, eps, k, xs);                                                          \
-            lora_produce(lora, xs, k, 1);                                                           \
+            lora_produce(lora, x, norm_w, eps, k, 1);                                               \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
@@ -328,13 +327,13 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                \
             const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                \
             float bg = lora_load(lora, 0, row), bu = lora_load(lora, 0, rows + row);                \
+            float xg = lora_xa_issue(lora, 0, 0), xu = lora_xa_issue(lora, 0, 1);                   \
             float g = 0.f, u = 0.f;                                                                 \
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                            \
                 const float* xb = xs + (i >> 2) * 32;                                               \
                 g += rdot_##Q(gr, i >> 2, i & 3, xb);                                               \
                 u += rdot_##Q(ur, i >> 2, i & 3, xb);                                               \
             }                                                                                       \
-            float xg = lora_xa_issue(lora, 0, 0), xu = lora_xa_issue(lora, 0, 1);                   \
             xg = lora_xa_settle(lora, 0, 0, xg);                                                    \
             xu = lora_xa_settle(lora, 0, 1, xu);                                                    \
             g = warp_sum(g + lora_lane(lora, xg, bg, 0, row, 0));                                   \
@@ -512,9 +511,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         extern __shared__ float xs[];                                                                \
         int producers = lora_producers(lora, nb);                                                   \
         if ((int)blockIdx.x < producers) {                                                          \
-            lora_prefetch_a(lora, k, nb);                                                           \
-            load_xb(x, norm_w, eps, k, nb, xs);                                                     \
-            lora_produce(lora, xs, k, nb);                                                          \
+            lora_produce(lora, x, norm_w, eps, k, nb);                                              \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
@@ -531,15 +528,15 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                 acc[b] = 0.f;                                                                        \
                 bv[b] = b < nb ? lora_load(lora, b, row) : 0.f;                                      \
             }                                                                                        \
+            float xv[QMVB_MAX];                                                                     \
+            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++)                                    \
+                xv[b] = b < nb ? lora_xa_issue(lora, b, seg) : 0.f;                                 \
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                                                 \
                 float wv[8];                                                                         \
                 rpart_w_##Q(wr, i >> 2, i & 3, wv);                                        \
                 _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) if (b < nb) acc[b] +=           \
                     part_dot_##Q(wv, xs + b * k + (i >> 2) * 32, i & 3);                             \
             }                                                                                        \
-            float xv[QMVB_MAX];                                                                     \
-            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++)                                    \
-                xv[b] = b < nb ? lora_xa_issue(lora, b, seg) : 0.f;                                 \
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++)                                    \
                 if (b < nb) xv[b] = lora_xa_settle(lora, b, seg, xv[b]);                            \
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                  \
@@ -561,9 +558,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         extern __shared__ float xs[];                                                                \
         int producers = lora_producers(lora, nb);                                                   \
         if ((int)blockIdx.x < producers) {                                                          \
-            lora_prefetch_a(lora, k, nb);                                                           \
-            load_xb(x, norm_w, eps, k, nb, xs);                                                     \
-            lora_produce(lora, xs, k, nb);                                                          \
+            lora_produce(lora, x, norm_w, eps, k, nb);                                              \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
@@ -575,11 +570,13 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {              \
             const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                 \
             const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                 \
-            float g[QMVB_MAX], u[QMVB_MAX], bg[QMVB_MAX], bu[QMVB_MAX];                             \
+            float g[QMVB_MAX], u[QMVB_MAX], bg[QMVB_MAX], bu[QMVB_MAX], xg[QMVB_MAX], xu[QMVB_MAX]; \
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                  \
                 g[b] = u[b] = 0.f;                                                                  \
                 bg[b] = b < nb ? lora_load(lora, b, row) : 0.f;                                     \
                 bu[b] = b < nb ? lora_load(lora, b, rows + row) : 0.f;                              \
+                xg[b] = b < nb ? lora_xa_issue(lora, b, 0) : 0.f;                                   \
+                xu[b] = b < nb ? lora_xa_issue(lora, b, 1) : 0.f;                                   \
             }                                                                                       \
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                                                 \
                 float gv[8], uv[8];                                                                  \
@@ -593,11 +590,6 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                     }                                                                                \
                 }                                                                                    \
             }                                                                                        \
-            float xg[QMVB_MAX], xu[QMVB_MAX];                                                       \
-            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                  \
-                xg[b] = b < nb ? lora_xa_issue(lora, b, 0) : 0.f;                                   \
-                xu[b] = b < nb ? lora_xa_issue(lora, b, 1) : 0.f;                                   \
-            }                                                                                       \
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                  \
                 if (b < nb) {                                                                       \
                     xg[b] = lora_xa_settle(lora, b, 0, xg[b]);                                      \

@@ -29,7 +29,7 @@
 // gate's and the up's delta before silu(g) * u.
 //
 // The shrink xa = xn A^T (Punica's BGMV shrink) runs inside the same launch (lora.a != null): the
-// grid's first blocks are producers (one warp per sequence and row of A, no rows of their own); the
+// grid's first blocks are producers (one block per sequence and row of A, no rows of their own); the
 // others are the mat-vec's. A producer computes its xa value from the x it normalizes like every
 // block, and stores it; a row's epilogue polls the xa values it needs until they are no longer
 // XA_PENDING (the engine fills each launch's xa region with XA_PENDING before the step), so the
@@ -70,41 +70,34 @@ __device__ __forceinline__ int lora_seg(const LoraEpi& L, int row) {
     return (row >= L.e0) + (row >= L.e1);
 }
 
-// Blocks [0, P) of a launch that computes its shrink are producers: one warp per task (sequence b,
-// row j of A). 0 when xa is ready or there are no adapters.
+// Blocks [0, P) of a launch that computes its shrink are producers: one block per task (sequence b,
+// row j of A), its warps splitting the row's k. 0 when xa is ready or there are no adapters.
 __device__ __forceinline__ int lora_producers(const LoraEpi& L, int nb) {
     if (L.b == nullptr || L.a == nullptr) return 0;
-    return (nb * L.a_rows + MV_WARPS - 1) / MV_WARPS;
+    return nb * L.a_rows;
 }
 
-// A producer warp's A row: slot(b)'s row j, or null when sequence b has no adapter or the warp has
-// no task.
-__device__ __forceinline__ const float* lora_task_row(const LoraEpi& L, int k, int nb, int& b, int& j) {
-    int t = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-    if (t >= nb * L.a_rows) return nullptr;
-    b = t / L.a_rows;
-    j = t - b * L.a_rows;
-    int slot = L.slots[b];
-    return slot < 0 ? nullptr : L.a + slot * L.a_slot_stride + (size_t)j * k;
-}
-
-// The shrink, by a producer warp: xa[b, j] = xn_b . A_slot(b)[j] with xn_b = rms_norm(x_b) * norm_w
-// (x_b itself when norm_w is null), in one pass over global x, norm_w and the A row: the sum of
-// squares beside the dot product, the norm's scale applied at the end. No shared-memory copy and no
-// block barrier, so the value is stored while the row warps are still in their own prologue, and
-// their early xa loads usually find it. The store is a relaxed one at GPU scope, polled by lora_xa.
+// The shrink, by producer block blockIdx.x: xa[b, j] = xn_b . A_slot(b)[j] with xn_b =
+// rms_norm(x_b) * norm_w (x_b itself when norm_w is null), in one pass over global x, norm_w and the
+// A row: the sum of squares beside the dot product, the norm's scale applied at the end. Each warp
+// takes a quarter of k, so a lane has few loads in flight even at k = 8192 (one warp per task had
+// 64 and was the launch's critical path at SmolLM2-1.7B's down projection); no shared copy of x.
+// The store is a relaxed one at GPU scope, polled by lora_xa.
 __device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* __restrict__ x,
                                              const float* __restrict__ norm_w, float eps, int k, int nb) {
-    int b, j;
-    const float* row = lora_task_row(L, k, nb, b, j);
-    if (row == nullptr) return;
-    int lane = threadIdx.x & 31;
-    const float4* a4 = reinterpret_cast<const float4*>(row);
+    __shared__ float part[MV_WARPS][2];
+    int t = blockIdx.x, b = t / L.a_rows, j = t - b * L.a_rows;
+    int slot = L.slots[b];
+    if (slot < 0) return;  // block-uniform: the whole block leaves
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int n4 = k / 4, per = (n4 + MV_WARPS - 1) / MV_WARPS;
+    int lo = warp * per, hi = min(n4, lo + per);
+    const float4* a4 = reinterpret_cast<const float4*>(L.a + slot * L.a_slot_stride + (size_t)j * k);
     const float4* x4 = reinterpret_cast<const float4*>(x + (size_t)b * k);
     const float4* w4 = reinterpret_cast<const float4*>(norm_w);
     float s = 0.f, ss = 0.f;
 #pragma unroll 4
-    for (int i = lane; i < k / 4; i += 32) {
+    for (int i = lo + lane; i < hi; i += 32) {
         float4 av = __ldg(a4 + i), xv = x4[i];
         ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
         if (norm_w != nullptr) {
@@ -114,10 +107,16 @@ __device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* __re
         s += xv.x * av.x + xv.y * av.y + xv.z * av.z + xv.w * av.w;
     }
     s = warp_sum(s);
-    if (norm_w != nullptr) s *= rsqrtf(warp_sum(ss) / (float)k + eps);
+    ss = warp_sum(ss);
+    if (lane == 0) part[warp][0] = s, part[warp][1] = ss;
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    s = ss = 0.f;
+    for (int w = 0; w < MV_WARPS; w++) s += part[w][0], ss += part[w][1];
+    if (norm_w != nullptr) s *= rsqrtf(ss / (float)k + eps);
     if (__float_as_uint(s) == XA_PENDING) s = __uint_as_float(0x7fffffffu);
     float* at = L.xa + (size_t)b * L.xa_stride + j;
-    if (lane == 0) asm volatile("st.relaxed.gpu.global.f32 [%0], %1;" ::"l"(at), "f"(s) : "memory");
+    asm volatile("st.relaxed.gpu.global.f32 [%0], %1;" ::"l"(at), "f"(s) : "memory");
 }
 
 // One relaxed load of an xa value at GPU scope (from L2, never a stale L1 line). Volatile, so a

@@ -47,8 +47,8 @@ pub struct LoraEpilogue {
     pub xa: u64,
     /// Each sequence's slot, [nb] i32, negative for none.
     pub slots: u64,
-    /// A of slot 0 ([a_rows, k] f32 per slot): the launch computes xa (producer warps in blocks of
-    /// their own, from the x they normalize), which must hold [`XA_PENDING`] values before the
+    /// A of slot 0 ([a_rows, k] f32 per slot): the launch computes xa (producer blocks of their
+    /// own, from the x they normalize), which must hold [`XA_PENDING`] values before the
     /// launch; 0: xa is already computed (by an earlier launch of the step).
     pub a: u64,
     /// Floats from one slot's A to the next.
@@ -69,13 +69,13 @@ pub struct LoraEpilogue {
 pub const XA_PENDING: u32 = u32::MAX;
 
 impl LoraEpilogue {
-    /// Blocks of producer warps a launch for `batch` sequences puts before its mat-vec blocks (one
-    /// warp per sequence and row of A), 0 when it does not compute its shrink.
+    /// Producer blocks a launch for `batch` sequences puts before its mat-vec blocks (one per
+    /// sequence and row of A), 0 when it does not compute its shrink.
     fn producer_blocks(&self, batch: usize) -> usize {
         if self.b == 0 || self.a == 0 {
             return 0;
         }
-        (batch * self.a_rows.max(0) as usize).div_ceil(MV_WARPS)
+        batch * self.a_rows.max(0) as usize
     }
 }
 

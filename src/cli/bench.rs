@@ -33,6 +33,23 @@ pub enum Command {
     Parity(super::bench_parity::Args),
 }
 
+/// Prints a benchmark's JSON record on stdout and, with `--out`, writes it there too (pretty, whole
+/// or not at all: a reader never sees half a record).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub fn emit_report(
+    report: &serde_json::Value,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    println!("{report}");
+    if let Some(out) = out {
+        let text = serde_json::to_string_pretty(report)? + "\n";
+        wick::lora::peft_io::write_atomic(out, text.as_bytes())
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
 /// Runs `wick bench`.
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {

@@ -120,11 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "ok": ok,
         "timings": runs,
     });
-    println!("{report}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", out.display()))?;
-    }
+    super::bench::emit_report(&report, args.out.as_deref())?;
     anyhow::ensure!(
         ok,
         "batch engine differs from the batch-1 engine: max |dlogit| {max_diff:.3e}, greedy identical {identical}"

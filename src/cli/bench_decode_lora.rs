@@ -82,7 +82,6 @@ fn smollm2_config(size: &str) -> anyhow::Result<wick::formats::config::DecoderCo
 /// Runs `wick bench decode-lora`.
 #[cfg(feature = "cuda")]
 pub fn run(args: Args) -> anyhow::Result<()> {
-    use anyhow::Context as _;
     use cuda::{Engines, Timings};
 
     let device = wick::device::parse_device(&args.device)?;
@@ -131,11 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "tolerance": args.tolerance, "greedy_tokens_identical": same_tokens },
         "ok": ok,
     });
-    println!("{report}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", out.display()))?;
-    }
+    super::bench::emit_report(&report, args.out.as_deref())?;
     anyhow::ensure!(
         ok,
         "the batch engine with adapters disagrees with the batch-1 engine"

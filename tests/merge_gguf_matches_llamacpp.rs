@@ -61,11 +61,15 @@ fn merged_gguf_exports_match_llamacpp() {
 }
 
 /// The q4_1 export: same bytes as llama.cpp's file, but wick's greedy decode of it leaves
-/// llama.cpp's at step 1 of "Hello! Hello! Hello!" where llama.cpp's margin stays >= 0.149
-/// (wick 390, llama.cpp 2352). A bug in wick's reading or decoding of the exported mix (its one
-/// Q8_0 tensor beside the Q4_1 ones is a first suspect), not yet found.
+/// llama.cpp's at step 1 of "Hello! Hello! Hello!" (wick 390, llama.cpp 2352, llama.cpp's margin
+/// 0.149) and, past that, at step 2 of "zero, one, two, three," (margin 0.106). Not a wick bug
+/// (bench/results/q4_1-export-investigation.md): Hello step 1 is a three-way near-tie that
+/// llama.cpp itself decides otherwise (308) with an f32 instead of its default f16 KV cache, and on
+/// this file llama.cpp's logits sit up to 0.78 nats from exact maths (wick's dense path), wick's
+/// quantized ones up to 0.70 (mean 0.096 for both). The fixture's single-run margins cannot tell a
+/// bug from that noise here; a fixture with the smaller margin of two llama.cpp runs would.
 #[test]
-#[ignore = "wick and llama.cpp disagree on the q4_1 export (see the doc comment): bug under investigation"]
+#[ignore = "llama.cpp's one-run margins on the q4_1 export are below its own noise (f16 vs f32 KV cache flips Hello step 1): bench/results/q4_1-export-investigation.md"]
 fn merged_gguf_q4_1_export_matches_llamacpp() {
     check_exports(&["q4_1"]);
 }

@@ -78,6 +78,9 @@ impl CudaBatchDecoder {
         max_rank: usize,
     ) -> Result<Self> {
         let engine = BatchDecodeEngine::new(config, source, device, rows, positions)?;
+        // The decoder moves to the scheduler thread: let the uploads queued here finish first, so
+        // nothing of this thread's stream work is still in flight when the other thread starts.
+        engine.synchronize()?;
         let slots = engine.adapter_slots();
         Ok(Self {
             engine,

@@ -111,6 +111,14 @@ impl BatchDecodeEngine {
         })
     }
 
+    /// Waits for everything queued on the engine's stream (the weights' upload included).
+    pub fn synchronize(&self) -> Result<()> {
+        self.kernels
+            .stream()
+            .synchronize()
+            .map_err(|e| driver_err("synchronize", e))
+    }
+
     /// Sequences per step.
     pub fn batch(&self) -> usize {
         self.batch

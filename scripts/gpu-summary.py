@@ -264,11 +264,13 @@ def adapter_rows(e2e):
 
 def serve_rows(e2e):
     """Issue 16.3: wick serve --device cuda, 64 streams over 8 adapters vs the same load on the base
-    (e2e.sh serve, scripts/device/serve_load.py); llama-server is not run yet."""
+    (e2e.sh serve) and on llama-server (e2e.sh llamaserver), scripts/device/serve_load.py."""
     lora, item_l = e2e_get(e2e, "wick-serve-adapters.json")
     base, item_b = e2e_get(e2e, "wick-serve-base.json")
+    ls, item_s = e2e_get(e2e, "llamaserver-adapters.json")
     lora = lora if isinstance(lora, dict) else {}
     base = base if isinstance(base, dict) else {}
+    ls = ls if isinstance(ls, dict) and item_s.get("device") == item_l.get("device") else {}
     meta = {"device": item_l.get("device"), "date": item_l.get("date"),
             "source": " + ".join(x["source"] for x in (item_l, item_b) if x),
             "command": "scripts/device/e2e.sh serve (wick serve --device cuda --max-batch 8, 8 rank-16 adapters; "
@@ -281,7 +283,11 @@ def serve_rows(e2e):
             "tokens/s", wick=lora.get("decode_tokens_per_s"), anchor=base.get("decode_tokens_per_s"),
             anchor_engine="wick serve, base model, same load", **meta, note=ttft(lora) if lora else None),
         row("serve 64 streams over 8 adapters vs llama-server -np 64 with --lora (issue 16.3)", ">= 2x", "tokens/s",
-            wick=lora.get("decode_tokens_per_s"), note="not measured: llama-server load not run yet"),
+            wick=lora.get("decode_tokens_per_s"), anchor=ls.get("decode_tokens_per_s"),
+            anchor_engine="llama-server -np 64, 8 LoRA GGUFs, per-request lora (e2e.sh llamaserver)",
+            **{**meta, "source": " + ".join(x["source"] for x in (item_l, item_s) if x)},
+            note=("wick %s; llama-server %s" % (ttft(lora), ttft(ls))) if ls else
+            "not measured: e2e.sh llamaserver not run yet"),
     ]
 
 

@@ -10,7 +10,7 @@
 #
 # Options as ANCHORS.md ran them: -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90, Release, CUDA graphs
 # (llama.cpp's default), flash attention kernels (default), GGML_NATIVE for the CPU side; no curl,
-# OpenSSL, tests, examples or server. The build runs under `nice -n 19` so that benchmarks running
+# OpenSSL, tests or examples; llama-server without its web UI (the load of e2e.sh's llamaserver step). The build runs under `nice -n 19` so that benchmarks running
 # beside it in the same call keep their CPU (~5 min on 16 idle cores).
 set -uo pipefail
 stage=${WICK_DEVICE_STAGE:-/tmp/wick-device}
@@ -40,8 +40,10 @@ do_build() {
   local start=$SECONDS
   cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF || return 1
-  nice -n 19 cmake --build "$build" -j "${LLAMACPP_BUILD_JOBS:-$(( $(nproc) > 4 ? $(nproc) - 4 : 1 ))}" --target llama-bench llama-batched-bench llama-quantize || return 1
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+    -DBUILD_SHARED_LIBS=OFF || return 1
+  nice -n 19 cmake --build "$build" -j "${LLAMACPP_BUILD_JOBS:-$(( $(nproc) > 4 ? $(nproc) - 4 : 1 ))}" \
+    --target llama-bench llama-batched-bench llama-quantize llama-server || return 1
   echo "llama-bench built in $((SECONDS - start)) s: $bench"
 }
 

@@ -19,6 +19,8 @@
 #                           models (default: default 135m-q4_1 360m-q4_k_m 1.7b-q8_0), wick-lora-<m>.json
 #   serve                   wick serve --device cuda, 8 random adapters: 64 streams over them, then on the
 #                           base (scripts/device/serve_load.py), wick-serve-{adapters,base}.json
+#   llamaserver             the serve step's load on llama-server (-np 64, the 8 adapters converted with
+#                           convert_lora_to_gguf.py, per-request `lora`), llamaserver-{adapters,base}.json
 #   train                   wick bench train, seq 512 and 2048, batch 8, r 16, 3 warm-up + 20 steps
 #                           (CUDA training engine), and seq 512 through Candle's autograd
 #   train-parity            wick train on the CUDA training engine vs the CPU (f32), vs Candle's autograd
@@ -134,6 +136,42 @@ print(max(0, min(float(sys.argv[1]), left)))' "$deadline")
       --label "wick serve, base" --out "$results/wick-serve-base.json" || rc=1
     kill $pid; wait $pid 2>/dev/null
     tail -3 "$log"
+    exit $rc
+    ;;
+  llamaserver)
+    # The same load on llama-server (built by build-llamacpp-cuda.sh from the same sdist): the 8
+    # adapters of the serve step converted with llama.cpp's convert_lora_to_gguf.py (the base's
+    # config from benches/anchors), loaded with --lora-init-without-apply and picked per request
+    # with the `lora` field, -np 64 slots; then the base alone (issue 16, done-when 3).
+    need_gguf
+    bash "$repo/scripts/device/build-llamacpp-cuda.sh" wait 420 >/dev/null || { echo "no llama.cpp build"; exit 1; }
+    server=$stage/llamacpp/build/bin/llama-server
+    [[ -x $server ]] || { echo "no llama-server in the build"; exit 1; }
+    [[ -d $stage/adapters/a7 ]] ||
+      python3 "$repo/scripts/device/random_peft_adapters.py" "$stage/adapters" --count 8 --rank 16 || exit 1
+    base=$stage/smollm2-135m-config
+    mkdir -p "$base" && cp "$repo/benches/anchors/smollm2_135m_config.json" "$base/config.json"
+    loras=() names=()
+    for i in 0 1 2 3 4 5 6 7; do
+      out=$stage/adapters/a$i.gguf
+      [[ -f $out ]] || PYTHONPATH=$stage/e2e/llama.cpp/gguf-py${PYTHONPATH:+:$PYTHONPATH} python3 \
+        "$stage/e2e/llama.cpp/convert_lora_to_gguf.py" --base "$base" --outtype f16 --outfile "$out" \
+        "$stage/adapters/a$i" >"$out.log" 2>&1 || { tail -5 "$out.log"; exit 1; }
+      loras+=("$out") names+=("a$i")
+    done
+    log=$results/llamaserver.log
+    "$server" -m "$gguf" --lora "$(IFS=,; echo "${loras[*]}")" --lora-init-without-apply -ngl 99 \
+      -np 64 -c $((64 * 512)) --host 127.0.0.1 --port 8092 >"$log" 2>&1 &
+    pid=$!
+    for _ in $(seq 120); do curl -sf http://127.0.0.1:8092/health >/dev/null && break; sleep 1; done
+    curl -sf http://127.0.0.1:8092/health >/dev/null || { tail -20 "$log"; kill $pid; exit 1; }
+    rc=0
+    python3 "$repo/scripts/device/serve_load.py" http://127.0.0.1:8092 --lora-field \
+      --models "$(IFS=,; echo "${names[*]}")" --streams 64 --label "llama-server, 8 adapters" \
+      --out "$results/llamaserver-adapters.json" || rc=1
+    python3 "$repo/scripts/device/serve_load.py" http://127.0.0.1:8092 --lora-field --models base \
+      --streams 64 --label "llama-server, base" --out "$results/llamaserver-base.json" || rc=1
+    kill $pid; wait $pid 2>/dev/null
     exit $rc
     ;;
   train)

@@ -3,8 +3,10 @@
 # one file, .device/extras/e2e-extras.tar.xz (~5 MB; `scripts/device-run.sh pack --first` carries it
 # in the first call), and prints its path:
 #   llama.cpp/   the llama.cpp vendored in the PyPI sdist of llama-cpp-python 0.3.36, without models/,
-#                docs/, tests/, examples/, media, tools/ui and tools/server, and the ggml backends other
-#                than CPU and CUDA (build-llamacpp-cuda.sh builds llama-bench from it there)
+#                docs/, tests/, examples/, media, the web UI's sources, and the ggml backends other
+#                than CPU and CUDA (build-llamacpp-cuda.sh builds llama-bench, llama-batched-bench,
+#                llama-quantize and llama-server from it there; convert_lora_to_gguf.py and its
+#                conversion/ package turn PEFT adapters into llama.cpp's LoRA GGUFs)
 #   wheels/      liger-kernel 0.8.5 (pure Python; torch and Triton are on the device)
 #   minilm/      all-MiniLM-L6-v2's config, tokenizer and pooling files and its safetensors header;
 #                random_weights.py fills in the 87 MiB of weights there (they don't fit the calls)
@@ -31,8 +33,11 @@ tar -xzf "$sdist" -C "$work" llama_cpp_python-0.3.36/vendor/llama.cpp
 mv "$work/llama_cpp_python-0.3.36/vendor/llama.cpp" "$work/e2e/llama.cpp"
 (
   cd "$work/e2e/llama.cpp"
-  rm -rf models docs tests examples media benches pocs tools/ui tools/server tools/cli \
-    .devops .github ci conversion skills scripts/*.py
+  rm -rf models docs tests examples media benches pocs \
+    .devops .github ci skills scripts/*.py
+  # tools/ui: only what a build without the web UI (LLAMA_BUILD_UI=OFF, no prebuilt download) reads.
+  find tools/ui -mindepth 1 -maxdepth 1 ! -name CMakeLists.txt ! -name 'ui.*.in' ! -name sources.cmake \
+    -exec rm -rf {} +
   cd ggml/src
   for backend in ggml-*/; do
     case $backend in ggml-cpu/ | ggml-cuda/) ;; *) rm -rf "$backend" ;; esac

@@ -222,7 +222,7 @@ fn openai_client_against_wick_serve() {
     // 5. A full queue: one slot, a queue of one.
     let small = ServerProcess::start(&[
         "--model".into(),
-        model_arg,
+        model_arg.clone(),
         "--dtype".into(),
         "f32".into(),
         "--max-batch".into(),
@@ -237,4 +237,22 @@ fn openai_client_against_wick_serve() {
         full["second_done"], true,
         "the queued request runs once the slot frees: {full}"
     );
+    drop(small);
+
+    // 6. --max-context: what fits runs, a prompt + max_tokens beyond it is a 400 on max_tokens.
+    let capped = ServerProcess::start(&[
+        "--model".into(),
+        model_arg,
+        "--max-context".into(),
+        "48".into(),
+    ]);
+    let limit = client(
+        &python,
+        &capped.base,
+        "unused",
+        "context_limit",
+        json!({"fits": 8, "too_many": 60}),
+    );
+    assert_eq!(limit["fits_tokens"], json!(8), "{limit}");
+    assert_eq!(limit["too_many"], json!([400, "max_tokens"]), "{limit}");
 }

@@ -25,6 +25,10 @@ pub struct Args {
     /// llama-family model; up to 8 sequences per step, each with its own adapter).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Tokens (prompt + generated) a sequence may hold, below the model's own context: the GPU
+    /// engine sizes every row's KV cache for it (default: the model's, at most 8192 on the GPU).
+    #[arg(long)]
+    pub max_context: Option<usize>,
     /// Largest LoRA rank the GPU adapter pool holds (every slot is this rank; bigger adapters are
     /// refused by name). Default: 16, or the largest rank among the --adapter ones.
     #[arg(long)]
@@ -97,6 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         model: model.clone(),
         device,
         max_lora_rank: args.max_lora_rank,
+        max_context: args.max_context,
         model_id: args.served_model_name,
         dtype,
         adapters: args.adapters,

@@ -40,6 +40,9 @@ pub struct ServeConfig {
     /// Largest adapter rank the GPU adapter pool holds (`None`: 16, or the largest rank among
     /// `adapters`).
     pub max_lora_rank: Option<usize>,
+    /// Tokens a sequence may hold, below the model's context (`None`: the model's; on the GPU at
+    /// most `MAX_SEQ_CAP`); the GPU engine's KV caches are sized for it.
+    pub max_context: Option<usize>,
     /// The base model's id in the API (default: the file name without extension).
     pub model_id: Option<String>,
     /// `None`: GGUF weights stay quantized (the fast CPU path); `Some(dt)`: every weight dense in dt.
@@ -74,6 +77,7 @@ impl Default for ServeConfig {
             model: PathBuf::new(),
             device: Device::Cpu,
             max_lora_rank: None,
+            max_context: None,
             model_id: None,
             dtype: None,
             adapters: Vec::new(),
@@ -155,7 +159,10 @@ impl Server {
             gpu_decoder(config, &adapters)?
         } else {
             let decoder = CpuBatchDecoder::new(text.model.clone(), config.prefill_chunk);
-            let context = text.model.config().max_position_embeddings;
+            let model_context = text.model.config().max_position_embeddings;
+            let context = config
+                .max_context
+                .map_or(model_context, |c| c.min(model_context));
             (
                 Box::new(decoder) as Box<dyn BatchDecoder>,
                 context,
@@ -291,7 +298,16 @@ fn gpu_decoder(
         });
     }
     adapters.set_max_rank(max_rank);
-    let positions = files.config.max_position_embeddings.min(MAX_SEQ_CAP);
+    let model_positions = files.config.max_position_embeddings.min(MAX_SEQ_CAP);
+    let positions = config
+        .max_context
+        .map_or(model_positions, |c| c.min(model_positions));
+    if positions == 0 {
+        return Err(Error::InvalidOption {
+            option: "max-context".into(),
+            reason: "0 leaves no room for a prompt".into(),
+        });
+    }
     let decoder = super::cuda_batch::CudaBatchDecoder::new(
         &files.config,
         files.weights.as_ref(),

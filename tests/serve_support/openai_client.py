@@ -205,6 +205,22 @@ def queue_full(base, key, args):
     return out
 
 
+def context_limit(base, key, args):
+    """Server started with --max-context N: a request that fits gets its tokens, one whose prompt plus
+    max_tokens exceeds N gets 400 naming max_tokens."""
+    c = client(base, key)
+    out = {}
+    fits = c.completions.create(model="base", prompt="Hello", max_tokens=args["fits"], temperature=0,
+                                extra_body={"ignore_eos": True})
+    out["fits_tokens"] = fits.usage.completion_tokens if fits.usage else None
+    try:
+        c.completions.create(model="base", prompt="Hello", max_tokens=args["too_many"], temperature=0)
+        out["too_many"] = None
+    except openai.APIStatusError as e:
+        out["too_many"] = [e.status_code, e.body.get("param") if isinstance(e.body, dict) else None]
+    return out
+
+
 def load_adapter(base, key, args):
     status, body, _ = raw_post(base, key, "/v1/load_lora_adapter",
                                json.dumps({"lora_name": args["name"], "lora_path": args["path"]}).encode())
@@ -248,5 +264,5 @@ def load(base, key, args):
 if __name__ == "__main__":
     base, key, command, args = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     result = {"basics": basics, "errors": errors, "queue_full": queue_full, "load": load,
-              "load_adapter": load_adapter}[command](base, key, args)
+              "load_adapter": load_adapter, "context_limit": context_limit}[command](base, key, args)
     print(json.dumps(result))

@@ -7,7 +7,9 @@
 //! upward paths that remain are named in `EXCEPTIONS`, each with the reason; one that disappears
 //! must leave the list too, so the list never outlives what it excuses.
 
-use std::path::{Path, PathBuf};
+mod source_support;
+
+use source_support::source_files;
 
 /// Each top-level module with its layer: a module may import modules of a lower layer only (and
 /// itself).
@@ -211,37 +213,6 @@ fn violations(file: &str, text: &str) -> Vec<String> {
         }
     }
     out
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
-fn source_files() -> Vec<(String, String)> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    files
-        .into_iter()
-        .map(|path| {
-            let rel = path.strip_prefix(&src).expect("under src/");
-            let rel = rel.to_string_lossy().replace('\\', "/");
-            let text = std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-            (rel, text)
-        })
-        .collect()
 }
 
 #[test]

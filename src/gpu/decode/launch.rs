@@ -114,11 +114,12 @@ impl Epilogue {
 /// The decode kernels of one device, with the stream they launch on (Candle's).
 pub struct DecodeKernels {
     stream: Arc<CudaStream>,
-    qmv: Vec<CudaFunction>,
-    qmv_swiglu: Vec<CudaFunction>,
+    /// Mat-vecs per quant type, each without and with the LoRA code ([`MatVecs::pick`]).
+    qmv: MatVecs,
+    qmv_swiglu: MatVecs,
     embed: Vec<CudaFunction>,
-    qmvb: Vec<CudaFunction>,
-    qmvb_swiglu: Vec<CudaFunction>,
+    qmvb: MatVecs,
+    qmvb_swiglu: MatVecs,
     embedb: Vec<CudaFunction>,
     rope_attention: CudaFunction,
     argmax: CudaFunction,
@@ -126,6 +127,25 @@ pub struct DecodeKernels {
 
 fn index(q: QuantType) -> usize {
     q.code()
+}
+
+/// One mat-vec kernel per quant type, compiled twice from one body (kernels/quant_matvec.cu):
+/// without the LoRA code (`<name>_<q>`) and with it (`<name>_lora_<q>`). A launch without adapters
+/// takes the first: the LoRA branches skipped at run time still cost it registers and time.
+struct MatVecs {
+    plain: Vec<CudaFunction>,
+    lora: Vec<CudaFunction>,
+}
+
+impl MatVecs {
+    fn pick(&self, q: QuantType, lora: &LoraEpilogue) -> &CudaFunction {
+        let set = if lora.b == 0 { &self.plain } else { &self.lora };
+        &set[index(q)]
+    }
+
+    fn all(&self) -> impl Iterator<Item = &CudaFunction> {
+        self.plain.iter().chain(&self.lora)
+    }
 }
 
 /// Positions per chunk of `rope_attention` (ATT_CHUNK in kernels/decode_step.cu).
@@ -158,19 +178,25 @@ impl DecodeKernels {
                 .map(|q| function(dev, Module::QuantMatvec, name, q.suffix()))
                 .collect()
         };
+        let mat_vecs = |plain: &'static str, lora: &'static str| -> Result<MatVecs> {
+            Ok(MatVecs {
+                plain: per_type(plain)?,
+                lora: per_type(lora)?,
+            })
+        };
         let kernels = Self {
             stream: dev.cuda_stream(),
-            qmv: per_type("qmv")?,
-            qmv_swiglu: per_type("qmv_swiglu")?,
+            qmv: mat_vecs("qmv", "qmv_lora")?,
+            qmv_swiglu: mat_vecs("qmv_swiglu", "qmv_swiglu_lora")?,
             embed: per_type("embed")?,
-            qmvb: per_type("qmvb")?,
-            qmvb_swiglu: per_type("qmvb_swiglu")?,
+            qmvb: mat_vecs("qmvb", "qmvb_lora")?,
+            qmvb_swiglu: mat_vecs("qmvb_swiglu", "qmvb_swiglu_lora")?,
             embedb: per_type("embedb")?,
             rope_attention: function(dev, Module::DecodeStep, "rope_attention", "")?,
             argmax: function(dev, Module::DecodeStep, "argmax_logprob", "")?,
         };
         // The batched mat-vecs keep every sequence's x in shared memory: opt in above 48 KiB.
-        for f in kernels.qmvb.iter().chain(&kernels.qmvb_swiglu) {
+        for f in kernels.qmvb.all().chain(kernels.qmvb_swiglu.all()) {
             f.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 MAX_BATCH_SHARED_BYTES as i32,
@@ -212,7 +238,7 @@ impl DecodeKernels {
         accumulate: bool,
         epilogue: &Epilogue,
     ) -> Result<()> {
-        let f = &self.qmv[index(q)];
+        let f = self.qmv.pick(q, &epilogue.lora);
         let (rows_i, k_i, acc_i) = (rows as i32, k as i32, accumulate as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
@@ -239,7 +265,7 @@ impl DecodeKernels {
         eps: f32,
         lora: &LoraEpilogue,
     ) -> Result<()> {
-        let f = &self.qmv_swiglu[index(q)];
+        let f = self.qmv_swiglu.pick(q, lora);
         let (rows_i, k_i) = (rows as i32, k as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
@@ -327,7 +353,7 @@ impl DecodeKernels {
         }
         let ldy_i = ldy as i32;
         let cfg = Self::batch_matvec_config(rows, k, batch, &epilogue.lora)?;
-        let f = &self.qmvb[index(q)];
+        let f = self.qmvb.pick(q, &epilogue.lora);
         let (rows_i, k_i, acc_i, nb) = (rows as i32, k as i32, accumulate as i32, batch as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
@@ -354,7 +380,7 @@ impl DecodeKernels {
         lora: &LoraEpilogue,
     ) -> Result<()> {
         let cfg = Self::batch_matvec_config(rows, k, batch, lora)?;
-        let f = &self.qmvb_swiglu[index(q)];
+        let f = self.qmvb_swiglu.pick(q, lora);
         let (rows_i, k_i, nb) = (rows as i32, k as i32, batch as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);

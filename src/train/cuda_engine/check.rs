@@ -91,6 +91,30 @@ pub const BF16_RATIO: f64 = 4.0;
 /// positions; the global norm), and a bound of 3x a lucky value would judge luck, not the engine.
 pub const BF16_FLOOR: f64 = 1e-2;
 
+/// The least bf16 tolerance of the global gradient norm after one AdamW update: AdamW's first step
+/// moves every parameter by about lr * sign(g), so gradients near zero whose bf16 sign differs from
+/// f32 move their parameter by 2 lr, and the next step's norm inherits that noise. Over three H200
+/// runs of the same seeded case (bench/results/device-s5-e2e, device-s5-lora-final, device-s6-a)
+/// Candle's bf16 error on it was 1.9e-3, 6.3e-3 and 2.1e-3 and the engine's 4.3e-3, 6.1e-4 and
+/// 1.02e-2 (nondeterministic reductions on both sides): 4x the largest Candle error seen.
+pub const BF16_AFTER_UPDATE_FLOOR: f64 = 2.5e-2;
+
+/// The ratio for AdamW's second moments (exp_avg_sq ~ g^2): the gradient's relative noise counts
+/// twice on both sides, and the worst element of a small tensor (a [64] lora_B of k_proj) is what
+/// is recorded, so the ratio of the two noises spreads further than on the gradients: 3.2x in
+/// session 3's two seeds, 4.03x once in session 6 (bench/results/device-s6-before-after). 6x still
+/// separates noise from a defect (order 1, 25x and more).
+pub const BF16_SECOND_MOMENT_RATIO: f64 = 6.0;
+
+/// The bf16 ratio for tensor `name`.
+fn bf16_ratio(name: &str) -> f64 {
+    if name.ends_with("exp_avg_sq") {
+        BF16_SECOND_MOMENT_RATIO
+    } else {
+        BF16_RATIO
+    }
+}
+
 /// The bf16 tolerance given Candle's bf16 error against the f32 reference.
 fn bf16_tolerance(candle_err: f64) -> f64 {
     (BF16_RATIO * candle_err).max(BF16_FLOOR)
@@ -458,7 +482,7 @@ fn check_step_two(
         bf16.map(|c| c.loss[1]),
         1e-4,
     ));
-    out.push(scalar_case(
+    let mut norm_case = scalar_case(
         "trn_engine_grad_norm",
         dtype,
         "bwd",
@@ -466,7 +490,12 @@ fn check_step_two(
         (norm2, want.norm[1]),
         bf16.map(|c| c.norm[1]),
         1e-4,
-    ));
+    );
+    if bf16.is_some() {
+        norm_case.tolerance = norm_case.tolerance.max(BF16_AFTER_UPDATE_FLOOR);
+        norm_case.shape += &format!(" (after an update: at least {BF16_AFTER_UPDATE_FLOOR:.1e})");
+    }
+    out.push(norm_case);
     if dtype == DType::F32 {
         engine.store_params(engine_adapter)?;
         compare(

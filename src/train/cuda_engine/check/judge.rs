@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::DType;
 
-use super::{bf16_tolerance, EngineCase, BF16_FLOOR, BF16_RATIO};
+use super::{bf16_ratio, bf16_tolerance, EngineCase, BF16_FLOOR, BF16_RATIO};
 use crate::check::max_rel_err;
 
 pub(super) fn diff(a: &[f64], b: &[f64]) -> Vec<f64> {
@@ -41,7 +41,13 @@ impl<'a> Judge<'a> {
                 // No finite Candle error (a missing tensor, a NaN) leaves only the floor: never
                 // an infinite tolerance.
                 let c = if c.is_finite() { c } else { 0.0 };
-                (bf16_tolerance(c), bf16_text(c))
+                let ratio = bf16_ratio(name);
+                (
+                    (ratio * c).max(BF16_FLOOR),
+                    format!(
+                        "; Candle bf16 vs f32 ref {c:.3e}, tolerance max({ratio} x that, {BF16_FLOOR:.0e})"
+                    ),
+                )
             }
         }
     }

@@ -46,10 +46,14 @@ def main():
         for which in ("old", "new"):
             files = sorted(glob.glob(os.path.join(d, f"{which}-{stem}-*.json")))
             vals[which] = [get(f) for f in files]
+        if not vals["old"] or not vals["new"]:
+            continue  # not run this time (BA_TRAIN=0)
         o, n = statistics.median(vals["old"]), statistics.median(vals["new"])
         print(f"| {label} | {o:.4g} | {n:.4g} | {n / o:.3f} | {len(vals['old'])} |")
     for which in ("old", "new"):
         log = os.path.join(d, f"{which}-gpu-check.log")
+        if not os.path.exists(log):
+            continue  # BA_CHECK=0
         last = [l for l in open(log) if "cases," in l]
         print(f"\n{which} gpu-check: {last[-1].strip() if last else '(no verdict)'}")
 

@@ -67,6 +67,7 @@ def gather(paths):
             docs["torch"].append((doc.get("date") or "", path, doc))
         elif isinstance(doc, dict) and "steps" in doc and "driver" in doc:
             docs["device"].append((doc.get("date") or "", path, doc))
+    BUNDLES[:] = sorted(bundles, key=lambda b: b[0])
     for date, path, doc in sorted(bundles, key=lambda b: b[0]):
         for name, value in doc["files"].items():
             e2e[name] = {"value": value, "source": os.path.basename(path), "date": date,
@@ -95,6 +96,20 @@ def row(figure, goal, unit, wick=None, anchor=None, anchor_engine=None, ratio=No
     if note:
         r["note"] = note
     return r
+
+
+# Every bundle read, oldest first: (date, path, doc).
+BUNDLES = []
+
+
+def same_call(*names):
+    """The files `names` from the latest bundle (one device call) that holds all of them, each as
+    e2e_get returns it: a ratio of two engines is only formed within one call."""
+    for date, path, doc in reversed(BUNDLES):
+        if all(n in doc["files"] for n in names):
+            return [(doc["files"][n], {"value": doc["files"][n], "source": os.path.relpath(path),
+                                       "date": date, "device": doc.get("device")}) for n in names]
+    return [(None, {}) for _ in names]
 
 
 def e2e_get(e2e, name):
@@ -267,10 +282,11 @@ def serve_rows(e2e):
     (e2e.sh serve) and on llama-server (e2e.sh llamaserver), scripts/device/serve_load.py."""
     lora, item_l = e2e_get(e2e, "wick-serve-adapters.json")
     base, item_b = e2e_get(e2e, "wick-serve-base.json")
-    ls, item_s = e2e_get(e2e, "llamaserver-adapters.json")
+    (lora_s, item_ls), (ls, item_s) = same_call("wick-serve-adapters.json", "llamaserver-adapters.json")
     lora = lora if isinstance(lora, dict) else {}
     base = base if isinstance(base, dict) else {}
-    ls = ls if isinstance(ls, dict) and item_s.get("device") == item_l.get("device") else {}
+    lora_s = lora_s if isinstance(lora_s, dict) else {}
+    ls = ls if isinstance(ls, dict) else {}
     meta = {"device": item_l.get("device"), "date": item_l.get("date"),
             "source": " + ".join(x["source"] for x in (item_l, item_b) if x),
             "command": "scripts/device/e2e.sh serve (wick serve --device cuda --max-batch 8, 8 rank-16 adapters; "
@@ -283,10 +299,10 @@ def serve_rows(e2e):
             "tokens/s", wick=lora.get("decode_tokens_per_s"), anchor=base.get("decode_tokens_per_s"),
             anchor_engine="wick serve, base model, same load", **meta, note=ttft(lora) if lora else None),
         row("serve 64 streams over 8 adapters vs llama-server -np 64 with --lora (issue 16.3)", ">= 2x", "tokens/s",
-            wick=lora.get("decode_tokens_per_s"), anchor=ls.get("decode_tokens_per_s"),
+            wick=lora_s.get("decode_tokens_per_s"), anchor=ls.get("decode_tokens_per_s"),
             anchor_engine="llama-server -np 64, 8 LoRA GGUFs, per-request lora (e2e.sh llamaserver)",
-            **{**meta, "source": " + ".join(x["source"] for x in (item_l, item_s) if x)},
-            note=("wick %s; llama-server %s" % (ttft(lora), ttft(ls))) if ls else
+            **{**meta, "date": item_ls.get("date"), "source": item_ls.get("source")},
+            note=("wick %s; llama-server %s (same call)" % (ttft(lora_s), ttft(ls))) if ls else
             "not measured: e2e.sh llamaserver not run yet"),
     ]
 

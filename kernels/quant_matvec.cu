@@ -29,8 +29,8 @@
 // gate's and the up's delta before silu(g) * u.
 //
 // The shrink xa = xn A^T (Punica's BGMV shrink) runs inside the same launch (lora.a != null): the
-// grid's first blocks are producers (per sequence, one block per few rows of A, no rows of their
-// own); the others are the mat-vec's. A producer computes its xa value from the x it normalizes like every
+// grid's first blocks are producers (one block per sequence and row of A, no rows of their own);
+// the others are the mat-vec's. A producer computes its xa value from the x it normalizes like every
 // block, and stores it; a row's epilogue polls the xa values it needs until they are no longer
 // XA_PENDING (the engine fills each launch's xa region with XA_PENDING before the step), so the
 // shrink's latency hides behind the rows' dot products: no launch of its own (~2.8 us inside the
@@ -70,85 +70,53 @@ __device__ __forceinline__ int lora_seg(const LoraEpi& L, int row) {
     return (row >= L.e0) + (row >= L.e1);
 }
 
-// A producer block computes up to LORA_PRODUCER_MAX_ROWS consecutive rows of A for one sequence,
-// at most LORA_PRODUCER_WEIGHTS weights in all (rows = clamp(WEIGHTS / k, 1, MAX_ROWS); the host's
-// `lora_rows_per_producer` is the same formula): at SmolLM2-135M's k = 576 one block takes 14 rows,
-// so a batch of 8 adds 32 producer blocks to the q/k/v launch instead of 384 (a block per row was
-// as many blocks again as the mat-vec's own, a second wave at batch 8), while at k = 8192 a block
-// still takes a single row, its 4 warps splitting k (one warp per row was the critical path there).
-#define LORA_PRODUCER_MAX_ROWS 16
-#define LORA_PRODUCER_WEIGHTS 8192
-__device__ __forceinline__ int lora_rows_per_producer(int k) {
-    int t = LORA_PRODUCER_WEIGHTS / k;
-    return t < 1 ? 1 : (t > LORA_PRODUCER_MAX_ROWS ? LORA_PRODUCER_MAX_ROWS : t);
-}
-
-// Blocks [0, P) of a launch that computes its shrink are producers: per sequence, one block per
-// lora_rows_per_producer(k) rows of A. 0 when xa is ready or there are no adapters.
-__device__ __forceinline__ int lora_producers(const LoraEpi& L, int nb, int k) {
+// Blocks [0, P) of a launch that computes its shrink are producers: one block per task (sequence b,
+// row j of A), its warps splitting the row's k. 0 when xa is ready or there are no adapters.
+__device__ __forceinline__ int lora_producers(const LoraEpi& L, int nb) {
     if (L.b == nullptr || L.a == nullptr) return 0;
-    int per = lora_rows_per_producer(k);
-    return nb * ((L.a_rows + per - 1) / per);
+    return nb * L.a_rows;
 }
 
-// The shrink, by producer block blockIdx.x: xa[b, j] = xn_b . A_slot(b)[j] for the block's rows j,
-// with xn_b = rms_norm(x_b) * norm_w (x_b itself when norm_w is null), in one pass over global x,
-// norm_w and the A rows: x and the norm weights are loaded once for all the rows, the sum of squares
-// beside the dot products, the norm's scale applied at the end. Each warp takes a quarter of k, so a
-// lane has few loads in flight even at k = 8192; no shared copy of x. The stores are relaxed ones
-// at GPU scope, polled by lora_xa.
+// The shrink, by producer block blockIdx.x: xa[b, j] = xn_b . A_slot(b)[j] with xn_b =
+// rms_norm(x_b) * norm_w (x_b itself when norm_w is null), in one pass over global x, norm_w and the
+// A row: the sum of squares beside the dot product, the norm's scale applied at the end. Each warp
+// takes a quarter of k, so a lane has few loads in flight even at k = 8192 (one warp per task had
+// 64 and was the launch's critical path at SmolLM2-1.7B's down projection); no shared copy of x.
+// The store is a relaxed one at GPU scope, polled by lora_xa.
 __device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* __restrict__ x,
                                              const float* __restrict__ norm_w, float eps, int k, int nb) {
-    __shared__ float part[MV_WARPS][LORA_PRODUCER_MAX_ROWS + 1];
-    int per = lora_rows_per_producer(k), blocks_per_seq = (L.a_rows + per - 1) / per;
-    int b = blockIdx.x / blocks_per_seq, j0 = (blockIdx.x - b * blocks_per_seq) * per;
-    int n = min(per, L.a_rows - j0);
+    __shared__ float part[MV_WARPS][2];
+    int t = blockIdx.x, b = t / L.a_rows, j = t - b * L.a_rows;
     int slot = L.slots[b];
     if (slot < 0) return;  // block-uniform: the whole block leaves
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int n4 = k / 4, quarter = (n4 + MV_WARPS - 1) / MV_WARPS;
-    int lo = warp * quarter, hi = min(n4, lo + quarter);
-    const float4* a4 = reinterpret_cast<const float4*>(L.a + slot * L.a_slot_stride + (size_t)j0 * k);
+    int n4 = k / 4, per = (n4 + MV_WARPS - 1) / MV_WARPS;
+    int lo = warp * per, hi = min(n4, lo + per);
+    const float4* a4 = reinterpret_cast<const float4*>(L.a + slot * L.a_slot_stride + (size_t)j * k);
     const float4* x4 = reinterpret_cast<const float4*>(x + (size_t)b * k);
     const float4* w4 = reinterpret_cast<const float4*>(norm_w);
-    float s[LORA_PRODUCER_MAX_ROWS];
-#pragma unroll
-    for (int r = 0; r < LORA_PRODUCER_MAX_ROWS; r++) s[r] = 0.f;
-    float ss = 0.f;
+    float s = 0.f, ss = 0.f;
+#pragma unroll 4
     for (int i = lo + lane; i < hi; i += 32) {
-        float4 xv = x4[i];
+        float4 av = __ldg(a4 + i), xv = x4[i];
         ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
         if (norm_w != nullptr) {
             float4 wv = __ldg(w4 + i);
             xv.x *= wv.x, xv.y *= wv.y, xv.z *= wv.z, xv.w *= wv.w;
         }
-#pragma unroll
-        for (int r = 0; r < LORA_PRODUCER_MAX_ROWS; r++) {
-            if (r < n) {
-                float4 av = __ldg(a4 + (size_t)r * n4 + i);
-                s[r] += xv.x * av.x + xv.y * av.y + xv.z * av.z + xv.w * av.w;
-            }
-        }
+        s += xv.x * av.x + xv.y * av.y + xv.z * av.z + xv.w * av.w;
     }
-#pragma unroll
-    for (int r = 0; r < LORA_PRODUCER_MAX_ROWS; r++) {
-        if (r < n) {
-            float v = warp_sum(s[r]);
-            if (lane == 0) part[warp][r] = v;
-        }
-    }
+    s = warp_sum(s);
     ss = warp_sum(ss);
-    if (lane == 0) part[warp][LORA_PRODUCER_MAX_ROWS] = ss;
+    if (lane == 0) part[warp][0] = s, part[warp][1] = ss;
     __syncthreads();
-    int r = threadIdx.x;
-    if (r >= n) return;
-    float v = 0.f;
-    ss = 0.f;
-    for (int w = 0; w < MV_WARPS; w++) v += part[w][r], ss += part[w][LORA_PRODUCER_MAX_ROWS];
-    if (norm_w != nullptr) v *= rsqrtf(ss / (float)k + eps);
-    if (__float_as_uint(v) == XA_PENDING) v = __uint_as_float(0x7fffffffu);
-    float* at = L.xa + (size_t)b * L.xa_stride + j0 + r;
-    asm volatile("st.relaxed.gpu.global.f32 [%0], %1;" ::"l"(at), "f"(v) : "memory");
+    if (threadIdx.x != 0) return;
+    s = ss = 0.f;
+    for (int w = 0; w < MV_WARPS; w++) s += part[w][0], ss += part[w][1];
+    if (norm_w != nullptr) s *= rsqrtf(ss / (float)k + eps);
+    if (__float_as_uint(s) == XA_PENDING) s = __uint_as_float(0x7fffffffu);
+    float* at = L.xa + (size_t)b * L.xa_stride + j;
+    asm volatile("st.relaxed.gpu.global.f32 [%0], %1;" ::"l"(at), "f"(s) : "memory");
 }
 
 // One relaxed load of an xa value at GPU scope (from L2, never a stale L1 line). Volatile, so a
@@ -330,7 +298,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
                                        const float* __restrict__ bias, LoraEpi lora) {              \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                    \
         extern __shared__ float xs[];                                                               \
-        int producers = lora_producers(lora, 1, k);                                                    \
+        int producers = lora_producers(lora, 1);                                                    \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce(lora, x, norm_w, eps, k, 1);                                               \
             return;                                                                                 \
@@ -364,7 +332,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
                                               LoraEpi lora) {                                       \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                    \
         extern __shared__ float xs[];                                                               \
-        int producers = lora_producers(lora, 1, k);                                                    \
+        int producers = lora_producers(lora, 1);                                                    \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce(lora, x, norm_w, eps, k, 1);                                               \
             return;                                                                                 \
@@ -579,7 +547,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                                         const float* __restrict__ bias, LoraEpi lora, int ldy) {     \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                    \
         extern __shared__ float xs[];                                                                \
-        int producers = lora_producers(lora, nb, k);                                                   \
+        int producers = lora_producers(lora, nb);                                                   \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce(lora, x, norm_w, eps, k, nb);                                              \
             return;                                                                                 \
@@ -629,7 +597,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                                                int nb, LoraEpi lora) {                               \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                    \
         extern __shared__ float xs[];                                                                \
-        int producers = lora_producers(lora, nb, k);                                                   \
+        int producers = lora_producers(lora, nb);                                                   \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce(lora, x, norm_w, eps, k, nb);                                              \
             return;                                                                                 \

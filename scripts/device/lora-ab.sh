@@ -5,7 +5,8 @@
 #
 # usage: bash scripts/device/lora-ab.sh PREV_XZ [ROUNDS]
 #   PREV_XZ: the earlier binary, xz-compressed (carried in the call); $WICK: the new one (staged by
-#   on-device.sh). Writes $OUT/lora-ab/{prev,new}-<model>-R.json.
+#   on-device.sh). Writes $OUT/lora-ab/{prev,new}-<model>-R.json. LORA_AB_MODELS=135m runs the
+#   SmolLM2-135M shapes alone.
 set -uo pipefail
 stage=${WICK_DEVICE_STAGE:-/tmp/wick-device}
 prev_xz=${1:?PREV_XZ}
@@ -18,6 +19,7 @@ dir=$OUT/lora-ab
 mkdir -p "$dir"
 rc=0
 models=("random:smollm2-135m q4_1 8 256" "random:smollm2-360m q4_k_m 8 256" "random:smollm2-1.7b q8_0 4 128")
+[[ ${LORA_AB_MODELS:-} == 135m ]] && models=("${models[0]}")
 for r in $(seq "$rounds"); do
   for which in prev new; do
     bin=$prev; [[ $which == new ]] && bin=$new

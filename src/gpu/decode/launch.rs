@@ -65,24 +65,17 @@ pub struct LoraEpilogue {
     pub pad: i32,
 }
 
-/// Rows of A one LoRA producer block computes for inputs of `k` values: `LORA_PRODUCER_WEIGHTS /
-/// k` clamped to 1..=`LORA_PRODUCER_MAX_ROWS` (kernels/quant_matvec.cu, the same formula there).
-pub fn lora_rows_per_producer(k: usize) -> usize {
-    (8192 / k.max(1)).clamp(1, 16)
-}
-
 /// The bits of an xa value its producer has not stored yet (XA_PENDING in kernels/quant_matvec.cu).
 pub const XA_PENDING: u32 = u32::MAX;
 
 impl LoraEpilogue {
-    /// Producer blocks a launch for `batch` sequences of `k` inputs puts before its mat-vec
-    /// blocks (per sequence, one per [`lora_rows_per_producer`] rows of A), 0 when it does not
-    /// compute its shrink.
-    fn producer_blocks(&self, batch: usize, k: usize) -> usize {
+    /// Producer blocks a launch for `batch` sequences puts before its mat-vec blocks (one per
+    /// sequence and row of A), 0 when it does not compute its shrink.
+    fn producer_blocks(&self, batch: usize) -> usize {
         if self.b == 0 || self.a == 0 {
             return 0;
         }
-        batch * (self.a_rows.max(0) as usize).div_ceil(lora_rows_per_producer(k))
+        batch * self.a_rows.max(0) as usize
     }
 }
 
@@ -251,7 +244,7 @@ impl DecodeKernels {
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i);
         b.arg(&epilogue.bias).arg(&epilogue.lora);
-        let cfg = Self::matvec_config(rows, k, epilogue.lora.producer_blocks(1, k));
+        let cfg = Self::matvec_config(rows, k, epilogue.lora.producer_blocks(1));
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -277,7 +270,7 @@ impl DecodeKernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(lora);
-        unsafe { b.launch(Self::matvec_config(rows, k, lora.producer_blocks(1, k))) }.w()?;
+        unsafe { b.launch(Self::matvec_config(rows, k, lora.producer_blocks(1))) }.w()?;
         Ok(())
     }
 
@@ -308,7 +301,7 @@ impl DecodeKernels {
                  ({MAX_DECODE_BATCH} sequences, {MAX_BATCH_SHARED_BYTES} bytes of shared memory)"
             )));
         }
-        let mut cfg = Self::matvec_config(rows, k, lora.producer_blocks(batch, k));
+        let mut cfg = Self::matvec_config(rows, k, lora.producer_blocks(batch));
         cfg.shared_mem_bytes = (batch * k * 4) as u32;
         Ok(cfg)
     }

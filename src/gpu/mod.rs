@@ -5,6 +5,9 @@
 pub mod cublaslt;
 pub mod decode;
 pub mod dispatch;
+/// The engines' error mapping (driver calls, launches), with the engine named.
+#[cfg(feature = "cuda")]
+pub mod engine_error;
 /// Matrix products on raw device pointers through cuBLASLt (engines' GEMMs); CPU reference always.
 pub mod gemm;
 #[cfg(feature = "cuda")]

@@ -28,7 +28,10 @@ pub use crate::generate::decode_adapter::{
     AdapterDims, DecodeAdapter, Group, ProjectionLora, GROUPS, PROJECTIONS,
 };
 use crate::gpu::decode::launch::{device_ptr, LoraEpilogue};
+use crate::gpu::engine_error::EngineErrors;
 use crate::{Error, Result};
+
+const ERR: EngineErrors = EngineErrors("CUDA decode engine adapters");
 
 /// Slots of a pool unless the caller asks for more (one per sequence of a full batch).
 pub const DEFAULT_SLOTS: usize = 8;
@@ -39,13 +42,6 @@ fn dims(s: &EngineShape) -> AdapterDims {
         q_out: s.heads * s.head_dim,
         kv_out: s.kv_heads * s.head_dim,
         ffn: s.ffn,
-    }
-}
-
-fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::Candle {
-        context: format!("CUDA decode engine adapters: {what}"),
-        source: candle_core::Error::Msg(format!("{e:?}")),
     }
 }
 
@@ -93,14 +89,14 @@ impl AdapterPool {
         let alloc = |n: usize, what: &str| {
             stream
                 .alloc_zeros::<f32>(n)
-                .map_err(|e| driver_err(what, e))
+                .map_err(|e| ERR.driver(what, e))
         };
         let a = alloc(layers * slots * per_a, "A")?;
         let b = alloc(layers * slots * per_b, "B")?;
         let xa = alloc(layers * GROUPS.len() * batch * 3 * rank, "xa")?;
         let seq_slots = stream
             .clone_htod(&vec![-1i32; batch])
-            .map_err(|e| driver_err("slot indices", e))?;
+            .map_err(|e| ERR.driver("slot indices", e))?;
         Ok(Self {
             shape: *shape,
             slots,
@@ -200,11 +196,11 @@ impl AdapterPool {
                 let mut dst = self.a.slice_mut(a_at..a_at + sa);
                 stream
                     .memcpy_htod(a_host.as_slice(), &mut dst)
-                    .map_err(|e| driver_err("writing A", e))?;
+                    .map_err(|e| ERR.driver("writing A", e))?;
                 let mut dst = self.b.slice_mut(b_at..b_at + sb);
                 stream
                     .memcpy_htod(b_host.as_slice(), &mut dst)
-                    .map_err(|e| driver_err("writing B", e))?;
+                    .map_err(|e| ERR.driver("writing B", e))?;
             }
         }
         self.occupants[slot] = Some(key.unwrap_or_default());
@@ -259,7 +255,7 @@ impl AdapterPool {
         }
         stream
             .memcpy_htod(ids.as_slice(), &mut self.seq_slots)
-            .map_err(|e| driver_err("writing slot indices", e))
+            .map_err(|e| ERR.driver("writing slot indices", e))
     }
 
     /// Marks every xa value of the step pending (all bits set, one memset node in the graph), so
@@ -275,7 +271,7 @@ impl AdapterPool {
                 stream.cu_stream(),
             )
         }
-        .map_err(|e| driver_err("marking xa pending", e))
+        .map_err(|e| ERR.driver("marking xa pending", e))
     }
 
     /// The LoRA part of group `g`'s mat-vec at `layer`: the launch computes the group's shrink

@@ -19,21 +19,10 @@ use super::EngineShape;
 use crate::formats::config::DecoderConfig;
 use crate::formats::weights::WeightSource;
 use crate::gpu::decode::launch::{DecodeKernels, MAX_BATCH_SHARED_BYTES, MAX_DECODE_BATCH};
+use crate::gpu::engine_error::EngineErrors;
 use crate::{Error, Result};
 
-fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::Candle {
-        context: format!("CUDA batch decode engine: {what}"),
-        source: candle_core::Error::Msg(format!("{e:?}")),
-    }
-}
-
-fn launch_err(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
-    move |source| Error::Candle {
-        context: format!("CUDA batch decode engine: launching {what}"),
-        source,
-    }
-}
+const ERR: EngineErrors = EngineErrors("CUDA batch decode engine");
 
 /// Decode of `batch` sequences of one model on one CUDA device.
 pub struct BatchDecodeEngine {
@@ -92,7 +81,7 @@ impl BatchDecodeEngine {
                 "CUDA batch decode engine: {batch} rows of {widest} values exceed the mat-vec kernels' shared memory"
             )));
         }
-        let kernels = DecodeKernels::load(dev).map_err(launch_err("(loading kernels)"))?;
+        let kernels = DecodeKernels::load(dev).map_err(ERR.launch("(loading kernels)"))?;
         let stream = kernels.stream().clone();
         let weights = EngineWeights::load(cfg, &shape, source, &stream)?;
         let buffers = StepBuffers::new(&shape, batch, &stream)?;
@@ -116,7 +105,7 @@ impl BatchDecodeEngine {
         self.kernels
             .stream()
             .synchronize()
-            .map_err(|e| driver_err("synchronize", e))
+            .map_err(|e| ERR.driver("synchronize", e))
     }
 
     /// Sequences per step.
@@ -291,7 +280,7 @@ impl BatchDecodeEngine {
         let stream = self.kernels.stream().clone();
         stream
             .memcpy_htod(&state, &mut self.buffers.state)
-            .map_err(|e| driver_err("writing tokens and positions", e))?;
+            .map_err(|e| ERR.driver("writing tokens and positions", e))?;
         let lora = self.lora_active();
         let graphs = if lora {
             &mut self.lora_steps
@@ -319,8 +308,8 @@ impl BatchDecodeEngine {
         let stream = self.kernels.stream();
         let out = stream
             .clone_dtoh(&self.buffers.result)
-            .map_err(|e| driver_err("reading the greedy tokens", e))?;
-        stream.synchronize().map_err(|e| driver_err("step", e))?;
+            .map_err(|e| ERR.driver("reading the greedy tokens", e))?;
+        stream.synchronize().map_err(|e| ERR.driver("step", e))?;
         Ok(out
             .chunks(2)
             .map(|p| (p[0], f32::from_bits(p[1])))
@@ -332,8 +321,8 @@ impl BatchDecodeEngine {
         let stream = self.kernels.stream();
         let out = stream
             .clone_dtoh(&self.buffers.logits)
-            .map_err(|e| driver_err("reading logits", e))?;
-        stream.synchronize().map_err(|e| driver_err("step", e))?;
+            .map_err(|e| ERR.driver("reading logits", e))?;
+        stream.synchronize().map_err(|e| ERR.driver("step", e))?;
         Ok(out)
     }
 }

@@ -13,6 +13,7 @@ use super::EngineShape;
 use crate::formats::config::DecoderConfig;
 use crate::formats::weights::WeightSource;
 use crate::gpu::decode::launch::{attention_shared_bytes, DecodeKernels};
+use crate::gpu::engine_error::EngineErrors;
 use crate::models::kv_cache::KvCache;
 use crate::{Error, Result};
 
@@ -22,19 +23,7 @@ pub mod prefill;
 
 pub use super::step_graph::StepMode;
 
-pub(super) fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::Candle {
-        context: format!("CUDA decode engine: {what}"),
-        source: candle_core::Error::Msg(format!("{e:?}")),
-    }
-}
-
-pub(super) fn launch_err(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
-    move |source| Error::Candle {
-        context: format!("CUDA decode engine: launching {what}"),
-        source,
-    }
-}
+pub(super) const ERR: EngineErrors = EngineErrors("CUDA decode engine");
 
 /// Batch-1 decode of one model on one CUDA device. See the module documentation of
 /// `generate::cuda_decode` for the step.
@@ -79,7 +68,7 @@ impl DecodeEngine {
         let shape = EngineShape::new(cfg).map_err(|reason| {
             Error::InvalidRequest(format!("CUDA decode engine: unsupported model: {reason}"))
         })?;
-        let kernels = DecodeKernels::load(dev).map_err(launch_err("(loading kernels)"))?;
+        let kernels = DecodeKernels::load(dev).map_err(ERR.launch("(loading kernels)"))?;
         let stream = kernels.stream().clone();
         let weights = EngineWeights::load(cfg, &shape, source, &stream)?;
         let (h, qd) = (shape.hidden, shape.heads * shape.head_dim);
@@ -329,7 +318,7 @@ impl DecodeEngine {
                 let mut dst = self.buffers.owned[slot].slice_mut(base..base + n);
                 stream
                     .memcpy_dtod(&src_view, &mut dst)
-                    .map_err(|e| driver_err("copying the prefill cache", e))?;
+                    .map_err(|e| ERR.driver("copying the prefill cache", e))?;
             }
         }
         self.pos = len;
@@ -388,7 +377,7 @@ impl DecodeEngine {
         let state = [token as i32, self.pos as i32];
         stream
             .memcpy_htod(&state, &mut self.buffers.state)
-            .map_err(|e| driver_err("writing token and position", e))?;
+            .map_err(|e| ERR.driver("writing token and position", e))?;
         // The step graph lives beside the buffers it launches on; take it out while it runs them.
         let graphs = if self.adapter.is_some() {
             &mut self.lora_steps
@@ -413,11 +402,11 @@ impl DecodeEngine {
         self.kernels
             .stream()
             .memcpy_dtoh(&self.buffers.result, &mut out)
-            .map_err(|e| driver_err("reading the greedy token", e))?;
+            .map_err(|e| ERR.driver("reading the greedy token", e))?;
         self.kernels
             .stream()
             .synchronize()
-            .map_err(|e| driver_err("step", e))?;
+            .map_err(|e| ERR.driver("step", e))?;
         Ok((out[0], f32::from_bits(out[1])))
     }
 
@@ -426,8 +415,8 @@ impl DecodeEngine {
         let stream = self.kernels.stream();
         let out = stream
             .clone_dtoh(&self.buffers.logits)
-            .map_err(|e| driver_err("reading logits", e))?;
-        stream.synchronize().map_err(|e| driver_err("step", e))?;
+            .map_err(|e| ERR.driver("reading logits", e))?;
+        stream.synchronize().map_err(|e| ERR.driver("step", e))?;
         Ok(out)
     }
 
@@ -436,6 +425,6 @@ impl DecodeEngine {
         self.kernels
             .stream()
             .synchronize()
-            .map_err(|e| driver_err("synchronize", e))
+            .map_err(|e| ERR.driver("synchronize", e))
     }
 }

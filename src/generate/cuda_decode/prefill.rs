@@ -31,7 +31,7 @@ use std::sync::Arc;
 use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::{DType, Device};
 
-use super::{driver_err, launch_err, DecodeEngine};
+use super::{DecodeEngine, ERR};
 use crate::generate::cuda_decode::EngineShape;
 use crate::gpu::decode::launch::device_ptr;
 use crate::gpu::decode::prefill::{
@@ -146,8 +146,8 @@ impl PrefillState {
                 s.head_dim
             )));
         }
-        let kernels = PrefillKernels::load(dev).map_err(launch_err("(loading prefill kernels)"))?;
-        let gemm = Gemm::for_device(dev).map_err(launch_err("(creating the GEMM handle)"))?;
+        let kernels = PrefillKernels::load(dev).map_err(ERR.launch("(loading prefill kernels)"))?;
+        let gemm = Gemm::for_device(dev).map_err(ERR.launch("(creating the GEMM handle)"))?;
         let stream = kernels.stream().clone();
         let chunk = chunk_tokens(&s);
         let (h, qd) = (s.hidden, s.heads * s.head_dim);
@@ -156,7 +156,7 @@ impl PrefillState {
         let alloc = |n: usize, what: &str| -> Result<CudaSlice<f32>> {
             stream
                 .alloc_zeros::<f32>(n)
-                .map_err(|e| driver_err(what, e))
+                .map_err(|e| ERR.driver(what, e))
         };
         let owned = vec![
             alloc(chunk * h, "prefill x")?,
@@ -174,7 +174,7 @@ impl PrefillState {
         ];
         let ids = stream
             .alloc_zeros::<i32>(chunk)
-            .map_err(|e| driver_err("prefill ids", e))?;
+            .map_err(|e| ERR.driver("prefill ids", e))?;
         let p: Vec<u64> = owned.iter().map(|b| device_ptr(b, &stream)).collect();
         tracing::info!(
             "CUDA decode engine prefill: chunks of {chunk} tokens, GEMM attention up to {gemm_keys} keys, {:.1} MB of buffers",
@@ -212,7 +212,7 @@ fn linear(
 ) -> Result<()> {
     let shape = GemmShape::contiguous((n, out, k), (false, true), DType::F32, DType::F32);
     gemm.run(&shape, x, w, y, 1.0, if accumulate { 1.0 } else { 0.0 })
-        .map_err(launch_err(what))
+        .map_err(ERR.launch(what))
 }
 
 impl DecodeEngine {
@@ -299,7 +299,7 @@ impl DecodeEngine {
             let mut dst = p.ids.slice_mut(0..ids.len());
             stream
                 .memcpy_htod(&ids, &mut dst)
-                .map_err(|e| driver_err("writing prompt ids", e))?;
+                .map_err(|e| ERR.driver("writing prompt ids", e))?;
             self.launch_prefill_chunk(p, ids.len(), &mut |_| Ok(()))?;
             self.pos += ids.len();
         }
@@ -321,10 +321,10 @@ impl DecodeEngine {
                 false,
                 &crate::gpu::decode::launch::Epilogue::NONE,
             )
-            .map_err(launch_err("prefill lm_head"))?;
+            .map_err(ERR.launch("prefill lm_head"))?;
         self.kernels
             .argmax(b.logits_ptr, self.shape.vocab, b.result_ptr, 0)
-            .map_err(launch_err("prefill argmax"))?;
+            .map_err(ERR.launch("prefill argmax"))?;
         Ok(())
     }
 
@@ -346,13 +346,13 @@ impl DecodeEngine {
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let gemm_attention = p.gemm_attention(self.pos, n);
         k.embed_rows(w.embed.quant, w.embed.ptr, p.ids_ptr, p.x, n, h)
-            .map_err(launch_err("prefill embed"))?;
+            .map_err(ERR.launch("prefill embed"))?;
         mark("embed")?;
         for (i, l) in w.layers.iter().enumerate() {
             dequant_layer(k, l, p.w)?;
             mark("dequant")?;
             k.rms_rows(p.x, norm(2 * i), p.xn, n, h, eps)
-                .map_err(launch_err("prefill input norm"))?;
+                .map_err(ERR.launch("prefill input norm"))?;
             mark("rms_norm")?;
             linear(
                 &p.gemm,
@@ -368,7 +368,7 @@ impl DecodeEngine {
             );
             let qh = if gemm_attention { p.qh } else { 0 };
             k.rope_kv_rows(p.qkv, kc, vc, w.inv_freq_ptr, qh, self.pos, n, attention)
-                .map_err(launch_err("prefill rope + cache write"))?;
+                .map_err(ERR.launch("prefill rope + cache write"))?;
             mark("rope + kv write")?;
             if gemm_attention {
                 k.attention_gemm(
@@ -383,10 +383,10 @@ impl DecodeEngine {
                         mark(kind).map_err(|e| candle_core::Error::Msg(format!("profile: {e}")))
                     },
                 )
-                .map_err(launch_err("prefill GEMM attention"))?;
+                .map_err(ERR.launch("prefill GEMM attention"))?;
             } else {
                 k.attention(p.qkv, kc, vc, p.attn, self.pos, n, attention, scale)
-                    .map_err(launch_err("prefill attention"))?;
+                    .map_err(ERR.launch("prefill attention"))?;
                 mark("attention")?;
             }
             linear(
@@ -398,7 +398,7 @@ impl DecodeEngine {
             )?;
             mark("gemm o_proj (+x)")?;
             k.rms_rows(p.x, norm(2 * i + 1), p.xn, n, h, eps)
-                .map_err(launch_err("prefill post-attention norm"))?;
+                .map_err(ERR.launch("prefill post-attention norm"))?;
             mark("rms_norm")?;
             linear(
                 &p.gemm,
@@ -409,7 +409,7 @@ impl DecodeEngine {
             )?;
             mark("gemm gate/up")?;
             k.swiglu_rows(p.gu, p.act, n, ffn)
-                .map_err(launch_err("prefill swiglu"))?;
+                .map_err(ERR.launch("prefill swiglu"))?;
             mark("swiglu")?;
             linear(
                 &p.gemm,
@@ -441,7 +441,7 @@ fn dequant_layer(
     for part in segments.chunks(DEQUANT_SEGMENTS) {
         kernels
             .dequant_layer(dst, part)
-            .map_err(launch_err("prefill dequant"))?;
+            .map_err(ERR.launch("prefill dequant"))?;
         dst += part.iter().map(|s| (s.2 * BLOCK * 4) as u64).sum::<u64>();
     }
     Ok(())
@@ -496,36 +496,36 @@ impl DecodeEngine {
             let mut dst = p.ids.slice_mut(0..ids.len());
             stream
                 .memcpy_htod(&ids, &mut dst)
-                .map_err(|e| driver_err("writing prompt ids", e))?;
+                .map_err(|e| ERR.driver("writing prompt ids", e))?;
             let launches = launches_per_chunk(self.shape.layers, p.gemm_attention(0, tokens.len()));
             let events = (0..=launches)
                 .map(|_| {
                     stream
                         .context()
                         .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                        .map_err(|e| driver_err("event", e))
+                        .map_err(|e| ERR.driver("event", e))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            stream.synchronize().map_err(|e| driver_err("sync", e))?;
+            stream.synchronize().map_err(|e| ERR.driver("sync", e))?;
             crate::gpu::small_matmul::spin(&dev, PROFILE_SPIN_CYCLES)?;
             events[0]
                 .record(&stream)
-                .map_err(|e| driver_err("record", e))?;
+                .map_err(|e| ERR.driver("record", e))?;
             let mut order: Vec<&'static str> = Vec::with_capacity(launches);
             self.launch_prefill_chunk(&p, ids.len(), &mut |kind| {
                 let e = events.get(order.len() + 1).ok_or_else(|| {
                     Error::InvalidRequest("profile_prefill: more launches than events".into())
                 })?;
-                e.record(&stream).map_err(|e| driver_err("record", e))?;
+                e.record(&stream).map_err(|e| ERR.driver("record", e))?;
                 order.push(kind);
                 Ok(())
             })?;
-            stream.synchronize().map_err(|e| driver_err("sync", e))?;
+            stream.synchronize().map_err(|e| ERR.driver("sync", e))?;
             let mut kinds: Vec<PrefillKindTime> = Vec::new();
             for (i, kind) in order.iter().enumerate() {
                 let us = events[i]
                     .elapsed_ms(&events[i + 1])
-                    .map_err(|e| driver_err("elapsed", e))? as f64
+                    .map_err(|e| ERR.driver("elapsed", e))? as f64
                     * 1e3;
                 match kinds.iter_mut().find(|k| k.kind == *kind) {
                     Some(k) => {
@@ -541,7 +541,7 @@ impl DecodeEngine {
             }
             let total = events[0]
                 .elapsed_ms(&events[order.len()])
-                .map_err(|e| driver_err("elapsed", e))? as f64
+                .map_err(|e| ERR.driver("elapsed", e))? as f64
                 * 1e3;
             Ok((kinds, total))
         })();

@@ -15,7 +15,10 @@ use candle_core::Device;
 use serde::Serialize;
 
 use super::DecodeEngine;
+use crate::gpu::engine_error::EngineErrors;
 use crate::{Error, Result};
+
+const ERR: EngineErrors = EngineErrors("decode step profile");
 
 /// GPU time of one kernel kind within a step.
 #[derive(Debug, Clone, Serialize)]
@@ -57,13 +60,6 @@ pub struct StepProfile {
     pub sync_read_us: f64,
 }
 
-fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::Candle {
-        context: format!("decode step profile: {what}"),
-        source: candle_core::Error::Msg(format!("{e:?}")),
-    }
-}
-
 /// GPU cycles of the spin kernel: ~3 ms at 1.98 GHz, longer than the host takes to issue one
 /// eager step with an event after each launch (~160 launches and events at a few us each).
 const SPIN_CYCLES: i64 = 6_000_000;
@@ -83,17 +79,17 @@ impl Timer<'_> {
         self.stream
             .context()
             .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(|e| driver_err("event", e))
+            .map_err(|e| ERR.driver("event", e))
     }
 
     fn record(&self, e: &CudaEvent) -> Result<()> {
-        e.record(&self.stream).map_err(|e| driver_err("record", e))
+        e.record(&self.stream).map_err(|e| ERR.driver("record", e))
     }
 
     fn sync(&self) -> Result<()> {
         self.stream
             .synchronize()
-            .map_err(|e| driver_err("synchronize", e))
+            .map_err(|e| ERR.driver("synchronize", e))
     }
 
     fn spin(&self) -> Result<()> {
@@ -112,7 +108,7 @@ impl Timer<'_> {
             self.record(&end)?;
             let ms = start
                 .elapsed_ms(&end)
-                .map_err(|e| driver_err("elapsed", e))?;
+                .map_err(|e| ERR.driver("elapsed", e))?;
             best = best.min(ms as f64 * 1e3);
         }
         Ok(best)
@@ -166,7 +162,7 @@ fn kind_times(
         for (j, kind) in order.iter().enumerate() {
             let ms = events[j]
                 .elapsed_ms(&events[j + 1])
-                .map_err(|e| driver_err("elapsed", e))?;
+                .map_err(|e| ERR.driver("elapsed", e))?;
             match totals.iter_mut().find(|(k, _, _)| k == kind) {
                 Some(t) => {
                     t.1 += 1;

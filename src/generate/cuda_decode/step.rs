@@ -19,21 +19,10 @@ use super::EngineShape;
 use crate::gpu::decode::launch::{
     attention_scratch_floats, device_ptr, DecodeKernels, Epilogue, LoraEpilogue,
 };
-use crate::{Error, Result};
+use crate::gpu::engine_error::EngineErrors;
+use crate::Result;
 
-fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::Candle {
-        context: format!("CUDA decode step: {what}"),
-        source: candle_core::Error::Msg(format!("{e:?}")),
-    }
-}
-
-fn launch_err(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
-    move |source| Error::Candle {
-        context: format!("CUDA decode step: launching {what}"),
-        source,
-    }
-}
+const ERR: EngineErrors = EngineErrors("CUDA decode step");
 
 /// Index of the K cache in [`StepBuffers::owned`] (the V cache follows it).
 pub(super) const K_CACHE: usize = 4;
@@ -65,7 +54,7 @@ impl StepBuffers {
         let alloc = |n: usize, what: &str| -> Result<CudaSlice<f32>> {
             stream
                 .alloc_zeros::<f32>(n)
-                .map_err(|e| driver_err(what, e))
+                .map_err(|e| ERR.driver(what, e))
         };
         let cache = batch * s.layers * s.max_seq * s.kv_heads * s.head_dim;
         let owned = vec![
@@ -83,13 +72,13 @@ impl StepBuffers {
         let logits = alloc(batch * s.vocab, "logits")?;
         let state = stream
             .alloc_zeros::<i32>(2 * batch)
-            .map_err(|e| driver_err("state", e))?;
+            .map_err(|e| ERR.driver("state", e))?;
         let result = stream
             .alloc_zeros::<u32>(2 * batch)
-            .map_err(|e| driver_err("result", e))?;
+            .map_err(|e| ERR.driver("result", e))?;
         let counters = stream
             .alloc_zeros::<u32>(batch * s.kv_heads)
-            .map_err(|e| driver_err("attention counters", e))?;
+            .map_err(|e| ERR.driver("attention counters", e))?;
         let p: Vec<u64> = owned.iter().map(|o| device_ptr(o, stream)).collect();
         Ok(Self {
             batch,
@@ -177,7 +166,7 @@ impl Step<'_> {
             };
             return self
                 .matvec(m, x, norm_w, b.qkv, false, &epilogue)
-                .map_err(launch_err("qkv"));
+                .map_err(ERR.launch("qkv"));
         }
         let (mut row0, ldy) = (0usize, self.shape.qkv_rows());
         for (seg, m) in l.qkv.iter().enumerate() {
@@ -216,7 +205,7 @@ impl Step<'_> {
                     m.quant, m.ptr, x, norm_w, y, m.rows, m.cols, eps, false, n, &epilogue, ldy,
                 )
             })
-            .map_err(launch_err("q/k/v (split)"))?;
+            .map_err(ERR.launch("q/k/v (split)"))?;
             row0 += m.rows;
         }
         Ok(())
@@ -248,7 +237,7 @@ impl Step<'_> {
                 b.batch,
                 cache_seq_stride,
             )
-            .map_err(launch_err("rope_attention"))
+            .map_err(ERR.launch("rope_attention"))
     }
 
     /// act = silu(gate xn) * (up xn) of layer `i` for every sequence (normed in the launch).
@@ -265,7 +254,7 @@ impl Step<'_> {
                 g.quant, g.ptr, u.ptr, x, norm_w, act, ffn, h, eps, b.batch, &lora,
             )
         })
-        .map_err(launch_err("gate/up + swiglu"))
+        .map_err(ERR.launch("gate/up + swiglu"))
     }
 
     /// The fixed launch sequence of one step, calling `mark(kind)` after each launch (the
@@ -287,7 +276,7 @@ impl Step<'_> {
         } else {
             k.embed_batch(e.quant, e.ptr, b.state_ptr, b.x, s.hidden, n)
         })
-        .map_err(launch_err("embed"))?;
+        .map_err(ERR.launch("embed"))?;
         mark("embed")?;
         for (i, l) in w.layers.iter().enumerate() {
             self.qkv(l, b.x, self.norm(2 * i), self.lora(i, Group::Qkv))?;
@@ -299,7 +288,7 @@ impl Step<'_> {
                 lora: self.lora(i, Group::O),
             };
             self.matvec(&l.o, b.attn, 0, b.x, true, &epilogue)
-                .map_err(launch_err("o_proj"))?;
+                .map_err(ERR.launch("o_proj"))?;
             mark("qmv o_proj")?;
             self.gate_up(i, l)?;
             mark("qmv_swiglu gate/up")?;
@@ -308,7 +297,7 @@ impl Step<'_> {
                 lora: self.lora(i, Group::Down),
             };
             self.matvec(&l.down, b.act, 0, b.x, true, &epilogue)
-                .map_err(launch_err("down_proj"))?;
+                .map_err(ERR.launch("down_proj"))?;
             mark("qmv down_proj")?;
         }
         self.matvec(
@@ -319,10 +308,10 @@ impl Step<'_> {
             false,
             &Epilogue::NONE,
         )
-        .map_err(launch_err("lm_head"))?;
+        .map_err(ERR.launch("lm_head"))?;
         mark("qmv lm_head")?;
         k.argmax_batch(b.logits_ptr, s.vocab, b.result_ptr, 0, n)
-            .map_err(launch_err("argmax"))?;
+            .map_err(ERR.launch("argmax"))?;
         mark("argmax")
     }
 }

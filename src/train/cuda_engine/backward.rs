@@ -14,9 +14,9 @@
 //! ```
 
 use super::buffers::{SCALAR_COUNT, SCALAR_LOSS, SCALAR_SCALE};
-use super::launch_err;
 use super::launcher::Launcher;
 use super::layout::{DOWN, GATE, K, O, Q, UP, V};
+use super::ERR;
 use crate::Result;
 
 impl Launcher<'_> {

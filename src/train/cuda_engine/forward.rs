@@ -15,9 +15,9 @@
 
 use candle_core::DType;
 
-use super::launch_err;
 use super::launcher::Launcher;
 use super::layout::{DOWN, GATE, K, O, Q, UP, V};
+use super::ERR;
 use crate::gpu::gemm::GemmShape;
 use crate::Result;
 

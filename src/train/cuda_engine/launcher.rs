@@ -5,9 +5,9 @@
 use candle_core::DType;
 
 use super::buffers::{self, Buffers};
-use super::launch_err;
 use super::layout::{Dims, ParamLayout};
 use super::weights::ModelWeights;
+use super::ERR;
 use crate::gpu::gemm::{Gemm, GemmShape};
 use crate::gpu::train::launch::TrainKernels;
 use crate::Result;
@@ -206,12 +206,12 @@ impl Launcher<'_> {
         beta: f32,
     ) -> Result<()> {
         if self.dry {
-            self.gemm.prepare(shape).map_err(launch_err(what))?;
+            self.gemm.prepare(shape).map_err(ERR.launch(what))?;
             return Ok(());
         }
         self.gemm
             .run_c(shape, a, b, c, d, alpha, beta)
-            .map_err(launch_err(what))
+            .map_err(ERR.launch(what))
     }
 
     /// The adapted projection's addresses, if `proj` of `layer` is adapted.

@@ -25,7 +25,7 @@
 macro_rules! launch {
     ($l:expr, $what:expr, $call:expr) => {
         if !$l.dry {
-            $call.map_err(launch_err($what))?;
+            $call.map_err(ERR.launch($what))?;
         }
     };
 }
@@ -50,6 +50,7 @@ use self::buffers::{BufferSize, Buffers, SCALAR_LOSS};
 use self::launcher::{Launcher, Ptrs};
 use self::layout::{Dims, ParamLayout, PROJECTIONS};
 use self::weights::ModelWeights;
+use crate::gpu::engine_error::EngineErrors;
 use crate::gpu::gemm::Gemm;
 use crate::gpu::graph::{self, Graph};
 use crate::gpu::train::launch::TrainKernels;
@@ -58,6 +59,8 @@ use crate::models::linear::BaseWeight;
 use crate::models::llama::Llama;
 use crate::train::optimizer::AdamWConfig;
 use crate::{Error, Result};
+
+pub(super) const ERR: EngineErrors = EngineErrors("CUDA training engine");
 
 /// The engine's shape and numerics.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,20 +102,6 @@ pub enum StepMode {
     Graph,
     /// Launching eagerly, for the reason given (capture failed or `WICK_TRAIN_GRAPH=0`).
     Eager(String),
-}
-
-pub(crate) fn launch_err(what: &'static str) -> impl Fn(candle_core::Error) -> Error {
-    move |source| Error::Candle {
-        context: format!("CUDA training engine: {what}"),
-        source,
-    }
-}
-
-fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::Candle {
-        context: format!("CUDA training engine: {what}"),
-        source: candle_core::Error::Msg(format!("{e:?}")),
-    }
 }
 
 /// LoRA training of one model + adapter on one CUDA device. See the module documentation.
@@ -228,8 +217,8 @@ impl TrainEngine {
         let dims = Self::dims(model, &layout, &opts);
         let weights = ModelWeights::new(model, &dims, opts.dtype)?;
         let kernels =
-            TrainKernels::load(dev, opts.dtype).map_err(launch_err("loading the kernels"))?;
-        let gemm = Gemm::for_device(dev).map_err(launch_err("cuBLASLt context"))?;
+            TrainKernels::load(dev, opts.dtype).map_err(ERR.launch("loading the kernels"))?;
+        let gemm = Gemm::for_device(dev).map_err(ERR.launch("cuBLASLt context"))?;
         let stream = dev.cuda_stream();
         let mut buffers = Buffers::new(
             &stream,
@@ -243,7 +232,7 @@ impl TrainEngine {
         tables.extend(sin);
         stream
             .memcpy_htod(&tables, &mut buffers.rope)
-            .map_err(|e| driver_err("uploading the rope tables", e))?;
+            .map_err(|e| ERR.driver("uploading the rope tables", e))?;
         let xa_index = Self::xa_index(&layout, dims.layers);
         let vars = Self::var_names(&layout);
         let mode = if std::env::var("WICK_TRAIN_GRAPH").is_ok_and(|v| v == "0") {
@@ -445,11 +434,11 @@ impl TrainEngine {
         let stream = self.kernels.stream().clone();
         stream
             .memset_zeros(&mut self.buffers.grads)
-            .map_err(|e| driver_err("zeroing the gradients", e))?;
+            .map_err(|e| ERR.driver("zeroing the gradients", e))?;
         let mut loss = self.buffers.scalars.slice_mut(SCALAR_LOSS..SCALAR_LOSS + 1);
         stream
             .memcpy_htod(&[0f32], &mut loss)
-            .map_err(|e| driver_err("zeroing the loss", e))?;
+            .map_err(|e| ERR.driver("zeroing the loss", e))?;
         Ok(())
     }
 
@@ -480,14 +469,14 @@ impl TrainEngine {
         let b = &mut self.buffers;
         stream
             .memcpy_htod(&inputs.ids, &mut b.ids.slice_mut(0..n))
-            .map_err(|e| driver_err("uploading ids", e))?;
+            .map_err(|e| ERR.driver("uploading ids", e))?;
         stream
             .memcpy_htod(&inputs.labels, &mut b.labels.slice_mut(0..n))
-            .map_err(|e| driver_err("uploading labels", e))?;
+            .map_err(|e| ERR.driver("uploading labels", e))?;
         let at = buffers::SCALAR_SCALE;
         stream
             .memcpy_htod(&[weight], &mut b.scalars.slice_mut(at..at + 1))
-            .map_err(|e| driver_err("uploading the loss weight", e))?;
+            .map_err(|e| ERR.driver("uploading the loss weight", e))?;
         if self.mode != StepMode::Graph && self.mode != StepMode::Pending {
             return self.launcher(false).micro_batch(s);
         }
@@ -528,15 +517,15 @@ impl TrainEngine {
         let stream = self.kernels.stream().clone();
         stream
             .memcpy_htod(&hyper, &mut self.buffers.hyper)
-            .map_err(|e| driver_err("uploading the AdamW hyper-parameters", e))?;
+            .map_err(|e| ERR.driver("uploading the AdamW hyper-parameters", e))?;
         self.run_optimizer()?;
         let mut scalars = [0f32; 4];
         stream
             .memcpy_dtoh(&self.buffers.scalars, &mut scalars)
-            .map_err(|e| driver_err("reading the loss and grad norm", e))?;
+            .map_err(|e| ERR.driver("reading the loss and grad norm", e))?;
         stream
             .synchronize()
-            .map_err(|e| driver_err("optimizer step", e))?;
+            .map_err(|e| ERR.driver("optimizer step", e))?;
         let loss = scalars[SCALAR_LOSS] as f64;
         let norm = (scalars[buffers::SCALAR_GNORM_SQ] as f64).sqrt();
         if !loss.is_finite() || !norm.is_finite() {

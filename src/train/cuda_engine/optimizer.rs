@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor};
 use super::buffers::SCALAR_GNORM_SQ;
 use super::buffers::SCALAR_LOSS;
 use super::launcher::Launcher;
-use super::{driver_err, launch_err, TrainEngine};
+use super::{TrainEngine, ERR};
 use crate::lora::Adapter;
 use crate::{Context, Error, Result};
 
@@ -52,10 +52,10 @@ impl TrainEngine {
         let stream = self.kernels.stream();
         let out = stream
             .clone_dtoh(which)
-            .map_err(|e| driver_err(&format!("reading {what}"), e))?;
+            .map_err(|e| ERR.driver(&format!("reading {what}"), e))?;
         stream
             .synchronize()
-            .map_err(|e| driver_err(&format!("reading {what}"), e))?;
+            .map_err(|e| ERR.driver(&format!("reading {what}"), e))?;
         Ok(out)
     }
 
@@ -122,11 +122,11 @@ impl TrainEngine {
         let stream = self.kernels.stream().clone();
         stream
             .memcpy_htod(&flat, &mut self.buffers.params)
-            .map_err(|e| driver_err("uploading the LoRA parameters", e))?;
+            .map_err(|e| ERR.driver("uploading the LoRA parameters", e))?;
         if self.opts.dtype != DType::F32 {
             self.kernels
                 .cast(self.ptrs.params, self.ptrs.params_t, self.layout.total)
-                .map_err(launch_err("cast (LoRA parameters to T)"))?;
+                .map_err(ERR.launch("cast (LoRA parameters to T)"))?;
         }
         Ok(())
     }
@@ -165,10 +165,10 @@ impl TrainEngine {
         let stream = self.kernels.stream();
         let bits = stream
             .clone_dtoh(copy)
-            .map_err(|e| driver_err("reading the bf16 parameters", e))?;
+            .map_err(|e| ERR.driver("reading the bf16 parameters", e))?;
         stream
             .synchronize()
-            .map_err(|e| driver_err("reading the bf16 parameters", e))?;
+            .map_err(|e| ERR.driver("reading the bf16 parameters", e))?;
         let flat: Vec<f32> = bits
             .into_iter()
             .map(|b| half::bf16::from_bits(b).to_f32())
@@ -204,10 +204,10 @@ impl TrainEngine {
         let stream = self.kernels.stream().clone();
         stream
             .memcpy_htod(&m, &mut self.buffers.exp_avg)
-            .map_err(|e| driver_err("uploading AdamW exp_avg", e))?;
+            .map_err(|e| ERR.driver("uploading AdamW exp_avg", e))?;
         stream
             .memcpy_htod(&v, &mut self.buffers.exp_avg_sq)
-            .map_err(|e| driver_err("uploading AdamW exp_avg_sq", e))?;
+            .map_err(|e| ERR.driver("uploading AdamW exp_avg_sq", e))?;
         self.step = step;
         Ok(())
     }

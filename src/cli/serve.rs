@@ -63,6 +63,10 @@ pub struct Args {
     /// Prompt tokens read per step at most; longer prompts are read in pieces of this size.
     #[arg(long, default_value_t = 256)]
     pub prefill_chunk: usize,
+    /// MiB of prompt-prefix keys and values kept for reuse on the CPU (a shared system prompt is
+    /// read once per adapter); 0 turns the prefix cache off.
+    #[arg(long, default_value_t = 64)]
+    pub prefix_cache_mib: usize,
     /// Largest max_tokens a request may ask for (400 beyond).
     #[arg(long, default_value_t = 4096)]
     pub max_tokens: usize,
@@ -110,6 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_batch: args.max_batch,
         max_queue: args.max_queue,
         prefill_chunk: args.prefill_chunk,
+        prefix_cache_bytes: args.prefix_cache_mib << 20,
         max_tokens: args.max_tokens,
         default_max_tokens: args.default_max_tokens,
         request_timeout: Duration::from_secs(args.request_timeout),

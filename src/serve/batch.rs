@@ -13,9 +13,14 @@
 //! every row is computed on its own, so a request's logits do not depend on its batch-mates. At most
 //! `prefill_chunk` prompt tokens run per step (beside the decode rows), except that the first piece
 //! waiting always runs so no prompt starves.
+//!
+//! Prefix caching ([`super::prefix_cache`]): a prompt that starts like one read before (same
+//! adapter and scale) takes the cached keys and values of the shared whole blocks and reads only
+//! the rest.
 
 use std::collections::BTreeMap;
 
+use super::prefix_cache::{AdapterKey, PrefixCache, Reused};
 use crate::generate::GenerationAdapter;
 use crate::models::kv_cache::KvCache;
 use crate::models::llama::{Llama, RaggedSeq};
@@ -62,6 +67,8 @@ struct CpuSeq {
     /// Whether `pending` is (the rest of) the prompt.
     prefilling: bool,
     adapter: Option<GenerationAdapter>,
+    /// The whole prompt while it is read (for the prefix cache), then empty.
+    prompt: Vec<u32>,
 }
 
 /// [`BatchDecoder`] on the CPU path (`Llama::forward_ragged`).
@@ -71,17 +78,34 @@ pub struct CpuBatchDecoder {
     seqs: BTreeMap<SeqId, CpuSeq>,
     next_id: SeqId,
     prefill_chunk: usize,
+    prefixes: PrefixCache,
 }
 
+/// Bytes of prompt keys and values [`CpuBatchDecoder::new`] keeps for reuse.
+pub const DEFAULT_PREFIX_CACHE_BYTES: usize = 64 << 20;
+
 impl CpuBatchDecoder {
-    /// A decoder over `model` that reads prompts `prefill_chunk` tokens per step at most.
+    /// A decoder over `model` that reads prompts `prefill_chunk` tokens per step at most and keeps
+    /// up to [`DEFAULT_PREFIX_CACHE_BYTES`] of prompt prefixes for reuse.
     pub fn new(model: Llama, prefill_chunk: usize) -> Self {
         Self {
             model,
             seqs: BTreeMap::new(),
             next_id: 1,
             prefill_chunk: prefill_chunk.max(1),
+            prefixes: PrefixCache::new(DEFAULT_PREFIX_CACHE_BYTES),
         }
+    }
+
+    /// The same with `bytes` of prefix cache (0: none).
+    pub fn with_prefix_cache(mut self, bytes: usize) -> Self {
+        self.prefixes = PrefixCache::new(bytes);
+        self
+    }
+
+    /// Prompt tokens taken from the prefix cache so far.
+    pub fn reused_prompt_tokens(&self) -> u64 {
+        self.prefixes.reused_tokens
     }
 
     /// The rows of the next step: (sequence, tokens to run).
@@ -126,22 +150,26 @@ impl BatchDecoder for CpuBatchDecoder {
                 config.max_position_embeddings
             )));
         }
-        let cache = KvCache::with_capacity(
+        let mut cache = KvCache::with_capacity(
             config,
             1,
             prompt.len() + max_new,
             self.model.dtype(),
             self.model.device(),
         );
+        let Reused(reused) =
+            self.prefixes
+                .restore(AdapterKey::of(adapter.as_ref()), prompt, &mut cache)?;
         let id = self.next_id;
         self.next_id += 1;
         self.seqs.insert(
             id,
             CpuSeq {
                 cache,
-                pending: prompt.to_vec(),
+                pending: prompt[reused..].to_vec(),
                 prefilling: true,
                 adapter,
+                prompt: prompt.to_vec(),
             },
         );
         Ok(id)
@@ -194,8 +222,11 @@ impl BatchDecoder for CpuBatchDecoder {
         for ((id, take), logits) in ids.into_iter().zip(logits) {
             if let Some(seq) = self.seqs.get_mut(&id) {
                 seq.pending.drain(..take);
-                if seq.pending.is_empty() {
+                if seq.pending.is_empty() && seq.prefilling {
                     seq.prefilling = false;
+                    let prompt = std::mem::take(&mut seq.prompt);
+                    let key = AdapterKey::of(seq.adapter.as_ref());
+                    self.prefixes.insert(key, &prompt, &seq.cache)?;
                 }
             }
             if let Some(logits) = logits {

@@ -1,6 +1,6 @@
 //! `wick serve`: an OpenAI-compatible HTTP server over one base model and any number of LoRA
 //! adapters, with continuous batching (requests join the running batch at step boundaries, each
-//! sequence with its own adapter), chunked prefill, a bounded queue, cancellation, timeouts,
+//! sequence with its own adapter), chunked prefill, prefix caching (CPU), a bounded queue, cancellation, timeouts,
 //! graceful shutdown, bearer auth, `/health` and Prometheus `/metrics`.
 //!
 //! Layout, one idea per file:
@@ -8,6 +8,7 @@
 //!   [`validate`]: field checks (400 naming the field);
 //! - [`adapters`]: known and resident adapters (LRU eviction, pinning);
 //! - [`batch`]: the [`batch::BatchDecoder`] seam and the CPU decoder (`Llama::forward_ragged`);
+//!   [`prefix_cache`]: the CPU decoder's cache of prompt prefixes;
 //!   `cuda_batch` (feature `cuda`): the decoder on the CUDA batch decode engine;
 //! - [`scheduler`]: the continuous-batching loop; [`request`]: what flows between it and HTTP;
 //! - [`completions`], [`endpoints`]: the handlers; [`state`]: what they share;
@@ -32,6 +33,7 @@ pub mod endpoints;
 pub mod error;
 pub mod metrics;
 pub mod openai;
+pub mod prefix_cache;
 pub mod request;
 pub mod scheduler;
 pub mod server;

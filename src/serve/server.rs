@@ -59,6 +59,8 @@ pub struct ServeConfig {
     pub max_queue: usize,
     /// Prompt tokens read per step at most (longer prompts are read in pieces).
     pub prefill_chunk: usize,
+    /// Bytes of prompt-prefix keys and values the CPU decoder keeps for reuse (0: no prefix cache).
+    pub prefix_cache_bytes: usize,
     /// Largest `max_tokens` a request may ask for.
     pub max_tokens: usize,
     /// `max_tokens` of a request that gives none.
@@ -86,6 +88,7 @@ impl Default for ServeConfig {
             max_batch: 8,
             max_queue: 64,
             prefill_chunk: 256,
+            prefix_cache_bytes: super::batch::DEFAULT_PREFIX_CACHE_BYTES,
             max_tokens: 4096,
             default_max_tokens: 512,
             request_timeout: Duration::from_secs(600),
@@ -158,7 +161,8 @@ impl Server {
         let (decoder, context, max_batch) = if config.device.is_cuda() {
             gpu_decoder(config, &adapters)?
         } else {
-            let decoder = CpuBatchDecoder::new(text.model.clone(), config.prefill_chunk);
+            let decoder = CpuBatchDecoder::new(text.model.clone(), config.prefill_chunk)
+                .with_prefix_cache(config.prefix_cache_bytes);
             let model_context = text.model.config().max_position_embeddings;
             let context = config
                 .max_context

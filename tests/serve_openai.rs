@@ -212,6 +212,10 @@ fn openai_client_against_wick_serve() {
         "a fifth adapter over --max-adapters 4 must evict one: {errors}"
     );
     assert_eq!(errors["cancelled"], 1.0, "{errors}");
+    assert!(
+        errors["prefix_cached"].as_f64().unwrap() > 0.0,
+        "chat requests sharing the system prompt reused no prefix: {errors}"
+    );
 
     // 4. Graceful shutdown: SIGTERM, exit 0.
     let status = server

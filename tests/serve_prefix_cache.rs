@@ -88,6 +88,7 @@ fn a_shared_system_prompt_is_read_once_and_outputs_do_not_change() {
 
     let got = run(&mut cached, &second, None, 8);
     let reused = cached.reused_prompt_tokens() as usize;
+    assert!(reused > 0, "the shared system prompt was read again");
     assert_eq!(reused, shared / PREFIX_BLOCK * PREFIX_BLOCK);
     assert_eq!(
         got,

@@ -53,6 +53,11 @@ pub trait BatchDecoder: Send {
     /// Sequences held.
     fn len(&self) -> usize;
 
+    /// Prompt tokens taken from a prefix cache instead of the model so far (0 without one).
+    fn reused_prompt_tokens(&self) -> u64 {
+        0
+    }
+
     /// Whether no sequence is held.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -101,11 +106,6 @@ impl CpuBatchDecoder {
     pub fn with_prefix_cache(mut self, bytes: usize) -> Self {
         self.prefixes = PrefixCache::new(bytes);
         self
-    }
-
-    /// Prompt tokens taken from the prefix cache so far.
-    pub fn reused_prompt_tokens(&self) -> u64 {
-        self.prefixes.reused_tokens
     }
 
     /// The rows of the next step: (sequence, tokens to run).
@@ -242,5 +242,9 @@ impl BatchDecoder for CpuBatchDecoder {
 
     fn len(&self) -> usize {
         self.seqs.len()
+    }
+
+    fn reused_prompt_tokens(&self) -> u64 {
+        self.prefixes.reused_tokens
     }
 }

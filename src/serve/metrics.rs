@@ -27,6 +27,8 @@ pub struct Metrics {
     pub adapter_loads: AtomicU64,
     pub adapter_evictions: AtomicU64,
     pub prompt_tokens: AtomicU64,
+    /// Prompt tokens read from the prefix cache instead of the model.
+    pub prefix_cached_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
     /// Scheduler steps run (one forward each).
     pub steps: AtomicU64,
@@ -137,6 +139,12 @@ impl Metrics {
             count(&self.prompt_tokens).to_string(),
         );
         metric(
+            "wick_prefix_cache_tokens_total",
+            "counter",
+            "Prompt tokens whose keys and values came from the prefix cache (not the model).",
+            count(&self.prefix_cached_tokens).to_string(),
+        );
+        metric(
             "wick_generated_tokens_total",
             "counter",
             "Tokens generated.",
@@ -199,6 +207,10 @@ mod tests {
         assert!(text.contains("wick_time_to_first_token_seconds_count 2\n"));
         assert!(text.contains("wick_requests_total{outcome=\"ok\"} 1\n"));
         assert!(text.contains("wick_generated_tokens_total 5\n"));
+        assert!(
+            text.contains("wick_prefix_cache_tokens_total 0\n"),
+            "{text}"
+        );
         assert!((m.tokens_per_second() - 0.5).abs() < 1e-9);
     }
 }

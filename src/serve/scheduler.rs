@@ -266,6 +266,9 @@ impl Loop {
         }
         self.metrics.generated(generated);
         self.metrics
+            .prefix_cached_tokens
+            .store(self.decoder.reused_prompt_tokens(), Ordering::Relaxed);
+        self.metrics
             .running
             .store(self.active.len() as i64, Ordering::Relaxed);
     }

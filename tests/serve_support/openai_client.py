@@ -178,6 +178,8 @@ def errors(base, key, args):
     wait_for(lambda: outcome(base, "cancelled") >= before + 1, "the cancelled outcome")
     wait_for(lambda: metric(base, "wick_running_sequences") == 0, "an empty batch")
     out["cancelled"] = outcome(base, "cancelled") - before
+    # Chat requests on one model share the chat template's system prompt: read once, then reused.
+    out["prefix_cached"] = metric(base, "wick_prefix_cache_tokens_total")
     return out
 
 

@@ -114,7 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_batch: args.max_batch,
         max_queue: args.max_queue,
         prefill_chunk: args.prefill_chunk,
-        prefix_cache_bytes: args.prefix_cache_mib << 20,
+        prefix_cache_bytes: args.prefix_cache_mib.saturating_mul(1 << 20),
         max_tokens: args.max_tokens,
         default_max_tokens: args.default_max_tokens,
         request_timeout: Duration::from_secs(args.request_timeout),

@@ -280,6 +280,10 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
 // adapters. With the LoRA code skipped only at run time, the step without adapters measured 7%
 // (batch 1) and 16% (batch 8) slower than before that code existed
 // (bench/results/device-s6-before-after).
+// The two entry points of a mat-vec body: NAME_Q without the LoRA code, NAME_lora_Q with it.
+#define MATVEC_ENTRIES(NAME, Q, PARAMS, ARGS)                                                  \
+    extern "C" __global__ void NAME##_##Q(PARAMS) { NAME##_body_##Q<false>(ARGS); }            \
+    extern "C" __global__ void NAME##_lora_##Q(PARAMS) { NAME##_body_##Q<true>(ARGS); }
 #define QMV_PARAMS \
     const uint8_t* __restrict__ w, const float* __restrict__ x, const float* __restrict__ norm_w, \
     float* __restrict__ y, int rows, int k, float eps, int accumulate, \
@@ -292,11 +296,8 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
 #define QMV_SWIGLU_ARGS wg, wu, x, norm_w, y, rows, k, eps, lora
 
 #define DEFINE_QMV(Q)                                                                        \
-    template <bool LORA> __device__ __forceinline__ void qmv_body_##Q(const uint8_t* __restrict__ w, const float* __restrict__ x,   \
-                                       const float* __restrict__ norm_w, float* __restrict__ y,     \
-                                       int rows, int k, float eps, int accumulate,                  \
-                                       const float* __restrict__ bias, LoraEpi lora) {              \
-        if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                    \
+    template <bool LORA> __device__ __forceinline__ void qmv_body_##Q(QMV_PARAMS) {                 \
+        if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora, 1);                                                    \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
@@ -322,15 +323,9 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
         }                                                                                           \
     }                                                                                               \
-    extern "C" __global__ void qmv_##Q(QMV_PARAMS) { qmv_body_##Q<false>(QMV_ARGS); }               \
-    extern "C" __global__ void qmv_lora_##Q(QMV_PARAMS) { qmv_body_##Q<true>(QMV_ARGS); }           \
-    template <bool LORA> __device__ __forceinline__ void qmv_swiglu_body_##Q(const uint8_t* __restrict__ wg,                       \
-                                              const uint8_t* __restrict__ wu,                       \
-                                              const float* __restrict__ x,                          \
-                                              const float* __restrict__ norm_w,                     \
-                                              float* __restrict__ y, int rows, int k, float eps,    \
-                                              LoraEpi lora) {                                       \
-        if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                    \
+    MATVEC_ENTRIES(qmv, Q, QMV_PARAMS, QMV_ARGS)                                                    \
+    template <bool LORA> __device__ __forceinline__ void qmv_swiglu_body_##Q(QMV_SWIGLU_PARAMS) {   \
+        if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora, 1);                                                    \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
@@ -361,12 +356,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
         }                                                                                           \
     }                                                                                               \
-    extern "C" __global__ void qmv_swiglu_##Q(QMV_SWIGLU_PARAMS) {                                  \
-        qmv_swiglu_body_##Q<false>(QMV_SWIGLU_ARGS);                                                \
-    }                                                                                               \
-    extern "C" __global__ void qmv_swiglu_lora_##Q(QMV_SWIGLU_PARAMS) {                             \
-        qmv_swiglu_body_##Q<true>(QMV_SWIGLU_ARGS);                                                 \
-    }                                                                                               \
+    MATVEC_ENTRIES(qmv_swiglu, Q, QMV_SWIGLU_PARAMS, QMV_SWIGLU_ARGS)                               \
     extern "C" __global__ void embed_##Q(const uint8_t* __restrict__ table,                         \
                                          const int* __restrict__ state, float* __restrict__ x,      \
                                          int hidden) {                                              \
@@ -541,11 +531,8 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
 #define QMVB_SWIGLU_ARGS wg, wu, x, norm_w, y, rows, k, eps, nb, lora
 
 #define DEFINE_QMVB(Q)                                                                        \
-    template <bool LORA> __device__ __forceinline__ void qmvb_body_##Q(const uint8_t* __restrict__ w, const float* __restrict__ x,   \
-                                        const float* __restrict__ norm_w, float* __restrict__ y,     \
-                                        int rows, int k, float eps, int accumulate, int nb,          \
-                                        const float* __restrict__ bias, LoraEpi lora, int ldy) {     \
-        if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                    \
+    template <bool LORA> __device__ __forceinline__ void qmvb_body_##Q(QMVB_PARAMS) {               \
+        if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                                \
         int producers = lora_producers(lora, nb);                                                   \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
@@ -587,15 +574,9 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             }                                                                                        \
         }                                                                                            \
     }                                                                                                \
-    extern "C" __global__ void qmvb_##Q(QMVB_PARAMS) { qmvb_body_##Q<false>(QMVB_ARGS); }           \
-    extern "C" __global__ void qmvb_lora_##Q(QMVB_PARAMS) { qmvb_body_##Q<true>(QMVB_ARGS); }       \
-    template <bool LORA> __device__ __forceinline__ void qmvb_swiglu_body_##Q(const uint8_t* __restrict__ wg,                       \
-                                               const uint8_t* __restrict__ wu,                       \
-                                               const float* __restrict__ x,                          \
-                                               const float* __restrict__ norm_w,                     \
-                                               float* __restrict__ y, int rows, int k, float eps,    \
-                                               int nb, LoraEpi lora) {                               \
-        if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                    \
+    MATVEC_ENTRIES(qmvb, Q, QMVB_PARAMS, QMVB_ARGS)                                                 \
+    template <bool LORA> __device__ __forceinline__ void qmvb_swiglu_body_##Q(QMVB_SWIGLU_PARAMS) { \
+        if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                                \
         int producers = lora_producers(lora, nb);                                                   \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
@@ -646,12 +627,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             }                                                                                        \
         }                                                                                            \
     }                                                                                                \
-    extern "C" __global__ void qmvb_swiglu_##Q(QMVB_SWIGLU_PARAMS) {                                \
-        qmvb_swiglu_body_##Q<false>(QMVB_SWIGLU_ARGS);                                              \
-    }                                                                                               \
-    extern "C" __global__ void qmvb_swiglu_lora_##Q(QMVB_SWIGLU_PARAMS) {                           \
-        qmvb_swiglu_body_##Q<true>(QMVB_SWIGLU_ARGS);                                               \
-    }                                                                                               \
+    MATVEC_ENTRIES(qmvb_swiglu, Q, QMVB_SWIGLU_PARAMS, QMVB_SWIGLU_ARGS)                            \
     extern "C" __global__ void embedb_##Q(const uint8_t* __restrict__ table,                         \
                                           const int* __restrict__ state, float* __restrict__ x,      \
                                           int hidden) {                                              \

@@ -115,9 +115,10 @@ fn bf16_ratio(name: &str) -> f64 {
     }
 }
 
-/// The bf16 tolerance given Candle's bf16 error against the f32 reference.
-fn bf16_tolerance(candle_err: f64) -> f64 {
-    (BF16_RATIO * candle_err).max(BF16_FLOOR)
+/// The bf16 tolerance given Candle's bf16 error against the f32 reference and the ratio allowed
+/// ([`BF16_RATIO`], or [`bf16_ratio`] of a tensor).
+fn bf16_tolerance(candle_err: f64, ratio: f64) -> f64 {
+    (ratio * candle_err).max(BF16_FLOOR)
 }
 
 /// One compared quantity.

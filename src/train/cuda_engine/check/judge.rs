@@ -42,20 +42,15 @@ impl<'a> Judge<'a> {
                 // an infinite tolerance.
                 let c = if c.is_finite() { c } else { 0.0 };
                 let ratio = bf16_ratio(name);
-                (
-                    (ratio * c).max(BF16_FLOOR),
-                    format!(
-                        "; Candle bf16 vs f32 ref {c:.3e}, tolerance max({ratio} x that, {BF16_FLOOR:.0e})"
-                    ),
-                )
+                (bf16_tolerance(c, ratio), bf16_text(c, ratio))
             }
         }
     }
 }
 
-pub(super) fn bf16_text(candle_err: f64) -> String {
+pub(super) fn bf16_text(candle_err: f64, ratio: f64) -> String {
     format!(
-        "; Candle bf16 vs f32 ref {candle_err:.3e}, tolerance max({BF16_RATIO} x that, {BF16_FLOOR:.0e})"
+        "; Candle bf16 vs f32 ref {candle_err:.3e}, tolerance max({ratio} x that, {BF16_FLOOR:.0e})"
     )
 }
 
@@ -134,7 +129,7 @@ pub(super) fn scalar_case(
         Some(c) => {
             let c = rel_err(c, want);
             let c = if c.is_finite() { c } else { 0.0 };
-            (bf16_tolerance(c), bf16_text(c))
+            (bf16_tolerance(c, BF16_RATIO), bf16_text(c, BF16_RATIO))
         }
         None => (tolerance, String::new()),
     };

@@ -49,7 +49,6 @@ pub struct Reused(pub usize);
 pub struct PrefixCache {
     entries: Vec<Entry>,
     budget_bytes: usize,
-    bytes: usize,
     tick: u64,
     /// Prompt tokens read from the cache instead of the model, over the cache's life.
     pub reused_tokens: u64,
@@ -65,7 +64,6 @@ impl PrefixCache {
         Self {
             entries: Vec::new(),
             budget_bytes,
-            bytes: 0,
             tick: 0,
             reused_tokens: 0,
         }
@@ -73,7 +71,7 @@ impl PrefixCache {
 
     /// Bytes of keys and values held.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.entries.iter().map(|e| e.bytes).sum()
     }
 
     /// Prefixes held.
@@ -164,7 +162,7 @@ impl PrefixCache {
         self.entries.retain(|e| {
             !(e.adapter == adapter && common_prefix(&e.tokens, tokens) == e.tokens.len())
         });
-        while self.entries.iter().map(|e| e.bytes).sum::<usize>() + bytes > self.budget_bytes {
+        while self.bytes() + bytes > self.budget_bytes {
             let Some(oldest) = (0..self.entries.len()).min_by_key(|&i| self.entries[i].last_used)
             else {
                 break;
@@ -179,7 +177,6 @@ impl PrefixCache {
             bytes,
             last_used: self.tick,
         });
-        self.bytes = self.entries.iter().map(|e| e.bytes).sum();
         Ok(())
     }
 }

@@ -12,6 +12,8 @@
 # each PEFT setup in its own process. liger-kernel is installed into $stage/site from the wheel in
 # $LIGER_WHEEL_DIR (default: the repository's .whl) unless it imports already. Results:
 # $stage/results/wick-train-<name>.json and anchors-train-<name>.jsonl (`e2e.sh bundle` gathers them).
+# TRAIN_MATERIALIZED=1 also runs wick with WICK_TRAIN_FLASH=0 (attention with materialized scores,
+# the engine's path before the fused kernels) into wick-train-<name>-<seq>-materialized.json.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 stage=${WICK_DEVICE_STAGE:-/tmp/wick-device}
@@ -38,6 +40,13 @@ fi
 "$wick" bench train --model "$dir" --device cuda --seq-len "$seq" --batch-size "$batch" --rank 16 \
   --warmup-steps 3 --steps "$steps" >"$results/wick-train-$name-$seq.json" || rc=1
 cat "$results/wick-train-$name-$seq.json"
+if [[ ${TRAIN_MATERIALIZED:-0} == 1 ]]; then
+  WICK_TRAIN_FLASH=0 "$wick" bench train --model "$dir" --device cuda --seq-len "$seq" \
+    --batch-size "$batch" --rank 16 --warmup-steps 3 --steps "$steps" \
+    >"$results/wick-train-$name-$seq-materialized.json" || rc=1
+  cat "$results/wick-train-$name-$seq-materialized.json"
+fi
+[[ $runs == none ]] && exit $rc
 list=$(tr ',' '\n' <<<"$runs" | sed "s/\$/:$seq/" | paste -sd,)
 python3 "$repo/benches/anchors/train_peft.py" --config "$config" --runs "$list" --batch "$batch" \
   --steps "$steps" --warmup 3 --deadline-s "${ANCHOR_DEADLINE_S:-240}" \

@@ -24,6 +24,7 @@ pub enum Module {
     SmallMatmul,
     Prefill,
     TrainStep,
+    FlashAttention,
 }
 
 impl Module {
@@ -49,6 +50,9 @@ impl Module {
             }
             Module::TrainStep => include_bytes!(concat!(env!("OUT_DIR"), "/train_step.fatbin")),
             Module::Prefill => include_bytes!(concat!(env!("OUT_DIR"), "/prefill.fatbin")),
+            Module::FlashAttention => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/flash_attention.fatbin"))
+            }
         }
     }
 }

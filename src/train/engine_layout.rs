@@ -44,6 +44,9 @@ pub struct Dims {
     pub eps: f32,
     /// Most bytes of the f32 attention-scores scratch (see [`Dims::attention_scratch`]).
     pub attention_scratch_bytes: usize,
+    /// Attention runs fused (kernels/flash_attention.cu: bf16, head dim 64 or 128): no scores
+    /// scratch, the log-sum-exp of each query row saved per layer instead.
+    pub flash_attention: bool,
 }
 
 impl Dims {
@@ -72,8 +75,12 @@ impl Dims {
         self.groups() * s * s
     }
     /// Elements of each attention scratch buffer (scores f32; P and dS in T): whole pairs' blocks
-    /// at the largest bucket, as many as fit `attention_scratch_bytes` of f32 (at least one).
+    /// at the largest bucket, as many as fit `attention_scratch_bytes` of f32 (at least one);
+    /// none with fused attention.
     pub fn attention_scratch(&self) -> usize {
+        if self.flash_attention {
+            return 0;
+        }
         let pairs = (self.attention_scratch_bytes / 4 / self.pair_scores(self.seq).max(1))
             .clamp(1, self.attention_pairs());
         pairs * self.pair_scores(self.seq)
@@ -87,6 +94,11 @@ impl Dims {
             .step_by(per)
             .map(|first| (first, per.min(total - first)))
             .collect()
+    }
+    /// Query rows of the attention at the largest bucket (B * H * S): the length of each layer's
+    /// saved log-sum-exp with fused attention.
+    pub fn attention_rows(&self) -> usize {
+        self.batch * self.heads * self.seq
     }
     /// Every bucket length, ascending: multiples of [`BUCKET`] below `seq`, then `seq`.
     pub fn buckets(&self) -> Vec<usize> {
@@ -327,7 +339,17 @@ mod tests {
             seq,
             eps: 1e-5,
             attention_scratch_bytes: ATTENTION_SCRATCH_BYTES,
+            flash_attention: false,
         }
+    }
+
+    #[test]
+    fn fused_attention_needs_no_scores_scratch() {
+        let mut d = smollm2(2048);
+        assert!(d.attention_scratch() > 0);
+        d.flash_attention = true;
+        assert_eq!(d.attention_scratch(), 0);
+        assert_eq!(d.attention_rows(), 8 * 9 * 2048);
     }
 
     #[test]
@@ -357,6 +379,7 @@ mod tests {
             seq,
             eps: 1e-5,
             attention_scratch_bytes: ATTENTION_SCRATCH_BYTES,
+            flash_attention: false,
         }
     }
 

@@ -95,6 +95,8 @@ impl EngineSteps {
                 batch: config.batch_size,
                 seq: longest_row(data).max(2),
                 dtype: model.dtype(),
+                // WICK_TRAIN_FLASH=0 keeps the materialized attention (for comparisons).
+                flash_attention: !std::env::var("WICK_TRAIN_FLASH").is_ok_and(|v| v == "0"),
                 ..EngineOptions::default()
             };
             let mut engine = TrainEngine::new(model, adapter, config.adamw, options)?;

@@ -14,6 +14,7 @@ use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::{CudaDevice, DType};
 
 mod attention;
+mod flash_attention;
 mod loss;
 mod rows;
 
@@ -230,6 +231,7 @@ pub fn run(dev: &CudaDevice, dtype: DType, seed: u64) -> Result<Vec<TrainCase>> 
     rows::rms_norm(&mut c)?;
     attention::rope(&mut c)?;
     attention::softmax(&mut c)?;
+    flash_attention::run(&mut c, dev)?;
     rows::swiglu(&mut c)?;
     rows::add_bias(&mut c)?;
     loss::cross_entropy(&mut c)?;

@@ -1,8 +1,8 @@
 //! The backward half of a micro-batch: the LM head and loss in chunks of `loss_chunk` tokens, then
 //! the layers in reverse. `dres` [N, D] (T) carries the gradient of the residual stream; per layer
-//! the attention's scores and P are recomputed from the saved qh, kh (never stored across layers),
-//! in the same chunks of (row, kv head) pairs as the forward, and the SwiGLU output `a` from the
-//! saved g, u.
+//! the attention's scores and P are recomputed from the saved qh, kh (never stored across layers):
+//! inside the fused kernels from the saved lse2, or in the same chunks of (row, kv head) pairs as
+//! the forward; the SwiGLU output `a` is recomputed from the saved g, u.
 //!
 //! Per adapted projection y = x W^T (+ b) + s (x A^T) B^T with xa = x A^T saved (a bias is frozen:
 //! PEFT's `bias = "none"`, the only setting wick accepts; it adds no term below):
@@ -143,7 +143,7 @@ impl Launcher<'_> {
             "tokens_to_heads",
             k.tokens_to_heads(p.dout, p.oh, b, s, d.heads, kvh, hd)
         );
-        self.attention_backward(s, layer)?;
+        self.attention_backward(s, layer, o)?;
         launch!(
             self,
             "rope_gather_backward",
@@ -164,9 +164,10 @@ impl Launcher<'_> {
         Ok(())
     }
 
-    /// One layer's attention backward, chunk by chunk of (row, kv head) pairs (scores and P
-    /// recomputed per chunk into the scratch): from doh (in `oh`) to dqh, dkh, dvh (head-major).
-    fn attention_backward(&self, s: usize, layer: usize) -> Result<()> {
+    /// One layer's attention backward: from doh (in `oh`; token-major in `dout`) to dqh, dkh,
+    /// dvh (head-major). Fused (from the saved lse2 and the layer's token-major output `o`), or
+    /// chunk by chunk of (row, kv head) pairs with scores and P recomputed into the scratch.
+    fn attention_backward(&self, s: usize, layer: usize, o: u64) -> Result<()> {
         let (d, p, k) = (self.dims, self.ptrs, self.k);
         let (g, hd) = (d.groups(), d.head_dim);
         let scale = 1.0 / (hd as f32).sqrt();
@@ -175,6 +176,22 @@ impl Launcher<'_> {
             p.saved(p.kh, layer, d.kv_width()),
             p.saved(p.vh, layer, d.kv_width()),
         );
+        if let Some(fa) = self.flash {
+            let lse = p.lse(layer, d.attention_rows());
+            launch!(
+                self,
+                "flash attention backward",
+                fa.backward(
+                    (qh, kh, vh),
+                    (p.oh, p.dout, o),
+                    lse,
+                    p.delta,
+                    (p.dqh, p.dkh, p.dvh),
+                    self.flash_shape(s),
+                )
+            );
+            return Ok(());
+        }
         for chunk in d.attention_chunks(s) {
             let (first, pairs) = chunk;
             self.attention_probs(s, layer, chunk)?;

@@ -39,8 +39,6 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
         dims.kv_width(),
         dims.rank,
     );
-    // One chunk of the attention's (row, kv head) pairs at a time (`Dims::attention_chunks`).
-    let scores = dims.attention_scratch();
     let chunk = loss_chunk.min(n).max(1);
     let p = layout.total;
     let mut out = vec![
@@ -78,9 +76,6 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
         ("dn (norm-output gradient)", n * d * e),
         ("dres (residual gradient)", n * d * e),
         ("dxa", n * r * e),
-        ("scores / dP (f32)", scores * 4),
-        ("P", scores * e),
-        ("dS", scores * e),
         ("logits chunk / its gradient", chunk * dims.vocab * e),
         ("row loss (f32)", n * 4),
         (
@@ -99,6 +94,18 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
         ("scalars: count, scale, loss, gnorm^2 (f32)", 4 * 4),
         ("adamw hyper (f32)", 8 * 4),
     ];
+    if dims.flash_attention {
+        // Fused attention: each layer's log-sum-exp for the backward, and its row dots D.
+        let rows = dims.attention_rows();
+        out.push((SAVED_LSE, l * rows * 4));
+        out.push((ATTENTION_DELTA, rows * 4));
+    } else {
+        // One chunk of the attention's (row, kv head) pairs at a time (`Dims::attention_chunks`).
+        let scores = dims.attention_scratch();
+        out.push((SCORES, scores * 4));
+        out.push((PROBS, scores * e));
+        out.push((DSCORES, scores * e));
+    }
     if dtype != DType::F32 {
         out.push((PARAMS_T, p * e));
     }
@@ -137,6 +144,14 @@ pub struct Buffers {
 
 /// The name of the T copy of the parameters in [`plan`] (only when T is not f32).
 pub const PARAMS_T: &str = "lora params (T copy)";
+/// Fused attention: each layer's log2-sum-exp of every query row (f32 [layers, B*H*S]).
+pub const SAVED_LSE: &str = "saved attention lse (f32, base 2)";
+/// Fused attention: the backward's D = rowsum(dO o) (f32 [B*H*S]).
+pub const ATTENTION_DELTA: &str = "attention row dots D (f32)";
+/// Unfused attention: the scores / dP scratch (f32), P and dS (T).
+pub const SCORES: &str = "scores / dP (f32)";
+pub const PROBS: &str = "P";
+pub const DSCORES: &str = "dS";
 
 /// Indices into [`scalars`](Buffers::scalars).
 pub const SCALAR_COUNT: usize = 0;

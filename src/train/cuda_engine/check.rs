@@ -148,6 +148,7 @@ fn engine_options(cm: &CheckModel, dtype: DType) -> EngineOptions {
         attention_scratch_bytes: cm.attention_pairs.map_or(ATTENTION_SCRATCH_BYTES, |pairs| {
             pairs * groups * seq * seq * 4
         }),
+        flash_attention: true,
     }
 }
 

@@ -6,7 +6,8 @@
 //!                                           frozen bias, Qwen2's, added in place after the product)
 //! qh, kh, vh = rope_scatter(q, k, v)        (head-major, rotated)
 //! scores = qh kh^T (f32) -> P = causal_softmax(scale * scores) -> oh = P vh   (batched over B*Hkv,
-//!                                           in chunks of pairs that fit the scratch)
+//!                                           in chunks of pairs that fit the scratch; or fused:
+//!                                           kernels/flash_attention.cu, lse2 saved)
 //! o = heads_to_tokens(oh)
 //! h = x + o Wo^T (+ bo) + s (o Ao^T) Bo^T   (residual in the GEMM's epilogue)
 //! n2 = rms_norm(h); g, u = n2 Wg^T, n2 Wu^T (+ LoRA); a = swiglu(g, u)
@@ -19,6 +20,7 @@ use super::launcher::Launcher;
 use super::layout::{DOWN, GATE, K, O, Q, UP, V};
 use super::ERR;
 use crate::gpu::gemm::GemmShape;
+use crate::gpu::train::flash_attention::FlashShape;
 use crate::Result;
 
 impl Launcher<'_> {
@@ -126,11 +128,36 @@ impl Launcher<'_> {
         Ok(())
     }
 
-    /// One layer's attention output oh = P vh (head-major), chunk by chunk of (row, kv head) pairs.
+    /// The shape of the fused attention at `s` positions.
+    pub(super) fn flash_shape(&self, s: usize) -> FlashShape {
+        let d = self.dims;
+        FlashShape {
+            batch: d.batch,
+            heads: d.heads,
+            kv_heads: d.kv_heads,
+            seq: s,
+        }
+    }
+
+    /// One layer's attention output oh (head-major): fused (saving the layer's lse2), or
+    /// oh = P vh chunk by chunk of (row, kv head) pairs.
     fn attention(&self, s: usize, layer: usize) -> Result<()> {
         let (d, p) = (self.dims, self.ptrs);
         let (g, hd) = (d.groups(), d.head_dim);
         let vh = p.saved(p.vh, layer, d.kv_width());
+        if let Some(fa) = self.flash {
+            let (qh, kh) = (
+                p.saved(p.qh, layer, d.q_width()),
+                p.saved(p.kh, layer, d.kv_width()),
+            );
+            let lse = p.lse(layer, d.attention_rows());
+            launch!(
+                self,
+                "flash attention",
+                fa.forward(qh, kh, vh, p.oh, lse, self.flash_shape(s))
+            );
+            return Ok(());
+        }
         for chunk in d.attention_chunks(s) {
             self.attention_probs(s, layer, chunk)?;
             let (q_off, kv_off) = self.pair_offsets(s, chunk.0);

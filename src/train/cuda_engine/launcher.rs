@@ -9,6 +9,7 @@ use super::layout::{Dims, ParamLayout};
 use super::weights::ModelWeights;
 use super::ERR;
 use crate::gpu::gemm::{Gemm, GemmShape};
+use crate::gpu::train::flash_attention::FlashAttention;
 use crate::gpu::train::launch::TrainKernels;
 use crate::Result;
 
@@ -53,6 +54,10 @@ pub(super) struct Ptrs {
     pub(super) scores: u64,
     pub(super) probs: u64,
     pub(super) dscores: u64,
+    /// Fused attention only (0 otherwise): saved lse2 per layer, f32 [layers, B*H*S] at the
+    /// largest bucket's rows, and the backward's D, f32 [B*H*S].
+    pub(super) lse: u64,
+    pub(super) delta: u64,
     pub(super) logits: u64,
     pub(super) row_loss: u64,
     pub(super) cos: u64,
@@ -111,9 +116,11 @@ impl Ptrs {
             dn: b.ptr("dn (norm-output gradient)"),
             dres: b.ptr("dres (residual gradient)"),
             dxa: b.ptr("dxa"),
-            scores: b.ptr("scores / dP (f32)"),
-            probs: b.ptr("P"),
-            dscores: b.ptr("dS"),
+            scores: b.ptr(buffers::SCORES),
+            probs: b.ptr(buffers::PROBS),
+            dscores: b.ptr(buffers::DSCORES),
+            lse: b.ptr(buffers::SAVED_LSE),
+            delta: b.ptr(buffers::ATTENTION_DELTA),
             logits: b.ptr("logits chunk / its gradient"),
             row_loss: b.ptr("row loss (f32)"),
             cos,
@@ -134,6 +141,11 @@ impl Ptrs {
     /// Layer `layer`'s slice of a saved per-layer buffer of rows `width` wide (T).
     pub(super) fn saved(&self, base: u64, layer: usize, width: usize) -> u64 {
         base + (layer * self.tokens * width * self.e) as u64
+    }
+
+    /// Layer `layer`'s saved lse2, f32 [B*H*S] (B*H*S at the largest bucket apart).
+    pub(super) fn lse(&self, layer: usize, rows: usize) -> u64 {
+        self.lse + (layer * rows * 4) as u64
     }
 
     /// Layer `layer`'s (rstd1, rstd2), f32 [tokens] each.
@@ -164,6 +176,8 @@ pub(super) struct LoraPtrs {
 /// (no launch), so that capturing a graph finds every plan ready.
 pub(super) struct Launcher<'a> {
     pub(super) k: &'a TrainKernels,
+    /// The fused attention kernels, when `dims.flash_attention`.
+    pub(super) flash: Option<&'a FlashAttention>,
     pub(super) gemm: &'a Gemm,
     pub(super) dims: &'a Dims,
     pub(super) layout: &'a ParamLayout,

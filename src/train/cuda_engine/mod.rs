@@ -53,6 +53,7 @@ use self::weights::ModelWeights;
 use crate::gpu::engine_error::EngineErrors;
 use crate::gpu::gemm::Gemm;
 use crate::gpu::graph::{self, Graph};
+use crate::gpu::train::flash_attention::FlashAttention;
 use crate::gpu::train::launch::TrainKernels;
 use crate::lora::Adapter;
 use crate::models::linear::BaseWeight;
@@ -76,6 +77,10 @@ pub struct EngineOptions {
     /// Most bytes of the f32 attention-scores scratch; attention runs in chunks of (row, kv head)
     /// pairs that fit (at least one pair). Default [`layout::ATTENTION_SCRATCH_BYTES`].
     pub attention_scratch_bytes: usize,
+    /// Fused causal attention (kernels/flash_attention.cu) where it applies: bf16 activations and
+    /// a head dim of 64 or 128. Elsewhere, or when false, attention materializes its scores in
+    /// chunks of (row, kv head) pairs (`attention_scratch_bytes`).
+    pub flash_attention: bool,
 }
 
 impl Default for EngineOptions {
@@ -89,6 +94,7 @@ impl Default for EngineOptions {
             // head's products stay efficient.
             loss_chunk: 1024,
             attention_scratch_bytes: layout::ATTENTION_SCRATCH_BYTES,
+            flash_attention: true,
         }
     }
 }
@@ -108,6 +114,8 @@ pub enum StepMode {
 pub struct TrainEngine {
     device: Device,
     kernels: TrainKernels,
+    /// The fused attention kernels, when `dims.flash_attention`.
+    flash: Option<FlashAttention>,
     gemm: Arc<Gemm>,
     dims: Dims,
     layout: ParamLayout,
@@ -218,6 +226,14 @@ impl TrainEngine {
         let weights = ModelWeights::new(model, &dims, opts.dtype)?;
         let kernels =
             TrainKernels::load(dev, opts.dtype).map_err(ERR.launch("loading the kernels"))?;
+        let flash = if dims.flash_attention {
+            Some(
+                FlashAttention::load(dev, dims.head_dim)
+                    .map_err(ERR.launch("loading the flash-attention kernels"))?,
+            )
+        } else {
+            None
+        };
         let gemm = Gemm::for_device(dev).map_err(ERR.launch("cuBLASLt context"))?;
         let stream = dev.cuda_stream();
         let mut buffers = Buffers::new(
@@ -243,6 +259,7 @@ impl TrainEngine {
         let engine = Self {
             device: model.device().clone(),
             kernels,
+            flash,
             gemm,
             dims,
             layout,
@@ -266,11 +283,12 @@ impl TrainEngine {
         }
         dry.optimizer()?;
         tracing::info!(
-            "CUDA training engine: {} layers, batch {} x {} positions, {:?}, {:.1} MiB of buffers, {} GEMM plans in {:.2} s",
+            "CUDA training engine: {} layers, batch {} x {} positions, {:?}, {} attention, {:.1} MiB of buffers, {} GEMM plans in {:.2} s",
             engine.dims.layers,
             engine.dims.batch,
             engine.dims.seq,
             engine.opts.dtype,
+            if engine.dims.flash_attention { "fused" } else { "materialized" },
             engine.buffers.total_bytes() as f64 / (1 << 20) as f64,
             engine.gemm.cached_plans(),
             started.elapsed().as_secs_f64()
@@ -361,6 +379,8 @@ impl TrainEngine {
             seq: opts.seq,
             eps: cfg.rms_norm_eps as f32,
             attention_scratch_bytes: opts.attention_scratch_bytes,
+            flash_attention: opts.flash_attention
+                && FlashAttention::supports(opts.dtype, cfg.head_dim),
         }
     }
 
@@ -379,6 +399,7 @@ impl TrainEngine {
     fn launcher(&self, dry: bool) -> Launcher<'_> {
         Launcher {
             k: &self.kernels,
+            flash: self.flash.as_ref(),
             gemm: &self.gemm,
             dims: &self.dims,
             layout: &self.layout,

@@ -1,4 +1,4 @@
-//! The check's inputs: the four tiny random models (configs, weights served from memory), the two
+//! The check's inputs: the five tiny random models (configs, weights served from memory), the two
 //! micro-batches, and copies of an adapter's variables.
 
 use std::collections::HashMap;
@@ -108,13 +108,28 @@ pub(super) fn check_models() -> Vec<CheckModel> {
                 num_hidden_layers: 2,
                 tie_word_embeddings: false,
                 attention_bias: true,
-                ..base
+                ..base.clone()
             },
             targets: TargetModules::List(vec![
                 "q_proj".into(),
                 "o_proj".into(),
                 "down_proj".into(),
             ]),
+            attention_pairs: None,
+            curve_steps: 0,
+        },
+        CheckModel {
+            name: "head dim 64 (fused attention in bf16), untied, 2 layers, all 7 targets",
+            config: DecoderConfig {
+                hidden_size: 64,
+                num_hidden_layers: 2,
+                num_attention_heads: 4,
+                num_key_value_heads: 2,
+                head_dim: 64,
+                tie_word_embeddings: false,
+                ..base
+            },
+            targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
             attention_pairs: None,
             curve_steps: 0,
         },

@@ -1,0 +1,201 @@
+//! The CPU specification of the fused causal attention (kernels/flash_attention.cu), in f64, on
+//! the engine's head-major layouts: q, o, dO [B*H, S, d]; k, v [B*Hkv, S, d], query head h of a
+//! row reading kv head h / (H / Hkv). With c = 1 / sqrt(d), per query i and key j <= i:
+//! ```text
+//! s_ij = c q_i.k_j    lse_i = log sum_j exp(s_ij)    P_ij = exp(s_ij - lse_i)    o_i = sum_j P_ij v_j
+//! D_i = dO_i.o_i      dS_ij = P_ij (dO_i.v_j - D_i)
+//! dq_i = c sum_j dS_ij k_j    dk_j = c sum_i dS_ij q_i    dv_j = sum_i P_ij dO_i
+//! ```
+//! (dk, dv summed over the query heads sharing the kv head). `super::check` compares the kernels
+//! with these on odd shapes; the tests below check the backward against finite differences.
+
+/// The shape of one attention call: `batch` rows of `seq` positions, `heads` query heads over
+/// `kv_heads` kv heads of `head_dim`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    /// Elements of q (and o, dO, dq).
+    pub fn q_len(&self) -> usize {
+        self.batch * self.heads * self.seq * self.head_dim
+    }
+    /// Elements of k (and v, dk, dv).
+    pub fn kv_len(&self) -> usize {
+        self.batch * self.kv_heads * self.seq * self.head_dim
+    }
+    /// Query heads of all rows (B*H), the rows of lse.
+    pub fn batch_heads(&self) -> usize {
+        self.batch * self.heads
+    }
+    fn scale(&self) -> f64 {
+        1.0 / (self.head_dim as f64).sqrt()
+    }
+    /// The kv head (of all rows) that query head `bh` (of all rows) reads.
+    fn kv_of(&self, bh: usize) -> usize {
+        bh / (self.heads / self.kv_heads)
+    }
+}
+
+/// The forward's outputs.
+pub struct AttentionForward {
+    /// o: [B*H, S, d].
+    pub o: Vec<f64>,
+    /// Natural-log log-sum-exp of each query row's scaled scores: [B*H, S].
+    pub lse: Vec<f64>,
+}
+
+/// The backward's outputs: dq [B*H, S, d], dk and dv [B*Hkv, S, d].
+pub struct AttentionGradients {
+    pub dq: Vec<f64>,
+    pub dk: Vec<f64>,
+    pub dv: Vec<f64>,
+}
+
+/// Row i of head `h`'s [S, d] matrix in a head-major [heads, S, d] tensor.
+fn row<'a>(x: &'a [f64], sh: &AttentionShape, h: usize, i: usize) -> &'a [f64] {
+    let at = (h * sh.seq + i) * sh.head_dim;
+    &x[at..at + sh.head_dim]
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// P_ij for j <= i of query head `bh`, row i, from its log-sum-exp.
+fn probs(q: &[f64], k: &[f64], sh: &AttentionShape, bh: usize, i: usize, lse: f64) -> Vec<f64> {
+    let kv = sh.kv_of(bh);
+    (0..=i)
+        .map(|j| (sh.scale() * dot(row(q, sh, bh, i), row(k, sh, kv, j)) - lse).exp())
+        .collect()
+}
+
+/// The causal attention forward.
+pub fn attention_forward(q: &[f64], k: &[f64], v: &[f64], sh: AttentionShape) -> AttentionForward {
+    let (s, d) = (sh.seq, sh.head_dim);
+    let mut o = vec![0.0; sh.q_len()];
+    let mut lse = vec![0.0; sh.batch_heads() * s];
+    for bh in 0..sh.batch_heads() {
+        let kv = sh.kv_of(bh);
+        for i in 0..s {
+            let scores: Vec<f64> = (0..=i)
+                .map(|j| sh.scale() * dot(row(q, &sh, bh, i), row(k, &sh, kv, j)))
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let l = max + scores.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+            lse[bh * s + i] = l;
+            let out = &mut o[(bh * s + i) * d..(bh * s + i + 1) * d];
+            for (j, score) in scores.iter().enumerate() {
+                let p = (score - l).exp();
+                for (y, x) in out.iter_mut().zip(row(v, &sh, kv, j)) {
+                    *y += p * x;
+                }
+            }
+        }
+    }
+    AttentionForward { o, lse }
+}
+
+/// The causal attention backward from dO, given the forward's o and lse (the kernels read both
+/// as saved: o as stored in the activation dtype, so pass the rounded o to match them).
+pub fn attention_backward(
+    (q, k, v): (&[f64], &[f64], &[f64]),
+    o: &[f64],
+    lse: &[f64],
+    dout: &[f64],
+    sh: AttentionShape,
+) -> AttentionGradients {
+    let (s, d, c) = (sh.seq, sh.head_dim, sh.scale());
+    let mut dq = vec![0.0; sh.q_len()];
+    let mut dk = vec![0.0; sh.kv_len()];
+    let mut dv = vec![0.0; sh.kv_len()];
+    for bh in 0..sh.batch_heads() {
+        let kv = sh.kv_of(bh);
+        for i in 0..s {
+            let p = probs(q, k, &sh, bh, i, lse[bh * s + i]);
+            let do_i = row(dout, &sh, bh, i);
+            let delta = dot(do_i, row(o, &sh, bh, i));
+            for (j, &pij) in p.iter().enumerate() {
+                let ds = pij * (dot(do_i, row(v, &sh, kv, j)) - delta);
+                let (kj, qi) = (kv * s + j, bh * s + i);
+                for e in 0..d {
+                    dv[kj * d + e] += pij * do_i[e];
+                    dk[kj * d + e] += c * ds * q[qi * d + e];
+                    dq[qi * d + e] += c * ds * k[kj * d + e];
+                }
+            }
+        }
+    }
+    AttentionGradients { dq, dk, dv }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::random_values;
+
+    /// L = sum(o * w) for fixed w: its gradient is the backward from dO = w.
+    fn loss(q: &[f64], k: &[f64], v: &[f64], w: &[f64], sh: AttentionShape) -> f64 {
+        dot(&attention_forward(q, k, v, sh).o, w)
+    }
+
+    #[test]
+    fn backward_matches_finite_differences_with_grouped_heads() {
+        let sh = AttentionShape {
+            batch: 2,
+            seq: 5,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 3,
+        };
+        let q = random_values(sh.q_len(), 1, 1.5);
+        let k = random_values(sh.kv_len(), 2, 1.5);
+        let v = random_values(sh.kv_len(), 3, 1.0);
+        let w = random_values(sh.q_len(), 4, 1.0);
+        let fwd = attention_forward(&q, &k, &v, sh);
+        let g = attention_backward((&q, &k, &v), &fwd.o, &fwd.lse, &w, sh);
+        let h = 1e-6;
+        let numeric = |which: usize, idx: usize| {
+            let mut ins = [q.clone(), k.clone(), v.clone()];
+            ins[which][idx] += h;
+            let up = loss(&ins[0], &ins[1], &ins[2], &w, sh);
+            ins[which][idx] -= 2.0 * h;
+            let down = loss(&ins[0], &ins[1], &ins[2], &w, sh);
+            (up - down) / (2.0 * h)
+        };
+        for (which, analytic) in [(0, &g.dq), (1, &g.dk), (2, &g.dv)] {
+            for (idx, want) in analytic.iter().enumerate() {
+                let got = numeric(which, idx);
+                assert!(
+                    (got - want).abs() < 1e-6 * (1.0 + want.abs()),
+                    "input {which} element {idx}: finite difference {got}, backward {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn forward_is_causal_softmax_attention() {
+        // One head, two positions, d = 1: row 0 sees only key 0; row 1 mixes both by softmax.
+        let sh = AttentionShape {
+            batch: 1,
+            seq: 2,
+            heads: 1,
+            kv_heads: 1,
+            head_dim: 1,
+        };
+        let (q, k, v) = ([1.0, 2.0], [0.5, -1.0], [3.0, 7.0]);
+        let f = attention_forward(&q, &k, &v, sh);
+        assert!((f.o[0] - 3.0).abs() < 1e-12);
+        assert!((f.lse[0] - 0.5).abs() < 1e-12);
+        let (s0, s1) = (2.0 * 0.5, 2.0 * -1.0);
+        let (e0, e1) = (f64::exp(s0), f64::exp(s1));
+        assert!((f.o[1] - (3.0 * e0 + 7.0 * e1) / (e0 + e1)).abs() < 1e-12);
+        assert!((f.lse[1] - (e0 + e1).ln()).abs() < 1e-12);
+    }
+}

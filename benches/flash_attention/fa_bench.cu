@@ -90,8 +90,9 @@ static std::vector<float> download(const bf16* d, size_t n) {
     return f;
 }
 
-static double rel_err(const std::vector<float>& got, const std::vector<double>& want) {
-    double err = 0, mag = 0;
+// max |got - want| / max(max |want|, floor).
+static double rel_err(const std::vector<float>& got, const std::vector<double>& want, double floor = 1e-30) {
+    double err = 0, mag = floor;
     for (size_t i = 0; i < want.size(); ++i) {
         err = fmax(err, fabs(got[i] - want[i]));
         mag = fmax(mag, fabs(want[i]));
@@ -171,7 +172,11 @@ static bool check(int B, int H, int G, int S, int hd, unsigned seed) {
     CK(cudaMemcpy(lse_got.data(), m.lse, lse_got.size() * 4, cudaMemcpyDeviceToHost));
     double lse_err = 0;
     for (size_t i = 0; i < lse.size(); ++i) lse_err = fmax(lse_err, fabs(lse_got[i] * M_LN2 - lse[i]));
-    double eo = rel_err(o_got, o), edq = rel_err(download(m.dq, nq), dq), edk = rel_err(download(m.dk, nk), dk),
+    // At one position dS = P (dO.v - dO.o) is zero in exact maths (o = v): dq and dk are rounding
+    // noise, measured against the inputs' scale (1) instead of their own zero maximum.
+    const double floor = S == 1 ? 1.0 : 1e-30;
+    double eo = rel_err(o_got, o), edq = rel_err(download(m.dq, nq), dq, floor),
+           edk = rel_err(download(m.dk, nk), dk, floor),
            edv = rel_err(download(m.dv, nk), dv);
     // bf16 P and bf16 outputs: ~2^-8 relative per element, averaged over the row.
     bool ok = eo < 2e-2 && lse_err < 1e-3 && edq < 3e-2 && edk < 3e-2 && edv < 3e-2;

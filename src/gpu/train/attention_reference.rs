@@ -193,7 +193,8 @@ mod tests {
         let f = attention_forward(&q, &k, &v, sh);
         assert!((f.o[0] - 3.0).abs() < 1e-12);
         assert!((f.lse[0] - 0.5).abs() < 1e-12);
-        let (s0, s1) = (2.0 * 0.5, 2.0 * -1.0);
+        // Scaled scores of row 1 (c = 1): q1 k0 and q1 k1.
+        let (s0, s1) = (2.0 * 0.5, -2.0);
         let (e0, e1) = (f64::exp(s0), f64::exp(s1));
         assert!((f.o[1] - (3.0 * e0 + 7.0 * e1) / (e0 + e1)).abs() < 1e-12);
         assert!((f.lse[1] - (e0 + e1).ln()).abs() < 1e-12);

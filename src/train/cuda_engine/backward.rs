@@ -2,7 +2,8 @@
 //! the layers in reverse. `dres` [N, D] (T) carries the gradient of the residual stream; per layer
 //! the attention's scores and P are recomputed from the saved qh, kh (never stored across layers):
 //! inside the fused kernels from the saved lse2, or in the same chunks of (row, kv head) pairs as
-//! the forward; the SwiGLU output `a` is recomputed from the saved g, u.
+//! the forward; the SwiGLU output `a` is recomputed from the saved g, u, and the norm outputs n1, n2
+//! from the saved x, h (the same kernel on the same inputs: the same bits as the forward's).
 //!
 //! Per adapted projection y = x W^T (+ b) + s (x A^T) B^T with xa = x A^T saved (a bias is frozen:
 //! PEFT's `bias = "none"`, the only setting wick accepts; it adds no term below):
@@ -126,10 +127,15 @@ impl Launcher<'_> {
             "swiglu_backward",
             k.swiglu_backward(gate, up, p.dact, p.dg, p.du, n * f)
         );
-        let n2 = p.saved(p.n2, layer, dm);
+        let h = p.saved(p.h, layer, dm);
+        let n2 = p.norm;
+        launch!(
+            self,
+            "rms_norm (post-attention, recompute)",
+            k.rms_norm(h, lw.post_norm, n2, rstd2, n, dm, d.eps)
+        );
         self.linear_backward(n, layer, GATE, n2, p.dg, p.dn, false)?;
         self.linear_backward(n, layer, UP, n2, p.du, p.dn, true)?;
-        let h = p.saved(p.h, layer, dm);
         launch!(
             self,
             "rms_norm_backward (post-attention)",
@@ -151,11 +157,16 @@ impl Launcher<'_> {
                 p.dqh, p.dkh, p.dvh, p.cos, p.sin, p.q, p.k, p.v, b, s, d.heads, kvh, hd
             )
         );
-        let n1 = p.saved(p.n1, layer, dm);
+        let x = p.saved(p.x, layer, dm);
+        let n1 = p.norm;
+        launch!(
+            self,
+            "rms_norm (input, recompute)",
+            k.rms_norm(x, lw.input_norm, n1, rstd1, n, dm, d.eps)
+        );
         self.linear_backward(n, layer, Q, n1, p.q, p.dn, false)?;
         self.linear_backward(n, layer, K, n1, p.k, p.dn, true)?;
         self.linear_backward(n, layer, V, n1, p.v, p.dn, true)?;
-        let x = p.saved(p.x, layer, dm);
         launch!(
             self,
             "rms_norm_backward (input)",

@@ -44,13 +44,11 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
     let mut out = vec![
         // Saved for the backward, per layer (x: one more, the final norm's input).
         ("saved x (residual in)", (l + 1) * n * d * e),
-        ("saved n1 (input norm)", l * n * d * e),
         ("saved qh (rotated q, head-major)", l * n * qw * e),
         ("saved kh (rotated k, head-major)", l * n * kw * e),
         ("saved vh (v, head-major)", l * n * kw * e),
         ("saved o (attention out, token-major)", l * n * qw * e),
         ("saved h (residual after attention)", l * n * d * e),
-        ("saved n2 (post-attention norm)", l * n * d * e),
         ("saved g (gate)", l * n * f * e),
         ("saved u (up)", l * n * f * e),
         (
@@ -61,6 +59,9 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
         ("saved final norm out", n * d * e),
         ("saved final rstd (f32)", n * 4),
         // Scratch shared by the layers.
+        // n1 / n2: written by the forward's norms, recomputed from the saved x / h and rstd in
+        // the backward (bitwise the same: one kernel, same inputs) instead of saved per layer.
+        (NORM_OUT, n * d * e),
         ("q / dq token-major", n * qw * e),
         ("k / dk token-major", n * kw * e),
         ("v / dv token-major", n * kw * e),
@@ -144,6 +145,8 @@ pub struct Buffers {
 
 /// The name of the T copy of the parameters in [`plan`] (only when T is not f32).
 pub const PARAMS_T: &str = "lora params (T copy)";
+/// The RMSNorm output n1 / n2 of the layer at hand (T [tokens, hidden]).
+pub const NORM_OUT: &str = "norm out n1 / n2 (recomputed in the backward)";
 /// Fused attention: each layer's log2-sum-exp of every query row (f32 [layers, B*H*S]).
 pub const SAVED_LSE: &str = "saved attention lse (f32, base 2)";
 /// Fused attention: the backward's D = rowsum(dO o) (f32 [B*H*S]).

@@ -1,7 +1,7 @@
 //! The forward half of a micro-batch: embedding, the decoder layers (saving what the backward
 //! reads), the final norm. Per layer, with x the residual [N, D]:
 //! ```text
-//! n1 = rms_norm(x)                          (rstd1 saved)
+//! n1 = rms_norm(x)                          (rstd1 saved; n1 recomputed in the backward)
 //! q, k, v = n1 W^T (+ b) + s (n1 A^T) B^T   (xa = n1 A^T saved per adapted projection; b the
 //!                                           frozen bias, Qwen2's, added in place after the product)
 //! qh, kh, vh = rope_scatter(q, k, v)        (head-major, rotated)
@@ -10,7 +10,7 @@
 //!                                           kernels/flash_attention.cu, lse2 saved)
 //! o = heads_to_tokens(oh)
 //! h = x + o Wo^T (+ bo) + s (o Ao^T) Bo^T   (residual in the GEMM's epilogue)
-//! n2 = rms_norm(h); g, u = n2 Wg^T, n2 Wu^T (+ LoRA); a = swiglu(g, u)
+//! n2 = rms_norm(h) (rstd2 saved; n2 recomputed); g, u = n2 Wg^T, n2 Wu^T (+ LoRA); a = swiglu(g, u)
 //! x' = h + a Wd^T + s (a Ad^T) Bd^T
 //! ```
 
@@ -183,7 +183,7 @@ impl Launcher<'_> {
         for layer in 0..d.layers {
             let lw = &self.weights.layers[layer];
             let x = p.saved(p.x, layer, dm);
-            let n1 = p.saved(p.n1, layer, dm);
+            let n1 = p.norm;
             let (rstd1, rstd2) = p.rstd(layer);
             launch!(
                 self,
@@ -214,7 +214,7 @@ impl Launcher<'_> {
             );
             let h = p.saved(p.h, layer, dm);
             self.linear(n, layer, O, o, h, Some(x))?;
-            let n2 = p.saved(p.n2, layer, dm);
+            let n2 = p.norm;
             launch!(
                 self,
                 "rms_norm (post-attention)",

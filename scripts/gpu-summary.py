@@ -356,9 +356,32 @@ def train_shape_rows(e2e):
                         "<= 0.6x", "GiB", wick=gpu_peak(w) if w else None, anchor=in_use,
                         anchor_engine="PEFT + Liger, device memory in use at the end (mem_get_info)", **meta,
                         note=("Liger max_memory_allocated %.2f GiB" % liger["peak_gpu_memory_gib"]) if liger else None))
-    for figure in ("Llama-3.1-8B shapes QLoRA (4-bit base) vs PEFT eager bf16 LoRA (issue 15.4)",
-                   "flash-attention TFLOP/s beside SDPA at seq 2k/4k/8k (issue 15.5)"):
-        rows.append(row(figure, None, "-", note="not built"))
+    rows.append(row("Llama-3.1-8B shapes QLoRA (4-bit base) vs PEFT eager bf16 LoRA (issue 15.4)", None, "-",
+                    note="not built: the CUDA engine trains a dense bf16 base"))
+    return rows
+
+
+def flash_rows(e2e):
+    """Issue 15.5: the fused causal attention's TFLOP/s beside PyTorch SDPA on the same shapes, same call
+    (benches/flash_attention/run.sh; 16k tokens a call, hidden 2048, causal FLOPs)."""
+    lines, item = e2e_get(e2e, "flash-attention.jsonl")
+    lines = lines if isinstance(lines, list) else []
+    meta = {"device": item.get("device"), "date": item.get("date"), "source": item.get("source"),
+            "command": "bash benches/flash_attention/run.sh (fa_bench, then benches/flash_attention/sdpa.py)"}
+    checks = [l for l in lines if l.get("check")]
+    rows = [row("flash attention: forward/backward vs f64 on odd shapes (issue 15.5; also gpu-check "
+                "trn_flash_attention*)", None, "-", **meta,
+                note=f"{sum(1 for c in checks if c.get('ok'))}/{len(checks)} shapes within tolerance" if checks
+                else "not measured")]
+    ours = {(l["S"], l["hd"], l["G"]): l for l in lines if l.get("bench") == "wick_flash"}
+    sdpa = {(l["S"], l["hd"], l["G"]): l for l in lines if l.get("bench") == "torch_sdpa"}
+    for key in sorted(ours):
+        seq, hd, groups = key
+        for pass_ in ("fwd", "bwd"):
+            w, a = ours[key].get(f"{pass_}_tflops"), sdpa.get(key, {}).get(f"{pass_}_tflops")
+            rows.append(row(f"flash attention {pass_} TFLOP/s, causal, seq {seq}, hd {hd}"
+                            + (f", GQA {groups}" if groups > 1 else "") + " vs PyTorch SDPA (issue 15.5 table)",
+                            None, "TFLOP/s", wick=w, anchor=a, anchor_engine="torch SDPA (flash backend)", **meta))
     return rows
 
 
@@ -371,9 +394,7 @@ def gpu_peak(record):
 
 def train_rows(e2e):
     rows = []
-    anchors, item_a = e2e_get(e2e, "anchors-train.jsonl")
-    anchors = anchors if isinstance(anchors, list) else []
-
+    anchors, item_a = [], {}
     same_device = {"ok": True}
 
     def anchor(mode, seq):
@@ -385,7 +406,13 @@ def train_rows(e2e):
                      and a.get("status") == "ok"), None)
 
     for seq in (512, 2048):
-        w, item_w = e2e_get(e2e, f"wick-train-{seq}.json")
+        # train-shapes.sh at the 135M shapes (random weights) or e2e.sh train (the GGUF): the later.
+        pairs = [(f"wick-train-smollm2_135m-{seq}.json", "anchors-train-smollm2_135m.jsonl"),
+                 (f"wick-train-{seq}.json", "anchors-train.jsonl")]
+        name_w, name_a = max(pairs, key=lambda pr: (e2e.get(pr[0]) or {}).get("date") or "")
+        anchors, item_a = e2e_get(e2e, name_a)
+        anchors = anchors if isinstance(anchors, list) else []
+        w, item_w = e2e_get(e2e, name_w)
         same_device["ok"] = not (item_w and item_a) or item_w.get("device") == item_a.get("device")
         w = w if isinstance(w, dict) and "tokens_per_s" in w else None
         wick_tps = w["tokens_per_s"] if w else None
@@ -397,7 +424,9 @@ def train_rows(e2e):
         device = item_w.get("device") or item_a.get("device")
         date = item_w.get("date") or item_a.get("date")
         cmd_w = (f"wick bench train --device cuda --seq-len {seq} --batch-size 8 --rank 16 --warmup-steps 3 "
-                 "--steps 20 (scripts/device/e2e.sh train)")
+                 + ("--steps 10 on the 135M shapes, random weights (scripts/device/train-shapes.sh "
+                    f"smollm2_135m_config.json {seq} 8 10 reduce-overhead)" if "smollm2_135m" in name_w
+                    else "--steps 20 (scripts/device/e2e.sh train)"))
         src = " + ".join(x["source"] for x in (item_w, item_a) if x)
 
         def cmd(mode):
@@ -486,7 +515,7 @@ def main():
     args = p.parse_args()
     e2e, docs = gather(args.paths)
     rows = (matmul_rows(docs) + decode_rows(e2e) + adapter_rows(e2e) + serve_rows(e2e) + big_decode_rows(e2e) + train_rows(e2e)
-            + train_shape_rows(e2e) + embed_rows(e2e) + coldstart_rows(e2e))
+            + train_shape_rows(e2e) + flash_rows(e2e) + embed_rows(e2e) + coldstart_rows(e2e))
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)
         f.write("\n")

@@ -47,6 +47,9 @@ pub struct Dims {
     /// Attention runs fused (kernels/flash_attention.cu: bf16, head dim 64 or 128): no scores
     /// scratch, the log-sum-exp of each query row saved per layer instead.
     pub flash_attention: bool,
+    /// Activation checkpointing: the saved activations other than x hold one layer (see
+    /// `cuda_engine::EngineOptions::activation_checkpointing`).
+    pub activation_checkpointing: bool,
 }
 
 impl Dims {
@@ -340,6 +343,7 @@ mod tests {
             eps: 1e-5,
             attention_scratch_bytes: ATTENTION_SCRATCH_BYTES,
             flash_attention: false,
+            activation_checkpointing: false,
         }
     }
 
@@ -380,6 +384,7 @@ mod tests {
             eps: 1e-5,
             attention_scratch_bytes: ATTENTION_SCRATCH_BYTES,
             flash_attention: false,
+            activation_checkpointing: false,
         }
     }
 

@@ -85,18 +85,13 @@ impl EngineSteps {
                 );
                 return Ok(None);
             }
-            if config.activation_checkpointing {
-                tracing::info!(
-                    "--checkpoint-activations has no effect with the CUDA training engine (it keeps \
-                     one layer's attention at a time already)"
-                );
-            }
             let options = EngineOptions {
                 batch: config.batch_size,
                 seq: longest_row(data).max(2),
                 dtype: model.dtype(),
                 // WICK_TRAIN_FLASH=0 keeps the materialized attention (for comparisons).
                 flash_attention: !std::env::var("WICK_TRAIN_FLASH").is_ok_and(|v| v == "0"),
+                activation_checkpointing: config.activation_checkpointing,
                 ..EngineOptions::default()
             };
             let mut engine = TrainEngine::new(model, adapter, config.adamw, options)?;

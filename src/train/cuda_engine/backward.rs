@@ -92,7 +92,7 @@ impl Launcher<'_> {
             "sum_into (loss)",
             k.sum_into(p.row_loss, n, p.scalar(SCALAR_LOSS), true)
         );
-        let last = p.saved(p.x, d.layers, dm);
+        let last = p.residual(d.layers);
         launch!(
             self,
             "rms_norm_backward (final)",
@@ -157,7 +157,7 @@ impl Launcher<'_> {
                 p.dqh, p.dkh, p.dvh, p.cos, p.sin, p.q, p.k, p.v, b, s, d.heads, kvh, hd
             )
         );
-        let x = p.saved(p.x, layer, dm);
+        let x = p.residual(layer);
         let n1 = p.norm;
         launch!(
             self,
@@ -277,6 +277,11 @@ impl Launcher<'_> {
         self.forward(s)?;
         self.head_and_loss(s)?;
         for layer in (0..d.layers).rev() {
+            if d.activation_checkpointing {
+                // The layer's saved activations (one layer's slots) again from its saved input;
+                // its output goes to `dn`, free until the layer's backward writes it.
+                self.layer_forward(s, layer, p.dn)?;
+            }
             self.layer_backward(s, layer)?;
         }
         Ok(())

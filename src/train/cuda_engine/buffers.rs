@@ -32,6 +32,8 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
     let e = dtype.size_in_bytes();
     let n = dims.max_tokens();
     let l = dims.layers;
+    // Slots of the saved activations other than x: one layer's under activation checkpointing.
+    let ls = if dims.activation_checkpointing { 1 } else { l };
     let (d, f, qw, kw, r) = (
         dims.hidden,
         dims.ffn,
@@ -44,18 +46,18 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
     let mut out = vec![
         // Saved for the backward, per layer (x: one more, the final norm's input).
         ("saved x (residual in)", (l + 1) * n * d * e),
-        ("saved qh (rotated q, head-major)", l * n * qw * e),
-        ("saved kh (rotated k, head-major)", l * n * kw * e),
-        ("saved vh (v, head-major)", l * n * kw * e),
-        ("saved o (attention out, token-major)", l * n * qw * e),
-        ("saved h (residual after attention)", l * n * d * e),
-        ("saved g (gate)", l * n * f * e),
-        ("saved u (up)", l * n * f * e),
+        ("saved qh (rotated q, head-major)", ls * n * qw * e),
+        ("saved kh (rotated k, head-major)", ls * n * kw * e),
+        ("saved vh (v, head-major)", ls * n * kw * e),
+        ("saved o (attention out, token-major)", ls * n * qw * e),
+        ("saved h (residual after attention)", ls * n * d * e),
+        ("saved g (gate)", ls * n * f * e),
+        ("saved u (up)", ls * n * f * e),
         (
             "saved xa (x A^T per adapted projection)",
-            layout.adapted() * n * r * e,
+            dims_xa_slots(dims, layout) * n * r * e,
         ),
-        ("saved rstd1, rstd2 (f32)", 2 * l * n * 4),
+        ("saved rstd1, rstd2 (f32)", 2 * ls * n * 4),
         ("saved final norm out", n * d * e),
         ("saved final rstd (f32)", n * 4),
         // Scratch shared by the layers.
@@ -98,7 +100,7 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
     if dims.flash_attention {
         // Fused attention: each layer's log-sum-exp for the backward, and its row dots D.
         let rows = dims.attention_rows();
-        out.push((SAVED_LSE, l * rows * 4));
+        out.push((SAVED_LSE, ls * rows * 4));
         out.push((ATTENTION_DELTA, rows * 4));
     } else {
         // One chunk of the attention's (row, kv head) pairs at a time (`Dims::attention_chunks`).
@@ -113,6 +115,21 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
     out.into_iter()
         .map(|(name, bytes)| BufferSize { name, bytes })
         .collect()
+}
+
+/// Slots of the saved xa: one per adapted projection, or under activation checkpointing as many
+/// as the most adapted projections of one layer (the slots every layer shares).
+pub fn dims_xa_slots(dims: &Dims, layout: &ParamLayout) -> usize {
+    if dims.activation_checkpointing {
+        layout
+            .slots
+            .iter()
+            .map(|layer| layer.iter().filter(|slot| slot.is_some()).count())
+            .max()
+            .unwrap_or(0)
+    } else {
+        layout.adapted()
+    }
 }
 
 fn alloc_err(what: &str, bytes: usize, e: impl std::fmt::Debug) -> Error {

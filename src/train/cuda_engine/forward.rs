@@ -172,62 +172,72 @@ impl Launcher<'_> {
         Ok(())
     }
 
+    /// Forward of decoder layer `layer` for a bucket of `s` positions, from its saved input x
+    /// into `next` (x of the next layer), saving what its backward reads. The backward of an engine
+    /// with activation checkpointing runs it again with `next` pointing at a scratch.
+    pub(super) fn layer_forward(&self, s: usize, layer: usize, next: u64) -> Result<()> {
+        let (d, p, k) = (self.dims, self.ptrs, self.k);
+        let n = d.batch * s;
+        let (dm, qw, kw, hd) = (d.hidden, d.q_width(), d.kv_width(), d.head_dim);
+        let lw = &self.weights.layers[layer];
+        let x = p.residual(layer);
+        let n1 = p.norm;
+        let (rstd1, rstd2) = p.rstd(layer);
+        launch!(
+            self,
+            "rms_norm (input)",
+            k.rms_norm(x, lw.input_norm, n1, rstd1, n, dm, d.eps)
+        );
+        self.linear(n, layer, Q, n1, p.q, None)?;
+        self.linear(n, layer, K, n1, p.k, None)?;
+        self.linear(n, layer, V, n1, p.v, None)?;
+        let (qh, kh, vh) = (
+            p.saved(p.qh, layer, qw),
+            p.saved(p.kh, layer, kw),
+            p.saved(p.vh, layer, kw),
+        );
+        launch!(
+            self,
+            "rope_scatter",
+            k.rope_scatter(
+                p.q, p.k, p.v, p.cos, p.sin, qh, kh, vh, d.batch, s, d.heads, d.kv_heads, hd
+            )
+        );
+        self.attention(s, layer)?;
+        let o = p.saved(p.o, layer, qw);
+        launch!(
+            self,
+            "heads_to_tokens",
+            k.heads_to_tokens(p.oh, o, d.batch, s, d.heads, d.kv_heads, hd)
+        );
+        let h = p.saved(p.h, layer, dm);
+        self.linear(n, layer, O, o, h, Some(x))?;
+        let n2 = p.norm;
+        launch!(
+            self,
+            "rms_norm (post-attention)",
+            k.rms_norm(h, lw.post_norm, n2, rstd2, n, dm, d.eps)
+        );
+        let (gate, up) = (p.saved(p.g, layer, d.ffn), p.saved(p.u, layer, d.ffn));
+        self.linear(n, layer, GATE, n2, gate, None)?;
+        self.linear(n, layer, UP, n2, up, None)?;
+        launch!(self, "swiglu", k.swiglu(gate, up, p.act, n * d.ffn));
+        self.linear(n, layer, DOWN, p.act, next, Some(h))?;
+        Ok(())
+    }
+
     /// Forward of every layer and the final norm for a bucket of `s` positions (ids already
     /// uploaded); leaves the final norm's output in `nf`.
     pub(super) fn forward(&self, s: usize) -> Result<()> {
         let (d, p, k) = (self.dims, self.ptrs, self.k);
         let n = d.batch * s;
-        let (dm, qw, kw, hd) = (d.hidden, d.q_width(), d.kv_width(), d.head_dim);
-        let x0 = p.saved(p.x, 0, dm);
+        let dm = d.hidden;
+        let x0 = p.residual(0);
         launch!(self, "embed", k.embed(self.weights.embed, p.ids, x0, n, dm));
         for layer in 0..d.layers {
-            let lw = &self.weights.layers[layer];
-            let x = p.saved(p.x, layer, dm);
-            let n1 = p.norm;
-            let (rstd1, rstd2) = p.rstd(layer);
-            launch!(
-                self,
-                "rms_norm (input)",
-                k.rms_norm(x, lw.input_norm, n1, rstd1, n, dm, d.eps)
-            );
-            self.linear(n, layer, Q, n1, p.q, None)?;
-            self.linear(n, layer, K, n1, p.k, None)?;
-            self.linear(n, layer, V, n1, p.v, None)?;
-            let (qh, kh, vh) = (
-                p.saved(p.qh, layer, qw),
-                p.saved(p.kh, layer, kw),
-                p.saved(p.vh, layer, kw),
-            );
-            launch!(
-                self,
-                "rope_scatter",
-                k.rope_scatter(
-                    p.q, p.k, p.v, p.cos, p.sin, qh, kh, vh, d.batch, s, d.heads, d.kv_heads, hd
-                )
-            );
-            self.attention(s, layer)?;
-            let o = p.saved(p.o, layer, qw);
-            launch!(
-                self,
-                "heads_to_tokens",
-                k.heads_to_tokens(p.oh, o, d.batch, s, d.heads, d.kv_heads, hd)
-            );
-            let h = p.saved(p.h, layer, dm);
-            self.linear(n, layer, O, o, h, Some(x))?;
-            let n2 = p.norm;
-            launch!(
-                self,
-                "rms_norm (post-attention)",
-                k.rms_norm(h, lw.post_norm, n2, rstd2, n, dm, d.eps)
-            );
-            let (gate, up) = (p.saved(p.g, layer, d.ffn), p.saved(p.u, layer, d.ffn));
-            self.linear(n, layer, GATE, n2, gate, None)?;
-            self.linear(n, layer, UP, n2, up, None)?;
-            launch!(self, "swiglu", k.swiglu(gate, up, p.act, n * d.ffn));
-            let next = p.saved(p.x, layer + 1, dm);
-            self.linear(n, layer, DOWN, p.act, next, Some(h))?;
+            self.layer_forward(s, layer, p.residual(layer + 1))?;
         }
-        let last = p.saved(p.x, d.layers, dm);
+        let last = p.residual(d.layers);
         launch!(
             self,
             "rms_norm (final)",

@@ -20,6 +20,9 @@ pub(super) struct Ptrs {
     /// Rows of every token-major buffer (the largest bucket's tokens).
     pub(super) tokens: usize,
     pub(super) layers: usize,
+    pub(super) hidden: usize,
+    /// Activation checkpointing: the saved activations other than x hold one layer.
+    pub(super) checkpointing: bool,
     /// Bytes of T.
     pub(super) e: usize,
     pub(super) x: u64,
@@ -86,6 +89,8 @@ impl Ptrs {
         Self {
             tokens: dims.max_tokens(),
             layers: dims.layers,
+            hidden: dims.hidden,
+            checkpointing: dims.activation_checkpointing,
             e: dtype.size_in_bytes(),
             x: b.ptr("saved x (residual in)"),
             norm: b.ptr(buffers::NORM_OUT),
@@ -137,20 +142,46 @@ impl Ptrs {
         }
     }
 
-    /// Layer `layer`'s slice of a saved per-layer buffer of rows `width` wide (T).
+    /// The slot of layer `layer` in the saved activations: its own, or the one slot every layer
+    /// shares under activation checkpointing (the backward recomputes a layer's before using them).
+    fn slot(&self, layer: usize) -> usize {
+        if self.checkpointing {
+            0
+        } else {
+            layer
+        }
+    }
+
+    /// Slots of each saved per-layer buffer (1 under activation checkpointing, else the layers).
+    fn slots(&self) -> usize {
+        if self.checkpointing {
+            1
+        } else {
+            self.layers
+        }
+    }
+
+    /// Layer `layer`'s slice of a saved per-layer activation of rows `width` wide (T).
     pub(super) fn saved(&self, base: u64, layer: usize, width: usize) -> u64 {
-        base + (layer * self.tokens * width * self.e) as u64
+        base + (self.slot(layer) * self.tokens * width * self.e) as u64
+    }
+
+    /// The residual stream x entering layer `layer` (`layer == layers`: the final norm's input),
+    /// T [tokens, hidden]: saved for every layer, checkpointed or not.
+    pub(super) fn residual(&self, layer: usize) -> u64 {
+        self.x + (layer * self.tokens * self.hidden * self.e) as u64
     }
 
     /// Layer `layer`'s saved lse2, f32 [B*H*S] (B*H*S at the largest bucket apart).
     pub(super) fn lse(&self, layer: usize, rows: usize) -> u64 {
-        self.lse + (layer * rows * 4) as u64
+        self.lse + (self.slot(layer) * rows * 4) as u64
     }
 
     /// Layer `layer`'s (rstd1, rstd2), f32 [tokens] each.
     pub(super) fn rstd(&self, layer: usize) -> (u64, u64) {
         let at = |i: usize| self.rstd + (i * self.tokens * 4) as u64;
-        (at(layer), at(self.layers + layer))
+        let slot = self.slot(layer);
+        (at(slot), at(self.slots() + slot))
     }
 
     /// The address of scalar `i` (`buffers::SCALAR_*`).

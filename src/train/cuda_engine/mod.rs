@@ -81,6 +81,10 @@ pub struct EngineOptions {
     /// a head dim of 64 or 128. Elsewhere, or when false, attention materializes its scores in
     /// chunks of (row, kv head) pairs (`attention_scratch_bytes`).
     pub flash_attention: bool,
+    /// Activation checkpointing: save only each layer's input x and recompute the layer's other
+    /// activations in the backward (one extra layer forward each), so the saved activations take
+    /// one layer's memory instead of every layer's.
+    pub activation_checkpointing: bool,
 }
 
 impl Default for EngineOptions {
@@ -95,6 +99,7 @@ impl Default for EngineOptions {
             loss_chunk: 1024,
             attention_scratch_bytes: layout::ATTENTION_SCRATCH_BYTES,
             flash_attention: true,
+            activation_checkpointing: false,
         }
     }
 }
@@ -249,7 +254,7 @@ impl TrainEngine {
         stream
             .memcpy_htod(&tables, &mut buffers.rope)
             .map_err(|e| ERR.driver("uploading the rope tables", e))?;
-        let xa_index = Self::xa_index(&layout, dims.layers);
+        let xa_index = Self::xa_index(&layout, &dims);
         let vars = Self::var_names(&layout);
         let mode = if std::env::var("WICK_TRAIN_GRAPH").is_ok_and(|v| v == "0") {
             StepMode::Eager("WICK_TRAIN_GRAPH=0".into())
@@ -283,12 +288,13 @@ impl TrainEngine {
         }
         dry.optimizer()?;
         tracing::info!(
-            "CUDA training engine: {} layers, batch {} x {} positions, {:?}, {} attention, {:.1} MiB of buffers, {} GEMM plans in {:.2} s",
+            "CUDA training engine: {} layers, batch {} x {} positions, {:?}, {} attention{}, {:.1} MiB of buffers, {} GEMM plans in {:.2} s",
             engine.dims.layers,
             engine.dims.batch,
             engine.dims.seq,
             engine.opts.dtype,
             if engine.dims.flash_attention { "fused" } else { "materialized" },
+            if engine.dims.activation_checkpointing { ", activations checkpointed per layer" } else { "" },
             engine.buffers.total_bytes() as f64 / (1 << 20) as f64,
             engine.gemm.cached_plans(),
             started.elapsed().as_secs_f64()
@@ -329,11 +335,16 @@ impl TrainEngine {
     }
 
     /// Row of each LoRA slot's xa in the stacked xa buffer: [layer][projection], None where the
-    /// projection has no adapter, numbered in layer then projection order.
-    fn xa_index(layout: &ParamLayout, layers: usize) -> Vec<[Option<usize>; 7]> {
-        let mut xa_index: Vec<[Option<usize>; 7]> = vec![[None; 7]; layers];
+    /// projection has no adapter, numbered in layer then projection order (within the layer under
+    /// activation checkpointing, whose layers share one layer's rows).
+    fn xa_index(layout: &ParamLayout, dims: &Dims) -> Vec<[Option<usize>; 7]> {
+        let mut xa_index: Vec<[Option<usize>; 7]> = vec![[None; 7]; dims.layers];
         let mut next = 0;
         for (layer, slots) in layout.slots.iter().enumerate() {
+            if dims.activation_checkpointing {
+                // One layer's slots, shared by every layer.
+                next = 0;
+            }
             for (proj, slot) in slots.iter().enumerate() {
                 if slot.is_some() {
                     xa_index[layer][proj] = Some(next);
@@ -381,6 +392,7 @@ impl TrainEngine {
             attention_scratch_bytes: opts.attention_scratch_bytes,
             flash_attention: opts.flash_attention
                 && FlashAttention::supports(opts.dtype, cfg.head_dim),
+            activation_checkpointing: opts.activation_checkpointing,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The check's inputs: the five tiny random models (configs, weights served from memory), the two
+//! The check's inputs: the six tiny random models (configs, weights served from memory), the two
 //! micro-batches, and copies of an adapter's variables.
 
 use std::collections::HashMap;
@@ -47,6 +47,8 @@ pub(super) struct CheckModel {
     pub(super) attention_pairs: Option<usize>,
     /// Optimizer steps of the f32 loss curve against Candle's (`trn_engine_curve`; 0: none).
     pub(super) curve_steps: usize,
+    /// The engine checkpoints activations (recomputes each layer's in the backward).
+    pub(super) activation_checkpointing: bool,
 }
 
 pub(super) fn check_models() -> Vec<CheckModel> {
@@ -68,6 +70,15 @@ pub(super) fn check_models() -> Vec<CheckModel> {
         bos_token_id: None,
         eos_token_ids: vec![],
     };
+    // Head dim 64: the fused attention's shapes (in bf16).
+    let head_dim_64 = DecoderConfig {
+        hidden_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 64,
+        ..base.clone()
+    };
     vec![
         CheckModel {
             name: "tied, 3 layers, all 7 targets, attention chunks of 3 pairs",
@@ -75,9 +86,10 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
             attention_pairs: Some(3),
             curve_steps: 0,
+            activation_checkpointing: false,
         },
         CheckModel {
-            name: "untied, 2 layers, q/v/down",
+            name: "untied, 2 layers, q/v/down, activations checkpointed",
             config: DecoderConfig {
                 num_hidden_layers: 2,
                 tie_word_embeddings: false,
@@ -90,6 +102,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             ]),
             attention_pairs: None,
             curve_steps: 0,
+            activation_checkpointing: true,
         },
         CheckModel {
             name: "qwen2 (q/k/v biases), tied, 3 layers, all 7 targets",
@@ -101,6 +114,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
             attention_pairs: Some(3),
             curve_steps: 20,
+            activation_checkpointing: false,
         },
         CheckModel {
             name: "llama attention_bias (q/k/v/o biases), untied, 2 layers, q/o/down",
@@ -117,21 +131,26 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             ]),
             attention_pairs: None,
             curve_steps: 0,
+            activation_checkpointing: false,
         },
         CheckModel {
             name: "head dim 64 (fused attention in bf16), untied, 2 layers, all 7 targets",
             config: DecoderConfig {
-                hidden_size: 64,
-                num_hidden_layers: 2,
-                num_attention_heads: 4,
-                num_key_value_heads: 2,
-                head_dim: 64,
                 tie_word_embeddings: false,
-                ..base
+                ..head_dim_64.clone()
             },
             targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
             attention_pairs: None,
             curve_steps: 0,
+            activation_checkpointing: false,
+        },
+        CheckModel {
+            name: "head dim 64, fused attention in bf16, activations checkpointed, tied, 2 layers, all 7",
+            config: head_dim_64,
+            targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
+            attention_pairs: None,
+            curve_steps: 0,
+            activation_checkpointing: true,
         },
     ]
 }

@@ -99,6 +99,25 @@ __device__ __forceinline__ void mma_rows_bt(float acc[8][4], const bf16* a, cons
     }
 }
 
+// The warp's 16 x 64 block of A B^T from zero (see mma_rows_bt): scores, P^T or dP.
+template <int HD>
+__device__ __forceinline__ void product_tile(float acc[8][4], const bf16* a, const bf16* b, int lane) {
+#pragma unroll
+    for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+    mma_rows_bt<HD>(acc, a, b, lane);
+}
+
+// Rows [k0, k0 + 64) of one kv head's K and V into their tiles, between barriers: every warp is
+// done with the previous tiles before they are overwritten, and the new ones are whole before use.
+template <int HD>
+__device__ __forceinline__ void load_kv_tiles(bf16* ks, bf16* vs, const bf16* __restrict__ k,
+                                              const bf16* __restrict__ v, int k0, int S) {
+    __syncthreads();
+    load_tile<HD>(ks, k, k0, S);
+    load_tile<HD>(vs, v, k0, S);
+    __syncthreads();
+}
+
 // out[n] += P V for the warp's 16 rows: P (16 x 64) given as C fragments p[8] (its columns are
 // the 64 rows of tile `v`), rounded to bf16; V = tile `v` (64 x HD). out[n]: columns 8n..8n+7.
 template <int HD>
@@ -170,14 +189,9 @@ __device__ void fa_forward(const bf16* __restrict__ q, const bf16* __restrict__ 
     for (int n = 0; n < HD / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
     for (int j = 0; j <= qt; ++j) {
         const int k0 = j * FA_TILE;
-        __syncthreads();
-        load_tile<HD>(ks, k + kv_base, k0, S);
-        load_tile<HD>(vs, v + kv_base, k0, S);
-        __syncthreads();
+        load_kv_tiles<HD>(ks, vs, k + kv_base, v + kv_base, k0, S);
         float s[8][4];
-#pragma unroll
-        for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-        mma_rows_bt<HD>(s, qs + warp * 16 * Tile<HD>::LD, ks, lane);
+        product_tile<HD>(s, qs + warp * 16 * Tile<HD>::LD, ks, lane);
         const bool diagonal = j == qt;
         float mx_a = m_a, mx_b = m_b;
 #pragma unroll
@@ -269,9 +283,7 @@ __device__ void fa_backward_dkdv(const bf16* __restrict__ q, const bf16* __restr
             __syncthreads();
             // P^T: rows = the warp's keys, columns = the tile's queries.
             float pt[8][4];
-#pragma unroll
-            for (int n = 0; n < 8; ++n) pt[n][0] = pt[n][1] = pt[n][2] = pt[n][3] = 0.f;
-            mma_rows_bt<HD>(pt, ks + warp * 16 * Tile<HD>::LD, qs, lane);
+            product_tile<HD>(pt, ks + warp * 16 * Tile<HD>::LD, qs, lane);
             const bool diagonal = i == kt;
 #pragma unroll
             for (int n = 0; n < 8; ++n) {
@@ -285,9 +297,7 @@ __device__ void fa_backward_dkdv(const bf16* __restrict__ q, const bf16* __restr
             mma_frag_tile<HD>(dv_acc, pt, dos, lane);
             // dP^T = V dO^T, then dS^T = P^T (dP^T - D) in place.
             float ds[8][4];
-#pragma unroll
-            for (int n = 0; n < 8; ++n) ds[n][0] = ds[n][1] = ds[n][2] = ds[n][3] = 0.f;
-            mma_rows_bt<HD>(ds, vs + warp * 16 * Tile<HD>::LD, dos, lane);
+            product_tile<HD>(ds, vs + warp * 16 * Tile<HD>::LD, dos, lane);
 #pragma unroll
             for (int n = 0; n < 8; ++n) {
 #pragma unroll
@@ -334,14 +344,9 @@ __device__ void fa_backward_dq(const bf16* __restrict__ q, const bf16* __restric
     for (int n = 0; n < HD / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
     for (int j = 0; j <= qt; ++j) {
         const int k0 = j * FA_TILE;
-        __syncthreads();
-        load_tile<HD>(ks, k + kv_base, k0, S);
-        load_tile<HD>(vs, v + kv_base, k0, S);
-        __syncthreads();
+        load_kv_tiles<HD>(ks, vs, k + kv_base, v + kv_base, k0, S);
         float p[8][4];
-#pragma unroll
-        for (int n = 0; n < 8; ++n) p[n][0] = p[n][1] = p[n][2] = p[n][3] = 0.f;
-        mma_rows_bt<HD>(p, qs + warp * 16 * Tile<HD>::LD, ks, lane);
+        product_tile<HD>(p, qs + warp * 16 * Tile<HD>::LD, ks, lane);
         const bool diagonal = j == qt;
 #pragma unroll
         for (int n = 0; n < 8; ++n) {
@@ -354,9 +359,7 @@ __device__ void fa_backward_dq(const bf16* __restrict__ q, const bf16* __restric
         }
         // dP = dO V^T, then dS = P (dP - D) in place.
         float ds[8][4];
-#pragma unroll
-        for (int n = 0; n < 8; ++n) ds[n][0] = ds[n][1] = ds[n][2] = ds[n][3] = 0.f;
-        mma_rows_bt<HD>(ds, dos + warp * 16 * Tile<HD>::LD, vs, lane);
+        product_tile<HD>(ds, dos + warp * 16 * Tile<HD>::LD, vs, lane);
 #pragma unroll
         for (int n = 0; n < 8; ++n) {
             ds[n][0] = p[n][0] * (ds[n][0] - d_a);

@@ -6,8 +6,11 @@
 //! D_i = dO_i.o_i      dS_ij = P_ij (dO_i.v_j - D_i)
 //! dq_i = c sum_j dS_ij k_j    dk_j = c sum_i dS_ij q_i    dv_j = sum_i P_ij dO_i
 //! ```
-//! (dk, dv summed over the query heads sharing the kv head). `super::check` compares the kernels
+//! (dk, dv summed over the query heads sharing the kv head; the softmax is `reference::softmax`'s).
+//! `super::check` compares the kernels
 //! with these on odd shapes; the tests below check the backward against finite differences.
+
+use crate::reference::softmax::softmax;
 
 /// The shape of one attention call: `batch` rows of `seq` positions, `heads` query heads over
 /// `kv_heads` kv heads of `head_dim`.
@@ -67,11 +70,11 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// P_ij for j <= i of query head `bh`, row i, from its log-sum-exp.
-fn probs(q: &[f64], k: &[f64], sh: &AttentionShape, bh: usize, i: usize, lse: f64) -> Vec<f64> {
+/// The scaled scores s_ij, j <= i, of query head `bh`'s row i.
+fn scores(q: &[f64], k: &[f64], sh: &AttentionShape, bh: usize, i: usize) -> Vec<f64> {
     let kv = sh.kv_of(bh);
     (0..=i)
-        .map(|j| (sh.scale() * dot(row(q, sh, bh, i), row(k, sh, kv, j)) - lse).exp())
+        .map(|j| sh.scale() * dot(row(q, sh, bh, i), row(k, sh, kv, j)))
         .collect()
 }
 
@@ -83,17 +86,20 @@ pub fn attention_forward(q: &[f64], k: &[f64], v: &[f64], sh: AttentionShape) ->
     for bh in 0..sh.batch_heads() {
         let kv = sh.kv_of(bh);
         for i in 0..s {
-            let scores: Vec<f64> = (0..=i)
-                .map(|j| sh.scale() * dot(row(q, &sh, bh, i), row(k, &sh, kv, j)))
-                .collect();
-            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let l = max + scores.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
-            lse[bh * s + i] = l;
+            let row_scores = scores(q, k, &sh, bh, i);
+            let p = softmax(&row_scores, i + 1);
+            // log sum_j exp(s_j) = s_j - log p_j for any j; the largest p_j loses the least.
+            let (top, p_top) = p
+                .iter()
+                .copied()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .expect("a causal row sees at least its own position");
+            lse[bh * s + i] = row_scores[top] - p_top.ln();
             let out = &mut o[(bh * s + i) * d..(bh * s + i + 1) * d];
-            for (j, score) in scores.iter().enumerate() {
-                let p = (score - l).exp();
+            for (j, pj) in p.iter().enumerate() {
                 for (y, x) in out.iter_mut().zip(row(v, &sh, kv, j)) {
-                    *y += p * x;
+                    *y += pj * x;
                 }
             }
         }
@@ -101,12 +107,11 @@ pub fn attention_forward(q: &[f64], k: &[f64], v: &[f64], sh: AttentionShape) ->
     AttentionForward { o, lse }
 }
 
-/// The causal attention backward from dO, given the forward's o and lse (the kernels read both
-/// as saved: o as stored in the activation dtype, so pass the rounded o to match them).
+/// The causal attention backward from dO, given the forward's o (the kernels read it as saved, in
+/// the activation dtype: pass the rounded o to match their D = dO.o).
 pub fn attention_backward(
     (q, k, v): (&[f64], &[f64], &[f64]),
     o: &[f64],
-    lse: &[f64],
     dout: &[f64],
     sh: AttentionShape,
 ) -> AttentionGradients {
@@ -117,7 +122,7 @@ pub fn attention_backward(
     for bh in 0..sh.batch_heads() {
         let kv = sh.kv_of(bh);
         for i in 0..s {
-            let p = probs(q, k, &sh, bh, i, lse[bh * s + i]);
+            let p = softmax(&scores(q, k, &sh, bh, i), i + 1);
             let do_i = row(dout, &sh, bh, i);
             let delta = dot(do_i, row(o, &sh, bh, i));
             for (j, &pij) in p.iter().enumerate() {
@@ -158,7 +163,7 @@ mod tests {
         let v = random_values(sh.kv_len(), 3, 1.0);
         let w = random_values(sh.q_len(), 4, 1.0);
         let fwd = attention_forward(&q, &k, &v, sh);
-        let g = attention_backward((&q, &k, &v), &fwd.o, &fwd.lse, &w, sh);
+        let g = attention_backward((&q, &k, &v), &fwd.o, &w, sh);
         let h = 1e-6;
         let numeric = |which: usize, idx: usize| {
             let mut ins = [q.clone(), k.clone(), v.clone()];

@@ -10,7 +10,7 @@
 
 use candle_core::{CudaDevice, DType};
 
-use super::{launch_err, Cases, TrainCase};
+use super::{launch_err, Buf, Cases, TrainCase};
 use crate::check::max_rel_err_with_floor;
 use crate::gpu::train::attention_reference::{
     attention_backward, attention_forward, AttentionShape,
@@ -49,6 +49,27 @@ fn to_tokens(x: &[f64], sh: AttentionShape) -> Vec<f64> {
     out
 }
 
+/// One shape's seeded inputs on the device (bf16) and as rounded there.
+struct Inputs {
+    sh: AttentionShape,
+    text: String,
+    q: (Buf, Vec<f64>),
+    k: (Buf, Vec<f64>),
+    v: (Buf, Vec<f64>),
+    dout: (Buf, Vec<f64>),
+}
+
+impl Inputs {
+    fn launch(&self) -> FlashShape {
+        FlashShape {
+            batch: self.sh.batch,
+            heads: self.sh.heads,
+            kv_heads: self.sh.kv_heads,
+            seq: self.sh.seq,
+        }
+    }
+}
+
 pub(super) fn run(c: &mut Cases, dev: &CudaDevice) -> Result<()> {
     if c.gpu.t != DType::BF16 {
         return Ok(());
@@ -63,101 +84,113 @@ pub(super) fn run(c: &mut Cases, dev: &CudaDevice) -> Result<()> {
             kv_heads,
             head_dim,
         };
-        let launch = FlashShape {
-            batch,
-            heads,
-            kv_heads,
-            seq,
+        let inputs = Inputs {
+            sh,
+            text: format!("b{batch} s{seq} h{heads} kv{kv_heads} d{head_dim}"),
+            q: c.rand_t(sh.q_len(), 2.0)?,
+            k: c.rand_t(sh.kv_len(), 2.0)?,
+            v: c.rand_t(sh.kv_len(), 1.0)?,
+            dout: c.rand_t(sh.q_len(), 1.0)?,
         };
-        let text = format!("b{batch} s{seq} h{heads} kv{kv_heads} d{head_dim}");
-        let (q, qr) = c.rand_t(sh.q_len(), 2.0)?;
-        let (k, kr) = c.rand_t(sh.kv_len(), 2.0)?;
-        let (v, vr) = c.rand_t(sh.kv_len(), 1.0)?;
-        let (dout, dr) = c.rand_t(sh.q_len(), 1.0)?;
-        let rows = sh.batch_heads() * seq;
-        let t = c.gpu.t;
-        let (o, lse2) = (
-            c.gpu.poison(sh.q_len(), t)?,
-            c.gpu.poison(rows, DType::F32)?,
-        );
-        let g = &c.gpu;
-        fa.forward(
-            g.ptr(&q),
-            g.ptr(&k),
-            g.ptr(&v),
-            g.ptr(&o),
-            g.ptr(&lse2),
-            launch,
-        )
-        .map_err(launch_err("fa_forward"))?;
-        let want = attention_forward(&qr, &kr, &vr, sh);
-        let got_o = g.down(&o)?;
-        let got_lse: Vec<f64> = g
-            .down(&lse2)?
-            .into_iter()
-            .map(|x| x * std::f64::consts::LN_2)
-            .collect();
+        let (got_o, lse2) = forward(c, &fa, &inputs)?;
+        backward(c, &fa, &inputs, &got_o, &lse2)?;
+    }
+    Ok(())
+}
+
+/// The forward's records (o, lse); returns the kernel's o (as read back) and its lse2 buffer.
+fn forward(c: &mut Cases, fa: &FlashAttention, x: &Inputs) -> Result<(Vec<f64>, Buf)> {
+    let sh = x.sh;
+    let rows = sh.batch_heads() * sh.seq;
+    let (o, lse2) = (
+        c.gpu.poison(sh.q_len(), c.gpu.t)?,
+        c.gpu.poison(rows, DType::F32)?,
+    );
+    let g = &c.gpu;
+    fa.forward(
+        g.ptr(&x.q.0),
+        g.ptr(&x.k.0),
+        g.ptr(&x.v.0),
+        g.ptr(&o),
+        g.ptr(&lse2),
+        x.launch(),
+    )
+    .map_err(launch_err("fa_forward"))?;
+    let want = attention_forward(&x.q.1, &x.k.1, &x.v.1, sh);
+    let got_o = g.down(&o)?;
+    let got_lse: Vec<f64> = g
+        .down(&lse2)?
+        .into_iter()
+        .map(|v| v * std::f64::consts::LN_2)
+        .collect();
+    for (name, got, want, tolerance) in [
+        ("o", &got_o, &want.o, OUTPUT_TOLERANCE),
+        ("lse", &got_lse, &want.lse, LSE_TOLERANCE),
+    ] {
+        let shape = format!("{} {name}", x.text);
         push(
             c,
             "trn_flash_attention",
             "fwd",
-            format!("{text} o"),
-            &got_o,
-            &want.o,
+            shape,
+            got,
+            want,
             NO_FLOOR,
+            tolerance,
+        );
+    }
+    Ok((got_o, lse2))
+}
+
+/// The backward's records (dq, dk, dv) from the kernel's own o (as the engine saves it, in bf16)
+/// and lse2.
+fn backward(
+    c: &mut Cases,
+    fa: &FlashAttention,
+    x: &Inputs,
+    got_o: &[f64],
+    lse2: &Buf,
+) -> Result<()> {
+    let (sh, t) = (x.sh, c.gpu.t);
+    let (o_tokens, _) = c.gpu.up_t(&to_tokens(got_o, sh))?;
+    let (dout_tokens, _) = c.gpu.up_t(&to_tokens(&x.dout.1, sh))?;
+    let delta = c.gpu.poison(sh.batch_heads() * sh.seq, DType::F32)?;
+    let (dq, dk, dv) = (
+        c.gpu.poison(sh.q_len(), t)?,
+        c.gpu.poison(sh.kv_len(), t)?,
+        c.gpu.poison(sh.kv_len(), t)?,
+    );
+    let g = &c.gpu;
+    fa.backward(
+        (g.ptr(&x.q.0), g.ptr(&x.k.0), g.ptr(&x.v.0)),
+        (g.ptr(&x.dout.0), g.ptr(&dout_tokens), g.ptr(&o_tokens)),
+        g.ptr(lse2),
+        g.ptr(&delta),
+        (g.ptr(&dq), g.ptr(&dk), g.ptr(&dv)),
+        x.launch(),
+    )
+    .map_err(launch_err("fa_backward"))?;
+    let want = attention_backward((&x.q.1, &x.k.1, &x.v.1), got_o, &x.dout.1, sh);
+    // At one position dS = P (dO.v - dO.o) is zero in exact maths (o = v): dq and dk are then
+    // rounding noise, measured against the inputs' scale (1) instead of their zero maximum.
+    let floor = if sh.seq == 1 { 1.0 } else { NO_FLOOR };
+    for (name, buf, want) in [
+        ("dq", &dq, &want.dq),
+        ("dk", &dk, &want.dk),
+        ("dv", &dv, &want.dv),
+    ] {
+        let got = c.gpu.down(buf)?;
+        let shape = format!("{} {name}", x.text);
+        push(
+            c,
+            "trn_flash_attention_backward",
+            "bwd",
+            shape,
+            &got,
+            want,
+            floor,
             OUTPUT_TOLERANCE,
         );
-        push(
-            c,
-            "trn_flash_attention",
-            "fwd",
-            format!("{text} lse"),
-            &got_lse,
-            &want.lse,
-            NO_FLOOR,
-            LSE_TOLERANCE,
-        );
-
-        // Backward from the kernel's own o (as the engine saves it, rounded to bf16).
-        let (o_tokens, _) = c.gpu.up_t(&to_tokens(&got_o, sh))?;
-        let (dout_tokens, _) = c.gpu.up_t(&to_tokens(&dr, sh))?;
-        let delta = c.gpu.poison(rows, DType::F32)?;
-        let (dq, dk, dv) = (
-            c.gpu.poison(sh.q_len(), t)?,
-            c.gpu.poison(sh.kv_len(), t)?,
-            c.gpu.poison(sh.kv_len(), t)?,
-        );
-        let g = &c.gpu;
-        fa.backward(
-            (g.ptr(&q), g.ptr(&k), g.ptr(&v)),
-            (g.ptr(&dout), g.ptr(&dout_tokens), g.ptr(&o_tokens)),
-            g.ptr(&lse2),
-            g.ptr(&delta),
-            (g.ptr(&dq), g.ptr(&dk), g.ptr(&dv)),
-            launch,
-        )
-        .map_err(launch_err("fa_backward"))?;
-        let want = attention_backward((&qr, &kr, &vr), &got_o, &dr, sh);
-        // At one position dS = P (dO.v - dO.o) is zero in exact maths (o = v): dq and dk are then
-        // rounding noise, measured against the inputs' scale (1) instead of their zero maximum.
-        let floor = if seq == 1 { 1.0 } else { NO_FLOOR };
-        for (name, buf, want) in [
-            ("dq", &dq, &want.dq),
-            ("dk", &dk, &want.dk),
-            ("dv", &dv, &want.dv),
-        ] {
-            let got = c.gpu.down(buf)?;
-            push(
-                c,
-                "trn_flash_attention_backward",
-                "bwd",
-                format!("{text} {name}"),
-                &got,
-                want,
-                floor,
-                OUTPUT_TOLERANCE,
-            );
-        }
     }
     Ok(())
 }

@@ -70,16 +70,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
         bos_token_id: None,
         eos_token_ids: vec![],
     };
-    // Head dim 64: the fused attention's shapes (in bf16).
-    let head_dim_64 = DecoderConfig {
-        hidden_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 64,
-        ..base.clone()
-    };
-    vec![
+    let mut models = vec![
         CheckModel {
             name: "tied, 3 layers, all 7 targets, attention chunks of 3 pairs",
             config: base.clone(),
@@ -133,6 +124,23 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             curve_steps: 0,
             activation_checkpointing: false,
         },
+    ];
+    models.extend(fused_attention_models(&base));
+    models
+}
+
+/// Head dim 64, the fused attention's shapes (in bf16): one model saving every activation, one
+/// checkpointing them.
+fn fused_attention_models(base: &DecoderConfig) -> [CheckModel; 2] {
+    let head_dim_64 = DecoderConfig {
+        hidden_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 64,
+        ..base.clone()
+    };
+    [
         CheckModel {
             name: "head dim 64 (fused attention in bf16), untied, 2 layers, all 7 targets",
             config: DecoderConfig {

@@ -35,6 +35,12 @@ constexpr int FA_THREADS = FA_WARPS * 32;
 // Query rows per block (16 per warp) and keys per tile.
 constexpr int FA_TILE = 64;
 constexpr float LOG2E = 1.4426950408889634f;
+// Dynamic shared memory of each kernel, in [64, HD + 8] bf16 tiles plus f32 values (the launchers
+// in src/gpu/train/flash_attention.rs size their launches the same way).
+#define FA_FORWARD_TILES 3
+#define FA_DKDV_TILES 4
+#define FA_DKDV_FLOATS 128
+#define FA_DQ_TILES 4
 
 // A tile of 64 rows of HD bf16 in shared memory, rows padded by 8 elements (16 bytes) so the
 // fragment loads of 8 rows x 4 lanes hit 32 different banks.

@@ -5,7 +5,11 @@
 //      half of 4 B H S^2 hd forward, 2.5x that backward).
 // Built by benches/flash_attention/run.sh (nvcc, static cudart); `sdpa.py` times PyTorch's SDPA on
 // the same shapes in the same call. Prints one JSON object per line.
-#include "../../kernels/flash_attention.cu"
+// The kernel file under test: the product's, or a candidate (-DFA_KERNEL=...; see run.sh).
+#ifndef FA_KERNEL
+#define FA_KERNEL "../../kernels/flash_attention.cu"
+#endif
+#include FA_KERNEL
 
 #include <cmath>
 #include <cstdio>
@@ -34,9 +38,9 @@ static Kernels kernels(int hd) {
     Kernels k;
     if (hd == 64) { k.fwd = fa_forward_hd64; k.dkdv = fa_backward_dkdv_hd64; k.dq = fa_backward_dq_hd64; }
     else { k.fwd = fa_forward_hd128; k.dkdv = fa_backward_dkdv_hd128; k.dq = fa_backward_dq_hd128; }
-    CK(cudaFuncSetAttribute(k.fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes(hd, 3, 0)));
-    CK(cudaFuncSetAttribute(k.dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes(hd, 4, 128)));
-    CK(cudaFuncSetAttribute(k.dq, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes(hd, 4, 0)));
+    CK(cudaFuncSetAttribute(k.fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes(hd, FA_FORWARD_TILES, 0)));
+    CK(cudaFuncSetAttribute(k.dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes(hd, FA_DKDV_TILES, FA_DKDV_FLOATS)));
+    CK(cudaFuncSetAttribute(k.dq, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes(hd, FA_DQ_TILES, 0)));
     return k;
 }
 
@@ -60,12 +64,12 @@ static void to_tokens(const std::vector<float>& head, std::vector<bf16>& tok, in
 static void run(const Kernels& kk, const Dev& m, int B, int H, int G, int S, int hd, bool backward) {
     float scale = 1.f / sqrtf((float)hd);
     dim3 qgrid((S + 63) / 64, B * H), kgrid((S + 63) / 64, B * H / G);
-    kk.fwd<<<qgrid, 128, smem_bytes(hd, 3, 0)>>>(m.q, m.k, m.v, m.o, m.lse, S, G, scale);
+    kk.fwd<<<qgrid, 128, smem_bytes(hd, FA_FORWARD_TILES, 0)>>>(m.q, m.k, m.v, m.o, m.lse, S, G, scale);
     if (!backward) return;
     long long rows = (long long)B * S * H;
     fa_row_dot<<<(unsigned)((rows + 7) / 8), 256>>>(m.do_tok, m.o_tok, m.delta, B, S, H, hd);
-    kk.dkdv<<<kgrid, 128, smem_bytes(hd, 4, 128)>>>(m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dk, m.dv, S, G, scale);
-    kk.dq<<<qgrid, 128, smem_bytes(hd, 4, 0)>>>(m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dq, S, G, scale);
+    kk.dkdv<<<kgrid, 128, smem_bytes(hd, FA_DKDV_TILES, FA_DKDV_FLOATS)>>>(m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dk, m.dv, S, G, scale);
+    kk.dq<<<qgrid, 128, smem_bytes(hd, FA_DQ_TILES, 0)>>>(m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dq, S, G, scale);
 }
 
 template <typename T>

@@ -227,9 +227,35 @@ impl ParamLayout {
         all
     }
 
-    /// Adapted projections per layer (the saved `xa` buffers).
-    pub fn adapted(&self) -> usize {
-        self.slots.iter().flatten().flatten().count()
+    /// Row of each LoRA slot's xa in the stacked xa buffer: [layer][projection], None where the
+    /// projection has no adapter, numbered in layer then projection order; with `checkpointing`
+    /// (activation checkpointing) within each layer, whose layers share one layer's rows.
+    pub fn xa_index(&self, checkpointing: bool) -> Vec<[Option<usize>; 7]> {
+        let mut next = 0;
+        self.slots
+            .iter()
+            .map(|slots| {
+                if checkpointing {
+                    next = 0;
+                }
+                slots.each_ref().map(|slot| {
+                    slot.as_ref().map(|_| {
+                        next += 1;
+                        next - 1
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Rows of the stacked xa buffer that [`ParamLayout::xa_index`] numbers.
+    pub fn xa_rows(&self, checkpointing: bool) -> usize {
+        self.xa_index(checkpointing)
+            .iter()
+            .flatten()
+            .flatten()
+            .max()
+            .map_or(0, |last| last + 1)
     }
 }
 
@@ -345,6 +371,37 @@ mod tests {
             flash_attention: false,
             activation_checkpointing: false,
         }
+    }
+
+    #[test]
+    fn xa_rows_are_numbered_across_layers_or_within_each_under_checkpointing() {
+        let slot = || {
+            Some(LoraSlot {
+                adapter_index: 0,
+                path: String::new(),
+                in_features: 1,
+                out_features: 1,
+                a_offset: 0,
+                b_offset: 0,
+            })
+        };
+        let mut slots: Vec<[Option<LoraSlot>; 7]> = vec![Default::default(), Default::default()];
+        (slots[0][Q], slots[0][V], slots[0][DOWN]) = (slot(), slot(), slot());
+        slots[1][K] = slot();
+        let layout = ParamLayout {
+            slots,
+            total: PARAM_ALIGN,
+            rank: 1,
+            scale: 1.0,
+        };
+        let all = layout.xa_index(false);
+        assert_eq!(all[0], [Some(0), None, Some(1), None, None, None, Some(2)]);
+        assert_eq!(all[1], [None, Some(3), None, None, None, None, None]);
+        assert_eq!(layout.xa_rows(false), 4);
+        let shared = layout.xa_index(true);
+        assert_eq!(shared[0], all[0]);
+        assert_eq!(shared[1][K], Some(0));
+        assert_eq!(layout.xa_rows(true), 3);
     }
 
     #[test]

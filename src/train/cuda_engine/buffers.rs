@@ -55,7 +55,7 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
         ("saved u (up)", ls * n * f * e),
         (
             "saved xa (x A^T per adapted projection)",
-            dims_xa_slots(dims, layout) * n * r * e,
+            layout.xa_rows(dims.activation_checkpointing) * n * r * e,
         ),
         ("saved rstd1, rstd2 (f32)", 2 * ls * n * 4),
         ("saved final norm out", n * d * e),
@@ -115,21 +115,6 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
     out.into_iter()
         .map(|(name, bytes)| BufferSize { name, bytes })
         .collect()
-}
-
-/// Slots of the saved xa: one per adapted projection, or under activation checkpointing as many
-/// as the most adapted projections of one layer (the slots every layer shares).
-pub fn dims_xa_slots(dims: &Dims, layout: &ParamLayout) -> usize {
-    if dims.activation_checkpointing {
-        layout
-            .slots
-            .iter()
-            .map(|layer| layer.iter().filter(|slot| slot.is_some()).count())
-            .max()
-            .unwrap_or(0)
-    } else {
-        layout.adapted()
-    }
 }
 
 fn alloc_err(what: &str, bytes: usize, e: impl std::fmt::Debug) -> Error {

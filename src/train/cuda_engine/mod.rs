@@ -254,7 +254,7 @@ impl TrainEngine {
         stream
             .memcpy_htod(&tables, &mut buffers.rope)
             .map_err(|e| ERR.driver("uploading the rope tables", e))?;
-        let xa_index = Self::xa_index(&layout, &dims);
+        let xa_index = layout.xa_index(dims.activation_checkpointing);
         let vars = Self::var_names(&layout);
         let mode = if std::env::var("WICK_TRAIN_GRAPH").is_ok_and(|v| v == "0") {
             StepMode::Eager("WICK_TRAIN_GRAPH=0".into())
@@ -332,27 +332,6 @@ impl TrainEngine {
             )));
         }
         Ok(())
-    }
-
-    /// Row of each LoRA slot's xa in the stacked xa buffer: [layer][projection], None where the
-    /// projection has no adapter, numbered in layer then projection order (within the layer under
-    /// activation checkpointing, whose layers share one layer's rows).
-    fn xa_index(layout: &ParamLayout, dims: &Dims) -> Vec<[Option<usize>; 7]> {
-        let mut xa_index: Vec<[Option<usize>; 7]> = vec![[None; 7]; dims.layers];
-        let mut next = 0;
-        for (layer, slots) in layout.slots.iter().enumerate() {
-            if dims.activation_checkpointing {
-                // One layer's slots, shared by every layer.
-                next = 0;
-            }
-            for (proj, slot) in slots.iter().enumerate() {
-                if slot.is_some() {
-                    xa_index[layer][proj] = Some(next);
-                    next += 1;
-                }
-            }
-        }
-        xa_index
     }
 
     /// (PEFT name, offset in the parameter vector, shape) of every LoRA A and B, in the adapter's

@@ -10,39 +10,17 @@
 //! `super::check` compares the kernels
 //! with these on odd shapes; the tests below check the backward against finite differences.
 
+use super::reference::HeadShape;
 use crate::reference::softmax::softmax;
 
-/// The shape of one attention call: `batch` rows of `seq` positions, `heads` query heads over
-/// `kv_heads` kv heads of `head_dim`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttentionShape {
-    pub batch: usize,
-    pub seq: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
+/// Scale c of the scores: 1 / sqrt(d).
+fn scale(sh: &HeadShape) -> f64 {
+    1.0 / (sh.head_dim as f64).sqrt()
 }
 
-impl AttentionShape {
-    /// Elements of q (and o, dO, dq).
-    pub fn q_len(&self) -> usize {
-        self.batch * self.heads * self.seq * self.head_dim
-    }
-    /// Elements of k (and v, dk, dv).
-    pub fn kv_len(&self) -> usize {
-        self.batch * self.kv_heads * self.seq * self.head_dim
-    }
-    /// Query heads of all rows (B*H), the rows of lse.
-    pub fn batch_heads(&self) -> usize {
-        self.batch * self.heads
-    }
-    fn scale(&self) -> f64 {
-        1.0 / (self.head_dim as f64).sqrt()
-    }
-    /// The kv head (of all rows) that query head `bh` (of all rows) reads.
-    fn kv_of(&self, bh: usize) -> usize {
-        bh / (self.heads / self.kv_heads)
-    }
+/// The kv head (of all rows) that query head `bh` (of all rows) reads.
+fn kv_of(sh: &HeadShape, bh: usize) -> usize {
+    bh / (sh.heads / sh.kv_heads)
 }
 
 /// The forward's outputs.
@@ -61,7 +39,7 @@ pub struct AttentionGradients {
 }
 
 /// Row i of head `h`'s [S, d] matrix in a head-major [heads, S, d] tensor.
-fn row<'a>(x: &'a [f64], sh: &AttentionShape, h: usize, i: usize) -> &'a [f64] {
+fn row<'a>(x: &'a [f64], sh: &HeadShape, h: usize, i: usize) -> &'a [f64] {
     let at = (h * sh.seq + i) * sh.head_dim;
     &x[at..at + sh.head_dim]
 }
@@ -71,20 +49,20 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// The scaled scores s_ij, j <= i, of query head `bh`'s row i.
-fn scores(q: &[f64], k: &[f64], sh: &AttentionShape, bh: usize, i: usize) -> Vec<f64> {
-    let kv = sh.kv_of(bh);
+fn scores(q: &[f64], k: &[f64], sh: &HeadShape, bh: usize, i: usize) -> Vec<f64> {
+    let kv = kv_of(sh, bh);
     (0..=i)
-        .map(|j| sh.scale() * dot(row(q, sh, bh, i), row(k, sh, kv, j)))
+        .map(|j| scale(sh) * dot(row(q, sh, bh, i), row(k, sh, kv, j)))
         .collect()
 }
 
 /// The causal attention forward.
-pub fn attention_forward(q: &[f64], k: &[f64], v: &[f64], sh: AttentionShape) -> AttentionForward {
+pub fn attention_forward(q: &[f64], k: &[f64], v: &[f64], sh: HeadShape) -> AttentionForward {
     let (s, d) = (sh.seq, sh.head_dim);
     let mut o = vec![0.0; sh.q_len()];
     let mut lse = vec![0.0; sh.batch_heads() * s];
     for bh in 0..sh.batch_heads() {
-        let kv = sh.kv_of(bh);
+        let kv = kv_of(&sh, bh);
         for i in 0..s {
             let row_scores = scores(q, k, &sh, bh, i);
             let p = softmax(&row_scores, i + 1);
@@ -113,14 +91,14 @@ pub fn attention_backward(
     (q, k, v): (&[f64], &[f64], &[f64]),
     o: &[f64],
     dout: &[f64],
-    sh: AttentionShape,
+    sh: HeadShape,
 ) -> AttentionGradients {
-    let (s, d, c) = (sh.seq, sh.head_dim, sh.scale());
+    let (s, d, c) = (sh.seq, sh.head_dim, scale(&sh));
     let mut dq = vec![0.0; sh.q_len()];
     let mut dk = vec![0.0; sh.kv_len()];
     let mut dv = vec![0.0; sh.kv_len()];
     for bh in 0..sh.batch_heads() {
-        let kv = sh.kv_of(bh);
+        let kv = kv_of(&sh, bh);
         for i in 0..s {
             let p = softmax(&scores(q, k, &sh, bh, i), i + 1);
             let do_i = row(dout, &sh, bh, i);
@@ -145,13 +123,13 @@ mod tests {
     use crate::check::random_values;
 
     /// L = sum(o * w) for fixed w: its gradient is the backward from dO = w.
-    fn loss(q: &[f64], k: &[f64], v: &[f64], w: &[f64], sh: AttentionShape) -> f64 {
+    fn loss(q: &[f64], k: &[f64], v: &[f64], w: &[f64], sh: HeadShape) -> f64 {
         dot(&attention_forward(q, k, v, sh).o, w)
     }
 
     #[test]
     fn backward_matches_finite_differences_with_grouped_heads() {
-        let sh = AttentionShape {
+        let sh = HeadShape {
             batch: 2,
             seq: 5,
             heads: 4,
@@ -187,7 +165,7 @@ mod tests {
     #[test]
     fn forward_is_causal_softmax_attention() {
         // One head, two positions, d = 1: row 0 sees only key 0; row 1 mixes both by softmax.
-        let sh = AttentionShape {
+        let sh = HeadShape {
             batch: 1,
             seq: 2,
             heads: 1,

@@ -18,6 +18,7 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaDevice, DType};
 
 use crate::gpu::kernels::{function, Module};
+use crate::gpu::train::reference::HeadShape;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -31,22 +32,6 @@ const ROW_DOT_WARPS: usize = 8;
 /// Shared memory of a kernel holding `tiles` tiles of [64, hd + 8] bf16 and `floats` f32.
 fn shared_bytes(head_dim: usize, tiles: usize, floats: usize) -> usize {
     tiles * TILE * (head_dim + 8) * 2 + floats * 4
-}
-
-/// The shapes of one attention call: `batch_heads` = B * H query heads of `seq` positions, each
-/// group of `groups` consecutive query heads reading one kv head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlashShape {
-    pub batch: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub seq: usize,
-}
-
-impl FlashShape {
-    fn groups(&self) -> usize {
-        self.heads / self.kv_heads
-    }
 }
 
 /// The flash-attention kernels for one head dim, with the stream they launch on.
@@ -117,38 +102,46 @@ impl FlashAttention {
         }
     }
 
-    fn check(&self, sh: FlashShape) -> Result<(i32, i32, f32)> {
-        let FlashShape {
+    fn check(&self, sh: HeadShape) -> Result<(i32, i32, f32)> {
+        let HeadShape {
             batch,
+            seq,
             heads,
             kv_heads,
-            seq,
+            head_dim,
         } = sh;
-        if kv_heads == 0 || heads % kv_heads != 0 || batch == 0 || seq == 0 {
+        if head_dim != self.head_dim
+            || kv_heads == 0
+            || heads % kv_heads != 0
+            || batch == 0
+            || seq == 0
+        {
             return Err(candle_core::Error::Msg(format!(
-                "flash attention: batch {batch}, {heads} heads, {kv_heads} kv heads, {seq} positions \
-                 (heads must be a positive multiple of kv heads)"
+                "flash attention: batch {batch}, {heads} heads, {kv_heads} kv heads, {seq} positions, \
+                 head dim {head_dim} (kernels for {}; heads a positive multiple of kv heads)",
+                self.head_dim
             )));
         }
-        let elems = batch * heads * seq * self.head_dim;
-        if i32::try_from(seq).is_err() || batch * heads > 65_535 || elems > isize::MAX as usize / 2
+        if i32::try_from(seq).is_err()
+            || sh.batch_heads() > 65_535
+            || sh.q_len() > isize::MAX as usize / 2
         {
             return Err(candle_core::Error::Msg(format!(
                 "flash attention: {batch} x {heads} heads x {seq} positions exceed the launch limits"
             )));
         }
         let scale = 1.0 / (self.head_dim as f32).sqrt();
-        Ok((seq as i32, sh.groups() as i32, scale))
+        Ok((seq as i32, (heads / kv_heads) as i32, scale))
     }
 
     /// o = softmax(scale q k^T, causal) v and lse2 = log2 of each row's sum of exponentials.
     /// q, o: bf16 [B*H, S, hd]; k, v: bf16 [B*Hkv, S, hd]; lse2: f32 [B*H, S].
-    pub fn forward(&self, q: u64, k: u64, v: u64, o: u64, lse2: u64, sh: FlashShape) -> Result<()> {
+    pub fn forward(&self, q: u64, k: u64, v: u64, o: u64, lse2: u64, sh: HeadShape) -> Result<()> {
         let (s, g, scale) = self.check(sh)?;
         let mut b = self.stream.launch_builder(&self.forward);
         b.arg(&q).arg(&k).arg(&v).arg(&o).arg(&lse2);
         b.arg(&s).arg(&g).arg(&scale);
-        unsafe { b.launch(self.config(sh.batch * sh.heads, 3, 0, sh.seq)) }.w()?;
+        unsafe { b.launch(self.config(sh.batch_heads(), 3, 0, sh.seq)) }.w()?;
         Ok(())
     }
 
@@ -164,10 +157,10 @@ impl FlashAttention {
         lse2: u64,
         delta: u64,
         (dq, dk, dv): (u64, u64, u64),
-        sh: FlashShape,
+        sh: HeadShape,
     ) -> Result<()> {
         let (s, g, scale) = self.check(sh)?;
-        let rows = sh.batch * sh.seq * sh.heads;
+        let rows = sh.tokens() * sh.heads;
         let (b_i, h_i, hd_i) = (sh.batch as i32, sh.heads as i32, self.head_dim as i32);
         let mut b = self.stream.launch_builder(&self.row_dot);
         b.arg(&dout_tokens).arg(&o_tokens).arg(&delta);
@@ -185,7 +178,7 @@ impl FlashAttention {
         let mut b = self.stream.launch_builder(&self.backward_dq);
         b.arg(&q).arg(&k).arg(&v).arg(&dout).arg(&lse2).arg(&delta);
         b.arg(&dq).arg(&s).arg(&g).arg(&scale);
-        unsafe { b.launch(self.config(sh.batch * sh.heads, 4, 0, sh.seq)) }.w()?;
+        unsafe { b.launch(self.config(sh.batch_heads(), 4, 0, sh.seq)) }.w()?;
         Ok(())
     }
 }

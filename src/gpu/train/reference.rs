@@ -27,6 +27,21 @@ impl HeadShape {
         self.batch * self.seq
     }
 
+    /// Query heads of all rows (B*H).
+    pub fn batch_heads(&self) -> usize {
+        self.batch * self.heads
+    }
+
+    /// Elements of q (and o, dq): N * H * d.
+    pub fn q_len(&self) -> usize {
+        self.tokens() * self.heads * self.head_dim
+    }
+
+    /// Elements of k (and v, dk, dv): N * Hkv * d.
+    pub fn kv_len(&self) -> usize {
+        self.tokens() * self.kv_heads * self.head_dim
+    }
+
     /// Index of element i of head h at token t in a token-major [N, h_count * d] matrix.
     fn token_index(&self, t: usize, h: usize, h_count: usize, i: usize) -> usize {
         (t * h_count + h) * self.head_dim + i

@@ -20,7 +20,7 @@ use super::launcher::Launcher;
 use super::layout::{DOWN, GATE, K, O, Q, UP, V};
 use super::ERR;
 use crate::gpu::gemm::GemmShape;
-use crate::gpu::train::flash_attention::FlashShape;
+use crate::gpu::train::reference::HeadShape;
 use crate::Result;
 
 impl Launcher<'_> {
@@ -129,13 +129,14 @@ impl Launcher<'_> {
     }
 
     /// The shape of the fused attention at `s` positions.
-    pub(super) fn flash_shape(&self, s: usize) -> FlashShape {
+    pub(super) fn flash_shape(&self, s: usize) -> HeadShape {
         let d = self.dims;
-        FlashShape {
+        HeadShape {
             batch: d.batch,
+            seq: s,
             heads: d.heads,
             kv_heads: d.kv_heads,
-            seq: s,
+            head_dim: d.head_dim,
         }
     }
 

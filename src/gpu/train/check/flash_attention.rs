@@ -12,10 +12,9 @@ use candle_core::{CudaDevice, DType};
 
 use super::{launch_err, Buf, Cases, TrainCase};
 use crate::check::max_rel_err_with_floor;
-use crate::gpu::train::attention_reference::{
-    attention_backward, attention_forward, AttentionShape,
-};
-use crate::gpu::train::flash_attention::{FlashAttention, FlashShape};
+use crate::gpu::train::attention_reference::{attention_backward, attention_forward};
+use crate::gpu::train::flash_attention::FlashAttention;
+use crate::gpu::train::reference::{heads_to_tokens, HeadShape};
 use crate::Result;
 
 const OUTPUT_TOLERANCE: f64 = 2e-2;
@@ -33,41 +32,14 @@ const SHAPES: [(usize, usize, usize, usize, usize); 6] = [
     (1, 129, 9, 3, 64),
 ];
 
-/// Head-major [B, H, S, d] to token-major [B*S, H*d].
-fn to_tokens(x: &[f64], sh: AttentionShape) -> Vec<f64> {
-    let (s, h, d) = (sh.seq, sh.heads, sh.head_dim);
-    let mut out = vec![0.0; x.len()];
-    for b in 0..sh.batch {
-        for head in 0..h {
-            for pos in 0..s {
-                let from = ((b * h + head) * s + pos) * d;
-                let to = ((b * s + pos) * h + head) * d;
-                out[to..to + d].copy_from_slice(&x[from..from + d]);
-            }
-        }
-    }
-    out
-}
-
 /// One shape's seeded inputs on the device (bf16) and as rounded there.
 struct Inputs {
-    sh: AttentionShape,
+    sh: HeadShape,
     text: String,
     q: (Buf, Vec<f64>),
     k: (Buf, Vec<f64>),
     v: (Buf, Vec<f64>),
     dout: (Buf, Vec<f64>),
-}
-
-impl Inputs {
-    fn launch(&self) -> FlashShape {
-        FlashShape {
-            batch: self.sh.batch,
-            heads: self.sh.heads,
-            kv_heads: self.sh.kv_heads,
-            seq: self.sh.seq,
-        }
-    }
 }
 
 pub(super) fn run(c: &mut Cases, dev: &CudaDevice) -> Result<()> {
@@ -77,7 +49,7 @@ pub(super) fn run(c: &mut Cases, dev: &CudaDevice) -> Result<()> {
     for (batch, seq, heads, kv_heads, head_dim) in SHAPES {
         let fa =
             FlashAttention::load(dev, head_dim).map_err(launch_err("loading flash attention"))?;
-        let sh = AttentionShape {
+        let sh = HeadShape {
             batch,
             seq,
             heads,
@@ -113,7 +85,7 @@ fn forward(c: &mut Cases, fa: &FlashAttention, x: &Inputs) -> Result<(Vec<f64>, 
         g.ptr(&x.v.0),
         g.ptr(&o),
         g.ptr(&lse2),
-        x.launch(),
+        x.sh,
     )
     .map_err(launch_err("fa_forward"))?;
     let want = attention_forward(&x.q.1, &x.k.1, &x.v.1, sh);
@@ -152,8 +124,8 @@ fn backward(
     lse2: &Buf,
 ) -> Result<()> {
     let (sh, t) = (x.sh, c.gpu.t);
-    let (o_tokens, _) = c.gpu.up_t(&to_tokens(got_o, sh))?;
-    let (dout_tokens, _) = c.gpu.up_t(&to_tokens(&x.dout.1, sh))?;
+    let (o_tokens, _) = c.gpu.up_t(&heads_to_tokens(got_o, sh))?;
+    let (dout_tokens, _) = c.gpu.up_t(&heads_to_tokens(&x.dout.1, sh))?;
     let delta = c.gpu.poison(sh.batch_heads() * sh.seq, DType::F32)?;
     let (dq, dk, dv) = (
         c.gpu.poison(sh.q_len(), t)?,
@@ -167,7 +139,7 @@ fn backward(
         g.ptr(lse2),
         g.ptr(&delta),
         (g.ptr(&dq), g.ptr(&dk), g.ptr(&dv)),
-        x.launch(),
+        x.sh,
     )
     .map_err(launch_err("fa_backward"))?;
     let want = attention_backward((&x.q.1, &x.k.1, &x.v.1), got_o, &x.dout.1, sh);

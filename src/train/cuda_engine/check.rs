@@ -62,7 +62,7 @@ mod judge;
 mod models;
 mod reference;
 
-use judge::{compare, diff, lowp_case, rel_err, scalar_case, Judge};
+use judge::{bf16_text, compare, diff, lowp_case, rel_err, scalar_case, Judge};
 use models::{check_models, copy_adapter, f64s, micro_batches, random_weights, var_values};
 use models::{CheckModel, MapSource, Micro};
 use reference::{reference, step_gradients, Reference};
@@ -460,12 +460,8 @@ fn f32_norm_at(m: &ModelRun, adapter: &Adapter) -> Result<f64> {
         model.linear_layers_mut(),
         Path::new("engine check adapter after step 1"),
     )?;
-    let (_, grads) = step_gradients(&model, &own.vars(), m.micro, m.weights)?;
-    let mut squares = 0.0;
-    for g in grads.values() {
-        squares += f64s(g)?.iter().map(|x| x * x).sum::<f64>();
-    }
-    Ok(squares.sqrt())
+    let (_, mut grads) = step_gradients(&model, &own.vars(), m.micro, m.weights)?;
+    clip_grad_norm(&mut grads, None)
 }
 
 /// The bf16 copy after step 1, then step 2 from the updated parameters (replays both graphs; in
@@ -526,7 +522,8 @@ fn check_step_two(
                 "bwd",
                 format!(
                     "{model_name}: step 2 global norm vs Candle f32 at the engine's step-1 \
-                     parameters; step 1's Candle bf16 error {candle:.3e}"
+                     parameters{} (step 1's)",
+                    bf16_text(candle, BF16_RATIO)
                 ),
                 (norm2, own),
                 None,

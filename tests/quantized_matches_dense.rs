@@ -186,3 +186,55 @@ fn quantized_logits_track_dense_logits() {
         "quantized vs dense logits: relative rms up to {worst} (mean {mean})"
     );
 }
+
+#[test]
+fn quantized_base_runs_with_bf16_activations() {
+    // QLoRA's base on CUDA (`Llama::with_activation_dtype`): the blocks stay, every dense tensor
+    // turns bf16. Here on the CPU the bf16 model's products go through Candle's QMatMul (its own
+    // Q8 rounding of the activations) where the f32 model uses wick's kernel, so the logits differ
+    // by two independent activation roundings plus bf16: measured 0.05-0.20 of the spread per
+    // position (mean 0.11; dense bf16 against dense f32 alone: 0.03-0.07, 0.31 at the first
+    // position). A tensor left in f32 fails the forward on a dtype mismatch; a wrong one gives
+    // errors near sqrt(2) of the spread.
+    let base = &quantized().model;
+    let bf16 = base
+        .clone()
+        .with_activation_dtype(DType::BF16)
+        .expect("bf16 activations");
+    assert_eq!(bf16.dtype(), DType::BF16);
+    let prompt_ids = &ids(&fixture()["prompt_ids"])[..12];
+    let input = Tensor::new(prompt_ids, &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("input ids");
+    let run = |m: &wick::models::llama::Llama| -> Vec<Vec<f32>> {
+        let mut cache = m.new_cache(1);
+        let logits = m.forward(&input, &mut cache).expect("forward");
+        logits
+            .squeeze(0)
+            .and_then(|l| l.to_dtype(DType::F32))
+            .and_then(|l| l.to_vec2())
+            .expect("logits")
+    };
+    let (want, got) = (run(base), run(&bf16));
+    let mut relatives = Vec::with_capacity(want.len());
+    for (position, (w, g)) in want.iter().zip(&got).enumerate() {
+        let n = w.len() as f64;
+        let mean = w.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let spread = (w.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let rms = (w
+            .iter()
+            .zip(g)
+            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        eprintln!("position {position}: rms {rms:.4} of spread {spread:.3}");
+        relatives.push(rms / spread);
+    }
+    let mean = relatives.iter().sum::<f64>() / relatives.len() as f64;
+    let worst = relatives.iter().cloned().fold(0.0, f64::max);
+    assert!(
+        worst < 0.4 && mean < 0.2,
+        "bf16 activations over the blocks: relative rms up to {worst} (mean {mean})"
+    );
+}

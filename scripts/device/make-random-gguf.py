@@ -1,12 +1,22 @@
 #!/usr/bin/env python3
-"""Writes an F16 GGUF with seeded random weights at a real model's shapes, borrowing the tokenizer.
+"""Writes a GGUF with seeded random weights at a real model's shapes, borrowing the tokenizer.
 
 Speed at bigger sizes needs real shapes, not real weights (no hub is reachable). SmolLM2-360M and
 SmolLM2-1.7B share the default model's (SmolLM2-135M-Instruct) tokenizer, so every `tokenizer.*`
-field of the default GGUF is copied as is; the `llama.*` hyperparameters come from the shapes below
-(the models' config.json on the hub). llama-quantize turns the file into Q4_K_M / Q4_1 / Q8_0.
+field of the default GGUF is copied as is; Llama-3.1-8B's vocabulary is llama.cpp's
+models/ggml-vocab-llama-bpe.gguf (the Llama 3 tokenizer, vocab-only). The `llama.*`
+hyperparameters come from the shapes below (the models' config.json on the hub).
+
+By default the weights are F16 (llama-quantize turns the file into Q4_K_M / Q4_1 / Q8_0). With
+`--blocks q4_k_m` the blocks are written directly, no llama-quantize: Q4_K everywhere as in a
+Q4_K_M file, Q6_K for the output and for attn_v / ffn_down of every other layer, each block's
+scales fixed (Q4_K: sub-block scale and min 1, d = 2a/15, dmin = a; Q6_K: scales 1, d = a/32) and
+its 4/6-bit values random, so every weight lies in [-a, a] with a = 0.035 (std ~0.02): the same
+bytes and the same dequantization work as a quantized checkpoint, in seconds for 8B.
 
 usage: make-random-gguf.py --tokenizer-from SmolLM2-135M.gguf --shape smollm2-1.7b --out x.f16.gguf
+       make-random-gguf.py --tokenizer-from ggml-vocab-llama-bpe.gguf --shape llama-3.1-8b \
+           --blocks q4_k_m --out llama-3.1-8b.q4_k_m.gguf
 
 Runs where llama.cpp's gguf-py is importable (PYTHONPATH=.../llama.cpp/gguf-py); numpy only.
 Weights: N(0, 0.02) in blocks of a seeded 4M-value pool (tiled per tensor: generating 1.7e9 fresh
@@ -17,12 +27,18 @@ import argparse
 import numpy as np
 import gguf
 
-# hidden, intermediate, layers, heads, kv heads, rope theta, context (SmolLM2 config.json files)
+# hidden, intermediate, layers, heads, kv heads, rope theta, context (the models' config.json files)
 SHAPES = {
     "smollm2-135m": (576, 1536, 30, 9, 3, 100000.0, 8192),
     "smollm2-360m": (960, 2560, 32, 15, 5, 100000.0, 8192),
     "smollm2-1.7b": (2048, 8192, 24, 32, 32, 130000.0, 8192),
+    # Llama-3.1-8B without its llama3 RoPE scaling (speed does not depend on it).
+    "llama-3.1-8b": (4096, 14336, 32, 32, 8, 500000.0, 131072),
 }
+# Untied LM heads (output.weight); the others tie it to token_embd.
+UNTIED = {"llama-3.1-8b"}
+# Half-range of the --blocks weights.
+BLOCK_RANGE = 0.035
 
 
 def copy_tokenizer(reader: gguf.GGUFReader, writer: gguf.GGUFWriter) -> int:
@@ -42,15 +58,33 @@ def copy_tokenizer(reader: gguf.GGUFReader, writer: gguf.GGUFWriter) -> int:
     return vocab
 
 
+def block_pool(kind: str, seed: int, blocks: int = 1 << 16) -> np.ndarray:
+    """`blocks` random blocks of `kind` (q4_k or q6_k) as bytes [blocks, block bytes]."""
+    rng = np.random.default_rng(seed)
+    a = BLOCK_RANGE
+    if kind == "q4_k":  # f16 d, f16 dmin, scales[12], qs[128]: w = d * 1 * q - dmin * 1
+        head = np.array([2 * a / 15, a], dtype=np.float16).view(np.uint8)
+        scales = np.array([1] * 8 + [0x11] * 4, dtype=np.uint8)
+        body = rng.integers(0, 256, (blocks, 128), dtype=np.uint8)
+        return np.concatenate([np.tile(head, (blocks, 1)), np.tile(scales, (blocks, 1)), body], 1)
+    # q6_k: ql[128], qh[64], scales[16] (i8), f16 d: w = d * 1 * (q - 32)
+    low = rng.integers(0, 256, (blocks, 192), dtype=np.uint8)
+    scales = np.ones((blocks, 16), dtype=np.uint8)
+    d = np.tile(np.array([a / 32], dtype=np.float16).view(np.uint8), (blocks, 1))
+    return np.concatenate([low, scales, d], 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokenizer-from", required=True)
     parser.add_argument("--shape", required=True, choices=sorted(SHAPES))
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--blocks", choices=["q4_k_m"], help="write random K-quant blocks directly")
     args = parser.parse_args()
     hidden, inter, layers, heads, kv_heads, theta, ctx = SHAPES[args.shape]
     head_dim = hidden // heads
+    untied = args.shape in UNTIED
 
     writer = gguf.GGUFWriter(args.out, "llama")
     writer.add_name(f"random-{args.shape}")
@@ -65,32 +99,47 @@ def main() -> None:
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(theta)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    quant = gguf.GGMLQuantizationType
+    file_type = gguf.LlamaFileType
+    writer.add_file_type(file_type.MOSTLY_Q4_K_M if args.blocks else file_type.MOSTLY_F16)
 
     pool = (np.random.default_rng(args.seed).standard_normal(1 << 22) * 0.02).astype(np.float16)
+    pools = {k: block_pool(k, args.seed + i) for i, k in enumerate(["q4_k", "q6_k"])}
     counter = [0]
 
-    def weight(rows: int, cols: int) -> np.ndarray:
+    def weight(rows: int, cols: int, kind: str = "q4_k") -> None | np.ndarray:
         # numpy [rows, cols] = ggml ne [cols, rows]: rows are output features, as llama.cpp writes them.
         counter[0] += 1
-        flat = np.resize(np.roll(pool, counter[0] * 7919), rows * cols)
-        return flat.reshape(rows, cols)
+        if not args.blocks:
+            flat = np.resize(np.roll(pool, counter[0] * 7919), rows * cols)
+            return flat.reshape(rows, cols)
+        blocks = np.roll(pools[kind], counter[0] * 7919, axis=0)
+        per_row = cols // 256
+        return np.resize(blocks, (rows * per_row, blocks.shape[1])).reshape(rows, -1)
+
+    def add(name: str, rows: int, cols: int, kind: str = "q4_k") -> None:
+        w = weight(rows, cols, kind)
+        raw = (quant.Q4_K if kind == "q4_k" else quant.Q6_K) if args.blocks else None
+        writer.add_tensor(name, w, raw_dtype=raw)
 
     ones = lambda n: np.ones(n, dtype=np.float32)  # noqa: E731
     # Tied embeddings (SmolLM2): no output.weight, llama.cpp uses token_embd for the head.
-    writer.add_tensor("token_embd.weight", weight(vocab, hidden))
+    add("token_embd.weight", vocab, hidden)
     for i in range(layers):
         p = f"blk.{i}."
+        more_bits = "q6_k" if i % 2 == 0 else "q4_k"
         writer.add_tensor(p + "attn_norm.weight", ones(hidden))
-        writer.add_tensor(p + "attn_q.weight", weight(heads * head_dim, hidden))
-        writer.add_tensor(p + "attn_k.weight", weight(kv_heads * head_dim, hidden))
-        writer.add_tensor(p + "attn_v.weight", weight(kv_heads * head_dim, hidden))
-        writer.add_tensor(p + "attn_output.weight", weight(hidden, heads * head_dim))
+        add(p + "attn_q.weight", heads * head_dim, hidden)
+        add(p + "attn_k.weight", kv_heads * head_dim, hidden)
+        add(p + "attn_v.weight", kv_heads * head_dim, hidden, more_bits)
+        add(p + "attn_output.weight", hidden, heads * head_dim)
         writer.add_tensor(p + "ffn_norm.weight", ones(hidden))
-        writer.add_tensor(p + "ffn_gate.weight", weight(inter, hidden))
-        writer.add_tensor(p + "ffn_up.weight", weight(inter, hidden))
-        writer.add_tensor(p + "ffn_down.weight", weight(hidden, inter))
+        add(p + "ffn_gate.weight", inter, hidden)
+        add(p + "ffn_up.weight", inter, hidden)
+        add(p + "ffn_down.weight", hidden, inter, more_bits)
     writer.add_tensor("output_norm.weight", ones(hidden))
+    if untied:
+        add("output.weight", vocab, hidden, "q6_k")
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -48,8 +48,9 @@ pub struct Args {
     /// AdamW) when it supports the model and adapter; `off`: always through Candle's autograd.
     #[arg(long, default_value = "auto")]
     pub engine: wick::train::engine_steps::EnginePolicy,
-    /// On the CPU, keep a GGUF's Q4_1/Q8_0 blocks as the frozen base (QLoRA, as `wick train` does
-    /// by default) instead of the dense f32 copy.
+    /// Keep a GGUF's blocks as the frozen base (QLoRA, as `wick train` does by default) instead of
+    /// a dense copy: on the CPU Q4_1/Q8_0 through ops::quant_linear, on CUDA any format through the
+    /// training engine (bf16 activations, one layer dequantized at a time).
     #[arg(long)]
     pub quantized_base: bool,
     /// Write `<out>.json` and `<out>.md` (e.g. bench/results/train-cpu).
@@ -279,8 +280,8 @@ fn train_config(args: &Args, total: usize) -> anyhow::Result<TrainConfig> {
     })
 }
 
-/// The model as the bench trains it: bf16 on CUDA, f32 on the CPU, or (CPU only) the GGUF's
-/// blocks kept quantized; with that dtype.
+/// The model as the bench trains it: bf16 on CUDA, f32 on the CPU, or the GGUF's blocks kept
+/// quantized (activations bf16 on CUDA); with that dtype.
 fn load_model(
     args: &Args,
     path: &std::path::Path,
@@ -291,10 +292,8 @@ fn load_model(
     } else {
         DType::F32
     };
-    if args.quantized_base && device.is_cuda() {
-        anyhow::bail!("--quantized-base trains on the CPU only (QLoRA through ops::quant_linear)");
-    }
-    let model = TextModel::open(
+    let cuda = device.is_cuda();
+    let mut model = TextModel::open(
         path,
         &LoadOptions {
             device,
@@ -302,6 +301,10 @@ fn load_model(
         },
     )
     .with_context(|| format!("loading {}", path.display()))?;
+    if args.quantized_base && cuda {
+        // QLoRA on CUDA: the blocks stay on the device, activations bf16 (the training engine).
+        model.model = model.model.clone().with_activation_dtype(dtype)?;
+    }
     Ok((model, dtype))
 }
 

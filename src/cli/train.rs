@@ -1,7 +1,9 @@
 //! `wick train`: fine-tune a LoRA adapter on a JSONL dataset, with a progress bar.
 //!
-//! The base model is loaded dense (`f32` on the CPU, `bf16` on CUDA; a quantized GGUF is dequantized,
-//! which costs 4 bytes per parameter in f32: ~540 MB for SmolLM2-135M), frozen; only the adapter trains.
+//! The base model is frozen; only the adapter trains. A GGUF's blocks stay quantized as the base
+//! (QLoRA): on CUDA through the training engine (bf16 activations, one layer dequantized at a
+//! time), on the CPU through `ops::quant_linear` (Q4_1/Q8_0). Other models, and `--dtype`, load a
+//! dense base (bf16 on CUDA, f32 on the CPU).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -127,8 +129,9 @@ pub struct Args {
     /// ranks (covers the slowest step and rank 0's checkpoint writes).
     #[arg(long, default_value_t = 300)]
     pub rank_timeout: u64,
-    /// dtype of the frozen base weights: f32, bf16 or f16 (default: bf16 on CUDA; on the CPU a GGUF's
-    /// Q4_1/Q8_0 blocks stay quantized (QLoRA: no dense copy), other models f32). `--dtype f32` on
+    /// dtype of the frozen base weights: f32, bf16 or f16 (default: a GGUF's blocks stay quantized
+    /// (QLoRA: no dense copy; on CUDA through the training engine with bf16 activations, on the
+    /// CPU for Q4_1/Q8_0), other models bf16 on CUDA and f32 on the CPU). `--dtype f32` on
     /// CUDA makes a run comparable with a dense CPU run (`--dtype f32` there too) to ~1e-4.
     #[arg(long)]
     pub dtype: Option<String>,
@@ -144,7 +147,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => wick::device::parse_device(&args.device)?,
     };
     let path = resolve_model_arg(&args.model)?;
+    // QLoRA on CUDA: the GGUF's blocks stay on the device and the training engine dequantizes
+    // one layer at a time (activations bf16); where the engine cannot run, a dense bf16 base.
+    let cuda_qlora = device.is_cuda() && args.dtype.is_none() && is_gguf(&path);
+    let cuda_qlora = match cuda_qlora.then(|| cuda_qlora_blocker(&args)).flatten() {
+        Some(reason) => {
+            eprintln!("{reason}: loading the base dense in bf16 (no QLoRA)");
+            false
+        }
+        None => cuda_qlora,
+    };
     let dtype = match args.dtype.as_deref() {
+        None if cuda_qlora => None,
         None if device.is_cuda() => Some(DType::BF16),
         // QLoRA: a GGUF's blocks stay the frozen base on the CPU (ops::quant_linear).
         None if is_gguf(&path) => None,
@@ -155,6 +169,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     match dtype {
         Some(dtype) => eprintln!("loading {} ({dtype:?}, base frozen)", path.display()),
+        None if cuda_qlora => eprintln!(
+            "loading {} (base frozen and kept as its GGML blocks on the device, activations bf16: \
+             QLoRA; --dtype bf16 for a dense base)",
+            path.display()
+        ),
         None => eprintln!(
             "loading {} (base frozen and kept quantized: QLoRA; --dtype f32 for a dense base)",
             path.display()
@@ -166,7 +185,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut model =
         TextModel::open(&path, &options).with_context(|| format!("loading {}", path.display()))?;
-    if let Some(reason) = dtype.is_none().then(|| unquantizable(&model)).flatten() {
+    if cuda_qlora {
+        model.model = model
+            .model
+            .clone()
+            .with_activation_dtype(DType::BF16)
+            .context("bf16 activations over the quantized base")?;
+    }
+    let cpu_qlora = dtype.is_none() && !cuda_qlora;
+    if let Some(reason) = cpu_qlora.then(|| unquantizable(&model)).flatten() {
         eprintln!("{reason}: loading the base dense in f32 instead");
         let dense = LoadOptions {
             device,
@@ -193,6 +220,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         summary.adapter_dir.display()
     );
     Ok(())
+}
+
+/// Why this run cannot keep a GGUF's blocks as the base on CUDA: only the CUDA training engine
+/// trains through them (Candle's autograd cannot pass a gradient through QMatMul there).
+fn cuda_qlora_blocker(args: &Args) -> Option<String> {
+    if args.devices.is_some() {
+        Some("--devices: data-parallel runs train through Candle's autograd".into())
+    } else if args.engine == wick::train::engine_steps::EnginePolicy::Off {
+        Some("--engine off".into())
+    } else if args.dropout > 0.0 {
+        Some(format!(
+            "--dropout {}: the CUDA training engine has no LoRA dropout",
+            args.dropout
+        ))
+    } else if args.dora {
+        Some("--dora: the CUDA training engine has no DoRA".into())
+    } else {
+        None
+    }
 }
 
 /// Why a quantized base cannot be trained through (a projection in a format other than Q4_1/Q8_0).

@@ -125,6 +125,18 @@ impl Linear {
         }
     }
 
+    /// The layer with its dense parts (a dense base weight, the bias) in `dtype`; quantized blocks
+    /// stay as they are.
+    pub fn with_dense_dtype(mut self, dtype: DType) -> Result<Self> {
+        if let BaseWeight::Dense(w) = &self.weight {
+            self.weight = BaseWeight::Dense(w.to_dtype(dtype).context("converting a weight")?);
+        }
+        if let Some(b) = &self.bias {
+            self.bias = Some(b.to_dtype(dtype).context("converting a bias")?);
+        }
+        Ok(self)
+    }
+
     /// Replaces the base weight (used by merge).
     pub fn set_dense_weight(&mut self, weight: Tensor) {
         self.weight = BaseWeight::Dense(weight);
@@ -193,6 +205,13 @@ impl Linear {
             {
                 crate::ops::quant_matmul_cpu::forward(x, q)?
             }
+            // QMatMul takes f32 activations; a quantized base under bf16 activations (QLoRA on
+            // CUDA, `Llama::with_activation_dtype`) multiplies in f32 and returns x's dtype.
+            BaseWeight::Quantized(q) if x.dtype() != candle_core::DType::F32 => x
+                .to_dtype(candle_core::DType::F32)
+                .and_then(|x32| q.forward(&x32))
+                .and_then(|y| y.to_dtype(x.dtype()))
+                .context("quantized matmul")?,
             BaseWeight::Quantized(q) => q.forward(x).context("quantized matmul")?,
             BaseWeight::Dense(w) => x
                 .broadcast_matmul(&w.t().context("transposing weight")?)

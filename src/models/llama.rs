@@ -268,6 +268,42 @@ impl Llama {
         self.dtype
     }
 
+    /// The model with activations in `dtype`: every dense tensor (embedding, norms, biases, dense
+    /// projections, RoPE tables) converted, quantized projections kept as blocks. This is QLoRA's
+    /// base on CUDA: a GGUF loaded with `dtype: None` (blocks on the device) then run in bf16, which
+    /// the CUDA training engine trains through (dequantizing one layer at a time).
+    pub fn with_activation_dtype(mut self, dtype: DType) -> Result<Self> {
+        if dtype == self.dtype {
+            return Ok(self);
+        }
+        let convert =
+            |t: &Tensor, what: &str| t.to_dtype(dtype).context(format!("converting {what}"));
+        self.embed_tokens = convert(&self.embed_tokens, "embed_tokens")?;
+        self.norm = convert(&self.norm, "model.norm")?;
+        for layer in &mut self.layers {
+            layer.input_layernorm = convert(&layer.input_layernorm, "input_layernorm")?;
+            layer.post_attention_layernorm =
+                convert(&layer.post_attention_layernorm, "post_attention_layernorm")?;
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            for linear in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
+                *linear = linear.clone().with_dense_dtype(dtype)?;
+            }
+        }
+        self.lm_head = self.lm_head.clone().with_dense_dtype(dtype)?;
+        self.rotary = RotaryTables::new(&self.config, dtype, &self.device)?;
+        self.dtype = dtype;
+        Ok(self)
+    }
+
     /// The device the model runs on.
     pub fn device(&self) -> &Device {
         &self.device

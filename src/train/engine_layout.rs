@@ -50,6 +50,9 @@ pub struct Dims {
     /// Activation checkpointing: the saved activations other than x hold one layer (see
     /// `cuda_engine::EngineOptions::activation_checkpointing`).
     pub activation_checkpointing: bool,
+    /// QLoRA: projections kept as GGML blocks, dequantized one layer at a time into a scratch of
+    /// one layer's seven matrices in T (`cuda_engine::weights`).
+    pub quantized_base: bool,
 }
 
 impl Dims {
@@ -370,6 +373,7 @@ mod tests {
             attention_scratch_bytes: ATTENTION_SCRATCH_BYTES,
             flash_attention: false,
             activation_checkpointing: false,
+            quantized_base: false,
         }
     }
 
@@ -442,6 +446,7 @@ mod tests {
             attention_scratch_bytes: ATTENTION_SCRATCH_BYTES,
             flash_attention: false,
             activation_checkpointing: false,
+            quantized_base: false,
         }
     }
 

@@ -440,7 +440,7 @@ fn dequant_layer(
         .collect();
     for part in segments.chunks(DEQUANT_SEGMENTS) {
         kernels
-            .dequant_layer(dst, part)
+            .dequant_layer(dst, candle_core::DType::F32, part)
             .map_err(ERR.launch("prefill dequant"))?;
         dst += part.iter().map(|s| (s.2 * BLOCK * 4) as u64).sum::<u64>();
     }

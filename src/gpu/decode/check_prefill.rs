@@ -5,7 +5,7 @@
 //! its head-major rotated queries as `dec_prefill_rope_qh`.
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
-use candle_core::CudaDevice;
+use candle_core::{CudaDevice, DType};
 
 use super::attention_reference::{self, AttentionShape};
 use super::check::{blocks, f32s, DecodeCase};
@@ -140,17 +140,38 @@ fn dequant_cases(
             .map(|(m, d)| (gpu.ptr(d), m.0, m.2 * m.3 / super::BLOCK))
             .collect();
         kernels
-            .dequant_layer(gpu.ptr(&out), &segments)
+            .dequant_layer(gpu.ptr(&out), DType::F32, &segments)
             .map_err(launch_err("dequant_layer"))?;
+        let out_bf16 = gpu.up(&vec![half::bf16::NAN; total])?;
+        kernels
+            .dequant_layer(gpu.ptr(&out_bf16), DType::BF16, &segments)
+            .map_err(launch_err("dequant_layer_bf16"))?;
         let refs: Vec<(QuantType, &[u8], usize, usize)> = mats
             .iter()
             .map(|m| (m.0, m.1.as_slice(), m.2, m.3))
             .collect();
         let formats_text: Vec<&str> = mats.iter().map(|m| m.0.suffix()).collect();
+        let got = gpu.down(&out)?;
+        // The bf16 output is the f32 output rounded to nearest, element for element (exact).
+        let rounded: Vec<f64> = got
+            .iter()
+            .map(|&w| half::bf16::from_f32(w as f32).to_f64())
+            .collect();
+        let got_bf16 = gpu
+            .k
+            .stream()
+            .clone_dtoh(&out_bf16)
+            .map_err(|e| gpu_err("read-back", e))?;
+        cases.push(DecodeCase {
+            kernel: "dec_prefill_dequant_layer_bf16".into(),
+            shape: format!("{dims:?} as {formats_text:?}, against the f32 output rounded"),
+            got: got_bf16.into_iter().map(|w| w.to_f64()).collect(),
+            want: rounded,
+        });
         cases.push(DecodeCase {
             kernel: "dec_prefill_dequant_layer".into(),
             shape: format!("{dims:?} as {formats_text:?}"),
-            got: gpu.down(&out)?,
+            got,
             want: reference::prefill_dequant_layer(&refs),
         });
     }

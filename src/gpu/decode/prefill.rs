@@ -17,7 +17,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::WrapErr;
-use candle_core::CudaDevice;
+use candle_core::{CudaDevice, DType};
 
 pub use super::attention_reference::{gemm_attention_ld, gemm_attention_scores_len};
 use super::attention_reference::{gemm_attention_shapes, AttentionShape};
@@ -82,6 +82,7 @@ pub struct PrefillKernels {
     stream: Arc<CudaStream>,
     embed_rows: CudaFunction,
     dequant_layer: CudaFunction,
+    dequant_layer_bf16: CudaFunction,
     rms_rows: CudaFunction,
     rope_kv_rows: CudaFunction,
     attention: CudaFunction,
@@ -102,6 +103,7 @@ impl PrefillKernels {
             stream: dev.cuda_stream(),
             embed_rows: f("embed_rows")?,
             dequant_layer: f("dequant_layer")?,
+            dequant_layer_bf16: f("dequant_layer_bf16")?,
             rms_rows: f("rms_rows")?,
             rope_kv_rows: f("rope_kv_rows")?,
             attention: f("prefill_attention")?,
@@ -146,9 +148,19 @@ impl PrefillKernels {
         Ok(())
     }
 
-    /// Dequantizes up to [`DEQUANT_SEGMENTS`] matrices into `dst` (f32), one after the other, each as
-    /// its row-major [rows, k] (`blocks` = rows * k / 32).
-    pub fn dequant_layer(&self, dst: u64, segments: &[DequantSegment]) -> Result<()> {
+    /// Dequantizes up to [`DEQUANT_SEGMENTS`] matrices into `dst` (`dtype`: f32, or bf16 for the
+    /// training engine's quantized base), one after the other, each as its row-major [rows, k]
+    /// (`blocks` = rows * k / 32).
+    pub fn dequant_layer(&self, dst: u64, dtype: DType, segments: &[DequantSegment]) -> Result<()> {
+        let function = match dtype {
+            DType::F32 => &self.dequant_layer,
+            DType::BF16 => &self.dequant_layer_bf16,
+            other => {
+                return Err(candle_core::Error::Msg(format!(
+                    "dequant_layer: {other:?} output (f32 or bf16)"
+                )))
+            }
+        };
         if segments.len() > DEQUANT_SEGMENTS {
             return Err(candle_core::Error::Msg(format!(
                 "dequant_layer: {} matrices, at most {DEQUANT_SEGMENTS}",
@@ -167,7 +179,7 @@ impl PrefillKernels {
         if total == 0 {
             return Ok(());
         }
-        let mut b = self.stream.launch_builder(&self.dequant_layer);
+        let mut b = self.stream.launch_builder(function);
         b.arg(&dst);
         for s in &src {
             b.arg(s);

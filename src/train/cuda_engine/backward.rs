@@ -279,8 +279,11 @@ impl Launcher<'_> {
         for layer in (0..d.layers).rev() {
             if d.activation_checkpointing {
                 // The layer's saved activations (one layer's slots) again from its saved input;
-                // its output goes to `dn`, free until the layer's backward writes it.
+                // its output goes to `dn`, free until the layer's backward writes it. (It also
+                // refills a quantized base's layer scratch.)
                 self.layer_forward(s, layer, p.dn)?;
+            } else {
+                self.dequantize_layer(layer)?;
             }
             self.layer_backward(s, layer)?;
         }

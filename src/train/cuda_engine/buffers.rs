@@ -112,6 +112,9 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
     if dtype != DType::F32 {
         out.push((PARAMS_T, p * e));
     }
+    if dims.quantized_base {
+        out.push((LAYER_WEIGHTS, super::weights::layer_scratch_elems(dims) * e));
+    }
     out.into_iter()
         .map(|(name, bytes)| BufferSize { name, bytes })
         .collect()
@@ -147,6 +150,8 @@ pub struct Buffers {
 
 /// The name of the T copy of the parameters in [`plan`] (only when T is not f32).
 pub const PARAMS_T: &str = "lora params (T copy)";
+/// QLoRA: the layer at hand's seven projections dequantized from their blocks (T).
+pub const LAYER_WEIGHTS: &str = "layer weights dequantized from the base's blocks";
 /// The RMSNorm output n1 / n2 of the layer at hand (T [tokens, hidden]).
 pub const NORM_OUT: &str = "norm out n1 / n2 (recomputed in the backward)";
 /// Fused attention: each layer's log2-sum-exp of every query row (f32 [layers, B*H*S]).

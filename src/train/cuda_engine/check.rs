@@ -63,7 +63,8 @@ mod models;
 mod reference;
 
 use judge::{bf16_text, compare, diff, lowp_case, rel_err, scalar_case, Judge};
-use models::{check_models, copy_adapter, f64s, micro_batches, random_weights, var_values};
+use models::var_values;
+use models::{check_models, copy_adapter, f64s, micro_batches, quantize_matrices, random_weights};
 use models::{CheckModel, MapSource, Micro};
 use reference::{reference, step_gradients, Reference};
 
@@ -114,6 +115,9 @@ fn bf16_tolerance(candle_err: f64, ratio: f64) -> f64 {
     (ratio * candle_err).max(BF16_FLOOR)
 }
 
+/// Loads a check model in a dtype (the references' dense model, or the engine's).
+type LoadModel<'a> = &'a dyn Fn(DType) -> Result<Llama>;
+
 /// One compared quantity.
 #[derive(Debug, Clone)]
 pub struct EngineCase {
@@ -154,7 +158,7 @@ fn engine_options(cm: &CheckModel, dtype: DType) -> EngineOptions {
 #[allow(clippy::too_many_arguments)]
 fn loss_curve(
     cm: &CheckModel,
-    load: &dyn Fn(DType) -> Result<Llama>,
+    (load, load_engine): (LoadModel, LoadModel),
     initial: &Adapter,
     micro: &[Micro],
     weights: &[f64],
@@ -175,7 +179,7 @@ fn loss_curve(
             candle.push(loss);
         }
     }
-    let model = load(DType::F32)?;
+    let model = load_engine(DType::F32)?;
     let adapter = copy_adapter(initial)?;
     let mut engine = TrainEngine::new(&model, &adapter, adamw, engine_options(cm, DType::F32))?;
     engine.load_params(&adapter)?;
@@ -225,7 +229,10 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCase>> {
 /// their loss weights, and the f32 and bf16 Candle references.
 struct ModelRun<'a> {
     cm: &'a CheckModel,
+    /// The reference model (dense) in a dtype.
     load: &'a dyn Fn(DType) -> Result<Llama>,
+    /// The engine's model in a dtype (its blocks kept for a QLoRA check model).
+    load_engine: &'a dyn Fn(DType) -> Result<Llama>,
     initial: &'a Adapter,
     micro: &'a [Micro],
     weights: &'a [f64],
@@ -242,10 +249,17 @@ fn check_model(
     cm: &CheckModel,
 ) -> Result<()> {
     let tensors = random_weights(&cm.config, seed)?;
+    let blocks = if cm.quantized {
+        quantize_matrices(&tensors)?
+    } else {
+        HashMap::new()
+    };
     let source = MapSource {
         path: PathBuf::from(format!("engine check model ({})", cm.name)),
         tensors,
+        blocks,
     };
+    // Dense in `dtype` (a quantized model's blocks dequantized by Candle): the references.
     let load = |dtype: DType| {
         Llama::load(
             &cm.config,
@@ -255,6 +269,17 @@ fn check_model(
                 dtype: Some(dtype),
             },
         )
+    };
+    // The engine's model: the blocks kept on the device (QLoRA), activations in `dtype`.
+    let load_engine = |dtype: DType| {
+        if !cm.quantized {
+            return load(dtype);
+        }
+        let options = LoadOptions {
+            device: device.clone(),
+            dtype: None,
+        };
+        Llama::load(&cm.config, &source, &options)?.with_activation_dtype(dtype)
     };
     let mut ref_model = load(DType::F32)?;
     let lora = LoraConfig {
@@ -275,9 +300,11 @@ fn check_model(
     let weights: Vec<f64> = counted.iter().map(|&c| c as f64 / total as f64).collect();
     let want = reference(&mut ref_model, &adapter, &micro, &weights, None)?;
     let load: &dyn Fn(DType) -> Result<Llama> = &load;
+    let load_engine: &dyn Fn(DType) -> Result<Llama> = &load_engine;
     if cm.curve_steps > 0 {
         let hyper = (want.max_norm, want.adamw, want.lr);
-        out.push(loss_curve(cm, load, &initial, &micro, &weights, hyper)?);
+        let loads = (load, load_engine);
+        out.push(loss_curve(cm, loads, &initial, &micro, &weights, hyper)?);
     }
     // Candle's trainer path on the model in bf16 (the f32 LoRA variables the trainer holds),
     // from the same initial adapter: what bf16 itself costs, the yardstick of the bf16 engine.
@@ -290,6 +317,7 @@ fn check_model(
     let run = ModelRun {
         cm,
         load,
+        load_engine,
         initial: &initial,
         micro: &micro,
         weights: &weights,
@@ -316,7 +344,7 @@ fn updates(m: &ModelRun, params: &HashMap<String, Vec<f64>>) -> HashMap<String, 
 fn check_engine(out: &mut Vec<EngineCase>, m: &ModelRun, dtype: DType) -> Result<()> {
     let (want, candle_bf16) = (m.want, m.candle_bf16);
     let bf16 = (dtype != DType::F32).then_some(candle_bf16);
-    let model = (m.load)(dtype)?;
+    let model = (m.load_engine)(dtype)?;
     let engine_adapter = copy_adapter(m.initial)?;
     let opts = engine_options(m.cm, dtype);
     let mut engine = TrainEngine::new(&model, &engine_adapter, want.adamw, opts)?;

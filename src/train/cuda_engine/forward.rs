@@ -181,6 +181,7 @@ impl Launcher<'_> {
         let n = d.batch * s;
         let (dm, qw, kw, hd) = (d.hidden, d.q_width(), d.kv_width(), d.head_dim);
         let lw = &self.weights.layers[layer];
+        self.dequantize_layer(layer)?;
         let x = p.residual(layer);
         let n1 = p.norm;
         let (rstd1, rstd2) = p.rstd(layer);

@@ -8,6 +8,7 @@ use super::buffers::{self, Buffers};
 use super::layout::{Dims, ParamLayout};
 use super::weights::ModelWeights;
 use super::ERR;
+use crate::gpu::decode::prefill::{PrefillKernels, DEQUANT_SEGMENTS};
 use crate::gpu::gemm::{Gemm, GemmShape};
 use crate::gpu::train::flash_attention::FlashAttention;
 use crate::gpu::train::launch::TrainKernels;
@@ -208,6 +209,8 @@ pub(super) struct Launcher<'a> {
     pub(super) k: &'a TrainKernels,
     /// The fused attention kernels, when `dims.flash_attention`.
     pub(super) flash: Option<&'a FlashAttention>,
+    /// The dequant kernel, when the base is kept as GGML blocks (`dims.quantized_base`).
+    pub(super) dequant: Option<&'a PrefillKernels>,
     pub(super) gemm: &'a Gemm,
     pub(super) dims: &'a Dims,
     pub(super) layout: &'a ParamLayout,
@@ -256,6 +259,35 @@ impl Launcher<'_> {
         self.gemm
             .run_c(shape, a, b, c, d, alpha, beta)
             .map_err(ERR.launch(what))
+    }
+
+    /// QLoRA: layer `layer`'s projections kept as blocks, dequantized into the layer scratch (each
+    /// at its address in `proj`), runs of consecutive projections a launch of up to
+    /// DEQUANT_SEGMENTS matrices each. Nothing for a dense base.
+    pub(super) fn dequantize_layer(&self, layer: usize) -> Result<()> {
+        let lw = &self.weights.layers[layer];
+        let Some(k) = self.dequant else {
+            return Ok(());
+        };
+        let mut at = 0;
+        while at < lw.blocks.len() {
+            let (first, _) = lw.blocks[at];
+            let mut end = at + 1;
+            while end < lw.blocks.len()
+                && end - at < DEQUANT_SEGMENTS
+                && lw.blocks[end].0 == lw.blocks[end - 1].0 + 1
+            {
+                end += 1;
+            }
+            let run: Vec<_> = lw.blocks[at..end].iter().map(|&(_, seg)| seg).collect();
+            launch!(
+                self,
+                "dequantize the layer's blocks",
+                k.dequant_layer(lw.proj[first], self.t, &run)
+            );
+            at = end;
+        }
+        Ok(())
     }
 
     /// The adapted projection's addresses, if `proj` of `layer` is adapted.

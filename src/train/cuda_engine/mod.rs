@@ -6,7 +6,9 @@
 //! Numerics: activations in one dtype T (f32 or bf16; f32 exists so the engine can be checked
 //! against Candle's autograd, `check`), every product accumulating in f32; LoRA master parameters,
 //! gradients and AdamW moments in f32, with a T copy of the parameters for the products when T is
-//! bf16. Base weights are the model's own tensors, used in place.
+//! bf16. Base weights are the model's own tensors, used in place; a base kept as GGML blocks
+//! (QLoRA) is dequantized into a one-layer scratch before each layer's forward and backward
+//! (`weights`).
 //!
 //! Memory: the saved activations of every layer ([`buffers::plan`]) plus one layer's attention
 //! scores at a time (recomputed in the backward), for one chunk of (row, kv head) pairs at a time
@@ -50,13 +52,13 @@ use self::buffers::{BufferSize, Buffers, SCALAR_LOSS};
 use self::launcher::{Launcher, Ptrs};
 use self::layout::{Dims, ParamLayout, PROJECTIONS};
 use self::weights::ModelWeights;
+use crate::gpu::decode::prefill::PrefillKernels;
 use crate::gpu::engine_error::EngineErrors;
 use crate::gpu::gemm::Gemm;
 use crate::gpu::graph::{self, Graph};
 use crate::gpu::train::flash_attention::FlashAttention;
 use crate::gpu::train::launch::TrainKernels;
 use crate::lora::Adapter;
-use crate::models::linear::BaseWeight;
 use crate::models::llama::Llama;
 use crate::train::optimizer::AdamWConfig;
 use crate::{Error, Result};
@@ -121,6 +123,8 @@ pub struct TrainEngine {
     kernels: TrainKernels,
     /// The fused attention kernels, when `dims.flash_attention`.
     flash: Option<FlashAttention>,
+    /// The dequant kernel of a quantized base (`dims.quantized_base`).
+    dequant: Option<PrefillKernels>,
     gemm: Arc<Gemm>,
     dims: Dims,
     layout: ParamLayout,
@@ -178,16 +182,6 @@ impl TrainEngine {
                     .into(),
             );
         }
-        for (path, linear) in model.linear_layers() {
-            if let BaseWeight::Quantized(_) = linear.weight() {
-                return Some(format!("{path} is quantized (load the model dense)"));
-            }
-        }
-        if !cfg.tie_word_embeddings {
-            if let BaseWeight::Quantized(_) = model.lm_head().weight() {
-                return Some("lm_head is quantized (load the model dense)".into());
-            }
-        }
         for l in &adapter.layers {
             if !PROJECTIONS.iter().any(|p| l.path.ends_with(p)) {
                 return Some(format!(
@@ -228,9 +222,13 @@ impl TrainEngine {
         Self::check_options(model, &opts)?;
         let layout = ParamLayout::new(model, adapter)?;
         let dims = Self::dims(model, &layout, &opts);
-        let weights = ModelWeights::new(model, &dims, opts.dtype)?;
         let kernels =
             TrainKernels::load(dev, opts.dtype).map_err(ERR.launch("loading the kernels"))?;
+        let dequant = if dims.quantized_base {
+            Some(PrefillKernels::load(dev).map_err(ERR.launch("loading the dequant kernels"))?)
+        } else {
+            None
+        };
         let flash = if dims.flash_attention {
             Some(
                 FlashAttention::load(dev, dims.head_dim)
@@ -246,6 +244,12 @@ impl TrainEngine {
             buffers::plan(&dims, &layout, opts.dtype, opts.loss_chunk),
         )?;
         let ptrs = Ptrs::new(&buffers, &dims, opts.dtype);
+        let weights = ModelWeights::new(
+            model,
+            &dims,
+            opts.dtype,
+            buffers.ptr(buffers::LAYER_WEIGHTS),
+        )?;
         // RoPE tables, once.
         let inv = crate::models::llama::rope_inverse_frequencies(cfg);
         let (cos, sin) = layout::rope_tables(&inv, dims.seq);
@@ -265,6 +269,7 @@ impl TrainEngine {
             device: model.device().clone(),
             kernels,
             flash,
+            dequant,
             gemm,
             dims,
             layout,
@@ -288,8 +293,9 @@ impl TrainEngine {
         }
         dry.optimizer()?;
         tracing::info!(
-            "CUDA training engine: {} layers, batch {} x {} positions, {:?}, {} attention{}, {:.1} MiB of buffers, {} GEMM plans in {:.2} s",
+            "CUDA training engine: {} layers{}, batch {} x {} positions, {:?}, {} attention{}, {:.1} MiB of buffers, {} GEMM plans in {:.2} s",
             engine.dims.layers,
+            if engine.dims.quantized_base { " (base kept as GGML blocks, dequantized per layer)" } else { "" },
             engine.dims.batch,
             engine.dims.seq,
             engine.opts.dtype,
@@ -372,6 +378,7 @@ impl TrainEngine {
             flash_attention: opts.flash_attention
                 && FlashAttention::supports(opts.dtype, cfg.head_dim),
             activation_checkpointing: opts.activation_checkpointing,
+            quantized_base: weights::has_blocks(model),
         }
     }
 
@@ -391,6 +398,7 @@ impl TrainEngine {
         Launcher {
             k: &self.kernels,
             flash: self.flash.as_ref(),
+            dequant: self.dequant.as_ref(),
             gemm: &self.gemm,
             dims: &self.dims,
             layout: &self.layout,

@@ -2,19 +2,32 @@
 //! projection [out, in] and its bias [out] if it has one, the norms [hidden], the embedding
 //! [vocab, hidden] and the LM head (the embedding when tied). The engine keeps clones of the
 //! tensors (shared storage), so the addresses stay valid for its whole life.
+//!
+//! QLoRA: a projection kept as GGML blocks (a GGUF loaded quantized, `Llama::with_activation_dtype`)
+//! stays in the model's own device blocks; its address in `proj` is its place in the engine's layer
+//! scratch (one layer's seven matrices in T, [`layer_scratch_elems`]), which the launch sequence
+//! fills from the blocks before the layer's forward and again before its backward
+//! (`Launcher::dequantize_layer`). Formats the dequant kernel does not read (F16 blocks, Q2_K, ...)
+//! and a quantized untied LM head are dequantized once, here, into engine-owned T tensors.
 
+use candle_core::quantized::QMatMul;
 use candle_core::{DType, Storage, Tensor};
 
 use super::layout::{Dims, PROJECTIONS};
+use crate::gpu::decode::prefill::DequantSegment;
+use crate::gpu::decode::{QuantType, BLOCK};
 use crate::gpu::ptr::device_ptr;
 use crate::models::linear::BaseWeight;
 use crate::models::llama::Llama;
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// One layer's weights.
 pub struct LayerWeights {
-    /// q, k, v, o, gate, up, down: [out, in] in T.
+    /// q, k, v, o, gate, up, down: [out, in] in T (in the layer scratch when kept as blocks).
     pub proj: [u64; 7],
+    /// The projections kept as GGML blocks: (projection index, its blocks), in projection order;
+    /// empty for a dense base.
+    pub blocks: Vec<(usize, DequantSegment)>,
     /// Each projection's frozen bias [out] in T, 0 where it has none (Qwen2: q, k, v; LLaMA's
     /// `attention_bias`: q, k, v, o).
     pub bias: [u64; 7],
@@ -73,19 +86,60 @@ fn check_dims(t: &Tensor, want: &[usize], what: &str) -> Result<()> {
     Ok(())
 }
 
-/// A projection's dense weight, or why it is unusable.
-pub fn dense_weight<'a>(w: &'a BaseWeight, path: &str) -> Result<&'a Tensor> {
+/// The GGML blocks of a quantized weight in a format the dequant kernel reads, on the device:
+/// (address, format, 32-weight blocks).
+fn device_blocks(w: &BaseWeight) -> Option<DequantSegment> {
+    let BaseWeight::Quantized(QMatMul::QTensor(q)) = w else {
+        return None;
+    };
+    let quant = QuantType::from_ggml(q.dtype())?;
+    if !q.device().is_cuda() || q.shape().dims2().is_err() {
+        return None;
+    }
+    let ptr = q.device_ptr().ok()? as u64;
+    Some((ptr, quant, q.shape().elem_count() / BLOCK))
+}
+
+/// Whether any projection of `model` stays as GGML blocks on the engine (a layer scratch is needed).
+pub fn has_blocks(model: &Llama) -> bool {
+    model
+        .linear_layers()
+        .iter()
+        .any(|(_, l)| device_blocks(l.weight()).is_some())
+}
+
+/// Elements of one layer's seven projections: the layer scratch of a quantized base.
+pub fn layer_scratch_elems(dims: &Dims) -> usize {
+    projection_shapes(dims).iter().map(|[o, i]| o * i).sum()
+}
+
+/// [out, in] of q, k, v, o, gate, up, down.
+fn projection_shapes(dims: &Dims) -> [[usize; 2]; 7] {
+    let (d, f, qw, kw) = (dims.hidden, dims.ffn, dims.q_width(), dims.kv_width());
+    [[qw, d], [kw, d], [kw, d], [d, qw], [f, d], [f, d], [d, f]]
+}
+
+/// A weight as a T tensor: the model's own when dense, else dequantized by Candle on its device
+/// (formats the engine's kernel does not read, and the untied LM head).
+fn dense_weight(w: &BaseWeight, dtype: DType, path: &str) -> Result<Tensor> {
     match w {
-        BaseWeight::Dense(t) => Ok(t),
-        BaseWeight::Quantized(_) => Err(Error::InvalidRequest(format!(
-            "CUDA training engine: {path} is quantized; load the model dense (f32 or bf16)"
-        ))),
+        BaseWeight::Dense(t) => Ok(t.clone()),
+        BaseWeight::Quantized(q) => {
+            let t = match q {
+                QMatMul::QTensor(qt) => qt.dequantize(&qt.device()),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => Ok(t.clone()),
+            };
+            tracing::info!("CUDA training engine: {path} dequantized to a dense {dtype:?} copy");
+            t.and_then(|t| t.to_dtype(dtype))
+                .context(format!("CUDA training engine: dequantizing {path}"))
+        }
     }
 }
 
 impl ModelWeights {
-    /// Takes the addresses of `model`'s tensors (T = `dtype`), checking every shape against `dims`.
-    pub fn new(model: &Llama, dims: &Dims, dtype: DType) -> Result<Self> {
+    /// Takes the addresses of `model`'s tensors (T = `dtype`), checking every shape against `dims`;
+    /// projections kept as blocks point into `scratch` (the layer scratch, 0 when there is none).
+    pub fn new(model: &Llama, dims: &Dims, dtype: DType, scratch: u64) -> Result<Self> {
         let mut keep = Vec::new();
         let mut take = |t: &Tensor, want: &[usize], what: &str| -> Result<u64> {
             check_dims(t, want, what)?;
@@ -93,22 +147,41 @@ impl ModelWeights {
             keep.push(t.clone());
             Ok(ptr)
         };
-        let (d, f, qw, kw) = (dims.hidden, dims.ffn, dims.q_width(), dims.kv_width());
-        let shapes: [[usize; 2]; 7] = [[qw, d], [kw, d], [kw, d], [d, qw], [f, d], [f, d], [d, f]];
+        let d = dims.hidden;
+        let shapes = projection_shapes(dims);
         let linears = model.linear_layers();
         let (norms, final_norm) = model.norm_weights();
         let mut layers = Vec::with_capacity(dims.layers);
         for (i, (chunk, (n_in, n_post))) in linears.chunks(7).zip(norms).enumerate() {
-            let (mut proj, mut bias) = ([0u64; 7], [0u64; 7]);
+            let (mut proj, mut bias, mut blocks) = ([0u64; 7], [0u64; 7], Vec::new());
+            let mut offset = 0;
             for (j, (path, linear)) in chunk.iter().enumerate() {
                 debug_assert!(path.ends_with(PROJECTIONS[j]));
-                proj[j] = take(dense_weight(linear.weight(), path)?, &shapes[j], path)?;
+                let dims_j = [linear.out_features(), linear.in_features()];
+                match device_blocks(linear.weight()) {
+                    Some(segment) if scratch != 0 => {
+                        if dims_j != shapes[j] {
+                            return Err(Error::InvalidRequest(format!(
+                                "CUDA training engine: {path} is {dims_j:?}, expected {:?}",
+                                shapes[j]
+                            )));
+                        }
+                        proj[j] = scratch + (offset * dtype.size_in_bytes()) as u64;
+                        blocks.push((j, segment));
+                    }
+                    _ => {
+                        let w = dense_weight(linear.weight(), dtype, path)?;
+                        proj[j] = take(&w, &shapes[j], path)?;
+                    }
+                }
+                offset += shapes[j][0] * shapes[j][1];
                 if let Some(b) = linear.bias() {
                     bias[j] = take(b, &shapes[j][..1], &format!("{path}.bias"))?;
                 }
             }
             layers.push(LayerWeights {
                 proj,
+                blocks,
                 bias,
                 input_norm: take(n_in, &[d], &format!("layer {i} input_layernorm"))?,
                 post_norm: take(n_post, &[d], &format!("layer {i} post_attention_layernorm"))?,
@@ -125,8 +198,8 @@ impl ModelWeights {
         let head = if model.config().tie_word_embeddings {
             embed
         } else {
-            let w = dense_weight(model.lm_head().weight(), "lm_head")?;
-            take(w, &[dims.vocab, d], "lm_head")?
+            let w = dense_weight(model.lm_head().weight(), dtype, "lm_head")?;
+            take(&w, &[dims.vocab, d], "lm_head")?
         };
         let final_norm = take(final_norm, &[d], "model.norm")?;
         Ok(Self {

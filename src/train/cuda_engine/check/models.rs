@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::check::random_values;
@@ -14,10 +16,11 @@ use crate::models::llama::expected_tensors;
 use crate::train::loss::IGNORE_INDEX;
 use crate::{Context, Error, Result};
 
-/// An in-memory weight source.
+/// An in-memory weight source; the names in `blocks` are served as GGML blocks (QLoRA models).
 pub(super) struct MapSource {
     pub(super) path: PathBuf,
     pub(super) tensors: HashMap<String, Tensor>,
+    pub(super) blocks: HashMap<String, Arc<QTensor>>,
 }
 
 impl WeightSource for MapSource {
@@ -28,6 +31,9 @@ impl WeightSource for MapSource {
         self.tensors.contains_key(name)
     }
     fn get(&self, name: &str) -> Result<Weight> {
+        if let Some(q) = self.blocks.get(name) {
+            return Ok(Weight::Quantized(q.clone()));
+        }
         self.tensors
             .get(name)
             .map(|t| Weight::Dense(t.clone()))
@@ -49,6 +55,9 @@ pub(super) struct CheckModel {
     pub(super) curve_steps: usize,
     /// The engine checkpoints activations (recomputes each layer's in the backward).
     pub(super) activation_checkpointing: bool,
+    /// QLoRA: the engine's model keeps its matrices as GGML blocks ([`quantize_matrices`]); the
+    /// Candle references load the same blocks dequantized.
+    pub(super) quantized: bool,
 }
 
 pub(super) fn check_models() -> Vec<CheckModel> {
@@ -78,6 +87,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             attention_pairs: Some(3),
             curve_steps: 0,
             activation_checkpointing: false,
+            quantized: false,
         },
         CheckModel {
             name: "untied, 2 layers, q/v/down, activations checkpointed",
@@ -94,6 +104,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             attention_pairs: None,
             curve_steps: 0,
             activation_checkpointing: true,
+            quantized: false,
         },
         CheckModel {
             name: "qwen2 (q/k/v biases), tied, 3 layers, all 7 targets",
@@ -106,6 +117,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             attention_pairs: Some(3),
             curve_steps: 20,
             activation_checkpointing: false,
+            quantized: false,
         },
         CheckModel {
             name: "llama attention_bias (q/k/v/o biases), untied, 2 layers, q/o/down",
@@ -123,10 +135,83 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             attention_pairs: None,
             curve_steps: 0,
             activation_checkpointing: false,
+            quantized: false,
         },
     ];
     models.extend(fused_attention_models(&base));
+    models.extend(quantized_models(&base));
     models
+}
+
+/// QLoRA: every matrix as GGML blocks in a mix of formats ([`quantize_matrices`]), rows of 256
+/// (whole K-quant super-blocks), head dim 64 (fused attention in bf16), untied (the head's blocks
+/// dequantized once by the engine); one model saving every activation, one checkpointing them.
+fn quantized_models(base: &DecoderConfig) -> [CheckModel; 2] {
+    let config = DecoderConfig {
+        hidden_size: 256,
+        intermediate_size: 512,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 64,
+        tie_word_embeddings: false,
+        ..base.clone()
+    };
+    [
+        CheckModel {
+            name: "QLoRA base (Q4_K/Q6_K/Q8_0/Q4_1/Q5_K/Q4_0/Q5_0/Q5_1 blocks), 2 layers, all 7",
+            config: config.clone(),
+            targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
+            attention_pairs: None,
+            curve_steps: 10,
+            activation_checkpointing: false,
+            quantized: true,
+        },
+        CheckModel {
+            name: "QLoRA base, activations checkpointed, 2 layers, q/v/down",
+            config,
+            targets: TargetModules::List(vec![
+                "q_proj".into(),
+                "v_proj".into(),
+                "down_proj".into(),
+            ]),
+            attention_pairs: None,
+            curve_steps: 0,
+            activation_checkpointing: true,
+            quantized: true,
+        },
+    ]
+}
+
+/// The formats the check's quantized matrices cycle through (every one the dequant kernel reads).
+const CHECK_FORMATS: [GgmlDType; 8] = [
+    GgmlDType::Q4K,
+    GgmlDType::Q6K,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5K,
+    GgmlDType::Q4_0,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+];
+
+/// Every matrix of `tensors` (projections, embedding, head) quantized by Candle, the i-th of them
+/// (in name order) in `CHECK_FORMATS[i % 8]`; vectors stay dense.
+pub(super) fn quantize_matrices(
+    tensors: &HashMap<String, Tensor>,
+) -> Result<HashMap<String, Arc<QTensor>>> {
+    let mut names: Vec<&String> = tensors.keys().filter(|n| tensors[*n].rank() == 2).collect();
+    names.sort();
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let format = CHECK_FORMATS[i % CHECK_FORMATS.len()];
+            let q = QTensor::quantize(&tensors[name], format)
+                .context(format!("quantizing {name} to {format:?}"))?;
+            Ok((name.clone(), Arc::new(q)))
+        })
+        .collect()
 }
 
 /// Head dim 64, the fused attention's shapes (in bf16): one model saving every activation, one
@@ -151,6 +236,7 @@ fn fused_attention_models(base: &DecoderConfig) -> [CheckModel; 2] {
             attention_pairs: None,
             curve_steps: 0,
             activation_checkpointing: false,
+            quantized: false,
         },
         CheckModel {
             name: "head dim 64, fused attention in bf16, activations checkpointed, tied, 2 layers, all 7",
@@ -159,6 +245,7 @@ fn fused_attention_models(base: &DecoderConfig) -> [CheckModel; 2] {
             attention_pairs: None,
             curve_steps: 0,
             activation_checkpointing: true,
+            quantized: false,
         },
     ]
 }

@@ -356,8 +356,55 @@ def train_shape_rows(e2e):
                         "<= 0.6x", "GiB", wick=gpu_peak(w) if w else None, anchor=in_use,
                         anchor_engine="PEFT + Liger, device memory in use at the end (mem_get_info)", **meta,
                         note=("Liger max_memory_allocated %.2f GiB" % liger["peak_gpu_memory_gib"]) if liger else None))
-    rows.append(row("Llama-3.1-8B shapes QLoRA (4-bit base) vs PEFT eager bf16 LoRA (issue 15.4)", None, "-",
-                    note="not built: the CUDA engine trains a dense bf16 base"))
+    rows.extend(qlora_rows(e2e))
+    return rows
+
+
+def qlora_rows(e2e):
+    """Issue 15.4: scripts/device/qlora-8b.sh, QLoRA at Llama-3.1-8B shapes (Q4_K_M-like random blocks)
+    beside PEFT eager bf16 LoRA in the same call; the longest batch-1 sequence beside PEFT + Liger + GC."""
+    rows = []
+    anchors, item_a = e2e_get(e2e, "anchors-train-llama3.1_8b.jsonl")
+    eager = next((a for a in reversed(anchors if isinstance(anchors, list) else [])
+                  if a.get("mode") == "eager" and a.get("status") == "ok"), None)
+    for suffix, label in (("", ""), ("-checkpointed", ", activations checkpointed")):
+        w, item_w = e2e_get(e2e, f"wick-qlora-llama3.1_8b-2048{suffix}.json")
+        w = w if isinstance(w, dict) and "tokens_per_s" in w else None
+        meta = {"device": item_w.get("device") or item_a.get("device"),
+                "date": item_w.get("date") or item_a.get("date"),
+                "source": " + ".join(x["source"] for x in (item_w, item_a) if x),
+                "command": "scripts/device/qlora-8b.sh make; qlora-8b.sh wick 2048 2; qlora-8b.sh anchors eager:2048"}
+        rows.append(row(f"LoRA training Llama-3.1-8B shapes, QLoRA on Q4_K/Q6_K blocks{label}, seq 2048 batch 2, "
+                        "vs PEFT eager bf16 LoRA (issue 15.4)", ">= 2x", "tokens/s", wick=w and w["tokens_per_s"],
+                        anchor=eager and eager["tokens_per_s"], anchor_engine="PEFT + transformers eager, bf16 base",
+                        **meta))
+        rows.append(row(f"LoRA training Llama-3.1-8B shapes, QLoRA{label}, peak device memory vs PEFT eager's in "
+                        "use (issue 15.4)", "<= 0.3x", "GiB", wick=gpu_peak(w) if w else None,
+                        anchor=eager and eager.get("device_used_end_gib"),
+                        anchor_engine="PEFT eager, device memory in use at the end (mem_get_info)", **meta,
+                        note=("PEFT eager max_memory_allocated %.2f GiB" % eager["peak_gpu_memory_gib"])
+                        if eager else None))
+    longest = {}
+    for name, item in e2e.items():
+        m = re.fullmatch(r"wick-longest-llama3\.1_8b-(\d+)\.json", name)
+        if m and isinstance(item["value"], dict) and "tokens_per_s" in item["value"]:
+            longest[int(m.group(1))] = item
+    peft, item_p = e2e_get(e2e, "anchors-longest-llama3.1_8b.jsonl")
+    peft_ok = [a["seq_len"] for a in (peft if isinstance(peft, list) else [])
+               if a.get("mode") == "liger-gc" and a.get("status") == "ok"]
+    peft_failed = [a["seq_len"] for a in (peft if isinstance(peft, list) else [])
+                   if a.get("mode") == "liger-gc" and a.get("status") != "ok"]
+    wick_seq = max(longest) if longest else None
+    item_w = longest.get(wick_seq, {})
+    rows.append(row("Longest sequence that trains at batch 1, Llama-3.1-8B shapes: wick QLoRA (checkpointed) vs "
+                    "PEFT + Liger + gradient checkpointing (issue 15.4)", ">= 8x", "tokens",
+                    wick=wick_seq, anchor=max(peft_ok) if peft_ok else None,
+                    anchor_engine="PEFT + Liger + gradient checkpointing, bf16 base",
+                    device=item_w.get("device") or item_p.get("device"), date=item_w.get("date") or item_p.get("date"),
+                    source=" + ".join(x["source"] for x in (item_w, item_p) if x),
+                    command="scripts/device/qlora-8b.sh longest SEQ...",
+                    note=f"tried: wick {sorted(longest)}, PEFT ok {sorted(peft_ok)}, PEFT failed {sorted(peft_failed)}; "
+                         "the model's context (max_position_embeddings) is 131072"))
     return rows
 
 

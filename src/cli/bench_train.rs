@@ -44,6 +44,9 @@ pub struct Args {
     /// Recompute each decoder layer in the backward pass instead of keeping its activations.
     #[arg(long)]
     pub checkpoint_activations: bool,
+    /// Checkpoint only the first N decoder layers (implies --checkpoint-activations).
+    #[arg(long)]
+    pub checkpoint_layers: Option<usize>,
     /// `auto`: on CUDA, train through the CUDA training engine (captured forward, backward and
     /// AdamW) when it supports the model and adapter; `off`: always through Candle's autograd.
     #[arg(long, default_value = "auto")]
@@ -180,7 +183,7 @@ fn write_report(
     )?;
     let mut md = std::fs::File::create(out.with_extension("md"))?;
     writeln!(md, "# LoRA training throughput ({})\n", args.device)?;
-    writeln!(md, "Command: `wick bench train --model {} --rank {} --seq-len {} --batch-size {} --steps {} --warmup-steps {} --device {}{}{}`\n", args.model, args.rank, args.seq_len, args.batch_size, args.steps, args.warmup_steps, args.device, if args.checkpoint_activations { " --checkpoint-activations" } else { "" }, if args.quantized_base { " --quantized-base" } else { "" })?;
+    writeln!(md, "Command: `wick bench train --model {} --rank {} --seq-len {} --batch-size {} --steps {} --warmup-steps {} --device {}{}{}{}`\n", args.model, args.rank, args.seq_len, args.batch_size, args.steps, args.warmup_steps, args.device, if args.checkpoint_activations { " --checkpoint-activations" } else { "" }, args.checkpoint_layers.map(|n| format!(" --checkpoint-layers {n}")).unwrap_or_default(), if args.quantized_base { " --quantized-base" } else { "" })?;
     let base = if args.quantized_base {
         "the GGUF's blocks kept quantized (QLoRA)".to_string()
     } else {
@@ -275,7 +278,8 @@ fn train_config(args: &Args, total: usize) -> anyhow::Result<TrainConfig> {
         total_steps: total,
         batch_size: args.batch_size,
         shuffle: false,
-        activation_checkpointing: args.checkpoint_activations,
+        activation_checkpointing: args.checkpoint_activations || args.checkpoint_layers.is_some(),
+        checkpoint_layers: args.checkpoint_layers,
         ..TrainConfig::default()
     })
 }
@@ -358,7 +362,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "base": if args.quantized_base { "quantized (GGUF blocks)" } else { "dense" },
         "rank": args.rank,
         "targets": "all-linear",
-        "activation_checkpointing": args.checkpoint_activations,
+        "activation_checkpointing": args.checkpoint_activations || args.checkpoint_layers.is_some(),
+        "checkpoint_layers": args.checkpoint_layers,
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
         "timed_steps": timed.len(),

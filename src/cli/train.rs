@@ -113,6 +113,10 @@ pub struct Args {
     /// less memory (long sequences, big batches) for about one more forward pass. Needs --dropout 0.
     #[arg(long)]
     pub checkpoint_activations: bool,
+    /// Checkpoint only the first N decoder layers (implies --checkpoint-activations): memory and
+    /// compute between none and all.
+    #[arg(long)]
+    pub checkpoint_layers: Option<usize>,
     /// `auto`: on CUDA, train through the CUDA training engine (captured forward, backward and
     /// AdamW) when it supports the model and adapter; `off`: always through Candle's autograd.
     #[arg(long, default_value = "auto")]
@@ -435,7 +439,8 @@ fn train_config(args: &Args, model_path: &Path, total_steps: usize) -> anyhow::R
         save_every: args.save_every,
         keep_last: args.keep_last,
         eval_every: args.eval_every,
-        activation_checkpointing: args.checkpoint_activations,
+        activation_checkpointing: args.checkpoint_activations || args.checkpoint_layers.is_some(),
+        checkpoint_layers: args.checkpoint_layers,
     })
 }
 

@@ -47,12 +47,37 @@ pub struct Dims {
     /// Attention runs fused (kernels/flash_attention.cu: bf16, head dim 64 or 128): no scores
     /// scratch, the log-sum-exp of each query row saved per layer instead.
     pub flash_attention: bool,
-    /// Activation checkpointing: the saved activations other than x hold one layer (see
-    /// `cuda_engine::EngineOptions::activation_checkpointing`).
-    pub activation_checkpointing: bool,
+    /// Activation checkpointing of layers `0..checkpointed_layers` (at most `layers`): they share
+    /// one slot of the saved activations other than x (see
+    /// `cuda_engine::EngineOptions::checkpointed_layers`); every other layer has its own.
+    pub checkpointed_layers: usize,
     /// QLoRA: projections kept as GGML blocks, dequantized one layer at a time into a scratch of
     /// one layer's seven matrices in T (`cuda_engine::weights`).
     pub quantized_base: bool,
+}
+
+/// Where each layer keeps its saved activations other than x: the checkpointed layers (the first
+/// `checkpointed`) share slot 0, recomputing theirs in the backward before using them; every other
+/// layer has a slot of its own after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivationSlots {
+    pub layers: usize,
+    pub checkpointed: usize,
+}
+
+impl ActivationSlots {
+    /// Slots of each saved per-layer buffer.
+    pub fn count(&self) -> usize {
+        self.layers - self.checkpointed + usize::from(self.checkpointed > 0)
+    }
+    /// The slot of layer `layer`.
+    pub fn of(&self, layer: usize) -> usize {
+        if layer < self.checkpointed {
+            0
+        } else {
+            layer - self.checkpointed + usize::from(self.checkpointed > 0)
+        }
+    }
 }
 
 impl Dims {
@@ -67,6 +92,17 @@ impl Dims {
     /// Width of k and v.
     pub fn kv_width(&self) -> usize {
         self.kv_heads * self.head_dim
+    }
+    /// Slots of each saved per-layer activation other than x ([`ActivationSlots`]).
+    pub fn activation_slots(&self) -> ActivationSlots {
+        ActivationSlots {
+            layers: self.layers,
+            checkpointed: self.checkpointed_layers.min(self.layers),
+        }
+    }
+    /// Whether layer `layer` recomputes its activations in the backward.
+    pub fn checkpointed(&self, layer: usize) -> bool {
+        layer < self.checkpointed_layers
     }
     /// Tokens of the largest bucket (rows of every token-major buffer).
     pub fn max_tokens(&self) -> usize {
@@ -231,20 +267,27 @@ impl ParamLayout {
     }
 
     /// Row of each LoRA slot's xa in the stacked xa buffer: [layer][projection], None where the
-    /// projection has no adapter, numbered in layer then projection order; with `checkpointing`
-    /// (activation checkpointing) within each layer, whose layers share one layer's rows.
-    pub fn xa_index(&self, checkpointing: bool) -> Vec<[Option<usize>; 7]> {
-        let mut next = 0;
+    /// projection has no adapter. The first `checkpointed` layers (activation checkpointing) share
+    /// the first rows, each numbered within itself; the other layers follow, numbered in layer
+    /// then projection order.
+    pub fn xa_index(&self, checkpointed: usize) -> Vec<[Option<usize>; 7]> {
+        let adapted = |slots: &[Option<LoraSlot>; 7]| slots.iter().flatten().count();
+        let shared = self.slots.iter().take(checkpointed).map(adapted).max();
+        let mut next = shared.unwrap_or(0);
         self.slots
             .iter()
-            .map(|slots| {
-                if checkpointing {
-                    next = 0;
-                }
+            .enumerate()
+            .map(|(layer, slots)| {
+                let mut local = 0;
+                let counter = if layer < checkpointed {
+                    &mut local
+                } else {
+                    &mut next
+                };
                 slots.each_ref().map(|slot| {
                     slot.as_ref().map(|_| {
-                        next += 1;
-                        next - 1
+                        *counter += 1;
+                        *counter - 1
                     })
                 })
             })
@@ -252,8 +295,8 @@ impl ParamLayout {
     }
 
     /// Rows of the stacked xa buffer that [`ParamLayout::xa_index`] numbers.
-    pub fn xa_rows(&self, checkpointing: bool) -> usize {
-        self.xa_index(checkpointing)
+    pub fn xa_rows(&self, checkpointed: usize) -> usize {
+        self.xa_index(checkpointed)
             .iter()
             .flatten()
             .flatten()
@@ -372,13 +415,13 @@ mod tests {
             eps: 1e-5,
             attention_scratch_bytes: ATTENTION_SCRATCH_BYTES,
             flash_attention: false,
-            activation_checkpointing: false,
+            checkpointed_layers: 0,
             quantized_base: false,
         }
     }
 
     #[test]
-    fn xa_rows_are_numbered_across_layers_or_within_each_under_checkpointing() {
+    fn xa_rows_are_numbered_across_layers_or_shared_by_the_checkpointed_ones() {
         let slot = || {
             Some(LoraSlot {
                 adapter_index: 0,
@@ -398,14 +441,21 @@ mod tests {
             rank: 1,
             scale: 1.0,
         };
-        let all = layout.xa_index(false);
+        let all = layout.xa_index(0);
         assert_eq!(all[0], [Some(0), None, Some(1), None, None, None, Some(2)]);
         assert_eq!(all[1], [None, Some(3), None, None, None, None, None]);
-        assert_eq!(layout.xa_rows(false), 4);
-        let shared = layout.xa_index(true);
+        assert_eq!(layout.xa_rows(0), 4);
+        let shared = layout.xa_index(2);
         assert_eq!(shared[0], all[0]);
         assert_eq!(shared[1][K], Some(0));
-        assert_eq!(layout.xa_rows(true), 3);
+        assert_eq!(layout.xa_rows(2), 3);
+        // Layer 0 checkpointed (its 3 rows first), layer 1 after them; and the other way round.
+        let first = layout.xa_index(1);
+        assert_eq!(first[0], all[0]);
+        assert_eq!(first[1][K], Some(3));
+        assert_eq!(layout.xa_rows(1), 4);
+        // More than the layers: every layer.
+        assert_eq!(layout.xa_index(9), shared);
     }
 
     #[test]
@@ -445,7 +495,7 @@ mod tests {
             eps: 1e-5,
             attention_scratch_bytes: ATTENTION_SCRATCH_BYTES,
             flash_attention: false,
-            activation_checkpointing: false,
+            checkpointed_layers: 0,
             quantized_base: false,
         }
     }

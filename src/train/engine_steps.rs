@@ -91,7 +91,7 @@ impl EngineSteps {
                 dtype: model.dtype(),
                 // WICK_TRAIN_FLASH=0 keeps the materialized attention (for comparisons).
                 flash_attention: !std::env::var("WICK_TRAIN_FLASH").is_ok_and(|v| v == "0"),
-                activation_checkpointing: config.activation_checkpointing,
+                checkpointed_layers: config.checkpointed_layers(model.config().num_hidden_layers),
                 ..EngineOptions::default()
             };
             let mut engine = TrainEngine::new(model, adapter, config.adamw, options)?;

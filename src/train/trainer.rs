@@ -62,6 +62,22 @@ pub struct TrainConfig {
     /// compute. Needs LoRA dropout 0. Same gradients up to rounding.
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// With `activation_checkpointing`: only the first N decoder layers recompute their
+    /// activations (None: every layer). Memory between none and all, compute between too: each
+    /// checkpointed layer costs one more layer forward, each other keeps its activations.
+    #[serde(default)]
+    pub checkpoint_layers: Option<usize>,
+}
+
+impl TrainConfig {
+    /// How many of a model's `layers` decoder layers (the first ones) are checkpointed.
+    pub fn checkpointed_layers(&self, layers: usize) -> usize {
+        if self.activation_checkpointing {
+            self.checkpoint_layers.unwrap_or(layers).min(layers)
+        } else {
+            0
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -82,6 +98,7 @@ impl Default for TrainConfig {
             keep_last: 3,
             eval_every: None,
             activation_checkpointing: false,
+            checkpoint_layers: None,
         }
     }
 }
@@ -292,8 +309,9 @@ pub(crate) fn accumulate_grads(
     let mut step_loss = 0f64;
     for &(batch, weight) in weighted {
         let (ids, labels) = batch_tensors(batch, &device)?;
-        let logits = if config.activation_checkpointing {
-            model.forward_train_checkpointed(&ids, &sink)?
+        let checkpointed = config.checkpointed_layers(model.config().num_hidden_layers);
+        let logits = if checkpointed > 0 {
+            model.forward_train_checkpointed(&ids, &sink, checkpointed)?
         } else {
             model.forward_train(&ids)?
         };

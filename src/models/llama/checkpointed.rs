@@ -1,5 +1,5 @@
-//! The training forward with every decoder layer checkpointed (`ops::checkpoint`): the backward pass
-//! runs each layer again instead of keeping its activations, so a step holds the residual stream at
+//! The training forward with decoder layers checkpointed (`ops::checkpoint`; the first N, or every
+//! one): the backward pass runs each such layer again instead of keeping its activations, so a step holds the residual stream at
 //! each layer boundary ([batch, t, hidden] per layer) plus one layer's activations at a time, for
 //! about one more forward pass of compute. Memory is what limits long sequences: the attention
 //! scores alone are [batch, heads, t, t] per layer, in several copies.
@@ -12,21 +12,23 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 
-use super::{causal_mask, Llama, PositionTables};
+use super::{causal_mask, DecoderLayer, Llama, PositionTables};
 use crate::ops::checkpoint::{checkpoint, GradSink, Segment};
 use crate::ops::rms_norm::{add_rms_norm, rms_norm};
 use crate::{Context, Error, Result};
 
 impl Llama {
-    /// Training forward with activation checkpointing per decoder layer. input_ids: [batch, t] ->
-    /// logits [batch, t, vocab] in the compute dtype, like [`Llama::forward_train`]. The gradients of
-    /// the adapter tensors inside the layers do not reach the `GradStore` of `backward()`: they are
-    /// summed into `sink` during it. Adapter dropout must be 0 (the recomputation must see the same
-    /// values as the forward pass).
+    /// Training forward with activation checkpointing of the first `checkpointed` decoder layers
+    /// (the others keep their activations for autograd as in [`Llama::forward_train`]).
+    /// input_ids: [batch, t] -> logits [batch, t, vocab] in the compute dtype. The gradients of the
+    /// adapter tensors inside checkpointed layers do not reach the `GradStore` of `backward()`:
+    /// they are summed into `sink` during it. Their adapter dropout must be 0 (the recomputation
+    /// must see the same values as the forward pass).
     pub fn forward_train_checkpointed(
         &self,
         input_ids: &Tensor,
         sink: &Arc<GradSink>,
+        checkpointed: usize,
     ) -> Result<Tensor> {
         let (b, t) = input_ids
             .dims2()
@@ -57,6 +59,10 @@ impl Llama {
         let eps = self.config.rms_norm_eps;
         let mut residual = x;
         for (i, layer) in self.layers.iter().enumerate() {
+            if i >= checkpointed {
+                residual = train_layer(layer, &residual, &tables, mask.as_ref(), eps)?;
+                continue;
+            }
             let mut trainable = Vec::new();
             let a = &layer.self_attn;
             let m = &layer.mlp;
@@ -88,18 +94,26 @@ impl Llama {
             }
             let layer = layer.clone();
             let (tables, mask) = (tables.clone(), mask.clone());
-            let segment: Segment = Arc::new(move |x: &Tensor| {
-                let normed = rms_norm(x, &layer.input_layernorm, eps)?;
-                let attn = layer
-                    .self_attn
-                    .forward(&normed, &tables, mask.as_ref(), None, true)?;
-                let (normed, h) = add_rms_norm(&attn, x, &layer.post_attention_layernorm, eps)?;
-                let mlp = layer.mlp.forward(&normed, true)?;
-                (mlp + h).context("residual add")
-            });
+            let segment: Segment =
+                Arc::new(move |x: &Tensor| train_layer(&layer, x, &tables, mask.as_ref(), eps));
             residual = checkpoint(&residual, segment, trainable, sink.clone())?;
         }
         let normed = rms_norm(&residual, &self.norm, eps)?;
         self.lm_head.forward_t(&normed, true)
     }
+}
+
+/// One decoder layer of the training forward (adapter dropout on), x: [batch, t, hidden].
+fn train_layer(
+    layer: &DecoderLayer,
+    x: &Tensor,
+    tables: &PositionTables,
+    mask: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let normed = rms_norm(x, &layer.input_layernorm, eps)?;
+    let attn = layer.self_attn.forward(&normed, tables, mask, None, true)?;
+    let (normed, h) = add_rms_norm(&attn, x, &layer.post_attention_layernorm, eps)?;
+    let mlp = layer.mlp.forward(&normed, true)?;
+    (mlp + h).context("residual add")
 }

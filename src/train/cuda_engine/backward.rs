@@ -277,7 +277,7 @@ impl Launcher<'_> {
         self.forward(s)?;
         self.head_and_loss(s)?;
         for layer in (0..d.layers).rev() {
-            if d.activation_checkpointing {
+            if d.checkpointed(layer) {
                 // The layer's saved activations (one layer's slots) again from its saved input;
                 // its output goes to `dn`, free until the layer's backward writes it. (It also
                 // refills a quantized base's layer scratch.)

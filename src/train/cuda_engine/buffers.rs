@@ -32,8 +32,9 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
     let e = dtype.size_in_bytes();
     let n = dims.max_tokens();
     let l = dims.layers;
-    // Slots of the saved activations other than x: one layer's under activation checkpointing.
-    let ls = if dims.activation_checkpointing { 1 } else { l };
+    // Slots of the saved activations other than x: one shared by the checkpointed layers, one per
+    // other layer.
+    let ls = dims.activation_slots().count();
     let (d, f, qw, kw, r) = (
         dims.hidden,
         dims.ffn,
@@ -55,7 +56,7 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
         ("saved u (up)", ls * n * f * e),
         (
             "saved xa (x A^T per adapted projection)",
-            layout.xa_rows(dims.activation_checkpointing) * n * r * e,
+            layout.xa_rows(dims.checkpointed_layers) * n * r * e,
         ),
         ("saved rstd1, rstd2 (f32)", 2 * ls * n * 4),
         ("saved final norm out", n * d * e),

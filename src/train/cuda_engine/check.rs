@@ -146,7 +146,7 @@ fn engine_options(cm: &CheckModel, dtype: DType) -> EngineOptions {
             pairs * groups * seq * seq * 4
         }),
         flash_attention: true,
-        activation_checkpointing: cm.activation_checkpointing,
+        checkpointed_layers: cm.checkpointed_layers,
     }
 }
 

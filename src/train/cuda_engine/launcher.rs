@@ -5,7 +5,7 @@
 use candle_core::DType;
 
 use super::buffers::{self, Buffers};
-use super::layout::{Dims, ParamLayout};
+use super::layout::{ActivationSlots, Dims, ParamLayout};
 use super::weights::ModelWeights;
 use super::ERR;
 use crate::gpu::decode::prefill::{PrefillKernels, DEQUANT_SEGMENTS};
@@ -20,10 +20,10 @@ use crate::Result;
 pub(super) struct Ptrs {
     /// Rows of every token-major buffer (the largest bucket's tokens).
     pub(super) tokens: usize,
-    pub(super) layers: usize,
     pub(super) hidden: usize,
-    /// Activation checkpointing: the saved activations other than x hold one layer.
-    pub(super) checkpointing: bool,
+    /// Where each layer's saved activations other than x live (the checkpointed layers share one
+    /// slot).
+    pub(super) slots: ActivationSlots,
     /// Bytes of T.
     pub(super) e: usize,
     pub(super) x: u64,
@@ -89,9 +89,8 @@ impl Ptrs {
         let cos = b.ptr("rope cos, sin (f32)");
         Self {
             tokens: dims.max_tokens(),
-            layers: dims.layers,
             hidden: dims.hidden,
-            checkpointing: dims.activation_checkpointing,
+            slots: dims.activation_slots(),
             e: dtype.size_in_bytes(),
             x: b.ptr("saved x (residual in)"),
             norm: b.ptr(buffers::NORM_OUT),
@@ -143,23 +142,9 @@ impl Ptrs {
         }
     }
 
-    /// The slot of layer `layer` in the saved activations: its own, or the one slot every layer
-    /// shares under activation checkpointing (the backward recomputes a layer's before using them).
+    /// The slot of layer `layer` in the saved activations (`ActivationSlots`).
     fn slot(&self, layer: usize) -> usize {
-        if self.checkpointing {
-            0
-        } else {
-            layer
-        }
-    }
-
-    /// Slots of each saved per-layer buffer (1 under activation checkpointing, else the layers).
-    fn slots(&self) -> usize {
-        if self.checkpointing {
-            1
-        } else {
-            self.layers
-        }
+        self.slots.of(layer)
     }
 
     /// Layer `layer`'s slice of a saved per-layer activation of rows `width` wide (T).
@@ -182,7 +167,7 @@ impl Ptrs {
     pub(super) fn rstd(&self, layer: usize) -> (u64, u64) {
         let at = |i: usize| self.rstd + (i * self.tokens * 4) as u64;
         let slot = self.slot(layer);
-        (at(slot), at(self.slots() + slot))
+        (at(slot), at(self.slots.count() + slot))
     }
 
     /// The address of scalar `i` (`buffers::SCALAR_*`).

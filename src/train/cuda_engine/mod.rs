@@ -83,10 +83,11 @@ pub struct EngineOptions {
     /// a head dim of 64 or 128. Elsewhere, or when false, attention materializes its scores in
     /// chunks of (row, kv head) pairs (`attention_scratch_bytes`).
     pub flash_attention: bool,
-    /// Activation checkpointing: save only each layer's input x and recompute the layer's other
-    /// activations in the backward (one extra layer forward each), so the saved activations take
-    /// one layer's memory instead of every layer's.
-    pub activation_checkpointing: bool,
+    /// Activation checkpointing of the first N decoder layers (0: none; the layer count or more:
+    /// every layer): each saves only its input x and recomputes its other activations in the
+    /// backward (one extra layer forward each); together they take one layer's memory instead of
+    /// N layers'.
+    pub checkpointed_layers: usize,
 }
 
 impl Default for EngineOptions {
@@ -101,7 +102,7 @@ impl Default for EngineOptions {
             loss_chunk: 1024,
             attention_scratch_bytes: layout::ATTENTION_SCRATCH_BYTES,
             flash_attention: true,
-            activation_checkpointing: false,
+            checkpointed_layers: 0,
         }
     }
 }
@@ -258,7 +259,7 @@ impl TrainEngine {
         stream
             .memcpy_htod(&tables, &mut buffers.rope)
             .map_err(|e| ERR.driver("uploading the rope tables", e))?;
-        let xa_index = layout.xa_index(dims.activation_checkpointing);
+        let xa_index = layout.xa_index(dims.checkpointed_layers);
         let vars = Self::var_names(&layout);
         let mode = if std::env::var("WICK_TRAIN_GRAPH").is_ok_and(|v| v == "0") {
             StepMode::Eager("WICK_TRAIN_GRAPH=0".into())
@@ -300,7 +301,10 @@ impl TrainEngine {
             engine.dims.seq,
             engine.opts.dtype,
             if engine.dims.flash_attention { "fused" } else { "materialized" },
-            if engine.dims.activation_checkpointing { ", activations checkpointed per layer" } else { "" },
+            match engine.dims.checkpointed_layers.min(engine.dims.layers) {
+                0 => String::new(),
+                n => format!(", activations of {n} layer(s) checkpointed"),
+            },
             engine.buffers.total_bytes() as f64 / (1 << 20) as f64,
             engine.gemm.cached_plans(),
             started.elapsed().as_secs_f64()
@@ -377,7 +381,7 @@ impl TrainEngine {
             attention_scratch_bytes: opts.attention_scratch_bytes,
             flash_attention: opts.flash_attention
                 && FlashAttention::supports(opts.dtype, cfg.head_dim),
-            activation_checkpointing: opts.activation_checkpointing,
+            checkpointed_layers: opts.checkpointed_layers.min(cfg.num_hidden_layers),
             quantized_base: weights::has_blocks(model),
         }
     }

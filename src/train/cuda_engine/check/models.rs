@@ -53,8 +53,8 @@ pub(super) struct CheckModel {
     pub(super) attention_pairs: Option<usize>,
     /// Optimizer steps of the f32 loss curve against Candle's (`trn_engine_curve`; 0: none).
     pub(super) curve_steps: usize,
-    /// The engine checkpoints activations (recomputes each layer's in the backward).
-    pub(super) activation_checkpointing: bool,
+    /// The engine checkpoints the first N layers' activations (recomputes them in the backward).
+    pub(super) checkpointed_layers: usize,
     /// QLoRA: the engine's model keeps its matrices as GGML blocks ([`quantize_matrices`]); the
     /// Candle references load the same blocks dequantized.
     pub(super) quantized: bool,
@@ -86,7 +86,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
             attention_pairs: Some(3),
             curve_steps: 0,
-            activation_checkpointing: false,
+            checkpointed_layers: 0,
             quantized: false,
         },
         CheckModel {
@@ -103,7 +103,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             ]),
             attention_pairs: None,
             curve_steps: 0,
-            activation_checkpointing: true,
+            checkpointed_layers: usize::MAX,
             quantized: false,
         },
         CheckModel {
@@ -116,7 +116,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
             attention_pairs: Some(3),
             curve_steps: 20,
-            activation_checkpointing: false,
+            checkpointed_layers: 0,
             quantized: false,
         },
         CheckModel {
@@ -134,7 +134,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             ]),
             attention_pairs: None,
             curve_steps: 0,
-            activation_checkpointing: false,
+            checkpointed_layers: 0,
             quantized: false,
         },
     ];
@@ -164,11 +164,11 @@ fn quantized_models(base: &DecoderConfig) -> [CheckModel; 2] {
             targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
             attention_pairs: None,
             curve_steps: 10,
-            activation_checkpointing: false,
+            checkpointed_layers: 0,
             quantized: true,
         },
         CheckModel {
-            name: "QLoRA base, activations checkpointed, 2 layers, q/v/down",
+            name: "QLoRA base, layer 0 of 2 checkpointed, q/v/down",
             config,
             targets: TargetModules::List(vec![
                 "q_proj".into(),
@@ -177,7 +177,7 @@ fn quantized_models(base: &DecoderConfig) -> [CheckModel; 2] {
             ]),
             attention_pairs: None,
             curve_steps: 0,
-            activation_checkpointing: true,
+            checkpointed_layers: 1,
             quantized: true,
         },
     ]
@@ -235,7 +235,7 @@ fn fused_attention_models(base: &DecoderConfig) -> [CheckModel; 2] {
             targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
             attention_pairs: None,
             curve_steps: 0,
-            activation_checkpointing: false,
+            checkpointed_layers: 0,
             quantized: false,
         },
         CheckModel {
@@ -244,7 +244,7 @@ fn fused_attention_models(base: &DecoderConfig) -> [CheckModel; 2] {
             targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
             attention_pairs: None,
             curve_steps: 0,
-            activation_checkpointing: true,
+            checkpointed_layers: usize::MAX,
             quantized: false,
         },
     ]

@@ -32,6 +32,10 @@
 // trn_cast(src f32, dst, n): dst = T(src).
 // trn_add_bias(y, bias, rows, cols): y[r, c] += bias[c] (frozen projection biases, e.g. Qwen2's
 //   q/k/v); grid-stride, 16-byte vectors when cols and both pointers allow.
+// trn_lora_dropout(x, y, rows, cols, s, seed, stream, threshold, scale, accumulate): LoRA dropout,
+//   y = x * keep / (1 - p) (accumulate: y += that), x and y [rows, cols] in rows of s positions;
+//   keep drawn per element (row / s, row % s, col) from the u64 seed in device memory and the
+//   stream (layer and projection) as src/reference/lora_dropout.rs specifies; grid-stride.
 #include "common.cuh"
 
 #define LOG2E 1.4426950408889634f
@@ -739,6 +743,31 @@ __device__ void trn_add_bias(T* __restrict__ y, const T* __restrict__ bias, size
         y[i] = from_f<T>(to_f(y[i]) + to_f(bias[i % cols]));
 }
 
+// Whether element `key` of stream `stream` survives dropout (src/reference/lora_dropout.rs).
+__device__ __forceinline__ bool lora_keep(unsigned long long seed, unsigned stream,
+                                          unsigned long long key, unsigned threshold) {
+    unsigned long long z = (seed ^ ((unsigned long long)stream * 0x9E3779B97F4A7C15ull)) +
+                           key * 0xD1B54A32D192ED03ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (unsigned)(z >> 40) >= threshold;
+}
+
+template <typename T>
+__device__ void trn_lora_dropout(const T* __restrict__ x, T* __restrict__ y, size_t rows, int cols,
+                                 int s, const unsigned long long* __restrict__ seed,
+                                 unsigned stream, unsigned threshold, float scale, int accumulate) {
+    const unsigned long long sd = *seed;
+    size_t n = rows * (size_t)cols;
+    for (size_t i = grid_index(); i < n; i += grid_stride()) {
+        size_t row = i / cols;
+        unsigned long long b = row / s, t = row % s, c = i % cols;
+        float v = lora_keep(sd, stream, (b << 44) | (t << 24) | c, threshold) ? to_f(x[i]) * scale : 0.f;
+        y[i] = from_f<T>(accumulate ? to_f(y[i]) + v : v);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 #define EMBED_PARAMS(T) const T* table, const int* ids, T* x, int n, int width
 WICK_INSTANTIATE(trn_embed, EMBED_PARAMS, (table, ids, x, n, width))
@@ -779,3 +808,8 @@ WICK_INSTANTIATE(trn_adamw, ADAMW_PARAMS, (param, grad, m, v, lowp, hyper, gnorm
 WICK_INSTANTIATE(trn_cast, CAST_PARAMS, (src, dst, n))
 #define BIAS_PARAMS(T) T* y, const T* bias, size_t rows, int cols
 WICK_INSTANTIATE(trn_add_bias, BIAS_PARAMS, (y, bias, rows, cols))
+#define DROPOUT_PARAMS(T)                                                                          \
+    const T* x, T* y, size_t rows, int cols, int s, const unsigned long long* seed, unsigned stream, \
+        unsigned threshold, float scale, int accumulate
+WICK_INSTANTIATE(trn_lora_dropout, DROPOUT_PARAMS,
+                 (x, y, rows, cols, s, seed, stream, threshold, scale, accumulate))

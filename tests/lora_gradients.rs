@@ -71,6 +71,7 @@ fn lora_linear_gradients_match_finite_differences() {
         b: b.as_tensor().clone(),
         scale: 1.5,
         dropout: 0.0,
+        dropout_masks: None,
     });
     // A loss that weighs every output differently: sum(y * probe) + sum(y^2)/2.
     let loss = || -> Tensor {
@@ -135,6 +136,7 @@ fn tiny_model_lora_gradients_match_finite_differences() {
             b: b.as_tensor().clone(),
             scale: 2.0,
             dropout: 0.0,
+            dropout_masks: None,
         });
         vars.push((format!("{path}.lora_A"), a));
         vars.push((format!("{path}.lora_B"), b));
@@ -185,6 +187,7 @@ fn checkpointed_forward_gives_the_plain_gradients() {
             b: b.as_tensor().clone(),
             scale: 1.5,
             dropout: 0.0,
+            dropout_masks: None,
         });
         vars.push((path, a, b));
     }

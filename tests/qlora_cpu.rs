@@ -134,6 +134,7 @@ fn lora_gradients_through_a_quantized_base_match_the_dense_base() {
             b: b.as_tensor().clone(),
             scale: 2.0,
             dropout: 0.0,
+            dropout_masks: None,
         });
         let x = candle_core::Var::from_tensor(&x0).unwrap();
         let y = layer.forward_t(x.as_tensor(), true).unwrap();

@@ -7,13 +7,14 @@
 #   make            the random-block Q4_K_M-like GGUF at Llama-3.1-8B shapes (make-random-gguf.py
 #                   --blocks q4_k_m; the Llama 3 vocabulary from $WICK_LLAMA3_VOCAB, llama.cpp's
 #                   models/ggml-vocab-llama-bpe.gguf)
-#   wick [SEQ B]    wick bench train --quantized-base, r 16 all-linear, 3 warm-up + 10 steps
-#                   (default seq 2048, batch 2), then the same with --checkpoint-activations
+#   wick [SEQ B [MODE...]]  wick bench train --quantized-base, r 16 all-linear, 3 warm-up + 10 steps
+#                   (default seq 2048, batch 2) per MODE: plain, all (--checkpoint-activations) or N
+#                   (--checkpoint-layers N); default "plain all"
 #   anchors [RUNS]  PEFT + transformers at the same shapes, bf16 base (benches/anchors/train_peft.py
 #                   --config llama3.1_8b_config.json; default RUNS eager:2048), batch 2
 #   longest SEQ...  batch 1, one step at each SEQ: wick (quantized base, checkpointed) and PEFT + Liger
 #                   + gradient checkpointing (liger-gc); a failure (out of memory) is recorded
-# Results in $stage/results: wick-qlora-llama3.1_8b-<seq>[-checkpointed].json,
+# Results in $stage/results: wick-qlora-llama3.1_8b-<seq>[-checkpointed[-N]].json,
 # anchors-train-llama3.1_8b.jsonl, wick-longest-llama3.1_8b-<seq>.json, anchors-longest-llama3.1_8b.jsonl.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -36,13 +37,20 @@ case "${1:-}" in
     ;;
   wick)
     seq=${2:-2048} batch=${3:-2} rc=0
-    for mode in plain checkpointed; do
-      extra=() suffix=""
-      [[ $mode == checkpointed ]] && extra=(--checkpoint-activations) suffix=-checkpointed
-      "$wick" bench train --model "$gguf" --device cuda --quantized-base --seq-len "$seq" \
-        --batch-size "$batch" --rank 16 --warmup-steps 3 --steps 10 "${extra[@]}" \
-        >"$results/wick-qlora-llama3.1_8b-$seq$suffix.json" || rc=1
-      cat "$results/wick-qlora-llama3.1_8b-$seq$suffix.json"
+    shift $(( $# < 3 ? $# : 3 ))
+    for mode in "${@:-plain all}"; do
+      for m in $mode; do
+        extra=() suffix=""
+        case $m in
+          plain) ;;
+          all) extra=(--checkpoint-activations) suffix=-checkpointed ;;
+          *) extra=(--checkpoint-layers "$m") suffix=-checkpointed-$m ;;
+        esac
+        "$wick" bench train --model "$gguf" --device cuda --quantized-base --seq-len "$seq" \
+          --batch-size "$batch" --rank 16 --warmup-steps 3 --steps 10 "${extra[@]}" \
+          >"$results/wick-qlora-llama3.1_8b-$seq$suffix.json" || rc=1
+        grep -E '"(tokens_per_s|device_peak_used_gib)"' "$results/wick-qlora-llama3.1_8b-$seq$suffix.json"
+      done
     done
     exit $rc
     ;;

@@ -233,11 +233,6 @@ fn cuda_qlora_blocker(args: &Args) -> Option<String> {
         Some("--devices: data-parallel runs train through Candle's autograd".into())
     } else if args.engine == wick::train::engine_steps::EnginePolicy::Off {
         Some("--engine off".into())
-    } else if args.dropout > 0.0 {
-        Some(format!(
-            "--dropout {}: the CUDA training engine has no LoRA dropout",
-            args.dropout
-        ))
     } else if args.dora {
         Some("--dora: the CUDA training engine has no DoRA".into())
     } else {

@@ -140,6 +140,7 @@ impl Adapter {
                 b: layer.b.as_tensor().clone(),
                 scale,
                 dropout: 0.0,
+                dropout_masks: None,
                 dora: None,
             };
             let norm = layer_weight_norm(linear, &lora)?
@@ -254,6 +255,7 @@ impl Adapter {
                     b: l.b.as_tensor().clone(),
                     scale,
                     dropout: self.config.lora_dropout,
+                    dropout_masks: None,
                     dora: l.magnitude.as_ref().map(|m| DoraWeights {
                         magnitude: m.as_tensor().clone(),
                         weight_norm: None,

@@ -74,7 +74,7 @@ pub fn forward(
     let y = base_forward(layer, x)?;
     let dropout = train && lora.dropout > 0.0;
     let (x_d, base_term) = if dropout {
-        let x_d = candle_nn::ops::dropout(x, lora.dropout).context("lora dropout")?;
+        let x_d = super::linear::lora_input(lora, x, train)?;
         let base_term = frozen_product(layer, &x_d)?;
         (x_d, base_term)
     } else {
@@ -200,6 +200,7 @@ mod tests {
                 b: tensor(&b, &[o, r]),
                 scale,
                 dropout: 0.0,
+                dropout_masks: None,
                 dora: None,
             };
             let norm = layer_weight_norm(&layer, &lora).unwrap();
@@ -246,6 +247,7 @@ mod tests {
             b: Tensor::zeros((o, r), DType::F32, &Device::Cpu).unwrap(),
             scale: 2.0,
             dropout: 0.0,
+            dropout_masks: None,
             dora: None,
         };
         let magnitude = Var::from_tensor(&layer_weight_norm(&layer, &lora).unwrap()).unwrap();

@@ -40,8 +40,34 @@ pub struct LoraWeights {
     pub scale: f64,
     /// Dropout probability applied to the layer input of the low-rank branch while training.
     pub dropout: f32,
+    /// Where the dropout masks come from: seeded masks (`DropoutMasks`), or None for Candle's
+    /// unseeded dropout.
+    pub dropout_masks: Option<std::sync::Arc<dyn DropoutMasks>>,
     /// DoRA's magnitude when the adapter is a DoRA adapter (PEFT `use_dora`), see `models::dora`.
     pub dora: Option<DoraWeights>,
+}
+
+/// Seeded LoRA dropout masks: `keep / (1 - p)` (or 0) per element of the low-rank branch's input
+/// [batch, t, in], for training that must draw known masks (the CUDA training engine's check draws
+/// the engine's own, `reference::lora_dropout`).
+pub trait DropoutMasks: Send + Sync + std::fmt::Debug {
+    /// The mask for an input of `dims`, on `device` in `dtype`.
+    fn mask(&self, dims: &[usize], device: &candle_core::Device, dtype: DType) -> Result<Tensor>;
+}
+
+/// The low-rank branch's input while training: `x`, or dropout(x) by the layer's masks (seeded) or
+/// Candle's dropout.
+pub(crate) fn lora_input(lora: &LoraWeights, x: &Tensor, train: bool) -> Result<Tensor> {
+    if !train || lora.dropout <= 0.0 {
+        return Ok(x.clone());
+    }
+    match &lora.dropout_masks {
+        Some(masks) => {
+            let mask = masks.mask(x.dims(), x.device(), x.dtype())?;
+            (x * mask).context("lora dropout (seeded)")
+        }
+        None => candle_nn::ops::dropout(x, lora.dropout).context("lora dropout"),
+    }
 }
 
 /// The DoRA part of an adapted layer.
@@ -248,11 +274,7 @@ fn adapter_forward(layer: &Linear, x: &Tensor, train: bool) -> Result<Tensor> {
         }
     }
     let y = frozen_forward(layer, x)?;
-    let x_in = if dropout {
-        candle_nn::ops::dropout(x, lora.dropout).context("lora dropout")?
-    } else {
-        x.clone()
-    };
+    let x_in = lora_input(lora, x, train)?;
     let x_in = x_in.to_dtype(lora.a.dtype()).context("lora input dtype")?;
     let delta = lora_linear(&x_in, None, None, &lora.a, &lora.b, lora.scale)?;
     let delta = delta.to_dtype(y.dtype()).context("lora output dtype")?;
@@ -318,6 +340,7 @@ mod tests {
             b: b.clone(),
             scale: 4.0,
             dropout: 0.0,
+            dropout_masks: None,
         });
         let x = random_tensor(&[2, 3, 5], DType::F32, &dev, 4, 1.0).unwrap();
         let y = layer.forward(&x).unwrap();

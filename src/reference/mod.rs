@@ -10,6 +10,7 @@
 //! so `gpu`, `ops` and everything above may import it.
 
 pub mod cross_entropy;
+pub mod lora_dropout;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;

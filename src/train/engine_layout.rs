@@ -201,6 +201,8 @@ pub struct ParamLayout {
     pub rank: usize,
     /// alpha / r (or alpha / sqrt(r)).
     pub scale: f32,
+    /// LoRA dropout probability of every adapted projection's input (PEFT's `lora_dropout`).
+    pub dropout: f32,
 }
 
 fn align(n: usize) -> usize {
@@ -256,6 +258,7 @@ impl ParamLayout {
             total: total.max(PARAM_ALIGN),
             rank,
             scale: adapter.config.scale() as f32,
+            dropout: adapter.config.lora_dropout,
         })
     }
 
@@ -440,6 +443,7 @@ mod tests {
             total: PARAM_ALIGN,
             rank: 1,
             scale: 1.0,
+            dropout: 0.0,
         };
         let all = layout.xa_index(0);
         assert_eq!(all[0], [Some(0), None, Some(1), None, None, None, Some(2)]);

@@ -92,6 +92,7 @@ impl EngineSteps {
                 // WICK_TRAIN_FLASH=0 keeps the materialized attention (for comparisons).
                 flash_attention: !std::env::var("WICK_TRAIN_FLASH").is_ok_and(|v| v == "0"),
                 checkpointed_layers: config.checkpointed_layers(model.config().num_hidden_layers),
+                dropout_seed: config.seed,
                 ..EngineOptions::default()
             };
             let mut engine = TrainEngine::new(model, adapter, config.adamw, options)?;

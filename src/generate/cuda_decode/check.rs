@@ -169,6 +169,7 @@ fn random_adapter(
             b: t(b, (outp, rank))?,
             scale,
             dropout: 0.0,
+            dropout_masks: None,
             dora: None,
         }));
     }

@@ -234,6 +234,7 @@ pub fn run(dev: &CudaDevice, dtype: DType, seed: u64) -> Result<Vec<TrainCase>> 
     flash_attention::run(&mut c, dev)?;
     rows::swiglu(&mut c)?;
     rows::add_bias(&mut c)?;
+    rows::lora_dropout(&mut c)?;
     loss::cross_entropy(&mut c)?;
     loss::reductions(&mut c)?;
     loss::adamw(&mut c)?;

@@ -70,6 +70,7 @@ pub struct TrainKernels {
     adamw: CudaFunction,
     cast: CudaFunction,
     add_bias: CudaFunction,
+    lora_dropout: CudaFunction,
 }
 
 fn config(grid: usize, block: u32) -> LaunchConfig {
@@ -154,6 +155,7 @@ impl TrainKernels {
             adamw: typed("trn_adamw")?,
             cast: typed("trn_cast")?,
             add_bias: typed("trn_add_bias")?,
+            lora_dropout: typed("trn_lora_dropout")?,
         })
     }
 
@@ -499,6 +501,44 @@ impl TrainKernels {
         let mut b = self.stream.launch_builder(&self.add_bias);
         b.arg(&y).arg(&bias).arg(&rows64).arg(&cols_i);
         unsafe { b.launch(grid_stride(self.vector_items(rows * cols))) }.w()?;
+        Ok(())
+    }
+
+    /// LoRA dropout: y [rows, cols] = x * keep / (1 - p) (`accumulate`: y += that), x and y in T,
+    /// rows of `s` positions; the mask drawn from the u64 seed at `seed` and `stream` as
+    /// `reference::lora_dropout` specifies. x and y must not overlap. Grid-stride.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lora_dropout(
+        &self,
+        x: u64,
+        y: u64,
+        (rows, cols, s): (usize, usize, usize),
+        seed: u64,
+        stream: u32,
+        p: f32,
+        accumulate: bool,
+    ) -> Result<()> {
+        let (cols_i, s_i) = (
+            check_i32("dropout width", cols)?,
+            check_i32("dropout positions", s)?,
+        );
+        if s == 0 || rows / s >= 1 << 20 || s > 1 << 20 || cols >= 1 << 24 {
+            return Err(candle_core::Error::Msg(format!(
+                "lora_dropout: {rows} rows of {s} positions x {cols} columns exceed the mask's key (rows / s and s < 2^20, columns < 2^24)"
+            )));
+        }
+        let threshold = crate::reference::lora_dropout::threshold(p);
+        let scale = crate::reference::lora_dropout::keep_scale(p);
+        let (rows64, acc) = (rows as u64, i32::from(accumulate));
+        let mut b = self.stream.launch_builder(&self.lora_dropout);
+        b.arg(&x)
+            .arg(&y)
+            .arg(&rows64)
+            .arg(&cols_i)
+            .arg(&s_i)
+            .arg(&seed);
+        b.arg(&stream).arg(&threshold).arg(&scale).arg(&acc);
+        unsafe { b.launch(grid_stride(rows * cols)) }.w()?;
         Ok(())
     }
 

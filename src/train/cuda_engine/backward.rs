@@ -45,10 +45,32 @@ impl Launcher<'_> {
             self.mm("dB = s dY^T xa", &db, dy, l.xa, l.db, s, 1.0)?;
             let dxa_shape = self.shape((n, r, out), (false, false));
             self.mm("dxa = s dY B", &dxa_shape, dy, l.b_t, dxa, s, 0.0)?;
+            // With LoRA dropout the branch read x * keep / (1 - p): the same mask again.
+            let x_in = self.dropped_input(n, layer, proj, x)?;
             let da = self.shape_f32((r, inp, n), (true, false));
-            self.mm("dA = dxa^T x", &da, dxa, x, l.da, 1.0, 1.0)?;
+            self.mm("dA = dxa^T x", &da, dxa, x_in, l.da, 1.0, 1.0)?;
             let dx_lora = self.shape((n, inp, r), (false, false));
-            self.mm("dx += dxa A", &dx_lora, dxa, l.a_t, dx, 1.0, 1.0)?;
+            let p = self.layout.dropout;
+            if p <= 0.0 {
+                self.mm("dx += dxa A", &dx_lora, dxa, l.a_t, dx, 1.0, 1.0)?;
+            } else {
+                // dx += (dxa A) * keep / (1 - p), dxa A in the dropped-input scratch (free now).
+                let t = self.ptrs.dropped;
+                self.mm("dxa A", &dx_lora, dxa, l.a_t, t, 1.0, 0.0)?;
+                launch!(
+                    self,
+                    "lora dropout (backward)",
+                    self.k.lora_dropout(
+                        t,
+                        dx,
+                        (n, inp, n / self.dims.batch),
+                        self.ptrs.dropout_seed,
+                        super::forward::dropout_stream(layer, proj),
+                        p,
+                        true
+                    )
+                );
+            }
         }
         Ok(())
     }

@@ -113,6 +113,13 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
     if dtype != DType::F32 {
         out.push((PARAMS_T, p * e));
     }
+    if layout.dropout > 0.0 {
+        // LoRA dropout: one projection's dropped input (and, in the backward, its dxa A), and the
+        // micro-batch's mask seed (u64).
+        let widest = d.max(f).max(qw);
+        out.push((DROPPED_INPUT, n * widest * e));
+        out.push((DROPOUT_SEED, 8));
+    }
     if dims.quantized_base {
         out.push((LAYER_WEIGHTS, super::weights::layer_scratch_elems(dims) * e));
     }
@@ -147,10 +154,17 @@ pub struct Buffers {
     pub rope: CudaSlice<f32>,
     /// The bf16 copy of the parameters (bits), when T is bf16.
     pub params_t: Option<CudaSlice<u16>>,
+    /// LoRA dropout's mask seed (a u64 as two i32, low half first), when the adapter has dropout.
+    pub dropout_seed: Option<CudaSlice<i32>>,
 }
 
 /// The name of the T copy of the parameters in [`plan`] (only when T is not f32).
 pub const PARAMS_T: &str = "lora params (T copy)";
+/// LoRA dropout: an adapted projection's dropped input x * keep / (1 - p) (T [tokens, in]), reused
+/// in its backward for dxa A before the mask.
+pub const DROPPED_INPUT: &str = "lora dropout: dropped input / dxa A (T)";
+/// LoRA dropout: the micro-batch's mask seed (u64), written by the host before each micro-batch.
+pub const DROPOUT_SEED: &str = "lora dropout seed (u64)";
 /// QLoRA: the layer at hand's seven projections dequantized from their blocks (T).
 pub const LAYER_WEIGHTS: &str = "layer weights dequantized from the base's blocks";
 /// The RMSNorm output n1 / n2 of the layer at hand (T [tokens, hidden]).
@@ -187,7 +201,7 @@ impl Buffers {
         };
         let mut typed_f32: Vec<Option<CudaSlice<f32>>> =
             vec![None, None, None, None, None, None, None];
-        let mut typed_i32: Vec<Option<CudaSlice<i32>>> = vec![None, None];
+        let mut typed_i32: Vec<Option<CudaSlice<i32>>> = vec![None, None, None];
         let mut params_t = None;
         for s in &sizes {
             let f32_slot = match s.name {
@@ -203,6 +217,7 @@ impl Buffers {
             let i32_slot = match s.name {
                 "ids (i32)" => Some(0),
                 "labels (i32)" => Some(1),
+                DROPOUT_SEED => Some(2),
                 _ => None,
             };
             if s.name == PARAMS_T {
@@ -240,12 +255,14 @@ impl Buffers {
         let scalars = take_f32(4, "scalars")?;
         let hyper = take_f32(5, "hyper")?;
         let rope = take_f32(6, "rope tables")?;
+        let dropout_seed = typed_i32[2].take();
         let mut take_i32 = |i: usize, what: &str| {
             typed_i32[i]
                 .take()
                 .ok_or_else(|| Error::InvalidRequest(format!("buffer plan lacks {what}")))
         };
         Ok(Self {
+            dropout_seed,
             ids: take_i32(0, "ids")?,
             labels: take_i32(1, "labels")?,
             sizes,

@@ -66,7 +66,7 @@ use judge::{bf16_text, compare, diff, lowp_case, rel_err, scalar_case, Judge};
 use models::var_values;
 use models::{check_models, copy_adapter, f64s, micro_batches, quantize_matrices, random_weights};
 use models::{CheckModel, MapSource, Micro};
-use reference::{reference, step_gradients, Reference};
+use reference::{reference, step_gradients, use_engine_masks, Reference};
 
 use super::layout::ATTENTION_SCRATCH_BYTES;
 use super::{EngineOptions, TrainEngine};
@@ -115,6 +115,10 @@ fn bf16_tolerance(candle_err: f64, ratio: f64) -> f64 {
     (ratio * candle_err).max(BF16_FLOOR)
 }
 
+/// The engine's dropout seed in the check (`EngineOptions::dropout_seed`); the Candle references
+/// draw the same masks from it (`reference::use_engine_masks`).
+pub(super) const CHECK_DROPOUT_SEED: u64 = 0x5eed_d209;
+
 /// Loads a check model in a dtype (the references' dense model, or the engine's).
 type LoadModel<'a> = &'a dyn Fn(DType) -> Result<Llama>;
 
@@ -147,6 +151,7 @@ fn engine_options(cm: &CheckModel, dtype: DType) -> EngineOptions {
         }),
         flash_attention: true,
         checkpointed_layers: cm.checkpointed_layers,
+        dropout_seed: CHECK_DROPOUT_SEED,
     }
 }
 
@@ -170,10 +175,12 @@ fn loss_curve(
         let mut model = load(DType::F32)?;
         let adapter = copy_adapter(initial)?;
         adapter.apply(model.linear_layers_mut(), Path::new("engine curve adapter"))?;
+        use_engine_masks(&mut model);
         let vars = adapter.vars();
         let mut optimizer = AdamW::new(vars.clone(), adamw)?;
         for _ in 0..steps {
-            let (loss, mut grads) = step_gradients(&model, &vars, micro, weights)?;
+            let step = candle.len() as u64 + 1;
+            let (loss, mut grads) = step_gradients(&model, &vars, (micro, weights), step)?;
             clip_grad_norm(&mut grads, Some(max_norm))?;
             optimizer.step(&grads, lr)?;
             candle.push(loss);
@@ -287,6 +294,7 @@ fn check_model(
         lora_alpha: 6.0,
         target_modules: cm.targets.clone(),
         init_lora_weights: InitLoraWeights::Bool(false),
+        lora_dropout: cm.lora_dropout,
         ..LoraConfig::default()
     };
     let adapter = attach(lora, ref_model.linear_layers_mut(), seed ^ 0x5eed, device)?;
@@ -488,7 +496,8 @@ fn f32_norm_at(m: &ModelRun, adapter: &Adapter) -> Result<f64> {
         model.linear_layers_mut(),
         Path::new("engine check adapter after step 1"),
     )?;
-    let (_, mut grads) = step_gradients(&model, &own.vars(), m.micro, m.weights)?;
+    use_engine_masks(&mut model);
+    let (_, mut grads) = step_gradients(&model, &own.vars(), (m.micro, m.weights), 2)?;
     clip_grad_norm(&mut grads, None)
 }
 

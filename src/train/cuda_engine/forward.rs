@@ -70,6 +70,7 @@ impl Launcher<'_> {
         }
         if let Some(lora) = self.lora(layer, proj) {
             let r = self.dims.rank;
+            let x = self.dropped_input(n, layer, proj, x)?;
             let xa = self.shape((n, r, inp), (false, true));
             self.mm("x A^T", &xa, x, lora.a_t, lora.xa, 1.0, 0.0)?;
             let up = self.shape((n, out, r), (false, true));
@@ -84,6 +85,32 @@ impl Launcher<'_> {
             )?;
         }
         Ok(())
+    }
+
+    /// The LoRA branch's input of projection `proj` of `layer`: x itself, or with LoRA dropout
+    /// x * keep / (1 - p) written to the dropped-input scratch (the mask of this projection and
+    /// micro-batch, `reference::lora_dropout`; the backward draws it again).
+    pub(super) fn dropped_input(&self, n: usize, layer: usize, proj: usize, x: u64) -> Result<u64> {
+        let p = self.layout.dropout;
+        if p <= 0.0 {
+            return Ok(x);
+        }
+        let (inp, _) = self.proj_dims(proj);
+        let (out, s) = (self.ptrs.dropped, n / self.dims.batch);
+        launch!(
+            self,
+            "lora dropout",
+            self.k.lora_dropout(
+                x,
+                out,
+                (n, inp, s),
+                self.ptrs.dropout_seed,
+                dropout_stream(layer, proj),
+                p,
+                false
+            )
+        );
+        Ok(out)
     }
 
     /// Byte offsets of the first of `first` (row, kv head) pairs in the head-major buffers at `s`
@@ -247,4 +274,9 @@ impl Launcher<'_> {
         );
         Ok(())
     }
+}
+
+/// The dropout mask stream of projection `proj` of `layer` (independent masks per projection).
+pub(super) fn dropout_stream(layer: usize, proj: usize) -> u32 {
+    (layer * 7 + proj) as u32
 }

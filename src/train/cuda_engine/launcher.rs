@@ -77,6 +77,9 @@ pub(super) struct Ptrs {
     pub(super) hyper: u64,
     /// The T copy of the parameters (the f32 masters when T is f32).
     pub(super) params_t: u64,
+    /// LoRA dropout (0 without): the dropped-input scratch and the mask seed (u64).
+    pub(super) dropped: u64,
+    pub(super) dropout_seed: u64,
 }
 
 impl Ptrs {
@@ -139,6 +142,8 @@ impl Ptrs {
             scalars: b.ptr("scalars: count, scale, loss, gnorm^2 (f32)"),
             hyper: b.ptr("adamw hyper (f32)"),
             params_t,
+            dropped: b.ptr(buffers::DROPPED_INPUT),
+            dropout_seed: b.ptr(buffers::DROPOUT_SEED),
         }
     }
 

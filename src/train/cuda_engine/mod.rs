@@ -88,6 +88,9 @@ pub struct EngineOptions {
     /// backward (one extra layer forward each); together they take one layer's memory instead of
     /// N layers'.
     pub checkpointed_layers: usize,
+    /// Seed of the LoRA dropout masks (with the optimizer step and the micro-batch's index in it:
+    /// `reference::lora_dropout::micro_batch_seed`); unused without dropout.
+    pub dropout_seed: u64,
 }
 
 impl Default for EngineOptions {
@@ -103,6 +106,7 @@ impl Default for EngineOptions {
             attention_scratch_bytes: layout::ATTENTION_SCRATCH_BYTES,
             flash_attention: true,
             checkpointed_layers: 0,
+            dropout_seed: 0,
         }
     }
 }
@@ -143,6 +147,8 @@ pub struct TrainEngine {
     mode: StepMode,
     /// AdamW updates applied (the bias-correction step t of the next update is `step + 1`).
     step: usize,
+    /// Micro-batches run since `begin_step` (LoRA dropout's mask seed).
+    micro: u64,
 }
 
 impl TrainEngine {
@@ -168,9 +174,9 @@ impl TrainEngine {
         if cfg.num_key_value_heads == 0 || cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
             return Some("heads are not a multiple of kv heads".into());
         }
-        if adapter.config.lora_dropout > 0.0 {
+        if !(0.0..1.0).contains(&adapter.config.lora_dropout) {
             return Some(format!(
-                "LoRA dropout {} (the engine has no dropout)",
+                "LoRA dropout {} is outside [0, 1)",
                 adapter.config.lora_dropout
             ));
         }
@@ -285,6 +291,7 @@ impl TrainEngine {
             optimizer_graph: None,
             mode,
             step: 0,
+            micro: 0,
         };
         // Every plan of every bucket now, so that no capture waits on cuBLASLt's heuristic.
         let started = std::time::Instant::now();
@@ -455,6 +462,7 @@ impl TrainEngine {
 
     /// Zeroes the gradient and loss accumulators (start of an optimizer step).
     pub fn begin_step(&mut self) -> Result<()> {
+        self.micro = 0;
         let stream = self.kernels.stream().clone();
         stream
             .memset_zeros(&mut self.buffers.grads)
@@ -501,6 +509,18 @@ impl TrainEngine {
         stream
             .memcpy_htod(&[weight], &mut b.scalars.slice_mut(at..at + 1))
             .map_err(|e| ERR.driver("uploading the loss weight", e))?;
+        if let Some(seed_buf) = &mut b.dropout_seed {
+            let seed = crate::reference::lora_dropout::micro_batch_seed(
+                self.opts.dropout_seed,
+                self.step as u64 + 1,
+                self.micro,
+            );
+            let halves = [seed as u32 as i32, (seed >> 32) as u32 as i32];
+            stream
+                .memcpy_htod(&halves, seed_buf)
+                .map_err(|e| ERR.driver("uploading the dropout seed", e))?;
+        }
+        self.micro += 1;
         if self.mode != StepMode::Graph && self.mode != StepMode::Pending {
             return self.launcher(false).micro_batch(s);
         }

@@ -1,5 +1,5 @@
 //! Row-wise training kernels against their references: the embedding gather, RMSNorm (forward,
-//! backward, accumulating backward), SwiGLU, the bias add and the f32 -> T cast.
+//! backward, accumulating backward), SwiGLU, the bias add, LoRA dropout and the f32 -> T cast.
 
 use candle_core::DType;
 
@@ -187,6 +187,43 @@ pub(super) fn cast(c: &mut Cases) -> Result<()> {
             &want,
             true,
         );
+    }
+    Ok(())
+}
+
+/// LoRA dropout against `reference::lora_dropout` (the same mask, exactly): written and
+/// accumulated, two drop rates, rows of several positions (the mask keyed by row / s, row % s).
+pub(super) fn lora_dropout(c: &mut Cases) -> Result<()> {
+    for &(rows, cols, s, p, accumulate) in &[
+        (48usize, 896usize, 24usize, 0.1f32, false),
+        (48, 896, 24, 0.1, true),
+        (7, 37, 3, 0.5, false),
+    ] {
+        let text = format!("[{rows}, {cols}] in rows of {s}, p {p}, accumulate {accumulate}");
+        let (xb, xr) = c.rand_t(rows * cols, 2.0)?;
+        let (yb, yr) = if accumulate {
+            c.rand_t(rows * cols, 1.0)?
+        } else {
+            (c.gpu.poison(rows * cols, c.gpu.t)?, vec![0.0; rows * cols])
+        };
+        let (seed, stream) = (c.next(), (c.next() % 224) as u32);
+        let halves = [seed as u32 as i32, (seed >> 32) as u32 as i32];
+        let seed_buf = c.gpu.up_i32(&halves)?;
+        let g = &c.gpu;
+        g.k.lora_dropout(
+            g.ptr(&xb),
+            g.ptr(&yb),
+            (rows, cols, s),
+            g.ptr(&seed_buf),
+            stream,
+            p,
+            accumulate,
+        )
+        .map_err(launch_err("trn_lora_dropout"))?;
+        let got = g.down(&yb)?;
+        let dropped = reference::lora_dropout::apply(&xr, cols, s, seed, stream, p);
+        let want: Vec<f64> = dropped.iter().zip(&yr).map(|(d, y)| d + y).collect();
+        c.record("trn_lora_dropout", "fwd", text, &got, &want, true);
     }
     Ok(())
 }

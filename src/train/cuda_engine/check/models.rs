@@ -55,6 +55,8 @@ pub(super) struct CheckModel {
     pub(super) curve_steps: usize,
     /// The engine checkpoints the first N layers' activations (recomputes them in the backward).
     pub(super) checkpointed_layers: usize,
+    /// LoRA dropout of the adapter (the references draw the engine's masks).
+    pub(super) lora_dropout: f32,
     /// QLoRA: the engine's model keeps its matrices as GGML blocks ([`quantize_matrices`]); the
     /// Candle references load the same blocks dequantized.
     pub(super) quantized: bool,
@@ -88,6 +90,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             curve_steps: 0,
             checkpointed_layers: 0,
             quantized: false,
+            lora_dropout: 0.0,
         },
         CheckModel {
             name: "untied, 2 layers, q/v/down, activations checkpointed",
@@ -105,6 +108,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             curve_steps: 0,
             checkpointed_layers: usize::MAX,
             quantized: false,
+            lora_dropout: 0.0,
         },
         CheckModel {
             name: "qwen2 (q/k/v biases), tied, 3 layers, all 7 targets",
@@ -118,6 +122,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             curve_steps: 20,
             checkpointed_layers: 0,
             quantized: false,
+            lora_dropout: 0.0,
         },
         CheckModel {
             name: "llama attention_bias (q/k/v/o biases), untied, 2 layers, q/o/down",
@@ -136,10 +141,25 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             curve_steps: 0,
             checkpointed_layers: 0,
             quantized: false,
+            lora_dropout: 0.0,
         },
     ];
     models.extend(fused_attention_models(&base));
     models.extend(quantized_models(&base));
+    models.push(CheckModel {
+        name: "LoRA dropout 0.1, untied, 2 layers (layer 0 checkpointed), all 7 targets",
+        config: DecoderConfig {
+            num_hidden_layers: 2,
+            tie_word_embeddings: false,
+            ..base.clone()
+        },
+        targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
+        attention_pairs: None,
+        curve_steps: 10,
+        checkpointed_layers: 1,
+        quantized: false,
+        lora_dropout: 0.1,
+    });
     models
 }
 
@@ -166,6 +186,7 @@ fn quantized_models(base: &DecoderConfig) -> [CheckModel; 2] {
             curve_steps: 10,
             checkpointed_layers: 0,
             quantized: true,
+            lora_dropout: 0.0,
         },
         CheckModel {
             name: "QLoRA base, layer 0 of 2 checkpointed, q/v/down",
@@ -179,6 +200,7 @@ fn quantized_models(base: &DecoderConfig) -> [CheckModel; 2] {
             curve_steps: 0,
             checkpointed_layers: 1,
             quantized: true,
+            lora_dropout: 0.0,
         },
     ]
 }
@@ -237,6 +259,7 @@ fn fused_attention_models(base: &DecoderConfig) -> [CheckModel; 2] {
             curve_steps: 0,
             checkpointed_layers: 0,
             quantized: false,
+            lora_dropout: 0.0,
         },
         CheckModel {
             name: "head dim 64, fused attention in bf16, activations checkpointed, tied, 2 layers, all 7",
@@ -246,6 +269,7 @@ fn fused_attention_models(base: &DecoderConfig) -> [CheckModel; 2] {
             curve_steps: 0,
             checkpointed_layers: usize::MAX,
             quantized: false,
+            lora_dropout: 0.0,
         },
     ]
 }

@@ -3,12 +3,16 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 use super::models::{f64s, tensor_2d, var_values, Micro};
 use crate::lora::Adapter;
+use crate::models::linear::DropoutMasks;
 use crate::models::llama::Llama;
+use crate::reference::lora_dropout;
 use crate::train::loss::causal_lm_loss;
 use crate::train::optimizer::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
 use crate::{Context, Result};
@@ -32,17 +36,64 @@ pub(super) struct Reference {
     pub(super) moments: HashMap<String, Vec<f64>>,
 }
 
-/// Loss and summed gradients of one step: per micro-batch, backward of loss * weight.
+/// The seed of the micro-batch at hand, which [`EngineMasks`] draw from (the check runs one model
+/// at a time, on one thread).
+static MICRO_BATCH_SEED: AtomicU64 = AtomicU64::new(0);
+
+/// LoRA dropout masks of one adapted projection as the engine draws them
+/// (`reference::lora_dropout`, stream = the projection's index in `Llama::linear_layers`, which is
+/// the engine's layer * 7 + projection), for the micro-batch seed [`step_gradients`] sets.
+#[derive(Debug)]
+struct EngineMasks {
+    stream: u32,
+    p: f32,
+}
+
+impl DropoutMasks for EngineMasks {
+    fn mask(&self, dims: &[usize], device: &Device, dtype: DType) -> crate::Result<Tensor> {
+        let [b, t, cols] = dims else {
+            return Err(crate::Error::InvalidRequest(format!(
+                "engine check masks: input {dims:?} is not [batch, t, in]"
+            )));
+        };
+        let ones = vec![1.0; b * t * cols];
+        let seed = MICRO_BATCH_SEED.load(Ordering::Relaxed);
+        let values = lora_dropout::apply(&ones, *cols, *t, seed, self.stream, self.p);
+        let values: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
+        Tensor::from_vec(values, dims, device)
+            .and_then(|m| m.to_dtype(dtype))
+            .context("engine check dropout mask")
+    }
+}
+
+/// Gives every adapted projection of `model` the engine's dropout masks (after `Adapter::apply`,
+/// which attaches Candle's unseeded dropout); nothing without dropout.
+pub(super) fn use_engine_masks(model: &mut Llama) {
+    for (i, (_, linear)) in model.linear_layers_mut().into_iter().enumerate() {
+        if let Some(lora) = linear.lora.as_mut().filter(|l| l.dropout > 0.0) {
+            let p = lora.dropout;
+            lora.dropout_masks = Some(Arc::new(EngineMasks {
+                stream: i as u32,
+                p,
+            }));
+        }
+    }
+}
+
+/// Loss and summed gradients of optimizer step `step` (from 1): per micro-batch, backward of
+/// loss * weight, the dropout masks (if any) of that step and micro-batch.
 pub(super) fn step_gradients(
     model: &Llama,
     vars: &[(String, Var)],
-    micro: &[Micro],
-    weights: &[f64],
+    (micro, weights): (&[Micro], &[f64]),
+    step: u64,
 ) -> Result<(f64, HashMap<String, Tensor>)> {
     let device = model.device().clone();
     let mut grads: HashMap<String, Tensor> = HashMap::new();
     let mut loss = 0f64;
-    for (mb, w) in micro.iter().zip(weights) {
+    for (i, (mb, w)) in micro.iter().zip(weights).enumerate() {
+        let seed = lora_dropout::micro_batch_seed(super::CHECK_DROPOUT_SEED, step, i as u64);
+        MICRO_BATCH_SEED.store(seed, Ordering::Relaxed);
         let ids = tensor_2d(&mb.ids, &device)?;
         let labels = tensor_2d(&mb.labels, &device)?;
         let logits = model.forward_train(&ids)?;
@@ -71,9 +122,10 @@ pub(super) fn reference(
     fixed: Option<(f64, AdamWConfig)>,
 ) -> Result<Reference> {
     adapter.apply(model.linear_layers_mut(), Path::new("engine check adapter"))?;
+    use_engine_masks(model);
     let vars = adapter.vars();
     let before = var_values(adapter)?;
-    let (loss1, mut grads) = step_gradients(model, &vars, micro, weights)?;
+    let (loss1, mut grads) = step_gradients(model, &vars, (micro, weights), 1)?;
     let unclipped: HashMap<String, Vec<f64>> = grads
         .iter()
         .map(|(n, g)| Ok((n.clone(), f64s(g)?)))
@@ -104,7 +156,7 @@ pub(super) fn reference(
         .map(|(n, t)| Ok((n, f64s(&t)?)))
         .collect::<Result<_>>()?;
     let after = var_values(adapter)?;
-    let (loss2, mut grads2) = step_gradients(model, &vars, micro, weights)?;
+    let (loss2, mut grads2) = step_gradients(model, &vars, (micro, weights), 2)?;
     let norm2 = clip_grad_norm(&mut grads2, Some(max_norm))?;
     optimizer.step(&grads2, lr)?;
     Ok(Reference {

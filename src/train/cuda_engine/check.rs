@@ -192,6 +192,7 @@ fn loss_curve(
     engine.load_params(&adapter)?;
     let mut worst = (0f64, 0usize);
     let mut engine_losses = Vec::with_capacity(steps);
+    let mut errors = Vec::with_capacity(steps);
     for (step, want) in candle.iter().enumerate() {
         engine.begin_step()?;
         for (mb, w) in micro.iter().zip(weights) {
@@ -199,6 +200,7 @@ fn loss_curve(
         }
         let (loss, _) = engine.optimizer_step(lr, Some(max_norm))?;
         let err = rel_err(loss, *want);
+        errors.push(format!("{err:.0e}"));
         if err >= worst.0 {
             worst = (err, step + 1);
         }
@@ -210,12 +212,13 @@ fn loss_curve(
         dtype: DType::F32,
         pass: "step".into(),
         shape: format!(
-            "{} ({:?}): {steps} steps, Candle loss {first:.5} -> {last:.5}, engine {:.5} -> {:.5}, worst step {}",
+            "{} ({:?}): {steps} steps, Candle loss {first:.5} -> {last:.5}, engine {:.5} -> {:.5}, worst step {}, errors by step {}",
             cm.name,
             engine.mode(),
             engine_losses[0],
             engine_losses[steps - 1],
-            worst.1
+            worst.1,
+            errors.join(" ")
         ),
         max_rel_err: worst.0,
         tolerance: 1e-4,

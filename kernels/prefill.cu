@@ -7,10 +7,7 @@
 // quant codes: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0.
 //
 // embed_rows(table, quant, ids, x, n, hidden): x[i] = dequantized row ids[i] of the table, i < n.
-// dequant_layer(dst, src0..4, quant0..4, blocks0..4): up to 5 matrices (blocks_s = 0 for none) of
-//   consecutive GGML blocks dequantized into one f32 buffer, segment after segment (a matrix of rows of
-//   k weights becomes its row-major [rows, k]); dequant_layer_bf16 the same into bf16 (each weight
-//   rounded to nearest once, from the same f32 value).
+// (The layer's weights come from kernels/dequant.cu's dequant_layer.)
 // rms_rows(x, w, y, n, k, eps): y[i] = x[i] * rsqrt(mean(x[i]^2) + eps) * w, one warp per row.
 // rope_kv_rows(qkv, k_cache, v_cache, inv_freq, qh, pos0, n, heads, kv_heads, d): per token i
 //   (position p = pos0 + i), qkv row i = [q heads*d | k kv*d | v kv*d]: q rotated (HF half-split RoPE,
@@ -40,37 +37,6 @@
 #define LOG2E_F 1.4426950408889634f
 #define PA_THREADS 256  // threads of a prefill_attention block (the launcher uses the same)
 
-// Weights 4p .. 4p + 3 (p < 8) of 32-weight block blk of a matrix in format `quant` (the codes of
-// src/gpu/decode/prefill.rs: 0 Q4_0, 1 Q4_1, 2 Q8_0, 3 Q5_0, 4 Q5_1, 5 Q4_K, 6 Q5_K, 7 Q6_K).
-__device__ __forceinline__ float4 dequant4(int quant, const uint8_t* base, long long blk, int p) {
-    float w[4];
-    switch (quant) {
-        case 0: w4_q4_0(base, blk, p, w); break;
-        case 1: w4_q4_1(base, blk, p, w); break;
-        case 2: w4_q8_0(base, blk, p, w); break;
-        case 3: w4_q5_0(base, blk, p, w); break;
-        case 4: w4_q5_1(base, blk, p, w); break;
-        case 5: w4_q4_K(base, blk, p, w); break;
-        case 6: w4_q5_K(base, blk, p, w); break;
-        default: w4_q6_K(base, blk, p, w); break;
-    }
-    return make_float4(w[0], w[1], w[2], w[3]);
-}
-
-// Bytes of a row of k weights (k a multiple of 256 for the K-quants).
-__device__ __forceinline__ long long row_bytes(int quant, int k) {
-    switch (quant) {
-        case 0: return (k / 32) * 18;
-        case 1: return (k / 32) * 20;
-        case 2: return (k / 32) * 34;
-        case 3: return (k / 32) * 22;
-        case 4: return (k / 32) * 24;
-        case 5: return (k / 256) * 144;
-        case 6: return (k / 256) * 176;
-        default: return (k / 256) * 210;
-    }
-}
-
 extern "C" __global__ void embed_rows(const uint8_t* __restrict__ table, int quant,
                                       const int* __restrict__ ids, float* __restrict__ x, int n,
                                       int hidden) {
@@ -82,56 +48,6 @@ extern "C" __global__ void embed_rows(const uint8_t* __restrict__ table, int qua
         float4 v = dequant4(quant, row, j >> 3, j & 7);
         reinterpret_cast<float4*>(x + (size_t)i * hidden)[j] = v;
     }
-}
-
-// The weights go out as T (f32 for the prefill's GEMMs; bf16 for the training engine's quantized
-// base, src/train/cuda_engine/weights.rs): 4 consecutive weights per thread.
-__device__ __forceinline__ void store4(float* dst, long long idx, float4 v) {
-    reinterpret_cast<float4*>(dst)[idx] = v;
-}
-__device__ __forceinline__ void store4(__nv_bfloat16* dst, long long idx, float4 v) {
-    __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-    reinterpret_cast<__nv_bfloat162*>(dst)[2 * idx] = lo;
-    reinterpret_cast<__nv_bfloat162*>(dst)[2 * idx + 1] = hi;
-}
-
-template <typename T>
-__device__ void dequant_segments(T* __restrict__ dst, const uint8_t* s0, const uint8_t* s1,
-                                 const uint8_t* s2, const uint8_t* s3, const uint8_t* s4, int q0,
-                                 int q1, int q2, int q3, int q4, long long b0, long long b1,
-                                 long long b2, long long b3, long long b4) {
-    long long total = b0 + b1 + b2 + b3 + b4;
-    // Each thread: part (idx & 7) of block (idx >> 3), 4 weights.
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total * 8;
-         idx += (long long)gridDim.x * blockDim.x) {
-        long long blk = idx >> 3, local = blk;
-        const uint8_t* src;
-        int q;
-        if (local < b0) {
-            src = s0; q = q0;
-        } else if ((local -= b0) < b1) {
-            src = s1; q = q1;
-        } else if ((local -= b1) < b2) {
-            src = s2; q = q2;
-        } else if ((local -= b2) < b3) {
-            src = s3; q = q3;
-        } else {
-            local -= b3;
-            src = s4; q = q4;
-        }
-        store4(dst, idx, dequant4(q, src, local, (int)(idx & 7)));
-    }
-}
-
-#define DEQUANT_PARAMS(T)                                                                          \
-    T *__restrict__ dst, const uint8_t *s0, const uint8_t *s1, const uint8_t *s2, const uint8_t *s3, \
-        const uint8_t *s4, int q0, int q1, int q2, int q3, int q4, long long b0, long long b1,       \
-        long long b2, long long b3, long long b4
-extern "C" __global__ void dequant_layer(DEQUANT_PARAMS(float)) {
-    dequant_segments(dst, s0, s1, s2, s3, s4, q0, q1, q2, q3, q4, b0, b1, b2, b3, b4);
-}
-extern "C" __global__ void dequant_layer_bf16(DEQUANT_PARAMS(__nv_bfloat16)) {
-    dequant_segments(dst, s0, s1, s2, s3, s4, q0, q1, q2, q3, q4, b0, b1, b2, b3, b4);
 }
 
 extern "C" __global__ void rms_rows(const float* __restrict__ x, const float* __restrict__ w,

@@ -25,6 +25,7 @@ pub enum Module {
     Prefill,
     TrainStep,
     FlashAttention,
+    Dequant,
 }
 
 impl Module {
@@ -53,6 +54,7 @@ impl Module {
             Module::FlashAttention => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/flash_attention.fatbin"))
             }
+            Module::Dequant => include_bytes!(concat!(env!("OUT_DIR"), "/dequant.fatbin")),
         }
     }
 }

@@ -10,6 +10,8 @@ pub mod dispatch;
 pub mod engine_error;
 /// Matrix products on raw device pointers through cuBLASLt (engines' GEMMs); CPU reference always.
 pub mod gemm;
+/// GGML block formats and their dequantization, shared by the decode and training engines.
+pub mod ggml;
 #[cfg(feature = "cuda")]
 pub mod graph;
 /// wick's own kernels (kernels/*.cu, compiled by build.rs), loaded once per device.

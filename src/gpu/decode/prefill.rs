@@ -38,11 +38,8 @@ const SHARED_LIMIT: usize = 48 * 1024;
 /// Warps (rows) per block of `rms_rows`.
 const RMS_WARPS: usize = 4;
 
-/// The matrices of one `dequant_layer` launch: (blocks address, format, number of 32-weight blocks).
-pub type DequantSegment = (u64, QuantType, usize);
-
-/// Most matrices one `dequant_layer` launch takes.
-pub const DEQUANT_SEGMENTS: usize = 5;
+use crate::gpu::ggml::DequantKernels;
+pub use crate::gpu::ggml::{DequantSegment, DEQUANT_SEGMENTS};
 
 /// The format code `dequant4` in kernels/prefill.cu switches on.
 fn code(q: QuantType) -> i32 {
@@ -81,8 +78,7 @@ const SOFTMAX_WARPS: usize = 8;
 pub struct PrefillKernels {
     stream: Arc<CudaStream>,
     embed_rows: CudaFunction,
-    dequant_layer: CudaFunction,
-    dequant_layer_bf16: CudaFunction,
+    dequant: DequantKernels,
     rms_rows: CudaFunction,
     rope_kv_rows: CudaFunction,
     attention: CudaFunction,
@@ -102,8 +98,7 @@ impl PrefillKernels {
         Ok(Self {
             stream: dev.cuda_stream(),
             embed_rows: f("embed_rows")?,
-            dequant_layer: f("dequant_layer")?,
-            dequant_layer_bf16: f("dequant_layer_bf16")?,
+            dequant: DequantKernels::load(dev)?,
             rms_rows: f("rms_rows")?,
             rope_kv_rows: f("rope_kv_rows")?,
             attention: f("prefill_attention")?,
@@ -148,55 +143,9 @@ impl PrefillKernels {
         Ok(())
     }
 
-    /// Dequantizes up to [`DEQUANT_SEGMENTS`] matrices into `dst` (`dtype`: f32, or bf16 for the
-    /// training engine's quantized base), one after the other, each as its row-major [rows, k]
-    /// (`blocks` = rows * k / 32).
+    /// kernels/dequant.cu's `dequant_layer` on this stream (see `gpu::ggml::DequantKernels`).
     pub fn dequant_layer(&self, dst: u64, dtype: DType, segments: &[DequantSegment]) -> Result<()> {
-        let function = match dtype {
-            DType::F32 => &self.dequant_layer,
-            DType::BF16 => &self.dequant_layer_bf16,
-            other => {
-                return Err(candle_core::Error::Msg(format!(
-                    "dequant_layer: {other:?} output (f32 or bf16)"
-                )))
-            }
-        };
-        if segments.len() > DEQUANT_SEGMENTS {
-            return Err(candle_core::Error::Msg(format!(
-                "dequant_layer: {} matrices, at most {DEQUANT_SEGMENTS}",
-                segments.len()
-            )));
-        }
-        let mut src = [0u64; DEQUANT_SEGMENTS];
-        let mut quant = [0i32; DEQUANT_SEGMENTS];
-        let mut blocks = [0i64; DEQUANT_SEGMENTS];
-        for (i, &(p, q, n)) in segments.iter().enumerate() {
-            src[i] = p;
-            quant[i] = code(q);
-            blocks[i] = n as i64;
-        }
-        let total: i64 = blocks.iter().sum();
-        if total == 0 {
-            return Ok(());
-        }
-        let mut b = self.stream.launch_builder(function);
-        b.arg(&dst);
-        for s in &src {
-            b.arg(s);
-        }
-        for q in &quant {
-            b.arg(q);
-        }
-        for n in &blocks {
-            b.arg(n);
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (grid_1d(total as usize * 8, 256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        unsafe { b.launch(cfg) }.w()?;
-        Ok(())
+        self.dequant.dequant_layer(dst, dtype, segments)
     }
 
     /// y[i] = rms_norm(x[i]) * w for the n rows of k floats of x (y may not alias x).

@@ -8,8 +8,8 @@ use super::buffers::{self, Buffers};
 use super::layout::{ActivationSlots, Dims, ParamLayout};
 use super::weights::ModelWeights;
 use super::ERR;
-use crate::gpu::decode::prefill::{PrefillKernels, DEQUANT_SEGMENTS};
 use crate::gpu::gemm::{Gemm, GemmShape};
+use crate::gpu::ggml::{DequantKernels, DEQUANT_SEGMENTS};
 use crate::gpu::train::flash_attention::FlashAttention;
 use crate::gpu::train::launch::TrainKernels;
 use crate::Result;
@@ -200,7 +200,7 @@ pub(super) struct Launcher<'a> {
     /// The fused attention kernels, when `dims.flash_attention`.
     pub(super) flash: Option<&'a FlashAttention>,
     /// The dequant kernel, when the base is kept as GGML blocks (`dims.quantized_base`).
-    pub(super) dequant: Option<&'a PrefillKernels>,
+    pub(super) dequant: Option<&'a DequantKernels>,
     pub(super) gemm: &'a Gemm,
     pub(super) dims: &'a Dims,
     pub(super) layout: &'a ParamLayout,

@@ -52,9 +52,9 @@ use self::buffers::{BufferSize, Buffers, SCALAR_LOSS};
 use self::launcher::{Launcher, Ptrs};
 use self::layout::{Dims, ParamLayout, PROJECTIONS};
 use self::weights::ModelWeights;
-use crate::gpu::decode::prefill::PrefillKernels;
 use crate::gpu::engine_error::EngineErrors;
 use crate::gpu::gemm::Gemm;
+use crate::gpu::ggml::DequantKernels;
 use crate::gpu::graph::{self, Graph};
 use crate::gpu::train::flash_attention::FlashAttention;
 use crate::gpu::train::launch::TrainKernels;
@@ -129,7 +129,7 @@ pub struct TrainEngine {
     /// The fused attention kernels, when `dims.flash_attention`.
     flash: Option<FlashAttention>,
     /// The dequant kernel of a quantized base (`dims.quantized_base`).
-    dequant: Option<PrefillKernels>,
+    dequant: Option<DequantKernels>,
     gemm: Arc<Gemm>,
     dims: Dims,
     layout: ParamLayout,
@@ -232,7 +232,7 @@ impl TrainEngine {
         let kernels =
             TrainKernels::load(dev, opts.dtype).map_err(ERR.launch("loading the kernels"))?;
         let dequant = if dims.quantized_base {
-            Some(PrefillKernels::load(dev).map_err(ERR.launch("loading the dequant kernels"))?)
+            Some(DequantKernels::load(dev).map_err(ERR.launch("loading the dequant kernels"))?)
         } else {
             None
         };

@@ -14,8 +14,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Storage, Tensor};
 
 use super::layout::{Dims, PROJECTIONS};
-use crate::gpu::decode::prefill::DequantSegment;
-use crate::gpu::decode::{QuantType, BLOCK};
+use crate::gpu::ggml::{DequantSegment, QuantType, BLOCK};
 use crate::gpu::ptr::device_ptr;
 use crate::models::linear::BaseWeight;
 use crate::models::llama::Llama;

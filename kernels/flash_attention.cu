@@ -12,7 +12,8 @@
 //              dP_ij = do_i.v_j, dS_ij = P_ij (dP_ij - D_i), dq_i = c sum_j dS_ij k_j,
 //              dk_j = c sum_i dS_ij q_i   (dk_j and dv_j summed over the G query heads)
 //
-// Work split: 64-row tiles of queries and keys, 4 warps a block, each warp 16 rows of its tile.
+// Work split: 64-row tiles of queries and keys, 4 warps a block, each warp 16 rows of its tile;
+// the tiles a block walks are double buffered (cp.async: the next loads while this one is used).
 // The forward and dq walk the key tiles of one query tile (online softmax in the forward); dk/dv
 // walk the query tiles of one key tile, for each of the G query heads, so no atomics are needed
 // and the result is deterministic. Tiles are aligned on both axes, so only the diagonal tile is
@@ -37,10 +38,10 @@ constexpr int FA_TILE = 64;
 constexpr float LOG2E = 1.4426950408889634f;
 // Dynamic shared memory of each kernel, in [64, HD + 8] bf16 tiles plus f32 values (the launchers
 // in src/gpu/train/flash_attention.rs size their launches the same way).
-#define FA_FORWARD_TILES 3
-#define FA_DKDV_TILES 4
-#define FA_DKDV_FLOATS 128
-#define FA_DQ_TILES 4
+#define FA_FORWARD_TILES 5
+#define FA_DKDV_TILES 6
+#define FA_DKDV_FLOATS 256
+#define FA_DQ_TILES 6
 
 // A tile of 64 rows of HD bf16 in shared memory, rows padded by 8 elements (16 bytes) so the
 // fragment loads of 8 rows x 4 lanes hit 32 different banks.
@@ -75,15 +76,31 @@ __device__ __forceinline__ void ldsm_x2_trans(uint32_t& b0, uint32_t& b1, const 
                  : "r"(addr));
 }
 
-// Rows [row0, row0 + 64) of a [S, HD] matrix into a tile, rows past S zero.
+// 16 bytes global -> shared without a register round trip (sm_80 cp.async); `valid` false
+// zero-fills the destination and reads nothing.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    const int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Starts copying rows [row0, row0 + 64) of a [S, HD] matrix into a tile, rows past S zero; the
+// caller commits the group and waits for it (then __syncthreads) before reading the tile.
 template <int HD>
 __device__ __forceinline__ void load_tile(bf16* tile, const bf16* __restrict__ src, int row0, int S) {
     constexpr int CHUNKS = HD / 8;  // 16-byte chunks per row
     for (int c = threadIdx.x; c < FA_TILE * CHUNKS; c += FA_THREADS) {
         const int r = c / CHUNKS, col = (c % CHUNKS) * 8;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (row0 + r < S) v = *reinterpret_cast<const uint4*>(src + (size_t)(row0 + r) * HD + col);
-        *reinterpret_cast<uint4*>(tile + r * Tile<HD>::LD + col) = v;
+        const bool valid = row0 + r < S;
+        cp_async16(tile + r * Tile<HD>::LD + col, src + (size_t)(valid ? row0 + r : 0) * HD + col, valid);
     }
 }
 
@@ -103,25 +120,6 @@ __device__ __forceinline__ void mma_rows_bt(float acc[8][4], const bf16* a, cons
             mma16816(acc[n], af, ld32(bp), ld32(bp + 8));
         }
     }
-}
-
-// The warp's 16 x 64 block of A B^T from zero (see mma_rows_bt): scores, P^T or dP.
-template <int HD>
-__device__ __forceinline__ void product_tile(float acc[8][4], const bf16* a, const bf16* b, int lane) {
-#pragma unroll
-    for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-    mma_rows_bt<HD>(acc, a, b, lane);
-}
-
-// Rows [k0, k0 + 64) of one kv head's K and V into their tiles, between barriers: every warp is
-// done with the previous tiles before they are overwritten, and the new ones are whole before use.
-template <int HD>
-__device__ __forceinline__ void load_kv_tiles(bf16* ks, bf16* vs, const bf16* __restrict__ k,
-                                              const bf16* __restrict__ v, int k0, int S) {
-    __syncthreads();
-    load_tile<HD>(ks, k, k0, S);
-    load_tile<HD>(vs, v, k0, S);
-    __syncthreads();
 }
 
 // out[n] += P V for the warp's 16 rows: P (16 x 64) given as C fragments p[8] (its columns are
@@ -173,20 +171,25 @@ __device__ __forceinline__ void store_rows(bf16* __restrict__ dst, const float a
     }
 }
 
-// grid (ceil(S / 64), BH), 128 threads, dynamic shared memory 3 tiles.
+// grid (ceil(S / 64), BH), 128 threads, dynamic shared memory 5 tiles: Q, then K and V double
+// buffered (tile j + 1 loads while tile j is in use).
 template <int HD>
 __device__ void fa_forward(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                            bf16* __restrict__ o, float* __restrict__ lse2, int S, int G, float scale) {
     extern __shared__ __align__(16) unsigned char fa_smem[];
+    constexpr int E = Tile<HD>::ELEMS;
     bf16* qs = reinterpret_cast<bf16*>(fa_smem);
-    bf16* ks = qs + Tile<HD>::ELEMS;
-    bf16* vs = ks + Tile<HD>::ELEMS;
+    bf16* ks2 = qs + E;
+    bf16* vs2 = ks2 + 2 * E;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int bh = blockIdx.y;
     // The longest rows (most key tiles) first.
     const int qt = gridDim.x - 1 - blockIdx.x, q0 = qt * FA_TILE;
     const size_t kv_base = (size_t)(bh / G) * S * HD;
     load_tile<HD>(qs, q + (size_t)bh * S * HD, q0, S);
+    load_tile<HD>(ks2, k + kv_base, 0, S);
+    load_tile<HD>(vs2, v + kv_base, 0, S);
+    cp_async_commit();
     const float sl2 = scale * LOG2E;
     const int row_a = q0 + warp * 16 + g, row_b = row_a + 8;
     float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;
@@ -194,10 +197,23 @@ __device__ void fa_forward(const bf16* __restrict__ q, const bf16* __restrict__ 
 #pragma unroll
     for (int n = 0; n < HD / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
     for (int j = 0; j <= qt; ++j) {
-        const int k0 = j * FA_TILE;
-        load_kv_tiles<HD>(ks, vs, k + kv_base, v + kv_base, k0, S);
+        const int k0 = j * FA_TILE, buf = j & 1;
+        if (j < qt) {
+            // The other buffer was last read in iteration j - 1, before its closing barrier.
+            load_tile<HD>(ks2 + (buf ^ 1) * E, k + kv_base, k0 + FA_TILE, S);
+            load_tile<HD>(vs2 + (buf ^ 1) * E, v + kv_base, k0 + FA_TILE, S);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const bf16* ks = ks2 + buf * E;
+        const bf16* vs = vs2 + buf * E;
         float s[8][4];
-        product_tile<HD>(s, qs + warp * 16 * Tile<HD>::LD, ks, lane);
+#pragma unroll
+        for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+        mma_rows_bt<HD>(s, qs + warp * 16 * Tile<HD>::LD, ks, lane);
         const bool diagonal = j == qt;
         float mx_a = m_a, mx_b = m_b;
 #pragma unroll
@@ -238,6 +254,7 @@ __device__ void fa_forward(const bf16* __restrict__ q, const bf16* __restrict__ 
             acc[n][3] *= corr_b;
         }
         mma_frag_tile<HD>(acc, s, vs, lane);
+        __syncthreads();
     }
     l_a = quad_sum(l_a);
     l_b = quad_sum(l_b);
@@ -248,48 +265,71 @@ __device__ void fa_forward(const bf16* __restrict__ q, const bf16* __restrict__ 
     }
 }
 
-// grid (ceil(S / 64), BHkv), 128 threads, dynamic shared memory 4 tiles + 128 floats.
+// grid (ceil(S / 64), BHkv), 128 threads, dynamic shared memory 6 tiles + 256 floats: K, V, then
+// Q and dO (and the rows' lse2, D) double buffered over the (query head, query tile) iterations.
 template <int HD>
 __device__ void fa_backward_dkdv(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                  const bf16* __restrict__ v, const bf16* __restrict__ dout,
                                  const float* __restrict__ lse2, const float* __restrict__ delta,
                                  bf16* __restrict__ dk, bf16* __restrict__ dv, int S, int G, float scale) {
     extern __shared__ __align__(16) unsigned char fa_smem[];
+    constexpr int E = Tile<HD>::ELEMS;
     bf16* ks = reinterpret_cast<bf16*>(fa_smem);
-    bf16* vs = ks + Tile<HD>::ELEMS;
-    bf16* qs = vs + Tile<HD>::ELEMS;
-    bf16* dos = qs + Tile<HD>::ELEMS;
-    float* lse_s = reinterpret_cast<float*>(dos + Tile<HD>::ELEMS);
-    float* delta_s = lse_s + FA_TILE;
+    bf16* vs = ks + E;
+    bf16* qs2 = vs + E;
+    bf16* dos2 = qs2 + 2 * E;
+    float* lse_s2 = reinterpret_cast<float*>(dos2 + 2 * E);
+    float* delta_s2 = lse_s2 + 2 * FA_TILE;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int kvbh = blockIdx.y, kt = blockIdx.x, k0 = kt * FA_TILE;
     const size_t kv_base = (size_t)kvbh * S * HD;
-    load_tile<HD>(ks, k + kv_base, k0, S);
-    load_tile<HD>(vs, v + kv_base, k0, S);
     const float sl2 = scale * LOG2E;
     const int key_a = k0 + warp * 16 + g, key_b = key_a + 8;
     const int qtiles = (S + FA_TILE - 1) / FA_TILE;
+    // Iteration it: query head kvbh G + it / per, query tile kt + it % per (the causal ones).
+    const int per = qtiles - kt, iterations = G * per;
+    auto issue = [&](int it, int buf) {
+        const size_t bh = (size_t)kvbh * G + it / per;
+        const int q0 = (kt + it % per) * FA_TILE;
+        load_tile<HD>(qs2 + buf * E, q + bh * S * HD, q0, S);
+        load_tile<HD>(dos2 + buf * E, dout + bh * S * HD, q0, S);
+        for (int r = threadIdx.x; r < FA_TILE; r += FA_THREADS) {
+            // Rows past S: lse +inf makes their P zero, so they add nothing to dk, dv.
+            lse_s2[buf * FA_TILE + r] = q0 + r < S ? lse2[bh * S + q0 + r] : INFINITY;
+            delta_s2[buf * FA_TILE + r] = q0 + r < S ? delta[bh * S + q0 + r] : 0.f;
+        }
+    };
+    load_tile<HD>(ks, k + kv_base, k0, S);
+    load_tile<HD>(vs, v + kv_base, k0, S);
+    issue(0, 0);
+    cp_async_commit();
     float dk_acc[HD / 8][4], dv_acc[HD / 8][4];
 #pragma unroll
     for (int n = 0; n < HD / 8; ++n)
         dk_acc[n][0] = dk_acc[n][1] = dk_acc[n][2] = dk_acc[n][3] = dv_acc[n][0] = dv_acc[n][1] =
             dv_acc[n][2] = dv_acc[n][3] = 0.f;
-    for (int hg = 0; hg < G; ++hg) {
-        const size_t bh = (size_t)kvbh * G + hg;
-        for (int i = kt; i < qtiles; ++i) {
-            const int q0 = i * FA_TILE;
-            __syncthreads();
-            load_tile<HD>(qs, q + bh * S * HD, q0, S);
-            load_tile<HD>(dos, dout + bh * S * HD, q0, S);
-            for (int r = threadIdx.x; r < FA_TILE; r += FA_THREADS) {
-                // Rows past S: lse +inf makes their P zero, so they add nothing to dk, dv.
-                lse_s[r] = q0 + r < S ? lse2[bh * S + q0 + r] : INFINITY;
-                delta_s[r] = q0 + r < S ? delta[bh * S + q0 + r] : 0.f;
-            }
-            __syncthreads();
+    for (int it = 0; it < iterations; ++it) {
+        const int buf = it & 1;
+        if (it + 1 < iterations) {
+            // The other buffers were last read in iteration it - 1, before its closing barrier.
+            issue(it + 1, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const int i = kt + it % per, q0 = i * FA_TILE;
+        const bf16* qs = qs2 + buf * E;
+        const bf16* dos = dos2 + buf * E;
+        const float* lse_s = lse_s2 + buf * FA_TILE;
+        const float* delta_s = delta_s2 + buf * FA_TILE;
+        {
             // P^T: rows = the warp's keys, columns = the tile's queries.
             float pt[8][4];
-            product_tile<HD>(pt, ks + warp * 16 * Tile<HD>::LD, qs, lane);
+#pragma unroll
+            for (int n = 0; n < 8; ++n) pt[n][0] = pt[n][1] = pt[n][2] = pt[n][3] = 0.f;
+            mma_rows_bt<HD>(pt, ks + warp * 16 * Tile<HD>::LD, qs, lane);
             const bool diagonal = i == kt;
 #pragma unroll
             for (int n = 0; n < 8; ++n) {
@@ -303,7 +343,9 @@ __device__ void fa_backward_dkdv(const bf16* __restrict__ q, const bf16* __restr
             mma_frag_tile<HD>(dv_acc, pt, dos, lane);
             // dP^T = V dO^T, then dS^T = P^T (dP^T - D) in place.
             float ds[8][4];
-            product_tile<HD>(ds, vs + warp * 16 * Tile<HD>::LD, dos, lane);
+#pragma unroll
+            for (int n = 0; n < 8; ++n) ds[n][0] = ds[n][1] = ds[n][2] = ds[n][3] = 0.f;
+            mma_rows_bt<HD>(ds, vs + warp * 16 * Tile<HD>::LD, dos, lane);
 #pragma unroll
             for (int n = 0; n < 8; ++n) {
 #pragma unroll
@@ -315,29 +357,35 @@ __device__ void fa_backward_dkdv(const bf16* __restrict__ q, const bf16* __restr
             }
             mma_frag_tile<HD>(dk_acc, ds, qs, lane);
         }
+        __syncthreads();
     }
     const int row_a = key_a;
     store_rows<HD>(dk + kv_base, dk_acc, row_a, S, scale, scale, lane);
     store_rows<HD>(dv + kv_base, dv_acc, row_a, S, 1.f, 1.f, lane);
 }
 
-// grid (ceil(S / 64), BH), 128 threads, dynamic shared memory 4 tiles.
+// grid (ceil(S / 64), BH), 128 threads, dynamic shared memory 6 tiles: Q, dO, then K and V double
+// buffered.
 template <int HD>
 __device__ void fa_backward_dq(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                                const bf16* __restrict__ dout, const float* __restrict__ lse2,
                                const float* __restrict__ delta, bf16* __restrict__ dq, int S, int G,
                                float scale) {
     extern __shared__ __align__(16) unsigned char fa_smem[];
+    constexpr int E = Tile<HD>::ELEMS;
     bf16* qs = reinterpret_cast<bf16*>(fa_smem);
-    bf16* dos = qs + Tile<HD>::ELEMS;
-    bf16* ks = dos + Tile<HD>::ELEMS;
-    bf16* vs = ks + Tile<HD>::ELEMS;
+    bf16* dos = qs + E;
+    bf16* ks2 = dos + E;
+    bf16* vs2 = ks2 + 2 * E;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int bh = blockIdx.y;
     const int qt = gridDim.x - 1 - blockIdx.x, q0 = qt * FA_TILE;
     const size_t q_base = (size_t)bh * S * HD, kv_base = (size_t)(bh / G) * S * HD;
     load_tile<HD>(qs, q + q_base, q0, S);
     load_tile<HD>(dos, dout + q_base, q0, S);
+    load_tile<HD>(ks2, k + kv_base, 0, S);
+    load_tile<HD>(vs2, v + kv_base, 0, S);
+    cp_async_commit();
     const float sl2 = scale * LOG2E;
     const int row_a = q0 + warp * 16 + g, row_b = row_a + 8;
     // Rows past S: any finite statistics (their dO is zero, and they are not stored).
@@ -349,10 +397,22 @@ __device__ void fa_backward_dq(const bf16* __restrict__ q, const bf16* __restric
 #pragma unroll
     for (int n = 0; n < HD / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
     for (int j = 0; j <= qt; ++j) {
-        const int k0 = j * FA_TILE;
-        load_kv_tiles<HD>(ks, vs, k + kv_base, v + kv_base, k0, S);
+        const int k0 = j * FA_TILE, buf = j & 1;
+        if (j < qt) {
+            load_tile<HD>(ks2 + (buf ^ 1) * E, k + kv_base, k0 + FA_TILE, S);
+            load_tile<HD>(vs2 + (buf ^ 1) * E, v + kv_base, k0 + FA_TILE, S);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const bf16* ks = ks2 + buf * E;
+        const bf16* vs = vs2 + buf * E;
         float p[8][4];
-        product_tile<HD>(p, qs + warp * 16 * Tile<HD>::LD, ks, lane);
+#pragma unroll
+        for (int n = 0; n < 8; ++n) p[n][0] = p[n][1] = p[n][2] = p[n][3] = 0.f;
+        mma_rows_bt<HD>(p, qs + warp * 16 * Tile<HD>::LD, ks, lane);
         const bool diagonal = j == qt;
 #pragma unroll
         for (int n = 0; n < 8; ++n) {
@@ -365,7 +425,9 @@ __device__ void fa_backward_dq(const bf16* __restrict__ q, const bf16* __restric
         }
         // dP = dO V^T, then dS = P (dP - D) in place.
         float ds[8][4];
-        product_tile<HD>(ds, dos + warp * 16 * Tile<HD>::LD, vs, lane);
+#pragma unroll
+        for (int n = 0; n < 8; ++n) ds[n][0] = ds[n][1] = ds[n][2] = ds[n][3] = 0.f;
+        mma_rows_bt<HD>(ds, dos + warp * 16 * Tile<HD>::LD, vs, lane);
 #pragma unroll
         for (int n = 0; n < 8; ++n) {
             ds[n][0] = p[n][0] * (ds[n][0] - d_a);
@@ -374,6 +436,7 @@ __device__ void fa_backward_dq(const bf16* __restrict__ q, const bf16* __restric
             ds[n][3] = p[n][3] * (ds[n][3] - d_b);
         }
         mma_frag_tile<HD>(acc, ds, ks, lane);
+        __syncthreads();
     }
     store_rows<HD>(dq + q_base, acc, row_a, S, scale, scale, lane);
 }

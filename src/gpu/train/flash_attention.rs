@@ -29,6 +29,14 @@ const TILE: usize = 64;
 /// Warps per block of `fa_row_dot` (one (token, head) each).
 const ROW_DOT_WARPS: usize = 8;
 
+/// Shared-memory tiles of each kernel (FA_FORWARD_TILES, FA_DKDV_TILES, FA_DQ_TILES in the kernel
+/// file: the tiles a block walks are double buffered) and the dk/dv kernel's f32 values
+/// (FA_DKDV_FLOATS: lse and D of two query tiles).
+const FORWARD_TILES: usize = 5;
+const DKDV_TILES: usize = 6;
+const DKDV_FLOATS: usize = 4 * TILE;
+const DQ_TILES: usize = 6;
+
 /// Shared memory of a kernel holding `tiles` tiles of [64, hd + 8] bf16 and `floats` f32.
 fn shared_bytes(head_dim: usize, tiles: usize, floats: usize) -> usize {
     tiles * TILE * (head_dim + 8) * 2 + floats * 4
@@ -82,9 +90,9 @@ impl FlashAttention {
         Ok(Self {
             stream: dev.cuda_stream(),
             head_dim,
-            forward: load(forward, shared_bytes(head_dim, 3, 0))?,
-            backward_dkdv: load(dkdv, shared_bytes(head_dim, 4, 2 * TILE))?,
-            backward_dq: load(dq, shared_bytes(head_dim, 4, 0))?,
+            forward: load(forward, shared_bytes(head_dim, FORWARD_TILES, 0))?,
+            backward_dkdv: load(dkdv, shared_bytes(head_dim, DKDV_TILES, DKDV_FLOATS))?,
+            backward_dq: load(dq, shared_bytes(head_dim, DQ_TILES, 0))?,
             row_dot: function(dev, Module::FlashAttention, "fa_row_dot", "")?,
         })
     }
@@ -141,7 +149,7 @@ impl FlashAttention {
         let mut b = self.stream.launch_builder(&self.forward);
         b.arg(&q).arg(&k).arg(&v).arg(&o).arg(&lse2);
         b.arg(&s).arg(&g).arg(&scale);
-        unsafe { b.launch(self.config(sh.batch_heads(), 3, 0, sh.seq)) }.w()?;
+        unsafe { b.launch(self.config(sh.batch_heads(), FORWARD_TILES, 0, sh.seq)) }.w()?;
         Ok(())
     }
 
@@ -174,11 +182,12 @@ impl FlashAttention {
         let mut b = self.stream.launch_builder(&self.backward_dkdv);
         b.arg(&q).arg(&k).arg(&v).arg(&dout).arg(&lse2).arg(&delta);
         b.arg(&dk).arg(&dv).arg(&s).arg(&g).arg(&scale);
-        unsafe { b.launch(self.config(sh.batch * sh.kv_heads, 4, 2 * TILE, sh.seq)) }.w()?;
+        unsafe { b.launch(self.config(sh.batch * sh.kv_heads, DKDV_TILES, DKDV_FLOATS, sh.seq)) }
+            .w()?;
         let mut b = self.stream.launch_builder(&self.backward_dq);
         b.arg(&q).arg(&k).arg(&v).arg(&dout).arg(&lse2).arg(&delta);
         b.arg(&dq).arg(&s).arg(&g).arg(&scale);
-        unsafe { b.launch(self.config(sh.batch_heads(), 4, 0, sh.seq)) }.w()?;
+        unsafe { b.launch(self.config(sh.batch_heads(), DQ_TILES, 0, sh.seq)) }.w()?;
         Ok(())
     }
 }

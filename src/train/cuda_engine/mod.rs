@@ -229,21 +229,7 @@ impl TrainEngine {
         Self::check_options(model, &opts)?;
         let layout = ParamLayout::new(model, adapter)?;
         let dims = Self::dims(model, &layout, &opts);
-        let kernels =
-            TrainKernels::load(dev, opts.dtype).map_err(ERR.launch("loading the kernels"))?;
-        let dequant = if dims.quantized_base {
-            Some(DequantKernels::load(dev).map_err(ERR.launch("loading the dequant kernels"))?)
-        } else {
-            None
-        };
-        let flash = if dims.flash_attention {
-            Some(
-                FlashAttention::load(dev, dims.head_dim)
-                    .map_err(ERR.launch("loading the flash-attention kernels"))?,
-            )
-        } else {
-            None
-        };
+        let (kernels, flash, dequant) = Self::load_kernels(dev, &dims, opts.dtype)?;
         let gemm = Gemm::for_device(dev).map_err(ERR.launch("cuBLASLt context"))?;
         let stream = dev.cuda_stream();
         let mut buffers = Buffers::new(
@@ -317,6 +303,30 @@ impl TrainEngine {
             started.elapsed().as_secs_f64()
         );
         Ok(engine)
+    }
+
+    /// The kernels this engine launches: the training kernels in T, the fused attention (when
+    /// `dims.flash_attention`) and the dequant kernel (when `dims.quantized_base`).
+    fn load_kernels(
+        dev: &candle_core::CudaDevice,
+        dims: &Dims,
+        dtype: DType,
+    ) -> Result<(TrainKernels, Option<FlashAttention>, Option<DequantKernels>)> {
+        let kernels = TrainKernels::load(dev, dtype).map_err(ERR.launch("loading the kernels"))?;
+        let flash = if dims.flash_attention {
+            Some(
+                FlashAttention::load(dev, dims.head_dim)
+                    .map_err(ERR.launch("loading the flash-attention kernels"))?,
+            )
+        } else {
+            None
+        };
+        let dequant = if dims.quantized_base {
+            Some(DequantKernels::load(dev).map_err(ERR.launch("loading the dequant kernels"))?)
+        } else {
+            None
+        };
+        Ok((kernels, flash, dequant))
     }
 
     /// The options must match the model: its dtype, a batch and a loss chunk of at least one, two

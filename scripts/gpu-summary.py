@@ -367,13 +367,20 @@ def qlora_rows(e2e):
     anchors, item_a = e2e_get(e2e, "anchors-train-llama3.1_8b.jsonl")
     eager = next((a for a in reversed(anchors if isinstance(anchors, list) else [])
                   if a.get("mode") == "eager" and a.get("status") == "ok"), None)
-    for suffix, label in (("", ""), ("-checkpointed", ", activations checkpointed")):
+    modes = [("", "")]
+    for name in sorted(e2e):
+        m = re.fullmatch(r"wick-qlora-llama3\.1_8b-2048-checkpointed(-(\d+))?\.json", name)
+        if m:
+            modes.append((name[len("wick-qlora-llama3.1_8b-2048"):-len(".json")],
+                          f", first {m.group(2)} of 32 layers checkpointed" if m.group(2)
+                          else ", every layer checkpointed"))
+    for suffix, label in modes:
         w, item_w = e2e_get(e2e, f"wick-qlora-llama3.1_8b-2048{suffix}.json")
         w = w if isinstance(w, dict) and "tokens_per_s" in w else None
         meta = {"device": item_w.get("device") or item_a.get("device"),
                 "date": item_w.get("date") or item_a.get("date"),
                 "source": " + ".join(x["source"] for x in (item_w, item_a) if x),
-                "command": "scripts/device/qlora-8b.sh make; qlora-8b.sh wick 2048 2; qlora-8b.sh anchors eager:2048"}
+                "command": "scripts/device/qlora-8b.sh make; qlora-8b.sh wick 2048 2 MODE; qlora-8b.sh anchors eager:2048"}
         rows.append(row(f"LoRA training Llama-3.1-8B shapes, QLoRA on Q4_K/Q6_K blocks{label}, seq 2048 batch 2, "
                         "vs PEFT eager bf16 LoRA (issue 15.4)", ">= 2x", "tokens/s", wick=w and w["tokens_per_s"],
                         anchor=eager and eager["tokens_per_s"], anchor_engine="PEFT + transformers eager, bf16 base",

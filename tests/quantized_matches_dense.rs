@@ -75,6 +75,19 @@ fn argmax(values: &[f32]) -> usize {
         .0
 }
 
+/// (rms of got - want, standard deviation of want) over one position's logits.
+fn rms_and_spread(got: &[f32], want: &[f32]) -> (f64, f64) {
+    let n = want.len() as f64;
+    let mean = want.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let spread = (want.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let squares: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
+    ((squares / n).sqrt(), spread)
+}
+
 #[test]
 fn quantized_cpu_answers_the_chat_prompt_as_llamacpp_does() {
     let model = quantized();
@@ -156,16 +169,7 @@ fn quantized_logits_track_dense_logits() {
     // 0.04-0.27 per position (mean 0.09) on this prompt with llama.cpp's own rounding scheme.
     let mut relatives = Vec::with_capacity(q.len());
     for (position, (qr, dr)) in q.iter().zip(&d).enumerate() {
-        let n = dr.len() as f64;
-        let mean = dr.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let spread = (dr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
-        let rms = (qr
-            .iter()
-            .zip(dr)
-            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-            .sum::<f64>()
-            / n)
-            .sqrt();
+        let (rms, spread) = rms_and_spread(qr, dr);
         relatives.push(rms / spread);
         // The dense top-1 stays near the top of the quantized logits.
         let best = argmax(dr);
@@ -218,16 +222,7 @@ fn quantized_base_runs_with_bf16_activations() {
     let (want, got) = (run(base), run(&bf16));
     let mut relatives = Vec::with_capacity(want.len());
     for (position, (w, g)) in want.iter().zip(&got).enumerate() {
-        let n = w.len() as f64;
-        let mean = w.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let spread = (w.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
-        let rms = (w
-            .iter()
-            .zip(g)
-            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-            .sum::<f64>()
-            / n)
-            .sqrt();
+        let (rms, spread) = rms_and_spread(g, w);
         eprintln!("position {position}: rms {rms:.4} of spread {spread:.3}");
         relatives.push(rms / spread);
     }

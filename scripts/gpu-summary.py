@@ -391,16 +391,23 @@ def qlora_rows(e2e):
                         anchor_engine="PEFT eager, device memory in use at the end (mem_get_info)", **meta,
                         note=("PEFT eager max_memory_allocated %.2f GiB" % eager["peak_gpu_memory_gib"])
                         if eager else None))
-    longest = {}
-    for name, item in e2e.items():
-        m = re.fullmatch(r"wick-longest-llama3\.1_8b-(\d+)\.json", name)
-        if m and isinstance(item["value"], dict) and "tokens_per_s" in item["value"]:
-            longest[int(m.group(1))] = item
-    peft, item_p = e2e_get(e2e, "anchors-longest-llama3.1_8b.jsonl")
+    # Both sides from one call: the latest bundle holding PEFT's longest-sequence runs.
+    longest, peft, item_p = {}, None, {}
+    for date, path, doc in reversed(BUNDLES):
+        if "anchors-longest-llama3.1_8b.jsonl" in doc["files"]:
+            meta = {"source": os.path.relpath(path), "date": date, "device": doc.get("device")}
+            peft, item_p = doc["files"]["anchors-longest-llama3.1_8b.jsonl"], meta
+            for name, value in doc["files"].items():
+                m = re.fullmatch(r"wick-longest-llama3\.1_8b-(\d+)\.json", name)
+                if m and isinstance(value, dict) and "tokens_per_s" in value:
+                    longest[int(m.group(1))] = meta
+            break
     peft_ok = [a["seq_len"] for a in (peft if isinstance(peft, list) else [])
                if a.get("mode") == "liger-gc" and a.get("status") == "ok"]
+    # A run that could not start (liger-kernel not installed) says nothing about the length.
     peft_failed = [a["seq_len"] for a in (peft if isinstance(peft, list) else [])
-                   if a.get("mode") == "liger-gc" and a.get("status") != "ok"]
+                   if a.get("mode") == "liger-gc" and a.get("status") != "ok"
+                   and "ModuleNotFoundError" not in str(a.get("error"))]
     wick_seq = max(longest) if longest else None
     item_w = longest.get(wick_seq, {})
     rows.append(row("Longest sequence that trains at batch 1, Llama-3.1-8B shapes: wick QLoRA (checkpointed) vs "

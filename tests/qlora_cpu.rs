@@ -163,3 +163,101 @@ fn lora_gradients_through_a_quantized_base_match_the_dense_base() {
     assert!(matches!(layer.weight(), BaseWeight::Quantized(_)));
     let _: Tensor = layer.forward(&x0).unwrap();
 }
+
+/// QLoRA from a dense checkpoint (`Llama::quantize_projections`, `wick train --quantize-base`): the
+/// tiny Llama HF directory loaded dense in f32, its projections quantized to Q8_0 at load, keeps its
+/// logits within Q8's rounding of the dense model's, trains through the blocks (the loss falls), and
+/// a format whose blocks do not fit the rows (Q4_K: 256 weights, rows of 32) is refused by name.
+#[test]
+fn hf_checkpoint_quantized_at_load_trains_through_its_blocks() {
+    use wick::models::llama::quantize_base::base_format;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft/tiny-llama");
+    let options = LoadOptions {
+        device: Device::Cpu,
+        dtype: Some(DType::F32),
+    };
+    let dense = TextModel::open(&dir, &options).unwrap();
+    let mut model = TextModel::open(&dir, &options).unwrap();
+    let err = model
+        .model
+        .clone()
+        .quantize_projections(base_format("q4_k").unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("q_proj") && err.contains("Q4K"), "{err}");
+    assert!(base_format("nf3").is_err());
+    model
+        .model
+        .quantize_projections(base_format("Q8_0").unwrap())
+        .unwrap();
+    for (name, linear) in model.model.linear_layers() {
+        assert!(
+            matches!(linear.weight(), BaseWeight::Quantized(QMatMul::QTensor(q)) if q.dtype() == GgmlDType::Q8_0),
+            "{name} is not in Q8_0 blocks"
+        );
+    }
+    let ids = Tensor::new(&[[5u32, 9, 17, 4, 11, 30]], &Device::Cpu).unwrap();
+    let logits = |m: &TextModel| -> Vec<f64> {
+        let mut cache = m.model.new_cache(1);
+        to_f64_vec(&m.model.forward(&ids, &mut cache).unwrap()).unwrap()
+    };
+    let (want, got) = (logits(&dense), logits(&model));
+    let spread = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let worst = want
+        .iter()
+        .zip(&got)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    // Q8_0 keeps ~2.5 significant digits per weight and the activations go through Q8 blocks too:
+    // a few percent of the largest logit; a wrong layout gives errors as large as the logits.
+    assert!(
+        worst < 0.05 * spread,
+        "logits moved by {worst} (largest {spread})"
+    );
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..8)
+        .map(|i| {
+            serde_json::json!({"text": format!("the cat sat on the mat {i} the end")}).to_string()
+        })
+        .collect();
+    let data_path = data_dir.path().join("data.jsonl");
+    std::fs::write(&data_path, lines.join("\n")).unwrap();
+    let data = load_jsonl(
+        &data_path,
+        &model.tokenizer,
+        model.chat_template.as_ref(),
+        &DataOptions {
+            max_seq_len: 32,
+            pack: false,
+        },
+        model.model.config().max_position_embeddings,
+    )
+    .unwrap();
+    let config = TrainConfig {
+        lora: LoraConfig {
+            r: 8,
+            lora_alpha: 16.0,
+            target_modules: TargetModules::parse("all-linear").unwrap(),
+            ..Default::default()
+        },
+        lr: 2e-2,
+        scheduler: ScheduleKind::Constant,
+        total_steps: 8,
+        batch_size: 4,
+        seed: 3,
+        ..Default::default()
+    };
+    let out = data_dir.path().join("adapter");
+    let run = TrainRun {
+        config,
+        ..TrainRun::new(&data, out.clone())
+    };
+    let summary = train(&mut model.model, run, &mut |_| {}).unwrap().1;
+    let (first, last) = (summary.losses[0], *summary.losses.last().unwrap());
+    assert!(
+        last < 0.8 * first,
+        "loss {first} -> {last}: {:?}",
+        summary.losses
+    );
+    assert!(out.join("adapter_model.safetensors").exists());
+}

@@ -56,6 +56,10 @@ pub struct Args {
     /// training engine (bf16 activations, one layer dequantized at a time).
     #[arg(long)]
     pub quantized_base: bool,
+    /// Quantize a dense base's projections at load (`wick train --quantize-base`): q4_k, q4_1,
+    /// q5_0, q6_k or q8_0.
+    #[arg(long)]
+    pub quantize_base: Option<String>,
     /// Write `<out>.json` and `<out>.md` (e.g. bench/results/train-cpu).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -184,6 +188,9 @@ fn write_report(
     let mut md = std::fs::File::create(out.with_extension("md"))?;
     writeln!(md, "# LoRA training throughput ({})\n", args.device)?;
     writeln!(md, "Command: `wick bench train --model {} --rank {} --seq-len {} --batch-size {} --steps {} --warmup-steps {} --device {}{}{}{}`\n", args.model, args.rank, args.seq_len, args.batch_size, args.steps, args.warmup_steps, args.device, if args.checkpoint_activations { " --checkpoint-activations" } else { "" }, args.checkpoint_layers.map(|n| format!(" --checkpoint-layers {n}")).unwrap_or_default(), if args.quantized_base { " --quantized-base" } else { "" })?;
+    if let Some(name) = &args.quantize_base {
+        writeln!(md, "Base projections quantized to {name} at load.\n")?;
+    }
     let base = if args.quantized_base {
         "the GGUF's blocks kept quantized (QLoRA)".to_string()
     } else {
@@ -308,6 +315,10 @@ fn load_model(
     if args.quantized_base && cuda {
         // QLoRA on CUDA: the blocks stay on the device, activations bf16 (the training engine).
         model.model = model.model.clone().with_activation_dtype(dtype)?;
+    }
+    if let Some(name) = &args.quantize_base {
+        let format = wick::models::llama::quantize_base::base_format(name)?;
+        model.model.quantize_projections(format)?;
     }
     Ok((model, dtype))
 }

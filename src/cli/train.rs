@@ -139,6 +139,11 @@ pub struct Args {
     /// CUDA makes a run comparable with a dense CPU run (`--dtype f32` there too) to ~1e-4.
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Quantize a dense base's projections at load and train through the blocks (QLoRA from an HF
+    /// checkpoint): q4_k, q4_1, q5_0, q6_k or q8_0 (the CPU trains through q4_1 and q8_0 only;
+    /// on CUDA the training engine reads them all). Embedding, norms and LM head stay dense.
+    #[arg(long)]
+    pub quantize_base: Option<String>,
 }
 
 /// Runs `wick train`.
@@ -206,6 +211,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         model = TextModel::open(&path, &dense)
             .with_context(|| format!("loading {}", path.display()))?;
     }
+    if let Some(name) = &args.quantize_base {
+        quantize_base(&args, name, &mut model)?;
+    }
     let summary = run_with_model(&args, &mut model, &path)?;
     eprintln!(
         "trained {} steps on {} tokens in {:.1} s ({:.0} tokens/s); final loss {:.4}{}",
@@ -222,6 +230,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     eprintln!(
         "adapter: {} (adapter_config.json, adapter_model.safetensors, metrics.jsonl, loss.png)",
         summary.adapter_dir.display()
+    );
+    Ok(())
+}
+
+/// `--quantize-base NAME`: the dense projections of `model` to blocks, where this run can train
+/// through them.
+fn quantize_base(args: &Args, name: &str, model: &mut TextModel) -> anyhow::Result<()> {
+    use candle_core::quantized::GgmlDType;
+    let format = wick::models::llama::quantize_base::base_format(name)?;
+    if model.model.device().is_cuda() {
+        if let Some(reason) = cuda_qlora_blocker(args) {
+            anyhow::bail!("--quantize-base on CUDA trains through the CUDA engine only; {reason}");
+        }
+    } else if !matches!(format, GgmlDType::Q4_1 | GgmlDType::Q8_0) {
+        anyhow::bail!("--quantize-base {name}: the CPU trains through q4_1 or q8_0 blocks");
+    }
+    let started = std::time::Instant::now();
+    model.model.quantize_projections(format)?;
+    eprintln!(
+        "quantized the base's projections to {format:?} in {:.1} s (QLoRA)",
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

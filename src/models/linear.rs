@@ -163,6 +163,12 @@ impl Linear {
         Ok(self)
     }
 
+    /// Replaces the base weight with blocks or another tensor of the same shape (QLoRA's
+    /// quantization at load).
+    pub fn set_base_weight(&mut self, weight: BaseWeight) {
+        self.weight = weight;
+    }
+
     /// Replaces the base weight (used by merge).
     pub fn set_dense_weight(&mut self, weight: Tensor) {
         self.weight = BaseWeight::Dense(weight);

@@ -32,6 +32,7 @@ use crate::{Context, Error, Result};
 
 mod checkpointed;
 mod loading;
+pub mod quantize_base;
 mod ragged;
 mod rotary;
 

@@ -47,6 +47,12 @@ fn dataset(model: &TextModel, path: &Path) -> Dataset {
     .unwrap()
 }
 
+fn dropout_config(steps: usize, dropout: f32) -> TrainConfig {
+    let mut c = config(steps);
+    c.lora.lora_dropout = dropout;
+    c
+}
+
 fn config(steps: usize) -> TrainConfig {
     TrainConfig {
         lora: LoraConfig {
@@ -131,11 +137,28 @@ fn training_lowers_the_loss_and_changes_greedy_output() {
 
 #[test]
 fn resume_is_bit_identical() {
+    resume_repeats_the_straight_run(0.0);
+}
+
+/// With LoRA dropout too: the masks are seeded by (run seed, step, micro-batch), so the resumed
+/// half draws the straight run's masks (Candle's unseeded dropout could not).
+#[test]
+fn resume_with_dropout_is_bit_identical() {
+    resume_repeats_the_straight_run(0.1);
+}
+
+fn resume_repeats_the_straight_run(dropout: f32) {
     let data_dir = tempfile::tempdir().unwrap();
     let mut model = lora_support::tiny_model(DType::F32);
     let data = dataset(&model, &write_data(data_dir.path()));
     let straight_dir = tempfile::tempdir().unwrap();
-    let straight = run(&mut model, &data, config(8), straight_dir.path(), None);
+    let straight = run(
+        &mut model,
+        &data,
+        dropout_config(8, dropout),
+        straight_dir.path(),
+        None,
+    );
 
     // The same run stopped after 4 steps (its checkpoint-4 written), then resumed in a fresh process state.
     let resumed_dir = tempfile::tempdir().unwrap();
@@ -144,7 +167,7 @@ fn resume_is_bit_identical() {
         &mut first_model.model,
         TrainRun {
             eval_data: Some(&data),
-            config: config(8),
+            config: dropout_config(8, dropout),
             stop_after_steps: Some(4),
             ..TrainRun::new(&data, resumed_dir.path())
         },
@@ -156,7 +179,7 @@ fn resume_is_bit_identical() {
     assert_eq!(list_checkpoints(resumed_dir.path()).unwrap().len(), 1);
     let mut second_model = lora_support::tiny_model(DType::F32);
     // Options given to a resumed run are replaced by the checkpoint's.
-    let mut other = config(8);
+    let mut other = dropout_config(8, dropout);
     other.lr = 1.0;
     let second = run(
         &mut second_model,
@@ -222,4 +245,39 @@ fn activation_checkpointing_follows_the_plain_run() {
             );
         }
     }
+}
+
+/// LoRA dropout with activation checkpointing (Candle's path): the recomputed layers draw the same
+/// seeded masks as their forward, so the run follows the plain run with the same dropout.
+#[test]
+fn activation_checkpointing_with_dropout_follows_the_plain_run() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut plain_model = lora_support::tiny_model(DType::F32);
+    let data = dataset(&plain_model, &write_data(data_dir.path()));
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = run(
+        &mut plain_model,
+        &data,
+        dropout_config(6, 0.1),
+        plain_dir.path(),
+        None,
+    );
+    let mut ckpt_model = lora_support::tiny_model(DType::F32);
+    let ckpt_dir = tempfile::tempdir().unwrap();
+    let ckpt_config = TrainConfig {
+        activation_checkpointing: true,
+        ..dropout_config(6, 0.1)
+    };
+    let ckpt = run(&mut ckpt_model, &data, ckpt_config, ckpt_dir.path(), None);
+    for (p, c) in plain.losses.iter().zip(&ckpt.losses) {
+        assert!((p - c).abs() < 1e-5 * p.abs().max(1.0), "loss {c} vs {p}");
+    }
+    let without = run(
+        &mut lora_support::tiny_model(DType::F32),
+        &data,
+        config(6),
+        tempfile::tempdir().unwrap().path(),
+        None,
+    );
+    assert_ne!(plain.losses, without.losses, "dropout 0.1 changed nothing");
 }

@@ -110,7 +110,7 @@ pub struct Args {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Recompute each decoder layer in the backward pass instead of keeping its activations: much
-    /// less memory (long sequences, big batches) for about one more forward pass. Needs --dropout 0.
+    /// less memory (long sequences, big batches) for about one more forward pass.
     #[arg(long)]
     pub checkpoint_activations: bool,
     /// Checkpoint only the first N decoder layers (implies --checkpoint-activations): memory and

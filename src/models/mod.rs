@@ -5,3 +5,4 @@ pub mod dora;
 pub mod kv_cache;
 pub mod linear;
 pub mod llama;
+pub mod seeded_dropout;

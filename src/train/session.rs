@@ -18,9 +18,12 @@ use super::metrics::{read_metrics, MetricRecord, MetricsWriter};
 use super::optimizer::AdamW;
 use super::parallel::Collective;
 use super::schedule::Schedule;
-use super::trainer::{candle_step, evaluate, Progress, TrainConfig, TrainRun, TrainSummary};
+use super::trainer::{
+    candle_step, evaluate, MaskSeeds, Progress, TrainConfig, TrainRun, TrainSummary,
+};
 use crate::lora::{attach, peft_io, Adapter};
 use crate::models::llama::Llama;
+use crate::models::seeded_dropout::DropoutSeed;
 use crate::{Error, Result};
 
 /// The training loop of one rank: the whole run when `collective` is `None`, else this rank's part
@@ -118,6 +121,8 @@ struct Session<'c> {
     last_checkpoint: Option<PathBuf>,
     collective: Option<&'c dyn Collective>,
     fault: SaveFault,
+    /// The model's LoRA dropout seed, when an adapted projection has dropout (Candle's path).
+    dropout_seed: Option<DropoutSeed>,
 }
 
 /// What one optimizer step did.
@@ -145,6 +150,8 @@ impl<'c> Session<'c> {
             remove_stale_temporaries(&run.out_dir)?;
         }
         let (adapter, config, state, optimizer_state) = attach_or_resume(model, run)?;
+        let seed = DropoutSeed::default();
+        let dropout_seed = model.use_seeded_dropout(&seed).then_some(seed);
         let vars = adapter.vars();
         let mut optimizer = AdamW::new(vars.clone(), config.adamw)?;
         if let Some(tensors) = &optimizer_state {
@@ -199,6 +206,7 @@ impl<'c> Session<'c> {
             last_checkpoint,
             collective,
             fault,
+            dropout_seed,
         })
     }
 
@@ -219,6 +227,11 @@ impl<'c> Session<'c> {
         let tokens: usize = micro.iter().map(|(b, l)| b.real_tokens(l)).sum();
         let lr = self.schedule.lr_at(self.state.step);
         let vars = &self.vars;
+        let masks = self.dropout_seed.as_ref().map(|seed| MaskSeeds {
+            seed,
+            step: self.state.step as u64 + 1,
+            first_micro: 0,
+        });
         let (loss, grad_norm) = match (self.engine.as_mut(), self.collective) {
             (Some(engine), _) => engine.step(&micro, lr, config.max_grad_norm)?,
             (None, Some(collective)) => super::parallel::step::data_parallel_step(
@@ -229,8 +242,11 @@ impl<'c> Session<'c> {
                 &micro,
                 lr,
                 collective,
+                masks,
             )?,
-            (None, None) => candle_step(model, vars, &mut self.optimizer, config, &micro, lr)?,
+            (None, None) => {
+                candle_step(model, vars, &mut self.optimizer, config, &micro, lr, masks)?
+            }
         };
         if !loss.is_finite() || !grad_norm.is_finite() {
             return Err(Error::Diverged {

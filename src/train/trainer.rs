@@ -8,15 +8,17 @@
 //! micro-batch's mean loss is scaled by its share of the step's counted tokens before backward), so
 //! accumulation gives the gradient of one big batch.
 //!
-//! Determinism: the LoRA init is seeded, the data order is seeded, and with `lora_dropout = 0` (the
-//! default, as PEFT's) nothing else is random, so on the CPU a run resumed from step k reproduces the
-//! straight run bit for bit. With dropout > 0 the masks come from Candle's unseeded CPU generator and a
-//! resumed run is equivalent in distribution only.
+//! Determinism: the LoRA init is seeded, the data order is seeded, and LoRA dropout draws seeded
+//! masks (`models::seeded_dropout`: run seed, optimizer step, micro-batch; the CUDA engine's own),
+//! so on the CPU a run resumed from step k reproduces the straight run bit for bit, with or without
+//! dropout.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Tensor, Var};
+
+use crate::models::seeded_dropout::DropoutSeed;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::SaveFault;
@@ -59,7 +61,8 @@ pub struct TrainConfig {
     pub eval_every: Option<usize>,
     /// Recompute each decoder layer in the backward pass instead of keeping its activations
     /// (`Llama::forward_train_checkpointed`): far less memory for about one more forward pass of
-    /// compute. Needs LoRA dropout 0. Same gradients up to rounding.
+    /// compute. The recomputation draws the same (seeded) dropout masks. Same gradients up to
+    /// rounding.
     #[serde(default)]
     pub activation_checkpointing: bool,
     /// With `activation_checkpointing`: only the first N decoder layers recompute their
@@ -278,6 +281,7 @@ pub(crate) fn loss_weights(micro: &[(Batch, Vec<usize>)]) -> Vec<Option<f64>> {
 /// One optimizer step through Candle's autograd (the reference path): forward, loss and backward
 /// per micro-batch with gradients accumulated by token share, global-norm clipping, AdamW. Returns
 /// (step loss, gradient norm before clipping); a non-finite value returns before the update.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn candle_step(
     model: &Llama,
     vars: &[(String, Var)],
@@ -285,14 +289,25 @@ pub(crate) fn candle_step(
     config: &TrainConfig,
     micro: &[(Batch, Vec<usize>)],
     lr: f64,
+    masks: Option<MaskSeeds>,
 ) -> Result<(f64, f64)> {
     let weighted: Vec<(&Batch, f64)> = micro
         .iter()
         .zip(loss_weights(micro))
         .filter_map(|((batch, _), weight)| weight.map(|w| (batch, w)))
         .collect();
-    let (grads, step_loss) = accumulate_grads(model, vars, config, &weighted)?;
+    let (grads, step_loss) = accumulate_grads(model, vars, config, &weighted, masks)?;
     apply_update(grads, step_loss, optimizer, config, lr)
+}
+
+/// Where one step's LoRA dropout masks come from: the model's shared seed, set before each
+/// micro-batch from the run's seed, this optimizer step (from 1) and the micro-batch's index
+/// (`first_micro` + its place among the step's micro-batches with counted labels).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MaskSeeds<'a> {
+    pub(crate) seed: &'a DropoutSeed,
+    pub(crate) step: u64,
+    pub(crate) first_micro: u64,
 }
 
 /// Forward, loss and backward of each (batch, loss weight), the adapter's gradients summed with
@@ -302,12 +317,16 @@ pub(crate) fn accumulate_grads(
     vars: &[(String, Var)],
     config: &TrainConfig,
     weighted: &[(&Batch, f64)],
+    masks: Option<MaskSeeds>,
 ) -> Result<(HashMap<String, Tensor>, f64)> {
     let device = model.device().clone();
     let mut grads: HashMap<String, Tensor> = HashMap::new();
     let sink = GradSink::new();
     let mut step_loss = 0f64;
-    for &(batch, weight) in weighted {
+    for (i, &(batch, weight)) in weighted.iter().enumerate() {
+        if let Some(m) = masks {
+            m.seed.set(config.seed, m.step, m.first_micro + i as u64);
+        }
         let (ids, labels) = batch_tensors(batch, &device)?;
         let checkpointed = config.checkpointed_layers(model.config().num_hidden_layers);
         let logits = if checkpointed > 0 {

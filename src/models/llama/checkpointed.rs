@@ -22,8 +22,8 @@ impl Llama {
     /// (the others keep their activations for autograd as in [`Llama::forward_train`]).
     /// input_ids: [batch, t] -> logits [batch, t, vocab] in the compute dtype. The gradients of the
     /// adapter tensors inside checkpointed layers do not reach the `GradStore` of `backward()`:
-    /// they are summed into `sink` during it. Their adapter dropout must be 0 (the recomputation
-    /// must see the same values as the forward pass).
+    /// they are summed into `sink` during it. Their adapter dropout must be 0 or seeded (the
+    /// recomputation must see the same values as the forward pass).
     pub fn forward_train_checkpointed(
         &self,
         input_ids: &Tensor,
@@ -76,7 +76,9 @@ impl Llama {
                 &m.down_proj,
             ] {
                 if let Some(lora) = &linear.lora {
-                    if lora.dropout > 0.0 {
+                    // Seeded masks (`models::seeded_dropout`) are drawn again, the same, when the
+                    // backward recomputes the layer; Candle's unseeded dropout would draw others.
+                    if lora.dropout > 0.0 && lora.dropout_masks.is_none() {
                         return Err(Error::InvalidOption {
                             option: "activation checkpointing".into(),
                             reason: format!(

@@ -19,7 +19,7 @@ use crate::train::data::{Batch, Dataset};
 use crate::train::loss::counted_positions;
 use crate::train::optimizer::AdamW;
 use crate::train::trainer::{
-    accumulate_grads, apply_update, eval_totals, loss_weights, TrainConfig,
+    accumulate_grads, apply_update, eval_totals, loss_weights, MaskSeeds, TrainConfig,
 };
 use crate::{Context, Result};
 
@@ -55,6 +55,7 @@ pub fn weighted_shards(
 
 /// One optimizer step of a data-parallel run; returns (global loss, gradient norm before
 /// clipping), the same on every rank.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn data_parallel_step(
     model: &Llama,
     vars: &[(String, Var)],
@@ -63,10 +64,16 @@ pub(crate) fn data_parallel_step(
     micro: &[(Batch, Vec<usize>)],
     lr: f64,
     collective: &dyn Collective,
+    masks: Option<MaskSeeds>,
 ) -> Result<(f64, f64)> {
     let shards = weighted_shards(micro, collective.rank(), collective.world_size());
     let weighted: Vec<(&Batch, f64)> = shards.iter().map(|(b, w)| (b, *w)).collect();
-    let (grads, local_loss) = accumulate_grads(model, vars, config, &weighted)?;
+    // Each rank's shards draw their own masks (micro-batch indices a million apart per rank).
+    let masks = masks.map(|m| MaskSeeds {
+        first_micro: m.first_micro + collective.rank() as u64 * 1_000_000,
+        ..m
+    });
+    let (grads, local_loss) = accumulate_grads(model, vars, config, &weighted, masks)?;
     let flat = flatten_grads(vars, &grads, local_loss, model.device())?;
     let reduced = collective.all_reduce(&flat, ReduceOp::Sum)?;
     let (grads, step_loss) = unflatten_grads(vars, &reduced)?;

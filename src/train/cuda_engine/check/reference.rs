@@ -3,16 +3,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::OnceLock;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use super::models::{f64s, tensor_2d, var_values, Micro};
 use crate::lora::Adapter;
-use crate::models::linear::DropoutMasks;
 use crate::models::llama::Llama;
-use crate::reference::lora_dropout;
+use crate::models::seeded_dropout::DropoutSeed;
 use crate::train::loss::causal_lm_loss;
 use crate::train::optimizer::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
 use crate::{Context, Result};
@@ -36,48 +34,16 @@ pub(super) struct Reference {
     pub(super) moments: HashMap<String, Vec<f64>>,
 }
 
-/// The seed of the micro-batch at hand, which [`EngineMasks`] draw from (the check runs one model
-/// at a time, on one thread).
-static MICRO_BATCH_SEED: AtomicU64 = AtomicU64::new(0);
-
-/// LoRA dropout masks of one adapted projection as the engine draws them
-/// (`reference::lora_dropout`, stream = the projection's index in `Llama::linear_layers`, which is
-/// the engine's layer * 7 + projection), for the micro-batch seed [`step_gradients`] sets.
-#[derive(Debug)]
-struct EngineMasks {
-    stream: u32,
-    p: f32,
+/// The check's LoRA dropout seed: the Candle references draw the engine's masks from it
+/// (`models::seeded_dropout`, the trainer's own), set per micro-batch by [`step_gradients`].
+fn check_seed() -> &'static DropoutSeed {
+    static SEED: OnceLock<DropoutSeed> = OnceLock::new();
+    SEED.get_or_init(DropoutSeed::default)
 }
 
-impl DropoutMasks for EngineMasks {
-    fn mask(&self, dims: &[usize], device: &Device, dtype: DType) -> crate::Result<Tensor> {
-        let [b, t, cols] = dims else {
-            return Err(crate::Error::InvalidRequest(format!(
-                "engine check masks: input {dims:?} is not [batch, t, in]"
-            )));
-        };
-        let ones = vec![1.0; b * t * cols];
-        let seed = MICRO_BATCH_SEED.load(Ordering::Relaxed);
-        let values = lora_dropout::apply(&ones, *cols, *t, seed, self.stream, self.p);
-        let values: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
-        Tensor::from_vec(values, dims, device)
-            .and_then(|m| m.to_dtype(dtype))
-            .context("engine check dropout mask")
-    }
-}
-
-/// Gives every adapted projection of `model` the engine's dropout masks (after `Adapter::apply`,
-/// which attaches Candle's unseeded dropout); nothing without dropout.
+/// Gives every adapted projection of `model` with dropout the engine's seeded masks.
 pub(super) fn use_engine_masks(model: &mut Llama) {
-    for (i, (_, linear)) in model.linear_layers_mut().into_iter().enumerate() {
-        if let Some(lora) = linear.lora.as_mut().filter(|l| l.dropout > 0.0) {
-            let p = lora.dropout;
-            lora.dropout_masks = Some(Arc::new(EngineMasks {
-                stream: i as u32,
-                p,
-            }));
-        }
-    }
+    model.use_seeded_dropout(check_seed());
 }
 
 /// Loss and summed gradients of optimizer step `step` (from 1): per micro-batch, backward of
@@ -92,8 +58,7 @@ pub(super) fn step_gradients(
     let mut grads: HashMap<String, Tensor> = HashMap::new();
     let mut loss = 0f64;
     for (i, (mb, w)) in micro.iter().zip(weights).enumerate() {
-        let seed = lora_dropout::micro_batch_seed(super::CHECK_DROPOUT_SEED, step, i as u64);
-        MICRO_BATCH_SEED.store(seed, Ordering::Relaxed);
+        check_seed().set(super::CHECK_DROPOUT_SEED, step, i as u64);
         let ids = tensor_2d(&mb.ids, &device)?;
         let labels = tensor_2d(&mb.labels, &device)?;
         let logits = model.forward_train(&ids)?;

@@ -35,6 +35,46 @@ fn write_data(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// Trains an all-linear r-8 adapter on the JSONL at `data` into `out`: (max_seq_len, lr, steps,
+/// batch, seed), constant schedule.
+fn train_lora(
+    model: &mut TextModel,
+    data: &Path,
+    out: &Path,
+    (max_seq_len, lr, steps, batch_size, seed): (usize, f64, usize, usize, u64),
+) -> wick::train::trainer::TrainSummary {
+    let data = load_jsonl(
+        data,
+        &model.tokenizer,
+        model.chat_template.as_ref(),
+        &DataOptions {
+            max_seq_len,
+            pack: false,
+        },
+        model.model.config().max_position_embeddings,
+    )
+    .unwrap();
+    let config = TrainConfig {
+        lora: LoraConfig {
+            r: 8,
+            lora_alpha: 16.0,
+            target_modules: TargetModules::parse("all-linear").unwrap(),
+            ..Default::default()
+        },
+        lr,
+        scheduler: ScheduleKind::Constant,
+        total_steps: steps,
+        batch_size,
+        seed,
+        ..Default::default()
+    };
+    let run = TrainRun {
+        config,
+        ..TrainRun::new(&data, out.to_path_buf())
+    };
+    train(&mut model.model, run, &mut |_| {}).unwrap().1
+}
+
 #[test]
 fn default_model_trains_with_a_quantized_base() {
     let path = ensure_default_chat_model().unwrap();
@@ -50,37 +90,13 @@ fn default_model_trains_with_a_quantized_base() {
         );
     }
     let dir = tempfile::tempdir().unwrap();
-    let data = load_jsonl(
-        &write_data(dir.path()),
-        &model.tokenizer,
-        model.chat_template.as_ref(),
-        &DataOptions {
-            max_seq_len: 96,
-            pack: false,
-        },
-        model.model.config().max_position_embeddings,
-    )
-    .unwrap();
-    let config = TrainConfig {
-        lora: LoraConfig {
-            r: 8,
-            lora_alpha: 16.0,
-            target_modules: TargetModules::parse("all-linear").unwrap(),
-            ..Default::default()
-        },
-        lr: 5e-3,
-        scheduler: ScheduleKind::Constant,
-        total_steps: 6,
-        batch_size: 2,
-        seed: 5,
-        ..Default::default()
-    };
     let out = dir.path().join("adapter");
-    let run = TrainRun {
-        config,
-        ..TrainRun::new(&data, out.clone())
-    };
-    let summary = train(&mut model.model, run, &mut |_| {}).unwrap().1;
+    let summary = train_lora(
+        &mut model,
+        &write_data(dir.path()),
+        &out,
+        (96, 5e-3, 6, 2, 5),
+    );
     let (first, last) = (summary.losses[0], *summary.losses.last().unwrap());
     assert!(
         summary.losses.iter().all(|l| l.is_finite()),
@@ -222,37 +238,8 @@ fn hf_checkpoint_quantized_at_load_trains_through_its_blocks() {
         .collect();
     let data_path = data_dir.path().join("data.jsonl");
     std::fs::write(&data_path, lines.join("\n")).unwrap();
-    let data = load_jsonl(
-        &data_path,
-        &model.tokenizer,
-        model.chat_template.as_ref(),
-        &DataOptions {
-            max_seq_len: 32,
-            pack: false,
-        },
-        model.model.config().max_position_embeddings,
-    )
-    .unwrap();
-    let config = TrainConfig {
-        lora: LoraConfig {
-            r: 8,
-            lora_alpha: 16.0,
-            target_modules: TargetModules::parse("all-linear").unwrap(),
-            ..Default::default()
-        },
-        lr: 2e-2,
-        scheduler: ScheduleKind::Constant,
-        total_steps: 8,
-        batch_size: 4,
-        seed: 3,
-        ..Default::default()
-    };
     let out = data_dir.path().join("adapter");
-    let run = TrainRun {
-        config,
-        ..TrainRun::new(&data, out.clone())
-    };
-    let summary = train(&mut model.model, run, &mut |_| {}).unwrap().1;
+    let summary = train_lora(&mut model, &data_path, &out, (32, 2e-2, 8, 4, 3));
     let (first, last) = (summary.losses[0], *summary.losses.last().unwrap());
     assert!(
         last < 0.8 * first,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 
 use super::linear::DropoutMasks;
 use super::llama::Llama;
@@ -47,9 +48,20 @@ impl DropoutMasks for SeededMasks {
                 "seeded LoRA dropout: input {dims:?} is not [batch, t, in]"
             )));
         };
-        let ones = vec![1.0; b * t * cols];
-        let keep = lora_dropout::apply(&ones, *cols, *t, self.seed.get(), self.stream, self.p);
-        let values: Vec<f32> = keep.into_iter().map(|v| v as f32).collect();
+        // keep / (1 - p) per element as `lora_dropout::apply` draws it, rows in parallel.
+        let (seed, threshold) = (self.seed.get(), lora_dropout::threshold(self.p));
+        let scale = lora_dropout::keep_scale(self.p);
+        let mut values = vec![0f32; b * t * cols];
+        values
+            .par_chunks_mut(*cols)
+            .enumerate()
+            .for_each(|(row, out)| {
+                for (c, v) in out.iter_mut().enumerate() {
+                    if lora_dropout::keep(seed, self.stream, (row / t, row % t, c), threshold) {
+                        *v = scale;
+                    }
+                }
+            });
         Tensor::from_vec(values, dims, device)
             .and_then(|m| m.to_dtype(dtype))
             .context("seeded LoRA dropout mask")
@@ -74,5 +86,31 @@ impl Llama {
             }
         }
         any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::lora_dropout;
+
+    #[test]
+    fn masks_are_the_references() {
+        let seed = DropoutSeed::default();
+        seed.set(7, 3, 1);
+        let masks = SeededMasks {
+            seed: seed.clone(),
+            stream: 11,
+            p: 0.25,
+        };
+        let (b, t, cols) = (2, 5, 9);
+        let got = masks
+            .mask(&[b, t, cols], &Device::Cpu, DType::F32)
+            .and_then(|m| Ok(m.flatten_all()?.to_vec1::<f32>()?))
+            .unwrap();
+        let want = lora_dropout::apply(&vec![1.0; b * t * cols], cols, t, seed.get(), 11, 0.25);
+        let want: Vec<f32> = want.into_iter().map(|v| v as f32).collect();
+        assert_eq!(got, want);
+        assert!(got.contains(&0.0) && got.iter().any(|&v| v > 1.0));
     }
 }

@@ -121,7 +121,7 @@ __device__ __forceinline__ void w4_q6_K(const uint8_t* base, long long blk, int 
 }
 
 // Weights 4p .. 4p + 3 (p < 8) of 32-weight block blk of a matrix in format `quant` (the codes of
-// src/gpu/decode/prefill.rs: 0 Q4_0, 1 Q4_1, 2 Q8_0, 3 Q5_0, 4 Q5_1, 5 Q4_K, 6 Q5_K, 7 Q6_K).
+// src/gpu/ggml.rs's QuantType::code: 0 Q4_0, 1 Q4_1, 2 Q8_0, 3 Q5_0, 4 Q5_1, 5 Q4_K, 6 Q5_K, 7 Q6_K).
 __device__ __forceinline__ float4 dequant4(int quant, const uint8_t* base, long long blk, int p) {
     float w[4];
     switch (quant) {

@@ -133,12 +133,9 @@ mod dequant {
 
     use super::{DequantSegment, DEQUANT_SEGMENTS};
     use crate::gpu::kernels::{function, Module};
+    use crate::gpu::launch::grid_blocks;
 
     type Result<T> = candle_core::Result<T>;
-
-    fn grid_1d(items: usize, threads: usize) -> u32 {
-        items.div_ceil(threads).clamp(1, 132 * 16) as u32
-    }
 
     /// kernels/dequant.cu on one device, launching on Candle's stream.
     pub struct DequantKernels {
@@ -206,7 +203,7 @@ mod dequant {
                 b.arg(n);
             }
             let cfg = LaunchConfig {
-                grid_dim: (grid_1d(total as usize * 8, 256), 1, 1),
+                grid_dim: (grid_blocks(total as usize * 8, 256), 1, 1),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };

@@ -205,9 +205,14 @@ fn config_2d(grid: (u32, u32), block: u32) -> LaunchConfig {
     }
 }
 
+/// Blocks of a grid-stride launch over `items` work items, `threads` a block: enough for one item
+/// a thread, at most 16 blocks per SM of the H100's 132 (beyond, threads loop).
+pub(crate) fn grid_blocks(items: usize, threads: usize) -> u32 {
+    items.div_ceil(threads).clamp(1, 132 * 16) as u32
+}
+
 fn grid_1d(n: usize, block: u32) -> LaunchConfig {
-    let blocks = n.div_ceil(block as usize).clamp(1, 132 * 16) as u32;
-    config(blocks, block)
+    config(grid_blocks(n, block as usize), block)
 }
 
 fn rows_cols(l: &Layout) -> (usize, usize) {

@@ -151,16 +151,16 @@ impl Linear {
         }
     }
 
-    /// The layer with its dense parts (a dense base weight, the bias) in `dtype`; quantized blocks
-    /// stay as they are.
-    pub fn with_dense_dtype(mut self, dtype: DType) -> Result<Self> {
+    /// Converts the layer's dense parts (a dense base weight, the bias) to `dtype`; quantized
+    /// blocks stay as they are.
+    pub fn convert_dense(&mut self, dtype: DType) -> Result<()> {
         if let BaseWeight::Dense(w) = &self.weight {
             self.weight = BaseWeight::Dense(w.to_dtype(dtype).context("converting a weight")?);
         }
         if let Some(b) = &self.bias {
             self.bias = Some(b.to_dtype(dtype).context("converting a bias")?);
         }
-        Ok(self)
+        Ok(())
     }
 
     /// Replaces the base weight with blocks or another tensor of the same shape (QLoRA's

@@ -285,21 +285,11 @@ impl Llama {
             layer.input_layernorm = convert(&layer.input_layernorm, "input_layernorm")?;
             layer.post_attention_layernorm =
                 convert(&layer.post_attention_layernorm, "post_attention_layernorm")?;
-            let a = &mut layer.self_attn;
-            let m = &mut layer.mlp;
-            for linear in [
-                &mut a.q_proj,
-                &mut a.k_proj,
-                &mut a.v_proj,
-                &mut a.o_proj,
-                &mut m.gate_proj,
-                &mut m.up_proj,
-                &mut m.down_proj,
-            ] {
-                *linear = linear.clone().with_dense_dtype(dtype)?;
-            }
         }
-        self.lm_head = self.lm_head.clone().with_dense_dtype(dtype)?;
+        for (_, linear) in self.linear_layers_mut() {
+            linear.convert_dense(dtype)?;
+        }
+        self.lm_head.convert_dense(dtype)?;
         self.rotary = RotaryTables::new(&self.config, dtype, &self.device)?;
         self.dtype = dtype;
         Ok(self)

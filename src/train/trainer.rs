@@ -17,8 +17,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Tensor, Var};
-
-use crate::models::seeded_dropout::DropoutSeed;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::SaveFault;
@@ -29,6 +27,7 @@ use super::optimizer::{clip_grad_norm, collect_grads, AdamW, AdamWConfig};
 use super::schedule::ScheduleKind;
 use crate::lora::{Adapter, LoraConfig};
 use crate::models::llama::Llama;
+use crate::models::seeded_dropout::DropoutSeed;
 use crate::ops::checkpoint::GradSink;
 use crate::{Context, Error, Result};
 
@@ -281,7 +280,6 @@ pub(crate) fn loss_weights(micro: &[(Batch, Vec<usize>)]) -> Vec<Option<f64>> {
 /// One optimizer step through Candle's autograd (the reference path): forward, loss and backward
 /// per micro-batch with gradients accumulated by token share, global-norm clipping, AdamW. Returns
 /// (step loss, gradient norm before clipping); a non-finite value returns before the update.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn candle_step(
     model: &Llama,
     vars: &[(String, Var)],

@@ -24,6 +24,7 @@ use super::attention_reference::{gemm_attention_shapes, AttentionShape};
 use super::QuantType;
 use crate::gpu::gemm::Gemm;
 use crate::gpu::kernels::{function, Module};
+use crate::gpu::launch::grid_blocks;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -85,10 +86,6 @@ pub struct PrefillKernels {
     swiglu_rows: CudaFunction,
     causal_softmax: CudaFunction,
     heads_to_tokens: CudaFunction,
-}
-
-fn grid_1d(items: usize, threads: usize) -> u32 {
-    items.div_ceil(threads).clamp(1, 132 * 16) as u32
 }
 
 impl PrefillKernels {
@@ -320,7 +317,7 @@ impl PrefillKernels {
         let mut b = self.stream.launch_builder(&self.heads_to_tokens);
         b.arg(&qh).arg(&out).arg(&n_i).arg(&h_i).arg(&d_i);
         let cfg = LaunchConfig {
-            grid_dim: (grid_1d(n * heads * d, 256), 1, 1),
+            grid_dim: (grid_blocks(n * heads * d, 256), 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -337,7 +334,7 @@ impl PrefillKernels {
         let mut b = self.stream.launch_builder(&self.swiglu_rows);
         b.arg(&gu).arg(&act).arg(&n_i).arg(&f_i);
         let cfg = LaunchConfig {
-            grid_dim: (grid_1d(n * ffn, 256), 1, 1),
+            grid_dim: (grid_blocks(n * ffn, 256), 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };

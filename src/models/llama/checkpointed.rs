@@ -1,8 +1,9 @@
 //! The training forward with decoder layers checkpointed (`ops::checkpoint`; the first N, or every
-//! one): the backward pass runs each such layer again instead of keeping its activations, so a step holds the residual stream at
-//! each layer boundary ([batch, t, hidden] per layer) plus one layer's activations at a time, for
-//! about one more forward pass of compute. Memory is what limits long sequences: the attention
-//! scores alone are [batch, heads, t, t] per layer, in several copies.
+//! one): the backward pass runs each such layer again instead of keeping its activations, so a
+//! step holds the residual stream at each layer boundary ([batch, t, hidden] per layer) plus one
+//! layer's activations at a time, for about one more forward pass of compute. Memory is what
+//! limits long sequences: the attention scores alone are [batch, heads, t, t] per layer, in
+//! several copies.
 //!
 //! Per layer the segment is `h = x + attention(norm1(x)); y = h + mlp(norm2(h))`, the same ops as
 //! [`Llama::forward_train`] (which fuses each residual add with the next layer's norm instead; the

@@ -57,19 +57,7 @@ impl Launcher<'_> {
                 // dx += (dxa A) * keep / (1 - p), dxa A in the dropped-input scratch (free now).
                 let t = self.ptrs.dropped;
                 self.mm("dxa A", &dx_lora, dxa, l.a_t, t, 1.0, 0.0)?;
-                launch!(
-                    self,
-                    "lora dropout (backward)",
-                    self.k.lora_dropout(
-                        t,
-                        dx,
-                        (n, inp, n / self.dims.batch),
-                        self.ptrs.dropout_seed,
-                        super::forward::dropout_stream(layer, proj),
-                        p,
-                        true
-                    )
-                );
+                self.lora_dropout((layer, proj), n, (t, dx), true)?;
             }
         }
         Ok(())

@@ -91,26 +91,36 @@ impl Launcher<'_> {
     /// x * keep / (1 - p) written to the dropped-input scratch (the mask of this projection and
     /// micro-batch, `reference::lora_dropout`; the backward draws it again).
     pub(super) fn dropped_input(&self, n: usize, layer: usize, proj: usize, x: u64) -> Result<u64> {
-        let p = self.layout.dropout;
-        if p <= 0.0 {
+        if self.layout.dropout <= 0.0 {
             return Ok(x);
         }
+        let out = self.ptrs.dropped;
+        self.lora_dropout((layer, proj), n, (x, out), false)?;
+        Ok(out)
+    }
+
+    /// y (=, or += when `accumulate`) x * keep / (1 - p) over [n, in] of projection `proj` of
+    /// `layer`: the mask of that projection and this micro-batch (`reference::lora_dropout`).
+    pub(super) fn lora_dropout(
+        &self,
+        (layer, proj): (usize, usize),
+        n: usize,
+        (x, y): (u64, u64),
+        accumulate: bool,
+    ) -> Result<()> {
         let (inp, _) = self.proj_dims(proj);
-        let (out, s) = (self.ptrs.dropped, n / self.dims.batch);
+        let shape = (n, inp, n / self.dims.batch);
+        // Independent masks per projection: its index in `Llama::linear_layers`, as
+        // `models::seeded_dropout` numbers Candle's.
+        let stream = (layer * 7 + proj) as u32;
+        let (seed, p) = (self.ptrs.dropout_seed, self.layout.dropout);
         launch!(
             self,
             "lora dropout",
-            self.k.lora_dropout(
-                x,
-                out,
-                (n, inp, s),
-                self.ptrs.dropout_seed,
-                dropout_stream(layer, proj),
-                p,
-                false
-            )
+            self.k
+                .lora_dropout(x, y, shape, seed, stream, p, accumulate)
         );
-        Ok(out)
+        Ok(())
     }
 
     /// Byte offsets of the first of `first` (row, kv head) pairs in the head-major buffers at `s`
@@ -274,9 +284,4 @@ impl Launcher<'_> {
         );
         Ok(())
     }
-}
-
-/// The dropout mask stream of projection `proj` of `layer` (independent masks per projection).
-pub(super) fn dropout_stream(layer: usize, proj: usize) -> u32 {
-    (layer * 7 + proj) as u32
 }

@@ -16,7 +16,7 @@ use candle_core::{DType, Storage, Tensor};
 use super::layout::{Dims, PROJECTIONS};
 use crate::gpu::ggml::{DequantSegment, QuantType, BLOCK};
 use crate::gpu::ptr::device_ptr;
-use crate::models::linear::BaseWeight;
+use crate::models::linear::{BaseWeight, Linear};
 use crate::models::llama::Llama;
 use crate::{Context, Error, Result};
 
@@ -118,21 +118,17 @@ fn projection_shapes(dims: &Dims) -> [[usize; 2]; 7] {
     [[qw, d], [kw, d], [kw, d], [d, qw], [f, d], [f, d], [d, f]]
 }
 
-/// A weight as a T tensor: the model's own when dense, else dequantized by Candle on its device
-/// (formats the engine's kernel does not read, and the untied LM head).
-fn dense_weight(w: &BaseWeight, dtype: DType, path: &str) -> Result<Tensor> {
-    match w {
-        BaseWeight::Dense(t) => Ok(t.clone()),
-        BaseWeight::Quantized(q) => {
-            let t = match q {
-                QMatMul::QTensor(qt) => qt.dequantize(&qt.device()),
-                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => Ok(t.clone()),
-            };
-            tracing::info!("CUDA training engine: {path} dequantized to a dense {dtype:?} copy");
-            t.and_then(|t| t.to_dtype(dtype))
-                .context(format!("CUDA training engine: dequantizing {path}"))
-        }
+/// A projection's weight as a T tensor: the model's own when dense, else a dense copy dequantized
+/// by Candle on its device (formats the engine's kernel does not read, and the untied LM head).
+fn dense_weight(linear: &Linear, dtype: DType, path: &str) -> Result<Tensor> {
+    let w = linear.dense_weight()?;
+    if let BaseWeight::Quantized(_) = linear.weight() {
+        tracing::info!("CUDA training engine: {path} dequantized to a dense {dtype:?} copy");
+        return w
+            .to_dtype(dtype)
+            .context(format!("CUDA training engine: {path} to {dtype:?}"));
     }
+    Ok(w)
 }
 
 impl ModelWeights {
@@ -169,7 +165,7 @@ impl ModelWeights {
                         blocks.push((j, segment));
                     }
                     _ => {
-                        let w = dense_weight(linear.weight(), dtype, path)?;
+                        let w = dense_weight(linear, dtype, path)?;
                         proj[j] = take(&w, &shapes[j], path)?;
                     }
                 }
@@ -197,7 +193,7 @@ impl ModelWeights {
         let head = if model.config().tie_word_embeddings {
             embed
         } else {
-            let w = dense_weight(model.lm_head().weight(), dtype, "lm_head")?;
+            let w = dense_weight(model.lm_head(), dtype, "lm_head")?;
             take(&w, &[dims.vocab, d], "lm_head")?
         };
         let final_norm = take(final_norm, &[d], "model.norm")?;

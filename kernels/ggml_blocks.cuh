@@ -15,7 +15,10 @@
 //   Q6_K (210 B / 256): u8 ql[128], u8 qh[64], i8 scales[16], f16 d: half n = s / 4 (128 weights),
 //     quarter t = s % 4: q = (ql[64n + 32 (t&1) + l] >> 4 (t>>1)) & 15 | ((qh[32n + l] >> 2t) & 3) << 4,
 //     w = d scales[8n + 2t + l/16] (q - 32)
+//   Dense weights (HF checkpoints' bf16/f16/f32 and GGUF's F16/BF16/F32 tensors), read as 32-weight
+//   "blocks" of plain values, no scale: F32 128 B, F16 64 B, BF16 64 B (little-endian).
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
 
@@ -120,8 +123,29 @@ __device__ __forceinline__ void w4_q6_K(const uint8_t* base, long long blk, int 
     }
 }
 
+// The dense formats: weights 4p .. 4p + 3 are 4 consecutive values, one 16-byte (f32) or 8-byte
+// (f16, bf16) load.
+__device__ __forceinline__ void w4_f32(const uint8_t* base, long long blk, int p, float* w) {
+    float4 v = *reinterpret_cast<const float4*>(base + blk * 128 + 16 * p);
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+}
+__device__ __forceinline__ void w4_f16(const uint8_t* base, long long blk, int p, float* w) {
+    uint2 v = *reinterpret_cast<const uint2*>(base + blk * 64 + 8 * p);
+    float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&v.x));
+    float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&v.y));
+    w[0] = lo.x, w[1] = lo.y, w[2] = hi.x, w[3] = hi.y;
+}
+// bf16 to f32 is a 16-bit shift: the bits of a bf16 are the high half of its f32.
+__device__ __forceinline__ float bf16_lo(uint32_t v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
+__device__ __forceinline__ void w4_bf16(const uint8_t* base, long long blk, int p, float* w) {
+    uint2 v = *reinterpret_cast<const uint2*>(base + blk * 64 + 8 * p);
+    w[0] = bf16_lo(v.x), w[1] = bf16_hi(v.x), w[2] = bf16_lo(v.y), w[3] = bf16_hi(v.y);
+}
+
 // Weights 4p .. 4p + 3 (p < 8) of 32-weight block blk of a matrix in format `quant` (the codes of
-// src/gpu/ggml.rs's QuantType::code: 0 Q4_0, 1 Q4_1, 2 Q8_0, 3 Q5_0, 4 Q5_1, 5 Q4_K, 6 Q5_K, 7 Q6_K).
+// src/gpu/ggml.rs's QuantType::code: 0 Q4_0, 1 Q4_1, 2 Q8_0, 3 Q5_0, 4 Q5_1, 5 Q4_K, 6 Q5_K, 7 Q6_K,
+// 8 F32, 9 F16, 10 BF16).
 __device__ __forceinline__ float4 dequant4(int quant, const uint8_t* base, long long blk, int p) {
     float w[4];
     switch (quant) {
@@ -132,7 +156,10 @@ __device__ __forceinline__ float4 dequant4(int quant, const uint8_t* base, long 
         case 4: w4_q5_1(base, blk, p, w); break;
         case 5: w4_q4_K(base, blk, p, w); break;
         case 6: w4_q5_K(base, blk, p, w); break;
-        default: w4_q6_K(base, blk, p, w); break;
+        case 7: w4_q6_K(base, blk, p, w); break;
+        case 8: w4_f32(base, blk, p, w); break;
+        case 9: w4_f16(base, blk, p, w); break;
+        default: w4_bf16(base, blk, p, w); break;
     }
     return make_float4(w[0], w[1], w[2], w[3]);
 }
@@ -147,6 +174,8 @@ __device__ __forceinline__ long long row_bytes(int quant, int k) {
         case 4: return (k / 32) * 24;
         case 5: return (k / 256) * 144;
         case 6: return (k / 256) * 176;
-        default: return (k / 256) * 210;
+        case 7: return (k / 256) * 210;
+        case 8: return (long long)k * 4;
+        default: return (long long)k * 2;
     }
 }

@@ -20,6 +20,7 @@
 //   R = qt * group query rows (row r = token t * group + g), against key tiles of PA_KEYS positions in
 //   shared memory, online softmax in f32. out: [n, heads * d].
 // swiglu_rows(gu, act, n, ffn): act[i][j] = silu(gu[i][j]) * gu[i][ffn + j].
+// add_bias_rows(y, bias, n, cols): y[i][c] += bias[c] (Qwen2's q/k/v biases after the GEMM).
 //
 // The GEMM attention (launcher `PrefillKernels::attention_gemm`): with qh head-major from rope_kv_rows,
 // S [heads, n, L] (row stride ld) = qh K^T per kv head (cuBLASLt, batched over kv heads, the group's
@@ -192,6 +193,14 @@ extern "C" __global__ void swiglu_rows(const float* __restrict__ gu, float* __re
         float g = gu[i * 2 * ffn + c], u = gu[i * 2 * ffn + ffn + c];
         act[j] = g / (1.f + expf(-g)) * u;
     }
+}
+
+extern "C" __global__ void add_bias_rows(float* __restrict__ y, const float* __restrict__ bias, int n,
+                                         int cols) {
+    size_t total = (size_t)n * cols;
+    for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < total;
+         j += (size_t)gridDim.x * blockDim.x)
+        y[j] += bias[j % cols];
 }
 
 extern "C" __global__ void prefill_causal_softmax(float* __restrict__ s, int rows, int n, int ld,

@@ -7,7 +7,7 @@
 //   Q4_1 (20 B): f16 d, f16 m, u8 qs[16];  w[j] = d * (qs[j] & 15) + m,   w[j+16] = d * (qs[j] >> 4) + m
 //   Q8_0 (34 B): f16 d, i8 qs[32];         w[j] = d * qs[j]
 //   Q5_0, Q5_1 (32 weights), Q4_K, Q5_K, Q6_K (super-blocks of 256 = 8 blocks of 32 for the split
-//   below; k a multiple of 256).
+//   below; k a multiple of 256), and dense F32 / F16 / BF16 rows read as blocks of 32 plain values.
 //
 // Work split: one warp per output row (grid-stride over rows); lane i takes part (i & 3) of block
 // (i >> 2), i.e. 8 weights, so a warp covers 8 blocks per iteration (unrolled 4 times, so a lane's
@@ -393,6 +393,40 @@ GENERIC_ACCESS(q5_1, 32, 24)
 GENERIC_ACCESS(q4_K, 256, 144)
 GENERIC_ACCESS(q5_K, 256, 176)
 GENERIC_ACCESS(q6_K, 256, 210)
+// Dense weights (HF bf16/f16/f32 checkpoints): part p of block blk is 8 consecutive values (Q8_0's
+// order), one 16-byte load for f16/bf16 (a warp reads 512 consecutive bytes per step), two for f32.
+__device__ __forceinline__ void rpart_w_f32(const uint8_t* r, int blk, int p, float* w) {
+    const float4* v = reinterpret_cast<const float4*>(r + (size_t)blk * 128 + 32 * p);
+    float4 a = v[0], b = v[1];
+    w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
+}
+__device__ __forceinline__ void rpart_w_f16(const uint8_t* r, int blk, int p, float* w) {
+    uint4 v = *reinterpret_cast<const uint4*>(r + (size_t)blk * 64 + 16 * p);
+    const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[i]));
+        w[2 * i] = f.x, w[2 * i + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void rpart_w_bf16(const uint8_t* r, int blk, int p, float* w) {
+    uint4 v = *reinterpret_cast<const uint4*>(r + (size_t)blk * 64 + 16 * p);
+    w[0] = bf16_lo(v.x), w[1] = bf16_hi(v.x), w[2] = bf16_lo(v.y), w[3] = bf16_hi(v.y);
+    w[4] = bf16_lo(v.z), w[5] = bf16_hi(v.z), w[6] = bf16_lo(v.w), w[7] = bf16_hi(v.w);
+}
+#define DENSE_ACCESS(Q, WEIGHT_BYTES)                                                               \
+    __device__ __forceinline__ int row_bytes_##Q(int k) { return k * WEIGHT_BYTES; }                \
+    __device__ __forceinline__ float rdot_##Q(const uint8_t* r, int blk, int p, const float* xb) {  \
+        float w[8];                                                                                 \
+        rpart_w_##Q(r, blk, p, w);                                                                  \
+        float4 x0 = *reinterpret_cast<const float4*>(xb + 8 * p);                                   \
+        float4 x1 = *reinterpret_cast<const float4*>(xb + 8 * p + 4);                               \
+        return w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w + w[4] * x1.x + w[5] * x1.y +  \
+               w[6] * x1.z + w[7] * x1.w;                                                           \
+    }
+DENSE_ACCESS(f32, 4)
+DENSE_ACCESS(f16, 2)
+DENSE_ACCESS(bf16, 2)
 
 // x[0..hidden) = dequantized row `token` of a table (4 weights per thread).
 #define DEFINE_EMBED_ROW(Q)                                                                         \
@@ -414,6 +448,9 @@ DEFINE_EMBED_ROW(q8_0)
 DEFINE_EMBED_ROW(q4_K)
 DEFINE_EMBED_ROW(q5_K)
 DEFINE_EMBED_ROW(q6_K)
+DEFINE_EMBED_ROW(f32)
+DEFINE_EMBED_ROW(f16)
+DEFINE_EMBED_ROW(bf16)
 
 DEFINE_QMV(q4_0)
 DEFINE_QMV(q4_1)
@@ -423,6 +460,9 @@ DEFINE_QMV(q8_0)
 DEFINE_QMV(q4_K)
 DEFINE_QMV(q5_K)
 DEFINE_QMV(q6_K)
+DEFINE_QMV(f32)
+DEFINE_QMV(f16)
+DEFINE_QMV(bf16)
 
 // ---- Batched decode: NB sequences at once, each weight read once for all of them ----
 //
@@ -485,6 +525,9 @@ __device__ __forceinline__ float part_dot_q8(const float* w, const float* xb, in
 #define part_dot_q4_K part_dot_q8
 #define part_dot_q5_K part_dot_q8
 #define part_dot_q6_K part_dot_q8
+#define part_dot_f32 part_dot_q8
+#define part_dot_f16 part_dot_q8
+#define part_dot_bf16 part_dot_q8
 #define rpart_w_q4_0(r, blk, p, w) part_w_q4_0((r) + (size_t)(blk) * 18, p, w)
 #define rpart_w_q4_1(r, blk, p, w) part_w_q4_1((r) + (size_t)(blk) * 20, p, w)
 #define rpart_w_q8_0(r, blk, p, w) part_w_q8_0((r) + (size_t)(blk) * 34, p, w)
@@ -643,3 +686,6 @@ DEFINE_QMVB(q8_0)
 DEFINE_QMVB(q4_K)
 DEFINE_QMVB(q5_K)
 DEFINE_QMVB(q6_K)
+DEFINE_QMVB(f32)
+DEFINE_QMVB(f16)
+DEFINE_QMVB(bf16)

@@ -3,9 +3,11 @@
 
 Speed at bigger sizes needs real shapes, not real weights (no hub is reachable). SmolLM2-360M and
 SmolLM2-1.7B share the default model's (SmolLM2-135M-Instruct) tokenizer, so every `tokenizer.*`
-field of the default GGUF is copied as is; Llama-3.1-8B's vocabulary is llama.cpp's
-models/ggml-vocab-llama-bpe.gguf (the Llama 3 tokenizer, vocab-only). The `llama.*`
-hyperparameters come from the shapes below (the models' config.json on the hub).
+field of the default GGUF is copied as is; Llama-3.1-8B's and Llama-3.2-1B's vocabulary is
+llama.cpp's models/ggml-vocab-llama-bpe.gguf (the Llama 3 tokenizer, vocab-only, 128256 tokens),
+Qwen2.5's is models/ggml-vocab-qwen2.gguf (151936 tokens, the model's padded vocabulary). The
+`llama.*` / `qwen2.*` hyperparameters come from the shapes below (the models' config.json on the
+hub); Qwen2 files get q/k/v biases (f32, N(0, 0.02)).
 
 By default the weights are F16 (llama-quantize turns the file into Q4_K_M / Q4_1 / Q8_0). With
 `--blocks q4_k_m` the blocks are written directly, no llama-quantize: Q4_K everywhere as in a
@@ -15,6 +17,7 @@ its 4/6-bit values random, so every weight lies in [-a, a] with a = 0.035 (std ~
 bytes and the same dequantization work as a quantized checkpoint, in seconds for 8B.
 
 usage: make-random-gguf.py --tokenizer-from SmolLM2-135M.gguf --shape smollm2-1.7b --out x.f16.gguf
+       make-random-gguf.py --tokenizer-from ggml-vocab-qwen2.gguf --shape qwen2.5-0.5b --out q.f16.gguf
        make-random-gguf.py --tokenizer-from ggml-vocab-llama-bpe.gguf --shape llama-3.1-8b \
            --blocks q4_k_m --out llama-3.1-8b.q4_k_m.gguf
 
@@ -32,11 +35,15 @@ SHAPES = {
     "smollm2-135m": (576, 1536, 30, 9, 3, 100000.0, 8192),
     "smollm2-360m": (960, 2560, 32, 15, 5, 100000.0, 8192),
     "smollm2-1.7b": (2048, 8192, 24, 32, 32, 130000.0, 8192),
-    # Llama-3.1-8B without its llama3 RoPE scaling (speed does not depend on it).
+    # Llama-3.1-8B and Llama-3.2-1B without their llama3 RoPE scaling (speed does not depend on it).
     "llama-3.1-8b": (4096, 14336, 32, 32, 8, 500000.0, 131072),
+    "llama-3.2-1b": (2048, 8192, 16, 32, 8, 500000.0, 131072),
+    "qwen2.5-0.5b": (896, 4864, 24, 14, 2, 1000000.0, 32768),
 }
 # Untied LM heads (output.weight); the others tie it to token_embd.
 UNTIED = {"llama-3.1-8b"}
+# Qwen2 shapes: llama.cpp's qwen2 architecture, with q/k/v biases (the others are llama).
+QWEN2 = {"qwen2.5-0.5b"}
 # Half-range of the --blocks weights.
 BLOCK_RANGE = 0.035
 
@@ -86,7 +93,8 @@ def main() -> None:
     head_dim = hidden // heads
     untied = args.shape in UNTIED
 
-    writer = gguf.GGUFWriter(args.out, "llama")
+    qwen2 = args.shape in QWEN2
+    writer = gguf.GGUFWriter(args.out, "qwen2" if qwen2 else "llama")
     writer.add_name(f"random-{args.shape}")
     vocab = copy_tokenizer(gguf.GGUFReader(args.tokenizer_from), writer)
     writer.add_vocab_size(vocab)
@@ -132,6 +140,10 @@ def main() -> None:
         add(p + "attn_q.weight", heads * head_dim, hidden)
         add(p + "attn_k.weight", kv_heads * head_dim, hidden)
         add(p + "attn_v.weight", kv_heads * head_dim, hidden, more_bits)
+        if qwen2:
+            for name, rows in [("q", heads), ("k", kv_heads), ("v", kv_heads)]:
+                bias = np.resize(np.roll(pool, (counter[0] + rows) * 31), rows * head_dim)
+                writer.add_tensor(p + f"attn_{name}.bias", bias.astype(np.float32))
         add(p + "attn_output.weight", hidden, heads * head_dim)
         writer.add_tensor(p + "ffn_norm.weight", ones(hidden))
         add(p + "ffn_gate.weight", inter, hidden)

@@ -32,7 +32,7 @@ pub use cuda::run;
 /// Options of `wick bench decode`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// `default` (SmolLM2-135M-Instruct Q4_1) or a .gguf file.
+    /// `default` (SmolLM2-135M-Instruct Q4_1), a .gguf file or an HF directory.
     #[arg(long, default_value = "default")]
     pub model: String,
     /// CUDA device.

@@ -18,11 +18,13 @@ use std::path::PathBuf;
 /// Options of `wick bench decode-lora`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A .gguf file, `default`, or `random:smollm2-135m|smollm2-360m|smollm2-1.7b` (random weights).
+    /// A .gguf file, an HF directory, `default`, or `random:smollm2-135m|smollm2-360m|smollm2-1.7b`
+    /// (random weights).
     #[arg(long, default_value = "random:smollm2-135m")]
     pub model: String,
     /// Block format of a random model's weights: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k,
-    /// or q4_k_m (Q4_K with Q6_K for v, down and the tied embedding, as llama.cpp mixes them).
+    /// q4_k_m (Q4_K with Q6_K for v, down and the tied embedding, as llama.cpp mixes them), or dense
+    /// bf16 / f16 (as an HF directory holds them).
     #[arg(long, default_value = "q8_0")]
     pub quant: String,
     /// CUDA device.
@@ -165,8 +167,13 @@ mod cuda {
             "q4_k" | "q4_k_m" => GgmlDType::Q4K,
             "q5_k" => GgmlDType::Q5K,
             "q6_k" => GgmlDType::Q6K,
+            // Dense, as an HF directory holds its weights.
+            "bf16" => GgmlDType::BF16,
+            "f16" => GgmlDType::F16,
             other => {
-                anyhow::bail!("--quant {other}: q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k q4_k_m")
+                anyhow::bail!(
+                    "--quant {other}: q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k q4_k_m bf16 f16"
+                )
             }
         })
     }

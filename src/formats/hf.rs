@@ -134,6 +134,18 @@ impl WeightSource for SafetensorsSource {
         Ok(Weight::Dense(t))
     }
 
+    /// The tensor in its stored dtype on the CPU.
+    fn get_stored(&self, name: &str) -> Result<Weight> {
+        if !self.contains(name) {
+            return self.get(name);
+        }
+        let t = self
+            .tensors
+            .load(name, &candle_core::Device::Cpu)
+            .context(format!("{}: loading tensor `{name}`", self.dir.display()))?;
+        Ok(Weight::Dense(t))
+    }
+
     fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.shapes.keys().cloned().collect();
         names.sort();

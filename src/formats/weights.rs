@@ -93,4 +93,11 @@ pub trait WeightSource {
     fn stored_type(&self, _name: &str) -> Option<String> {
         None
     }
+    /// The tensor as the file stores it, on the CPU: quantized blocks as they are, a dense tensor in
+    /// its stored dtype (not converted to the load dtype), for consumers with their own copy of
+    /// the weights (the CUDA decode engine). The default is [`WeightSource::get`], which is that
+    /// for every source that does not convert.
+    fn get_stored(&self, name: &str) -> Result<Weight> {
+        self.get(name)
+    }
 }

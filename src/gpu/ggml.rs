@@ -5,7 +5,8 @@
 
 use candle_core::quantized::GgmlDType;
 
-/// The GGML block formats the kernels read (layouts: kernels/ggml_blocks.cuh).
+/// The weight formats the kernels read (layouts: kernels/ggml_blocks.cuh): GGML's block formats and
+/// dense f32/f16/bf16 rows, which the kernels read as blocks of 32 plain values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QuantType {
     /// f16 d, 16 bytes of 4-bit q: w = d (q - 8).
@@ -24,6 +25,12 @@ pub enum QuantType {
     Q5K,
     /// Super-blocks of 256: 6-bit q, an 8-bit scale per 16, f16 d.
     Q6K,
+    /// Dense f32 weights (read as 32-weight blocks of plain values, no scale).
+    F32,
+    /// Dense f16 weights.
+    F16,
+    /// Dense bf16 weights (HF checkpoints).
+    BF16,
 }
 
 /// Weights per block of the 32-weight formats, and the unit the kernels split every row into
@@ -31,7 +38,7 @@ pub enum QuantType {
 pub const BLOCK: usize = 32;
 
 /// Every format, in the order of the launchers' function tables.
-pub const QUANT_TYPES: [QuantType; 8] = [
+pub const QUANT_TYPES: [QuantType; 11] = [
     QuantType::Q4_0,
     QuantType::Q4_1,
     QuantType::Q8_0,
@@ -40,6 +47,9 @@ pub const QUANT_TYPES: [QuantType; 8] = [
     QuantType::Q4K,
     QuantType::Q5K,
     QuantType::Q6K,
+    QuantType::F32,
+    QuantType::F16,
+    QuantType::BF16,
 ];
 
 impl QuantType {
@@ -59,6 +69,9 @@ impl QuantType {
             Self::Q4K => GgmlDType::Q4K,
             Self::Q5K => GgmlDType::Q5K,
             Self::Q6K => GgmlDType::Q6K,
+            Self::F32 => GgmlDType::F32,
+            Self::F16 => GgmlDType::F16,
+            Self::BF16 => GgmlDType::BF16,
         }
     }
 
@@ -89,6 +102,8 @@ impl QuantType {
             Self::Q4K => 144,
             Self::Q5K => 176,
             Self::Q6K => 210,
+            Self::F32 => 128,
+            Self::F16 | Self::BF16 => 64,
         }
     }
 
@@ -108,7 +123,15 @@ impl QuantType {
             Self::Q4K => "q4_K",
             Self::Q5K => "q5_K",
             Self::Q6K => "q6_K",
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
         }
+    }
+
+    /// Whether the weights are plain values (no quantization).
+    pub fn is_dense(self) -> bool {
+        matches!(self, Self::F32 | Self::F16 | Self::BF16)
     }
 }
 

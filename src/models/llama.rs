@@ -188,6 +188,9 @@ pub struct Llama {
     rotary: RotaryTables,
     dtype: DType,
     device: Device,
+    /// Shared by this model's clones and nothing else: the CUDA decode engine's registry keeps a
+    /// `Weak` to it, so an engine lives as long as some clone of the model it was built for.
+    instance: std::sync::Arc<()>,
 }
 
 /// Which positions the LM head runs on.
@@ -256,7 +259,13 @@ impl Llama {
             rotary,
             dtype,
             device: options.device.clone(),
+            instance: std::sync::Arc::new(()),
         })
+    }
+
+    /// What this model and its clones share and no other model has (see the field).
+    pub fn instance(&self) -> &std::sync::Arc<()> {
+        &self.instance
     }
 
     /// The model's configuration.

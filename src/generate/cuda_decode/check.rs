@@ -2,11 +2,12 @@
 //! records `dec_engine_*`): tiny random models with GGML-quantized weights, unmerged LoRA adapters
 //! and biases, stepped token by token.
 //!
-//! Three models with odd sizes and GQA (vocab 301, 2 layers): a LLaMA with Q8_0 weights and an
+//! Five models with odd sizes and GQA (vocab 301, 2 layers): a LLaMA with Q8_0 weights and an
 //! untied head and a Qwen2 with q/k/v biases, Q4_1 weights and a tied head (3 query heads of 32
-//! per kv head; hidden 96, ffn 160), and a LLaMA with Q4_K_M's mix of formats (Q4_K, Q6_K for v,
+//! per kv head; hidden 96, ffn 160), a LLaMA with Q4_K_M's mix of formats (Q4_K, Q6_K for v,
 //! down and the head: q/k/v launched as three matrices; hidden 256, ffn 512, 2 query heads of 64
-//! per kv head). Two random adapters of different ranks (4 and 12, all
+//! per kv head), and the first two shapes again with dense weights as an HF directory holds them
+//! (the Qwen2 in bf16, the LLaMA in f16). Two random adapters of different ranks (4 and 12, all
 //! seven projections for one, q/v/down for the other; B non-zero, scales 2 and 0.5) are loaded into
 //! slots 1 and 2 of the engines' pools. The reference is Candle's `Llama` on the CPU with the same
 //! weights dequantized to f32 and the adapter attached unmerged (`Linear::lora`), and the same
@@ -16,6 +17,8 @@
 //! - `dec_engine_lora`: the batch-1 engine with each adapter, and with none, against the unmerged
 //!   reference; `dec_engine_lora_merged` the same logits against the merged model, and the greedy
 //!   ids of both (shape text) must agree.
+//! - `dec_engine_prefill`: the batched prefill (q/k/v biases included) of all but the last id, then
+//!   a step on the cache it wrote, without adapter.
 //! - `dec_engine_lora_batch`: the batch engine, 3 sequences with slots [2, none, 1] and different
 //!   tokens, each against the reference with its own adapter.
 
@@ -98,7 +101,8 @@ fn config(arch: Architecture, bias: bool, tied: bool) -> DecoderConfig {
 }
 
 /// Seeded random weights: 2-D ones quantized to `format(name, dims)` (projections ~ U(+-1.7/sqrt(in)),
-/// embedding U(+-1)), norms 1 +- 0.3 and biases U(+-0.5) dense.
+/// embedding U(+-1)), or dense in that dtype for F32/F16/BF16 (an HF directory's tensors); norms
+/// 1 +- 0.3 and biases U(+-0.5) dense.
 pub fn random_source(
     cfg: &DecoderConfig,
     format: &dyn Fn(&str, &[usize]) -> GgmlDType,
@@ -130,9 +134,15 @@ pub fn random_source(
                 .map(|v| v as f32)
                 .collect();
             let t = Tensor::from_vec(v, dims.as_slice(), &Device::Cpu).context("check weights")?;
-            Weight::Quantized(Arc::new(
-                QTensor::quantize(&t, format(&name, &dims)).context("quantizing check weights")?,
-            ))
+            match format(&name, &dims) {
+                // Dense as an HF directory holds it.
+                GgmlDType::BF16 => Weight::Dense(t.to_dtype(DType::BF16).context("check weights")?),
+                GgmlDType::F16 => Weight::Dense(t.to_dtype(DType::F16).context("check weights")?),
+                GgmlDType::F32 => Weight::Dense(t),
+                q => Weight::Quantized(Arc::new(
+                    QTensor::quantize(&t, q).context("quantizing check weights")?,
+                )),
+            }
         };
         tensors.insert(name, weight);
     }
@@ -272,7 +282,7 @@ fn q4_k_m(name: &str, _: &[usize]) -> GgmlDType {
 }
 
 /// The check models: (name, config, weight formats).
-fn check_models() -> [(&'static str, DecoderConfig, FormatOf); 3] {
+fn check_models() -> [(&'static str, DecoderConfig, FormatOf); 5] {
     let k_quant_cfg = DecoderConfig {
         hidden_size: 256,
         intermediate_size: 512,
@@ -293,6 +303,16 @@ fn check_models() -> [(&'static str, DecoderConfig, FormatOf); 3] {
             |_, _| GgmlDType::Q4_1,
         ),
         ("llama q4_k_m mix (q4_K, q6_K), untied", k_quant_cfg, q4_k_m),
+        (
+            "qwen2 bf16 dense (HF directory) tied, q/k/v bias",
+            config(Architecture::Qwen2, true, true),
+            |_, _| GgmlDType::BF16,
+        ),
+        (
+            "llama f16 dense untied",
+            config(Architecture::Llama, false, false),
+            |_, _| GgmlDType::F16,
+        ),
     ]
 }
 
@@ -350,6 +370,7 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCheck>> {
             ids: &ids,
         };
         batch_one(&mut out, &case, device)?;
+        prefill_then_step(&mut out, &case, device)?;
         batch_three(&mut out, &case, device)?;
     }
     Ok(out)
@@ -422,6 +443,31 @@ fn batch_one(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Device) -> R
             });
         }
     }
+    Ok(())
+}
+
+/// The batched prefill (no adapter): the prompt but its last id prefilled, then the last id stepped
+/// on the cache the prefill wrote; the logits of both against the reference's at those positions.
+fn prefill_then_step(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Device) -> Result<()> {
+    let (prompt, last) = case.ids.split_at(case.ids.len() - 1);
+    let mut engine = DecodeEngine::new(case.cfg, case.source, device)?;
+    engine.prefill(prompt)?;
+    let mut got = vec![engine.logits()?];
+    engine.step(last[0])?;
+    got.push(engine.logits()?);
+    let want = reference_logits(case.base, case.ids)?;
+    out.push(EngineCheck {
+        kernel: "dec_engine_prefill".into(),
+        shape: format!(
+            "{}, {} prompt ids then 1 step, positions {} and {}",
+            case.name,
+            prompt.len(),
+            prompt.len() - 1,
+            prompt.len()
+        ),
+        max_rel_err: rel(&got, &want[prompt.len() - 1..]),
+        tolerance: TOLERANCE,
+    });
     Ok(())
 }
 

@@ -236,16 +236,12 @@ impl DecodeEngine {
         self.adapter
     }
 
-    /// Why the batched prefill cannot run this engine's model now (it applies neither biases nor
-    /// adapters yet: those prompts go through Candle's forward and [`DecodeEngine::load_prefix`]).
+    /// Why the batched prefill cannot run this engine's model now (it does not apply adapters
+    /// yet: those prompts go through Candle's forward and [`DecodeEngine::load_prefix`]).
     pub fn prefill_unsupported(&self) -> Option<&'static str> {
-        if self.adapter.is_some() {
-            Some("the batched prefill does not apply adapters yet")
-        } else if self.weights.has_biases() {
-            Some("the batched prefill does not add q/k/v biases yet")
-        } else {
-            None
-        }
+        self.adapter
+            .is_some()
+            .then_some("the batched prefill does not apply adapters yet")
     }
 
     /// Bytes of weights read per step.

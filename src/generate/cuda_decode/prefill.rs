@@ -8,10 +8,10 @@
 //! ```text
 //! X = embed(ids)                                                     1 launch
 //! per layer:  W = dequant(q/k/v | o | gate | up | down)     13 launches (10: kernel attention)
-//!             QKV = rms_norm(X) W_qkv^T                     (GEMM)
+//!             QKV = rms_norm(X) W_qkv^T (+ bias)            (GEMM, bias: 1 launch)
 //!             rope(Q) -> Qh [heads, n, d]; rope(K), V -> cache rows pos..pos+n
 //!             A = causal_attention(Qh, cache 0..=pos+i)               4 launches (GEMM path)
-//!             X += A W_o^T                                  (GEMM, beta 1)
+//!             X += A W_o^T (+ bias)                         (GEMM, beta 1)
 //!             GU = rms_norm(X) [W_gate | W_up]^T            (GEMM)
 //!             X += (silu(G) * U) W_down^T                   (GEMM, beta 1)
 //! ```
@@ -53,7 +53,8 @@ pub const GEMM_ATTENTION_MAX_KEYS: usize = 4096;
 pub const GEMM_ATTENTION_SCRATCH_BYTES: usize = 96 << 20;
 
 /// Launches of one prefill chunk through `layers` layers: the embedding, then 13 per layer with the
-/// GEMM attention (`gemm_attention`), 10 with the attention kernel.
+/// GEMM attention (`gemm_attention`), 10 with the attention kernel; one more per bias
+/// (`EngineWeights::bias_launches`).
 pub fn launches_per_chunk(layers: usize, gemm_attention: bool) -> usize {
     1 + if gemm_attention { 13 } else { 10 } * layers
 }
@@ -271,7 +272,8 @@ impl DecodeEngine {
         let mut launches = 2;
         while pos < tokens {
             let n = chunk.min(tokens - pos);
-            launches += launches_per_chunk(s.layers, pos + n <= keys);
+            launches +=
+                launches_per_chunk(s.layers, pos + n <= keys) + self.weights.bias_launches();
             pos += n;
         }
         launches
@@ -362,6 +364,11 @@ impl DecodeEngine {
                 "prefill qkv",
             )?;
             mark("gemm q/k/v")?;
+            if l.qkv_bias_ptr != 0 {
+                k.add_bias_rows(p.qkv, l.qkv_bias_ptr, n, s.qkv_rows())
+                    .map_err(ERR.launch("prefill q/k/v bias"))?;
+                mark("bias")?;
+            }
             let (kc, vc) = (
                 b.k_cache + i as u64 * cache_layer,
                 b.v_cache + i as u64 * cache_layer,
@@ -397,6 +404,11 @@ impl DecodeEngine {
                 "prefill o_proj",
             )?;
             mark("gemm o_proj (+x)")?;
+            if l.o_bias_ptr != 0 {
+                k.add_bias_rows(p.x, l.o_bias_ptr, n, h)
+                    .map_err(ERR.launch("prefill o_proj bias"))?;
+                mark("bias")?;
+            }
             k.rms_rows(p.x, norm(2 * i + 1), p.xn, n, h, eps)
                 .map_err(ERR.launch("prefill post-attention norm"))?;
             mark("rms_norm")?;

@@ -1,6 +1,8 @@
-//! Which loaded model has an engine: [`attach`] builds one when a quantized model is opened on CUDA
-//! (`TextModel::open`), keyed by the model's own weight (a `Weak` to its first quantized projection,
-//! so a dropped model frees its engine); [`session_for`] hands it to one generation at a time.
+//! Which loaded model has an engine: [`attach`] builds one when a model is opened on CUDA for
+//! inference (`TextModel::open`: a GGUF's blocks, or an HF directory's dense weights), keyed by the
+//! model's instance (a `Weak` shared by its clones, so a dropped model frees its engine) and the
+//! identity of each projection weight (a model whose weights were replaced since, by merging an
+//! adapter, no longer matches); [`session_for`] hands it to one generation at a time.
 //!
 //! Per thread: Candle's CUDA stream is the per-thread default stream and a captured graph is not
 //! `Send`, so an engine serves generations on the thread that loaded the model (other threads take
@@ -10,7 +12,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::{Arc, Weak};
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::QMatMul;
+use candle_core::TensorId;
 
 use super::adapters::DecodeAdapter;
 use super::DecodeEngine;
@@ -18,12 +21,30 @@ use crate::formats::config::DecoderConfig;
 use crate::formats::weights::{LoadOptions, WeightSource};
 use crate::generate::sampler::SamplingParams;
 use crate::models::kv_cache::KvCache;
-use crate::models::linear::BaseWeight;
+use crate::models::linear::{BaseWeight, Linear};
 use crate::models::llama::Llama;
 use crate::{Context, Result};
 
+/// What identifies a projection's weight: the address of its quantized tensor, or the id of its
+/// dense tensor (a merged or converted weight is a new tensor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WeightId {
+    Quantized(usize),
+    Dense(TensorId),
+}
+
+fn weight_id(linear: &Linear) -> WeightId {
+    match linear.weight() {
+        BaseWeight::Quantized(QMatMul::QTensor(q)) => WeightId::Quantized(Arc::as_ptr(q) as usize),
+        BaseWeight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t))
+        | BaseWeight::Dense(t) => WeightId::Dense(t.id()),
+    }
+}
+
 struct Entry {
-    key: Weak<QTensor>,
+    key: Weak<()>,
+    /// The projections' weights the engine was built from, in `Llama::linear_layers` order.
+    weights: Vec<WeightId>,
     engine: Rc<RefCell<DecodeEngine>>,
     busy: Rc<Cell<bool>>,
 }
@@ -32,19 +53,17 @@ thread_local! {
     static ENTRIES: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The model's first projection weight, which identifies it (shared by its clones).
-fn key_of(model: &Llama) -> Option<Arc<QTensor>> {
-    match model.linear_layers().first()?.1.weight() {
-        BaseWeight::Quantized(QMatMul::QTensor(q)) => Some(q.clone()),
-        _ => None,
+/// Why `linears` no longer match the weights their engine was built from (a merged adapter changed
+/// what they compute).
+fn ineligible(linears: &[(String, &Linear)], built_from: &[WeightId]) -> Option<String> {
+    if linears.len() != built_from.len() {
+        return Some("the model's projections changed since the engine was built".into());
     }
-}
-
-/// Why `model` cannot use an engine now (a merged weight changed what it computes).
-fn ineligible(linears: &[(String, &crate::models::linear::Linear)]) -> Option<String> {
-    for (name, linear) in linears {
-        if !matches!(linear.weight(), BaseWeight::Quantized(QMatMul::QTensor(_))) {
-            return Some(format!("{name} is not quantized"));
+    for ((name, linear), &id) in linears.iter().zip(built_from) {
+        if weight_id(linear) != id {
+            return Some(format!(
+                "{name} changed since the engine was built (a merged adapter?)"
+            ));
         }
     }
     None
@@ -52,10 +71,7 @@ fn ineligible(linears: &[(String, &crate::models::linear::Linear)]) -> Option<St
 
 /// Selects the engine's adapter slot for the adapters attached to `linears` (loading them into a
 /// slot the first time: `DecodeAdapter::key_of` identifies them), or no adapter.
-fn select_adapter(
-    engine: &mut DecodeEngine,
-    linears: &[(String, &crate::models::linear::Linear)],
-) -> Result<()> {
+fn select_adapter(engine: &mut DecodeEngine, linears: &[(String, &Linear)]) -> Result<()> {
     let slot = match DecodeAdapter::key_of(linears) {
         Some(key) => Some(engine.adapter_slot(key, || {
             DecodeAdapter::from_linears(linears)?
@@ -66,8 +82,9 @@ fn select_adapter(
     engine.set_adapter(slot)
 }
 
-/// Builds an engine for `model` (just loaded from `source` with `options`) when it runs quantized on
-/// CUDA and the engine supports it; logs why not otherwise. Never fails: the Candle path remains.
+/// Builds an engine for `model` (just loaded from `source` with `options`) when it runs on CUDA
+/// for inference (no forced dtype) and the engine supports it; logs why not otherwise. Never
+/// fails: the Candle path remains.
 pub fn attach(
     model: &Llama,
     config: &DecoderConfig,
@@ -77,14 +94,16 @@ pub fn attach(
     if !options.device.is_cuda() || options.dtype.is_some() || super::disabled_by_env() {
         return;
     }
-    let Some(key) = key_of(model) else {
-        return;
-    };
     match DecodeEngine::new(config, source, &options.device) {
         Ok(engine) => ENTRIES.with_borrow_mut(|list| {
             list.retain(|e| e.key.strong_count() > 0);
             list.push(Entry {
-                key: Arc::downgrade(&key),
+                key: Arc::downgrade(model.instance()),
+                weights: model
+                    .linear_layers()
+                    .iter()
+                    .map(|(_, l)| weight_id(l))
+                    .collect(),
                 engine: Rc::new(RefCell::new(engine)),
                 busy: Rc::new(Cell::new(false)),
             });
@@ -116,14 +135,20 @@ pub fn session_for(model: &Llama, positions: usize, sampling: &SamplingParams) -
     if super::disabled_by_env() {
         return None;
     }
-    let key = key_of(model)?;
-    let (engine, busy) = ENTRIES.with_borrow(|list| {
+    let key = model.instance();
+    let (engine, busy, built_from) = ENTRIES.with_borrow(|list| {
         list.iter()
-            .find(|e| e.key.upgrade().is_some_and(|k| Arc::ptr_eq(&k, &key)))
-            .map(|entry| (entry.engine.clone(), entry.busy.clone()))
+            .find(|e| e.key.upgrade().is_some_and(|k| Arc::ptr_eq(&k, key)))
+            .map(|entry| {
+                (
+                    entry.engine.clone(),
+                    entry.busy.clone(),
+                    entry.weights.clone(),
+                )
+            })
     })?;
     let linears = model.linear_layers();
-    if let Some(reason) = ineligible(&linears) {
+    if let Some(reason) = ineligible(&linears, &built_from) {
         tracing::info!("CUDA decode engine not used: {reason}");
         return None;
     }
@@ -181,7 +206,7 @@ impl Session {
         }
         let unsupported = self.engine.borrow().prefill_unsupported();
         if let Some(reason) = unsupported {
-            // Expected (adapters, biases): said once per process, not per generation.
+            // Expected (adapters): said once per process, not per generation.
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
                 tracing::info!(

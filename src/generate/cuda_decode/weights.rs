@@ -1,15 +1,16 @@
-//! The engine's weights on the device: raw GGML blocks uploaded once (q/k/v concatenated per layer
-//! into one matrix, so one launch makes all three), RMSNorm weights in f32, and the RoPE inverse
-//! frequencies.
+//! The engine's weights on the device: raw GGML blocks, or dense rows in the checkpoint's own dtype
+//! (bf16/f16/f32: an HF directory's weights are not converted to the f32 its Candle model uses),
+//! uploaded once (q/k/v concatenated per layer into one matrix, so one launch makes all three),
+//! RMSNorm weights in f32, and the RoPE inverse frequencies.
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 
 use super::EngineShape;
 use crate::formats::config::DecoderConfig;
 use crate::formats::weights::{Weight, WeightSource};
 use crate::gpu::decode::launch::device_ptr;
-use crate::gpu::decode::QuantType;
+use crate::gpu::decode::{QuantType, BLOCK};
 use crate::{Context, Error, Result};
 
 /// One quantized matrix on the device.
@@ -71,10 +72,44 @@ fn upload_err(what: &str, e: impl std::fmt::Debug) -> Error {
     }
 }
 
-/// The raw blocks of a quantized weight with its format and [rows, cols], or why it is unusable.
+/// A dense matrix's values as the kernels read them: bf16 and f16 as stored, f32 as f32, any other
+/// dtype widened to f32 (exact).
+fn dense_rows(t: &Tensor, name: &str) -> Result<(QuantType, Vec<u8>)> {
+    let flat = t.flatten_all().context(format!("reading {name}"))?;
+    let bytes = match t.dtype() {
+        DType::BF16 => flat
+            .to_vec1::<half::bf16>()
+            .context(format!("reading {name}"))?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F16 => flat
+            .to_vec1::<half::f16>()
+            .context(format!("reading {name}"))?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        _ => flat
+            .to_dtype(DType::F32)
+            .and_then(|t| t.to_vec1::<f32>())
+            .context(format!("reading {name}"))?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+    };
+    let quant = match t.dtype() {
+        DType::BF16 => QuantType::BF16,
+        DType::F16 => QuantType::F16,
+        _ => QuantType::F32,
+    };
+    Ok((quant, bytes))
+}
+
+/// The raw blocks of a weight (GGML blocks, or dense rows in their stored dtype) with its format and
+/// [rows, cols], or why it is unusable.
 fn blocks(source: &dyn WeightSource, name: &str) -> Result<(QuantType, usize, usize, Vec<u8>)> {
     let unsupported = |reason: String| Error::InvalidRequest(format!("{name}: {reason}"));
-    match source.get(name)? {
+    match source.get_stored(name)? {
         Weight::Quantized(q) => {
             let quant = QuantType::from_ggml(q.dtype()).ok_or_else(|| {
                 unsupported(format!(
@@ -100,7 +135,16 @@ fn blocks(source: &dyn WeightSource, name: &str) -> Result<(QuantType, usize, us
             }
             Ok((quant, rows, cols, data))
         }
-        Weight::Dense(_) => Err(unsupported("dense weights are not supported".into())),
+        Weight::Dense(t) => {
+            let (rows, cols) = t.dims2().context(format!("shape of {name}"))?;
+            if cols % BLOCK != 0 {
+                return Err(unsupported(format!(
+                    "rows of {cols} weights are not a multiple of {BLOCK}"
+                )));
+            }
+            let (quant, data) = dense_rows(&t, name)?;
+            Ok((quant, rows, cols, data))
+        }
     }
 }
 
@@ -299,11 +343,12 @@ impl EngineWeights {
         self.head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// Whether any projection has a bias (Qwen2's q/k/v, LLaMA's `attention_bias`).
-    pub fn has_biases(&self) -> bool {
+    /// Bias launches of one prefill chunk (each layer's q/k/v and o biases).
+    pub fn bias_launches(&self) -> usize {
         self.layers
             .iter()
-            .any(|l| l.qkv_bias.is_some() || l.o_bias.is_some())
+            .map(|l| l.qkv_bias.is_some() as usize + l.o_bias.is_some() as usize)
+            .sum()
     }
 
     /// Bytes of quantized blocks read per decode step (every matrix once, plus one embedding row).

@@ -5,7 +5,7 @@
 
 use half::f16;
 
-use super::QuantType;
+use super::{QuantType, BLOCK};
 
 fn h(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
@@ -20,6 +20,21 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
             ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4)) as f32,
             ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as f32,
         )
+    }
+}
+
+/// Weight `i` of a dense row starting at `bytes[0]` (little-endian f32, f16 or bf16).
+pub fn dense_weight(q: QuantType, bytes: &[u8], i: usize) -> f32 {
+    match q {
+        QuantType::F32 => f32::from_le_bytes([
+            bytes[4 * i],
+            bytes[4 * i + 1],
+            bytes[4 * i + 2],
+            bytes[4 * i + 3],
+        ]),
+        QuantType::F16 => f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32(),
+        QuantType::BF16 => half::bf16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32(),
+        _ => f32::NAN,
     }
 }
 
@@ -72,6 +87,12 @@ pub fn w4(q: QuantType, base: &[u8], blk: usize, p: usize) -> [f32; 4] {
                     v |= ((b[16 + l] >> s) & 1) << 4;
                 }
                 *w = d * v as f32 - dm;
+            }
+        }
+        QuantType::F32 | QuantType::F16 | QuantType::BF16 => {
+            let at = blk * q.block_bytes() + 4 * p * (q.block_bytes() / BLOCK);
+            for (i, w) in w.iter_mut().enumerate() {
+                *w = dense_weight(q, &base[at..], i);
             }
         }
         QuantType::Q6K => {

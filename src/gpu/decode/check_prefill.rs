@@ -178,7 +178,7 @@ fn dequant_cases(
     Ok(())
 }
 
-/// RMSNorm over rows and SwiGLU over rows.
+/// RMSNorm, SwiGLU and the bias add over rows.
 fn row_cases(gpu: &Gpu, next: &mut dyn FnMut() -> u64, cases: &mut Vec<DecodeCase>) -> Result<()> {
     let kernels = gpu.k;
     for &(n, k, ffn) in &[
@@ -210,6 +210,17 @@ fn row_cases(gpu: &Gpu, next: &mut dyn FnMut() -> u64, cases: &mut Vec<DecodeCas
             shape: format!("[{n}, 2 x {ffn}]"),
             got: gpu.down(&act)?,
             want: reference::prefill_swiglu_rows(&gu, ffn),
+        });
+        let (y, bias) = (f32s(n * k, next(), 2.0), f32s(k, next(), 0.5));
+        let (yd, bd) = (gpu.up(&y)?, gpu.up(&bias)?);
+        kernels
+            .add_bias_rows(gpu.ptr(&yd), gpu.ptr(&bd), n, k)
+            .map_err(launch_err("add_bias_rows"))?;
+        cases.push(DecodeCase {
+            kernel: "dec_prefill_add_bias_rows".into(),
+            shape: format!("[{n}, {k}]"),
+            got: gpu.down(&yd)?,
+            want: reference::prefill_add_bias_rows(&y, &bias),
         });
     }
     Ok(())

@@ -84,6 +84,7 @@ pub struct PrefillKernels {
     rope_kv_rows: CudaFunction,
     attention: CudaFunction,
     swiglu_rows: CudaFunction,
+    add_bias_rows: CudaFunction,
     causal_softmax: CudaFunction,
     heads_to_tokens: CudaFunction,
 }
@@ -100,6 +101,7 @@ impl PrefillKernels {
             rope_kv_rows: f("rope_kv_rows")?,
             attention: f("prefill_attention")?,
             swiglu_rows: f("swiglu_rows")?,
+            add_bias_rows: f("add_bias_rows")?,
             causal_softmax: f("prefill_causal_softmax")?,
             heads_to_tokens: f("heads_to_tokens_rows")?,
         })
@@ -323,6 +325,23 @@ impl PrefillKernels {
         };
         unsafe { b.launch(cfg) }.w()?;
         mark("attention to tokens")
+    }
+
+    /// y[i][c] += bias[c] for n rows of `cols` (f32 [n, cols], bias [cols]).
+    pub fn add_bias_rows(&self, y: u64, bias: u64, n: usize, cols: usize) -> Result<()> {
+        if n == 0 || cols == 0 {
+            return Ok(());
+        }
+        let (n_i, c_i) = (n as i32, cols as i32);
+        let mut b = self.stream.launch_builder(&self.add_bias_rows);
+        b.arg(&y).arg(&bias).arg(&n_i).arg(&c_i);
+        let cfg = LaunchConfig {
+            grid_dim: (grid_blocks(n * cols, 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
     }
 
     /// act[i][j] = silu(gu[i][j]) * gu[i][ffn + j] for n rows ([n, 2 ffn] -> [n, ffn]).

@@ -42,6 +42,11 @@ pub fn dequantize_block(q: QuantType, bytes: &[u8]) -> [f64; BLOCK] {
                 out[j] = d * (byte as i8) as f64;
             }
         }
+        QuantType::F32 | QuantType::F16 | QuantType::BF16 => {
+            for (j, w) in out.iter_mut().enumerate() {
+                *w = super::blocks_reference::dense_weight(q, bytes, j) as f64;
+            }
+        }
         _ => {
             let row = candle_dequantize(q, bytes, BLOCK);
             out.copy_from_slice(&row);
@@ -175,6 +180,13 @@ pub fn prefill_dequant_layer(matrices: &[(QuantType, &[u8], usize, usize)]) -> V
         .flat_map(|&(q, bytes, rows, k)| {
             (0..rows).flat_map(move |r| dequantize_row(q, bytes, r, k))
         })
+        .collect()
+}
+
+/// `add_bias_rows`: y[i][c] + bias[c] for the rows of `y` (`bias.len()` values each).
+pub fn prefill_add_bias_rows(y: &[f32], bias: &[f32]) -> Vec<f64> {
+    y.chunks_exact(bias.len())
+        .flat_map(|row| row.iter().zip(bias).map(|(&v, &b)| v as f64 + b as f64))
         .collect()
 }
 

@@ -307,20 +307,28 @@ def serve_rows(e2e):
     ]
 
 
+def engine_rates(dec):
+    """(decode, prefill) tokens/s of a `wick bench decode` report: the best engine row of each (the
+    1-token prompt's decode is llama-bench tg128's shape)."""
+    tg = pp = None
+    for r in (dec or {}).get("timings", []) if isinstance(dec, dict) else []:
+        if r["path"].startswith("candle"):
+            continue
+        tg = max(tg or 0, r["decode_tokens_per_second"])
+        if r.get("prefill_ms"):
+            pp = max(pp or 0, r["prompt_tokens"] / (r["prefill_ms"] / 1e3))
+    return tg, pp
+
+
 def big_decode_rows(e2e):
-    """Issue 14.4: SmolLM2-1.7B shapes in three file types, wick vs llama-bench in the same call."""
+    """Issue 14.4: SmolLM2-1.7B shapes in three file types, wick vs llama-bench in the same call;
+    issue 14.5: HF bf16 directories vs llama.cpp on an F16 GGUF of the same shapes."""
     rows = []
     for t in ("q4_k_m", "q4_1", "q8_0"):
         bench, item_l = e2e_get(e2e, f"llamacpp-big-{t}.json")
         dec, item_w = e2e_get(e2e, f"wick-big-{t}.json")
         pp_l, tg_l = llamacpp_rates(bench if isinstance(bench, list) else None)
-        tg = pp = None
-        for r in (dec or {}).get("timings", []) if isinstance(dec, dict) else []:
-            if r["path"].startswith("candle"):
-                continue
-            tg = max(tg or 0, r["decode_tokens_per_second"])
-            if r.get("prefill_ms"):
-                pp = max(pp or 0, r["prompt_tokens"] / (r["prefill_ms"] / 1e3))
+        tg, pp = engine_rates(dec)
         meta = {"device": item_w.get("device") or item_l.get("device"), "date": item_w.get("date") or item_l.get("date"),
                 "source": " + ".join(x["source"] for x in (item_w, item_l) if x),
                 "command": "scripts/device/bigger-models.sh make && bench (wick bench decode --prompt-tokens 512 "
@@ -329,9 +337,24 @@ def big_decode_rows(e2e):
                         "tokens/s", wick=tg, anchor=tg_l, anchor_engine="llama.cpp CUDA (llama-bench tg128)", **meta))
         rows.append(row(f"prefill 512 SmolLM2-1.7B shapes {t.upper()} vs llama.cpp pp512 (issue 14.4)", ">= 1.2x",
                         "tokens/s", wick=pp, anchor=pp_l, anchor_engine="llama.cpp CUDA (llama-bench pp512)", **meta))
-    for shape in ("Qwen2.5-0.5B (biases)", "Llama-3.2-1B"):
-        rows.append(row(f"decode HF bf16 directory at {shape} shapes on the engine vs llama.cpp F16 GGUF (issue 14.5)",
-                        ">= 1.0x", "tokens/s", note="not built: HF bf16/f16 weights still decode through Candle"))
+    for shape, label in (("qwen2.5-0.5b", "Qwen2.5-0.5B (biases)"), ("llama-3.2-1b", "Llama-3.2-1B")):
+        bench, item_l = e2e_get(e2e, f"llamacpp-dense-{shape}.json")
+        dec, item_w = e2e_get(e2e, f"wick-dense-{shape}.json")
+        pp_l, tg_l = llamacpp_rates(bench if isinstance(bench, list) else None)
+        tg, pp = engine_rates(dec)
+        meta = {"device": item_w.get("device") or item_l.get("device"), "date": item_w.get("date") or item_l.get("date"),
+                "source": " + ".join(x["source"] for x in (item_w, item_l) if x),
+                "command": "scripts/device/dense-models.sh make && bench (wick bench decode --model HF_DIR "
+                           "--prompt-tokens 512 --decode-tokens 128; llama-bench -m F16.gguf -p 512 -n 128 -ngl 99 -r 3)"}
+        note = None
+        if isinstance(dec, dict):
+            note = "engine on the directory's bf16 weights (%.0f MB per token), logits vs dense f32 Candle %.1e; " \
+                   "prefill 512: wick %s tok/s, llama.cpp pp512 %s tok/s" % (
+                       dec.get("weight_mb_per_step", 0), dec.get("max_abs_logit_diff", float("nan")),
+                       round(pp) if pp else None, round(pp_l) if pp_l else None)
+        rows.append(row(f"decode HF bf16 directory at {label} shapes on the engine vs llama.cpp F16 GGUF (issue 14.5)",
+                        ">= 1.0x", "tokens/s", wick=tg, anchor=tg_l, anchor_engine="llama.cpp CUDA (llama-bench tg128, F16 GGUF)",
+                        **meta, note=note))
     return rows
 
 

@@ -260,6 +260,11 @@ impl DecodeEngine {
         result
     }
 
+    /// Launches of one chunk of this engine's model (its biases included).
+    fn chunk_launches(&self, gemm_attention: bool) -> usize {
+        launches_per_chunk(self.shape.layers, gemm_attention) + self.weights.bias_launches()
+    }
+
     /// Launches of a prefill of `tokens` prompt tokens from an empty cache (position 0).
     pub fn prefill_launches(&self, tokens: usize) -> usize {
         let s = &self.shape;
@@ -272,8 +277,7 @@ impl DecodeEngine {
         let mut launches = 2;
         while pos < tokens {
             let n = chunk.min(tokens - pos);
-            launches +=
-                launches_per_chunk(s.layers, pos + n <= keys) + self.weights.bias_launches();
+            launches += self.chunk_launches(pos + n <= keys);
             pos += n;
         }
         launches
@@ -509,7 +513,7 @@ impl DecodeEngine {
             stream
                 .memcpy_htod(&ids, &mut dst)
                 .map_err(|e| ERR.driver("writing prompt ids", e))?;
-            let launches = launches_per_chunk(self.shape.layers, p.gemm_attention(0, tokens.len()));
+            let launches = self.chunk_launches(p.gemm_attention(0, tokens.len()));
             let events = (0..=launches)
                 .map(|_| {
                     stream

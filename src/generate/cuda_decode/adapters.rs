@@ -45,6 +45,21 @@ fn dims(s: &EngineShape) -> AdapterDims {
     }
 }
 
+/// One projection group of one slot, as [`AdapterPool::slot_group`] locates it.
+#[derive(Debug, Clone)]
+pub struct SlotGroup {
+    /// A [a_rows, k] f32: the segments' rank rows one after the other.
+    pub a: u64,
+    /// B [out rows, rank] f32, pre-multiplied by the adapter's scale.
+    pub b: u64,
+    pub a_rows: usize,
+    /// Input width.
+    pub k: usize,
+    pub rank: usize,
+    /// Per xa segment (q, k, v; gate, up; or the one projection): its first output row and rows.
+    pub segments: Vec<(usize, usize)>,
+}
+
 /// The adapter slots of one engine on the device, and the per-sequence slot indices.
 pub struct AdapterPool {
     shape: EngineShape,
@@ -272,6 +287,29 @@ impl AdapterPool {
             )
         }
         .map_err(|e| ERR.driver("marking xa pending", e))
+    }
+
+    /// Where group `g` of `layer` of `slot` lives, for products over many tokens (the batched
+    /// prefill): A [a_rows, k] and B [b_rows, rank] (pre-scaled) f32 addresses, and each xa
+    /// segment's output rows.
+    pub fn slot_group(&self, layer: usize, g: Group, slot: usize) -> SlotGroup {
+        let d = dims(&self.shape).group(g, self.rank);
+        let (a_off, b_off, sa, sb) = self.offsets(layer, g);
+        let out = |p: usize| dims(&self.shape).projection(p).1;
+        let mut segments = Vec::with_capacity(3);
+        let mut row = 0;
+        for &p in g.projections() {
+            segments.push((row, out(p)));
+            row += out(p);
+        }
+        SlotGroup {
+            a: self.a_ptr + ((a_off + slot * sa) * 4) as u64,
+            b: self.b_ptr + ((b_off + slot * sb) * 4) as u64,
+            a_rows: d.a_rows,
+            k: d.k,
+            rank: self.rank,
+            segments,
+        }
     }
 
     /// The LoRA part of group `g`'s mat-vec at `layer`: the launch computes the group's shrink

@@ -17,8 +17,8 @@
 //! - `dec_engine_lora`: the batch-1 engine with each adapter, and with none, against the unmerged
 //!   reference; `dec_engine_lora_merged` the same logits against the merged model, and the greedy
 //!   ids of both (shape text) must agree.
-//! - `dec_engine_prefill`: the batched prefill (q/k/v biases included) of all but the last id, then
-//!   a step on the cache it wrote, without adapter.
+//! - `dec_engine_prefill`: the batched prefill (q/k/v biases and the adapter included) of all but
+//!   the last id, then a step on the cache it wrote, without adapter and with each.
 //! - `dec_engine_lora_batch`: the batch engine, 3 sequences with slots [2, none, 1] and different
 //!   tokens, each against the reference with its own adapter.
 
@@ -446,28 +446,41 @@ fn batch_one(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Device) -> R
     Ok(())
 }
 
-/// The batched prefill (no adapter): the prompt but its last id prefilled, then the last id stepped
-/// on the cache the prefill wrote; the logits of both against the reference's at those positions.
+/// The batched prefill, without adapter and with each (slots 1 and 2): the prompt but its last id
+/// prefilled, then the last id stepped on the cache the prefill wrote; the logits of both against
+/// the reference's (with the same adapter, unmerged) at those positions.
 fn prefill_then_step(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Device) -> Result<()> {
     let (prompt, last) = case.ids.split_at(case.ids.len() - 1);
     let mut engine = DecodeEngine::new(case.cfg, case.source, device)?;
-    engine.prefill(prompt)?;
-    let mut got = vec![engine.logits()?];
-    engine.step(last[0])?;
-    got.push(engine.logits()?);
-    let want = reference_logits(case.base, case.ids)?;
-    out.push(EngineCheck {
-        kernel: "dec_engine_prefill".into(),
-        shape: format!(
-            "{}, {} prompt ids then 1 step, positions {} and {}",
-            case.name,
-            prompt.len(),
-            prompt.len() - 1,
-            prompt.len()
-        ),
-        max_rel_err: rel(&got, &want[prompt.len() - 1..]),
-        tolerance: TOLERANCE,
-    });
+    engine.load_adapter(1, &case.host[0], None)?;
+    engine.load_adapter(2, &case.host[1], None)?;
+    for (slot, lora) in [(None, None), (Some(1), Some(0)), (Some(2), Some(1))] {
+        engine.set_adapter(slot)?;
+        engine.reset();
+        engine.prefill(prompt)?;
+        let mut got = vec![engine.logits()?];
+        engine.step(last[0])?;
+        got.push(engine.logits()?);
+        let want = match lora {
+            Some(a) => reference_logits(
+                &with_adapter(case.base, &case.adapters[a], false)?,
+                case.ids,
+            )?,
+            None => reference_logits(case.base, case.ids)?,
+        };
+        out.push(EngineCheck {
+            kernel: "dec_engine_prefill".into(),
+            shape: format!(
+                "{}, slot {slot:?}, {} prompt ids then 1 step, positions {} and {}",
+                case.name,
+                prompt.len(),
+                prompt.len() - 1,
+                prompt.len()
+            ),
+            max_rel_err: rel(&got, &want[prompt.len() - 1..]),
+            tolerance: TOLERANCE,
+        });
+    }
     Ok(())
 }
 

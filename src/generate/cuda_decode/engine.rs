@@ -236,14 +236,6 @@ impl DecodeEngine {
         self.adapter
     }
 
-    /// Why the batched prefill cannot run this engine's model now (it does not apply adapters
-    /// yet: those prompts go through Candle's forward and [`DecodeEngine::load_prefix`]).
-    pub fn prefill_unsupported(&self) -> Option<&'static str> {
-        self.adapter
-            .is_some()
-            .then_some("the batched prefill does not apply adapters yet")
-    }
-
     /// Bytes of weights read per step.
     pub fn weight_bytes_per_step(&self) -> usize {
         self.weights.bytes_per_step()

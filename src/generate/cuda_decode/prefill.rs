@@ -32,6 +32,7 @@ use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::{DType, Device};
 
 use super::{DecodeEngine, ERR};
+use crate::generate::cuda_decode::adapters::Group;
 use crate::generate::cuda_decode::EngineShape;
 use crate::gpu::decode::launch::device_ptr;
 use crate::gpu::decode::prefill::{
@@ -51,6 +52,10 @@ pub const GEMM_ATTENTION_MAX_KEYS: usize = 4096;
 /// Most bytes of the GEMM attention's scores scratch; fewer keys when heads x chunk x keys f32
 /// would exceed it.
 pub const GEMM_ATTENTION_SCRATCH_BYTES: usize = 96 << 20;
+
+/// Launches of an adapter's products in one layer of a chunk: per group one shrink and one expand
+/// per xa segment (q/k/v 1 + 3, o 1 + 1, gate/up 1 + 2, down 1 + 1).
+const LORA_LAUNCHES_PER_LAYER: usize = 11;
 
 /// Launches of one prefill chunk through `layers` layers: the embedding, then 13 per layer with the
 /// GEMM attention (`gemm_attention`), 10 with the attention kernel; one more per bias
@@ -101,6 +106,9 @@ pub(super) struct PrefillState {
     scores: u64,
     /// Every chunk through the attention kernel.
     kernel_attention: bool,
+    /// [chunk, 3 rank] x A^T of the chunk's tokens for an adapter's group (allocated for the
+    /// first prefill with an adapter, at the pool's rank).
+    lora_xa: Option<CudaSlice<f32>>,
     /// One layer's weights in f32: qkv [qkv_rows, hidden] | o [hidden, qd] | gate, up [ffn, hidden]
     /// | down [hidden, ffn].
     w: u64,
@@ -198,6 +206,7 @@ impl PrefillState {
             qh: p[7],
             scores: p[8],
             kernel_attention: false,
+            lora_xa: None,
             _owned: owned,
         })
     }
@@ -228,11 +237,6 @@ impl DecodeEngine {
                 "CUDA decode engine: prefill of an empty prompt".into(),
             ));
         }
-        if let Some(reason) = self.prefill_unsupported() {
-            return Err(Error::InvalidRequest(format!(
-                "CUDA decode engine: {reason}"
-            )));
-        }
         if self.pos + tokens.len() > s.max_seq {
             return Err(Error::InvalidRequest(format!(
                 "CUDA decode engine: {} cached + {} prompt positions exceed its cache of {}",
@@ -260,9 +264,15 @@ impl DecodeEngine {
         result
     }
 
-    /// Launches of one chunk of this engine's model (its biases included).
+    /// Launches of one chunk of this engine's model (its biases and the adapter's products
+    /// included).
     fn chunk_launches(&self, gemm_attention: bool) -> usize {
-        launches_per_chunk(self.shape.layers, gemm_attention) + self.weights.bias_launches()
+        let lora = if self.adapter.is_some() {
+            LORA_LAUNCHES_PER_LAYER * self.shape.layers
+        } else {
+            0
+        };
+        launches_per_chunk(self.shape.layers, gemm_attention) + self.weights.bias_launches() + lora
     }
 
     /// Launches of a prefill of `tokens` prompt tokens from an empty cache (position 0).
@@ -298,6 +308,16 @@ impl DecodeEngine {
 
     fn prefill_chunks(&mut self, p: &mut PrefillState, tokens: &[u32]) -> Result<()> {
         let stream = self.kernels.stream().clone();
+        if let (Some(pool), Some(_)) = (&self.adapters, self.adapter) {
+            let need = p.chunk * 3 * pool.rank();
+            if p.lora_xa.as_ref().is_none_or(|b| b.len() < need) {
+                p.lora_xa = Some(
+                    stream
+                        .alloc_zeros::<f32>(need)
+                        .map_err(|e| ERR.driver("prefill adapter x A^T", e))?,
+                );
+            }
+        }
         let chunks: Vec<&[u32]> = tokens.chunks(p.chunk).collect();
         let last_n = chunks.last().map_or(0, |c| c.len());
         for chunk in chunks {
@@ -331,6 +351,53 @@ impl DecodeEngine {
         self.kernels
             .argmax(b.logits_ptr, self.shape.vocab, b.result_ptr, 0)
             .map_err(ERR.launch("prefill argmax"))?;
+        Ok(())
+    }
+
+    /// The adapter's group `g` of `layer` on the chunk's `n` rows, when the sequence has one:
+    /// xa = X_in A^T (one GEMM), then Y[:, segment rows] += xa[:, segment] B_segment^T (one GEMM per
+    /// segment, beta 1; B is pre-scaled): the same delta the step's epilogue adds, for every token.
+    /// `y` holds rows of `ldy` floats.
+    #[allow(clippy::too_many_arguments)]
+    fn prefill_lora(
+        &self,
+        p: &PrefillState,
+        (layer, g): (usize, Group),
+        x_in: u64,
+        (y, ldy): (u64, usize),
+        n: usize,
+        mark: &mut dyn FnMut(&'static str) -> Result<()>,
+    ) -> Result<()> {
+        let (Some(pool), Some(slot)) = (&self.adapters, self.adapter) else {
+            return Ok(());
+        };
+        let xa = p
+            .lora_xa
+            .as_ref()
+            .map(|b| device_ptr(b, self.kernels.stream()))
+            .ok_or_else(|| Error::InvalidRequest("prefill adapter scratch missing".into()))?;
+        let sg = pool.slot_group(layer, g, slot);
+        linear(
+            &p.gemm,
+            (x_in, sg.a, xa),
+            (n, sg.k, sg.a_rows),
+            false,
+            "prefill adapter shrink",
+        )?;
+        mark("lora")?;
+        for (j, &(row0, rows)) in sg.segments.iter().enumerate() {
+            let shape = GemmShape {
+                lda: sg.a_rows,
+                ldd: ldy,
+                ..GemmShape::contiguous((n, rows, sg.rank), (false, true), DType::F32, DType::F32)
+            };
+            let a = xa + (j * sg.rank * 4) as u64;
+            let b = sg.b + (row0 * sg.rank * 4) as u64;
+            p.gemm
+                .run(&shape, a, b, y + (row0 * 4) as u64, 1.0, 1.0)
+                .map_err(ERR.launch("prefill adapter expand"))?;
+            mark("lora")?;
+        }
         Ok(())
     }
 
@@ -368,6 +435,7 @@ impl DecodeEngine {
                 "prefill qkv",
             )?;
             mark("gemm q/k/v")?;
+            self.prefill_lora(p, (i, Group::Qkv), p.xn, (p.qkv, s.qkv_rows()), n, mark)?;
             if l.qkv_bias_ptr != 0 {
                 k.add_bias_rows(p.qkv, l.qkv_bias_ptr, n, s.qkv_rows())
                     .map_err(ERR.launch("prefill q/k/v bias"))?;
@@ -408,6 +476,7 @@ impl DecodeEngine {
                 "prefill o_proj",
             )?;
             mark("gemm o_proj (+x)")?;
+            self.prefill_lora(p, (i, Group::O), p.attn, (p.x, h), n, mark)?;
             if l.o_bias_ptr != 0 {
                 k.add_bias_rows(p.x, l.o_bias_ptr, n, h)
                     .map_err(ERR.launch("prefill o_proj bias"))?;
@@ -424,6 +493,7 @@ impl DecodeEngine {
                 "prefill gate/up",
             )?;
             mark("gemm gate/up")?;
+            self.prefill_lora(p, (i, Group::GateUp), p.xn, (p.gu, 2 * ffn), n, mark)?;
             k.swiglu_rows(p.gu, p.act, n, ffn)
                 .map_err(ERR.launch("prefill swiglu"))?;
             mark("swiglu")?;
@@ -435,6 +505,7 @@ impl DecodeEngine {
                 "prefill down_proj",
             )?;
             mark("gemm down_proj (+x)")?;
+            self.prefill_lora(p, (i, Group::Down), p.act, (p.x, h), n, mark)?;
         }
         Ok(())
     }

@@ -204,31 +204,20 @@ impl Session {
             self.engine.borrow_mut().reset();
             return self.run(prompt_ids);
         }
-        let unsupported = self.engine.borrow().prefill_unsupported();
-        if let Some(reason) = unsupported {
-            // Expected (adapters): said once per process, not per generation.
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| {
-                tracing::info!(
-                    "CUDA decode engine: {reason}: prefilling through Candle's forward, then decoding on the engine"
-                )
-            });
-        } else {
-            let engine_prefill = {
-                let mut engine = self.engine.borrow_mut();
+        let engine_prefill = {
+            let mut engine = self.engine.borrow_mut();
+            engine.reset();
+            let result = engine.prefill(prompt_ids);
+            if result.is_err() {
                 engine.reset();
-                let result = engine.prefill(prompt_ids);
-                if result.is_err() {
-                    engine.reset();
-                }
-                result
-            };
-            match engine_prefill {
-                Ok(()) => return self.run(&[]),
-                Err(e) => tracing::warn!(
-                    "CUDA decode engine: batched prefill failed, prefilling through Candle's forward instead: {e}"
-                ),
             }
+            result
+        };
+        match engine_prefill {
+            Ok(()) => return self.run(&[]),
+            Err(e) => tracing::warn!(
+                "CUDA decode engine: batched prefill failed, prefilling through Candle's forward instead: {e}"
+            ),
         }
         let input = candle_core::Tensor::new(prompt_ids, model.device())
             .and_then(|t| t.unsqueeze(0))

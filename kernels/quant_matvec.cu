@@ -374,6 +374,14 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
 LEGACY_ACCESS(q4_0, 18)
 LEGACY_ACCESS(q4_1, 20)
 LEGACY_ACCESS(q8_0, 34)
+// Dot of 8 consecutive part weights (positions 8p .. 8p + 7 of a block) with x of that block (xb:
+// the block's 32 values).
+__device__ __forceinline__ float part_dot_q8(const float* w, const float* xb, int p) {
+    float4 x0 = *reinterpret_cast<const float4*>(xb + 8 * p);
+    float4 x1 = *reinterpret_cast<const float4*>(xb + 8 * p + 4);
+    return w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w + w[4] * x1.x + w[5] * x1.y +
+           w[6] * x1.z + w[7] * x1.w;
+}
 #define GENERIC_ACCESS(Q, WEIGHTS, BYTES)                                                           \
     __device__ __forceinline__ int row_bytes_##Q(int k) { return (k / WEIGHTS) * BYTES; }           \
     __device__ __forceinline__ void rpart_w_##Q(const uint8_t* r, int blk, int p, float* w) {       \
@@ -383,10 +391,7 @@ LEGACY_ACCESS(q8_0, 34)
     __device__ __forceinline__ float rdot_##Q(const uint8_t* r, int blk, int p, const float* xb) {  \
         float w[8];                                                                                 \
         rpart_w_##Q(r, blk, p, w);                                                                  \
-        float4 x0 = *reinterpret_cast<const float4*>(xb + 8 * p);                                   \
-        float4 x1 = *reinterpret_cast<const float4*>(xb + 8 * p + 4);                               \
-        return w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w + w[4] * x1.x + w[5] * x1.y +  \
-               w[6] * x1.z + w[7] * x1.w;                                                           \
+        return part_dot_q8(w, xb, p);                                                               \
     }
 GENERIC_ACCESS(q5_0, 32, 22)
 GENERIC_ACCESS(q5_1, 32, 24)
@@ -419,10 +424,7 @@ __device__ __forceinline__ void rpart_w_bf16(const uint8_t* r, int blk, int p, f
     __device__ __forceinline__ float rdot_##Q(const uint8_t* r, int blk, int p, const float* xb) {  \
         float w[8];                                                                                 \
         rpart_w_##Q(r, blk, p, w);                                                                  \
-        float4 x0 = *reinterpret_cast<const float4*>(xb + 8 * p);                                   \
-        float4 x1 = *reinterpret_cast<const float4*>(xb + 8 * p + 4);                               \
-        return w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w + w[4] * x1.x + w[5] * x1.y +  \
-               w[6] * x1.z + w[7] * x1.w;                                                           \
+        return part_dot_q8(w, xb, p);                                                               \
     }
 DENSE_ACCESS(f32, 4)
 DENSE_ACCESS(f16, 2)
@@ -510,12 +512,6 @@ __device__ __forceinline__ float part_dot_q4(const float* w, const float* xb, in
     float4 xh = *reinterpret_cast<const float4*>(xb + 16 + 4 * p);
     return w[0] * xl.x + w[1] * xl.y + w[2] * xl.z + w[3] * xl.w + w[4] * xh.x + w[5] * xh.y +
            w[6] * xh.z + w[7] * xh.w;
-}
-__device__ __forceinline__ float part_dot_q8(const float* w, const float* xb, int p) {
-    float4 x0 = *reinterpret_cast<const float4*>(xb + 8 * p);
-    float4 x1 = *reinterpret_cast<const float4*>(xb + 8 * p + 4);
-    return w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w + w[4] * x1.x + w[5] * x1.y +
-           w[6] * x1.z + w[7] * x1.w;
 }
 #define part_dot_q4_0 part_dot_q4
 #define part_dot_q4_1 part_dot_q4

@@ -307,6 +307,12 @@ def serve_rows(e2e):
     ]
 
 
+def pair_meta(item_w, item_l, command):
+    """Device, date and sources of a wick result beside its anchor (bundle items of one call)."""
+    return {"device": item_w.get("device") or item_l.get("device"), "date": item_w.get("date") or item_l.get("date"),
+            "source": " + ".join(x["source"] for x in (item_w, item_l) if x), "command": command}
+
+
 def engine_rates(dec):
     """(decode, prefill) tokens/s of a `wick bench decode` report: the best engine row of each (the
     1-token prompt's decode is llama-bench tg128's shape)."""
@@ -329,10 +335,8 @@ def big_decode_rows(e2e):
         dec, item_w = e2e_get(e2e, f"wick-big-{t}.json")
         pp_l, tg_l = llamacpp_rates(bench if isinstance(bench, list) else None)
         tg, pp = engine_rates(dec)
-        meta = {"device": item_w.get("device") or item_l.get("device"), "date": item_w.get("date") or item_l.get("date"),
-                "source": " + ".join(x["source"] for x in (item_w, item_l) if x),
-                "command": "scripts/device/bigger-models.sh make && bench (wick bench decode --prompt-tokens 512 "
-                           "--decode-tokens 128; llama-bench -p 512 -n 128 -ngl 99 -r 3)"}
+        meta = pair_meta(item_w, item_l, "scripts/device/bigger-models.sh make && bench (wick bench decode "
+                         "--prompt-tokens 512 --decode-tokens 128; llama-bench -p 512 -n 128 -ngl 99 -r 3)")
         rows.append(row(f"decode SmolLM2-1.7B shapes {t.upper()} vs llama.cpp tg128 (issue 14.4)", ">= 1.2x",
                         "tokens/s", wick=tg, anchor=tg_l, anchor_engine="llama.cpp CUDA (llama-bench tg128)", **meta))
         rows.append(row(f"prefill 512 SmolLM2-1.7B shapes {t.upper()} vs llama.cpp pp512 (issue 14.4)", ">= 1.2x",
@@ -342,10 +346,9 @@ def big_decode_rows(e2e):
         dec, item_w = e2e_get(e2e, f"wick-dense-{shape}.json")
         pp_l, tg_l = llamacpp_rates(bench if isinstance(bench, list) else None)
         tg, pp = engine_rates(dec)
-        meta = {"device": item_w.get("device") or item_l.get("device"), "date": item_w.get("date") or item_l.get("date"),
-                "source": " + ".join(x["source"] for x in (item_w, item_l) if x),
-                "command": "scripts/device/dense-models.sh make && bench (wick bench decode --model HF_DIR "
-                           "--prompt-tokens 512 --decode-tokens 128; llama-bench -m F16.gguf -p 512 -n 128 -ngl 99 -r 3)"}
+        meta = pair_meta(item_w, item_l, "scripts/device/dense-models.sh make && bench (wick bench decode "
+                         "--model HF_DIR --prompt-tokens 512 --decode-tokens 128; llama-bench -m F16.gguf -p 512 "
+                         "-n 128 -ngl 99 -r 3)")
         note = None
         if isinstance(dec, dict):
             note = "engine on the directory's bf16 weights (%.0f MB per token), logits vs dense f32 Candle %.1e; " \

@@ -410,7 +410,7 @@ impl DecodeEngine {
         mark: &mut dyn FnMut(&'static str) -> Result<()>,
     ) -> Result<()> {
         let (k, s, b, w) = (&p.kernels, &self.shape, &self.buffers, &self.weights);
-        let (h, qd, ffn, eps) = (s.hidden, s.heads * s.head_dim, s.ffn, s.eps);
+        let (h, qd, eps) = (s.hidden, s.heads * s.head_dim, s.eps);
         let off = layer_offsets(s);
         let wp = |elems: usize| p.w + (elems * 4) as u64;
         let norm = |i: usize| w.norms_ptr + (i * h * 4) as u64;
@@ -482,32 +482,49 @@ impl DecodeEngine {
                     .map_err(ERR.launch("prefill o_proj bias"))?;
                 mark("bias")?;
             }
-            k.rms_rows(p.x, norm(2 * i + 1), p.xn, n, h, eps)
-                .map_err(ERR.launch("prefill post-attention norm"))?;
-            mark("rms_norm")?;
-            linear(
-                &p.gemm,
-                (p.xn, wp(off.gate), p.gu),
-                (n, h, 2 * ffn),
-                false,
-                "prefill gate/up",
-            )?;
-            mark("gemm gate/up")?;
-            self.prefill_lora(p, (i, Group::GateUp), p.xn, (p.gu, 2 * ffn), n, mark)?;
-            k.swiglu_rows(p.gu, p.act, n, ffn)
-                .map_err(ERR.launch("prefill swiglu"))?;
-            mark("swiglu")?;
-            linear(
-                &p.gemm,
-                (p.act, wp(off.down), p.x),
-                (n, ffn, h),
-                true,
-                "prefill down_proj",
-            )?;
-            mark("gemm down_proj (+x)")?;
-            self.prefill_lora(p, (i, Group::Down), p.act, (p.x, h), n, mark)?;
+            self.prefill_mlp(p, i, n, mark)?;
         }
         Ok(())
+    }
+
+    /// Layer `i`'s MLP on the chunk's n rows (the layer's weights already dequantized in `p.w`):
+    /// X += (silu(G) * U) W_down^T with GU = rms_norm(X) [W_gate | W_up]^T, adapter included.
+    fn prefill_mlp(
+        &self,
+        p: &PrefillState,
+        i: usize,
+        n: usize,
+        mark: &mut dyn FnMut(&'static str) -> Result<()>,
+    ) -> Result<()> {
+        let (k, s, w) = (&p.kernels, &self.shape, &self.weights);
+        let (h, ffn) = (s.hidden, s.ffn);
+        let off = layer_offsets(s);
+        let wp = |elems: usize| p.w + (elems * 4) as u64;
+        let norm = w.norms_ptr + ((2 * i + 1) * h * 4) as u64;
+        k.rms_rows(p.x, norm, p.xn, n, h, s.eps)
+            .map_err(ERR.launch("prefill post-attention norm"))?;
+        mark("rms_norm")?;
+        linear(
+            &p.gemm,
+            (p.xn, wp(off.gate), p.gu),
+            (n, h, 2 * ffn),
+            false,
+            "prefill gate/up",
+        )?;
+        mark("gemm gate/up")?;
+        self.prefill_lora(p, (i, Group::GateUp), p.xn, (p.gu, 2 * ffn), n, mark)?;
+        k.swiglu_rows(p.gu, p.act, n, ffn)
+            .map_err(ERR.launch("prefill swiglu"))?;
+        mark("swiglu")?;
+        linear(
+            &p.gemm,
+            (p.act, wp(off.down), p.x),
+            (n, ffn, h),
+            true,
+            "prefill down_proj",
+        )?;
+        mark("gemm down_proj (+x)")?;
+        self.prefill_lora(p, (i, Group::Down), p.act, (p.x, h), n, mark)
     }
 }
 

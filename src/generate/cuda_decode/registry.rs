@@ -12,7 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::{Arc, Weak};
 
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::TensorId;
 
 use super::adapters::DecodeAdapter;
@@ -25,19 +25,35 @@ use crate::models::linear::{BaseWeight, Linear};
 use crate::models::llama::Llama;
 use crate::{Context, Result};
 
-/// What identifies a projection's weight: the address of its quantized tensor, or the id of its
-/// dense tensor (a merged or converted weight is a new tensor).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What identifies a projection's weight: its quantized tensor (held weakly: the allocation, and so
+/// its address, cannot be reused while the entry lives), or the id of its dense tensor (a merged or
+/// converted weight is a new tensor).
+#[derive(Debug, Clone)]
 enum WeightId {
-    Quantized(usize),
+    Quantized(Weak<QTensor>),
     Dense(TensorId),
 }
 
-fn weight_id(linear: &Linear) -> WeightId {
-    match linear.weight() {
-        BaseWeight::Quantized(QMatMul::QTensor(q)) => WeightId::Quantized(Arc::as_ptr(q) as usize),
-        BaseWeight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t))
-        | BaseWeight::Dense(t) => WeightId::Dense(t.id()),
+impl WeightId {
+    fn of(linear: &Linear) -> Self {
+        match linear.weight() {
+            BaseWeight::Quantized(QMatMul::QTensor(q)) => WeightId::Quantized(Arc::downgrade(q)),
+            BaseWeight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t))
+            | BaseWeight::Dense(t) => WeightId::Dense(t.id()),
+        }
+    }
+
+    /// Whether `linear` still holds this weight.
+    fn matches(&self, linear: &Linear) -> bool {
+        match (self, linear.weight()) {
+            (WeightId::Quantized(w), BaseWeight::Quantized(QMatMul::QTensor(q))) => {
+                std::ptr::eq(w.as_ptr(), Arc::as_ptr(q))
+            }
+            (WeightId::Dense(id), _) => {
+                matches!(WeightId::of(linear), WeightId::Dense(d) if d == *id)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -59,8 +75,8 @@ fn ineligible(linears: &[(String, &Linear)], built_from: &[WeightId]) -> Option<
     if linears.len() != built_from.len() {
         return Some("the model's projections changed since the engine was built".into());
     }
-    for ((name, linear), &id) in linears.iter().zip(built_from) {
-        if weight_id(linear) != id {
+    for ((name, linear), id) in linears.iter().zip(built_from) {
+        if !id.matches(linear) {
             return Some(format!(
                 "{name} changed since the engine was built (a merged adapter?)"
             ));
@@ -102,7 +118,7 @@ pub fn attach(
                 weights: model
                     .linear_layers()
                     .iter()
-                    .map(|(_, l)| weight_id(l))
+                    .map(|(_, l)| WeightId::of(l))
                     .collect(),
                 engine: Rc::new(RefCell::new(engine)),
                 busy: Rc::new(Cell::new(false)),

@@ -72,37 +72,40 @@ fn upload_err(what: &str, e: impl std::fmt::Debug) -> Error {
     }
 }
 
+/// The little-endian bytes of a flat tensor of `T`.
+fn le_bytes<T: candle_core::WithDType, const N: usize>(
+    flat: &Tensor,
+    name: &str,
+    bytes: fn(T) -> [u8; N],
+) -> Result<Vec<u8>> {
+    Ok(flat
+        .to_vec1::<T>()
+        .context(format!("reading {name}"))?
+        .into_iter()
+        .flat_map(bytes)
+        .collect())
+}
+
 /// A dense matrix's values as the kernels read them: bf16 and f16 as stored, f32 as f32, any other
 /// dtype widened to f32 (exact).
 fn dense_rows(t: &Tensor, name: &str) -> Result<(QuantType, Vec<u8>)> {
     let flat = t.flatten_all().context(format!("reading {name}"))?;
-    let bytes = match t.dtype() {
-        DType::BF16 => flat
-            .to_vec1::<half::bf16>()
-            .context(format!("reading {name}"))?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::F16 => flat
-            .to_vec1::<half::f16>()
-            .context(format!("reading {name}"))?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        _ => flat
-            .to_dtype(DType::F32)
-            .and_then(|t| t.to_vec1::<f32>())
-            .context(format!("reading {name}"))?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-    };
-    let quant = match t.dtype() {
-        DType::BF16 => QuantType::BF16,
-        DType::F16 => QuantType::F16,
-        _ => QuantType::F32,
-    };
-    Ok((quant, bytes))
+    Ok(match t.dtype() {
+        DType::BF16 => (
+            QuantType::BF16,
+            le_bytes(&flat, name, half::bf16::to_le_bytes)?,
+        ),
+        DType::F16 => (
+            QuantType::F16,
+            le_bytes(&flat, name, half::f16::to_le_bytes)?,
+        ),
+        _ => {
+            let f32s = flat
+                .to_dtype(DType::F32)
+                .context(format!("reading {name}"))?;
+            (QuantType::F32, le_bytes(&f32s, name, f32::to_le_bytes)?)
+        }
+    })
 }
 
 /// The raw blocks of a weight (GGML blocks, or dense rows in their stored dtype) with its format and

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes COUNT PEFT LoRA adapters (adapter_config.json + adapter_model.safetensors) with seeded random
-A and B on all seven projections of a SmolLM2 shape, for serving loads on the GPU machine (no hub
+A and B on all seven projections of a SmolLM2 (or Qwen2.5-0.5B) shape, for serving loads on the GPU machine (no hub
 there, and the values do not change the cost). B is not zero (PEFT's init), so every adapter changes
 the output and a server that dropped one would be seen.
 
@@ -19,6 +19,7 @@ SHAPES = {
     "smollm2-135m": (576, 1536, 30, 9, 3, 64),
     "smollm2-360m": (960, 2560, 32, 15, 5, 64),
     "smollm2-1.7b": (2048, 8192, 24, 32, 32, 64),
+    "qwen2.5-0.5b": (896, 4864, 24, 14, 2, 64),
 }
 
 

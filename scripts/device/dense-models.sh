@@ -12,6 +12,10 @@
 #   bench    for each shape: llama-bench -p 512 -n 128 -ngl 99 on the F16 GGUF, wick bench decode on
 #            the HF directory and on the F16 GGUF (512-token prompt, 128 tokens); results in
 #            $stage/results/{llamacpp,wick}-dense-<shape>[-gguf].json
+#   generate `wick generate --device cuda` end to end on each HF directory (the registry's path: engine
+#            attached at open, batched prefill, decode), without and with a random rank-16 PEFT adapter
+#            (random_peft_adapters.py, Qwen2.5-0.5B shapes only), each beside WICK_CUDA_DECODE=candle
+#            (Candle's path) for the greedy text; the engine's log lines are printed
 # WICK_DENSE_SHAPES picks the shapes (default: qwen2.5-0.5b llama-3.2-1b).
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -72,5 +76,29 @@ case "${1:-}" in
     done
     exit $rc
     ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  generate)
+    rc=0
+    prompt=$(python3 -c 'print(" ".join(f"w{i}" for i in range(1, 300)))')
+    for shape in $shapes; do
+      hf=$dense/$shape-hf
+      adapters=("")
+      if [[ $shape == qwen2.5-0.5b ]]; then
+        [[ -d $dense/adapters/a0 ]] || python3 "$repo/scripts/device/random_peft_adapters.py" "$dense/adapters" \
+          --count 1 --shape qwen2.5-0.5b || rc=1
+        adapters+=("--adapter $dense/adapters/a0")
+      fi
+      for a in "${adapters[@]}"; do
+        for path in engine candle; do
+          env=""; [[ $path == candle ]] && env="WICK_CUDA_DECODE=candle"
+          echo "== $shape $path ${a:-(no adapter)}"
+          env $env RUST_LOG=wick=info "$wick" generate --model "$hf" --device cuda --raw --prompt "$prompt" \
+            --max-tokens 48 --temperature 0 --seed 1 $a >"$results/gen-$shape-$path.txt" 2>"$results/gen-$shape-$path.err" || rc=1
+          grep -iE "decode engine|prefill" "$results/gen-$shape-$path.err" | cut -c1-200 | head -5
+          tail -c 300 "$results/gen-$shape-$path.txt"; echo
+        done
+      done
+    done
+    exit $rc
+    ;;
+  *) sed -n '2,/^# WICK_DENSE_SHAPES/p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

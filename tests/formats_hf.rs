@@ -164,6 +164,18 @@ fn sharded_safetensors_converted_to_dtype() {
             .to_scalar::<f32>()
             .unwrap();
         assert_eq!(diff, 0.0, "{name}");
+        // As stored, whatever the load dtype: what the CUDA decode engine uploads.
+        let wick::formats::weights::Weight::Dense(stored) = files.weights.get_stored(name).unwrap()
+        else {
+            panic!("{name}: a safetensors tensor is dense");
+        };
+        assert_eq!(stored.dtype(), DType::BF16, "{name}");
+        assert!(stored.device().is_cpu(), "{name}");
+        let bf16s = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap();
+        assert!(
+            bf16s(&stored) == bf16s(&originals[name]),
+            "{name}: stored values differ"
+        );
     }
     let template = files
         .chat_template

@@ -32,7 +32,7 @@ use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::{DType, Device};
 
 use super::{DecodeEngine, ERR};
-use crate::generate::cuda_decode::adapters::Group;
+use crate::generate::cuda_decode::adapters::{Group, GROUPS};
 use crate::generate::cuda_decode::EngineShape;
 use crate::gpu::decode::launch::device_ptr;
 use crate::gpu::decode::prefill::{
@@ -52,10 +52,6 @@ pub const GEMM_ATTENTION_MAX_KEYS: usize = 4096;
 /// Most bytes of the GEMM attention's scores scratch; fewer keys when heads x chunk x keys f32
 /// would exceed it.
 pub const GEMM_ATTENTION_SCRATCH_BYTES: usize = 96 << 20;
-
-/// Launches of an adapter's products in one layer of a chunk: per group one shrink and one expand
-/// per xa segment (q/k/v 1 + 3, o 1 + 1, gate/up 1 + 2, down 1 + 1).
-const LORA_LAUNCHES_PER_LAYER: usize = 11;
 
 /// Launches of one prefill chunk through `layers` layers: the embedding, then 13 per layer with the
 /// GEMM attention (`gemm_attention`), 10 with the attention kernel; one more per bias
@@ -267,8 +263,10 @@ impl DecodeEngine {
     /// Launches of one chunk of this engine's model (its biases and the adapter's products
     /// included).
     fn chunk_launches(&self, gemm_attention: bool) -> usize {
+        // Per layer and group, `prefill_lora`'s shrink and one expand per xa segment.
         let lora = if self.adapter.is_some() {
-            LORA_LAUNCHES_PER_LAYER * self.shape.layers
+            let per_layer: usize = GROUPS.iter().map(|g| 1 + g.projections().len()).sum();
+            per_layer * self.shape.layers
         } else {
             0
         };

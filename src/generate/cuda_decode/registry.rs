@@ -49,9 +49,11 @@ impl WeightId {
             (WeightId::Quantized(w), BaseWeight::Quantized(QMatMul::QTensor(q))) => {
                 std::ptr::eq(w.as_ptr(), Arc::as_ptr(q))
             }
-            (WeightId::Dense(id), _) => {
-                matches!(WeightId::of(linear), WeightId::Dense(d) if d == *id)
-            }
+            (
+                WeightId::Dense(id),
+                BaseWeight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t))
+                | BaseWeight::Dense(t),
+            ) => t.id() == *id,
             _ => false,
         }
     }

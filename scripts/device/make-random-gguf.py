@@ -14,7 +14,9 @@ By default the weights are F16 (llama-quantize turns the file into Q4_K_M / Q4_1
 Q4_K_M file, Q6_K for the output and for attn_v / ffn_down of every other layer, each block's
 scales fixed (Q4_K: sub-block scale and min 1, d = 2a/15, dmin = a; Q6_K: scales 1, d = a/32) and
 its 4/6-bit values random, so every weight lies in [-a, a] with a = 0.035 (std ~0.02): the same
-bytes and the same dequantization work as a quantized checkpoint, in seconds for 8B.
+bytes and the same dequantization work as a quantized checkpoint, in seconds for 8B. `--blocks
+q4_1` / `--blocks q8_0` write every matrix (the embedding too) in that format the same way (Q4_1:
+d = 2a/15, m = -a; Q8_0: d = a/127), for speed runs that need no llama.cpp build.
 
 usage: make-random-gguf.py --tokenizer-from SmolLM2-135M.gguf --shape smollm2-1.7b --out x.f16.gguf
        make-random-gguf.py --tokenizer-from ggml-vocab-qwen2.gguf --shape qwen2.5-0.5b --out q.f16.gguf
@@ -46,6 +48,14 @@ UNTIED = {"llama-3.1-8b"}
 QWEN2 = {"qwen2.5-0.5b"}
 # Half-range of the --blocks weights.
 BLOCK_RANGE = 0.035
+# --blocks: (the format of most matrices, of the "more bits" ones, the file type's name).
+BLOCKS = {
+    "q4_k_m": ("q4_k", "q6_k", "MOSTLY_Q4_K_M"),
+    "q4_1": ("q4_1", "q4_1", "MOSTLY_Q4_1"),
+    "q8_0": ("q8_0", "q8_0", "MOSTLY_Q8_0"),
+}
+# Weights per block and ggml type of each block kind.
+BLOCK_WEIGHTS = {"q4_k": 256, "q6_k": 256, "q4_1": 32, "q8_0": 32}
 
 
 def copy_tokenizer(reader: gguf.GGUFReader, writer: gguf.GGUFWriter) -> int:
@@ -66,9 +76,15 @@ def copy_tokenizer(reader: gguf.GGUFReader, writer: gguf.GGUFWriter) -> int:
 
 
 def block_pool(kind: str, seed: int, blocks: int = 1 << 16) -> np.ndarray:
-    """`blocks` random blocks of `kind` (q4_k or q6_k) as bytes [blocks, block bytes]."""
+    """`blocks` random blocks of `kind` (q4_k, q6_k, q4_1, q8_0) as bytes [blocks, block bytes]."""
     rng = np.random.default_rng(seed)
     a = BLOCK_RANGE
+    if kind == "q4_1":  # f16 d, f16 m, qs[16]: w = d * q + m
+        head = np.tile(np.array([2 * a / 15, -a], dtype=np.float16).view(np.uint8), (blocks, 1))
+        return np.concatenate([head, rng.integers(0, 256, (blocks, 16), dtype=np.uint8)], 1)
+    if kind == "q8_0":  # f16 d, i8 qs[32]: w = d * q
+        head = np.tile(np.array([a / 127], dtype=np.float16).view(np.uint8), (blocks, 1))
+        return np.concatenate([head, rng.integers(0, 256, (blocks, 32), dtype=np.uint8)], 1)
     if kind == "q4_k":  # f16 d, f16 dmin, scales[12], qs[128]: w = d * 1 * q - dmin * 1
         head = np.array([2 * a / 15, a], dtype=np.float16).view(np.uint8)
         scales = np.array([1] * 8 + [0x11] * 4, dtype=np.uint8)
@@ -87,7 +103,7 @@ def main() -> None:
     parser.add_argument("--shape", required=True, choices=sorted(SHAPES))
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--blocks", choices=["q4_k_m"], help="write random K-quant blocks directly")
+    parser.add_argument("--blocks", choices=sorted(BLOCKS), help="write random blocks directly")
     args = parser.parse_args()
     hidden, inter, layers, heads, kv_heads, theta, ctx = SHAPES[args.shape]
     head_dim = hidden // heads
@@ -109,25 +125,30 @@ def main() -> None:
     writer.add_layer_norm_rms_eps(1e-5)
     quant = gguf.GGMLQuantizationType
     file_type = gguf.LlamaFileType
-    writer.add_file_type(file_type.MOSTLY_Q4_K_M if args.blocks else file_type.MOSTLY_F16)
+    main_kind, more_kind, type_name = BLOCKS[args.blocks] if args.blocks else ("f16", "f16", "MOSTLY_F16")
+    writer.add_file_type(getattr(file_type, type_name))
 
     pool = (np.random.default_rng(args.seed).standard_normal(1 << 22) * 0.02).astype(np.float16)
-    pools = {k: block_pool(k, args.seed + i) for i, k in enumerate(["q4_k", "q6_k"])}
+    kinds = sorted({main_kind, more_kind}) if args.blocks else []
+    pools = {k: block_pool(k, args.seed + i) for i, k in enumerate(kinds)}
     counter = [0]
 
-    def weight(rows: int, cols: int, kind: str = "q4_k") -> None | np.ndarray:
+    def weight(rows: int, cols: int, kind: str) -> None | np.ndarray:
         # numpy [rows, cols] = ggml ne [cols, rows]: rows are output features, as llama.cpp writes them.
         counter[0] += 1
         if not args.blocks:
             flat = np.resize(np.roll(pool, counter[0] * 7919), rows * cols)
             return flat.reshape(rows, cols)
+        if cols % BLOCK_WEIGHTS[kind]:
+            raise SystemExit(f"{args.shape}: rows of {cols} weights are not whole {kind} blocks")
         blocks = np.roll(pools[kind], counter[0] * 7919, axis=0)
-        per_row = cols // 256
+        per_row = cols // BLOCK_WEIGHTS[kind]
         return np.resize(blocks, (rows * per_row, blocks.shape[1])).reshape(rows, -1)
 
-    def add(name: str, rows: int, cols: int, kind: str = "q4_k") -> None:
+    def add(name: str, rows: int, cols: int, more_bits: bool = False) -> None:
+        kind = more_kind if more_bits else main_kind
         w = weight(rows, cols, kind)
-        raw = (quant.Q4_K if kind == "q4_k" else quant.Q6_K) if args.blocks else None
+        raw = getattr(quant, kind.upper()) if args.blocks else None
         writer.add_tensor(name, w, raw_dtype=raw)
 
     ones = lambda n: np.ones(n, dtype=np.float32)  # noqa: E731
@@ -135,7 +156,7 @@ def main() -> None:
     add("token_embd.weight", vocab, hidden)
     for i in range(layers):
         p = f"blk.{i}."
-        more_bits = "q6_k" if i % 2 == 0 else "q4_k"
+        more_bits = i % 2 == 0
         writer.add_tensor(p + "attn_norm.weight", ones(hidden))
         add(p + "attn_q.weight", heads * head_dim, hidden)
         add(p + "attn_k.weight", kv_heads * head_dim, hidden)
@@ -151,7 +172,7 @@ def main() -> None:
         add(p + "ffn_down.weight", hidden, inter, more_bits)
     writer.add_tensor("output_norm.weight", ones(hidden))
     if untied:
-        add("output.weight", vocab, hidden, "q6_k")
+        add("output.weight", vocab, hidden, True)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -4,11 +4,12 @@
 //! - correctness against the Candle path with the weights dequantized to dense f32 (the engine's maths:
 //!   dequantized weights times f32 activations; only the summation order differs), both fed the f32
 //!   path's greedy tokens so positions stay aligned: (a) the engine's batched prefill
-//!   (`DecodeEngine::prefill`, what generation uses: the GEMM attention where it fits, and again with
-//!   the one-kernel attention forced), (b) the engine stepping the whole prompt itself,
-//!   (c) the engine taking over the f32 path's prefill KV cache (`load_prefix`, the fallback), each
-//!   for `--compare` positions (the first compares the prompt's last logits); max |logit
-//!   difference| <= `--tolerance`. The
+//!   (`DecodeEngine::prefill`, what generation uses: TF32 products, the GEMM attention where it
+//!   fits; again with the one-kernel attention forced; and again in full f32), (b) the engine
+//!   stepping the whole prompt itself, (c) the engine taking over the f32 path's prefill KV cache
+//!   (`load_prefix`, the fallback), each for `--compare` positions (the first compares the
+//!   prompt's last logits); max |logit difference| <= `--tolerance`, or `--tf32-tolerance` for the
+//!   two TF32 prefill runs. The
 //!   quantized Candle path (QMatMul quantizes activations to Q8_1, so its logits differ by O(1)) is
 //!   compared on greedy tokens only, as information;
 //! - speed at two shapes: prompt of `--prompt-tokens` then `--decode-tokens` (llama-batched-bench
@@ -52,6 +53,10 @@ pub struct Args {
     /// ~10-30; a wrong RoPE, cache row or softmax gives O(1).
     #[arg(long, default_value_t = 1e-2)]
     pub tolerance: f32,
+    /// The same for the runs whose prefill multiplies on the TF32 tensor cores (the default
+    /// prefill): inputs rounded to a 10-bit mantissa, ~1e-3 relative per product.
+    #[arg(long, default_value_t = 0.2)]
+    pub tf32_tolerance: f32,
     /// Prefills timed per path (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub prefill_reps: usize,
@@ -108,8 +113,12 @@ struct Report {
     weight_mb_per_step: f64,
     engine_build_s: f64,
     compare: Vec<CompareRow>,
+    /// Over the runs in full f32 (judged at `tolerance`).
     max_abs_logit_diff: f32,
     tolerance: f32,
+    /// Over the TF32 prefill runs (judged at `tf32_tolerance`).
+    max_abs_logit_diff_tf32: f32,
+    tf32_tolerance: f32,
     greedy_tokens_identical_f32: bool,
     greedy_tokens_identical_quantized_candle: bool,
     timings: Vec<Timing>,

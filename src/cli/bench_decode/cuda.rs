@@ -16,12 +16,18 @@ use super::{median, timing, Args, CompareRow, PrefillProfile, Report, Timing};
 
 /// The comparison runs, in order: the engine's batched prefill (GEMM attention, then the one-kernel
 /// attention forced), the engine stepping the prompt, the engine taking over Candle's prefill cache.
-const RUNS: [&str; 4] = [
+const RUNS: [&str; 5] = [
     "engine batched prefill",
     "engine batched prefill (attention kernel)",
+    "engine batched prefill (f32)",
     "engine steps",
     "candle prefill handoff",
 ];
+
+/// The runs whose prefill multiplies on the TF32 tensor cores (the engine's default).
+fn is_tf32_run(run: &str) -> bool {
+    run == RUNS[0] || run == RUNS[1]
+}
 
 /// Runs `wick bench decode`.
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -86,11 +92,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let reps = args.prefill_reps.max(1);
     let timings = speed(&mut engine, &models, &shapes, &engine_mode, reps)?;
 
-    let max_diff = compare
-        .iter()
-        .map(|r| r.max_abs_logit_diff)
-        .fold(0f32, f32::max);
-    let ok = max_diff <= args.tolerance && max_diff.is_finite();
+    let worst = |tf32: bool| {
+        compare
+            .iter()
+            .filter(|r| is_tf32_run(r.run) == tf32)
+            .map(|r| r.max_abs_logit_diff)
+            .fold(0f32, f32::max)
+    };
+    let (max_diff, max_diff_tf32) = (worst(false), worst(true));
+    let ok = max_diff <= args.tolerance
+        && max_diff_tf32 <= args.tf32_tolerance
+        && max_diff.is_finite()
+        && max_diff_tf32.is_finite();
     let report = Report {
         model: path.display().to_string(),
         device: std::env::var("WICK_DEVICE_NAME").unwrap_or_else(|_| args.device.clone()),
@@ -110,6 +123,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         compare,
         max_abs_logit_diff: max_diff,
         tolerance: args.tolerance,
+        max_abs_logit_diff_tf32: max_diff_tf32,
+        tf32_tolerance: args.tf32_tolerance,
         timings,
         ok,
     };
@@ -189,6 +204,10 @@ fn compare_runs(
             engine.use_prefill_attention_kernel(true)?;
             engine.prefill(prompt)?;
             engine.use_prefill_attention_kernel(false)?;
+        } else if run == "engine batched prefill (f32)" {
+            engine.use_prefill_tf32(false)?;
+            engine.prefill(prompt)?;
+            engine.use_prefill_tf32(true)?;
         } else if run == "engine steps" {
             for &id in prompt {
                 engine.step(id)?;
@@ -433,10 +452,12 @@ fn print_report(r: &Report, prompt_len: usize) {
         );
     }
     println!(
-        "max |logit diff| vs dense f32 {:.3e} (tolerance {:.1e}); greedy tokens identical: \
-         vs f32 {}, vs quantized Candle {} (information)",
+        "max |logit diff| vs dense f32 {:.3e} (tolerance {:.1e}), TF32 prefill runs {:.3e} \
+         (tolerance {:.1e}); greedy tokens identical: vs f32 {}, vs quantized Candle {} (information)",
         r.max_abs_logit_diff,
         r.tolerance,
+        r.max_abs_logit_diff_tf32,
+        r.tf32_tolerance,
         r.greedy_tokens_identical_f32,
         r.greedy_tokens_identical_quantized_candle
     );

@@ -18,7 +18,8 @@
 //!   reference; `dec_engine_lora_merged` the same logits against the merged model, and the greedy
 //!   ids of both (shape text) must agree.
 //! - `dec_engine_prefill`: the batched prefill (q/k/v biases and the adapter included) of all but
-//!   the last id, then a step on the cache it wrote, without adapter and with each.
+//!   the last id, then a step on the cache it wrote, without adapter and with each; in full f32
+//!   (at [`TOLERANCE`]) and on the TF32 tensor cores, the default (at [`TF32_TOLERANCE`]).
 //! - `dec_engine_lora_batch`: the batch engine, 3 sequences with slots [2, none, 1] and different
 //!   tokens, each against the reference with its own adapter.
 
@@ -45,6 +46,10 @@ use crate::{Context, Error, Result};
 /// adapter term is of the order of the adapter's effect, which `dec_engine_lora_effect` requires
 /// to be at least 10x this.
 pub const TOLERANCE: f64 = 1e-3;
+
+/// Tolerance of the logits after a prefill whose products ran on the TF32 tensor cores: inputs
+/// rounded to a 10-bit mantissa (2^-11 relative) before every product, ~1e-3 relative per layer.
+pub const TF32_TOLERANCE: f64 = 2e-2;
 
 /// One compared quantity.
 pub struct EngineCheck {
@@ -454,7 +459,11 @@ fn prefill_then_step(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Devi
     let mut engine = DecodeEngine::new(case.cfg, case.source, device)?;
     engine.load_adapter(1, &case.host[0], None)?;
     engine.load_adapter(2, &case.host[1], None)?;
-    for (slot, lora) in [(None, None), (Some(1), Some(0)), (Some(2), Some(1))] {
+    for (tf32, (slot, lora)) in [false, true]
+        .into_iter()
+        .flat_map(|t| [(None, None), (Some(1), Some(0)), (Some(2), Some(1))].map(|c| (t, c)))
+    {
+        engine.use_prefill_tf32(tf32)?;
         engine.set_adapter(slot)?;
         engine.reset();
         engine.prefill(prompt)?;
@@ -471,14 +480,15 @@ fn prefill_then_step(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Devi
         out.push(EngineCheck {
             kernel: "dec_engine_prefill".into(),
             shape: format!(
-                "{}, slot {slot:?}, {} prompt ids then 1 step, positions {} and {}",
+                "{}, {}, slot {slot:?}, {} prompt ids then 1 step, positions {} and {}",
                 case.name,
+                if tf32 { "TF32" } else { "f32" },
                 prompt.len(),
                 prompt.len() - 1,
                 prompt.len()
             ),
             max_rel_err: rel(&got, &want[prompt.len() - 1..]),
-            tolerance: TOLERANCE,
+            tolerance: if tf32 { TF32_TOLERANCE } else { TOLERANCE },
         });
     }
     Ok(())

@@ -20,7 +20,8 @@
 //! ```
 //! Prefill of a prompt of at least [`BATCHED_PREFILL_MIN`] tokens runs batched inside the engine
 //! ([`DecodeEngine::prefill`], `engine::prefill`): per layer the GGML blocks dequantized to f32 once,
-//! every product one f32 GEMM over the prompt (cuBLASLt, no TF32), RoPE and the cache write for all
+//! every product one GEMM over the prompt (cuBLASLt, f32 on the TF32 tensor cores unless
+//! [`DecodeEngine::use_prefill_tf32`]`(false)`), RoPE and the cache write for all
 //! positions, causal attention of all queries; then the LM head on the last token. Shorter prompts run
 //! the engine's step once per token. When the batched prefill fails, generation falls back to Candle's
 //! batched forward (`Llama::forward` with a `KvCache`) and copies its keys and values into the engine

@@ -1,7 +1,14 @@
 //! [`DecodeEngine::prefill`]: the prompt through the engine in chunks of up to [`PREFILL_CHUNK`]
-//! tokens, every matrix product as one f32 GEMM over the chunk (cuBLASLt, `gpu::gemm`, no TF32) on
-//! the layer's GGML blocks dequantized once per chunk, keys and values written straight into the
+//! tokens, every matrix product as one GEMM over the chunk (cuBLASLt, `gpu::gemm`) on the layer's
+//! GGML blocks dequantized to f32 once per chunk, keys and values written straight into the
 //! engine's cache. A child module of `engine` (it drives the engine's private buffers).
+//!
+//! Precision: the products run on the TF32 tensor cores by default (f32 values rounded to a 10-bit
+//! mantissa, f32 accumulation; at SmolLM2-1.7B shapes the f32 GEMMs were 85% of a 512-token chunk
+//! and TF32 runs them ~7x faster), the precision of llama.cpp's f16 prefill GEMMs with f32's range.
+//! [`DecodeEngine::use_prefill_tf32`]`(false)` multiplies in full f32 instead: then the prefill's
+//! logits equal stepping the prompt token by token up to the summation order (~1e-6 relative);
+//! with TF32 they differ by ~1e-3 relative (`dec_engine_prefill` checks both).
 //!
 //! One chunk of n tokens at positions pos .. pos + n (kernels/prefill.cu, launchers
 //! `gpu::decode::prefill`):
@@ -102,6 +109,8 @@ pub(super) struct PrefillState {
     scores: u64,
     /// Every chunk through the attention kernel.
     kernel_attention: bool,
+    /// The products on the TF32 tensor cores (the default) instead of in full f32.
+    tf32: bool,
     /// [chunk, 3 rank] x A^T of the chunk's tokens for an adapter's group (allocated for the
     /// first prefill with an adapter, at the pool's rank).
     lora_xa: Option<CudaSlice<f32>>,
@@ -202,23 +211,42 @@ impl PrefillState {
             qh: p[7],
             scores: p[8],
             kernel_attention: false,
+            tf32: true,
             lora_xa: None,
             _owned: owned,
         })
     }
 }
 
-/// Y [n, out] = X [n, k] W^T (W stored [out, k], as the weights), plus Y when `accumulate`.
-fn linear(
-    gemm: &Gemm,
-    (x, w, y): (u64, u64, u64),
-    (n, k, out): (usize, usize, usize),
-    accumulate: bool,
-    what: &'static str,
-) -> Result<()> {
-    let shape = GemmShape::contiguous((n, out, k), (false, true), DType::F32, DType::F32);
-    gemm.run(&shape, x, w, y, 1.0, if accumulate { 1.0 } else { 0.0 })
-        .map_err(ERR.launch(what))
+impl PrefillState {
+    /// `shape` (f32) on the TF32 tensor cores when the prefill runs in TF32.
+    fn precision(&self, shape: GemmShape) -> GemmShape {
+        GemmShape {
+            tf32: self.tf32,
+            ..shape
+        }
+    }
+
+    /// Y [n, out] = X [n, k] W^T (W stored [out, k], as the weights), plus Y when `accumulate`.
+    fn linear(
+        &self,
+        (x, w, y): (u64, u64, u64),
+        (n, k, out): (usize, usize, usize),
+        accumulate: bool,
+        what: &'static str,
+    ) -> Result<()> {
+        let shape = GemmShape::contiguous((n, out, k), (false, true), DType::F32, DType::F32);
+        self.gemm
+            .run(
+                &self.precision(shape),
+                x,
+                w,
+                y,
+                1.0,
+                if accumulate { 1.0 } else { 0.0 },
+            )
+            .map_err(ERR.launch(what))
+    }
 }
 
 impl DecodeEngine {
@@ -304,6 +332,18 @@ impl DecodeEngine {
         Ok(())
     }
 
+    /// Every later prefill's products on the TF32 tensor cores (`on`, the default) or in full f32
+    /// (see the module comment for what each gives). Builds the prefill state when there is none.
+    pub fn use_prefill_tf32(&mut self, on: bool) -> Result<()> {
+        if self.prefill.is_none() {
+            self.prefill = Some(PrefillState::new(self)?);
+        }
+        if let Some(p) = self.prefill.as_mut() {
+            p.tf32 = on;
+        }
+        Ok(())
+    }
+
     fn prefill_chunks(&mut self, p: &mut PrefillState, tokens: &[u32]) -> Result<()> {
         let stream = self.kernels.stream().clone();
         if let (Some(pool), Some(_)) = (&self.adapters, self.adapter) {
@@ -375,8 +415,7 @@ impl DecodeEngine {
             .map(|b| device_ptr(b, self.kernels.stream()))
             .ok_or_else(|| Error::InvalidRequest("prefill adapter scratch missing".into()))?;
         let sg = pool.slot_group(layer, g, slot);
-        linear(
-            &p.gemm,
+        p.linear(
             (x_in, sg.a, xa),
             (n, sg.k, sg.a_rows),
             false,
@@ -384,11 +423,11 @@ impl DecodeEngine {
         )?;
         mark("lora")?;
         for (j, &(row0, rows)) in sg.segments.iter().enumerate() {
-            let shape = GemmShape {
+            let shape = p.precision(GemmShape {
                 lda: sg.a_rows,
                 ldd: ldy,
                 ..GemmShape::contiguous((n, rows, sg.rank), (false, true), DType::F32, DType::F32)
-            };
+            });
             let a = xa + (j * sg.rank * 4) as u64;
             let b = sg.b + (row0 * sg.rank * 4) as u64;
             p.gemm
@@ -425,8 +464,7 @@ impl DecodeEngine {
             k.rms_rows(p.x, norm(2 * i), p.xn, n, h, eps)
                 .map_err(ERR.launch("prefill input norm"))?;
             mark("rms_norm")?;
-            linear(
-                &p.gemm,
+            p.linear(
                 (p.xn, wp(0), p.qkv),
                 (n, h, s.qkv_rows()),
                 false,
@@ -455,7 +493,7 @@ impl DecodeEngine {
                     self.pos,
                     n,
                     attention,
-                    scale,
+                    (scale, p.tf32),
                     &mut |kind| {
                         mark(kind).map_err(|e| candle_core::Error::Msg(format!("profile: {e}")))
                     },
@@ -466,8 +504,7 @@ impl DecodeEngine {
                     .map_err(ERR.launch("prefill attention"))?;
                 mark("attention")?;
             }
-            linear(
-                &p.gemm,
+            p.linear(
                 (p.attn, wp(off.o), p.x),
                 (n, qd, h),
                 true,
@@ -502,8 +539,7 @@ impl DecodeEngine {
         k.rms_rows(p.x, norm, p.xn, n, h, s.eps)
             .map_err(ERR.launch("prefill post-attention norm"))?;
         mark("rms_norm")?;
-        linear(
-            &p.gemm,
+        p.linear(
             (p.xn, wp(off.gate), p.gu),
             (n, h, 2 * ffn),
             false,
@@ -514,8 +550,7 @@ impl DecodeEngine {
         k.swiglu_rows(p.gu, p.act, n, ffn)
             .map_err(ERR.launch("prefill swiglu"))?;
         mark("swiglu")?;
-        linear(
-            &p.gemm,
+        p.linear(
             (p.act, wp(off.down), p.x),
             (n, ffn, h),
             true,

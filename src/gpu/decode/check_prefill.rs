@@ -385,7 +385,7 @@ fn gemm_attention_cases(
                 pos0,
                 n,
                 shape,
-                scale,
+                (scale, false),
                 &mut |_| Ok(()),
             )
             .map_err(launch_err("attention_gemm"))?;

@@ -22,7 +22,7 @@ use candle_core::{CudaDevice, DType};
 pub use super::attention_reference::{gemm_attention_ld, gemm_attention_scores_len};
 use super::attention_reference::{gemm_attention_shapes, AttentionShape};
 use super::QuantType;
-use crate::gpu::gemm::Gemm;
+use crate::gpu::gemm::{Gemm, GemmShape};
 use crate::gpu::kernels::{function, Module};
 use crate::gpu::launch::grid_blocks;
 
@@ -262,7 +262,7 @@ impl PrefillKernels {
     /// The GEMM formulation of [`Self::attention`]: causal attention of the n rotated queries in
     /// `qh` (head-major [heads, n, d], from [`Self::rope_kv_rows`]; positions pos0 + i) against
     /// cache rows 0 ..= pos0 + i, into `out` ([n, heads * d], as `attention` writes it). Four
-    /// launches: S = Q K^T (cuBLASLt f32, no TF32; batched over kv heads, the group's query heads
+    /// launches: S = Q K^T (cuBLASLt f32, on the TF32 tensor cores when `tf32`; batched over kv heads, the group's query heads
     /// stacked as the rows [g * n + i] of one product) into `scores`; the offset causal softmax in
     /// place; O = P V into `qh` (its queries are no longer needed); O to token-major rows.
     /// `scores`: at least [`gemm_attention_scores_len`]`(shape, n, pos0 + n)` floats. `mark(kind)`
@@ -276,7 +276,7 @@ impl PrefillKernels {
         pos0: usize,
         n: usize,
         shape: AttentionShape,
-        scale: f32,
+        (scale, tf32): (f32, bool),
         mark: &mut dyn FnMut(&'static str) -> Result<()>,
     ) -> Result<()> {
         if n == 0 {
@@ -295,6 +295,7 @@ impl PrefillKernels {
         // Per kv head: S [g n, L] = Q [g n, d] K^T and O [g n, d] = P V, K and V the cache rows
         // [L, d] with row stride kv_heads d (`reference::gemm_attention_shapes`).
         let (qk, pv, ld) = gemm_attention_shapes(shape, pos0, n);
+        let (qk, pv) = (GemmShape { tf32, ..qk }, GemmShape { tf32, ..pv });
         gemm.run(&qk, qh, k_cache, scores, 1.0, 0.0)?;
         mark("attention q k^T (gemm)")?;
         let rows = heads * n;

@@ -1,6 +1,7 @@
 //! `Gemm` against the f64 reference (`gpu::gemm::reference`) on the GPU, for `wick bench gpu-check`
 //! (records `gemm`): odd shapes and the model's, every (trans_a, trans_b), A/B in f32, bf16 and f16
-//! with D in the same type or f32, and three variants per combination:
+//! with D in the same type or f32, f32 on the TF32 tensor cores (judged at f16's tolerance: the same
+//! 10-bit mantissa), and three variants per combination:
 //! - `plain`: contiguous, one product, beta 0, D poisoned with NaN (beta 0 must not read it);
 //! - `strided`: padded leading dims, 3 products with gaps between them, B shared (stride 0),
 //!   alpha 0.75, beta 1 (D = C holds random values), A offset by one element (unaligned pointer);
@@ -135,22 +136,27 @@ pub fn check_cases(dev: &CudaDevice, seed: u64) -> Result<Vec<GemmCase>> {
         (24, 16, 576),
         (72, 24, 64),
     ];
+    // (A/B, D, TF32)
     let types = [
-        (DType::F32, DType::F32),
-        (DType::BF16, DType::BF16),
-        (DType::BF16, DType::F32),
-        (DType::F16, DType::F16),
-        (DType::F16, DType::F32),
+        (DType::F32, DType::F32, false),
+        (DType::F32, DType::F32, true),
+        (DType::BF16, DType::BF16, false),
+        (DType::BF16, DType::F32, false),
+        (DType::F16, DType::F16, false),
+        (DType::F16, DType::F32, false),
     ];
     for (m, n, k) in shapes {
-        for (ab_type, d_type) in types {
+        for (ab_type, d_type, tf32) in types {
             for trans in [(false, false), (false, true), (true, false), (true, true)] {
                 for variant in [Variant::Plain, Variant::Strided, Variant::RunC] {
                     seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
                     cases.push(one_case(
                         &gemm,
                         &stream,
-                        GemmShape::contiguous((m, n, k), trans, ab_type, d_type),
+                        GemmShape {
+                            tf32,
+                            ..GemmShape::contiguous((m, n, k), trans, ab_type, d_type)
+                        },
                         variant,
                         seed >> 8,
                     )?);
@@ -255,13 +261,14 @@ fn one_case(
     Ok(GemmCase {
         ab_type: ab,
         shape: format!(
-            "m{} n{} k{} t{}{} {}->{} ld {}/{}/{} batch {} alpha {alpha} beta {beta} {variant:?}{text}",
+            "m{} n{} k{} t{}{} {}{}->{} ld {}/{}/{} batch {} alpha {alpha} beta {beta} {variant:?}{text}",
             shape.m,
             shape.n,
             shape.k,
             shape.trans_a as u8,
             shape.trans_b as u8,
             ab.as_str(),
+            if shape.tf32 { " (tf32)" } else { "" },
             dt.as_str(),
             shape.lda,
             shape.ldb,
@@ -269,6 +276,11 @@ fn one_case(
             shape.batch,
         ),
         max_rel_err: max_err,
-        tolerance: tolerance(dt),
+        // TF32 keeps f16's 10-bit mantissa.
+        tolerance: if shape.tf32 {
+            tolerance(DType::F16)
+        } else {
+            tolerance(dt)
+        },
     })
 }

@@ -214,8 +214,13 @@ impl Gemm {
         }
         let ab_type = lt_data_type(shape.ab_type)?;
         let d_type = lt_data_type(shape.d_type)?;
+        let compute = if shape.tf32 {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+        };
         let desc = lt::create_matmul_desc(
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            compute,
             sys::cudaDataType_t::CUDA_R_32F,
         )
         .map_err(|e| cuda_err(&what, e))?;

@@ -315,7 +315,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             float bv = lora_load(lora, 0, row);                                                     \
             float xv = lora_xa_issue(lora, 0, seg);                                                 \
             float acc = 0.f;                                                                        \
-            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32)                              \
+            _Pragma("unroll 8") for (int i = lane; i < parts; i += 32)                              \
                 acc += rdot_##Q(wr, i >> 2, i & 3, xs + (i >> 2) * 32);                             \
             xv = lora_xa_settle(lora, 0, seg, xv);                                                  \
             acc = warp_sum(acc + lora_lane(lora, xv, bv, 0, row, seg));                             \
@@ -344,7 +344,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             float bg = lora_load(lora, 0, row), bu = lora_load(lora, 0, rows + row);                \
             float xg = lora_xa_issue(lora, 0, 0), xu = lora_xa_issue(lora, 0, 1);                   \
             float g = 0.f, u = 0.f;                                                                 \
-            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                            \
+            _Pragma("unroll 8") for (int i = lane; i < parts; i += 32) {                            \
                 const float* xb = xs + (i >> 2) * 32;                                               \
                 g += rdot_##Q(gr, i >> 2, i & 3, xb);                                               \
                 u += rdot_##Q(ur, i >> 2, i & 3, xb);                                               \
@@ -382,22 +382,81 @@ __device__ __forceinline__ float part_dot_q8(const float* w, const float* xb, in
     return w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w + w[4] * x1.x + w[5] * x1.y +
            w[6] * x1.z + w[7] * x1.w;
 }
-#define GENERIC_ACCESS(Q, WEIGHTS, BYTES)                                                           \
+// Row bytes and the part's dot with x for a format with an rpart_w_<q> (the 8 part weights).
+#define PART_ACCESS(Q, WEIGHTS, BYTES)                                                              \
     __device__ __forceinline__ int row_bytes_##Q(int k) { return (k / WEIGHTS) * BYTES; }           \
-    __device__ __forceinline__ void rpart_w_##Q(const uint8_t* r, int blk, int p, float* w) {       \
-        w4_##Q(r, blk, 2 * p, w);                                                                   \
-        w4_##Q(r, blk, 2 * p + 1, w + 4);                                                           \
-    }                                                                                               \
     __device__ __forceinline__ float rdot_##Q(const uint8_t* r, int blk, int p, const float* xb) {  \
         float w[8];                                                                                 \
         rpart_w_##Q(r, blk, p, w);                                                                  \
         return part_dot_q8(w, xb, p);                                                               \
     }
+// The part as two 4-weight dequantizations of ggml_blocks.cuh.
+#define GENERIC_ACCESS(Q, WEIGHTS, BYTES)                                                           \
+    __device__ __forceinline__ void rpart_w_##Q(const uint8_t* r, int blk, int p, float* w) {       \
+        w4_##Q(r, blk, 2 * p, w);                                                                   \
+        w4_##Q(r, blk, 2 * p + 1, w + 4);                                                           \
+    }                                                                                               \
+    PART_ACCESS(Q, WEIGHTS, BYTES)
 GENERIC_ACCESS(q5_0, 32, 22)
 GENERIC_ACCESS(q5_1, 32, 24)
-GENERIC_ACCESS(q4_K, 256, 144)
 GENERIC_ACCESS(q5_K, 256, 176)
-GENERIC_ACCESS(q6_K, 256, 210)
+// Q4_K and Q6_K (a Q4_K_M file's formats) read a part's bytes in words, not byte by byte (w4_q4_K
+// and w4_q6_K load each quant, scale and f16 half separately: ~20 loads per part, which bound the
+// mat-vec at SmolLM2-1.7B shapes). Same weights, same f32 operations.
+// Q4_K part p of sub-block s: f16 d, f16 dmin, 12 bytes of 6-bit scales/mins (words s0 s1 s2, ggml's
+// get_scale_min_k4 below), quant bytes 16 + 32 (s >> 1) + 8p .. + 8, nibble (s & 1). A row of k
+// weights is k / 256 * 144 bytes, a multiple of 16, so with the matrix 16-byte aligned (every
+// engine matrix is its own allocation) the words are aligned.
+__device__ __forceinline__ void rpart_w_q4_K(const uint8_t* r, int blk, int p, float* w) {
+    const uint8_t* b = r + (size_t)(blk >> 3) * 144;
+    int s = blk & 7, sh8 = 8 * (s & 3);
+    uint4 head = *reinterpret_cast<const uint4*>(b);  // d, dmin | scales 0-3 | 4-7 | 8-11
+    uint32_t sc, mn;
+    if (s < 4) {
+        sc = (head.y >> sh8) & 63;
+        mn = (head.z >> sh8) & 63;
+    } else {
+        uint32_t hi = head.w >> sh8;
+        sc = (hi & 15) | (((head.y >> sh8) >> 6 & 3) << 4);
+        mn = (hi >> 4 & 15) | (((head.z >> sh8) >> 6 & 3) << 4);
+    }
+    float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&head.x));
+    float d = dm.x * (float)sc, dmin = dm.y * (float)mn;
+    uint2 q = *reinterpret_cast<const uint2*>(b + 16 + 32 * (s >> 1) + 8 * p);
+    int sh = (s & 1) * 4;
+    uint32_t lo = (q.x >> sh) & 0x0f0f0f0fu, hi = (q.y >> sh) & 0x0f0f0f0fu;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        w[i] = d * (float)((lo >> (8 * i)) & 255) - dmin;
+        w[4 + i] = d * (float)((hi >> (8 * i)) & 255) - dmin;
+    }
+}
+PART_ACCESS(q4_K, 256, 144)
+// Four bytes from a 2-byte aligned address (Q6_K's 210-byte super-blocks are only that aligned).
+__device__ __forceinline__ uint32_t ld_u32_a2(const uint8_t* at) {
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(at);
+    return (uint32_t)h[0] | ((uint32_t)h[1] << 16);
+}
+// Q6_K part p of sub-block s (n = s >> 2, t = s & 3): low nibbles ql at 64n + 32 (t & 1) + 8p
+// (nibble t >> 1), high 2 bits qh at 128 + 32n + 8p (bits 2t), scale int8 at 192 + 8n + 2t + (p >> 1),
+// f16 d at 208; w = d scale (q - 32).
+__device__ __forceinline__ void rpart_w_q6_K(const uint8_t* r, int blk, int p, float* w) {
+    const uint8_t* b = r + (size_t)(blk >> 3) * 210;
+    int s = blk & 7, n = s >> 2, t = s & 3;
+    const uint8_t* ql = b + 64 * n + 32 * (t & 1) + 8 * p;
+    const uint8_t* qh = b + 128 + 32 * n + 8 * p;
+    uint32_t l[2] = {ld_u32_a2(ql), ld_u32_a2(ql + 4)}, h[2] = {ld_u32_a2(qh), ld_u32_a2(qh + 4)};
+    float d = __half2float(*reinterpret_cast<const __half*>(b + 208)) *
+              (float)reinterpret_cast<const int8_t*>(b + 192)[8 * n + 2 * t + (p >> 1)];
+    int shl = (t >> 1) * 4, shh = 2 * t;
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        uint32_t v = ((l[j] >> shl) & 0x0f0f0f0fu) | (((h[j] >> shh) & 0x03030303u) << 4);
+#pragma unroll
+        for (int i = 0; i < 4; i++) w[4 * j + i] = d * (float)((int)((v >> (8 * i)) & 63) - 32);
+    }
+}
+PART_ACCESS(q6_K, 256, 210)
 // Dense weights (HF bf16/f16/f32 checkpoints): part p of block blk is 8 consecutive values (Q8_0's
 // order), one 16-byte load for f16/bf16 (a warp reads 512 consecutive bytes per step), two for f32.
 __device__ __forceinline__ void rpart_w_f32(const uint8_t* r, int blk, int p, float* w) {
@@ -419,16 +478,9 @@ __device__ __forceinline__ void rpart_w_bf16(const uint8_t* r, int blk, int p, f
     w[0] = bf16_lo(v.x), w[1] = bf16_hi(v.x), w[2] = bf16_lo(v.y), w[3] = bf16_hi(v.y);
     w[4] = bf16_lo(v.z), w[5] = bf16_hi(v.z), w[6] = bf16_lo(v.w), w[7] = bf16_hi(v.w);
 }
-#define DENSE_ACCESS(Q, WEIGHT_BYTES)                                                               \
-    __device__ __forceinline__ int row_bytes_##Q(int k) { return k * WEIGHT_BYTES; }                \
-    __device__ __forceinline__ float rdot_##Q(const uint8_t* r, int blk, int p, const float* xb) {  \
-        float w[8];                                                                                 \
-        rpart_w_##Q(r, blk, p, w);                                                                  \
-        return part_dot_q8(w, xb, p);                                                               \
-    }
-DENSE_ACCESS(f32, 4)
-DENSE_ACCESS(f16, 2)
-DENSE_ACCESS(bf16, 2)
+PART_ACCESS(f32, 32, 128)
+PART_ACCESS(f16, 32, 64)
+PART_ACCESS(bf16, 32, 64)
 
 // x[0..hidden) = dequantized row `token` of a table (4 weights per thread).
 #define DEFINE_EMBED_ROW(Q)                                                                         \

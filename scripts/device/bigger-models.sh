@@ -6,6 +6,9 @@
 # usage: bash scripts/device/bigger-models.sh STEP
 #   make     random-weight F16 GGUF at SmolLM2-1.7B shapes with the default model's tokenizer
 #            (make-random-gguf.py, llama.cpp's gguf-py), then llama-quantize to Q4_K_M, Q4_1, Q8_0
+#   make-blocks  the same three files with random blocks written directly in llama-quantize's
+#            choice of types (make-random-gguf.py --blocks; no llama.cpp build needed): the
+#            tokenizer from $WICK_VOCAB_GGUF (vocab-only-gguf.py of the default GGUF) or the default GGUF
 #   bench    for each file: llama-bench -p 512 -n 128 -ngl 99 and wick bench decode (512-token prompt,
 #            128 tokens), results in $stage/results/{llamacpp,wick}-big-<type>.json
 set -uo pipefail
@@ -34,6 +37,24 @@ case "${1:-}" in
       ls -la "$out"
     done
     ;;
+  make-blocks)
+    vocab=${WICK_VOCAB_GGUF:-$gguf}
+    [[ -n $vocab && -f $vocab ]] || { echo "bigger-models: no tokenizer GGUF (WICK_VOCAB_GGUF)"; exit 1; }
+    pids=()
+    for type in $types; do
+      name=$(echo "$type" | tr 'A-Z' 'a-z')
+      out=$big/smollm2-1.7b.$name.gguf
+      [[ -f $out ]] && continue
+      PYTHONPATH=$stage/e2e/llama.cpp/gguf-py${PYTHONPATH:+:$PYTHONPATH} python3 \
+        "$repo/scripts/device/make-random-gguf.py" --tokenizer-from "$vocab" --shape smollm2-1.7b \
+        --blocks "$name" --out "$out" >"$out.log" 2>&1 &
+      pids+=($!)
+    done
+    rc=0
+    for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+    ls -la "$big"
+    exit $rc
+    ;;
   bench)
     rc=0
     for type in $types; do
@@ -46,5 +67,5 @@ case "${1:-}" in
     done
     exit $rc
     ;;
-  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -10,13 +10,16 @@ Qwen2.5's is models/ggml-vocab-qwen2.gguf (151936 tokens, the model's padded voc
 hub); Qwen2 files get q/k/v biases (f32, N(0, 0.02)).
 
 By default the weights are F16 (llama-quantize turns the file into Q4_K_M / Q4_1 / Q8_0). With
-`--blocks q4_k_m` the blocks are written directly, no llama-quantize: Q4_K everywhere as in a
-Q4_K_M file, Q6_K for the output and for attn_v / ffn_down of every other layer, each block's
+`--blocks q4_k_m` the blocks are written directly, no llama-quantize, in llama-quantize's choice of
+types (src/llama-quant.cpp): Q4_K everywhere, Q6_K for the output (the token embedding when tied)
+and for attn_v / ffn_down of the layers its use_more_bits picks (the first and last eighth, every
+third between; sessions before 10 used every other layer), each block's
 scales fixed (Q4_K: sub-block scale and min 1, d = 2a/15, dmin = a; Q6_K: scales 1, d = a/32) and
 its 4/6-bit values random, so every weight lies in [-a, a] with a = 0.035 (std ~0.02): the same
 bytes and the same dequantization work as a quantized checkpoint, in seconds for 8B. `--blocks
-q4_1` / `--blocks q8_0` write every matrix (the embedding too) in that format the same way (Q4_1:
-d = 2a/15, m = -a; Q8_0: d = a/127), for speed runs that need no llama.cpp build.
+q4_1` / `--blocks q8_0` write every matrix in that format the same way (Q4_1: d = 2a/15, m = -a;
+Q8_0: d = a/127), the output (tied embedding) Q6_K / Q8_0 as llama-quantize picks it, for speed
+runs that need no llama-quantize: wick and llama.cpp then read the same file.
 
 usage: make-random-gguf.py --tokenizer-from SmolLM2-135M.gguf --shape smollm2-1.7b --out x.f16.gguf
        make-random-gguf.py --tokenizer-from ggml-vocab-qwen2.gguf --shape qwen2.5-0.5b --out q.f16.gguf
@@ -48,11 +51,12 @@ UNTIED = {"llama-3.1-8b"}
 QWEN2 = {"qwen2.5-0.5b"}
 # Half-range of the --blocks weights.
 BLOCK_RANGE = 0.035
-# --blocks: (the format of most matrices, of the "more bits" ones, the file type's name).
+# --blocks: (the format of most matrices, of the "more bits" attn_v / ffn_down, of the output or
+# tied embedding, the file type's name), as llama-quantize picks them.
 BLOCKS = {
-    "q4_k_m": ("q4_k", "q6_k", "MOSTLY_Q4_K_M"),
-    "q4_1": ("q4_1", "q4_1", "MOSTLY_Q4_1"),
-    "q8_0": ("q8_0", "q8_0", "MOSTLY_Q8_0"),
+    "q4_k_m": ("q4_k", "q6_k", "q6_k", "MOSTLY_Q4_K_M"),
+    "q4_1": ("q4_1", "q4_1", "q6_k", "MOSTLY_Q4_1"),
+    "q8_0": ("q8_0", "q8_0", "q8_0", "MOSTLY_Q8_0"),
 }
 # Weights per block and ggml type of each block kind.
 BLOCK_WEIGHTS = {"q4_k": 256, "q6_k": 256, "q4_1": 32, "q8_0": 32}
@@ -125,11 +129,14 @@ def main() -> None:
     writer.add_layer_norm_rms_eps(1e-5)
     quant = gguf.GGMLQuantizationType
     file_type = gguf.LlamaFileType
-    main_kind, more_kind, type_name = BLOCKS[args.blocks] if args.blocks else ("f16", "f16", "MOSTLY_F16")
+    kinds_of = BLOCKS[args.blocks] if args.blocks else ("f16", "f16", "f16", "MOSTLY_F16")
+    main_kind, more_kind, output_kind, type_name = kinds_of
     writer.add_file_type(getattr(file_type, type_name))
 
     pool = (np.random.default_rng(args.seed).standard_normal(1 << 22) * 0.02).astype(np.float16)
-    kinds = sorted({main_kind, more_kind}) if args.blocks else []
+    if args.blocks and hidden % BLOCK_WEIGHTS[output_kind]:
+        output_kind = "q8_0"  # llama-quantize's choice for an output whose rows are not whole blocks
+    kinds = sorted({main_kind, more_kind, output_kind}) if args.blocks else []
     pools = {k: block_pool(k, args.seed + i) for i, k in enumerate(kinds)}
     counter = [0]
 
@@ -145,18 +152,20 @@ def main() -> None:
         per_row = cols // BLOCK_WEIGHTS[kind]
         return np.resize(blocks, (rows * per_row, blocks.shape[1])).reshape(rows, -1)
 
-    def add(name: str, rows: int, cols: int, more_bits: bool = False) -> None:
-        kind = more_kind if more_bits else main_kind
+    def add(name: str, rows: int, cols: int, kind: str = main_kind) -> None:
         w = weight(rows, cols, kind)
         raw = getattr(quant, kind.upper()) if args.blocks else None
         writer.add_tensor(name, w, raw_dtype=raw)
 
     ones = lambda n: np.ones(n, dtype=np.float32)  # noqa: E731
-    # Tied embeddings (SmolLM2): no output.weight, llama.cpp uses token_embd for the head.
-    add("token_embd.weight", vocab, hidden)
+    # Tied embeddings (SmolLM2): no output.weight, llama.cpp uses token_embd for the head and
+    # quantizes it as the output.
+    add("token_embd.weight", vocab, hidden, main_kind if untied else output_kind)
     for i in range(layers):
         p = f"blk.{i}."
-        more_bits = i % 2 == 0
+        # llama-quantize's use_more_bits(i_layer, n_layers).
+        n8 = layers // 8
+        more_bits = more_kind if i < n8 or i >= 7 * layers // 8 or (i - n8) % 3 == 2 else main_kind
         writer.add_tensor(p + "attn_norm.weight", ones(hidden))
         add(p + "attn_q.weight", heads * head_dim, hidden)
         add(p + "attn_k.weight", kv_heads * head_dim, hidden)
@@ -172,7 +181,7 @@ def main() -> None:
         add(p + "ffn_down.weight", hidden, inter, more_bits)
     writer.add_tensor("output_norm.weight", ones(hidden))
     if untied:
-        add("output.weight", vocab, hidden, True)
+        add("output.weight", vocab, hidden, output_kind)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -12,7 +12,12 @@
 // Work split: one warp per output row (grid-stride over rows); lane i takes part (i & 3) of block
 // (i >> 2), i.e. 8 weights, so a warp covers 8 blocks per iteration (unrolled 4 times, so a lane's
 // weight loads are in flight together: the kernels are bound by load latency, not bandwidth).
-// x (normalized when the kernel fuses RMSNorm) sits in shared memory as f32.
+// x (normalized when the kernel fuses RMSNorm) sits in shared memory as f32, odd 32-value blocks
+// swizzled (value e at e ^ XS_SWIZZLE_<q>: 16 for Q4_0/Q4_1, whose parts read x at 4p and 16 + 4p,
+// 4 for the others, which read 8p and 8p + 4), so the two 16-byte x reads of a quarter-warp (two
+// blocks, four parts each) hit 32 different banks. Unswizzled they were 2-way bank conflicts, and a
+// weight byte needs 4-6 bytes of x (f32 per weight): at SmolLM2-1.7B shapes the shared-memory reads,
+// not HBM, bound the mat-vec (15% of DRAM bandwidth, ncu).
 //
 // qmv_<q>(w, x, norm_w, y, rows, k, eps, accumulate):
 //   xn = norm_w ? x * rsqrt(mean(x^2) + eps) * norm_w : x
@@ -183,13 +188,14 @@ __device__ __forceinline__ float lora_lane(const LoraEpi& L, float xv, float bv,
 }
 
 
-// Dot product of part p (0..3) of one block with the 32 x values of that block.
-__device__ __forceinline__ float dot_part_q4_0(const uint8_t* blk, int p, const float* xb) {
+// Dot product of part p (0..3) of one block with the 32 x values of that block, stored swizzled by
+// sw (0, or the format's XS_SWIZZLE for an odd block: value e at e ^ sw).
+__device__ __forceinline__ float dot_part_q4_0(const uint8_t* blk, int p, const float* xb, int sw) {
     float d = __half2float(*reinterpret_cast<const __half*>(blk));
     const uint16_t* qs = reinterpret_cast<const uint16_t*>(blk + 2 + 4 * p);
     uint32_t q = (uint32_t)qs[0] | ((uint32_t)qs[1] << 16);
-    float4 xl = *reinterpret_cast<const float4*>(xb + 4 * p);
-    float4 xh = *reinterpret_cast<const float4*>(xb + 16 + 4 * p);
+    float4 xl = *reinterpret_cast<const float4*>(xb + (4 * p ^ sw));
+    float4 xh = *reinterpret_cast<const float4*>(xb + ((16 + 4 * p) ^ sw));
     float s = (float)(q & 15) * xl.x + (float)((q >> 8) & 15) * xl.y + (float)((q >> 16) & 15) * xl.z +
               (float)((q >> 24) & 15) * xl.w + (float)((q >> 4) & 15) * xh.x +
               (float)((q >> 12) & 15) * xh.y + (float)((q >> 20) & 15) * xh.z + (float)((q >> 28) & 15) * xh.w;
@@ -197,12 +203,12 @@ __device__ __forceinline__ float dot_part_q4_0(const uint8_t* blk, int p, const 
     return d * (s - 8.f * sx);
 }
 
-__device__ __forceinline__ float dot_part_q4_1(const uint8_t* blk, int p, const float* xb) {
+__device__ __forceinline__ float dot_part_q4_1(const uint8_t* blk, int p, const float* xb, int sw) {
     __half2 dm = *reinterpret_cast<const __half2*>(blk);
     float d = __low2float(dm), m = __high2float(dm);
     uint32_t q = *reinterpret_cast<const uint32_t*>(blk + 4 + 4 * p);
-    float4 xl = *reinterpret_cast<const float4*>(xb + 4 * p);
-    float4 xh = *reinterpret_cast<const float4*>(xb + 16 + 4 * p);
+    float4 xl = *reinterpret_cast<const float4*>(xb + (4 * p ^ sw));
+    float4 xh = *reinterpret_cast<const float4*>(xb + ((16 + 4 * p) ^ sw));
     float s = (float)(q & 15) * xl.x + (float)((q >> 8) & 15) * xl.y + (float)((q >> 16) & 15) * xl.z +
               (float)((q >> 24) & 15) * xl.w + (float)((q >> 4) & 15) * xh.x +
               (float)((q >> 12) & 15) * xh.y + (float)((q >> 20) & 15) * xh.z + (float)((q >> 28) & 15) * xh.w;
@@ -210,11 +216,11 @@ __device__ __forceinline__ float dot_part_q4_1(const uint8_t* blk, int p, const 
     return d * s + m * sx;
 }
 
-__device__ __forceinline__ float dot_part_q8_0(const uint8_t* blk, int p, const float* xb) {
+__device__ __forceinline__ float dot_part_q8_0(const uint8_t* blk, int p, const float* xb, int sw) {
     float d = __half2float(*reinterpret_cast<const __half*>(blk));
     const uint16_t* qs = reinterpret_cast<const uint16_t*>(blk + 2 + 8 * p);
-    float4 x0 = *reinterpret_cast<const float4*>(xb + 8 * p);
-    float4 x1 = *reinterpret_cast<const float4*>(xb + 8 * p + 4);
+    float4 x0 = *reinterpret_cast<const float4*>(xb + (8 * p ^ sw));
+    float4 x1 = *reinterpret_cast<const float4*>(xb + ((8 * p + 4) ^ sw));
     uint16_t a = qs[0], b = qs[1], c = qs[2], e = qs[3];
     float s = (float)(int8_t)(a & 255) * x0.x + (float)(int8_t)(a >> 8) * x0.y +
               (float)(int8_t)(b & 255) * x0.z + (float)(int8_t)(b >> 8) * x0.w +
@@ -229,7 +235,11 @@ __device__ __forceinline__ float dot_part_q8_0(const uint8_t* blk, int p, const 
 // strided loop issued them one after another: ~3 us of the ~8 us of a 576-wide mat-vec, ~20 us at
 // 8 sequences).
 #define LOAD_UNROLL 8
-__device__ __forceinline__ void copy_to_shared(const float* __restrict__ x, float* xs, int total) {
+// Shared-memory slot of x element i when odd 32-value blocks hold value e at e ^ sw (sw 0: the plain
+// layout; see XS_SWIZZLE_<q>).
+__device__ __forceinline__ int xs_slot(int i, int sw) { return i ^ (sw & -((i >> 5) & 1)); }
+__device__ __forceinline__ void copy_to_shared(const float* __restrict__ x, float* xs, int total,
+                                               int sw = 0) {
     int bd = blockDim.x;
     if ((total & 3) == 0 && aligned16(x)) {
         const float4* x4 = reinterpret_cast<const float4*>(x);
@@ -242,24 +252,26 @@ __device__ __forceinline__ void copy_to_shared(const float* __restrict__ x, floa
                 if (base + u * bd < n4) v[u] = __ldg(x4 + base + u * bd);
 #pragma unroll
             for (int u = 0; u < LOAD_UNROLL; u++)
-                if (base + u * bd < n4) s4[base + u * bd] = v[u];
+                if (base + u * bd < n4) s4[xs_slot(4 * (base + u * bd), sw) >> 2] = v[u];
         }
     } else {
-        for (int i = threadIdx.x; i < total; i += bd) xs[i] = x[i];
+        for (int i = threadIdx.x; i < total; i += bd) xs[xs_slot(i, sw)] = x[i];
     }
     __syncthreads();
 }
 
-// Copies x[0..k) into shared xs, RMS-normalized and scaled by norm_w when norm_w is not null.
+// Copies x[0..k) into shared xs (element i at xs_slot(i, sw)), RMS-normalized and scaled by norm_w
+// when norm_w is not null (each thread sums the same elements in the same order whatever sw).
 __device__ __forceinline__ void load_x(const float* __restrict__ x, const float* __restrict__ norm_w,
-                                       float eps, int k, float* xs) {
+                                       float eps, int k, float* xs, int sw) {
     __shared__ float red[32];
-    copy_to_shared(x, xs, k);
+    copy_to_shared(x, xs, k, sw);
     if (norm_w != nullptr) {
         float ss = 0.f;
-        for (int i = threadIdx.x; i < k; i += blockDim.x) ss += xs[i] * xs[i];
+        for (int i = threadIdx.x; i < k; i += blockDim.x) ss += xs[xs_slot(i, sw)] * xs[xs_slot(i, sw)];
         float r = rsqrtf(block_sum(ss, red) / (float)k + eps);
-        for (int i = threadIdx.x; i < k; i += blockDim.x) xs[i] = xs[i] * r * norm_w[i];
+        for (int i = threadIdx.x; i < k; i += blockDim.x)
+            xs[xs_slot(i, sw)] = xs[xs_slot(i, sw)] * r * norm_w[i];
         __syncthreads();
     }
 }
@@ -306,7 +318,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
         prefetch_first_row(w, rows, row_bytes_##Q(k), block);                                       \
-        load_x(x, norm_w, eps, k, xs);                                                              \
+        load_x(x, norm_w, eps, k, xs, XS_SWIZZLE_##Q);                                                              \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
         for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
@@ -315,7 +327,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             float bv = lora_load(lora, 0, row);                                                     \
             float xv = lora_xa_issue(lora, 0, seg);                                                 \
             float acc = 0.f;                                                                        \
-            _Pragma("unroll 8") for (int i = lane; i < parts; i += 32)                              \
+            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32)                              \
                 acc += rdot_##Q(wr, i >> 2, i & 3, xs + (i >> 2) * 32);                             \
             xv = lora_xa_settle(lora, 0, seg, xv);                                                  \
             acc = warp_sum(acc + lora_lane(lora, xv, bv, 0, row, seg));                             \
@@ -335,7 +347,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
         prefetch_first_row(wg, rows, row_bytes_##Q(k), block);                                      \
         prefetch_first_row(wu, rows, row_bytes_##Q(k), block);                                      \
-        load_x(x, norm_w, eps, k, xs);                                                              \
+        load_x(x, norm_w, eps, k, xs, XS_SWIZZLE_##Q);                                                              \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
         for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
@@ -344,7 +356,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             float bg = lora_load(lora, 0, row), bu = lora_load(lora, 0, rows + row);                \
             float xg = lora_xa_issue(lora, 0, 0), xu = lora_xa_issue(lora, 0, 1);                   \
             float g = 0.f, u = 0.f;                                                                 \
-            _Pragma("unroll 8") for (int i = lane; i < parts; i += 32) {                            \
+            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                            \
                 const float* xb = xs + (i >> 2) * 32;                                               \
                 g += rdot_##Q(gr, i >> 2, i & 3, xb);                                               \
                 u += rdot_##Q(ur, i >> 2, i & 3, xb);                                               \
@@ -366,29 +378,31 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
 // Per format: bytes of a row of k weights, the 8 weights of part p of block blk of a row in the order
 // part_dot_<q> pairs them with x, and the part's dot with x. Q4_0/Q4_1/Q8_0 keep their hand-written
 // dot products; the others dequantize the part (ggml_blocks.cuh) and dot 8 consecutive weights.
-#define LEGACY_ACCESS(Q, BYTES)                                                                     \
+#define LEGACY_ACCESS(Q, BYTES, SWIZZLE)                                                            \
+    enum { XS_SWIZZLE_##Q = SWIZZLE };                                                              \
     __device__ __forceinline__ int row_bytes_##Q(int k) { return (k / 32) * BYTES; }                \
     __device__ __forceinline__ float rdot_##Q(const uint8_t* r, int blk, int p, const float* xb) {  \
-        return dot_part_##Q(r + (size_t)blk * BYTES, p, xb);                                        \
+        return dot_part_##Q(r + (size_t)blk * BYTES, p, xb, (blk & 1) * SWIZZLE);                   \
     }
-LEGACY_ACCESS(q4_0, 18)
-LEGACY_ACCESS(q4_1, 20)
-LEGACY_ACCESS(q8_0, 34)
+LEGACY_ACCESS(q4_0, 18, 16)
+LEGACY_ACCESS(q4_1, 20, 16)
+LEGACY_ACCESS(q8_0, 34, 4)
 // Dot of 8 consecutive part weights (positions 8p .. 8p + 7 of a block) with x of that block (xb:
-// the block's 32 values).
-__device__ __forceinline__ float part_dot_q8(const float* w, const float* xb, int p) {
-    float4 x0 = *reinterpret_cast<const float4*>(xb + 8 * p);
-    float4 x1 = *reinterpret_cast<const float4*>(xb + 8 * p + 4);
+// the block's 32 values, swizzled by s as in dot_part_q4_0).
+__device__ __forceinline__ float part_dot_q8(const float* w, const float* xb, int p, int s) {
+    float4 x0 = *reinterpret_cast<const float4*>(xb + (8 * p ^ s));
+    float4 x1 = *reinterpret_cast<const float4*>(xb + ((8 * p + 4) ^ s));
     return w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w + w[4] * x1.x + w[5] * x1.y +
            w[6] * x1.z + w[7] * x1.w;
 }
 // Row bytes and the part's dot with x for a format with an rpart_w_<q> (the 8 part weights).
 #define PART_ACCESS(Q, WEIGHTS, BYTES)                                                              \
+    enum { XS_SWIZZLE_##Q = 4 };                                                                    \
     __device__ __forceinline__ int row_bytes_##Q(int k) { return (k / WEIGHTS) * BYTES; }           \
     __device__ __forceinline__ float rdot_##Q(const uint8_t* r, int blk, int p, const float* xb) {  \
         float w[8];                                                                                 \
         rpart_w_##Q(r, blk, p, w);                                                                  \
-        return part_dot_q8(w, xb, p);                                                               \
+        return part_dot_q8(w, xb, p, (blk & 1) * 4);                                                \
     }
 // The part as two 4-weight dequantizations of ggml_blocks.cuh.
 #define GENERIC_ACCESS(Q, WEIGHTS, BYTES)                                                           \
@@ -559,11 +573,15 @@ __device__ __forceinline__ void part_w_q8_0(const uint8_t* blk, int p, float* w)
 }
 // Dot of 8 part weights with x of one block (xb: the block's 32 values): Q4 parts hold positions
 // 4p..4p+3 (low nibbles) and 16+4p..16+4p+3 (high nibbles); Q8_0 parts 8p..8p+7.
-__device__ __forceinline__ float part_dot_q4(const float* w, const float* xb, int p) {
-    float4 xl = *reinterpret_cast<const float4*>(xb + 4 * p);
-    float4 xh = *reinterpret_cast<const float4*>(xb + 16 + 4 * p);
+__device__ __forceinline__ float part_dot_q4(const float* w, const float* xb, int p, int sw) {
+    float4 xl = *reinterpret_cast<const float4*>(xb + (4 * p ^ sw));
+    float4 xh = *reinterpret_cast<const float4*>(xb + ((16 + 4 * p) ^ sw));
     return w[0] * xl.x + w[1] * xl.y + w[2] * xl.z + w[3] * xl.w + w[4] * xh.x + w[5] * xh.y +
            w[6] * xh.z + w[7] * xh.w;
+}
+// Swizzle of block blk of sequence b's x in the [nb, k] shared copy (see xs_slot).
+__device__ __forceinline__ int xs_block_swizzle(int b, int k, int blk, int sw) {
+    return ((b * (k >> 5) + blk) & 1) * sw;
 }
 #define part_dot_q4_0 part_dot_q4
 #define part_dot_q4_1 part_dot_q4
@@ -580,20 +598,22 @@ __device__ __forceinline__ float part_dot_q4(const float* w, const float* xb, in
 #define rpart_w_q4_1(r, blk, p, w) part_w_q4_1((r) + (size_t)(blk) * 20, p, w)
 #define rpart_w_q8_0(r, blk, p, w) part_w_q8_0((r) + (size_t)(blk) * 34, p, w)
 
-// Copies x [nb, k] into shared xs, each row RMS-normalized and scaled by norm_w when not null. The
-// nb sums of squares are reduced together (two barriers), from shared memory after one copy.
+// Copies x [nb, k] into shared xs (element i at xs_slot(i, sw), k a multiple of 32), each row
+// RMS-normalized and scaled by norm_w when not null. The nb sums of squares are reduced together
+// (two barriers), from shared memory after one copy.
 __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float* __restrict__ norm_w,
-                                        float eps, int k, int nb, float* xs) {
+                                        float eps, int k, int nb, float* xs, int sw) {
     __shared__ float red[QMVB_MAX][32];
     __shared__ float rs[QMVB_MAX];
-    copy_to_shared(x, xs, nb * k);
+    copy_to_shared(x, xs, nb * k, sw);
     if (norm_w == nullptr) return;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
 #pragma unroll
     for (int b = 0; b < QMVB_MAX; b++) {
         if (b < nb) {
             float ss = 0.f;
-            for (int i = threadIdx.x; i < k; i += blockDim.x) ss += xs[b * k + i] * xs[b * k + i];
+            for (int i = threadIdx.x; i < k; i += blockDim.x)
+                ss += xs[xs_slot(b * k + i, sw)] * xs[xs_slot(b * k + i, sw)];
             ss = warp_sum(ss);
             if (lane == 0) red[b][warp] = ss;
         }
@@ -606,7 +626,8 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
     }
     __syncthreads();
     for (int b = 0; b < nb; b++)
-        for (int i = threadIdx.x; i < k; i += blockDim.x) xs[b * k + i] = xs[b * k + i] * rs[b] * norm_w[i];
+        for (int i = threadIdx.x; i < k; i += blockDim.x)
+            xs[xs_slot(b * k + i, sw)] = xs[xs_slot(b * k + i, sw)] * rs[b] * norm_w[i];
     __syncthreads();
 }
 
@@ -632,7 +653,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
         prefetch_first_row(w, rows, row_bytes_##Q(k), block);                                       \
-        load_xb(x, norm_w, eps, k, nb, xs);                                                         \
+        load_xb(x, norm_w, eps, k, nb, xs, XS_SWIZZLE_##Q);                                                         \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
         int parts = (k / 32) * 4;                                                                    \
         for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {              \
@@ -651,7 +672,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                 float wv[8];                                                                         \
                 rpart_w_##Q(wr, i >> 2, i & 3, wv);                                        \
                 _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) if (b < nb) acc[b] +=           \
-                    part_dot_##Q(wv, xs + b * k + (i >> 2) * 32, i & 3);                             \
+                    part_dot_##Q(wv, xs + b * k + (i >> 2) * 32, i & 3, xs_block_swizzle(b, k, i >> 2, XS_SWIZZLE_##Q)); \
             }                                                                                        \
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++)                                    \
                 if (b < nb) xv[b] = lora_xa_settle(lora, b, seg, xv[b]);                            \
@@ -677,7 +698,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
         prefetch_first_row(wg, rows, row_bytes_##Q(k), block);                                      \
         prefetch_first_row(wu, rows, row_bytes_##Q(k), block);                                      \
-        load_xb(x, norm_w, eps, k, nb, xs);                                                         \
+        load_xb(x, norm_w, eps, k, nb, xs, XS_SWIZZLE_##Q);                                                         \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
         int parts = (k / 32) * 4;                                                                    \
         for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {              \
@@ -698,8 +719,9 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                 _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                               \
                     if (b < nb) {                                                                    \
                         const float* xb = xs + b * k + (i >> 2) * 32;                                \
-                        g[b] += part_dot_##Q(gv, xb, i & 3);                                         \
-                        u[b] += part_dot_##Q(uv, xb, i & 3);                                         \
+                        int sw = xs_block_swizzle(b, k, i >> 2, XS_SWIZZLE_##Q);                     \
+                        g[b] += part_dot_##Q(gv, xb, i & 3, sw);                                     \
+                        u[b] += part_dot_##Q(uv, xb, i & 3, sw);                                     \
                     }                                                                                \
                 }                                                                                    \
             }                                                                                        \

@@ -214,12 +214,7 @@ impl DecodeKernels {
     /// One warp per row (rows beyond `MV_MAX_BLOCKS` blocks loop), after the LoRA producers'
     /// blocks.
     fn matvec_config(rows: usize, k: usize, producers: usize) -> LaunchConfig {
-        // EXPERIMENT (session 10, removed after): WICK_MV_MAX_BLOCKS overrides the clamp.
-        let max_blocks = std::env::var("WICK_MV_MAX_BLOCKS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(MV_MAX_BLOCKS);
-        let blocks = rows.div_ceil(MV_WARPS).clamp(1, max_blocks) + producers;
+        let blocks = rows.div_ceil(MV_WARPS).clamp(1, MV_MAX_BLOCKS) + producers;
         LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: ((MV_WARPS * 32) as u32, 1, 1),

@@ -504,12 +504,7 @@ impl DecodeEngine {
                     .map_err(ERR.launch("prefill attention"))?;
                 mark("attention")?;
             }
-            p.linear(
-                (p.attn, wp(off.o), p.x),
-                (n, qd, h),
-                true,
-                "prefill o_proj",
-            )?;
+            p.linear((p.attn, wp(off.o), p.x), (n, qd, h), true, "prefill o_proj")?;
             mark("gemm o_proj (+x)")?;
             self.prefill_lora(p, (i, Group::O), p.attn, (p.x, h), n, mark)?;
             if l.o_bias_ptr != 0 {

@@ -219,11 +219,8 @@ impl Gemm {
         } else {
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
         };
-        let desc = lt::create_matmul_desc(
-            compute,
-            sys::cudaDataType_t::CUDA_R_32F,
-        )
-        .map_err(|e| cuda_err(&what, e))?;
+        let desc = lt::create_matmul_desc(compute, sys::cudaDataType_t::CUDA_R_32F)
+            .map_err(|e| cuda_err(&what, e))?;
         let mut plan = Plan {
             desc,
             layouts: Vec::with_capacity(3),

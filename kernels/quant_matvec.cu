@@ -12,12 +12,12 @@
 // Work split: one warp per output row (grid-stride over rows); lane i takes part (i & 3) of block
 // (i >> 2), i.e. 8 weights, so a warp covers 8 blocks per iteration (unrolled 4 times, so a lane's
 // weight loads are in flight together: the kernels are bound by load latency, not bandwidth).
-// x (normalized when the kernel fuses RMSNorm) sits in shared memory as f32, odd 32-value blocks
-// swizzled (value e at e ^ XS_SWIZZLE_<q>: 16 for Q4_0/Q4_1, whose parts read x at 4p and 16 + 4p,
-// 4 for the others, which read 8p and 8p + 4), so the two 16-byte x reads of a quarter-warp (two
-// blocks, four parts each) hit 32 different banks. Unswizzled they were 2-way bank conflicts, and a
-// weight byte needs 4-6 bytes of x (f32 per weight): at SmolLM2-1.7B shapes the shared-memory reads,
-// not HBM, bound the mat-vec (15% of DRAM bandwidth, ncu).
+// x (normalized when the kernel fuses RMSNorm) sits in shared memory as f32. For Q4_0/Q4_1, whose
+// parts read x at 4p and 16 + 4p, odd 32-value blocks are swizzled (value e at e ^ 16), so the two
+// 16-byte x reads of a quarter-warp (two blocks, four parts each) hit 32 different banks instead of
+// two-way conflicts: +3% decode at SmolLM2-1.7B Q4_1 shapes (bench/results/device-s10). The formats
+// whose parts read 8p and 8p + 4 keep the plain layout (XS_SWIZZLE 0): the same swizzle by 4 measured
+// 6% slower for Q8_0.
 //
 // qmv_<q>(w, x, norm_w, y, rows, k, eps, accumulate):
 //   xn = norm_w ? x * rsqrt(mean(x^2) + eps) * norm_w : x
@@ -386,23 +386,23 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
     }
 LEGACY_ACCESS(q4_0, 18, 16)
 LEGACY_ACCESS(q4_1, 20, 16)
-LEGACY_ACCESS(q8_0, 34, 4)
+LEGACY_ACCESS(q8_0, 34, 0)
 // Dot of 8 consecutive part weights (positions 8p .. 8p + 7 of a block) with x of that block (xb:
-// the block's 32 values, swizzled by s as in dot_part_q4_0).
-__device__ __forceinline__ float part_dot_q8(const float* w, const float* xb, int p, int s) {
-    float4 x0 = *reinterpret_cast<const float4*>(xb + (8 * p ^ s));
-    float4 x1 = *reinterpret_cast<const float4*>(xb + ((8 * p + 4) ^ s));
+// the block's 32 values, plain layout).
+__device__ __forceinline__ float part_dot_q8(const float* w, const float* xb, int p) {
+    float4 x0 = *reinterpret_cast<const float4*>(xb + 8 * p);
+    float4 x1 = *reinterpret_cast<const float4*>(xb + 8 * p + 4);
     return w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w + w[4] * x1.x + w[5] * x1.y +
            w[6] * x1.z + w[7] * x1.w;
 }
 // Row bytes and the part's dot with x for a format with an rpart_w_<q> (the 8 part weights).
 #define PART_ACCESS(Q, WEIGHTS, BYTES)                                                              \
-    enum { XS_SWIZZLE_##Q = 4 };                                                                    \
+    enum { XS_SWIZZLE_##Q = 0 };                                                                    \
     __device__ __forceinline__ int row_bytes_##Q(int k) { return (k / WEIGHTS) * BYTES; }           \
     __device__ __forceinline__ float rdot_##Q(const uint8_t* r, int blk, int p, const float* xb) {  \
         float w[8];                                                                                 \
         rpart_w_##Q(r, blk, p, w);                                                                  \
-        return part_dot_q8(w, xb, p, (blk & 1) * 4);                                                \
+        return part_dot_q8(w, xb, p);                                                               \
     }
 // The part as two 4-weight dequantizations of ggml_blocks.cuh.
 #define GENERIC_ACCESS(Q, WEIGHTS, BYTES)                                                           \
@@ -573,15 +573,11 @@ __device__ __forceinline__ void part_w_q8_0(const uint8_t* blk, int p, float* w)
 }
 // Dot of 8 part weights with x of one block (xb: the block's 32 values): Q4 parts hold positions
 // 4p..4p+3 (low nibbles) and 16+4p..16+4p+3 (high nibbles); Q8_0 parts 8p..8p+7.
-__device__ __forceinline__ float part_dot_q4(const float* w, const float* xb, int p, int sw) {
-    float4 xl = *reinterpret_cast<const float4*>(xb + (4 * p ^ sw));
-    float4 xh = *reinterpret_cast<const float4*>(xb + ((16 + 4 * p) ^ sw));
+__device__ __forceinline__ float part_dot_q4(const float* w, const float* xb, int p) {
+    float4 xl = *reinterpret_cast<const float4*>(xb + 4 * p);
+    float4 xh = *reinterpret_cast<const float4*>(xb + 16 + 4 * p);
     return w[0] * xl.x + w[1] * xl.y + w[2] * xl.z + w[3] * xl.w + w[4] * xh.x + w[5] * xh.y +
            w[6] * xh.z + w[7] * xh.w;
-}
-// Swizzle of block blk of sequence b's x in the [nb, k] shared copy (see xs_slot).
-__device__ __forceinline__ int xs_block_swizzle(int b, int k, int blk, int sw) {
-    return ((b * (k >> 5) + blk) & 1) * sw;
 }
 #define part_dot_q4_0 part_dot_q4
 #define part_dot_q4_1 part_dot_q4
@@ -598,22 +594,21 @@ __device__ __forceinline__ int xs_block_swizzle(int b, int k, int blk, int sw) {
 #define rpart_w_q4_1(r, blk, p, w) part_w_q4_1((r) + (size_t)(blk) * 20, p, w)
 #define rpart_w_q8_0(r, blk, p, w) part_w_q8_0((r) + (size_t)(blk) * 34, p, w)
 
-// Copies x [nb, k] into shared xs (element i at xs_slot(i, sw), k a multiple of 32), each row
-// RMS-normalized and scaled by norm_w when not null. The nb sums of squares are reduced together
-// (two barriers), from shared memory after one copy.
+// Copies x [nb, k] into shared xs, each row RMS-normalized and scaled by norm_w when not null. The
+// nb sums of squares are reduced together (two barriers), from shared memory after one copy. (No
+// swizzle here: the batch-1 kernels' Q4 swizzle measured 2% slower at batch 8.)
 __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float* __restrict__ norm_w,
-                                        float eps, int k, int nb, float* xs, int sw) {
+                                        float eps, int k, int nb, float* xs) {
     __shared__ float red[QMVB_MAX][32];
     __shared__ float rs[QMVB_MAX];
-    copy_to_shared(x, xs, nb * k, sw);
+    copy_to_shared(x, xs, nb * k);
     if (norm_w == nullptr) return;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
 #pragma unroll
     for (int b = 0; b < QMVB_MAX; b++) {
         if (b < nb) {
             float ss = 0.f;
-            for (int i = threadIdx.x; i < k; i += blockDim.x)
-                ss += xs[xs_slot(b * k + i, sw)] * xs[xs_slot(b * k + i, sw)];
+            for (int i = threadIdx.x; i < k; i += blockDim.x) ss += xs[b * k + i] * xs[b * k + i];
             ss = warp_sum(ss);
             if (lane == 0) red[b][warp] = ss;
         }
@@ -626,8 +621,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
     }
     __syncthreads();
     for (int b = 0; b < nb; b++)
-        for (int i = threadIdx.x; i < k; i += blockDim.x)
-            xs[xs_slot(b * k + i, sw)] = xs[xs_slot(b * k + i, sw)] * rs[b] * norm_w[i];
+        for (int i = threadIdx.x; i < k; i += blockDim.x) xs[b * k + i] = xs[b * k + i] * rs[b] * norm_w[i];
     __syncthreads();
 }
 
@@ -653,7 +647,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
         prefetch_first_row(w, rows, row_bytes_##Q(k), block);                                       \
-        load_xb(x, norm_w, eps, k, nb, xs, XS_SWIZZLE_##Q);                                                         \
+        load_xb(x, norm_w, eps, k, nb, xs);                                                         \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
         int parts = (k / 32) * 4;                                                                    \
         for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {              \
@@ -672,7 +666,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                 float wv[8];                                                                         \
                 rpart_w_##Q(wr, i >> 2, i & 3, wv);                                        \
                 _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) if (b < nb) acc[b] +=           \
-                    part_dot_##Q(wv, xs + b * k + (i >> 2) * 32, i & 3, xs_block_swizzle(b, k, i >> 2, XS_SWIZZLE_##Q)); \
+                    part_dot_##Q(wv, xs + b * k + (i >> 2) * 32, i & 3);                             \
             }                                                                                        \
             _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++)                                    \
                 if (b < nb) xv[b] = lora_xa_settle(lora, b, seg, xv[b]);                            \
@@ -698,7 +692,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
         prefetch_first_row(wg, rows, row_bytes_##Q(k), block);                                      \
         prefetch_first_row(wu, rows, row_bytes_##Q(k), block);                                      \
-        load_xb(x, norm_w, eps, k, nb, xs, XS_SWIZZLE_##Q);                                                         \
+        load_xb(x, norm_w, eps, k, nb, xs);                                                         \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
         int parts = (k / 32) * 4;                                                                    \
         for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {              \
@@ -719,9 +713,8 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                 _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                               \
                     if (b < nb) {                                                                    \
                         const float* xb = xs + b * k + (i >> 2) * 32;                                \
-                        int sw = xs_block_swizzle(b, k, i >> 2, XS_SWIZZLE_##Q);                     \
-                        g[b] += part_dot_##Q(gv, xb, i & 3, sw);                                     \
-                        u[b] += part_dot_##Q(uv, xb, i & 3, sw);                                     \
+                        g[b] += part_dot_##Q(gv, xb, i & 3);                                         \
+                        u[b] += part_dot_##Q(uv, xb, i & 3);                                         \
                     }                                                                                \
                 }                                                                                    \
             }                                                                                        \

@@ -225,14 +225,18 @@ def decode_rows(e2e):
     src = " + ".join(x["source"] for x in (item_w, item_l) if x)
     cmd_w = "wick bench decode --device cuda --prompt-tokens 512 --decode-tokens 128 (scripts/device/e2e.sh decode)"
     cmd_l = "llama-bench -m GGUF -p 512 -n 128 -ngl 99 -r 5 -o json (CUDA sm_90 build; scripts/device/e2e.sh llamacpp)"
+    # Which file: the default GGUF, or (session 10) random weights at its shapes and tensor types.
+    model = os.path.basename(dec.get("model", "")) if isinstance(dec, dict) else ""
+    of = "" if not model or "SmolLM2-135M" in model else \
+        f"; model {model}: random weights at the default GGUF's shapes and tensor types, both engines read it"
     rows.append(row("decode SmolLM2-135M Q4_1, batch 1, vs llama.cpp CUDA (issue 14.3)", ">= 1.4x", "tokens/s",
                     wick=wick_tg, anchor=tg_l, anchor_engine="llama.cpp CUDA (llama-bench tg128)",
                     device=device, date=date, command=f"{cmd_w}; {cmd_l}", source=src,
-                    note=f"wick path: {wick_path}" if wick_path else None))
+                    note=f"wick path: {wick_path}{of}" if wick_path else None))
     rows.append(row("prefill 512 tokens vs llama.cpp CUDA (issue 14.3)", ">= 1.4x", "tokens/s", wick=wick_pp,
                     anchor=pp_l, anchor_engine="llama.cpp CUDA (llama-bench pp512)", device=device,
                     date=date, command=f"{cmd_w}; {cmd_l}", source=src,
-                    note=f"wick path: {prefill_path}" if prefill_path else None))
+                    note=f"wick path: {prefill_path}{of}" if prefill_path else None))
     rows.append(row("decode batch 1 vs plain Candle (ops + QMatMul, same process)", None, "tokens/s",
                     wick=wick_tg, anchor=candle_tg, anchor_engine="Candle 0.11 quantized ops", device=device,
                     date=date, command=cmd_w, source=item_w.get("source")))
@@ -248,7 +252,7 @@ def decode_rows(e2e):
                     command="wick bench decode-batch --batch 8 --prompt-tokens 512 --decode-tokens 128 "
                             "(scripts/device/e2e.sh decode); scripts/device/e2e.sh llamacpp",
                     source=" + ".join(x["source"] for x in (item_8, item_b) if x),
-                    note=None if wick8 else "wick batch-8 run missing or failed its check"))
+                    note=(of.lstrip("; ") or None) if wick8 else "wick batch-8 run missing or failed its check"))
     return rows
 
 
@@ -335,12 +339,19 @@ def big_decode_rows(e2e):
         dec, item_w = e2e_get(e2e, f"wick-big-{t}.json")
         pp_l, tg_l = llamacpp_rates(bench if isinstance(bench, list) else None)
         tg, pp = engine_rates(dec)
-        meta = pair_meta(item_w, item_l, "scripts/device/bigger-models.sh make && bench (wick bench decode "
+        # Files of random blocks written directly (make-blocks, session 10 on) or llama-quantize'd (make).
+        made = "make-blocks" if item_w.get("source", "").startswith("e2e-s1") else "make"
+        meta = pair_meta(item_w, item_l, f"scripts/device/bigger-models.sh {made} && bench (wick bench decode "
                          "--prompt-tokens 512 --decode-tokens 128; llama-bench -p 512 -n 128 -ngl 99 -r 3)")
+        note = None
+        if isinstance(dec, dict) and "max_abs_logit_diff_tf32" in dec:
+            note = (f"prefill products on TF32 tensor cores: logits vs dense f32 Candle "
+                    f"{dec['max_abs_logit_diff_tf32']:.1e} (full-f32 runs {dec['max_abs_logit_diff']:.1e})")
         rows.append(row(f"decode SmolLM2-1.7B shapes {t.upper()} vs llama.cpp tg128 (issue 14.4)", ">= 1.2x",
                         "tokens/s", wick=tg, anchor=tg_l, anchor_engine="llama.cpp CUDA (llama-bench tg128)", **meta))
         rows.append(row(f"prefill 512 SmolLM2-1.7B shapes {t.upper()} vs llama.cpp pp512 (issue 14.4)", ">= 1.2x",
-                        "tokens/s", wick=pp, anchor=pp_l, anchor_engine="llama.cpp CUDA (llama-bench pp512)", **meta))
+                        "tokens/s", wick=pp, anchor=pp_l, anchor_engine="llama.cpp CUDA (llama-bench pp512)",
+                        note=note, **meta))
     for shape, label in (("qwen2.5-0.5b", "Qwen2.5-0.5B (biases)"), ("llama-3.2-1b", "Llama-3.2-1B")):
         bench, item_l = e2e_get(e2e, f"llamacpp-dense-{shape}.json")
         dec, item_w = e2e_get(e2e, f"wick-dense-{shape}.json")

@@ -422,19 +422,12 @@ fn candle_timing(
 
 /// Prints the engine's shape, the comparison table and per-run summary, the prefill profile, the
 /// timings and a JSON summary line.
-fn print_report(r: &Report, prompt_len: usize) {
-    println!(
-        "decode engine: {}, {} launches/step, {} launches per {prompt_len}-token prefill, {:.1} MB weights/step, built in {:.2} s",
-        r.engine_mode,
-        r.launches_per_step,
-        r.prefill_launches,
-        r.weight_mb_per_step,
-        r.engine_build_s
-    );
+/// One line per compared position.
+fn print_compare_rows(compare: &[CompareRow]) {
     println!(
         "run                     pos   max|dlogit|  f32  engine  device-argmax  quantized-candle"
     );
-    for c in &r.compare {
+    for c in compare {
         println!(
             "{:<23} {:<5} {:>11.3e}  {:>6}  {:>6}  {:>6}  {:>6}{}",
             c.run,
@@ -451,6 +444,18 @@ fn print_report(r: &Report, prompt_len: usize) {
             }
         );
     }
+}
+
+fn print_report(r: &Report, prompt_len: usize) {
+    println!(
+        "decode engine: {}, {} launches/step, {} launches per {prompt_len}-token prefill, {:.1} MB weights/step, built in {:.2} s",
+        r.engine_mode,
+        r.launches_per_step,
+        r.prefill_launches,
+        r.weight_mb_per_step,
+        r.engine_build_s
+    );
+    print_compare_rows(&r.compare);
     println!(
         "max |logit diff| vs dense f32 {:.3e} (tolerance {:.1e}), TF32 prefill runs {:.3e} \
          (tolerance {:.1e}); greedy tokens identical: vs f32 {}, vs quantized Candle {} (information)",

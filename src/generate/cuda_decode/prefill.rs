@@ -4,11 +4,12 @@
 //! engine's cache. A child module of `engine` (it drives the engine's private buffers).
 //!
 //! Precision: the products run on the TF32 tensor cores by default (f32 values rounded to a 10-bit
-//! mantissa, f32 accumulation; at SmolLM2-1.7B shapes the f32 GEMMs were 85% of a 512-token chunk
-//! and TF32 runs them ~7x faster), the precision of llama.cpp's f16 prefill GEMMs with f32's range.
-//! [`DecodeEngine::use_prefill_tf32`]`(false)` multiplies in full f32 instead: then the prefill's
-//! logits equal stepping the prompt token by token up to the summation order (~1e-6 relative);
-//! with TF32 they differ by ~1e-3 relative (`dec_engine_prefill` checks both).
+//! mantissa, f32 accumulation), the precision of llama.cpp's f16 prefill GEMMs with f32's range: at
+//! SmolLM2-1.7B shapes the f32 GEMMs were 85% of a 512-token chunk, and TF32 cut them from 34.7 to
+//! 5.9 ms on an H200 (bench/results/device-s10). [`DecodeEngine::use_prefill_tf32`]`(false)`
+//! multiplies in full f32 instead: then the prefill's logits equal stepping the prompt token by
+//! token up to the summation order (~1e-6 relative); with TF32 they differ by ~1e-3 relative
+//! (`wick bench decode`: max |logit diff| ~1e-2 at 24 layers; `dec_engine_prefill` checks both).
 //!
 //! One chunk of n tokens at positions pos .. pos + n (kernels/prefill.cu, launchers
 //! `gpu::decode::prefill`):
@@ -31,7 +32,8 @@
 //! Q in place; 10 launches per layer).
 //! After the last chunk: logits = W_head rms_norm(X[n - 1]) (the decode step's `qmv`) and the greedy
 //! (id, logprob) (`argmax`): 2 launches, so [`DecodeEngine::greedy`] / [`DecodeEngine::logits`] and
-//! the following steps see exactly what stepping the prompt would have left.
+//! the following steps see what stepping the prompt would have left (up to the products' precision,
+//! below).
 
 use std::sync::Arc;
 
@@ -253,7 +255,8 @@ impl DecodeEngine {
     /// Runs the prompt `tokens` at positions `position() ..` through the engine in batched chunks
     /// (see `generate::cuda_decode::prefill`): keys and values land in the cache, the position
     /// advances by `tokens.len()`, and the logits and greedy result are those of the last token, as
-    /// if [`DecodeEngine::step`] had run once per token. Asynchronous like `step`.
+    /// if [`DecodeEngine::step`] had run once per token (up to the TF32 rounding of the products,
+    /// see the module comment). Asynchronous like `step`.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
         let s = self.shape;
         if tokens.is_empty() {
@@ -275,9 +278,7 @@ impl DecodeEngine {
                 s.vocab
             )));
         }
-        if self.prefill.is_none() {
-            self.prefill = Some(PrefillState::new(self)?);
-        }
+        self.prefill_state()?;
         let Some(mut p) = self.prefill.take() else {
             return Err(Error::InvalidRequest(
                 "CUDA decode engine: prefill state missing".into(),
@@ -323,25 +324,25 @@ impl DecodeEngine {
     /// attention where its scratch holds the chunk's keys (the default). Builds the prefill state
     /// (kernels, buffers) when there is none yet.
     pub fn use_prefill_attention_kernel(&mut self, on: bool) -> Result<()> {
-        if self.prefill.is_none() {
-            self.prefill = Some(PrefillState::new(self)?);
-        }
-        if let Some(p) = self.prefill.as_mut() {
-            p.kernel_attention = on;
-        }
+        self.prefill_state()?.kernel_attention = on;
         Ok(())
     }
 
     /// Every later prefill's products on the TF32 tensor cores (`on`, the default) or in full f32
     /// (see the module comment for what each gives). Builds the prefill state when there is none.
     pub fn use_prefill_tf32(&mut self, on: bool) -> Result<()> {
+        self.prefill_state()?.tf32 = on;
+        Ok(())
+    }
+
+    /// The prefill state, built (kernels, buffers) when there is none yet.
+    fn prefill_state(&mut self) -> Result<&mut PrefillState> {
         if self.prefill.is_none() {
             self.prefill = Some(PrefillState::new(self)?);
         }
-        if let Some(p) = self.prefill.as_mut() {
-            p.tf32 = on;
-        }
-        Ok(())
+        self.prefill
+            .as_mut()
+            .ok_or_else(|| Error::InvalidRequest("prefill state missing".into()))
     }
 
     fn prefill_chunks(&mut self, p: &mut PrefillState, tokens: &[u32]) -> Result<()> {

@@ -260,21 +260,7 @@ fn one_case(
     };
     Ok(GemmCase {
         ab_type: ab,
-        shape: format!(
-            "m{} n{} k{} t{}{} {}{}->{} ld {}/{}/{} batch {} alpha {alpha} beta {beta} {variant:?}{text}",
-            shape.m,
-            shape.n,
-            shape.k,
-            shape.trans_a as u8,
-            shape.trans_b as u8,
-            ab.as_str(),
-            if shape.tf32 { " (tf32)" } else { "" },
-            dt.as_str(),
-            shape.lda,
-            shape.ldb,
-            shape.ldd,
-            shape.batch,
-        ),
+        shape: case_text(&shape, alpha, beta, variant, &text),
         max_rel_err: max_err,
         // TF32 keeps f16's 10-bit mantissa.
         tolerance: if shape.tf32 {
@@ -283,4 +269,23 @@ fn one_case(
             tolerance(dt)
         },
     })
+}
+
+/// The record's shape text: m n k, transposes, types, leading dims, batch, alpha/beta, variant.
+fn case_text(shape: &GemmShape, alpha: f32, beta: f32, variant: Variant, text: &str) -> String {
+    format!(
+        "m{} n{} k{} t{}{} {}{}->{} ld {}/{}/{} batch {} alpha {alpha} beta {beta} {variant:?}{text}",
+        shape.m,
+        shape.n,
+        shape.k,
+        shape.trans_a as u8,
+        shape.trans_b as u8,
+        shape.ab_type.as_str(),
+        if shape.tf32 { " (tf32)" } else { "" },
+        shape.d_type.as_str(),
+        shape.lda,
+        shape.ldb,
+        shape.ldd,
+        shape.batch,
+    )
 }

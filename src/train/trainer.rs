@@ -64,20 +64,23 @@ pub struct TrainConfig {
     /// rounding.
     #[serde(default)]
     pub activation_checkpointing: bool,
-    /// With `activation_checkpointing`: only the first N decoder layers recompute their
-    /// activations (None: every layer). Memory between none and all, compute between too: each
-    /// checkpointed layer costs one more layer forward, each other keeps its activations.
+    /// Only the first N decoder layers recompute their activations (None: every layer when
+    /// `activation_checkpointing`, none otherwise). Setting it turns checkpointing on by itself.
+    /// Memory between none and all, compute between too: each checkpointed layer costs one more
+    /// layer forward, each other keeps its activations.
     #[serde(default)]
     pub checkpoint_layers: Option<usize>,
 }
 
 impl TrainConfig {
-    /// How many of a model's `layers` decoder layers (the first ones) are checkpointed.
+    /// How many of a model's `layers` decoder layers (the first ones) are checkpointed:
+    /// `checkpoint_layers` when set (checkpointing on or not: a count alone asks for it), else all
+    /// of them with `activation_checkpointing`, else none.
     pub fn checkpointed_layers(&self, layers: usize) -> usize {
-        if self.activation_checkpointing {
-            self.checkpoint_layers.unwrap_or(layers).min(layers)
-        } else {
-            0
+        match self.checkpoint_layers {
+            Some(n) => n.min(layers),
+            None if self.activation_checkpointing => layers,
+            None => 0,
         }
     }
 }
@@ -432,5 +435,20 @@ mod tests {
             loss_weights(&micro),
             vec![Some(3.0 / 4.0), None, Some(1.0 / 4.0)]
         );
+    }
+
+    #[test]
+    fn a_checkpoint_count_alone_turns_checkpointing_on() {
+        let with = |on: bool, n: Option<usize>| TrainConfig {
+            activation_checkpointing: on,
+            checkpoint_layers: n,
+            ..TrainConfig::default()
+        };
+        assert_eq!(with(false, None).checkpointed_layers(30), 0);
+        assert_eq!(with(true, None).checkpointed_layers(30), 30);
+        assert_eq!(with(true, Some(4)).checkpointed_layers(30), 4);
+        // Was 0: the count was silently ignored without the flag.
+        assert_eq!(with(false, Some(4)).checkpointed_layers(30), 4);
+        assert_eq!(with(false, Some(99)).checkpointed_layers(30), 30);
     }
 }

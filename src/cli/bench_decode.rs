@@ -11,7 +11,8 @@
 //!   prompt's last logits); max |logit difference| <= `--tolerance`, or `--tf32-tolerance` for the
 //!   two TF32 prefill runs. The
 //!   quantized Candle path (QMatMul quantizes activations to Q8_1, so its logits differ by O(1)) is
-//!   compared on greedy tokens only, as information;
+//!   compared on greedy tokens only, as information; with `--adapter DIR` every path runs with that
+//!   PEFT adapter (the engine's unmerged adapter path against Candle's attached one);
 //! - speed at two shapes: prompt of `--prompt-tokens` then `--decode-tokens` (llama-batched-bench
 //!   pp512+tg128 at the defaults) and prompt of 1 token then 128 (llama-bench tg128): prefill tokens/s
 //!   (prompts of >= `BATCHED_PREFILL_MIN` tokens through the engine's batched prefill, as generation
@@ -60,6 +61,11 @@ pub struct Args {
     /// Prefills timed per path (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub prefill_reps: usize,
+    /// A PEFT adapter directory: the engine runs with it unmerged (adapter slot 1), both Candle
+    /// models with it attached (`apply_for_inference`), so the comparison and the timings are those
+    /// of the adapter path at this model's shapes.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Write the results here as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -101,6 +107,8 @@ struct PrefillProfile {
 #[derive(Serialize)]
 struct Report {
     model: String,
+    /// The adapter directory every path ran with, if any.
+    adapter: Option<String>,
     device: String,
     date: String,
     engine_mode: String,

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use wick::formats::config::DecoderConfig;
 use wick::formats::{open_model, LoadOptions};
 use wick::generate::cuda_decode::{DecodeEngine, BATCHED_PREFILL_MIN};
+use wick::generate::decode_adapter::DecodeAdapter;
 use wick::generate::sampler::argmax;
 use wick::models::kv_cache::KvCache;
 use wick::models::llama::Llama;
@@ -57,8 +58,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Ok(Llama::load(&config, files.weights.as_ref(), &options)?)
     };
     // Quantized (QMatMul, Q8_1 activations) and dense f32 (dequantized weights: the engine's maths).
-    let model = load(None)?;
-    let dense = load(Some(DType::F32))?;
+    let mut model = load(None)?;
+    let mut dense = load(Some(DType::F32))?;
+    if let Some(dir) = &args.adapter {
+        attach_adapter(dir, &mut engine, &mut model, &mut dense)?;
+    }
 
     // A prompt of exactly `prompt_tokens` ids: a fixed text, repeated.
     let text = "The history of the printing press begins in the fifteenth century, when movable \
@@ -106,6 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         && max_diff_tf32.is_finite();
     let report = Report {
         model: path.display().to_string(),
+        adapter: args.adapter.as_ref().map(|d| d.display().to_string()),
         device: std::env::var("WICK_DEVICE_NAME").unwrap_or_else(|_| args.device.clone()),
         date: std::env::var("WICK_RUN_DATE").unwrap_or_default(),
         engine_mode,
@@ -167,6 +172,26 @@ fn logits_of(
         .squeeze(0)?
         .to_dtype(DType::F32)?
         .to_vec1::<f32>()?)
+}
+
+/// The PEFT adapter in `dir` attached to both Candle models and loaded into the engine's slot 1
+/// (unmerged, as `wick generate --adapter` runs it), selected for every later step and prefill.
+fn attach_adapter(
+    dir: &std::path::Path,
+    engine: &mut DecodeEngine,
+    model: &mut Llama,
+    dense: &mut Llama,
+) -> anyhow::Result<()> {
+    for m in [&mut *model, &mut *dense] {
+        let adapter = wick::lora::peft_io::load_adapter(dir, m.device())?;
+        adapter.apply_for_inference(m.linear_layers_mut(), dir)?;
+    }
+    let host = DecodeAdapter::from_linears(&dense.linear_layers())?
+        .with_context(|| format!("{}: no LoRA layers", dir.display()))?;
+    engine.load_adapter(1, &host, None)?;
+    engine.set_adapter(Some(1))?;
+    println!("adapter {} on every path (engine slot 1)", dir.display());
+    Ok(())
 }
 
 /// max |a - b|, infinite where a difference is NaN.

@@ -49,17 +49,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("building the CUDA decode engine")?;
     engine.synchronize()?;
     let engine_build_s = start.elapsed().as_secs_f64();
-    let load = |dtype: Option<DType>| -> anyhow::Result<Llama> {
-        let options = LoadOptions {
-            device: device.clone(),
-            dtype,
-        };
-        let files = open_model(&path, &options)?;
-        Ok(Llama::load(&config, files.weights.as_ref(), &options)?)
-    };
     // Quantized (QMatMul, Q8_1 activations) and dense f32 (dequantized weights: the engine's maths).
-    let mut model = load(None)?;
-    let mut dense = load(Some(DType::F32))?;
+    let mut model = load_candle(&path, &config, &device, None)?;
+    let mut dense = load_candle(&path, &config, &device, Some(DType::F32))?;
     if let Some(dir) = &args.adapter {
         attach_adapter(dir, &mut engine, &mut model, &mut dense)?;
     }
@@ -172,6 +164,21 @@ fn logits_of(
         .squeeze(0)?
         .to_dtype(DType::F32)?
         .to_vec1::<f32>()?)
+}
+
+/// The Candle model of `path` on `device`, in `dtype` (None: as stored; GGML blocks stay quantized).
+fn load_candle(
+    path: &std::path::Path,
+    config: &DecoderConfig,
+    device: &Device,
+    dtype: Option<DType>,
+) -> anyhow::Result<Llama> {
+    let options = LoadOptions {
+        device: device.clone(),
+        dtype,
+    };
+    let files = open_model(path, &options)?;
+    Ok(Llama::load(config, files.weights.as_ref(), &options)?)
 }
 
 /// The PEFT adapter in `dir` attached to both Candle models and loaded into the engine's slot 1

@@ -318,7 +318,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
         prefetch_first_row(w, rows, row_bytes_##Q(k), block);                                       \
-        load_x(x, norm_w, eps, k, xs, XS_SWIZZLE_##Q);                                                              \
+        load_x(x, norm_w, eps, k, xs, XS_SWIZZLE_##Q);                                              \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
         for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
@@ -347,7 +347,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
         prefetch_first_row(wg, rows, row_bytes_##Q(k), block);                                      \
         prefetch_first_row(wu, rows, row_bytes_##Q(k), block);                                      \
-        load_x(x, norm_w, eps, k, xs, XS_SWIZZLE_##Q);                                                              \
+        load_x(x, norm_w, eps, k, xs, XS_SWIZZLE_##Q);                                              \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
         for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \

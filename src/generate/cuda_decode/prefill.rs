@@ -6,7 +6,8 @@
 //! Precision: the products run on the TF32 tensor cores by default (f32 values rounded to a 10-bit
 //! mantissa, f32 accumulation), the precision of llama.cpp's f16 prefill GEMMs with f32's range: at
 //! SmolLM2-1.7B shapes the f32 GEMMs were 85% of a 512-token chunk, and TF32 cut them from 34.7 to
-//! 5.9 ms on an H200 (bench/results/device-s10). [`DecodeEngine::use_prefill_tf32`]`(false)`
+//! 5.9 ms on an H200 (bench/results/device-s10). [`DecodeEngine::use_prefill_tf32`]`(false)` (or
+//! `WICK_PREFILL_TF32=0` when the prefill state is built, for `wick generate` / `wick serve`)
 //! multiplies in full f32 instead: then the prefill's logits equal stepping the prompt token by
 //! token up to the summation order (~1e-6 relative); with TF32 they differ by ~1e-3 relative
 //! (`wick bench decode`: max |logit diff| ~1e-2 at 24 layers; `dec_engine_prefill` checks both).
@@ -213,7 +214,8 @@ impl PrefillState {
             qh: p[7],
             scores: p[8],
             kernel_attention: false,
-            tf32: true,
+            // WICK_PREFILL_TF32=0: full f32 products (a prefill that matches stepping to ~1e-6).
+            tf32: !std::env::var("WICK_PREFILL_TF32").is_ok_and(|v| v == "0"),
             lora_xa: None,
             _owned: owned,
         })

@@ -49,6 +49,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("building the CUDA decode engine")?;
     engine.synchronize()?;
     let engine_build_s = start.elapsed().as_secs_f64();
+    // The runs name their precision (TF32 unless "(f32)"): WICK_PREFILL_TF32 does not apply here.
+    engine.use_prefill_tf32(true)?;
     // Quantized (QMatMul, Q8_1 activations) and dense f32 (dequantized weights: the engine's maths).
     let mut model = load_candle(&path, &config, &device, None)?;
     let mut dense = load_candle(&path, &config, &device, Some(DType::F32))?;

@@ -148,15 +148,13 @@ pub use dequant::DequantKernels;
 mod dequant {
     use std::sync::Arc;
 
-    use candle_core::cuda_backend::cudarc::driver::{
-        CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
-    };
+    use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, PushKernelArg};
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaDevice, DType};
 
     use super::{DequantSegment, DEQUANT_SEGMENTS};
     use crate::gpu::kernels::{function, Module};
-    use crate::gpu::launch::grid_blocks;
+    use crate::gpu::launch::grid_1d;
 
     type Result<T> = candle_core::Result<T>;
 
@@ -225,11 +223,7 @@ mod dequant {
             for n in &blocks {
                 b.arg(n);
             }
-            let cfg = LaunchConfig {
-                grid_dim: (grid_blocks(total as usize * 8, 256), 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = grid_1d(total as usize * 8, 256);
             unsafe { b.launch(cfg) }.w()?;
             Ok(())
         }

@@ -211,7 +211,9 @@ pub(crate) fn grid_blocks(items: usize, threads: usize) -> u32 {
     items.div_ceil(threads).clamp(1, 132 * 16) as u32
 }
 
-fn grid_1d(n: usize, block: u32) -> LaunchConfig {
+/// A grid-stride launch over `n` items with `block`-thread blocks ([`grid_blocks`]), no dynamic
+/// shared memory.
+pub(crate) fn grid_1d(n: usize, block: u32) -> LaunchConfig {
     config(grid_blocks(n, block as usize), block)
 }
 

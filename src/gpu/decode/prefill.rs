@@ -24,7 +24,7 @@ use super::attention_reference::{gemm_attention_shapes, AttentionShape};
 use super::QuantType;
 use crate::gpu::gemm::{Gemm, GemmShape};
 use crate::gpu::kernels::{function, Module};
-use crate::gpu::launch::grid_blocks;
+use crate::gpu::launch::grid_1d;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -319,11 +319,7 @@ impl PrefillKernels {
         let (h_i, d_i) = (heads as i32, d as i32);
         let mut b = self.stream.launch_builder(&self.heads_to_tokens);
         b.arg(&qh).arg(&out).arg(&n_i).arg(&h_i).arg(&d_i);
-        let cfg = LaunchConfig {
-            grid_dim: (grid_blocks(n * heads * d, 256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = grid_1d(n * heads * d, 256);
         unsafe { b.launch(cfg) }.w()?;
         mark("attention to tokens")
     }
@@ -336,11 +332,7 @@ impl PrefillKernels {
         let (n_i, c_i) = (n as i32, cols as i32);
         let mut b = self.stream.launch_builder(&self.add_bias_rows);
         b.arg(&y).arg(&bias).arg(&n_i).arg(&c_i);
-        let cfg = LaunchConfig {
-            grid_dim: (grid_blocks(n * cols, 256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = grid_1d(n * cols, 256);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -353,11 +345,7 @@ impl PrefillKernels {
         let (n_i, f_i) = (n as i32, ffn as i32);
         let mut b = self.stream.launch_builder(&self.swiglu_rows);
         b.arg(&gu).arg(&act).arg(&n_i).arg(&f_i);
-        let cfg = LaunchConfig {
-            grid_dim: (grid_blocks(n * ffn, 256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = grid_1d(n * ffn, 256);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }

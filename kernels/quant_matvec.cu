@@ -307,8 +307,8 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
     LoraEpi lora
 #define QMV_SWIGLU_ARGS wg, wu, x, norm_w, y, rows, k, eps, lora
 
-#define DEFINE_QMV(Q)                                                                        \
-    template <bool LORA> __device__ __forceinline__ void qmv_body_##Q(QMV_PARAMS) {                 \
+#define DEFINE_QMV_AS(NAME, Q, XPREP, XDOT)                                                         \
+    template <bool LORA> __device__ __forceinline__ void NAME##_body_##Q(QMV_PARAMS) {              \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora, 1);                                                    \
@@ -318,7 +318,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
         prefetch_first_row(w, rows, row_bytes_##Q(k), block);                                       \
-        load_x(x, norm_w, eps, k, xs, XS_SWIZZLE_##Q);                                              \
+        XPREP(x, norm_w, eps, k, xs);                                                               \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
         for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
@@ -328,15 +328,15 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             float xv = lora_xa_issue(lora, 0, seg);                                                 \
             float acc = 0.f;                                                                        \
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32)                              \
-                acc += rdot_##Q(wr, i >> 2, i & 3, xs + (i >> 2) * 32);                             \
+                acc += XDOT(wr, i >> 2, i & 3, xs, k);                                              \
             xv = lora_xa_settle(lora, 0, seg, xv);                                                  \
             acc = warp_sum(acc + lora_lane(lora, xv, bv, 0, row, seg));                             \
             if (bias != nullptr) acc += bias[row];                                                  \
             if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
         }                                                                                           \
     }                                                                                               \
-    MATVEC_ENTRIES(qmv, Q, QMV_PARAMS, QMV_ARGS)                                                    \
-    template <bool LORA> __device__ __forceinline__ void qmv_swiglu_body_##Q(QMV_SWIGLU_PARAMS) {   \
+    MATVEC_ENTRIES(NAME, Q, QMV_PARAMS, QMV_ARGS)                                                   \
+    template <bool LORA> __device__ __forceinline__ void NAME##_swiglu_body_##Q(QMV_SWIGLU_PARAMS) {\
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora, 1);                                                    \
@@ -347,7 +347,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
         prefetch_first_row(wg, rows, row_bytes_##Q(k), block);                                      \
         prefetch_first_row(wu, rows, row_bytes_##Q(k), block);                                      \
-        load_x(x, norm_w, eps, k, xs, XS_SWIZZLE_##Q);                                              \
+        XPREP(x, norm_w, eps, k, xs);                                                               \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
         for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
@@ -357,9 +357,8 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             float xg = lora_xa_issue(lora, 0, 0), xu = lora_xa_issue(lora, 0, 1);                   \
             float g = 0.f, u = 0.f;                                                                 \
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                            \
-                const float* xb = xs + (i >> 2) * 32;                                               \
-                g += rdot_##Q(gr, i >> 2, i & 3, xb);                                               \
-                u += rdot_##Q(ur, i >> 2, i & 3, xb);                                               \
+                g += XDOT(gr, i >> 2, i & 3, xs, k);                                                \
+                u += XDOT(ur, i >> 2, i & 3, xs, k);                                                \
             }                                                                                       \
             xg = lora_xa_settle(lora, 0, 0, xg);                                                    \
             xu = lora_xa_settle(lora, 0, 1, xu);                                                    \
@@ -368,7 +367,20 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
         }                                                                                           \
     }                                                                                               \
-    MATVEC_ENTRIES(qmv_swiglu, Q, QMV_SWIGLU_PARAMS, QMV_SWIGLU_ARGS)                               \
+    MATVEC_ENTRIES(NAME##_swiglu, Q, QMV_SWIGLU_PARAMS, QMV_SWIGLU_ARGS)
+
+// The f32-activation mat-vecs of every format (qmv_<q>, qmv_swiglu_<q>) and the embedding lookup.
+#define DEFINE_QMV(Q)                                                                               \
+    __device__ __forceinline__ void xprep_##Q(const float* __restrict__ x,                          \
+                                              const float* __restrict__ norm_w, float eps, int k,   \
+                                              float* xs) {                                          \
+        load_x(x, norm_w, eps, k, xs, XS_SWIZZLE_##Q);                                              \
+    }                                                                                               \
+    __device__ __forceinline__ float xdot_##Q(const uint8_t* r, int blk, int p, const float* xs,    \
+                                              int k) {                                              \
+        return rdot_##Q(r, blk, p, xs + blk * 32);                                                  \
+    }                                                                                               \
+    DEFINE_QMV_AS(qmv, Q, xprep_##Q, xdot_##Q)                                                      \
     extern "C" __global__ void embed_##Q(const uint8_t* __restrict__ table,                         \
                                          const int* __restrict__ state, float* __restrict__ x,      \
                                          int hidden) {                                              \
@@ -520,6 +532,135 @@ DEFINE_EMBED_ROW(f32)
 DEFINE_EMBED_ROW(f16)
 DEFINE_EMBED_ROW(bf16)
 
+// ---- Batch-1 mat-vecs on int8 activations: qmv_q8x_<q>, qmv_q8x_swiglu_<q> ----
+//
+// For Q4_0, Q4_1, Q8_0, Q4_K and Q6_K the batch-1 mat-vecs also come with x quantized to int8 per
+// 32 values, as llama.cpp's MMVQ and Candle's quantized matmul (CPU and CUDA) do, so that a part's
+// 8 weights meet x in two dp4a instructions instead of 8 int-to-float conversions and 8 FMAs: the
+// f32 kernels issue ~8 instructions per weight and are bound by it (~15% of DRAM bandwidth at
+// SmolLM2-1.7B shapes, bench/results/device-s10). Same maths as the f32 kernels with xn replaced by
+//   xq[i] = round(xn[i] * (127 / amax_b)),  ds_b = (amax_b / 127, amax_b / 127 * sum_{i in b} xq[i])
+// per block b of 32 values (amax_b = max |xn_i| over b; amax_b = 0: xq = 0, ds = (0, 0)), i.e.
+//   y[r] = sum_b sum_{i in b} W[r, i] * ds_b.x * xq[i]
+// (round: half away from zero). Shared memory: xn as f32 [k] (the norm's staging), xq [k] int8,
+// ds [k / 32] float2.
+
+// Quantizes the normalized x in shared xs (plain layout) into xq and ds: 8 threads per block of 32
+// values, 4 values each; every lane of a warp takes part in the shuffles (k is a multiple of 32).
+__device__ __forceinline__ void quantize_x(const float* xs, int k, int* xq, float2* ds) {
+    int n4 = k / 4, lane = threadIdx.x & 31;
+    for (int base = threadIdx.x - lane; base < n4; base += blockDim.x) {
+        int i = base + lane;
+        bool in = i < n4;
+        float4 v = in ? reinterpret_cast<const float4*>(xs)[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+        float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+        for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        float id = amax > 0.f ? 127.f / amax : 0.f;
+        int q0 = (int)roundf(__fmul_rn(v.x, id)), q1 = (int)roundf(__fmul_rn(v.y, id));
+        int q2 = (int)roundf(__fmul_rn(v.z, id)), q3 = (int)roundf(__fmul_rn(v.w, id));
+        int sum = q0 + q1 + q2 + q3;
+#pragma unroll
+        for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (!in) continue;
+        xq[i] = (q0 & 255) | (q1 & 255) << 8 | (q2 & 255) << 16 | (int)((unsigned)(q3 & 255) << 24);
+        float d = amax / 127.f;
+        if ((i & 7) == 0) ds[i >> 3] = make_float2(d, d * (float)sum);
+    }
+    __syncthreads();
+}
+
+// xq (as words) and ds after the f32 staging of k values in the dynamic shared memory.
+__device__ __forceinline__ const int* q8x_words(const float* xs, int k) {
+    return reinterpret_cast<const int*>(xs + k);
+}
+__device__ __forceinline__ const float2* q8x_scales(const float* xs, int k) {
+    return reinterpret_cast<const float2*>(xs + k + k / 4);
+}
+
+__device__ __forceinline__ void xprep_q8x(const float* __restrict__ x, const float* __restrict__ norm_w,
+                                          float eps, int k, float* xs) {
+    load_x(x, norm_w, eps, k, xs, 0);
+    quantize_x(xs, k, reinterpret_cast<int*>(xs + k), reinterpret_cast<float2*>(xs + k + k / 4));
+}
+
+// Part p (of 4) of 32-weight block blk of a row against xq words xw (the block's 8) and its scales
+// xd. The 4 lanes of a block each add a quarter of the block's sum terms (ds.y), so the row's warp
+// sum holds each block's whole term.
+// Q4_0: w = d (q - 8); lane's nibbles: low = values 4p..4p+3, high = 16 + 4p..
+__device__ __forceinline__ float qdot_q4_0(const uint8_t* r, int blk, int p, const int* xw, float2 xd) {
+    const uint8_t* b = r + (size_t)blk * 18;
+    const uint16_t* qs = reinterpret_cast<const uint16_t*>(b + 2 + 4 * p);
+    int q = (int)((uint32_t)qs[0] | ((uint32_t)qs[1] << 16));
+    int s = __dp4a(q & 0x0f0f0f0f, xw[p], 0);
+    s = __dp4a((q >> 4) & 0x0f0f0f0f, xw[4 + p], s);
+    float d = __half2float(*reinterpret_cast<const __half*>(b));
+    return d * (xd.x * (float)s - 2.f * xd.y);
+}
+// Q4_1: w = d q + m.
+__device__ __forceinline__ float qdot_q4_1(const uint8_t* r, int blk, int p, const int* xw, float2 xd) {
+    const uint8_t* b = r + (size_t)blk * 20;
+    int q = *reinterpret_cast<const int*>(b + 4 + 4 * p);
+    int s = __dp4a(q & 0x0f0f0f0f, xw[p], 0);
+    s = __dp4a((q >> 4) & 0x0f0f0f0f, xw[4 + p], s);
+    float2 dm = __half22float2(*reinterpret_cast<const __half2*>(b));
+    return dm.x * xd.x * (float)s + 0.25f * dm.y * xd.y;
+}
+// Q8_0: w = d q; the part's values 8p..8p+7 (2-byte aligned: 34-byte blocks).
+__device__ __forceinline__ float qdot_q8_0(const uint8_t* r, int blk, int p, const int* xw, float2 xd) {
+    const uint8_t* b = r + (size_t)blk * 34;
+    int s = __dp4a((int)ld_u32_a2(b + 2 + 8 * p), xw[2 * p], 0);
+    s = __dp4a((int)ld_u32_a2(b + 6 + 8 * p), xw[2 * p + 1], s);
+    return __half2float(*reinterpret_cast<const __half*>(b)) * xd.x * (float)s;
+}
+// Q4_K: w = d sc q - dmin mn per sub-block s (rpart_w_q4_K's layout); values 8p..8p+7.
+__device__ __forceinline__ float qdot_q4_K(const uint8_t* r, int blk, int p, const int* xw, float2 xd) {
+    const uint8_t* b = r + (size_t)(blk >> 3) * 144;
+    int s = blk & 7, sh8 = 8 * (s & 3);
+    uint4 head = *reinterpret_cast<const uint4*>(b);
+    uint32_t sc, mn;
+    if (s < 4) {
+        sc = (head.y >> sh8) & 63;
+        mn = (head.z >> sh8) & 63;
+    } else {
+        uint32_t hi = head.w >> sh8;
+        sc = (hi & 15) | (((head.y >> sh8) >> 6 & 3) << 4);
+        mn = (hi >> 4 & 15) | (((head.z >> sh8) >> 6 & 3) << 4);
+    }
+    float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&head.x));
+    uint2 q = *reinterpret_cast<const uint2*>(b + 16 + 32 * (s >> 1) + 8 * p);
+    int sh = (s & 1) * 4;
+    int acc = __dp4a((int)((q.x >> sh) & 0x0f0f0f0fu), xw[2 * p], 0);
+    acc = __dp4a((int)((q.y >> sh) & 0x0f0f0f0fu), xw[2 * p + 1], acc);
+    return dm.x * (float)sc * xd.x * (float)acc - 0.25f * dm.y * (float)mn * xd.y;
+}
+// Q6_K: w = d sc (q - 32), q 6-bit (rpart_w_q6_K's layout); q - 32 as signed bytes: with bit 7 set
+// in every byte no subtraction borrows across bytes, and flipping it back gives (q - 32) mod 256.
+__device__ __forceinline__ float qdot_q6_K(const uint8_t* r, int blk, int p, const int* xw, float2 xd) {
+    const uint8_t* b = r + (size_t)(blk >> 3) * 210;
+    int s = blk & 7, n = s >> 2, t = s & 3;
+    const uint8_t* ql = b + 64 * n + 32 * (t & 1) + 8 * p;
+    const uint8_t* qh = b + 128 + 32 * n + 8 * p;
+    int shl = (t >> 1) * 4, shh = 2 * t, acc = 0;
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        uint32_t v = ((ld_u32_a2(ql + 4 * j) >> shl) & 0x0f0f0f0fu) |
+                     (((ld_u32_a2(qh + 4 * j) >> shh) & 0x03030303u) << 4);
+        uint32_t vs = ((v | 0x80808080u) - 0x20202020u) ^ 0x80808080u;
+        acc = __dp4a((int)vs, xw[2 * p + j], acc);
+    }
+    float d = __half2float(*reinterpret_cast<const __half*>(b + 208)) *
+              (float)reinterpret_cast<const int8_t*>(b + 192)[8 * n + 2 * t + (p >> 1)];
+    return d * xd.x * (float)acc;
+}
+
+#define DEFINE_QMV_Q8X(Q)                                                                           \
+    __device__ __forceinline__ float xdot_q8x_##Q(const uint8_t* r, int blk, int p, const float* xs,\
+                                                  int k) {                                          \
+        return qdot_##Q(r, blk, p, q8x_words(xs, k) + blk * 8, q8x_scales(xs, k)[blk]);             \
+    }                                                                                               \
+    DEFINE_QMV_AS(qmv_q8x, Q, xprep_q8x, xdot_q8x_##Q)
+
 DEFINE_QMV(q4_0)
 DEFINE_QMV(q4_1)
 DEFINE_QMV(q5_0)
@@ -531,6 +672,11 @@ DEFINE_QMV(q6_K)
 DEFINE_QMV(f32)
 DEFINE_QMV(f16)
 DEFINE_QMV(bf16)
+DEFINE_QMV_Q8X(q4_0)
+DEFINE_QMV_Q8X(q4_1)
+DEFINE_QMV_Q8X(q8_0)
+DEFINE_QMV_Q8X(q4_K)
+DEFINE_QMV_Q8X(q6_K)
 
 // ---- Batched decode: NB sequences at once, each weight read once for all of them ----
 //

@@ -8,8 +8,9 @@
 //!   fits; again with the one-kernel attention forced; and again in full f32), (b) the engine
 //!   stepping the whole prompt itself, (c) the engine taking over the f32 path's prefill KV cache
 //!   (`load_prefix`, the fallback), each for `--compare` positions (the first compares the
-//!   prompt's last logits); max |logit difference| <= `--tolerance`, or `--tf32-tolerance` for the
-//!   two TF32 prefill runs. The
+//!   prompt's last logits), the steps on f32 activations; max |logit difference| <= `--tolerance`,
+//!   or `--tf32-tolerance` for the two TF32 prefill runs; (d) the engine stepping the prompt on
+//!   int8 activations (its default step), at `--int8-tolerance`. The
 //!   quantized Candle path (QMatMul quantizes activations to Q8_1, so its logits differ by O(1)) is
 //!   compared on greedy tokens only, as information; with `--adapter DIR` every path runs with that
 //!   PEFT adapter (the engine's unmerged adapter path against Candle's attached one);
@@ -17,7 +18,8 @@
 //!   pp512+tg128 at the defaults) and prompt of 1 token then 128 (llama-bench tg128): prefill tokens/s
 //!   (prompts of >= `BATCHED_PREFILL_MIN` tokens through the engine's batched prefill, as generation
 //!   does; median of `--prefill-reps` runs) and decode tokens/s (each token read back to the host),
-//!   for the engine with the graph, the engine eagerly, and the Candle path, plus the old prefill
+//!   for the engine with the graph (int8 activations, then f32), the engine eagerly, and the Candle
+//!   path, plus the old prefill
 //!   (Candle's batched forward + cache handoff) as its own row; a JSON summary line at the end.
 
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -58,6 +60,11 @@ pub struct Args {
     /// prefill): inputs rounded to a 10-bit mantissa, ~1e-3 relative per product.
     #[arg(long, default_value_t = 0.2)]
     pub tf32_tolerance: f32,
+    /// The same for the steps on int8 activations (the engine's default step): every mat-vec's
+    /// input rounded to 8 bits per 32 values, as llama.cpp's and Candle's quantized matmul's
+    /// (whose logits differ from dense f32 by O(1) at 30 layers).
+    #[arg(long, default_value_t = 2.0)]
+    pub int8_tolerance: f32,
     /// Prefills timed per path (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub prefill_reps: usize,
@@ -127,6 +134,9 @@ struct Report {
     /// Over the TF32 prefill runs (judged at `tf32_tolerance`).
     max_abs_logit_diff_tf32: f32,
     tf32_tolerance: f32,
+    /// Over the run stepping on int8 activations (judged at `int8_tolerance`).
+    max_abs_logit_diff_int8: f32,
+    int8_tolerance: f32,
     greedy_tokens_identical_f32: bool,
     greedy_tokens_identical_quantized_candle: bool,
     timings: Vec<Timing>,

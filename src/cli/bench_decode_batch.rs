@@ -85,7 +85,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut prompt =
         |len: usize| -> Vec<u32> { (0..len).map(|_| rng.random_range(0..vocab)).collect() };
 
-    // Correctness: each sequence's own 16-token prompt, then greedy tokens.
+    // Correctness: each sequence's own 16-token prompt, then greedy tokens; both engines on f32
+    // activations (the batched mat-vecs' maths), then back to the default.
+    single.use_int8_activations(false);
+    batch.use_int8_activations(false);
     let prompts: Vec<Vec<u32>> = (0..args.batch).map(|_| prompt(16)).collect();
     for t in 0..16 {
         let tokens: Vec<u32> = prompts.iter().map(|p| p[t]).collect();
@@ -93,6 +96,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let (max_diff, identical) =
         compare_with_batch1(&mut batch, &mut single, &prompts, config.vocab_size, &args)?;
+    single.use_int8_activations(true);
+    batch.use_int8_activations(true);
     let ok = max_diff <= args.tolerance && identical;
     println!(
         "batch engine vs batch-1 engine: {} sequences x {} positions, max |dlogit| {max_diff:.3e} (tolerance {:.1e}), greedy tokens identical: {identical}",

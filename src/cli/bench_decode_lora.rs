@@ -310,7 +310,17 @@ mod cuda {
 
         /// The batch engine (mixed slots) against each sequence alone on the batch-1 engine:
         /// (max |logit difference|, greedy tokens identical).
+        /// Both on f32 activations (the batched mat-vecs' maths), then back to the default.
         pub(super) fn compare(&mut self, args: &Args) -> anyhow::Result<(f32, bool)> {
+            self.single.use_int8_activations(false);
+            self.batch.use_int8_activations(false);
+            let result = self.compare_f32(args);
+            self.single.use_int8_activations(true);
+            self.batch.use_int8_activations(true);
+            result
+        }
+
+        fn compare_f32(&mut self, args: &Args) -> anyhow::Result<(f32, bool)> {
             let mixed = self.mixed.clone();
             self.batch.set_adapters(&mixed)?;
             self.batch.reset();

@@ -316,6 +316,7 @@ mod tests {
             false,
             None,
             Some(&LoraGroup { a: &a32, ..group }),
+            crate::gpu::decode::reference::Activations::F32,
         );
         let mut row0 = 0;
         for p in 0..3 {

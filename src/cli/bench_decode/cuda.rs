@@ -16,18 +16,36 @@ use wick::models::llama::Llama;
 use super::{median, timing, Args, CompareRow, PrefillProfile, Report, Timing};
 
 /// The comparison runs, in order: the engine's batched prefill (GEMM attention, then the one-kernel
-/// attention forced), the engine stepping the prompt, the engine taking over Candle's prefill cache.
-const RUNS: [&str; 5] = [
+/// attention forced, then in f32), the engine stepping the prompt, the engine taking over Candle's
+/// prefill cache; every step after them on f32 activations. Last, the engine stepping the prompt
+/// on int8 activations (the engine's default step).
+const RUNS: [&str; 6] = [
     "engine batched prefill",
     "engine batched prefill (attention kernel)",
     "engine batched prefill (f32)",
     "engine steps",
     "candle prefill handoff",
+    "engine steps (int8 activations)",
 ];
 
-/// The runs whose prefill multiplies on the TF32 tensor cores (the engine's default).
-fn is_tf32_run(run: &str) -> bool {
-    run == RUNS[0] || run == RUNS[1]
+/// How a run's logits are judged: its maths' own tolerance.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Precision {
+    F32,
+    /// The prefill's products on the TF32 tensor cores (the engine's default prefill).
+    Tf32,
+    /// The steps' mat-vecs on int8 activations (the engine's default step).
+    Int8,
+}
+
+fn precision(run: &str) -> Precision {
+    if run == RUNS[0] || run == RUNS[1] {
+        Precision::Tf32
+    } else if run == RUNS[5] {
+        Precision::Int8
+    } else {
+        Precision::F32
+    }
 }
 
 /// Runs `wick bench decode`.
@@ -90,18 +108,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let reps = args.prefill_reps.max(1);
     let timings = speed(&mut engine, &models, &shapes, &engine_mode, reps)?;
 
-    let worst = |tf32: bool| {
+    let worst = |p: Precision| {
         compare
             .iter()
-            .filter(|r| is_tf32_run(r.run) == tf32)
+            .filter(|r| precision(r.run) == p)
             .map(|r| r.max_abs_logit_diff)
             .fold(0f32, f32::max)
     };
-    let (max_diff, max_diff_tf32) = (worst(false), worst(true));
-    let ok = max_diff <= args.tolerance
-        && max_diff_tf32 <= args.tf32_tolerance
-        && max_diff.is_finite()
-        && max_diff_tf32.is_finite();
+    let (max_diff, max_diff_tf32, max_diff_int8) = (
+        worst(Precision::F32),
+        worst(Precision::Tf32),
+        worst(Precision::Int8),
+    );
+    let ok = [
+        (max_diff, args.tolerance),
+        (max_diff_tf32, args.tf32_tolerance),
+        (max_diff_int8, args.int8_tolerance),
+    ]
+    .iter()
+    .all(|&(d, t)| d.is_finite() && d <= t);
     let report = Report {
         model: path.display().to_string(),
         adapter: args.adapter.as_ref().map(|d| d.display().to_string()),
@@ -124,6 +149,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tolerance: args.tolerance,
         max_abs_logit_diff_tf32: max_diff_tf32,
         tf32_tolerance: args.tf32_tolerance,
+        max_abs_logit_diff_int8: max_diff_int8,
+        int8_tolerance: args.int8_tolerance,
         timings,
         ok,
     };
@@ -230,6 +257,7 @@ fn compare_runs(
         let mut want = logits_of(dense, prompt, &mut cache, device)?;
         let mut qcache = model.new_cache(1);
         let mut qwant = logits_of(model, prompt, &mut qcache, device)?;
+        engine.use_int8_activations(precision(run) == Precision::Int8);
         engine.reset();
         if run == "engine batched prefill" {
             // The GEMM attention (every chunk whose keys fit its scratch, as generation runs it).
@@ -242,7 +270,7 @@ fn compare_runs(
             engine.use_prefill_tf32(false)?;
             engine.prefill(prompt)?;
             engine.use_prefill_tf32(true)?;
-        } else if run == "engine steps" {
+        } else if run == "engine steps" || run == "engine steps (int8 activations)" {
             for &id in prompt {
                 engine.step(id)?;
             }
@@ -272,6 +300,7 @@ fn compare_runs(
             engine.step(f32_token)?;
         }
     }
+    engine.use_int8_activations(true);
     Ok(compare)
 }
 
@@ -304,6 +333,7 @@ fn speed(
     reps: usize,
 ) -> anyhow::Result<Vec<Timing>> {
     let mut timings = Vec::new();
+    // Steps on f32 activations are timed too (engine_timings), then the default is back.
     for (prompt, decode_tokens) in shapes {
         timings.extend(engine_timings(
             engine,
@@ -322,7 +352,7 @@ fn speed(
 }
 
 /// The engine's prefill (median of `reps`) and `decode_tokens` greedy steps, with the CUDA graph
-/// and with eager launches.
+/// (on int8 activations, the default, then on f32 ones) and with eager launches.
 fn engine_timings(
     engine: &mut DecodeEngine,
     prompt: &[u32],
@@ -332,7 +362,8 @@ fn engine_timings(
 ) -> anyhow::Result<Vec<Timing>> {
     let batched = prompt.len() >= BATCHED_PREFILL_MIN;
     let mut timings = Vec::new();
-    for graph in [true, false] {
+    for (graph, int8) in [(true, true), (true, false), (false, true)] {
+        engine.use_int8_activations(int8);
         if graph {
             engine.use_graph();
         } else {
@@ -360,7 +391,9 @@ fn engine_timings(
             id = engine.greedy()?.0;
         }
         let decode = start.elapsed().as_secs_f64();
-        let path = if graph && engine_mode == "Graph" {
+        let path = if graph && engine_mode == "Graph" && !int8 {
+            "wick engine (CUDA graph, f32 activations)"
+        } else if graph && engine_mode == "Graph" {
             "wick engine (CUDA graph)"
         } else if graph {
             "wick engine (graph failed: eager)"
@@ -492,11 +525,14 @@ fn print_report(r: &Report, prompt_len: usize) {
     print_compare_rows(&r.compare);
     println!(
         "max |logit diff| vs dense f32 {:.3e} (tolerance {:.1e}), TF32 prefill runs {:.3e} \
-         (tolerance {:.1e}); greedy tokens identical: vs f32 {}, vs quantized Candle {} (information)",
+         (tolerance {:.1e}), int8 steps {:.3e} (tolerance {:.1e}); greedy tokens identical: vs f32 \
+         {}, vs quantized Candle {} (information)",
         r.max_abs_logit_diff,
         r.tolerance,
         r.max_abs_logit_diff_tf32,
         r.tf32_tolerance,
+        r.max_abs_logit_diff_int8,
+        r.int8_tolerance,
         r.greedy_tokens_identical_f32,
         r.greedy_tokens_identical_quantized_candle
     );

@@ -143,6 +143,16 @@ impl BatchDecodeEngine {
         self.lora_steps.use_graph();
     }
 
+    /// [`super::DecodeEngine::use_int8_activations`]: at batch 1 the step takes the batch-1
+    /// mat-vecs, which quantize their input to int8 by default; the batched ones keep f32.
+    pub fn use_int8_activations(&mut self, on: bool) {
+        if self.kernels.int8_activations() != on {
+            self.kernels.set_int8_activations(on);
+            self.steps = StepGraph::new("CUDA batch decode engine");
+            self.lora_steps = StepGraph::new("CUDA batch decode engine (adapters)");
+        }
+    }
+
     /// Writes `adapter` into slot `slot` of a pool of max([`DEFAULT_SLOTS`], batch) slots of rank
     /// `rank` (made by the first load; at least the adapter's rank). Loading never invalidates
     /// the captured step: only the slot's contents change.

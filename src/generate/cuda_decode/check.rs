@@ -14,9 +14,10 @@
 //! model with the adapter merged into dense weights (`W + s B A`), the "greedy output equals the
 //! merged model's" criterion. Compared at each of 6 positions (max |got - want| / max |want|, f32
 //! tolerance 1e-5 x the number of layers' worth of reordering: see [`TOLERANCE`]):
-//! - `dec_engine_lora`: the batch-1 engine with each adapter, and with none, against the unmerged
-//!   reference; `dec_engine_lora_merged` the same logits against the merged model, and the greedy
-//!   ids of both (shape text) must agree.
+//! - `dec_engine_lora`: the batch-1 engine (f32 activations) with each adapter, and with none,
+//!   against the unmerged reference; `dec_engine_lora_merged` the same logits against the merged
+//!   model, and the greedy ids of both (shape text) must agree. `dec_engine_q8x_lora`: the same
+//!   steps on int8 activations (the default) against the unmerged reference at [`INT8_TOLERANCE`].
 //! - `dec_engine_prefill`: the batched prefill (q/k/v biases and the adapter included) of all but
 //!   the last id, then a step on the cache it wrote, without adapter and with each; in full f32
 //!   (at [`TOLERANCE`]) and on the TF32 tensor cores, the default (at [`TF32_TOLERANCE`]).
@@ -50,6 +51,11 @@ pub const TOLERANCE: f64 = 1e-3;
 /// Tolerance of the logits after a prefill whose products ran on the TF32 tensor cores: inputs
 /// rounded to a 10-bit mantissa (2^-11 relative) before every product, ~1e-3 relative per layer.
 pub const TF32_TOLERANCE: f64 = 2e-2;
+
+/// Tolerance of the logits of steps on int8 activations (the engine's default): every mat-vec's
+/// input rounded to 8 bits per 32 values (up to half a step of amax / 127, ~0.5% of a product
+/// relative), over two layers and the head.
+pub const INT8_TOLERANCE: f64 = 5e-2;
 
 /// One compared quantity.
 pub struct EngineCheck {
@@ -374,15 +380,23 @@ pub fn run(device: &Device, seed: u64) -> Result<Vec<EngineCheck>> {
             host: &host,
             ids: &ids,
         };
-        batch_one(&mut out, &case, device)?;
+        batch_one(&mut out, &case, device, false)?;
+        batch_one(&mut out, &case, device, true)?;
         prefill_then_step(&mut out, &case, device)?;
         batch_three(&mut out, &case, device)?;
     }
     Ok(out)
 }
 
-/// Batch 1: no adapter, then each adapter (slots 1 and 2), against unmerged and merged.
-fn batch_one(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Device) -> Result<()> {
+/// Batch 1: no adapter, then each adapter (slots 1 and 2), against unmerged and merged; on f32
+/// activations (`dec_engine_lora*`), or on int8 ones (`dec_engine_q8x_lora`, against unmerged at
+/// [`INT8_TOLERANCE`]; the adapter's effect and the merged model are the f32 run's to judge).
+fn batch_one(
+    out: &mut Vec<EngineCheck>,
+    case: &ModelCase,
+    device: &Device,
+    int8: bool,
+) -> Result<()> {
     let ModelCase {
         name,
         cfg,
@@ -393,6 +407,7 @@ fn batch_one(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Device) -> R
         ids,
     } = *case;
     let mut engine = DecodeEngine::new(cfg, source, device)?;
+    engine.use_int8_activations(int8);
     engine.load_adapter(1, &host[0], None)?;
     engine.load_adapter(2, &host[1], None)?;
     for (slot, lora) in [(None, None), (Some(1), Some(0)), (Some(2), Some(1))] {
@@ -414,11 +429,19 @@ fn batch_one(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Device) -> R
             None => (reference_logits(base, ids)?, None),
         };
         out.push(EngineCheck {
-            kernel: "dec_engine_lora".into(),
+            kernel: if int8 {
+                "dec_engine_q8x_lora"
+            } else {
+                "dec_engine_lora"
+            }
+            .into(),
             shape: format!("{name}, slot {slot:?}, {} positions", ids.len()),
             max_rel_err: rel(&got, &want),
-            tolerance: TOLERANCE,
+            tolerance: if int8 { INT8_TOLERANCE } else { TOLERANCE },
         });
+        if int8 {
+            continue;
+        }
         if merged.is_some() {
             // The adapter must move the logits far beyond the tolerance, or the check above
             // could not tell a missing adapter from a present one.
@@ -457,6 +480,8 @@ fn batch_one(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Device) -> R
 fn prefill_then_step(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Device) -> Result<()> {
     let (prompt, last) = case.ids.split_at(case.ids.len() - 1);
     let mut engine = DecodeEngine::new(case.cfg, case.source, device)?;
+    // The step after the prefill in exact maths: the prefill's own precision is what is judged.
+    engine.use_int8_activations(false);
     engine.load_adapter(1, &case.host[0], None)?;
     engine.load_adapter(2, &case.host[1], None)?;
     for (tf32, (slot, lora)) in [false, true]
@@ -506,6 +531,7 @@ fn batch_three(out: &mut Vec<EngineCheck>, case: &ModelCase, device: &Device) ->
         ids,
     } = *case;
     let mut batch = BatchDecodeEngine::new(cfg, source, device, 3, 16)?;
+    batch.use_int8_activations(false);
     batch.load_adapter(1, &host[0], 16)?;
     batch.load_adapter(2, &host[1], 16)?;
     let slots = [Some(2), None, Some(1)];

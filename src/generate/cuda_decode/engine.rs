@@ -155,6 +155,18 @@ impl DecodeEngine {
         self.lora_steps.use_graph();
     }
 
+    /// Whether the step's mat-vecs quantize their input to int8 per 32 values where the weights'
+    /// format allows (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K: the default, as llama.cpp and Candle's quantized
+    /// matmul do; `WICK_DECODE_INT8=0` turns it off) or keep it in f32 (exact maths: logits within
+    /// ~1e-6 of a dense f32 model, for comparisons). A change captures the steps again.
+    pub fn use_int8_activations(&mut self, on: bool) {
+        if self.kernels.int8_activations() != on {
+            self.kernels.set_int8_activations(on);
+            self.steps = StepGraph::new("CUDA decode engine");
+            self.lora_steps = StepGraph::new("CUDA decode engine (adapters)");
+        }
+    }
+
     /// Writes `adapter` into adapter slot `slot` (`key`: its identity for
     /// [`DecodeEngine::adapter_slot`]). The first load makes a pool of [`DEFAULT_SLOTS`] slots of
     /// rank max(16, the adapter's); an adapter of a larger rank than the pool's makes a new pool

@@ -5,13 +5,15 @@
 //! and 40: more than a warp's lanes; more shrink tasks than the grid has warps) and odd row counts,
 //! outputs poisoned with NaN where they are not accumulated. The reference computes x A^T itself in
 //! f64, so the whole chain is checked, not the expand alone. Each launch starts from xa marked
-//! pending, as the engine's step does (a pending value nobody produces traps the launch).
+//! pending, as the engine's step does (a pending value nobody produces traps the launch). The
+//! batch-1 case runs again on the int8-activation kernels (`dec_lora_qmv_q8x_*`).
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
 
 use super::check::{blocks, f32s, DecodeCase};
 use super::launch::{device_ptr, DecodeKernels, Epilogue, LoraEpilogue, XA_PENDING};
 use super::lora_reference::{self, LoraGroup};
+use super::reference::Activations;
 use super::QuantType;
 use crate::Result;
 
@@ -68,10 +70,9 @@ struct Shape {
     e1: usize,
 }
 
-/// Runs every case; `next` draws seeds.
-pub fn run(kernels: &DecodeKernels, next: &mut dyn FnMut() -> u64) -> Result<Vec<DecodeCase>> {
-    let mut cases = Vec::new();
-    let shapes = [
+/// The checked shapes: batch 1 first.
+fn shapes() -> [Shape; 3] {
+    [
         // q/k/v-like: 9 heads of 32 + 2 x 3 kv heads, rank 5, batch 1.
         Shape {
             rows: 480,
@@ -102,25 +103,60 @@ pub fn run(kernels: &DecodeKernels, next: &mut dyn FnMut() -> u64) -> Result<Vec
             e0: usize::MAX >> 1,
             e1: usize::MAX >> 1,
         },
-    ];
+    ]
+}
+
+/// `s` for format `q`: K-quant rows are whole super-blocks of 256 (96 -> 256, 576 -> 768).
+fn for_format(q: QuantType, s: &Shape) -> Shape {
+    let k = match (q.block_weights(), s.k) {
+        (256, 96) => 256,
+        (256, 576) => 768,
+        (_, k) => k,
+    };
+    Shape {
+        k,
+        seq_slots: s.seq_slots.clone(),
+        ..*s
+    }
+}
+
+/// Runs every case on the f32-activation kernels (the kernels' mode); `next` draws seeds.
+pub fn run(kernels: &DecodeKernels, next: &mut dyn FnMut() -> u64) -> Result<Vec<DecodeCase>> {
+    let mut cases = Vec::new();
     for q in super::QUANT_TYPES {
-        for s in &shapes {
-            // K-quant rows are whole super-blocks of 256: 96 -> 256, 576 -> 768.
-            let k = match (q.block_weights(), s.k) {
-                (256, 96) => 256,
-                (256, 576) => 768,
-                (_, k) => k,
-            };
-            let s = Shape {
-                k,
-                seq_slots: s.seq_slots.clone(),
-                ..*s
-            };
-            cases.extend(matvec_case(kernels, q, &s, next)?);
-            cases.extend(swiglu_case(kernels, q, &s, next)?);
+        for s in &shapes() {
+            let s = for_format(q, s);
+            cases.extend(matvec_case(kernels, q, &s, Activations::F32, next)?);
+            cases.extend(swiglu_case(kernels, q, &s, Activations::F32, next)?);
         }
     }
     Ok(cases)
+}
+
+/// The batch-1 case of every format with `act` kernels (the kernels' mode must match).
+pub fn run_batch1(
+    kernels: &DecodeKernels,
+    act: Activations,
+    next: &mut dyn FnMut() -> u64,
+) -> Result<Vec<DecodeCase>> {
+    let mut cases = Vec::new();
+    for q in super::QUANT_TYPES {
+        if act == Activations::Int8 && !super::launch::has_int8_activations(q) {
+            continue;
+        }
+        let s = for_format(q, &shapes()[0]);
+        cases.extend(matvec_case(kernels, q, &s, act, next)?);
+        cases.extend(swiglu_case(kernels, q, &s, act, next)?);
+    }
+    Ok(cases)
+}
+
+/// Kernel-name infix and tolerance of the cases on `act` kernels.
+fn family(act: Activations) -> (&'static str, Option<f64>) {
+    match act {
+        Activations::F32 => ("", None),
+        Activations::Int8 => ("_q8x", Some(super::check::INT8_TOLERANCE)),
+    }
 }
 
 /// Host and device copies of a pool's A ([pool][a_rows, k]) and B ([pool][b_rows, rank]), B
@@ -190,8 +226,10 @@ fn matvec_case(
     kernels: &DecodeKernels,
     q: QuantType,
     s: &Shape,
+    act: Activations,
     next: &mut dyn FnMut() -> u64,
 ) -> Result<Vec<DecodeCase>> {
+    let (infix, tolerance) = family(act);
     let (rows, k, nb, eps) = (s.rows, s.k, s.seq_slots.len(), 1e-5f32);
     let segments = if s.e0 < rows { 3 } else { 1 };
     let p = pool(kernels, s, segments, rows, next)?;
@@ -217,7 +255,7 @@ fn matvec_case(
         lora,
     };
     let name = format!(
-        "lora_qmv{}_{}",
+        "lora_qmv{infix}{}_{}",
         if nb > 1 { "_batch" } else { "" },
         q.suffix()
     );
@@ -263,10 +301,12 @@ fn matvec_case(
                 true,
                 Some(&bias),
                 group.as_ref(),
+                act,
             )
         })
         .collect();
     Ok(vec![DecodeCase {
+        tolerance,
         kernel: format!("dec_{name}_bias_norm_add"),
         shape: format!(
             "[{rows}, {k}] rank {} slots {:?} segments at {}/{}",
@@ -282,8 +322,10 @@ fn swiglu_case(
     kernels: &DecodeKernels,
     q: QuantType,
     s: &Shape,
+    act: Activations,
     next: &mut dyn FnMut() -> u64,
 ) -> Result<Vec<DecodeCase>> {
+    let (infix, tolerance) = family(act);
     let (rows, k, nb, eps) = (s.rows, s.k, s.seq_slots.len(), 1e-5f32);
     let s = Shape {
         e0: usize::MAX >> 1,
@@ -308,7 +350,7 @@ fn swiglu_case(
     let ptr = |d: &dyn Ptr| d.addr(st);
     let lora = p.epilogue(&s, st, ptr(&slots_d), ptr(&xa));
     let name = format!(
-        "lora_qmv_swiglu{}_{}",
+        "lora_qmv{infix}_swiglu{}_{}",
         if nb > 1 { "_batch" } else { "" },
         q.suffix()
     );
@@ -354,10 +396,12 @@ fn swiglu_case(
                 Some((&g, eps)),
                 rows,
                 group.as_ref(),
+                act,
             )
         })
         .collect();
     Ok(vec![DecodeCase {
+        tolerance,
         kernel: format!("dec_{name}"),
         shape: format!("[{rows}, {k}] rank {} slots {:?}", s.rank, s.seq_slots),
         got: down(kernels, &yd)?,

@@ -88,6 +88,7 @@ fn embed_cases(
             .embed_rows(q, gpu.ptr(&td), gpu.ptr(&idd), gpu.ptr(&xd), n, hidden)
             .map_err(launch_err("embed_rows"))?;
         cases.push(DecodeCase {
+            tolerance: None,
             kernel: format!("dec_prefill_embed_{}", q.suffix()),
             shape: format!("[{vocab}, {hidden}] x {n} ids"),
             got: gpu.down(&xd)?,
@@ -163,12 +164,14 @@ fn dequant_cases(
             .clone_dtoh(&out_bf16)
             .map_err(|e| gpu_err("read-back", e))?;
         cases.push(DecodeCase {
+            tolerance: None,
             kernel: "dec_prefill_dequant_layer_bf16".into(),
             shape: format!("{dims:?} as {formats_text:?}, against the f32 output rounded"),
             got: got_bf16.into_iter().map(|w| w.to_f64()).collect(),
             want: rounded,
         });
         cases.push(DecodeCase {
+            tolerance: None,
             kernel: "dec_prefill_dequant_layer".into(),
             shape: format!("{dims:?} as {formats_text:?}"),
             got,
@@ -194,6 +197,7 @@ fn row_cases(gpu: &Gpu, next: &mut dyn FnMut() -> u64, cases: &mut Vec<DecodeCas
             .rms_rows(gpu.ptr(&xd), gpu.ptr(&wd), gpu.ptr(&yd), n, k, 1e-5)
             .map_err(launch_err("rms_rows"))?;
         cases.push(DecodeCase {
+            tolerance: None,
             kernel: "dec_prefill_rms_rows".into(),
             shape: format!("[{n}, {k}]"),
             got: gpu.down(&yd)?,
@@ -206,6 +210,7 @@ fn row_cases(gpu: &Gpu, next: &mut dyn FnMut() -> u64, cases: &mut Vec<DecodeCas
             .swiglu_rows(gpu.ptr(&gud), gpu.ptr(&act), n, ffn)
             .map_err(launch_err("swiglu_rows"))?;
         cases.push(DecodeCase {
+            tolerance: None,
             kernel: "dec_prefill_swiglu_rows".into(),
             shape: format!("[{n}, 2 x {ffn}]"),
             got: gpu.down(&act)?,
@@ -217,6 +222,7 @@ fn row_cases(gpu: &Gpu, next: &mut dyn FnMut() -> u64, cases: &mut Vec<DecodeCas
             .add_bias_rows(gpu.ptr(&yd), gpu.ptr(&bd), n, k)
             .map_err(launch_err("add_bias_rows"))?;
         cases.push(DecodeCase {
+            tolerance: None,
             kernel: "dec_prefill_add_bias_rows".into(),
             shape: format!("[{n}, {k}]"),
             got: gpu.down(&yd)?,
@@ -295,6 +301,7 @@ fn attention_cases(
             .flat_map(|r| r[..heads * d].to_vec())
             .collect();
         cases.push(DecodeCase {
+            tolerance: None,
             kernel: "dec_prefill_rope_q".into(),
             shape: text.clone(),
             got: q_got,
@@ -304,12 +311,14 @@ fn attention_cases(
         let got_kv: Vec<f64> = gpu.down(&kd)?.into_iter().chain(gpu.down(&vd)?).collect();
         let want_kv: Vec<f64> = kc.iter().chain(&vc).map(|&v| v as f64).collect();
         cases.push(DecodeCase {
+            tolerance: None,
             kernel: "dec_prefill_kv_write".into(),
             shape: text.clone(),
             got: got_kv,
             want: want_kv,
         });
         cases.push(DecodeCase {
+            tolerance: None,
             kernel: "dec_prefill_attention".into(),
             shape: text,
             got: gpu.down(&od)?,
@@ -407,12 +416,14 @@ fn gemm_attention_cases(
         qh_got.extend(qkv_after);
         qh_want.extend(qkv.iter().map(|&v| v as f64));
         cases.push(DecodeCase {
+            tolerance: None,
             kernel: "dec_prefill_rope_qh".into(),
             shape: text.clone(),
             got: qh_got,
             want: qh_want,
         });
         cases.push(DecodeCase {
+            tolerance: None,
             kernel: "dec_prefill_attention_gemm".into(),
             shape: text,
             got: gpu.down(&od)?,

@@ -25,8 +25,34 @@ const MV_WARPS: usize = 4;
 const MV_MAX_BLOCKS: usize = 132 * 8;
 /// Threads of the argmax block.
 const ARGMAX_THREADS: u32 = 1024;
-/// Largest `k` the mat-vec kernels hold in shared memory (48 KiB of f32 without an opt-in).
+/// Largest `k` the mat-vec kernels hold in shared memory (48 KiB of f32 without an opt-in; the
+/// int8-activation kernels opt in to their 5.25 bytes per value).
 pub const MAX_MATVEC_K: usize = 12 * 1024;
+
+/// Whether the batch-1 mat-vecs of `q` also come with int8 activations (`qmv_q8x_<q>` in
+/// kernels/quant_matvec.cu: x quantized per 32 values, dp4a products).
+pub fn has_int8_activations(q: QuantType) -> bool {
+    matches!(
+        q,
+        QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q8_0 | QuantType::Q4K | QuantType::Q6K
+    )
+}
+
+/// Dynamic shared memory of a batch-1 mat-vec over `k` inputs: x as f32, and with int8
+/// activations also the int8 values and a (scale, scaled sum) pair per 32.
+fn matvec_shared_bytes(k: usize, int8: bool) -> usize {
+    if int8 {
+        k * 4 + k + k / 32 * 8
+    } else {
+        k * 4
+    }
+}
+
+/// Whether the decode engines quantize activations to int8 for the mat-vecs that can
+/// (`WICK_DECODE_INT8=0`: f32 activations everywhere).
+pub fn int8_activations_default() -> bool {
+    !std::env::var("WICK_DECODE_INT8").is_ok_and(|v| v == "0")
+}
 /// Most sequences of one batched mat-vec launch (QMVB_MAX in kernels/quant_matvec.cu).
 pub const MAX_DECODE_BATCH: usize = 8;
 /// Dynamic shared memory the batched mat-vecs may use (`batch * k` f32; the H100 allows 227 KiB).
@@ -117,6 +143,13 @@ pub struct DecodeKernels {
     /// Mat-vecs per quant type, each without and with the LoRA code ([`MatVecs::pick`]).
     qmv: MatVecs,
     qmv_swiglu: MatVecs,
+    /// The same on int8 activations, for the formats of [`has_int8_activations`] (the f32 kernels
+    /// in the other formats' places, never launched from there).
+    qmv_q8x: MatVecs,
+    qmv_q8x_swiglu: MatVecs,
+    /// Whether the batch-1 mat-vecs take int8 activations where they can
+    /// ([`DecodeKernels::set_int8_activations`]).
+    int8_x: bool,
     embed: Vec<CudaFunction>,
     qmvb: MatVecs,
     qmvb_swiglu: MatVecs,
@@ -184,10 +217,31 @@ impl DecodeKernels {
                 lora: per_type(lora)?,
             })
         };
+        // Kernels of the int8 formats, the f32 kernel `fallback` elsewhere.
+        let int8_mat_vecs = |names: [&'static str; 2], fallback: &MatVecs| -> Result<MatVecs> {
+            let pick = |name: &'static str, f32s: &[CudaFunction]| -> Result<Vec<CudaFunction>> {
+                super::QUANT_TYPES
+                    .iter()
+                    .map(|&q| match has_int8_activations(q) {
+                        true => function(dev, Module::QuantMatvec, name, q.suffix()),
+                        false => Ok(f32s[index(q)].clone()),
+                    })
+                    .collect()
+            };
+            Ok(MatVecs {
+                plain: pick(names[0], &fallback.plain)?,
+                lora: pick(names[1], &fallback.lora)?,
+            })
+        };
+        let qmv = mat_vecs("qmv", "qmv_lora")?;
+        let qmv_swiglu = mat_vecs("qmv_swiglu", "qmv_swiglu_lora")?;
         let kernels = Self {
             stream: dev.cuda_stream(),
-            qmv: mat_vecs("qmv", "qmv_lora")?,
-            qmv_swiglu: mat_vecs("qmv_swiglu", "qmv_swiglu_lora")?,
+            qmv_q8x: int8_mat_vecs(["qmv_q8x", "qmv_q8x_lora"], &qmv)?,
+            qmv_q8x_swiglu: int8_mat_vecs(["qmv_q8x_swiglu", "qmv_q8x_swiglu_lora"], &qmv_swiglu)?,
+            qmv,
+            qmv_swiglu,
+            int8_x: int8_activations_default(),
             embed: per_type("embed")?,
             qmvb: mat_vecs("qmvb", "qmvb_lora")?,
             qmvb_swiglu: mat_vecs("qmvb_swiglu", "qmvb_swiglu_lora")?,
@@ -203,6 +257,14 @@ impl DecodeKernels {
             )
             .w()?;
         }
+        // The int8-activation mat-vecs keep x as f32 and int8 (5.25 bytes a value).
+        for f in kernels.qmv_q8x.all().chain(kernels.qmv_q8x_swiglu.all()) {
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                matvec_shared_bytes(MAX_MATVEC_K, true) as i32,
+            )
+            .w()?;
+        }
         Ok(kernels)
     }
 
@@ -211,14 +273,40 @@ impl DecodeKernels {
         &self.stream
     }
 
+    /// Whether the batch-1 mat-vecs of the formats of [`has_int8_activations`] quantize x to int8
+    /// per 32 values (the default, as llama.cpp and Candle's quantized matmul do; ~1e-2 relative on
+    /// a product) or keep it in f32 (exact maths, for comparisons). A captured step keeps the
+    /// kernels it was captured with: capture again after a change.
+    pub fn set_int8_activations(&mut self, on: bool) {
+        self.int8_x = on;
+    }
+
+    pub fn int8_activations(&self) -> bool {
+        self.int8_x
+    }
+
+    /// The batch-1 kernel of `family` (f32 activations) or `int8_family` for `q`, and whether it
+    /// takes int8 activations.
+    fn batch1<'a>(
+        &'a self,
+        family: &'a MatVecs,
+        int8_family: &'a MatVecs,
+        q: QuantType,
+        lora: &LoraEpilogue,
+    ) -> (&'a CudaFunction, bool) {
+        let int8 = self.int8_x && has_int8_activations(q);
+        let set = if int8 { int8_family } else { family };
+        (set.pick(q, lora), int8)
+    }
+
     /// One warp per row (rows beyond `MV_MAX_BLOCKS` blocks loop), after the LoRA producers'
     /// blocks.
-    fn matvec_config(rows: usize, k: usize, producers: usize) -> LaunchConfig {
+    fn matvec_config(rows: usize, k: usize, producers: usize, int8: bool) -> LaunchConfig {
         let blocks = rows.div_ceil(MV_WARPS).clamp(1, MV_MAX_BLOCKS) + producers;
         LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: ((MV_WARPS * 32) as u32, 1, 1),
-            shared_mem_bytes: (k * 4) as u32,
+            shared_mem_bytes: matvec_shared_bytes(k, int8) as u32,
         }
     }
 
@@ -238,13 +326,13 @@ impl DecodeKernels {
         accumulate: bool,
         epilogue: &Epilogue,
     ) -> Result<()> {
-        let f = self.qmv.pick(q, &epilogue.lora);
+        let (f, int8) = self.batch1(&self.qmv, &self.qmv_q8x, q, &epilogue.lora);
         let (rows_i, k_i, acc_i) = (rows as i32, k as i32, accumulate as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i);
         b.arg(&epilogue.bias).arg(&epilogue.lora);
-        let cfg = Self::matvec_config(rows, k, epilogue.lora.producer_blocks(1));
+        let cfg = Self::matvec_config(rows, k, epilogue.lora.producer_blocks(1), int8);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -265,12 +353,13 @@ impl DecodeKernels {
         eps: f32,
         lora: &LoraEpilogue,
     ) -> Result<()> {
-        let f = self.qmv_swiglu.pick(q, lora);
+        let (f, int8) = self.batch1(&self.qmv_swiglu, &self.qmv_q8x_swiglu, q, lora);
         let (rows_i, k_i) = (rows as i32, k as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(lora);
-        unsafe { b.launch(Self::matvec_config(rows, k, lora.producer_blocks(1))) }.w()?;
+        let cfg = Self::matvec_config(rows, k, lora.producer_blocks(1), int8);
+        unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
 
@@ -301,7 +390,7 @@ impl DecodeKernels {
                  ({MAX_DECODE_BATCH} sequences, {MAX_BATCH_SHARED_BYTES} bytes of shared memory)"
             )));
         }
-        let mut cfg = Self::matvec_config(rows, k, lora.producer_blocks(batch));
+        let mut cfg = Self::matvec_config(rows, k, lora.producer_blocks(batch), false);
         cfg.shared_mem_bytes = (batch * k * 4) as u32;
         Ok(cfg)
     }

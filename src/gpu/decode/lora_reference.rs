@@ -4,7 +4,7 @@
 //! `y[r] += sum_j (xn . A_s[seg(r) R + j]) B_s[r, j]`, B pre-scaled by the adapter's scale; the
 //! swiglu kernels add the gate's and the up's deltas before `silu(g) * u`.
 
-use super::reference::{dot_row, normalized};
+use super::reference::{dot_row, normalized, Activations};
 use super::QuantType;
 use crate::reference::swiglu::swiglu;
 
@@ -48,7 +48,8 @@ fn delta(l: &LoraGroup, xa: &[f64], brow: usize, seg: usize) -> f64 {
         .sum()
 }
 
-/// `qmv_<q>` with its epilogue: y[r] = (accumulate ? y[r] : 0) + W[r] . xn + bias[r] + LoRA delta.
+/// `qmv_<q>` with its epilogue: y[r] = (accumulate ? y[r] : 0) + W[r] . xn + bias[r] + LoRA delta
+/// (the base product on the activations `act` makes of xn, the shrink on xn itself).
 #[allow(clippy::too_many_arguments)]
 pub fn qmv_epilogue(
     q: QuantType,
@@ -59,13 +60,15 @@ pub fn qmv_epilogue(
     accumulate: bool,
     bias: Option<&[f32]>,
     lora: Option<&LoraGroup>,
+    act: Activations,
 ) -> Vec<f64> {
     let xn = normalized(x, norm);
     let xa = lora.map(|l| lora_shrink(&xn, l.a, l.a.len() / xn.len()));
+    let xw = act.of(xn);
     y.iter()
         .enumerate()
         .map(|(r, &old)| {
-            let mut v = if accumulate { old as f64 } else { 0.0 } + dot_row(q, weights, r, &xn);
+            let mut v = if accumulate { old as f64 } else { 0.0 } + dot_row(q, weights, r, &xw);
             v += bias.map_or(0.0, |b| b[r] as f64);
             if let (Some(l), Some(xa)) = (lora, &xa) {
                 v += delta(l, xa, r, l.segment(r));
@@ -77,6 +80,7 @@ pub fn qmv_epilogue(
 
 /// `qmv_swiglu_<q>` with the LoRA deltas: y[r] = silu(Wg[r] . xn + dg) * (Wu[r] . xn + du), the
 /// gate's delta from B rows 0..rows and segment 0, the up's from rows rows..2 rows and segment 1.
+#[allow(clippy::too_many_arguments)]
 pub fn qmv_swiglu_lora(
     q: QuantType,
     gate: &[u8],
@@ -85,12 +89,14 @@ pub fn qmv_swiglu_lora(
     norm: Option<(&[f32], f32)>,
     rows: usize,
     lora: Option<&LoraGroup>,
+    act: Activations,
 ) -> Vec<f64> {
     let xn = normalized(x, norm);
     let xa = lora.map(|l| lora_shrink(&xn, l.a, l.a.len() / xn.len()));
+    let xw = act.of(xn);
     let (g, u): (Vec<f64>, Vec<f64>) = (0..rows)
         .map(|r| {
-            let (mut g, mut u) = (dot_row(q, gate, r, &xn), dot_row(q, up, r, &xn));
+            let (mut g, mut u) = (dot_row(q, gate, r, &xw), dot_row(q, up, r, &xw));
             if let (Some(l), Some(xa)) = (lora, &xa) {
                 g += delta(l, xa, r, 0);
                 u += delta(l, xa, rows + r, 1);
@@ -141,6 +147,7 @@ mod tests {
             false,
             Some(&bias),
             Some(&l),
+            Activations::F32,
         );
         for (r, g) in got.iter().enumerate() {
             let seg = if r < e0 {

@@ -84,6 +84,42 @@ pub fn dequantize_row(q: QuantType, weights: &[u8], row: usize, k: usize) -> Vec
         .collect()
 }
 
+/// What a mat-vec multiplies the weights with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activations {
+    /// x itself (the f32 kernels).
+    F32,
+    /// x quantized to int8 per 32 values (the `qmv_q8x_*` kernels, [`int8_activations`]).
+    Int8,
+}
+
+impl Activations {
+    /// The values the products see for the (normalized) input `xn`.
+    pub fn of(self, xn: Vec<f64>) -> Vec<f64> {
+        match self {
+            Self::F32 => xn,
+            Self::Int8 => int8_activations(&xn),
+        }
+    }
+}
+
+/// x as the int8-activation mat-vecs see it (kernels/quant_matvec.cu, `quantize_x`), in the
+/// kernel's f32 operations: per block of 32 values (x rounded to f32) with amax = max |x|,
+/// q = round(x * (127 / amax)) (half away from zero), the value q * (amax / 127); a block of zeros
+/// stays zero. `x.len()` is a multiple of 32 (every such format's rows are).
+pub fn int8_activations(x: &[f64]) -> Vec<f64> {
+    x.chunks(BLOCK)
+        .flat_map(|block| {
+            let amax = block.iter().fold(0f32, |m, &v| m.max((v as f32).abs()));
+            let (id, d) = (127f32 / amax, amax / 127f32);
+            block.iter().map(move |&v| match amax > 0.0 {
+                true => ((v as f32) * id).round() as f64 * d as f64,
+                false => 0.0,
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn normalized(x: &[f32], norm: Option<(&[f32], f32)>) -> Vec<f64> {
     match norm {
         Some((w, eps)) => prefill_rms_rows(x, w, eps),
@@ -99,8 +135,8 @@ pub(crate) fn dot_row(q: QuantType, weights: &[u8], row: usize, xn: &[f64]) -> f
         .sum()
 }
 
-/// `qmv_<q>`: y[r] = (accumulate ? y[r] : 0) + W[r] . xn, with xn = rms_norm(x) when `norm` is given.
-/// weights: rows x k as `q` blocks; x: [k]; y: [rows].
+/// `qmv_<q>`: y[r] = (accumulate ? y[r] : 0) + W[r] . xn, with xn = rms_norm(x) when `norm` is given
+/// (as `act` sees it). weights: rows x k as `q` blocks; x: [k]; y: [rows].
 pub fn qmv(
     q: QuantType,
     weights: &[u8],
@@ -108,8 +144,9 @@ pub fn qmv(
     norm: Option<(&[f32], f32)>,
     y: &[f32],
     accumulate: bool,
+    act: Activations,
 ) -> Vec<f64> {
-    let xn = normalized(x, norm);
+    let xn = act.of(normalized(x, norm));
     y.iter()
         .enumerate()
         .map(|(r, &old)| {
@@ -127,8 +164,9 @@ pub fn qmv_swiglu(
     x: &[f32],
     norm: Option<(&[f32], f32)>,
     rows: usize,
+    act: Activations,
 ) -> Vec<f64> {
-    let xn = normalized(x, norm);
+    let xn = act.of(normalized(x, norm));
     let g: Vec<f64> = (0..rows).map(|r| dot_row(q, gate, r, &xn)).collect();
     let u: Vec<f64> = (0..rows).map(|r| dot_row(q, up, r, &xn)).collect();
     swiglu(&g, &u)
@@ -273,7 +311,7 @@ mod tests {
             let xn: Vec<f64> = (0..k)
                 .map(|j| x[j] as f64 / (ms + eps as f64).sqrt() * g[j] as f64)
                 .collect();
-            let got = qmv(q, &bytes, &x, Some((&g, eps)), &y0, true);
+            let got = qmv(q, &bytes, &x, Some((&g, eps)), &y0, true, Activations::F32);
             for r in 0..rows {
                 let want =
                     y0[r] as f64 + (0..k).map(|j| dense[r * k + j] as f64 * xn[j]).sum::<f64>();
@@ -284,13 +322,60 @@ mod tests {
                 );
             }
             // Without the norm and without accumulation: the plain product.
-            let plain = qmv(q, &bytes, &x, None, &y0, false);
+            let plain = qmv(q, &bytes, &x, None, &y0, false, Activations::F32);
             let want: f64 = (0..k).map(|j| dense[j] as f64 * x[j] as f64).sum();
             assert!((plain[0] - want).abs() < 1e-5);
             // SwiGLU: silu(gate) * up, gate and up from the same rows here.
-            let sw = qmv_swiglu(q, &bytes, &bytes, &x, None, rows);
+            let sw = qmv_swiglu(q, &bytes, &bytes, &x, None, rows, Activations::F32);
             let silu = want / (1.0 + (-want).exp());
             assert!((sw[0] - silu * want).abs() < 1e-5);
+        }
+    }
+
+    /// Int8 activations: each block's largest magnitude maps to +-127 exactly, every value lands on
+    /// the block's grid of amax / 127 within half a step, zeros stay zeros, and the mat-vec on them
+    /// is the f32 mat-vec of the quantized values.
+    #[test]
+    fn int8_activations_are_the_blocks_grid() {
+        let mut x: Vec<f64> = f32s(96, 71).into_iter().map(f64::from).collect();
+        x[40] = -3.0; // block 1's largest magnitude
+        x[64..96].iter_mut().for_each(|v| *v = 0.0);
+        let q = int8_activations(&x);
+        assert_eq!(q.len(), x.len());
+        for (b, (block, qb)) in x.chunks(32).zip(q.chunks(32)).enumerate() {
+            let amax = block.iter().fold(0f64, |m, v| m.max(v.abs()));
+            for (&v, &w) in block.iter().zip(qb) {
+                if amax == 0.0 {
+                    assert_eq!(w, 0.0, "block {b}");
+                    continue;
+                }
+                let steps = w * 127.0 / amax;
+                assert!(
+                    (steps - steps.round()).abs() < 1e-4,
+                    "block {b}: {w} off the grid"
+                );
+                assert!(
+                    steps.abs() <= 127.0 + 1e-6 && (w - v).abs() <= amax / 254.0 * (1.0 + 1e-6)
+                );
+            }
+        }
+        assert!((q[40] + 3.0).abs() < 1e-6);
+        let (bytes, _) = quantized(QuantType::Q4_1, 2, 96, 72);
+        let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let y0 = [0f32; 2];
+        let got = qmv(
+            QuantType::Q4_1,
+            &bytes,
+            &xf,
+            None,
+            &y0,
+            false,
+            Activations::Int8,
+        );
+        let xq = int8_activations(&normalized(&xf, None));
+        for (r, g) in got.iter().enumerate() {
+            let want = dot_row(QuantType::Q4_1, &bytes, r, &xq);
+            assert!((g - want).abs() < 1e-12, "row {r}");
         }
     }
 

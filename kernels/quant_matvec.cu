@@ -539,49 +539,84 @@ DEFINE_EMBED_ROW(bf16)
 // 8 weights meet x in two dp4a instructions instead of 8 int-to-float conversions and 8 FMAs: the
 // f32 kernels issue ~8 instructions per weight and are bound by it (~15% of DRAM bandwidth at
 // SmolLM2-1.7B shapes, bench/results/device-s10). Same maths as the f32 kernels with xn replaced by
-//   xq[i] = round(xn[i] * (127 / amax_b)),  ds_b = (amax_b / 127, amax_b / 127 * sum_{i in b} xq[i])
+//   xq[i] = rint(xn[i] * (127 / amax_b)),  ds_b = (amax_b / 127, amax_b / 127 * sum_{i in b} xq[i])
 // per block b of 32 values (amax_b = max |xn_i| over b; amax_b = 0: xq = 0, ds = (0, 0)), i.e.
 //   y[r] = sum_b sum_{i in b} W[r, i] * ds_b.x * xq[i]
-// (round: half away from zero). Shared memory: xn as f32 [k] (the norm's staging), xq [k] int8,
-// ds [k / 32] float2.
+// (rint: to nearest, ties to even). Shared memory: xq [k] int8, then ds [k / 32] float2.
 
-// Quantizes the normalized x in shared xs (plain layout) into xq and ds: 8 threads per block of 32
-// values, 4 values each; every lane of a warp takes part in the shuffles (k is a multiple of 32).
-__device__ __forceinline__ void quantize_x(const float* xs, int k, int* xq, float2* ds) {
-    int n4 = k / 4, lane = threadIdx.x & 31;
-    for (int base = threadIdx.x - lane; base < n4; base += blockDim.x) {
-        int i = base + lane;
-        bool in = i < n4;
-        float4 v = in ? reinterpret_cast<const float4*>(xs)[i] : make_float4(0.f, 0.f, 0.f, 0.f);
-        float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+// Quantizes 4 values (float4 i of x, `in` false past the end) into word i of xq, and with the 7 other
+// lanes of its 32-value block (lanes 8n .. 8n + 7; every lane of the warp calls) the block's scales
+// into ds: amax over the 32 values, q = rint(x * (127 / amax)), ds = (amax / 127, that * sum q).
+__device__ __forceinline__ void quantize4(float4 v, int i, bool in, int* xq, float2* ds) {
+    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
 #pragma unroll
-        for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        float id = amax > 0.f ? 127.f / amax : 0.f;
-        int q0 = (int)roundf(__fmul_rn(v.x, id)), q1 = (int)roundf(__fmul_rn(v.y, id));
-        int q2 = (int)roundf(__fmul_rn(v.z, id)), q3 = (int)roundf(__fmul_rn(v.w, id));
-        int sum = q0 + q1 + q2 + q3;
+    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    float id = amax > 0.f ? 127.f / amax : 0.f;
+    int q0 = __float2int_rn(__fmul_rn(v.x, id)), q1 = __float2int_rn(__fmul_rn(v.y, id));
+    int q2 = __float2int_rn(__fmul_rn(v.z, id)), q3 = __float2int_rn(__fmul_rn(v.w, id));
+    int sum = q0 + q1 + q2 + q3;
 #pragma unroll
-        for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        if (!in) continue;
-        xq[i] = (q0 & 255) | (q1 & 255) << 8 | (q2 & 255) << 16 | (int)((unsigned)(q3 & 255) << 24);
-        float d = amax / 127.f;
-        if ((i & 7) == 0) ds[i >> 3] = make_float2(d, d * (float)sum);
+    for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (!in) return;
+    xq[i] = (int)((uint32_t)(q0 & 255) | (uint32_t)(q1 & 255) << 8 | (uint32_t)(q2 & 255) << 16 |
+                  (uint32_t)(q3 & 255) << 24);
+    float d = amax / 127.f;
+    if ((i & 7) == 0) ds[i >> 3] = make_float2(d, d * (float)sum);
+}
+
+// xq and ds of x[0..k) (RMS-normalized and scaled by norm_w when norm_w is not null: x r g, r from
+// the sum of squares), straight from global memory: the norm's sum in a first pass (LOAD_UNROLL
+// loads in flight per thread), then two float4 per thread and iteration quantized side by side
+// (their shuffles interleave), so a block's prologue is a few round trips even at k = 8192. x
+// and norm_w must be 16-byte aligned (every engine buffer is its own allocation) and k a
+// multiple of 32.
+__device__ __forceinline__ void load_x_int8(const float* __restrict__ x, const float* __restrict__ norm_w,
+                                            float eps, int k, int* xq, float2* ds) {
+    __shared__ float red[32];
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    const float4* g4 = reinterpret_cast<const float4*>(norm_w);
+    int n4 = k / 4, bd = blockDim.x, lane = threadIdx.x & 31;
+    float r = 1.f;
+    if (norm_w != nullptr) {
+        float ss = 0.f;
+        for (int base = threadIdx.x; base < n4; base += LOAD_UNROLL * bd) {
+            float4 v[LOAD_UNROLL];
+#pragma unroll
+            for (int u = 0; u < LOAD_UNROLL; u++)
+                v[u] = base + u * bd < n4 ? __ldg(x4 + base + u * bd) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+            for (int u = 0; u < LOAD_UNROLL; u++) ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+        }
+        r = rsqrtf(block_sum(ss, red) / (float)k + eps);
+    }
+    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int base = threadIdx.x - lane; base < n4; base += 2 * bd) {
+        int i0 = base + lane, i1 = base + bd + lane;
+        bool in0 = i0 < n4, in1 = i1 < n4;
+        float4 v0 = in0 ? __ldg(x4 + i0) : zero, v1 = in1 ? __ldg(x4 + i1) : zero;
+        if (norm_w != nullptr) {
+            float4 a = in0 ? __ldg(g4 + i0) : zero, b = in1 ? __ldg(g4 + i1) : zero;
+            v0 = make_float4(v0.x * r * a.x, v0.y * r * a.y, v0.z * r * a.z, v0.w * r * a.w);
+            v1 = make_float4(v1.x * r * b.x, v1.y * r * b.y, v1.z * r * b.z, v1.w * r * b.w);
+        }
+        quantize4(v0, i0, in0, xq, ds);
+        quantize4(v1, i1, in1, xq, ds);
     }
     __syncthreads();
 }
 
-// xq (as words) and ds after the f32 staging of k values in the dynamic shared memory.
+// xq (as words) and ds in the dynamic shared memory: k bytes, then k / 32 float2.
 __device__ __forceinline__ const int* q8x_words(const float* xs, int k) {
-    return reinterpret_cast<const int*>(xs + k);
+    return reinterpret_cast<const int*>(xs);
 }
 __device__ __forceinline__ const float2* q8x_scales(const float* xs, int k) {
-    return reinterpret_cast<const float2*>(xs + k + k / 4);
+    return reinterpret_cast<const float2*>(reinterpret_cast<const int8_t*>(xs) + k);
 }
 
 __device__ __forceinline__ void xprep_q8x(const float* __restrict__ x, const float* __restrict__ norm_w,
                                           float eps, int k, float* xs) {
-    load_x(x, norm_w, eps, k, xs, 0);
-    quantize_x(xs, k, reinterpret_cast<int*>(xs + k), reinterpret_cast<float2*>(xs + k + k / 4));
+    load_x_int8(x, norm_w, eps, k, reinterpret_cast<int*>(xs),
+                reinterpret_cast<float2*>(reinterpret_cast<int8_t*>(xs) + k));
 }
 
 // Part p (of 4) of 32-weight block blk of a row against xq words xw (the block's 8) and its scales

@@ -25,8 +25,7 @@ const MV_WARPS: usize = 4;
 const MV_MAX_BLOCKS: usize = 132 * 8;
 /// Threads of the argmax block.
 const ARGMAX_THREADS: u32 = 1024;
-/// Largest `k` the mat-vec kernels hold in shared memory (48 KiB of f32 without an opt-in; the
-/// int8-activation kernels opt in to their 5.25 bytes per value).
+/// Largest `k` the mat-vec kernels hold in shared memory (48 KiB of f32 without an opt-in).
 pub const MAX_MATVEC_K: usize = 12 * 1024;
 
 /// Whether the batch-1 mat-vecs of `q` also come with int8 activations (`qmv_q8x_<q>` in
@@ -38,11 +37,11 @@ pub fn has_int8_activations(q: QuantType) -> bool {
     )
 }
 
-/// Dynamic shared memory of a batch-1 mat-vec over `k` inputs: x as f32, and with int8
-/// activations also the int8 values and a (scale, scaled sum) pair per 32.
+/// Dynamic shared memory of a batch-1 mat-vec over `k` inputs: x as f32, or with int8 activations
+/// the int8 values and a (scale, scaled sum) pair per 32.
 fn matvec_shared_bytes(k: usize, int8: bool) -> usize {
     if int8 {
-        k * 4 + k + k / 32 * 8
+        k + k / 32 * 8
     } else {
         k * 4
     }
@@ -254,14 +253,6 @@ impl DecodeKernels {
             f.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 MAX_BATCH_SHARED_BYTES as i32,
-            )
-            .w()?;
-        }
-        // The int8-activation mat-vecs keep x as f32 and int8 (5.25 bytes a value).
-        for f in kernels.qmv_q8x.all().chain(kernels.qmv_q8x_swiglu.all()) {
-            f.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                matvec_shared_bytes(MAX_MATVEC_K, true) as i32,
             )
             .w()?;
         }

@@ -103,17 +103,17 @@ impl Activations {
     }
 }
 
-/// x as the int8-activation mat-vecs see it (kernels/quant_matvec.cu, `quantize_x`), in the
+/// x as the int8-activation mat-vecs see it (kernels/quant_matvec.cu, `quantize4`), in the
 /// kernel's f32 operations: per block of 32 values (x rounded to f32) with amax = max |x|,
-/// q = round(x * (127 / amax)) (half away from zero), the value q * (amax / 127); a block of zeros
-/// stays zero. `x.len()` is a multiple of 32 (every such format's rows are).
+/// q = rint(x * (127 / amax)) (to nearest, ties to even), the value q * (amax / 127); a block of
+/// zeros stays zero. `x.len()` is a multiple of 32 (every such format's rows are).
 pub fn int8_activations(x: &[f64]) -> Vec<f64> {
     x.chunks(BLOCK)
         .flat_map(|block| {
             let amax = block.iter().fold(0f32, |m, &v| m.max((v as f32).abs()));
             let (id, d) = (127f32 / amax, amax / 127f32);
             block.iter().map(move |&v| match amax > 0.0 {
-                true => ((v as f32) * id).round() as f64 * d as f64,
+                true => ((v as f32) * id).round_ties_even() as f64 * d as f64,
                 false => 0.0,
             })
         })

@@ -293,9 +293,12 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
 // (batch 1) and 16% (batch 8) slower than before that code existed
 // (bench/results/device-s6-before-after).
 // The two entry points of a mat-vec body: NAME_Q without the LoRA code, NAME_lora_Q with it.
-#define MATVEC_ENTRIES(NAME, Q, PARAMS, ARGS)                                                  \
-    extern "C" __global__ void NAME##_##Q(PARAMS) { NAME##_body_##Q<false>(ARGS); }            \
-    extern "C" __global__ void NAME##_lora_##Q(PARAMS) { NAME##_body_##Q<true>(ARGS); }
+#define MATVEC_ENTRIES(NAME, Q, PARAMS, ARGS, BOUNDS)                                          \
+    extern "C" __global__ void BOUNDS NAME##_##Q(PARAMS) { NAME##_body_##Q<false>(ARGS); }     \
+    extern "C" __global__ void BOUNDS NAME##_lora_##Q(PARAMS) { NAME##_body_##Q<true>(ARGS); }
+// The batch-1 mat-vecs run 8 blocks of MV_WARPS warps per SM (the launchers' grid: one wave):
+// at most 64 registers a thread (the int8 swiglu kernels with LoRA took 68-70, 7 blocks a SM).
+#define MV_BOUNDS __launch_bounds__(MV_WARPS * 32, 8)
 #define QMV_PARAMS \
     const uint8_t* __restrict__ w, const float* __restrict__ x, const float* __restrict__ norm_w, \
     float* __restrict__ y, int rows, int k, float eps, int accumulate, \
@@ -307,7 +310,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
     LoraEpi lora
 #define QMV_SWIGLU_ARGS wg, wu, x, norm_w, y, rows, k, eps, lora
 
-#define DEFINE_QMV_AS(NAME, Q, XPREP, XDOT)                                                         \
+#define DEFINE_QMV_AS(NAME, Q, XPREP, XDOT, UNROLL)                                                   \
     template <bool LORA> __device__ __forceinline__ void NAME##_body_##Q(QMV_PARAMS) {              \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
@@ -327,7 +330,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             float bv = lora_load(lora, 0, row);                                                     \
             float xv = lora_xa_issue(lora, 0, seg);                                                 \
             float acc = 0.f;                                                                        \
-            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32)                              \
+            _Pragma(UNROLL)     for (int i = lane; i < parts; i += 32)                              \
                 acc += XDOT(wr, i >> 2, i & 3, xs, k);                                              \
             xv = lora_xa_settle(lora, 0, seg, xv);                                                  \
             acc = warp_sum(acc + lora_lane(lora, xv, bv, 0, row, seg));                             \
@@ -335,7 +338,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
         }                                                                                           \
     }                                                                                               \
-    MATVEC_ENTRIES(NAME, Q, QMV_PARAMS, QMV_ARGS)                                                   \
+    MATVEC_ENTRIES(NAME, Q, QMV_PARAMS, QMV_ARGS, MV_BOUNDS)                                                 \
     template <bool LORA> __device__ __forceinline__ void NAME##_swiglu_body_##Q(QMV_SWIGLU_PARAMS) {\
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
@@ -356,7 +359,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             float bg = lora_load(lora, 0, row), bu = lora_load(lora, 0, rows + row);                \
             float xg = lora_xa_issue(lora, 0, 0), xu = lora_xa_issue(lora, 0, 1);                   \
             float g = 0.f, u = 0.f;                                                                 \
-            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                            \
+            _Pragma(UNROLL)     for (int i = lane; i < parts; i += 32) {                            \
                 g += XDOT(gr, i >> 2, i & 3, xs, k);                                                \
                 u += XDOT(ur, i >> 2, i & 3, xs, k);                                                \
             }                                                                                       \
@@ -367,7 +370,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
         }                                                                                           \
     }                                                                                               \
-    MATVEC_ENTRIES(NAME##_swiglu, Q, QMV_SWIGLU_PARAMS, QMV_SWIGLU_ARGS)
+    MATVEC_ENTRIES(NAME##_swiglu, Q, QMV_SWIGLU_PARAMS, QMV_SWIGLU_ARGS, MV_BOUNDS)
 
 // The f32-activation mat-vecs of every format (qmv_<q>, qmv_swiglu_<q>) and the embedding lookup.
 #define DEFINE_QMV(Q)                                                                               \
@@ -380,7 +383,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
                                               int k) {                                              \
         return rdot_##Q(r, blk, p, xs + blk * 32);                                                  \
     }                                                                                               \
-    DEFINE_QMV_AS(qmv, Q, xprep_##Q, xdot_##Q)                                                      \
+    DEFINE_QMV_AS(qmv, Q, xprep_##Q, xdot_##Q, "unroll 4")                                                    \
     extern "C" __global__ void embed_##Q(const uint8_t* __restrict__ table,                         \
                                          const int* __restrict__ state, float* __restrict__ x,      \
                                          int hidden) {                                              \
@@ -566,10 +569,11 @@ __device__ __forceinline__ void quantize4(float4 v, int i, bool in, int* xq, flo
 
 // xq and ds of x[0..k) (RMS-normalized and scaled by norm_w when norm_w is not null: x r g, r from
 // the sum of squares), straight from global memory: the norm's sum in a first pass (LOAD_UNROLL
-// loads in flight per thread), then two float4 per thread and iteration quantized side by side
-// (their shuffles interleave), so a block's prologue is a few round trips even at k = 8192. x
-// and norm_w must be 16-byte aligned (every engine buffer is its own allocation) and k a
+// loads in flight per thread), then QX_CHUNK float4 per thread and iteration, loaded together and
+// quantized side by side (their shuffles interleave): a round trip per chunk, 4 at k = 8192 (one
+// load and one quantization per iteration measured ~6 us per launch slower there). x and norm_w must be 16-byte aligned (every engine buffer is its own allocation) and k a
 // multiple of 32.
+#define QX_CHUNK 4
 __device__ __forceinline__ void load_x_int8(const float* __restrict__ x, const float* __restrict__ norm_w,
                                             float eps, int k, int* xq, float2* ds) {
     __shared__ float red[32];
@@ -590,17 +594,30 @@ __device__ __forceinline__ void load_x_int8(const float* __restrict__ x, const f
         r = rsqrtf(block_sum(ss, red) / (float)k + eps);
     }
     const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int base = threadIdx.x - lane; base < n4; base += 2 * bd) {
-        int i0 = base + lane, i1 = base + bd + lane;
-        bool in0 = i0 < n4, in1 = i1 < n4;
-        float4 v0 = in0 ? __ldg(x4 + i0) : zero, v1 = in1 ? __ldg(x4 + i1) : zero;
-        if (norm_w != nullptr) {
-            float4 a = in0 ? __ldg(g4 + i0) : zero, b = in1 ? __ldg(g4 + i1) : zero;
-            v0 = make_float4(v0.x * r * a.x, v0.y * r * a.y, v0.z * r * a.z, v0.w * r * a.w);
-            v1 = make_float4(v1.x * r * b.x, v1.y * r * b.y, v1.z * r * b.z, v1.w * r * b.w);
+    for (int base = threadIdx.x - lane; base < n4; base += QX_CHUNK * bd) {
+        float4 v[QX_CHUNK];
+#pragma unroll
+        for (int u = 0; u < QX_CHUNK; u++) {
+            int i = base + u * bd + lane;
+            v[u] = i < n4 ? __ldg(x4 + i) : zero;
         }
-        quantize4(v0, i0, in0, xq, ds);
-        quantize4(v1, i1, in1, xq, ds);
+        if (norm_w != nullptr) {
+            float4 g[QX_CHUNK];
+#pragma unroll
+            for (int u = 0; u < QX_CHUNK; u++) {
+                int i = base + u * bd + lane;
+                g[u] = i < n4 ? __ldg(g4 + i) : zero;
+            }
+#pragma unroll
+            for (int u = 0; u < QX_CHUNK; u++)
+                v[u] = make_float4(v[u].x * r * g[u].x, v[u].y * r * g[u].y, v[u].z * r * g[u].z,
+                                   v[u].w * r * g[u].w);
+        }
+#pragma unroll
+        for (int u = 0; u < QX_CHUNK; u++) {
+            int i = base + u * bd + lane;
+            quantize4(v[u], i, i < n4, xq, ds);
+        }
     }
     __syncthreads();
 }
@@ -694,7 +711,7 @@ __device__ __forceinline__ float qdot_q6_K(const uint8_t* r, int blk, int p, con
                                                   int k) {                                          \
         return qdot_##Q(r, blk, p, q8x_words(xs, k) + blk * 8, q8x_scales(xs, k)[blk]);             \
     }                                                                                               \
-    DEFINE_QMV_AS(qmv_q8x, Q, xprep_q8x, xdot_q8x_##Q)
+    DEFINE_QMV_AS(qmv_q8x, Q, xprep_q8x, xdot_q8x_##Q, "unroll 4")
 
 DEFINE_QMV(q4_0)
 DEFINE_QMV(q4_1)
@@ -861,7 +878,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             }                                                                                        \
         }                                                                                            \
     }                                                                                                \
-    MATVEC_ENTRIES(qmvb, Q, QMVB_PARAMS, QMVB_ARGS)                                                 \
+    MATVEC_ENTRIES(qmvb, Q, QMVB_PARAMS, QMVB_ARGS, )                                              \
     template <bool LORA> __device__ __forceinline__ void qmvb_swiglu_body_##Q(QMVB_SWIGLU_PARAMS) { \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                                \
@@ -914,7 +931,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             }                                                                                        \
         }                                                                                            \
     }                                                                                                \
-    MATVEC_ENTRIES(qmvb_swiglu, Q, QMVB_SWIGLU_PARAMS, QMVB_SWIGLU_ARGS)                            \
+    MATVEC_ENTRIES(qmvb_swiglu, Q, QMVB_SWIGLU_PARAMS, QMVB_SWIGLU_ARGS, )                            \
     extern "C" __global__ void embedb_##Q(const uint8_t* __restrict__ table,                         \
                                           const int* __restrict__ state, float* __restrict__ x,      \
                                           int hidden) {                                              \

@@ -18,7 +18,7 @@
 //!   pp512+tg128 at the defaults) and prompt of 1 token then 128 (llama-bench tg128): prefill tokens/s
 //!   (prompts of >= `BATCHED_PREFILL_MIN` tokens through the engine's batched prefill, as generation
 //!   does; median of `--prefill-reps` runs) and decode tokens/s (each token read back to the host),
-//!   for the engine with the graph (int8 activations, then f32), the engine eagerly, and the Candle
+//!   for the engine with the graph (f32 activations, then int8), the engine eagerly, and the Candle
 //!   path, plus the old prefill
 //!   (Candle's batched forward + cache handoff) as its own row; a JSON summary line at the end.
 

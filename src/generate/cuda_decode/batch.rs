@@ -153,6 +153,14 @@ impl BatchDecodeEngine {
         }
     }
 
+    /// Int8 activations for every launch of at least `rows` output rows (0: all that can; the
+    /// default cutoff is `gpu::decode::launch::INT8_MIN_ROWS`). Captures the steps again.
+    pub fn use_int8_min_rows(&mut self, rows: usize) {
+        self.kernels.set_int8_min_rows(rows);
+        self.steps = StepGraph::new("CUDA batch decode engine");
+        self.lora_steps = StepGraph::new("CUDA batch decode engine (adapters)");
+    }
+
     /// Writes `adapter` into slot `slot` of a pool of max([`DEFAULT_SLOTS`], batch) slots of rank
     /// `rank` (made by the first load; at least the adapter's rank). Loading never invalidates
     /// the captured step: only the slot's contents change.

@@ -167,6 +167,14 @@ impl DecodeEngine {
         }
     }
 
+    /// Int8 activations for every launch of at least `rows` output rows (0: all that can; the
+    /// default cutoff is `gpu::decode::launch::INT8_MIN_ROWS`). Captures the steps again.
+    pub fn use_int8_min_rows(&mut self, rows: usize) {
+        self.kernels.set_int8_min_rows(rows);
+        self.steps = StepGraph::new("CUDA decode engine");
+        self.lora_steps = StepGraph::new("CUDA decode engine (adapters)");
+    }
+
     /// Writes `adapter` into adapter slot `slot` (`key`: its identity for
     /// [`DecodeEngine::adapter_slot`]). The first load makes a pool of [`DEFAULT_SLOTS`] slots of
     /// rank max(16, the adapter's); an adapter of a larger rank than the pool's makes a new pool

@@ -92,7 +92,7 @@ pub fn run(dev: &CudaDevice, seed: u64) -> Result<Vec<DecodeCase>> {
     let mut kernels = DecodeKernels::load(dev).map_err(launch_err("loading the decode kernels"))?;
     kernels.set_int8_activations(false);
     let mut cases = f32_activation_cases(dev, &kernels, seed)?;
-    kernels.set_int8_activations(true);
+    kernels.set_int8_min_rows(0);
     let gpu = Gpu { kernels: &kernels };
     let mut seed = seed ^ 0x9e37_79b9;
     let mut next = || {

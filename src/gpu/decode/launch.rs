@@ -47,10 +47,19 @@ fn matvec_shared_bytes(k: usize, int8: bool) -> usize {
     }
 }
 
-/// Whether the decode engines quantize activations to int8 for the mat-vecs that can
-/// (`WICK_DECODE_INT8=0`: f32 activations everywhere).
-pub fn int8_activations_default() -> bool {
-    !std::env::var("WICK_DECODE_INT8").is_ok_and(|v| v == "0")
+/// Fewest output rows (both matrices' for SwiGLU) of a launch that takes int8 activations by
+/// default: below it the quantization (every block of the grid quantizes x in its prologue) costs
+/// more than the products save.
+pub const INT8_MIN_ROWS: usize = 4096;
+
+/// The decode engines' default [`DecodeKernels::int8_min_rows`]: [`INT8_MIN_ROWS`];
+/// `WICK_DECODE_INT8=0` keeps f32 activations everywhere, `=all` takes int8 wherever a kernel can.
+pub fn int8_min_rows_default() -> usize {
+    match std::env::var("WICK_DECODE_INT8").as_deref() {
+        Ok("0") => usize::MAX,
+        Ok("all") => 0,
+        _ => INT8_MIN_ROWS,
+    }
 }
 /// Most sequences of one batched mat-vec launch (QMVB_MAX in kernels/quant_matvec.cu).
 pub const MAX_DECODE_BATCH: usize = 8;
@@ -146,9 +155,9 @@ pub struct DecodeKernels {
     /// in the other formats' places, never launched from there).
     qmv_q8x: MatVecs,
     qmv_q8x_swiglu: MatVecs,
-    /// Whether the batch-1 mat-vecs take int8 activations where they can
-    /// ([`DecodeKernels::set_int8_activations`]).
-    int8_x: bool,
+    /// Launches of at least this many output rows take int8 activations where the format can
+    /// (`usize::MAX`: none; [`DecodeKernels::set_int8_activations`]).
+    int8_min_rows: usize,
     embed: Vec<CudaFunction>,
     qmvb: MatVecs,
     qmvb_swiglu: MatVecs,
@@ -240,7 +249,7 @@ impl DecodeKernels {
             qmv_q8x_swiglu: int8_mat_vecs(["qmv_q8x_swiglu", "qmv_q8x_swiglu_lora"], &qmv_swiglu)?,
             qmv,
             qmv_swiglu,
-            int8_x: int8_activations_default(),
+            int8_min_rows: int8_min_rows_default(),
             embed: per_type("embed")?,
             qmvb: mat_vecs("qmvb", "qmvb_lora")?,
             qmvb_swiglu: mat_vecs("qmvb_swiglu", "qmvb_swiglu_lora")?,
@@ -265,15 +274,25 @@ impl DecodeKernels {
     }
 
     /// Whether the batch-1 mat-vecs of the formats of [`has_int8_activations`] quantize x to int8
-    /// per 32 values (the default, as llama.cpp and Candle's quantized matmul do; ~1e-2 relative on
-    /// a product) or keep it in f32 (exact maths, for comparisons). A captured step keeps the
-    /// kernels it was captured with: capture again after a change.
+    /// per 32 values (on: as the environment says, [`int8_min_rows_default`]; as llama.cpp and
+    /// Candle's quantized matmul do; ~1e-2 relative on a product) or keep it in f32 (exact maths,
+    /// for comparisons). A captured step keeps the kernels it was captured with: capture again
+    /// after a change.
     pub fn set_int8_activations(&mut self, on: bool) {
-        self.int8_x = on;
+        self.int8_min_rows = match on {
+            true if int8_min_rows_default() != usize::MAX => int8_min_rows_default(),
+            true => INT8_MIN_ROWS,
+            false => usize::MAX,
+        };
     }
 
     pub fn int8_activations(&self) -> bool {
-        self.int8_x
+        self.int8_min_rows != usize::MAX
+    }
+
+    /// Launches of at least `rows` output rows take int8 activations (0: every launch that can).
+    pub fn set_int8_min_rows(&mut self, rows: usize) {
+        self.int8_min_rows = rows;
     }
 
     /// The batch-1 kernel of `family` (f32 activations) or `int8_family` for `q`, and whether it
@@ -283,9 +302,10 @@ impl DecodeKernels {
         family: &'a MatVecs,
         int8_family: &'a MatVecs,
         q: QuantType,
+        rows: usize,
         lora: &LoraEpilogue,
     ) -> (&'a CudaFunction, bool) {
-        let int8 = self.int8_x && has_int8_activations(q);
+        let int8 = rows >= self.int8_min_rows && has_int8_activations(q);
         let set = if int8 { int8_family } else { family };
         (set.pick(q, lora), int8)
     }
@@ -317,7 +337,7 @@ impl DecodeKernels {
         accumulate: bool,
         epilogue: &Epilogue,
     ) -> Result<()> {
-        let (f, int8) = self.batch1(&self.qmv, &self.qmv_q8x, q, &epilogue.lora);
+        let (f, int8) = self.batch1(&self.qmv, &self.qmv_q8x, q, rows, &epilogue.lora);
         let (rows_i, k_i, acc_i) = (rows as i32, k as i32, accumulate as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
@@ -344,7 +364,7 @@ impl DecodeKernels {
         eps: f32,
         lora: &LoraEpilogue,
     ) -> Result<()> {
-        let (f, int8) = self.batch1(&self.qmv_swiglu, &self.qmv_q8x_swiglu, q, lora);
+        let (f, int8) = self.batch1(&self.qmv_swiglu, &self.qmv_q8x_swiglu, q, 2 * rows, lora);
         let (rows_i, k_i) = (rows as i32, k as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Session 11 call 2: the int8-activation prologue fused (x quantized straight from global memory):
+# Session 11 call 2: the int8-activation prologue fused (x quantized straight from global memory),
+# B (the int8 row loop unrolled 4) and B2 (unrolled 8, .device/binB2):
 # gpu-check (the new dec_qmv_q8x_* / dec_lora_qmv_q8x_* / dec_engine_q8x_* records), and
 # `bench decode` at SmolLM2-1.7B shapes (Q4_1, Q8_0, Q4_K_M) and the 135M proxy: B's report has the
 # graph on int8 activations and on f32 ones side by side. Per-kind step profile (bench overhead) on int8 and f32 activations.
@@ -30,7 +31,8 @@ dec() { # tag binary model
   echo "$tag $m rc=$? $(grep -E 'CUDA graph.*prefill +1 tok' $R/dec-$tag-$m.log | sed 's/.*decode/decode/' | tr '\n' ' ')" >> $OUT/summary.txt
   grep -E "max \|logit diff\|" $R/dec-$tag-$m.log | head -1 >> $OUT/summary.txt
 }
-for m in r17-q4_1 r17-q8_0 r17-q4_k_m r135-q4_1; do dec B $S/bin/wick $m; done
+mkdir -p $S/binB2 && python3 -c 'import lzma,sys; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read())' .device/binB2/wick.xz $S/binB2/wick && chmod +x $S/binB2/wick
+for m in r17-q4_1 r17-q8_0 r17-q4_k_m r135-q4_1; do dec B $S/bin/wick $m; dec B2 $S/binB2/wick $m; done
 for mode in 1 0; do
   WICK_DECODE_INT8=$mode timeout 120 $S/bin/wick bench overhead --iters 5 --decode-model $big/r17-q4_1.gguf --out $R/ov-int8-$mode.json --markdown $R/ov-int8-$mode.md > $R/ov-int8-$mode.log 2>&1
   echo "overhead WICK_DECODE_INT8=$mode rc=$?" >> $OUT/summary.txt; grep -E "^\| (qmv|rope|embed|argmax|GPU|total)" $R/ov-int8-$mode.md | head -12 >> $OUT/summary.txt

@@ -153,10 +153,10 @@ impl BatchDecodeEngine {
         }
     }
 
-    /// Int8 activations for every launch of at least `rows` output rows (0: all that can; the
-    /// default cutoff is `gpu::decode::launch::INT8_MIN_ROWS`). Captures the steps again.
-    pub fn use_int8_min_rows(&mut self, rows: usize) {
-        self.kernels.set_int8_min_rows(rows);
+    /// Which launches take int8 activations (`Int8Policy::All`: every one that can, for checks).
+    /// Captures the steps again.
+    pub fn use_int8_policy(&mut self, policy: crate::gpu::decode::launch::Int8Policy) {
+        self.kernels.set_int8_policy(policy);
         self.steps = StepGraph::new("CUDA batch decode engine");
         self.lora_steps = StepGraph::new("CUDA batch decode engine (adapters)");
     }

@@ -37,6 +37,7 @@ use super::DecodeEngine;
 use crate::check::{max_rel_err, random_values};
 use crate::formats::config::{Architecture, DecoderConfig};
 use crate::formats::weights::{LoadOptions, Weight, WeightSource};
+use crate::gpu::decode::launch::Int8Policy;
 use crate::models::linear::LoraWeights;
 use crate::models::llama::{expected_tensors, Llama};
 use crate::{Context, Error, Result};
@@ -407,8 +408,12 @@ fn batch_one(
         ids,
     } = *case;
     let mut engine = DecodeEngine::new(cfg, source, device)?;
-    // Int8 on every launch that can take it (the default leaves small launches in f32).
-    engine.use_int8_min_rows(if int8 { 0 } else { usize::MAX });
+    // Int8 on every launch that can take it (the default leaves some in f32).
+    engine.use_int8_policy(if int8 {
+        Int8Policy::All
+    } else {
+        Int8Policy::Off
+    });
     engine.load_adapter(1, &host[0], None)?;
     engine.load_adapter(2, &host[1], None)?;
     for (slot, lora) in [(None, None), (Some(1), Some(0)), (Some(2), Some(1))] {

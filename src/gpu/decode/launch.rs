@@ -47,19 +47,40 @@ fn matvec_shared_bytes(k: usize, int8: bool) -> usize {
     }
 }
 
-/// Fewest output rows (both matrices' for SwiGLU) of a launch that takes int8 activations by
-/// default: below it the quantization (every block of the grid quantizes x in its prologue) costs
-/// more than the products save.
-pub const INT8_MIN_ROWS: usize = 4096;
+/// Which batch-1 mat-vec launches take int8 activations (formats of [`has_int8_activations`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8Policy {
+    /// None: f32 activations everywhere (exact maths).
+    Off,
+    /// Where it measured faster (bench/results/device-s11, SmolLM2-1.7B and 135M shapes): the
+    /// launches that fuse the RMSNorm (q/k/v, gate/up, the LM head: the int8 prologue normalizes
+    /// and quantizes in one pass, cheaper than the f32 kernels' normalization in shared memory) and
+    /// every launch on K-quant weights (whose f32 dequantization costs most); the o and down
+    /// projections of the 32-weight formats stay f32 (there the quantization costs more than the
+    /// products save: 1.7B Q4_1 decode 899 tok/s this way, 877 with int8 everywhere).
+    Auto,
+    /// Every launch that can.
+    All,
+}
 
-/// The decode engines' default [`DecodeKernels::int8_min_rows`]: [`INT8_MIN_ROWS`];
-/// `WICK_DECODE_INT8=0` keeps f32 activations everywhere, `=all` takes int8 wherever a kernel can.
-pub fn int8_min_rows_default() -> usize {
+/// The decode engines' default: [`Int8Policy::Auto`]; `WICK_DECODE_INT8=0` keeps f32
+/// activations everywhere, `=all` takes int8 wherever a kernel can.
+pub fn int8_policy_default() -> Int8Policy {
     match std::env::var("WICK_DECODE_INT8").as_deref() {
-        Ok("0") => usize::MAX,
-        Ok("all") => 0,
-        _ => INT8_MIN_ROWS,
+        Ok("0") => Int8Policy::Off,
+        Ok("all") => Int8Policy::All,
+        _ => Int8Policy::Auto,
     }
+}
+
+/// Warps sharing a row of a batch-1 mat-vec (split-K, `split` in kernels/quant_matvec.cu): the
+/// fewest of 1, 2, 4 that give the launch ~a block per 8th of a wave of the H100/H200's 132 SMs x
+/// 8 blocks, so launches of few rows (2048 at SmolLM2-1.7B's o/down, 576-1536 at 135M) fill the GPU.
+fn matvec_split(rows: usize) -> usize {
+    [1, 2, 4]
+        .into_iter()
+        .find(|&s| (rows * s).div_ceil(MV_WARPS) >= 1024)
+        .unwrap_or(MV_WARPS)
 }
 /// Most sequences of one batched mat-vec launch (QMVB_MAX in kernels/quant_matvec.cu).
 pub const MAX_DECODE_BATCH: usize = 8;
@@ -155,9 +176,8 @@ pub struct DecodeKernels {
     /// in the other formats' places, never launched from there).
     qmv_q8x: MatVecs,
     qmv_q8x_swiglu: MatVecs,
-    /// Launches of at least this many output rows take int8 activations where the format can
-    /// (`usize::MAX`: none; [`DecodeKernels::set_int8_activations`]).
-    int8_min_rows: usize,
+    /// Which launches take int8 activations ([`DecodeKernels::set_int8_activations`]).
+    int8: Int8Policy,
     embed: Vec<CudaFunction>,
     qmvb: MatVecs,
     qmvb_swiglu: MatVecs,
@@ -249,7 +269,7 @@ impl DecodeKernels {
             qmv_q8x_swiglu: int8_mat_vecs(["qmv_q8x_swiglu", "qmv_q8x_swiglu_lora"], &qmv_swiglu)?,
             qmv,
             qmv_swiglu,
-            int8_min_rows: int8_min_rows_default(),
+            int8: int8_policy_default(),
             embed: per_type("embed")?,
             qmvb: mat_vecs("qmvb", "qmvb_lora")?,
             qmvb_swiglu: mat_vecs("qmvb_swiglu", "qmvb_swiglu_lora")?,
@@ -274,46 +294,56 @@ impl DecodeKernels {
     }
 
     /// Whether the batch-1 mat-vecs of the formats of [`has_int8_activations`] quantize x to int8
-    /// per 32 values (on: as the environment says, [`int8_min_rows_default`]; as llama.cpp and
+    /// per 32 values (on: as the environment says, [`int8_policy_default`]; as llama.cpp and
     /// Candle's quantized matmul do; ~1e-2 relative on a product) or keep it in f32 (exact maths,
     /// for comparisons). A captured step keeps the kernels it was captured with: capture again
     /// after a change.
     pub fn set_int8_activations(&mut self, on: bool) {
-        self.int8_min_rows = match on {
-            true if int8_min_rows_default() != usize::MAX => int8_min_rows_default(),
-            true => INT8_MIN_ROWS,
-            false => usize::MAX,
+        self.int8 = match (on, int8_policy_default()) {
+            (false, _) => Int8Policy::Off,
+            (true, Int8Policy::Off) => Int8Policy::Auto,
+            (true, policy) => policy,
         };
     }
 
     pub fn int8_activations(&self) -> bool {
-        self.int8_min_rows != usize::MAX
+        self.int8 != Int8Policy::Off
     }
 
-    /// Launches of at least `rows` output rows take int8 activations (0: every launch that can).
-    pub fn set_int8_min_rows(&mut self, rows: usize) {
-        self.int8_min_rows = rows;
+    pub fn set_int8_policy(&mut self, policy: Int8Policy) {
+        self.int8 = policy;
     }
 
-    /// The batch-1 kernel of `family` (f32 activations) or `int8_family` for `q`, and whether it
-    /// takes int8 activations.
+    /// The batch-1 kernel of `family` (f32 activations) or `int8_family` for `q` (`norm`: the
+    /// launch fuses the RMSNorm), and whether it takes int8 activations.
     fn batch1<'a>(
         &'a self,
         family: &'a MatVecs,
         int8_family: &'a MatVecs,
         q: QuantType,
-        rows: usize,
+        norm: bool,
         lora: &LoraEpilogue,
     ) -> (&'a CudaFunction, bool) {
-        let int8 = rows >= self.int8_min_rows && has_int8_activations(q);
+        let int8 = has_int8_activations(q)
+            && match self.int8 {
+                Int8Policy::Off => false,
+                Int8Policy::Auto => norm || q.block_weights() == 256,
+                Int8Policy::All => true,
+            };
         let set = if int8 { int8_family } else { family };
         (set.pick(q, lora), int8)
     }
 
     /// One warp per row (rows beyond `MV_MAX_BLOCKS` blocks loop), after the LoRA producers'
     /// blocks.
-    fn matvec_config(rows: usize, k: usize, producers: usize, int8: bool) -> LaunchConfig {
-        let blocks = rows.div_ceil(MV_WARPS).clamp(1, MV_MAX_BLOCKS) + producers;
+    fn matvec_config(
+        rows: usize,
+        k: usize,
+        producers: usize,
+        int8: bool,
+        split: usize,
+    ) -> LaunchConfig {
+        let blocks = (rows * split).div_ceil(MV_WARPS).clamp(1, MV_MAX_BLOCKS) + producers;
         LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: ((MV_WARPS * 32) as u32, 1, 1),
@@ -337,13 +367,15 @@ impl DecodeKernels {
         accumulate: bool,
         epilogue: &Epilogue,
     ) -> Result<()> {
-        let (f, int8) = self.batch1(&self.qmv, &self.qmv_q8x, q, rows, &epilogue.lora);
-        let (rows_i, k_i, acc_i) = (rows as i32, k as i32, accumulate as i32);
+        let (f, int8) = self.batch1(&self.qmv, &self.qmv_q8x, q, norm_w != 0, &epilogue.lora);
+        let split = matvec_split(rows);
+        let (rows_i, k_i, acc_i, split_i) =
+            (rows as i32, k as i32, accumulate as i32, split as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i);
-        b.arg(&epilogue.bias).arg(&epilogue.lora);
-        let cfg = Self::matvec_config(rows, k, epilogue.lora.producer_blocks(1), int8);
+        b.arg(&epilogue.bias).arg(&epilogue.lora).arg(&split_i);
+        let cfg = Self::matvec_config(rows, k, epilogue.lora.producer_blocks(1), int8, split);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -364,12 +396,13 @@ impl DecodeKernels {
         eps: f32,
         lora: &LoraEpilogue,
     ) -> Result<()> {
-        let (f, int8) = self.batch1(&self.qmv_swiglu, &self.qmv_q8x_swiglu, q, 2 * rows, lora);
-        let (rows_i, k_i) = (rows as i32, k as i32);
+        let (f, int8) = self.batch1(&self.qmv_swiglu, &self.qmv_q8x_swiglu, q, norm_w != 0, lora);
+        let split = matvec_split(rows);
+        let (rows_i, k_i, split_i) = (rows as i32, k as i32, split as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
-        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(lora);
-        let cfg = Self::matvec_config(rows, k, lora.producer_blocks(1), int8);
+        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(lora).arg(&split_i);
+        let cfg = Self::matvec_config(rows, k, lora.producer_blocks(1), int8, split);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -401,7 +434,7 @@ impl DecodeKernels {
                  ({MAX_DECODE_BATCH} sequences, {MAX_BATCH_SHARED_BYTES} bytes of shared memory)"
             )));
         }
-        let mut cfg = Self::matvec_config(rows, k, lora.producer_blocks(batch), false);
+        let mut cfg = Self::matvec_config(rows, k, lora.producer_blocks(batch), false, 1);
         cfg.shared_mem_bytes = (batch * k * 4) as u32;
         Ok(cfg)
     }

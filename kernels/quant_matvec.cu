@@ -278,32 +278,12 @@ __device__ __forceinline__ void load_x(const float* __restrict__ x, const float*
 
 // Asks L2 for the first row this warp will read (lane i: the row's i-th 128-byte line), before the
 // x prologue: the weights come from HBM, and their latency then overlaps the prologue's.
-__device__ __forceinline__ void prefetch_row(const uint8_t* w, int rows, int row_bytes, int row) {
+__device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, int row_bytes, int block) {
+    int row = block * MV_WARPS + (threadIdx.x >> 5);
     if (row >= rows) return;
     const uint8_t* r = w + (size_t)row * row_bytes;
     for (int off = (threadIdx.x & 31) * 128; off < row_bytes; off += 32 * 128)
         asm volatile("prefetch.global.L2 [%0];" ::"l"(r + off));
-}
-__device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, int row_bytes, int block) {
-    prefetch_row(w, rows, row_bytes, block * MV_WARPS + (threadIdx.x >> 5));
-}
-
-// Split-K of the batch-1 mat-vecs: `split` (1, 2 or 4, dividing MV_WARPS) consecutive warps of a
-// block share a row, warp w taking the w % split-th of its parts, so a launch of few rows still
-// fills the GPU (SmolLM2-1.7B's o/down: 2048 rows, 512 blocks of one row per warp, 4 blocks a SM;
-// SmolLM2-135M's launches: 576-1536 rows). The partial sums meet in shared memory; every thread
-// of the block calls this (the row loop is block-uniform), the row's first warp gets the total.
-__device__ __forceinline__ float2 split_sum(float2 v, int split) {
-    __shared__ float2 red[MV_WARPS];
-    if (split == 1) return v;
-    int warp = threadIdx.x >> 5;
-    if ((threadIdx.x & 31) == 0) red[warp] = v;
-    __syncthreads();
-    float2 t = make_float2(0.f, 0.f);
-    if (warp % split == 0)
-        for (int s = 0; s < split; s++) t.x += red[warp + s].x, t.y += red[warp + s].y;
-    __syncthreads();
-    return t;
 }
 
 // Each mat-vec kernel comes twice, from one body: `<name>_<q>` compiled without the LoRA code
@@ -322,15 +302,15 @@ __device__ __forceinline__ float2 split_sum(float2 v, int split) {
 #define QMV_PARAMS \
     const uint8_t* __restrict__ w, const float* __restrict__ x, const float* __restrict__ norm_w, \
     float* __restrict__ y, int rows, int k, float eps, int accumulate, \
-    const float* __restrict__ bias, LoraEpi lora, int split
-#define QMV_ARGS w, x, norm_w, y, rows, k, eps, accumulate, bias, lora, split
+    const float* __restrict__ bias, LoraEpi lora
+#define QMV_ARGS w, x, norm_w, y, rows, k, eps, accumulate, bias, lora
 #define QMV_SWIGLU_PARAMS \
     const uint8_t* __restrict__ wg, const uint8_t* __restrict__ wu, const float* __restrict__ x, \
     const float* __restrict__ norm_w, float* __restrict__ y, int rows, int k, float eps, \
-    LoraEpi lora, int split
-#define QMV_SWIGLU_ARGS wg, wu, x, norm_w, y, rows, k, eps, lora, split
+    LoraEpi lora
+#define QMV_SWIGLU_ARGS wg, wu, x, norm_w, y, rows, k, eps, lora
 
-#define DEFINE_QMV_AS(NAME, Q, XPREP, XDOT, UNROLL)                                                 \
+#define DEFINE_QMV_AS(NAME, Q, XPREP, XDOT, UNROLL)                                                   \
     template <bool LORA> __device__ __forceinline__ void NAME##_body_##Q(QMV_PARAMS) {              \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
@@ -340,33 +320,25 @@ __device__ __forceinline__ float2 split_sum(float2 v, int split) {
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, per_block = MV_WARPS / split;         \
-        int parts = (k / 32) * 4, sub = warp % split;                                               \
-        int lo = parts * sub / split, hi = parts * (sub + 1) / split;                               \
-        bool lead = sub == 0;                                                                       \
-        if (lead) prefetch_row(w, rows, row_bytes_##Q(k), block * per_block + warp / split);        \
+        prefetch_first_row(w, rows, row_bytes_##Q(k), block);                                       \
         XPREP(x, norm_w, eps, k, xs);                                                               \
-        for (int row0 = block * per_block; row0 < rows; row0 += blocks * per_block) {               \
-            int row = row0 + warp / split;                                                          \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
+        int parts = (k / 32) * 4;                                                                   \
+        for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
+            const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                 \
+            int seg = lora_seg(lora, row);                                                          \
+            float bv = lora_load(lora, 0, row);                                                     \
+            float xv = lora_xa_issue(lora, 0, seg);                                                 \
             float acc = 0.f;                                                                        \
-            if (row < rows) {                                                                       \
-                const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                             \
-                int seg = lora_seg(lora, row);                                                      \
-                float bv = lead ? lora_load(lora, 0, row) : 0.f;                                    \
-                float xv = lead ? lora_xa_issue(lora, 0, seg) : 0.f;                                \
-                _Pragma(UNROLL) for (int i = lo + lane; i < hi; i += 32)                            \
-                    acc += XDOT(wr, i >> 2, i & 3, xs, k);                                          \
-                if (lead) acc += lora_lane(lora, lora_xa_settle(lora, 0, seg, xv), bv, 0, row, seg);\
-                acc = warp_sum(acc);                                                                \
-            }                                                                                       \
-            acc = split_sum(make_float2(acc, 0.f), split).x;                                        \
-            if (row < rows && lead) {                                                               \
-                if (bias != nullptr) acc += bias[row];                                              \
-                if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                            \
-            }                                                                                       \
+            _Pragma(UNROLL)     for (int i = lane; i < parts; i += 32)                              \
+                acc += XDOT(wr, i >> 2, i & 3, xs, k);                                              \
+            xv = lora_xa_settle(lora, 0, seg, xv);                                                  \
+            acc = warp_sum(acc + lora_lane(lora, xv, bv, 0, row, seg));                             \
+            if (bias != nullptr) acc += bias[row];                                                  \
+            if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
         }                                                                                           \
     }                                                                                               \
-    MATVEC_ENTRIES(NAME, Q, QMV_PARAMS, QMV_ARGS, MV_BOUNDS)                                        \
+    MATVEC_ENTRIES(NAME, Q, QMV_PARAMS, QMV_ARGS, MV_BOUNDS)                                                 \
     template <bool LORA> __device__ __forceinline__ void NAME##_swiglu_body_##Q(QMV_SWIGLU_PARAMS) {\
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
@@ -376,38 +348,26 @@ __device__ __forceinline__ float2 split_sum(float2 v, int split) {
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, per_block = MV_WARPS / split;         \
-        int parts = (k / 32) * 4, sub = warp % split;                                               \
-        int lo = parts * sub / split, hi = parts * (sub + 1) / split;                               \
-        bool lead = sub == 0;                                                                       \
-        if (lead) {                                                                                 \
-            prefetch_row(wg, rows, row_bytes_##Q(k), block * per_block + warp / split);             \
-            prefetch_row(wu, rows, row_bytes_##Q(k), block * per_block + warp / split);             \
-        }                                                                                           \
+        prefetch_first_row(wg, rows, row_bytes_##Q(k), block);                                      \
+        prefetch_first_row(wu, rows, row_bytes_##Q(k), block);                                      \
         XPREP(x, norm_w, eps, k, xs);                                                               \
-        for (int row0 = block * per_block; row0 < rows; row0 += blocks * per_block) {               \
-            int row = row0 + warp / split;                                                          \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
+        int parts = (k / 32) * 4;                                                                   \
+        for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
+            const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                \
+            const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                \
+            float bg = lora_load(lora, 0, row), bu = lora_load(lora, 0, rows + row);                \
+            float xg = lora_xa_issue(lora, 0, 0), xu = lora_xa_issue(lora, 0, 1);                   \
             float g = 0.f, u = 0.f;                                                                 \
-            if (row < rows) {                                                                       \
-                const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                            \
-                const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                            \
-                float bg = lead ? lora_load(lora, 0, row) : 0.f;                                    \
-                float bu = lead ? lora_load(lora, 0, rows + row) : 0.f;                             \
-                float xg = lead ? lora_xa_issue(lora, 0, 0) : 0.f;                                  \
-                float xu = lead ? lora_xa_issue(lora, 0, 1) : 0.f;                                  \
-                _Pragma(UNROLL) for (int i = lo + lane; i < hi; i += 32) {                          \
-                    g += XDOT(gr, i >> 2, i & 3, xs, k);                                            \
-                    u += XDOT(ur, i >> 2, i & 3, xs, k);                                            \
-                }                                                                                   \
-                if (lead) {                                                                         \
-                    g += lora_lane(lora, lora_xa_settle(lora, 0, 0, xg), bg, 0, row, 0);            \
-                    u += lora_lane(lora, lora_xa_settle(lora, 0, 1, xu), bu, 0, rows + row, 1);     \
-                }                                                                                   \
-                g = warp_sum(g);                                                                    \
-                u = warp_sum(u);                                                                    \
+            _Pragma(UNROLL)     for (int i = lane; i < parts; i += 32) {                            \
+                g += XDOT(gr, i >> 2, i & 3, xs, k);                                                \
+                u += XDOT(ur, i >> 2, i & 3, xs, k);                                                \
             }                                                                                       \
-            float2 t = split_sum(make_float2(g, u), split);                                         \
-            if (row < rows && lead && lane == 0) y[row] = t.x / (1.f + expf(-t.x)) * t.y;           \
+            xg = lora_xa_settle(lora, 0, 0, xg);                                                    \
+            xu = lora_xa_settle(lora, 0, 1, xu);                                                    \
+            g = warp_sum(g + lora_lane(lora, xg, bg, 0, row, 0));                                   \
+            u = warp_sum(u + lora_lane(lora, xu, bu, 0, rows + row, 1));                            \
+            if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
         }                                                                                           \
     }                                                                                               \
     MATVEC_ENTRIES(NAME##_swiglu, Q, QMV_SWIGLU_PARAMS, QMV_SWIGLU_ARGS, MV_BOUNDS)

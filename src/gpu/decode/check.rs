@@ -139,19 +139,12 @@ fn f32_activation_cases(
 }
 
 /// The mat-vec shapes for `q`: (rows, k) at an odd size and the default model's, and the hidden
-/// width of its embedding table. K-quant rows are whole super-blocks of 256. The batch-1 launches
-/// split rows over 4 warps at these sizes; 2050 and 4100 rows take 2 and 1 (`matvec_split`).
-fn matvec_shapes(q: QuantType) -> ([(usize, usize); 5], usize) {
+/// width of its embedding table. K-quant rows are whole super-blocks of 256.
+fn matvec_shapes(q: QuantType) -> ([(usize, usize); 3], usize) {
     if q.block_weights() == 256 {
-        (
-            [(37, 256), (960, 768), (576, 1536), (2050, 256), (4100, 256)],
-            512,
-        )
+        ([(37, 256), (960, 768), (576, 1536)], 512)
     } else {
-        (
-            [(37, 96), (960, 576), (576, 1536), (2050, 96), (4100, 64)],
-            576,
-        )
+        ([(37, 96), (960, 576), (576, 1536)], 576)
     }
 }
 

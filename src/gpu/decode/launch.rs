@@ -73,15 +73,6 @@ pub fn int8_policy_default() -> Int8Policy {
     }
 }
 
-/// Warps sharing a row of a batch-1 mat-vec (split-K, `split` in kernels/quant_matvec.cu): the
-/// fewest of 1, 2, 4 that give the launch ~a block per 8th of a wave of the H100/H200's 132 SMs x
-/// 8 blocks, so launches of few rows (2048 at SmolLM2-1.7B's o/down, 576-1536 at 135M) fill the GPU.
-fn matvec_split(rows: usize) -> usize {
-    [1, 2, 4]
-        .into_iter()
-        .find(|&s| (rows * s).div_ceil(MV_WARPS) >= 1024)
-        .unwrap_or(MV_WARPS)
-}
 /// Most sequences of one batched mat-vec launch (QMVB_MAX in kernels/quant_matvec.cu).
 pub const MAX_DECODE_BATCH: usize = 8;
 /// Dynamic shared memory the batched mat-vecs may use (`batch * k` f32; the H100 allows 227 KiB).
@@ -336,14 +327,8 @@ impl DecodeKernels {
 
     /// One warp per row (rows beyond `MV_MAX_BLOCKS` blocks loop), after the LoRA producers'
     /// blocks.
-    fn matvec_config(
-        rows: usize,
-        k: usize,
-        producers: usize,
-        int8: bool,
-        split: usize,
-    ) -> LaunchConfig {
-        let blocks = (rows * split).div_ceil(MV_WARPS).clamp(1, MV_MAX_BLOCKS) + producers;
+    fn matvec_config(rows: usize, k: usize, producers: usize, int8: bool) -> LaunchConfig {
+        let blocks = rows.div_ceil(MV_WARPS).clamp(1, MV_MAX_BLOCKS) + producers;
         LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: ((MV_WARPS * 32) as u32, 1, 1),
@@ -368,14 +353,12 @@ impl DecodeKernels {
         epilogue: &Epilogue,
     ) -> Result<()> {
         let (f, int8) = self.batch1(&self.qmv, &self.qmv_q8x, q, norm_w != 0, &epilogue.lora);
-        let split = matvec_split(rows);
-        let (rows_i, k_i, acc_i, split_i) =
-            (rows as i32, k as i32, accumulate as i32, split as i32);
+        let (rows_i, k_i, acc_i) = (rows as i32, k as i32, accumulate as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i);
-        b.arg(&epilogue.bias).arg(&epilogue.lora).arg(&split_i);
-        let cfg = Self::matvec_config(rows, k, epilogue.lora.producer_blocks(1), int8, split);
+        b.arg(&epilogue.bias).arg(&epilogue.lora);
+        let cfg = Self::matvec_config(rows, k, epilogue.lora.producer_blocks(1), int8);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -397,12 +380,11 @@ impl DecodeKernels {
         lora: &LoraEpilogue,
     ) -> Result<()> {
         let (f, int8) = self.batch1(&self.qmv_swiglu, &self.qmv_q8x_swiglu, q, norm_w != 0, lora);
-        let split = matvec_split(rows);
-        let (rows_i, k_i, split_i) = (rows as i32, k as i32, split as i32);
+        let (rows_i, k_i) = (rows as i32, k as i32);
         let mut b = self.stream.launch_builder(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
-        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(lora).arg(&split_i);
-        let cfg = Self::matvec_config(rows, k, lora.producer_blocks(1), int8, split);
+        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(lora);
+        let cfg = Self::matvec_config(rows, k, lora.producer_blocks(1), int8);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -434,7 +416,7 @@ impl DecodeKernels {
                  ({MAX_DECODE_BATCH} sequences, {MAX_BATCH_SHARED_BYTES} bytes of shared memory)"
             )));
         }
-        let mut cfg = Self::matvec_config(rows, k, lora.producer_blocks(batch), false, 1);
+        let mut cfg = Self::matvec_config(rows, k, lora.producer_blocks(batch), false);
         cfg.shared_mem_bytes = (batch * k * 4) as u32;
         Ok(cfg)
     }

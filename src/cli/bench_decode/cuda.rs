@@ -38,6 +38,31 @@ enum Precision {
     Int8,
 }
 
+/// The worst |logit difference| of the f32, TF32 and int8 runs, and whether each is within its
+/// tolerance.
+fn judge(compare: &[CompareRow], args: &Args) -> (f32, f32, f32, bool) {
+    let worst = |p: Precision| {
+        compare
+            .iter()
+            .filter(|r| precision(r.run) == p)
+            .map(|r| r.max_abs_logit_diff)
+            .fold(0f32, f32::max)
+    };
+    let (f32_runs, tf32, int8) = (
+        worst(Precision::F32),
+        worst(Precision::Tf32),
+        worst(Precision::Int8),
+    );
+    let ok = [
+        (f32_runs, args.tolerance),
+        (tf32, args.tf32_tolerance),
+        (int8, args.int8_tolerance),
+    ]
+    .iter()
+    .all(|&(d, t)| d.is_finite() && d <= t);
+    (f32_runs, tf32, int8, ok)
+}
+
 fn precision(run: &str) -> Precision {
     if run == RUNS[0] || run == RUNS[1] {
         Precision::Tf32
@@ -108,25 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let reps = args.prefill_reps.max(1);
     let timings = speed(&mut engine, &models, &shapes, &engine_mode, reps)?;
 
-    let worst = |p: Precision| {
-        compare
-            .iter()
-            .filter(|r| precision(r.run) == p)
-            .map(|r| r.max_abs_logit_diff)
-            .fold(0f32, f32::max)
-    };
-    let (max_diff, max_diff_tf32, max_diff_int8) = (
-        worst(Precision::F32),
-        worst(Precision::Tf32),
-        worst(Precision::Int8),
-    );
-    let ok = [
-        (max_diff, args.tolerance),
-        (max_diff_tf32, args.tf32_tolerance),
-        (max_diff_int8, args.int8_tolerance),
-    ]
-    .iter()
-    .all(|&(d, t)| d.is_finite() && d <= t);
+    let (max_diff, max_diff_tf32, max_diff_int8, ok) = judge(&compare, &args);
     let report = Report {
         model: path.display().to_string(),
         adapter: args.adapter.as_ref().map(|d| d.display().to_string()),

@@ -23,6 +23,19 @@ pub struct DecodeCase {
     pub want: Vec<f64>,
 }
 
+impl DecodeCase {
+    /// A case judged at f32's tolerance.
+    pub fn f32(kernel: &str, shape: String, got: Vec<f64>, want: Vec<f64>) -> Self {
+        Self {
+            tolerance: None,
+            kernel: kernel.into(),
+            shape,
+            got,
+            want,
+        }
+    }
+}
+
 pub(super) fn f32s(len: usize, seed: u64, scale: f64) -> Vec<f32> {
     random_values(len, seed, scale)
         .into_iter()

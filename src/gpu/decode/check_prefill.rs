@@ -415,20 +415,18 @@ fn gemm_attention_cases(
         let mut qh_got = qh_after;
         qh_got.extend(qkv_after);
         qh_want.extend(qkv.iter().map(|&v| v as f64));
-        cases.push(DecodeCase {
-            tolerance: None,
-            kernel: "dec_prefill_rope_qh".into(),
-            shape: text.clone(),
-            got: qh_got,
-            want: qh_want,
-        });
-        cases.push(DecodeCase {
-            tolerance: None,
-            kernel: "dec_prefill_attention_gemm".into(),
-            shape: text,
-            got: gpu.down(&od)?,
+        cases.push(DecodeCase::f32(
+            "dec_prefill_rope_qh",
+            text.clone(),
+            qh_got,
+            qh_want,
+        ));
+        cases.push(DecodeCase::f32(
+            "dec_prefill_attention_gemm",
+            text,
+            gpu.down(&od)?,
             want,
-        });
+        ));
     }
     Ok(())
 }

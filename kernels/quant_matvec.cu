@@ -436,13 +436,7 @@ GENERIC_ACCESS(q5_K, 256, 176)
 // get_scale_min_k4 below), quant bytes 16 + 32 (s >> 1) + 8p .. + 8, nibble (s & 1). A row of k
 // weights is k / 256 * 144 bytes, a multiple of 16, so with the matrix 16-byte aligned (every
 // engine matrix is its own allocation) the words are aligned.
-// Part p of Q4_K sub-block blk & 7 read once: the scale d sc and the min dmin mn (as floats) and the
-// part's 8 quants (bytes 0..15 each): lo = weights 0-3, hi = 4-7.
-struct Q4KPart {
-    float d, dmin;
-    uint32_t lo, hi;
-};
-__device__ __forceinline__ Q4KPart q4k_part(const uint8_t* r, int blk, int p) {
+__device__ __forceinline__ void rpart_w_q4_K(const uint8_t* r, int blk, int p, float* w) {
     const uint8_t* b = r + (size_t)(blk >> 3) * 144;
     int s = blk & 7, sh8 = 8 * (s & 3);
     uint4 head = *reinterpret_cast<const uint4*>(b);  // d, dmin | scales 0-3 | 4-7 | 8-11
@@ -456,16 +450,14 @@ __device__ __forceinline__ Q4KPart q4k_part(const uint8_t* r, int blk, int p) {
         mn = (hi >> 4 & 15) | (((head.z >> sh8) >> 6 & 3) << 4);
     }
     float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&head.x));
+    float d = dm.x * (float)sc, dmin = dm.y * (float)mn;
     uint2 q = *reinterpret_cast<const uint2*>(b + 16 + 32 * (s >> 1) + 8 * p);
     int sh = (s & 1) * 4;
-    return {dm.x * (float)sc, dm.y * (float)mn, (q.x >> sh) & 0x0f0f0f0fu, (q.y >> sh) & 0x0f0f0f0fu};
-}
-__device__ __forceinline__ void rpart_w_q4_K(const uint8_t* r, int blk, int p, float* w) {
-    Q4KPart t = q4k_part(r, blk, p);
+    uint32_t lo = (q.x >> sh) & 0x0f0f0f0fu, hi = (q.y >> sh) & 0x0f0f0f0fu;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        w[i] = t.d * (float)((t.lo >> (8 * i)) & 255) - t.dmin;
-        w[4 + i] = t.d * (float)((t.hi >> (8 * i)) & 255) - t.dmin;
+        w[i] = d * (float)((lo >> (8 * i)) & 255) - dmin;
+        w[4 + i] = d * (float)((hi >> (8 * i)) & 255) - dmin;
     }
 }
 PART_ACCESS(q4_K, 256, 144)
@@ -477,33 +469,21 @@ __device__ __forceinline__ uint32_t ld_u32_a2(const uint8_t* at) {
 // Q6_K part p of sub-block s (n = s >> 2, t = s & 3): low nibbles ql at 64n + 32 (t & 1) + 8p
 // (nibble t >> 1), high 2 bits qh at 128 + 32n + 8p (bits 2t), scale int8 at 192 + 8n + 2t + (p >> 1),
 // f16 d at 208; w = d scale (q - 32).
-// Part p of Q6_K sub-block blk & 7 read once: the scale d sc and the part's 8 quants (bytes
-// 0..63 each, q + 32 of w = d sc q): v[0] = weights 0-3, v[1] = 4-7.
-struct Q6KPart {
-    float d;
-    uint32_t v[2];
-};
-__device__ __forceinline__ Q6KPart q6k_part(const uint8_t* r, int blk, int p) {
+__device__ __forceinline__ void rpart_w_q6_K(const uint8_t* r, int blk, int p, float* w) {
     const uint8_t* b = r + (size_t)(blk >> 3) * 210;
     int s = blk & 7, n = s >> 2, t = s & 3;
     const uint8_t* ql = b + 64 * n + 32 * (t & 1) + 8 * p;
     const uint8_t* qh = b + 128 + 32 * n + 8 * p;
+    uint32_t l[2] = {ld_u32_a2(ql), ld_u32_a2(ql + 4)}, h[2] = {ld_u32_a2(qh), ld_u32_a2(qh + 4)};
+    float d = __half2float(*reinterpret_cast<const __half*>(b + 208)) *
+              (float)reinterpret_cast<const int8_t*>(b + 192)[8 * n + 2 * t + (p >> 1)];
     int shl = (t >> 1) * 4, shh = 2 * t;
-    Q6KPart out;
-    out.d = __half2float(*reinterpret_cast<const __half*>(b + 208)) *
-            (float)reinterpret_cast<const int8_t*>(b + 192)[8 * n + 2 * t + (p >> 1)];
 #pragma unroll
-    for (int j = 0; j < 2; j++)
-        out.v[j] = ((ld_u32_a2(ql + 4 * j) >> shl) & 0x0f0f0f0fu) |
-                   (((ld_u32_a2(qh + 4 * j) >> shh) & 0x03030303u) << 4);
-    return out;
-}
-__device__ __forceinline__ void rpart_w_q6_K(const uint8_t* r, int blk, int p, float* w) {
-    Q6KPart t = q6k_part(r, blk, p);
+    for (int j = 0; j < 2; j++) {
+        uint32_t v = ((l[j] >> shl) & 0x0f0f0f0fu) | (((h[j] >> shh) & 0x03030303u) << 4);
 #pragma unroll
-    for (int j = 0; j < 2; j++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) w[4 * j + i] = t.d * (float)((int)((t.v[j] >> (8 * i)) & 63) - 32);
+        for (int i = 0; i < 4; i++) w[4 * j + i] = d * (float)((int)((v >> (8 * i)) & 63) - 32);
+    }
 }
 PART_ACCESS(q6_K, 256, 210)
 // Dense weights (HF bf16/f16/f32 checkpoints): part p of block blk is 8 consecutive values (Q8_0's
@@ -685,21 +665,45 @@ __device__ __forceinline__ float qdot_q8_0(const uint8_t* r, int blk, int p, con
     s = __dp4a((int)ld_u32_a2(b + 6 + 8 * p), xw[2 * p + 1], s);
     return __half2float(*reinterpret_cast<const __half*>(b)) * xd.x * (float)s;
 }
-// Q4_K: w = d sc q - dmin mn per sub-block (q4k_part); values 8p..8p+7.
+// Q4_K: w = d sc q - dmin mn per sub-block s (rpart_w_q4_K's layout); values 8p..8p+7.
 __device__ __forceinline__ float qdot_q4_K(const uint8_t* r, int blk, int p, const int* xw, float2 xd) {
-    Q4KPart t = q4k_part(r, blk, p);
-    int acc = __dp4a((int)t.lo, xw[2 * p], __dp4a((int)t.hi, xw[2 * p + 1], 0));
-    return t.d * xd.x * (float)acc - 0.25f * t.dmin * xd.y;
+    const uint8_t* b = r + (size_t)(blk >> 3) * 144;
+    int s = blk & 7, sh8 = 8 * (s & 3);
+    uint4 head = *reinterpret_cast<const uint4*>(b);
+    uint32_t sc, mn;
+    if (s < 4) {
+        sc = (head.y >> sh8) & 63;
+        mn = (head.z >> sh8) & 63;
+    } else {
+        uint32_t hi = head.w >> sh8;
+        sc = (hi & 15) | (((head.y >> sh8) >> 6 & 3) << 4);
+        mn = (hi >> 4 & 15) | (((head.z >> sh8) >> 6 & 3) << 4);
+    }
+    float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&head.x));
+    uint2 q = *reinterpret_cast<const uint2*>(b + 16 + 32 * (s >> 1) + 8 * p);
+    int sh = (s & 1) * 4;
+    int acc = __dp4a((int)((q.x >> sh) & 0x0f0f0f0fu), xw[2 * p], 0);
+    acc = __dp4a((int)((q.y >> sh) & 0x0f0f0f0fu), xw[2 * p + 1], acc);
+    return dm.x * (float)sc * xd.x * (float)acc - 0.25f * dm.y * (float)mn * xd.y;
 }
-// Q6_K: w = d sc (q - 32) (q6k_part); q - 32 as signed bytes: with bit 7 set in every byte no
-// subtraction borrows across bytes, and flipping it back gives (q - 32) mod 256.
+// Q6_K: w = d sc (q - 32), q 6-bit (rpart_w_q6_K's layout); q - 32 as signed bytes: with bit 7 set
+// in every byte no subtraction borrows across bytes, and flipping it back gives (q - 32) mod 256.
 __device__ __forceinline__ float qdot_q6_K(const uint8_t* r, int blk, int p, const int* xw, float2 xd) {
-    Q6KPart t = q6k_part(r, blk, p);
-    int acc = 0;
+    const uint8_t* b = r + (size_t)(blk >> 3) * 210;
+    int s = blk & 7, n = s >> 2, t = s & 3;
+    const uint8_t* ql = b + 64 * n + 32 * (t & 1) + 8 * p;
+    const uint8_t* qh = b + 128 + 32 * n + 8 * p;
+    int shl = (t >> 1) * 4, shh = 2 * t, acc = 0;
 #pragma unroll
-    for (int j = 0; j < 2; j++)
-        acc = __dp4a((int)(((t.v[j] | 0x80808080u) - 0x20202020u) ^ 0x80808080u), xw[2 * p + j], acc);
-    return t.d * xd.x * (float)acc;
+    for (int j = 0; j < 2; j++) {
+        uint32_t v = ((ld_u32_a2(ql + 4 * j) >> shl) & 0x0f0f0f0fu) |
+                     (((ld_u32_a2(qh + 4 * j) >> shh) & 0x03030303u) << 4);
+        uint32_t vs = ((v | 0x80808080u) - 0x20202020u) ^ 0x80808080u;
+        acc = __dp4a((int)vs, xw[2 * p + j], acc);
+    }
+    float d = __half2float(*reinterpret_cast<const __half*>(b + 208)) *
+              (float)reinterpret_cast<const int8_t*>(b + 192)[8 * n + 2 * t + (p >> 1)];
+    return d * xd.x * (float)acc;
 }
 
 #define DEFINE_QMV_Q8X(Q)                                                                           \

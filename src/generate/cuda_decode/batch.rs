@@ -148,8 +148,7 @@ impl BatchDecodeEngine {
     pub fn use_int8_activations(&mut self, on: bool) {
         if self.kernels.int8_activations() != on {
             self.kernels.set_int8_activations(on);
-            self.steps = StepGraph::new("CUDA batch decode engine");
-            self.lora_steps = StepGraph::new("CUDA batch decode engine (adapters)");
+            self.recapture_steps();
         }
     }
 
@@ -157,8 +156,13 @@ impl BatchDecodeEngine {
     /// Captures the steps again.
     pub fn use_int8_policy(&mut self, policy: crate::gpu::decode::launch::Int8Policy) {
         self.kernels.set_int8_policy(policy);
-        self.steps = StepGraph::new("CUDA batch decode engine");
-        self.lora_steps = StepGraph::new("CUDA batch decode engine (adapters)");
+        self.recapture_steps();
+    }
+
+    /// Both captured steps dropped: the next step captures again.
+    fn recapture_steps(&mut self) {
+        self.steps.recapture();
+        self.lora_steps.recapture();
     }
 
     /// Writes `adapter` into slot `slot` of a pool of max([`DEFAULT_SLOTS`], batch) slots of rank
@@ -177,7 +181,7 @@ impl BatchDecodeEngine {
             .is_none_or(|p| p.rank() < adapter.rank())
         {
             self.slots.iter_mut().for_each(|s| *s = None);
-            self.lora_steps = StepGraph::new("CUDA batch decode engine (adapters)");
+            self.lora_steps.recapture();
             self.adapters = Some(AdapterPool::new(
                 &self.shape,
                 DEFAULT_SLOTS.max(self.batch),

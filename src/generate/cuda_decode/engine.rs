@@ -162,8 +162,7 @@ impl DecodeEngine {
     pub fn use_int8_activations(&mut self, on: bool) {
         if self.kernels.int8_activations() != on {
             self.kernels.set_int8_activations(on);
-            self.steps = StepGraph::new("CUDA decode engine");
-            self.lora_steps = StepGraph::new("CUDA decode engine (adapters)");
+            self.recapture_steps();
         }
     }
 
@@ -171,8 +170,13 @@ impl DecodeEngine {
     /// Captures the steps again.
     pub fn use_int8_policy(&mut self, policy: crate::gpu::decode::launch::Int8Policy) {
         self.kernels.set_int8_policy(policy);
-        self.steps = StepGraph::new("CUDA decode engine");
-        self.lora_steps = StepGraph::new("CUDA decode engine (adapters)");
+        self.recapture_steps();
+    }
+
+    /// Both captured steps dropped: the next step captures again.
+    fn recapture_steps(&mut self) {
+        self.steps.recapture();
+        self.lora_steps.recapture();
     }
 
     /// Writes `adapter` into adapter slot `slot` (`key`: its identity for
@@ -196,7 +200,7 @@ impl DecodeEngine {
             }
             self.adapters = None;
             self.adapter = None;
-            self.lora_steps = StepGraph::new("CUDA decode engine (adapters)");
+            self.lora_steps.recapture();
             self.adapters = Some(AdapterPool::new(
                 &self.shape,
                 DEFAULT_SLOTS,

@@ -51,6 +51,12 @@ impl StepGraph {
         }
     }
 
+    /// Drops the captured step (the kernels it launches changed): the next step captures again,
+    /// as a new one would (eager when `WICK_CUDA_GRAPH=0`).
+    pub fn recapture(&mut self) {
+        *self = Self::new(self.engine);
+    }
+
     pub fn mode(&self) -> &StepMode {
         &self.mode
     }

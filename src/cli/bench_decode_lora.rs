@@ -9,7 +9,8 @@
 //! Speed (CUDA graphs, every token read back to the host as a generator does): batch 1 without and
 //! with an adapter, then the batch engine with no adapters and with a different adapter per
 //! sequence; `--decode-tokens` steps after a `--prompt-tokens` prompt stepped through the engine.
-//! Prints the ratios (adapter / none) and writes JSON with `--out`.
+//! Prints the ratios (adapter / none) and writes JSON with `--out`; `--profile-reps N` adds the GPU
+//! time per kernel kind of one eager step of every measured run (where an adapter's cost sits).
 
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]
 
@@ -48,6 +49,10 @@ pub struct Args {
     /// Largest max |logit difference| accepted against the batch-1 engine.
     #[arg(long, default_value_t = 1e-3)]
     pub tolerance: f32,
+    /// Also time each kernel kind of one eager step in every measured configuration (CUDA events
+    /// between the launches; `cuda_decode::profile::kind_profile`), averaged over this many steps.
+    #[arg(long, default_value_t = 0)]
+    pub profile_reps: usize,
     /// Write the results here as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -99,7 +104,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "{} ({} layers), rank {} adapters on all 7 projections, {} prompt + {} decode tokens",
         args.model, config.num_hidden_layers, args.rank, args.prompt_tokens, args.decode_tokens
     );
-    let timings = Timings::measure(&mut engines, &args)?;
+    let timings = Timings::measure(&mut engines, &args, &device)?;
+    if !timings.profiles.is_empty() {
+        print!("{}", cuda::profile_markdown(&timings.profiles));
+    }
     let ok = max_diff <= args.tolerance && same_tokens;
     println!(
         "batch 1 adapter/none: {:.3}x; batch {} adapters/none: {}; batch vs alone: max |logit diff| {max_diff:.2e} (<= {}), greedy tokens identical: {same_tokens} -> {}",
@@ -131,6 +139,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "batch_vs_alone": { "slots": format!("{:?}", engines.mixed), "max_abs_logit_diff": max_diff,
             "tolerance": args.tolerance, "greedy_tokens_identical": same_tokens },
         "ok": ok,
+        "kind_profile_us_per_step": timings.profiles.iter()
+            .map(|(run, kinds)| (run.clone(), serde_json::json!(kinds)))
+            .collect::<serde_json::Map<_, _>>(),
     });
     super::bench::emit_report(&report, args.out.as_deref())?;
     anyhow::ensure!(
@@ -152,6 +163,7 @@ mod cuda {
     use wick::formats::weights::WeightSource;
     use wick::generate::cuda_decode::batch::BatchDecodeEngine;
     use wick::generate::cuda_decode::check::{random_decode_adapter, random_source};
+    use wick::generate::cuda_decode::profile::{kind_profile, KindTime};
     use wick::generate::cuda_decode::DecodeEngine;
 
     use super::{smollm2_config, Args};
@@ -355,6 +367,38 @@ mod cuda {
             Ok((max_diff, same_tokens))
         }
 
+        /// GPU time per kernel kind of the engine's last step (`n` sequences: the batch-1
+        /// engine when `n` is 1), eager, mean of `reps` repeats.
+        fn kind_profile(
+            &mut self,
+            n: usize,
+            device: &Device,
+            reps: usize,
+        ) -> anyhow::Result<Vec<KindTime>> {
+            let kinds = if n == 1 {
+                let e = &self.single;
+                kind_profile(device, reps, &mut |mark: &mut dyn FnMut(
+                    &'static str,
+                )
+                    -> wick::Result<
+                    (),
+                >| {
+                    e.launch_step_marked(mark)
+                })?
+            } else {
+                let e = &self.batch;
+                kind_profile(device, reps, &mut |mark: &mut dyn FnMut(
+                    &'static str,
+                )
+                    -> wick::Result<
+                    (),
+                >| {
+                    e.launch_step_marked(mark)
+                })?
+            };
+            Ok(kinds)
+        }
+
         /// Tokens per second of `--decode-tokens` greedy steps on `n` sequences (the batch-1
         /// engine when `n` is 1), every sequence with an adapter of its own or none.
         fn timed(
@@ -399,31 +443,89 @@ mod cuda {
         pub(super) b1_lora: f64,
         /// (no adapters, a different adapter per sequence) on the batch engine, when `--batch` > 1.
         pub(super) batch_n: Option<(f64, f64)>,
+        /// Per measured run (with `--profile-reps`): GPU time per kernel kind of one eager step.
+        pub(super) profiles: Vec<(String, Vec<KindTime>)>,
     }
 
     impl Timings {
-        pub(super) fn measure(engines: &mut Engines, args: &Args) -> anyhow::Result<Self> {
+        pub(super) fn measure(
+            engines: &mut Engines,
+            args: &Args,
+            device: &Device,
+        ) -> anyhow::Result<Self> {
+            let mut profiles = Vec::new();
+            // Each measured run, then (with --profile-reps) the kind profile of its last step.
+            let mut run = |engines: &mut Engines, name: &str, adapter: bool, n: usize| {
+                let tps = engines.timed(name, adapter, n, args)?;
+                if args.profile_reps > 0 {
+                    let kinds = engines.kind_profile(n, device, args.profile_reps)?;
+                    profiles.push((name.to_string(), kinds));
+                }
+                anyhow::Ok(tps)
+            };
             // Warm-up: capture every graph once.
             engines.timed("warm-up (batch 1, no adapter)", false, 1, args)?;
             engines.timed("warm-up (batch 1, adapter)", true, 1, args)?;
-            let b1_none = engines.timed("batch 1, no adapter", false, 1, args)?;
-            let b1_lora = engines.timed("batch 1, rank-r adapter", true, 1, args)?;
+            let b1_none = run(engines, "batch 1, no adapter", false, 1)?;
+            let b1_lora = run(engines, "batch 1, rank-r adapter", true, 1)?;
             let mut batch_n = None;
             if args.batch > 1 {
                 let n = args.batch;
                 engines.timed("warm-up (batch N)", false, n, args)?;
                 engines.timed("warm-up (batch N, adapters)", true, n, args)?;
-                let none = engines.timed(&format!("batch {n}, no adapters"), false, n, args)?;
-                let lora =
-                    engines.timed(&format!("batch {n}, {n} different adapters"), true, n, args)?;
+                let none = run(engines, &format!("batch {n}, no adapters"), false, n)?;
+                let lora = run(
+                    engines,
+                    &format!("batch {n}, {n} different adapters"),
+                    true,
+                    n,
+                )?;
                 batch_n = Some((none, lora));
             }
             Ok(Self {
                 b1_none,
                 b1_lora,
                 batch_n,
+                profiles,
             })
         }
+    }
+
+    /// The kind profiles side by side: a row per kernel kind, a column per run (us per step).
+    pub(super) fn profile_markdown(profiles: &[(String, Vec<KindTime>)]) -> String {
+        let mut kinds: Vec<&str> = Vec::new();
+        for (_, p) in profiles {
+            for k in p {
+                if !kinds.contains(&k.kind.as_str()) {
+                    kinds.push(&k.kind);
+                }
+            }
+        }
+        let mut md = String::from(
+            "\nGPU us per step by kernel kind (eager, events between launches)\n\n| kind |",
+        );
+        for (run, _) in profiles {
+            md.push_str(&format!(" {run} |"));
+        }
+        md.push_str(&format!("\n|---|{}\n", "---|".repeat(profiles.len())));
+        let cell = |p: &[KindTime], kind: &str| {
+            p.iter()
+                .find(|k| k.kind == kind)
+                .map_or("-".to_string(), |k| format!("{:.1}", k.gpu_us))
+        };
+        for kind in kinds.iter().copied().chain(["total"]) {
+            md.push_str(&format!("| {kind} |"));
+            for (_, p) in profiles {
+                let v = if kind == "total" {
+                    format!("{:.1}", p.iter().map(|k| k.gpu_us).sum::<f64>())
+                } else {
+                    cell(p, kind)
+                };
+                md.push_str(&format!(" {v} |"));
+            }
+            md.push('\n');
+        }
+        md
     }
 }
 

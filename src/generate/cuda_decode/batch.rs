@@ -244,6 +244,16 @@ impl BatchDecodeEngine {
     }
 
     fn launch_step(&self) -> Result<()> {
+        self.launch_step_marked(&mut |_| Ok(()))
+    }
+
+    /// Launches the step of the last [`BatchDecodeEngine::step`] again, eagerly (same tokens and
+    /// positions: the same cache rows and logits are rewritten), calling `mark(kind)` after each
+    /// launch (`cuda_decode::profile::kind_profile`). Also the body of every step.
+    pub fn launch_step_marked(
+        &self,
+        mark: &mut dyn FnMut(&'static str) -> Result<()>,
+    ) -> Result<()> {
         Step {
             kernels: &self.kernels,
             shape: &self.shape,
@@ -251,7 +261,7 @@ impl BatchDecodeEngine {
             buffers: &self.buffers,
             lora: self.adapters.as_ref().filter(|_| self.lora_active()),
         }
-        .launch(&mut |_| Ok(()))
+        .launch(mark)
     }
 
     /// Forgets sequence `b` alone: its next token takes position 0 (a server's row handed to a

@@ -128,17 +128,20 @@ impl Timer<'_> {
     }
 }
 
+/// One eager step's launches, calling `mark(kind)` after each (an engine's `launch_step_marked`).
+pub type MarkedStep<'a> = dyn FnMut(&mut dyn FnMut(&'static str) -> Result<()>) -> Result<()> + 'a;
+
 /// GPU time per launch kind of one eager step: an event before the first launch and after each
 /// one, all behind one spin, averaged over `reps` steps; with the launches per step.
 fn kind_times(
     timer: &Timer,
-    engine: &mut DecodeEngine,
+    launch: &mut MarkedStep,
     reps: usize,
 ) -> Result<(usize, Vec<KindTime>)> {
     let mut kinds: Vec<KindTime> = Vec::new();
     let launches = {
         let mut count = 0usize;
-        engine.launch_step_marked(&mut |_| {
+        launch(&mut |_| {
             count += 1;
             Ok(())
         })?;
@@ -154,7 +157,7 @@ fn kind_times(
         timer.record(&events[0])?;
         let mut order: Vec<&'static str> = Vec::with_capacity(launches);
         let mut i = 0usize;
-        engine.launch_step_marked(&mut |kind| {
+        launch(&mut |kind| {
             i += 1;
             order.push(kind);
             timer.record(&events[i.min(launches)])
@@ -180,6 +183,26 @@ fn kind_times(
         });
     }
     Ok((launches, kinds))
+}
+
+/// GPU time per kernel kind of the step `launch` repeats (any engine's `launch_step_marked`, after
+/// at least one real step so that it repeats a valid one): eager, an event after each launch, mean
+/// of `reps` steps queued behind a spin kernel.
+pub fn kind_profile(
+    device: &Device,
+    reps: usize,
+    launch: &mut MarkedStep,
+) -> Result<Vec<KindTime>> {
+    let Device::Cuda(cuda) = device else {
+        return Err(Error::InvalidRequest(format!(
+            "decode step profile needs a CUDA device, got {device:?}"
+        )));
+    };
+    let timer = Timer {
+        device: cuda,
+        stream: cuda.cuda_stream(),
+    };
+    Ok(kind_times(&timer, launch, reps.max(1))?.1)
 }
 
 /// Profiles the engine's step on `device` (the engine's device): `warmup` tokens are stepped first
@@ -225,7 +248,11 @@ pub fn profile_step(
         (None, None)
     };
 
-    let (launches, kinds) = kind_times(&timer, engine, reps)?;
+    let (launches, kinds) = kind_times(
+        &timer,
+        &mut |mark: &mut dyn FnMut(&'static str) -> Result<()>| engine.launch_step_marked(mark),
+        reps,
+    )?;
     let eager_kinds_gpu_us = kinds.iter().map(|k| k.gpu_us).sum();
 
     // Per token as generation pays it: step (upload + launches) and greedy (wait + read).

@@ -188,10 +188,33 @@ impl Linear {
     /// its own adapter slot, if set) for every row, then each group's low-rank update on its rows.
     /// Groups without an adapter cost nothing more. x: [rows, in] -> [rows, out].
     pub fn forward_rows(&self, x: &Tensor, groups: &[RowsLora<'_>]) -> Result<Tensor> {
-        let y = self.forward(x)?;
         if groups.iter().all(|g| g.lora.is_none()) {
+            return self.forward(x);
+        }
+        let rows = x.dim(0).context("row-wise linear input")?;
+        for group in groups {
+            let Some((pair, _)) = group.lora else {
+                continue;
+            };
+            if group.start + group.len > rows
+                || pair.in_features() != self.in_features
+                || pair.out_features() != self.out_features
+            {
+                return Err(crate::Error::InvalidRequest(format!(
+                    "row-wise linear: rows {}..{} of {rows}, adapter {}x{} for a {}x{} layer",
+                    group.start,
+                    group.start + group.len,
+                    pair.out_features(),
+                    pair.in_features(),
+                    self.out_features,
+                    self.in_features
+                )));
+            }
+        }
+        if let Some(y) = self.quant_forward_rows(x, groups)? {
             return Ok(y);
         }
+        let y = self.forward(x)?;
         let (rows, out) = y.dims2().context("row-wise linear output")?;
         let dtype = y.dtype();
         let to_vec = |t: &Tensor| {
@@ -206,23 +229,77 @@ impl Linear {
             let Some((pair, scale)) = group.lora else {
                 continue;
             };
-            if group.start + group.len > rows
-                || pair.in_features() != inf
-                || pair.out_features() != out
-            {
-                return Err(crate::Error::InvalidRequest(format!(
-                    "row-wise linear: rows {}..{} of {rows}, adapter {}x{} for a {out}x{inf} layer",
-                    group.start,
-                    group.start + group.len,
-                    pair.out_features(),
-                    pair.in_features()
-                )));
-            }
             let (a, b) = (group.start, group.start + group.len);
             pair.add_to(&mut ys[a * out..b * out], &xs[a * inf..b * inf], scale)?;
         }
         Tensor::from_vec(ys, (rows, out), x.device())
             .and_then(|t| t.to_dtype(dtype))
+            .context("row-wise linear result")
+    }
+
+    /// [`Linear::forward_rows`] on a Q4_1 / Q8_0 base on the CPU with f32 rows: the base product
+    /// and every group's shrink in one `quant_matmul_cpu::matmul_parts` call (x quantized once,
+    /// one pool dispatch, the shrink's A read by both threads beside the base rows), then each
+    /// group's expand on its rows. `None` where that kernel does not run (the caller takes the
+    /// general path).
+    fn quant_forward_rows(&self, x: &Tensor, groups: &[RowsLora<'_>]) -> Result<Option<Tensor>> {
+        use crate::ops::quant_matmul_cpu::{self as qmm, Part, WeightFormat};
+        let BaseWeight::Quantized(QMatMul::QTensor(q)) = &self.weight else {
+            return Ok(None);
+        };
+        let format = WeightFormat::of(q.dtype());
+        let (Some(format), true, candle_core::DType::F32, 2) = (
+            format,
+            qmm::supports(q),
+            x.dtype(),
+            x.rank(),
+        ) else {
+            return Ok(None);
+        };
+        let (rows, (inf, out)) = (x.dim(0)?, (self.in_features, self.out_features));
+        let mut lows: Vec<Vec<f32>> = groups
+            .iter()
+            .map(|g| vec![0f32; g.lora.map_or(0, |(p, _)| p.rank() * g.len)])
+            .collect();
+        let weight = q.data().context("quantized base weight")?;
+        let x = x.contiguous().context("row-wise linear input")?;
+        let mut ys = vec![0f32; rows * out];
+        let ran = qmm::with_cpu_f32(&x, |xs| {
+            let mut parts = vec![Part {
+                format,
+                weight: &weight,
+                n: out,
+                tokens: 0..rows,
+                out: &mut ys,
+            }];
+            for (g, low) in groups.iter().zip(lows.iter_mut()) {
+                if let Some((pair, _)) = g.lora {
+                    match pair.shrink_part(g.start..g.start + g.len, low) {
+                        Some(part) => parts.push(part),
+                        None => return Ok(false),
+                    }
+                }
+            }
+            qmm::matmul_parts(xs, rows, inf, &mut parts)?;
+            Ok(true)
+        })?;
+        if !ran {
+            return Ok(None);
+        }
+        if let Some(bias) = &self.bias {
+            let bias = bias.to_dtype(candle_core::DType::F32).and_then(|b| b.to_vec1::<f32>());
+            let bias = bias.context("linear bias")?;
+            for row in ys.chunks_mut(out) {
+                row.iter_mut().zip(&bias).for_each(|(y, b)| *y += b);
+            }
+        }
+        for (g, low) in groups.iter().zip(lows.iter_mut()) {
+            if let Some((pair, scale)) = g.lora {
+                pair.expand(&mut ys[g.start * out..(g.start + g.len) * out], low, scale);
+            }
+        }
+        Tensor::from_vec(ys, (rows, out), x.device())
+            .map(Some)
             .context("row-wise linear result")
     }
 

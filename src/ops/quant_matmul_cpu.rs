@@ -120,26 +120,29 @@ pub fn forward(x: &Tensor, weight: &QTensor) -> Result<Tensor> {
         .context("quant_matmul_cpu: making the input contiguous f32")?;
     let weight_bytes = weight.data().context("quant_matmul_cpu: weight data")?;
     let mut out = vec![0f32; m * n];
-    {
-        let (storage, layout) = x.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            return Err(Error::InvalidRequest(
-                "quant_matmul_cpu: input is not on the CPU".into(),
-            ));
-        };
-        let all = cpu
-            .as_slice::<f32>()
-            .context("quant_matmul_cpu: input as f32")?;
-        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-            Error::InvalidRequest("quant_matmul_cpu: input is not contiguous".into())
-        })?;
-        matmul(format, &all[start..end], m, k, &weight_bytes, n, &mut out)?;
-    }
+    with_cpu_f32(&x, |xs| matmul(format, xs, m, k, &weight_bytes, n, &mut out))?;
     let mut out_dims = x_dims;
     if let Some(last) = out_dims.last_mut() {
         *last = n;
     }
     Tensor::from_vec(out, out_dims, &Device::Cpu).context("quant_matmul_cpu: output tensor")
+}
+
+/// Runs `f` on the values of a contiguous f32 CPU tensor, borrowed from its storage.
+pub(crate) fn with_cpu_f32<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(Error::InvalidRequest(
+            "quant_matmul_cpu: input is not on the CPU".into(),
+        ));
+    };
+    let all = cpu
+        .as_slice::<f32>()
+        .context("quant_matmul_cpu: input as f32")?;
+    let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+        Error::InvalidRequest("quant_matmul_cpu: input is not contiguous".into())
+    })?;
+    f(&all[start..end])
 }
 
 thread_local! {
@@ -205,63 +208,132 @@ pub(crate) fn matmul_with(
     out: &mut [f32],
     kernel: Kernel,
 ) -> Result<()> {
+    let mut parts = [Part {
+        format,
+        weight,
+        n,
+        tokens: 0..m,
+        out,
+    }];
+    matmul_parts_with(x, m, k, &mut parts, kernel)
+}
+
+/// One weight of a [`matmul_parts`] call: `out` [tokens.len(), n] = x[tokens] W^T.
+pub struct Part<'a> {
+    /// Block format of `weight`.
+    pub format: WeightFormat,
+    /// W [n, k] as raw GGML blocks, row after row.
+    pub weight: &'a [u8],
+    /// Rows of W.
+    pub n: usize,
+    /// The rows of x this weight multiplies.
+    pub tokens: std::ops::Range<usize>,
+    /// The product, row-major.
+    pub out: &'a mut [f32],
+}
+
+/// Several products of one x in one call: x [m, k] is quantized once and the work items of every
+/// part (a LoRA shrink beside its base projection, say) share one dispatch on the thread pool, so
+/// a small weight costs neither its own quantization of x nor its own wake-up of the pool.
+pub fn matmul_parts(x: &[f32], m: usize, k: usize, parts: &mut [Part<'_>]) -> Result<()> {
+    matmul_parts_with(x, m, k, parts, Kernel::best())
+}
+
+/// Checks one part's sizes against x [m, k]; its bytes per row.
+fn check_part(p: &Part<'_>, m: usize, k: usize) -> Result<usize> {
+    let row_bytes = k / BLOCK * p.format.block_bytes();
+    let t = p.tokens.len();
+    if p.tokens.end > m || p.weight.len() != p.n * row_bytes || p.out.len() != t * p.n {
+        return Err(Error::InvalidRequest(format!(
+            "quant_matmul_cpu: sizes do not agree: tokens {:?} of {m}, weight {} bytes (expected \
+             {} rows of {row_bytes}), out {} (expected {t}x{})",
+            p.tokens,
+            p.weight.len(),
+            p.n,
+            p.out.len(),
+            p.n
+        )));
+    }
+    Ok(row_bytes)
+}
+
+pub(crate) fn matmul_parts_with(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    parts: &mut [Part<'_>],
+    kernel: Kernel,
+) -> Result<()> {
     if k % BLOCK != 0 {
         return Err(Error::InvalidRequest(format!(
             "quant_matmul_cpu: in-features {k} is not a multiple of the block size {BLOCK}"
         )));
     }
-    let blocks = k / BLOCK;
-    let row_bytes = blocks * format.block_bytes();
-    if x.len() != m * k || weight.len() != n * row_bytes || out.len() != m * n {
+    if x.len() != m * k {
         return Err(Error::InvalidRequest(format!(
-            "quant_matmul_cpu: sizes do not agree: x {} (expected {m}x{k}), weight {} bytes \
-             (expected {n} rows of {row_bytes}), out {} (expected {m}x{n})",
-            x.len(),
-            weight.len(),
-            out.len()
+            "quant_matmul_cpu: x has {} values, not {m}x{k}",
+            x.len()
         )));
     }
-    if m == 0 || n == 0 {
+    let blocks = k / BLOCK;
+    let row_bytes: Vec<usize> = parts
+        .iter()
+        .map(|p| check_part(p, m, k))
+        .collect::<Result<_>>()?;
+    // Work items of part p: first[p] .. first[p + 1], row-quad major over its token tiles.
+    let mut first = vec![0usize];
+    let mut macs = 0usize;
+    for p in parts.iter() {
+        let items = p.n.div_ceil(ROW_TILE) * p.tokens.len().div_ceil(TOKEN_TILE);
+        first.push(first.last().copied().unwrap_or(0) + items);
+        macs += p.tokens.len() * p.n * k;
+    }
+    let total = first.last().copied().unwrap_or(0);
+    if total == 0 {
         return Ok(());
     }
+    // Raw outputs: items write disjoint cells of them (below).
+    let outs: Vec<usize> = parts.iter_mut().map(|p| p.out.as_mut_ptr() as usize).collect();
+    let parts: &[Part<'_>] = parts;
     ACT_SCRATCH.with(|cell| {
         let mut acts = cell.borrow_mut();
         acts.clear();
         acts.resize(m * blocks, EMPTY_BLOCK);
         quantize_rows(x, k, &mut acts, kernel);
         let acts: &[ActBlock] = &acts;
-        let row_quads = n.div_ceil(ROW_TILE);
-        let token_tiles = m.div_ceil(TOKEN_TILE);
-        let out_addr = out.as_mut_ptr() as usize;
         // Items are row-quad major: a worker walking a chunk keeps one quad of weight rows in L1
         // and streams the (L2-resident) activations past it, so each weight byte leaves memory once.
         let run_items = |items: std::ops::Range<usize>| {
             for item in items {
-                let row = (item / token_tiles) * ROW_TILE;
-                let token = (item % token_tiles) * TOKEN_TILE;
-                let rows = ROW_TILE.min(n - row);
-                let tokens = TOKEN_TILE.min(m - token);
+                let pi = first.partition_point(|&f| f <= item) - 1;
+                let (p, rb) = (&parts[pi], row_bytes[pi]);
+                let (t0, m_p) = (p.tokens.start, p.tokens.len());
+                let token_tiles = m_p.div_ceil(TOKEN_TILE);
+                let local = item - first[pi];
+                let row = (local / token_tiles) * ROW_TILE;
+                let token = (local % token_tiles) * TOKEN_TILE;
+                let rows = ROW_TILE.min(p.n - row);
+                let tokens = TOKEN_TILE.min(m_p - token);
                 let mut tile = [[0f32; TOKEN_TILE]; ROW_TILE];
-                let w = &weight[row * row_bytes..(row + rows) * row_bytes];
-                let a = &acts[token * blocks..(token + tokens) * blocks];
-                dot_tile(
-                    format, kernel, w, row_bytes, rows, a, blocks, tokens, &mut tile,
-                );
+                let w = &p.weight[row * rb..(row + rows) * rb];
+                let a = &acts[(t0 + token) * blocks..(t0 + token + tokens) * blocks];
+                dot_tile(p.format, kernel, w, rb, rows, a, blocks, tokens, &mut tile);
                 for (r, tile_row) in tile.iter().enumerate().take(rows) {
                     for (t, value) in tile_row.iter().enumerate().take(tokens) {
-                        // SAFETY: (token + t, row + r) is in bounds (checked sizes above) and
-                        // written by this item only: items partition the (row, token) grid.
-                        unsafe { *(out_addr as *mut f32).add((token + t) * n + row + r) = *value };
+                        // SAFETY: (token + t, row + r) is in bounds of part pi's output (sizes
+                        // checked above) and written by this item only: a part's items partition
+                        // its (row, token) grid, and parts own distinct outputs (&mut borrows).
+                        unsafe { *(outs[pi] as *mut f32).add((token + t) * p.n + row + r) = *value };
                     }
                 }
             }
         };
-        if m * n * k <= INLINE_MACS {
+        if macs <= INLINE_MACS {
             // Too little work to pay for waking and joining the pool's worker (k/v projections
             // at decode: 7.5 us on two threads, 5.5 us on one).
-            run_items(0..row_quads * token_tiles);
+            run_items(0..total);
         } else {
-            candle_core::utils::barrier_pool().execute_chunked(row_quads * token_tiles, run_items);
+            candle_core::utils::barrier_pool().execute_chunked(total, run_items);
         }
     });
     Ok(())

@@ -345,32 +345,48 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn axpy_rows(y: &mut [f32], low: &[f32], b_q: &[i8], b_d: &[f32]) {
-        let (out, rank) = (y.len(), low.len());
+        let out = y.len();
         let full = out / LANES * LANES;
-        let (py, pb) = (y.as_mut_ptr(), b_q.as_ptr());
         let mut o = 0;
-        while o < full {
-            let mut acc = [
-                _mm256_loadu_ps(py.add(o)),
-                _mm256_loadu_ps(py.add(o + 8)),
-                _mm256_loadu_ps(py.add(o + 16)),
-                _mm256_loadu_ps(py.add(o + 24)),
-            ];
-            let scales = &b_d[o / LANES * rank..(o / LANES + 1) * rank];
-            for (k, (l, dk)) in low.iter().zip(scales).enumerate() {
-                let c = _mm256_set1_ps(l * dk);
-                // Block o / LANES (full width): rank rows of LANES values.
-                let row = pb.add(o * rank + k * LANES);
+        // Two column blocks at a time: eight independent accumulation chains (four left the
+        // loop waiting on fused multiply-add latency) and two streams of B in flight.
+        while o + 2 * LANES <= full {
+            blocks::<2>(y, low, b_q, b_d, o);
+            o += 2 * LANES;
+        }
+        if o < full {
+            blocks::<1>(y, low, b_q, b_d, o);
+        }
+        axpy_rows_scalar(y, low, b_q, b_d, full);
+    }
+
+    /// Columns o .. o + N LANES (N full blocks) of the update.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn blocks<const N: usize>(y: &mut [f32], low: &[f32], b_q: &[i8], b_d: &[f32], o: usize) {
+        let rank = low.len();
+        let (py, pb) = (y.as_mut_ptr().add(o), b_q.as_ptr().add(o * rank));
+        let mut acc = [[_mm256_setzero_ps(); 4]; N];
+        for (n, acc) in acc.iter_mut().enumerate() {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_loadu_ps(py.add(n * LANES + 8 * r));
+            }
+        }
+        for (k, l) in low.iter().enumerate() {
+            for (n, acc) in acc.iter_mut().enumerate() {
+                let c = _mm256_set1_ps(l * b_d[(o / LANES + n) * rank + k]);
+                // Block o / LANES + n (full width): rank rows of LANES values.
+                let row = pb.add(n * LANES * rank + k * LANES);
                 for (r, acc) in acc.iter_mut().enumerate() {
                     *acc = _mm256_fmadd_ps(c, load8(row.add(8 * r)), *acc);
                 }
             }
-            for (r, acc) in acc.iter().enumerate() {
-                _mm256_storeu_ps(py.add(o + 8 * r), *acc);
-            }
-            o += LANES;
         }
-        axpy_rows_scalar(y, low, b_q, b_d, full);
+        for (n, acc) in acc.iter().enumerate() {
+            for (r, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(py.add(n * LANES + 8 * r), *acc);
+            }
+        }
     }
 }
 

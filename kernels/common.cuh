@@ -107,3 +107,23 @@ __device__ __forceinline__ void warp_row_max_sum_exp2(const float* __restrict__ 
     m_out = m;
     sum_out = sum;
 }
+
+// Programmatic dependent launch (Hopper and later; the decode step's kernels are launched with the
+// attribute that allows it, `gpu::decode::launch`): a kernel may be scheduled while the one before
+// it in the stream is finishing, so its launch latency and its work that reads nothing the earlier
+// kernels write (weight prefetches) overlap that kernel's tail.
+// pdl_trigger: this block lets the next kernel be scheduled (it waits in its own pdl_wait anyway).
+// pdl_wait: returns once every earlier kernel of the stream has completed and its writes are
+// visible. Every block calls it before reading anything an earlier kernel wrote, and before it
+// exits, so each kernel's completion still implies its predecessors'. No-ops when the kernel was
+// launched without the attribute.
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}

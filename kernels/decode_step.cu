@@ -56,9 +56,14 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
         part += z * (size_t)heads * ATT_SPLITS * (d + 2);
         counters += z * (size_t)kv_heads;
     }
+    pdl_trigger();
+    // state is the host's (uploaded before the step): read before the wait.
     int pos = state[1];
     int last_chunk = pos / ATT_CHUNK;
-    if (y > last_chunk) return;
+    if (y > last_chunk) {
+        pdl_wait();
+        return;
+    }
     int group = heads / kv_heads, half = d / 2;
     unsigned int active = (unsigned int)min(last_chunk + 1, ATT_SPLITS);
     float* q = sm;                   // [group][d], rotated
@@ -91,6 +96,7 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
             asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(base) + (rem % lines) * 128));
         }
     }
+    pdl_wait();  // q/k/v are the previous kernel's output
     for (int j = threadIdx.x; j < group * half; j += blockDim.x) {
         int g = j / half, i = j % half;
         float s, co;
@@ -233,6 +239,8 @@ extern "C" __global__ void argmax_logprob(const float* __restrict__ logits, int 
     logits += (size_t)blockIdx.x * n;
     result += 2 * (size_t)blockIdx.x;
     if (state != nullptr) state += 2 * (size_t)blockIdx.x;
+    pdl_trigger();
+    pdl_wait();  // the logits are the previous kernel's output
     __shared__ float sv[32], red[32];
     __shared__ int si[32];
     __shared__ float s_max;

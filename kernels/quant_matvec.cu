@@ -91,6 +91,7 @@ __device__ __forceinline__ int lora_producers(const LoraEpi& L, int nb) {
 __device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* __restrict__ x,
                                              const float* __restrict__ norm_w, float eps, int k, int nb) {
     __shared__ float part[MV_WARPS][2];
+    pdl_wait();  // x is the previous kernel's output
     int t = blockIdx.x, b = t / L.a_rows, j = t - b * L.a_rows;
     int slot = L.slots[b];
     if (slot < 0) return;  // block-uniform: the whole block leaves
@@ -314,6 +315,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
     template <bool LORA> __device__ __forceinline__ void NAME##_body_##Q(QMV_PARAMS) {              \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
+        pdl_trigger();                                                                              \
         int producers = lora_producers(lora, 1);                                                    \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce(lora, x, norm_w, eps, k, 1);                                               \
@@ -321,6 +323,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
         prefetch_first_row(w, rows, row_bytes_##Q(k), block);                                       \
+        pdl_wait(); /* x is the previous kernel's output */                                         \
         XPREP(x, norm_w, eps, k, xs);                                                               \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
@@ -342,6 +345,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
     template <bool LORA> __device__ __forceinline__ void NAME##_swiglu_body_##Q(QMV_SWIGLU_PARAMS) {\
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
+        pdl_trigger();                                                                              \
         int producers = lora_producers(lora, 1);                                                    \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce(lora, x, norm_w, eps, k, 1);                                               \
@@ -350,6 +354,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
         prefetch_first_row(wg, rows, row_bytes_##Q(k), block);                                      \
         prefetch_first_row(wu, rows, row_bytes_##Q(k), block);                                      \
+        pdl_wait(); /* x is the previous kernel's output */                                         \
         XPREP(x, norm_w, eps, k, xs);                                                               \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
@@ -515,6 +520,8 @@ PART_ACCESS(bf16, 32, 64)
 #define DEFINE_EMBED_ROW(Q)                                                                         \
     __device__ __forceinline__ void embed_row_##Q(const uint8_t* table, int token, float* x,       \
                                                   int hidden) {                                     \
+        pdl_trigger(); /* the first kernel of a step: waits on the step before */                   \
+        pdl_wait();                                                                                 \
         const uint8_t* row = table + (size_t)token * row_bytes_##Q(hidden);                         \
         for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hidden / 4;                         \
              j += gridDim.x * blockDim.x) {                                                         \
@@ -838,6 +845,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
     template <bool LORA> __device__ __forceinline__ void qmvb_body_##Q(QMVB_PARAMS) {               \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                                \
+        pdl_trigger();                                                                              \
         int producers = lora_producers(lora, nb);                                                   \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce(lora, x, norm_w, eps, k, nb);                                              \
@@ -845,6 +853,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
         prefetch_first_row(w, rows, row_bytes_##Q(k), block);                                       \
+        pdl_wait(); /* x is the previous kernel's output */                                         \
         load_xb(x, norm_w, eps, k, nb, xs);                                                         \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
         int parts = (k / 32) * 4;                                                                    \
@@ -882,6 +891,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
     template <bool LORA> __device__ __forceinline__ void qmvb_swiglu_body_##Q(QMVB_SWIGLU_PARAMS) { \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                                \
+        pdl_trigger();                                                                              \
         int producers = lora_producers(lora, nb);                                                   \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce(lora, x, norm_w, eps, k, nb);                                              \
@@ -890,6 +900,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
         prefetch_first_row(wg, rows, row_bytes_##Q(k), block);                                      \
         prefetch_first_row(wu, rows, row_bytes_##Q(k), block);                                      \
+        pdl_wait(); /* x is the previous kernel's output */                                         \
         load_xb(x, norm_w, eps, k, nb, xs);                                                         \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
         int parts = (k / 32) * 4;                                                                    \

@@ -248,12 +248,9 @@ impl Linear {
             return Ok(None);
         };
         let format = WeightFormat::of(q.dtype());
-        let (Some(format), true, candle_core::DType::F32, 2) = (
-            format,
-            qmm::supports(q),
-            x.dtype(),
-            x.rank(),
-        ) else {
+        let (Some(format), true, candle_core::DType::F32, 2) =
+            (format, qmm::supports(q), x.dtype(), x.rank())
+        else {
             return Ok(None);
         };
         let (rows, (inf, out)) = (x.dim(0)?, (self.in_features, self.out_features));
@@ -287,7 +284,9 @@ impl Linear {
             return Ok(None);
         }
         if let Some(bias) = &self.bias {
-            let bias = bias.to_dtype(candle_core::DType::F32).and_then(|b| b.to_vec1::<f32>());
+            let bias = bias
+                .to_dtype(candle_core::DType::F32)
+                .and_then(|b| b.to_vec1::<f32>());
             let bias = bias.context("linear bias")?;
             for row in ys.chunks_mut(out) {
                 row.iter_mut().zip(&bias).for_each(|(y, b)| *y += b);

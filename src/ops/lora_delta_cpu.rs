@@ -67,7 +67,11 @@ impl Clone for LowRankCpu {
             rank: self.rank,
             in_features: self.in_features,
             out_features: self.out_features,
-            quantized: self.quantized.get().cloned().map_or_else(OnceLock::new, OnceLock::from),
+            quantized: self
+                .quantized
+                .get()
+                .cloned()
+                .map_or_else(OnceLock::new, OnceLock::from),
         }
     }
 }
@@ -220,7 +224,11 @@ impl LowRankCpu {
         } else {
             padded = x
                 .chunks(inf)
-                .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0.0, q.in_padded - inf)))
+                .flat_map(|r| {
+                    r.iter()
+                        .copied()
+                        .chain(std::iter::repeat_n(0.0, q.in_padded - inf))
+                })
                 .collect::<Vec<f32>>();
             &padded
         };
@@ -270,7 +278,9 @@ impl LowRankCpu {
         }
         let run = |(y, low): (&mut [f32], &[f32])| kernel.axpy_rows(y, low, &q.b_q, &q.b_d);
         if y.len() / out.max(1) >= PARALLEL_ROWS {
-            y.par_chunks_mut(out).zip(low.par_chunks(rank)).for_each(run);
+            y.par_chunks_mut(out)
+                .zip(low.par_chunks(rank))
+                .for_each(run);
         } else {
             y.chunks_mut(out).zip(low.chunks(rank)).for_each(run);
         }
@@ -363,7 +373,13 @@ mod avx2 {
     /// Columns o .. o + N LANES (N full blocks) of the update.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn blocks<const N: usize>(y: &mut [f32], low: &[f32], b_q: &[i8], b_d: &[f32], o: usize) {
+    unsafe fn blocks<const N: usize>(
+        y: &mut [f32],
+        low: &[f32],
+        b_q: &[i8],
+        b_d: &[f32],
+        o: usize,
+    ) {
         let rank = low.len();
         let (py, pb) = (y.as_mut_ptr().add(o), b_q.as_ptr().add(o * rank));
         let mut acc = [[_mm256_setzero_ps(); 4]; N];

@@ -120,7 +120,9 @@ pub fn forward(x: &Tensor, weight: &QTensor) -> Result<Tensor> {
         .context("quant_matmul_cpu: making the input contiguous f32")?;
     let weight_bytes = weight.data().context("quant_matmul_cpu: weight data")?;
     let mut out = vec![0f32; m * n];
-    with_cpu_f32(&x, |xs| matmul(format, xs, m, k, &weight_bytes, n, &mut out))?;
+    with_cpu_f32(&x, |xs| {
+        matmul(format, xs, m, k, &weight_bytes, n, &mut out)
+    })?;
     let mut out_dims = x_dims;
     if let Some(last) = out_dims.last_mut() {
         *last = n;
@@ -139,9 +141,9 @@ pub(crate) fn with_cpu_f32<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -
     let all = cpu
         .as_slice::<f32>()
         .context("quant_matmul_cpu: input as f32")?;
-    let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-        Error::InvalidRequest("quant_matmul_cpu: input is not contiguous".into())
-    })?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| Error::InvalidRequest("quant_matmul_cpu: input is not contiguous".into()))?;
     f(&all[start..end])
 }
 
@@ -293,7 +295,10 @@ pub(crate) fn matmul_parts_with(
         return Ok(());
     }
     // Raw outputs: items write disjoint cells of them (below).
-    let outs: Vec<usize> = parts.iter_mut().map(|p| p.out.as_mut_ptr() as usize).collect();
+    let outs: Vec<usize> = parts
+        .iter_mut()
+        .map(|p| p.out.as_mut_ptr() as usize)
+        .collect();
     let parts: &[Part<'_>] = parts;
     ACT_SCRATCH.with(|cell| {
         let mut acts = cell.borrow_mut();
@@ -323,7 +328,9 @@ pub(crate) fn matmul_parts_with(
                         // SAFETY: (token + t, row + r) is in bounds of part pi's output (sizes
                         // checked above) and written by this item only: a part's items partition
                         // its (row, token) grid, and parts own distinct outputs (&mut borrows).
-                        unsafe { *(outs[pi] as *mut f32).add((token + t) * p.n + row + r) = *value };
+                        unsafe {
+                            *(outs[pi] as *mut f32).add((token + t) * p.n + row + r) = *value
+                        };
                     }
                 }
             }

@@ -6,12 +6,11 @@
 use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
-use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
-};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, LaunchConfig};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::CudaDevice;
 
+use super::step_launch::{programmatic_launch_default, StepLaunch};
 use super::QuantType;
 use crate::gpu::kernels::{function, Module};
 pub use crate::gpu::ptr::device_ptr;
@@ -175,6 +174,8 @@ pub struct DecodeKernels {
     embedb: Vec<CudaFunction>,
     rope_attention: CudaFunction,
     argmax: CudaFunction,
+    /// Launch with programmatic dependent launch (`step_launch`).
+    programmatic: bool,
 }
 
 fn index(q: QuantType) -> usize {
@@ -267,6 +268,9 @@ impl DecodeKernels {
             embedb: per_type("embedb")?,
             rope_attention: function(dev, Module::DecodeStep, "rope_attention", "")?,
             argmax: function(dev, Module::DecodeStep, "argmax_logprob", "")?,
+            programmatic: programmatic_launch_default(
+                dev.cuda_stream().context().compute_capability().w()?.0,
+            ),
         };
         // The batched mat-vecs keep every sequence's x in shared memory: opt in above 48 KiB.
         for f in kernels.qmvb.all().chain(kernels.qmvb_swiglu.all()) {
@@ -282,6 +286,16 @@ impl DecodeKernels {
     /// The stream the kernels launch on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// A launch of `f` on the stream, with PDL when the device has it.
+    fn step_launch<'a>(&'a self, f: &'a CudaFunction) -> StepLaunch<'a> {
+        StepLaunch::new(&self.stream, f, self.programmatic)
+    }
+
+    /// Whether the step's kernels are launched with programmatic dependent launch (`step_launch`).
+    pub fn programmatic_launch(&self) -> bool {
+        self.programmatic
     }
 
     /// Whether the batch-1 mat-vecs of the formats of [`has_int8_activations`] quantize x to int8
@@ -354,7 +368,7 @@ impl DecodeKernels {
     ) -> Result<()> {
         let (f, int8) = self.batch1(&self.qmv, &self.qmv_q8x, q, norm_w != 0, &epilogue.lora);
         let (rows_i, k_i, acc_i) = (rows as i32, k as i32, accumulate as i32);
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.step_launch(f);
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i);
         b.arg(&epilogue.bias).arg(&epilogue.lora);
@@ -381,7 +395,7 @@ impl DecodeKernels {
     ) -> Result<()> {
         let (f, int8) = self.batch1(&self.qmv_swiglu, &self.qmv_q8x_swiglu, q, norm_w != 0, lora);
         let (rows_i, k_i) = (rows as i32, k as i32);
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.step_launch(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(lora);
         let cfg = Self::matvec_config(rows, k, lora.producer_blocks(1), int8);
@@ -393,7 +407,7 @@ impl DecodeKernels {
     pub fn embed(&self, q: QuantType, table: u64, state: u64, x: u64, hidden: usize) -> Result<()> {
         let f = &self.embed[index(q)];
         let hidden_i = hidden as i32;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.step_launch(f);
         b.arg(&table).arg(&state).arg(&x).arg(&hidden_i);
         let cfg = LaunchConfig {
             grid_dim: (hidden.div_ceil(256).max(1) as u32, 1, 1),
@@ -470,7 +484,7 @@ impl DecodeKernels {
         let cfg = Self::batch_matvec_config(rows, k, batch, &epilogue.lora)?;
         let f = self.qmvb.pick(q, &epilogue.lora);
         let (rows_i, k_i, acc_i, nb) = (rows as i32, k as i32, accumulate as i32, batch as i32);
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.step_launch(f);
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i).arg(&nb);
         b.arg(&epilogue.bias).arg(&epilogue.lora).arg(&ldy_i);
@@ -497,7 +511,7 @@ impl DecodeKernels {
         let cfg = Self::batch_matvec_config(rows, k, batch, lora)?;
         let f = self.qmvb_swiglu.pick(q, lora);
         let (rows_i, k_i, nb) = (rows as i32, k as i32, batch as i32);
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.step_launch(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&nb).arg(lora);
         unsafe { b.launch(cfg) }.w()?;
@@ -516,7 +530,7 @@ impl DecodeKernels {
     ) -> Result<()> {
         let f = &self.embedb[index(q)];
         let hidden_i = hidden as i32;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.step_launch(f);
         b.arg(&table).arg(&state).arg(&x).arg(&hidden_i);
         let cfg = LaunchConfig {
             grid_dim: (hidden.div_ceil(256).max(1) as u32, batch as u32, 1),
@@ -583,7 +597,7 @@ impl DecodeKernels {
             )));
         }
         let (h, kv, d_i) = (shape.heads as i32, shape.kv_heads as i32, d as i32);
-        let mut b = self.stream.launch_builder(&self.rope_attention);
+        let mut b = self.step_launch(&self.rope_attention);
         b.arg(&qkv)
             .arg(&k_cache)
             .arg(&v_cache)
@@ -620,7 +634,7 @@ impl DecodeKernels {
         batch: usize,
     ) -> Result<()> {
         let n_i = n as i32;
-        let mut b = self.stream.launch_builder(&self.argmax);
+        let mut b = self.step_launch(&self.argmax);
         b.arg(&logits).arg(&n_i).arg(&result).arg(&state);
         let cfg = LaunchConfig {
             grid_dim: (batch as u32, 1, 1),

@@ -6,7 +6,8 @@
 //! `reference` (block formats, mat-vecs, norms) and `attention_reference` (RoPE, the KV cache,
 //! attention) are the CPU specification of every kernel (always compiled, unit-tested), calling
 //! `crate::reference` for each op's maths; `launch`
-//! launches the CUDA kernels (kernels/quant_matvec.cu, kernels/decode_step.cu); `check` runs each
+//! launches the CUDA kernels (kernels/quant_matvec.cu, kernels/decode_step.cu), each through
+//! `step_launch` (programmatic dependent launch); `check` runs each
 //! kernel against its reference on the GPU (part of `wick bench gpu-check`).
 
 pub mod attention_reference;
@@ -23,6 +24,8 @@ pub mod lora_reference;
 #[cfg(feature = "cuda")]
 pub mod prefill;
 pub mod reference;
+#[cfg(feature = "cuda")]
+pub mod step_launch;
 
 /// The block formats (shared with the training engine's quantized base): `gpu::ggml`.
 pub use crate::gpu::ggml::{QuantType, BLOCK, QUANT_TYPES};

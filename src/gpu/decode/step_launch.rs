@@ -1,0 +1,87 @@
+//! One launch of a decode-step kernel, with programmatic dependent launch (PDL) where the device
+//! has it (Hopper and later): the launch carries `CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION`,
+//! so the kernel may be scheduled while the kernel before it in the stream is still finishing. The
+//! kernels (kernels/quant_matvec.cu, kernels/decode_step.cu) call `pdl_trigger` at their start and
+//! `pdl_wait` before they read anything an earlier kernel wrote (common.cuh): what overlaps is a
+//! kernel's launch latency and its weight prefetches, never its reads of the previous outputs.
+//! A step is ~150 dependent launches of a few microseconds each (SmolLM2-135M), so the gap between
+//! two kernels is a large share of it. Stream capture keeps the attribute as a programmatic edge
+//! of the CUDA graph.
+//!
+//! `WICK_DECODE_PDL=0` launches plainly (the kernels' waits are then no-ops), for comparisons.
+
+use std::ffi::c_void;
+
+use candle_core::cuda_backend::cudarc::driver::sys::{
+    self, CUlaunchAttribute, CUlaunchAttributeID, CUlaunchConfig,
+};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaStream, DeviceRepr, DriverError, LaunchConfig,
+};
+
+/// Whether the decode kernels are launched with PDL: the device's compute capability is 9.0 or
+/// more, unless `WICK_DECODE_PDL=0`.
+pub fn programmatic_launch_default(compute_major: i32) -> bool {
+    compute_major >= 9 && std::env::var("WICK_DECODE_PDL").as_deref() != Ok("0")
+}
+
+/// The arguments of one kernel launch, each a reference to a value that outlives the launch.
+pub struct StepLaunch<'a> {
+    stream: &'a CudaStream,
+    func: &'a CudaFunction,
+    args: Vec<*mut c_void>,
+    programmatic: bool,
+}
+
+impl<'a> StepLaunch<'a> {
+    /// A launch of `func` on `stream`, with PDL when `programmatic`.
+    pub fn new(stream: &'a CudaStream, func: &'a CudaFunction, programmatic: bool) -> Self {
+        Self {
+            stream,
+            func,
+            args: Vec::with_capacity(16),
+            programmatic,
+        }
+    }
+
+    /// The next kernel argument (by reference, as `cuLaunchKernel` takes it).
+    pub fn arg<T: DeviceRepr>(&mut self, value: &'a T) -> &mut Self {
+        self.args.push(value as *const T as *mut c_void);
+        self
+    }
+
+    /// Launches it (`cuLaunchKernelEx`).
+    ///
+    /// # Safety
+    /// The arguments must match the kernel's parameters in number, order and type, and every
+    /// device address among them must stay valid until the stream has run the kernel.
+    pub unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<(), DriverError> {
+        self.stream.context().bind_to_thread()?;
+        // SAFETY: zero is a valid bit pattern of this plain C struct (id, padding, value union).
+        let mut attr: CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: u32::from(self.programmatic),
+        };
+        // SAFETY: the caller's contract; `config` and `attr` outlive the call.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                self.func.cu_function(),
+                self.args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+    }
+}

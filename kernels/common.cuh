@@ -109,14 +109,16 @@ __device__ __forceinline__ void warp_row_max_sum_exp2(const float* __restrict__ 
 }
 
 // Programmatic dependent launch (Hopper and later; the decode step's kernels are launched with the
-// attribute that allows it, `gpu::decode::launch`): a kernel may be scheduled while the one before
-// it in the stream is finishing, so its launch latency and its work that reads nothing the earlier
-// kernels write (weight prefetches) overlap that kernel's tail.
-// pdl_trigger: this block lets the next kernel be scheduled (it waits in its own pdl_wait anyway).
+// attribute that allows it, `gpu::decode::step_launch`): a kernel may be scheduled while the one
+// before it in the stream is finishing, so its launch latency and its work that reads nothing the
+// earlier kernels write (weight and cache prefetches) overlap that kernel's tail.
+// pdl_trigger: this block lets the next kernel be scheduled. The mat-vecs do not call it (a block
+// lets the next kernel in as it exits): triggered at their start, the next kernel's blocks sat
+// waiting beside them and a batch-8 step took 17% longer (bench/results/device-s12, call 2).
 // pdl_wait: returns once every earlier kernel of the stream has completed and its writes are
-// visible. Every block calls it before reading anything an earlier kernel wrote, and before it
-// exits, so each kernel's completion still implies its predecessors'. No-ops when the kernel was
-// launched without the attribute.
+// visible. Every block calls it before reading anything an earlier kernel wrote, before writing
+// anything, and before it exits, so each kernel's completion still implies its predecessors'.
+// Both are no-ops when the kernel was launched without the attribute.
 __device__ __forceinline__ void pdl_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");

@@ -56,7 +56,6 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
         part += z * (size_t)heads * ATT_SPLITS * (d + 2);
         counters += z * (size_t)kv_heads;
     }
-    pdl_trigger();
     // state is the host's (uploaded before the step): read before the wait.
     int pos = state[1];
     int last_chunk = pos / ATT_CHUNK;
@@ -195,6 +194,7 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
         }
         __syncthreads();  // p and alpha are rewritten by the next chunk
     }
+    pdl_trigger();  // what is left: the partials and the combine
     for (int j = threadIdx.x; j < group * d; j += blockDim.x) {
         int g = j / d, i = j % d;
         part_acc[((size_t)(kvh * group + g) * ATT_SPLITS + y) * d + i] = acc[j];

@@ -315,7 +315,6 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
     template <bool LORA> __device__ __forceinline__ void NAME##_body_##Q(QMV_PARAMS) {              \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
-        pdl_trigger();                                                                              \
         int producers = lora_producers(lora, 1);                                                    \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce(lora, x, norm_w, eps, k, 1);                                               \
@@ -345,7 +344,6 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
     template <bool LORA> __device__ __forceinline__ void NAME##_swiglu_body_##Q(QMV_SWIGLU_PARAMS) {\
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
-        pdl_trigger();                                                                              \
         int producers = lora_producers(lora, 1);                                                    \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce(lora, x, norm_w, eps, k, 1);                                               \
@@ -845,7 +843,6 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
     template <bool LORA> __device__ __forceinline__ void qmvb_body_##Q(QMVB_PARAMS) {               \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                                \
-        pdl_trigger();                                                                              \
         int producers = lora_producers(lora, nb);                                                   \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce(lora, x, norm_w, eps, k, nb);                                              \
@@ -891,7 +888,6 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
     template <bool LORA> __device__ __forceinline__ void qmvb_swiglu_body_##Q(QMVB_SWIGLU_PARAMS) { \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                                \
-        pdl_trigger();                                                                              \
         int producers = lora_producers(lora, nb);                                                   \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce(lora, x, norm_w, eps, k, nb);                                              \

@@ -306,8 +306,17 @@ fn parts_equal_separate_products() {
         for (((format, n, tokens), weight), got) in specs.iter().zip(&weights).zip(&outs) {
             let rows = &x[tokens.start * k..tokens.end * k];
             let mut alone = vec![f32::NAN; n * tokens.len()];
-            matmul_with(*format, rows, tokens.len(), k, weight, *n, &mut alone, kernel)
-                .expect("alone");
+            matmul_with(
+                *format,
+                rows,
+                tokens.len(),
+                k,
+                weight,
+                *n,
+                &mut alone,
+                kernel,
+            )
+            .expect("alone");
             assert_eq!(got, &alone, "{format:?} {kernel:?} rows {tokens:?}");
         }
     }

@@ -36,7 +36,7 @@
 
 #define ATT_CHUNK 32
 #define ATT_SPLITS 32
-#define ATT_THREADS 128
+#define ATT_THREADS 256
 // Largest head dim (the per-lane accumulators: ATT_MAX_D / 32 registers).
 #define ATT_MAX_D 256
 
@@ -137,7 +137,7 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
                 const float4* k4 = t == pos ? reinterpret_cast<const float4*>(kc)
                                             : reinterpret_cast<const float4*>(k_cache + (size_t)t * row + (size_t)kvh * d);
                 float dot = 0.f;
-#pragma unroll 16
+#pragma unroll 8
                 for (int i = 0; i < d4; i++) {
                     float4 a = q4[i], b = t == pos ? k4[i] : __ldg(k4 + i);
                     dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
@@ -151,7 +151,7 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
             m = big;
 #pragma unroll
             for (int j = 0; j < ATT_MAX_D / 32; j++) acc[j] *= alpha;
-#pragma unroll 16
+#pragma unroll 4
             for (int tt = 0; tt < n; tt++) {
                 float w = __shfl_sync(0xffffffffu, e, tt);
                 int t = t0 + tt;

@@ -206,7 +206,7 @@ pub const ATTENTION_CHUNK: usize = 32;
 /// Blocks per kv head of `rope_attention` (ATT_SPLITS): block y takes chunks y, y + S, ...
 pub const ATTENTION_SPLITS: usize = 32;
 /// Threads of one `rope_attention` block (ATT_THREADS in kernels/decode_step.cu).
-const ATTENTION_THREADS: u32 = 128;
+const ATTENTION_THREADS: u32 = 256;
 /// Most query heads per kv head (their rotated queries sit in a block's shared memory).
 const ATTENTION_MAX_GROUP: usize = 64;
 

@@ -17,18 +17,16 @@
 //   grid: (kv_heads, ATT_SPLITS) blocks, whatever the position, so a captured graph stays valid.
 //   Block (kvh, y) handles the `group` query heads of kv head kvh over the chunks c = y, y + S, ...
 //   (S = ATT_SPLITS) of ATT_CHUNK positions [c ATT_CHUNK, min((c + 1) ATT_CHUNK, pos + 1)), with an
-//   online softmax across its chunks (one warp per query head, the running sums in registers);
-//   blocks with no chunk (y > pos / ATT_CHUNK) exit at once.
-//   block: ATT_THREADS threads, head dim d <= ATT_MAX_D. Dynamic shared memory: (group d + 2 d)
-//   floats (the rotated q of each head, the new position's rotated key and value).
+//   online softmax across its chunks; blocks with no chunk (y > pos / ATT_CHUNK) exit at once.
+//   block: ATT_THREADS threads. Dynamic shared memory: (2 group d + 2 d + 2 ATT_CHUNK (d + 4) +
+//   group ATT_CHUNK + 2 group) floats (each chunk's keys and values are staged there first).
 //   RoPE (HF half-split layout): with a_i = pos * inv_freq[i], i < d/2,
 //     x'[i] = x[i] cos a_i - x[i + d/2] sin a_i,  x'[i + d/2] = x[i] sin a_i + x[i + d/2] cos a_i
 //   on q (head h) and k (kv head h / group). The block whose chunks hold pos writes k', v to the
 //   cache at pos and uses its own copy for that position (no other block reads row pos). Then
 //     s_t = scale * q' . k_t (t <= pos),  out = sum_t softmax(s)_t v_t,
 //   as per-split (m_y, l_y, acc_y) partials; the last block of each kv head to finish (atomic
-//   counter) combines them: out = sum_y e^(m_y - M) acc_y / sum_y e^(m_y - M) l_y. With one split
-//   (pos < ATT_CHUNK) its block writes out = acc / l itself.
+//   counter) combines them: out = sum_y e^(m_y - M) acc_y / sum_y e^(m_y - M) l_y.
 // argmax_logprob(logits, n, result): one block per sequence (logits [batch, n]); result[0] = argmax (lowest index on ties, NaN never
 //   wins), result[1] = bits of logits[id] - logsumexp(logits) as f32. Also writes the id to state[0]
 //   when `state` is not null.
@@ -37,8 +35,6 @@
 #define ATT_CHUNK 32
 #define ATT_SPLITS 32
 #define ATT_THREADS 256
-// Largest head dim (the per-lane accumulators: ATT_MAX_D / 32 registers).
-#define ATT_MAX_D 256
 
 extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* __restrict__ k_cache,
                                           float* __restrict__ v_cache, const int* __restrict__ state,
@@ -70,8 +66,17 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
     int group = heads / kv_heads, half = d / 2;
     unsigned int active = (unsigned int)min(last_chunk + 1, ATT_SPLITS);
     float* q = sm;                   // [group][d], rotated
-    float* kc = q + group * d;       // [d] rotated key at pos
+    float* acc = q + group * d;      // [group][d] running unnormalized sums
+    float* kc = acc + group * d;     // [d] rotated key at pos
     float* vc = kc + d;              // [d] value at pos
+    // The chunk's keys and values staged in shared memory (rows padded to d + 4 floats, so the
+    // score loop's lanes, one position each, hit different banks).
+    float* ks = vc + d;                          // [ATT_CHUNK][d + 4]
+    float* vs = ks + ATT_CHUNK * (d + 4);        // [ATT_CHUNK][d + 4]
+    float* p = vs + ATT_CHUNK * (d + 4);         // [group][ATT_CHUNK] scores, then weights
+    float* run_m = p + group * ATT_CHUNK;  // [group] running max
+    float* run_l = run_m + group;          // [group] running sum of exp
+    __shared__ float alpha[64];            // per head rescale of acc for the current chunk (group <= 64)
     float* part_acc = part;
     float* part_ml = part + (size_t)heads * ATT_SPLITS * d;
     const float* qin = qkv + (size_t)kvh * group * d;
@@ -99,6 +104,11 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
         q[g * d + i] = a * co - b * s;
         q[g * d + i + half] = a * s + b * co;
     }
+    for (int j = threadIdx.x; j < group * d; j += blockDim.x) acc[j] = 0.f;
+    for (int g = threadIdx.x; g < group; g += blockDim.x) {
+        run_m[g] = -INFINITY;
+        run_l[g] = 0.f;
+    }
     if (has_pos) {
         for (int i = threadIdx.x; i < half; i += blockDim.x) {
             float s, co;
@@ -117,73 +127,83 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
             v_cache[(size_t)pos * row + (size_t)kvh * d + i] = vc[i];
         }
     }
-    // One warp per query head, warp-synchronous (no barrier): lane tt scores position t0 + tt of
-    // each chunk (its key row read whole from L2, q from shared memory), the chunk's softmax by
-    // shuffles, then lane l accumulates dims l, l + 32, ... of the weighted values (each position's
-    // value row read by the warp at once). The running (max, sum, acc) stay in registers across
-    // the block's chunks. (The staged version, a thread per (head, position) and a barrier per
-    // phase, left most of its 256 threads idle at short contexts.)
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5, d4 = d / 4;
-    for (int g = warp; g < group; g += warps) {
-        const float4* q4 = reinterpret_cast<const float4*>(q + g * d);
-        float m = -INFINITY, l = 0.f, acc[ATT_MAX_D / 32];
-#pragma unroll
-        for (int j = 0; j < ATT_MAX_D / 32; j++) acc[j] = 0.f;
-        for (int c = y; c <= last_chunk; c += ATT_SPLITS) {
-            int t0 = c * ATT_CHUNK, n = min(ATT_CHUNK, pos + 1 - t0);
-            float sc = -INFINITY;
-            if (lane < n) {
-                int t = t0 + lane;
-                const float4* k4 = t == pos ? reinterpret_cast<const float4*>(kc)
-                                            : reinterpret_cast<const float4*>(k_cache + (size_t)t * row + (size_t)kvh * d);
-                float dot = 0.f;
-#pragma unroll 8
-                for (int i = 0; i < d4; i++) {
-                    float4 a = q4[i], b = t == pos ? k4[i] : __ldg(k4 + i);
-                    dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-                }
-                sc = dot * scale;
-            }
-            float big = fmaxf(m, warp_max(sc));
-            float e = lane < n ? expf(sc - big) : 0.f;
-            float alpha = expf(m - big);  // 0 on the first chunk (m = -inf)
-            l = l * alpha + warp_sum(e);
-            m = big;
-#pragma unroll
-            for (int j = 0; j < ATT_MAX_D / 32; j++) acc[j] *= alpha;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int c = y; c <= last_chunk; c += ATT_SPLITS) {
+        int t0 = c * ATT_CHUNK;
+        int n = min(ATT_CHUNK, pos + 1 - t0);
+        // Stage the chunk's keys and values: 16-byte loads, several in flight per thread (the
+        // kernel is bound by load latency: walking the cache row by row waited on every load).
+        int d4 = d / 4, ld = d + 4;  // d % 4 == 0 (checked by the host)
 #pragma unroll 4
-            for (int tt = 0; tt < n; tt++) {
-                float w = __shfl_sync(0xffffffffu, e, tt);
-                int t = t0 + tt;
-                const float* vrow = t == pos ? vc : v_cache + (size_t)t * row + (size_t)kvh * d;
-#pragma unroll
-                for (int j = 0; j < ATT_MAX_D / 32; j++) {
-                    int i = lane + 32 * j;
-                    if (i < d) acc[j] += w * (t == pos ? vrow[i] : __ldg(vrow + i));
-                }
+        for (int j = threadIdx.x; j < n * d4; j += blockDim.x) {
+            int tt = j / d4, i4 = j % d4, t = t0 + tt;
+            float4 kv, vv;
+            if (t == pos) {
+                kv = reinterpret_cast<const float4*>(kc)[i4];
+                vv = reinterpret_cast<const float4*>(vc)[i4];
+            } else {
+                size_t at = (size_t)t * row + (size_t)kvh * d;
+                kv = __ldg(reinterpret_cast<const float4*>(k_cache + at) + i4);
+                vv = __ldg(reinterpret_cast<const float4*>(v_cache + at) + i4);
+            }
+            reinterpret_cast<float4*>(ks + tt * ld)[i4] = kv;
+            reinterpret_cast<float4*>(vs + tt * ld)[i4] = vv;
+        }
+        __syncthreads();
+        // Scores: one (head, position) pair per thread, from shared memory.
+        for (int j = threadIdx.x; j < group * n; j += blockDim.x) {
+            int g = j / n, tt = j % n;
+            const float4* k4 = reinterpret_cast<const float4*>(ks + tt * ld);
+            const float4* q4 = reinterpret_cast<const float4*>(q + g * d);
+            float dot = 0.f;
+            for (int i = 0; i < d4; i++) {
+                float4 a = q4[i], b = k4[i];
+                dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+            }
+            p[g * ATT_CHUNK + tt] = dot * scale;
+        }
+        __syncthreads();
+        // Per head (one warp each): new running max, weights, rescale factor of the old sums.
+        for (int g = warp; g < group; g += warps) {
+            float m = -INFINITY;
+            for (int tt = lane; tt < n; tt += 32) m = fmaxf(m, p[g * ATT_CHUNK + tt]);
+            for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+            float big = fmaxf(m, run_m[g]);
+            float l = 0.f;
+            for (int tt = lane; tt < n; tt += 32) {
+                float e = expf(p[g * ATT_CHUNK + tt] - big);
+                p[g * ATT_CHUNK + tt] = e;
+                l += e;
+            }
+            for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffff, l, o);
+            __syncwarp();
+            if (lane == 0) {
+                float a = expf(run_m[g] - big);  // 0 on the first chunk (run_m = -inf)
+                alpha[g] = a;
+                run_l[g] = run_l[g] * a + l;
+                run_m[g] = big;
             }
         }
-        if (active == 1) {  // the whole context is this block's one chunk: no partials
-#pragma unroll
-            for (int j = 0; j < ATT_MAX_D / 32; j++) {
-                int i = lane + 32 * j;
-                if (i < d) out[(size_t)(kvh * group + g) * d + i] = acc[j] / l;
-            }
-            continue;
+        __syncthreads();
+        // Values of the chunk: one (head, dim) pair per thread.
+        for (int j = threadIdx.x; j < group * d; j += blockDim.x) {
+            int g = j / d, i = j % d;
+            float sum = 0.f;
+            for (int tt = 0; tt < n; tt++) sum += p[g * ATT_CHUNK + tt] * vs[tt * ld + i];
+            acc[j] = acc[j] * alpha[g] + sum;
         }
-#pragma unroll
-        for (int j = 0; j < ATT_MAX_D / 32; j++) {
-            int i = lane + 32 * j;
-            if (i < d) part_acc[((size_t)(kvh * group + g) * ATT_SPLITS + y) * d + i] = acc[j];
-        }
-        if (lane == 0) {
-            size_t at = ((size_t)(kvh * group + g) * ATT_SPLITS + y) * 2;
-            part_ml[at] = m;
-            part_ml[at + 1] = l;
-        }
+        __syncthreads();  // p and alpha are rewritten by the next chunk
     }
-    pdl_trigger();  // what is left: the combine
-    if (active == 1) return;
+    pdl_trigger();  // what is left: the partials and the combine
+    for (int j = threadIdx.x; j < group * d; j += blockDim.x) {
+        int g = j / d, i = j % d;
+        part_acc[((size_t)(kvh * group + g) * ATT_SPLITS + y) * d + i] = acc[j];
+    }
+    for (int g = threadIdx.x; g < group; g += blockDim.x) {
+        size_t at = ((size_t)(kvh * group + g) * ATT_SPLITS + y) * 2;
+        part_ml[at] = run_m[g];
+        part_ml[at + 1] = run_l[g];
+    }
     // The last block of this kv head to get here combines the splits.
     __threadfence();
     __syncthreads();

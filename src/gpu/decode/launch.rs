@@ -207,16 +207,13 @@ pub const ATTENTION_CHUNK: usize = 32;
 pub const ATTENTION_SPLITS: usize = 32;
 /// Threads of one `rope_attention` block (ATT_THREADS in kernels/decode_step.cu).
 const ATTENTION_THREADS: u32 = 256;
-/// Most query heads per kv head (their rotated queries sit in a block's shared memory).
+/// Most query heads per kv head (the kernel's per-head rescale array).
 const ATTENTION_MAX_GROUP: usize = 64;
 
-/// Largest head dim of `rope_attention` (ATT_MAX_D: a lane's value accumulators).
-const ATTENTION_MAX_HEAD_DIM: usize = 256;
-
 /// Threads of one `rope_attention` block for head dim `d`, `None` when the kernel cannot run it
-/// (the key rows are read as float4, RoPE pairs dims i and i + d/2, at most 256 dims).
+/// (the key rows are read as float4, RoPE pairs dims i and i + d/2).
 pub fn attention_threads(d: usize) -> Option<u32> {
-    (d > 0 && d % 4 == 0 && d <= ATTENTION_MAX_HEAD_DIM).then_some(ATTENTION_THREADS)
+    (d > 0 && d % 4 == 0).then_some(ATTENTION_THREADS)
 }
 
 /// Floats of the `rope_attention` scratch (`part`): per query head and split, `head_dim` partial
@@ -649,10 +646,12 @@ impl DecodeKernels {
     }
 }
 
-/// Shared memory bytes of one `rope_attention` block: the group's rotated queries, the new key and
-/// value.
+/// Shared memory bytes of one `rope_attention` block: the group's rotated queries and running sums,
+/// the new key and value, one chunk's keys and values (rows padded by 4 floats), the group's scores
+/// over one chunk, running max and sum per head.
 pub fn attention_shared_bytes(shape: super::reference::AttentionShape) -> usize {
     let group = shape.heads / shape.kv_heads.max(1);
     let d = shape.head_dim;
-    (group * d + 2 * d) * 4
+    (2 * group * d + 2 * d + 2 * ATTENTION_CHUNK * (d + 4) + group * ATTENTION_CHUNK + 2 * group)
+        * 4
 }

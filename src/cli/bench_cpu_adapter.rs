@@ -209,7 +209,8 @@ fn markdown(
             &rates[4],
         ),
     ];
-    for (name, v, reference, all) in rows {
+    // Variants that did not run (the batch rows under `--batch 0`) are left out.
+    for (name, v, reference, all) in rows.into_iter().filter(|r| !r.3.is_empty()) {
         let name = name.replace('N', &args.batch.max(1).to_string());
         writeln!(
             md,

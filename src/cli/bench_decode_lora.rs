@@ -375,28 +375,15 @@ mod cuda {
             device: &Device,
             reps: usize,
         ) -> anyhow::Result<Vec<KindTime>> {
-            let kinds = if n == 1 {
-                let e = &self.single;
-                kind_profile(device, reps, &mut |mark: &mut dyn FnMut(
-                    &'static str,
-                )
-                    -> wick::Result<
-                    (),
-                >| {
-                    e.launch_step_marked(mark)
-                })?
-            } else {
-                let e = &self.batch;
-                kind_profile(device, reps, &mut |mark: &mut dyn FnMut(
-                    &'static str,
-                )
-                    -> wick::Result<
-                    (),
-                >| {
-                    e.launch_step_marked(mark)
-                })?
+            let (single, batch) = (&self.single, &self.batch);
+            let mut launch = |mark: &mut dyn FnMut(&'static str) -> wick::Result<()>| {
+                if n == 1 {
+                    single.launch_step_marked(mark)
+                } else {
+                    batch.launch_step_marked(mark)
+                }
             };
-            Ok(kinds)
+            Ok(kind_profile(device, reps, &mut launch)?)
         }
 
         /// Tokens per second of `--decode-tokens` greedy steps on `n` sequences (the batch-1

@@ -74,7 +74,20 @@ struct Timer<'a> {
     stream: std::sync::Arc<CudaStream>,
 }
 
-impl Timer<'_> {
+impl<'a> Timer<'a> {
+    /// A timer on `device`'s stream (CUDA only).
+    fn on(device: &'a Device) -> Result<Self> {
+        let Device::Cuda(cuda) = device else {
+            return Err(Error::InvalidRequest(format!(
+                "decode step profile needs a CUDA device, got {device:?}"
+            )));
+        };
+        Ok(Self {
+            device: cuda,
+            stream: cuda.cuda_stream(),
+        })
+    }
+
     fn event(&self) -> Result<CudaEvent> {
         self.stream
             .context()
@@ -193,15 +206,7 @@ pub fn kind_profile(
     reps: usize,
     launch: &mut MarkedStep,
 ) -> Result<Vec<KindTime>> {
-    let Device::Cuda(cuda) = device else {
-        return Err(Error::InvalidRequest(format!(
-            "decode step profile needs a CUDA device, got {device:?}"
-        )));
-    };
-    let timer = Timer {
-        device: cuda,
-        stream: cuda.cuda_stream(),
-    };
+    let timer = Timer::on(device)?;
     Ok(kind_times(&timer, launch, reps.max(1))?.1)
 }
 
@@ -214,15 +219,7 @@ pub fn profile_step(
     warmup: usize,
     reps: usize,
 ) -> Result<StepProfile> {
-    let Device::Cuda(cuda) = device else {
-        return Err(Error::InvalidRequest(format!(
-            "decode step profile needs a CUDA device, got {device:?}"
-        )));
-    };
-    let timer = Timer {
-        device: cuda,
-        stream: cuda.cuda_stream(),
-    };
+    let timer = Timer::on(device)?;
     let reps = reps.max(1);
     let vocab = engine.shape().vocab as u32;
     let mut token = 1u32.min(vocab.saturating_sub(1));

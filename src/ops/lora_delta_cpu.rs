@@ -45,7 +45,7 @@ const LANES: usize = 32;
 const PARALLEL_ROWS: usize = 4;
 
 /// One adapted projection's low-rank pair, laid out for the CPU update.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LowRankCpu {
     /// A: [rank, in] f16.
     a: Vec<f16>,
@@ -57,23 +57,6 @@ pub struct LowRankCpu {
     /// The int8 layout of the update, made on the first [`LowRankCpu::add_to`] (engines that only
     /// take the f32 copies never pay for it).
     quantized: OnceLock<QuantizedPair>,
-}
-
-impl Clone for LowRankCpu {
-    fn clone(&self) -> Self {
-        Self {
-            a: self.a.clone(),
-            b: self.b.clone(),
-            rank: self.rank,
-            in_features: self.in_features,
-            out_features: self.out_features,
-            quantized: self
-                .quantized
-                .get()
-                .cloned()
-                .map_or_else(OnceLock::new, OnceLock::from),
-        }
-    }
 }
 
 /// A as Q8_0 rows and B^T in int8 runs (module header).

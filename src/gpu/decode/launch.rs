@@ -293,11 +293,6 @@ impl DecodeKernels {
         StepLaunch::new(&self.stream, f, self.programmatic)
     }
 
-    /// Whether the step's kernels are launched with programmatic dependent launch (`step_launch`).
-    pub fn programmatic_launch(&self) -> bool {
-        self.programmatic
-    }
-
     /// Whether the batch-1 mat-vecs of the formats of [`has_int8_activations`] quantize x to int8
     /// per 32 values (on: as the environment says, [`int8_policy_default`]; as llama.cpp and
     /// Candle's quantized matmul do; ~1e-2 relative on a product) or keep it in f32 (exact maths,

@@ -85,20 +85,29 @@ __device__ __forceinline__ int lora_producers(const LoraEpi& L, int nb) {
 // The shrink, by producer block blockIdx.x: xa[b, j] = xn_b . A_slot(b)[j] with xn_b =
 // rms_norm(x_b) * norm_w (x_b itself when norm_w is null), in one pass over global x, norm_w and the
 // A row: the sum of squares beside the dot product, the norm's scale applied at the end. Each warp
-// takes a quarter of k, so a lane has few loads in flight even at k = 8192 (one warp per task had
+// takes its share of k (a quarter in a 4-warp block), so a lane has few loads in flight even at k = 8192 (one warp per task had
 // 64 and was the launch's critical path at SmolLM2-1.7B's down projection); no shared copy of x.
 // The store is a relaxed one at GPU scope, polled by lora_xa.
 __device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* __restrict__ x,
                                              const float* __restrict__ norm_w, float eps, int k, int nb) {
-    __shared__ float part[MV_WARPS][2];
-    pdl_wait();  // x is the previous kernel's output
+    __shared__ float part[32][2];
     int t = blockIdx.x, b = t / L.a_rows, j = t - b * L.a_rows;
+    // The slot table is the host's (uploaded before the step) and A is a weight: both are read
+    // before the wait, and the A row is asked into L2 then, so that after the wait only x's loads
+    // and the A row's L2 hits stand between the previous kernel and the stored xa.
     int slot = L.slots[b];
-    if (slot < 0) return;  // block-uniform: the whole block leaves
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int n4 = k / 4, per = (n4 + MV_WARPS - 1) / MV_WARPS;
+    if (slot < 0) {  // block-uniform: the whole block leaves (after the wait, so that the step's
+        pdl_wait();  // next kernel cannot start before the previous one has finished)
+        return;
+    }
+    const float* arow = L.a + slot * L.a_slot_stride + (size_t)j * k;
+    for (int off = threadIdx.x * 128; off < k * 4; off += blockDim.x * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(arow) + off));
+    pdl_wait();  // x is the previous kernel's output
+    int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int n4 = k / 4, per = (n4 + warps - 1) / warps;
     int lo = warp * per, hi = min(n4, lo + per);
-    const float4* a4 = reinterpret_cast<const float4*>(L.a + slot * L.a_slot_stride + (size_t)j * k);
+    const float4* a4 = reinterpret_cast<const float4*>(arow);
     const float4* x4 = reinterpret_cast<const float4*>(x + (size_t)b * k);
     const float4* w4 = reinterpret_cast<const float4*>(norm_w);
     float s = 0.f, ss = 0.f;
@@ -118,7 +127,7 @@ __device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* __re
     __syncthreads();
     if (threadIdx.x != 0) return;
     s = ss = 0.f;
-    for (int w = 0; w < MV_WARPS; w++) s += part[w][0], ss += part[w][1];
+    for (int w = 0; w < warps; w++) s += part[w][0], ss += part[w][1];
     if (norm_w != nullptr) s *= rsqrtf(ss / (float)k + eps);
     if (__float_as_uint(s) == XA_PENDING) s = __uint_as_float(0x7fffffffu);
     float* at = L.xa + (size_t)b * L.xa_stride + j;
@@ -279,8 +288,7 @@ __device__ __forceinline__ void load_x(const float* __restrict__ x, const float*
 
 // Asks L2 for the first row this warp will read (lane i: the row's i-th 128-byte line), before the
 // x prologue: the weights come from HBM, and their latency then overlaps the prologue's.
-__device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, int row_bytes, int block) {
-    int row = block * MV_WARPS + (threadIdx.x >> 5);
+__device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, int row_bytes, int row) {
     if (row >= rows) return;
     const uint8_t* r = w + (size_t)row * row_bytes;
     for (int off = (threadIdx.x & 31) * 128; off < row_bytes; off += 32 * 128)
@@ -321,9 +329,9 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
-        prefetch_first_row(w, rows, row_bytes_##Q(k), block);                                       \
+        prefetch_first_row(w, rows, row_bytes_##Q(k), block * MV_WARPS + (threadIdx.x >> 5));         \
         pdl_wait(); /* x is the previous kernel's output */                                         \
-        XPREP(x, norm_w, eps, k, xs);                                                               \
+        float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */          \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
         for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
@@ -335,7 +343,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             _Pragma(UNROLL)     for (int i = lane; i < parts; i += 32)                              \
                 acc += XDOT(wr, i >> 2, i & 3, xs, k);                                              \
             xv = lora_xa_settle(lora, 0, seg, xv);                                                  \
-            acc = warp_sum(acc + lora_lane(lora, xv, bv, 0, row, seg));                             \
+            acc = warp_sum(acc * xscale + lora_lane(lora, xv, bv, 0, row, seg));                    \
             if (bias != nullptr) acc += bias[row];                                                  \
             if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
         }                                                                                           \
@@ -350,10 +358,10 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
-        prefetch_first_row(wg, rows, row_bytes_##Q(k), block);                                      \
-        prefetch_first_row(wu, rows, row_bytes_##Q(k), block);                                      \
+        prefetch_first_row(wg, rows, row_bytes_##Q(k), block * MV_WARPS + (threadIdx.x >> 5));        \
+        prefetch_first_row(wu, rows, row_bytes_##Q(k), block * MV_WARPS + (threadIdx.x >> 5));        \
         pdl_wait(); /* x is the previous kernel's output */                                         \
-        XPREP(x, norm_w, eps, k, xs);                                                               \
+        float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */          \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
         for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
@@ -368,8 +376,8 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             }                                                                                       \
             xg = lora_xa_settle(lora, 0, 0, xg);                                                    \
             xu = lora_xa_settle(lora, 0, 1, xu);                                                    \
-            g = warp_sum(g + lora_lane(lora, xg, bg, 0, row, 0));                                   \
-            u = warp_sum(u + lora_lane(lora, xu, bu, 0, rows + row, 1));                            \
+            g = warp_sum(g * xscale + lora_lane(lora, xg, bg, 0, row, 0));                          \
+            u = warp_sum(u * xscale + lora_lane(lora, xu, bu, 0, rows + row, 1));                   \
             if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
         }                                                                                           \
     }                                                                                               \
@@ -377,10 +385,11 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
 
 // The f32-activation mat-vecs of every format (qmv_<q>, qmv_swiglu_<q>) and the embedding lookup.
 #define DEFINE_QMV(Q)                                                                               \
-    __device__ __forceinline__ void xprep_##Q(const float* __restrict__ x,                          \
-                                              const float* __restrict__ norm_w, float eps, int k,   \
-                                              float* xs) {                                          \
+    __device__ __forceinline__ float xprep_##Q(const float* __restrict__ x,                         \
+                                               const float* __restrict__ norm_w, float eps, int k,  \
+                                               float* xs) {                                         \
         load_x(x, norm_w, eps, k, xs, XS_SWIZZLE_##Q);                                              \
+        return 1.f; /* xs is normalized */                                                          \
     }                                                                                               \
     __device__ __forceinline__ float xdot_##Q(const uint8_t* r, int blk, int p, const float* xs,    \
                                               int k) {                                              \
@@ -546,11 +555,13 @@ DEFINE_EMBED_ROW(bf16)
 // 32 values, as llama.cpp's MMVQ and Candle's quantized matmul (CPU and CUDA) do, so that a part's
 // 8 weights meet x in two dp4a instructions instead of 8 int-to-float conversions and 8 FMAs: the
 // f32 kernels issue ~8 instructions per weight and are bound by it (~15% of DRAM bandwidth at
-// SmolLM2-1.7B shapes, bench/results/device-s10). Same maths as the f32 kernels with xn replaced by
-//   xq[i] = rint(xn[i] * (127 / amax_b)),  ds_b = (amax_b / 127, amax_b / 127 * sum_{i in b} xq[i])
-// per block b of 32 values (amax_b = max |xn_i| over b; amax_b = 0: xq = 0, ds = (0, 0)), i.e.
-//   y[r] = sum_b sum_{i in b} W[r, i] * ds_b.x * xq[i]
-// (rint: to nearest, ties to even). Shared memory: xq [k] int8, then ds [k / 32] float2.
+// SmolLM2-1.7B shapes, bench/results/device-s10). With xg = x * norm_w when the launch fuses the
+// RMSNorm (x itself otherwise) and r = rsqrt(mean(x^2) + eps) (1 without the norm):
+//   xq[i] = rint(xg[i] * (127 / amax_b)),  ds_b = (amax_b / 127, amax_b / 127 * sum_{i in b} xq[i])
+// per block b of 32 values (amax_b = max |xg_i| over b; amax_b = 0: xq = 0, ds = (0, 0)), and
+//   y[r] = r * sum_b sum_{i in b} W[r, i] * ds_b.x * xq[i]   (+ bias, LoRA delta, as every mat-vec)
+// (rint: to nearest, ties to even): the f32 kernels' maths with xn = r xg replaced by its int8 grid
+// (the grid of r xg is r times that of xg). Shared memory: xq [k] int8, then ds [k / 32] float2.
 
 // Quantizes 4 values (float4 i of x, `in` false past the end) into word i of xq, and with the 7 other
 // lanes of its 32-value block (lanes 8n .. 8n + 7; every lane of the warp calls) the block's scales
@@ -572,32 +583,23 @@ __device__ __forceinline__ void quantize4(float4 v, int i, bool in, int* xq, flo
     if ((i & 7) == 0) ds[i >> 3] = make_float2(d, d * (float)sum);
 }
 
-// xq and ds of x[0..k) (RMS-normalized and scaled by norm_w when norm_w is not null: x r g, r from
-// the sum of squares), straight from global memory: the norm's sum in a first pass (LOAD_UNROLL
-// loads in flight per thread), then QX_CHUNK float4 per thread and iteration, loaded together and
-// quantized side by side (their shuffles interleave): a round trip per chunk, 4 at k = 8192 (one
-// load and one quantization per iteration measured ~6 us per launch slower there). x and norm_w must be 16-byte aligned (every engine buffer is its own allocation) and k a
-// multiple of 32.
+// xq and ds of x[0..k) (times norm_w when not null), straight from global memory in one pass:
+// QX_CHUNK float4 per thread and iteration, loaded together (x and norm_w) and quantized side by
+// side (their shuffles interleave): a round trip per chunk, 4 at k = 8192 (one load and one
+// quantization per iteration measured ~6 us per launch slower there). The RMSNorm's scale
+// r = rsqrt(mean(x^2) + eps) is not applied to the values: a block's int8 values do not depend on
+// a uniform scale, so the caller multiplies each row's sum by the returned r instead (1 without a
+// norm), and the sum of squares rides along in the same pass (a separate first pass cost an L2
+// round trip per launch). x and norm_w must be 16-byte aligned (every engine buffer is its own
+// allocation) and k a multiple of 32.
 #define QX_CHUNK 4
-__device__ __forceinline__ void load_x_int8(const float* __restrict__ x, const float* __restrict__ norm_w,
-                                            float eps, int k, int* xq, float2* ds) {
+__device__ __forceinline__ float load_x_int8(const float* __restrict__ x, const float* __restrict__ norm_w,
+                                             float eps, int k, int* xq, float2* ds) {
     __shared__ float red[32];
     const float4* x4 = reinterpret_cast<const float4*>(x);
     const float4* g4 = reinterpret_cast<const float4*>(norm_w);
     int n4 = k / 4, bd = blockDim.x, lane = threadIdx.x & 31;
-    float r = 1.f;
-    if (norm_w != nullptr) {
-        float ss = 0.f;
-        for (int base = threadIdx.x; base < n4; base += LOAD_UNROLL * bd) {
-            float4 v[LOAD_UNROLL];
-#pragma unroll
-            for (int u = 0; u < LOAD_UNROLL; u++)
-                v[u] = base + u * bd < n4 ? __ldg(x4 + base + u * bd) : make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-            for (int u = 0; u < LOAD_UNROLL; u++) ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
-        }
-        r = rsqrtf(block_sum(ss, red) / (float)k + eps);
-    }
+    float ss = 0.f;
     const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int base = threadIdx.x - lane; base < n4; base += QX_CHUNK * bd) {
         float4 v[QX_CHUNK];
@@ -614,9 +616,10 @@ __device__ __forceinline__ void load_x_int8(const float* __restrict__ x, const f
                 g[u] = i < n4 ? __ldg(g4 + i) : zero;
             }
 #pragma unroll
-            for (int u = 0; u < QX_CHUNK; u++)
-                v[u] = make_float4(v[u].x * r * g[u].x, v[u].y * r * g[u].y, v[u].z * r * g[u].z,
-                                   v[u].w * r * g[u].w);
+            for (int u = 0; u < QX_CHUNK; u++) {
+                ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+                v[u] = make_float4(v[u].x * g[u].x, v[u].y * g[u].y, v[u].z * g[u].z, v[u].w * g[u].w);
+            }
         }
 #pragma unroll
         for (int u = 0; u < QX_CHUNK; u++) {
@@ -624,7 +627,11 @@ __device__ __forceinline__ void load_x_int8(const float* __restrict__ x, const f
             quantize4(v[u], i, i < n4, xq, ds);
         }
     }
-    __syncthreads();
+    if (norm_w == nullptr) {
+        __syncthreads();
+        return 1.f;
+    }
+    return rsqrtf(block_sum(ss, red) / (float)k + eps);  // its barriers also publish xq and ds
 }
 
 // xq (as words) and ds in the dynamic shared memory: k bytes, then k / 32 float2.
@@ -635,9 +642,9 @@ __device__ __forceinline__ const float2* q8x_scales(const float* xs, int k) {
     return reinterpret_cast<const float2*>(reinterpret_cast<const int8_t*>(xs) + k);
 }
 
-__device__ __forceinline__ void xprep_q8x(const float* __restrict__ x, const float* __restrict__ norm_w,
-                                          float eps, int k, float* xs) {
-    load_x_int8(x, norm_w, eps, k, reinterpret_cast<int*>(xs),
+__device__ __forceinline__ float xprep_q8x(const float* __restrict__ x, const float* __restrict__ norm_w,
+                                           float eps, int k, float* xs) {
+    return load_x_int8(x, norm_w, eps, k, reinterpret_cast<int*>(xs),
                 reinterpret_cast<float2*>(reinterpret_cast<int8_t*>(xs) + k));
 }
 
@@ -742,10 +749,16 @@ DEFINE_QMV_Q8X(q6_K)
 //   per sequence b: xn_b = norm_w ? rms_norm(x_b) * norm_w : x_b, y[b, r] (+)= W[r] . xn_b.
 // qmvb_swiglu_<q>(wg, wu, x, norm_w, y, rows, k, eps, nb): y[b, r] = silu(Wg[r] . xn_b) * (Wu[r] . xn_b).
 // embedb_<q>(table, state, x, hidden): blockIdx.y = sequence b: x[b] = row state[2 b] of the table.
-// Same work split as qmv (a warp per row, lane i on part i & 3 of block i >> 2); the part's 8
-// weights are dequantized once into registers and dotted with every sequence's x. Dynamic shared
+// Work split: a block of QMVB_WARPS warps takes MV_WARPS rows, two warps a row: warp w on row
+// w / 2 for the sequences b = (w & 1) + 2 s (s < QMVB_HALF), lane i on part i & 3 of block i >> 2.
+// The part's 8 weights are dequantized into registers and dotted with each of the warp's sequences.
+// Two warps a row (the weights read twice, the second time from L1/L2) halve each warp's serial
+// chain of shared loads and FMAs: at SmolLM2-135M shapes the batch-8 launches have a few warps an
+// SM and were bound by that chain, not by memory (ncu, bench/results/device-s13). Dynamic shared
 // memory: nb * k floats (the host opts in above 48 KiB).
 #define QMVB_MAX 8
+#define QMVB_WARPS 8
+#define QMVB_HALF (QMVB_MAX / 2)
 
 // The 8 weights of part p of a block, in the order of part_x below.
 __device__ __forceinline__ void part_w_q4_0(const uint8_t* blk, int p, float* w) {
@@ -849,37 +862,42 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
-        prefetch_first_row(w, rows, row_bytes_##Q(k), block);                                       \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, half = warp & 1;                      \
+        int row0 = block * MV_WARPS + (warp >> 1);                                                   \
+        if (half == 0) prefetch_first_row(w, rows, row_bytes_##Q(k), row0);                         \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         load_xb(x, norm_w, eps, k, nb, xs);                                                         \
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
+        if (half >= nb) return; /* one sequence: the odd warps have none */                        \
         int parts = (k / 32) * 4;                                                                    \
-        for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {              \
+        for (int row = row0; row < rows; row += blocks * MV_WARPS) {                                 \
             const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                  \
-            float acc[QMVB_MAX];                                                                     \
-            float bv[QMVB_MAX];                                                                      \
+            float acc[QMVB_HALF], bv[QMVB_HALF], xv[QMVB_HALF];                                      \
             int seg = lora_seg(lora, row);                                                           \
-            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                   \
-                acc[b] = 0.f;                                                                        \
-                bv[b] = b < nb ? lora_load(lora, b, row) : 0.f;                                      \
+            _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                                  \
+                int b = half + 2 * s;                                                                \
+                acc[s] = 0.f;                                                                        \
+                bv[s] = b < nb ? lora_load(lora, b, row) : 0.f;                                      \
+                xv[s] = b < nb ? lora_xa_issue(lora, b, seg) : 0.f;                                  \
             }                                                                                        \
-            float xv[QMVB_MAX];                                                                     \
-            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++)                                    \
-                xv[b] = b < nb ? lora_xa_issue(lora, b, seg) : 0.f;                                 \
-            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                                                 \
+            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                             \
                 float wv[8];                                                                         \
-                rpart_w_##Q(wr, i >> 2, i & 3, wv);                                        \
-                _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) if (b < nb) acc[b] +=           \
-                    part_dot_##Q(wv, xs + b * k + (i >> 2) * 32, i & 3);                             \
+                rpart_w_##Q(wr, i >> 2, i & 3, wv);                                                  \
+                _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                              \
+                    int b = half + 2 * s;                                                            \
+                    if (b < nb) acc[s] += part_dot_##Q(wv, xs + b * k + (i >> 2) * 32, i & 3);       \
+                }                                                                                    \
             }                                                                                        \
-            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++)                                    \
-                if (b < nb) xv[b] = lora_xa_settle(lora, b, seg, xv[b]);                            \
-            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                  \
-                if (b < nb) {                                                                       \
-                    float s = warp_sum(acc[b] + lora_lane(lora, xv[b], bv[b], b, row, seg));                \
-                    if (bias != nullptr) s += bias[row];                                             \
+            _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                                  \
+                int b = half + 2 * s;                                                                \
+                if (b < nb) xv[s] = lora_xa_settle(lora, b, seg, xv[s]);                             \
+            }                                                                                        \
+            _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                                  \
+                int b = half + 2 * s;                                                                \
+                if (b < nb) {                                                                        \
+                    float v = warp_sum(acc[s] + lora_lane(lora, xv[s], bv[s], b, row, seg));         \
+                    if (bias != nullptr) v += bias[row];                                             \
                     size_t at = (size_t)b * ldy + row;                                               \
-                    if (lane == 0) y[at] = accumulate ? y[at] + s : s;                               \
+                    if (lane == 0) y[at] = accumulate ? y[at] + v : v;                               \
                 }                                                                                    \
             }                                                                                        \
         }                                                                                            \
@@ -894,45 +912,51 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
-        prefetch_first_row(wg, rows, row_bytes_##Q(k), block);                                      \
-        prefetch_first_row(wu, rows, row_bytes_##Q(k), block);                                      \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, half = warp & 1;                      \
+        int row0 = block * MV_WARPS + (warp >> 1);                                                   \
+        prefetch_first_row(half == 0 ? wg : wu, rows, row_bytes_##Q(k), row0);                      \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         load_xb(x, norm_w, eps, k, nb, xs);                                                         \
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                        \
+        if (half >= nb) return; /* one sequence: the odd warps have none */                        \
         int parts = (k / 32) * 4;                                                                    \
-        for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {              \
+        for (int row = row0; row < rows; row += blocks * MV_WARPS) {                                 \
             const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                 \
             const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                 \
-            float g[QMVB_MAX], u[QMVB_MAX], bg[QMVB_MAX], bu[QMVB_MAX], xg[QMVB_MAX], xu[QMVB_MAX]; \
-            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                  \
-                g[b] = u[b] = 0.f;                                                                  \
-                bg[b] = b < nb ? lora_load(lora, b, row) : 0.f;                                     \
-                bu[b] = b < nb ? lora_load(lora, b, rows + row) : 0.f;                              \
-                xg[b] = b < nb ? lora_xa_issue(lora, b, 0) : 0.f;                                   \
-                xu[b] = b < nb ? lora_xa_issue(lora, b, 1) : 0.f;                                   \
-            }                                                                                       \
-            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                                                 \
+            float g[QMVB_HALF], u[QMVB_HALF], bg[QMVB_HALF], bu[QMVB_HALF], xg[QMVB_HALF],          \
+                xu[QMVB_HALF];                                                                       \
+            _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                                  \
+                int b = half + 2 * s;                                                                \
+                g[s] = u[s] = 0.f;                                                                   \
+                bg[s] = b < nb ? lora_load(lora, b, row) : 0.f;                                      \
+                bu[s] = b < nb ? lora_load(lora, b, rows + row) : 0.f;                               \
+                xg[s] = b < nb ? lora_xa_issue(lora, b, 0) : 0.f;                                    \
+                xu[s] = b < nb ? lora_xa_issue(lora, b, 1) : 0.f;                                    \
+            }                                                                                        \
+            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                             \
                 float gv[8], uv[8];                                                                  \
-                rpart_w_##Q(gr, i >> 2, i & 3, gv);                                        \
-                rpart_w_##Q(ur, i >> 2, i & 3, uv);                                        \
-                _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                               \
+                rpart_w_##Q(gr, i >> 2, i & 3, gv);                                                  \
+                rpart_w_##Q(ur, i >> 2, i & 3, uv);                                                  \
+                _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                              \
+                    int b = half + 2 * s;                                                            \
                     if (b < nb) {                                                                    \
                         const float* xb = xs + b * k + (i >> 2) * 32;                                \
-                        g[b] += part_dot_##Q(gv, xb, i & 3);                                         \
-                        u[b] += part_dot_##Q(uv, xb, i & 3);                                         \
+                        g[s] += part_dot_##Q(gv, xb, i & 3);                                         \
+                        u[s] += part_dot_##Q(uv, xb, i & 3);                                         \
                     }                                                                                \
                 }                                                                                    \
             }                                                                                        \
-            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                  \
-                if (b < nb) {                                                                       \
-                    xg[b] = lora_xa_settle(lora, b, 0, xg[b]);                                      \
-                    xu[b] = lora_xa_settle(lora, b, 1, xu[b]);                                      \
-                }                                                                                   \
-            }                                                                                       \
-            _Pragma("unroll") for (int b = 0; b < QMVB_MAX; b++) {                                  \
-                if (b < nb) {                                                                       \
-                    float gs = warp_sum(g[b] + lora_lane(lora, xg[b], bg[b], b, row, 0));           \
-                    float us = warp_sum(u[b] + lora_lane(lora, xu[b], bu[b], b, rows + row, 1));    \
+            _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                                  \
+                int b = half + 2 * s;                                                                \
+                if (b < nb) {                                                                        \
+                    xg[s] = lora_xa_settle(lora, b, 0, xg[s]);                                       \
+                    xu[s] = lora_xa_settle(lora, b, 1, xu[s]);                                       \
+                }                                                                                    \
+            }                                                                                        \
+            _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                                  \
+                int b = half + 2 * s;                                                                \
+                if (b < nb) {                                                                        \
+                    float gs = warp_sum(g[s] + lora_lane(lora, xg[s], bg[s], b, row, 0));            \
+                    float us = warp_sum(u[s] + lora_lane(lora, xu[s], bu[s], b, rows + row, 1));     \
                     if (lane == 0) y[(size_t)b * rows + row] = gs / (1.f + expf(-gs)) * us;          \
                 }                                                                                    \
             }                                                                                        \

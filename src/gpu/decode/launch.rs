@@ -19,6 +19,9 @@ type Result<T> = candle_core::Result<T>;
 
 /// Warps (rows in flight) per block of the mat-vec kernels (MV_WARPS in kernels/quant_matvec.cu).
 const MV_WARPS: usize = 4;
+/// Warps per block of the batched mat-vecs: the block's MV_WARPS rows, two warps a row (each on half
+/// of the sequences; QMVB_WARPS in kernels/quant_matvec.cu).
+const QMVB_WARPS: usize = 8;
 /// Most blocks a mat-vec launch uses; beyond, warps loop over rows (the LM head's 49152 rows), so
 /// each block normalizes x once for many rows. 8 blocks per SM of the H100's 132.
 const MV_MAX_BLOCKS: usize = 132 * 8;
@@ -426,6 +429,7 @@ impl DecodeKernels {
             )));
         }
         let mut cfg = Self::matvec_config(rows, k, lora.producer_blocks(batch), false);
+        cfg.block_dim = ((QMVB_WARPS * 32) as u32, 1, 1);
         cfg.shared_mem_bytes = (batch * k * 4) as u32;
         Ok(cfg)
     }

@@ -64,7 +64,7 @@ pub fn qmv_epilogue(
 ) -> Vec<f64> {
     let xn = normalized(x, norm);
     let xa = lora.map(|l| lora_shrink(&xn, l.a, l.a.len() / xn.len()));
-    let xw = act.of(xn);
+    let xw = act.of(x, norm);
     y.iter()
         .enumerate()
         .map(|(r, &old)| {
@@ -93,7 +93,7 @@ pub fn qmv_swiglu_lora(
 ) -> Vec<f64> {
     let xn = normalized(x, norm);
     let xa = lora.map(|l| lora_shrink(&xn, l.a, l.a.len() / xn.len()));
-    let xw = act.of(xn);
+    let xw = act.of(x, norm);
     let (g, u): (Vec<f64>, Vec<f64>) = (0..rows)
         .map(|r| {
             let (mut g, mut u) = (dot_row(q, gate, r, &xw), dot_row(q, up, r, &xw));

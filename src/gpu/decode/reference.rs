@@ -94,11 +94,20 @@ pub enum Activations {
 }
 
 impl Activations {
-    /// The values the products see for the (normalized) input `xn`.
-    pub fn of(self, xn: Vec<f64>) -> Vec<f64> {
-        match self {
-            Self::F32 => xn,
-            Self::Int8 => int8_activations(&xn),
+    /// The values the products see for the input `x`, RMS-normalized with `norm` when given.
+    /// Int8 quantizes x * g (g the norm's weights) per 32 values and applies the norm's scale
+    /// 1 / rms(x) to the product afterwards, as the kernels do (one pass over x: the quantization
+    /// grid does not depend on a uniform scale); F32 normalizes first.
+    pub fn of(self, x: &[f32], norm: Option<(&[f32], f32)>) -> Vec<f64> {
+        match (self, norm) {
+            (Self::F32, _) => normalized(x, norm),
+            (Self::Int8, None) => int8_activations(&normalized(x, None)),
+            (Self::Int8, Some((g, eps))) => {
+                let mean_sq = x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len() as f64;
+                let r = 1.0 / (mean_sq + eps as f64).sqrt();
+                let xg: Vec<f64> = x.iter().zip(g).map(|(&v, &w)| (v * w) as f64).collect();
+                int8_activations(&xg).into_iter().map(|v| v * r).collect()
+            }
         }
     }
 }
@@ -146,7 +155,7 @@ pub fn qmv(
     accumulate: bool,
     act: Activations,
 ) -> Vec<f64> {
-    let xn = act.of(normalized(x, norm));
+    let xn = act.of(x, norm);
     y.iter()
         .enumerate()
         .map(|(r, &old)| {
@@ -166,7 +175,7 @@ pub fn qmv_swiglu(
     rows: usize,
     act: Activations,
 ) -> Vec<f64> {
-    let xn = act.of(normalized(x, norm));
+    let xn = act.of(x, norm);
     let g: Vec<f64> = (0..rows).map(|r| dot_row(q, gate, r, &xn)).collect();
     let u: Vec<f64> = (0..rows).map(|r| dot_row(q, up, r, &xn)).collect();
     swiglu(&g, &u)

@@ -237,13 +237,13 @@ impl Linear {
             .context("row-wise linear result")
     }
 
-    /// [`Linear::forward_rows`] on a Q4_1 / Q8_0 base on the CPU with f32 rows: the base product
-    /// and every group's shrink in one `quant_matmul_cpu::matmul_parts` call (x quantized once,
-    /// one pool dispatch, the shrink's A read by both threads beside the base rows), then each
-    /// group's expand on its rows. `None` where that kernel does not run (the caller takes the
-    /// general path).
+    /// [`Linear::forward_rows`] on a Q4_1 / Q8_0 base on the CPU with f32 rows, through
+    /// `lora_delta_cpu::quant_product_with_updates`: the base product and every group's shrink in
+    /// one pool dispatch (its items prefetching the pairs' A and B), then the bias and each
+    /// group's expand. `None` where that kernel does not run (the caller takes the general path).
     fn quant_forward_rows(&self, x: &Tensor, groups: &[RowsLora<'_>]) -> Result<Option<Tensor>> {
-        use crate::ops::quant_matmul_cpu::{self as qmm, Part, WeightFormat};
+        use crate::ops::lora_delta_cpu::{quant_product_with_updates, RowsUpdate};
+        use crate::ops::quant_matmul_cpu::{self as qmm, WeightFormat};
         let BaseWeight::Quantized(QMatMul::QTensor(q)) = &self.weight else {
             return Ok(None);
         };
@@ -254,51 +254,41 @@ impl Linear {
             return Ok(None);
         };
         let (rows, (inf, out)) = (x.dim(0)?, (self.in_features, self.out_features));
-        let mut lows: Vec<Vec<f32>> = groups
+        let updates: Vec<RowsUpdate> = groups
             .iter()
-            .map(|g| vec![0f32; g.lora.map_or(0, |(p, _)| p.rank() * g.len)])
+            .filter_map(|g| {
+                let (pair, scale) = g.lora?;
+                Some(RowsUpdate {
+                    tokens: g.start..g.start + g.len,
+                    pair,
+                    scale,
+                })
+            })
             .collect();
+        let bias = match &self.bias {
+            Some(b) => Some(
+                b.to_dtype(candle_core::DType::F32)
+                    .and_then(|b| b.to_vec1::<f32>())
+                    .context("linear bias")?,
+            ),
+            None => None,
+        };
         let weight = q.data().context("quantized base weight")?;
         let x = x.contiguous().context("row-wise linear input")?;
-        let mut ys = vec![0f32; rows * out];
-        let ran = qmm::with_cpu_f32(&x, |xs| {
-            let mut parts = vec![Part {
+        let ys = qmm::with_cpu_f32(&x, |xs| {
+            quant_product_with_updates(
                 format,
-                weight: &weight,
-                n: out,
-                tokens: 0..rows,
-                out: &mut ys,
-            }];
-            for (g, low) in groups.iter().zip(lows.iter_mut()) {
-                if let Some((pair, _)) = g.lora {
-                    match pair.shrink_part(g.start..g.start + g.len, low) {
-                        Some(part) => parts.push(part),
-                        None => return Ok(false),
-                    }
-                }
-            }
-            qmm::matmul_parts(xs, rows, inf, &mut parts)?;
-            Ok(true)
+                &weight,
+                out,
+                xs,
+                rows,
+                inf,
+                bias.as_deref(),
+                &updates,
+            )
         })?;
-        if !ran {
-            return Ok(None);
-        }
-        if let Some(bias) = &self.bias {
-            let bias = bias
-                .to_dtype(candle_core::DType::F32)
-                .and_then(|b| b.to_vec1::<f32>());
-            let bias = bias.context("linear bias")?;
-            for row in ys.chunks_mut(out) {
-                row.iter_mut().zip(&bias).for_each(|(y, b)| *y += b);
-            }
-        }
-        for (g, low) in groups.iter().zip(lows.iter_mut()) {
-            if let Some((pair, scale)) = g.lora {
-                pair.expand(&mut ys[g.start * out..(g.start + g.len) * out], low, scale);
-            }
-        }
-        Tensor::from_vec(ys, (rows, out), x.device())
-            .map(Some)
+        ys.map(|ys| Tensor::from_vec(ys, (rows, out), x.device()))
+            .transpose()
             .context("row-wise linear result")
     }
 

@@ -21,11 +21,14 @@
 //!
 //! Arithmetic:
 //! - the shrink `low = x A^T` is `quant_matmul_cpu`'s Q8_0 product (x quantized to Q8 blocks once
-//!   per row, integer block sums, llama.cpp's maths; its scalar and AVX2 code agree bit for bit),
-//!   then `low[k] *= s`;
+//!   per row, integer block sums, llama.cpp's maths; its scalar and AVX2 code agree bit for bit);
 //! - the expand, in the same order in the scalar reference and the AVX2 code (same bits):
 //!   `y[o] = fma(c[r-1], qBt[r-1, o], ... fma(c[0], qBt[0, o], y[o]))` with
-//!   `c[k] = low[k] dB[o / 32, k]` rounded to f32.
+//!   `c[k] = (low[k] s) dB[o / 32, k]`, each product rounded to f32.
+//!
+//! On a Q4_1 / Q8_0 base, [`quant_product_with_updates`] runs the base product and the shrinks in
+//! one dispatch on the thread pool, the base's work items prefetching A and B (at decode the
+//! expand was about half of the adapter's cost per token, reading B cold).
 //!
 //! Each row is computed on its own, the same way whatever the number of rows: a sequence's output
 //! does not depend on the batch it runs in.
@@ -225,41 +228,14 @@ impl LowRankCpu {
             rank,
             &mut low,
         )?;
-        self.expand_with(y, &mut low, scale, kernel);
+        self.expand_with(y, &low, scale, kernel);
         Ok(())
     }
 
-    /// The shrink `low = x[tokens] A^T` as one part of a `quant_matmul_cpu::matmul_parts` call
-    /// that multiplies the same x by the base weight (x quantized once, one pool dispatch); `low`
-    /// is [tokens.len(), rank]. `None` when `in` is not a whole number of 32-value blocks (the
-    /// base kernel does not run then either: use [`LowRankCpu::add_to`]).
-    pub fn shrink_part<'a>(
-        &'a self,
-        tokens: std::ops::Range<usize>,
-        low: &'a mut [f32],
-    ) -> Option<quant_matmul_cpu::Part<'a>> {
-        let q = self.quantized();
-        (q.in_padded == self.in_features).then_some(quant_matmul_cpu::Part {
-            format: WeightFormat::Q8_0,
-            weight: &q.a_q8_0,
-            n: self.rank,
-            tokens,
-            out: low,
-        })
-    }
-
-    /// y: [rows, out] += (scale low) B^T for `low` [rows, rank] from [`LowRankCpu::shrink_part`]
-    /// (scaled in place).
-    pub fn expand(&self, y: &mut [f32], low: &mut [f32], scale: f32) {
-        self.expand_with(y, low, scale, Kernel::best())
-    }
-
-    fn expand_with(&self, y: &mut [f32], low: &mut [f32], scale: f32, kernel: Kernel) {
+    /// y: [rows, out] += (scale low) B^T for `low` [rows, rank], on the calling thread.
+    fn expand_with(&self, y: &mut [f32], low: &[f32], scale: f32, kernel: Kernel) {
         let (q, out, rank) = (self.quantized(), self.out_features, self.rank);
-        for l in low.iter_mut() {
-            *l *= scale;
-        }
-        let run = |(y, low): (&mut [f32], &[f32])| kernel.axpy_rows(y, low, &q.b_q, &q.b_d);
+        let run = |(y, low): (&mut [f32], &[f32])| kernel.axpy_rows(y, low, scale, &q.b_q, &q.b_d);
         if y.len() / out.max(1) >= PARALLEL_ROWS {
             y.par_chunks_mut(out)
                 .zip(low.par_chunks(rank))
@@ -268,6 +244,94 @@ impl LowRankCpu {
             y.chunks_mut(out).zip(low.chunks(rank)).for_each(run);
         }
     }
+}
+
+/// Rows `tokens` of a batch and the pair (with its scale) that updates them.
+#[derive(Debug, Clone)]
+pub struct RowsUpdate<'a> {
+    /// The rows of x and y this pair updates.
+    pub tokens: std::ops::Range<usize>,
+    /// The low-rank pair.
+    pub pair: &'a LowRankCpu,
+    /// s (alpha / r, or alpha / sqrt(r)).
+    pub scale: f32,
+}
+
+/// y [rows, out] = x W^T (+ bias), then on each group's rows `+= s (x A^T) B^T`, for x [rows, in]
+/// f32 and a base W [out, in] of Q4_1 / Q8_0 blocks. The base product and every group's shrink
+/// are one `quant_matmul_cpu::matmul_parts_prefetch` call (x quantized once, one pool dispatch,
+/// A read beside the base rows), whose base items prefetch each pair's A and B, so the shrinks and
+/// the expands after the call read them from cache; then the bias and each group's expand on
+/// the calling thread. The bits are those of the base product, the bias, then
+/// [`LowRankCpu::add_to`] per group. `None` when `in` is not a whole number of 32-value blocks
+/// (the base kernel does not run then either).
+#[allow(clippy::too_many_arguments)]
+pub fn quant_product_with_updates(
+    format: WeightFormat,
+    weight: &[u8],
+    out: usize,
+    x: &[f32],
+    rows: usize,
+    inf: usize,
+    bias: Option<&[f32]>,
+    groups: &[RowsUpdate<'_>],
+) -> Result<Option<Vec<f32>>> {
+    if inf % LANES != 0 {
+        return Ok(None);
+    }
+    for g in groups {
+        let p = g.pair;
+        if p.in_features != inf || p.out_features != out || g.tokens.end > rows {
+            return Err(Error::InvalidRequest(format!(
+                "lora update: rows {:?} of {rows}, pair {}x{} on a {out}x{inf} product",
+                g.tokens, p.out_features, p.in_features
+            )));
+        }
+    }
+    let pairs: Vec<&QuantizedPair> = groups.iter().map(|g| g.pair.quantized()).collect();
+    let mut lows: Vec<Vec<f32>> = groups
+        .iter()
+        .map(|g| vec![0f32; g.pair.rank * g.tokens.len()])
+        .collect();
+    let mut ys = vec![0f32; rows * out];
+    let mut parts = vec![quant_matmul_cpu::Part {
+        format,
+        weight,
+        n: out,
+        tokens: 0..rows,
+        out: &mut ys,
+    }];
+    let mut ahead: Vec<&[u8]> = Vec::with_capacity(2 * groups.len());
+    for ((g, q), low) in groups.iter().zip(&pairs).zip(lows.iter_mut()) {
+        parts.push(quant_matmul_cpu::Part {
+            format: WeightFormat::Q8_0,
+            weight: &q.a_q8_0,
+            n: g.pair.rank,
+            tokens: g.tokens.clone(),
+            out: low,
+        });
+        ahead.push(&q.a_q8_0);
+        // The int8 values as bytes (same size and alignment), for the prefetch only.
+        ahead.push(bytemuck_i8(&q.b_q));
+    }
+    quant_matmul_cpu::matmul_parts_prefetch(x, rows, inf, &mut parts, &ahead)?;
+    if let Some(bias) = bias {
+        for row in ys.chunks_mut(out) {
+            row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+        }
+    }
+    let kernel = Kernel::best();
+    for (g, low) in groups.iter().zip(&lows) {
+        let y = &mut ys[g.tokens.start * out..g.tokens.end * out];
+        g.pair.expand_with(y, low, g.scale, kernel);
+    }
+    Ok(Some(ys))
+}
+
+/// i8 values viewed as bytes.
+fn bytemuck_i8(v: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size, alignment and validity (every bit pattern).
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) }
 }
 
 /// Which implementation runs: the reference or the AVX2/FMA one (same bits).
@@ -289,13 +353,14 @@ impl Kernel {
         Kernel::Scalar
     }
 
-    /// y[o] = fma(low[k] dB[o / 32, k], qBt[k, o], ..) over k in order (blocked, [`b_index`]).
-    fn axpy_rows(self, y: &mut [f32], low: &[f32], b_q: &[i8], b_d: &[f32]) {
+    /// y[o] = fma((low[k] s) dB[o / 32, k], qBt[k, o], ..) over k in order (blocked,
+    /// [`b_index`]; y may be the columns of a block run onwards, with B's runs from there).
+    fn axpy_rows(self, y: &mut [f32], low: &[f32], scale: f32, b_q: &[i8], b_d: &[f32]) {
         match self {
-            Kernel::Scalar => axpy_rows_scalar(y, low, b_q, b_d, 0),
+            Kernel::Scalar => axpy_rows_scalar(y, low, scale, b_q, b_d, 0),
             // SAFETY: as above; b_q holds low.len() x y.len() values, blocked, b_d their scales.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::axpy_rows(y, low, b_q, b_d) },
+            Kernel::Avx2 => unsafe { avx2::axpy_rows(y, low, scale, b_q, b_d) },
         }
     }
 }
@@ -309,12 +374,12 @@ fn b_index(o: usize, k: usize, out: usize, rank: usize) -> usize {
 }
 
 /// Columns `from..` of the update, scalar (also the AVX2 code's tail).
-fn axpy_rows_scalar(y: &mut [f32], low: &[f32], b_q: &[i8], b_d: &[f32], from: usize) {
+fn axpy_rows_scalar(y: &mut [f32], low: &[f32], scale: f32, b_q: &[i8], b_d: &[f32], from: usize) {
     let (out, rank) = (y.len(), low.len());
     for (o, yv) in y.iter_mut().enumerate().skip(from) {
         let mut acc = *yv;
         for (k, l) in low.iter().enumerate() {
-            let c = l * b_d[o / LANES * rank + k];
+            let c = l * scale * b_d[o / LANES * rank + k];
             acc = c.mul_add(b_q[b_index(o, k, out, rank)] as f32, acc);
         }
         *yv = acc;
@@ -337,20 +402,26 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn axpy_rows(y: &mut [f32], low: &[f32], b_q: &[i8], b_d: &[f32]) {
+    pub(super) unsafe fn axpy_rows(
+        y: &mut [f32],
+        low: &[f32],
+        scale: f32,
+        b_q: &[i8],
+        b_d: &[f32],
+    ) {
         let out = y.len();
         let full = out / LANES * LANES;
         let mut o = 0;
         // Two column blocks at a time: eight independent accumulation chains (four left the
         // loop waiting on fused multiply-add latency) and two streams of B in flight.
         while o + 2 * LANES <= full {
-            blocks::<2>(y, low, b_q, b_d, o);
+            blocks::<2>(y, low, scale, b_q, b_d, o);
             o += 2 * LANES;
         }
         if o < full {
-            blocks::<1>(y, low, b_q, b_d, o);
+            blocks::<1>(y, low, scale, b_q, b_d, o);
         }
-        axpy_rows_scalar(y, low, b_q, b_d, full);
+        axpy_rows_scalar(y, low, scale, b_q, b_d, full);
     }
 
     /// Columns o .. o + N LANES (N full blocks) of the update.
@@ -359,6 +430,7 @@ mod avx2 {
     unsafe fn blocks<const N: usize>(
         y: &mut [f32],
         low: &[f32],
+        scale: f32,
         b_q: &[i8],
         b_d: &[f32],
         o: usize,
@@ -373,7 +445,7 @@ mod avx2 {
         }
         for (k, l) in low.iter().enumerate() {
             for (n, acc) in acc.iter_mut().enumerate() {
-                let c = _mm256_set1_ps(l * b_d[(o / LANES + n) * rank + k]);
+                let c = _mm256_set1_ps(l * scale * b_d[(o / LANES + n) * rank + k]);
                 // Block o / LANES + n (full width): rank rows of LANES values.
                 let row = pb.add(n * LANES * rank + k * LANES);
                 for (r, acc) in acc.iter_mut().enumerate() {
@@ -490,5 +562,95 @@ mod tests {
         }
         let mut bad = vec![0f32; 3];
         assert!(pair.add_to(&mut bad, &xv, 1.0).is_err());
+    }
+
+    /// The product with updates (base, shrinks with prefetch, bias, expands) gives, bit for bit,
+    /// the base product, the bias, then `add_to` per group: on one row (the calling thread alone)
+    /// and on 8 rows in groups of one and three rows and a row without adapter (past the inline cutoff,
+    /// so the pool runs); a pair of the wrong shape or rows past x are refused, and `in` that is
+    /// not whole blocks is left to the general path.
+    #[test]
+    fn product_with_updates_is_base_bias_then_each_update() {
+        use crate::ops::quant_matmul_cpu::matmul;
+        let dev = Device::Cpu;
+        let (inf, out, r) = (576, 200, 16);
+        // Q8_0 base blocks of a random matrix: the A of a pair of rank `out`.
+        let w = random_tensor(&[out, inf], DType::F32, &dev, 21, 0.2).unwrap();
+        let unit = random_tensor(&[1, out], DType::F32, &dev, 22, 1.0).unwrap();
+        let base = LowRankCpu::new(&w, &unit)
+            .unwrap()
+            .quantized()
+            .a_q8_0
+            .clone();
+        let bias: Vec<f32> = (0..out).map(|o| 0.01 * o as f32 - 1.0).collect();
+        let pairs: Vec<LowRankCpu> = (0..3u64)
+            .map(|i| {
+                let a = random_tensor(&[r, inf], DType::F32, &dev, 30 + i, 0.3).unwrap();
+                let b = random_tensor(&[out, r], DType::F32, &dev, 40 + i, 0.3).unwrap();
+                LowRankCpu::new(&a, &b).unwrap()
+            })
+            .collect();
+        // (rows, [(rows of a group, its pair)]).
+        let one: &[(std::ops::Range<usize>, usize)] = &[(0..1, 0)];
+        let eight: &[(std::ops::Range<usize>, usize)] = &[(0..3, 1), (4..5, 0), (5..8, 2)];
+        let cases = [(1, one), (8, eight)];
+        for (seed, (rows, spec)) in cases.iter().enumerate() {
+            let x = random_tensor(&[*rows, inf], DType::F32, &dev, 50 + seed as u64, 1.0).unwrap();
+            let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let groups: Vec<RowsUpdate> = spec
+                .iter()
+                .map(|(tokens, p)| RowsUpdate {
+                    tokens: tokens.clone(),
+                    pair: &pairs[*p],
+                    scale: 0.75 + *p as f32,
+                })
+                .collect();
+            let got = quant_product_with_updates(
+                WeightFormat::Q8_0,
+                &base,
+                out,
+                &x,
+                *rows,
+                inf,
+                Some(&bias),
+                &groups,
+            )
+            .unwrap()
+            .unwrap();
+            let mut want = vec![0f32; rows * out];
+            matmul(WeightFormat::Q8_0, &x, *rows, inf, &base, out, &mut want).unwrap();
+            for row in want.chunks_mut(out) {
+                row.iter_mut().zip(&bias).for_each(|(y, b)| *y += b);
+            }
+            for g in &groups {
+                let (a, b) = (g.tokens.start, g.tokens.end);
+                g.pair
+                    .add_to(&mut want[a * out..b * out], &x[a * inf..b * inf], g.scale)
+                    .unwrap();
+            }
+            assert_eq!(got, want, "{rows} rows");
+        }
+        let x = vec![0.5f32; 2 * inf];
+        let call = |groups: &[RowsUpdate], inf: usize| {
+            quant_product_with_updates(WeightFormat::Q8_0, &base, out, &x, 2, inf, None, groups)
+        };
+        let past = RowsUpdate {
+            tokens: 1..3,
+            pair: &pairs[0],
+            scale: 1.0,
+        };
+        assert!(call(&[past], inf).is_err(), "rows past x");
+        let small = LowRankCpu::new(
+            &random_tensor(&[r, 64], DType::F32, &dev, 60, 0.3).unwrap(),
+            &random_tensor(&[out, r], DType::F32, &dev, 61, 0.3).unwrap(),
+        )
+        .unwrap();
+        let wrong = RowsUpdate {
+            tokens: 0..1,
+            pair: &small,
+            scale: 1.0,
+        };
+        assert!(call(&[wrong], inf).is_err(), "pair of another shape");
+        assert!(call(&[], 100).unwrap().is_none(), "in not whole blocks");
     }
 }

@@ -339,3 +339,42 @@ fn parts_equal_separate_products() {
     }];
     assert!(matmul_parts(&x, m, k, &mut bad).is_err(), "short output");
 }
+
+/// Prefetching other bytes from part 0's items (fewer lines than items, more, slices that end
+/// mid-line, an empty one) leaves every product's bits as they are without it.
+#[test]
+fn prefetch_changes_no_bit() {
+    let (m, k) = (5, 576);
+    let x = random_input(m, k, 71);
+    let base = random_weight(WeightFormat::Q4_1, 300, k, 72);
+    let side = random_weight(WeightFormat::Q8_0, 16, k, 73);
+    let other: Vec<u8> = (0..9000u32).map(|v| v as u8).collect();
+    let run = |ahead: &[&[u8]]| {
+        let (mut y, mut low) = (vec![f32::NAN; m * 300], vec![f32::NAN; 2 * 16]);
+        let mut parts = [
+            Part {
+                format: WeightFormat::Q4_1,
+                weight: &base,
+                n: 300,
+                tokens: 0..m,
+                out: &mut y,
+            },
+            Part {
+                format: WeightFormat::Q8_0,
+                weight: &side,
+                n: 16,
+                tokens: 1..3,
+                out: &mut low,
+            },
+        ];
+        matmul_parts_prefetch(&x, m, k, &mut parts, ahead).expect("parts");
+        (y, low)
+    };
+    let plain = run(&[]);
+    for ahead in [
+        vec![&side[..100]],
+        vec![&side[..], &other[..], &[][..], &other[..77]],
+    ] {
+        assert_eq!(run(&ahead), plain);
+    }
+}

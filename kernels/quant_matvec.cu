@@ -63,7 +63,8 @@ struct LoraEpi {
     int xa_stride;           // floats per sequence in xa
     int e0, e1;              // rows [0, e0) read xa segment 0, [e0, e1) segment 1, [e1, ..) 2
     int a_rows;              // rows of A (segments * R)
-    int pad;
+    int task_warps;          // warps of a producer block on one (sequence, row of A) task
+    int producers;           // producer blocks of the launch (the host's count of the tasks' blocks)
 };
 
 // An xa value not produced yet (a NaN the hardware never computes: its NaNs are 0x7fffffff; a
@@ -75,20 +76,79 @@ __device__ __forceinline__ int lora_seg(const LoraEpi& L, int row) {
     return (row >= L.e0) + (row >= L.e1);
 }
 
-// Blocks [0, P) of a launch that computes its shrink are producers: one block per task (sequence b,
-// row j of A), its warps splitting the row's k. 0 when xa is ready or there are no adapters.
+// Blocks [0, P) of a launch that computes its shrink are producers: each (sequence b, row j of A)
+// is a task of L.task_warps warps splitting the row's k, a block takes warps / task_warps tasks
+// (one task of all its warps in a 4-warp batch-1 block; several small ones in the batched blocks
+// at small k, where a block per task made hundreds of producer blocks at batch 8). P = L.producers,
+// counted by the host (LoraEpilogue::for_block): every block reads it before its first load, and
+// computing it there (two integer divisions) measured ~3% of the batch-1 adapter step. 0 when xa
+// is ready or there are no adapters.
+__device__ __forceinline__ int lora_task_warps(const LoraEpi& L) {
+    int warps = blockDim.x >> 5;
+    return L.task_warps < 1 || L.task_warps > warps ? warps : L.task_warps;
+}
 __device__ __forceinline__ int lora_producers(const LoraEpi& L, int nb) {
-    if (L.b == nullptr || L.a == nullptr) return 0;
-    return nb * L.a_rows;
+    return L.b == nullptr || L.a == nullptr ? 0 : L.producers;
 }
 
 // The shrink, by producer block blockIdx.x: xa[b, j] = xn_b . A_slot(b)[j] with xn_b =
 // rms_norm(x_b) * norm_w (x_b itself when norm_w is null), in one pass over global x, norm_w and the
-// A row: the sum of squares beside the dot product, the norm's scale applied at the end. Each warp
-// takes its share of k (a quarter in a 4-warp block), so a lane has few loads in flight even at k = 8192 (one warp per task had
-// 64 and was the launch's critical path at SmolLM2-1.7B's down projection); no shared copy of x.
-// The store is a relaxed one at GPU scope, polled by lora_xa.
+// A row: the sum of squares beside the dot product, the norm's scale applied at the end. A task's
+// warps split k (a lane has few loads in flight even at k = 8192: one warp per task had 64 there and
+// was the launch's critical path at SmolLM2-1.7B's down projection); no shared copy of x.
+// The slot table is the host's (uploaded before the step) and A is a weight: both are read before
+// the PDL wait, and the A row is asked into L2 then, so that after the wait only x's loads and the
+// A row's L2 hits stand between the previous kernel and the stored xa. The store is a relaxed one
+// at GPU scope, polled by lora_xa.
 __device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* __restrict__ x,
+                                             const float* __restrict__ norm_w, float eps, int k, int nb) {
+    __shared__ float part[32][2];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int tw = lora_task_warps(L), sub = warp % tw, per_block = (blockDim.x >> 5) / tw;
+    int t = blockIdx.x * per_block + warp / tw;
+    int b = t / L.a_rows, j = t - b * L.a_rows;
+    // Warps past the block's last whole task (task_warps not dividing the block) have none.
+    bool task = warp / tw < per_block && t < nb * L.a_rows;
+    int slot = task ? L.slots[b] : -1;  // warp-uniform
+    const float* arow = L.a + (slot < 0 ? 0 : slot) * L.a_slot_stride + (size_t)j * k;
+    if (slot >= 0)
+        for (int off = (sub * 32 + lane) * 128; off < k * 4; off += tw * 32 * 128)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(arow) + off));
+    // Every block waits, also one with no task to do: the step's next kernel must not start before
+    // the previous one has finished.
+    pdl_wait();  // x is the previous kernel's output
+    int n4 = k / 4, per = (n4 + tw - 1) / tw;
+    int lo = sub * per, hi = slot < 0 ? lo : min(n4, lo + per);
+    const float4* a4 = reinterpret_cast<const float4*>(arow);
+    const float4* x4 = reinterpret_cast<const float4*>(x + (size_t)(slot < 0 ? 0 : b) * k);
+    const float4* w4 = reinterpret_cast<const float4*>(norm_w);
+    float s = 0.f, ss = 0.f;
+#pragma unroll 4
+    for (int i = lo + lane; i < hi; i += 32) {
+        float4 av = __ldg(a4 + i), xv = x4[i];
+        ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
+        if (norm_w != nullptr) {
+            float4 wv = __ldg(w4 + i);
+            xv.x *= wv.x, xv.y *= wv.y, xv.z *= wv.z, xv.w *= wv.w;
+        }
+        s += xv.x * av.x + xv.y * av.y + xv.z * av.z + xv.w * av.w;
+    }
+    s = warp_sum(s);
+    ss = warp_sum(ss);
+    if (lane == 0) part[warp][0] = s, part[warp][1] = ss;
+    __syncthreads();
+    if (slot < 0 || sub != 0 || lane != 0) return;
+    s = ss = 0.f;
+    for (int w = warp; w < warp + tw; w++) s += part[w][0], ss += part[w][1];
+    if (norm_w != nullptr) s *= rsqrtf(ss / (float)k + eps);
+    if (__float_as_uint(s) == XA_PENDING) s = __uint_as_float(0x7fffffffu);
+    float* at = L.xa + (size_t)b * L.xa_stride + j;
+    asm volatile("st.relaxed.gpu.global.f32 [%0], %1;" ::"l"(at), "f"(s) : "memory");
+}
+
+// lora_produce for the batch-1 blocks, whose one task takes all their warps: the same sums without
+// the task arithmetic, which cost the batch-1 kernels with LoRA 4 more bytes of spilled registers.
+__device__ __forceinline__ void lora_produce_block(const LoraEpi& L, const float* __restrict__ x,
                                              const float* __restrict__ norm_w, float eps, int k, int nb) {
     __shared__ float part[32][2];
     int t = blockIdx.x, b = t / L.a_rows, j = t - b * L.a_rows;
@@ -325,7 +385,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora, 1);                                                    \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
-            lora_produce(lora, x, norm_w, eps, k, 1);                                               \
+            lora_produce_block(lora, x, norm_w, eps, k, 1);                                         \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
@@ -354,7 +414,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora, 1);                                                    \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
-            lora_produce(lora, x, norm_w, eps, k, 1);                                               \
+            lora_produce_block(lora, x, norm_w, eps, k, 1);                                         \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
@@ -749,16 +809,28 @@ DEFINE_QMV_Q8X(q6_K)
 //   per sequence b: xn_b = norm_w ? rms_norm(x_b) * norm_w : x_b, y[b, r] (+)= W[r] . xn_b.
 // qmvb_swiglu_<q>(wg, wu, x, norm_w, y, rows, k, eps, nb): y[b, r] = silu(Wg[r] . xn_b) * (Wu[r] . xn_b).
 // embedb_<q>(table, state, x, hidden): blockIdx.y = sequence b: x[b] = row state[2 b] of the table.
-// Work split: a block of QMVB_WARPS warps takes MV_WARPS rows, two warps a row: warp w on row
-// w / 2 for the sequences b = (w & 1) + 2 s (s < QMVB_HALF), lane i on part i & 3 of block i >> 2.
-// The part's 8 weights are dequantized into registers and dotted with each of the warp's sequences.
-// Two warps a row (the weights read twice, the second time from L1/L2) halve each warp's serial
-// chain of shared loads and FMAs: at SmolLM2-135M shapes the batch-8 launches have a few warps an
-// SM and were bound by that chain, not by memory (ncu, bench/results/device-s13). Dynamic shared
-// memory: nb * k floats (the host opts in above 48 KiB).
+// Work split: a block of MV_WARPS * SPLIT warps takes MV_WARPS rows, SPLIT warps a row: warp w on
+// row w / SPLIT for the sequences b = w % SPLIT + SPLIT s (s < QMVB_MAX / SPLIT), lane i on part
+// i & 3 of block i >> 2. The part's 8 weights are dequantized into registers and dotted with each
+// of the warp's sequences. Several warps a row (the weights read again, from L1/L2) shorten each
+// warp's serial chain of shared loads and FMAs: at SmolLM2-135M shapes the batch-8 launches have a
+// few warps an SM and were bound by that chain, not by memory (ncu, bench/results/device-s13; two
+// warps a row: batch 8 decode 4746 -> 5810 tok/s). Four warps a row (`<name>_lora4_<q>`) pay off
+// only with LoRA at small k (the adapter step at SmolLM2-135M batch 8: 4443 -> 5093 tok/s); without
+// adapters, or at SmolLM2-1.7B shapes, the weights' dequantization repeated by every warp of a row
+// costs more than it saves (launch.rs picks). Dynamic shared memory: nb * k floats (the host opts
+// in above 48 KiB).
 #define QMVB_MAX 8
-#define QMVB_WARPS 8
-#define QMVB_HALF (QMVB_MAX / 2)
+#define QMVB_SPLIT 2
+#define QMVB_WIDE_SPLIT 4
+// The entry points of a batched mat-vec body: NAME_Q and NAME_lora_Q two warps a row, NAME_lora4_Q
+// four warps a row in 512-thread blocks of at most 64 registers a thread (two blocks an SM; with
+// more registers one block an SM ran SmolLM2-135M's q/k/v launch in two waves).
+#define QMVB_ENTRIES(NAME, Q, PARAMS, ARGS)                                                         \
+    extern "C" __global__ void NAME##_##Q(PARAMS) { NAME##_body_##Q<false, QMVB_SPLIT>(ARGS); }     \
+    extern "C" __global__ void NAME##_lora_##Q(PARAMS) { NAME##_body_##Q<true, QMVB_SPLIT>(ARGS); } \
+    extern "C" __global__ void __launch_bounds__(MV_WARPS * QMVB_WIDE_SPLIT * 32, 2)                 \
+        NAME##_lora4_##Q(PARAMS) { NAME##_body_##Q<true, QMVB_WIDE_SPLIT>(ARGS); }
 
 // The 8 weights of part p of a block, in the order of part_x below.
 __device__ __forceinline__ void part_w_q4_0(const uint8_t* blk, int p, float* w) {
@@ -853,8 +925,9 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
 #define QMVB_SWIGLU_ARGS wg, wu, x, norm_w, y, rows, k, eps, nb, lora
 
 #define DEFINE_QMVB(Q)                                                                        \
-    template <bool LORA> __device__ __forceinline__ void qmvb_body_##Q(QMVB_PARAMS) {               \
+    template <bool LORA, int SPLIT> __device__ __forceinline__ void qmvb_body_##Q(QMVB_PARAMS) {    \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
+        constexpr int SEQS = QMVB_MAX / SPLIT; /* sequences of a warp */                            \
         extern __shared__ float xs[];                                                                \
         int producers = lora_producers(lora, nb);                                                   \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
@@ -862,19 +935,20 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, half = warp & 1;                      \
-        int row0 = block * MV_WARPS + (warp >> 1);                                                   \
-        if (half == 0) prefetch_first_row(w, rows, row_bytes_##Q(k), row0);                         \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, share = warp % SPLIT;         \
+        int row0 = block * MV_WARPS + warp / SPLIT;                                             \
+        int stride = blocks * MV_WARPS;                                                              \
+        if (share == 0) prefetch_first_row(w, rows, row_bytes_##Q(k), row0);                        \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         load_xb(x, norm_w, eps, k, nb, xs);                                                         \
-        if (half >= nb) return; /* one sequence: the odd warps have none */                        \
+        if (share >= nb) return; /* fewer sequences than warps a row: some have none */            \
         int parts = (k / 32) * 4;                                                                    \
-        for (int row = row0; row < rows; row += blocks * MV_WARPS) {                                 \
+        for (int row = row0; row < rows; row += stride) {                                            \
             const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                  \
-            float acc[QMVB_HALF], bv[QMVB_HALF], xv[QMVB_HALF];                                      \
+            float acc[SEQS], bv[SEQS], xv[SEQS];                                      \
             int seg = lora_seg(lora, row);                                                           \
-            _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                                  \
-                int b = half + 2 * s;                                                                \
+            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                  \
+                int b = share + SPLIT * s;                                                                \
                 acc[s] = 0.f;                                                                        \
                 bv[s] = b < nb ? lora_load(lora, b, row) : 0.f;                                      \
                 xv[s] = b < nb ? lora_xa_issue(lora, b, seg) : 0.f;                                  \
@@ -882,17 +956,17 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                             \
                 float wv[8];                                                                         \
                 rpart_w_##Q(wr, i >> 2, i & 3, wv);                                                  \
-                _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                              \
-                    int b = half + 2 * s;                                                            \
+                _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                              \
+                    int b = share + SPLIT * s;                                                            \
                     if (b < nb) acc[s] += part_dot_##Q(wv, xs + b * k + (i >> 2) * 32, i & 3);       \
                 }                                                                                    \
             }                                                                                        \
-            _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                                  \
-                int b = half + 2 * s;                                                                \
+            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                  \
+                int b = share + SPLIT * s;                                                                \
                 if (b < nb) xv[s] = lora_xa_settle(lora, b, seg, xv[s]);                             \
             }                                                                                        \
-            _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                                  \
-                int b = half + 2 * s;                                                                \
+            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                  \
+                int b = share + SPLIT * s;                                                                \
                 if (b < nb) {                                                                        \
                     float v = warp_sum(acc[s] + lora_lane(lora, xv[s], bv[s], b, row, seg));         \
                     if (bias != nullptr) v += bias[row];                                             \
@@ -902,9 +976,10 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             }                                                                                        \
         }                                                                                            \
     }                                                                                                \
-    MATVEC_ENTRIES(qmvb, Q, QMVB_PARAMS, QMVB_ARGS, )                                              \
-    template <bool LORA> __device__ __forceinline__ void qmvb_swiglu_body_##Q(QMVB_SWIGLU_PARAMS) { \
+    QMVB_ENTRIES(qmvb, Q, QMVB_PARAMS, QMVB_ARGS)                                                  \
+    template <bool LORA, int SPLIT> __device__ __forceinline__ void qmvb_swiglu_body_##Q(QMVB_SWIGLU_PARAMS) { \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
+        constexpr int SEQS = QMVB_MAX / SPLIT; /* sequences of a warp */                            \
         extern __shared__ float xs[];                                                                \
         int producers = lora_producers(lora, nb);                                                   \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
@@ -912,20 +987,21 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, half = warp & 1;                      \
-        int row0 = block * MV_WARPS + (warp >> 1);                                                   \
-        prefetch_first_row(half == 0 ? wg : wu, rows, row_bytes_##Q(k), row0);                      \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, share = warp % SPLIT;         \
+        int row0 = block * MV_WARPS + warp / SPLIT;                                             \
+        int stride = blocks * MV_WARPS;                                                              \
+        if (share < 2) prefetch_first_row(share == 0 ? wg : wu, rows, row_bytes_##Q(k), row0);       \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         load_xb(x, norm_w, eps, k, nb, xs);                                                         \
-        if (half >= nb) return; /* one sequence: the odd warps have none */                        \
+        if (share >= nb) return; /* fewer sequences than warps a row: some have none */            \
         int parts = (k / 32) * 4;                                                                    \
-        for (int row = row0; row < rows; row += blocks * MV_WARPS) {                                 \
+        for (int row = row0; row < rows; row += stride) {                                            \
             const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                 \
             const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                 \
-            float g[QMVB_HALF], u[QMVB_HALF], bg[QMVB_HALF], bu[QMVB_HALF], xg[QMVB_HALF],          \
-                xu[QMVB_HALF];                                                                       \
-            _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                                  \
-                int b = half + 2 * s;                                                                \
+            float g[SEQS], u[SEQS], bg[SEQS], bu[SEQS], xg[SEQS],          \
+                xu[SEQS];                                                                       \
+            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                  \
+                int b = share + SPLIT * s;                                                                \
                 g[s] = u[s] = 0.f;                                                                   \
                 bg[s] = b < nb ? lora_load(lora, b, row) : 0.f;                                      \
                 bu[s] = b < nb ? lora_load(lora, b, rows + row) : 0.f;                               \
@@ -936,8 +1012,8 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                 float gv[8], uv[8];                                                                  \
                 rpart_w_##Q(gr, i >> 2, i & 3, gv);                                                  \
                 rpart_w_##Q(ur, i >> 2, i & 3, uv);                                                  \
-                _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                              \
-                    int b = half + 2 * s;                                                            \
+                _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                              \
+                    int b = share + SPLIT * s;                                                            \
                     if (b < nb) {                                                                    \
                         const float* xb = xs + b * k + (i >> 2) * 32;                                \
                         g[s] += part_dot_##Q(gv, xb, i & 3);                                         \
@@ -945,15 +1021,15 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                     }                                                                                \
                 }                                                                                    \
             }                                                                                        \
-            _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                                  \
-                int b = half + 2 * s;                                                                \
+            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                  \
+                int b = share + SPLIT * s;                                                                \
                 if (b < nb) {                                                                        \
                     xg[s] = lora_xa_settle(lora, b, 0, xg[s]);                                       \
                     xu[s] = lora_xa_settle(lora, b, 1, xu[s]);                                       \
                 }                                                                                    \
             }                                                                                        \
-            _Pragma("unroll") for (int s = 0; s < QMVB_HALF; s++) {                                  \
-                int b = half + 2 * s;                                                                \
+            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                  \
+                int b = share + SPLIT * s;                                                                \
                 if (b < nb) {                                                                        \
                     float gs = warp_sum(g[s] + lora_lane(lora, xg[s], bg[s], b, row, 0));            \
                     float us = warp_sum(u[s] + lora_lane(lora, xu[s], bu[s], b, rows + row, 1));     \
@@ -962,7 +1038,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             }                                                                                        \
         }                                                                                            \
     }                                                                                                \
-    MATVEC_ENTRIES(qmvb_swiglu, Q, QMVB_SWIGLU_PARAMS, QMVB_SWIGLU_ARGS, )                            \
+    QMVB_ENTRIES(qmvb_swiglu, Q, QMVB_SWIGLU_PARAMS, QMVB_SWIGLU_ARGS)                             \
     extern "C" __global__ void embedb_##Q(const uint8_t* __restrict__ table,                         \
                                           const int* __restrict__ state, float* __restrict__ x,      \
                                           int hidden) {                                              \

@@ -332,7 +332,8 @@ impl AdapterPool {
             e0: d.e0 as i32,
             e1: d.e1 as i32,
             a_rows: d.a_rows as i32,
-            pad: 0,
+            task_warps: 0,
+            producers: 0,
         }
     }
 }

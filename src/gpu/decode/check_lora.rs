@@ -71,7 +71,7 @@ struct Shape {
 }
 
 /// The checked shapes: batch 1 first.
-fn shapes() -> [Shape; 3] {
+fn shapes() -> [Shape; 4] {
     [
         // q/k/v-like: 9 heads of 32 + 2 x 3 kv heads, rank 5, batch 1.
         Shape {
@@ -100,6 +100,17 @@ fn shapes() -> [Shape; 3] {
             rank: 16,
             seq_slots: vec![0, 1, 2, 3, 4, 5, 6, 7],
             pool: 8,
+            e0: usize::MAX >> 1,
+            e1: usize::MAX >> 1,
+        },
+        // k past the four-warps-a-row cutoff (the batched LoRA kernels two warps a row, producer
+        // tasks of 4 warps), batch 3 with a sequence without an adapter, rank 16.
+        Shape {
+            rows: 70,
+            k: 2048,
+            rank: 16,
+            seq_slots: vec![1, -1, 0],
+            pool: 2,
             e0: usize::MAX >> 1,
             e1: usize::MAX >> 1,
         },
@@ -216,7 +227,8 @@ impl Pool {
             e0: s.e0.min(i32::MAX as usize) as i32,
             e1: s.e1.min(i32::MAX as usize) as i32,
             a_rows: self.a_rows as i32,
-            pad: 0,
+            task_warps: 0,
+            producers: 0,
         }
     }
 }

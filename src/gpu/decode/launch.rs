@@ -19,9 +19,15 @@ type Result<T> = candle_core::Result<T>;
 
 /// Warps (rows in flight) per block of the mat-vec kernels (MV_WARPS in kernels/quant_matvec.cu).
 const MV_WARPS: usize = 4;
-/// Warps per block of the batched mat-vecs: the block's MV_WARPS rows, two warps a row (each on half
-/// of the sequences; QMVB_WARPS in kernels/quant_matvec.cu).
-const QMVB_WARPS: usize = 8;
+/// Warps a row of the batched mat-vecs (each on its share of the sequences; QMVB_SPLIT in
+/// kernels/quant_matvec.cu): blocks of `MV_WARPS * split` warps.
+const QMVB_SPLIT: usize = 2;
+/// Warps a row of the batched mat-vecs with LoRA at small k (`<name>_lora4_<q>`, QMVB_WIDE_SPLIT).
+const QMVB_WIDE_SPLIT: usize = 4;
+/// Largest k at which a batched launch with LoRA takes four warps a row: measured faster at
+/// SmolLM2-135M shapes (k 576 and 1536: the batch-8 adapter step 4443 -> 5093 tok/s), slower at
+/// SmolLM2-1.7B's (k 2048 and 8192: batch 4 with adapters 729 -> 693; bench/results/device-s13).
+const QMVB_WIDE_MAX_K: usize = 1536;
 /// Most blocks a mat-vec launch uses; beyond, warps loop over rows (the LM head's 49152 rows), so
 /// each block normalizes x once for many rows. 8 blocks per SM of the H100's 132.
 const MV_MAX_BLOCKS: usize = 132 * 8;
@@ -110,24 +116,45 @@ pub struct LoraEpilogue {
     pub e1: i32,
     /// Rows of A (the group's segments times the rank).
     pub a_rows: i32,
-    pub pad: i32,
+    /// Warps of a producer block on one (sequence, row of A) task: set by the launchers
+    /// ([`LoraEpilogue::for_block`]); 0 elsewhere.
+    pub task_warps: i32,
+    /// Producer blocks of the launch, set by [`LoraEpilogue::for_block`]; 0 elsewhere.
+    pub producers: i32,
 }
 
 /// The bits of an xa value its producer has not stored yet (XA_PENDING in kernels/quant_matvec.cu).
 pub const XA_PENDING: u32 = u32::MAX;
 
 impl LoraEpilogue {
-    /// Producer blocks a launch for `batch` sequences puts before its mat-vec blocks (one per
-    /// sequence and row of A), 0 when it does not compute its shrink.
-    fn producer_blocks(&self, batch: usize) -> usize {
-        if self.b == 0 || self.a == 0 {
-            return 0;
+    /// This epilogue as a launch of `block_warps`-warp blocks over `k` inputs for `batch`
+    /// sequences passes it: producer tasks of as many warps as keep a lane's loads few (k / 512, a
+    /// power of two) in the batched blocks, several tasks a block at small k (a block per task made
+    /// 384 producer blocks for q/k/v at batch 8); the batch-1 blocks keep one task of all their
+    /// warps. Also counts the launch's producer blocks (`lora_producers` in
+    /// kernels/quant_matvec.cu reads the count).
+    fn for_block(&self, block_warps: usize, k: usize, batch: usize) -> Self {
+        let task_warps = if block_warps == MV_WARPS {
+            MV_WARPS
+        } else {
+            let want = (k / 512).clamp(1, block_warps);
+            1 << want.ilog2()
+        };
+        let producers = if self.b == 0 || self.a == 0 {
+            0
+        } else {
+            (batch * self.a_rows.max(0) as usize).div_ceil(block_warps / task_warps)
+        };
+        Self {
+            task_warps: task_warps as i32,
+            producers: producers as i32,
+            ..*self
         }
-        batch * self.a_rows.max(0) as usize
     }
 }
 
-// SAFETY: plain old data with the C layout of `LoraEpi` (6 pointers/int64, then 6 int32).
+// SAFETY: plain old data with the C layout of `LoraEpi` (6 pointers/int64, then 7 int32; the same
+// tail padding on both sides).
 unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for LoraEpilogue {}
 
 /// What a mat-vec adds to each output row before storing it: a bias [rows] (0: none) and the LoRA
@@ -154,7 +181,8 @@ impl Epilogue {
             e0: 0,
             e1: 0,
             a_rows: 0,
-            pad: 0,
+            task_warps: 0,
+            producers: 0,
         },
     };
 }
@@ -172,8 +200,8 @@ pub struct DecodeKernels {
     /// Which launches take int8 activations ([`DecodeKernels::set_int8_activations`]).
     int8: Int8Policy,
     embed: Vec<CudaFunction>,
-    qmvb: MatVecs,
-    qmvb_swiglu: MatVecs,
+    qmvb: BatchMatVecs,
+    qmvb_swiglu: BatchMatVecs,
     embedb: Vec<CudaFunction>,
     rope_attention: CudaFunction,
     argmax: CudaFunction,
@@ -201,6 +229,28 @@ impl MatVecs {
 
     fn all(&self) -> impl Iterator<Item = &CudaFunction> {
         self.plain.iter().chain(&self.lora)
+    }
+}
+
+/// The batched mat-vecs per quant type: [`MatVecs`] (two warps a row) and the LoRA kernels with
+/// four warps a row (`<name>_lora4_<q>`), taken at small k ([`QMVB_WIDE_MAX_K`]).
+struct BatchMatVecs {
+    split: MatVecs,
+    lora_wide: Vec<CudaFunction>,
+}
+
+impl BatchMatVecs {
+    /// The kernel for a launch over `k` inputs, and its warps a row.
+    fn pick(&self, q: QuantType, lora: &LoraEpilogue, k: usize) -> (&CudaFunction, usize) {
+        if lora.b != 0 && k <= QMVB_WIDE_MAX_K {
+            (&self.lora_wide[index(q)], QMVB_WIDE_SPLIT)
+        } else {
+            (self.split.pick(q, lora), QMVB_SPLIT)
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &CudaFunction> {
+        self.split.all().chain(&self.lora_wide)
     }
 }
 
@@ -266,8 +316,14 @@ impl DecodeKernels {
             qmv_swiglu,
             int8: int8_policy_default(),
             embed: per_type("embed")?,
-            qmvb: mat_vecs("qmvb", "qmvb_lora")?,
-            qmvb_swiglu: mat_vecs("qmvb_swiglu", "qmvb_swiglu_lora")?,
+            qmvb: BatchMatVecs {
+                split: mat_vecs("qmvb", "qmvb_lora")?,
+                lora_wide: per_type("qmvb_lora4")?,
+            },
+            qmvb_swiglu: BatchMatVecs {
+                split: mat_vecs("qmvb_swiglu", "qmvb_swiglu_lora")?,
+                lora_wide: per_type("qmvb_swiglu_lora4")?,
+            },
             embedb: per_type("embedb")?,
             rope_attention: function(dev, Module::DecodeStep, "rope_attention", "")?,
             argmax: function(dev, Module::DecodeStep, "argmax_logprob", "")?,
@@ -366,11 +422,12 @@ impl DecodeKernels {
     ) -> Result<()> {
         let (f, int8) = self.batch1(&self.qmv, &self.qmv_q8x, q, norm_w != 0, &epilogue.lora);
         let (rows_i, k_i, acc_i) = (rows as i32, k as i32, accumulate as i32);
+        let lora = epilogue.lora.for_block(MV_WARPS, k, 1);
         let mut b = self.step_launch(f);
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i);
-        b.arg(&epilogue.bias).arg(&epilogue.lora);
-        let cfg = Self::matvec_config(rows, k, epilogue.lora.producer_blocks(1), int8);
+        b.arg(&epilogue.bias).arg(&lora);
+        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -393,10 +450,11 @@ impl DecodeKernels {
     ) -> Result<()> {
         let (f, int8) = self.batch1(&self.qmv_swiglu, &self.qmv_q8x_swiglu, q, norm_w != 0, lora);
         let (rows_i, k_i) = (rows as i32, k as i32);
+        let lora = lora.for_block(MV_WARPS, k, 1);
         let mut b = self.step_launch(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
-        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(lora);
-        let cfg = Self::matvec_config(rows, k, lora.producer_blocks(1), int8);
+        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&lora);
+        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -421,6 +479,7 @@ impl DecodeKernels {
         k: usize,
         batch: usize,
         lora: &LoraEpilogue,
+        split: usize,
     ) -> Result<LaunchConfig> {
         if batch == 0 || batch > MAX_DECODE_BATCH || batch * k * 4 > MAX_BATCH_SHARED_BYTES {
             return Err(candle_core::Error::Msg(format!(
@@ -428,8 +487,9 @@ impl DecodeKernels {
                  ({MAX_DECODE_BATCH} sequences, {MAX_BATCH_SHARED_BYTES} bytes of shared memory)"
             )));
         }
-        let mut cfg = Self::matvec_config(rows, k, lora.producer_blocks(batch), false);
-        cfg.block_dim = ((QMVB_WARPS * 32) as u32, 1, 1);
+        let warps = MV_WARPS * split;
+        let mut cfg = Self::matvec_config(rows, k, lora.producers as usize, false);
+        cfg.block_dim = ((warps * 32) as u32, 1, 1);
         cfg.shared_mem_bytes = (batch * k * 4) as u32;
         Ok(cfg)
     }
@@ -480,13 +540,14 @@ impl DecodeKernels {
             )));
         }
         let ldy_i = ldy as i32;
-        let cfg = Self::batch_matvec_config(rows, k, batch, &epilogue.lora)?;
-        let f = self.qmvb.pick(q, &epilogue.lora);
+        let (f, split) = self.qmvb.pick(q, &epilogue.lora, k);
+        let lora = epilogue.lora.for_block(MV_WARPS * split, k, batch);
+        let cfg = Self::batch_matvec_config(rows, k, batch, &lora, split)?;
         let (rows_i, k_i, acc_i, nb) = (rows as i32, k as i32, accumulate as i32, batch as i32);
         let mut b = self.step_launch(f);
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i).arg(&nb);
-        b.arg(&epilogue.bias).arg(&epilogue.lora).arg(&ldy_i);
+        b.arg(&epilogue.bias).arg(&lora).arg(&ldy_i);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -507,12 +568,13 @@ impl DecodeKernels {
         batch: usize,
         lora: &LoraEpilogue,
     ) -> Result<()> {
-        let cfg = Self::batch_matvec_config(rows, k, batch, lora)?;
-        let f = self.qmvb_swiglu.pick(q, lora);
+        let (f, split) = self.qmvb_swiglu.pick(q, lora, k);
+        let lora = lora.for_block(MV_WARPS * split, k, batch);
+        let cfg = Self::batch_matvec_config(rows, k, batch, &lora, split)?;
         let (rows_i, k_i, nb) = (rows as i32, k as i32, batch as i32);
         let mut b = self.step_launch(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
-        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&nb).arg(lora);
+        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&nb).arg(&lora);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }

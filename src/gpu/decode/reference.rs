@@ -103,7 +103,8 @@ impl Activations {
             (Self::F32, _) => normalized(x, norm),
             (Self::Int8, None) => int8_activations(&normalized(x, None)),
             (Self::Int8, Some((g, eps))) => {
-                let mean_sq = x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len() as f64;
+                let mean_sq =
+                    x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len() as f64;
                 let r = 1.0 / (mean_sq + eps as f64).sqrt();
                 let xg: Vec<f64> = x.iter().zip(g).map(|(&v, &w)| (v * w) as f64).collect();
                 int8_activations(&xg).into_iter().map(|v| v * r).collect()

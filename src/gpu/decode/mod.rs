@@ -20,6 +20,8 @@ pub mod check_lora;
 pub mod check_prefill;
 #[cfg(feature = "cuda")]
 pub mod launch;
+#[cfg(feature = "cuda")]
+pub mod lora_epilogue;
 pub mod lora_reference;
 #[cfg(feature = "cuda")]
 pub mod prefill;

@@ -91,6 +91,38 @@ __device__ __forceinline__ int lora_producers(const LoraEpi& L, int nb) {
     return L.b == nullptr || L.a == nullptr ? 0 : L.producers;
 }
 
+// A warp's share of one shrink task: over float4 columns [lo, hi) of its A row (a4) and x (x4),
+// lanes strided by 32, the dot product with x * norm_w (x alone when w4 is null) and x's sum of
+// squares, summed over the warp: (dot, sum of squares).
+__device__ __forceinline__ float2 lora_shrink_warp(const float4* __restrict__ a4, const float4* x4,
+                                                   const float4* __restrict__ w4, int lo, int hi) {
+    float s = 0.f, ss = 0.f;
+#pragma unroll 4
+    for (int i = lo + (threadIdx.x & 31); i < hi; i += 32) {
+        float4 av = __ldg(a4 + i), xv = x4[i];
+        ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
+        if (w4 != nullptr) {
+            float4 wv = __ldg(w4 + i);
+            xv.x *= wv.x, xv.y *= wv.y, xv.z *= wv.z, xv.w *= wv.w;
+        }
+        s += xv.x * av.x + xv.y * av.y + xv.z * av.z + xv.w * av.w;
+    }
+    return make_float2(warp_sum(s), warp_sum(ss));
+}
+
+// xa[b, j] from the (dot, sum of squares) pairs of a task's `warps` warps (`part`): the norm's scale
+// applied when the launch fuses it; a relaxed store at GPU scope, polled by lora_xa (a value with
+// XA_PENDING's bits is stored as the canonical NaN).
+__device__ __forceinline__ void lora_store_xa(const LoraEpi& L, int b, int j, const float (*part)[2],
+                                              int warps, bool norm, int k, float eps) {
+    float s = 0.f, ss = 0.f;
+    for (int w = 0; w < warps; w++) s += part[w][0], ss += part[w][1];
+    if (norm) s *= rsqrtf(ss / (float)k + eps);
+    if (__float_as_uint(s) == XA_PENDING) s = __uint_as_float(0x7fffffffu);
+    float* at = L.xa + (size_t)b * L.xa_stride + j;
+    asm volatile("st.relaxed.gpu.global.f32 [%0], %1;" ::"l"(at), "f"(s) : "memory");
+}
+
 // The shrink, by producer block blockIdx.x: xa[b, j] = xn_b . A_slot(b)[j] with xn_b =
 // rms_norm(x_b) * norm_w (x_b itself when norm_w is null), in one pass over global x, norm_w and the
 // A row: the sum of squares beside the dot product, the norm's scale applied at the end. A task's
@@ -122,28 +154,11 @@ __device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* __re
     const float4* a4 = reinterpret_cast<const float4*>(arow);
     const float4* x4 = reinterpret_cast<const float4*>(x + (size_t)(slot < 0 ? 0 : b) * k);
     const float4* w4 = reinterpret_cast<const float4*>(norm_w);
-    float s = 0.f, ss = 0.f;
-#pragma unroll 4
-    for (int i = lo + lane; i < hi; i += 32) {
-        float4 av = __ldg(a4 + i), xv = x4[i];
-        ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
-        if (norm_w != nullptr) {
-            float4 wv = __ldg(w4 + i);
-            xv.x *= wv.x, xv.y *= wv.y, xv.z *= wv.z, xv.w *= wv.w;
-        }
-        s += xv.x * av.x + xv.y * av.y + xv.z * av.z + xv.w * av.w;
-    }
-    s = warp_sum(s);
-    ss = warp_sum(ss);
-    if (lane == 0) part[warp][0] = s, part[warp][1] = ss;
+    float2 sums = lora_shrink_warp(a4, x4, w4, lo, hi);
+    if (lane == 0) part[warp][0] = sums.x, part[warp][1] = sums.y;
     __syncthreads();
     if (slot < 0 || sub != 0 || lane != 0) return;
-    s = ss = 0.f;
-    for (int w = warp; w < warp + tw; w++) s += part[w][0], ss += part[w][1];
-    if (norm_w != nullptr) s *= rsqrtf(ss / (float)k + eps);
-    if (__float_as_uint(s) == XA_PENDING) s = __uint_as_float(0x7fffffffu);
-    float* at = L.xa + (size_t)b * L.xa_stride + j;
-    asm volatile("st.relaxed.gpu.global.f32 [%0], %1;" ::"l"(at), "f"(s) : "memory");
+    lora_store_xa(L, b, j, part + warp, tw, norm_w != nullptr, k, eps);
 }
 
 // lora_produce for the batch-1 blocks, whose one task takes all their warps: the same sums without
@@ -170,28 +185,11 @@ __device__ __forceinline__ void lora_produce_block(const LoraEpi& L, const float
     const float4* a4 = reinterpret_cast<const float4*>(arow);
     const float4* x4 = reinterpret_cast<const float4*>(x + (size_t)b * k);
     const float4* w4 = reinterpret_cast<const float4*>(norm_w);
-    float s = 0.f, ss = 0.f;
-#pragma unroll 4
-    for (int i = lo + lane; i < hi; i += 32) {
-        float4 av = __ldg(a4 + i), xv = x4[i];
-        ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
-        if (norm_w != nullptr) {
-            float4 wv = __ldg(w4 + i);
-            xv.x *= wv.x, xv.y *= wv.y, xv.z *= wv.z, xv.w *= wv.w;
-        }
-        s += xv.x * av.x + xv.y * av.y + xv.z * av.z + xv.w * av.w;
-    }
-    s = warp_sum(s);
-    ss = warp_sum(ss);
-    if (lane == 0) part[warp][0] = s, part[warp][1] = ss;
+    float2 sums = lora_shrink_warp(a4, x4, w4, lo, hi);
+    if (lane == 0) part[warp][0] = sums.x, part[warp][1] = sums.y;
     __syncthreads();
     if (threadIdx.x != 0) return;
-    s = ss = 0.f;
-    for (int w = 0; w < warps; w++) s += part[w][0], ss += part[w][1];
-    if (norm_w != nullptr) s *= rsqrtf(ss / (float)k + eps);
-    if (__float_as_uint(s) == XA_PENDING) s = __uint_as_float(0x7fffffffu);
-    float* at = L.xa + (size_t)b * L.xa_stride + j;
-    asm volatile("st.relaxed.gpu.global.f32 [%0], %1;" ::"l"(at), "f"(s) : "memory");
+    lora_store_xa(L, b, j, part, warps, norm_w != nullptr, k, eps);
 }
 
 // One relaxed load of an xa value at GPU scope (from L2, never a stale L1 line). Volatile, so a

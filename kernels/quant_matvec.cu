@@ -34,7 +34,8 @@
 // gate's and the up's delta before silu(g) * u.
 //
 // The shrink xa = xn A^T (Punica's BGMV shrink) runs inside the same launch (lora.a != null): the
-// grid's first blocks are producers (one block per sequence and row of A, no rows of their own);
+// grid's first blocks are producers (one task per sequence and row of A, a block per task at batch
+// 1 and several tasks a block in the batched launches; no rows of their own);
 // the others are the mat-vec's. A producer computes its xa value from the x it normalizes like every
 // block, and stores it; a row's epilogue polls the xa values it needs until they are no longer
 // XA_PENDING (the engine fills each launch's xa region with XA_PENDING before the step), so the

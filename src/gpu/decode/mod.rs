@@ -7,7 +7,8 @@
 //! attention) are the CPU specification of every kernel (always compiled, unit-tested), calling
 //! `crate::reference` for each op's maths; `launch`
 //! launches the CUDA kernels (kernels/quant_matvec.cu, kernels/decode_step.cu), each through
-//! `step_launch` (programmatic dependent launch); `check` runs each
+//! `step_launch` (programmatic dependent launch), with `lora_epilogue` the LoRA part of a mat-vec
+//! launch (adapter slots, xa, the shrink's producer blocks); `check` runs each
 //! kernel against its reference on the GPU (part of `wick bench gpu-check`).
 
 pub mod attention_reference;

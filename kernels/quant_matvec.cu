@@ -88,7 +88,7 @@ __device__ __forceinline__ int lora_task_warps(const LoraEpi& L) {
     int warps = blockDim.x >> 5;
     return L.task_warps < 1 || L.task_warps > warps ? warps : L.task_warps;
 }
-__device__ __forceinline__ int lora_producers(const LoraEpi& L, int nb) {
+__device__ __forceinline__ int lora_producers(const LoraEpi& L) {
     return L.b == nullptr || L.a == nullptr ? 0 : L.producers;
 }
 
@@ -378,19 +378,19 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
     LoraEpi lora
 #define QMV_SWIGLU_ARGS wg, wu, x, norm_w, y, rows, k, eps, lora
 
-#define DEFINE_QMV_AS(NAME, Q, XPREP, XDOT, UNROLL)                                                   \
+#define DEFINE_QMV_AS(NAME, Q, XPREP, XDOT, UNROLL)                                                 \
     template <bool LORA> __device__ __forceinline__ void NAME##_body_##Q(QMV_PARAMS) {              \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
-        int producers = lora_producers(lora, 1);                                                    \
+        int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce_block(lora, x, norm_w, eps, k, 1);                                         \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
-        prefetch_first_row(w, rows, row_bytes_##Q(k), block * MV_WARPS + (threadIdx.x >> 5));         \
+        prefetch_first_row(w, rows, row_bytes_##Q(k), block * MV_WARPS + (threadIdx.x >> 5));       \
         pdl_wait(); /* x is the previous kernel's output */                                         \
-        float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */          \
+        float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */        \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
         for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
@@ -407,20 +407,20 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
         }                                                                                           \
     }                                                                                               \
-    MATVEC_ENTRIES(NAME, Q, QMV_PARAMS, QMV_ARGS, MV_BOUNDS)                                                 \
+    MATVEC_ENTRIES(NAME, Q, QMV_PARAMS, QMV_ARGS, MV_BOUNDS)                                        \
     template <bool LORA> __device__ __forceinline__ void NAME##_swiglu_body_##Q(QMV_SWIGLU_PARAMS) {\
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
-        int producers = lora_producers(lora, 1);                                                    \
+        int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce_block(lora, x, norm_w, eps, k, 1);                                         \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
-        prefetch_first_row(wg, rows, row_bytes_##Q(k), block * MV_WARPS + (threadIdx.x >> 5));        \
-        prefetch_first_row(wu, rows, row_bytes_##Q(k), block * MV_WARPS + (threadIdx.x >> 5));        \
+        prefetch_first_row(wg, rows, row_bytes_##Q(k), block * MV_WARPS + (threadIdx.x >> 5));      \
+        prefetch_first_row(wu, rows, row_bytes_##Q(k), block * MV_WARPS + (threadIdx.x >> 5));      \
         pdl_wait(); /* x is the previous kernel's output */                                         \
-        float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */          \
+        float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */        \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
         for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
@@ -454,7 +454,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
                                               int k) {                                              \
         return rdot_##Q(r, blk, p, xs + blk * 32);                                                  \
     }                                                                                               \
-    DEFINE_QMV_AS(qmv, Q, xprep_##Q, xdot_##Q, "unroll 4")                                                    \
+    DEFINE_QMV_AS(qmv, Q, xprep_##Q, xdot_##Q, "unroll 4")                                          \
     extern "C" __global__ void embed_##Q(const uint8_t* __restrict__ table,                         \
                                          const int* __restrict__ state, float* __restrict__ x,      \
                                          int hidden) {                                              \
@@ -584,7 +584,7 @@ PART_ACCESS(bf16, 32, 64)
 
 // x[0..hidden) = dequantized row `token` of a table (4 weights per thread).
 #define DEFINE_EMBED_ROW(Q)                                                                         \
-    __device__ __forceinline__ void embed_row_##Q(const uint8_t* table, int token, float* x,       \
+    __device__ __forceinline__ void embed_row_##Q(const uint8_t* table, int token, float* x,        \
                                                   int hidden) {                                     \
         pdl_trigger(); /* the first kernel of a step: waits on the step before */                   \
         pdl_wait();                                                                                 \
@@ -828,7 +828,7 @@ DEFINE_QMV_Q8X(q6_K)
 #define QMVB_ENTRIES(NAME, Q, PARAMS, ARGS)                                                         \
     extern "C" __global__ void NAME##_##Q(PARAMS) { NAME##_body_##Q<false, QMVB_SPLIT>(ARGS); }     \
     extern "C" __global__ void NAME##_lora_##Q(PARAMS) { NAME##_body_##Q<true, QMVB_SPLIT>(ARGS); } \
-    extern "C" __global__ void __launch_bounds__(MV_WARPS * QMVB_WIDE_SPLIT * 32, 2)                 \
+    extern "C" __global__ void __launch_bounds__(MV_WARPS * QMVB_WIDE_SPLIT * 32, 2)                \
         NAME##_lora4_##Q(PARAMS) { NAME##_body_##Q<true, QMVB_WIDE_SPLIT>(ARGS); }
 
 // The 8 weights of part p of a block, in the order of part_x below.
@@ -912,137 +912,136 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
     __syncthreads();
 }
 
-#define QMVB_PARAMS \
-    const uint8_t* __restrict__ w, const float* __restrict__ x, const float* __restrict__ norm_w, \
-    float* __restrict__ y, int rows, int k, float eps, int accumulate, int nb, \
+#define QMVB_PARAMS                                                                                 \
+    const uint8_t* __restrict__ w, const float* __restrict__ x, const float* __restrict__ norm_w,   \
+    float* __restrict__ y, int rows, int k, float eps, int accumulate, int nb,                      \
     const float* __restrict__ bias, LoraEpi lora, int ldy
 #define QMVB_ARGS w, x, norm_w, y, rows, k, eps, accumulate, nb, bias, lora, ldy
-#define QMVB_SWIGLU_PARAMS \
-    const uint8_t* __restrict__ wg, const uint8_t* __restrict__ wu, const float* __restrict__ x, \
-    const float* __restrict__ norm_w, float* __restrict__ y, int rows, int k, float eps, int nb, \
+#define QMVB_SWIGLU_PARAMS                                                                          \
+    const uint8_t* __restrict__ wg, const uint8_t* __restrict__ wu, const float* __restrict__ x,    \
+    const float* __restrict__ norm_w, float* __restrict__ y, int rows, int k, float eps, int nb,    \
     LoraEpi lora
 #define QMVB_SWIGLU_ARGS wg, wu, x, norm_w, y, rows, k, eps, nb, lora
 
-#define DEFINE_QMVB(Q)                                                                        \
+#define DEFINE_QMVB(Q)                                                                              \
     template <bool LORA, int SPLIT> __device__ __forceinline__ void qmvb_body_##Q(QMVB_PARAMS) {    \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         constexpr int SEQS = QMVB_MAX / SPLIT; /* sequences of a warp */                            \
-        extern __shared__ float xs[];                                                                \
-        int producers = lora_producers(lora, nb);                                                   \
+        extern __shared__ float xs[];                                                               \
+        int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce(lora, x, norm_w, eps, k, nb);                                              \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, share = warp % SPLIT;         \
-        int row0 = block * MV_WARPS + warp / SPLIT;                                             \
-        int stride = blocks * MV_WARPS;                                                              \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, share = warp % SPLIT;                 \
+        int row0 = block * MV_WARPS + warp / SPLIT;                                                 \
+        int stride = blocks * MV_WARPS;                                                             \
         if (share == 0) prefetch_first_row(w, rows, row_bytes_##Q(k), row0);                        \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         load_xb(x, norm_w, eps, k, nb, xs);                                                         \
-        if (share >= nb) return; /* fewer sequences than warps a row: some have none */            \
-        int parts = (k / 32) * 4;                                                                    \
-        for (int row = row0; row < rows; row += stride) {                                            \
-            const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                  \
-            float acc[SEQS], bv[SEQS], xv[SEQS];                                      \
-            int seg = lora_seg(lora, row);                                                           \
-            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                  \
-                int b = share + SPLIT * s;                                                                \
-                acc[s] = 0.f;                                                                        \
-                bv[s] = b < nb ? lora_load(lora, b, row) : 0.f;                                      \
-                xv[s] = b < nb ? lora_xa_issue(lora, b, seg) : 0.f;                                  \
-            }                                                                                        \
-            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                             \
-                float wv[8];                                                                         \
-                rpart_w_##Q(wr, i >> 2, i & 3, wv);                                                  \
-                _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                              \
-                    int b = share + SPLIT * s;                                                            \
-                    if (b < nb) acc[s] += part_dot_##Q(wv, xs + b * k + (i >> 2) * 32, i & 3);       \
-                }                                                                                    \
-            }                                                                                        \
-            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                  \
-                int b = share + SPLIT * s;                                                                \
-                if (b < nb) xv[s] = lora_xa_settle(lora, b, seg, xv[s]);                             \
-            }                                                                                        \
-            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                  \
-                int b = share + SPLIT * s;                                                                \
-                if (b < nb) {                                                                        \
-                    float v = warp_sum(acc[s] + lora_lane(lora, xv[s], bv[s], b, row, seg));         \
-                    if (bias != nullptr) v += bias[row];                                             \
-                    size_t at = (size_t)b * ldy + row;                                               \
-                    if (lane == 0) y[at] = accumulate ? y[at] + v : v;                               \
-                }                                                                                    \
-            }                                                                                        \
-        }                                                                                            \
-    }                                                                                                \
-    QMVB_ENTRIES(qmvb, Q, QMVB_PARAMS, QMVB_ARGS)                                                  \
+        if (share >= nb) return; /* fewer sequences than warps a row: some have none */             \
+        int parts = (k / 32) * 4;                                                                   \
+        for (int row = row0; row < rows; row += stride) {                                           \
+            const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                 \
+            float acc[SEQS], bv[SEQS], xv[SEQS];                                                    \
+            int seg = lora_seg(lora, row);                                                          \
+            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
+                int b = share + SPLIT * s;                                                          \
+                acc[s] = 0.f;                                                                       \
+                bv[s] = b < nb ? lora_load(lora, b, row) : 0.f;                                     \
+                xv[s] = b < nb ? lora_xa_issue(lora, b, seg) : 0.f;                                 \
+            }                                                                                       \
+            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                            \
+                float wv[8];                                                                        \
+                rpart_w_##Q(wr, i >> 2, i & 3, wv);                                                 \
+                _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                  \
+                    int b = share + SPLIT * s;                                                      \
+                    if (b < nb) acc[s] += part_dot_##Q(wv, xs + b * k + (i >> 2) * 32, i & 3);      \
+                }                                                                                   \
+            }                                                                                       \
+            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
+                int b = share + SPLIT * s;                                                          \
+                if (b < nb) xv[s] = lora_xa_settle(lora, b, seg, xv[s]);                            \
+            }                                                                                       \
+            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
+                int b = share + SPLIT * s;                                                          \
+                if (b < nb) {                                                                       \
+                    float v = warp_sum(acc[s] + lora_lane(lora, xv[s], bv[s], b, row, seg));        \
+                    if (bias != nullptr) v += bias[row];                                            \
+                    size_t at = (size_t)b * ldy + row;                                              \
+                    if (lane == 0) y[at] = accumulate ? y[at] + v : v;                              \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+    }                                                                                               \
+    QMVB_ENTRIES(qmvb, Q, QMVB_PARAMS, QMVB_ARGS)                                                   \
     template <bool LORA, int SPLIT> __device__ __forceinline__ void qmvb_swiglu_body_##Q(QMVB_SWIGLU_PARAMS) { \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         constexpr int SEQS = QMVB_MAX / SPLIT; /* sequences of a warp */                            \
-        extern __shared__ float xs[];                                                                \
-        int producers = lora_producers(lora, nb);                                                   \
+        extern __shared__ float xs[];                                                               \
+        int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce(lora, x, norm_w, eps, k, nb);                                              \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, share = warp % SPLIT;         \
-        int row0 = block * MV_WARPS + warp / SPLIT;                                             \
-        int stride = blocks * MV_WARPS;                                                              \
-        if (share < 2) prefetch_first_row(share == 0 ? wg : wu, rows, row_bytes_##Q(k), row0);       \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, share = warp % SPLIT;                 \
+        int row0 = block * MV_WARPS + warp / SPLIT;                                                 \
+        int stride = blocks * MV_WARPS;                                                             \
+        if (share < 2) prefetch_first_row(share == 0 ? wg : wu, rows, row_bytes_##Q(k), row0);      \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         load_xb(x, norm_w, eps, k, nb, xs);                                                         \
-        if (share >= nb) return; /* fewer sequences than warps a row: some have none */            \
-        int parts = (k / 32) * 4;                                                                    \
-        for (int row = row0; row < rows; row += stride) {                                            \
-            const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                 \
-            const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                 \
-            float g[SEQS], u[SEQS], bg[SEQS], bu[SEQS], xg[SEQS],          \
-                xu[SEQS];                                                                       \
-            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                  \
-                int b = share + SPLIT * s;                                                                \
-                g[s] = u[s] = 0.f;                                                                   \
-                bg[s] = b < nb ? lora_load(lora, b, row) : 0.f;                                      \
-                bu[s] = b < nb ? lora_load(lora, b, rows + row) : 0.f;                               \
-                xg[s] = b < nb ? lora_xa_issue(lora, b, 0) : 0.f;                                    \
-                xu[s] = b < nb ? lora_xa_issue(lora, b, 1) : 0.f;                                    \
-            }                                                                                        \
-            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                             \
-                float gv[8], uv[8];                                                                  \
-                rpart_w_##Q(gr, i >> 2, i & 3, gv);                                                  \
-                rpart_w_##Q(ur, i >> 2, i & 3, uv);                                                  \
-                _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                              \
-                    int b = share + SPLIT * s;                                                            \
-                    if (b < nb) {                                                                    \
-                        const float* xb = xs + b * k + (i >> 2) * 32;                                \
-                        g[s] += part_dot_##Q(gv, xb, i & 3);                                         \
-                        u[s] += part_dot_##Q(uv, xb, i & 3);                                         \
-                    }                                                                                \
-                }                                                                                    \
-            }                                                                                        \
-            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                  \
-                int b = share + SPLIT * s;                                                                \
-                if (b < nb) {                                                                        \
-                    xg[s] = lora_xa_settle(lora, b, 0, xg[s]);                                       \
-                    xu[s] = lora_xa_settle(lora, b, 1, xu[s]);                                       \
-                }                                                                                    \
-            }                                                                                        \
-            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                  \
-                int b = share + SPLIT * s;                                                                \
-                if (b < nb) {                                                                        \
-                    float gs = warp_sum(g[s] + lora_lane(lora, xg[s], bg[s], b, row, 0));            \
-                    float us = warp_sum(u[s] + lora_lane(lora, xu[s], bu[s], b, rows + row, 1));     \
-                    if (lane == 0) y[(size_t)b * rows + row] = gs / (1.f + expf(-gs)) * us;          \
-                }                                                                                    \
-            }                                                                                        \
-        }                                                                                            \
-    }                                                                                                \
-    QMVB_ENTRIES(qmvb_swiglu, Q, QMVB_SWIGLU_PARAMS, QMVB_SWIGLU_ARGS)                             \
-    extern "C" __global__ void embedb_##Q(const uint8_t* __restrict__ table,                         \
-                                          const int* __restrict__ state, float* __restrict__ x,      \
-                                          int hidden) {                                              \
-        int b = blockIdx.y;                                                                          \
-        embed_row_##Q(table, state[2 * b], x + (size_t)b * hidden, hidden);                          \
+        if (share >= nb) return; /* fewer sequences than warps a row: some have none */             \
+        int parts = (k / 32) * 4;                                                                   \
+        for (int row = row0; row < rows; row += stride) {                                           \
+            const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                \
+            const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                \
+            float g[SEQS], u[SEQS], bg[SEQS], bu[SEQS], xg[SEQS], xu[SEQS];                         \
+            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
+                int b = share + SPLIT * s;                                                          \
+                g[s] = u[s] = 0.f;                                                                  \
+                bg[s] = b < nb ? lora_load(lora, b, row) : 0.f;                                     \
+                bu[s] = b < nb ? lora_load(lora, b, rows + row) : 0.f;                              \
+                xg[s] = b < nb ? lora_xa_issue(lora, b, 0) : 0.f;                                   \
+                xu[s] = b < nb ? lora_xa_issue(lora, b, 1) : 0.f;                                   \
+            }                                                                                       \
+            _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                            \
+                float gv[8], uv[8];                                                                 \
+                rpart_w_##Q(gr, i >> 2, i & 3, gv);                                                 \
+                rpart_w_##Q(ur, i >> 2, i & 3, uv);                                                 \
+                _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                  \
+                    int b = share + SPLIT * s;                                                      \
+                    if (b < nb) {                                                                   \
+                        const float* xb = xs + b * k + (i >> 2) * 32;                               \
+                        g[s] += part_dot_##Q(gv, xb, i & 3);                                        \
+                        u[s] += part_dot_##Q(uv, xb, i & 3);                                        \
+                    }                                                                               \
+                }                                                                                   \
+            }                                                                                       \
+            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
+                int b = share + SPLIT * s;                                                          \
+                if (b < nb) {                                                                       \
+                    xg[s] = lora_xa_settle(lora, b, 0, xg[s]);                                      \
+                    xu[s] = lora_xa_settle(lora, b, 1, xu[s]);                                      \
+                }                                                                                   \
+            }                                                                                       \
+            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
+                int b = share + SPLIT * s;                                                          \
+                if (b < nb) {                                                                       \
+                    float gs = warp_sum(g[s] + lora_lane(lora, xg[s], bg[s], b, row, 0));           \
+                    float us = warp_sum(u[s] + lora_lane(lora, xu[s], bu[s], b, rows + row, 1));    \
+                    if (lane == 0) y[(size_t)b * rows + row] = gs / (1.f + expf(-gs)) * us;         \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+    }                                                                                               \
+    QMVB_ENTRIES(qmvb_swiglu, Q, QMVB_SWIGLU_PARAMS, QMVB_SWIGLU_ARGS)                              \
+    extern "C" __global__ void embedb_##Q(const uint8_t* __restrict__ table,                        \
+                                          const int* __restrict__ state, float* __restrict__ x,     \
+                                          int hidden) {                                             \
+        int b = blockIdx.y;                                                                         \
+        embed_row_##Q(table, state[2 * b], x + (size_t)b * hidden, hidden);                         \
     }
 
 DEFINE_QMVB(q4_0)

@@ -9,11 +9,9 @@
 //   Q5_0, Q5_1 (32 weights), Q4_K, Q5_K, Q6_K (super-blocks of 256 = 8 blocks of 32 for the split
 //   below; k a multiple of 256), and dense F32 / F16 / BF16 rows read as blocks of 32 plain values.
 //
-// Work split: 2^split_log2 warps per output row (the host's choice: more where the rows are fewer
-// than the grid's warps; MatVecRows), grid-stride over rows; lane i of a row's warp w takes part
-// (i & 3) of block (i >> 2) of the w-th, (w + split)-th, ... run of 8 blocks (8 weights a part;
-// unrolled 4 times, so a lane's weight loads are in flight together: the kernels are bound by load
-// latency, not bandwidth).
+// Work split: one warp per output row (grid-stride over rows); lane i takes part (i & 3) of block
+// (i >> 2), i.e. 8 weights, so a warp covers 8 blocks per iteration (unrolled 4 times, so a lane's
+// weight loads are in flight together: the kernels are bound by load latency, not bandwidth).
 // x (normalized when the kernel fuses RMSNorm) sits in shared memory as f32. For Q4_0/Q4_1, whose
 // parts read x at 4p and 16 + 4p, odd 32-value blocks are swizzled (value e at e ^ 16), so the two
 // 16-byte x reads of a quarter-warp (two blocks, four parts each) hit 32 different banks instead of
@@ -21,10 +19,10 @@
 // whose parts read 8p and 8p + 4 keep the plain layout (XS_SWIZZLE 0): the same swizzle by 4 measured
 // 6% slower for Q8_0.
 //
-// qmv_<q>(w, x, norm_w, y, rows, k, eps, accumulate, bias, lora, split_log2):
+// qmv_<q>(w, x, norm_w, y, rows, k, eps, accumulate):
 //   xn = norm_w ? x * rsqrt(mean(x^2) + eps) * norm_w : x
 //   y[r] = (accumulate ? y[r] : 0) + sum_j W[r, j] xn[j]
-// qmv_swiglu_<q>(wg, wu, x, norm_w, y, rows, k, eps, lora, split_log2):
+// qmv_swiglu_<q>(wg, wu, x, norm_w, y, rows, k, eps):
 //   y[r] = silu(Wg[r] . xn) * (Wu[r] . xn)
 // embed_<q>(table, state, x, hidden): x = dequantized row state[0] of the table.
 //
@@ -52,7 +50,6 @@
 #include "ggml_blocks.cuh"
 
 #define MV_WARPS 4
-#define MV_WARPS_LOG2 2
 
 // The LoRA part of a mat-vec launch (passed by value). An adapter pool slot holds A and B of every
 // projection, B pre-scaled, as f32; `*slot_stride` floats separate two slots.
@@ -348,62 +345,14 @@ __device__ __forceinline__ void load_x(const float* __restrict__ x, const float*
     }
 }
 
-// Asks L2 for `count` rows of a batch-1 mat-vec warp, row, row + stride, ..., (those < rows): the
-// `split` warps of a row each take every split-th 128-byte line. Issued for the first two rows
-// before the PDL wait and for the row two ahead in the row loop, so that a warp with several rows
-// (q/k/v and gate/up at SmolLM2-1.7B shapes: 1-2 rows a warp; the LM head: 12) finds each in L2
-// instead of paying an HBM round trip per row after the previous one's products. The batched
-// mat-vecs ask for their first row (count 1, split 1).
-__device__ __forceinline__ void prefetch_rows(const uint8_t* w, int rows, int row_bytes, int row,
-                                              int stride, int part, int split, int count) {
-    for (int c = 0; c < count; c++, row += stride) {
-        if (row >= rows) return;
-        const uint8_t* r = w + (size_t)row * row_bytes;
-        for (int off = (part * 32 + (threadIdx.x & 31)) * 128; off < row_bytes; off += split * 32 * 128)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(r + off));
-    }
+// Asks L2 for the first row this warp will read (lane i: the row's i-th 128-byte line), before the
+// x prologue: the weights come from HBM, and their latency then overlaps the prologue's.
+__device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, int row_bytes, int row) {
+    if (row >= rows) return;
+    const uint8_t* r = w + (size_t)row * row_bytes;
+    for (int off = (threadIdx.x & 31) * 128; off < row_bytes; off += 32 * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(r + off));
 }
-
-// Which rows a warp of a batch-1 mat-vec takes. Blocks of MV_WARPS warps (after the LoRA producer
-// blocks), 2^split_log2 warps a row, each on every split-th run of 32 parts of the row (the host's
-// choice, launch.rs): with fewer rows than the grid has warps (SmolLM2-1.7B's o and down: 2048
-// rows for 4224 warps) one warp a row left half the SMs' warp slots empty and gave each warp a
-// long serial chain of load rounds (8 at k = 8192); split, each warp has a share of the row's
-// loads in flight. The row loop is block-uniform (every warp of a block iterates the same rows
-// base + in_block), so the partial sums meet in shared memory with one barrier an iteration.
-struct MatVecRows {
-    int split_log2, split, part, in_block, base0, stride;
-    __device__ __forceinline__ MatVecRows(int producers, int split_log2_) : split_log2(split_log2_) {
-        int warp = threadIdx.x >> 5, rows_log2 = MV_WARPS_LOG2 - split_log2;
-        split = 1 << split_log2;
-        part = warp & (split - 1);
-        in_block = warp >> split_log2;
-        base0 = ((int)blockIdx.x - producers) << rows_log2;
-        stride = ((int)gridDim.x - producers) << rows_log2;
-    }
-    __device__ __forceinline__ int row0() const { return base0 + in_block; }
-    // The lane's first part of a row and how many it takes (every 32 split-th from there): the
-    // loop counts iterations, so that the compiler unrolls it with its remainder ahead (a loop
-    // bounded by the part index with a stride known only at run time was unrolled with an exit
-    // test between iterations, each iteration's loads issued after the previous one's products).
-    __device__ __forceinline__ int first_part() const { return (threadIdx.x & 31) + 32 * part; }
-    __device__ __forceinline__ int part_count(int parts) const {
-        int first = first_part();
-        return first < parts ? ((parts - first - 1) >> (5 + split_log2)) + 1 : 0;
-    }
-    // The row's sums from its warps' (every warp of the block calls, once an iteration, with `red`
-    // alternating between two buffers, so that no warp overwrites sums not yet read): the lead
-    // warp (part 0) gets them.
-    __device__ __forceinline__ float2 combine(float2 v, float2* red) const {
-        if (split == 1) return v;
-        int warp = threadIdx.x >> 5;
-        if ((threadIdx.x & 31) == 0) red[warp] = v;
-        __syncthreads();
-        if (part == 0)
-            for (int j = 1; j < split; j++) v.x += red[warp + j].x, v.y += red[warp + j].y;
-        return v;
-    }
-};
 
 // Each mat-vec kernel comes twice, from one body: `<name>_<q>` compiled without the LoRA code
 // (LORA = false sets lora.b to null, so every LoRA branch folds away: no registers for B and xa
@@ -421,96 +370,74 @@ struct MatVecRows {
 #define QMV_PARAMS \
     const uint8_t* __restrict__ w, const float* __restrict__ x, const float* __restrict__ norm_w, \
     float* __restrict__ y, int rows, int k, float eps, int accumulate, \
-    const float* __restrict__ bias, LoraEpi lora, int split_log2
-#define QMV_ARGS w, x, norm_w, y, rows, k, eps, accumulate, bias, lora, split_log2
+    const float* __restrict__ bias, LoraEpi lora
+#define QMV_ARGS w, x, norm_w, y, rows, k, eps, accumulate, bias, lora
 #define QMV_SWIGLU_PARAMS \
     const uint8_t* __restrict__ wg, const uint8_t* __restrict__ wu, const float* __restrict__ x, \
     const float* __restrict__ norm_w, float* __restrict__ y, int rows, int k, float eps, \
-    LoraEpi lora, int split_log2
-#define QMV_SWIGLU_ARGS wg, wu, x, norm_w, y, rows, k, eps, lora, split_log2
+    LoraEpi lora
+#define QMV_SWIGLU_ARGS wg, wu, x, norm_w, y, rows, k, eps, lora
 
 #define DEFINE_QMV_AS(NAME, Q, XPREP, XDOT, UNROLL)                                                 \
     template <bool LORA> __device__ __forceinline__ void NAME##_body_##Q(QMV_PARAMS) {              \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
-        __shared__ float2 red[2][MV_WARPS];                                                          \
         int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce_block(lora, x, norm_w, eps, k, 1);                                         \
             return;                                                                                 \
         }                                                                                           \
-        MatVecRows mr(producers, split_log2);                                                 \
-        int rb = row_bytes_##Q(k);                                                                  \
-        prefetch_rows(w, rows, rb, mr.row0(), mr.stride, mr.part, mr.split, 2);                     \
+        int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
+        prefetch_first_row(w, rows, row_bytes_##Q(k), block * MV_WARPS + (threadIdx.x >> 5));       \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */        \
-        int lane = threadIdx.x & 31, lead = mr.part == 0;                                            \
-        int n = mr.part_count((k / 32) * 4); /* this warp's parts of a row */                       \
-        for (int base = mr.base0, it = 0; base < rows; base += mr.stride, it ^= 1) {                \
-            int row = base + mr.in_block;                                                           \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
+        int parts = (k / 32) * 4;                                                                   \
+        for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
+            const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                 \
+            int seg = lora_seg(lora, row);                                                          \
+            float bv = lora_load(lora, 0, row);                                                     \
+            float xv = lora_xa_issue(lora, 0, seg);                                                 \
             float acc = 0.f;                                                                        \
-            if (row < rows) {                                                                       \
-                prefetch_rows(w, rows, rb, row + 2 * mr.stride, mr.stride, mr.part, mr.split, 1);   \
-                const uint8_t* wr = w + (size_t)row * rb;                                           \
-                int seg = lora_seg(lora, row);                                                      \
-                float bv = lead ? lora_load(lora, 0, row) : 0.f;                                    \
-                float xv = lead ? lora_xa_issue(lora, 0, seg) : 0.f;                                \
-                _Pragma(UNROLL) for (int t = 0, i = mr.first_part(); t < n; t++, i += 32 * mr.split)    \
-                    acc += XDOT(wr, i >> 2, i & 3, xs, k);                                          \
-                if (lead) xv = lora_xa_settle(lora, 0, seg, xv);                                    \
-                acc = warp_sum(acc * xscale + (lead ? lora_lane(lora, xv, bv, 0, row, seg) : 0.f)); \
-            }                                                                                       \
-            acc = mr.combine(make_float2(acc, 0.f), red[it]).x;                                  \
-            if (row < rows && lead && lane == 0) {                                                  \
-                if (bias != nullptr) acc += bias[row];                                              \
-                y[row] = accumulate ? y[row] + acc : acc;                                           \
-            }                                                                                       \
+            _Pragma(UNROLL)     for (int i = lane; i < parts; i += 32)                              \
+                acc += XDOT(wr, i >> 2, i & 3, xs, k);                                              \
+            xv = lora_xa_settle(lora, 0, seg, xv);                                                  \
+            acc = warp_sum(acc * xscale + lora_lane(lora, xv, bv, 0, row, seg));                    \
+            if (bias != nullptr) acc += bias[row];                                                  \
+            if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
         }                                                                                           \
     }                                                                                               \
     MATVEC_ENTRIES(NAME, Q, QMV_PARAMS, QMV_ARGS, MV_BOUNDS)                                        \
-    template <bool LORA> __device__ __forceinline__ void NAME##_swiglu_body_##Q(QMV_SWIGLU_PARAMS) { \
+    template <bool LORA> __device__ __forceinline__ void NAME##_swiglu_body_##Q(QMV_SWIGLU_PARAMS) {\
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
-        __shared__ float2 red[2][MV_WARPS];                                                      \
         int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
             lora_produce_block(lora, x, norm_w, eps, k, 1);                                         \
             return;                                                                                 \
         }                                                                                           \
-        MatVecRows mr(producers, split_log2);                                                 \
-        int rb = row_bytes_##Q(k);                                                                  \
-        prefetch_rows(wg, rows, rb, mr.row0(), mr.stride, mr.part, mr.split, 2);                    \
-        prefetch_rows(wu, rows, rb, mr.row0(), mr.stride, mr.part, mr.split, 2);                    \
+        int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
+        prefetch_first_row(wg, rows, row_bytes_##Q(k), block * MV_WARPS + (threadIdx.x >> 5));      \
+        prefetch_first_row(wu, rows, row_bytes_##Q(k), block * MV_WARPS + (threadIdx.x >> 5));      \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */        \
-        int lane = threadIdx.x & 31, lead = mr.part == 0;                                            \
-        int n = mr.part_count((k / 32) * 4); /* this warp's parts of a row */                       \
-        for (int base = mr.base0, it = 0; base < rows; base += mr.stride, it ^= 1) {                \
-            int row = base + mr.in_block;                                                           \
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
+        int parts = (k / 32) * 4;                                                                   \
+        for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
+            const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                \
+            const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                \
+            float bg = lora_load(lora, 0, row), bu = lora_load(lora, 0, rows + row);                \
+            float xg = lora_xa_issue(lora, 0, 0), xu = lora_xa_issue(lora, 0, 1);                   \
             float g = 0.f, u = 0.f;                                                                 \
-            if (row < rows) {                                                                       \
-                prefetch_rows(wg, rows, rb, row + 2 * mr.stride, mr.stride, mr.part, mr.split, 1);  \
-                prefetch_rows(wu, rows, rb, row + 2 * mr.stride, mr.stride, mr.part, mr.split, 1);  \
-                const uint8_t* gr = wg + (size_t)row * rb;                                          \
-                const uint8_t* ur = wu + (size_t)row * rb;                                          \
-                float bg = lead ? lora_load(lora, 0, row) : 0.f;                                    \
-                float bu = lead ? lora_load(lora, 0, rows + row) : 0.f;                             \
-                float xg = lead ? lora_xa_issue(lora, 0, 0) : 0.f;                                  \
-                float xu = lead ? lora_xa_issue(lora, 0, 1) : 0.f;                                  \
-                _Pragma(UNROLL) for (int t = 0, i = mr.first_part(); t < n; t++, i += 32 * mr.split) {  \
-                    g += XDOT(gr, i >> 2, i & 3, xs, k);                                            \
-                    u += XDOT(ur, i >> 2, i & 3, xs, k);                                            \
-                }                                                                                   \
-                if (lead) {                                                                         \
-                    xg = lora_xa_settle(lora, 0, 0, xg);                                            \
-                    xu = lora_xa_settle(lora, 0, 1, xu);                                            \
-                }                                                                                   \
-                g = warp_sum(g * xscale + (lead ? lora_lane(lora, xg, bg, 0, row, 0) : 0.f));       \
-                u = warp_sum(u * xscale + (lead ? lora_lane(lora, xu, bu, 0, rows + row, 1) : 0.f)); \
+            _Pragma(UNROLL)     for (int i = lane; i < parts; i += 32) {                            \
+                g += XDOT(gr, i >> 2, i & 3, xs, k);                                                \
+                u += XDOT(ur, i >> 2, i & 3, xs, k);                                                \
             }                                                                                       \
-            float2 gu = mr.combine(make_float2(g, u), red[it]);                                     \
-            g = gu.x, u = gu.y;                                                                     \
-            if (row < rows && lead && lane == 0) y[row] = g / (1.f + expf(-g)) * u;                 \
+            xg = lora_xa_settle(lora, 0, 0, xg);                                                    \
+            xu = lora_xa_settle(lora, 0, 1, xu);                                                    \
+            g = warp_sum(g * xscale + lora_lane(lora, xg, bg, 0, row, 0));                          \
+            u = warp_sum(u * xscale + lora_lane(lora, xu, bu, 0, rows + row, 1));                   \
+            if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
         }                                                                                           \
     }                                                                                               \
     MATVEC_ENTRIES(NAME##_swiglu, Q, QMV_SWIGLU_PARAMS, QMV_SWIGLU_ARGS, MV_BOUNDS)
@@ -1010,7 +937,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, share = warp % SPLIT;                 \
         int row0 = block * MV_WARPS + warp / SPLIT;                                                 \
         int stride = blocks * MV_WARPS;                                                             \
-        if (share == 0) prefetch_rows(w, rows, row_bytes_##Q(k), row0, 0, 0, 1, 1);                 \
+        if (share == 0) prefetch_first_row(w, rows, row_bytes_##Q(k), row0);                        \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         load_xb(x, norm_w, eps, k, nb, xs);                                                         \
         if (share >= nb) return; /* fewer sequences than warps a row: some have none */             \
@@ -1062,7 +989,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, share = warp % SPLIT;                 \
         int row0 = block * MV_WARPS + warp / SPLIT;                                                 \
         int stride = blocks * MV_WARPS;                                                             \
-        if (share < 2) prefetch_rows(share ? wu : wg, rows, row_bytes_##Q(k), row0, 0, 0, 1, 1);    \
+        if (share < 2) prefetch_first_row(share == 0 ? wg : wu, rows, row_bytes_##Q(k), row0);      \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         load_xb(x, norm_w, eps, k, nb, xs);                                                         \
         if (share >= nb) return; /* fewer sequences than warps a row: some have none */             \

@@ -137,8 +137,6 @@ pub struct DecodeKernels {
     argmax: CudaFunction,
     /// Launch with programmatic dependent launch (`step_launch`).
     programmatic: bool,
-    /// Most warps a row of the batch-1 mat-vecs, log2 ([`super::row_split`]).
-    row_split_cap_log2: u32,
 }
 
 fn index(q: QuantType) -> usize {
@@ -262,7 +260,6 @@ impl DecodeKernels {
             programmatic: programmatic_launch_default(
                 dev.cuda_stream().context().compute_capability().w()?.0,
             ),
-            row_split_cap_log2: super::row_split::row_split_cap_log2(),
         };
         // The batched mat-vecs keep every sequence's x in shared memory: opt in above 48 KiB.
         for f in kernels.qmvb.all().chain(kernels.qmvb_swiglu.all()) {
@@ -326,30 +323,15 @@ impl DecodeKernels {
         (set.pick(q, lora), int8)
     }
 
-    /// Blocks of `MV_WARPS` warps, 2^`split_log2` of them a row (rows beyond `MV_MAX_BLOCKS` blocks
-    /// loop), after the LoRA producers' blocks.
-    fn matvec_config(
-        rows: usize,
-        k: usize,
-        producers: usize,
-        int8: bool,
-        split_log2: u32,
-    ) -> LaunchConfig {
-        let blocks = (rows << split_log2)
-            .div_ceil(MV_WARPS)
-            .clamp(1, MV_MAX_BLOCKS)
-            + producers;
+    /// One warp per row (rows beyond `MV_MAX_BLOCKS` blocks loop), after the LoRA producers'
+    /// blocks.
+    fn matvec_config(rows: usize, k: usize, producers: usize, int8: bool) -> LaunchConfig {
+        let blocks = rows.div_ceil(MV_WARPS).clamp(1, MV_MAX_BLOCKS) + producers;
         LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: ((MV_WARPS * 32) as u32, 1, 1),
             shared_mem_bytes: matvec_shared_bytes(k, int8) as u32,
         }
-    }
-
-    /// log2 of the warps a row of a batch-1 mat-vec of `rows` rows over `k` inputs.
-    fn row_split_log2(&self, rows: usize, k: usize) -> u32 {
-        let cap = self.row_split_cap_log2;
-        super::row_split::row_split_log2(rows, k, cap, MV_WARPS, MV_MAX_BLOCKS)
     }
 
     /// y[r] = (accumulate ? y[r] : 0) + W[r] . xn + epilogue; xn = rms_norm(x) * norm_w when
@@ -374,10 +356,8 @@ impl DecodeKernels {
         let mut b = self.step_launch(f);
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i);
-        let split = self.row_split_log2(rows, k);
-        let split_i = split as i32;
-        b.arg(&epilogue.bias).arg(&lora).arg(&split_i);
-        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8, split);
+        b.arg(&epilogue.bias).arg(&lora);
+        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -403,10 +383,8 @@ impl DecodeKernels {
         let lora = lora.for_block(MV_WARPS, k, 1);
         let mut b = self.step_launch(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
-        let split = self.row_split_log2(rows, k);
-        let split_i = split as i32;
-        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&lora).arg(&split_i);
-        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8, split);
+        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&lora);
+        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -440,7 +418,7 @@ impl DecodeKernels {
             )));
         }
         let warps = MV_WARPS * split;
-        let mut cfg = Self::matvec_config(rows, k, lora.producers as usize, false, 0);
+        let mut cfg = Self::matvec_config(rows, k, lora.producers as usize, false);
         cfg.block_dim = ((warps * 32) as u32, 1, 1);
         cfg.shared_mem_bytes = (batch * k * 4) as u32;
         Ok(cfg)

@@ -8,8 +8,7 @@
 //! `crate::reference` for each op's maths; `launch`
 //! launches the CUDA kernels (kernels/quant_matvec.cu, kernels/decode_step.cu), each through
 //! `step_launch` (programmatic dependent launch), with `lora_epilogue` the LoRA part of a mat-vec
-//! launch (adapter slots, xa, the shrink's producer blocks) and `row_split` how many warps share a
-//! batch-1 mat-vec's rows; `check` runs each
+//! launch (adapter slots, xa, the shrink's producer blocks); `check` runs each
 //! kernel against its reference on the GPU (part of `wick bench gpu-check`).
 
 pub mod attention_reference;
@@ -28,7 +27,6 @@ pub mod lora_reference;
 #[cfg(feature = "cuda")]
 pub mod prefill;
 pub mod reference;
-pub mod row_split;
 #[cfg(feature = "cuda")]
 pub mod step_launch;
 

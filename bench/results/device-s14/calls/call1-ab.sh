@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 14 call 1: A/B in one call. A = .device/binA (session 13's final binary); B = .device/binB:
+# Session 14 call 1: A/B in one call (.device/binAB/ab.tar.xz). A = session 13's final binary; B:
 # batch-1 mat-vecs with 2^s warps a row where the grid has room (row_split.rs; s capped by
 # WICK_DECODE_ROW_SPLIT) and the warp's next rows asked into L2. gpu-check on B; decode at the
 # 135M proxy and SmolLM2-1.7B shapes (Q4_1, Q4_K_M, Q8_0): A, B, B capped at 1 and 2 warps a row,
@@ -8,8 +8,10 @@ set -u
 export WICK_DEVICE_STAGE=/tmp/wick-device S=/tmp/wick-device
 t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a $OUT/summary.txt; }
 R=$OUT/r; mkdir -p $R
-unxz() { mkdir -p $S/bin$1 && python3 -c 'import lzma,sys; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read())' .device/bin$1/wick.xz $S/bin$1/wick && chmod +x $S/bin$1/wick; }
-unxz A & unxz B & wait
+# Both binaries (stripped) in one xz stream with a dictionary larger than a binary: B compresses
+# against A, so that the two fit the call's 64 MiB with the tracked tree.
+mkdir -p $S/ab && python3 -c 'import tarfile,sys; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' .device/binAB/ab.tar.xz $S/ab
+for v in A B; do mkdir -p $S/bin$v && mv $S/ab/$v/wick $S/bin$v/wick && chmod +x $S/bin$v/wick; done
 bash scripts/device/on-device.sh info > $R/info.log 2>&1
 python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' .device/ggufpy/gguf-py.tar.xz $S
 export WICK_VOCAB_GGUF=$PWD/.device/vocab/smollm2-vocab.gguf

@@ -364,9 +364,11 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
 #define MATVEC_ENTRIES(NAME, Q, PARAMS, ARGS, BOUNDS)                                          \
     extern "C" __global__ void BOUNDS NAME##_##Q(PARAMS) { NAME##_body_##Q<false>(ARGS); }     \
     extern "C" __global__ void BOUNDS NAME##_lora_##Q(PARAMS) { NAME##_body_##Q<true>(ARGS); }
-// The batch-1 mat-vecs run 8 blocks of MV_WARPS warps per SM (the launchers' grid: one wave):
-// at most 64 registers a thread (the int8 swiglu kernels with LoRA took 68-70, 7 blocks a SM).
-#define MV_BOUNDS __launch_bounds__(MV_WARPS * 32, 8)
+// The batch-1 mat-vecs run blocks of 4-16 warps (the launcher's choice; one warp a row, rows
+// block * warps + warp), 32 warps per SM (the launchers' grid: one wave): at most 64 registers a
+// thread (the int8 swiglu kernels with LoRA took 68-70, 7 blocks a SM).
+#define MV1_MAX_WARPS 16
+#define MV_BOUNDS __launch_bounds__(MV1_MAX_WARPS * 32, 32 / MV1_MAX_WARPS)
 #define QMV_PARAMS \
     const uint8_t* __restrict__ w, const float* __restrict__ x, const float* __restrict__ norm_w, \
     float* __restrict__ y, int rows, int k, float eps, int accumulate, \
@@ -387,13 +389,13 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             lora_produce_block(lora, x, norm_w, eps, k, 1);                                         \
             return;                                                                                 \
         }                                                                                           \
-        int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
-        prefetch_first_row(w, rows, row_bytes_##Q(k), block * MV_WARPS + (threadIdx.x >> 5));       \
+        int block = blockIdx.x - producers, blocks = gridDim.x - producers, W = blockDim.x >> 5;    \
+        prefetch_first_row(w, rows, row_bytes_##Q(k), block * W + (threadIdx.x >> 5));              \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */        \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
-        for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
+        for (int row = block * W + warp; row < rows; row += blocks * W) {                           \
             const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                 \
             int seg = lora_seg(lora, row);                                                          \
             float bv = lora_load(lora, 0, row);                                                     \
@@ -416,14 +418,14 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             lora_produce_block(lora, x, norm_w, eps, k, 1);                                         \
             return;                                                                                 \
         }                                                                                           \
-        int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
-        prefetch_first_row(wg, rows, row_bytes_##Q(k), block * MV_WARPS + (threadIdx.x >> 5));      \
-        prefetch_first_row(wu, rows, row_bytes_##Q(k), block * MV_WARPS + (threadIdx.x >> 5));      \
+        int block = blockIdx.x - producers, blocks = gridDim.x - producers, W = blockDim.x >> 5;    \
+        prefetch_first_row(wg, rows, row_bytes_##Q(k), block * W + (threadIdx.x >> 5));             \
+        prefetch_first_row(wu, rows, row_bytes_##Q(k), block * W + (threadIdx.x >> 5));             \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */        \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         int parts = (k / 32) * 4;                                                                   \
-        for (int row = block * MV_WARPS + warp; row < rows; row += blocks * MV_WARPS) {             \
+        for (int row = block * W + warp; row < rows; row += blocks * W) {                           \
             const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                \
             const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                \
             float bg = lora_load(lora, 0, row), bu = lora_load(lora, 0, rows + row);                \

@@ -18,8 +18,24 @@ pub use crate::gpu::ptr::device_ptr;
 
 type Result<T> = candle_core::Result<T>;
 
-/// Warps (rows in flight) per block of the mat-vec kernels (MV_WARPS in kernels/quant_matvec.cu).
-pub(super) const MV_WARPS: usize = 4;
+/// Rows per block of the batched mat-vec kernels (MV_WARPS in kernels/quant_matvec.cu).
+const MV_WARPS: usize = 4;
+/// Most warps (rows in flight) per block of the batch-1 mat-vecs (MV1_MAX_WARPS in
+/// kernels/quant_matvec.cu, their launch bounds).
+pub(super) const MV1_MAX_WARPS: usize = 16;
+/// Warps per SM of a mat-vec grid (one wave at 64 registers a thread).
+const MV_WARPS_PER_SM: usize = 32;
+/// SMs of the H100 and H200.
+const SMS: usize = 132;
+
+/// Warps per block of the batch-1 mat-vecs: 4, or `WICK_DECODE_MV_WARPS=8|16` (measurements).
+pub fn batch1_block_warps_default() -> usize {
+    match std::env::var("WICK_DECODE_MV_WARPS").as_deref() {
+        Ok("8") => 8,
+        Ok("16") => 16,
+        _ => 4,
+    }
+}
 /// Warps a row of the batched mat-vecs (each on its share of the sequences; QMVB_SPLIT in
 /// kernels/quant_matvec.cu): blocks of `MV_WARPS * split` warps.
 const QMVB_SPLIT: usize = 2;
@@ -29,9 +45,6 @@ const QMVB_WIDE_SPLIT: usize = 4;
 /// SmolLM2-135M shapes (k 576 and 1536: the batch-8 adapter step 4443 -> 5093 tok/s), slower at
 /// SmolLM2-1.7B's (k 2048 and 8192: batch 4 with adapters 729 -> 693; bench/results/device-s13).
 const QMVB_WIDE_MAX_K: usize = 1536;
-/// Most blocks a mat-vec launch uses; beyond, warps loop over rows (the LM head's 49152 rows), so
-/// each block normalizes x once for many rows. 8 blocks per SM of the H100's 132.
-const MV_MAX_BLOCKS: usize = 132 * 8;
 /// Threads of the argmax block.
 const ARGMAX_THREADS: u32 = 1024;
 /// Largest `k` the mat-vec kernels hold in shared memory (48 KiB of f32 without an opt-in).
@@ -137,6 +150,8 @@ pub struct DecodeKernels {
     argmax: CudaFunction,
     /// Launch with programmatic dependent launch (`step_launch`).
     programmatic: bool,
+    /// Warps per block of the batch-1 mat-vecs ([`batch1_block_warps_default`]).
+    batch1_warps: usize,
 }
 
 fn index(q: QuantType) -> usize {
@@ -260,6 +275,7 @@ impl DecodeKernels {
             programmatic: programmatic_launch_default(
                 dev.cuda_stream().context().compute_capability().w()?.0,
             ),
+            batch1_warps: batch1_block_warps_default(),
         };
         // The batched mat-vecs keep every sequence's x in shared memory: opt in above 48 KiB.
         for f in kernels.qmvb.all().chain(kernels.qmvb_swiglu.all()) {
@@ -323,13 +339,21 @@ impl DecodeKernels {
         (set.pick(q, lora), int8)
     }
 
-    /// One warp per row (rows beyond `MV_MAX_BLOCKS` blocks loop), after the LoRA producers'
+    /// Blocks of `warps` warps, one warp a row (rows beyond one wave of blocks loop, so that each
+    /// block normalizes x once for many rows: the LM head's 49152), after the LoRA producers'
     /// blocks.
-    fn matvec_config(rows: usize, k: usize, producers: usize, int8: bool) -> LaunchConfig {
-        let blocks = rows.div_ceil(MV_WARPS).clamp(1, MV_MAX_BLOCKS) + producers;
+    fn matvec_config(
+        rows: usize,
+        k: usize,
+        producers: usize,
+        int8: bool,
+        warps: usize,
+    ) -> LaunchConfig {
+        let max_blocks = SMS * MV_WARPS_PER_SM / warps;
+        let blocks = rows.div_ceil(warps).clamp(1, max_blocks) + producers;
         LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
-            block_dim: ((MV_WARPS * 32) as u32, 1, 1),
+            block_dim: ((warps * 32) as u32, 1, 1),
             shared_mem_bytes: matvec_shared_bytes(k, int8) as u32,
         }
     }
@@ -352,12 +376,12 @@ impl DecodeKernels {
     ) -> Result<()> {
         let (f, int8) = self.batch1(&self.qmv, &self.qmv_q8x, q, norm_w != 0, &epilogue.lora);
         let (rows_i, k_i, acc_i) = (rows as i32, k as i32, accumulate as i32);
-        let lora = epilogue.lora.for_block(MV_WARPS, k, 1);
+        let lora = epilogue.lora.for_block(self.batch1_warps, k, 1);
         let mut b = self.step_launch(f);
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i);
         b.arg(&epilogue.bias).arg(&lora);
-        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8);
+        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8, self.batch1_warps);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -380,11 +404,11 @@ impl DecodeKernels {
     ) -> Result<()> {
         let (f, int8) = self.batch1(&self.qmv_swiglu, &self.qmv_q8x_swiglu, q, norm_w != 0, lora);
         let (rows_i, k_i) = (rows as i32, k as i32);
-        let lora = lora.for_block(MV_WARPS, k, 1);
+        let lora = lora.for_block(self.batch1_warps, k, 1);
         let mut b = self.step_launch(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&lora);
-        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8);
+        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8, self.batch1_warps);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -418,7 +442,7 @@ impl DecodeKernels {
             )));
         }
         let warps = MV_WARPS * split;
-        let mut cfg = Self::matvec_config(rows, k, lora.producers as usize, false);
+        let mut cfg = Self::matvec_config(rows, k, lora.producers as usize, false, MV_WARPS);
         cfg.block_dim = ((warps * 32) as u32, 1, 1);
         cfg.shared_mem_bytes = (batch * k * 4) as u32;
         Ok(cfg)

@@ -2,7 +2,7 @@
 //! sequence's adapter slot, A, B and xa values are, and how a launch's producer blocks split the
 //! shrink (`LoraEpilogue::for_block`, used by the launchers in `launch`).
 
-use super::launch::MV_WARPS;
+use super::launch::MV1_MAX_WARPS;
 
 /// The LoRA part of a mat-vec launch (`LoraEpi` in kernels/quant_matvec.cu, passed by value):
 /// each sequence b with `slots[b] >= 0` gets `sum_j xa[b, seg(r) R + j] B_slot[r, j]` added to
@@ -52,8 +52,8 @@ impl LoraEpilogue {
     /// warps. Also counts the launch's producer blocks (`lora_producers` in
     /// kernels/quant_matvec.cu reads the count).
     pub(super) fn for_block(&self, block_warps: usize, k: usize, batch: usize) -> Self {
-        let task_warps = if block_warps == MV_WARPS {
-            MV_WARPS
+        let task_warps = if batch == 1 && block_warps <= MV1_MAX_WARPS {
+            block_warps
         } else {
             let want = (k / 512).clamp(1, block_warps);
             1 << want.ilog2()

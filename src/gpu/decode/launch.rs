@@ -28,14 +28,31 @@ const MV_WARPS_PER_SM: usize = 32;
 /// SMs of the H100 and H200.
 const SMS: usize = 132;
 
-/// Warps per block of the batch-1 mat-vecs: 4, or `WICK_DECODE_MV_WARPS=8|16` (measurements).
-pub fn batch1_block_warps_default() -> usize {
-    match std::env::var("WICK_DECODE_MV_WARPS").as_deref() {
-        Ok("8") => 8,
-        Ok("16") => 16,
-        _ => 4,
+/// Warps per block of the batch-1 mat-vecs on `q` blocks, one warp a row, 32 warps an SM either
+/// way. Every block reads all of x (and the norm weights) and normalizes or quantizes it, so fewer,
+/// bigger blocks cut that repeated prologue (SmolLM2-1.7B's down projection: 16 MB of L2 reads a
+/// launch in 4-warp blocks). Measured (bench/results/device-s14 call 2, decode tok/s at 4 / 8 / 16
+/// warps): 1.7B Q4_1 920 / 965 / 962, Q4_K_M 677 / 736 / 752, Q8_0 771 / 787 / 770, the 135M
+/// proxy 1577 / 1587 / 1544. So 16 for the K-quants, 8 otherwise; `WICK_DECODE_MV_WARPS=4|8|16`
+/// sets one size for every launch (measurements).
+pub fn batch1_block_warps(q: QuantType, forced: Option<usize>) -> usize {
+    match (forced, q.block_weights()) {
+        (Some(w), _) => w,
+        (None, 256) => 16,
+        (None, _) => 8,
     }
 }
+
+/// The block size `WICK_DECODE_MV_WARPS` forces on the batch-1 mat-vecs, if any.
+fn batch1_block_warps_forced() -> Option<usize> {
+    match std::env::var("WICK_DECODE_MV_WARPS").as_deref() {
+        Ok("4") => Some(4),
+        Ok("8") => Some(8),
+        Ok("16") => Some(16),
+        _ => None,
+    }
+}
+
 /// Warps a row of the batched mat-vecs (each on its share of the sequences; QMVB_SPLIT in
 /// kernels/quant_matvec.cu): blocks of `MV_WARPS * split` warps.
 const QMVB_SPLIT: usize = 2;
@@ -150,8 +167,8 @@ pub struct DecodeKernels {
     argmax: CudaFunction,
     /// Launch with programmatic dependent launch (`step_launch`).
     programmatic: bool,
-    /// Warps per block of the batch-1 mat-vecs ([`batch1_block_warps_default`]).
-    batch1_warps: usize,
+    /// The batch-1 mat-vecs' block size when the environment forces one ([`batch1_block_warps`]).
+    batch1_warps_forced: Option<usize>,
 }
 
 fn index(q: QuantType) -> usize {
@@ -275,7 +292,7 @@ impl DecodeKernels {
             programmatic: programmatic_launch_default(
                 dev.cuda_stream().context().compute_capability().w()?.0,
             ),
-            batch1_warps: batch1_block_warps_default(),
+            batch1_warps_forced: batch1_block_warps_forced(),
         };
         // The batched mat-vecs keep every sequence's x in shared memory: opt in above 48 KiB.
         for f in kernels.qmvb.all().chain(kernels.qmvb_swiglu.all()) {
@@ -376,12 +393,13 @@ impl DecodeKernels {
     ) -> Result<()> {
         let (f, int8) = self.batch1(&self.qmv, &self.qmv_q8x, q, norm_w != 0, &epilogue.lora);
         let (rows_i, k_i, acc_i) = (rows as i32, k as i32, accumulate as i32);
-        let lora = epilogue.lora.for_block(self.batch1_warps, k, 1);
+        let warps = batch1_block_warps(q, self.batch1_warps_forced);
+        let lora = epilogue.lora.for_block(warps, k, 1);
         let mut b = self.step_launch(f);
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i);
         b.arg(&epilogue.bias).arg(&lora);
-        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8, self.batch1_warps);
+        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8, warps);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -404,11 +422,12 @@ impl DecodeKernels {
     ) -> Result<()> {
         let (f, int8) = self.batch1(&self.qmv_swiglu, &self.qmv_q8x_swiglu, q, norm_w != 0, lora);
         let (rows_i, k_i) = (rows as i32, k as i32);
-        let lora = lora.for_block(self.batch1_warps, k, 1);
+        let warps = batch1_block_warps(q, self.batch1_warps_forced);
+        let lora = lora.for_block(warps, k, 1);
         let mut b = self.step_launch(f);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&lora);
-        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8, self.batch1_warps);
+        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8, warps);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }

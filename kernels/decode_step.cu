@@ -18,7 +18,7 @@
 //   Block (kvh, y) handles the `group` query heads of kv head kvh over the chunks c = y, y + S, ...
 //   (S = ATT_SPLITS) of ATT_CHUNK positions [c ATT_CHUNK, min((c + 1) ATT_CHUNK, pos + 1)), with an
 //   online softmax across its chunks; blocks with no chunk (y > pos / ATT_CHUNK) exit at once.
-//   block: ATT_THREADS threads. Dynamic shared memory: (2 group d + 2 d + 2 ATT_CHUNK (d + 4) +
+//   block: ATT_THREADS threads. Dynamic shared memory: (2 group d + 3 d + 2 ATT_CHUNK (d + 4) +
 //   group ATT_CHUNK + 2 group) floats (each chunk's keys and values are staged there first).
 //   RoPE (HF half-split layout): with a_i = pos * inv_freq[i], i < d/2,
 //     x'[i] = x[i] cos a_i - x[i + d/2] sin a_i,  x'[i + d/2] = x[i] sin a_i + x[i + d/2] cos a_i
@@ -26,7 +26,8 @@
 //   cache at pos and uses its own copy for that position (no other block reads row pos). Then
 //     s_t = scale * q' . k_t (t <= pos),  out = sum_t softmax(s)_t v_t,
 //   as per-split (m_y, l_y, acc_y) partials; the last block of each kv head to finish (atomic
-//   counter) combines them: out = sum_y e^(m_y - M) acc_y / sum_y e^(m_y - M) l_y.
+//   counter) combines them: out = sum_y e^(m_y - M) acc_y / sum_y e^(m_y - M) l_y. With one split
+//   active (pos < ATT_CHUNK) its block writes out = acc / l itself (no partials, no counter).
 // argmax_logprob(logits, n, result): one block per sequence (logits [batch, n]); result[0] = argmax (lowest index on ties, NaN never
 //   wins), result[1] = bits of logits[id] - logsumexp(logits) as f32. Also writes the id to state[0]
 //   when `state` is not null.
@@ -35,6 +36,33 @@
 #define ATT_CHUNK 32
 #define ATT_SPLITS 32
 #define ATT_THREADS 256
+
+// Keys and values of cached positions [t0, t0 + n) (all before pos: written by earlier steps or the
+// prefill) of kv head kvh into shared rows of ld floats: 16-byte loads, several in flight per
+// thread (the kernel is bound by load latency: walking the cache row by row waited on every load).
+__device__ __forceinline__ void stage_cached(const float* __restrict__ k_cache,
+                                             const float* __restrict__ v_cache, int t0, int n,
+                                             size_t row, int kvh, int d, int ld, float* ks, float* vs) {
+    int d4 = d / 4;
+#pragma unroll 4
+    for (int j = threadIdx.x; j < n * d4; j += blockDim.x) {
+        int tt = j / d4, i4 = j % d4;
+        size_t at = (size_t)(t0 + tt) * row + (size_t)kvh * d;
+        float4 kv = __ldg(reinterpret_cast<const float4*>(k_cache + at) + i4);
+        float4 vv = __ldg(reinterpret_cast<const float4*>(v_cache + at) + i4);
+        reinterpret_cast<float4*>(ks + tt * ld)[i4] = kv;
+        reinterpret_cast<float4*>(vs + tt * ld)[i4] = vv;
+    }
+}
+
+// Threads per (head, position) score of a chunk of n positions: 8 when the chunk's pairs leave
+// room (each then dots d / 32 float4 and adds 3 shuffles instead of d / 4 float4 in one chain:
+// SmolLM2-1.7B has one query head per kv head, 32 pairs for 256 threads), else 1. Shared rows
+// d + 4 floats apart serve both without bank conflicts: one thread a pair, the 8 rows of a
+// quarter-warp's 16-byte loads start one float4 apart; 8 a pair, they read 8 float4 of one row.
+__device__ __forceinline__ int score_threads(int group, int n, int d) {
+    return group * n * 8 <= (int)blockDim.x && d >= 32 ? 8 : 1;
+}
 
 extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* __restrict__ k_cache,
                                           float* __restrict__ v_cache, const int* __restrict__ state,
@@ -65,15 +93,15 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
     }
     int group = heads / kv_heads, half = d / 2;
     unsigned int active = (unsigned int)min(last_chunk + 1, ATT_SPLITS);
+    int ld = d + 4;  // floats per shared key/value row (score_threads)
     float* q = sm;                   // [group][d], rotated
     float* acc = q + group * d;      // [group][d] running unnormalized sums
     float* kc = acc + group * d;     // [d] rotated key at pos
     float* vc = kc + d;              // [d] value at pos
-    // The chunk's keys and values staged in shared memory (rows padded to d + 4 floats, so the
-    // score loop's lanes, one position each, hit different banks).
-    float* ks = vc + d;                          // [ATT_CHUNK][d + 4]
-    float* vs = ks + ATT_CHUNK * (d + 4);        // [ATT_CHUNK][d + 4]
-    float* p = vs + ATT_CHUNK * (d + 4);         // [group][ATT_CHUNK] scores, then weights
+    float2* rot = reinterpret_cast<float2*>(vc + d);  // [d / 2] (cos, sin) of pos * inv_freq
+    float* ks = vc + 2 * d;          // [ATT_CHUNK][ld]
+    float* vs = ks + ATT_CHUNK * ld;  // [ATT_CHUNK][ld]
+    float* p = vs + ATT_CHUNK * ld;   // [group][ATT_CHUNK] scores, then weights
     float* run_m = p + group * ATT_CHUNK;  // [group] running max
     float* run_l = run_m + group;          // [group] running sum of exp
     __shared__ float alpha[64];            // per head rescale of acc for the current chunk (group <= 64)
@@ -83,84 +111,86 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
     const float* kin = qkv + (size_t)heads * d + (size_t)kvh * d;
     const float* vin = qkv + (size_t)(heads + kv_heads) * d + (size_t)kvh * d;
     bool has_pos = last_chunk % ATT_SPLITS == y;
-    {
-        // Ask L2 for this block's first chunk of cached keys and values (lines of the kv head's
-        // d floats) before the RoPE work: they come from HBM, and the latency then overlaps it.
-        int t0 = y * ATT_CHUNK, n0 = min(ATT_CHUNK, pos + 1 - t0);
-        int lines = (d * 4 + 127) / 128;
-        size_t stride = (size_t)kv_heads * d;
-        for (int j = threadIdx.x; j < n0 * lines * 2; j += blockDim.x) {
-            int tt = j / (lines * 2), rem = j % (lines * 2);
-            const float* base = (rem < lines ? k_cache : v_cache) + (size_t)(t0 + tt) * stride + (size_t)kvh * d;
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(base) + (rem % lines) * 128));
-        }
-    }
-    pdl_wait();  // q/k/v are the previous kernel's output
-    for (int j = threadIdx.x; j < group * half; j += blockDim.x) {
-        int g = j / half, i = j % half;
+    size_t row = (size_t)kv_heads * d;  // floats per cached position
+    // Everything that reads no earlier kernel's output happens before the wait, overlapping the
+    // q/k/v product's tail: the rotation angles (pos and inv_freq are the host's), the running
+    // sums, and the block's first chunk of cached keys and values (positions before pos, written
+    // by earlier steps: every earlier kernel of the stream has completed by the time this one can
+    // start, see pdl_wait), straight into shared memory.
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float s, co;
         sincosf((float)pos * inv_freq[i], &s, &co);
-        float a = qin[g * d + i], b = qin[g * d + i + half];
-        q[g * d + i] = a * co - b * s;
-        q[g * d + i + half] = a * s + b * co;
+        rot[i] = make_float2(co, s);
     }
     for (int j = threadIdx.x; j < group * d; j += blockDim.x) acc[j] = 0.f;
     for (int g = threadIdx.x; g < group; g += blockDim.x) {
         run_m[g] = -INFINITY;
         run_l[g] = 0.f;
     }
+    {
+        int t0 = y * ATT_CHUNK;
+        stage_cached(k_cache, v_cache, t0, min(ATT_CHUNK, pos - t0), row, kvh, d, ld, ks, vs);
+    }
+    pdl_wait();  // q/k/v are the previous kernel's output
+    __syncthreads();  // rot
+    for (int j = threadIdx.x; j < group * half; j += blockDim.x) {
+        int g = j / half, i = j % half;
+        float2 cs = rot[i];
+        float a = qin[g * d + i], b = qin[g * d + i + half];
+        q[g * d + i] = a * cs.x - b * cs.y;
+        q[g * d + i + half] = a * cs.y + b * cs.x;
+    }
     if (has_pos) {
         for (int i = threadIdx.x; i < half; i += blockDim.x) {
-            float s, co;
-            sincosf((float)pos * inv_freq[i], &s, &co);
+            float2 cs = rot[i];
             float a = kin[i], b = kin[i + half];
-            kc[i] = a * co - b * s;
-            kc[i + half] = a * s + b * co;
+            float k0 = a * cs.x - b * cs.y, k1 = a * cs.y + b * cs.x;
+            kc[i] = k0;
+            kc[i + half] = k1;
+            k_cache[(size_t)pos * row + (size_t)kvh * d + i] = k0;
+            k_cache[(size_t)pos * row + (size_t)kvh * d + i + half] = k1;
         }
-        for (int i = threadIdx.x; i < d; i += blockDim.x) vc[i] = vin[i];
+        for (int i = threadIdx.x; i < d; i += blockDim.x) {
+            float v = vin[i];
+            vc[i] = v;
+            v_cache[(size_t)pos * row + (size_t)kvh * d + i] = v;
+        }
     }
     __syncthreads();
-    size_t row = (size_t)kv_heads * d;  // floats per cached position
-    if (has_pos) {
-        for (int i = threadIdx.x; i < d; i += blockDim.x) {
-            k_cache[(size_t)pos * row + (size_t)kvh * d + i] = kc[i];
-            v_cache[(size_t)pos * row + (size_t)kvh * d + i] = vc[i];
-        }
-    }
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    int d4 = d / 4;  // d % 4 == 0 (checked by the host)
     for (int c = y; c <= last_chunk; c += ATT_SPLITS) {
         int t0 = c * ATT_CHUNK;
         int n = min(ATT_CHUNK, pos + 1 - t0);
-        // Stage the chunk's keys and values: 16-byte loads, several in flight per thread (the
-        // kernel is bound by load latency: walking the cache row by row waited on every load).
-        int d4 = d / 4, ld = d + 4;  // d % 4 == 0 (checked by the host)
-#pragma unroll 4
-        for (int j = threadIdx.x; j < n * d4; j += blockDim.x) {
-            int tt = j / d4, i4 = j % d4, t = t0 + tt;
-            float4 kv, vv;
-            if (t == pos) {
-                kv = reinterpret_cast<const float4*>(kc)[i4];
-                vv = reinterpret_cast<const float4*>(vc)[i4];
-            } else {
-                size_t at = (size_t)t * row + (size_t)kvh * d;
-                kv = __ldg(reinterpret_cast<const float4*>(k_cache + at) + i4);
-                vv = __ldg(reinterpret_cast<const float4*>(v_cache + at) + i4);
+        // The first chunk was staged before the wait; a later one (pos >= ATT_CHUNK * ATT_SPLITS)
+        // now, after the previous chunk's last barrier.
+        if (c != y) stage_cached(k_cache, v_cache, t0, min(n, pos - t0), row, kvh, d, ld, ks, vs);
+        if (c == last_chunk)  // the new position's row: this block's rotated key and value
+            for (int i4 = threadIdx.x; i4 < d4; i4 += blockDim.x) {
+                reinterpret_cast<float4*>(ks + (pos - t0) * ld)[i4] = reinterpret_cast<const float4*>(kc)[i4];
+                reinterpret_cast<float4*>(vs + (pos - t0) * ld)[i4] = reinterpret_cast<const float4*>(vc)[i4];
             }
-            reinterpret_cast<float4*>(ks + tt * ld)[i4] = kv;
-            reinterpret_cast<float4*>(vs + tt * ld)[i4] = vv;
-        }
         __syncthreads();
-        // Scores: one (head, position) pair per thread, from shared memory.
-        for (int j = threadIdx.x; j < group * n; j += blockDim.x) {
-            int g = j / n, tt = j % n;
-            const float4* k4 = reinterpret_cast<const float4*>(ks + tt * ld);
-            const float4* q4 = reinterpret_cast<const float4*>(q + g * d);
-            float dot = 0.f;
-            for (int i = 0; i < d4; i++) {
-                float4 a = q4[i], b = k4[i];
-                dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+        // Scores: tpp threads per (head, position) pair, from shared memory; the pass runs to a
+        // multiple of 32 threads so that every lane of a warp takes part in the shuffles.
+        {
+            int tpp = score_threads(group, n, d), pairs = group * n, span = (pairs * tpp + 31) & ~31;
+            for (int j = threadIdx.x; j < span; j += blockDim.x) {
+                int pr = j / tpp, sub = j % tpp;
+                float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f;
+                int g = pr / n, tt = pr % n;
+                if (pr < pairs) {
+                    const float4* k4 = reinterpret_cast<const float4*>(ks + tt * ld);
+                    const float4* q4 = reinterpret_cast<const float4*>(q + g * d);
+                    for (int i = sub; i < d4; i += tpp) {
+                        float4 a = q4[i], b = k4[i];
+                        d0 += a.x * b.x, d1 += a.y * b.y, d2 += a.z * b.z, d3 += a.w * b.w;
+                    }
+                }
+                float dot = (d0 + d1) + (d2 + d3);
+                for (int o = tpp >> 1; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+                if (pr < pairs && sub == 0) p[g * ATT_CHUNK + tt] = dot * scale;
             }
-            p[g * ATT_CHUNK + tt] = dot * scale;
         }
         __syncthreads();
         // Per head (one warp each): new running max, weights, rescale factor of the old sums.
@@ -185,16 +215,33 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
             }
         }
         __syncthreads();
-        // Values of the chunk: one (head, dim) pair per thread.
+        // Values of the chunk: one (head, dim) pair per thread, four independent sums.
         for (int j = threadIdx.x; j < group * d; j += blockDim.x) {
             int g = j / d, i = j % d;
-            float sum = 0.f;
-            for (int tt = 0; tt < n; tt++) sum += p[g * ATT_CHUNK + tt] * vs[tt * ld + i];
-            acc[j] = acc[j] * alpha[g] + sum;
+            const float* pg = p + g * ATT_CHUNK;
+            float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+            int tt = 0;
+            for (; tt + 4 <= n; tt += 4) {
+                s0 += pg[tt] * vs[tt * ld + i];
+                s1 += pg[tt + 1] * vs[(tt + 1) * ld + i];
+                s2 += pg[tt + 2] * vs[(tt + 2) * ld + i];
+                s3 += pg[tt + 3] * vs[(tt + 3) * ld + i];
+            }
+            for (; tt < n; tt++) s0 += pg[tt] * vs[tt * ld + i];
+            acc[j] = acc[j] * alpha[g] + ((s0 + s1) + (s2 + s3));
         }
-        __syncthreads();  // p and alpha are rewritten by the next chunk
+        __syncthreads();  // p, alpha, ks and vs are rewritten by the next chunk
     }
-    pdl_trigger();  // what is left: the partials and the combine
+    pdl_trigger();  // what is left: the output, or the partials and the combine
+    if (active == 1) {
+        // One block covers every position (pos < ATT_CHUNK): its sums are the output; no
+        // partials, no counter.
+        for (int j = threadIdx.x; j < group * d; j += blockDim.x) {
+            int g = j / d, i = j % d;
+            out[(size_t)(kvh * group + g) * d + i] = acc[j] / run_l[g];
+        }
+        return;
+    }
     for (int j = threadIdx.x; j < group * d; j += blockDim.x) {
         int g = j / d, i = j % d;
         part_acc[((size_t)(kvh * group + g) * ATT_SPLITS + y) * d + i] = acc[j];
@@ -204,13 +251,20 @@ extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* 
         part_ml[at] = run_m[g];
         part_ml[at + 1] = run_l[g];
     }
-    // The last block of this kv head to get here combines the splits.
-    __threadfence();
+    // The last block of this kv head to get here combines the splits. The barrier orders the
+    // block's partial stores before thread 0's release; the counter's add releases them at GPU
+    // scope and acquires the other blocks' (one round trip instead of a fence and then the add).
     __syncthreads();
-    if (threadIdx.x == 0) is_last = atomicAdd(&counters[kvh], 1u) == active - 1;
+    if (threadIdx.x == 0) {
+        unsigned int before;
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;"
+                     : "=r"(before)
+                     : "l"(counters + kvh)
+                     : "memory");
+        is_last = before == active - 1;
+    }
     __syncthreads();
     if (!is_last) return;
-    __threadfence();
     for (int j = threadIdx.x; j < group * d; j += blockDim.x) {
         int g = j / d, i = j % d, h = kvh * group + g;
         const float* ml = part_ml + (size_t)h * ATT_SPLITS * 2;

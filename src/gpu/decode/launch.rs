@@ -681,11 +681,11 @@ impl DecodeKernels {
 }
 
 /// Shared memory bytes of one `rope_attention` block: the group's rotated queries and running sums,
-/// the new key and value, one chunk's keys and values (rows padded by 4 floats), the group's scores
-/// over one chunk, running max and sum per head.
+/// the new key and value, the rotation's (cos, sin) pairs, one chunk's keys and values (rows padded
+/// by 4 floats), the group's scores over one chunk, running max and sum per head.
 pub fn attention_shared_bytes(shape: super::reference::AttentionShape) -> usize {
     let group = shape.heads / shape.kv_heads.max(1);
     let d = shape.head_dim;
-    (2 * group * d + 2 * d + 2 * ATTENTION_CHUNK * (d + 4) + group * ATTENTION_CHUNK + 2 * group)
+    (2 * group * d + 3 * d + 2 * ATTENTION_CHUNK * (d + 4) + group * ATTENTION_CHUNK + 2 * group)
         * 4
 }

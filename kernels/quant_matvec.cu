@@ -380,7 +380,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
     LoraEpi lora
 #define QMV_SWIGLU_ARGS wg, wu, x, norm_w, y, rows, k, eps, lora
 
-#define DEFINE_QMV_AS(NAME, Q, XPREP, XDOT, UNROLL)                                                 \
+#define DEFINE_QMV_AS(NAME, Q, XPREP, ROWDOT, ROWDOT2)                                              \
     template <bool LORA> __device__ __forceinline__ void NAME##_body_##Q(QMV_PARAMS) {              \
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
@@ -394,15 +394,12 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         pdl_wait(); /* x is the previous kernel's output */                                         \
         float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */        \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
-        int parts = (k / 32) * 4;                                                                   \
         for (int row = block * W + warp; row < rows; row += blocks * W) {                           \
             const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                 \
             int seg = lora_seg(lora, row);                                                          \
             float bv = lora_load(lora, 0, row);                                                     \
             float xv = lora_xa_issue(lora, 0, seg);                                                 \
-            float acc = 0.f;                                                                        \
-            _Pragma(UNROLL)     for (int i = lane; i < parts; i += 32)                              \
-                acc += XDOT(wr, i >> 2, i & 3, xs, k);                                              \
+            float acc = ROWDOT(wr, xs, k, lane);                                                    \
             xv = lora_xa_settle(lora, 0, seg, xv);                                                  \
             acc = warp_sum(acc * xscale + lora_lane(lora, xv, bv, 0, row, seg));                    \
             if (bias != nullptr) acc += bias[row];                                                  \
@@ -424,17 +421,13 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         pdl_wait(); /* x is the previous kernel's output */                                         \
         float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */        \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
-        int parts = (k / 32) * 4;                                                                   \
         for (int row = block * W + warp; row < rows; row += blocks * W) {                           \
             const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                \
             const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                \
             float bg = lora_load(lora, 0, row), bu = lora_load(lora, 0, rows + row);                \
             float xg = lora_xa_issue(lora, 0, 0), xu = lora_xa_issue(lora, 0, 1);                   \
-            float g = 0.f, u = 0.f;                                                                 \
-            _Pragma(UNROLL)     for (int i = lane; i < parts; i += 32) {                            \
-                g += XDOT(gr, i >> 2, i & 3, xs, k);                                                \
-                u += XDOT(ur, i >> 2, i & 3, xs, k);                                                \
-            }                                                                                       \
+            float2 gu = ROWDOT2(gr, ur, xs, k, lane);                                               \
+            float g = gu.x, u = gu.y;                                                               \
             xg = lora_xa_settle(lora, 0, 0, xg);                                                    \
             xu = lora_xa_settle(lora, 0, 1, xu);                                                    \
             g = warp_sum(g * xscale + lora_lane(lora, xg, bg, 0, row, 0));                          \
@@ -443,6 +436,26 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         }                                                                                           \
     }                                                                                               \
     MATVEC_ENTRIES(NAME##_swiglu, Q, QMV_SWIGLU_PARAMS, QMV_SWIGLU_ARGS, MV_BOUNDS)
+
+// A lane's share of a row's dot product (NAME) and of two rows' (NAME##2, the swiglu kernels' gate
+// and up rows, their loads side by side) from a part dot XDOT(row, block, part, xs, k): parts
+// i = lane, lane + 32, ... of the row's k / 8 (part i & 3 of 32-value block i >> 2).
+#define DEFINE_ROWDOT(NAME, XDOT)                                                                   \
+    __device__ __forceinline__ float NAME(const uint8_t* wr, const float* xs, int k, int lane) {     \
+        float acc = 0.f;                                                                            \
+        _Pragma("unroll 4") for (int i = lane; i < (k / 32) * 4; i += 32)                           \
+            acc += XDOT(wr, i >> 2, i & 3, xs, k);                                                  \
+        return acc;                                                                                 \
+    }                                                                                               \
+    __device__ __forceinline__ float2 NAME##2(const uint8_t* gr, const uint8_t* ur, const float* xs,\
+                                              int k, int lane) {                                    \
+        float g = 0.f, u = 0.f;                                                                     \
+        _Pragma("unroll 4") for (int i = lane; i < (k / 32) * 4; i += 32) {                         \
+            g += XDOT(gr, i >> 2, i & 3, xs, k);                                                    \
+            u += XDOT(ur, i >> 2, i & 3, xs, k);                                                    \
+        }                                                                                           \
+        return make_float2(g, u);                                                                   \
+    }
 
 // The f32-activation mat-vecs of every format (qmv_<q>, qmv_swiglu_<q>) and the embedding lookup.
 #define DEFINE_QMV(Q)                                                                               \
@@ -456,7 +469,8 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
                                               int k) {                                              \
         return rdot_##Q(r, blk, p, xs + blk * 32);                                                  \
     }                                                                                               \
-    DEFINE_QMV_AS(qmv, Q, xprep_##Q, xdot_##Q, "unroll 4")                                          \
+    DEFINE_ROWDOT(rowdot_##Q, xdot_##Q)                                                             \
+    DEFINE_QMV_AS(qmv, Q, xprep_##Q, rowdot_##Q, rowdot_##Q##2)                                      \
     extern "C" __global__ void embed_##Q(const uint8_t* __restrict__ table,                         \
                                          const int* __restrict__ state, float* __restrict__ x,      \
                                          int hidden) {                                              \
@@ -738,53 +752,152 @@ __device__ __forceinline__ float qdot_q8_0(const uint8_t* r, int blk, int p, con
     s = __dp4a((int)ld_u32_a2(b + 6 + 8 * p), xw[2 * p + 1], s);
     return __half2float(*reinterpret_cast<const __half*>(b)) * xd.x * (float)s;
 }
-// Q4_K: w = d sc q - dmin mn per sub-block s (rpart_w_q4_K's layout); values 8p..8p+7.
-__device__ __forceinline__ float qdot_q4_K(const uint8_t* r, int blk, int p, const int* xw, float2 xd) {
-    const uint8_t* b = r + (size_t)(blk >> 3) * 144;
-    int s = blk & 7, sh8 = 8 * (s & 3);
-    uint4 head = *reinterpret_cast<const uint4*>(b);
-    uint32_t sc, mn;
+// ---- Q4_K on int8 activations, 32 weights a lane step ----
+//
+// The f32 kernels' part split (rpart_w_q4_K) gives a lane 8 weights of a block a step: each qs
+// byte is loaded twice (its two nibbles belong to two lanes' sub-blocks), a step reads 144 bytes a
+// warp, and a row of k = 8192 takes 32 steps a lane (8 rounds of loads in flight together; the
+// mat-vecs are bound by load latency). Here a lane step is 16 consecutive qs
+// bytes of a super-block (one 16-byte load): weights 16h .. 16h + 15 of sub-blocks 2j (low nibbles)
+// and 2j + 1 (high nibbles), unit i of a row = (super-block i >> 3, j = (i & 7) >> 1, h = i & 1),
+// 8 units a super-block; the 16-byte head (d, dmin, scales) is read by the unit's lane as well
+// (the 8 lanes of a super-block hit one line). A unit's terms, with the part split's maths:
+//   d sc_s ds_s.x sum(q xq) - dmin mn_s ds_s.y / 2   for s = 2j, 2j + 1 (half of each block's sum).
+// 6-bit scale and min of sub-block s (0..7) from the words of the head (ggml's get_scale_min_k4).
+__device__ __forceinline__ void q4_K_scale_min(uint4 head, int s, float& sc, float& mn) {
+    int sh8 = 8 * (s & 3);
+    uint32_t a, b;
     if (s < 4) {
-        sc = (head.y >> sh8) & 63;
-        mn = (head.z >> sh8) & 63;
+        a = (head.y >> sh8) & 63;
+        b = (head.z >> sh8) & 63;
     } else {
         uint32_t hi = head.w >> sh8;
-        sc = (hi & 15) | (((head.y >> sh8) >> 6 & 3) << 4);
-        mn = (hi >> 4 & 15) | (((head.z >> sh8) >> 6 & 3) << 4);
+        a = (hi & 15) | (((head.y >> sh8) >> 6 & 3) << 4);
+        b = (hi >> 4 & 15) | (((head.z >> sh8) >> 6 & 3) << 4);
     }
-    float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&head.x));
-    uint2 q = *reinterpret_cast<const uint2*>(b + 16 + 32 * (s >> 1) + 8 * p);
-    int sh = (s & 1) * 4;
-    int acc = __dp4a((int)((q.x >> sh) & 0x0f0f0f0fu), xw[2 * p], 0);
-    acc = __dp4a((int)((q.y >> sh) & 0x0f0f0f0fu), xw[2 * p + 1], acc);
-    return dm.x * (float)sc * xd.x * (float)acc - 0.25f * dm.y * (float)mn * xd.y;
+    sc = (float)a, mn = (float)b;
 }
-// Q6_K: w = d sc (q - 32), q 6-bit (rpart_w_q6_K's layout); q - 32 as signed bytes: with bit 7 set
-// in every byte no subtraction borrows across bytes, and flipping it back gives (q - 32) mod 256.
-__device__ __forceinline__ float qdot_q6_K(const uint8_t* r, int blk, int p, const int* xw, float2 xd) {
-    const uint8_t* b = r + (size_t)(blk >> 3) * 210;
-    int s = blk & 7, n = s >> 2, t = s & 3;
-    const uint8_t* ql = b + 64 * n + 32 * (t & 1) + 8 * p;
+// The raw bytes of unit i of a Q4_K row: the super-block's head and the unit's 16 qs bytes.
+struct q4_KUnit {
+    uint4 head, q;
+};
+__device__ __forceinline__ q4_KUnit q4_K_unit(const uint8_t* r, int i) {
+    const uint8_t* b = r + (size_t)(i >> 3) * 144;
+    q4_KUnit u;
+    u.head = *reinterpret_cast<const uint4*>(b);
+    u.q = *reinterpret_cast<const uint4*>(b + 16 + 16 * (i & 7));
+    return u;
+}
+// Unit i's sum against xq words xw and block scales xd (q8x_words / q8x_scales).
+__device__ __forceinline__ float q4_K_unit_dot(const q4_KUnit& u, int i, const int* xw, const float2* xd) {
+    int j = (i & 7) >> 1, h = i & 1, blk = (i >> 3) * 8 + 2 * j;
+    int4 x0 = *reinterpret_cast<const int4*>(xw + blk * 8 + 4 * h);
+    int4 x1 = *reinterpret_cast<const int4*>(xw + (blk + 1) * 8 + 4 * h);
+    const uint32_t m = 0x0f0f0f0fu;
+    int a0 = __dp4a((int)(u.q.x & m), x0.x, 0);
+    a0 = __dp4a((int)(u.q.y & m), x0.y, a0);
+    a0 = __dp4a((int)(u.q.z & m), x0.z, a0);
+    a0 = __dp4a((int)(u.q.w & m), x0.w, a0);
+    int a1 = __dp4a((int)((u.q.x >> 4) & m), x1.x, 0);
+    a1 = __dp4a((int)((u.q.y >> 4) & m), x1.y, a1);
+    a1 = __dp4a((int)((u.q.z >> 4) & m), x1.z, a1);
+    a1 = __dp4a((int)((u.q.w >> 4) & m), x1.w, a1);
+    float sc0, mn0, sc1, mn1;
+    q4_K_scale_min(u.head, 2 * j, sc0, mn0);
+    q4_K_scale_min(u.head, 2 * j + 1, sc1, mn1);
+    float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&u.head.x));
+    float2 d0 = xd[blk], d1 = xd[blk + 1];
+    return dm.x * (sc0 * d0.x * (float)a0 + sc1 * d1.x * (float)a1) -
+           0.5f * dm.y * (mn0 * d0.y + mn1 * d1.y);
+}
+
+// ---- Q6_K on int8 activations, 32 weights a lane step ----
+//
+// Q6_K (w = d sc (q - 32), q 6-bit; rpart_w_q6_K's layout) the same way: in half n of a
+// super-block, ql byte l holds weight l of sub-blocks 4n (low nibble) and 4n + 2 (high), ql byte
+// 32 + l those of 4n + 1 and 4n + 3, qh byte l the high two bits of all four (bits 2t). Unit i =
+// (super-block i >> 3, n = (i >> 2) & 1, p = i & 3) takes l = 8p .. 8p + 7: 8 bytes at each of ql,
+// ql + 32 and qh (each byte read once; the part split read qh four times and ql twice) and 8
+// weights of each of the four sub-blocks. The blocks are only 2-byte aligned (210 bytes), so
+// words are read as halves (ld_u32_a2). q - 32 as signed bytes: with bit 7 set in every byte no
+// subtraction borrows across bytes, and flipping it back gives (q - 32) mod 256.
+struct q6_KUnit {
+    uint32_t lo[2], hi[2], qh[2], sc[2], d;  // ql bytes of sub-blocks (4n, 4n+2) and (4n+1, 4n+3)
+};
+__device__ __forceinline__ q6_KUnit q6_K_unit(const uint8_t* r, int i) {
+    const uint8_t* b = r + (size_t)(i >> 3) * 210;
+    int n = (i >> 2) & 1, p = i & 3;
+    const uint8_t* ql = b + 64 * n + 8 * p;
     const uint8_t* qh = b + 128 + 32 * n + 8 * p;
-    int shl = (t >> 1) * 4, shh = 2 * t, acc = 0;
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-        uint32_t v = ((ld_u32_a2(ql + 4 * j) >> shl) & 0x0f0f0f0fu) |
-                     (((ld_u32_a2(qh + 4 * j) >> shh) & 0x03030303u) << 4);
-        uint32_t vs = ((v | 0x80808080u) - 0x20202020u) ^ 0x80808080u;
-        acc = __dp4a((int)vs, xw[2 * p + j], acc);
-    }
-    float d = __half2float(*reinterpret_cast<const __half*>(b + 208)) *
-              (float)reinterpret_cast<const int8_t*>(b + 192)[8 * n + 2 * t + (p >> 1)];
-    return d * xd.x * (float)acc;
+    q6_KUnit u;
+    u.lo[0] = ld_u32_a2(ql), u.lo[1] = ld_u32_a2(ql + 4);
+    u.hi[0] = ld_u32_a2(ql + 32), u.hi[1] = ld_u32_a2(ql + 36);
+    u.qh[0] = ld_u32_a2(qh), u.qh[1] = ld_u32_a2(qh + 4);
+    u.sc[0] = ld_u32_a2(b + 192 + 8 * n), u.sc[1] = ld_u32_a2(b + 196 + 8 * n);
+    u.d = *reinterpret_cast<const uint16_t*>(b + 208);
+    return u;
 }
+__device__ __forceinline__ float q6_K_unit_dot(const q6_KUnit& u, int i, const int* xw, const float2* xd) {
+    int n = (i >> 2) & 1, p = i & 3, blk0 = (i >> 3) * 8 + 4 * n;
+    float s = 0.f;
+#pragma unroll
+    for (int t = 0; t < 4; t++) {
+        const uint32_t* ql = (t & 1) ? u.hi : u.lo;
+        int shl = (t >> 1) * 4, acc = 0;
+        int2 x = *reinterpret_cast<const int2*>(xw + (blk0 + t) * 8 + 2 * p);
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            uint32_t v = ((ql[j] >> shl) & 0x0f0f0f0fu) | (((u.qh[j] >> (2 * t)) & 0x03030303u) << 4);
+            uint32_t vs = ((v | 0x80808080u) - 0x20202020u) ^ 0x80808080u;
+            acc = __dp4a((int)vs, j ? x.y : x.x, acc);
+        }
+        // int8 scale of sub-block 4n + t for l in 8p..8p+7: byte 2t + (p >> 1) of the 8 at 192 + 8n.
+        int sc = (int)(int8_t)(u.sc[t >> 1] >> (8 * (2 * (t & 1) + (p >> 1))));
+        s += (float)sc * xd[blk0 + t].x * (float)acc;
+    }
+    return __half2float(__ushort_as_half((unsigned short)u.d)) * s;
+}
+
+// A lane's share of a row (and of two rows, for the swiglu kernels) in units of 32 weights: the
+// raw bytes of its next U units loaded first (guarded, so that their loads are in flight
+// together), then dotted. Q4_K: U = 4 for one row (k = 8192: two rounds of loads a row instead of
+// eight), 2 for two rows (a unit's bytes take 8 registers; the kernels' cap is 64); Q6_K (9
+// registers a unit): 2 and 1.
+#define DEFINE_UNIT_ROWDOT(Q, U1, U2)                                                               \
+    template <int U>                                                                                \
+    __device__ __forceinline__ float Q##_units(const uint8_t* r, int base, int units, const float* xs, \
+                                               int k) {                                             \
+        Q##Unit u[U];                                                                               \
+        _Pragma("unroll") for (int t = 0; t < U; t++) if (base + 32 * t < units) u[t] = Q##_unit(r, base + 32 * t); \
+        float acc = 0.f;                                                                            \
+        _Pragma("unroll") for (int t = 0; t < U; t++) if (base + 32 * t < units)                    \
+            acc += Q##_unit_dot(u[t], base + 32 * t, q8x_words(xs, k), q8x_scales(xs, k));          \
+        return acc;                                                                                 \
+    }                                                                                               \
+    __device__ __forceinline__ float rowdot_q8x_##Q(const uint8_t* wr, const float* xs, int k, int lane) { \
+        float acc = 0.f;                                                                            \
+        for (int base = lane; base < k / 32; base += 32 * U1) acc += Q##_units<U1>(wr, base, k / 32, xs, k); \
+        return acc;                                                                                 \
+    }                                                                                               \
+    __device__ __forceinline__ float2 rowdot_q8x_##Q##2(const uint8_t* gr, const uint8_t* ur,       \
+                                                        const float* xs, int k, int lane) {         \
+        float g = 0.f, v = 0.f;                                                                     \
+        for (int base = lane; base < k / 32; base += 32 * U2) {                                     \
+            g += Q##_units<U2>(gr, base, k / 32, xs, k);                                            \
+            v += Q##_units<U2>(ur, base, k / 32, xs, k);                                            \
+        }                                                                                           \
+        return make_float2(g, v);                                                                   \
+    }
+DEFINE_UNIT_ROWDOT(q4_K, 4, 2)
+DEFINE_UNIT_ROWDOT(q6_K, 2, 1)
 
 #define DEFINE_QMV_Q8X(Q)                                                                           \
     __device__ __forceinline__ float xdot_q8x_##Q(const uint8_t* r, int blk, int p, const float* xs,\
                                                   int k) {                                          \
         return qdot_##Q(r, blk, p, q8x_words(xs, k) + blk * 8, q8x_scales(xs, k)[blk]);             \
     }                                                                                               \
-    DEFINE_QMV_AS(qmv_q8x, Q, xprep_q8x, xdot_q8x_##Q, "unroll 4")
+    DEFINE_ROWDOT(rowdot_q8x_##Q, xdot_q8x_##Q)                                                     \
+    DEFINE_QMV_AS(qmv_q8x, Q, xprep_q8x, rowdot_q8x_##Q, rowdot_q8x_##Q##2)
 
 DEFINE_QMV(q4_0)
 DEFINE_QMV(q4_1)
@@ -800,8 +913,8 @@ DEFINE_QMV(bf16)
 DEFINE_QMV_Q8X(q4_0)
 DEFINE_QMV_Q8X(q4_1)
 DEFINE_QMV_Q8X(q8_0)
-DEFINE_QMV_Q8X(q4_K)
-DEFINE_QMV_Q8X(q6_K)
+DEFINE_QMV_AS(qmv_q8x, q4_K, xprep_q8x, rowdot_q8x_q4_K, rowdot_q8x_q4_K2)
+DEFINE_QMV_AS(qmv_q8x, q6_K, xprep_q8x, rowdot_q8x_q6_K, rowdot_q8x_q6_K2)
 
 // ---- Batched decode: NB sequences at once, each weight read once for all of them ----
 //

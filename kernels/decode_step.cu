@@ -64,7 +64,10 @@ __device__ __forceinline__ int score_threads(int group, int n, int d) {
     return group * n * 8 <= (int)blockDim.x && d >= 32 ? 8 : 1;
 }
 
-extern "C" __global__ void rope_attention(const float* __restrict__ qkv, float* __restrict__ k_cache,
+// At most 48 registers a thread, five blocks an SM: SmolLM2-1.7B's 32 kv heads launch 1024 blocks
+// a step, and with four an SM (56 registers) a 512-token context's active blocks took two waves
+// (decode 3.5% slower than the 47-register kernel before; bench/results/device-s15, call 1).
+extern "C" __global__ void __launch_bounds__(ATT_THREADS, 5) rope_attention(const float* __restrict__ qkv, float* __restrict__ k_cache,
                                           float* __restrict__ v_cache, const int* __restrict__ state,
                                           const float* __restrict__ inv_freq, float* __restrict__ out,
                                           float* __restrict__ part, unsigned int* __restrict__ counters,

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Session 15 call 2: two binaries in one xz stream (.device/binAB/ab.tar.xz). D = call 1's D with
+# the attention kernel capped at 48 registers (commit 0f0b0e0's kernels); E = D + the down
+# projection's LoRA shrink summed by the gate/up launch (no producer blocks in the down launch).
+# gpu-check on E; adapters (wick bench decode-lora) at the 135M proxy, D E alternating twice, and
+# at SmolLM2-1.7B shapes Q8_0 batch 4 (E).
+set -u
+export WICK_DEVICE_STAGE=/tmp/wick-device S=/tmp/wick-device
+t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a $OUT/summary.txt; }
+R=$OUT/r; mkdir -p $R
+mkdir -p $S/ab && python3 -c 'import tarfile,sys; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' .device/binAB/ab.tar.xz $S/ab
+for v in D E; do mkdir -p $S/bin$v && mv $S/ab/$v/wick $S/bin$v/wick && chmod +x $S/bin$v/wick; done
+bash scripts/device/on-device.sh info > $R/info.log 2>&1
+timeout 200 $S/binE/wick bench gpu-check --out $R/gpu-check.json > $R/gpu-check.log 2>&1; el "gpu-check E rc=$? $(grep -E 'cases' $R/gpu-check.log | tail -1)"
+grep -E "FAIL|failed" $R/gpu-check.log | head -20 >> $OUT/summary.txt
+lora() { # variant tag args...
+  local v=$1 tag=$2; shift 2
+  timeout 150 $S/bin$v/wick bench decode-lora "$@" --out $R/lora-$tag-$v.json > $R/lora-$tag-$v.log 2>&1
+  el "lora $tag $v rc=$? $(grep -E 'adapter/none' $R/lora-$tag-$v.log | head -2 | tr '\n' ' ')"
+}
+for v in D E D E; do lora $v 135m --model random:smollm2-135m --quant q4_1; done
+lora E 1.7b-q8_0 --model random:smollm2-1.7b --quant q8_0 --batch 4 --decode-tokens 128
+tar czf $OUT/r.tgz -C $OUT r
+rm -rf $R
+cat $OUT/summary.txt

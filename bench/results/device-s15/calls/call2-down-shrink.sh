@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Session 15 call 2: two binaries in one xz stream (.device/binAB/ab.tar.xz). D = call 1's D with
-# the attention kernel capped at 48 registers (commit 0f0b0e0's kernels); E = D + the down
+# Session 15 call 2: two binaries in one xz stream (.device/binAB/ab.tar.xz). D = call 1's D (commit
+# 023b41d, attention at 56 registers); E = 3dd67c7: attention at 48 registers and the down
 # projection's LoRA shrink summed by the gate/up launch (no producer blocks in the down launch).
 # gpu-check on E; adapters (wick bench decode-lora) at the 135M proxy, D E alternating twice, and
 # at SmolLM2-1.7B shapes Q8_0 batch 4 (E).

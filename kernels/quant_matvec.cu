@@ -45,8 +45,7 @@
 // the row warps, which load them before their own dot product, need them. Producers sit in the lowest blocks,
 // which the hardware dispatches first, so a polling block never holds the place of a producer that
 // has not started. With lora.a == null, xa was computed by an earlier launch (the second and third
-// parts of a split q/k/v; the down projection, whose shrink the swiglu launch before it sums:
-// lora_next_*).
+// parts of a split q/k/v).
 #include "common.cuh"
 #include "ggml_blocks.cuh"
 
@@ -61,9 +60,6 @@ struct LoraEpi {
     const int* slots;        // [nb] each sequence's slot, < 0: no adapter
     const float* a;          // A of slot 0, [a_rows, k]: this launch computes xa; null: xa is ready
     long long a_slot_stride; // floats from one slot's A to the next
-    const float* next_at;    // swiglu launches: A^T of the next launch (down) for slot 0, [rows, rank]
-    long long next_at_stride;// floats from one slot's A^T to the next
-    float* next_xa;          // the next launch's xa [nb, xa_stride], zero before this launch; null: none
     int rank;                // R: floats per B row and per xa segment
     int xa_stride;           // floats per sequence in xa
     int e0, e1;              // rows [0, e0) read xa segment 0, [e0, e1) segment 1, [e1, ..) 2
@@ -260,46 +256,6 @@ __device__ __forceinline__ float lora_lane(const LoraEpi& L, float xv, float bv,
     return s;
 }
 
-// The shrink of the launch after a swiglu launch (the down projection's xa = act A^T), summed by
-// the swiglu launch that produces act (lora.next_xa != null, rank <= 32): lane j of the warp on
-// row r adds act[r] A^T[r, j] of the sequence's slot for each of its rows (A^T [rows, rank], read
-// before the row's dot product like B), the block sums its warps' values in shared memory and adds
-// them to next_xa (zero before the launch) with one atomic add per value. The down launch (lora.a
-// null) reads complete values after its PDL wait: no producer blocks, no polling. (Producer blocks
-// in the down launch itself cost ~1.3 us a layer at batch 1: their x is the previous kernel's
-// output, so the shrink and the rows' wait for it sat on the launch's critical path.)
-#define LORA_NEXT_SEQS 8
-__device__ __forceinline__ bool lora_next_on(const LoraEpi& L) {
-    return L.b != nullptr && L.next_xa != nullptr && L.rank <= 32;
-}
-// The lane's A^T value of row `row` for sequence b (0 where the lane adds nothing).
-__device__ __forceinline__ float lora_next_at(const LoraEpi& L, int b, int row) {
-    int j = threadIdx.x & 31;
-    if (!lora_next_on(L) || j >= L.rank) return 0.f;
-    int slot = L.slots[b];
-    if (slot < 0) return 0.f;
-    return L.next_at[slot * L.next_at_stride + (size_t)row * L.rank + j];
-}
-// Zeroes the block's sums; the x prologue's barrier that follows publishes them.
-__device__ __forceinline__ void lora_next_begin(const LoraEpi& L, float (*sum)[32]) {
-    if (!lora_next_on(L)) return;
-    for (int i = threadIdx.x; i < LORA_NEXT_SEQS * 32; i += blockDim.x) (&sum[0][0])[i] = 0.f;
-}
-// Adds a lane's value for sequence b to the block's sums.
-__device__ __forceinline__ void lora_next_add(float (*sum)[32], int b, float v) {
-    if (v != 0.f) atomicAdd(&sum[b][threadIdx.x & 31], v);
-}
-// After every warp of the block has added its values (every thread calls it): the block's sums
-// into next_xa.
-__device__ __forceinline__ void lora_next_end(const LoraEpi& L, float (*sum)[32], int nb) {
-    if (!lora_next_on(L)) return;
-    __syncthreads();
-    for (int i = threadIdx.x; i < nb * L.rank; i += blockDim.x) {
-        int b = i / L.rank, j = i - b * L.rank;
-        float v = sum[b][j];
-        if (v != 0.f) atomicAdd(L.next_xa + (size_t)b * L.xa_stride + j, v);
-    }
-}
 
 // Dot product of part p (0..3) of one block with the 32 x values of that block, stored swizzled by
 // sw (0, or the format's XS_SWIZZLE for an odd block: value e at e ^ sw).
@@ -462,30 +418,22 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         int block = blockIdx.x - producers, blocks = gridDim.x - producers, W = blockDim.x >> 5;    \
         prefetch_first_row(wg, rows, row_bytes_##Q(k), block * W + (threadIdx.x >> 5));             \
         prefetch_first_row(wu, rows, row_bytes_##Q(k), block * W + (threadIdx.x >> 5));             \
-        __shared__ float next_sum[LORA_NEXT_SEQS][32];                                              \
-        lora_next_begin(lora, next_sum);                                                            \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */        \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
-        float nv = 0.f; /* the lane's share of the down launch's xa */                              \
         for (int row = block * W + warp; row < rows; row += blocks * W) {                           \
             const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                \
             const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                \
             float bg = lora_load(lora, 0, row), bu = lora_load(lora, 0, rows + row);                \
             float xg = lora_xa_issue(lora, 0, 0), xu = lora_xa_issue(lora, 0, 1);                   \
-            float na = lora_next_at(lora, 0, row);                                                  \
             float2 gu = ROWDOT2(gr, ur, xs, k, lane);                                               \
             float g = gu.x, u = gu.y;                                                               \
             xg = lora_xa_settle(lora, 0, 0, xg);                                                    \
             xu = lora_xa_settle(lora, 0, 1, xu);                                                    \
             g = warp_sum(g * xscale + lora_lane(lora, xg, bg, 0, row, 0));                          \
             u = warp_sum(u * xscale + lora_lane(lora, xu, bu, 0, rows + row, 1));                   \
-            float act = g / (1.f + expf(-g)) * u;                                                   \
-            nv += act * na;                                                                         \
-            if (lane == 0) y[row] = act;                                                            \
+            if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
         }                                                                                           \
-        if (lora_next_on(lora)) lora_next_add(next_sum, 0, nv);                                     \
-        lora_next_end(lora, next_sum, 1);                                                           \
     }                                                                                               \
     MATVEC_ENTRIES(NAME##_swiglu, Q, QMV_SWIGLU_PARAMS, QMV_SWIGLU_ARGS, MV_BOUNDS)
 
@@ -1157,18 +1105,14 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         int row0 = block * MV_WARPS + warp / SPLIT;                                                 \
         int stride = blocks * MV_WARPS;                                                             \
         if (share < 2) prefetch_first_row(share == 0 ? wg : wu, rows, row_bytes_##Q(k), row0);      \
-        __shared__ float next_sum[LORA_NEXT_SEQS][32];                                              \
-        lora_next_begin(lora, next_sum);                                                            \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         load_xb(x, norm_w, eps, k, nb, xs);                                                         \
+        if (share >= nb) return; /* fewer sequences than warps a row: some have none */             \
         int parts = (k / 32) * 4;                                                                   \
-        float nv[SEQS]; /* the lane's shares of the down launch's xa */                             \
-        _Pragma("unroll") for (int s = 0; s < SEQS; s++) nv[s] = 0.f;                               \
-        /* fewer sequences than warps a row: some have none (they still meet the end's barrier) */  \
-        for (int row = share < nb ? row0 : rows; row < rows; row += stride) {                       \
+        for (int row = row0; row < rows; row += stride) {                                           \
             const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                \
             const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                \
-            float g[SEQS], u[SEQS], bg[SEQS], bu[SEQS], xg[SEQS], xu[SEQS], na[SEQS];               \
+            float g[SEQS], u[SEQS], bg[SEQS], bu[SEQS], xg[SEQS], xu[SEQS];                         \
             _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
                 int b = share + SPLIT * s;                                                          \
                 g[s] = u[s] = 0.f;                                                                  \
@@ -1176,7 +1120,6 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                 bu[s] = b < nb ? lora_load(lora, b, rows + row) : 0.f;                              \
                 xg[s] = b < nb ? lora_xa_issue(lora, b, 0) : 0.f;                                   \
                 xu[s] = b < nb ? lora_xa_issue(lora, b, 1) : 0.f;                                   \
-                na[s] = b < nb ? lora_next_at(lora, b, row) : 0.f;                                  \
             }                                                                                       \
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                            \
                 float gv[8], uv[8];                                                                 \
@@ -1203,18 +1146,10 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                 if (b < nb) {                                                                       \
                     float gs = warp_sum(g[s] + lora_lane(lora, xg[s], bg[s], b, row, 0));           \
                     float us = warp_sum(u[s] + lora_lane(lora, xu[s], bu[s], b, rows + row, 1));    \
-                    float act = gs / (1.f + expf(-gs)) * us;                                        \
-                    nv[s] += act * na[s];                                                           \
-                    if (lane == 0) y[(size_t)b * rows + row] = act;                                 \
+                    if (lane == 0) y[(size_t)b * rows + row] = gs / (1.f + expf(-gs)) * us;         \
                 }                                                                                   \
             }                                                                                       \
         }                                                                                           \
-        if (lora_next_on(lora))                                                                     \
-            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
-                int b = share + SPLIT * s;                                                          \
-                if (b < nb) lora_next_add(next_sum, b, nv[s]);                                      \
-            }                                                                                       \
-        lora_next_end(lora, next_sum, nb);                                                          \
     }                                                                                               \
     QMVB_ENTRIES(qmvb_swiglu, Q, QMVB_SWIGLU_PARAMS, QMVB_SWIGLU_ARGS)                              \
     extern "C" __global__ void embedb_##Q(const uint8_t* __restrict__ table,                        \

@@ -18,11 +18,6 @@
 //!
 //! Layout of the A and B buffers: `[layer][group][slot][rows, cols]` f32, A rows `segments * R` of
 //! the group's input width, B `[out rows, R]`.
-//!
-//! The down group's shrink is the exception (ranks up to [`NEXT_SHRINK_MAX_RANK`]): its input is
-//! the gate/up launch's output, so that launch sums it (`act A_down^T`, from a transposed copy of
-//! A_down, `[layer][slot][ffn, R]`) into the down launch's xa, zeroed before the step, and the down
-//! launch has no producer blocks (kernels/quant_matvec.cu, `lora_next_*`).
 
 use std::sync::Arc;
 
@@ -32,7 +27,7 @@ use super::EngineShape;
 pub use crate::generate::decode_adapter::{
     AdapterDims, DecodeAdapter, Group, ProjectionLora, GROUPS, PROJECTIONS,
 };
-use crate::gpu::decode::launch::{device_ptr, LoraEpilogue, NEXT_SHRINK_MAX_RANK};
+use crate::gpu::decode::launch::{device_ptr, LoraEpilogue};
 use crate::gpu::engine_error::EngineErrors;
 use crate::{Error, Result};
 
@@ -74,13 +69,9 @@ pub struct AdapterPool {
     b: CudaSlice<f32>,
     a_ptr: u64,
     b_ptr: u64,
-    /// A_down^T, [layer][slot][ffn, rank] (empty above [`NEXT_SHRINK_MAX_RANK`]).
-    a_down_t: CudaSlice<f32>,
-    a_down_t_ptr: u64,
-    /// x A^T of each sequence for every launch of a step, [group][layers][batch, 3 rank] (3 rank:
+    /// x A^T of each sequence for every launch of a step, [layers][group][batch, 3 rank] (3 rank:
     /// the widest group), each value XA_PENDING (all bits set) until its launch's producer stores
-    /// it, the down group's zero (summed by the gate/up launch): [`AdapterPool::mark_pending`]
-    /// refills it before every step.
+    /// it: [`AdapterPool::mark_pending`] refills it before every step.
     xa: CudaSlice<f32>,
     xa_ptr: u64,
     batch: usize,
@@ -117,15 +108,6 @@ impl AdapterPool {
         };
         let a = alloc(layers * slots * per_a, "A")?;
         let b = alloc(layers * slots * per_b, "B")?;
-        let next_shrink = rank <= NEXT_SHRINK_MAX_RANK;
-        let a_down_t = alloc(
-            if next_shrink {
-                layers * slots * shape.ffn * rank
-            } else {
-                1
-            },
-            "A_down^T",
-        )?;
         let xa = alloc(layers * GROUPS.len() * batch * 3 * rank, "xa")?;
         let seq_slots = stream
             .clone_htod(&vec![-1i32; batch])
@@ -136,8 +118,6 @@ impl AdapterPool {
             rank,
             a_ptr: device_ptr(&a, stream),
             b_ptr: device_ptr(&b, stream),
-            a_down_t_ptr: device_ptr(&a_down_t, stream),
-            a_down_t,
             xa_ptr: device_ptr(&xa, stream),
             batch,
             seq_slots_ptr: device_ptr(&seq_slots, stream),
@@ -159,9 +139,9 @@ impl AdapterPool {
         self.rank
     }
 
-    /// Bytes of the A and B buffers (and of A_down^T).
+    /// Bytes of the A and B buffers.
     pub fn bytes(&self) -> usize {
-        (self.a.len() + self.b.len() + self.a_down_t.len()) * 4
+        (self.a.len() + self.b.len()) * 4
     }
 
     /// The slot holding the adapter of `key`, if loaded.
@@ -236,51 +216,10 @@ impl AdapterPool {
                 stream
                     .memcpy_htod(b_host.as_slice(), &mut dst)
                     .map_err(|e| ERR.driver("writing B", e))?;
-                if g == Group::Down && self.next_shrink() {
-                    self.write_down_t(layer, slot, &a_host, stream)?;
-                }
             }
         }
         self.occupants[slot] = Some(key.unwrap_or_default());
         Ok(())
-    }
-
-    /// Whether the gate/up launches sum the down launches' shrink (see the module's notes).
-    fn next_shrink(&self) -> bool {
-        self.rank <= NEXT_SHRINK_MAX_RANK
-    }
-
-    /// Writes A_down^T of `layer` and `slot` from A_down [rank, ffn] (`a`).
-    fn write_down_t(
-        &mut self,
-        layer: usize,
-        slot: usize,
-        a: &[f32],
-        stream: &Arc<CudaStream>,
-    ) -> Result<()> {
-        let (ffn, rank) = (self.shape.ffn, self.rank);
-        let mut t = vec![0f32; ffn * rank];
-        for (j, row) in a.chunks_exact(ffn).enumerate().take(rank) {
-            for (i, &v) in row.iter().enumerate() {
-                t[i * rank + j] = v;
-            }
-        }
-        let at = (layer * self.slots + slot) * ffn * rank;
-        let mut dst = self.a_down_t.slice_mut(at..at + ffn * rank);
-        stream
-            .memcpy_htod(t.as_slice(), &mut dst)
-            .map_err(|e| ERR.driver("writing A_down^T", e))
-    }
-
-    /// Floats of xa from one launch's region to the next.
-    fn xa_region(&self) -> usize {
-        self.batch * 3 * self.rank
-    }
-
-    /// Offset (floats) of the xa region of group `g` at `layer`.
-    fn xa_offset(&self, layer: usize, g: Group) -> usize {
-        let gi = GROUPS.iter().position(|&h| h == g).unwrap_or(0);
-        (gi * self.shape.layers + layer) * self.xa_region()
     }
 
     /// Marks `slot` free (its contents stay until overwritten; no sequence may still use it).
@@ -334,33 +273,20 @@ impl AdapterPool {
             .map_err(|e| ERR.driver("writing slot indices", e))
     }
 
-    /// Marks every xa value of the step pending (all bits set), so that each launch's expands wait
-    /// for its shrink, and zeroes the down launches' values that the gate/up launches sum: two
-    /// memset nodes in the graph (the down group's regions are the buffer's last).
+    /// Marks every xa value of the step pending (all bits set, one memset node in the graph), so
+    /// that each launch's expands wait for its shrink.
     pub fn mark_pending(&self, stream: &Arc<CudaStream>) -> Result<()> {
-        let down = if self.next_shrink() {
-            self.xa_offset(0, Group::Down)
-        } else {
-            self.xa.len()
-        };
-        let set = |at: usize, floats: usize, byte: u8| {
-            if floats == 0 {
-                return Ok(());
-            }
-            // SAFETY: [at, at + floats) lies in xa, this pool's allocation on `stream`, alive as
-            // long as the pool; every f32 bit pattern is a valid value.
-            unsafe {
-                candle_core::cuda_backend::cudarc::driver::result::memset_d8_async(
-                    self.xa_ptr + (at * 4) as u64,
-                    byte,
-                    floats * 4,
-                    stream.cu_stream(),
-                )
-            }
-            .map_err(|e| ERR.driver("marking xa pending", e))
-        };
-        set(0, down, 0xff)?;
-        set(down, self.xa.len() - down, 0)
+        // SAFETY: xa is this pool's allocation on `stream`, alive as long as the pool; every f32 bit
+        // pattern is a valid value.
+        unsafe {
+            candle_core::cuda_backend::cudarc::driver::result::memset_d8_async(
+                self.xa_ptr,
+                0xff,
+                self.xa.len() * 4,
+                stream.cu_stream(),
+            )
+        }
+        .map_err(|e| ERR.driver("marking xa pending", e))
     }
 
     /// Where group `g` of `layer` of `slot` lives, for products over many tokens (the batched
@@ -388,38 +314,19 @@ impl AdapterPool {
 
     /// The LoRA part of group `g`'s mat-vec at `layer`: the launch computes the group's shrink
     /// (A of every sequence's slot against the x it normalizes) into the launch's own xa region
-    /// and adds each row's expand; the gate/up launch also sums the down launch's shrink, which
-    /// then has none of its own (see the module's notes).
+    /// and adds each row's expand.
     pub fn epilogue(&self, layer: usize, g: Group) -> LoraEpilogue {
         let d = dims(&self.shape).group(g, self.rank);
         let (a_off, b_off, sa, sb) = self.offsets(layer, g);
-        let xa_at = |g: Group| self.xa_ptr + (self.xa_offset(layer, g) * 4) as u64;
-        let next = self.next_shrink();
-        let (ffn, rank) = (self.shape.ffn, self.rank);
-        let (next_at, next_at_stride, next_xa) = if next && g == Group::GateUp {
-            let at = layer * self.slots * ffn * rank;
-            (
-                self.a_down_t_ptr + (at * 4) as u64,
-                (ffn * rank) as i64,
-                xa_at(Group::Down),
-            )
-        } else {
-            (0, 0, 0)
-        };
+        let launch = layer * GROUPS.len() + GROUPS.iter().position(|&h| h == g).unwrap_or(0);
+        let xa_off = launch * self.batch * 3 * self.rank;
         LoraEpilogue {
             b: self.b_ptr + (b_off * 4) as u64,
             slot_stride: sb as i64,
-            xa: xa_at(g),
+            xa: self.xa_ptr + (xa_off * 4) as u64,
             slots: self.seq_slots_ptr,
-            a: if next && g == Group::Down {
-                0
-            } else {
-                self.a_ptr + (a_off * 4) as u64
-            },
+            a: self.a_ptr + (a_off * 4) as u64,
             a_slot_stride: sa as i64,
-            next_at,
-            next_at_stride,
-            next_xa,
             rank: self.rank as i32,
             xa_stride: (3 * self.rank) as i32,
             e0: d.e0 as i32,

@@ -6,9 +6,8 @@
 //! Each sequence has its own token/position pair (`state` [N, 2]), KV cache (at
 //! `seq * layers * max_seq * kv_heads * head_dim` floats) and, with an adapter pool, adapter slot.
 //! With adapters (`lora`), each projection group's mat-vec also computes the group's shrink and adds
-//! the expand in its epilogue (`adapters`; the down group's shrink is summed by the gate/up
-//! launch): the same launches as without, after two memsets that mark the step's xa values
-//! pending (and the down launches' zero).
+//! the expand in its epilogue (`adapters`): the same launches as without, after one memset that
+//! marks the step's xa values pending.
 
 use std::sync::Arc;
 
@@ -113,7 +112,7 @@ pub(super) struct Step<'a> {
     pub lora: Option<&'a AdapterPool>,
 }
 
-/// Kernel launches per step for `layers` layers (adapters add none, only two memset nodes).
+/// Kernel launches per step for `layers` layers (adapters add none, only a memset node).
 pub fn launches_per_step(layers: usize) -> usize {
     3 + 5 * layers
 }

@@ -6,16 +6,12 @@
 //! outputs poisoned with NaN where they are not accumulated. The reference computes x A^T itself in
 //! f64, so the whole chain is checked, not the expand alone. Each launch starts from xa marked
 //! pending, as the engine's step does (a pending value nobody produces traps the launch). The
-//! batch-1 case runs again on the int8-activation kernels (`dec_lora_qmv_q8x_*`). The swiglu
-//! launches also sum the next (down) launch's shrink into zeros at ranks up to 32
-//! (`*_next_shrink`, against the reference's activations times A_down^T).
+//! batch-1 case runs again on the int8-activation kernels (`dec_lora_qmv_q8x_*`).
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
 
 use super::check::{blocks, f32s, DecodeCase};
-use super::launch::{
-    device_ptr, DecodeKernels, Epilogue, LoraEpilogue, NEXT_SHRINK_MAX_RANK, XA_PENDING,
-};
+use super::launch::{device_ptr, DecodeKernels, Epilogue, LoraEpilogue, XA_PENDING};
 use super::lora_reference::{self, LoraGroup};
 use super::reference::Activations;
 use super::QuantType;
@@ -226,9 +222,6 @@ impl Pool {
             slots,
             a: device_ptr(&self.a_d, st),
             a_slot_stride: (self.a_rows * s.k) as i64,
-            next_at: 0,
-            next_at_stride: 0,
-            next_xa: 0,
             rank: s.rank as i32,
             xa_stride: (3 * s.rank.max(1) + 1) as i32,
             e0: s.e0.min(i32::MAX as usize) as i32,
@@ -367,20 +360,7 @@ fn swiglu_case(
     let slots_d = up(kernels, &s.seq_slots)?;
     let xa = up(kernels, &pending(nb * (3 * s.rank + 1)))?;
     let ptr = |d: &dyn Ptr| d.addr(st);
-    // The next launch's shrink (A_down^T [pool][rows, rank]) summed into zeros, at ranks a warp's
-    // lanes hold.
-    let next_shrink = s.rank <= NEXT_SHRINK_MAX_RANK;
-    let at = f32s(s.pool * rows * s.rank, next(), 1.0 / (rows as f64).sqrt());
-    let (at_d, next_xa) = (
-        up(kernels, &at)?,
-        up(kernels, &vec![0f32; nb * (3 * s.rank + 1)])?,
-    );
-    let mut lora = p.epilogue(&s, st, ptr(&slots_d), ptr(&xa));
-    if next_shrink {
-        lora.next_at = ptr(&at_d);
-        lora.next_at_stride = (rows * s.rank) as i64;
-        lora.next_xa = ptr(&next_xa);
-    }
+    let lora = p.epilogue(&s, st, ptr(&slots_d), ptr(&xa));
     let name = format!(
         "lora_qmv{infix}_swiglu{}_{}",
         if nb > 1 { "_batch" } else { "" },
@@ -432,39 +412,11 @@ fn swiglu_case(
             )
         })
         .collect();
-    let shape = format!("[{rows}, {k}] rank {} slots {:?}", s.rank, s.seq_slots);
-    let mut cases = vec![DecodeCase {
+    Ok(vec![DecodeCase {
         tolerance,
         kernel: format!("dec_{name}"),
-        shape: shape.clone(),
+        shape: format!("[{rows}, {k}] rank {} slots {:?}", s.rank, s.seq_slots),
         got: down(kernels, &yd)?,
-        want: want.clone(),
-    }];
-    if next_shrink {
-        // xa_next[b, j] = sum_r act[b, r] A^T_slot(b)[r, j] from the reference's act.
-        let stride = 3 * s.rank + 1;
-        let got = down(kernels, &next_xa)?;
-        let (mut g, mut w) = (Vec::new(), Vec::new());
-        for (b, &slot) in s.seq_slots.iter().enumerate() {
-            for j in 0..s.rank {
-                g.push(got[b * stride + j]);
-                w.push(if slot < 0 {
-                    0.0
-                } else {
-                    let t = &at[slot as usize * rows * s.rank..];
-                    (0..rows)
-                        .map(|r| want[b * rows + r] * t[r * s.rank + j] as f64)
-                        .sum()
-                });
-            }
-        }
-        cases.push(DecodeCase {
-            tolerance,
-            kernel: format!("dec_{name}_next_shrink"),
-            shape,
-            got: g,
-            want: w,
-        });
-    }
-    Ok(cases)
+        want,
+    }])
 }

@@ -10,7 +10,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaStream, Launch
 use candle_core::cuda_backend::WrapErr;
 use candle_core::CudaDevice;
 
-pub use super::lora_epilogue::{LoraEpilogue, NEXT_SHRINK_MAX_RANK, XA_PENDING};
+pub use super::lora_epilogue::{LoraEpilogue, XA_PENDING};
 use super::step_launch::{programmatic_launch_default, StepLaunch};
 use super::QuantType;
 use crate::gpu::kernels::{function, Module};
@@ -136,9 +136,6 @@ impl Epilogue {
             slots: 0,
             a: 0,
             a_slot_stride: 0,
-            next_at: 0,
-            next_at_stride: 0,
-            next_xa: 0,
             rank: 0,
             xa_stride: 0,
             e0: 0,

@@ -25,14 +25,6 @@ pub struct LoraEpilogue {
     pub a: u64,
     /// Floats from one slot's A to the next.
     pub a_slot_stride: i64,
-    /// The swiglu launches only: A^T of the next launch (down) for slot 0 ([rows, rank] f32 per
-    /// slot): the launch also sums that launch's xa (`act A^T`) into `next_xa`, which must hold
-    /// zeros before it; 0: no such sums.
-    pub next_at: u64,
-    /// Floats from one slot's A^T to the next.
-    pub next_at_stride: i64,
-    /// The next launch's xa, [nb, xa_stride] f32 (that launch's epilogue has `a == 0`).
-    pub next_xa: u64,
     /// Floats per B row and per xa segment.
     pub rank: i32,
     /// Floats per sequence in `xa`.
@@ -48,10 +40,6 @@ pub struct LoraEpilogue {
     /// Producer blocks of the launch, set by [`LoraEpilogue::for_block`]; 0 elsewhere.
     pub producers: i32,
 }
-
-/// Largest rank whose next (down) shrink a swiglu launch sums (`next_xa`; a warp's lanes hold one
-/// value each: lora_next_on in kernels/quant_matvec.cu).
-pub const NEXT_SHRINK_MAX_RANK: usize = 32;
 
 /// The bits of an xa value its producer has not stored yet (XA_PENDING in kernels/quant_matvec.cu).
 pub const XA_PENDING: u32 = u32::MAX;
@@ -83,6 +71,6 @@ impl LoraEpilogue {
     }
 }
 
-// SAFETY: plain old data with the C layout of `LoraEpi` (9 pointers/int64, then 7 int32; the same
+// SAFETY: plain old data with the C layout of `LoraEpi` (6 pointers/int64, then 7 int32; the same
 // tail padding on both sides).
 unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for LoraEpilogue {}

@@ -64,15 +64,14 @@ __device__ __forceinline__ int score_threads(int group, int n, int d) {
     return group * n * 8 <= (int)blockDim.x && d >= 32 ? 8 : 1;
 }
 
-// At most 48 registers a thread, five blocks an SM: SmolLM2-1.7B's 32 kv heads launch 1024 blocks
-// a step, and with four an SM (56 registers) a 512-token context's active blocks took two waves
-// (decode 3.5% slower than the 47-register kernel before; bench/results/device-s15, call 1).
-extern "C" __global__ void __launch_bounds__(ATT_THREADS, 5) rope_attention(const float* __restrict__ qkv, float* __restrict__ k_cache,
-                                          float* __restrict__ v_cache, const int* __restrict__ state,
-                                          const float* __restrict__ inv_freq, float* __restrict__ out,
-                                          float* __restrict__ part, unsigned int* __restrict__ counters,
-                                          int heads, int kv_heads, int d, float scale,
-                                          long long cache_seq_stride) {
+#define ROPE_ATTENTION_PARAMS                                                                       \
+    const float* __restrict__ qkv, float* __restrict__ k_cache, float* __restrict__ v_cache,        \
+        const int* __restrict__ state, const float* __restrict__ inv_freq, float* __restrict__ out, \
+        float* __restrict__ part, unsigned int* __restrict__ counters, int heads, int kv_heads,     \
+        int d, float scale, long long cache_seq_stride
+#define ROPE_ATTENTION_ARGS \
+    qkv, k_cache, v_cache, state, inv_freq, out, part, counters, heads, kv_heads, d, scale, cache_seq_stride
+__device__ __forceinline__ void rope_attention_body(ROPE_ATTENTION_PARAMS) {
     extern __shared__ float sm[];
     __shared__ bool is_last;
     int kvh = blockIdx.x, y = blockIdx.y;
@@ -283,6 +282,16 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS, 5) rope_attention(cons
         out[(size_t)h * d + i] = sum / l;
     }
     if (threadIdx.x == 0) counters[kvh] = 0;
+}
+
+// The kernel as compiled (56 registers, four blocks an SM) and capped at 48 registers (five an SM:
+// `rope_attention_wide`, for grids of many blocks). SmolLM2-1.7B's 32 kv heads launch 1024 blocks a
+// step, and with four an SM a 512-token context's active blocks took two waves: the capped kernel
+// decodes 4.7% faster there, but 2-6% slower at the 135M proxy's 96 blocks (bench/results/device-s15,
+// call 3); the launcher picks by the grid's size.
+extern "C" __global__ void rope_attention(ROPE_ATTENTION_PARAMS) { rope_attention_body(ROPE_ATTENTION_ARGS); }
+extern "C" __global__ void __launch_bounds__(ATT_THREADS, 5) rope_attention_wide(ROPE_ATTENTION_PARAMS) {
+    rope_attention_body(ROPE_ATTENTION_ARGS);
 }
 
 // Two passes over the row, each with 16-byte loads, four in flight per thread (the row is ~200 KB

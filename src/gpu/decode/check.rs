@@ -417,8 +417,11 @@ fn attention_cases(
         (9, 3, 64, 1024),
         (9, 3, 64, 4000),
         (4, 4, 128, 333),
+        (32, 32, 64, 100),
+        (32, 32, 64, 1500),
     ] {
-        // pos 4000: 125 chunks over 32 splits (several chunks per block).
+        // pos 4000: 125 chunks over 32 splits (several chunks per block). 32 kv heads (SmolLM2-1.7B):
+        // the grid of the kernel capped at five blocks an SM.
         let max_seq = 4096;
         let shape = AttentionShape {
             heads,

@@ -164,6 +164,9 @@ pub struct DecodeKernels {
     qmvb_swiglu: BatchMatVecs,
     embedb: Vec<CudaFunction>,
     rope_attention: CudaFunction,
+    /// `rope_attention` capped at 48 registers (five blocks an SM), for grids of more than
+    /// [`ATTENTION_WIDE_BLOCKS_PER_SM`] blocks an SM.
+    rope_attention_wide: CudaFunction,
     argmax: CudaFunction,
     /// Launch with programmatic dependent launch (`step_launch`).
     programmatic: bool,
@@ -224,6 +227,13 @@ pub const ATTENTION_SPLITS: usize = 32;
 const ATTENTION_THREADS: u32 = 256;
 /// Most query heads per kv head (the kernel's per-head rescale array).
 const ATTENTION_MAX_GROUP: usize = 64;
+/// Above this many `rope_attention` blocks an SM (kv heads x splits x sequences) the launch takes
+/// the kernel capped at five blocks an SM, below it the uncapped one (faster when the blocks fit
+/// four an SM). Measured (bench/results/device-s15, call 3): SmolLM2-1.7B's 1024 blocks decode a
+/// 512-token context 4.7% faster capped; the 135M proxy's 96 blocks 5% faster uncapped. Between
+/// the two, a grid's active blocks (its positions' chunks) mostly fit four an SM: batch 8 at the
+/// 135M proxy (768 blocks) stays uncapped.
+const ATTENTION_WIDE_BLOCKS_PER_SM: usize = 6;
 
 /// Threads of one `rope_attention` block for head dim `d`, `None` when the kernel cannot run it
 /// (the key rows are read as float4, RoPE pairs dims i and i + d/2).
@@ -288,6 +298,7 @@ impl DecodeKernels {
             },
             embedb: per_type("embedb")?,
             rope_attention: function(dev, Module::DecodeStep, "rope_attention", "")?,
+            rope_attention_wide: function(dev, Module::DecodeStep, "rope_attention_wide", "")?,
             argmax: function(dev, Module::DecodeStep, "argmax_logprob", "")?,
             programmatic: programmatic_launch_default(
                 dev.cuda_stream().context().compute_capability().w()?.0,
@@ -631,7 +642,13 @@ impl DecodeKernels {
             )));
         }
         let (h, kv, d_i) = (shape.heads as i32, shape.kv_heads as i32, d as i32);
-        let mut b = self.step_launch(&self.rope_attention);
+        let blocks = shape.kv_heads * ATTENTION_SPLITS * batch;
+        let f = if blocks > ATTENTION_WIDE_BLOCKS_PER_SM * SMS {
+            &self.rope_attention_wide
+        } else {
+            &self.rope_attention
+        };
+        let mut b = self.step_launch(f);
         b.arg(&qkv)
             .arg(&k_cache)
             .arg(&v_cache)

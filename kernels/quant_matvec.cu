@@ -215,13 +215,22 @@ __device__ __forceinline__ float lora_xa(const LoraEpi& L, int b, int seg, int j
     }
 }
 
-// The lane's xa value of sequence b, segment seg (lane j < rank <= 32) as it is now, possibly
-// XA_PENDING; 0 where the lane adds nothing. A row issues this for every (sequence, segment) it
-// needs before its dot product and settles them after it, so the loads overlap each other and the
-// product (waited on one by one after the product they cost ~3.9 us per mat-vec at batch 8).
-__device__ __forceinline__ float lora_xa_issue(const LoraEpi& L, int b, int seg) {
+// Sequence b's adapter slot (< 0: none; -1 without LoRA). The slot table is the host's, uploaded
+// before the step: the mat-vecs read it before their PDL wait, so that a row's B and xa loads are
+// one round trip each instead of two dependent ones behind the table's (at SmolLM2-135M a warp's
+// one row of q/k/v or o is a single round of weight loads, shorter than that chain).
+__device__ __forceinline__ int lora_slot(const LoraEpi& L, int b) {
+    return L.b == nullptr ? -1 : L.slots[b];
+}
+
+// The lane's xa value of sequence b (adapter slot `slot`), segment seg (lane j < rank <= 32) as it
+// is now, possibly XA_PENDING; 0 where the lane adds nothing. A row issues this for every
+// (sequence, segment) it needs before its dot product and settles them after it, so the loads
+// overlap each other and the product (waited on one by one after the product they cost ~3.9 us
+// per mat-vec at batch 8).
+__device__ __forceinline__ float lora_xa_issue(const LoraEpi& L, int slot, int b, int seg) {
     int lane = threadIdx.x & 31;
-    if (L.b == nullptr || L.rank > 32 || lane >= L.rank || L.slots[b] < 0) return 0.f;
+    if (L.b == nullptr || L.rank > 32 || lane >= L.rank || slot < 0) return 0.f;
     return load_xa(L.xa + (size_t)b * L.xa_stride + seg * L.rank + lane);
 }
 
@@ -234,21 +243,19 @@ __device__ __forceinline__ float lora_xa_settle(const LoraEpi& L, int b, int seg
 // The lane's B value of row `brow` (lane j < rank <= 32), loaded before the row's dot product so
 // that its latency hides behind the weights' loads (after the dot product it was a dependent round
 // trip per row: measured ~1 us per mat-vec at SmolLM2-135M); 0 otherwise.
-__device__ __forceinline__ float lora_load(const LoraEpi& L, int b, int brow) {
+__device__ __forceinline__ float lora_load(const LoraEpi& L, int slot, int brow) {
     int j = threadIdx.x & 31;
-    if (L.b == nullptr || L.rank > 32 || j >= L.rank) return 0.f;
-    int slot = L.slots[b];
-    if (slot < 0) return 0.f;
+    if (L.b == nullptr || L.rank > 32 || j >= L.rank || slot < 0) return 0.f;
     return L.b[slot * L.slot_stride + (size_t)brow * L.rank + j];
 }
 
-// The lane's share of the LoRA delta of sequence b on B row `brow` from xa segment `seg` (the warp
-// sums it with the row's dot product); `xv` from lora_xa_settle, `bv` from lora_load (rank > 32:
-// both 0, and the lane walks its share of the row). b is warp-uniform, so the early returns are too.
-__device__ __forceinline__ float lora_lane(const LoraEpi& L, float xv, float bv, int b, int brow, int seg) {
-    if (L.b == nullptr) return 0.f;
-    int slot = L.slots[b];
-    if (slot < 0) return 0.f;
+// The lane's share of the LoRA delta of sequence b (slot `slot`) on B row `brow` from xa segment
+// `seg` (the warp sums it with the row's dot product); `xv` from lora_xa_settle, `bv` from
+// lora_load (rank > 32: both 0, and the lane walks its share of the row). b is warp-uniform, so
+// the early returns are too.
+__device__ __forceinline__ float lora_lane(const LoraEpi& L, int slot, float xv, float bv, int b, int brow,
+                                           int seg) {
+    if (L.b == nullptr || slot < 0) return 0.f;
     if (L.rank <= 32) return xv * bv;
     const float* br = L.b + slot * L.slot_stride + (size_t)brow * L.rank;
     float s = 0.f;
@@ -391,17 +398,18 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers, W = blockDim.x >> 5;    \
         prefetch_first_row(w, rows, row_bytes_##Q(k), block * W + (threadIdx.x >> 5));              \
+        int slot = lora_slot(lora, 0);                                                              \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */        \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         for (int row = block * W + warp; row < rows; row += blocks * W) {                           \
             const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                 \
             int seg = lora_seg(lora, row);                                                          \
-            float bv = lora_load(lora, 0, row);                                                     \
-            float xv = lora_xa_issue(lora, 0, seg);                                                 \
+            float bv = lora_load(lora, slot, row);                                                  \
+            float xv = lora_xa_issue(lora, slot, 0, seg);                                           \
             float acc = ROWDOT(wr, xs, k, lane);                                                    \
             xv = lora_xa_settle(lora, 0, seg, xv);                                                  \
-            acc = warp_sum(acc * xscale + lora_lane(lora, xv, bv, 0, row, seg));                    \
+            acc = warp_sum(acc * xscale + lora_lane(lora, slot, xv, bv, 0, row, seg));              \
             if (bias != nullptr) acc += bias[row];                                                  \
             if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
         }                                                                                           \
@@ -418,20 +426,21 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         int block = blockIdx.x - producers, blocks = gridDim.x - producers, W = blockDim.x >> 5;    \
         prefetch_first_row(wg, rows, row_bytes_##Q(k), block * W + (threadIdx.x >> 5));             \
         prefetch_first_row(wu, rows, row_bytes_##Q(k), block * W + (threadIdx.x >> 5));             \
+        int slot = lora_slot(lora, 0);                                                              \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */        \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         for (int row = block * W + warp; row < rows; row += blocks * W) {                           \
             const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                \
             const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                \
-            float bg = lora_load(lora, 0, row), bu = lora_load(lora, 0, rows + row);                \
-            float xg = lora_xa_issue(lora, 0, 0), xu = lora_xa_issue(lora, 0, 1);                   \
+            float bg = lora_load(lora, slot, row), bu = lora_load(lora, slot, rows + row);          \
+            float xg = lora_xa_issue(lora, slot, 0, 0), xu = lora_xa_issue(lora, slot, 0, 1);       \
             float2 gu = ROWDOT2(gr, ur, xs, k, lane);                                               \
             float g = gu.x, u = gu.y;                                                               \
             xg = lora_xa_settle(lora, 0, 0, xg);                                                    \
             xu = lora_xa_settle(lora, 0, 1, xu);                                                    \
-            g = warp_sum(g * xscale + lora_lane(lora, xg, bg, 0, row, 0));                          \
-            u = warp_sum(u * xscale + lora_lane(lora, xu, bu, 0, rows + row, 1));                   \
+            g = warp_sum(g * xscale + lora_lane(lora, slot, xg, bg, 0, row, 0));                    \
+            u = warp_sum(u * xscale + lora_lane(lora, slot, xu, bu, 0, rows + row, 1));             \
             if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
         }                                                                                           \
     }                                                                                               \
@@ -1053,6 +1062,11 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         int row0 = block * MV_WARPS + warp / SPLIT;                                                 \
         int stride = blocks * MV_WARPS;                                                             \
         if (share == 0) prefetch_first_row(w, rows, row_bytes_##Q(k), row0);                        \
+        int sl[SEQS]; /* the warp's sequences' slots */                                            \
+        _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                          \
+            int b = share + SPLIT * s;                                                              \
+            sl[s] = b < nb ? lora_slot(lora, b) : -1;                                               \
+        }                                                                                           \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         load_xb(x, norm_w, eps, k, nb, xs);                                                         \
         if (share >= nb) return; /* fewer sequences than warps a row: some have none */             \
@@ -1064,8 +1078,8 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
                 int b = share + SPLIT * s;                                                          \
                 acc[s] = 0.f;                                                                       \
-                bv[s] = b < nb ? lora_load(lora, b, row) : 0.f;                                     \
-                xv[s] = b < nb ? lora_xa_issue(lora, b, seg) : 0.f;                                 \
+                bv[s] = b < nb ? lora_load(lora, sl[s], row) : 0.f;                                 \
+                xv[s] = b < nb ? lora_xa_issue(lora, sl[s], b, seg) : 0.f;                          \
             }                                                                                       \
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                            \
                 float wv[8];                                                                        \
@@ -1082,7 +1096,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
                 int b = share + SPLIT * s;                                                          \
                 if (b < nb) {                                                                       \
-                    float v = warp_sum(acc[s] + lora_lane(lora, xv[s], bv[s], b, row, seg));        \
+                    float v = warp_sum(acc[s] + lora_lane(lora, sl[s], xv[s], bv[s], b, row, seg)); \
                     if (bias != nullptr) v += bias[row];                                            \
                     size_t at = (size_t)b * ldy + row;                                              \
                     if (lane == 0) y[at] = accumulate ? y[at] + v : v;                              \
@@ -1105,6 +1119,11 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         int row0 = block * MV_WARPS + warp / SPLIT;                                                 \
         int stride = blocks * MV_WARPS;                                                             \
         if (share < 2) prefetch_first_row(share == 0 ? wg : wu, rows, row_bytes_##Q(k), row0);      \
+        int sl[SEQS]; /* the warp's sequences' slots */                                            \
+        _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                          \
+            int b = share + SPLIT * s;                                                              \
+            sl[s] = b < nb ? lora_slot(lora, b) : -1;                                               \
+        }                                                                                           \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         load_xb(x, norm_w, eps, k, nb, xs);                                                         \
         if (share >= nb) return; /* fewer sequences than warps a row: some have none */             \
@@ -1116,10 +1135,10 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
                 int b = share + SPLIT * s;                                                          \
                 g[s] = u[s] = 0.f;                                                                  \
-                bg[s] = b < nb ? lora_load(lora, b, row) : 0.f;                                     \
-                bu[s] = b < nb ? lora_load(lora, b, rows + row) : 0.f;                              \
-                xg[s] = b < nb ? lora_xa_issue(lora, b, 0) : 0.f;                                   \
-                xu[s] = b < nb ? lora_xa_issue(lora, b, 1) : 0.f;                                   \
+                bg[s] = b < nb ? lora_load(lora, sl[s], row) : 0.f;                                 \
+                bu[s] = b < nb ? lora_load(lora, sl[s], rows + row) : 0.f;                          \
+                xg[s] = b < nb ? lora_xa_issue(lora, sl[s], b, 0) : 0.f;                            \
+                xu[s] = b < nb ? lora_xa_issue(lora, sl[s], b, 1) : 0.f;                            \
             }                                                                                       \
             _Pragma("unroll 4") for (int i = lane; i < parts; i += 32) {                            \
                 float gv[8], uv[8];                                                                 \
@@ -1144,8 +1163,8 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
                 int b = share + SPLIT * s;                                                          \
                 if (b < nb) {                                                                       \
-                    float gs = warp_sum(g[s] + lora_lane(lora, xg[s], bg[s], b, row, 0));           \
-                    float us = warp_sum(u[s] + lora_lane(lora, xu[s], bu[s], b, rows + row, 1));    \
+                    float gs = warp_sum(g[s] + lora_lane(lora, sl[s], xg[s], bg[s], b, row, 0));    \
+                    float us = warp_sum(u[s] + lora_lane(lora, sl[s], xu[s], bu[s], b, rows + row, 1)); \
                     if (lane == 0) y[(size_t)b * rows + row] = gs / (1.f + expf(-gs)) * us;         \
                 }                                                                                   \
             }                                                                                       \

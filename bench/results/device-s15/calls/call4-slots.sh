@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Session 15 call 4: two binaries in one xz stream (.device/binAB/ab.tar.xz). H = ce0d1b1-era tree
+# Session 15 call 4: two binaries in one xz stream (.device/binAB/ab.tar.xz). H = commit 4263f1c
 # (decode attention: uncapped and capped kernels picked by grid size); I = H + the LoRA epilogues
-# reading each sequence's slot before the PDL wait (B and xa loads one round trip, not two).
+# reading each sequence's slot before the PDL wait (2b896e2: B and xa loads one round trip, not two).
 # gpu-check on I; adapters at the 135M proxy (H I alternating twice) and SmolLM2-1.7B Q8_0 batch 4.
 set -u
 export WICK_DEVICE_STAGE=/tmp/wick-device S=/tmp/wick-device

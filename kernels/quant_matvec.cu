@@ -399,17 +399,13 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         int block = blockIdx.x - producers, blocks = gridDim.x - producers, W = blockDim.x >> 5;    \
         prefetch_first_row(w, rows, row_bytes_##Q(k), block * W + (threadIdx.x >> 5));              \
         int slot = lora_slot(lora, 0);                                                              \
-        /* B is a weight: the first row's before the wait, each next row's a row ahead */            \
-        float bnext = LORA && block * W + (threadIdx.x >> 5) < rows                                 \
-                          ? lora_load(lora, slot, block * W + (threadIdx.x >> 5)) : 0.f;            \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */        \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         for (int row = block * W + warp; row < rows; row += blocks * W) {                           \
             const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                 \
             int seg = lora_seg(lora, row);                                                          \
-            float bv = bnext;                                                                       \
-            if (LORA && row + blocks * W < rows) bnext = lora_load(lora, slot, row + blocks * W);   \
+            float bv = lora_load(lora, slot, row);                                                  \
             float xv = lora_xa_issue(lora, slot, 0, seg);                                           \
             float acc = ROWDOT(wr, xs, k, lane);                                                    \
             xv = lora_xa_settle(lora, 0, seg, xv);                                                  \
@@ -431,21 +427,13 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         prefetch_first_row(wg, rows, row_bytes_##Q(k), block * W + (threadIdx.x >> 5));             \
         prefetch_first_row(wu, rows, row_bytes_##Q(k), block * W + (threadIdx.x >> 5));             \
         int slot = lora_slot(lora, 0);                                                              \
-        /* B is a weight: the first row's before the wait, each next row's a row ahead */            \
-        int first = block * W + (threadIdx.x >> 5);                                                 \
-        float gnext = LORA && first < rows ? lora_load(lora, slot, first) : 0.f;                    \
-        float unext = LORA && first < rows ? lora_load(lora, slot, rows + first) : 0.f;             \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */        \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
         for (int row = block * W + warp; row < rows; row += blocks * W) {                           \
             const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                \
             const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                \
-            float bg = gnext, bu = unext;                                                           \
-            if (LORA && row + blocks * W < rows) {                                                  \
-                gnext = lora_load(lora, slot, row + blocks * W);                                    \
-                unext = lora_load(lora, slot, rows + row + blocks * W);                             \
-            }                                                                                       \
+            float bg = lora_load(lora, slot, row), bu = lora_load(lora, slot, rows + row);          \
             float xg = lora_xa_issue(lora, slot, 0, 0), xu = lora_xa_issue(lora, slot, 0, 1);       \
             float2 gu = ROWDOT2(gr, ur, xs, k, lane);                                               \
             float g = gu.x, u = gu.y;                                                               \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 15 call 6 (the gpu-summary source): the final binary (.device/binB) against llama.cpp CUDA
+# Session 15 call 6 (the gpu-summary source): the final binary (.device/binB = call 4's I, 2b896e2) against llama.cpp CUDA
 # built in this call from the same sdist: issue 14.4 (SmolLM2-1.7B shapes Q4_K_M / Q4_1 / Q8_0,
 # random blocks in llama-quantize's type choice), the 135M proxy (14.3: decode, prefill, batch 8),
 # adapters (14.1/14.2: 135M, and 1.7B Q8_0 batch 4), gpu-check.

@@ -8,9 +8,12 @@
 //! `crate::reference` for each op's maths; `launch`
 //! launches the CUDA kernels (kernels/quant_matvec.cu, kernels/decode_step.cu), each through
 //! `step_launch` (programmatic dependent launch), with `lora_epilogue` the LoRA part of a mat-vec
-//! launch (adapter slots, xa, the shrink's producer blocks); `check` runs each
+//! launch (adapter slots, xa, the shrink's producer blocks) and `attention_layout` the attention
+//! launch's geometry; `check` runs each
 //! kernel against its reference on the GPU (part of `wick bench gpu-check`).
 
+#[cfg(feature = "cuda")]
+pub mod attention_layout;
 pub mod attention_reference;
 pub mod blocks_reference;
 #[cfg(feature = "cuda")]

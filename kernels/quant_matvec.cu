@@ -240,31 +240,6 @@ __device__ __forceinline__ float lora_xa_settle(const LoraEpi& L, int b, int seg
     return lora_xa(L, b, seg, threadIdx.x & 31);
 }
 
-// lora_xa_settle of a row's N sequences b0, b0 + step, ... at once: xa segment gseg's values in g
-// and, when u is not null, segment useg's in u. Each pass loads every still-pending value again,
-// their round trips overlapping (settled one by one, each pending value cost a round trip after
-// the previous one's: up to 2 x 4 at batch 8).
-template <int N>
-__device__ __forceinline__ void lora_xa_settle_all(const LoraEpi& L, int b0, int step, float* g, int gseg,
-                                                   float* u, int useg) {
-    if (L.b == nullptr) return;  // folds the loop away in the kernels without LoRA
-    const float* at = L.xa + (size_t)b0 * L.xa_stride + (threadIdx.x & 31);
-    for (unsigned spins = 0;; spins++) {
-        bool pending = false;
-#pragma unroll
-        for (int i = 0; i < N; i++) {
-            const float* bi = at + (size_t)(i * step) * L.xa_stride;
-            if (__float_as_uint(g[i]) == XA_PENDING) pending = true, g[i] = load_xa(bi + gseg * L.rank);
-            if (u != nullptr && __float_as_uint(u[i]) == XA_PENDING)
-                pending = true, u[i] = load_xa(bi + useg * L.rank);
-        }
-        if (!pending) return;
-        // Seconds of polling: as lora_xa.
-        if (spins == (1u << 22)) __trap();
-        __nanosleep(20);
-    }
-}
-
 // The lane's B value of row `brow` (lane j < rank <= 32), loaded before the row's dot product so
 // that its latency hides behind the weights' loads (after the dot product it was a dependent round
 // trip per row: measured ~1 us per mat-vec at SmolLM2-135M); 0 otherwise.
@@ -462,7 +437,8 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             float xg = lora_xa_issue(lora, slot, 0, 0), xu = lora_xa_issue(lora, slot, 0, 1);       \
             float2 gu = ROWDOT2(gr, ur, xs, k, lane);                                               \
             float g = gu.x, u = gu.y;                                                               \
-            lora_xa_settle_all<1>(lora, 0, 1, &xg, 0, &xu, 1);                                      \
+            xg = lora_xa_settle(lora, 0, 0, xg);                                                    \
+            xu = lora_xa_settle(lora, 0, 1, xu);                                                    \
             g = warp_sum(g * xscale + lora_lane(lora, slot, xg, bg, 0, row, 0));                    \
             u = warp_sum(u * xscale + lora_lane(lora, slot, xu, bu, 0, rows + row, 1));             \
             if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
@@ -1113,7 +1089,10 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                     if (b < nb) acc[s] += part_dot_##Q(wv, xs + b * k + (i >> 2) * 32, i & 3);      \
                 }                                                                                   \
             }                                                                                       \
-            lora_xa_settle_all<SEQS>(lora, share, SPLIT, xv, seg, nullptr, 0);                      \
+            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
+                int b = share + SPLIT * s;                                                          \
+                if (b < nb) xv[s] = lora_xa_settle(lora, b, seg, xv[s]);                            \
+            }                                                                                       \
             _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
                 int b = share + SPLIT * s;                                                          \
                 if (b < nb) {                                                                       \
@@ -1174,7 +1153,13 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
                     }                                                                               \
                 }                                                                                   \
             }                                                                                       \
-            lora_xa_settle_all<SEQS>(lora, share, SPLIT, xg, 0, xu, 1);                             \
+            _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
+                int b = share + SPLIT * s;                                                          \
+                if (b < nb) {                                                                       \
+                    xg[s] = lora_xa_settle(lora, b, 0, xg[s]);                                      \
+                    xu[s] = lora_xa_settle(lora, b, 1, xu[s]);                                      \
+                }                                                                                   \
+            }                                                                                       \
             _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
                 int b = share + SPLIT * s;                                                          \
                 if (b < nb) {                                                                       \

@@ -117,8 +117,9 @@ __device__ __forceinline__ void rope_attention_body(ROPE_ATTENTION_PARAMS) {
     // Everything that reads no earlier kernel's output happens before the wait, overlapping the
     // q/k/v product's tail: the rotation angles (pos and inv_freq are the host's), the running
     // sums, and the block's first chunk of cached keys and values (positions before pos, written
-    // by earlier steps: every earlier kernel of the stream has completed by the time this one can
-    // start, see pdl_wait), straight into shared memory.
+    // by earlier steps or the prefill: this kernel starts only once every block of the q/k/v
+    // product has passed its own wait, so every kernel before that one has completed; see
+    // pdl_wait), straight into shared memory.
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float s, co;
         sincosf((float)pos * inv_freq[i], &s, &co);

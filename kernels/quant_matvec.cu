@@ -528,25 +528,32 @@ GENERIC_ACCESS(q5_K, 256, 176)
 // Q4_K and Q6_K (a Q4_K_M file's formats) read a part's bytes in words, not byte by byte (w4_q4_K
 // and w4_q6_K load each quant, scale and f16 half separately: ~20 loads per part, which bound the
 // mat-vec at SmolLM2-1.7B shapes). Same weights, same f32 operations.
-// Q4_K part p of sub-block s: f16 d, f16 dmin, 12 bytes of 6-bit scales/mins (words s0 s1 s2, ggml's
-// get_scale_min_k4 below), quant bytes 16 + 32 (s >> 1) + 8p .. + 8, nibble (s & 1). A row of k
+// 6-bit scale and min of sub-block s (0..7) from the words of the head (ggml's get_scale_min_k4).
+__device__ __forceinline__ void q4_K_scale_min(uint4 head, int s, float& sc, float& mn) {
+    int sh8 = 8 * (s & 3);
+    uint32_t a, b;
+    if (s < 4) {
+        a = (head.y >> sh8) & 63;
+        b = (head.z >> sh8) & 63;
+    } else {
+        uint32_t hi = head.w >> sh8;
+        a = (hi & 15) | (((head.y >> sh8) >> 6 & 3) << 4);
+        b = (hi >> 4 & 15) | (((head.z >> sh8) >> 6 & 3) << 4);
+    }
+    sc = (float)a, mn = (float)b;
+}
+// Q4_K part p of sub-block s: f16 d, f16 dmin, 12 bytes of 6-bit scales/mins (words s0 s1 s2,
+// q4_K_scale_min), quant bytes 16 + 32 (s >> 1) + 8p .. + 8, nibble (s & 1). A row of k
 // weights is k / 256 * 144 bytes, a multiple of 16, so with the matrix 16-byte aligned (every
 // engine matrix is its own allocation) the words are aligned.
 __device__ __forceinline__ void rpart_w_q4_K(const uint8_t* r, int blk, int p, float* w) {
     const uint8_t* b = r + (size_t)(blk >> 3) * 144;
-    int s = blk & 7, sh8 = 8 * (s & 3);
+    int s = blk & 7;
     uint4 head = *reinterpret_cast<const uint4*>(b);  // d, dmin | scales 0-3 | 4-7 | 8-11
-    uint32_t sc, mn;
-    if (s < 4) {
-        sc = (head.y >> sh8) & 63;
-        mn = (head.z >> sh8) & 63;
-    } else {
-        uint32_t hi = head.w >> sh8;
-        sc = (hi & 15) | (((head.y >> sh8) >> 6 & 3) << 4);
-        mn = (hi >> 4 & 15) | (((head.z >> sh8) >> 6 & 3) << 4);
-    }
+    float sc, mn;
+    q4_K_scale_min(head, s, sc, mn);
     float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&head.x));
-    float d = dm.x * (float)sc, dmin = dm.y * (float)mn;
+    float d = dm.x * sc, dmin = dm.y * mn;
     uint2 q = *reinterpret_cast<const uint2*>(b + 16 + 32 * (s >> 1) + 8 * p);
     int sh = (s & 1) * 4;
     uint32_t lo = (q.x >> sh) & 0x0f0f0f0fu, hi = (q.y >> sh) & 0x0f0f0f0fu;
@@ -772,20 +779,6 @@ __device__ __forceinline__ float qdot_q8_0(const uint8_t* r, int blk, int p, con
 // 8 units a super-block; the 16-byte head (d, dmin, scales) is read by the unit's lane as well
 // (the 8 lanes of a super-block hit one line). A unit's terms, with the part split's maths:
 //   d sc_s ds_s.x sum(q xq) - dmin mn_s ds_s.y / 2   for s = 2j, 2j + 1 (half of each block's sum).
-// 6-bit scale and min of sub-block s (0..7) from the words of the head (ggml's get_scale_min_k4).
-__device__ __forceinline__ void q4_K_scale_min(uint4 head, int s, float& sc, float& mn) {
-    int sh8 = 8 * (s & 3);
-    uint32_t a, b;
-    if (s < 4) {
-        a = (head.y >> sh8) & 63;
-        b = (head.z >> sh8) & 63;
-    } else {
-        uint32_t hi = head.w >> sh8;
-        a = (hi & 15) | (((head.y >> sh8) >> 6 & 3) << 4);
-        b = (hi >> 4 & 15) | (((head.z >> sh8) >> 6 & 3) << 4);
-    }
-    sc = (float)a, mn = (float)b;
-}
 // The raw bytes of unit i of a Q4_K row: the super-block's head and the unit's 16 qs bytes.
 struct q4_KUnit {
     uint4 head, q;

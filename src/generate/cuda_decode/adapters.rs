@@ -16,18 +16,20 @@
 //! padded), so a slot's address is `base + slot * stride` and the captured graph's pointers never
 //! change: loading or unloading an adapter rewrites a slot's contents only.
 //!
-//! Layout of the A and B buffers: `[layer][group][slot][rows, cols]` f32, A rows `segments * R` of
-//! the group's input width, B `[out rows, R]`.
+//! Layout of the weights buffer: `[layer][group] { A [slot][a_rows, k], B [slot][out rows, R] }` f32,
+//! A rows `segments * R` of the group's input width: a launch's adapter weights (every slot of its
+//! group) are one extent, which the launch marks persisting in the L2 ([`L2Window`]).
 
 use std::sync::Arc;
 
+use candle_core::cuda_backend::cudarc::driver::sys::{CUdevice_attribute, CUlimit};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
 
 use super::EngineShape;
 pub use crate::generate::decode_adapter::{
     AdapterDims, DecodeAdapter, Group, ProjectionLora, GROUPS, PROJECTIONS,
 };
-use crate::gpu::decode::launch::{device_ptr, LoraEpilogue};
+use crate::gpu::decode::launch::{device_ptr, L2Window, LoraEpilogue};
 use crate::gpu::engine_error::EngineErrors;
 use crate::{Error, Result};
 
@@ -65,10 +67,14 @@ pub struct AdapterPool {
     shape: EngineShape,
     slots: usize,
     rank: usize,
-    a: CudaSlice<f32>,
-    b: CudaSlice<f32>,
-    a_ptr: u64,
-    b_ptr: u64,
+    /// A and B of every slot ([module docs](self) for the layout).
+    weights: CudaSlice<f32>,
+    weights_ptr: u64,
+    /// Floats of one layer in `weights`.
+    layer_floats: usize,
+    /// Bytes of a launch's L2 window at most (the device's access-policy window limit); 0: the
+    /// launches carry no window ([`l2_window_bytes`]).
+    window_max: usize,
     /// x A^T of each sequence for every launch of a step, [layers][group][batch, 3 rank] (3 rank:
     /// the widest group), each value XA_PENDING (all bits set) until its launch's producer stores
     /// it: [`AdapterPool::mark_pending`] refills it before every step.
@@ -96,9 +102,9 @@ impl AdapterPool {
                 "CUDA decode engine adapters: {slots} slots of rank {rank} for {batch} sequences"
             )));
         }
-        let (per_a, per_b) = GROUPS.iter().fold((0, 0), |(a, b), &g| {
+        let per_slot = GROUPS.iter().fold(0, |n, &g| {
             let d = dims(shape).group(g, rank);
-            (a + d.a_rows * d.k, b + d.b_rows * rank)
+            n + d.a_rows * d.k + d.b_rows * rank
         });
         let layers = shape.layers;
         let alloc = |n: usize, what: &str| {
@@ -106,9 +112,9 @@ impl AdapterPool {
                 .alloc_zeros::<f32>(n)
                 .map_err(|e| ERR.driver(what, e))
         };
-        let a = alloc(layers * slots * per_a, "A")?;
-        let b = alloc(layers * slots * per_b, "B")?;
+        let weights = alloc(layers * slots * per_slot, "A and B")?;
         let xa = alloc(layers * GROUPS.len() * batch * 3 * rank, "xa")?;
+        let window_max = l2_window_bytes(stream, weights.len() * 4)?;
         let seq_slots = stream
             .clone_htod(&vec![-1i32; batch])
             .map_err(|e| ERR.driver("slot indices", e))?;
@@ -116,13 +122,13 @@ impl AdapterPool {
             shape: *shape,
             slots,
             rank,
-            a_ptr: device_ptr(&a, stream),
-            b_ptr: device_ptr(&b, stream),
+            weights_ptr: device_ptr(&weights, stream),
+            layer_floats: slots * per_slot,
+            window_max,
             xa_ptr: device_ptr(&xa, stream),
             batch,
             seq_slots_ptr: device_ptr(&seq_slots, stream),
-            a,
-            b,
+            weights,
             xa,
             seq_slots,
             occupants: vec![None; slots],
@@ -141,7 +147,7 @@ impl AdapterPool {
 
     /// Bytes of the A and B buffers.
     pub fn bytes(&self) -> usize {
-        (self.a.len() + self.b.len()) * 4
+        self.weights.len() * 4
     }
 
     /// The slot holding the adapter of `key`, if loaded.
@@ -158,23 +164,16 @@ impl AdapterPool {
 
     /// Offsets (floats) of group `g` of `layer` for slot 0 in A and B, and the per-slot strides.
     fn offsets(&self, layer: usize, g: Group) -> (usize, usize, usize, usize) {
-        let (mut a, mut b) = (0, 0);
-        let mut strides = (0, 0);
+        let mut at = layer * self.layer_floats;
         for &h in &GROUPS {
             let d = dims(&self.shape).group(h, self.rank);
             let (sa, sb) = (d.a_rows * d.k, d.b_rows * self.rank);
             if h == g {
-                strides = (sa, sb);
-                break;
+                return (at, at + sa * self.slots, sa, sb);
             }
-            a += sa * self.slots;
-            b += sb * self.slots;
+            at += (sa + sb) * self.slots;
         }
-        let (per_a, per_b) = (
-            self.a.len() / self.shape.layers,
-            self.b.len() / self.shape.layers,
-        );
-        (layer * per_a + a, layer * per_b + b, strides.0, strides.1)
+        unreachable!("every group is in GROUPS")
     }
 
     /// Writes `adapter` into `slot` (zero-padded to the pool's rank; `key` names it for
@@ -208,11 +207,11 @@ impl AdapterPool {
                 let (a_host, b_host) = self.group_host(g, projections)?;
                 let (a_off, b_off, sa, sb) = self.offsets(layer, g);
                 let (a_at, b_at) = (a_off + slot * sa, b_off + slot * sb);
-                let mut dst = self.a.slice_mut(a_at..a_at + sa);
+                let mut dst = self.weights.slice_mut(a_at..a_at + sa);
                 stream
                     .memcpy_htod(a_host.as_slice(), &mut dst)
                     .map_err(|e| ERR.driver("writing A", e))?;
-                let mut dst = self.b.slice_mut(b_at..b_at + sb);
+                let mut dst = self.weights.slice_mut(b_at..b_at + sb);
                 stream
                     .memcpy_htod(b_host.as_slice(), &mut dst)
                     .map_err(|e| ERR.driver("writing B", e))?;
@@ -303,8 +302,8 @@ impl AdapterPool {
             row += out(p);
         }
         SlotGroup {
-            a: self.a_ptr + ((a_off + slot * sa) * 4) as u64,
-            b: self.b_ptr + ((b_off + slot * sb) * 4) as u64,
+            a: self.weights_ptr + ((a_off + slot * sa) * 4) as u64,
+            b: self.weights_ptr + ((b_off + slot * sb) * 4) as u64,
             a_rows: d.a_rows,
             k: d.k,
             rank: self.rank,
@@ -320,20 +319,54 @@ impl AdapterPool {
         let (a_off, b_off, sa, sb) = self.offsets(layer, g);
         let launch = layer * GROUPS.len() + GROUPS.iter().position(|&h| h == g).unwrap_or(0);
         let xa_off = launch * self.batch * 3 * self.rank;
+        let group_bytes = (b_off + self.slots * sb - a_off) * 4;
         LoraEpilogue {
-            b: self.b_ptr + (b_off * 4) as u64,
+            b: self.weights_ptr + (b_off * 4) as u64,
             slot_stride: sb as i64,
             xa: self.xa_ptr + (xa_off * 4) as u64,
             slots: self.seq_slots_ptr,
-            a: self.a_ptr + (a_off * 4) as u64,
+            a: self.weights_ptr + (a_off * 4) as u64,
             a_slot_stride: sa as i64,
             rank: self.rank as i32,
             xa_stride: (3 * self.rank) as i32,
             e0: d.e0 as i32,
             e1: d.e1 as i32,
             a_rows: d.a_rows as i32,
-            task_warps: 0,
-            producers: 0,
+            resident: match self.window_max {
+                0 => L2Window::NONE,
+                max => L2Window {
+                    base: self.weights_ptr + (a_off * 4) as u64,
+                    bytes: group_bytes.min(max),
+                },
+            },
         }
     }
+}
+
+/// Sets the L2's persisting set-aside for a pool of `pool_bytes` of adapter weights (at most the
+/// device's limit) and returns the device's largest access-policy window; 0 where the device has
+/// no set-aside or `WICK_ADAPTER_L2=0` (the launches then carry no window, for comparisons). Lines
+/// of the set-aside that no persisting access holds stay usable by every other access.
+fn l2_window_bytes(stream: &Arc<CudaStream>, pool_bytes: usize) -> Result<usize> {
+    if std::env::var("WICK_ADAPTER_L2").as_deref() == Ok("0") {
+        return Ok(0);
+    }
+    let ctx = stream.context();
+    let attribute = |a| {
+        ctx.attribute(a)
+            .map(|v| v.max(0) as usize)
+            .map_err(|e| ERR.driver("reading the L2 limits", e))
+    };
+    let set_aside =
+        attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_PERSISTING_L2_CACHE_SIZE)?;
+    let window = attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_ACCESS_POLICY_WINDOW_SIZE)?;
+    if set_aside == 0 || window == 0 {
+        return Ok(0);
+    }
+    ctx.set_limit(
+        CUlimit::CU_LIMIT_PERSISTING_L2_CACHE_SIZE,
+        set_aside.min(pool_bytes),
+    )
+    .map_err(|e| ERR.driver("setting the L2 persisting set-aside", e))?;
+    Ok(window)
 }

@@ -11,7 +11,7 @@
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
 
 use super::check::{blocks, f32s, DecodeCase};
-use super::launch::{device_ptr, DecodeKernels, Epilogue, LoraEpilogue, XA_PENDING};
+use super::launch::{device_ptr, DecodeKernels, Epilogue, L2Window, LoraEpilogue, XA_PENDING};
 use super::lora_reference::{self, LoraGroup};
 use super::reference::Activations;
 use super::QuantType;
@@ -227,8 +227,11 @@ impl Pool {
             e0: s.e0.min(i32::MAX as usize) as i32,
             e1: s.e1.min(i32::MAX as usize) as i32,
             a_rows: self.a_rows as i32,
-            task_warps: 0,
-            producers: 0,
+            // B's lines, so that the checked launches carry the engine's access-policy attribute.
+            resident: L2Window {
+                base: device_ptr(&self.b_d, st),
+                bytes: self.b_d.len() * 4,
+            },
         }
     }
 }

@@ -15,7 +15,7 @@ pub use super::attention_layout::{
     ATTENTION_SPLITS,
 };
 use super::attention_layout::{ATTENTION_MAX_GROUP, ATTENTION_WIDE_BLOCKS_PER_SM};
-pub use super::lora_epilogue::{LoraEpilogue, XA_PENDING};
+pub use super::lora_epilogue::{L2Window, LoraArgs, LoraEpilogue, XA_PENDING};
 use super::step_launch::{programmatic_launch_default, StepLaunch};
 use super::QuantType;
 use crate::gpu::kernels::{function, Module};
@@ -146,8 +146,7 @@ impl Epilogue {
             e0: 0,
             e1: 0,
             a_rows: 0,
-            task_warps: 0,
-            producers: 0,
+            resident: L2Window::NONE,
         },
     };
 }
@@ -384,6 +383,7 @@ impl DecodeKernels {
         let warps = batch1_block_warps(q, self.batch1_warps_forced);
         let lora = epilogue.lora.for_block(warps, k, 1);
         let mut b = self.step_launch(f);
+        b.l2_window(epilogue.lora.window());
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i);
         b.arg(&epilogue.bias).arg(&lora);
@@ -411,8 +411,10 @@ impl DecodeKernels {
         let (f, int8) = self.batch1(&self.qmv_swiglu, &self.qmv_q8x_swiglu, q, norm_w != 0, lora);
         let (rows_i, k_i) = (rows as i32, k as i32);
         let warps = batch1_block_warps(q, self.batch1_warps_forced);
+        let window = lora.window();
         let lora = lora.for_block(warps, k, 1);
         let mut b = self.step_launch(f);
+        b.l2_window(window);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&lora);
         let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8, warps);
@@ -439,7 +441,7 @@ impl DecodeKernels {
         rows: usize,
         k: usize,
         batch: usize,
-        lora: &LoraEpilogue,
+        lora: &LoraArgs,
         split: usize,
     ) -> Result<LaunchConfig> {
         if batch == 0 || batch > MAX_DECODE_BATCH || batch * k * 4 > MAX_BATCH_SHARED_BYTES {
@@ -506,6 +508,7 @@ impl DecodeKernels {
         let cfg = Self::batch_matvec_config(rows, k, batch, &lora, split)?;
         let (rows_i, k_i, acc_i, nb) = (rows as i32, k as i32, accumulate as i32, batch as i32);
         let mut b = self.step_launch(f);
+        b.l2_window(epilogue.lora.window());
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i).arg(&nb);
         b.arg(&epilogue.bias).arg(&lora).arg(&ldy_i);
@@ -530,10 +533,12 @@ impl DecodeKernels {
         lora: &LoraEpilogue,
     ) -> Result<()> {
         let (f, split) = self.qmvb_swiglu.pick(q, lora, k);
+        let window = lora.window();
         let lora = lora.for_block(MV_WARPS * split, k, batch);
         let cfg = Self::batch_matvec_config(rows, k, batch, &lora, split)?;
         let (rows_i, k_i, nb) = (rows as i32, k as i32, batch as i32);
         let mut b = self.step_launch(f);
+        b.l2_window(window);
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&nb).arg(&lora);
         unsafe { b.launch(cfg) }.w()?;

@@ -1,13 +1,14 @@
 //! The LoRA part of a decode mat-vec launch (`LoraEpi` in kernels/quant_matvec.cu): where each
-//! sequence's adapter slot, A, B and xa values are, and how a launch's producer blocks split the
-//! shrink (`LoraEpilogue::for_block`, used by the launchers in `launch`).
+//! sequence's adapter slot, A, B and xa values are, how a launch's producer blocks split the shrink
+//! (`LoraEpilogue::for_block`, used by the launchers in `launch`), and the L2 residency window of
+//! the launch's adapter weights.
 
 use super::launch::MV1_MAX_WARPS;
 
-/// The LoRA part of a mat-vec launch (`LoraEpi` in kernels/quant_matvec.cu, passed by value):
-/// each sequence b with `slots[b] >= 0` gets `sum_j xa[b, seg(r) R + j] B_slot[r, j]` added to
-/// output row r (B pre-scaled by the adapter's scale). `b == 0`: no adapters in this launch.
-#[repr(C)]
+/// The LoRA part of a mat-vec launch: each sequence b with `slots[b] >= 0` gets
+/// `sum_j xa[b, seg(r) R + j] B_slot[r, j]` added to output row r (B pre-scaled by the adapter's
+/// scale). `b == 0`: no adapters in this launch. The launchers pass it to the kernel as
+/// [`LoraArgs`] ([`LoraEpilogue::for_block`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoraEpilogue {
     /// B of slot 0 for the launch's output rows ([rows, rank] f32 per slot; the swiglu kernels read
@@ -34,11 +35,47 @@ pub struct LoraEpilogue {
     pub e1: i32,
     /// Rows of A (the group's segments times the rank).
     pub a_rows: i32,
-    /// Warps of a producer block on one (sequence, row of A) task: set by the launchers
-    /// ([`LoraEpilogue::for_block`]); 0 elsewhere.
+    /// The launch's adapter weights (A and B of every slot of its group, one extent), kept in the
+    /// L2's persisting set-aside ([`L2Window`]); empty: no window.
+    pub resident: L2Window,
+}
+
+/// `LoraEpi` of kernels/quant_matvec.cu (passed by value): a [`LoraEpilogue`]'s device part and
+/// how the launch's producer blocks split the shrink.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoraArgs {
+    pub b: u64,
+    pub slot_stride: i64,
+    pub xa: u64,
+    pub slots: u64,
+    pub a: u64,
+    pub a_slot_stride: i64,
+    pub rank: i32,
+    pub xa_stride: i32,
+    pub e0: i32,
+    pub e1: i32,
+    pub a_rows: i32,
+    /// Warps of a producer block on one (sequence, row of A) task.
     pub task_warps: i32,
-    /// Producer blocks of the launch, set by [`LoraEpilogue::for_block`]; 0 elsewhere.
+    /// Producer blocks of the launch (`lora_producers` in kernels/quant_matvec.cu reads the count).
     pub producers: i32,
+}
+
+/// An extent of device memory whose lines a launch marks persisting in the L2
+/// (`CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW`, every line of the window, the set-aside sized by
+/// the adapter pool). Adapter weights are read once per step like the base weights, but the base
+/// weights stream through the L2 (the 135M proxy's ~85 MB a token) and evict them: an epilogue's B
+/// load then comes from HBM while the row's weights, prefetched into the L2 before the PDL wait,
+/// are L2 hits, and B is the row's longest load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct L2Window {
+    pub base: u64,
+    pub bytes: usize,
+}
+
+impl L2Window {
+    pub const NONE: L2Window = L2Window { base: 0, bytes: 0 };
 }
 
 /// The bits of an xa value its producer has not stored yet (XA_PENDING in kernels/quant_matvec.cu).
@@ -51,7 +88,7 @@ impl LoraEpilogue {
     /// 384 producer blocks for q/k/v at batch 8); the batch-1 blocks keep one task of all their
     /// warps. Also counts the launch's producer blocks (`lora_producers` in
     /// kernels/quant_matvec.cu reads the count).
-    pub(super) fn for_block(&self, block_warps: usize, k: usize, batch: usize) -> Self {
+    pub(super) fn for_block(&self, block_warps: usize, k: usize, batch: usize) -> LoraArgs {
         let task_warps = if batch == 1 && block_warps <= MV1_MAX_WARPS {
             block_warps
         } else {
@@ -63,14 +100,29 @@ impl LoraEpilogue {
         } else {
             (batch * self.a_rows.max(0) as usize).div_ceil(block_warps / task_warps)
         };
-        Self {
+        LoraArgs {
+            b: self.b,
+            slot_stride: self.slot_stride,
+            xa: self.xa,
+            slots: self.slots,
+            a: self.a,
+            a_slot_stride: self.a_slot_stride,
+            rank: self.rank,
+            xa_stride: self.xa_stride,
+            e0: self.e0,
+            e1: self.e1,
+            a_rows: self.a_rows,
             task_warps: task_warps as i32,
             producers: producers as i32,
-            ..*self
         }
+    }
+
+    /// The L2 window of a launch with this epilogue (none without adapters).
+    pub(super) fn window(&self) -> Option<L2Window> {
+        (self.b != 0 && self.resident.bytes > 0).then_some(self.resident)
     }
 }
 
 // SAFETY: plain old data with the C layout of `LoraEpi` (6 pointers/int64, then 7 int32; the same
 // tail padding on both sides).
-unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for LoraEpilogue {}
+unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for LoraArgs {}

@@ -14,11 +14,13 @@
 use std::ffi::c_void;
 
 use candle_core::cuda_backend::cudarc::driver::sys::{
-    self, CUlaunchAttribute, CUlaunchAttributeID, CUlaunchConfig,
+    self, CUaccessProperty, CUlaunchAttribute, CUlaunchAttributeID, CUlaunchConfig,
 };
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaStream, DeviceRepr, DriverError, LaunchConfig,
 };
+
+use super::lora_epilogue::L2Window;
 
 /// Whether the decode kernels are launched with PDL: the device's compute capability is 9.0 or
 /// more, unless `WICK_DECODE_PDL=0`.
@@ -32,6 +34,7 @@ pub struct StepLaunch<'a> {
     func: &'a CudaFunction,
     args: Vec<*mut c_void>,
     programmatic: bool,
+    window: Option<L2Window>,
 }
 
 impl<'a> StepLaunch<'a> {
@@ -42,7 +45,15 @@ impl<'a> StepLaunch<'a> {
             func,
             args: Vec::with_capacity(16),
             programmatic,
+            window: None,
         }
+    }
+
+    /// Marks the lines of `window` persisting in the L2 for this launch (an access-policy window
+    /// attribute, kept by stream capture as the graph node's); `None`: no window.
+    pub fn l2_window(&mut self, window: Option<L2Window>) -> &mut Self {
+        self.window = window;
+        self
     }
 
     /// The next kernel argument (by reference, as `cuLaunchKernel` takes it).
@@ -59,9 +70,25 @@ impl<'a> StepLaunch<'a> {
     pub unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<(), DriverError> {
         self.stream.context().bind_to_thread()?;
         // SAFETY: zero is a valid bit pattern of this plain C struct (id, padding, value union).
-        let mut attr: CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
+        let mut attrs: [CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+        let mut n = 0;
+        if self.programmatic {
+            attrs[n].id =
+                CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attrs[n].value.programmaticStreamSerializationAllowed = 1;
+            n += 1;
+        }
+        if let Some(w) = self.window {
+            attrs[n].id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW;
+            attrs[n].value.accessPolicyWindow = sys::CUaccessPolicyWindow {
+                base_ptr: w.base as *mut c_void,
+                num_bytes: w.bytes,
+                hitRatio: 1.0,
+                hitProp: CUaccessProperty::CU_ACCESS_PROPERTY_PERSISTING,
+                missProp: CUaccessProperty::CU_ACCESS_PROPERTY_NORMAL,
+            };
+            n += 1;
+        }
         let config = CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -71,10 +98,10 @@ impl<'a> StepLaunch<'a> {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: u32::from(self.programmatic),
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: n as u32,
         };
-        // SAFETY: the caller's contract; `config` and `attr` outlive the call.
+        // SAFETY: the caller's contract; `config` and `attrs` outlive the call.
         unsafe {
             sys::cuLaunchKernelEx(
                 &config,

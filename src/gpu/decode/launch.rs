@@ -16,6 +16,7 @@ pub use super::attention_layout::{
 };
 use super::attention_layout::{ATTENTION_MAX_GROUP, ATTENTION_WIDE_BLOCKS_PER_SM};
 pub use super::lora_epilogue::{L2Window, LoraArgs, LoraEpilogue, XA_PENDING};
+use super::matvec_grid;
 use super::step_launch::{programmatic_launch_default, StepLaunch};
 use super::QuantType;
 use crate::gpu::kernels::{function, Module};
@@ -353,7 +354,11 @@ impl DecodeKernels {
         int8: bool,
         warps: usize,
     ) -> LaunchConfig {
-        let max_blocks = SMS * MV_WARPS_PER_SM / warps;
+        // The producers take their places in the wave (a row block past it would start only when
+        // producers exit, and repeat the prologue for its rows).
+        let max_blocks = (SMS * MV_WARPS_PER_SM / warps)
+            .saturating_sub(producers)
+            .max(1);
         let blocks = rows.div_ceil(warps).clamp(1, max_blocks) + producers;
         LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
@@ -437,7 +442,11 @@ impl DecodeKernels {
         Ok(())
     }
 
+    /// The grid of a batched mat-vec `f` of `split` warps a row: one wave of the blocks `f` keeps
+    /// resident (`matvec_grid`), or with `WICK_DECODE_BATCH_GRID=waves` a block per 4 rows up to 32
+    /// warps an SM's worth (the grid before, for comparisons).
     fn batch_matvec_config(
+        f: &CudaFunction,
         rows: usize,
         k: usize,
         batch: usize,
@@ -450,11 +459,19 @@ impl DecodeKernels {
                  ({MAX_DECODE_BATCH} sequences, {MAX_BATCH_SHARED_BYTES} bytes of shared memory)"
             )));
         }
-        let warps = MV_WARPS * split;
-        let mut cfg = Self::matvec_config(rows, k, lora.producers as usize, false, MV_WARPS);
-        cfg.block_dim = ((warps * 32) as u32, 1, 1);
-        cfg.shared_mem_bytes = (batch * k * 4) as u32;
-        Ok(cfg)
+        let (warps, shared, producers) = (MV_WARPS * split, batch * k * 4, lora.producers as usize);
+        let blocks = if std::env::var("WICK_DECODE_BATCH_GRID").as_deref() == Ok("waves") {
+            rows.div_ceil(MV_WARPS)
+                .clamp(1, SMS * MV_WARPS_PER_SM / MV_WARPS)
+        } else {
+            let resident = matvec_grid::resident_blocks(f, warps * 32, shared, SMS)?;
+            matvec_grid::one_wave_blocks(rows.div_ceil(MV_WARPS), resident, producers)
+        };
+        Ok(LaunchConfig {
+            grid_dim: ((blocks + producers) as u32, 1, 1),
+            block_dim: ((warps * 32) as u32, 1, 1),
+            shared_mem_bytes: shared as u32,
+        })
     }
 
     /// [`DecodeKernels::qmv`] for `batch` sequences: x [batch, k], y [batch, rows]; every weight is
@@ -505,7 +522,7 @@ impl DecodeKernels {
         let ldy_i = ldy as i32;
         let (f, split) = self.qmvb.pick(q, &epilogue.lora, k);
         let lora = epilogue.lora.for_block(MV_WARPS * split, k, batch);
-        let cfg = Self::batch_matvec_config(rows, k, batch, &lora, split)?;
+        let cfg = Self::batch_matvec_config(f, rows, k, batch, &lora, split)?;
         let (rows_i, k_i, acc_i, nb) = (rows as i32, k as i32, accumulate as i32, batch as i32);
         let mut b = self.step_launch(f);
         b.l2_window(epilogue.lora.window());
@@ -535,7 +552,7 @@ impl DecodeKernels {
         let (f, split) = self.qmvb_swiglu.pick(q, lora, k);
         let window = lora.window();
         let lora = lora.for_block(MV_WARPS * split, k, batch);
-        let cfg = Self::batch_matvec_config(rows, k, batch, &lora, split)?;
+        let cfg = Self::batch_matvec_config(f, rows, k, batch, &lora, split)?;
         let (rows_i, k_i, nb) = (rows as i32, k as i32, batch as i32);
         let mut b = self.step_launch(f);
         b.l2_window(window);

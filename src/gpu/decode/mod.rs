@@ -8,8 +8,8 @@
 //! `crate::reference` for each op's maths; `launch`
 //! launches the CUDA kernels (kernels/quant_matvec.cu, kernels/decode_step.cu), each through
 //! `step_launch` (programmatic dependent launch), with `lora_epilogue` the LoRA part of a mat-vec
-//! launch (adapter slots, xa, the shrink's producer blocks) and `attention_layout` the attention
-//! launch's geometry; `check` runs each
+//! launch (adapter slots, xa, the shrink's producer blocks), `matvec_grid` the mat-vecs' grid sizes
+//! and `attention_layout` the attention launch's geometry; `check` runs each
 //! kernel against its reference on the GPU (part of `wick bench gpu-check`).
 
 #[cfg(feature = "cuda")]
@@ -27,6 +27,8 @@ pub mod launch;
 #[cfg(feature = "cuda")]
 pub mod lora_epilogue;
 pub mod lora_reference;
+#[cfg(feature = "cuda")]
+mod matvec_grid;
 #[cfg(feature = "cuda")]
 pub mod prefill;
 pub mod reference;

@@ -1,0 +1,52 @@
+//! How many blocks a decode mat-vec launch takes. Every mat-vec loops over its rows (grid-stride),
+//! so a grid larger than the blocks the SMs hold at once only adds waves: a block of the second
+//! wave starts when one of the first exits and repeats the whole prologue (x copied, normalized,
+//! quantized) before its rows. The batched LoRA kernels hold fewer blocks an SM than the plain ones
+//! (the four-warps-a-row gate/up at SmolLM2-135M: two 512-thread blocks an SM, so its 384 row
+//! blocks and 16 producer blocks took two waves; the two-warps-a-row ones take up to 135 registers
+//! a thread), so their grids are sized from the kernel's measured occupancy, the producers counted.
+
+use candle_core::cuda_backend::cudarc::driver::CudaFunction;
+use candle_core::cuda_backend::WrapErr;
+
+/// Blocks of `threads` threads and `shared` bytes of dynamic shared memory that `f` keeps resident
+/// on `sms` SMs at once (the driver's occupancy calculator; at least one).
+pub(super) fn resident_blocks(
+    f: &CudaFunction,
+    threads: usize,
+    shared: usize,
+    sms: usize,
+) -> candle_core::Result<usize> {
+    let per_sm = f
+        .occupancy_max_active_blocks_per_multiprocessor(threads as u32, shared, None)
+        .w()?;
+    Ok((per_sm as usize).max(1) * sms)
+}
+
+/// Row blocks for `groups` groups of rows beside `producers` producer blocks, all resident in one
+/// wave of `resident` blocks: as few rounds of groups a block as fit, then as few blocks as do them
+/// in that many rounds (every block reads all of x in its prologue, so blocks that would only
+/// shorten no block's rounds are left out).
+pub(super) fn one_wave_blocks(groups: usize, resident: usize, producers: usize) -> usize {
+    let room = resident.saturating_sub(producers).max(1);
+    let rounds = groups.max(1).div_ceil(room);
+    groups.max(1).div_ceil(rounds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_wave_blocks;
+
+    #[test]
+    fn grids_fit_one_wave_with_balanced_rounds() {
+        // SmolLM2-135M gate/up at batch 8 with adapters: 384 groups, 16 producers, 264 resident.
+        assert_eq!(one_wave_blocks(384, 264, 16), 192);
+        // Everything fits: one group a block.
+        assert_eq!(one_wave_blocks(144, 264, 8), 144);
+        assert_eq!(one_wave_blocks(248, 264, 16), 248);
+        assert_eq!(one_wave_blocks(249, 264, 16), 125);
+        // Producers filling the wave still leave one block.
+        assert_eq!(one_wave_blocks(10, 4, 8), 1);
+        assert_eq!(one_wave_blocks(0, 264, 0), 1);
+    }
+}

@@ -442,9 +442,14 @@ impl DecodeKernels {
         Ok(())
     }
 
-    /// The grid of a batched mat-vec `f` of `split` warps a row: one wave of the blocks `f` keeps
-    /// resident (`matvec_grid`), or with `WICK_DECODE_BATCH_GRID=waves` a block per 4 rows up to 32
-    /// warps an SM's worth (the grid before, for comparisons).
+    /// The grid of a batched mat-vec `f` of `split` warps a row: a block per 4 rows up to 32 warps
+    /// an SM's worth; for the four-warps-a-row LoRA kernels (small k) one wave of the blocks `f`
+    /// keeps resident (`matvec_grid`). There a row is one round of weight loads, shorter than the
+    /// prologue a second wave's block repeats: SmolLM2-135M batch 8 with 8 adapters 5470 -> 5787
+    /// tok/s (0.839x -> 0.887x of the step without; bench/results/device-s16 call 2). At
+    /// SmolLM2-1.7B's k (two warps a row, two blocks an SM with LoRA) one wave made each warp walk
+    /// 11 rows one after another without the weight prefetches a starting block issues: batch 4
+    /// with adapters 726 -> 510 tok/s, so the other kernels keep their waves.
     fn batch_matvec_config(
         f: &CudaFunction,
         rows: usize,

@@ -1,10 +1,9 @@
-//! How many blocks a decode mat-vec launch takes. Every mat-vec loops over its rows (grid-stride),
-//! so a grid larger than the blocks the SMs hold at once only adds waves: a block of the second
-//! wave starts when one of the first exits and repeats the whole prologue (x copied, normalized,
-//! quantized) before its rows. The batched LoRA kernels hold fewer blocks an SM than the plain ones
-//! (the four-warps-a-row gate/up at SmolLM2-135M: two 512-thread blocks an SM, so its 384 row
-//! blocks and 16 producer blocks took two waves; the two-warps-a-row ones take up to 135 registers
-//! a thread), so their grids are sized from the kernel's measured occupancy, the producers counted.
+//! One-wave grids for the decode mat-vecs. Every mat-vec loops over its rows (grid-stride), so a
+//! grid larger than the blocks the SMs hold at once adds waves: a block of the second wave starts
+//! when one of the first exits and repeats the whole prologue (every sequence's x copied and
+//! normalized) before its rows. The four-warps-a-row batched LoRA kernels hold two 512-thread
+//! blocks an SM (SmolLM2-135M's gate/up: 384 row blocks and 16 producer blocks took two waves), so
+//! their grids are sized from the kernel's occupancy, the producers counted (`launch` says where).
 
 use candle_core::cuda_backend::cudarc::driver::CudaFunction;
 use candle_core::cuda_backend::WrapErr;

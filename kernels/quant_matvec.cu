@@ -156,11 +156,6 @@ __device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* __re
     const float4* x4 = reinterpret_cast<const float4*>(x + (size_t)(slot < 0 ? 0 : b) * k);
     const float4* w4 = reinterpret_cast<const float4*>(norm_w);
     float2 sums = lora_shrink_warp(a4, x4, w4, lo, hi);
-    if (tw == 1) {  // a warp's own task: its sums need no exchange (and no barrier)
-        const float own[1][2] = {{sums.x, sums.y}};
-        if (slot >= 0 && lane == 0) lora_store_xa(L, b, j, own, 1, norm_w != nullptr, k, eps);
-        return;
-    }
     if (lane == 0) part[warp][0] = sums.x, part[warp][1] = sums.y;
     __syncthreads();
     if (slot < 0 || sub != 0 || lane != 0) return;
@@ -196,26 +191,6 @@ __device__ __forceinline__ void lora_produce_block(const LoraEpi& L, const float
     __syncthreads();
     if (threadIdx.x != 0) return;
     lora_store_xa(L, b, j, part, warps, norm_w != nullptr, k, eps);
-}
-
-// The producers of a batch-1 launch: one task of all the block's warps (lora_produce_block), or
-// at small k several tasks of a warp or two (the host's task_warps; no barrier before a store).
-// A call, not inlined: the producer branch then takes no registers from the rows' path (inlined,
-// the batch-1 LoRA kernels spilled 8-28 bytes of the rows' registers at their 64-register cap;
-// called, none).
-__device__ __noinline__ void lora_produce_batch1(const LoraEpi& L, const float* __restrict__ x,
-                                                    const float* __restrict__ norm_w, float eps, int k) {
-    if (lora_task_warps(L) == (int)(blockDim.x >> 5))
-        lora_produce_block(L, x, norm_w, eps, k, 1);
-    else
-        lora_produce(L, x, norm_w, eps, k, 1);
-}
-
-// The producers of a batched launch (lora_produce), not inlined for the same reason.
-__device__ __noinline__ void lora_produce_batched(const LoraEpi& L, const float* __restrict__ x,
-                                                  const float* __restrict__ norm_w, float eps, int k,
-                                                  int nb) {
-    lora_produce(L, x, norm_w, eps, k, nb);
 }
 
 // One relaxed load of an xa value at GPU scope (from L2, never a stale L1 line). Volatile, so a
@@ -418,7 +393,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
-            lora_produce_batch1(lora, x, norm_w, eps, k);                                           \
+            lora_produce_block(lora, x, norm_w, eps, k, 1);                                         \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers, W = blockDim.x >> 5;    \
@@ -445,7 +420,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
-            lora_produce_batch1(lora, x, norm_w, eps, k);                                           \
+            lora_produce_block(lora, x, norm_w, eps, k, 1);                                         \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers, W = blockDim.x >> 5;    \
@@ -1072,7 +1047,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
-            lora_produce_batched(lora, x, norm_w, eps, k, nb);                                      \
+            lora_produce(lora, x, norm_w, eps, k, nb);                                              \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
@@ -1129,7 +1104,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
-            lora_produce_batched(lora, x, norm_w, eps, k, nb);                                      \
+            lora_produce(lora, x, norm_w, eps, k, nb);                                              \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \

@@ -89,8 +89,7 @@ impl LoraEpilogue {
     /// warps. Also counts the launch's producer blocks (`lora_producers` in
     /// kernels/quant_matvec.cu reads the count).
     pub(super) fn for_block(&self, block_warps: usize, k: usize, batch: usize) -> LoraArgs {
-        let whole_block = std::env::var("WICK_LORA_TASKS").as_deref() == Ok("block");
-        let task_warps = if batch == 1 && block_warps <= MV1_MAX_WARPS && whole_block {
+        let task_warps = if batch == 1 && block_warps <= MV1_MAX_WARPS {
             block_warps
         } else {
             let want = (k / 512).clamp(1, block_warps);

@@ -35,7 +35,7 @@
 //
 // The shrink xa = xn A^T (Punica's BGMV shrink) runs inside the same launch (lora.a != null): the
 // grid's first blocks are producers (one task per sequence and row of A, a block per task at batch
-// 1 and several tasks a block in the batched launches; no rows of their own);
+// 1 and large k, several tasks a block otherwise; no rows of their own);
 // the others are the mat-vec's. A producer computes its xa value from the x it normalizes like every
 // block, and stores it; a row's epilogue polls the xa values it needs until they are no longer
 // XA_PENDING (the engine fills each launch's xa region with XA_PENDING before the step), so the
@@ -79,8 +79,9 @@ __device__ __forceinline__ int lora_seg(const LoraEpi& L, int row) {
 
 // Blocks [0, P) of a launch that computes its shrink are producers: each (sequence b, row j of A)
 // is a task of L.task_warps warps splitting the row's k, a block takes warps / task_warps tasks
-// (one task of all its warps in a 4-warp batch-1 block; several small ones in the batched blocks
-// at small k, where a block per task made hundreds of producer blocks at batch 8). P = L.producers,
+// (a task of a warp or a few at small k: a block per task made hundreds of producer blocks at
+// batch 8, and at batch 1 each task's block-wide barrier and its blocks' scheduling stood between
+// the x loads and the stored xa; one task of all its warps in a batch-1 block at large k). P = L.producers,
 // counted by the host (LoraEpilogue::for_block): every block reads it before its first load, and
 // computing it there (two integer divisions) measured ~3% of the batch-1 adapter step. 0 when xa
 // is ready or there are no adapters.
@@ -156,41 +157,15 @@ __device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* __re
     const float4* x4 = reinterpret_cast<const float4*>(x + (size_t)(slot < 0 ? 0 : b) * k);
     const float4* w4 = reinterpret_cast<const float4*>(norm_w);
     float2 sums = lora_shrink_warp(a4, x4, w4, lo, hi);
+    if (tw == 1) {  // a warp's own task: its sums need no exchange (and no barrier)
+        const float own[1][2] = {{sums.x, sums.y}};
+        if (slot >= 0 && lane == 0) lora_store_xa(L, b, j, own, 1, norm_w != nullptr, k, eps);
+        return;
+    }
     if (lane == 0) part[warp][0] = sums.x, part[warp][1] = sums.y;
     __syncthreads();
     if (slot < 0 || sub != 0 || lane != 0) return;
     lora_store_xa(L, b, j, part + warp, tw, norm_w != nullptr, k, eps);
-}
-
-// lora_produce for the batch-1 blocks, whose one task takes all their warps: the same sums without
-// the task arithmetic, which cost the batch-1 kernels with LoRA 4 more bytes of spilled registers.
-__device__ __forceinline__ void lora_produce_block(const LoraEpi& L, const float* __restrict__ x,
-                                             const float* __restrict__ norm_w, float eps, int k, int nb) {
-    __shared__ float part[32][2];
-    int t = blockIdx.x, b = t / L.a_rows, j = t - b * L.a_rows;
-    // The slot table is the host's (uploaded before the step) and A is a weight: both are read
-    // before the wait, and the A row is asked into L2 then, so that after the wait only x's loads
-    // and the A row's L2 hits stand between the previous kernel and the stored xa.
-    int slot = L.slots[b];
-    if (slot < 0) {  // block-uniform: the whole block leaves (after the wait, so that the step's
-        pdl_wait();  // next kernel cannot start before the previous one has finished)
-        return;
-    }
-    const float* arow = L.a + slot * L.a_slot_stride + (size_t)j * k;
-    for (int off = threadIdx.x * 128; off < k * 4; off += blockDim.x * 128)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(arow) + off));
-    pdl_wait();  // x is the previous kernel's output
-    int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int n4 = k / 4, per = (n4 + warps - 1) / warps;
-    int lo = warp * per, hi = min(n4, lo + per);
-    const float4* a4 = reinterpret_cast<const float4*>(arow);
-    const float4* x4 = reinterpret_cast<const float4*>(x + (size_t)b * k);
-    const float4* w4 = reinterpret_cast<const float4*>(norm_w);
-    float2 sums = lora_shrink_warp(a4, x4, w4, lo, hi);
-    if (lane == 0) part[warp][0] = sums.x, part[warp][1] = sums.y;
-    __syncthreads();
-    if (threadIdx.x != 0) return;
-    lora_store_xa(L, b, j, part, warps, norm_w != nullptr, k, eps);
 }
 
 // One relaxed load of an xa value at GPU scope (from L2, never a stale L1 line). Volatile, so a
@@ -393,7 +368,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
-            lora_produce_block(lora, x, norm_w, eps, k, 1);                                         \
+            lora_produce(lora, x, norm_w, eps, k, 1);                                               \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers, W = blockDim.x >> 5;    \
@@ -420,7 +395,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
-            lora_produce_block(lora, x, norm_w, eps, k, 1);                                         \
+            lora_produce(lora, x, norm_w, eps, k, 1);                                               \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers, W = blockDim.x >> 5;    \

@@ -354,11 +354,7 @@ impl DecodeKernels {
         int8: bool,
         warps: usize,
     ) -> LaunchConfig {
-        // The producers take their places in the wave (a row block past it would start only when
-        // producers exit, and repeat the prologue for its rows).
-        let max_blocks = (SMS * MV_WARPS_PER_SM / warps)
-            .saturating_sub(producers)
-            .max(1);
+        let max_blocks = SMS * MV_WARPS_PER_SM / warps;
         let blocks = rows.div_ceil(warps).clamp(1, max_blocks) + producers;
         LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
@@ -465,12 +461,12 @@ impl DecodeKernels {
             )));
         }
         let (warps, shared, producers) = (MV_WARPS * split, batch * k * 4, lora.producers as usize);
-        let blocks = if std::env::var("WICK_DECODE_BATCH_GRID").as_deref() == Ok("waves") {
-            rows.div_ceil(MV_WARPS)
-                .clamp(1, SMS * MV_WARPS_PER_SM / MV_WARPS)
-        } else {
+        let blocks = if split == QMVB_WIDE_SPLIT {
             let resident = matvec_grid::resident_blocks(f, warps * 32, shared, SMS)?;
             matvec_grid::one_wave_blocks(rows.div_ceil(MV_WARPS), resident, producers)
+        } else {
+            rows.div_ceil(MV_WARPS)
+                .clamp(1, SMS * MV_WARPS_PER_SM / MV_WARPS)
         };
         Ok(LaunchConfig {
             grid_dim: ((blocks + producers) as u32, 1, 1),

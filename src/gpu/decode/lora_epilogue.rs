@@ -84,12 +84,14 @@ pub const XA_PENDING: u32 = u32::MAX;
 impl LoraEpilogue {
     /// This epilogue as a launch of `block_warps`-warp blocks over `k` inputs for `batch`
     /// sequences passes it: producer tasks of as many warps as keep a lane's loads few (k / 512, a
-    /// power of two) in the batched blocks, several tasks a block at small k (a block per task made
-    /// 384 producer blocks for q/k/v at batch 8); the batch-1 blocks keep one task of all their
+    /// power of two), several tasks a block at small k (a block per task made 384 producer blocks
+    /// for q/k/v at batch 8; at batch 1, tasks of a warp or a few instead of a block: adapter /
+    /// none 0.876x -> 0.882x at SmolLM2-135M, 0.804x -> 0.865x at SmolLM2-1.7B Q8_0,
+    /// bench/results/device-s16 call 4); a batch-1 block above k = 4096 keeps one task of all its
     /// warps. Also counts the launch's producer blocks (`lora_producers` in
     /// kernels/quant_matvec.cu reads the count).
     pub(super) fn for_block(&self, block_warps: usize, k: usize, batch: usize) -> LoraArgs {
-        let task_warps = if batch == 1 && block_warps <= MV1_MAX_WARPS {
+        let task_warps = if batch == 1 && block_warps <= MV1_MAX_WARPS && k > 4096 {
             block_warps
         } else {
             let want = (k / 512).clamp(1, block_warps);

@@ -5,17 +5,16 @@
 //! blocks an SM (SmolLM2-135M's gate/up: 384 row blocks and 16 producer blocks took two waves), so
 //! their grids are sized from the kernel's occupancy, the producers counted (`launch` says where).
 
-use candle_core::cuda_backend::cudarc::driver::CudaFunction;
-use candle_core::cuda_backend::WrapErr;
-
 /// Blocks of `threads` threads and `shared` bytes of dynamic shared memory that `f` keeps resident
 /// on `sms` SMs at once (the driver's occupancy calculator; at least one).
+#[cfg(feature = "cuda")]
 pub(super) fn resident_blocks(
-    f: &CudaFunction,
+    f: &candle_core::cuda_backend::cudarc::driver::CudaFunction,
     threads: usize,
     shared: usize,
     sms: usize,
 ) -> candle_core::Result<usize> {
+    use candle_core::cuda_backend::WrapErr;
     let per_sm = f
         .occupancy_max_active_blocks_per_multiprocessor(threads as u32, shared, None)
         .w()?;
@@ -26,6 +25,7 @@ pub(super) fn resident_blocks(
 /// wave of `resident` blocks: as few rounds of groups a block as fit, then as few blocks as do them
 /// in that many rounds (every block reads all of x in its prologue, so blocks that would only
 /// shorten no block's rounds are left out).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // the unit test runs without CUDA too
 pub(super) fn one_wave_blocks(groups: usize, resident: usize, producers: usize) -> usize {
     let room = resident.saturating_sub(producers).max(1);
     let rounds = groups.max(1).div_ceil(room);

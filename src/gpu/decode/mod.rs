@@ -27,7 +27,6 @@ pub mod launch;
 #[cfg(feature = "cuda")]
 pub mod lora_epilogue;
 pub mod lora_reference;
-#[cfg(feature = "cuda")]
 mod matvec_grid;
 #[cfg(feature = "cuda")]
 pub mod prefill;

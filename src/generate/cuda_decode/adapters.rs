@@ -29,7 +29,7 @@ use super::EngineShape;
 pub use crate::generate::decode_adapter::{
     AdapterDims, DecodeAdapter, Group, ProjectionLora, GROUPS, PROJECTIONS,
 };
-use crate::gpu::decode::launch::{device_ptr, L2Window, LoraEpilogue};
+use crate::gpu::decode::launch::{device_ptr, L2Window, LoraArgs, LoraEpilogue};
 use crate::gpu::engine_error::EngineErrors;
 use crate::{Error, Result};
 
@@ -321,17 +321,20 @@ impl AdapterPool {
         let xa_off = launch * self.batch * 3 * self.rank;
         let group_bytes = (b_off + self.slots * sb - a_off) * 4;
         LoraEpilogue {
-            b: self.weights_ptr + (b_off * 4) as u64,
-            slot_stride: sb as i64,
-            xa: self.xa_ptr + (xa_off * 4) as u64,
-            slots: self.seq_slots_ptr,
-            a: self.weights_ptr + (a_off * 4) as u64,
-            a_slot_stride: sa as i64,
-            rank: self.rank as i32,
-            xa_stride: (3 * self.rank) as i32,
-            e0: d.e0 as i32,
-            e1: d.e1 as i32,
-            a_rows: d.a_rows as i32,
+            args: LoraArgs {
+                b: self.weights_ptr + (b_off * 4) as u64,
+                slot_stride: sb as i64,
+                xa: self.xa_ptr + (xa_off * 4) as u64,
+                slots: self.seq_slots_ptr,
+                a: self.weights_ptr + (a_off * 4) as u64,
+                a_slot_stride: sa as i64,
+                rank: self.rank as i32,
+                xa_stride: (3 * self.rank) as i32,
+                e0: d.e0 as i32,
+                e1: d.e1 as i32,
+                a_rows: d.a_rows as i32,
+                ..LoraArgs::default()
+            },
             resident: match self.window_max {
                 0 => L2Window::NONE,
                 max => L2Window {

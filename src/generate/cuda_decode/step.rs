@@ -17,7 +17,7 @@ use super::adapters::{AdapterPool, Group};
 use super::weights::EngineWeights;
 use super::EngineShape;
 use crate::gpu::decode::launch::{
-    attention_scratch_floats, device_ptr, DecodeKernels, Epilogue, LoraEpilogue,
+    attention_scratch_floats, device_ptr, DecodeKernels, Epilogue, LoraArgs, LoraEpilogue,
 };
 use crate::gpu::engine_error::EngineErrors;
 use crate::Result;
@@ -177,16 +177,19 @@ impl Step<'_> {
                     ptr + (floats * 4) as u64
                 }
             };
-            let rank = lora.rank.max(0) as usize;
+            let (args, rank) = (lora.args, lora.args.rank.max(0) as usize);
             let epilogue = Epilogue {
                 bias: offset(l.qkv_bias_ptr, row0),
                 lora: LoraEpilogue {
-                    b: offset(lora.b, row0 * rank),
-                    xa: offset(lora.xa, seg * rank),
-                    // The first part's launch computes the whole group's shrink (every segment).
-                    a: if seg == 0 { lora.a } else { 0 },
-                    e0: i32::MAX,
-                    e1: i32::MAX,
+                    args: LoraArgs {
+                        b: offset(args.b, row0 * rank),
+                        xa: offset(args.xa, seg * rank),
+                        // The first part's launch computes the whole group's shrink (every segment).
+                        a: if seg == 0 { args.a } else { 0 },
+                        e0: i32::MAX,
+                        e1: i32::MAX,
+                        ..args
+                    },
                     ..lora
                 },
             };

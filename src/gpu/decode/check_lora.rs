@@ -11,7 +11,9 @@
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
 
 use super::check::{blocks, f32s, DecodeCase};
-use super::launch::{device_ptr, DecodeKernels, Epilogue, L2Window, LoraEpilogue, XA_PENDING};
+use super::launch::{
+    device_ptr, DecodeKernels, Epilogue, L2Window, LoraArgs, LoraEpilogue, XA_PENDING,
+};
 use super::lora_reference::{self, LoraGroup};
 use super::reference::Activations;
 use super::QuantType;
@@ -216,17 +218,20 @@ impl Pool {
     /// The epilogue of a launch that computes the shrink into `xa` (pending values).
     fn epilogue(&self, s: &Shape, st: &CudaStream, slots: u64, xa: u64) -> LoraEpilogue {
         LoraEpilogue {
-            b: device_ptr(&self.b_d, st),
-            slot_stride: (self.b_rows * s.rank) as i64,
-            xa,
-            slots,
-            a: device_ptr(&self.a_d, st),
-            a_slot_stride: (self.a_rows * s.k) as i64,
-            rank: s.rank as i32,
-            xa_stride: (3 * s.rank.max(1) + 1) as i32,
-            e0: s.e0.min(i32::MAX as usize) as i32,
-            e1: s.e1.min(i32::MAX as usize) as i32,
-            a_rows: self.a_rows as i32,
+            args: LoraArgs {
+                b: device_ptr(&self.b_d, st),
+                slot_stride: (self.b_rows * s.rank) as i64,
+                xa,
+                slots,
+                a: device_ptr(&self.a_d, st),
+                a_slot_stride: (self.a_rows * s.k) as i64,
+                rank: s.rank as i32,
+                xa_stride: (3 * s.rank.max(1) + 1) as i32,
+                e0: s.e0.min(i32::MAX as usize) as i32,
+                e1: s.e1.min(i32::MAX as usize) as i32,
+                a_rows: self.a_rows as i32,
+                ..LoraArgs::default()
+            },
             // B's lines, so that the checked launches carry the engine's access-policy attribute.
             resident: L2Window {
                 base: device_ptr(&self.b_d, st),

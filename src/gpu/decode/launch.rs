@@ -136,17 +136,21 @@ impl Epilogue {
     pub const NONE: Epilogue = Epilogue {
         bias: 0,
         lora: LoraEpilogue {
-            b: 0,
-            slot_stride: 0,
-            xa: 0,
-            slots: 0,
-            a: 0,
-            a_slot_stride: 0,
-            rank: 0,
-            xa_stride: 0,
-            e0: 0,
-            e1: 0,
-            a_rows: 0,
+            args: LoraArgs {
+                b: 0,
+                slot_stride: 0,
+                xa: 0,
+                slots: 0,
+                a: 0,
+                a_slot_stride: 0,
+                rank: 0,
+                xa_stride: 0,
+                e0: 0,
+                e1: 0,
+                a_rows: 0,
+                task_warps: 0,
+                producers: 0,
+            },
             resident: L2Window::NONE,
         },
     };
@@ -193,7 +197,7 @@ struct MatVecs {
 
 impl MatVecs {
     fn pick(&self, q: QuantType, lora: &LoraEpilogue) -> &CudaFunction {
-        let set = if lora.b == 0 { &self.plain } else { &self.lora };
+        let set = if lora.args.b == 0 { &self.plain } else { &self.lora };
         &set[index(q)]
     }
 
@@ -212,7 +216,7 @@ struct BatchMatVecs {
 impl BatchMatVecs {
     /// The kernel for a launch over `k` inputs, and its warps a row.
     fn pick(&self, q: QuantType, lora: &LoraEpilogue, k: usize) -> (&CudaFunction, usize) {
-        if lora.b != 0 && k <= QMVB_WIDE_MAX_K {
+        if lora.args.b != 0 && k <= QMVB_WIDE_MAX_K {
             (&self.lora_wide[index(q)], QMVB_WIDE_SPLIT)
         } else {
             (self.split.pick(q, lora), QMVB_SPLIT)

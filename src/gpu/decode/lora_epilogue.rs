@@ -5,14 +5,26 @@
 
 use super::launch::MV1_MAX_WARPS;
 
-/// The LoRA part of a mat-vec launch: each sequence b with `slots[b] >= 0` gets
-/// `sum_j xa[b, seg(r) R + j] B_slot[r, j]` added to output row r (B pre-scaled by the adapter's
-/// scale). `b == 0`: no adapters in this launch. The launchers pass it to the kernel as
-/// [`LoraArgs`] ([`LoraEpilogue::for_block`]).
+/// The LoRA part of a mat-vec launch: what its kernel reads ([`LoraArgs`]) and the L2 window of its
+/// adapter weights. `args.b == 0`: no adapters in this launch.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoraEpilogue {
+    /// The kernel's part; the launchers fill in how its producer blocks split the shrink
+    /// ([`LoraEpilogue::for_block`]).
+    pub args: LoraArgs,
+    /// The launch's adapter weights (A and B of every slot of its group, one extent), kept in the
+    /// L2's persisting set-aside ([`L2Window`]); empty: no window.
+    pub resident: L2Window,
+}
+
+/// `LoraEpi` of kernels/quant_matvec.cu (passed by value): each sequence b with `slots[b] >= 0`
+/// gets `sum_j xa[b, seg(r) R + j] B_slot[r, j]` added to output row r (B pre-scaled by the
+/// adapter's scale).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoraArgs {
     /// B of slot 0 for the launch's output rows ([rows, rank] f32 per slot; the swiglu kernels read
-    /// the up projection's B at `rows * rank` floats after the gate's).
+    /// the up projection's B at `rows * rank` floats after the gate's). 0: no adapters.
     pub b: u64,
     /// Floats from one slot's B to the next.
     pub slot_stride: i64,
@@ -35,30 +47,10 @@ pub struct LoraEpilogue {
     pub e1: i32,
     /// Rows of A (the group's segments times the rank).
     pub a_rows: i32,
-    /// The launch's adapter weights (A and B of every slot of its group, one extent), kept in the
-    /// L2's persisting set-aside ([`L2Window`]); empty: no window.
-    pub resident: L2Window,
-}
-
-/// `LoraEpi` of kernels/quant_matvec.cu (passed by value): a [`LoraEpilogue`]'s device part and
-/// how the launch's producer blocks split the shrink.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LoraArgs {
-    pub b: u64,
-    pub slot_stride: i64,
-    pub xa: u64,
-    pub slots: u64,
-    pub a: u64,
-    pub a_slot_stride: i64,
-    pub rank: i32,
-    pub xa_stride: i32,
-    pub e0: i32,
-    pub e1: i32,
-    pub a_rows: i32,
-    /// Warps of a producer block on one (sequence, row of A) task.
+    /// Warps of a producer block on one (sequence, row of A) task (set by the launchers).
     pub task_warps: i32,
-    /// Producer blocks of the launch (`lora_producers` in kernels/quant_matvec.cu reads the count).
+    /// Producer blocks of the launch (set by the launchers; `lora_producers` in
+    /// kernels/quant_matvec.cu reads the count).
     pub producers: i32,
 }
 
@@ -97,31 +89,22 @@ impl LoraEpilogue {
             let want = (k / 512).clamp(1, block_warps);
             1 << want.ilog2()
         };
-        let producers = if self.b == 0 || self.a == 0 {
+        let a = &self.args;
+        let producers = if a.b == 0 || a.a == 0 {
             0
         } else {
-            (batch * self.a_rows.max(0) as usize).div_ceil(block_warps / task_warps)
+            (batch * a.a_rows.max(0) as usize).div_ceil(block_warps / task_warps)
         };
         LoraArgs {
-            b: self.b,
-            slot_stride: self.slot_stride,
-            xa: self.xa,
-            slots: self.slots,
-            a: self.a,
-            a_slot_stride: self.a_slot_stride,
-            rank: self.rank,
-            xa_stride: self.xa_stride,
-            e0: self.e0,
-            e1: self.e1,
-            a_rows: self.a_rows,
             task_warps: task_warps as i32,
             producers: producers as i32,
+            ..*a
         }
     }
 
     /// The L2 window of a launch with this epilogue (none without adapters).
     pub(super) fn window(&self) -> Option<L2Window> {
-        (self.b != 0 && self.resident.bytes > 0).then_some(self.resident)
+        (self.args.b != 0 && self.resident.bytes > 0).then_some(self.resident)
     }
 }
 

@@ -135,24 +135,7 @@ impl Epilogue {
     /// Nothing added.
     pub const NONE: Epilogue = Epilogue {
         bias: 0,
-        lora: LoraEpilogue {
-            args: LoraArgs {
-                b: 0,
-                slot_stride: 0,
-                xa: 0,
-                slots: 0,
-                a: 0,
-                a_slot_stride: 0,
-                rank: 0,
-                xa_stride: 0,
-                e0: 0,
-                e1: 0,
-                a_rows: 0,
-                task_warps: 0,
-                producers: 0,
-            },
-            resident: L2Window::NONE,
-        },
+        lora: LoraEpilogue::NONE,
     };
 }
 
@@ -197,7 +180,11 @@ struct MatVecs {
 
 impl MatVecs {
     fn pick(&self, q: QuantType, lora: &LoraEpilogue) -> &CudaFunction {
-        let set = if lora.args.b == 0 { &self.plain } else { &self.lora };
+        let set = if lora.args.b == 0 {
+            &self.plain
+        } else {
+            &self.lora
+        };
         &set[index(q)]
     }
 

@@ -74,6 +74,26 @@ impl L2Window {
 pub const XA_PENDING: u32 = u32::MAX;
 
 impl LoraEpilogue {
+    /// No adapters.
+    pub const NONE: LoraEpilogue = LoraEpilogue {
+        args: LoraArgs {
+            b: 0,
+            slot_stride: 0,
+            xa: 0,
+            slots: 0,
+            a: 0,
+            a_slot_stride: 0,
+            rank: 0,
+            xa_stride: 0,
+            e0: 0,
+            e1: 0,
+            a_rows: 0,
+            task_warps: 0,
+            producers: 0,
+        },
+        resident: L2Window::NONE,
+    };
+
     /// This epilogue as a launch of `block_warps`-warp blocks over `k` inputs for `batch`
     /// sequences passes it: producer tasks of as many warps as keep a lane's loads few (k / 512, a
     /// power of two), several tasks a block at small k (a block per task made 384 producer blocks

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Session 16 call 9: ncu on the batch-1 adapter step's mat-vecs (final binary .device/binB, 73e9857),
+# eager launches (WICK_CUDA_GRAPH=0), clocks left alone: duration, occupancy, registers and warp
+# stall reasons per issued instruction of the gate/up and q/k/v kernels with and without LoRA
+# (bench/results/device-s13/calls/ncu_summary.py groups them), to see where the adapter's
+# ~1.4 us a gate/up launch goes.
+set -u
+export WICK_CUDA_GRAPH=0
+S=/tmp/wick-device; mkdir -p $S/bin $OUT/r
+xz -dc .device/binB/wick.xz > $S/bin/wick && chmod +x $S/bin/wick
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+echo "ncu=$NCU"
+M="gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,launch__grid_size"
+for s in long_scoreboard short_scoreboard barrier wait membar lg_throttle mio_throttle math_pipe_throttle not_selected selected no_instruction sleeping branch_resolving dispatch_stall drain imc_miss tex_throttle; do
+  M="$M,smsp__average_warps_issue_stalled_${s}_per_issue_active.ratio"
+done
+timeout 200 $NCU --clock-control none --metrics $M -k 'regex:^qmv_q8x_(swiglu_)?(lora_)?q4_1$' --launch-skip 120 --launch-count 160 \
+  --csv --page raw $S/bin/wick bench decode-lora --model random:smollm2-135m --quant q4_1 --batch 1 --compare 1 \
+  --prompt-tokens 8 --decode-tokens 4 > $OUT/r/lora1.csv 2> $OUT/r/lora1.err
+echo "rc=$? $(wc -l < $OUT/r/lora1.csv) lines"
+tail -3 $OUT/r/lora1.err
+python3 bench/results/device-s13/calls/ncu_summary.py $OUT/r/lora1.csv | tee $OUT/ncu-summary.txt | head -40

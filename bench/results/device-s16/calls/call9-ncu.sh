@@ -14,9 +14,12 @@ M="gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm_
 for s in long_scoreboard short_scoreboard barrier wait membar lg_throttle mio_throttle math_pipe_throttle not_selected selected no_instruction sleeping branch_resolving dispatch_stall drain imc_miss tex_throttle; do
   M="$M,smsp__average_warps_issue_stalled_${s}_per_issue_active.ratio"
 done
-timeout 200 $NCU --clock-control none --metrics $M -k 'regex:^qmv_q8x_(swiglu_)?(lora_)?q4_1$' --launch-skip 120 --launch-count 160 \
-  --csv --page raw $S/bin/wick bench decode-lora --model random:smollm2-135m --quant q4_1 --batch 1 --compare 1 \
-  --prompt-tokens 8 --decode-tokens 4 > $OUT/r/lora1.csv 2> $OUT/r/lora1.err
-echo "rc=$? $(wc -l < $OUT/r/lora1.csv) lines"
-tail -3 $OUT/r/lora1.err
-python3 bench/results/device-s13/calls/ncu_summary.py $OUT/r/lora1.csv | tee $OUT/ncu-summary.txt | head -40
+prof() { # name regex
+  timeout 150 $NCU --clock-control none --metrics $M -k "regex:$2" --launch-skip 61 --launch-count 122 \
+    --csv --page raw $S/bin/wick bench decode-lora --model random:smollm2-135m --quant q4_1 --batch 1 --compare 1 \
+    --prompt-tokens 16 --decode-tokens 8 > $OUT/r/$1.csv 2> $OUT/r/$1.err
+  echo "$1 rc=$? $(wc -l < $OUT/r/$1.csv) lines"; tail -2 $OUT/r/$1.err
+}
+prof plain '^qmv_q8x_(swiglu_)?q4_1$'
+prof lora '^qmv_q8x_(swiglu_)?lora_q4_1$'
+python3 bench/results/device-s13/calls/ncu_summary.py $OUT/r/plain.csv $OUT/r/lora.csv | tee $OUT/ncu-summary.txt | head -40

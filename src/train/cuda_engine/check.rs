@@ -62,7 +62,7 @@ mod judge;
 mod models;
 mod reference;
 
-use judge::{bf16_text, compare, diff, lowp_case, rel_err, scalar_case, Judge};
+use judge::{bf16_text, compare, diff, finite_or_zero, lowp_case, rel_err, scalar_case, Judge};
 use models::var_values;
 use models::{check_models, copy_adapter, f64s, micro_batches, quantize_matrices, random_weights};
 use models::{CheckModel, MapSource, Micro};
@@ -516,14 +516,7 @@ fn own_step_two(
     candle_bf16: &Reference,
     adapter: &Adapter,
 ) -> Result<((f64, f64), (f64, f64))> {
-    let err = |got: f64, want: f64| {
-        let e = rel_err(got, want);
-        if e.is_finite() {
-            e
-        } else {
-            0.0
-        }
-    };
+    let err = |got, want| finite_or_zero(rel_err(got, want));
     let (loss, norm) = f32_loss_norm_at(m, adapter)?;
     Ok((
         (loss, err(candle_bf16.loss[0], m.want.loss[0])),

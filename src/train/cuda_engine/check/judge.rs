@@ -38,9 +38,7 @@ impl<'a> Judge<'a> {
                     Some(c) => max_rel_err(c, want),
                     None => f64::NAN,
                 };
-                // No finite Candle error (a missing tensor, a NaN) leaves only the floor: never
-                // an infinite tolerance.
-                let c = if c.is_finite() { c } else { 0.0 };
+                let c = finite_or_zero(c);
                 let ratio = bf16_ratio(name);
                 (bf16_tolerance(c, ratio), bf16_text(c, ratio))
             }
@@ -105,6 +103,16 @@ pub(super) fn compare(
     }
 }
 
+/// Candle's bf16 error as a tolerance's basis: no finite error (a missing tensor, a NaN) counts as
+/// 0 and leaves only the floor, never an infinite tolerance.
+pub(super) fn finite_or_zero(err: f64) -> f64 {
+    if err.is_finite() {
+        err
+    } else {
+        0.0
+    }
+}
+
 pub(super) fn rel_err(got: f64, want: f64) -> f64 {
     let err = (got - want).abs() / want.abs().max(1e-30);
     if err.is_nan() {
@@ -127,8 +135,7 @@ pub(super) fn scalar_case(
 ) -> EngineCase {
     let (tolerance, note) = match candle_bf16 {
         Some(c) => {
-            let c = rel_err(c, want);
-            let c = if c.is_finite() { c } else { 0.0 };
+            let c = finite_or_zero(rel_err(c, want));
             (bf16_tolerance(c, BF16_RATIO), bf16_text(c, BF16_RATIO))
         }
         None => (tolerance, String::new()),

@@ -403,13 +403,12 @@ impl DecodeKernels {
         let (f, int8) = self.batch1(&self.qmv_swiglu, &self.qmv_q8x_swiglu, q, norm_w != 0, lora);
         let (rows_i, k_i) = (rows as i32, k as i32);
         let warps = batch1_block_warps(q, self.batch1_warps_forced);
-        let window = lora.window();
-        let lora = lora.for_block(warps, k, 1);
+        let args = lora.for_block(warps, k, 1);
         let mut b = self.step_launch(f);
-        b.l2_window(window);
+        b.l2_window(lora.window());
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
-        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&lora);
-        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8, warps);
+        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&args);
+        let cfg = Self::matvec_config(rows, k, args.producers as usize, int8, warps);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -542,14 +541,13 @@ impl DecodeKernels {
         lora: &LoraEpilogue,
     ) -> Result<()> {
         let (f, split) = self.qmvb_swiglu.pick(q, lora, k);
-        let window = lora.window();
-        let lora = lora.for_block(MV_WARPS * split, k, batch);
-        let cfg = Self::batch_matvec_config(f, rows, k, batch, &lora, split)?;
+        let args = lora.for_block(MV_WARPS * split, k, batch);
+        let cfg = Self::batch_matvec_config(f, rows, k, batch, &args, split)?;
         let (rows_i, k_i, nb) = (rows as i32, k as i32, batch as i32);
         let mut b = self.step_launch(f);
-        b.l2_window(window);
+        b.l2_window(lora.window());
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
-        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&nb).arg(&lora);
+        b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&nb).arg(&args);
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }

@@ -343,14 +343,36 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
 // (batch 1) and 16% (batch 8) slower than before that code existed
 // (bench/results/device-s6-before-after).
 // The two entry points of a mat-vec body: NAME_Q without the LoRA code, NAME_lora_Q with it.
-#define MATVEC_ENTRIES(NAME, Q, PARAMS, ARGS, BOUNDS)                                          \
-    extern "C" __global__ void BOUNDS NAME##_##Q(PARAMS) { NAME##_body_##Q<false>(ARGS); }     \
-    extern "C" __global__ void BOUNDS NAME##_lora_##Q(PARAMS) { NAME##_body_##Q<true>(ARGS); }
+#define MATVEC_ENTRIES(NAME, Q, PARAMS, ARGS, BOUNDS, LORA_BOUNDS)                              \
+    extern "C" __global__ void BOUNDS NAME##_##Q(PARAMS) { NAME##_body_##Q<false>(ARGS); }      \
+    extern "C" __global__ void LORA_BOUNDS NAME##_lora_##Q(PARAMS) {                            \
+        NAME##_body_##Q<true>(ARGS);                                                            \
+    }
 // The batch-1 mat-vecs run blocks of 4-16 warps (the launcher's choice; one warp a row, rows
 // block * warps + warp), 32 warps per SM (the launchers' grid: one wave): at most 64 registers a
-// thread (the int8 swiglu kernels with LoRA took 68-70, 7 blocks a SM).
+// thread.
 #define MV1_MAX_WARPS 16
 #define MV_BOUNDS __launch_bounds__(MV1_MAX_WARPS * 32, 32 / MV1_MAX_WARPS)
+// With LoRA (MV_LORA_BOUNDS_<q>) at most 80 for the 32-weight blocks and dense rows: at 64 ptxas
+// spilled the B and xa values held across the dot product (qmv_q8x_swiglu_lora_q4_1 16 B stored /
+// 28 B loaded a thread, every q/k/v LoRA kernel 12 / 24), reloaded from local memory in the
+// epilogue; at 80 they spill nothing (but the f32 swiglu, 4 / 4) and three 8-warp blocks an SM
+// stay resident (24 warps; the launcher sizes these grids from the kernel's occupancy).
+// SmolLM2-1.7B Q8_0 batch 1 with an adapter 0.864x -> 0.906x of the step without, 135M Q4_1
+// 0.881x -> 0.883x (bench/results/device-s17 call 1). The K-quants keep 64: their 16-warp blocks
+// would hold one an SM (1.7B Q4_K_M 0.785x -> 0.726x).
+#define MV_LORA_WIDE __maxnreg__(80)
+#define MV_LORA_BOUNDS_q4_0 MV_LORA_WIDE
+#define MV_LORA_BOUNDS_q4_1 MV_LORA_WIDE
+#define MV_LORA_BOUNDS_q5_0 MV_LORA_WIDE
+#define MV_LORA_BOUNDS_q5_1 MV_LORA_WIDE
+#define MV_LORA_BOUNDS_q8_0 MV_LORA_WIDE
+#define MV_LORA_BOUNDS_f32 MV_LORA_WIDE
+#define MV_LORA_BOUNDS_f16 MV_LORA_WIDE
+#define MV_LORA_BOUNDS_bf16 MV_LORA_WIDE
+#define MV_LORA_BOUNDS_q4_K MV_BOUNDS
+#define MV_LORA_BOUNDS_q5_K MV_BOUNDS
+#define MV_LORA_BOUNDS_q6_K MV_BOUNDS
 #define QMV_PARAMS \
     const uint8_t* __restrict__ w, const float* __restrict__ x, const float* __restrict__ norm_w, \
     float* __restrict__ y, int rows, int k, float eps, int accumulate, \
@@ -389,7 +411,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
         }                                                                                           \
     }                                                                                               \
-    MATVEC_ENTRIES(NAME, Q, QMV_PARAMS, QMV_ARGS, MV_BOUNDS)                                        \
+    MATVEC_ENTRIES(NAME, Q, QMV_PARAMS, QMV_ARGS, MV_BOUNDS, MV_LORA_BOUNDS_##Q)                    \
     template <bool LORA> __device__ __forceinline__ void NAME##_swiglu_body_##Q(QMV_SWIGLU_PARAMS) {\
         if (!LORA) lora.b = nullptr; /* folds every LoRA branch away */                             \
         extern __shared__ float xs[];                                                               \
@@ -419,7 +441,8 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
         }                                                                                           \
     }                                                                                               \
-    MATVEC_ENTRIES(NAME##_swiglu, Q, QMV_SWIGLU_PARAMS, QMV_SWIGLU_ARGS, MV_BOUNDS)
+    MATVEC_ENTRIES(NAME##_swiglu, Q, QMV_SWIGLU_PARAMS, QMV_SWIGLU_ARGS, MV_BOUNDS,                \
+                   MV_LORA_BOUNDS_##Q)
 
 // A lane's share of a row's dot product (NAME) and of two rows' (NAME##2, the swiglu kernels' gate
 // and up rows, their loads side by side) from a part dot XDOT(row, block, part, xs, k): parts

@@ -72,8 +72,8 @@ struct Shape {
     e1: usize,
 }
 
-/// The checked shapes: batch 1 first.
-fn shapes() -> [Shape; 4] {
+/// The checked shapes (the batch-1 ones also on the int8-activation kernels).
+fn shapes() -> [Shape; 6] {
     [
         // q/k/v-like: 9 heads of 32 + 2 x 3 kv heads, rank 5, batch 1.
         Shape {
@@ -102,6 +102,27 @@ fn shapes() -> [Shape; 4] {
             rank: 16,
             seq_slots: vec![0, 1, 2, 3, 4, 5, 6, 7],
             pool: 8,
+            e0: usize::MAX >> 1,
+            e1: usize::MAX >> 1,
+        },
+        // Batch 1, producer tasks of two warps (their sums exchanged through shared memory), rank
+        // 16, one segment.
+        Shape {
+            rows: 40,
+            k: 1536,
+            rank: 16,
+            seq_slots: vec![1],
+            pool: 2,
+            e0: usize::MAX >> 1,
+            e1: usize::MAX >> 1,
+        },
+        // Batch 1 above k = 4096 (a producer task of the whole block), rank 8.
+        Shape {
+            rows: 24,
+            k: 6400,
+            rank: 8,
+            seq_slots: vec![0],
+            pool: 1,
             e0: usize::MAX >> 1,
             e1: usize::MAX >> 1,
         },
@@ -146,7 +167,7 @@ pub fn run(kernels: &DecodeKernels, next: &mut dyn FnMut() -> u64) -> Result<Vec
     Ok(cases)
 }
 
-/// The batch-1 case of every format with `act` kernels (the kernels' mode must match).
+/// The batch-1 cases of every format with `act` kernels (the kernels' mode must match).
 pub fn run_batch1(
     kernels: &DecodeKernels,
     act: Activations,
@@ -157,9 +178,11 @@ pub fn run_batch1(
         if act == Activations::Int8 && !super::launch::has_int8_activations(q) {
             continue;
         }
-        let s = for_format(q, &shapes()[0]);
-        cases.extend(matvec_case(kernels, q, &s, act, next)?);
-        cases.extend(swiglu_case(kernels, q, &s, act, next)?);
+        for s in shapes().iter().filter(|s| s.seq_slots.len() == 1) {
+            let s = for_format(q, s);
+            cases.extend(matvec_case(kernels, q, &s, act, next)?);
+            cases.extend(swiglu_case(kernels, q, &s, act, next)?);
+        }
     }
     Ok(cases)
 }

@@ -337,21 +337,28 @@ impl DecodeKernels {
 
     /// Blocks of `warps` warps, one warp a row (rows beyond one wave of blocks loop, so that each
     /// block normalizes x once for many rows: the LM head's 49152), after the LoRA producers'
-    /// blocks.
+    /// blocks. The LoRA kernels `f` (`lora.b != 0`) take more registers (MV_LORA_BOUNDS in
+    /// kernels/quant_matvec.cu): their wave is the kernel's occupancy, producers counted.
     fn matvec_config(
+        f: &CudaFunction,
         rows: usize,
         k: usize,
-        producers: usize,
+        lora: &LoraArgs,
         int8: bool,
         warps: usize,
-    ) -> LaunchConfig {
-        let max_blocks = SMS * MV_WARPS_PER_SM / warps;
-        let blocks = rows.div_ceil(warps).clamp(1, max_blocks) + producers;
-        LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
+    ) -> Result<LaunchConfig> {
+        let (shared, producers) = (matvec_shared_bytes(k, int8), lora.producers as usize);
+        let blocks = if lora.b == 0 {
+            rows.div_ceil(warps).clamp(1, SMS * MV_WARPS_PER_SM / warps)
+        } else {
+            let resident = matvec_grid::resident_blocks(f, warps * 32, shared, SMS)?;
+            matvec_grid::one_wave_blocks(rows.div_ceil(warps), resident, producers)
+        };
+        Ok(LaunchConfig {
+            grid_dim: ((blocks + producers) as u32, 1, 1),
             block_dim: ((warps * 32) as u32, 1, 1),
-            shared_mem_bytes: matvec_shared_bytes(k, int8) as u32,
-        }
+            shared_mem_bytes: shared as u32,
+        })
     }
 
     /// y[r] = (accumulate ? y[r] : 0) + W[r] . xn + epilogue; xn = rms_norm(x) * norm_w when
@@ -379,7 +386,7 @@ impl DecodeKernels {
         b.arg(&w).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&acc_i);
         b.arg(&epilogue.bias).arg(&lora);
-        let cfg = Self::matvec_config(rows, k, lora.producers as usize, int8, warps);
+        let cfg = Self::matvec_config(f, rows, k, &lora, int8, warps)?;
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -408,7 +415,7 @@ impl DecodeKernels {
         b.l2_window(lora.window());
         b.arg(&gate).arg(&up).arg(&x).arg(&norm_w).arg(&y);
         b.arg(&rows_i).arg(&k_i).arg(&eps).arg(&args);
-        let cfg = Self::matvec_config(rows, k, args.producers as usize, int8, warps);
+        let cfg = Self::matvec_config(f, rows, k, &args, int8, warps)?;
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::DType;
 
-use super::{bf16_ratio, bf16_tolerance, EngineCase, BF16_FLOOR, BF16_RATIO};
+use super::{bf16_tolerance, EngineCase, BF16_FLOOR, BF16_RATIO};
 use crate::check::max_rel_err;
 
 pub(super) fn diff(a: &[f64], b: &[f64]) -> Vec<f64> {
@@ -39,8 +39,7 @@ impl<'a> Judge<'a> {
                     None => f64::NAN,
                 };
                 let c = finite_or_zero(c);
-                let ratio = bf16_ratio(name);
-                (bf16_tolerance(c, ratio), bf16_text(c, ratio))
+                (bf16_tolerance(c, BF16_RATIO), bf16_text(c, BF16_RATIO))
             }
         }
     }

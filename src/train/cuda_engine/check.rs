@@ -44,7 +44,7 @@
 //! the norm) requires
 //! `err(engine bf16 vs f32 reference) <= max(BF16_RATIO x err(Candle bf16 vs f32 reference),
 //! BF16_FLOOR)`, both errors written in the record's `shape` text. See [`BF16_RATIO`] and
-//! [`BF16_FLOOR`] for why 3 and 1e-2. A real bug (a wrong index, a missing term) is caught by the
+//! [`BF16_FLOOR`] for why 4 and 1e-2. A real bug (a wrong index, a missing term) is caught by the
 //! f32 records at 1e-4 (the launch sequence is the same for both T, only the kernels'
 //! instantiation differs) and in bf16 gives errors of order 1, far beyond either bound. The bf16
 //! update is not compared with the reference's (Adam's first step is ~lr * sign(g), so any element

@@ -97,10 +97,9 @@ pub const BF16_RATIO: f64 = 4.0;
 /// positions; the global norm), and a bound of 3x a lucky value would judge luck, not the engine.
 pub const BF16_FLOOR: f64 = 1e-2;
 
-/// The bf16 tolerance given Candle's bf16 error against the f32 reference and the ratio allowed
-/// ([`BF16_RATIO`]).
-fn bf16_tolerance(candle_err: f64, ratio: f64) -> f64 {
-    (ratio * candle_err).max(BF16_FLOOR)
+/// The bf16 tolerance given Candle's bf16 error against the f32 reference.
+fn bf16_tolerance(candle_err: f64) -> f64 {
+    (BF16_RATIO * candle_err).max(BF16_FLOOR)
 }
 
 /// The engine's dropout seed in the check (`EngineOptions::dropout_seed`); the Candle references
@@ -553,7 +552,7 @@ fn check_step_two(
     let at_own = |what: &str, candle: f64| {
         format!(
             "{model_name}: step 2 {what} vs Candle f32 at the engine's step-1 parameters{} (step 1's)",
-            bf16_text(candle, BF16_RATIO)
+            bf16_text(candle)
         )
     };
     out.push(match own {
@@ -576,7 +575,7 @@ fn check_step_two(
                 None,
                 1e-4,
             );
-            case.tolerance = bf16_tolerance(candle, BF16_RATIO);
+            case.tolerance = bf16_tolerance(candle);
             case
         }
     });
@@ -600,7 +599,7 @@ fn check_step_two(
                 None,
                 1e-4,
             );
-            case.tolerance = bf16_tolerance(candle, BF16_RATIO);
+            case.tolerance = bf16_tolerance(candle);
             case
         }
     };

@@ -39,15 +39,15 @@ impl<'a> Judge<'a> {
                     None => f64::NAN,
                 };
                 let c = finite_or_zero(c);
-                (bf16_tolerance(c, BF16_RATIO), bf16_text(c, BF16_RATIO))
+                (bf16_tolerance(c), bf16_text(c))
             }
         }
     }
 }
 
-pub(super) fn bf16_text(candle_err: f64, ratio: f64) -> String {
+pub(super) fn bf16_text(candle_err: f64) -> String {
     format!(
-        "; Candle bf16 vs f32 ref {candle_err:.3e}, tolerance max({ratio} x that, {BF16_FLOOR:.0e})"
+        "; Candle bf16 vs f32 ref {candle_err:.3e}, tolerance max({BF16_RATIO} x that, {BF16_FLOOR:.0e})"
     )
 }
 
@@ -135,7 +135,7 @@ pub(super) fn scalar_case(
     let (tolerance, note) = match candle_bf16 {
         Some(c) => {
             let c = finite_or_zero(rel_err(c, want));
-            (bf16_tolerance(c, BF16_RATIO), bf16_text(c, BF16_RATIO))
+            (bf16_tolerance(c), bf16_text(c))
         }
         None => (tolerance, String::new()),
     };

@@ -209,6 +209,26 @@ fn decode_tokens_per_second(model: &Llama, tokens: &[u32]) -> anyhow::Result<f64
     Ok(tokens.len() as f64 / start.elapsed().as_secs_f64())
 }
 
+/// How a process ended, for an error: its exit code, or the signal that killed it (a llama-bench
+/// built with -march=native on a host that reports CPU features its VM does not enable dies of
+/// SIGILL with nothing on stderr).
+fn exit_text(status: std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            let name = match signal {
+                4 => " (SIGILL: an instruction this CPU does not run)",
+                9 => " (SIGKILL)",
+                11 => " (SIGSEGV)",
+                _ => "",
+            };
+            return format!("killed by signal {signal}{name}");
+        }
+    }
+    status.to_string()
+}
+
 /// One llama-bench repetition of pp and tg: (prefill tok/s, decode tok/s, build description).
 fn run_llama_bench(
     bin: &std::path::Path,
@@ -226,8 +246,9 @@ fn run_llama_bench(
         .with_context(|| format!("running {}", bin.display()))?;
     anyhow::ensure!(
         output.status.success(),
-        "{} failed: {}",
+        "{} failed ({}): {}",
         bin.display(),
+        exit_text(output.status),
         String::from_utf8_lossy(&output.stderr)
     );
     let tests: Vec<Value> = serde_json::from_slice(&output.stdout)
@@ -334,4 +355,24 @@ fn markdown(r: &Value) -> String {
         ratio(&q["decode_per_round"]["median"]),
         r["load_average_1m_per_round"],
     )
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::exit_text;
+    use std::process::Command;
+
+    #[test]
+    fn exit_text_names_the_signal_or_the_code() {
+        let killed = Command::new("sh")
+            .args(["-c", "kill -ILL $$"])
+            .status()
+            .unwrap();
+        assert_eq!(
+            exit_text(killed),
+            "killed by signal 4 (SIGILL: an instruction this CPU does not run)"
+        );
+        let failed = Command::new("sh").args(["-c", "exit 3"]).status().unwrap();
+        assert_eq!(exit_text(failed), "exit status: 3");
+    }
 }

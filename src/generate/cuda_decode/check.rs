@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 
 use super::adapters::DecodeAdapter;
 use super::batch::BatchDecodeEngine;
@@ -114,54 +115,68 @@ fn config(arch: Architecture, bias: bool, tied: bool) -> DecoderConfig {
 
 /// Seeded random weights: 2-D ones quantized to `format(name, dims)` (projections ~ U(+-1.7/sqrt(in)),
 /// embedding U(+-1)), or dense in that dtype for F32/F16/BF16 (an HF directory's tensors); norms
-/// 1 +- 0.3 and biases U(+-0.5) dense.
+/// 1 +- 0.3 and biases U(+-0.5) dense. Tensors are drawn and quantized in parallel, each from its
+/// own seed (the same weights on any number of threads): Candle's K-quant quantizers made the
+/// SmolLM2-1.7B shapes take over a minute on one thread of the device's host.
 pub fn random_source(
     cfg: &DecoderConfig,
-    format: &dyn Fn(&str, &[usize]) -> GgmlDType,
+    format: &(dyn Fn(&str, &[usize]) -> GgmlDType + Sync),
     seed: u64,
 ) -> Result<MapSource> {
-    let mut tensors = HashMap::new();
-    for (i, (name, dims)) in expected_tensors(cfg).into_iter().enumerate() {
-        let len: usize = dims.iter().product();
-        let seed = seed.wrapping_add(i as u64 * 7919);
-        let weight = if dims.len() == 1 {
-            let (offset, scale) = if name.ends_with("bias") {
-                (0.0, 0.5)
-            } else {
-                (1.0, 0.3)
-            };
-            let v: Vec<f32> = random_values(len, seed, scale)
-                .into_iter()
-                .map(|v| (offset + v) as f32)
-                .collect();
-            Weight::Dense(Tensor::from_vec(v, len, &Device::Cpu).context("check weights")?)
-        } else {
-            let scale = if name.contains("embed") || name.contains("lm_head") {
-                1.0
-            } else {
-                1.7 / (dims[1] as f64).sqrt()
-            };
-            let v: Vec<f32> = random_values(len, seed, scale)
-                .into_iter()
-                .map(|v| v as f32)
-                .collect();
-            let t = Tensor::from_vec(v, dims.as_slice(), &Device::Cpu).context("check weights")?;
-            match format(&name, &dims) {
-                // Dense as an HF directory holds it.
-                GgmlDType::BF16 => Weight::Dense(t.to_dtype(DType::BF16).context("check weights")?),
-                GgmlDType::F16 => Weight::Dense(t.to_dtype(DType::F16).context("check weights")?),
-                GgmlDType::F32 => Weight::Dense(t),
-                q => Weight::Quantized(Arc::new(
-                    QTensor::quantize(&t, q).context("quantizing check weights")?,
-                )),
-            }
-        };
-        tensors.insert(name, weight);
-    }
+    let tensors = expected_tensors(cfg)
+        .into_par_iter()
+        .enumerate()
+        .map(|(i, (name, dims))| {
+            random_weight(name, dims, format, seed.wrapping_add(i as u64 * 7919))
+        })
+        .collect::<Result<HashMap<_, _>>>()?;
     Ok(MapSource {
         path: PathBuf::from("<decode check model>"),
         tensors,
     })
+}
+
+/// One tensor of [`random_source`] from its seed.
+fn random_weight(
+    name: String,
+    dims: Vec<usize>,
+    format: &(dyn Fn(&str, &[usize]) -> GgmlDType + Sync),
+    seed: u64,
+) -> Result<(String, Weight)> {
+    let len: usize = dims.iter().product();
+    let weight = if dims.len() == 1 {
+        let (offset, scale) = if name.ends_with("bias") {
+            (0.0, 0.5)
+        } else {
+            (1.0, 0.3)
+        };
+        let v: Vec<f32> = random_values(len, seed, scale)
+            .into_iter()
+            .map(|v| (offset + v) as f32)
+            .collect();
+        Weight::Dense(Tensor::from_vec(v, len, &Device::Cpu).context("check weights")?)
+    } else {
+        let scale = if name.contains("embed") || name.contains("lm_head") {
+            1.0
+        } else {
+            1.7 / (dims[1] as f64).sqrt()
+        };
+        let v: Vec<f32> = random_values(len, seed, scale)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        let t = Tensor::from_vec(v, dims.as_slice(), &Device::Cpu).context("check weights")?;
+        match format(&name, &dims) {
+            // Dense as an HF directory holds it.
+            GgmlDType::BF16 => Weight::Dense(t.to_dtype(DType::BF16).context("check weights")?),
+            GgmlDType::F16 => Weight::Dense(t.to_dtype(DType::F16).context("check weights")?),
+            GgmlDType::F32 => Weight::Dense(t),
+            q => Weight::Quantized(Arc::new(
+                QTensor::quantize(&t, q).context("quantizing check weights")?,
+            )),
+        }
+    };
+    Ok((name, weight))
 }
 
 /// A random adapter of `rank` on the projections whose names contain one of `targets`.

@@ -32,7 +32,7 @@ pub(super) const MV1_MAX_WARPS: usize = 16;
 /// Warps per SM of a mat-vec grid (one wave at 64 registers a thread).
 const MV_WARPS_PER_SM: usize = 32;
 /// SMs of the H100 and H200.
-const SMS: usize = 132;
+pub(super) const SMS: usize = 132;
 
 /// Warps per block of the batch-1 mat-vecs on `q` blocks, one warp a row, 32 warps an SM either
 /// way. Every block reads all of x (and the norm weights) and normalizes or quantizes it, so fewer,
@@ -347,18 +347,10 @@ impl DecodeKernels {
         int8: bool,
         warps: usize,
     ) -> Result<LaunchConfig> {
-        let (shared, producers) = (matvec_shared_bytes(k, int8), lora.producers as usize);
-        let blocks = if lora.b == 0 {
-            rows.div_ceil(warps).clamp(1, SMS * MV_WARPS_PER_SM / warps)
-        } else {
-            let resident = matvec_grid::resident_blocks(f, warps * 32, shared, SMS)?;
-            matvec_grid::one_wave_blocks(rows.div_ceil(warps), resident, producers)
-        };
-        Ok(LaunchConfig {
-            grid_dim: ((blocks + producers) as u32, 1, 1),
-            block_dim: ((warps * 32) as u32, 1, 1),
-            shared_mem_bytes: shared as u32,
-        })
+        let cap = SMS * MV_WARPS_PER_SM / warps;
+        let shared = matvec_shared_bytes(k, int8);
+        let (groups, producers) = (rows.div_ceil(warps), lora.producers as usize);
+        matvec_grid::config(f, groups, warps, shared, producers, lora.b != 0, cap)
     }
 
     /// y[r] = (accumulate ? y[r] : 0) + W[r] . xn + epilogue; xn = rms_norm(x) * norm_w when
@@ -457,19 +449,10 @@ impl DecodeKernels {
                  ({MAX_DECODE_BATCH} sequences, {MAX_BATCH_SHARED_BYTES} bytes of shared memory)"
             )));
         }
-        let (warps, shared, producers) = (MV_WARPS * split, batch * k * 4, lora.producers as usize);
-        let blocks = if split == QMVB_WIDE_SPLIT {
-            let resident = matvec_grid::resident_blocks(f, warps * 32, shared, SMS)?;
-            matvec_grid::one_wave_blocks(rows.div_ceil(MV_WARPS), resident, producers)
-        } else {
-            rows.div_ceil(MV_WARPS)
-                .clamp(1, SMS * MV_WARPS_PER_SM / MV_WARPS)
-        };
-        Ok(LaunchConfig {
-            grid_dim: ((blocks + producers) as u32, 1, 1),
-            block_dim: ((warps * 32) as u32, 1, 1),
-            shared_mem_bytes: shared as u32,
-        })
+        let (groups, cap) = (rows.div_ceil(MV_WARPS), SMS * MV_WARPS_PER_SM / MV_WARPS);
+        let one_wave = split == QMVB_WIDE_SPLIT;
+        let (warps, producers) = (MV_WARPS * split, lora.producers as usize);
+        matvec_grid::config(f, groups, warps, batch * k * 4, producers, one_wave, cap)
     }
 
     /// [`DecodeKernels::qmv`] for `batch` sequences: x [batch, k], y [batch, rows]; every weight is

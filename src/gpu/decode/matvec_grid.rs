@@ -3,12 +3,13 @@
 //! when one of the first exits and repeats the whole prologue (every sequence's x copied and
 //! normalized) before its rows. The four-warps-a-row batched LoRA kernels hold two 512-thread
 //! blocks an SM (SmolLM2-135M's gate/up: 384 row blocks and 16 producer blocks took two waves), so
-//! their grids are sized from the kernel's occupancy, the producers counted (`launch` says where).
+//! their grids are sized from the kernel's occupancy, the producers counted (`launch` says where;
+//! [`config`] builds every mat-vec launch's grid, one wave or capped).
 
 /// Blocks of `threads` threads and `shared` bytes of dynamic shared memory that `f` keeps resident
 /// on `sms` SMs at once (the driver's occupancy calculator; at least one).
 #[cfg(feature = "cuda")]
-pub(super) fn resident_blocks(
+fn resident_blocks(
     f: &candle_core::cuda_backend::cudarc::driver::CudaFunction,
     threads: usize,
     shared: usize,
@@ -19,6 +20,32 @@ pub(super) fn resident_blocks(
         .occupancy_max_active_blocks_per_multiprocessor(threads as u32, shared, None)
         .w()?;
     Ok((per_sm as usize).max(1) * sms)
+}
+
+/// The launch of `groups` groups of rows (a block each at most) in blocks of `warps` warps and
+/// `shared` bytes, after `producers` producer blocks: one wave of the blocks `f` keeps resident when
+/// `one_wave`, else a block a group up to `cap` blocks (more groups loop).
+#[cfg(feature = "cuda")]
+pub(super) fn config(
+    f: &candle_core::cuda_backend::cudarc::driver::CudaFunction,
+    groups: usize,
+    warps: usize,
+    shared: usize,
+    producers: usize,
+    one_wave: bool,
+    cap: usize,
+) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::LaunchConfig> {
+    let blocks = if one_wave {
+        let resident = resident_blocks(f, warps * 32, shared, super::launch::SMS)?;
+        one_wave_blocks(groups, resident, producers)
+    } else {
+        groups.clamp(1, cap)
+    };
+    Ok(candle_core::cuda_backend::cudarc::driver::LaunchConfig {
+        grid_dim: ((blocks + producers) as u32, 1, 1),
+        block_dim: ((warps * 32) as u32, 1, 1),
+        shared_mem_bytes: shared as u32,
+    })
 }
 
 /// Row blocks for `groups` groups of rows beside `producers` producer blocks, all resident in one

@@ -30,7 +30,11 @@
 //   active (pos < ATT_CHUNK) its block writes out = acc / l itself (no partials, no counter).
 // argmax_logprob(logits, n, result): one block per sequence (logits [batch, n]); result[0] = argmax (lowest index on ties, NaN never
 //   wins), result[1] = bits of logits[id] - logsumexp(logits) as f32. Also writes the id to state[0]
-//   when `state` is not null.
+//   when `state` is not null. With `pending` not null, the blocks also set its `pending_words` words to
+//   all ones: the adapter pool's xa values of the next step (XA_PENDING, kernels/quant_matvec.cu),
+//   which every mat-vec of this step has read by now (this kernel is the step's last; it runs after
+//   the PDL wait, when every earlier kernel has finished). A memset node before the step did it and
+//   cost the step a graph node of its own.
 #include "common.cuh"
 
 #define ATT_CHUNK 32
@@ -300,14 +304,28 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS, 5) rope_attention_wide
 // 49152 logits): (1) argmax, (2) sum of exp(v - max). NaN never wins and is left out of the sum, as
 // is -inf.
 #define ARGMAX_UNROLL 4
+// Sets words [0, words) of `pending` to all ones, split over the grid's blocks (16-byte stores where
+// aligned); the stores drain while the block reads its logits.
+__device__ __forceinline__ void mark_pending(unsigned int* pending, int words) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x, threads = gridDim.x * blockDim.x;
+    if ((words & 3) == 0 && aligned16(pending)) {
+        uint4* p4 = reinterpret_cast<uint4*>(pending);
+        for (int i = t; i < words / 4; i += threads) p4[i] = make_uint4(~0u, ~0u, ~0u, ~0u);
+    } else {
+        for (int i = t; i < words; i += threads) pending[i] = ~0u;
+    }
+}
+
 extern "C" __global__ void argmax_logprob(const float* __restrict__ logits, int n,
-                                          unsigned int* __restrict__ result, int* __restrict__ state) {
+                                          unsigned int* __restrict__ result, int* __restrict__ state,
+                                          unsigned int* __restrict__ pending, int pending_words) {
     // Sequence blockIdx.x of a batch: logits [batch, n], result [batch, 2], state [batch, 2].
     logits += (size_t)blockIdx.x * n;
     result += 2 * (size_t)blockIdx.x;
     if (state != nullptr) state += 2 * (size_t)blockIdx.x;
     pdl_trigger();
     pdl_wait();  // the logits are the previous kernel's output
+    if (pending != nullptr) mark_pending(pending, pending_words);
     __shared__ float sv[32], red[32];
     __shared__ int si[32];
     __shared__ float s_max;

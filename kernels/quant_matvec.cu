@@ -112,6 +112,36 @@ __device__ __forceinline__ float2 lora_shrink_warp(const float4* __restrict__ a4
     return make_float2(warp_sum(s), warp_sum(ss));
 }
 
+// lora_shrink_warp with a lane's columns taken SHRINK_ROUND at a time, indices clamped into [lo, hi)
+// (a column past the end reloads the last one and adds 0), so that no branch stands between a
+// round's loads: the strided loop's `#pragma unroll 4` peeled its remainder into iterations that
+// each loaded and consumed in turn (k = 576: 4-5 columns a lane, up to 4 dependent L2 round trips
+// on the producer's path to its stored xa). Batch-1 producers only: in the batched kernels (four
+// warps a row) the round's registers spilled (bench/results/device-s17 call 3: batch 8 0.885x ->
+// 0.849x adapter / none, batch 1 +0.6%).
+#define SHRINK_ROUND 4
+__device__ __forceinline__ float2 lora_shrink_warp_rounds(const float4* __restrict__ a4, const float4* x4,
+                                                          const float4* __restrict__ w4, int lo, int hi) {
+    float s = 0.f, ss = 0.f;
+    for (int base = lo + (threadIdx.x & 31); base < hi; base += 32 * SHRINK_ROUND) {
+        float4 av[SHRINK_ROUND], xv[SHRINK_ROUND], wv[SHRINK_ROUND];
+#pragma unroll
+        for (int u = 0; u < SHRINK_ROUND; u++) {
+            int i = min(base + 32 * u, hi - 1);
+            av[u] = __ldg(a4 + i), xv[u] = x4[i];
+            wv[u] = w4 != nullptr ? __ldg(w4 + i) : make_float4(1.f, 1.f, 1.f, 1.f);
+        }
+#pragma unroll
+        for (int u = 0; u < SHRINK_ROUND; u++) {
+            if (base + 32 * u >= hi) continue;
+            float4 v = xv[u], w = wv[u], a = av[u];
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            s += v.x * w.x * a.x + v.y * w.y * a.y + v.z * w.z * a.z + v.w * w.w * a.w;
+        }
+    }
+    return make_float2(warp_sum(s), warp_sum(ss));
+}
+
 // xa[b, j] from the (dot, sum of squares) pairs of a task's `warps` warps (`part`): the norm's scale
 // applied when the launch fuses it; a relaxed store at GPU scope, polled by lora_xa (a value with
 // XA_PENDING's bits is stored as the canonical NaN).
@@ -134,6 +164,9 @@ __device__ __forceinline__ void lora_store_xa(const LoraEpi& L, int b, int j, co
 // the PDL wait, and the A row is asked into L2 then, so that after the wait only x's loads and the
 // A row's L2 hits stand between the previous kernel and the stored xa. The store is a relaxed one
 // at GPU scope, polled by lora_xa.
+// ONE: a batch-1 launch (nb == 1), whose producers load a lane's columns in rounds
+// (lora_shrink_warp_rounds).
+template <bool ONE>
 __device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* __restrict__ x,
                                              const float* __restrict__ norm_w, float eps, int k, int nb) {
     __shared__ float part[32][2];
@@ -156,7 +189,7 @@ __device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* __re
     const float4* a4 = reinterpret_cast<const float4*>(arow);
     const float4* x4 = reinterpret_cast<const float4*>(x + (size_t)(slot < 0 ? 0 : b) * k);
     const float4* w4 = reinterpret_cast<const float4*>(norm_w);
-    float2 sums = lora_shrink_warp(a4, x4, w4, lo, hi);
+    float2 sums = ONE ? lora_shrink_warp_rounds(a4, x4, w4, lo, hi) : lora_shrink_warp(a4, x4, w4, lo, hi);
     if (tw == 1) {  // a warp's own task: its sums need no exchange (and no barrier)
         const float own[1][2] = {{sums.x, sums.y}};
         if (slot >= 0 && lane == 0) lora_store_xa(L, b, j, own, 1, norm_w != nullptr, k, eps);
@@ -390,7 +423,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
-            lora_produce(lora, x, norm_w, eps, k, 1);                                               \
+            lora_produce<true>(lora, x, norm_w, eps, k, 1);                                         \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers, W = blockDim.x >> 5;    \
@@ -417,7 +450,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
-            lora_produce(lora, x, norm_w, eps, k, 1);                                               \
+            lora_produce<true>(lora, x, norm_w, eps, k, 1);                                         \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers, W = blockDim.x >> 5;    \
@@ -1045,7 +1078,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
-            lora_produce(lora, x, norm_w, eps, k, nb);                                              \
+            lora_produce<false>(lora, x, norm_w, eps, k, nb);                                       \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \
@@ -1102,7 +1135,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
         extern __shared__ float xs[];                                                               \
         int producers = lora_producers(lora);                                                       \
         if (producers > 0 && (int)blockIdx.x < producers) {                                         \
-            lora_produce(lora, x, norm_w, eps, k, nb);                                              \
+            lora_produce<false>(lora, x, norm_w, eps, k, nb);                                       \
             return;                                                                                 \
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers;                         \

@@ -651,16 +651,18 @@ extern "C" __global__ void trn_sum_squares_final(const float* __restrict__ parti
 
 // ---------------------------------------------------------------------------------------------
 // AdamW (torch semantics, src/train/optimizer.rs) with global-norm clipping, grid-stride.
-// hyper: [lr, beta1, beta2, eps, weight_decay, 1 - beta1^t, 1 - beta2^t, max_norm].
+// hyper: [lr, beta1, beta2, eps, weight_decay, 1 - beta1^t, 1 - beta2^t, max_norm, 1 - beta1,
+// 1 - beta2], each computed in f64 and rounded once, as torch rounds the Python floats it passes: 1 -
+// beta computed here from the rounded beta is another number (1 - 0.999f = 9.99987e-4, 1.3e-5 off).
 struct AdamHyper {
-    float clip, decay, b1, b2, eps, step, sqrt_bc2;
+    float clip, decay, b1, b2, c1, c2, eps, step, sqrt_bc2;
 };
 
 __device__ __forceinline__ void adam_one(float& p, float g, float& m, float& v, const AdamHyper& h) {
     g *= h.clip;
     p *= h.decay;
-    m = h.b1 * m + (1.f - h.b1) * g;
-    v = h.b2 * v + (1.f - h.b2) * g * g;
+    m = h.b1 * m + h.c1 * g;
+    v = h.b2 * v + h.c2 * g * g;
     p -= h.step * m / (sqrtf(v) / h.sqrt_bc2 + h.eps);
 }
 
@@ -676,6 +678,8 @@ __device__ void trn_adamw(float* __restrict__ param, const float* __restrict__ g
     h.decay = 1.f - lr * hyper[4];
     h.b1 = hyper[1];
     h.b2 = hyper[2];
+    h.c1 = hyper[8];
+    h.c2 = hyper[9];
     h.eps = hyper[3];
     h.step = lr / hyper[5];
     h.sqrt_bc2 = sqrtf(hyper[6]);

@@ -29,7 +29,9 @@ use super::EngineShape;
 pub use crate::generate::decode_adapter::{
     AdapterDims, DecodeAdapter, Group, ProjectionLora, GROUPS, PROJECTIONS,
 };
-use crate::gpu::decode::launch::{device_ptr, L2Window, LoraArgs, LoraEpilogue};
+use crate::gpu::decode::launch::{
+    device_ptr, L2Window, LoraArgs, LoraEpilogue, PendingXa, XA_PENDING,
+};
 use crate::gpu::engine_error::EngineErrors;
 use crate::{Error, Result};
 
@@ -77,7 +79,8 @@ pub struct AdapterPool {
     window_max: usize,
     /// x A^T of each sequence for every launch of a step, [layers][group][batch, 3 rank] (3 rank:
     /// the widest group), each value XA_PENDING (all bits set) until its launch's producer stores
-    /// it: [`AdapterPool::mark_pending`] refills it before every step.
+    /// it: filled when the pool is made, refilled by each step's last launch
+    /// ([`AdapterPool::pending`]).
     xa: CudaSlice<f32>,
     xa_ptr: u64,
     batch: usize,
@@ -113,7 +116,12 @@ impl AdapterPool {
                 .map_err(|e| ERR.driver(what, e))
         };
         let weights = alloc(layers * slots * per_slot, "A and B")?;
-        let xa = alloc(layers * GROUPS.len() * batch * 3 * rank, "xa")?;
+        let xa = stream
+            .clone_htod(&vec![
+                f32::from_bits(XA_PENDING);
+                layers * GROUPS.len() * batch * 3 * rank
+            ])
+            .map_err(|e| ERR.driver("xa", e))?;
         let window_max = l2_window_bytes(stream, weights.len() * 4, layers * per_slot * 4)?;
         let seq_slots = stream
             .clone_htod(&vec![-1i32; batch])
@@ -272,20 +280,13 @@ impl AdapterPool {
             .map_err(|e| ERR.driver("writing slot indices", e))
     }
 
-    /// Marks every xa value of the step pending (all bits set, one memset node in the graph), so
-    /// that each launch's expands wait for its shrink.
-    pub fn mark_pending(&self, stream: &Arc<CudaStream>) -> Result<()> {
-        // SAFETY: xa is this pool's allocation on `stream`, alive as long as the pool; every f32 bit
-        // pattern is a valid value.
-        unsafe {
-            candle_core::cuda_backend::cudarc::driver::result::memset_d8_async(
-                self.xa_ptr,
-                0xff,
-                self.xa.len() * 4,
-                stream.cu_stream(),
-            )
+    /// The xa values, for the step's last launch to mark pending again (all bits set) once every
+    /// expand of the step has read them, so that the next step's expands wait for its shrinks.
+    pub fn pending(&self) -> PendingXa {
+        PendingXa {
+            ptr: self.xa_ptr,
+            floats: self.xa.len(),
         }
-        .map_err(|e| ERR.driver("marking xa pending", e))
     }
 
     /// Where group `g` of `layer` of `slot` lives, for products over many tokens (the batched

@@ -5,8 +5,8 @@
 //! once for N sequences (`step`): the batch-1 engine ([`DecodeEngine`]) and the batch engine
 //! (`batch`) run it at N = 1 and N <= 8. LoRA adapters stay unmerged in a pool of slots
 //! (`adapters`), each sequence with its own slot: each projection group's mat-vec computes the
-//! group's shrink in producer blocks and the expand in its epilogue (no launch of their own; one
-//! memset per step marks the shrinks' outputs pending).
+//! group's shrink in producer blocks and the expand in its epilogue (no launch of their own; the
+//! step's argmax marks the shrinks' outputs pending for the next step).
 //!
 //! One step (token id and position in device memory, `state`):
 //! ```text

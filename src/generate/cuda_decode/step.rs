@@ -6,8 +6,8 @@
 //! Each sequence has its own token/position pair (`state` [N, 2]), KV cache (at
 //! `seq * layers * max_seq * kv_heads * head_dim` floats) and, with an adapter pool, adapter slot.
 //! With adapters (`lora`), each projection group's mat-vec also computes the group's shrink and adds
-//! the expand in its epilogue (`adapters`): the same launches as without, after one memset that
-//! marks the step's xa values pending.
+//! the expand in its epilogue (`adapters`): the same launches as without; the step's last launch
+//! (the argmax) marks the xa values pending again for the next step.
 
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use super::weights::EngineWeights;
 use super::EngineShape;
 use crate::gpu::decode::launch::{
     attention_scratch_floats, device_ptr, DecodeKernels, Epilogue, LoraArgs, LoraEpilogue,
+    PendingXa,
 };
 use crate::gpu::engine_error::EngineErrors;
 use crate::Result;
@@ -112,7 +113,7 @@ pub(super) struct Step<'a> {
     pub lora: Option<&'a AdapterPool>,
 }
 
-/// Kernel launches per step for `layers` layers (adapters add none, only a memset node).
+/// Kernel launches per step for `layers` layers (adapters add none).
 pub fn launches_per_step(layers: usize) -> usize {
     3 + 5 * layers
 }
@@ -270,9 +271,6 @@ impl Step<'_> {
             self.weights,
             self.buffers.batch,
         );
-        if let Some(pool) = self.lora {
-            pool.mark_pending(k.stream())?;
-        }
         let e = &w.embed;
         (if n == 1 {
             k.embed(e.quant, e.ptr, b.state_ptr, b.x, s.hidden)
@@ -313,7 +311,8 @@ impl Step<'_> {
         )
         .map_err(ERR.launch("lm_head"))?;
         mark("qmv lm_head")?;
-        k.argmax_batch(b.logits_ptr, s.vocab, b.result_ptr, 0, n)
+        let pending = self.lora.map(|p| p.pending()).unwrap_or(PendingXa::NONE);
+        k.argmax_batch(b.logits_ptr, s.vocab, b.result_ptr, 0, n, pending)
             .map_err(ERR.launch("argmax"))?;
         mark("argmax")
     }

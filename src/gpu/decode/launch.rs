@@ -15,7 +15,7 @@ pub use super::attention_layout::{
     ATTENTION_SPLITS,
 };
 use super::attention_layout::{ATTENTION_MAX_GROUP, ATTENTION_WIDE_BLOCKS_PER_SM};
-pub use super::lora_epilogue::{L2Window, LoraArgs, LoraEpilogue, XA_PENDING};
+pub use super::lora_epilogue::{L2Window, LoraArgs, LoraEpilogue, PendingXa, XA_PENDING};
 use super::matvec_grid;
 use super::step_launch::{programmatic_launch_default, StepLaunch};
 use super::QuantType;
@@ -650,11 +650,12 @@ impl DecodeKernels {
     /// result (u32[2]) = (argmax, bits of its log-probability) of logits [n]; also writes the id to
     /// state[0] when `state != 0`.
     pub fn argmax(&self, logits: u64, n: usize, result: u64, state: u64) -> Result<()> {
-        self.argmax_batch(logits, n, result, state, 1)
+        self.argmax_batch(logits, n, result, state, 1, PendingXa::NONE)
     }
 
     /// [`DecodeKernels::argmax`] of `batch` rows of logits [batch, n] into result [batch, 2] (and
-    /// state [batch, 2] when not 0), one block per row.
+    /// state [batch, 2] when not 0), one block per row; also marks `pending`'s xa values pending
+    /// for the next step (the step's last launch: every mat-vec has read them).
     pub fn argmax_batch(
         &self,
         logits: u64,
@@ -662,10 +663,14 @@ impl DecodeKernels {
         result: u64,
         state: u64,
         batch: usize,
+        pending: PendingXa,
     ) -> Result<()> {
         let n_i = n as i32;
+        let words = i32::try_from(pending.floats)
+            .map_err(|_| candle_core::Error::Msg(format!("{} xa values", pending.floats)))?;
         let mut b = self.step_launch(&self.argmax);
         b.arg(&logits).arg(&n_i).arg(&result).arg(&state);
+        b.arg(&pending.ptr).arg(&words);
         let cfg = LaunchConfig {
             grid_dim: (batch as u32, 1, 1),
             block_dim: (ARGMAX_THREADS, 1, 1),

@@ -73,6 +73,18 @@ impl L2Window {
 /// The bits of an xa value its producer has not stored yet (XA_PENDING in kernels/quant_matvec.cu).
 pub const XA_PENDING: u32 = u32::MAX;
 
+/// An adapter pool's xa values, which the step's last kernel (the argmax) sets back to
+/// [`XA_PENDING`] for the next step; `floats == 0`: none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingXa {
+    pub ptr: u64,
+    pub floats: usize,
+}
+
+impl PendingXa {
+    pub const NONE: PendingXa = PendingXa { ptr: 0, floats: 0 };
+}
+
 impl LoraEpilogue {
     /// No adapters.
     pub const NONE: LoraEpilogue = LoraEpilogue {

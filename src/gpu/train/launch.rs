@@ -604,8 +604,9 @@ impl TrainKernels {
     }
 
     /// Clipped AdamW, exactly `train::optimizer::AdamW` after clipping: param, grad, m, v: f32 [n];
-    /// param_lowp: T [n] or 0 (receives T(param)); hyper: f32 [8] = [lr, beta1, beta2, eps,
-    /// weight_decay, 1 - beta1^t, 1 - beta2^t, max_norm (<= 0: no clipping)]; gnorm_sq, loss: f32
+    /// param_lowp: T [n] or 0 (receives T(param)); hyper: f32 [10] = [lr, beta1, beta2, eps,
+    /// weight_decay, 1 - beta1^t, 1 - beta2^t, max_norm (<= 0: no clipping), 1 - beta1, 1 - beta2]
+    /// (`reference::adamw_hyper`); gnorm_sq, loss: f32
     /// scalars. g = grad * min(1, max_norm / (sqrt(gnorm_sq) + 1e-6)); nothing changes when
     /// gnorm_sq or loss[0] is not finite. Grid-stride over 4-element vectors.
     #[allow(clippy::too_many_arguments)]

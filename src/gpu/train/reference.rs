@@ -251,15 +251,19 @@ impl Default for AdamConstants {
     }
 }
 
+/// Values in the adamw kernel's `hyper` array.
+pub const ADAMW_HYPER: usize = 10;
+
 /// The `hyper` array of the adamw kernel for optimizer step `step` (1-based, as torch counts):
-/// [lr, beta1, beta2, eps, weight_decay, 1 - beta1^step, 1 - beta2^step, max_norm (0: none)].
-/// The bias corrections are computed in f64 and rounded once.
+/// [lr, beta1, beta2, eps, weight_decay, 1 - beta1^step, 1 - beta2^step, max_norm (0: none),
+/// 1 - beta1, 1 - beta2]. Each is computed in f64 and rounded once, as torch rounds the Python
+/// floats it passes to its f32 kernels (1 - beta from the rounded beta is 1.3e-5 off at 0.999).
 pub fn adamw_hyper(
     config: &AdamConstants,
     lr: f64,
     step: usize,
     max_norm: Option<f64>,
-) -> [f32; 8] {
+) -> [f32; ADAMW_HYPER] {
     let t = step as i32;
     [
         lr as f32,
@@ -270,6 +274,8 @@ pub fn adamw_hyper(
         (1.0 - config.beta1.powi(t)) as f32,
         (1.0 - config.beta2.powi(t)) as f32,
         max_norm.unwrap_or(0.0) as f32,
+        (1.0 - config.beta1) as f32,
+        (1.0 - config.beta2) as f32,
     ]
 }
 
@@ -280,14 +286,14 @@ pub fn adamw(
     grad: &[f64],
     m: &mut [f64],
     v: &mut [f64],
-    hyper: &[f64; 8],
+    hyper: &[f64; ADAMW_HYPER],
     gnorm_sq: f64,
     loss: f64,
 ) -> bool {
     if !gnorm_sq.is_finite() || !loss.is_finite() {
         return false;
     }
-    let [lr, beta1, beta2, eps, weight_decay, bc1, bc2, max_norm] = *hyper;
+    let [lr, beta1, beta2, eps, weight_decay, bc1, bc2, max_norm, c1, c2] = *hyper;
     let clip = if max_norm > 0.0 {
         (max_norm / (gnorm_sq.sqrt() + 1e-6)).min(1.0)
     } else {
@@ -296,8 +302,8 @@ pub fn adamw(
     for i in 0..param.len() {
         let g = grad[i] * clip;
         param[i] *= 1.0 - lr * weight_decay;
-        m[i] = beta1 * m[i] + (1.0 - beta1) * g;
-        v[i] = beta2 * v[i] + (1.0 - beta2) * g * g;
+        m[i] = beta1 * m[i] + c1 * g;
+        v[i] = beta2 * v[i] + c2 * g * g;
         param[i] -= lr / bc1 * m[i] / (v[i].sqrt() / bc2.sqrt() + eps);
     }
     true
@@ -550,6 +556,8 @@ mod tests {
                 1.0 - config.beta1.powi(t),
                 1.0 - config.beta2.powi(t),
                 0.0,
+                1.0 - config.beta1,
+                1.0 - config.beta2,
             ];
             let rounded = adamw_hyper(&constants, lr, step, None);
             for (a, b) in rounded.iter().zip(&hyper) {
@@ -579,7 +587,7 @@ mod tests {
     fn adamw_clips_and_skips() {
         let n = 5;
         let g = random_values(n, 30, 2.0);
-        let hyper = [1e-2, 0.9, 0.999, 1e-8, 0.0, 0.1, 0.001, 1.0];
+        let hyper = [1e-2, 0.9, 0.999, 1e-8, 0.0, 0.1, 0.001, 1.0, 0.1, 0.001];
         let gnorm_sq = sum_squares(&g);
         // Clipped to norm 1 == unclipped with the gradient scaled by 1 / (norm + 1e-6).
         let c = 1.0 / (gnorm_sq.sqrt() + 1e-6);

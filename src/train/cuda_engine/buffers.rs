@@ -12,6 +12,7 @@ use candle_core::DType;
 
 use super::layout::{Dims, ParamLayout};
 use crate::gpu::ptr::device_ptr;
+use crate::gpu::train::reference::ADAMW_HYPER;
 use crate::{Error, Result};
 
 /// One named buffer and its size.
@@ -96,7 +97,7 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
         ("ids (i32)", n * 4),
         ("labels (i32)", n * 4),
         ("scalars: count, scale, loss, gnorm^2 (f32)", 4 * 4),
-        ("adamw hyper (f32)", 8 * 4),
+        ("adamw hyper (f32)", ADAMW_HYPER * 4),
     ];
     if dims.flash_attention {
         // Fused attention: each layer's log-sum-exp for the backward, and its row dots D.

@@ -480,19 +480,37 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
 // A lane's share of a row's dot product (NAME) and of two rows' (NAME##2, the swiglu kernels' gate
 // and up rows, their loads side by side) from a part dot XDOT(row, block, part, xs, k): parts
 // i = lane, lane + 32, ... of the row's k / 8 (part i & 3 of 32-value block i >> 2).
+// A lane's parts run ROW_UNROLL at a time, indices clamped into the row (a part past the end
+// reloads the last one and adds 0), so that no branch stands between a round's loads and all are
+// issued before any is used: `#pragma unroll 4` on the lane-strided loop peeled the remainder
+// (trip count mod 4) into iterations that each loaded and consumed in turn - at k = 576 (2-3 parts
+// a lane) 2-3 dependent L2 round trips a row (bench/results/device-s17/sass-rowdot.txt).
+#define ROW_UNROLL 4
 #define DEFINE_ROWDOT(NAME, XDOT)                                                                   \
     __device__ __forceinline__ float NAME(const uint8_t* wr, const float* xs, int k, int lane) {     \
         float acc = 0.f;                                                                            \
-        _Pragma("unroll 4") for (int i = lane; i < (k / 32) * 4; i += 32)                           \
-            acc += XDOT(wr, i >> 2, i & 3, xs, k);                                                  \
+        int n = (k / 32) * 4;                                                                       \
+        for (int base = lane; base < n; base += 32 * ROW_UNROLL) {                                  \
+            _Pragma("unroll") for (int u = 0; u < ROW_UNROLL; u++) {                                \
+                int i = min(base + 32 * u, n - 1); /* in bounds: no branch between the loads */    \
+                float v = XDOT(wr, i >> 2, i & 3, xs, k);                                           \
+                acc += base + 32 * u < n ? v : 0.f;                                                 \
+            }                                                                                       \
+        }                                                                                           \
         return acc;                                                                                 \
     }                                                                                               \
     __device__ __forceinline__ float2 NAME##2(const uint8_t* gr, const uint8_t* ur, const float* xs,\
                                               int k, int lane) {                                    \
         float g = 0.f, u = 0.f;                                                                     \
-        _Pragma("unroll 4") for (int i = lane; i < (k / 32) * 4; i += 32) {                         \
-            g += XDOT(gr, i >> 2, i & 3, xs, k);                                                    \
-            u += XDOT(ur, i >> 2, i & 3, xs, k);                                                    \
+        int n = (k / 32) * 4;                                                                       \
+        for (int base = lane; base < n; base += 32 * ROW_UNROLL) {                                  \
+            _Pragma("unroll") for (int v = 0; v < ROW_UNROLL; v++) {                                \
+                int i = min(base + 32 * v, n - 1); /* in bounds: no branch between the loads */    \
+                float dg = XDOT(gr, i >> 2, i & 3, xs, k), du = XDOT(ur, i >> 2, i & 3, xs, k);     \
+                bool in = base + 32 * v < n;                                                        \
+                g += in ? dg : 0.f;                                                                 \
+                u += in ? du : 0.f;                                                                 \
+            }                                                                                       \
         }                                                                                           \
         return make_float2(g, u);                                                                   \
     }

@@ -105,7 +105,7 @@ fn shapes() -> [Shape; 6] {
             e0: usize::MAX >> 1,
             e1: usize::MAX >> 1,
         },
-        // Batch 1, producer tasks of two warps (their sums exchanged through shared memory), rank
+        // Batch 1, producer tasks of four warps (their sums exchanged through shared memory), rank
         // 16, one segment.
         Shape {
             rows: 40,

@@ -5,6 +5,10 @@
 
 use super::launch::MV1_MAX_WARPS;
 
+/// float4 columns of A a batch-1 producer lane loads in one round (SHRINK_ROUND in
+/// kernels/quant_matvec.cu).
+const SHRINK_ROUND: usize = 4;
+
 /// The LoRA part of a mat-vec launch: what its kernel reads ([`LoraArgs`]) and the L2 window of its
 /// adapter weights. `args.b == 0`: no adapters in this launch.
 #[derive(Debug, Clone, Copy, Default)]
@@ -114,9 +118,17 @@ impl LoraEpilogue {
     /// bench/results/device-s16 call 4); a batch-1 block above k = 4096 keeps one task of all its
     /// warps. Also counts the launch's producer blocks (`lora_producers` in
     /// kernels/quant_matvec.cu reads the count).
+    ///
+    /// A batch-1 task below that takes as many warps as leave each lane at most one round of
+    /// [`SHRINK_ROUND`] float4 columns (the producers' loads are the launch's critical path once
+    /// the rows' loads are one round: k = 576 in one warp was two rounds a lane).
     pub(super) fn for_block(&self, block_warps: usize, k: usize, batch: usize) -> LoraArgs {
-        let task_warps = if batch == 1 && block_warps <= MV1_MAX_WARPS && k > 4096 {
+        let batch1 = batch == 1 && block_warps <= MV1_MAX_WARPS;
+        let task_warps = if batch1 && k > 4096 {
             block_warps
+        } else if batch1 {
+            let want = (k / 4).div_ceil(32 * SHRINK_ROUND).clamp(1, block_warps);
+            want.next_power_of_two().min(block_warps)
         } else {
             let want = (k / 512).clamp(1, block_warps);
             1 << want.ilog2()

@@ -242,19 +242,25 @@ __device__ __forceinline__ float lora_xa_issue(const LoraEpi& L, int slot, int b
     return load_xa(L.xa + (size_t)b * L.xa_stride + seg * L.rank + lane);
 }
 
-// `v` from lora_xa_issue, polled again until its producer stored it. `after` (the row's dot
-// product) orders the test after the product: without it ptxas tested v right after issuing its
-// load (a predicate held across the product instead of v's register), so every row waited for
-// its xa load before it issued its weight loads (ncu, bench/results/device-s18 call 4: the test
-// was the gate/up LoRA kernel's most-sampled instruction). The test reads v's bits OR'd with
-// after's times a zero ptxas cannot know is zero (the rank's sign bit), a real dependence on the
-// product that no scheduler moves; an empty asm statement tying the two vanishes before ptxas.
-__device__ __forceinline__ float lora_xa_settle(const LoraEpi& L, int b, int seg, float v, float after) {
+// `v` from lora_xa_issue, polled again until its producer stored it.
+__device__ __forceinline__ float lora_xa_settle(const LoraEpi& L, int b, int seg, float v) {
+    if (__float_as_uint(v) != XA_PENDING) return v;
+    return lora_xa(L, b, seg, threadIdx.x & 31);
+}
+
+// lora_xa_settle ordered after `after` (the row's dot product), for the batch-1 rows: without it
+// ptxas tested v right after issuing its load (a predicate held across the product instead of v's
+// register), so every row waited for its xa load before it issued its weight loads (ncu,
+// bench/results/device-s18 call 4: the test was the gate/up LoRA kernel's most-sampled
+// instruction; ordered, 135M adapter decode +2%). The test reads v's bits OR'd with after's times
+// a zero ptxas cannot know is zero (the rank's sign bit): a real dependence on the product that no
+// scheduler moves (an empty asm statement tying the two vanishes before ptxas). The batched rows
+// keep the plain test: there the extra live values spilled (batch 8 0.882x -> 0.868x, call 5).
+__device__ __forceinline__ float lora_xa_settle_after(const LoraEpi& L, int b, int seg, float v, float after) {
     if (L.b == nullptr) return v;  // no adapters (the kernels without LoRA fold all of this away)
     unsigned zero = (unsigned)L.rank >> 31;  // ranks are positive
     v = __uint_as_float(__float_as_uint(v) | __float_as_uint(after) * zero);
-    if (__float_as_uint(v) != XA_PENDING) return v;
-    return lora_xa(L, b, seg, threadIdx.x & 31);
+    return lora_xa_settle(L, b, seg, v);
 }
 
 // The lane's B value of row `brow` (lane j < rank <= 32), loaded before the row's dot product so
@@ -447,7 +453,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             float bv = lora_load(lora, slot, row);                                                  \
             float xv = lora_xa_issue(lora, slot, 0, seg);                                           \
             float acc = ROWDOT(wr, xs, k, lane);                                                    \
-            xv = lora_xa_settle(lora, 0, seg, xv, acc);                                             \
+            xv = lora_xa_settle_after(lora, 0, seg, xv, acc);                                       \
             acc = warp_sum(acc * xscale + lora_lane(lora, slot, xv, bv, 0, row, seg));              \
             if (bias != nullptr) acc += bias[row];                                                  \
             if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
@@ -476,8 +482,8 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             float xg = lora_xa_issue(lora, slot, 0, 0), xu = lora_xa_issue(lora, slot, 0, 1);       \
             float2 gu = ROWDOT2(gr, ur, xs, k, lane);                                               \
             float g = gu.x, u = gu.y;                                                               \
-            xg = lora_xa_settle(lora, 0, 0, xg, g);                                                \
-            xu = lora_xa_settle(lora, 0, 1, xu, u);                                                \
+            xg = lora_xa_settle_after(lora, 0, 0, xg, g);                                           \
+            xu = lora_xa_settle_after(lora, 0, 1, xu, u);                                           \
             g = warp_sum(g * xscale + lora_lane(lora, slot, xg, bg, 0, row, 0));                    \
             u = warp_sum(u * xscale + lora_lane(lora, slot, xu, bu, 0, rows + row, 1));             \
             if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
@@ -1142,7 +1148,7 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             }                                                                                       \
             _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
                 int b = share + SPLIT * s;                                                          \
-                if (b < nb) xv[s] = lora_xa_settle(lora, b, seg, xv[s], acc[s]);                    \
+                if (b < nb) xv[s] = lora_xa_settle(lora, b, seg, xv[s]);                            \
             }                                                                                       \
             _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
                 int b = share + SPLIT * s;                                                          \
@@ -1207,8 +1213,8 @@ __device__ __forceinline__ void load_xb(const float* __restrict__ x, const float
             _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \
                 int b = share + SPLIT * s;                                                          \
                 if (b < nb) {                                                                       \
-                    xg[s] = lora_xa_settle(lora, b, 0, xg[s], g[s]);                                \
-                    xu[s] = lora_xa_settle(lora, b, 1, xu[s], u[s]);                                \
+                    xg[s] = lora_xa_settle(lora, b, 0, xg[s]);                                      \
+                    xu[s] = lora_xa_settle(lora, b, 1, xu[s]);                                      \
                 }                                                                                   \
             }                                                                                       \
             _Pragma("unroll") for (int s = 0; s < SEQS; s++) {                                      \

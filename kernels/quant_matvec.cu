@@ -52,20 +52,25 @@
 #define MV_WARPS 4
 
 // The LoRA part of a mat-vec launch (passed by value). An adapter pool slot holds A and B of every
-// projection, B pre-scaled, as f32; `*slot_stride` floats separate two slots.
+// projection, B pre-scaled, as f32; `*slot_stride` floats separate two slots. The fields a row block
+// reads come first, so that with the mat-vec's own parameters they fill two 64-byte lines of the
+// parameter bank: each launch's parameters are new memory, and every line a block touches before
+// its loads is a constant-cache miss in turn (ncu, bench/results/device-s18 call 6: the LoRA
+// kernels' first instructions waited on two misses, the plain kernels' on one); the producers'
+// fields (A) follow.
 struct LoraEpi {
     const float* b;          // B of slot 0 for this launch's output rows, [rows, rank]; null: no adapters
-    long long slot_stride;   // floats from one slot's B to the next
-    float* xa;               // [nb, xa_stride] x A^T of each sequence, XA_PENDING until produced
     const int* slots;        // [nb] each sequence's slot, < 0: no adapter
-    const float* a;          // A of slot 0, [a_rows, k]: this launch computes xa; null: xa is ready
-    long long a_slot_stride; // floats from one slot's A to the next
+    float* xa;               // [nb, xa_stride] x A^T of each sequence, XA_PENDING until produced
+    int producers;           // producer blocks of the launch (the host's count of the tasks' blocks)
     int rank;                // R: floats per B row and per xa segment
     int xa_stride;           // floats per sequence in xa
     int e0, e1;              // rows [0, e0) read xa segment 0, [e0, e1) segment 1, [e1, ..) 2
-    int a_rows;              // rows of A (segments * R)
     int task_warps;          // warps of a producer block on one (sequence, row of A) task
-    int producers;           // producer blocks of the launch (the host's count of the tasks' blocks)
+    long long slot_stride;   // floats from one slot's B to the next
+    const float* a;          // A of slot 0, [a_rows, k]: this launch computes xa; null: xa is ready
+    long long a_slot_stride; // floats from one slot's A to the next
+    int a_rows;              // rows of A (segments * R)
 };
 
 // An xa value not produced yet (a NaN the hardware never computes: its NaNs are 0x7fffffff; a
@@ -90,7 +95,7 @@ __device__ __forceinline__ int lora_task_warps(const LoraEpi& L) {
     return L.task_warps < 1 || L.task_warps > warps ? warps : L.task_warps;
 }
 __device__ __forceinline__ int lora_producers(const LoraEpi& L) {
-    return L.b == nullptr || L.a == nullptr ? 0 : L.producers;
+    return L.b == nullptr ? 0 : L.producers;  // 0 from the host when xa is ready (L.a null)
 }
 
 // A warp's share of one shrink task: over float4 columns [lo, hi) of its A row (a4) and x (x4),

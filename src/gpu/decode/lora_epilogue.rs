@@ -21,27 +21,23 @@ pub struct LoraEpilogue {
     pub resident: L2Window,
 }
 
-/// `LoraEpi` of kernels/quant_matvec.cu (passed by value): each sequence b with `slots[b] >= 0`
-/// gets `sum_j xa[b, seg(r) R + j] B_slot[r, j]` added to output row r (B pre-scaled by the
-/// adapter's scale).
+/// `LoraEpi` of kernels/quant_matvec.cu (passed by value, fields in its order: what a row block
+/// reads first, then the producers' A): each sequence b with `slots[b] >= 0` gets
+/// `sum_j xa[b, seg(r) R + j] B_slot[r, j]` added to output row r (B pre-scaled by the adapter's
+/// scale).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoraArgs {
     /// B of slot 0 for the launch's output rows ([rows, rank] f32 per slot; the swiglu kernels read
     /// the up projection's B at `rows * rank` floats after the gate's). 0: no adapters.
     pub b: u64,
-    /// Floats from one slot's B to the next.
-    pub slot_stride: i64,
-    /// x A^T per sequence, [nb, xa_stride] f32.
-    pub xa: u64,
     /// Each sequence's slot, [nb] i32, negative for none.
     pub slots: u64,
-    /// A of slot 0 ([a_rows, k] f32 per slot): the launch computes xa (producer blocks of their
-    /// own, from the x they normalize), which must hold [`XA_PENDING`] values before the
-    /// launch; 0: xa is already computed (by an earlier launch of the step).
-    pub a: u64,
-    /// Floats from one slot's A to the next.
-    pub a_slot_stride: i64,
+    /// x A^T per sequence, [nb, xa_stride] f32.
+    pub xa: u64,
+    /// Producer blocks of the launch (set by the launchers, 0 when `a` is 0; `lora_producers` in
+    /// kernels/quant_matvec.cu reads the count).
+    pub producers: i32,
     /// Floats per B row and per xa segment.
     pub rank: i32,
     /// Floats per sequence in `xa`.
@@ -49,13 +45,18 @@ pub struct LoraArgs {
     /// Rows `[0, e0)` read xa segment 0, `[e0, e1)` segment 1, the rest segment 2.
     pub e0: i32,
     pub e1: i32,
-    /// Rows of A (the group's segments times the rank).
-    pub a_rows: i32,
     /// Warps of a producer block on one (sequence, row of A) task (set by the launchers).
     pub task_warps: i32,
-    /// Producer blocks of the launch (set by the launchers; `lora_producers` in
-    /// kernels/quant_matvec.cu reads the count).
-    pub producers: i32,
+    /// Floats from one slot's B to the next.
+    pub slot_stride: i64,
+    /// A of slot 0 ([a_rows, k] f32 per slot): the launch computes xa (producer blocks of their
+    /// own, from the x they normalize), which must hold [`XA_PENDING`] values before the
+    /// launch; 0: xa is already computed (by an earlier launch of the step).
+    pub a: u64,
+    /// Floats from one slot's A to the next.
+    pub a_slot_stride: i64,
+    /// Rows of A (the group's segments times the rank).
+    pub a_rows: i32,
 }
 
 /// An extent of device memory whose lines a launch marks persisting in the L2
@@ -152,6 +153,6 @@ impl LoraEpilogue {
     }
 }
 
-// SAFETY: plain old data with the C layout of `LoraEpi` (6 pointers/int64, then 7 int32; the same
-// tail padding on both sides).
+// SAFETY: plain old data with the C layout of `LoraEpi` (3 pointers, 6 int32, 3 pointers/int64, an
+// int32; the same tail padding on both sides).
 unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for LoraArgs {}

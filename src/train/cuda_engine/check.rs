@@ -20,7 +20,7 @@
 //! - `trn_engine_update` (f32 only): each tensor's update p1 - p0 against the reference's.
 //! - `trn_engine_moments`: AdamW's exp_avg and exp_avg_sq after the step, the tensor with the
 //!   largest error for its tolerance named: in f32 against the reference's; in bf16 against
-//!   Candle's AdamW on the engine's own clipped gradients (5e-5), as `trn_engine_adamw` below. The
+//!   Candle's AdamW on the engine's own clipped gradients (4e-6), as `trn_engine_adamw` below. The
 //!   moments are the gradients' first and second powers, and the gradients' bf16 noise is judged
 //!   in `trn_engine_grad`: against the f32 run, exp_avg_sq judged it again, squared, against a
 //!   ratio of two noises (failed once at 7.6x Candle's bf16 error, bench/results/device-s17 call 2).
@@ -405,7 +405,9 @@ fn check_engine(out: &mut Vec<EngineCase>, m: &ModelRun, dtype: DType) -> Result
     let own_moments = check_exact_adamw(out, m, dtype, grads, &got_update, &model_name)?;
     let (want_moments, judge) = match dtype {
         DType::F32 => (&m.want.moments, Judge::Fixed(1e-4)),
-        _ => (&own_moments, Judge::Fixed(5e-5)),
+        // Same maths on the same gradients: 5.3e-7 measured (bench/results/device-s18 call 1); 1 - beta
+        // rounded from the f32 beta instead of computed in f64 was 1.3e-5 off.
+        _ => (&own_moments, Judge::Fixed(4e-6)),
     };
     check_moments(out, dtype, &engine, &model_name, want_moments, judge)?;
     check_step_two(out, m, dtype, &mut engine, &engine_adapter, &model_name)

@@ -4,10 +4,7 @@
 //! the launch's adapter weights.
 
 use super::launch::MV1_MAX_WARPS;
-
-/// float4 columns of A a batch-1 producer lane loads in one round (SHRINK_ROUND in
-/// kernels/quant_matvec.cu).
-const SHRINK_ROUND: usize = 4;
+use super::matvec_grid::producer_task_warps;
 
 /// The LoRA part of a mat-vec launch: what its kernel reads ([`LoraArgs`]) and the L2 window of its
 /// adapter weights. `args.b == 0`: no adapters in this launch.
@@ -112,28 +109,12 @@ impl LoraEpilogue {
     };
 
     /// This epilogue as a launch of `block_warps`-warp blocks over `k` inputs for `batch`
-    /// sequences passes it: producer tasks of as many warps as keep a lane's loads few (k / 512, a
-    /// power of two), several tasks a block at small k (a block per task made 384 producer blocks
-    /// for q/k/v at batch 8; at batch 1, tasks of a warp or a few instead of a block: adapter /
-    /// none 0.876x -> 0.882x at SmolLM2-135M, 0.804x -> 0.865x at SmolLM2-1.7B Q8_0,
-    /// bench/results/device-s16 call 4); a batch-1 block above k = 4096 keeps one task of all its
-    /// warps. Also counts the launch's producer blocks (`lora_producers` in
-    /// kernels/quant_matvec.cu reads the count).
-    ///
-    /// A batch-1 task below that takes as many warps as leave each lane at most one round of
-    /// [`SHRINK_ROUND`] float4 columns (the producers' loads are the launch's critical path once
-    /// the rows' loads are one round: k = 576 in one warp was two rounds a lane).
+    /// sequences passes it: its producer tasks' warps ([`producer_task_warps`]) and the launch's
+    /// producer blocks (`lora_producers` in kernels/quant_matvec.cu reads the count; 0 when xa is
+    /// ready).
     pub(super) fn for_block(&self, block_warps: usize, k: usize, batch: usize) -> LoraArgs {
         let batch1 = batch == 1 && block_warps <= MV1_MAX_WARPS;
-        let task_warps = if batch1 && k > 4096 {
-            block_warps
-        } else if batch1 {
-            let want = (k / 4).div_ceil(32 * SHRINK_ROUND).clamp(1, block_warps);
-            want.next_power_of_two().min(block_warps)
-        } else {
-            let want = (k / 512).clamp(1, block_warps);
-            1 << want.ilog2()
-        };
+        let task_warps = producer_task_warps(block_warps, k, batch1);
         let a = &self.args;
         let producers = if a.b == 0 || a.a == 0 {
             0

@@ -59,9 +59,52 @@ pub(super) fn one_wave_blocks(groups: usize, resident: usize, producers: usize) 
     groups.max(1).div_ceil(rounds)
 }
 
+/// float4 columns of A a batch-1 producer lane loads in one round (SHRINK_ROUND in
+/// kernels/quant_matvec.cu).
+const SHRINK_ROUND: usize = 4;
+
+/// Warps of each LoRA producer task (one sequence and row of A, `k` inputs) in blocks of
+/// `block_warps` warps (`batch1`: the batch-1 kernels' blocks). Batched: as many warps as keep a
+/// lane's loads few (k / 512, a power of two), several tasks a block at small k (a block per task
+/// made 384 producer blocks for q/k/v at batch 8). Batch 1: as many warps as leave each lane one
+/// round of [`SHRINK_ROUND`] float4 columns (the producers' loads are the launch's critical path
+/// once the rows' are one round: k = 576 in one warp was two rounds a lane; 135M adapter / none
+/// 0.84x -> 0.865x, bench/results/device-s18 call 2), a block's warps above k = 4096. Tasks of a
+/// warp or a few rather than a block at batch 1: 0.876x -> 0.882x at SmolLM2-135M, 0.804x ->
+/// 0.865x at SmolLM2-1.7B Q8_0 (bench/results/device-s16 call 4).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // the unit test runs without CUDA too
+pub(super) fn producer_task_warps(block_warps: usize, k: usize, batch1: bool) -> usize {
+    if batch1 && k > 4096 {
+        block_warps
+    } else if batch1 {
+        let want = (k / 4).div_ceil(32 * SHRINK_ROUND).clamp(1, block_warps);
+        want.next_power_of_two().min(block_warps)
+    } else {
+        let want = (k / 512).clamp(1, block_warps);
+        1 << want.ilog2()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::one_wave_blocks;
+    use super::{one_wave_blocks, producer_task_warps};
+
+    #[test]
+    fn batch1_producer_tasks_leave_a_lane_one_round() {
+        // SmolLM2-135M (8-warp blocks): q/k/v, o and gate/up at k 576 in two warps (144 float4
+        // columns: 2.25 a lane), down at k 1536 in four; SmolLM2-1.7B's 2048 in four.
+        assert_eq!(producer_task_warps(8, 576, true), 2);
+        assert_eq!(producer_task_warps(8, 1536, true), 4);
+        assert_eq!(producer_task_warps(8, 2048, true), 4);
+        // Small k: one warp; above 4096 the whole block, also in 16-warp blocks.
+        assert_eq!(producer_task_warps(8, 96, true), 1);
+        assert_eq!(producer_task_warps(16, 8192, true), 16);
+        assert_eq!(producer_task_warps(4, 4096, true), 4);
+        // Batched: k / 512 warps, rounded down to a power of two.
+        assert_eq!(producer_task_warps(4, 576, false), 1);
+        assert_eq!(producer_task_warps(4, 1536, false), 2);
+        assert_eq!(producer_task_warps(8, 8192, false), 8);
+    }
 
     #[test]
     fn grids_fit_one_wave_with_balanced_rounds() {

@@ -4,7 +4,8 @@
 //! normalized) before its rows. The four-warps-a-row batched LoRA kernels hold two 512-thread
 //! blocks an SM (SmolLM2-135M's gate/up: 384 row blocks and 16 producer blocks took two waves), so
 //! their grids are sized from the kernel's occupancy, the producers counted (`launch` says where;
-//! [`config`] builds every mat-vec launch's grid, one wave or capped).
+//! [`config`] builds every mat-vec launch's grid, one wave or capped). The LoRA producer blocks'
+//! split of their tasks ([`producer_task_warps`]) is the other half of a launch's geometry.
 
 /// Blocks of `threads` threads and `shared` bytes of dynamic shared memory that `f` keeps resident
 /// on `sms` SMs at once (the driver's occupancy calculator; at least one).

@@ -70,14 +70,13 @@ const SHRINK_ROUND: usize = 4;
 /// made 384 producer blocks for q/k/v at batch 8). Batch 1: as many warps as leave each lane one
 /// round of [`SHRINK_ROUND`] float4 columns (the producers' loads are the launch's critical path
 /// once the rows' are one round: k = 576 in one warp was two rounds a lane; 135M adapter / none
-/// 0.84x -> 0.865x, bench/results/device-s18 call 2), a block's warps above k = 4096. Tasks of a
-/// warp or a few rather than a block at batch 1: 0.876x -> 0.882x at SmolLM2-135M, 0.804x ->
-/// 0.865x at SmolLM2-1.7B Q8_0 (bench/results/device-s16 call 4).
+/// 0.84x -> 0.865x, bench/results/device-s18 call 2); above k = 4096 that is a whole block of
+/// the batch-1 kernels (at most 16 warps). Tasks of a warp or a few rather than a block at batch 1:
+/// 0.876x -> 0.882x at SmolLM2-135M, 0.804x -> 0.865x at SmolLM2-1.7B Q8_0
+/// (bench/results/device-s16 call 4).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // the unit test runs without CUDA too
 pub(super) fn producer_task_warps(block_warps: usize, k: usize, batch1: bool) -> usize {
-    if batch1 && k > 4096 {
-        block_warps
-    } else if batch1 {
+    if batch1 {
         let want = (k / 4).div_ceil(32 * SHRINK_ROUND).clamp(1, block_warps);
         want.next_power_of_two().min(block_warps)
     } else {
@@ -100,6 +99,8 @@ mod tests {
         // Small k: one warp; above 4096 the whole block, also in 16-warp blocks.
         assert_eq!(producer_task_warps(8, 96, true), 1);
         assert_eq!(producer_task_warps(16, 8192, true), 16);
+        assert_eq!(producer_task_warps(16, 4160, true), 16);
+        assert_eq!(producer_task_warps(8, 6400, true), 8);
         assert_eq!(producer_task_warps(4, 4096, true), 4);
         // Batched: k / 512 warps, rounded down to a power of two.
         assert_eq!(producer_task_warps(4, 576, false), 1);

@@ -45,7 +45,8 @@
 // the row warps, which load them before their own dot product, need them. Producers sit in the lowest blocks,
 // which the hardware dispatches first, so a polling block never holds the place of a producer that
 // has not started. With lora.a == null, xa was computed by an earlier launch (the second and third
-// parts of a split q/k/v).
+// parts of a split q/k/v). At batch 1 each xa value is stored XA_COPIES times, and a row block
+// reads its own copy (the rows' loads of one line queued at its L2 slice).
 #include "common.cuh"
 #include "ggml_blocks.cuh"
 
@@ -76,6 +77,15 @@ struct LoraEpi {
 // An xa value not produced yet (a NaN the hardware never computes: its NaNs are 0x7fffffff; a
 // producer that computes this pattern anyway stores the canonical NaN instead).
 #define XA_PENDING 0xffffffffu
+
+// Copies of a batch-1 launch's xa values: its producers store each value XA_COPIES times (copy c
+// where sequence c's values would be: the pool's batch-1 regions are XA_COPIES sequences long,
+// `lora_epilogue::xa_sequences`) and a row block reads copy (block % XA_COPIES). With one copy,
+// every row of a launch loaded the same one or two 128-byte lines (gate/up at SmolLM2-135M: 1536
+// warps, two loads each), queued at one L2 slice: per-launch spans (bench/results/device-s19 calls
+// 3-5) put the batch-1 rows' LoRA epilogue at +800 ns in gate/up (+120-300 ns in the others)
+// although 99.9% of those rows found their xa values stored at the first look.
+#define XA_COPIES 8
 
 // Segment of xa that output row `row` reads (q, k, v of the fused q/k/v product: 0, 1, 2).
 __device__ __forceinline__ int lora_seg(const LoraEpi& L, int row) {
@@ -150,14 +160,17 @@ __device__ __forceinline__ float2 lora_shrink_warp_rounds(const float4* __restri
 // xa[b, j] from the (dot, sum of squares) pairs of a task's `warps` warps (`part`): the norm's scale
 // applied when the launch fuses it; a relaxed store at GPU scope, polled by lora_xa (a value with
 // XA_PENDING's bits is stored as the canonical NaN).
+// `copies` (XA_COPIES at batch 1, else 1) copies, xa_stride floats apart.
 __device__ __forceinline__ void lora_store_xa(const LoraEpi& L, int b, int j, const float (*part)[2],
-                                              int warps, bool norm, int k, float eps) {
+                                              int warps, bool norm, int k, float eps, int copies) {
     float s = 0.f, ss = 0.f;
     for (int w = 0; w < warps; w++) s += part[w][0], ss += part[w][1];
     if (norm) s *= rsqrtf(ss / (float)k + eps);
     if (__float_as_uint(s) == XA_PENDING) s = __uint_as_float(0x7fffffffu);
     float* at = L.xa + (size_t)b * L.xa_stride + j;
-    asm volatile("st.relaxed.gpu.global.f32 [%0], %1;" ::"l"(at), "f"(s) : "memory");
+    for (int c = 0; c < copies; c++)
+        asm volatile("st.relaxed.gpu.global.f32 [%0], %1;" ::"l"(at + (size_t)c * L.xa_stride), "f"(s)
+                     : "memory");
 }
 
 // The shrink, by producer block blockIdx.x: xa[b, j] = xn_b . A_slot(b)[j] with xn_b =
@@ -195,15 +208,16 @@ __device__ __forceinline__ void lora_produce(const LoraEpi& L, const float* __re
     const float4* x4 = reinterpret_cast<const float4*>(x + (size_t)(slot < 0 ? 0 : b) * k);
     const float4* w4 = reinterpret_cast<const float4*>(norm_w);
     float2 sums = ONE ? lora_shrink_warp_rounds(a4, x4, w4, lo, hi) : lora_shrink_warp(a4, x4, w4, lo, hi);
+    int copies = ONE ? XA_COPIES : 1;
     if (tw == 1) {  // a warp's own task: its sums need no exchange (and no barrier)
         const float own[1][2] = {{sums.x, sums.y}};
-        if (slot >= 0 && lane == 0) lora_store_xa(L, b, j, own, 1, norm_w != nullptr, k, eps);
+        if (slot >= 0 && lane == 0) lora_store_xa(L, b, j, own, 1, norm_w != nullptr, k, eps, copies);
         return;
     }
     if (lane == 0) part[warp][0] = sums.x, part[warp][1] = sums.y;
     __syncthreads();
     if (slot < 0 || sub != 0 || lane != 0) return;
-    lora_store_xa(L, b, j, part + warp, tw, norm_w != nullptr, k, eps);
+    lora_store_xa(L, b, j, part + warp, tw, norm_w != nullptr, k, eps, copies);
 }
 
 // One relaxed load of an xa value at GPU scope (from L2, never a stale L1 line). Volatile, so a
@@ -448,7 +462,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         }                                                                                           \
         int block = blockIdx.x - producers, blocks = gridDim.x - producers, W = blockDim.x >> 5;    \
         prefetch_first_row(w, rows, row_bytes_##Q(k), block * W + (threadIdx.x >> 5));              \
-        int slot = lora_slot(lora, 0);                                                              \
+        int slot = lora_slot(lora, 0), copy = block % XA_COPIES; /* the block's copy of xa */        \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */        \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
@@ -456,10 +470,10 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             const uint8_t* wr = w + (size_t)row * row_bytes_##Q(k);                                 \
             int seg = lora_seg(lora, row);                                                          \
             float bv = lora_load(lora, slot, row);                                                  \
-            float xv = lora_xa_issue(lora, slot, 0, seg);                                           \
+            float xv = lora_xa_issue(lora, slot, copy, seg);                                        \
             float acc = ROWDOT(wr, xs, k, lane);                                                    \
-            xv = lora_xa_settle_after(lora, 0, seg, xv, acc);                                       \
-            acc = warp_sum(acc * xscale + lora_lane(lora, slot, xv, bv, 0, row, seg));              \
+            xv = lora_xa_settle_after(lora, copy, seg, xv, acc);                                    \
+            acc = warp_sum(acc * xscale + lora_lane(lora, slot, xv, bv, copy, row, seg));           \
             if (bias != nullptr) acc += bias[row];                                                  \
             if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;                                \
         }                                                                                           \
@@ -476,7 +490,7 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
         int block = blockIdx.x - producers, blocks = gridDim.x - producers, W = blockDim.x >> 5;    \
         prefetch_first_row(wg, rows, row_bytes_##Q(k), block * W + (threadIdx.x >> 5));             \
         prefetch_first_row(wu, rows, row_bytes_##Q(k), block * W + (threadIdx.x >> 5));             \
-        int slot = lora_slot(lora, 0);                                                              \
+        int slot = lora_slot(lora, 0), copy = block % XA_COPIES; /* the block's copy of xa */        \
         pdl_wait(); /* x is the previous kernel's output */                                         \
         float xscale = XPREP(x, norm_w, eps, k, xs); /* applied to the base product's sum */        \
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
@@ -484,13 +498,13 @@ __device__ __forceinline__ void prefetch_first_row(const uint8_t* w, int rows, i
             const uint8_t* gr = wg + (size_t)row * row_bytes_##Q(k);                                \
             const uint8_t* ur = wu + (size_t)row * row_bytes_##Q(k);                                \
             float bg = lora_load(lora, slot, row), bu = lora_load(lora, slot, rows + row);          \
-            float xg = lora_xa_issue(lora, slot, 0, 0), xu = lora_xa_issue(lora, slot, 0, 1);       \
+            float xg = lora_xa_issue(lora, slot, copy, 0), xu = lora_xa_issue(lora, slot, copy, 1); \
             float2 gu = ROWDOT2(gr, ur, xs, k, lane);                                               \
             float g = gu.x, u = gu.y;                                                               \
-            xg = lora_xa_settle_after(lora, 0, 0, xg, g);                                           \
-            xu = lora_xa_settle_after(lora, 0, 1, xu, u);                                           \
-            g = warp_sum(g * xscale + lora_lane(lora, slot, xg, bg, 0, row, 0));                    \
-            u = warp_sum(u * xscale + lora_lane(lora, slot, xu, bu, 0, rows + row, 1));             \
+            xg = lora_xa_settle_after(lora, copy, 0, xg, g);                                        \
+            xu = lora_xa_settle_after(lora, copy, 1, xu, u);                                        \
+            g = warp_sum(g * xscale + lora_lane(lora, slot, xg, bg, copy, row, 0));                 \
+            u = warp_sum(u * xscale + lora_lane(lora, slot, xu, bu, copy, rows + row, 1));          \
             if (lane == 0) y[row] = g / (1.f + expf(-g)) * u;                                       \
         }                                                                                           \
     }                                                                                               \

@@ -30,7 +30,7 @@ pub use crate::generate::decode_adapter::{
     AdapterDims, DecodeAdapter, Group, ProjectionLora, GROUPS, PROJECTIONS,
 };
 use crate::gpu::decode::launch::{
-    device_ptr, L2Window, LoraArgs, LoraEpilogue, PendingXa, XA_PENDING,
+    device_ptr, xa_sequences, L2Window, LoraArgs, LoraEpilogue, PendingXa, XA_PENDING,
 };
 use crate::gpu::engine_error::EngineErrors;
 use crate::{Error, Result};
@@ -77,10 +77,10 @@ pub struct AdapterPool {
     /// Bytes of a launch's L2 window at most (the device's access-policy window limit); 0: the
     /// launches carry no window ([`l2_window_bytes`]).
     window_max: usize,
-    /// x A^T of each sequence for every launch of a step, [layers][group][batch, 3 rank] (3 rank:
-    /// the widest group), each value XA_PENDING (all bits set) until its launch's producer stores
-    /// it: filled when the pool is made, refilled by each step's last launch
-    /// ([`AdapterPool::pending`]).
+    /// x A^T of each sequence for every launch of a step, [layers][group][xa_sequences(batch), 3
+    /// rank] (3 rank: the widest group; a batch-1 launch stores XA_COPIES copies of its values),
+    /// each value XA_PENDING (all bits set) until its launch's producer stores it: filled when the
+    /// pool is made, refilled by each step's last launch ([`AdapterPool::pending`]).
     xa: CudaSlice<f32>,
     xa_ptr: u64,
     batch: usize,
@@ -119,7 +119,7 @@ impl AdapterPool {
         let xa = stream
             .clone_htod(&vec![
                 f32::from_bits(XA_PENDING);
-                layers * GROUPS.len() * batch * 3 * rank
+                layers * GROUPS.len() * xa_sequences(batch) * 3 * rank
             ])
             .map_err(|e| ERR.driver("xa", e))?;
         let window_max = l2_window_bytes(stream, weights.len() * 4, layers * per_slot * 4)?;
@@ -319,7 +319,7 @@ impl AdapterPool {
         let d = dims(&self.shape).group(g, self.rank);
         let (a_off, b_off, sa, sb) = self.offsets(layer, g);
         let launch = layer * GROUPS.len() + GROUPS.iter().position(|&h| h == g).unwrap_or(0);
-        let xa_off = launch * self.batch * 3 * self.rank;
+        let xa_off = launch * xa_sequences(self.batch) * 3 * self.rank;
         let group_bytes = (b_off + self.slots * sb - a_off) * 4;
         LoraEpilogue {
             args: LoraArgs {

@@ -12,7 +12,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream};
 
 use super::check::{blocks, f32s, DecodeCase};
 use super::launch::{
-    device_ptr, DecodeKernels, Epilogue, L2Window, LoraArgs, LoraEpilogue, XA_PENDING,
+    device_ptr, xa_sequences, DecodeKernels, Epilogue, L2Window, LoraArgs, LoraEpilogue, XA_PENDING,
 };
 use super::lora_reference::{self, LoraGroup};
 use super::reference::Activations;
@@ -290,7 +290,7 @@ fn matvec_case(
     );
     let yd = up(kernels, &y0)?;
     let slots_d = up(kernels, &s.seq_slots)?;
-    let xa = up(kernels, &pending(nb * (3 * s.rank + 1)))?;
+    let xa = up(kernels, &pending(xa_sequences(nb) * (3 * s.rank + 1)))?;
     let ptr = |d: &dyn Ptr| d.addr(st);
     let lora = p.epilogue(s, st, ptr(&slots_d), ptr(&xa));
     let epilogue = Epilogue {
@@ -389,7 +389,7 @@ fn swiglu_case(
     );
     let yd = up(kernels, &vec![f32::NAN; nb * rows])?;
     let slots_d = up(kernels, &s.seq_slots)?;
-    let xa = up(kernels, &pending(nb * (3 * s.rank + 1)))?;
+    let xa = up(kernels, &pending(xa_sequences(nb) * (3 * s.rank + 1)))?;
     let ptr = |d: &dyn Ptr| d.addr(st);
     let lora = p.epilogue(&s, st, ptr(&slots_d), ptr(&xa));
     let name = format!(

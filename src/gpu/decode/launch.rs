@@ -15,7 +15,9 @@ pub use super::attention_layout::{
     ATTENTION_SPLITS,
 };
 use super::attention_layout::{ATTENTION_MAX_GROUP, ATTENTION_WIDE_BLOCKS_PER_SM};
-pub use super::lora_epilogue::{L2Window, LoraArgs, LoraEpilogue, PendingXa, XA_PENDING};
+pub use super::lora_epilogue::{
+    xa_sequences, L2Window, LoraArgs, LoraEpilogue, PendingXa, XA_COPIES, XA_PENDING,
+};
 use super::matvec_grid;
 use super::step_launch::{programmatic_launch_default, StepLaunch};
 use super::QuantType;

@@ -75,6 +75,20 @@ impl L2Window {
 /// The bits of an xa value its producer has not stored yet (XA_PENDING in kernels/quant_matvec.cu).
 pub const XA_PENDING: u32 = u32::MAX;
 
+/// Copies of each xa value a batch-1 launch's producers store (XA_COPIES in
+/// kernels/quant_matvec.cu: one line read by every row of a launch queued at its L2 slice).
+pub const XA_COPIES: usize = 8;
+
+/// Sequences' worth of xa values a launch's region holds for a launch over `batch` sequences: a
+/// batch-1 launch stores [`XA_COPIES`] copies, copy c where sequence c's values would be.
+pub fn xa_sequences(batch: usize) -> usize {
+    if batch == 1 {
+        XA_COPIES
+    } else {
+        batch
+    }
+}
+
 /// An adapter pool's xa values, which the step's last kernel (the argmax) sets back to
 /// [`XA_PENDING`] for the next step; `floats == 0`: none.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

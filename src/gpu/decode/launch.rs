@@ -16,7 +16,7 @@ pub use super::attention_layout::{
 };
 use super::attention_layout::{ATTENTION_MAX_GROUP, ATTENTION_WIDE_BLOCKS_PER_SM};
 pub use super::lora_epilogue::{
-    xa_sequences, L2Window, LoraArgs, LoraEpilogue, PendingXa, XA_COPIES, XA_PENDING,
+    xa_sequences, L2Window, LoraArgs, LoraEpilogue, PendingXa, XA_PENDING,
 };
 use super::matvec_grid;
 use super::step_launch::{programmatic_launch_default, StepLaunch};

@@ -12,12 +12,14 @@
 //              dP_ij = do_i.v_j, dS_ij = P_ij (dP_ij - D_i), dq_i = c sum_j dS_ij k_j,
 //              dk_j = c sum_i dS_ij q_i   (dk_j and dv_j summed over the G query heads)
 //
-// Work split: 64-row tiles of queries and keys, 4 warps a block, each warp 16 rows of its tile;
-// the tiles a block walks are double buffered (cp.async: the next loads while this one is used).
+// Work split: 64-row tiles of keys, 4 warps a block. The forward's blocks take 128 query rows,
+// 32 a warp (two groups of 16 sharing every K and V fragment); the backward's take 64 query or key
+// rows, 16 a warp. The tiles a block walks are double buffered (cp.async: the next loads while
+// this one is used); fragments come from shared memory by ldmatrix.
 // The forward and dq walk the key tiles of one query tile (online softmax in the forward); dk/dv
 // walk the query tiles of one key tile, for each of the G query heads, so no atomics are needed
-// and the result is deterministic. Tiles are aligned on both axes, so only the diagonal tile is
-// cut by the causal mask and the tiles above it are never read. P is rounded to bf16 before its
+// and the result is deterministic. Tiles are aligned on both axes, so only the tiles on the diagonal
+// are cut by the causal mask and those above it are never read. P is rounded to bf16 before its
 // product with V (dO, Q, K in the backward), as FlashAttention-2 does; row statistics stay f32.
 //
 // MMA fragments (PTX ISA, m16n8k16 .bf16): lane = 4 g + t. A (16 x 16, row): a0 = (g, 2t..2t+1),
@@ -38,10 +40,15 @@ constexpr int FA_TILE = 64;
 constexpr float LOG2E = 1.4426950408889634f;
 // Dynamic shared memory of each kernel, in [64, HD + 8] bf16 tiles plus f32 values (the launchers
 // in src/gpu/train/flash_attention.rs size their launches the same way).
-#define FA_FORWARD_TILES 5
+// The forward's 16-row groups per warp and query rows per block.
+#define FA_FWD_GROUPS 2
+#define FA_FWD_ROWS 128
+#define FA_FORWARD_TILES 6
 #define FA_DKDV_TILES 6
 #define FA_DKDV_FLOATS 256
 #define FA_DQ_TILES 6
+static_assert(FA_FWD_ROWS == FA_WARPS * 16 * FA_FWD_GROUPS, "forward rows: 16 per group");
+static_assert(FA_FORWARD_TILES == FA_FWD_GROUPS + 4, "forward tiles: Q, then K and V twice");
 
 // A tile of 64 rows of HD bf16 in shared memory, rows padded by 8 elements (16 bytes) so the
 // fragment loads of 8 rows x 4 lanes hit 32 different banks.
@@ -66,15 +73,6 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
 }
 
 __device__ __forceinline__ uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
-
-// B fragments (b0, b1) of a 16 (k) x 8 (n) block stored k-major (row = k) at p: lanes 0-15 give
-// the addresses of rows 0-15, and .trans hands each lane (2t..2t+1, g).
-__device__ __forceinline__ void ldsm_x2_trans(uint32_t& b0, uint32_t& b1, const bf16* p) {
-    uint32_t addr = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(b0), "=r"(b1)
-                 : "r"(addr));
-}
 
 // 16 bytes global -> shared without a register round trip (sm_80 cp.async); `valid` false
 // zero-fills the destination and reads nothing.
@@ -104,41 +102,79 @@ __device__ __forceinline__ void load_tile(bf16* tile, const bf16* __restrict__ s
     }
 }
 
-// acc[n] += A B^T for the warp's 16 x 64 block: A = 16 rows of a tile from `a` (row-major, HD
-// wide), B = the 64 rows of tile `b`; acc[n] is the C fragment of columns 8n..8n+7.
-template <int HD>
-__device__ __forceinline__ void mma_rows_bt(float acc[8][4], const bf16* a, const bf16* b, int lane) {
+// Four 8x8 b16 matrices from shared memory (ldmatrix .x4): lanes 8m..8m+7 give the row
+// addresses of matrix m; each lane receives (row g, elements 2t..2t+1) of every matrix.
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16* p) {
+    uint32_t addr = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// The same, transposed: each lane receives (elements 2t..2t+1 of column g) of every matrix.
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const bf16* p) {
+    uint32_t addr = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// acc[r][n] += A_r B^T for R groups of 16 rows: A_r = rows 16r..16r+15 from `a` (row-major, HD
+// wide), B = the 64 rows of tile `b`; acc[r][n] is the C fragment of columns 8n..8n+7. Each B
+// fragment serves all R row groups (R = 2 halves the shared-memory reads per product).
+// ldmatrix addresses: A (.x4) rows lane & 15, columns + 8 (lane >> 4): a0..a3 in MMA order; B
+// (.x4) rows 16np + 8 (lane >> 4) + (lane & 7), columns + 8 ((lane >> 3) & 1): b0, b1 of column
+// block 2np, then of 2np + 1.
+template <int HD, int R>
+__device__ __forceinline__ void mma_rows_bt(float (*acc)[8][4], const bf16* a, const bf16* b, int lane) {
     constexpr int LD = Tile<HD>::LD;
-    const int g = lane >> 2, t = lane & 3;
+    const bf16* ap = a + (lane & 15) * LD + (lane >> 4) * 8;
+    const bf16* bp = b + (((lane >> 4) << 3) + (lane & 7)) * LD + ((lane >> 3) & 1) * 8;
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
-        const bf16* ap = a + g * LD + kk * 16 + t * 2;
-        const uint32_t af[4] = {ld32(ap), ld32(ap + 8 * LD), ld32(ap + 8), ld32(ap + 8 * LD + 8)};
+        uint32_t af[R][4];
 #pragma unroll
-        for (int n = 0; n < 8; ++n) {
-            const bf16* bp = b + (n * 8 + g) * LD + kk * 16 + t * 2;
-            mma16816(acc[n], af, ld32(bp), ld32(bp + 8));
+        for (int r = 0; r < R; ++r) ldsm_x4(af[r], ap + r * 16 * LD + kk * 16);
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+            uint32_t bf[4];
+            ldsm_x4(bf, bp + np * 16 * LD + kk * 16);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                mma16816(acc[r][2 * np], af[r], bf[0], bf[1]);
+                mma16816(acc[r][2 * np + 1], af[r], bf[2], bf[3]);
+            }
         }
     }
 }
 
-// out[n] += P V for the warp's 16 rows: P (16 x 64) given as C fragments p[8] (its columns are
-// the 64 rows of tile `v`), rounded to bf16; V = tile `v` (64 x HD). out[n]: columns 8n..8n+7.
-template <int HD>
-__device__ __forceinline__ void mma_frag_tile(float out[HD / 8][4], const float p[8][4], const bf16* v,
+// out[r][n] += P_r V for R groups of 16 rows: P_r (16 x 64) given as C fragments p[r][8] (its
+// columns are the 64 rows of tile `v`), rounded to bf16; V = tile `v` (64 x HD). out[r][n]: columns
+// 8n..8n+7. V's fragments by ldmatrix .x4.trans: rows 16kk + (lane & 15), columns + 8 (lane >> 4).
+template <int HD, int R>
+__device__ __forceinline__ void mma_frag_tile(float (*out)[HD / 8][4], const float (*p)[8][4], const bf16* v,
                                               int lane) {
     constexpr int LD = Tile<HD>::LD;
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-        const uint32_t af[4] = {pack2(p[2 * kk][0], p[2 * kk][1]), pack2(p[2 * kk][2], p[2 * kk][3]),
-                                pack2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
-                                pack2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
-        const bf16* vp = v + (kk * 16 + (lane & 15)) * LD;
+        uint32_t af[R][4];
 #pragma unroll
-        for (int n = 0; n < HD / 8; ++n) {
-            uint32_t b0, b1;
-            ldsm_x2_trans(b0, b1, vp + n * 8);
-            mma16816(out[n], af, b0, b1);
+        for (int r = 0; r < R; ++r) {
+            af[r][0] = pack2(p[r][2 * kk][0], p[r][2 * kk][1]);
+            af[r][1] = pack2(p[r][2 * kk][2], p[r][2 * kk][3]);
+            af[r][2] = pack2(p[r][2 * kk + 1][0], p[r][2 * kk + 1][1]);
+            af[r][3] = pack2(p[r][2 * kk + 1][2], p[r][2 * kk + 1][3]);
+        }
+        const bf16* vp = v + (kk * 16 + (lane & 15)) * LD + (lane >> 4) * 8;
+#pragma unroll
+        for (int np = 0; np < HD / 16; ++np) {
+            uint32_t bf[4];
+            ldsm_x4_trans(bf, vp + np * 16);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                mma16816(out[r][2 * np], af[r], bf[0], bf[1]);
+                mma16816(out[r][2 * np + 1], af[r], bf[2], bf[3]);
+            }
         }
     }
 }
@@ -171,34 +207,49 @@ __device__ __forceinline__ void store_rows(bf16* __restrict__ dst, const float a
     }
 }
 
-// grid (ceil(S / 64), BH), 128 threads, dynamic shared memory 5 tiles: Q, then K and V double
-// buffered (tile j + 1 loads while tile j is in use).
+// grid (BH, ceil(S / 128)), 128 threads, dynamic shared memory 6 tiles: Q (128 rows, two
+// tiles), then K and V double buffered (tile j + 1 loads while tile j is in use). Each warp owns
+// 32 query rows as two groups of 16 (FA_FWD_GROUPS), so every K and V fragment read from shared
+// memory feeds two products.
 template <int HD>
 __device__ void fa_forward(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                            bf16* __restrict__ o, float* __restrict__ lse2, int S, int G, float scale) {
     extern __shared__ __align__(16) unsigned char fa_smem[];
-    constexpr int E = Tile<HD>::ELEMS;
+    constexpr int E = Tile<HD>::ELEMS, R = FA_FWD_GROUPS, LD = Tile<HD>::LD;
     bf16* qs = reinterpret_cast<bf16*>(fa_smem);
-    bf16* ks2 = qs + E;
+    bf16* ks2 = qs + R * E;
     bf16* vs2 = ks2 + 2 * E;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    const int bh = blockIdx.y;
-    // The longest rows (most key tiles) first.
-    const int qt = gridDim.x - 1 - blockIdx.x, q0 = qt * FA_TILE;
+    // Blocks start in index order, x fastest: the query tiles with the most key tiles first.
+    const int bh = blockIdx.x;
+    const int qt = gridDim.y - 1 - blockIdx.y, q0 = qt * FA_FWD_ROWS;
     const size_t kv_base = (size_t)(bh / G) * S * HD;
-    load_tile<HD>(qs, q + (size_t)bh * S * HD, q0, S);
+#pragma unroll
+    for (int r = 0; r < R; ++r) load_tile<HD>(qs + r * E, q + (size_t)bh * S * HD, q0 + r * FA_TILE, S);
     load_tile<HD>(ks2, k + kv_base, 0, S);
     load_tile<HD>(vs2, v + kv_base, 0, S);
     cp_async_commit();
     const float sl2 = scale * LOG2E;
-    const int row_a = q0 + warp * 16 + g, row_b = row_a + 8;
-    float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;
-    float acc[HD / 8][4];
+    // Rows of the warp: row[r][0] = its group r's row g, row[r][1] = row g + 8.
+    const int warp_row0 = q0 + warp * 16 * R;
+    int row[R][2];
+    float m[R][2], l[R][2];
+    float acc[R][HD / 8][4];
 #pragma unroll
-    for (int n = 0; n < HD / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-    for (int j = 0; j <= qt; ++j) {
+    for (int r = 0; r < R; ++r) {
+        row[r][0] = warp_row0 + r * 16 + g;
+        row[r][1] = row[r][0] + 8;
+        m[r][0] = m[r][1] = -INFINITY;
+        l[r][0] = l[r][1] = 0.f;
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) acc[r][n][0] = acc[r][n][1] = acc[r][n][2] = acc[r][n][3] = 0.f;
+    }
+    // Key tiles up to the block's last row that exists.
+    const int tiles = min(q0 + FA_FWD_ROWS, S) - 1;
+    const int last = tiles / FA_TILE;
+    for (int j = 0; j <= last; ++j) {
         const int k0 = j * FA_TILE, buf = j & 1;
-        if (j < qt) {
+        if (j < last) {
             // The other buffer was last read in iteration j - 1, before its closing barrier.
             load_tile<HD>(ks2 + (buf ^ 1) * E, k + kv_base, k0 + FA_TILE, S);
             load_tile<HD>(vs2 + (buf ^ 1) * E, v + kv_base, k0 + FA_TILE, S);
@@ -208,64 +259,75 @@ __device__ void fa_forward(const bf16* __restrict__ q, const bf16* __restrict__ 
             cp_async_wait<0>();
         }
         __syncthreads();
-        const bf16* ks = ks2 + buf * E;
-        const bf16* vs = vs2 + buf * E;
-        float s[8][4];
+        // Tiles wholly past the warp's rows add nothing (every score masked): skip the products.
+        if (k0 <= warp_row0 + 16 * R - 1) {
+            const bf16* ks = ks2 + buf * E;
+            const bf16* vs = vs2 + buf * E;
+            float s[R][8][4];
 #pragma unroll
-        for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-        mma_rows_bt<HD>(s, qs + warp * 16 * Tile<HD>::LD, ks, lane);
-        const bool diagonal = j == qt;
-        float mx_a = m_a, mx_b = m_b;
+            for (int r = 0; r < R; ++r)
 #pragma unroll
-        for (int n = 0; n < 8; ++n) {
+                for (int n = 0; n < 8; ++n) s[r][n][0] = s[r][n][1] = s[r][n][2] = s[r][n][3] = 0.f;
+            mma_rows_bt<HD, R>(s, qs + warp * 16 * R * LD, ks, lane);
+            // Only tiles reaching past the warp's first row are cut by the causal mask.
+            const bool masked = k0 + FA_TILE - 1 > warp_row0;
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int col = k0 + n * 8 + 2 * t + e;
-                s[n][e] = diagonal && col > row_a ? -INFINITY : s[n][e] * sl2;
-                s[n][2 + e] = diagonal && col > row_b ? -INFINITY : s[n][2 + e] * sl2;
-                mx_a = fmaxf(mx_a, s[n][e]);
-                mx_b = fmaxf(mx_b, s[n][2 + e]);
+            for (int r = 0; r < R; ++r) {
+                float mx[2] = {m[r][0], m[r][1]};
+#pragma unroll
+                for (int n = 0; n < 8; ++n) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int h = e >> 1, col = k0 + n * 8 + 2 * t + (e & 1);
+                        s[r][n][e] = masked && col > row[r][h] ? -INFINITY : s[r][n][e] * sl2;
+                        mx[h] = fmaxf(mx[h], s[r][n][e]);
+                    }
+                }
+                float ref[2], sum[2] = {0.f, 0.f};
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    mx[h] = quad_max(mx[h]);
+                    // A row group whose rows all precede the tile has only masked scores so far
+                    // in this tile (and no earlier ones when it is the first): subtract 0 then.
+                    ref[h] = mx[h] == -INFINITY ? 0.f : mx[h];
+                    const float corr = exp2f(m[r][h] - ref[h]);
+                    l[r][h] *= corr;
+#pragma unroll
+                    for (int n = 0; n < HD / 8; ++n) {
+                        acc[r][n][2 * h] *= corr;
+                        acc[r][n][2 * h + 1] *= corr;
+                    }
+                    m[r][h] = mx[h];
+                }
+#pragma unroll
+                for (int n = 0; n < 8; ++n) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        s[r][n][e] = exp2f(s[r][n][e] - ref[e >> 1]);
+                        sum[e >> 1] += s[r][n][e];
+                    }
+                }
+                // Partial sums per lane: the four lanes of a row share its max, so they add up
+                // at the end.
+                l[r][0] += sum[0];
+                l[r][1] += sum[1];
             }
+            mma_frag_tile<HD, R>(acc, s, vs, lane);
         }
-        // Finite: key k0 <= every row of the block, so each row has an unmasked score.
-        mx_a = quad_max(mx_a);
-        mx_b = quad_max(mx_b);
-        const float corr_a = exp2f(m_a - mx_a), corr_b = exp2f(m_b - mx_b);
-        float sum_a = 0.f, sum_b = 0.f;
-#pragma unroll
-        for (int n = 0; n < 8; ++n) {
-            s[n][0] = exp2f(s[n][0] - mx_a);
-            s[n][1] = exp2f(s[n][1] - mx_a);
-            s[n][2] = exp2f(s[n][2] - mx_b);
-            s[n][3] = exp2f(s[n][3] - mx_b);
-            sum_a += s[n][0] + s[n][1];
-            sum_b += s[n][2] + s[n][3];
-        }
-        // Partial sums per lane: the four lanes of a row share its max, so they add up at the end.
-        l_a = l_a * corr_a + sum_a;
-        l_b = l_b * corr_b + sum_b;
-        m_a = mx_a;
-        m_b = mx_b;
-#pragma unroll
-        for (int n = 0; n < HD / 8; ++n) {
-            acc[n][0] *= corr_a;
-            acc[n][1] *= corr_a;
-            acc[n][2] *= corr_b;
-            acc[n][3] *= corr_b;
-        }
-        mma_frag_tile<HD>(acc, s, vs, lane);
         __syncthreads();
     }
-    l_a = quad_sum(l_a);
-    l_b = quad_sum(l_b);
-    store_rows<HD>(o + (size_t)bh * S * HD, acc, row_a, S, 1.f / l_a, 1.f / l_b, lane);
-    if (t == 0) {
-        if (row_a < S) lse2[(size_t)bh * S + row_a] = m_a + log2f(l_a);
-        if (row_b < S) lse2[(size_t)bh * S + row_b] = m_b + log2f(l_b);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const float la = quad_sum(l[r][0]), lb = quad_sum(l[r][1]);
+        store_rows<HD>(o + (size_t)bh * S * HD, acc[r], row[r][0], S, 1.f / la, 1.f / lb, lane);
+        if (t == 0) {
+            if (row[r][0] < S) lse2[(size_t)bh * S + row[r][0]] = m[r][0] + log2f(la);
+            if (row[r][1] < S) lse2[(size_t)bh * S + row[r][1]] = m[r][1] + log2f(lb);
+        }
     }
 }
 
-// grid (ceil(S / 64), BHkv), 128 threads, dynamic shared memory 6 tiles + 256 floats: K, V, then
+// grid (BHkv, ceil(S / 64)), 128 threads, dynamic shared memory 6 tiles + 256 floats: K, V, then
 // Q and dO (and the rows' lse2, D) double buffered over the (query head, query tile) iterations.
 template <int HD>
 __device__ void fa_backward_dkdv(const bf16* __restrict__ q, const bf16* __restrict__ k,
@@ -281,7 +343,8 @@ __device__ void fa_backward_dkdv(const bf16* __restrict__ q, const bf16* __restr
     float* lse_s2 = reinterpret_cast<float*>(dos2 + 2 * E);
     float* delta_s2 = lse_s2 + 2 * FA_TILE;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    const int kvbh = blockIdx.y, kt = blockIdx.x, k0 = kt * FA_TILE;
+    // Key tiles with the most query tiles first.
+    const int kvbh = blockIdx.x, kt = blockIdx.y, k0 = kt * FA_TILE;
     const size_t kv_base = (size_t)kvbh * S * HD;
     const float sl2 = scale * LOG2E;
     const int key_a = k0 + warp * 16 + g, key_b = key_a + 8;
@@ -329,7 +392,7 @@ __device__ void fa_backward_dkdv(const bf16* __restrict__ q, const bf16* __restr
             float pt[8][4];
 #pragma unroll
             for (int n = 0; n < 8; ++n) pt[n][0] = pt[n][1] = pt[n][2] = pt[n][3] = 0.f;
-            mma_rows_bt<HD>(pt, ks + warp * 16 * Tile<HD>::LD, qs, lane);
+            mma_rows_bt<HD, 1>(&pt, ks + warp * 16 * Tile<HD>::LD, qs, lane);
             const bool diagonal = i == kt;
 #pragma unroll
             for (int n = 0; n < 8; ++n) {
@@ -340,12 +403,12 @@ __device__ void fa_backward_dkdv(const bf16* __restrict__ q, const bf16* __restr
                     pt[n][2 + e] = diagonal && key_b > col ? 0.f : exp2f(pt[n][2 + e] * sl2 - lse_s[c]);
                 }
             }
-            mma_frag_tile<HD>(dv_acc, pt, dos, lane);
+            mma_frag_tile<HD, 1>(&dv_acc, &pt, dos, lane);
             // dP^T = V dO^T, then dS^T = P^T (dP^T - D) in place.
             float ds[8][4];
 #pragma unroll
             for (int n = 0; n < 8; ++n) ds[n][0] = ds[n][1] = ds[n][2] = ds[n][3] = 0.f;
-            mma_rows_bt<HD>(ds, vs + warp * 16 * Tile<HD>::LD, dos, lane);
+            mma_rows_bt<HD, 1>(&ds, vs + warp * 16 * Tile<HD>::LD, dos, lane);
 #pragma unroll
             for (int n = 0; n < 8; ++n) {
 #pragma unroll
@@ -355,7 +418,7 @@ __device__ void fa_backward_dkdv(const bf16* __restrict__ q, const bf16* __restr
                     ds[n][2 + e] = pt[n][2 + e] * (ds[n][2 + e] - d);
                 }
             }
-            mma_frag_tile<HD>(dk_acc, ds, qs, lane);
+            mma_frag_tile<HD, 1>(&dk_acc, &ds, qs, lane);
         }
         __syncthreads();
     }
@@ -364,7 +427,7 @@ __device__ void fa_backward_dkdv(const bf16* __restrict__ q, const bf16* __restr
     store_rows<HD>(dv + kv_base, dv_acc, row_a, S, 1.f, 1.f, lane);
 }
 
-// grid (ceil(S / 64), BH), 128 threads, dynamic shared memory 6 tiles: Q, dO, then K and V double
+// grid (BH, ceil(S / 64)), 128 threads, dynamic shared memory 6 tiles: Q, dO, then K and V double
 // buffered.
 template <int HD>
 __device__ void fa_backward_dq(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
@@ -378,8 +441,8 @@ __device__ void fa_backward_dq(const bf16* __restrict__ q, const bf16* __restric
     bf16* ks2 = dos + E;
     bf16* vs2 = ks2 + 2 * E;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    const int bh = blockIdx.y;
-    const int qt = gridDim.x - 1 - blockIdx.x, q0 = qt * FA_TILE;
+    const int bh = blockIdx.x;
+    const int qt = gridDim.y - 1 - blockIdx.y, q0 = qt * FA_TILE;
     const size_t q_base = (size_t)bh * S * HD, kv_base = (size_t)(bh / G) * S * HD;
     load_tile<HD>(qs, q + q_base, q0, S);
     load_tile<HD>(dos, dout + q_base, q0, S);
@@ -412,7 +475,7 @@ __device__ void fa_backward_dq(const bf16* __restrict__ q, const bf16* __restric
         float p[8][4];
 #pragma unroll
         for (int n = 0; n < 8; ++n) p[n][0] = p[n][1] = p[n][2] = p[n][3] = 0.f;
-        mma_rows_bt<HD>(p, qs + warp * 16 * Tile<HD>::LD, ks, lane);
+        mma_rows_bt<HD, 1>(&p, qs + warp * 16 * Tile<HD>::LD, ks, lane);
         const bool diagonal = j == qt;
 #pragma unroll
         for (int n = 0; n < 8; ++n) {
@@ -427,7 +490,7 @@ __device__ void fa_backward_dq(const bf16* __restrict__ q, const bf16* __restric
         float ds[8][4];
 #pragma unroll
         for (int n = 0; n < 8; ++n) ds[n][0] = ds[n][1] = ds[n][2] = ds[n][3] = 0.f;
-        mma_rows_bt<HD>(ds, dos + warp * 16 * Tile<HD>::LD, vs, lane);
+        mma_rows_bt<HD, 1>(&ds, dos + warp * 16 * Tile<HD>::LD, vs, lane);
 #pragma unroll
         for (int n = 0; n < 8; ++n) {
             ds[n][0] = p[n][0] * (ds[n][0] - d_a);
@@ -435,7 +498,7 @@ __device__ void fa_backward_dq(const bf16* __restrict__ q, const bf16* __restric
             ds[n][2] = p[n][2] * (ds[n][2] - d_b);
             ds[n][3] = p[n][3] * (ds[n][3] - d_b);
         }
-        mma_frag_tile<HD>(acc, ds, ks, lane);
+        mma_frag_tile<HD, 1>(&acc, &ds, ks, lane);
         __syncthreads();
     }
     store_rows<HD>(dq + q_base, acc, row_a, S, scale, scale, lane);

@@ -1,5 +1,6 @@
-//! The decode engine's host code sizes grids and buffers from numbers its kernels fix at compile
-//! time (`#define`s in kernels/quant_matvec.cu and kernels/decode_step.cu). A host constant that drifts from its kernel's is
+//! The decode and training engines' host code sizes grids and buffers from numbers their kernels
+//! fix at compile time (`#define`s in kernels/quant_matvec.cu, kernels/decode_step.cu and
+//! kernels/flash_attention.cu). A host constant that drifts from its kernel's is
 //! no compile error: a smaller XA_COPIES on the host than in the kernel, for one, would have the
 //! batch-1 LoRA producers store past their launch's xa region. This test reads both sides.
 
@@ -73,6 +74,32 @@ fn host_constants_match_the_decode_attention_kernel() {
             .unwrap_or_else(|| panic!("no `#define {define} <integer>` in kernels/decode_step.cu"));
         let host = rust_const(&layout, host_name)
             .unwrap_or_else(|| panic!("no `const {host_name}` in attention_layout.rs"));
+        assert_eq!(
+            host, device,
+            "{host_name} = {host}, but {define} = {device}"
+        );
+    }
+}
+
+#[test]
+fn host_constants_match_the_flash_attention_kernels() {
+    let kernel = read("kernels/flash_attention.cu");
+    let host = read("src/gpu/train/flash_attention.rs");
+    // (kernel #define, host constant in src/gpu/train/flash_attention.rs): the forward's grid
+    // and every kernel's dynamic shared memory (a host size below the kernel's would let a block
+    // write past its shared memory).
+    for (define, host_name) in [
+        ("FA_FWD_ROWS", "FWD_ROWS"),
+        ("FA_FORWARD_TILES", "FORWARD_TILES"),
+        ("FA_DKDV_TILES", "DKDV_TILES"),
+        ("FA_DQ_TILES", "DQ_TILES"),
+    ] {
+        let device = kernel_define(&kernel, define).unwrap_or_else(|| {
+            panic!("no `#define {define} <integer>` in kernels/flash_attention.cu")
+        });
+        let host = rust_const(&host, host_name).unwrap_or_else(|| {
+            panic!("no `const {host_name}` in src/gpu/train/flash_attention.rs")
+        });
         assert_eq!(
             host, device,
             "{host_name} = {host}, but {define} = {device}"

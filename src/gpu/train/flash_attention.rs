@@ -22,17 +22,19 @@ use crate::gpu::train::reference::HeadShape;
 
 type Result<T> = candle_core::Result<T>;
 
-/// Threads of a block (4 warps of 16 query or key rows each; FA_THREADS in the kernel file).
+/// Threads of a block (4 warps; FA_THREADS in the kernel file).
 const THREADS: u32 = 128;
-/// Rows of a query or key tile (FA_TILE).
+/// Rows of a query or key tile (FA_TILE): the backward's blocks take one tile each.
 const TILE: usize = 64;
+/// Query rows of a forward block (FA_FWD_ROWS: 32 a warp).
+const FWD_ROWS: usize = 128;
 /// Warps per block of `fa_row_dot` (one (token, head) each).
 const ROW_DOT_WARPS: usize = 8;
 
 /// Shared-memory tiles of each kernel (FA_FORWARD_TILES, FA_DKDV_TILES, FA_DQ_TILES in the kernel
 /// file: the tiles a block walks are double buffered) and the dk/dv kernel's f32 values
 /// (FA_DKDV_FLOATS: lse and D of two query tiles).
-const FORWARD_TILES: usize = 5;
+const FORWARD_TILES: usize = 6;
 const DKDV_TILES: usize = 6;
 const DKDV_FLOATS: usize = 4 * TILE;
 const DQ_TILES: usize = 6;
@@ -102,9 +104,18 @@ impl FlashAttention {
         self.head_dim
     }
 
-    fn config(&self, rows_of: usize, tiles: usize, floats: usize, seq: usize) -> LaunchConfig {
+    /// Blocks of `rows` query or key rows along the sequence for every head: heads on x, so that
+    /// blocks (started x fastest) take every head's longest tiles first.
+    fn config(
+        &self,
+        heads: usize,
+        tiles: usize,
+        floats: usize,
+        seq: usize,
+        rows: usize,
+    ) -> LaunchConfig {
         LaunchConfig {
-            grid_dim: (seq.div_ceil(TILE) as u32, rows_of as u32, 1),
+            grid_dim: (heads as u32, seq.div_ceil(rows) as u32, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: shared_bytes(self.head_dim, tiles, floats) as u32,
         }
@@ -131,7 +142,8 @@ impl FlashAttention {
             )));
         }
         if i32::try_from(seq).is_err()
-            || sh.batch_heads() > 65_535
+            || seq.div_ceil(TILE) > 65_535
+            || u32::try_from(sh.batch_heads()).is_err()
             || sh.q_len() > isize::MAX as usize / 2
         {
             return Err(candle_core::Error::Msg(format!(
@@ -149,7 +161,8 @@ impl FlashAttention {
         let mut b = self.stream.launch_builder(&self.forward);
         b.arg(&q).arg(&k).arg(&v).arg(&o).arg(&lse2);
         b.arg(&s).arg(&g).arg(&scale);
-        unsafe { b.launch(self.config(sh.batch_heads(), FORWARD_TILES, 0, sh.seq)) }.w()?;
+        unsafe { b.launch(self.config(sh.batch_heads(), FORWARD_TILES, 0, sh.seq, FWD_ROWS)) }
+            .w()?;
         Ok(())
     }
 
@@ -182,12 +195,20 @@ impl FlashAttention {
         let mut b = self.stream.launch_builder(&self.backward_dkdv);
         b.arg(&q).arg(&k).arg(&v).arg(&dout).arg(&lse2).arg(&delta);
         b.arg(&dk).arg(&dv).arg(&s).arg(&g).arg(&scale);
-        unsafe { b.launch(self.config(sh.batch * sh.kv_heads, DKDV_TILES, DKDV_FLOATS, sh.seq)) }
-            .w()?;
+        unsafe {
+            b.launch(self.config(
+                sh.batch * sh.kv_heads,
+                DKDV_TILES,
+                DKDV_FLOATS,
+                sh.seq,
+                TILE,
+            ))
+        }
+        .w()?;
         let mut b = self.stream.launch_builder(&self.backward_dq);
         b.arg(&q).arg(&k).arg(&v).arg(&dout).arg(&lse2).arg(&delta);
         b.arg(&dq).arg(&s).arg(&g).arg(&scale);
-        unsafe { b.launch(self.config(sh.batch_heads(), DQ_TILES, 0, sh.seq)) }.w()?;
+        unsafe { b.launch(self.config(sh.batch_heads(), DQ_TILES, 0, sh.seq, TILE)) }.w()?;
         Ok(())
     }
 }

@@ -427,11 +427,17 @@ def qlora_rows(e2e):
                   if a.get("mode") == "eager" and a.get("status") == "ok"), None)
     modes = [("", "")]
     for name in sorted(e2e):
-        m = re.fullmatch(r"wick-qlora-llama3\.1_8b-2048-checkpointed(-(\d+))?\.json", name)
-        if m:
-            modes.append((name[len("wick-qlora-llama3.1_8b-2048"):-len(".json")],
-                          f", first {m.group(2)} of 32 layers checkpointed" if m.group(2)
-                          else ", every layer checkpointed"))
+        # -checkpointed[-N] (--checkpoint-activations / --checkpoint-layers N), -mlp-M
+        # (--recompute-mlp-layers M), or both.
+        m = re.fullmatch(r"wick-qlora-llama3\.1_8b-2048(-checkpointed(-(\d+))?)?(-mlp-(\d+))?\.json", name)
+        if m and (m.group(1) or m.group(4)):
+            label = ""
+            if m.group(1):
+                label = (f", first {m.group(3)} of 32 layers checkpointed" if m.group(3)
+                         else ", every layer checkpointed")
+            if m.group(4):
+                label += f", the MLP of {m.group(5)} {'more ' if m.group(1) else ''}layers recomputed"
+            modes.append((name[len("wick-qlora-llama3.1_8b-2048"):-len(".json")], label))
     for suffix, label in modes:
         w, item_w = e2e_get(e2e, f"wick-qlora-llama3.1_8b-2048{suffix}.json")
         w = w if isinstance(w, dict) and "tokens_per_s" in w else None

@@ -8,8 +8,9 @@
 #                   --blocks q4_k_m; the Llama 3 vocabulary from $WICK_LLAMA3_VOCAB, llama.cpp's
 #                   models/ggml-vocab-llama-bpe.gguf)
 #   wick [SEQ B [MODE...]]  wick bench train --quantized-base, r 16 all-linear, 3 warm-up + 10 steps
-#                   (default seq 2048, batch 2) per MODE: plain, all (--checkpoint-activations) or N
-#                   (--checkpoint-layers N); default "plain all"
+#                   (default seq 2048, batch 2) per MODE: plain, all (--checkpoint-activations), N
+#                   (--checkpoint-layers N), mM (--recompute-mlp-layers M) or NmM (both);
+#                   default "plain all"
 #   anchors [RUNS]  PEFT + transformers at the same shapes, bf16 base (benches/anchors/train_peft.py
 #                   --config llama3.1_8b_config.json; default RUNS eager:2048), batch 2
 #   longest SEQ...  batch 1, one step at each SEQ: wick (quantized base, checkpointed) and PEFT + Liger
@@ -44,6 +45,9 @@ case "${1:-}" in
         case $m in
           plain) ;;
           all) extra=(--checkpoint-activations) suffix=-checkpointed ;;
+          m*) extra=(--recompute-mlp-layers "${m#m}") suffix=-mlp-${m#m} ;;
+          *m*) extra=(--checkpoint-layers "${m%m*}" --recompute-mlp-layers "${m#*m}")
+               suffix=-checkpointed-${m%m*}-mlp-${m#*m} ;;
           *) extra=(--checkpoint-layers "$m") suffix=-checkpointed-$m ;;
         esac
         "$wick" bench train --model "$gguf" --device cuda --quantized-base --seq-len "$seq" \

@@ -47,6 +47,10 @@ pub struct Args {
     /// Checkpoint only the first N decoder layers (implies --checkpoint-activations).
     #[arg(long)]
     pub checkpoint_layers: Option<usize>,
+    /// Recompute the MLP's gate and up outputs of the N layers after the checkpointed ones in the
+    /// backward instead of keeping them (CUDA training engine).
+    #[arg(long)]
+    pub recompute_mlp_layers: Option<usize>,
     /// `auto`: on CUDA, train through the CUDA training engine (captured forward, backward and
     /// AdamW) when it supports the model and adapter; `off`: always through Candle's autograd.
     #[arg(long, default_value = "auto")]
@@ -187,7 +191,7 @@ fn write_report(
     )?;
     let mut md = std::fs::File::create(out.with_extension("md"))?;
     writeln!(md, "# LoRA training throughput ({})\n", args.device)?;
-    writeln!(md, "Command: `wick bench train --model {} --rank {} --seq-len {} --batch-size {} --steps {} --warmup-steps {} --device {}{}{}{}`\n", args.model, args.rank, args.seq_len, args.batch_size, args.steps, args.warmup_steps, args.device, if args.checkpoint_activations { " --checkpoint-activations" } else { "" }, args.checkpoint_layers.map(|n| format!(" --checkpoint-layers {n}")).unwrap_or_default(), if args.quantized_base { " --quantized-base" } else { "" })?;
+    writeln!(md, "Command: `wick bench train --model {} --rank {} --seq-len {} --batch-size {} --steps {} --warmup-steps {} --device {}{}{}{}`\n", args.model, args.rank, args.seq_len, args.batch_size, args.steps, args.warmup_steps, args.device, if args.checkpoint_activations { " --checkpoint-activations" } else { "" }, args.checkpoint_layers.map(|n| format!(" --checkpoint-layers {n}")).unwrap_or_default() + &args.recompute_mlp_layers.map(|n| format!(" --recompute-mlp-layers {n}")).unwrap_or_default(), if args.quantized_base { " --quantized-base" } else { "" })?;
     if let Some(name) = &args.quantize_base {
         writeln!(md, "Base projections quantized to {name} at load.\n")?;
     }
@@ -287,6 +291,7 @@ fn train_config(args: &Args, total: usize) -> anyhow::Result<TrainConfig> {
         shuffle: false,
         activation_checkpointing: args.checkpoint_activations || args.checkpoint_layers.is_some(),
         checkpoint_layers: args.checkpoint_layers,
+        recompute_mlp_layers: args.recompute_mlp_layers,
         ..TrainConfig::default()
     })
 }
@@ -375,6 +380,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "targets": "all-linear",
         "activation_checkpointing": args.checkpoint_activations || args.checkpoint_layers.is_some(),
         "checkpoint_layers": args.checkpoint_layers,
+        "recompute_mlp_layers": args.recompute_mlp_layers,
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
         "timed_steps": timed.len(),

@@ -114,6 +114,7 @@ fn fine_tune_and_answer_again(args: &Args, path: &std::path::Path) -> anyhow::Re
         seed: 42,
         checkpoint_activations: false,
         checkpoint_layers: None,
+        recompute_mlp_layers: None,
         quantize_base: None,
         engine: Default::default(),
         device: args.device.clone(),

@@ -117,6 +117,11 @@ pub struct Args {
     /// compute between none and all.
     #[arg(long)]
     pub checkpoint_layers: Option<usize>,
+    /// Recompute the MLP's gate and up outputs of the N layers after the checkpointed ones in the
+    /// backward instead of keeping them: two GEMMs a layer for about two thirds of its saved
+    /// activations (CUDA training engine).
+    #[arg(long)]
+    pub recompute_mlp_layers: Option<usize>,
     /// `auto`: on CUDA, train through the CUDA training engine (captured forward, backward and
     /// AdamW) when it supports the model and adapter; `off`: always through Candle's autograd.
     #[arg(long, default_value = "auto")]
@@ -465,6 +470,7 @@ fn train_config(args: &Args, model_path: &Path, total_steps: usize) -> anyhow::R
         eval_every: args.eval_every,
         activation_checkpointing: args.checkpoint_activations || args.checkpoint_layers.is_some(),
         checkpoint_layers: args.checkpoint_layers,
+        recompute_mlp_layers: args.recompute_mlp_layers,
     })
 }
 

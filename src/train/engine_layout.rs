@@ -51,6 +51,12 @@ pub struct Dims {
     /// one slot of the saved activations other than x (see
     /// `cuda_engine::EngineOptions::checkpointed_layers`); every other layer has its own.
     pub checkpointed_layers: usize,
+    /// Selective recompute of layers `checkpointed_layers..checkpointed_layers +
+    /// mlp_recomputed_layers`: they save everything but the MLP's gate and up outputs (two thirds
+    /// of a layer's saved activations at Llama shapes), which their backward recomputes from the
+    /// post-attention norm (two GEMMs instead of a whole layer forward). They share the g / u slot
+    /// of the checkpointed layers ([`Dims::mlp_slots`]).
+    pub mlp_recomputed_layers: usize,
     /// QLoRA: projections kept as GGML blocks, dequantized one layer at a time into a scratch of
     /// one layer's seven matrices in T (`cuda_engine::weights`).
     pub quantized_base: bool,
@@ -100,9 +106,22 @@ impl Dims {
             checkpointed: self.checkpointed_layers.min(self.layers),
         }
     }
+    /// Slots of the saved gate and up outputs: shared by the checkpointed and the MLP-recomputed
+    /// layers, one per other layer.
+    pub fn mlp_slots(&self) -> ActivationSlots {
+        ActivationSlots {
+            layers: self.layers,
+            checkpointed: (self.checkpointed_layers + self.mlp_recomputed_layers).min(self.layers),
+        }
+    }
     /// Whether layer `layer` recomputes its activations in the backward.
     pub fn checkpointed(&self, layer: usize) -> bool {
         layer < self.checkpointed_layers
+    }
+    /// Whether layer `layer` (not checkpointed) recomputes its gate and up outputs in the
+    /// backward.
+    pub fn mlp_recomputed(&self, layer: usize) -> bool {
+        !self.checkpointed(layer) && layer < self.checkpointed_layers + self.mlp_recomputed_layers
     }
     /// Tokens of the largest bucket (rows of every token-major buffer).
     pub fn max_tokens(&self) -> usize {
@@ -419,6 +438,7 @@ mod tests {
             attention_scratch_bytes: ATTENTION_SCRATCH_BYTES,
             flash_attention: false,
             checkpointed_layers: 0,
+            mlp_recomputed_layers: 0,
             quantized_base: false,
         }
     }
@@ -463,6 +483,32 @@ mod tests {
     }
 
     #[test]
+    fn mlp_recomputed_layers_share_the_checkpointed_gate_and_up_slot() {
+        let mut d = smollm2(512);
+        (d.layers, d.checkpointed_layers, d.mlp_recomputed_layers) = (5, 2, 2);
+        let (all, mlp) = (d.activation_slots(), d.mlp_slots());
+        assert_eq!(all.count(), 4);
+        assert_eq!(
+            (0..5).map(|l| all.of(l)).collect::<Vec<_>>(),
+            [0, 0, 1, 2, 3]
+        );
+        assert_eq!(mlp.count(), 2);
+        assert_eq!(
+            (0..5).map(|l| mlp.of(l)).collect::<Vec<_>>(),
+            [0, 0, 0, 0, 1]
+        );
+        let recomputed: Vec<bool> = (0..5).map(|l| d.mlp_recomputed(l)).collect();
+        assert_eq!(recomputed, [false, false, true, true, false]);
+        // Without checkpointed layers the recomputed ones take slot 0 alone.
+        d.checkpointed_layers = 0;
+        assert_eq!(d.mlp_slots().count(), 4);
+        assert!(d.mlp_recomputed(0) && d.mlp_recomputed(1) && !d.mlp_recomputed(2));
+        // None: one slot per layer, as the other activations.
+        d.mlp_recomputed_layers = 0;
+        assert_eq!(d.mlp_slots(), d.activation_slots());
+    }
+
+    #[test]
     fn fused_attention_needs_no_scores_scratch() {
         let mut d = smollm2(2048);
         assert!(d.attention_scratch() > 0);
@@ -500,6 +546,7 @@ mod tests {
             attention_scratch_bytes: ATTENTION_SCRATCH_BYTES,
             flash_attention: false,
             checkpointed_layers: 0,
+            mlp_recomputed_layers: 0,
             quantized_base: false,
         }
     }

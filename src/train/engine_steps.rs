@@ -69,6 +69,7 @@ impl EngineSteps {
         step: usize,
     ) -> Result<Option<Self>> {
         if policy == EnginePolicy::Off || !model.device().is_cuda() {
+            warn_mlp_recompute_unused(config, model);
             return Ok(None);
         }
         #[cfg(not(feature = "cuda"))]
@@ -80,6 +81,7 @@ impl EngineSteps {
         {
             use super::cuda_engine::{EngineOptions, TrainEngine};
             if let Some(reason) = TrainEngine::unsupported(model, adapter) {
+                warn_mlp_recompute_unused(config, model);
                 tracing::warn!(
                     "CUDA training engine not used: {reason}; training through Candle's autograd"
                 );
@@ -92,6 +94,8 @@ impl EngineSteps {
                 // WICK_TRAIN_FLASH=0 keeps the materialized attention (for comparisons).
                 flash_attention: !std::env::var("WICK_TRAIN_FLASH").is_ok_and(|v| v == "0"),
                 checkpointed_layers: config.checkpointed_layers(model.config().num_hidden_layers),
+                mlp_recomputed_layers: config
+                    .mlp_recomputed_layers(model.config().num_hidden_layers),
                 dropout_seed: config.seed,
                 ..EngineOptions::default()
             };
@@ -168,6 +172,18 @@ impl EngineSteps {
         {
             Ok(Vec::new())
         }
+    }
+}
+
+/// Selective MLP recompute is the CUDA training engine's: a run on Candle's autograd says so
+/// instead of dropping the option silently.
+fn warn_mlp_recompute_unused(config: &TrainConfig, model: &Llama) {
+    let n = config.mlp_recomputed_layers(model.config().num_hidden_layers);
+    if n > 0 {
+        tracing::warn!(
+            "--recompute-mlp-layers {n}: only the CUDA training engine recomputes MLP activations; \
+             Candle's autograd keeps them (use --checkpoint-layers there)"
+        );
     }
 }
 

@@ -70,6 +70,12 @@ pub struct TrainConfig {
     /// layer forward, each other keeps its activations.
     #[serde(default)]
     pub checkpoint_layers: Option<usize>,
+    /// Selective recompute (the CUDA training engine): the N layers after the checkpointed ones
+    /// keep every activation but their MLP's gate and up outputs, which the backward recomputes
+    /// (two GEMMs a layer; about two thirds of a layer's saved activations at Llama shapes).
+    /// Candle's autograd keeps every activation of a layer it does not checkpoint.
+    #[serde(default)]
+    pub recompute_mlp_layers: Option<usize>,
 }
 
 impl TrainConfig {
@@ -82,6 +88,13 @@ impl TrainConfig {
             None if self.activation_checkpointing => layers,
             None => 0,
         }
+    }
+
+    /// How many of a model's `layers` decoder layers recompute their MLP's gate and up outputs:
+    /// `recompute_mlp_layers`, at most the layers left after the checkpointed ones.
+    pub fn mlp_recomputed_layers(&self, layers: usize) -> usize {
+        let free = layers - self.checkpointed_layers(layers);
+        self.recompute_mlp_layers.unwrap_or(0).min(free)
     }
 }
 
@@ -104,6 +117,7 @@ impl Default for TrainConfig {
             eval_every: None,
             activation_checkpointing: false,
             checkpoint_layers: None,
+            recompute_mlp_layers: None,
         }
     }
 }
@@ -450,5 +464,24 @@ mod tests {
         // Was 0: the count was silently ignored without the flag.
         assert_eq!(with(false, Some(4)).checkpointed_layers(30), 4);
         assert_eq!(with(false, Some(99)).checkpointed_layers(30), 30);
+    }
+
+    #[test]
+    fn mlp_recompute_takes_the_layers_after_the_checkpointed_ones() {
+        let with = |ckpt: Option<usize>, mlp: Option<usize>| TrainConfig {
+            checkpoint_layers: ckpt,
+            recompute_mlp_layers: mlp,
+            ..TrainConfig::default()
+        };
+        assert_eq!(with(None, None).mlp_recomputed_layers(30), 0);
+        assert_eq!(with(None, Some(20)).mlp_recomputed_layers(30), 20);
+        assert_eq!(with(Some(14), Some(20)).mlp_recomputed_layers(30), 16);
+        assert_eq!(with(Some(30), Some(5)).mlp_recomputed_layers(30), 0);
+        // A config saved before the option existed reads as none.
+        let json = serde_json::to_string(&with(Some(2), None)).unwrap();
+        let field = ",\"recompute_mlp_layers\":null";
+        assert!(json.contains(field), "{json}");
+        let old: TrainConfig = serde_json::from_str(&json.replace(field, "")).unwrap();
+        assert_eq!(old.recompute_mlp_layers, None);
     }
 }

@@ -129,7 +129,25 @@ impl Launcher<'_> {
         let lw = &self.weights.layers[layer];
         let (rstd1, rstd2) = p.rstd(layer);
         // MLP: x' = h + down(swiglu(gate(n2), up(n2))).
-        let (gate, up) = (p.saved(p.g, layer, f), p.saved(p.u, layer, f));
+        let (gate, up) = p.saved_mlp(layer, f);
+        let h = p.saved(p.h, layer, dm);
+        let n2 = p.norm;
+        let recompute_n2 = || -> Result<()> {
+            launch!(
+                self,
+                "rms_norm (post-attention, recompute)",
+                k.rms_norm(h, lw.post_norm, n2, rstd2, n, dm, d.eps)
+            );
+            Ok(())
+        };
+        let mlp_recomputed = d.mlp_recomputed(layer);
+        if mlp_recomputed {
+            // Selective recompute: gate and up again from n2, as the forward made them (the same
+            // products, LoRA dropout masks drawn again; xa rewritten with the same values).
+            recompute_n2()?;
+            self.linear(n, layer, GATE, n2, gate, None)?;
+            self.linear(n, layer, UP, n2, up, None)?;
+        }
         launch!(self, "swiglu (recompute)", k.swiglu(gate, up, p.act, n * f));
         self.linear_backward(n, layer, DOWN, p.act, p.dres, p.dact, false)?;
         launch!(
@@ -137,13 +155,9 @@ impl Launcher<'_> {
             "swiglu_backward",
             k.swiglu_backward(gate, up, p.dact, p.dg, p.du, n * f)
         );
-        let h = p.saved(p.h, layer, dm);
-        let n2 = p.norm;
-        launch!(
-            self,
-            "rms_norm (post-attention, recompute)",
-            k.rms_norm(h, lw.post_norm, n2, rstd2, n, dm, d.eps)
-        );
+        if !mlp_recomputed {
+            recompute_n2()?;
+        }
         self.linear_backward(n, layer, GATE, n2, p.dg, p.dn, false)?;
         self.linear_backward(n, layer, UP, n2, p.du, p.dn, true)?;
         launch!(

@@ -36,6 +36,8 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
     // Slots of the saved activations other than x: one shared by the checkpointed layers, one per
     // other layer.
     let ls = dims.activation_slots().count();
+    // Slots of the gate and up outputs: the MLP-recomputed layers share the checkpointed ones'.
+    let ms = dims.mlp_slots().count();
     let (d, f, qw, kw, r) = (
         dims.hidden,
         dims.ffn,
@@ -53,8 +55,8 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
         ("saved vh (v, head-major)", ls * n * kw * e),
         ("saved o (attention out, token-major)", ls * n * qw * e),
         ("saved h (residual after attention)", ls * n * d * e),
-        ("saved g (gate)", ls * n * f * e),
-        ("saved u (up)", ls * n * f * e),
+        ("saved g (gate)", ms * n * f * e),
+        ("saved u (up)", ms * n * f * e),
         (
             "saved xa (x A^T per adapted projection)",
             layout.xa_rows(dims.checkpointed_layers) * n * r * e,

@@ -138,6 +138,7 @@ fn engine_options(cm: &CheckModel, dtype: DType) -> EngineOptions {
         }),
         flash_attention: true,
         checkpointed_layers: cm.checkpointed_layers,
+        mlp_recomputed_layers: cm.mlp_recomputed_layers,
         dropout_seed: CHECK_DROPOUT_SEED,
     }
 }

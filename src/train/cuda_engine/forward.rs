@@ -11,6 +11,8 @@
 //! o = heads_to_tokens(oh)
 //! h = x + o Wo^T (+ bo) + s (o Ao^T) Bo^T   (residual in the GEMM's epilogue)
 //! n2 = rms_norm(h) (rstd2 saved; n2 recomputed); g, u = n2 Wg^T, n2 Wu^T (+ LoRA); a = swiglu(g, u)
+//!                                           (g, u saved, or recomputed by an MLP-recomputed
+//!                                           layer's backward)
 //! x' = h + a Wd^T + s (a Ad^T) Bd^T
 //! ```
 
@@ -257,7 +259,7 @@ impl Launcher<'_> {
             "rms_norm (post-attention)",
             k.rms_norm(h, lw.post_norm, n2, rstd2, n, dm, d.eps)
         );
-        let (gate, up) = (p.saved(p.g, layer, d.ffn), p.saved(p.u, layer, d.ffn));
+        let (gate, up) = p.saved_mlp(layer, d.ffn);
         self.linear(n, layer, GATE, n2, gate, None)?;
         self.linear(n, layer, UP, n2, up, None)?;
         launch!(self, "swiglu", k.swiglu(gate, up, p.act, n * d.ffn));

@@ -24,6 +24,9 @@ pub(super) struct Ptrs {
     /// Where each layer's saved activations other than x live (the checkpointed layers share one
     /// slot).
     pub(super) slots: ActivationSlots,
+    /// Where each layer's saved gate and up outputs live (`Dims::mlp_slots`: the MLP-recomputed
+    /// layers share the checkpointed layers' slot).
+    pub(super) mlp_slots: ActivationSlots,
     /// Bytes of T.
     pub(super) e: usize,
     pub(super) x: u64,
@@ -94,6 +97,7 @@ impl Ptrs {
             tokens: dims.max_tokens(),
             hidden: dims.hidden,
             slots: dims.activation_slots(),
+            mlp_slots: dims.mlp_slots(),
             e: dtype.size_in_bytes(),
             x: b.ptr("saved x (residual in)"),
             norm: b.ptr(buffers::NORM_OUT),
@@ -155,6 +159,12 @@ impl Ptrs {
     /// Layer `layer`'s slice of a saved per-layer activation of rows `width` wide (T).
     pub(super) fn saved(&self, base: u64, layer: usize, width: usize) -> u64 {
         base + (self.slot(layer) * self.tokens * width * self.e) as u64
+    }
+
+    /// Layer `layer`'s saved gate and up outputs (g, u), T [tokens, ffn] each.
+    pub(super) fn saved_mlp(&self, layer: usize, ffn: usize) -> (u64, u64) {
+        let at = |base: u64| base + (self.mlp_slots.of(layer) * self.tokens * ffn * self.e) as u64;
+        (at(self.g), at(self.u))
     }
 
     /// The residual stream x entering layer `layer` (`layer == layers`: the final norm's input),

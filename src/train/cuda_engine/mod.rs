@@ -88,6 +88,10 @@ pub struct EngineOptions {
     /// backward (one extra layer forward each); together they take one layer's memory instead of
     /// N layers'.
     pub checkpointed_layers: usize,
+    /// Selective recompute of the N layers after the checkpointed ones: they keep every saved
+    /// activation but the MLP's gate and up outputs, which their backward recomputes (two GEMMs
+    /// a layer instead of a layer forward); together those take one layer's gate / up memory.
+    pub mlp_recomputed_layers: usize,
     /// Seed of the LoRA dropout masks (with the optimizer step and the micro-batch's index in it:
     /// `reference::lora_dropout::micro_batch_seed`); unused without dropout.
     pub dropout_seed: u64,
@@ -106,6 +110,7 @@ impl Default for EngineOptions {
             attention_scratch_bytes: layout::ATTENTION_SCRATCH_BYTES,
             flash_attention: true,
             checkpointed_layers: 0,
+            mlp_recomputed_layers: 0,
             dropout_seed: 0,
         }
     }
@@ -294,9 +299,10 @@ impl TrainEngine {
             engine.dims.seq,
             engine.opts.dtype,
             if engine.dims.flash_attention { "fused" } else { "materialized" },
-            match engine.dims.checkpointed_layers.min(engine.dims.layers) {
-                0 => String::new(),
-                n => format!(", activations of {n} layer(s) checkpointed"),
+            match (engine.dims.checkpointed_layers.min(engine.dims.layers), engine.dims.mlp_recomputed_layers) {
+                (0, 0) => String::new(),
+                (n, 0) => format!(", activations of {n} layer(s) checkpointed"),
+                (n, m) => format!(", activations of {n} layer(s) checkpointed, the MLP of {m} more recomputed"),
             },
             engine.buffers.total_bytes() as f64 / (1 << 20) as f64,
             engine.gemm.cached_plans(),
@@ -399,6 +405,9 @@ impl TrainEngine {
             flash_attention: opts.flash_attention
                 && FlashAttention::supports(opts.dtype, cfg.head_dim),
             checkpointed_layers: opts.checkpointed_layers.min(cfg.num_hidden_layers),
+            mlp_recomputed_layers: opts
+                .mlp_recomputed_layers
+                .min(cfg.num_hidden_layers - opts.checkpointed_layers.min(cfg.num_hidden_layers)),
             quantized_base: weights::has_blocks(model),
         }
     }

@@ -55,6 +55,8 @@ pub(super) struct CheckModel {
     pub(super) curve_steps: usize,
     /// The engine checkpoints the first N layers' activations (recomputes them in the backward).
     pub(super) checkpointed_layers: usize,
+    /// The engine recomputes the gate and up outputs of the N layers after the checkpointed ones.
+    pub(super) mlp_recomputed_layers: usize,
     /// LoRA dropout of the adapter (the references draw the engine's masks).
     pub(super) lora_dropout: f32,
     /// QLoRA: the engine's model keeps its matrices as GGML blocks ([`quantize_matrices`]); the
@@ -89,6 +91,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             attention_pairs: Some(3),
             curve_steps: 0,
             checkpointed_layers: 0,
+            mlp_recomputed_layers: 0,
             quantized: false,
             lora_dropout: 0.0,
         },
@@ -107,6 +110,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             attention_pairs: None,
             curve_steps: 0,
             checkpointed_layers: usize::MAX,
+            mlp_recomputed_layers: 0,
             quantized: false,
             lora_dropout: 0.0,
         },
@@ -121,6 +125,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             attention_pairs: Some(3),
             curve_steps: 20,
             checkpointed_layers: 0,
+            mlp_recomputed_layers: 0,
             quantized: false,
             lora_dropout: 0.0,
         },
@@ -140,6 +145,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
             attention_pairs: None,
             curve_steps: 0,
             checkpointed_layers: 0,
+            mlp_recomputed_layers: 0,
             quantized: false,
             lora_dropout: 0.0,
         },
@@ -147,7 +153,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
     models.extend(fused_attention_models(&base));
     models.extend(quantized_models(&base));
     models.push(CheckModel {
-        name: "LoRA dropout 0.1, tied, 2 layers (layer 0 checkpointed), all 7 targets",
+        name: "LoRA dropout 0.1, tied, 2 layers (layer 0 checkpointed, layer 1's MLP recomputed), all 7 targets",
         config: DecoderConfig {
             num_hidden_layers: 2,
             ..base.clone()
@@ -156,6 +162,7 @@ pub(super) fn check_models() -> Vec<CheckModel> {
         attention_pairs: None,
         curve_steps: 10,
         checkpointed_layers: 1,
+        mlp_recomputed_layers: 1,
         quantized: false,
         lora_dropout: 0.1,
     });
@@ -164,7 +171,8 @@ pub(super) fn check_models() -> Vec<CheckModel> {
 
 /// QLoRA: every matrix as GGML blocks in a mix of formats ([`quantize_matrices`]), rows of 256
 /// (whole K-quant super-blocks), head dim 64 (fused attention in bf16), untied (the head's blocks
-/// dequantized once by the engine); one model saving every activation, one checkpointing them.
+/// dequantized once by the engine); one model saving every activation, one checkpointing layer 0
+/// and recomputing layer 1's MLP (its gate and up from the layer's dequantized scratch).
 fn quantized_models(base: &DecoderConfig) -> [CheckModel; 2] {
     let config = DecoderConfig {
         hidden_size: 256,
@@ -189,20 +197,23 @@ fn quantized_models(base: &DecoderConfig) -> [CheckModel; 2] {
             // the layer scratch refilled) are what QLoRA adds; the curve is the Qwen2 model's.
             curve_steps: 0,
             checkpointed_layers: 0,
+            mlp_recomputed_layers: 0,
             quantized: true,
             lora_dropout: 0.0,
         },
         CheckModel {
-            name: "QLoRA base, layer 0 of 2 checkpointed, q/v/down",
+            name: "QLoRA base, layer 0 of 2 checkpointed, layer 1's MLP recomputed, q/v/gate/down",
             config,
             targets: TargetModules::List(vec![
                 "q_proj".into(),
                 "v_proj".into(),
+                "gate_proj".into(),
                 "down_proj".into(),
             ]),
             attention_pairs: None,
             curve_steps: 0,
             checkpointed_layers: 1,
+            mlp_recomputed_layers: 1,
             quantized: true,
             lora_dropout: 0.0,
         },
@@ -262,6 +273,7 @@ fn fused_attention_models(base: &DecoderConfig) -> [CheckModel; 2] {
             attention_pairs: None,
             curve_steps: 0,
             checkpointed_layers: 0,
+            mlp_recomputed_layers: 0,
             quantized: false,
             lora_dropout: 0.0,
         },
@@ -272,6 +284,7 @@ fn fused_attention_models(base: &DecoderConfig) -> [CheckModel; 2] {
             attention_pairs: None,
             curve_steps: 0,
             checkpointed_layers: usize::MAX,
+            mlp_recomputed_layers: 0,
             quantized: false,
             lora_dropout: 0.0,
         },

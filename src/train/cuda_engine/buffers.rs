@@ -34,10 +34,8 @@ pub fn plan(dims: &Dims, layout: &ParamLayout, dtype: DType, loss_chunk: usize) 
     let n = dims.max_tokens();
     let l = dims.layers;
     // Slots of the saved activations other than x: one shared by the checkpointed layers, one per
-    // other layer.
-    let ls = dims.activation_slots().count();
-    // Slots of the gate and up outputs: the MLP-recomputed layers share the checkpointed ones'.
-    let ms = dims.mlp_slots().count();
+    // other layer; of g and u (ms): the MLP-recomputed layers share the checkpointed ones' too.
+    let (ls, ms) = (dims.activation_slots().count(), dims.mlp_slots().count());
     let (d, f, qw, kw, r) = (
         dims.hidden,
         dims.ffn,

@@ -152,21 +152,27 @@ pub(super) fn check_models() -> Vec<CheckModel> {
     ];
     models.extend(fused_attention_models(&base));
     models.extend(quantized_models(&base));
-    models.push(CheckModel {
-        name: "LoRA dropout 0.1, tied, 2 layers (layer 0 checkpointed, layer 1's MLP recomputed), all 7 targets",
-        config: DecoderConfig {
-            num_hidden_layers: 2,
-            ..base.clone()
-        },
-        targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
-        attention_pairs: None,
-        curve_steps: 10,
-        checkpointed_layers: 1,
-        mlp_recomputed_layers: 1,
-        quantized: false,
-        lora_dropout: 0.1,
-    });
+    models.push(dropout_model(&base));
     models
+}
+
+/// LoRA dropout (the references draw the engine's masks), with layer 0 checkpointed and layer 1's
+/// MLP recomputed: both regenerate the masks of the products they make again.
+fn dropout_model(base: &DecoderConfig) -> CheckModel {
+    CheckModel {
+    name: "LoRA dropout 0.1, tied, 2 layers (layer 0 checkpointed, layer 1's MLP recomputed), all 7 targets",
+    config: DecoderConfig {
+        num_hidden_layers: 2,
+        ..base.clone()
+    },
+    targets: TargetModules::One(TargetModules::ALL_LINEAR.into()),
+    attention_pairs: None,
+    curve_steps: 10,
+    checkpointed_layers: 1,
+    mlp_recomputed_layers: 1,
+    quantized: false,
+    lora_dropout: 0.1,
+}
 }
 
 /// QLoRA: every matrix as GGML blocks in a mix of formats ([`quantize_matrices`]), rows of 256

@@ -36,9 +36,23 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("reading {}: {e}", full.display()))
 }
 
+/// Asserts each (kernel #define, host constant) pair of `kernel` and the Rust file `host` agree.
+fn assert_same(kernel: &str, host: &str, pairs: &[(&str, &str)]) {
+    let (kernel_text, host_text) = (read(kernel), read(host));
+    for &(define, host_name) in pairs {
+        let device = kernel_define(&kernel_text, define)
+            .unwrap_or_else(|| panic!("no `#define {define} <integer>` in {kernel}"));
+        let value = rust_const(&host_text, host_name)
+            .unwrap_or_else(|| panic!("no `const {host_name}` in {host}"));
+        assert_eq!(
+            value, device,
+            "{host_name} = {value} in {host}, but {define} = {device} in {kernel}"
+        );
+    }
+}
+
 #[test]
 fn host_constants_match_the_mat_vec_kernels() {
-    let kernel = read("kernels/quant_matvec.cu");
     // (constant, the Rust file that holds the host's copy)
     let pairs = [
         ("XA_COPIES", "src/gpu/decode/lora_epilogue.rs"),
@@ -49,62 +63,37 @@ fn host_constants_match_the_mat_vec_kernels() {
         ("QMVB_WIDE_SPLIT", "src/gpu/decode/launch.rs"),
     ];
     for (name, file) in pairs {
-        let device = kernel_define(&kernel, name)
-            .unwrap_or_else(|| panic!("no `#define {name} <integer>` in kernels/quant_matvec.cu"));
-        let host = rust_const(&read(file), name)
-            .unwrap_or_else(|| panic!("no `const {name}: usize = <integer>;` in {file}"));
-        assert_eq!(
-            host, device,
-            "{name}: {file} says {host}, kernels/quant_matvec.cu {device}"
-        );
+        assert_same("kernels/quant_matvec.cu", file, &[(name, name)]);
     }
 }
 
 #[test]
 fn host_constants_match_the_decode_attention_kernel() {
-    let kernel = read("kernels/decode_step.cu");
-    let layout = read("src/gpu/decode/attention_layout.rs");
-    // (kernel #define, host constant in attention_layout.rs)
-    for (define, host_name) in [
-        ("ATT_CHUNK", "ATTENTION_CHUNK"),
-        ("ATT_SPLITS", "ATTENTION_SPLITS"),
-        ("ATT_THREADS", "ATTENTION_THREADS"),
-    ] {
-        let device = kernel_define(&kernel, define)
-            .unwrap_or_else(|| panic!("no `#define {define} <integer>` in kernels/decode_step.cu"));
-        let host = rust_const(&layout, host_name)
-            .unwrap_or_else(|| panic!("no `const {host_name}` in attention_layout.rs"));
-        assert_eq!(
-            host, device,
-            "{host_name} = {host}, but {define} = {device}"
-        );
-    }
+    assert_same(
+        "kernels/decode_step.cu",
+        "src/gpu/decode/attention_layout.rs",
+        &[
+            ("ATT_CHUNK", "ATTENTION_CHUNK"),
+            ("ATT_SPLITS", "ATTENTION_SPLITS"),
+            ("ATT_THREADS", "ATTENTION_THREADS"),
+        ],
+    );
 }
 
 #[test]
 fn host_constants_match_the_flash_attention_kernels() {
-    let kernel = read("kernels/flash_attention.cu");
-    let host = read("src/gpu/train/flash_attention.rs");
-    // (kernel #define, host constant in src/gpu/train/flash_attention.rs): the forward's grid
-    // and every kernel's dynamic shared memory (a host size below the kernel's would let a block
-    // write past its shared memory).
-    for (define, host_name) in [
-        ("FA_FWD_ROWS", "FWD_ROWS"),
-        ("FA_FORWARD_TILES", "FORWARD_TILES"),
-        ("FA_DKDV_TILES", "DKDV_TILES"),
-        ("FA_DQ_TILES", "DQ_TILES"),
-    ] {
-        let device = kernel_define(&kernel, define).unwrap_or_else(|| {
-            panic!("no `#define {define} <integer>` in kernels/flash_attention.cu")
-        });
-        let host = rust_const(&host, host_name).unwrap_or_else(|| {
-            panic!("no `const {host_name}` in src/gpu/train/flash_attention.rs")
-        });
-        assert_eq!(
-            host, device,
-            "{host_name} = {host}, but {define} = {device}"
-        );
-    }
+    // The forward's grid and every kernel's dynamic shared memory (a host size below the
+    // kernel's would let a block write past its shared memory).
+    assert_same(
+        "kernels/flash_attention.cu",
+        "src/gpu/train/flash_attention.rs",
+        &[
+            ("FA_FWD_ROWS", "FWD_ROWS"),
+            ("FA_FORWARD_TILES", "FORWARD_TILES"),
+            ("FA_DKDV_TILES", "DKDV_TILES"),
+            ("FA_DQ_TILES", "DQ_TILES"),
+        ],
+    );
 }
 
 #[test]

@@ -94,8 +94,7 @@ impl EngineSteps {
                 // WICK_TRAIN_FLASH=0 keeps the materialized attention (for comparisons).
                 flash_attention: !std::env::var("WICK_TRAIN_FLASH").is_ok_and(|v| v == "0"),
                 checkpointed_layers: config.checkpointed_layers(model.config().num_hidden_layers),
-                mlp_recomputed_layers: config
-                    .mlp_recomputed_layers(model.config().num_hidden_layers),
+                mlp_recomputed_layers: mlp_recomputed_layers(config, model),
                 dropout_seed: config.seed,
                 ..EngineOptions::default()
             };
@@ -185,6 +184,25 @@ fn warn_mlp_recompute_unused(config: &TrainConfig, model: &Llama) {
              Candle's autograd keeps them (use --checkpoint-layers there)"
         );
     }
+}
+
+/// The engine's MLP-recomputed layers: those asked for, or the fewer left after the checkpointed
+/// layers (said, not dropped silently).
+#[cfg(feature = "cuda")]
+fn mlp_recomputed_layers(config: &TrainConfig, model: &Llama) -> usize {
+    let layers = model.config().num_hidden_layers;
+    let (asked, got) = (
+        config.recompute_mlp_layers.unwrap_or(0),
+        config.mlp_recomputed_layers(layers),
+    );
+    if got < asked {
+        tracing::warn!(
+            "--recompute-mlp-layers {asked}: {} of the model's {layers} layers are checkpointed, so \
+             {got} recompute only their MLP",
+            config.checkpointed_layers(layers)
+        );
+    }
+    got
 }
 
 #[cfg(test)]

@@ -72,8 +72,6 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
     return *reinterpret_cast<uint32_t*>(&v);
 }
 
-__device__ __forceinline__ uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
-
 // 16 bytes global -> shared without a register round trip (sm_80 cp.async); `valid` false
 // zero-fills the destination and reads nothing.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
@@ -245,8 +243,7 @@ __device__ void fa_forward(const bf16* __restrict__ q, const bf16* __restrict__ 
         for (int n = 0; n < HD / 8; ++n) acc[r][n][0] = acc[r][n][1] = acc[r][n][2] = acc[r][n][3] = 0.f;
     }
     // Key tiles up to the block's last row that exists.
-    const int tiles = min(q0 + FA_FWD_ROWS, S) - 1;
-    const int last = tiles / FA_TILE;
+    const int last = (min(q0 + FA_FWD_ROWS, S) - 1) / FA_TILE;
     for (int j = 0; j <= last; ++j) {
         const int k0 = j * FA_TILE, buf = j & 1;
         if (j < last) {

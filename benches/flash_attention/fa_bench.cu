@@ -28,43 +28,25 @@
 
 static size_t smem_bytes(int hd, int tiles, int floats) { return (size_t)tiles * 64 * (hd + 8) * 2 + floats * 4; }
 
-// Kernels whose dk/dv kernel also adds dq into an f32 accumulator (FA_DKDV_DST_BYTES defined)
-// have no dq kernel: fa_row_dot clears the accumulator and fa_dq_store rounds it to bf16.
-#ifdef FA_DKDV_DST_BYTES
-#define FA_DQ_FUSED 1
-#else
-#define FA_DQ_FUSED 0
-#define FA_DKDV_DST_BYTES 0
-#endif
-
-static size_t dkdv_smem(int hd) { return smem_bytes(hd, FA_DKDV_TILES, FA_DKDV_FLOATS) + FA_DKDV_DST_BYTES; }
-
 struct Kernels {
     void (*fwd)(const bf16*, const bf16*, const bf16*, bf16*, float*, int, int, float);
-#if FA_DQ_FUSED
-    void (*dkdv)(const bf16*, const bf16*, const bf16*, const bf16*, const float*, const float*, bf16*, bf16*, float*, int, int, float);
-#else
     void (*dkdv)(const bf16*, const bf16*, const bf16*, const bf16*, const float*, const float*, bf16*, bf16*, int, int, float);
     void (*dq)(const bf16*, const bf16*, const bf16*, const bf16*, const float*, const float*, bf16*, int, int, float);
-#endif
 };
 
 static Kernels kernels(int hd) {
     Kernels k;
-    if (hd == 64) { k.fwd = fa_forward_hd64; k.dkdv = fa_backward_dkdv_hd64; }
-    else { k.fwd = fa_forward_hd128; k.dkdv = fa_backward_dkdv_hd128; }
+    if (hd == 64) { k.fwd = fa_forward_hd64; k.dkdv = fa_backward_dkdv_hd64; k.dq = fa_backward_dq_hd64; }
+    else { k.fwd = fa_forward_hd128; k.dkdv = fa_backward_dkdv_hd128; k.dq = fa_backward_dq_hd128; }
     CK(cudaFuncSetAttribute(k.fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes(hd, FA_FORWARD_TILES, 0)));
-    CK(cudaFuncSetAttribute(k.dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dkdv_smem(hd)));
-#if !FA_DQ_FUSED
-    k.dq = hd == 64 ? fa_backward_dq_hd64 : fa_backward_dq_hd128;
+    CK(cudaFuncSetAttribute(k.dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes(hd, FA_DKDV_TILES, FA_DKDV_FLOATS)));
     CK(cudaFuncSetAttribute(k.dq, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes(hd, FA_DQ_TILES, 0)));
-#endif
     return k;
 }
 
 struct Dev {
     bf16 *q, *k, *v, *o, *dout, *dq, *dk, *dv, *o_tok, *do_tok;
-    float *lse, *delta, *dq_acc;
+    float *lse, *delta;
 };
 
 static float bf(float x) { return __bfloat162float(__float2bfloat16(x)); }
@@ -87,17 +69,9 @@ static void run(const Kernels& kk, const Dev& m, int B, int H, int G, int S, int
     kk.fwd<<<fgrid, 128, smem_bytes(hd, FA_FORWARD_TILES, 0)>>>(m.q, m.k, m.v, m.o, m.lse, S, G, scale);
     if (!backward) return;
     long long rows = (long long)B * S * H;
-#if FA_DQ_FUSED
-    fa_row_dot<<<(unsigned)((rows + 7) / 8), 256>>>(m.do_tok, m.o_tok, m.delta, m.dq_acc, B, S, H, hd);
-    kk.dkdv<<<kgrid, 128, dkdv_smem(hd)>>>(m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dk, m.dv, m.dq_acc, S, G, scale);
-    const long long n = rows * hd;
-    fa_dq_store<<<(unsigned)((n / 4 + 255) / 256), 256>>>(m.dq_acc, m.dq, n, scale);
-    (void)qgrid;
-#else
     fa_row_dot<<<(unsigned)((rows + 7) / 8), 256>>>(m.do_tok, m.o_tok, m.delta, B, S, H, hd);
-    kk.dkdv<<<kgrid, 128, dkdv_smem(hd)>>>(m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dk, m.dv, S, G, scale);
+    kk.dkdv<<<kgrid, 128, smem_bytes(hd, FA_DKDV_TILES, FA_DKDV_FLOATS)>>>(m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dk, m.dv, S, G, scale);
     kk.dq<<<qgrid, 128, smem_bytes(hd, FA_DQ_TILES, 0)>>>(m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dq, S, G, scale);
-#endif
 }
 
 template <typename T>
@@ -187,7 +161,6 @@ static bool check(int B, int H, int G, int S, int hd, unsigned seed) {
     m.q = upload(tob(q)); m.k = upload(tob(k)); m.v = upload(tob(v)); m.dout = upload(tob(dout));
     m.o = zeros<bf16>(nq); m.dq = zeros<bf16>(nq); m.dk = zeros<bf16>(nk); m.dv = zeros<bf16>(nk);
     m.lse = zeros<float>((size_t)B * H * S); m.delta = zeros<float>((size_t)B * H * S);
-    m.dq_acc = zeros<float>((size_t)B * H * S * hd);
     std::vector<bf16> dtok;
     to_tokens(dout, dtok, B, H, S, hd);
     m.do_tok = upload(dtok);
@@ -217,7 +190,7 @@ static bool check(int B, int H, int G, int S, int hd, unsigned seed) {
            "\"dq\":%.3e,\"dk\":%.3e,\"dv\":%.3e,\"ok\":%s}\n",
            B, H, G, S, hd, eo, lse_err, edq, edk, edv, ok ? "true" : "false");
     cudaFree(m.q); cudaFree(m.k); cudaFree(m.v); cudaFree(m.dout); cudaFree(m.o); cudaFree(m.dq); cudaFree(m.dk);
-    cudaFree(m.dv); cudaFree(m.lse); cudaFree(m.delta); cudaFree(m.dq_acc); cudaFree(m.do_tok); cudaFree(m.o_tok);
+    cudaFree(m.dv); cudaFree(m.lse); cudaFree(m.delta); cudaFree(m.do_tok); cudaFree(m.o_tok);
     return ok;
 }
 
@@ -233,7 +206,6 @@ static void bench_shape(int B, int H, int G, int S, int hd) {
     m.k = upload(r); m.v = upload(r);
     m.o = zeros<bf16>(nq); m.dq = zeros<bf16>(nq); m.dk = zeros<bf16>(nk); m.dv = zeros<bf16>(nk);
     m.lse = zeros<float>((size_t)B * H * S); m.delta = zeros<float>((size_t)B * H * S);
-    m.dq_acc = zeros<float>((size_t)B * H * S * hd);
     Kernels kk = kernels(hd);
     cudaEvent_t a, b;
     cudaEventCreate(&a); cudaEventCreate(&b);
@@ -257,7 +229,7 @@ static void bench_shape(int B, int H, int G, int S, int hd) {
            "\"fwd_tflops\":%.1f,\"bwd_tflops\":%.1f}\n",
            S, hd, B, H, G, ms_f, ms_b, flops / ms_f * 1e-9, 2.5 * flops / ms_b * 1e-9);
     cudaFree(m.q); cudaFree(m.k); cudaFree(m.v); cudaFree(m.dout); cudaFree(m.o); cudaFree(m.dq); cudaFree(m.dk);
-    cudaFree(m.dv); cudaFree(m.lse); cudaFree(m.delta); cudaFree(m.dq_acc); cudaFree(m.do_tok); cudaFree(m.o_tok);
+    cudaFree(m.dv); cudaFree(m.lse); cudaFree(m.delta); cudaFree(m.do_tok); cudaFree(m.o_tok);
 }
 
 // FlashAttention's benchmark shapes: 16k tokens, hidden 2048.

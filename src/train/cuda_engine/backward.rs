@@ -132,19 +132,15 @@ impl Launcher<'_> {
         let (gate, up) = p.saved_mlp(layer, f);
         let h = p.saved(p.h, layer, dm);
         let n2 = p.norm;
-        let recompute_n2 = || -> Result<()> {
-            launch!(
-                self,
-                "rms_norm (post-attention, recompute)",
-                k.rms_norm(h, lw.post_norm, n2, rstd2, n, dm, d.eps)
-            );
-            Ok(())
-        };
-        let mlp_recomputed = d.mlp_recomputed(layer);
-        if mlp_recomputed {
+        // n2 is read by the gate / up backward below (the down backward leaves it alone).
+        launch!(
+            self,
+            "rms_norm (post-attention, recompute)",
+            k.rms_norm(h, lw.post_norm, n2, rstd2, n, dm, d.eps)
+        );
+        if d.mlp_recomputed(layer) {
             // Selective recompute: gate and up again from n2, as the forward made them (the same
             // products, LoRA dropout masks drawn again; xa rewritten with the same values).
-            recompute_n2()?;
             self.linear(n, layer, GATE, n2, gate, None)?;
             self.linear(n, layer, UP, n2, up, None)?;
         }
@@ -155,9 +151,6 @@ impl Launcher<'_> {
             "swiglu_backward",
             k.swiglu_backward(gate, up, p.dact, p.dg, p.du, n * f)
         );
-        if !mlp_recomputed {
-            recompute_n2()?;
-        }
         self.linear_backward(n, layer, GATE, n2, p.dg, p.dn, false)?;
         self.linear_backward(n, layer, UP, n2, p.du, p.dn, true)?;
         launch!(
